@@ -1,0 +1,1 @@
+"""The cloud coordinator: ingest, registry, flexibility model, dispatch, trader API."""

@@ -1,0 +1,1 @@
+"""The edge agent that runs on each site gateway (see DESIGN.md)."""

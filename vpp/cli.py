@@ -1,0 +1,15 @@
+"""The `vpp` console command: subcommands grouped by part of the system."""
+
+import typer
+
+from vpp.commands import cloud, edge, sim, trader
+
+app = typer.Typer(no_args_is_help=True, help="vpp: a virtual power plant.")
+app.add_typer(sim.app, name="sim")
+app.add_typer(edge.app, name="edge")
+app.add_typer(cloud.app, name="cloud")
+app.add_typer(trader.app, name="trader")
+
+
+def main() -> None:
+    app()
