@@ -130,7 +130,7 @@ class SimClock:
 
     async def sleep_until(self, t: float) -> None:
         # Loop: asyncio.sleep may wake a hair early; never return before t.
-        while (remaining := t - self.time()) > 0:
+        while (remaining := t - self.time()) > 0:  # noqa: ASYNC110 - time is the event
             await asyncio.sleep(remaining / self._speed)
 
     def sleep_blocking(self, seconds: float) -> None:
@@ -140,7 +140,9 @@ class SimClock:
         return f"sim:speed={self._speed!r},start={self._start!r},wall={self._wall_origin!r}"
 
     def __repr__(self) -> str:
-        return f"SimClock(speed={self._speed}, start={self._start}, wall_origin={self._wall_origin})"
+        return (
+            f"SimClock(speed={self._speed}, start={self._start}, wall_origin={self._wall_origin})"
+        )
 
 
 class ManualClock:

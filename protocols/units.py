@@ -54,7 +54,9 @@ def grid_w(load_w: float, heat_pump_w: float, pv_w: float, battery_w: float) -> 
     return load_w + heat_pump_w - pv_w - battery_w
 
 
-def battery_w_from_balance(grid_power_w: float, load_w: float, heat_pump_w: float, pv_w: float) -> float:
+def battery_w_from_balance(
+    grid_power_w: float, load_w: float, heat_pump_w: float, pv_w: float
+) -> float:
     """The battery power (+ discharge) that makes the site's grid power equal ``grid_power_w``."""
     return load_w + heat_pump_w - pv_w - grid_power_w
 

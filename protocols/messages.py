@@ -1,0 +1,495 @@
+"""Message schemas for every MQTT payload, their versions, and the one reader for all of them.
+
+Every payload is a JSON object with a ``schema`` name and an integer ``version``.
+
+Compatibility rules (expand/contract):
+
+* Readers accept every version listed in :data:`SCHEMAS` and ignore fields they do not
+  know, so a newer writer that *adds optional fields* never breaks an older reader.
+* A new version is only needed to add a *required* field or change a meaning; it gets its
+  own model here, readers keep the old one (upgraded to the current model by
+  ``upgrade()``) until no deployed writer sends it, and tests keep a fixture of every
+  released version under ``tests/fixtures/protocols/``.
+
+Validation is strict: no type coercion (``"5"`` is not 5, ``true`` is not 1), no NaN or
+infinity, every number within a physically plausible range. A rejected message raises
+:class:`~protocols.errors.ProtocolError` with a :class:`~protocols.errors.Reason` and a
+sentence naming the field.
+
+Units and signs follow :mod:`protocols.units`: W, Wh, s, %, Unix seconds; grid power
++ = import, battery + = discharge.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from protocols.errors import ProtocolError, Reason
+from protocols.partitions import partition_of
+from protocols.topics import PartitionKind, SiteKind, Topic, parse_topic
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "SCHEMAS",
+    "Ack",
+    "Config",
+    "ConfigParams",
+    "DeviceHealth",
+    "DeviceKind",
+    "DeviceReading",
+    "Dispatch",
+    "Flexibility",
+    "Limit",
+    "Message",
+    "Mode",
+    "PartitionSignal",
+    "SiteState",
+    "Status",
+    "Telemetry",
+    "decode",
+    "encode",
+    "parse_message",
+]
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+"""Larger payloads are refused before parsing: a site's message is a few hundred bytes."""
+
+# --- plausible ranges: beyond these a value is a bug or an attack, not a measurement -----
+SITE_POWER_LIMIT_W = 1_000_000.0  # 1 MW: far above any home, room for small businesses
+SITE_ENERGY_LIMIT_WH = 100_000_000.0  # 100 MWh
+MIN_TS = 946_684_800.0  # 2000-01-01T00:00:00Z
+MAX_TS = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+MAX_SEQ = 2**63 - 1
+MAX_VALIDITY_S = 24 * 3600.0  # a dispatch valid for more than a day is a mistake
+
+Power = Annotated[float, Field(ge=-SITE_POWER_LIMIT_W, le=SITE_POWER_LIMIT_W)]
+PositivePower = Annotated[float, Field(ge=0.0, le=SITE_POWER_LIMIT_W)]
+Energy = Annotated[float, Field(ge=0.0, le=SITE_ENERGY_LIMIT_WH)]
+Percent = Annotated[float, Field(ge=0.0, le=100.0)]
+Celsius = Annotated[float, Field(ge=-60.0, le=100.0)]
+Timestamp = Annotated[float, Field(ge=MIN_TS, le=MAX_TS)]
+Seconds = Annotated[float, Field(gt=0.0, le=86_400.0)]
+Seq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
+Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")]
+SiteId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+ShortText = Annotated[str, Field(max_length=200)]
+
+
+class Mode(StrEnum):
+    """What the site's control loop is following."""
+
+    CLOUD = "cloud"  # a valid cloud dispatch
+    FALLBACK = "fallback"  # local control (no valid dispatch)
+    DEGRADED = "degraded"  # a device is lost or stale: safety only, no flexibility offered
+
+
+class DeviceKind(StrEnum):
+    PV_INVERTER = "pv_inverter"
+    BATTERY = "battery"
+    METER = "meter"
+    HEAT_PUMP = "heat_pump"
+
+
+class DeviceHealth(StrEnum):
+    OK = "ok"
+    DEGRADED = "degraded"  # answering, but with errors or retries
+    LOST = "lost"  # not answering: its data is not used for control
+
+
+class Limit(StrEnum):
+    """Hard limits that can clamp a dispatch (reported in acks)."""
+
+    DEVICE_RATING = "device_rating"
+    SOC_WINDOW = "soc_window"
+    GRID_LIMIT = "grid_limit"
+    EXPORT_LIMIT = "export_limit"
+    COMFORT_BAND = "comfort_band"
+    DEVICE_UNAVAILABLE = "device_unavailable"
+
+
+class SiteState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+def _lax_enum(enum: type[StrEnum]) -> Any:
+    """An enum field that accepts its string values (strict mode wants enum instances)."""
+    return Annotated[enum, Field(strict=False)]
+
+
+class _Strict(BaseModel):
+    """Base of every schema part: strict types, finite numbers, unknown fields ignored."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="ignore",
+        frozen=True,
+        allow_inf_nan=False,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+
+class Message(_Strict):
+    """A top-level payload. Subclasses set ``SCHEMA``, ``VERSION`` and the topic kind."""
+
+    SCHEMA: ClassVar[str]
+    VERSION: ClassVar[int]
+    TOPIC_KIND: ClassVar[SiteKind | PartitionKind]
+
+    schema_name: str = Field(alias="schema")
+    version: int
+
+    def upgrade(self) -> Message:
+        """Return this message as the current version of its schema (identity when current)."""
+        return self
+
+
+# --- telemetry --------------------------------------------------------------------------
+
+
+class Flexibility(_Strict):
+    """What the site can do now, in grid power (+ import), relative to its baseline.
+
+    ``p_min_w``..``p_max_w`` is the grid power range the site can hold now. The energies
+    are how much the site can move away from its baseline before a limit stops it:
+    ``e_absorb_wh`` upwards (e.g. charging to the SoC ceiling, preheating to the top of the
+    comfort band), ``e_deliver_wh`` downwards (discharging to the SoC floor, pausing the
+    heat pump to the bottom of the band). The heat pump's share is given on its own, as
+    power it can add or shed and for how long, because thermal flexibility runs out by time.
+    """
+
+    p_min_w: Power
+    p_max_w: Power
+    e_absorb_wh: Energy
+    e_deliver_wh: Energy
+    hp_up_w: PositivePower | None = None
+    hp_down_w: PositivePower | None = None
+    hp_up_s: Annotated[float, Field(ge=0.0, le=7 * 86_400.0)] | None = None
+    hp_down_s: Annotated[float, Field(ge=0.0, le=7 * 86_400.0)] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Flexibility:
+        if self.p_min_w > self.p_max_w:
+            raise ValueError(f"p_min_w ({self.p_min_w}) is above p_max_w ({self.p_max_w})")
+        return self
+
+
+class DeviceReading(_Strict):
+    """One device's latest reading. ``power_w`` in the device's own role:
+
+    pv_inverter: production (>= 0); battery: + discharge; heat_pump: consumption;
+    meter: site grid power (+ import).
+    """
+
+    id: Ident
+    kind: _lax_enum(DeviceKind)
+    health: _lax_enum(DeviceHealth)
+    power_w: Power | None = None
+    ts: Timestamp | None = None
+
+
+class Telemetry(Message):
+    """One site's measurements, baseline and flexibility for one telemetry interval.
+
+    ``ts`` is the source timestamp (when the agent measured), not the send time: a message
+    replayed from the agent's buffer after an outage keeps its old ``ts``, which is how the
+    cloud tells backlog from live data. ``seq`` counts every message of the site, so gaps
+    are visible. ``heartbeat_s`` is the longest the agent will stay silent (telemetry by
+    exception): the cloud keeps the site fresh until ``ts + heartbeat_s``.
+    """
+
+    SCHEMA: ClassVar[str] = "vpp.telemetry"
+    VERSION: ClassVar[int] = 1
+    TOPIC_KIND: ClassVar[SiteKind] = SiteKind.TELEMETRY
+
+    schema_name: Literal["vpp.telemetry"] = Field(default="vpp.telemetry", alias="schema")
+    version: Literal[1] = 1
+    site_id: SiteId
+    seq: Seq
+    ts: Timestamp
+    interval_s: Seconds
+    heartbeat_s: Seconds | None = None
+    mode: _lax_enum(Mode)
+    grid_w: Power
+    pv_w: PositivePower | None = None
+    battery_w: Power | None = None
+    soc_pct: Percent | None = None
+    heat_pump_w: PositivePower | None = None
+    load_w: PositivePower | None = None
+    indoor_c: Celsius | None = None
+    baseline_w: Power
+    flex: Flexibility
+    dispatch_id: Ident | None = None
+    devices: Annotated[list[DeviceReading], Field(max_length=32)] = []
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+class Status(Message):
+    """Retained online/offline state of a site's agent; the last will sets ``offline``."""
+
+    SCHEMA: ClassVar[str] = "vpp.status"
+    VERSION: ClassVar[int] = 1
+    TOPIC_KIND: ClassVar[SiteKind] = SiteKind.STATUS
+
+    schema_name: Literal["vpp.status"] = Field(default="vpp.status", alias="schema")
+    version: Literal[1] = 1
+    site_id: SiteId
+    state: _lax_enum(SiteState)
+    ts: Timestamp
+    agent_version: Annotated[str, Field(max_length=64)] | None = None
+    reason: ShortText | None = None
+
+
+# --- dispatch (cloud -> site) -----------------------------------------------------------
+
+
+class _Expiring(Message):
+    issued_ts: Timestamp
+    valid_until: Timestamp
+
+    @model_validator(mode="after")
+    def _validity(self) -> _Expiring:
+        span = self.valid_until - self.issued_ts
+        if span <= 0:
+            raise ValueError("valid_until must be after issued_ts")
+        if span > MAX_VALIDITY_S:
+            raise ValueError(f"valid_until is {span:.0f} s after issued_ts; at most 86400 s")
+        return self
+
+
+class Dispatch(_Expiring):
+    """A per-site setpoint: hold grid power ``target_w`` until ``valid_until``.
+
+    ``seq`` increases with every dispatch to the site; the agent ignores a dispatch whose
+    ``seq`` is not above the last one it applied (duplicates and reordering are harmless).
+    """
+
+    SCHEMA: ClassVar[str] = "vpp.dispatch"
+    VERSION: ClassVar[int] = 1
+    TOPIC_KIND: ClassVar[SiteKind] = SiteKind.DISPATCH
+
+    schema_name: Literal["vpp.dispatch"] = Field(default="vpp.dispatch", alias="schema")
+    version: Literal[1] = 1
+    site_id: SiteId
+    dispatch_id: Ident
+    seq: Seq
+    target_w: Power
+
+
+class PartitionSignal(_Expiring):
+    """A partition-wide activation level, applied by every site to its own range.
+
+    ``level`` in -1..1 maps each site's grid power target linearly: -1 -> ``p_min_w``,
+    0 -> its baseline, +1 -> ``p_max_w``. One message moves a whole partition, so dispatch
+    cost grows with partitions, not sites.
+    """
+
+    SCHEMA: ClassVar[str] = "vpp.partition_signal"
+    VERSION: ClassVar[int] = 1
+    TOPIC_KIND: ClassVar[PartitionKind] = PartitionKind.SIGNAL
+
+    schema_name: Literal["vpp.partition_signal"] = Field(
+        default="vpp.partition_signal", alias="schema"
+    )
+    version: Literal[1] = 1
+    partition: Annotated[int, Field(ge=0, le=65535)]
+    signal_id: Ident
+    seq: Seq
+    level: Annotated[float, Field(ge=-1.0, le=1.0)]
+
+
+# --- ack (site -> cloud) ----------------------------------------------------------------
+
+
+class Ack(Message):
+    """The site's answer to a dispatch: accepted or rejected, and what clamped it."""
+
+    SCHEMA: ClassVar[str] = "vpp.ack"
+    VERSION: ClassVar[int] = 1
+    TOPIC_KIND: ClassVar[SiteKind] = SiteKind.ACK
+
+    schema_name: Literal["vpp.ack"] = Field(default="vpp.ack", alias="schema")
+    version: Literal[1] = 1
+    site_id: SiteId
+    dispatch_id: Ident
+    seq: Seq
+    ts: Timestamp
+    accepted: bool
+    reason: ShortText | None = None
+    target_w: Power | None = None
+    applied_w: Power | None = None
+    clamped_by: Annotated[list[_lax_enum(Limit)], Field(max_length=8)] = []
+
+
+# --- config (cloud -> site, retained) ---------------------------------------------------
+
+
+class ConfigParams(_Strict):
+    """Runtime parameters the cloud may set on a site; absent means "keep the local value"."""
+
+    telemetry_interval_s: Annotated[float, Field(ge=0.5, le=3600.0)] | None = None
+    heartbeat_s: Annotated[float, Field(ge=1.0, le=3600.0)] | None = None
+    poll_interval_s: Annotated[float, Field(ge=0.2, le=60.0)] | None = None
+    backlog_rate_per_s: Annotated[float, Field(gt=0.0, le=10_000.0)] | None = None
+
+
+FlagName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$")]
+
+
+class Config(Message):
+    """Feature flags and parameters for one site. ``rev`` increases with every change."""
+
+    SCHEMA: ClassVar[str] = "vpp.config"
+    VERSION: ClassVar[int] = 1
+    TOPIC_KIND: ClassVar[SiteKind] = SiteKind.CONFIG
+
+    schema_name: Literal["vpp.config"] = Field(default="vpp.config", alias="schema")
+    version: Literal[1] = 1
+    site_id: SiteId
+    rev: Seq
+    ts: Timestamp
+    flags: Annotated[dict[FlagName, bool], Field(max_length=64)] = {}
+    params: ConfigParams = ConfigParams()
+
+
+# --- the registry of every schema and version --------------------------------------------
+
+SCHEMAS: dict[str, dict[int, type[Message]]] = {}
+for _model in (Telemetry, Status, Dispatch, PartitionSignal, Ack, Config):
+    SCHEMAS.setdefault(_model.SCHEMA, {})[_model.VERSION] = _model
+
+
+def _reject_constant(name: str) -> float:
+    raise ProtocolError(Reason.NON_FINITE, f"{name} is not a number the protocol allows")
+
+
+def _reason_for(error_type: str) -> Reason:
+    if error_type == "missing":
+        return Reason.MISSING_FIELD
+    if error_type == "finite_number":
+        return Reason.NON_FINITE
+    if error_type in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        return Reason.OUT_OF_RANGE
+    if error_type.endswith("_type") or error_type.endswith("_parsing"):
+        return Reason.WRONG_TYPE
+    return Reason.INVALID_VALUE
+
+
+def _from_validation_error(schema: str, version: int, exc: ValidationError) -> ProtocolError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    parts = []
+    for err in errors[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "(message)"
+        got = "" if err["type"] == "missing" else f" (got {err.get('input')!r:.60})"
+        parts.append(f"{where}: {err['msg']}{got}")
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    field = ".".join(str(p) for p in first["loc"]) or None
+    return ProtocolError(
+        _reason_for(first["type"]), f"{schema} v{version}: " + "; ".join(parts) + more, field
+    )
+
+
+def decode(payload: bytes | str) -> Message:
+    """Decode and validate any vpp payload, upgraded to the current version of its schema."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(
+            Reason.TOO_LARGE, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}"
+        )
+    try:
+        data = json.loads(payload, parse_constant=_reject_constant)
+    except ProtocolError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(Reason.NOT_JSON, f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(Reason.NOT_JSON, "payload nests too deeply") from None
+    return decode_obj(data)
+
+
+def decode_obj(data: Any) -> Message:
+    """Validate an already-parsed JSON value (see :func:`decode`)."""
+    if not isinstance(data, dict):
+        raise ProtocolError(
+            Reason.NOT_AN_OBJECT, f"payload must be a JSON object, got {type(data).__name__}"
+        )
+    schema = data.get("schema")
+    versions = SCHEMAS.get(schema) if isinstance(schema, str) else None
+    if versions is None:
+        raise ProtocolError(
+            Reason.UNKNOWN_SCHEMA,
+            f"unknown schema {schema!r}; known: {', '.join(sorted(SCHEMAS))}",
+            "schema",
+        )
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ProtocolError(
+            Reason.WRONG_TYPE if "version" in data else Reason.MISSING_FIELD,
+            f"{schema}: 'version' must be an integer, got {version!r}",
+            "version",
+        )
+    model = versions.get(version)
+    if model is None:
+        raise ProtocolError(
+            Reason.UNKNOWN_VERSION,
+            f"{schema} version {version} is not supported; this reader knows "
+            f"{sorted(versions)} (upgrade the reader before the writers)",
+            "version",
+        )
+    try:
+        return model.model_validate(data).upgrade()
+    except ValidationError as exc:
+        raise _from_validation_error(schema, version, exc) from None
+
+
+def encode(message: Message) -> bytes:
+    """Serialise a message to compact JSON; optional fields left unset are omitted."""
+    return message.model_dump_json(exclude_none=True).encode()
+
+
+def parse_message(
+    topic: str, payload: bytes | str, partition_count: int | None = None
+) -> tuple[Topic, Message]:
+    """Parse a topic and its payload together, checking that they agree.
+
+    The payload's schema must be the one the topic carries, and its ``site_id`` (or
+    ``partition``) must be the topic's: a site cannot speak for another site. With
+    ``partition_count`` the site's topic partition must also be the one its id hashes to.
+    """
+    parsed = parse_topic(topic)
+    if partition_count is not None and parsed.site_id is not None:
+        expected = partition_of(parsed.site_id, partition_count)
+        if parsed.partition != expected:
+            raise ProtocolError(
+                Reason.PARTITION_MISMATCH,
+                f"site {parsed.site_id!r} belongs to partition {expected} of "
+                f"{partition_count}, not {parsed.partition} ({topic})",
+            )
+    message = decode(payload)
+    if parsed.kind != message.TOPIC_KIND:
+        raise ProtocolError(
+            Reason.WRONG_TOPIC_KIND,
+            f"a {message.SCHEMA} message does not belong on a {parsed.kind} topic ({topic})",
+        )
+    if parsed.site_id is not None and getattr(message, "site_id", None) != parsed.site_id:
+        raise ProtocolError(
+            Reason.SITE_MISMATCH,
+            f"site_id {getattr(message, 'site_id', None)!r} in the payload does not match "
+            f"site {parsed.site_id!r} of topic {topic}",
+            "site_id",
+        )
+    if isinstance(message, PartitionSignal) and message.partition != parsed.partition:
+        raise ProtocolError(
+            Reason.PARTITION_MISMATCH,
+            f"partition {message.partition} in the payload does not match topic {topic}",
+            "partition",
+        )
+    return parsed, message
