@@ -1,0 +1,65 @@
+# vpp developer commands. Every target that needs the venv runs `setup` first, which is
+# quick when nothing changed (packaging/setup-dev.sh keeps a stamp).
+#
+#   make demo   [DEMO_ARGS=...]     set up, then run the demo
+#   make test   [PYTEST_ARGS=...]   set up, then run the whole test suite
+#   make bench                      set up, then run every bench/*.py
+#   make lint | format | clean | distclean
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: help setup test demo bench lint format clean distclean
+
+help:
+	@echo "make demo    - set up (Debian packages + .venv) and run the demo (DEMO_ARGS=...)"
+	@echo "make test    - set up and run the whole test suite (PYTEST_ARGS=...)"
+	@echo "make bench   - set up and run the benchmarks in bench/"
+	@echo "make lint    - ruff check + ruff format --check"
+	@echo "make format  - ruff format + ruff check --fix"
+	@echo "make setup   - only the setup (packaging/setup-dev.sh)"
+	@echo "make clean   - remove caches and build output (distclean: also .venv)"
+
+setup:
+	@bash packaging/setup-dev.sh
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/vpp demo $(DEMO_ARGS)
+
+# Runs each bench/*.py (files starting with "_" are helpers) with the venv python; runs
+# them all, then fails if any failed.
+bench: setup
+	@shopt -s nullglob; files=(bench/[!_]*.py); \
+	if [ $${#files[@]} -eq 0 ]; then echo "bench: no benchmarks in bench/ yet"; exit 0; fi; \
+	failed=(); \
+	for f in "$${files[@]}"; do \
+		echo "== bench: $$f"; \
+		$(PY) "$$f" || failed+=("$$f"); \
+	done; \
+	if [ $${#failed[@]} -gt 0 ]; then echo "bench: FAILED: $${failed[*]}"; exit 1; fi; \
+	echo "bench: $${#files[@]} benchmark(s) ok"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .hypothesis build dist htmlcov .coverage
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -path ./.venv -prune -o -name '*.egg-info' -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,99 @@
+"""Shared fixtures: real Mosquitto and Redis servers on free loopback ports.
+
+The servers are real child processes (see vpp.services). If a binary is missing the
+fixture raises BinaryNotFoundError, so the test *errors* with "run make setup" - it is
+never skipped: CI installs the servers, and a silently skipped integration suite would
+hide exactly the failures it exists to find.
+
+- ``mosquitto``: one broker for the whole session. Do not stop it in a test; use ``broker``.
+- ``broker``: a fresh private broker per test, which the test may stop(), restart(),
+  kill(), pause()/resume() (outage tests). Its port (and URL) survive restarts.
+- ``redis_server``: one Redis for the whole session.
+- ``redis_url`` / ``redis_client``: a fresh, empty logical database per test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+import pytest
+import redis
+
+from vpp.services import MosquittoServer, RedisServer
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Turn SIGTERM (a CI timeout, `kill`) into KeyboardInterrupt, so fixtures tear down
+    and the servers stop and their temp dirs are removed. (The servers die with pytest
+    anyway, by their parent-death signal; this also cleans up after them.)"""
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[MosquittoServer]:
+    """Session-wide Mosquitto broker; ``mosquitto.url`` is ``mqtt://127.0.0.1:PORT``."""
+    server = MosquittoServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def broker() -> Iterator[MosquittoServer]:
+    """A private broker for one test, free to be stopped, restarted or killed by it."""
+    server = MosquittoServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """Session-wide Redis; ``redis_server.url`` is ``redis://127.0.0.1:PORT/0``."""
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+# DB 0 is left to code that uses redis_server.url directly; tests cycle through 1..N-1.
+_db_numbers = itertools.count()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """URL of a logical database that is empty when the test starts (flushed first, since
+    the numbers cycle), and flushed again afterwards."""
+    db = 1 + next(_db_numbers) % (redis_server.databases - 1)
+    url = redis_server.url_for(db)
+    with redis.Redis.from_url(url) as admin:
+        admin.flushdb()
+        yield url
+        if redis_server.running:
+            admin.flushdb()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A synchronous redis.Redis on a fresh, empty database (decode_responses=True)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        client.close()

@@ -1,0 +1,678 @@
+"""Real Mosquitto and Redis servers as child processes, for tests and for `vpp demo`.
+
+Why real servers: the system's behaviour under broker restarts, persistent MQTT sessions,
+queued QoS 1 messages and Redis semantics is exactly what the tests must prove, and no
+in-process fake (amqtt, fakeredis) behaves like the production brokers. So each test
+session (and each demo run) starts its own private servers:
+
+- on a free loopback port (127.0.0.1 only, never the system services' default ports),
+- with its own temporary config, data and log directory (nothing under /etc is read or
+  written),
+- as its own process group, so stopping it can never leave a stray child behind, with an
+  ``atexit`` guard and (Linux) a parent-death signal for the cases where Python itself dies.
+
+``restart()`` keeps the port, so clients reconnect to the same URL - the basis of the
+outage tests. ``stop()`` is a clean SIGTERM (Mosquitto writes its persistence database
+then), ``kill()`` is a hard SIGKILL (nothing written: what a power cut does).
+
+Example::
+
+    with MosquittoServer() as mqtt, RedisServer() as redis:
+        print(mqtt.url, redis.url)   # mqtt://127.0.0.1:41234  redis://127.0.0.1:39871/0
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+__all__ = [
+    "BinaryNotFoundError",
+    "MosquittoServer",
+    "RedisServer",
+    "ServiceError",
+    "ServiceStartError",
+    "find_binary",
+    "free_port",
+]
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+
+# Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
+_EXTRA_BIN_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/sbin")
+
+_SETUP_HINT = (
+    "run `make setup` (or: apt-get install -y mosquitto redis-server) to install the "
+    "servers that vpp's tests and demo start"
+)
+
+
+class ServiceError(RuntimeError):
+    """Base class for every failure to find, start or stop a server."""
+
+
+class BinaryNotFoundError(ServiceError):
+    """The server's executable is not installed: the message says how to install it."""
+
+
+class ServiceStartError(ServiceError):
+    """The server did not become ready; the message carries the tail of its log."""
+
+
+def find_binary(name: str, extra_dirs: Sequence[str] = _EXTRA_BIN_DIRS) -> str:
+    """Return the absolute path of executable *name*, looking on PATH and then in
+    *extra_dirs* (sbin directories are often missing from PATH).
+
+    Raises BinaryNotFoundError with the install hint, so a missing broker fails loudly
+    (CI installs it) instead of silently skipping the tests that need it.
+    """
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in extra_dirs:
+        candidate = Path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    searched = os.environ.get("PATH", "")
+    raise BinaryNotFoundError(
+        f"`{name}` not found on PATH ({searched}) nor in {', '.join(extra_dirs)}: {_SETUP_HINT}"
+    )
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """Ask the kernel for a currently free TCP port on *host*.
+
+    There is a small race (another process may take the port before the server binds
+    it); the servers below detect "address in use" on first start and retry with a new
+    port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------------------
+# Process bookkeeping: never leave a stray server behind.
+
+_live: set[_ManagedServer] = set()
+_live_lock = threading.Lock()
+
+
+def _stop_all_at_exit() -> None:
+    """atexit guard: stop servers whose owner forgot (or was interrupted before) to."""
+    with _live_lock:
+        servers = list(_live)
+    for server in servers:
+        with contextlib.suppress(Exception):
+            log.warning("atexit: stopping leftover %s", server)
+            server.stop(timeout=3.0)
+
+
+atexit.register(_stop_all_at_exit)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """preexec hook: ask Linux to SIGTERM the server when the process that started it
+    dies, so even a SIGKILLed pytest or demo leaves no orphan broker behind."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+class _ManagedServer:
+    """Common lifecycle of a server process: temp dir, port, start/stop/kill/restart,
+    readiness probe and log tail. Subclasses say how to configure and probe it."""
+
+    #: short name used in logs, temp dir names and error messages
+    kind: str = "server"
+    #: executable name looked up by find_binary()
+    binary_name: str = ""
+    #: URL scheme of the `url` property
+    scheme: str = ""
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        binary: str | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 10.0,
+        keep_workdir: bool = False,
+    ) -> None:
+        """Prepare (but do not start) a server.
+
+        port: fixed port, or None for a free one chosen at first start (kept across
+            restarts).
+        binary: path of the executable; default: looked up on PATH and in sbin dirs.
+        workdir: directory for config, data and logs; default: a fresh temp dir that
+            close() removes.
+        startup_timeout: seconds to wait for readiness before ServiceStartError.
+        keep_workdir: do not remove the temp dir on close() (for post-mortem debugging).
+        """
+        self._binary = binary
+        self._fixed_port = port is not None
+        self._port: int | None = port
+        self.startup_timeout = startup_timeout
+        self._owns_workdir = workdir is None
+        self._keep_workdir = keep_workdir
+        self._workdir: Path | None = Path(workdir) if workdir is not None else None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr_file: IO[bytes] | None = None
+        self._paused = False
+
+    # ---- properties ------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return LOOPBACK
+
+    @property
+    def port(self) -> int:
+        """The TCP port; fixed at first start() and kept by restart()."""
+        if self._port is None:
+            raise ServiceError(f"{self.kind} has no port yet: call start() first")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @property
+    def workdir(self) -> Path:
+        """Directory holding this server's config, data and logs."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"vpp-{self.kind}-"))
+        return self._workdir
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        """The server's own log file."""
+        return self.workdir / f"{self.kind}.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        """stdout+stderr of the process: early errors (bad config) land here, not in the log."""
+        return self.workdir / f"{self.kind}.stderr"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive (also while paused)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def __repr__(self) -> str:
+        port = self._port if self._port is not None else "?"
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.host}:{port} pid={self.pid} {state}>"
+
+    # ---- subclass hooks --------------------------------------------------------------
+
+    def _command(self, binary: str) -> list[str]:
+        raise NotImplementedError
+
+    def _write_config(self) -> None:
+        """Write config files into workdir before each start (port may have changed)."""
+
+    def _probe(self, timeout: float) -> None:
+        """Raise OSError/ServiceError unless the server answers on its port."""
+        with socket.create_connection((self.host, self.port), timeout=timeout):
+            pass
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Start the server and wait until it answers; returns self.
+
+        On first start without a fixed port, a port collision (another process took the
+        port between free_port() and bind) is retried with a new port. On a restart the
+        port is kept, and a bind failure is retried for a moment (the old socket may
+        still be closing).
+        """
+        if self.running:
+            return self
+        binary = self._binary or find_binary(self.binary_name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        first_start = self._port is None
+        attempts = 3 if (first_start or not self._fixed_port) else 5
+        last_error: ServiceStartError | None = None
+        for attempt in range(attempts):
+            if self._port is None:
+                self._port = free_port(self.host)
+            try:
+                self._spawn(binary)
+                return self
+            except ServiceStartError as exc:
+                last_error = exc
+                if not self._address_in_use():
+                    raise
+                log.warning(
+                    "%s: port %s in use (attempt %d/%d)",
+                    self.kind,
+                    self._port,
+                    attempt + 1,
+                    attempts,
+                )
+                if first_start and not self._fixed_port:
+                    self._port = None  # pick another free port
+                else:
+                    time.sleep(0.2 * (attempt + 1))
+        assert last_error is not None
+        raise last_error
+
+    def _spawn(self, binary: str) -> None:
+        self._write_config()
+        cmd = self._command(binary)
+        # Truncate the stderr capture per start so the tail shown on failure is this run's.
+        stderr_file = open(self.stderr_path, "wb")  # noqa: SIM115 - kept open for the child
+        # PR_SET_PDEATHSIG fires when the *thread* that forked dies; only safe from the
+        # main thread, whose death is the process's death.
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        preexec = _die_with_parent if in_main_thread else None
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: killpg reaches every child
+                preexec_fn=preexec,
+                close_fds=True,
+            )
+        except OSError as exc:
+            stderr_file.close()
+            raise ServiceStartError(f"{self.kind}: cannot execute {cmd[0]}: {exc}") from exc
+        self._proc = proc
+        self._stderr_file = stderr_file
+        self._paused = False
+        with _live_lock:
+            _live.add(self)
+        log.info(
+            "%s: started pid=%d on %s:%d (workdir %s)",
+            self.kind,
+            proc.pid,
+            self.host,
+            self.port,
+            self.workdir,
+        )
+        try:
+            self._wait_ready(proc)
+        except BaseException:
+            # Never leave a half-started server behind (also on KeyboardInterrupt).
+            self._terminate(timeout=3.0, sig=signal.SIGKILL)
+            raise
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        delay = 0.01
+        last_exc: BaseException | None = None
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise ServiceStartError(
+                    f"{self.kind} exited with code {code} during startup on port {self.port}"
+                    f"\n{self._failure_details()}"
+                )
+            try:
+                self._probe(timeout=0.5)
+                log.debug("%s: ready on port %d", self.kind, self.port)
+                return
+            except (OSError, ServiceError) as exc:
+                last_exc = exc
+            if time.monotonic() >= deadline:
+                raise ServiceStartError(
+                    f"{self.kind} (pid {proc.pid}) not ready on {self.host}:{self.port} "
+                    f"after {self.startup_timeout:.1f}s (last probe error: {last_exc!r})"
+                    f"\n{self._failure_details()}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Clean shutdown: SIGTERM to the process group, wait up to *timeout*, then
+        SIGKILL. Mosquitto writes its persistence database on SIGTERM. Keeps workdir and
+        port, so start()/restart() continue with the same data and URL."""
+        self._terminate(timeout=timeout, sig=signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Hard kill (SIGKILL): no shutdown work, as in a crash or power cut."""
+        self._terminate(timeout=5.0, sig=signal.SIGKILL)
+
+    def restart(self, timeout: float = 10.0) -> Self:
+        """Clean stop, then start on the same port with the same data dir."""
+        self.stop(timeout=timeout)
+        return self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it keeps its sockets open but answers nothing (a hung
+        broker, not a dead one). resume() continues it."""
+        if self.running and self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGSTOP)
+            self._paused = True
+            log.info("%s: paused pid=%d", self.kind, self._proc.pid)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        if self.running and self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGCONT)
+            self._paused = False
+            log.info("%s: resumed pid=%d", self.kind, self._proc.pid)
+
+    def close(self) -> None:
+        """stop(), then remove the temp workdir (unless given by the caller or kept)."""
+        try:
+            self.stop()
+        finally:
+            if self._owns_workdir and not self._keep_workdir and self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+
+    def _terminate(self, timeout: float, sig: signal.Signals) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            if proc.poll() is None:
+                pgid = proc.pid  # start_new_session: pgid == pid
+                self._signal_group(pgid, sig)
+                if sig != signal.SIGKILL:
+                    # A paused (SIGSTOPped) process only acts on SIGTERM once continued.
+                    self._signal_group(pgid, signal.SIGCONT)
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    log.warning(
+                        "%s: pid=%d ignored %s for %.1fs; killing",
+                        self.kind,
+                        proc.pid,
+                        sig.name,
+                        timeout,
+                    )
+                    self._signal_group(pgid, signal.SIGKILL)
+                    proc.wait(timeout=5.0)
+            # Reap anything else left in the group (servers that forked helpers).
+            self._signal_group(proc.pid, signal.SIGKILL)
+            log.info(
+                "%s: stopped pid=%d (%s, exit code %s)",
+                self.kind,
+                proc.pid,
+                sig.name,
+                proc.returncode,
+            )
+        finally:
+            self._proc = None
+            self._paused = False
+            if self._stderr_file is not None:
+                with contextlib.suppress(Exception):
+                    self._stderr_file.close()
+                self._stderr_file = None
+            with _live_lock:
+                _live.discard(self)
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+    # ---- diagnostics -----------------------------------------------------------------
+
+    def log_tail(self, lines: int = 30) -> str:
+        """Last *lines* of the server log and of its stderr, for error messages."""
+        parts = []
+        for path in (self.log_path, self.stderr_path):
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            tail = "\n".join(text.splitlines()[-lines:])
+            if tail.strip():
+                parts.append(f"--- {path} (last {lines} lines) ---\n{tail}")
+        return "\n".join(parts) if parts else "(no log output)"
+
+    def _failure_details(self) -> str:
+        return self.log_tail()
+
+    def _address_in_use(self) -> bool:
+        tail = self.log_tail(lines=50).lower()
+        return "address already in use" in tail or "address in use" in tail
+
+    # ---- context manager -------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class MosquittoServer(_ManagedServer):
+    """A private Mosquitto 2.0 broker on a free loopback port.
+
+    Anonymous access (tests and demo; the production config with TLS and per-site ACL
+    lives in packaging/). Persistence is on, in the temp data dir, so a clean restart
+    keeps persistent sessions and queued QoS 1 messages; the queue limit is large
+    because outage tests queue many messages for offline clients.
+    """
+
+    kind = "mosquitto"
+    binary_name = "mosquitto"
+    scheme = "mqtt"
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        binary: str | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 10.0,
+        keep_workdir: bool = False,
+        max_queued_messages: int = 100_000,
+        autosave_interval: int = 0,
+        extra_config: Sequence[str] = (),
+    ) -> None:
+        """See _ManagedServer.__init__; in addition:
+
+        max_queued_messages: per-client queue limit for offline/in-flight QoS 1/2 messages.
+        autosave_interval: seconds between persistence saves while running; 0 (default)
+            saves only on clean shutdown, so kill() loses what came since the last start.
+        extra_config: more mosquitto.conf lines appended verbatim.
+        """
+        super().__init__(
+            port=port,
+            binary=binary,
+            workdir=workdir,
+            startup_timeout=startup_timeout,
+            keep_workdir=keep_workdir,
+        )
+        self.max_queued_messages = max_queued_messages
+        self.autosave_interval = autosave_interval
+        self.extra_config = list(extra_config)
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    @property
+    def persistence_path(self) -> Path:
+        """The database Mosquitto writes on clean shutdown."""
+        return self.data_dir / "mosquitto.db"
+
+    def _write_config(self) -> None:
+        # As root, Mosquitto drops privileges to user "mosquitto", which could not write
+        # our root-owned temp dir: tell it to stay the user we already are.
+        user = pwd.getpwuid(os.getuid()).pw_name
+        lines = [
+            "# generated by vpp.services for a private test/demo broker",
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            f"user {user}",
+            "persistence true",
+            f"persistence_location {self.data_dir}/",
+            "persistence_file mosquitto.db",
+            f"autosave_interval {self.autosave_interval}",
+            f"max_queued_messages {self.max_queued_messages}",
+            "max_queued_bytes 0",
+            "set_tcp_nodelay true",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            "log_timestamp true",
+            *self.extra_config,
+        ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def _command(self, binary: str) -> list[str]:
+        return [binary, "-c", str(self.config_path)]
+
+    def _probe(self, timeout: float) -> None:
+        """A real MQTT 3.1.1 CONNECT/CONNACK round trip: the broker accepts clients."""
+        client_id = f"vpp-probe-{os.getpid()}".encode()
+        var_header = b"\x00\x04MQTT\x04\x02\x00\x0a"  # protocol, level 4, clean, keepalive 10
+        payload = len(client_id).to_bytes(2, "big") + client_id
+        body = var_header + payload
+        packet = b"\x10" + bytes([len(body)]) + body
+        with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(packet)
+            reply = _recv_exact(sock, 4)
+            if reply[0] != 0x20 or reply[3] != 0:
+                raise ServiceError(f"unexpected CONNACK {reply!r}")
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
+
+
+class RedisServer(_ManagedServer):
+    """A private Redis server on a free loopback port, no persistence (pure cache),
+    foreground, bound to 127.0.0.1 only."""
+
+    kind = "redis"
+    binary_name = "redis-server"
+    scheme = "redis"
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        binary: str | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 10.0,
+        keep_workdir: bool = False,
+        databases: int = 64,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """See _ManagedServer.__init__; in addition:
+
+        databases: number of logical DBs (default 64, so each test can take a fresh one).
+        extra_args: more redis-server command-line options, e.g. ["--maxmemory", "1gb"].
+        """
+        super().__init__(
+            port=port,
+            binary=binary,
+            workdir=workdir,
+            startup_timeout=startup_timeout,
+            keep_workdir=keep_workdir,
+        )
+        self.databases = databases
+        self.extra_args = list(extra_args)
+
+    @property
+    def url(self) -> str:
+        """URL of database 0: ``redis://127.0.0.1:PORT/0``."""
+        return self.url_for(0)
+
+    def url_for(self, db: int) -> str:
+        """URL of logical database *db*."""
+        if not 0 <= db < self.databases:
+            raise ValueError(f"db {db} out of range 0..{self.databases - 1}")
+        return f"{self.scheme}://{self.host}:{self.port}/{db}"
+
+    def _command(self, binary: str) -> list[str]:
+        return [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--databases",
+            str(self.databases),
+            "--logfile",
+            str(self.log_path),
+            *self.extra_args,
+        ]
+
+    def _probe(self, timeout: float) -> None:
+        """PING must answer +PONG (not -LOADING or an error)."""
+        with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            reply = _recv_line(sock)
+            if reply != b"+PONG":
+                raise ServiceError(f"PING answered {reply!r}")
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed during probe")
+        buf += chunk
+    return buf
+
+
+def _recv_line(sock: socket.socket) -> bytes:
+    buf = b""
+    while not buf.endswith(b"\r\n"):
+        chunk = sock.recv(256)
+        if not chunk:
+            raise ConnectionError("connection closed during probe")
+        buf += chunk
+    return buf[:-2]
