@@ -210,11 +210,15 @@ class Fleet:
                         "models": list(DEVICE_MODELS.get(dev.kind, ())),
                     }
                 )
+        try:
+            clock_spec: str | None = self.clock.spec()
+        except TypeError:  # a ManualClock (tests) cannot be shared
+            clock_spec = None
         return {
             "schema": MANIFEST_SCHEMA,
             "version": MANIFEST_VERSION,
             "seed": self.seed,
-            "clock": self.clock.spec(),
+            "clock": clock_spec,
             "control_api": self.control_api_url,
             "sites": [s.site_id for s in self.sites],
             "devices": devices,
