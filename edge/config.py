@@ -1,0 +1,204 @@
+"""The edge agent's configuration: one TOML file per site, checked completely at start.
+
+A broken config must stop the agent before it touches a device, with a message that names
+the field and the problem (``limits.soc_min_pct: must be below limits.soc_max_pct``), so an
+installer can fix it on the spot. See ``edge/config.example.toml`` for every field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Self
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from protocols.messages import DeviceKind
+from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
+from protocols.topics import SITE_ID_PATTERN
+
+__all__ = ["AgentSettings", "ConfigError", "DeviceConfig", "EdgeConfig", "load_config"]
+
+
+class ConfigError(ValueError):
+    """The config cannot be used; ``str()`` names the file, field and problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteSection(_Section):
+    id: Annotated[str, Field(pattern=SITE_ID_PATTERN.pattern)]
+    partitions: Annotated[int, Field(ge=1, le=65536)] = DEFAULT_PARTITION_COUNT
+    partition: Annotated[int, Field(ge=0, le=65535)] | None = None
+
+    @model_validator(mode="after")
+    def _partition_matches(self) -> Self:
+        expected = partition_of(self.id, self.partitions)
+        if self.partition is not None and self.partition != expected:
+            raise ValueError(
+                f"partition {self.partition} does not match site id {self.id!r}, which hashes "
+                f"to partition {expected} of {self.partitions}; remove 'partition' or fix it"
+            )
+        return self
+
+    @property
+    def resolved_partition(self) -> int:
+        return partition_of(self.id, self.partitions)
+
+
+class MqttSection(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    client_id: str | None = None
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> Self:
+        parsed = urlparse(self.url)
+        if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
+            raise ValueError(
+                f"url {self.url!r} must look like mqtt://host:port or mqtts://host:port"
+            )
+        try:
+            _ = parsed.port
+        except ValueError:
+            raise ValueError(f"url {self.url!r} has an invalid port") from None
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give either password or password_file, not both")
+        return self
+
+    def resolved_password(self) -> str | None:
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                msg = f"mqtt.password_file: cannot read {self.password_file}: {exc.strerror}"
+                raise ConfigError(msg) from None
+        return self.password
+
+
+class AgentSettings(_Section):
+    poll_interval_s: Annotated[float, Field(ge=0.2, le=60)] = 1.0
+    telemetry_interval_s: Annotated[float, Field(ge=0.5, le=3600)] = 2.0
+    heartbeat_s: Annotated[float, Field(ge=1, le=3600)] | None = None
+    stale_after_polls: Annotated[int, Field(ge=1, le=100)] = 3
+    db_path: Path = Path("vpp-edge.sqlite")
+    retention_days: Annotated[float, Field(gt=0, le=366)] = 5.0
+    backlog_rate_per_s: Annotated[float, Field(gt=0, le=10_000)] = 20.0
+    backlog_delay_max_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    modbus_timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.5
+
+    @model_validator(mode="after")
+    def _telemetry_not_faster_than_poll(self) -> Self:
+        if self.telemetry_interval_s < self.poll_interval_s:
+            raise ValueError(
+                f"telemetry_interval_s ({self.telemetry_interval_s}) is shorter than "
+                f"poll_interval_s ({self.poll_interval_s}): telemetry would repeat old data"
+            )
+        return self
+
+
+class LimitsSection(_Section):
+    grid_import_w: Annotated[float, Field(gt=0, le=1_000_000)]
+    grid_export_w: Annotated[float, Field(ge=0, le=1_000_000)]
+    soc_min_pct: Annotated[float, Field(ge=0, le=100)] = 10.0
+    soc_max_pct: Annotated[float, Field(ge=0, le=100)] = 95.0
+    comfort_min_c: Annotated[float, Field(ge=5, le=30)] = 19.5
+    comfort_max_c: Annotated[float, Field(ge=5, le=30)] = 23.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.soc_min_pct >= self.soc_max_pct:
+            raise ValueError(
+                f"soc_min_pct ({self.soc_min_pct}) must be below soc_max_pct ({self.soc_max_pct})"
+            )
+        if self.comfort_min_c >= self.comfort_max_c:
+            raise ValueError(
+                f"comfort_min_c ({self.comfort_min_c}) must be below "
+                f"comfort_max_c ({self.comfort_max_c})"
+            )
+        return self
+
+
+class ControlSection(_Section):
+    write_deadband_w: Annotated[float, Field(ge=0, le=10_000)] = 50.0
+    revert_timeout_s: Annotated[float, Field(ge=5, le=3600)] = 60.0
+    min_write_interval_s: Annotated[float, Field(ge=1, le=600)] = 1.0
+
+
+class DeviceConfig(_Section):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")]
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    unit_id: Annotated[int, Field(ge=0, le=255)] = 1
+    kind: DeviceKind | None = None  # detected from the device when omitted
+
+
+class EdgeConfig(_Section):
+    site: SiteSection
+    mqtt: MqttSection = MqttSection()
+    agent: AgentSettings = AgentSettings()
+    limits: LimitsSection
+    control: ControlSection = ControlSection()
+    devices: Annotated[list[DeviceConfig], Field(min_length=1, max_length=32)]
+
+    @model_validator(mode="after")
+    def _devices(self) -> Self:
+        ids = [d.id for d in self.devices]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"device ids must be unique; repeated: {', '.join(duplicates)}")
+        endpoints = [(d.host, d.port, d.unit_id) for d in self.devices]
+        if len(set(endpoints)) != len(endpoints):
+            raise ValueError("two devices share the same host, port and unit_id")
+        kinds = [d.kind for d in self.devices if d.kind is not None]
+        for kind in (DeviceKind.METER, DeviceKind.BATTERY):
+            if kinds.count(kind) > 1:
+                raise ValueError(f"at most one {kind.value} per site (found {kinds.count(kind)})")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> EdgeConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(source, exc)) from None
+
+
+def _describe(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s):"]
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "missing":
+            lines.append(f"  {where}: required field is missing")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown field (misspelt?)")
+        else:
+            got = (
+                f" (got {err['input']!r:.60})"
+                if "input" in err and err["type"] != "value_error"
+                else ""
+            )
+            lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}{got}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path) -> EdgeConfig:
+    """Read and check a config file; raise :class:`ConfigError` naming every problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return EdgeConfig.from_dict(data, source=str(path))

@@ -1,0 +1,109 @@
+"""The edge config: the example loads; each broken config names the field and the problem."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from edge.config import ConfigError, EdgeConfig, load_config
+from protocols.messages import DeviceKind
+
+EXAMPLE = Path(__file__).parents[2] / "edge" / "config.example.toml"
+
+
+def example() -> dict:
+    return tomllib.loads(EXAMPLE.read_text())
+
+
+def test_the_commented_example_is_a_valid_config():
+    config = load_config(EXAMPLE)
+    assert config.site.id == "site-000042"
+    assert config.site.resolved_partition == 19
+    assert config.limits.grid_import_w == 17250
+    assert [d.kind for d in config.devices] == [
+        None,
+        DeviceKind.BATTERY,
+        DeviceKind.METER,
+        DeviceKind.HEAT_PUMP,
+    ]
+
+
+def edit(path: str, value: object) -> dict:
+    data = example()
+    *parents, leaf = path.split(".")
+    target = data
+    for key in parents:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    if value is ...:
+        del target[leaf]
+    else:
+        target[leaf] = value
+    return data
+
+
+# field edit -> words the error must contain (the field's path and the problem)
+BROKEN = [
+    ("site.id", ..., "site.id: required field is missing"),
+    ("site.id", "a b", "site.id"),
+    ("site.partition", 3, "partition 3 does not match site id"),
+    ("site.partitions", 0, "site.partitions"),
+    ("limits", ..., "limits: required field is missing"),
+    ("limits.grid_import_w", -5, "limits.grid_import_w"),
+    ("limits.grid_import_w", "lots", "limits.grid_import_w"),
+    ("limits.soc_min_pct", 96, "soc_min_pct (96.0) must be below soc_max_pct (95.0)"),
+    ("limits.comfort_max_c", 18, "comfort_min_c (19.5) must be below comfort_max_c (18.0)"),
+    ("limits.fuse", 3, "limits.fuse: unknown field"),
+    ("agent.poll_interval_s", 0.01, "agent.poll_interval_s"),
+    ("agent.telemetry_interval_s", 0.5, "telemetry_interval_s (0.5) is shorter than"),
+    ("mqtt.url", "http://x", "must look like mqtt://host:port"),
+    ("mqtt.url", "mqtt://host:99999", "invalid port"),
+    ("mqtt.password", "x", "either password or password_file"),
+    ("devices.0.port", 70_000, "devices.0.port"),
+    ("devices.0.kind", "toaster", "devices.0.kind"),
+    ("devices.1.id", "inverter", "device ids must be unique; repeated: inverter"),
+    ("devices.1.unit_id", 1, "share the same host, port and unit_id"),
+    ("devices.0.kind", "meter", "at most one meter"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BROKEN)
+def test_broken_config_names_the_field(path, value, message):
+    with pytest.raises(ConfigError) as caught:
+        EdgeConfig.from_dict(edit(path, value), source="edge.toml")
+    assert message in str(caught.value)
+    assert str(caught.value).startswith("edge.toml:")
+
+
+def test_no_devices_is_refused():
+    data = example()
+    data["devices"] = []
+    with pytest.raises(ConfigError, match="devices"):
+        EdgeConfig.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("[site\nid=1", "not valid TOML"), (b"\xff\xfe", "not UTF-8")],
+)
+def test_unreadable_files(tmp_path, content, message):
+    path = tmp_path / "edge.toml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_password_file_is_read(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    config = EdgeConfig.from_dict(edit("mqtt.password_file", str(secret)))
+    assert config.mqtt.resolved_password() == "s3cret"
+    missing = EdgeConfig.from_dict(edit("mqtt.password_file", str(tmp_path / "none")))
+    with pytest.raises(ConfigError, match=r"mqtt\.password_file"):
+        missing.mqtt.resolved_password()
