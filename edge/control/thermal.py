@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ThermalModel", "fit_thermal_model", "time_in_band"]
+__all__ = ["ThermalLearner", "ThermalModel", "fit_thermal_model", "time_in_band"]
 
 DEFAULT_TAU_S = 30 * 3600.0  # a typical insulated home: tens of hours
 DEFAULT_GAIN_K_PER_W = 0.01  # 1 kW electric (COP ~3.5 -> ~3.5 kW heat) holds ~10 K above outside
@@ -83,4 +83,41 @@ def fit_thermal_model(
     (a, b), *_ = np.linalg.lstsq(x, y, rcond=None)
     if not (0.0 < a < 1.0) or b <= 0:
         return prior
-    return ThermalModel(tau_s=-dt_s / math.log(a), gain_k_per_w=b / (1.0 - a), samples=len(t) - 1)
+    return ThermalModel(
+        tau_s=float(-dt_s / math.log(a)), gain_k_per_w=float(b / (1.0 - a)), samples=len(t) - 1
+    )
+
+
+class ThermalLearner:
+    """Collects (indoor, outdoor, heat pump power) samples and refits the model periodically.
+
+    Samples are taken every ``sample_s`` of clock time into a fixed-size ring (two days at
+    one-minute samples by default), so memory stays flat however long the agent runs.
+    """
+
+    def __init__(
+        self, sample_s: float = 60.0, capacity: int = 2880, refit_every_s: float = 900.0
+    ) -> None:
+        self.sample_s = sample_s
+        self.refit_every_s = refit_every_s
+        self._data = np.full((capacity, 3), np.nan)
+        self._count = 0
+        self._next_sample = -math.inf
+        self._next_fit = -math.inf
+        self.model = ThermalModel()
+
+    def add(self, now: float, indoor_c: float, outdoor_c: float, hp_w: float) -> ThermalModel:
+        """Offer a sample; returns the current model (refitted when due)."""
+        if now >= self._next_sample:
+            self._data[self._count % len(self._data)] = (indoor_c, outdoor_c, hp_w)
+            self._count += 1
+            self._next_sample = now + self.sample_s
+        if now >= self._next_fit and self._count >= 3:
+            n = min(self._count, len(self._data))
+            start = self._count % len(self._data) if self._count > len(self._data) else 0
+            rows = np.roll(self._data, -start, axis=0)[:n]
+            self.model = fit_thermal_model(
+                rows[:, 0], rows[:, 1], rows[:, 2], self.sample_s, prior=self.model
+            )
+            self._next_fit = now + self.refit_every_s
+        return self.model

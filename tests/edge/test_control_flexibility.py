@@ -109,3 +109,19 @@ def test_thermal_fit_keeps_the_prior_when_data_cannot_tell(case):
     else:
         outdoor = outdoor[:-1]
     assert fit_thermal_model(indoor, outdoor, hp_w, 60.0, prior=prior) is prior
+
+
+def test_thermal_learner_refits_from_a_stream_with_bounded_memory():
+    from edge.control.thermal import ThermalLearner
+
+    true = ThermalModel(tau_s=20 * 3600, gain_k_per_w=0.008)
+    learner = ThermalLearner(sample_s=60, capacity=500, refit_every_s=900)
+    indoor = 21.0
+    for k in range(4000):  # 2.8 days of 1-minute samples, more than the ring holds
+        hp_w = 1500.0 if (k // 40) % 2 == 0 else 0.0
+        model = learner.add(k * 60.0, indoor, 5.0, hp_w)
+        t_eq = true.equilibrium_c(5.0, hp_w)
+        indoor = t_eq + (indoor - t_eq) * np.exp(-60 / true.tau_s)
+    assert model.samples == 499  # the ring's capacity, not everything ever seen
+    assert model.tau_s == pytest.approx(true.tau_s, rel=0.02)
+    assert model.gain_k_per_w == pytest.approx(true.gain_k_per_w, rel=0.02)
