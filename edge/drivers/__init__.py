@@ -1,0 +1,43 @@
+"""Device drivers of the edge agent: SunSpec PV inverter, battery and meter, and heat pump.
+
+* :class:`ModbusLink` - the agent's one connection per Modbus TCP endpoint (timeouts,
+  retries with backoff, reconnect, one request at a time), shared by the unit ids behind it.
+* :func:`detect_kind` - what answers at a unit id (SunSpec models, else the heat pump map).
+* :func:`make_driver` - the driver of a kind; ``poll()`` reads, ``set_*`` write under the
+  write policy (:class:`WriteGuard`), ``release()`` hands control back to the device.
+"""
+
+from __future__ import annotations
+
+from edge.drivers.base import BadValues, Driver, DriverStats, Reading, VerifyError
+from edge.drivers.factory import DRIVERS, DetectError, detect_kind, kind_from_models, make_driver
+from edge.drivers.heat_pump import HeatPumpDriver
+from edge.drivers.link import DeviceException, LinkDown, LinkError, LinkTimeout, ModbusLink
+from edge.drivers.sunspec import BatteryDriver, InverterDriver, MeterDriver
+from edge.drivers.write_policy import Decision, WriteGuard, WriteResult, WriteStatus
+
+__all__ = [
+    "DRIVERS",
+    "BadValues",
+    "BatteryDriver",
+    "Decision",
+    "DetectError",
+    "DeviceException",
+    "Driver",
+    "DriverStats",
+    "HeatPumpDriver",
+    "InverterDriver",
+    "LinkDown",
+    "LinkError",
+    "LinkTimeout",
+    "MeterDriver",
+    "ModbusLink",
+    "Reading",
+    "VerifyError",
+    "WriteGuard",
+    "WriteResult",
+    "WriteStatus",
+    "detect_kind",
+    "kind_from_models",
+    "make_driver",
+]
