@@ -75,9 +75,12 @@ class OutboxRecord:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class OutboxStats:
-    """The outbox at a glance; ``dropped_total`` is what retention ever threw away."""
+    """The outbox at a glance; ``dropped_total`` is what retention ever threw away.
+
+    (No ``slots``: callers may use ``vars()``/``__dict__`` as well as ``dataclasses.asdict``.)
+    """
 
     pending: int
     sent_total: int

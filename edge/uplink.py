@@ -88,6 +88,8 @@ _LIVE_QUEUE = 64  # live records waiting for an in-flight slot; older ones fall 
 _RECENT_ACKED = 4096  # seqs acked lately: the drain skips them if its page is stale
 _IDLE_RESCAN_S = 60.0  # clock seconds between backlog scans when nothing asks for one
 _MISC_INTERVAL_S = 1.0  # wall seconds between paho loop_misc() calls (keepalive)
+_ACK_FLUSH_S = 0.1  # wall seconds PUBACKed seqs wait before they are marked sent together
+_ACK_FLUSH_MAX = 256  # ...or this many, whichever comes first
 _BAD_LOG_FIRST = 10  # log every bad message of a reason up to this count, then 1 in 1000
 
 
@@ -228,7 +230,7 @@ class Uplink:
         self._recent_acked: deque[int] = deque(maxlen=_RECENT_ACKED)
         self._recent_acked_set: set[int] = set()
         self._acked_unflushed: list[int] = []
-        self._flush_scheduled = False
+        self._flush_handle: asyncio.TimerHandle | None = None
         self._live: deque[OutboxRecord] = deque()
         self._slot_free = asyncio.Event()
         self._drain_wakeup = asyncio.Event()
@@ -628,9 +630,10 @@ class Uplink:
             self._stats["acked"] += 1
             self._acked_unflushed.append(seq)
             self._remember_acked(seq)
-            if not self._flush_scheduled and self._loop is not None:
-                self._flush_scheduled = True
-                self._loop.call_soon(self._flush_acked)
+            if len(self._acked_unflushed) >= _ACK_FLUSH_MAX:
+                self._flush_acked()
+            elif self._flush_handle is None and self._loop is not None:
+                self._flush_handle = self._loop.call_later(_ACK_FLUSH_S, self._flush_acked)
         self._slot_free.set()
         self._pump_live()
 
@@ -756,8 +759,12 @@ class Uplink:
         self._recent_acked_set.add(seq)
 
     def _flush_acked(self) -> None:
-        """Mark PUBACKed seqs sent, in one transaction per loop iteration (not per PUBACK)."""
-        self._flush_scheduled = False
+        """Mark PUBACKed seqs sent, batched: one transaction per ``_ACK_FLUSH_S`` or per
+        ``_ACK_FLUSH_MAX`` PUBACKs, not one per PUBACK (a kill -9 before the flush costs a
+        few duplicates, never a loss)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if not self._acked_unflushed:
             return
         seqs, self._acked_unflushed = self._acked_unflushed, []
