@@ -214,6 +214,7 @@ class Uplink:
         self._ctx = f"site={site_id} partition={partition}"
 
         self.connected = False
+        self._subscribed = False  # SUBACK received for this connection
         self._client: _PahoClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -264,6 +265,7 @@ class Uplink:
         out["bad_messages"] = dict(self._stats["bad_messages"])
         out["publish_refused"] = dict(self._stats["publish_refused"])
         out["connected"] = self.connected
+        out["subscribed"] = self._subscribed
         out["inflight"] = len(self._inflight)
         return out
 
@@ -510,6 +512,7 @@ class Uplink:
                 log.exception("uplink %s: error closing the socket", self._ctx)
         was_connected = self.connected
         self.connected = False
+        self._subscribed = False
         self._connected_event.clear()
         self._inflight.clear()
         self._inflight_seqs.clear()
@@ -599,7 +602,10 @@ class Uplink:
         reason_codes: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
+        if client is not self._client:
+            return
         refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        self._subscribed = not refused
         if refused:
             log.error("uplink %s: subscription refused by the broker: %s", self._ctx, refused)
 

@@ -524,3 +524,43 @@ async def _until(pred: Callable[[], Any], within_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met in {within_s} s")
         await asyncio.sleep(0.01)
+
+
+async def test_inflight_is_bounded_and_live_records_wait_their_turn(broker, sites, observers):
+    """A hung broker (SIGSTOP) sends no PUBACKs: at most max_inflight messages are out, the
+    rest wait (live queue, then the store); when it wakes up everything arrives."""
+    obs = observers(broker.port)
+    site = sites(broker.url, "site-infl-1", max_inflight=3)
+    await site.uplink.start()
+    assert await site.uplink.wait_connected(5)
+    broker.pause()
+    try:
+        seqs = [site.measure() for _ in range(100)]  # 64 fit the live queue, 33 overflow
+        await asyncio.sleep(0.2)
+        assert site.uplink.stats["inflight"] == 3
+        assert site.uplink.stats["published"] == 3
+        assert site.uplink.stats["live_deferred"] == 100 - 3 - 64
+    finally:
+        broker.resume()
+    await obs.wait_for(lambda: set(obs.telemetry_seqs("site-infl-1")) == set(seqs))
+    await _until(lambda: site.store.stats().pending == 0)
+    assert site.uplink.stats["inflight"] <= 3
+
+
+async def test_broker_killed_loses_its_sessions_and_the_uplink_resubscribes(broker, sites):
+    """kill -9 of a broker without autosave forgets every session: the uplink notices the
+    fresh session and subscribes again, so dispatch still reaches it."""
+    site = sites(broker.url, "site-kill-1", reconnect_max_s=5.0)
+    await site.uplink.start()
+    assert await site.uplink.wait_connected(5)
+    broker.kill()
+    await _until(lambda: not site.uplink.connected)
+    broker.start()
+    assert await site.uplink.wait_connected(10)
+    await _until(lambda: site.uplink.stats["subscribed"])
+    publish(
+        broker.port, site.topic(SiteKind.DISPATCH), dispatch_payload("site-kill-1", site.clock, 3)
+    )
+    await _until(lambda: site.handler.dispatches)
+    assert site.handler.dispatches[0].seq == 3
+    assert site.uplink.stats["reconnects"] == 1
