@@ -174,7 +174,8 @@ class EdgeStore:
                 log.info("edge store %s: applying migrations %s", self.path, ", ".join(pending))
             MIGRATIONS.apply(self._db)
             stored_max = self._conn.execute("SELECT max(seq) FROM outbox").fetchone()[0]
-            self._max_seq = max(int(self.get_state(_KEY_MAX_SEQ, 0)), stored_max or 0)
+            stored_max = -1 if stored_max is None else int(stored_max)
+            self._max_seq = max(int(self.get_state(_KEY_MAX_SEQ, -1)), stored_max)
         except BaseException:
             self._conn.close()
             raise
@@ -183,7 +184,7 @@ class EdgeStore:
     # --- telemetry outbox ---------------------------------------------------------------
 
     def next_seq(self) -> int:
-        """The seq for the next telemetry record: 1 + the largest seq ever stored."""
+        """The seq for the next telemetry record: 1 + the largest seq ever stored (0 first)."""
         return self._max_seq + 1
 
     def append_telemetry(self, seq: int, ts: float, payload: bytes) -> None:

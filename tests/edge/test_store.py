@@ -75,23 +75,23 @@ def test_an_older_file_is_upgraded_and_keeps_its_data(db_path, clock):
 
 def test_append_unsent_mark_sent(db_path, clock):
     with EdgeStore(db_path, clock) as store:
-        assert store.next_seq() == 1
+        assert store.next_seq() == 0  # the first record of a site is seq 0
         assert store.unsent(10) == []
         seqs = _fill(store, clock, 10)
-        assert seqs == list(range(1, 11))
+        assert seqs == list(range(10))
         page = store.unsent(4)
-        assert [r.seq for r in page] == [1, 2, 3, 4]
-        assert page[0].payload == b'{"seq":1}'
-        assert [r.seq for r in store.unsent(4, after_seq=4)] == [5, 6, 7, 8]
+        assert [r.seq for r in page] == [0, 1, 2, 3]
+        assert page[0].payload == b'{"seq":0}'
+        assert [r.seq for r in store.unsent(4, after_seq=3)] == [4, 5, 6, 7]
         store.mark_sent([2, 4, 4, 99])  # duplicates and unknown seqs are harmless
-        assert [r.seq for r in store.unsent(100)] == [1, 3, 5, 6, 7, 8, 9, 10]
+        assert [r.seq for r in store.unsent(100)] == [0, 1, 3, 5, 6, 7, 8, 9]
         store.mark_sent([2])  # a second PUBACK for the same seq does not count twice
         stats = store.stats()
         assert stats.pending == 8
         assert stats.sent_total == 2
         assert stats.dropped_total == 0
         assert stats.oldest_pending_ts == pytest.approx(clock.time() - 20.0)
-        store.mark_sent(range(1, 11))
+        store.mark_sent(range(10))
         assert store.unsent(100) == []
         assert store.stats().oldest_pending_ts is None
         assert store.stats().sent_total == 10
@@ -101,9 +101,9 @@ def test_seq_must_increase(db_path, clock):
     with EdgeStore(db_path, clock) as store:
         _fill(store, clock, 3)
         with pytest.raises(ValueError, match="not above"):
-            store.append_telemetry(3, clock.time(), b"{}")
+            store.append_telemetry(2, clock.time(), b"{}")
         with pytest.raises(ValueError, match="not above"):
-            store.append_telemetry(1, clock.time(), b"{}")
+            store.append_telemetry(0, clock.time(), b"{}")
         store.append_telemetry(10, clock.time(), b"{}")  # a gap is the caller's choice
         assert store.next_seq() == 11
 
@@ -111,28 +111,28 @@ def test_seq_must_increase(db_path, clock):
 def test_seq_persists_across_reopen_even_after_everything_was_pruned(db_path, clock):
     with EdgeStore(db_path, clock, sent_keep_s=60.0) as store:
         _fill(store, clock, 5)
-        store.mark_sent(range(1, 6))
+        store.mark_sent(range(5))
         clock.advance(3600)
         store.enforce_retention()  # deletes every (sent) row
         assert store.stats().pending == 0
     with EdgeStore(db_path, clock) as store:
         assert store._conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
-        assert store.next_seq() == 6
+        assert store.next_seq() == 5
         assert store.stats().sent_total == 5
 
 
 def test_retention_by_age_drops_counts_logs_and_persists(db_path, clock, caplog):
     with EdgeStore(db_path, clock, retention_s=100.0) as store:
-        _fill(store, clock, 100, step=2.0)  # ts = t0 .. t0+198; now = t0+200
-        store.mark_sent([1, 2])  # sent rows are not "dropped"
+        _fill(store, clock, 100, step=2.0)  # seq 0..99, ts = t0 + 2 seq; now = t0+200
+        store.mark_sent([0, 1])  # sent rows are not "dropped"
         with caplog.at_level(logging.WARNING, logger="edge.store"):
             dropped = store.enforce_retention()
-        # unsent with ts < now-100 = t0+100: seqs 3..50
+        # unsent with ts < now-100 = t0+100: seqs 2..49
         assert dropped == 48
-        assert [r.seq for r in store.unsent(1)] == [51]
+        assert [r.seq for r in store.unsent(1)] == [50]
         assert store.stats().dropped_total == 48
         assert "retention dropped 48" in caplog.text
-        assert "seq 3..50" in caplog.text
+        assert "seq 2..49" in caplog.text
         assert store.enforce_retention() == 0  # nothing more to do: no double counting
     with EdgeStore(db_path, clock, retention_s=100.0) as store:
         assert store.stats().dropped_total == 48
@@ -146,14 +146,14 @@ def test_retention_by_count_keeps_the_newest(db_path, clock):
     with EdgeStore(db_path, clock, max_records=10) as store:
         _fill(store, clock, 25)
         assert store.enforce_retention() == 15
-        assert [r.seq for r in store.unsent(100)] == list(range(16, 26))
+        assert [r.seq for r in store.unsent(100)] == list(range(15, 25))
         assert store.stats().dropped_total == 15
 
 
 def test_sent_rows_and_old_dispatch_log_are_cleaned_up_without_counting(db_path, clock):
     with EdgeStore(db_path, clock, retention_s=1000.0, sent_keep_s=10.0) as store:
         _fill(store, clock, 3)
-        store.mark_sent([1, 2, 3])
+        store.mark_sent([0, 1, 2])
         store.log_dispatch("d-1", 1, clock.time(), b"{}", "applied")
         clock.advance(11.0)
         assert store.enforce_retention() == 0
@@ -225,8 +225,8 @@ def test_kill_9_after_writing_loses_no_committed_record(db_path, clock):
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     with EdgeStore(db_path, clock) as store:
-        assert [r.seq for r in store.unsent(1000)] == list(range(1, 501))
-        assert store.next_seq() == 501
+        assert [r.seq for r in store.unsent(1000)] == list(range(500))
+        assert store.next_seq() == 500
 
 
 def test_kill_9_in_the_middle_of_writing_loses_no_committed_record(db_path, clock):
@@ -247,4 +247,4 @@ def test_kill_9_in_the_middle_of_writing_loses_no_committed_record(db_path, cloc
         stored = [r.seq for r in store.unsent(100_000)]
     assert stored[: len(committed)] == committed
     assert len(stored) - len(committed) <= 1  # committed, killed before the print
-    assert stored == list(range(1, len(stored) + 1))
+    assert stored == list(range(len(stored)))
