@@ -254,6 +254,7 @@ class Uplink:
             "bad_messages": {},
             "handler_errors": 0,
             "store_errors": 0,
+            "configs_cleared": 0,
         }
 
     # --- public API -------------------------------------------------------------------------
@@ -645,6 +646,12 @@ class Uplink:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if client is not self._client:
+            return
+        if not msg.payload and msg.topic.endswith(f"/{SiteKind.CONFIG.value}"):
+            # An empty retained message is how MQTT deletes a retained config: not an error.
+            # The agent keeps the config it has (the cloud sends a new rev to change it).
+            self._stats["configs_cleared"] += 1
+            log.info("uplink %s: retained config cleared; keeping the current one", self._ctx)
             return
         try:
             topic, message = parse_message(msg.topic, msg.payload, self.partition_count)
