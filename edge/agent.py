@@ -1,0 +1,675 @@
+"""The edge agent: one site's control loop, telemetry and cloud link.
+
+Every poll interval (clock time) the agent
+
+1. polls every device at once (one Modbus connection per endpoint, owned here);
+2. turns *fresh* readings into the control inputs (stale or lost devices count as absent);
+3. computes the fallback plan - its grid power is the site's baseline - and the site's
+   flexibility, always;
+4. picks what to follow: a valid cloud dispatch or partition signal, else the fallback; in
+   degraded mode (a device lost, or no meter) it runs fallback with what is left and offers
+   no flexibility;
+5. writes the plan to the devices through the drivers' write guards (deadband, one write
+   per second per device, refresh before revert, read-back).
+
+Every telemetry interval it stores one telemetry record in SQLite *before* handing it to the
+uplink, so nothing measured is lost to a broker outage or a kill -9.
+
+Many agents share one asyncio loop (the demo runs hundreds per process): the agent never
+blocks, and all timing comes from the injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.config import EdgeConfig
+from edge.control.flexibility import SiteFlexibility, flexibility
+from edge.control.plan import (
+    Battery,
+    HeatPump,
+    Plan,
+    SgReady,
+    SiteInputs,
+    SiteLimits,
+    fallback,
+    follow,
+)
+from edge.control.thermal import ThermalLearner
+from edge.drivers import (
+    BatteryDriver,
+    Driver,
+    HeatPumpDriver,
+    InverterDriver,
+    ModbusLink,
+    Reading,
+    detect_kind,
+    make_driver,
+)
+from edge.store import EdgeStore, OutboxRecord
+from edge.uplink import Uplink
+from protocols.clock import Clock
+from protocols.messages import (
+    Ack,
+    Config,
+    DeviceKind,
+    DeviceReading,
+    Dispatch,
+    Mode,
+    PartitionSignal,
+    Telemetry,
+    encode,
+)
+
+__all__ = ["AGENT_VERSION", "ActiveCommand", "CycleState", "SiteAgent"]
+
+AGENT_VERSION = "0.1.0"
+log = logging.getLogger("edge.agent")
+
+PV_CURTAILED_FRACTION = 0.97  # PV at >= 97 % of our limit: assume the limit is what holds it
+PV_ESTIMATE_HOLD_S = 600.0  # how long a curtailed PV estimate is trusted
+
+
+@dataclass
+class ActiveCommand:
+    """The cloud command being followed (a per-site dispatch or a partition signal)."""
+
+    kind: str  # "dispatch" | "signal"
+    command_id: str
+    seq: int
+    issued_ts: float
+    valid_until: float
+    target_w: float | None = None  # dispatch
+    level: float | None = None  # signal
+
+    def valid(self, now: float) -> bool:
+        return self.issued_ts - 5.0 <= now < self.valid_until
+
+
+@dataclass
+class CycleState:
+    """What the last control cycle saw and decided (telemetry and acks read it)."""
+
+    ts: float
+    mode: Mode
+    inputs: SiteInputs | None
+    grid_w: float | None
+    pv_w: float | None
+    battery_w: float | None
+    soc_pct: float | None
+    heat_pump_w: float | None
+    indoor_c: float | None
+    baseline: Plan | None
+    plan: Plan | None
+    flex: SiteFlexibility
+    command: ActiveCommand | None
+    lost: list[str] = field(default_factory=list)
+
+
+class _SiteLog(logging.LoggerAdapter):
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"site={self.extra['site']} partition={self.extra['partition']} {msg}", kwargs
+
+
+class SiteAgent:
+    """One site. ``start()``, then ``run()`` until ``stop()``."""
+
+    def __init__(self, config: EdgeConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.site_id = config.site.id
+        self.partition = config.site.resolved_partition
+        self.log = _SiteLog(log, {"site": self.site_id, "partition": self.partition})
+        lim = config.limits
+        self.limits = SiteLimits(
+            grid_import_w=lim.grid_import_w,
+            grid_export_w=lim.grid_export_w,
+            soc_min_pct=lim.soc_min_pct,
+            soc_max_pct=lim.soc_max_pct,
+            comfort_min_c=lim.comfort_min_c,
+            comfort_max_c=lim.comfort_max_c,
+        )
+        self.poll_s = config.agent.poll_interval_s
+        self.telemetry_s = config.agent.telemetry_interval_s
+        self.store: EdgeStore | None = None
+        self.uplink: Uplink | None = None
+        self.links: dict[tuple[str, int], ModbusLink] = {}
+        self.drivers: list[Driver] = []
+        self.thermal = ThermalLearner()
+        self.command: ActiveCommand | None = None
+        self.state: CycleState | None = None
+        self._stop = asyncio.Event()
+        self._pv_estimate: tuple[float, float] | None = None  # (watts, when)
+        self._hp_normal_w = 0.0
+        self.flags: dict[str, bool] = {}
+        self.counters: dict[str, int] = {
+            "cycles": 0,
+            "cycle_slips": 0,
+            "telemetry": 0,
+            "dispatches": 0,
+            "dispatch_duplicates": 0,
+            "dispatch_out_of_order": 0,
+            "dispatch_rejected": 0,
+            "signals": 0,
+            "configs": 0,
+            "config_ignored": 0,
+            "errors": 0,
+        }
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, connect and identify the devices, start the uplink.
+
+        On failure everything opened so far is closed again, so ``start()`` can be retried.
+        """
+        try:
+            await self._open()
+        except BaseException:
+            await self._close()
+            raise
+
+    async def _open(self) -> None:
+        cfg = self.config
+        self.store = EdgeStore(
+            cfg.agent.db_path, self.clock, retention_s=cfg.agent.retention_days * 86_400.0
+        )
+        last_seq = self.store.get_state("dispatch_seq")
+        self._last_dispatch_seq: int = -1 if last_seq is None else int(last_seq)
+        self._last_signal_seq: int = -1
+        self._last_config_rev: int = int(self.store.get_state("config_rev", -1))
+        saved = self.store.get_state("config") or {}
+        self.flags = dict(saved.get("flags", {}))
+        for dev in cfg.devices:
+            key = (dev.host, dev.port)
+            link = self.links.get(key)
+            if link is None:
+                link = ModbusLink(dev.host, dev.port, timeout_s=cfg.agent.modbus_timeout_s)
+                self.links[key] = link
+            kind = dev.kind
+            if kind is None:
+                kind = await detect_kind(dev.host, dev.port, dev.unit_id)
+                self.log.info("device=%s detected as %s", dev.id, kind.value)
+            self.drivers.append(
+                make_driver(
+                    kind,
+                    dev.id,
+                    link,
+                    dev.unit_id,
+                    self.clock,
+                    revert_timeout_s=cfg.control.revert_timeout_s,
+                    deadband_w=cfg.control.write_deadband_w,
+                    min_write_interval_s=cfg.control.min_write_interval_s,
+                    lost_after=cfg.agent.stale_after_polls,
+                )
+            )
+        self.uplink = Uplink(
+            site_id=self.site_id,
+            partition=self.partition,
+            partition_count=cfg.site.partitions,
+            mqtt_url=cfg.mqtt.url,
+            clock=self.clock,
+            store=self.store,
+            handler=self,
+            username=cfg.mqtt.username,
+            password=cfg.mqtt.resolved_password(),
+            client_id=cfg.mqtt.client_id,
+            backlog_rate_per_s=cfg.agent.backlog_rate_per_s,
+            backlog_delay_max_s=cfg.agent.backlog_delay_max_s,
+            agent_version=AGENT_VERSION,
+        )
+        self._apply_params(saved.get("params", {}))
+        await self.uplink.start()
+        self.log.info("started with %d devices", len(self.drivers))
+
+    async def run(self) -> None:
+        """Control cycles on a fixed grid of the clock until :meth:`stop`."""
+        next_cycle = self.clock.time()
+        next_telemetry = next_cycle
+        next_retention = next_cycle
+        while not self._stop.is_set():
+            await self._sleep_until(next_cycle)
+            if self._stop.is_set():
+                break
+            try:
+                await self.cycle()
+                now = self.clock.time()
+                if now >= next_telemetry:
+                    self.send_telemetry()
+                    next_telemetry += self.telemetry_s
+                    if next_telemetry <= now:
+                        next_telemetry = now + self.telemetry_s
+                if now >= next_retention and self.store is not None:
+                    self.store.enforce_retention()
+                    next_retention = now + 600.0
+            except Exception:  # a bug in one cycle must not end the site's control
+                self.counters["errors"] += 1
+                self.log.exception("control cycle failed")
+            next_cycle += self.poll_s
+            now = self.clock.time()
+            if now > next_cycle + self.poll_s:  # more than a whole cycle late: skip ahead
+                self.counters["cycle_slips"] += 1
+                next_cycle = now
+
+    async def _sleep_until(self, t: float) -> None:
+        delay = t - self.clock.time()
+        if delay <= 0:
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=delay / self.clock.speed)
+
+    async def stop(self) -> None:
+        """Stop the loop, hand control back to the devices, close everything."""
+        self._stop.set()
+        await asyncio.gather(*(d.release() for d in self.drivers), return_exceptions=True)
+        await self._close()
+
+    async def _close(self) -> None:
+        if self.uplink is not None:
+            await self.uplink.stop()
+            self.uplink = None
+        await asyncio.gather(*(d.close() for d in self.drivers), return_exceptions=True)
+        await asyncio.gather(
+            *(link.close() for link in self.links.values()), return_exceptions=True
+        )
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.drivers.clear()
+        self.links.clear()
+
+    # --- one control cycle -------------------------------------------------------------------
+
+    def _driver(self, kind: type[Driver]) -> Any:
+        return next((d for d in self.drivers if isinstance(d, kind)), None)
+
+    async def cycle(self) -> CycleState:
+        """Poll, decide, write. Returns (and keeps) what it saw and decided."""
+        await asyncio.gather(*(d.poll() for d in self.drivers))
+        now = self.clock.time()
+        max_age = self.poll_s * self.config.agent.stale_after_polls
+        fresh: dict[DeviceKind, Reading | None] = {}
+        lost: list[str] = []
+        for d in self.drivers:
+            reading = d.fresh(now, max_age)
+            fresh[d.kind] = reading
+            if reading is None:
+                lost.append(d.device_id)
+        state = self._evaluate(now, fresh, lost)
+        await self._apply(state)
+        self.state = state
+        self.counters["cycles"] += 1
+        return state
+
+    def _evaluate(
+        self, now: float, fresh: dict[DeviceKind, Reading | None], lost: list[str]
+    ) -> CycleState:
+        meter = fresh.get(DeviceKind.METER)
+        inv = fresh.get(DeviceKind.PV_INVERTER)
+        bat = fresh.get(DeviceKind.BATTERY)
+        hp = fresh.get(DeviceKind.HEAT_PUMP)
+        pv_w = _value(inv, "power_w")
+        battery_w = _value(bat, "power_w")
+        hp_w = _value(hp, "power_w")
+        grid_w = _value(meter, "power_w")
+        soc = _value(bat, "soc_pct")
+        indoor = _value(hp, "indoor_c")
+        if meter is None or grid_w is None:
+            # Without the meter the agent cannot see the load: safety only.
+            plan = self._blind_plan()
+            flex = _no_flex(None)
+            return CycleState(
+                now,
+                Mode.DEGRADED,
+                None,
+                None,
+                pv_w,
+                battery_w,
+                soc,
+                hp_w,
+                indoor,
+                None,
+                plan,
+                flex,
+                None,
+                lost,
+            )
+        load = max(0.0, grid_w + (pv_w or 0.0) + (battery_w or 0.0) - (hp_w or 0.0))
+        inputs = SiteInputs(
+            load_w=load,
+            pv_available_w=self._pv_available(now, inv),
+            battery=_battery(bat),
+            heat_pump=self._heat_pump(now, hp),
+        )
+        baseline = fallback(inputs, self.limits, self.poll_s)
+        if lost:
+            return CycleState(
+                now,
+                Mode.DEGRADED,
+                inputs,
+                grid_w,
+                pv_w,
+                battery_w,
+                soc,
+                hp_w,
+                indoor,
+                baseline,
+                baseline,
+                _no_flex(baseline.grid_w),
+                None,
+                lost,
+            )
+        outdoor = _value(hp, "outdoor_c")
+        flex = flexibility(
+            inputs, self.limits, outdoor_c=outdoor, thermal=self.thermal.model, cycle_s=self.poll_s
+        )
+        command = self.command if self.command is not None and self.command.valid(now) else None
+        if command is None:
+            plan, mode = baseline, Mode.FALLBACK
+        else:
+            target = self._target(command, baseline.grid_w, flex)
+            plan, mode = follow(target, inputs, self.limits, self.poll_s), Mode.CLOUD
+        return CycleState(
+            now,
+            mode,
+            inputs,
+            grid_w,
+            pv_w,
+            battery_w,
+            soc,
+            hp_w,
+            indoor,
+            baseline,
+            plan,
+            flex,
+            command,
+            lost,
+        )
+
+    @staticmethod
+    def _target(command: ActiveCommand, baseline_w: float, flex: SiteFlexibility) -> float:
+        if command.target_w is not None:
+            return command.target_w
+        level = command.level or 0.0
+        if level >= 0:
+            return baseline_w + level * max(0.0, flex.p_max_w - baseline_w)
+        return baseline_w + level * max(0.0, baseline_w - flex.p_min_w)
+
+    def _blind_plan(self) -> Plan:
+        """No meter: hand the battery back to its own control, cap PV at the export limit."""
+        return Plan(
+            battery_w=math.nan,  # NaN = release to the device's own control
+            pv_limit_w=self.limits.grid_export_w,
+            sg_ready=SgReady.NORMAL if self._driver(HeatPumpDriver) else None,
+            grid_w=math.nan,
+        )
+
+    def _pv_available(self, now: float, inv: Reading | None) -> float:
+        """PV the panels could give: measured, unless our own limit is what holds it down."""
+        pv = _value(inv, "power_w") or 0.0
+        limit = _value(inv, "limit_w")
+        curtailed = limit is not None and pv >= PV_CURTAILED_FRACTION * limit
+        if not curtailed:
+            self._pv_estimate = (pv, now)
+            return pv
+        if self._pv_estimate is not None and now - self._pv_estimate[1] < PV_ESTIMATE_HOLD_S:
+            return max(pv, self._pv_estimate[0])
+        return pv
+
+    def _heat_pump(self, now: float, hp: Reading | None) -> HeatPump | None:
+        if hp is None:
+            return None
+        power = _value(hp, "power_w") or 0.0
+        if _value(hp, "sg_ready") == SgReady.NORMAL:
+            self._hp_normal_w = power
+        indoor = _value(hp, "indoor_c")
+        outdoor = _value(hp, "outdoor_c")
+        if indoor is None:
+            return None
+        if outdoor is not None:
+            self.thermal.add(now, indoor, outdoor, power)
+        boost = _value(hp, "power_limit_w") or _value(hp, "rated_w") or power
+        return HeatPump(normal_w=self._hp_normal_w, boost_w=boost, indoor_c=indoor)
+
+    async def _apply(self, state: CycleState) -> None:
+        plan = state.plan
+        if plan is None:
+            return
+        writes = []
+        battery = self._driver(BatteryDriver)
+        if battery is not None and battery.device_id not in state.lost:
+            setpoint = None if math.isnan(plan.battery_w) else plan.battery_w
+            writes.append(battery.set_power(setpoint))
+        inverter = self._driver(InverterDriver)
+        if inverter is not None and inverter.device_id not in state.lost:
+            writes.append(inverter.set_limit(plan.pv_limit_w))
+        heat_pump = self._driver(HeatPumpDriver)
+        if (
+            heat_pump is not None
+            and plan.sg_ready is not None
+            and heat_pump.device_id not in state.lost
+        ):
+            writes.append(heat_pump.set_sg_ready(int(plan.sg_ready)))
+        await asyncio.gather(*writes)
+
+    # --- telemetry ---------------------------------------------------------------------------
+
+    def build_telemetry(self, seq: int) -> Telemetry:
+        state = self.state
+        assert state is not None
+        devices = []
+        for d in self.drivers:
+            last = d.last
+            devices.append(
+                DeviceReading(
+                    id=d.device_id,
+                    kind=d.kind,
+                    health=d.health,
+                    power_w=None if last is None else _finite(last.values.get("power_w")),
+                    ts=None if last is None else last.ts,
+                )
+            )
+        baseline_w = state.baseline.grid_w if state.baseline is not None else state.grid_w
+        return Telemetry(
+            site_id=self.site_id,
+            seq=seq,
+            ts=state.ts,
+            interval_s=self.telemetry_s,
+            mode=state.mode,
+            grid_w=_finite(state.grid_w) or 0.0,
+            pv_w=_finite(state.pv_w),
+            battery_w=_finite(state.battery_w),
+            soc_pct=_finite(state.soc_pct),
+            heat_pump_w=_finite(state.heat_pump_w),
+            load_w=None if state.inputs is None else state.inputs.load_w,
+            indoor_c=_finite(state.indoor_c),
+            baseline_w=_finite(baseline_w) or 0.0,
+            flex=state.flex.to_message(),
+            dispatch_id=None if state.command is None else state.command.command_id,
+            devices=devices,
+        )
+
+    def send_telemetry(self) -> OutboxRecord | None:
+        """Store one telemetry record durably, then hand it to the uplink."""
+        if self.state is None or self.store is None:
+            return None
+        seq = self.store.next_seq()
+        telemetry = self.build_telemetry(seq)
+        record = OutboxRecord(seq=seq, ts=telemetry.ts, payload=encode(telemetry))
+        self.store.append_telemetry(record.seq, record.ts, record.payload)
+        if self.uplink is not None:
+            self.uplink.send_telemetry(record)
+        self.counters["telemetry"] += 1
+        return record
+
+    # --- cloud messages (UplinkHandler) ------------------------------------------------------
+
+    def on_dispatch(self, message: Dispatch) -> None:
+        now = self.clock.time()
+        if message.seq < self._last_dispatch_seq:
+            self.counters["dispatch_out_of_order"] += 1
+            self.log.info(
+                "dispatch %s seq %d older than %d: ignored",
+                message.dispatch_id,
+                message.seq,
+                self._last_dispatch_seq,
+            )
+            return
+        if message.seq == self._last_dispatch_seq:
+            self.counters["dispatch_duplicates"] += 1
+            return
+        self.counters["dispatches"] += 1
+        self._last_dispatch_seq = message.seq
+        ack = self._judge(message, now)
+        if ack.accepted:
+            self.command = ActiveCommand(
+                "dispatch",
+                message.dispatch_id,
+                message.seq,
+                message.issued_ts,
+                message.valid_until,
+                target_w=message.target_w,
+            )
+        else:
+            self.counters["dispatch_rejected"] += 1
+        if self.store is not None:
+            self.store.set_state("dispatch_seq", message.seq)
+            self.store.log_dispatch(
+                message.dispatch_id,
+                message.seq,
+                now,
+                encode(message),
+                "accepted" if ack.accepted else f"rejected: {ack.reason}",
+            )
+        if self.uplink is not None:
+            self.uplink.send_ack(ack)
+
+    def _judge(self, message: Dispatch, now: float) -> Ack:
+        """Accept or reject a dispatch and say which limits will clamp it."""
+
+        def ack(accepted: bool, reason: str | None = None, plan: Plan | None = None) -> Ack:
+            return Ack(
+                site_id=self.site_id,
+                dispatch_id=message.dispatch_id,
+                seq=message.seq,
+                ts=now,
+                accepted=accepted,
+                reason=reason,
+                target_w=message.target_w,
+                applied_w=None if plan is None else _finite(plan.grid_w),
+                clamped_by=[] if plan is None else list(plan.clamped_by),
+            )
+
+        if message.valid_until <= now:
+            return ack(False, f"expired {now - message.valid_until:.1f} s before it arrived")
+        state = self.state
+        if state is None or state.inputs is None:
+            return ack(False, "no measurements yet")
+        if state.mode is Mode.DEGRADED:
+            return ack(False, f"degraded: {', '.join(state.lost) or 'meter'} not answering")
+        plan = follow(message.target_w, state.inputs, self.limits, self.poll_s)
+        reason = "clamped" if plan.clamped_by else None
+        return ack(True, reason, plan)
+
+    def on_signal(self, message: PartitionSignal) -> None:
+        if message.seq <= self._last_signal_seq:
+            return
+        self._last_signal_seq = message.seq
+        self.counters["signals"] += 1
+        current = self.command
+        # A per-site dispatch that is still valid and newer wins over a partition level.
+        if (
+            current is not None
+            and current.kind == "dispatch"
+            and current.valid(self.clock.time())
+            and current.issued_ts > message.issued_ts
+        ):
+            return
+        self.command = ActiveCommand(
+            "signal",
+            message.signal_id,
+            message.seq,
+            message.issued_ts,
+            message.valid_until,
+            level=message.level,
+        )
+
+    def on_config(self, message: Config) -> None:
+        if message.rev <= self._last_config_rev:
+            self.counters["config_ignored"] += 1
+            return
+        self.counters["configs"] += 1
+        self._last_config_rev = message.rev
+        params = message.params.model_dump(exclude_none=True)
+        self._apply_params(params)
+        self.flags = dict(message.flags)
+        self.log.info("config rev %d applied: params %s flags %s", message.rev, params, self.flags)
+        if self.store is not None:
+            # persisted: after a restart the retained config comes back with the same rev
+            self.store.set_state("config_rev", message.rev)
+            self.store.set_state("config", {"params": params, "flags": self.flags})
+
+    def _apply_params(self, params: dict[str, float]) -> None:
+        """Cloud parameters override the local file's; telemetry never faster than polling."""
+        if "poll_interval_s" in params:
+            self.poll_s = params["poll_interval_s"]
+        if "telemetry_interval_s" in params:
+            self.telemetry_s = params["telemetry_interval_s"]
+        self.telemetry_s = max(self.telemetry_s, self.poll_s)
+        if "backlog_rate_per_s" in params and self.uplink is not None:
+            self.uplink.backlog_rate_per_s = params["backlog_rate_per_s"]
+
+    # --- status --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for the status page and the operator."""
+        state = self.state
+        return {
+            "site_id": self.site_id,
+            "partition": self.partition,
+            "mode": None if state is None else state.mode.value,
+            "time": self.clock.time(),
+            "devices": {
+                d.device_id: {"kind": d.kind.value, "health": d.health.value, **d.stats.as_dict()}
+                for d in self.drivers
+            },
+            "counters": dict(self.counters),
+            "outbox": None if self.store is None else self.store.stats().__dict__,
+            "uplink": None if self.uplink is None else self.uplink.stats,
+        }
+
+
+def _value(reading: Reading | None, key: str) -> float | None:
+    if reading is None:
+        return None
+    value = reading.values.get(key)
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _battery(reading: Reading | None) -> Battery | None:
+    soc = _value(reading, "soc_pct")
+    capacity = _value(reading, "capacity_wh")
+    if reading is None or soc is None or not capacity:
+        return None
+    return Battery(
+        soc_pct=soc,
+        capacity_wh=capacity,
+        max_charge_w=_value(reading, "max_charge_w") or 0.0,
+        max_discharge_w=_value(reading, "max_discharge_w") or 0.0,
+    )
+
+
+def _no_flex(baseline_w: float | None) -> SiteFlexibility:
+    """Degraded: offer nothing - the range collapses onto the baseline."""
+    at = 0.0 if baseline_w is None or not math.isfinite(baseline_w) else baseline_w
+    return SiteFlexibility(p_min_w=at, p_max_w=at, e_absorb_wh=0.0, e_deliver_wh=0.0)

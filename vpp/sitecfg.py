@@ -1,0 +1,93 @@
+"""Edge configs for a simulated fleet: one TOML file per site from a firmware-sim manifest.
+
+The demo and the end-to-end test run a real edge agent per simulated site; this writes the
+same config files an installer would, so the agents start exactly as they would in the field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from protocols.partitions import DEFAULT_PARTITION_COUNT
+
+# firmware-sim device kinds -> the protocol's device kinds
+KIND_OF = {
+    "inverter": "pv_inverter",
+    "battery": "battery",
+    "meter": "meter",
+    "heat_pump": "heat_pump",
+}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def render_toml(config: dict[str, Any]) -> str:
+    """TOML for the edge config's shape: tables of scalars plus an array of device tables."""
+    lines: list[str] = []
+    for section, body in config.items():
+        if isinstance(body, list):
+            for item in body:
+                lines.append(f"[[{section}]]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None]
+                lines.append("")
+        else:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in body.items() if v is not None]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def site_configs(
+    manifest: dict[str, Any],
+    mqtt_url: str,
+    db_dir: Path,
+    *,
+    partitions: int = DEFAULT_PARTITION_COUNT,
+    agent: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+    control: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """One config dict per site of the manifest (site id -> config)."""
+    by_site: dict[str, list[dict[str, Any]]] = {}
+    for device in manifest["devices"]:
+        by_site.setdefault(device["site_id"], []).append(device)
+    configs = {}
+    for site_id, devices in by_site.items():
+        configs[site_id] = {
+            "site": {"id": site_id, "partitions": partitions},
+            "mqtt": {"url": mqtt_url},
+            "agent": {"db_path": str(db_dir / f"{site_id}.sqlite"), **(agent or {})},
+            "limits": {"grid_import_w": 17_250.0, "grid_export_w": 10_000.0, **(limits or {})},
+            "control": dict(control or {}),
+            "devices": [
+                {
+                    "id": d["kind"],
+                    "host": d["host"],
+                    "port": d["port"],
+                    "unit_id": d["unit_id"],
+                    "kind": KIND_OF[d["kind"]],
+                }
+                for d in devices
+            ],
+        }
+        if not configs[site_id]["control"]:
+            del configs[site_id]["control"]
+    return configs
+
+
+def write_site_configs(configs: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for site_id, config in configs.items():
+        path = out_dir / f"{site_id}.toml"
+        path.write_text(render_toml(config))
+        paths.append(path)
+    return paths
