@@ -314,32 +314,23 @@ class SiteAgent:
         inv = fresh.get(DeviceKind.PV_INVERTER)
         bat = fresh.get(DeviceKind.BATTERY)
         hp = fresh.get(DeviceKind.HEAT_PUMP)
-        pv_w = _value(inv, "power_w")
-        battery_w = _value(bat, "power_w")
-        hp_w = _value(hp, "power_w")
-        grid_w = _value(meter, "power_w")
-        soc = _value(bat, "soc_pct")
-        indoor = _value(hp, "indoor_c")
-        if meter is None or grid_w is None:
+        measured = {
+            "ts": now,
+            "lost": lost,
+            "grid_w": _value(meter, "power_w"),
+            "pv_w": _value(inv, "power_w"),
+            "battery_w": _value(bat, "power_w"),
+            "soc_pct": _value(bat, "soc_pct"),
+            "heat_pump_w": _value(hp, "power_w"),
+            "indoor_c": _value(hp, "indoor_c"),
+        }
+        grid_w = measured["grid_w"]
+        if grid_w is None:
             # Without the meter the agent cannot see the load: safety only.
-            plan = self._blind_plan()
-            flex = _no_flex(None)
-            return CycleState(
-                now,
-                Mode.DEGRADED,
-                None,
-                None,
-                pv_w,
-                battery_w,
-                soc,
-                hp_w,
-                indoor,
-                None,
-                plan,
-                flex,
-                None,
-                lost,
-            )
+            return CycleState(mode=Mode.DEGRADED, inputs=None, baseline=None,
+                              plan=self._blind_plan(), flex=_no_flex(None), command=None,
+                              **measured)  # fmt: skip
+        pv_w, battery_w, hp_w = measured["pv_w"], measured["battery_w"], measured["heat_pump_w"]
         load = max(0.0, grid_w + (pv_w or 0.0) + (battery_w or 0.0) - (hp_w or 0.0))
         inputs = SiteInputs(
             load_w=load,
@@ -349,48 +340,18 @@ class SiteAgent:
         )
         baseline = fallback(inputs, self.limits, self.poll_s)
         if lost:
-            return CycleState(
-                now,
-                Mode.DEGRADED,
-                inputs,
-                grid_w,
-                pv_w,
-                battery_w,
-                soc,
-                hp_w,
-                indoor,
-                baseline,
-                baseline,
-                _no_flex(baseline.grid_w),
-                None,
-                lost,
-            )
-        outdoor = _value(hp, "outdoor_c")
-        flex = flexibility(
-            inputs, self.limits, outdoor_c=outdoor, thermal=self.thermal.model, cycle_s=self.poll_s
-        )
+            return CycleState(mode=Mode.DEGRADED, inputs=inputs, baseline=baseline, plan=baseline,
+                              flex=_no_flex(baseline.grid_w), command=None, **measured)  # fmt: skip
+        flex = flexibility(inputs, self.limits, outdoor_c=_value(hp, "outdoor_c"),
+                           thermal=self.thermal.model, cycle_s=self.poll_s)  # fmt: skip
         command = self.command if self.command is not None and self.command.valid(now) else None
         if command is None:
             plan, mode = baseline, Mode.FALLBACK
         else:
             target = self._target(command, baseline.grid_w, flex)
             plan, mode = follow(target, inputs, self.limits, self.poll_s), Mode.CLOUD
-        return CycleState(
-            now,
-            mode,
-            inputs,
-            grid_w,
-            pv_w,
-            battery_w,
-            soc,
-            hp_w,
-            indoor,
-            baseline,
-            plan,
-            flex,
-            command,
-            lost,
-        )
+        return CycleState(mode=mode, inputs=inputs, baseline=baseline, plan=plan, flex=flex,
+                          command=command, **measured)  # fmt: skip
 
     @staticmethod
     def _target(command: ActiveCommand, baseline_w: float, flex: SiteFlexibility) -> float:
@@ -476,6 +437,8 @@ class SiteAgent:
                 )
             )
         baseline_w = state.baseline.grid_w if state.baseline is not None else state.grid_w
+        assert self.store is not None
+        outbox = self.store.stats()
         return Telemetry(
             site_id=self.site_id,
             seq=seq,
@@ -493,6 +456,8 @@ class SiteAgent:
             flex=state.flex.to_message(),
             dispatch_id=None if state.command is None else state.command.command_id,
             devices=devices,
+            outbox_pending=outbox.pending,
+            outbox_dropped=outbox.dropped_total,
         )
 
     def send_telemetry(self) -> OutboxRecord | None:

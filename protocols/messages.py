@@ -202,6 +202,8 @@ class Telemetry(Message):
     cloud tells backlog from live data. ``seq`` counts every message of the site, so gaps
     are visible. ``heartbeat_s`` is the longest the agent will stay silent (telemetry by
     exception): the cloud keeps the site fresh until ``ts + heartbeat_s``.
+    ``outbox_pending`` / ``outbox_dropped`` report the agent's store-and-forward buffer: records
+    not yet acknowledged by the broker, and records ever dropped by the retention limit.
     """
 
     SCHEMA: ClassVar[str] = "vpp.telemetry"
@@ -227,6 +229,9 @@ class Telemetry(Message):
     flex: Flexibility
     dispatch_id: Ident | None = None
     devices: Annotated[list[DeviceReading], Field(max_length=32)] = []
+    # store-and-forward health (optional: added in v1 as an expand step)
+    outbox_pending: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+    outbox_dropped: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
 
 
 # --- status -----------------------------------------------------------------------------

@@ -298,6 +298,9 @@ async def test_broker_outage_loses_no_telemetry(tmp_path, broker):
         )
         seqs = [m.seq for m in site.telemetry()]
     assert set(seqs) >= set(range(last + 1))  # none missing; duplicates allowed
+    # the backlog is reported to the cloud in telemetry itself, drops too (none here)
+    assert max(m.outbox_pending or 0 for m in site.telemetry()) >= 100
+    assert {m.outbox_dropped for m in site.telemetry()} == {0}
     # live first: a record made after the restart arrived before the backlog's newest record
     # (the backlog drains oldest first, at a bounded rate, so it finishes last)
     first_live = min(i for i, s in enumerate(seqs) if s >= restart_seq)
