@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,42 @@ def test_protocol_schema_prints_json_schema():
     assert result.exit_code == 0
     assert '"p_min_w"' in result.output
     assert runner.invoke(app, ["protocol", "schema", "vpp.nope"]).exit_code == 1
+
+
+EXAMPLE_CONFIG = Path(__file__).parents[1] / "edge" / "config.example.toml"
+
+
+def test_edge_check_config_accepts_the_example():
+    result = runner.invoke(app, ["edge", "check-config", "--config", str(EXAMPLE_CONFIG)])
+    assert result.exit_code == 0, result.output
+    assert "OK site site-000042 partition 19" in result.output
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_broken_config_stops_the_agent_before_it_starts(tmp_path, command):
+    broken = tmp_path / "edge.toml"
+    broken.write_text(
+        EXAMPLE_CONFIG.read_text().replace("soc_min_pct = 10.0", "soc_min_pct = 99.0")
+    )
+    result = runner.invoke(app, ["edge", command, "--config", str(broken)])
+    assert result.exit_code == 2
+    assert "limits: soc_min_pct (99.0) must be below soc_max_pct (95.0)" in result.output
+
+
+def test_edge_configs_from_a_fleet_manifest(tmp_path):
+    from edge.config import load_config
+
+    manifest = {"devices": [
+        {"site_id": "sim-1-00000", "kind": kind, "host": "127.0.0.1", "port": 5020,
+         "unit_id": unit} for kind, unit in
+        [("inverter", 1), ("battery", 2), ("meter", 3), ("heat_pump", 4)]
+    ]}  # fmt: skip
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    args = ["--manifest", str(path), "--mqtt-url", "mqtt://127.0.0.1:1883", "--out", str(tmp_path)]
+    result = runner.invoke(app, ["edge", "configs-from-manifest", *args])
+    assert result.exit_code == 0, result.output
+    config = load_config(tmp_path / "sim-1-00000.toml")
+    assert [d.kind.value for d in config.devices] == ["pv_inverter", "battery", "meter",
+                                                       "heat_pump"]  # fmt: skip
+    assert config.agent.db_path == tmp_path / "sim-1-00000.sqlite"

@@ -1,0 +1,164 @@
+"""Benchmark (not a test): the edge agent's footprint, and how many agents one process hosts.
+
+Everything runs on wall time (clock speed 1), as on a gateway:
+
+1. One agent, four devices, 1 s poll, 2 s telemetry: RSS and CPU of the agent process,
+   read from /proc while it runs (goal: < 60 MB, < 3 % of one core).
+2. K agents in one process (K = 25, 50, 100, 200, ...): telemetry source timestamps seen by a
+   plain MQTT subscriber. A slipped cycle shows as a gap between a site's telemetry records
+   well above the 2 s interval; the run stops growing K once more than 1 % of gaps slip.
+
+The devices are a firmware-sim fleet in its own process (20 ms answer latency, like a real
+inverter), the broker a private Mosquitto.
+
+    .venv/bin/python bench/bench_edge.py [--seconds 30] [--max-agents 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from itertools import pairwise
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from vpp.services import MosquittoServer
+from vpp.sitecfg import site_configs, write_site_configs
+
+VPP = str(Path(sys.executable).parent / "vpp")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_usage(pid: int) -> tuple[float, float]:
+    """(RSS MiB, CPU seconds) of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    with open(f"/proc/{pid}/status") as f:
+        rss_kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return rss_kib / 1024, cpu_s
+
+
+def start_fleet(sites: int, workdir: Path) -> tuple[subprocess.Popen, dict]:
+    manifest = workdir / f"fleet-{sites}.json"
+    proc = subprocess.Popen(
+        [VPP, "sim", "fleet", "--sites", str(sites), "--seed", "5", "--speed", "1",
+         "--latency-ms", "20", "--manifest", str(manifest)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not manifest.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("fleet did not start")
+        time.sleep(0.1)
+    return proc, json.loads(manifest.read_text())
+
+
+class TelemetryClock:
+    """Collects (site, source ts) of every telemetry message."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+        self.records: list[tuple[str, float]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, *_: c.subscribe("vpp/v1/p/+/s/+/telemetry", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect(host, int(port))
+        self.client.loop_start()
+
+    def _on_message(self, _c, _u, msg) -> None:
+        data = json.loads(msg.payload)
+        with self.lock:
+            self.records.append((data["site_id"], data["ts"]))
+
+    def gaps(self, since: float) -> list[float]:
+        by_site: dict[str, list[float]] = {}
+        with self.lock:
+            for site, ts in self.records:
+                if ts >= since:
+                    by_site.setdefault(site, []).append(ts)
+        out = []
+        for times in by_site.values():
+            times.sort()
+            out += [b - a for a, b in pairwise(times)]
+        return out
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def run_agents(manifest: dict, url: str, workdir: Path, tag: str) -> subprocess.Popen:
+    cfg_dir = workdir / f"configs-{tag}"
+    configs = site_configs(manifest, url, cfg_dir, agent={"backlog_delay_max_s": 0.0})
+    write_site_configs(configs, cfg_dir)
+    return subprocess.Popen([VPP, "edge", "run", "--config-dir", str(cfg_dir)],
+                            stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def measure(k: int, seconds: float, broker: MosquittoServer, workdir: Path) -> dict:
+    fleet, manifest = start_fleet(k, workdir)
+    observer = TelemetryClock(broker.url)
+    agents = run_agents(manifest, broker.url, workdir, str(k))
+    try:
+        time.sleep(min(15.0, 3.0 + k * 0.05))  # connect and settle
+        rss0, cpu0 = proc_usage(agents.pid)
+        t0 = time.time()
+        time.sleep(seconds)
+        rss1, cpu1 = proc_usage(agents.pid)
+        gaps = sorted(observer.gaps(t0))
+    finally:
+        agents.terminate()
+        agents.wait(30)
+        fleet.terminate()
+        fleet.wait(30)
+        observer.close()
+    slipped = sum(g > 3.0 for g in gaps)
+    return {
+        "agents": k,
+        "rss_mib": rss1,
+        "cpu_pct_of_one_core": 100 * (cpu1 - cpu0) / seconds,
+        "telemetry": len(gaps),
+        "gap_p50_s": gaps[len(gaps) // 2] if gaps else None,
+        "gap_p99_s": gaps[int(len(gaps) * 0.99)] if gaps else None,
+        "slipped_pct": 100 * slipped / max(1, len(gaps)),
+        "rss0": rss0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--max-agents", type=int, default=400)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, MosquittoServer() as broker:
+        workdir = Path(tmp)
+        one = measure(1, args.seconds, broker, workdir)
+        print("one agent, 4 devices, 1 s poll, 2 s telemetry, wall clock:")
+        print(f"  RSS {one['rss_mib']:.1f} MiB   CPU {one['cpu_pct_of_one_core']:.2f} % of one core"
+              f"   telemetry gap p50 {one['gap_p50_s']:.2f} s")  # fmt: skip
+        print("agents per process (2 s telemetry; slipped = gap > 3 s):")
+        header = ("agents", "RSS MiB", "CPU %", "gap p50", "gap p99", "slipped")
+        print("  " + " ".join(f"{h:>8}" for h in header))
+        k = 25
+        while k <= args.max_agents:
+            r = measure(k, args.seconds, broker, workdir)
+            print(f"  {k:>6} {r['rss_mib']:>8.1f} {r['cpu_pct_of_one_core']:>7.1f} "
+                  f"{r['gap_p50_s']:>8.2f} {r['gap_p99_s']:>8.2f} {r['slipped_pct']:>7.2f}%",
+                  flush=True)  # fmt: skip
+            if r["slipped_pct"] > 1.0:
+                print(f"  cycles slip beyond {k // 2}-{k} agents per process")
+                break
+            k *= 2
+
+
+if __name__ == "__main__":
+    main()
