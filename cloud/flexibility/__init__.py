@@ -1,0 +1,1 @@
+"""The pool flexibility model (now, for how long, ahead), explicit and named in the API."""
