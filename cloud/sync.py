@@ -33,7 +33,9 @@ async def sync_site_pools(redis: aioredis.Redis, mapping: dict[str, str]) -> boo
     """
     digest = _digest(mapping)
     current = await redis.get(DIGEST_KEY)
-    if current is not None and current.decode() == digest:
+    if isinstance(current, bytes):  # clients with or without decode_responses
+        current = current.decode()
+    if current == digest:
         return False
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(SITE_POOLS_KEY)
