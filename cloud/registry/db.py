@@ -1,0 +1,825 @@
+"""The cloud registry: pools, sites, devices, API keys, schedules, activations, performance.
+
+One SQLite file (through sqlite-utils), schema built by :data:`MIGRATIONS`
+(:mod:`cloud.registry.migrations`).
+
+Threads. Every method may be called from any thread (FastAPI runs sync endpoints in a
+thread pool; the dispatcher writes from its own). Writes go through one writer connection
+under :attr:`Registry.lock` (SQLite allows one writer at a time anyway, and statements here
+take microseconds). Reads use one connection per thread, in WAL mode, so a long read (a
+day of cycle records for a report) never blocks the dispatcher's writes and never waits
+for them. A reader connection is closed when its thread ends or at :meth:`Registry.close`.
+Several *processes* (API, dispatcher, ``vpp cloud`` commands) may open the same file:
+WAL and a busy timeout serialise their writers; migrations run under ``BEGIN IMMEDIATE``
+so two processes starting together apply each migration once.
+
+Durability: WAL with ``synchronous=NORMAL``: a committed write survives a process kill;
+only an OS crash may lose the last commits (acceptable: performance records are
+re-derivable, everything else is rare operator/trader input).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sqlite3
+import threading
+import uuid
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from cloud.registry import keys
+from cloud.registry.migrations import (
+    BACKFILL_SCHEDULE_ENDS_SQL,
+    EFFECTIVE_END_SQL,
+    MIGRATIONS,
+    SCHEDULE_CUT_SQL,
+)
+from cloud.registry.models import (
+    Activation,
+    ApiKey,
+    CyclePerformance,
+    Device,
+    IntervalPerformance,
+    Pool,
+    Schedule,
+    ScheduleKind,
+    ScheduleStatus,
+    ScheduleTarget,
+    Site,
+)
+from protocols.clock import Clock
+from protocols.partitions import partition_of
+from protocols.topics import SITE_ID_PATTERN
+
+__all__ = ["LAST_USED_RESOLUTION_S", "MAX_SCHEDULE_INTERVALS", "Registry", "SchemaBehindError"]
+
+log = logging.getLogger(__name__)
+
+MAX_SCHEDULE_INTERVALS = 100_000
+"""A week at 6 s resolution; bounds one schedule's row (values are stored as JSON)."""
+
+LAST_USED_RESOLUTION_S = 60.0
+"""``api_keys.last_used_ts`` is rewritten at most this often per key: authentication stays a
+read on the hot path, and a minute is precise enough to find unused keys."""
+
+_BUSY_TIMEOUT_S = 10.0
+_KEY_PARTITIONS = "partition_count"
+_KEY_SITE_POOLS_REV = "site_pools_rev"
+_DUMMY_HASH = "0" * 64
+
+_SCHEDULE_COLS = (
+    "s.schedule_id, s.pool_id, s.start_ts, s.resolution_s, s.end_ts, s.values_json, s.kind,"
+    " s.created_ts, s.cancelled_from_ts,"
+    # Rows written by a release-1 process during a rolling update have NULLs here.
+    f" CASE WHEN s.effective_end_ts IS NULL THEN {SCHEDULE_CUT_SQL} ELSE s.superseded_from_ts END,"
+    f" coalesce(s.effective_end_ts, {EFFECTIVE_END_SQL})"
+)
+
+
+class SchemaBehindError(RuntimeError):
+    """The file lacks migrations this code needs and ``migrate=False`` was asked for."""
+
+
+class _Reader:
+    """A thread's read connection; closed when the thread's locals go (thread end)."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown, already closed
+            self.conn.close()
+
+
+def _check_id(value: str, what: str) -> str:
+    if not isinstance(value, str) or not SITE_ID_PATTERN.match(value):
+        raise ValueError(
+            f"{what} {value!r} is invalid: use 1-64 letters, digits, '_', '-', '.', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _check_finite(value: float, what: str) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return value
+
+
+def _check_kind(kind: str) -> str:
+    try:
+        return ScheduleKind(kind).value
+    except ValueError:
+        raise ValueError(
+            f"kind {kind!r} is unknown; expected one of {[k.value for k in ScheduleKind]}"
+        ) from None
+
+
+class Registry:
+    """The registry file (see the module docstring for threads and durability)."""
+
+    def __init__(self, path: str | Path, clock: Clock, *, migrate: bool = True) -> None:
+        """Open (creating if needed) the registry at ``path``.
+
+        migrate: apply pending migrations now (what every cloud process does at start).
+            With False, a file that lacks migrations raises :class:`SchemaBehindError`
+            (run ``vpp cloud migrate``); a file *ahead* of this code is accepted, since
+            newer releases only expand.
+        """
+        self.path = Path(path)
+        self.clock = clock
+        self.lock = threading.RLock()
+        """Held for every write; hold it yourself to make several calls one critical section."""
+        self._local = threading.local()
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._wconn = self._connect()
+        try:
+            self._db = sqlite_utils.Database(self._wconn, execute_plugins=False)
+            self._db.enable_wal()
+            self._wconn.execute("PRAGMA synchronous=NORMAL")
+            self._wconn.execute("PRAGMA foreign_keys=ON")
+            if migrate:
+                self.migrate()
+            else:
+                pending = [m.name for m in MIGRATIONS.pending(self._db)]
+                if pending:
+                    raise SchemaBehindError(
+                        f"registry {self.path} lacks migrations {', '.join(pending)}; "
+                        "run `vpp cloud migrate`"
+                    )
+        except BaseException:
+            self._wconn.close()
+            raise
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; return their names (empty when up to date).
+
+        The whole run holds SQLite's write lock (``BEGIN IMMEDIATE``; each migration is a
+        savepoint inside it), so processes starting together do not race: the second
+        waits, then finds nothing pending.
+        """
+        with self.lock:
+            self._wconn.execute("BEGIN IMMEDIATE")
+            try:
+                names = [m.name for m in MIGRATIONS.pending(self._db)]
+                if names:
+                    log.info("registry %s: applying migrations %s", self.path, ", ".join(names))
+                MIGRATIONS.apply(self._db)
+            except BaseException:
+                self._wconn.rollback()
+                raise
+            self._wconn.execute("COMMIT")
+        return names
+
+    def applied_migrations(self) -> list[str]:
+        """Names of the migrations recorded in the file, in order."""
+        with self.lock:
+            return [m.name for m in MIGRATIONS.applied(self._db)]
+
+    def close(self) -> None:
+        """Close every connection (idempotent). Calls after this fail."""
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+            for reader in list(self._readers):
+                reader.conn.close()
+            self._wconn.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.path)!r})"
+
+    # --- pools, sites, devices -----------------------------------------------------------
+
+    def create_pool(self, pool_id: str, name: str = "") -> Pool:
+        """A new pool; ValueError if ``pool_id`` is malformed or exists already."""
+        _check_id(pool_id, "pool id")
+        now = self.clock.time()
+        with self._write() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO pools (pool_id, name, created_ts) VALUES (?, ?, ?)",
+                    (pool_id, name, now),
+                )
+            except sqlite3.IntegrityError:
+                raise ValueError(f"pool {pool_id!r} exists already") from None
+        return Pool(pool_id, name, now)
+
+    def get_pool(self, pool_id: str) -> Pool | None:
+        row = (
+            self._reader()
+            .execute("SELECT pool_id, name, created_ts FROM pools WHERE pool_id = ?", (pool_id,))
+            .fetchone()
+        )
+        return None if row is None else Pool(*row)
+
+    def list_pools(self) -> list[Pool]:
+        rows = self._reader().execute(
+            "SELECT pool_id, name, created_ts FROM pools ORDER BY pool_id"
+        )
+        return [Pool(*row) for row in rows]
+
+    def add_site(
+        self,
+        site_id: str,
+        pool_id: str,
+        *,
+        partitions: int = 64,
+        meta: dict[str, Any] | None = None,
+    ) -> Site:
+        """Register a site in a pool, or move it / update its meta (upsert).
+
+        ``partitions`` is the deployment's partition count. The first site fixes it in the
+        registry; a different count later is refused, because every site's partition (and
+        so its MQTT topics) depends on it: changing it is a migration, not an argument.
+        ``meta`` is replaced when given, kept when None.
+        """
+        _check_id(site_id, "site id")
+        partition = partition_of(site_id, partitions)
+        meta_json = None if meta is None else json.dumps(meta, sort_keys=True)
+        now = self.clock.time()
+        with self._write() as conn:
+            self._require_pool(conn, pool_id)
+            stored = conn.execute(
+                "SELECT value FROM settings WHERE key = ?", (_KEY_PARTITIONS,)
+            ).fetchone()
+            if stored is None:
+                self._set(conn, _KEY_PARTITIONS, partitions)
+            elif json.loads(stored[0]) != partitions:
+                raise ValueError(
+                    f"this registry uses {json.loads(stored[0])} partitions, not {partitions}; "
+                    "the count is fixed per deployment"
+                )
+            old = conn.execute("SELECT pool_id FROM sites WHERE site_id = ?", (site_id,)).fetchone()
+            conn.execute(
+                "INSERT INTO sites (site_id, pool_id, partition, meta, created_ts, updated_ts)"
+                " VALUES (?, ?, ?, coalesce(?, '{}'), ?, ?)"
+                " ON CONFLICT(site_id) DO UPDATE SET pool_id = excluded.pool_id,"
+                " partition = excluded.partition, meta = coalesce(?, sites.meta),"
+                " updated_ts = excluded.updated_ts",
+                (site_id, pool_id, partition, meta_json, now, now, meta_json),
+            )
+            if old is None or old[0] != pool_id:
+                conn.execute(
+                    "INSERT INTO settings (key, value) VALUES (?, '1') ON CONFLICT(key)"
+                    " DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                    (_KEY_SITE_POOLS_REV,),
+                )
+            row = conn.execute(f"{_SITE_SELECT} WHERE site_id = ?", (site_id,)).fetchone()
+        return _site(row)
+
+    def get_site(self, site_id: str) -> Site | None:
+        row = self._reader().execute(f"{_SITE_SELECT} WHERE site_id = ?", (site_id,)).fetchone()
+        return None if row is None else _site(row)
+
+    def sites_of_pool(self, pool_id: str) -> list[Site]:
+        rows = self._reader().execute(
+            f"{_SITE_SELECT} WHERE pool_id = ? ORDER BY site_id", (pool_id,)
+        )
+        return [_site(row) for row in rows]
+
+    def site_pools(self) -> dict[str, str]:
+        """Site id -> pool id for every site (workers copy this into Redis' site-pools hash)."""
+        return dict(self._reader().execute("SELECT site_id, pool_id FROM sites"))
+
+    def site_pools_rev(self) -> int:
+        """A counter bumped whenever a site joins or changes pool: copy :meth:`site_pools`
+        again only when it moved (0 before the first site)."""
+        row = (
+            self._reader()
+            .execute("SELECT value FROM settings WHERE key = ?", (_KEY_SITE_POOLS_REV,))
+            .fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    def partition_count(self) -> int | None:
+        """The deployment's partition count, fixed by the first :meth:`add_site` (None before)."""
+        row = (
+            self._reader()
+            .execute("SELECT value FROM settings WHERE key = ?", (_KEY_PARTITIONS,))
+            .fetchone()
+        )
+        return None if row is None else int(json.loads(row[0]))
+
+    def add_device(
+        self, site_id: str, device_id: str, kind: str, meta: dict[str, Any] | None = None
+    ) -> None:
+        """Register (or update) a device of a registered site; ValueError for an unknown site."""
+        if not device_id or not isinstance(device_id, str):
+            raise ValueError(f"device id must be a non-empty string, got {device_id!r}")
+        now = self.clock.time()
+        meta_json = json.dumps(meta or {}, sort_keys=True)
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM sites WHERE site_id = ?", (site_id,)).fetchone() is None:
+                raise ValueError(f"site {site_id!r} is not registered")
+            conn.execute(
+                "INSERT INTO devices (site_id, device_id, kind, meta, created_ts)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(site_id, device_id)"
+                " DO UPDATE SET kind = excluded.kind, meta = excluded.meta",
+                (site_id, device_id, kind, meta_json, now),
+            )
+
+    def devices_of_site(self, site_id: str) -> list[Device]:
+        rows = self._reader().execute(
+            "SELECT site_id, device_id, kind, meta, created_ts FROM devices"
+            " WHERE site_id = ? ORDER BY device_id",
+            (site_id,),
+        )
+        return [Device(s, d, k, json.loads(m), c) for s, d, k, m, c in rows]
+
+    # --- API keys ------------------------------------------------------------------------
+
+    def create_api_key(self, pool_ids: Sequence[str], label: str = "") -> tuple[ApiKey, str]:
+        """A new key for ``pool_ids``: ``(record, token)``. The token exists only in the
+        return value (the registry keeps its hash, see :mod:`cloud.registry.keys`)."""
+        pools = tuple(dict.fromkeys(pool_ids))  # de-duplicated, order kept
+        if not pools:
+            raise ValueError("an API key needs at least one pool")
+        now = self.clock.time()
+        key_id, token = keys.new_token()
+        with self._write() as conn:
+            for pool_id in pools:
+                self._require_pool(conn, pool_id)
+            conn.execute(
+                "INSERT INTO api_keys (key_id, label, token_hash, created_ts) VALUES (?, ?, ?, ?)",
+                (key_id, label, keys.hash_token(token), now),
+            )
+            conn.executemany(
+                "INSERT INTO api_key_pools (key_id, pool_id) VALUES (?, ?)",
+                [(key_id, p) for p in pools],
+            )
+        return ApiKey(key_id, label, tuple(sorted(pools)), now, None, None), token
+
+    def authenticate(self, token: str) -> ApiKey | None:
+        """The key a bearer token belongs to; None for malformed, unknown or revoked tokens.
+
+        The stored hash is compared in constant time (an unknown key id is compared against
+        a dummy, so timing does not even tell which ids exist). ``last_used_ts`` is updated
+        at most every :data:`LAST_USED_RESOLUTION_S`, so most calls do not write.
+        """
+        key_id = keys.parse_token(token)
+        row = None
+        if key_id is not None:
+            row = (
+                self._reader()
+                .execute(
+                    "SELECT token_hash, revoked_ts, last_used_ts FROM api_keys WHERE key_id = ?",
+                    (key_id,),
+                )
+                .fetchone()
+            )
+        given = keys.hash_token(token) if isinstance(token, str) else ""
+        ok = keys.same_hash(given, _DUMMY_HASH if row is None else row[0])
+        if row is None or not ok or row[1] is not None:
+            return None
+        now = self.clock.time()
+        if row[2] is None or now - row[2] >= LAST_USED_RESOLUTION_S:
+            with self._write() as conn:
+                conn.execute("UPDATE api_keys SET last_used_ts = ? WHERE key_id = ?", (now, key_id))
+        return self._api_key(self._reader(), key_id)
+
+    def get_api_key(self, key_id: str) -> ApiKey | None:
+        return self._api_key(self._reader(), key_id)
+
+    def list_api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones too (operators audit them), oldest first."""
+        conn = self._reader()
+        with self._snapshot(conn):
+            ids = [r[0] for r in conn.execute("SELECT key_id FROM api_keys ORDER BY created_ts")]
+            return [k for k in (self._api_key(conn, i) for i in ids) if k is not None]
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke a key from now on; False when there is no such (unrevoked) key."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE api_keys SET revoked_ts = ? WHERE key_id = ? AND revoked_ts IS NULL",
+                (self.clock.time(), key_id),
+            )
+        return cur.rowcount == 1
+
+    # --- schedules -----------------------------------------------------------------------
+
+    def add_schedule(
+        self,
+        pool_id: str,
+        start_ts: float,
+        resolution_s: float,
+        values_w: Sequence[float],
+        kind: str,
+        *,
+        created_ts: float | None = None,
+    ) -> Schedule:
+        """Store a pool schedule; it replaces every earlier schedule of the pool from its start.
+
+        An earlier schedule that starts before ``start_ts`` keeps its intervals before it
+        (its ``superseded_from_ts``/``effective_end_ts`` become ``start_ts``; an interval
+        that straddles ``start_ts`` is cut there); one that starts later is superseded
+        entirely. "Earlier" means posted earlier, whatever ``created_ts`` says.
+        """
+        start_ts = _check_finite(start_ts, "start_ts")
+        resolution_s = _check_finite(resolution_s, "resolution_s")
+        if resolution_s <= 0:
+            raise ValueError(f"resolution_s must be > 0, got {resolution_s}")
+        values = [_check_finite(v, "every power value") for v in values_w]
+        if not values:
+            raise ValueError("a schedule needs at least one value")
+        if len(values) > MAX_SCHEDULE_INTERVALS:
+            raise ValueError(f"a schedule has at most {MAX_SCHEDULE_INTERVALS} intervals")
+        kind = _check_kind(kind)
+        created = self.clock.time() if created_ts is None else float(created_ts)
+        end_ts = start_ts + len(values) * resolution_s
+        schedule_id = uuid.uuid4().hex
+        with self._write() as conn:
+            self._require_pool(conn, pool_id)
+            # Fill the stored ends of rows an older release wrote, so the cut below is right.
+            conn.execute(
+                f"{BACKFILL_SCHEDULE_ENDS_SQL} WHERE s.pool_id = ? AND s.effective_end_ts IS NULL",
+                (pool_id,),
+            )
+            conn.execute(
+                "UPDATE schedules SET superseded_from_ts = max(start_ts, ?),"
+                " effective_end_ts = max(start_ts, ?)"
+                " WHERE pool_id = ? AND effective_end_ts > ?",
+                (start_ts, start_ts, pool_id, start_ts),
+            )
+            conn.execute(
+                "INSERT INTO schedules (schedule_id, pool_id, start_ts, resolution_s, end_ts,"
+                " values_json, kind, created_ts, effective_end_ts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (schedule_id, pool_id, start_ts, resolution_s, end_ts,
+                 json.dumps(values), kind, created, end_ts),
+            )  # fmt: skip
+            row = conn.execute(
+                f"SELECT {_SCHEDULE_COLS} FROM schedules AS s WHERE s.schedule_id = ?",
+                (schedule_id,),
+            ).fetchone()
+        return self._schedule(row)
+
+    def get_schedule(self, schedule_id: str) -> Schedule | None:
+        row = (
+            self._reader()
+            .execute(
+                f"SELECT {_SCHEDULE_COLS} FROM schedules AS s WHERE s.schedule_id = ?",
+                (schedule_id,),
+            )
+            .fetchone()
+        )
+        return None if row is None else self._schedule(row)
+
+    def list_schedules(
+        self, pool_id: str, *, since_ts: float | None = None, limit: int = 100
+    ) -> list[Schedule]:
+        """A pool's schedules, newest posted first; with ``since_ts``, only those whose
+        nominal span reaches past it (superseded and cancelled ones included)."""
+        sql = f"SELECT {_SCHEDULE_COLS} FROM schedules AS s WHERE s.pool_id = ?"
+        args: list[Any] = [pool_id]
+        if since_ts is not None:
+            sql += " AND s.end_ts > ?"
+            args.append(float(since_ts))
+        sql += " ORDER BY s.seq DESC LIMIT ?"
+        args.append(max(0, int(limit)))
+        return [self._schedule(row) for row in self._reader().execute(sql, args)]
+
+    def cancel_schedule(self, schedule_id: str, *, at_ts: float | None = None) -> Schedule | None:
+        """Cancel a schedule from ``at_ts`` (default now; before its start = all of it).
+
+        Intervals already delivered stay in the record. Returns the schedule (None if
+        unknown); when nothing of it remains from ``at_ts`` on (ended, superseded or
+        cancelled earlier) it is returned unchanged. A schedule it had replaced does not
+        come back: the pool returns to its baseline.
+        """
+        at = self.clock.time() if at_ts is None else _check_finite(at_ts, "at_ts")
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT pool_id FROM schedules WHERE schedule_id = ?", (schedule_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                f"{BACKFILL_SCHEDULE_ENDS_SQL} WHERE s.pool_id = ? AND s.effective_end_ts IS NULL",
+                (row[0],),
+            )
+            conn.execute(
+                "UPDATE schedules SET cancelled_from_ts = max(start_ts, ?),"
+                " effective_end_ts = max(start_ts, ?)"
+                " WHERE schedule_id = ? AND effective_end_ts > max(start_ts, ?)",
+                (at, at, schedule_id, at),
+            )
+            row = conn.execute(
+                f"SELECT {_SCHEDULE_COLS} FROM schedules AS s WHERE s.schedule_id = ?",
+                (schedule_id,),
+            ).fetchone()
+        return self._schedule(row)
+
+    def target_at(self, pool_id: str, t: float) -> ScheduleTarget | None:
+        """The schedule interval in force for ``pool_id`` at ``t``, or None (baseline).
+
+        Rule: the newest-posted schedule that starts at or before ``t`` governs ``t`` (it
+        replaced everything before it from its start); it is in force if ``t`` is before its
+        effective end. No schedule posted later can cover ``t`` without being that one.
+        """
+        t = float(t)
+        conn = self._reader()
+        with self._snapshot(conn):
+            row = conn.execute(
+                f"SELECT {_SCHEDULE_COLS} FROM schedules AS s"
+                " WHERE s.pool_id = ? AND s.start_ts <= ? ORDER BY s.seq DESC LIMIT 1",
+                (pool_id, t),
+            ).fetchone()
+        if row is None:
+            return None
+        sched = self._schedule(row)
+        if t >= sched.effective_end_ts:
+            return None
+        index = min(int((t - sched.start_ts) // sched.resolution_s), len(sched.values_w) - 1)
+        if sched.interval_start(index) > t:  # float rounding at an interval boundary
+            index -= 1
+        start = sched.interval_start(index)
+        end = min(sched.interval_start(index + 1), sched.effective_end_ts)
+        return ScheduleTarget(
+            sched.schedule_id, pool_id, index, start, end, sched.values_w[index], sched.kind
+        )
+
+    # --- real-time setpoints -------------------------------------------------------------
+
+    def add_activation(
+        self,
+        pool_id: str,
+        target_w: float,
+        kind: str,
+        valid_until: float,
+        *,
+        created_ts: float | None = None,
+    ) -> Activation:
+        """Store a real-time setpoint; it replaces the pool's earlier ones at once."""
+        target_w = _check_finite(target_w, "target_w")
+        valid_until = _check_finite(valid_until, "valid_until")
+        kind = _check_kind(kind)
+        created = self.clock.time() if created_ts is None else float(created_ts)
+        if valid_until <= created:
+            raise ValueError(f"valid_until {valid_until} is not after the creation time {created}")
+        activation = Activation(uuid.uuid4().hex, pool_id, target_w, kind, created, valid_until)
+        with self._write() as conn:
+            self._require_pool(conn, pool_id)
+            conn.execute(
+                "INSERT INTO activations (activation_id, pool_id, target_w, kind, created_ts,"
+                " valid_until) VALUES (?, ?, ?, ?, ?, ?)",
+                (activation.activation_id, pool_id, target_w, kind, created, valid_until),
+            )
+        return activation
+
+    def active_activation(self, pool_id: str, t: float) -> Activation | None:
+        """The setpoint in force at ``t``: the newest-posted one created at or before ``t``,
+        if it has not expired. An expired newest setpoint does *not* revive an older,
+        longer one: each setpoint replaces the last, and its expiry means "if I stop
+        talking, go back to the schedule/baseline"."""
+        row = (
+            self._reader()
+            .execute(
+                "SELECT activation_id, pool_id, target_w, kind, created_ts, valid_until"
+                " FROM activations WHERE pool_id = ? AND created_ts <= ?"
+                " ORDER BY seq DESC LIMIT 1",
+                (pool_id, float(t)),
+            )
+            .fetchone()
+        )
+        if row is None or float(t) >= row[5]:
+            return None
+        return Activation(*row)
+
+    def prune_activations(self, before_ts: float) -> int:
+        """Delete setpoints that expired before ``before_ts`` (they arrive every few
+        seconds); return how many went. Keep the window your audits need."""
+        with self._write() as conn:
+            return conn.execute(
+                "DELETE FROM activations WHERE valid_until < ?", (float(before_ts),)
+            ).rowcount
+
+    # --- performance ---------------------------------------------------------------------
+
+    def record_cycle(
+        self,
+        pool_id: str,
+        ts: float,
+        target_w: float | None,
+        measured_w: float,
+        error_w: float | None,
+        schedule_id: str | None = None,
+    ) -> None:
+        """One dispatcher cycle. Prefer :meth:`record_cycles` to batch a few cycles per commit."""
+        self.record_cycles([CyclePerformance(pool_id, ts, target_w, measured_w, error_w,
+                                             schedule_id)])  # fmt: skip
+
+    def record_cycles(self, rows: Iterable[CyclePerformance]) -> int:
+        """Many cycles in one transaction (one commit); return how many were stored."""
+        data = [
+            (r.pool_id, float(r.ts), r.target_w, float(r.measured_w), r.error_w, r.schedule_id)
+            for r in rows
+        ]
+        if data:
+            with self._write() as conn:
+                conn.executemany(
+                    "INSERT INTO cycle_performance (pool_id, ts, target_w, measured_w, error_w,"
+                    " schedule_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    data,
+                )
+        return len(data)
+
+    def cycles(self, pool_id: str, since_ts: float, until_ts: float) -> list[CyclePerformance]:
+        """A pool's cycles with ``since_ts <= ts < until_ts``, oldest first."""
+        rows = self._reader().execute(
+            "SELECT pool_id, ts, target_w, measured_w, error_w, schedule_id"
+            " FROM cycle_performance WHERE pool_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
+            (pool_id, float(since_ts), float(until_ts)),
+        )
+        return [CyclePerformance(*row) for row in rows]
+
+    def prune_cycles(self, before_ts: float) -> int:
+        """Delete cycle records older than ``before_ts`` (about 43k rows per pool per day at
+        2 s); interval records are the long-term summary. Returns how many went."""
+        with self._write() as conn:
+            return conn.execute(
+                "DELETE FROM cycle_performance WHERE ts < ?", (float(before_ts),)
+            ).rowcount
+
+    def record_interval(
+        self,
+        pool_id: str,
+        schedule_id: str | None,
+        interval_start_ts: float,
+        interval_s: float,
+        energy_target_wh: float,
+        energy_delivered_wh: float,
+        error_rms_w: float,
+        error_max_w: float,
+        imbalance_wh: float,
+    ) -> None:
+        """Store (or replace: the dispatcher may update a running interval) one interval's
+        delivery, keyed by (pool, schedule or none, interval start)."""
+        values = (
+            float(interval_s), float(energy_target_wh), float(energy_delivered_wh),
+            float(error_rms_w), float(error_max_w), float(imbalance_wh), self.clock.time(),
+        )  # fmt: skip
+        key = (pool_id, schedule_id, float(interval_start_ts))
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE interval_performance SET interval_s = ?, energy_target_wh = ?,"
+                " energy_delivered_wh = ?, error_rms_w = ?, error_max_w = ?, imbalance_wh = ?,"
+                " updated_ts = ? WHERE pool_id = ? AND schedule_id IS ? AND interval_start_ts = ?",
+                values + key,
+            )
+            if cur.rowcount == 0:
+                conn.execute(
+                    "INSERT INTO interval_performance (interval_s, energy_target_wh,"
+                    " energy_delivered_wh, error_rms_w, error_max_w, imbalance_wh, updated_ts,"
+                    " pool_id, schedule_id, interval_start_ts) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (*values, pool_id, schedule_id, float(interval_start_ts)),
+                )
+
+    def interval_performance(self, schedule_id: str) -> list[IntervalPerformance]:
+        """A schedule's delivered intervals, in time order (missing intervals are absent)."""
+        rows = self._reader().execute(
+            f"{_INTERVAL_SELECT} WHERE schedule_id = ? ORDER BY interval_start_ts",
+            (schedule_id,),
+        )
+        return [IntervalPerformance(*row) for row in rows]
+
+    def pool_interval_performance(
+        self, pool_id: str, since_ts: float, until_ts: float
+    ) -> list[IntervalPerformance]:
+        """A pool's interval records (any schedule) starting in ``[since_ts, until_ts)``."""
+        rows = self._reader().execute(
+            f"{_INTERVAL_SELECT} WHERE pool_id = ? AND interval_start_ts >= ?"
+            " AND interval_start_ts < ? ORDER BY interval_start_ts",
+            (pool_id, float(since_ts), float(until_ts)),
+        )
+        return [IntervalPerformance(*row) for row in rows]
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        # check_same_thread=False: the writer is shared under self.lock, and close() may
+        # close a reader from another thread.
+        return sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, check_same_thread=False)
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection (opened on first use)."""
+        if self._closed:
+            raise sqlite3.ProgrammingError("registry is closed")
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            reader = _Reader(conn)
+            self._local.reader = reader
+            with self.lock:
+                self._readers.add(reader)
+        return reader.conn
+
+    @contextlib.contextmanager
+    def _snapshot(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Several reads from one consistent snapshot (a read transaction)."""
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection inside one transaction, under :attr:`lock`."""
+        with self.lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("registry is closed")
+            with self._db.atomic():
+                yield self._wconn
+
+    @staticmethod
+    def _require_pool(conn: sqlite3.Connection, pool_id: str) -> None:
+        if conn.execute("SELECT 1 FROM pools WHERE pool_id = ?", (pool_id,)).fetchone() is None:
+            raise ValueError(f"pool {pool_id!r} does not exist")
+
+    @staticmethod
+    def _set(conn: sqlite3.Connection, key: str, value: Any) -> None:
+        conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    @staticmethod
+    def _api_key(conn: sqlite3.Connection, key_id: str) -> ApiKey | None:
+        row = conn.execute(
+            "SELECT key_id, label, created_ts, revoked_ts, last_used_ts FROM api_keys"
+            " WHERE key_id = ?",
+            (key_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        pools = tuple(
+            p
+            for (p,) in conn.execute(
+                "SELECT pool_id FROM api_key_pools WHERE key_id = ? ORDER BY pool_id", (key_id,)
+            )
+        )
+        return ApiKey(row[0], row[1], pools, row[2], row[3], row[4])
+
+    def _schedule(self, row: Sequence[Any]) -> Schedule:
+        (schedule_id, pool_id, start, res, end, values_json, kind, created, cancelled,
+         superseded, effective_end) = row  # fmt: skip
+        if superseded is not None and superseded >= end:
+            superseded = None
+        if superseded is not None and (cancelled is None or superseded < cancelled):
+            status = ScheduleStatus.SUPERSEDED
+        elif cancelled is not None:
+            status = ScheduleStatus.CANCELLED
+        elif self.clock.time() >= effective_end:
+            status = ScheduleStatus.COMPLETED
+        else:
+            status = ScheduleStatus.ACTIVE
+        return Schedule(
+            schedule_id=schedule_id,
+            pool_id=pool_id,
+            start_ts=start,
+            resolution_s=res,
+            values_w=tuple(json.loads(values_json)),
+            kind=kind,
+            status=status.value,
+            created_ts=created,
+            effective_end_ts=effective_end,
+            end_ts=end,
+            superseded_from_ts=superseded,
+            cancelled_from_ts=cancelled,
+        )
+
+
+_SITE_SELECT = "SELECT site_id, pool_id, partition, meta, created_ts, updated_ts FROM sites"
+_INTERVAL_SELECT = (
+    "SELECT pool_id, schedule_id, interval_start_ts, interval_s, energy_target_wh,"
+    " energy_delivered_wh, error_rms_w, error_max_w, imbalance_wh FROM interval_performance"
+)
+
+
+def _site(row: Sequence[Any]) -> Site:
+    site_id, pool_id, partition, meta, created, updated = row
+    return Site(site_id, pool_id, partition, json.loads(meta), created, updated)

@@ -1,0 +1,183 @@
+"""The registry schema as a sequence of releases, applied by ``vpp cloud migrate`` and at start.
+
+Rules (the same expand/contract discipline as the wire protocol and the edge store):
+
+* A migration is never edited once released; a file at any earlier version is upgraded by
+  running the ones it lacks (sqlite-utils records each in ``_sqlite_migrations``, and runs
+  each in its own transaction with that record).
+* **Expand** steps only add: tables, nullable (or defaulted) columns, indexes, backfills.
+  The previous release's processes keep working against the expanded schema - during a
+  rolling update both run against the same file - and a test runs that release's queries
+  against the newest schema.
+* **Contract** steps (drop a column, tighten a constraint) come in a *later* release, once
+  no deployed process of the release that needed the old shape remains.
+
+Releases:
+
+``m001_initial`` (release 1): pools, sites (with their partition), devices, settings, API
+keys (hashed) and their pool scopes, schedules (values as JSON, cancellation), real-time
+activations, per-cycle and per-interval performance.
+
+``m002_key_use_and_schedule_ends`` (release 2, expand): ``api_keys.last_used_ts`` so operators
+can find unused keys before revoking them; ``schedules.superseded_from_ts`` and
+``schedules.effective_end_ts``, so a schedule's status and its real end (after supersession or
+cancellation) are read from its row instead of being recomputed from every later schedule of
+the pool on each read (release 1 did that: quadratic for a listing); both backfilled here.
+A release-1 process still running during the update inserts schedules without these columns
+(NULL): release-2 code reads ``COALESCE(effective_end_ts, <the release-1 computation>)`` and
+fills NULLs when it next writes the pool's schedules.
+
+Contract step that follows m002 (a later release, once no release-1 process runs): backfill any
+remaining NULLs with :data:`BACKFILL_SCHEDULE_ENDS_SQL`, then make ``effective_end_ts``
+NOT NULL (``db["schedules"].transform(not_null={"effective_end_ts"})``, a table rebuild in
+SQLite) and drop the COALESCE fallback from the code.
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+__all__ = ["BACKFILL_SCHEDULE_ENDS_SQL", "EFFECTIVE_END_SQL", "MIGRATIONS", "SCHEDULE_CUT_SQL"]
+
+MIGRATIONS = sqlite_utils.Migrations("vpp-registry")
+
+SCHEDULE_CUT_SQL = (
+    "(SELECT min(max(s.start_ts, later.start_ts)) FROM schedules AS later"
+    " WHERE later.pool_id = s.pool_id AND later.seq > s.seq AND later.start_ts < s.end_ts)"
+)
+"""Where later-posted schedules cut schedule ``s`` (NULL if none does): a later schedule
+replaces an earlier one from its own start on (from the earlier one's start if it starts
+before). This is release 1's supersession rule, as an SQL expression over ``s``."""
+
+EFFECTIVE_END_SQL = (
+    "min(s.end_ts, coalesce(s.cancelled_from_ts, s.end_ts),"
+    f" coalesce({SCHEDULE_CUT_SQL}, s.end_ts))"
+)
+"""Schedule ``s``'s effective end computed from scratch (the release-1 way)."""
+
+BACKFILL_SCHEDULE_ENDS_SQL = (
+    f"UPDATE schedules AS s SET superseded_from_ts = {SCHEDULE_CUT_SQL},"
+    f" effective_end_ts = {EFFECTIVE_END_SQL}"
+)
+"""Fill the release-2 columns from the rows; append a WHERE clause to limit it."""
+
+
+@MIGRATIONS()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    """Release 1.
+
+    * ``settings``: deployment facts such as the partition count (fixed per deployment:
+      changing it re-homes every site) and the site->pool map revision.
+    * ``schedules.seq`` orders schedules as they were posted: "later replaces earlier"
+      must not depend on caller-supplied timestamps. ``end_ts`` (nominal end) is stored
+      so overlap queries need no JSON.
+    * ``cycle_performance`` is the high-volume table (one row per pool per cycle): no
+      primary key beyond the rowid, one index for "a pool between two times".
+    """
+    db.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute(
+        "CREATE TABLE pools ("
+        " pool_id TEXT PRIMARY KEY,"
+        " name TEXT NOT NULL DEFAULT '',"
+        " created_ts REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE sites ("
+        " site_id TEXT PRIMARY KEY,"
+        " pool_id TEXT NOT NULL REFERENCES pools(pool_id),"
+        " partition INTEGER NOT NULL,"
+        " meta TEXT NOT NULL DEFAULT '{}',"
+        " created_ts REAL NOT NULL,"
+        " updated_ts REAL NOT NULL)"
+    )
+    db.execute("CREATE INDEX sites_pool ON sites(pool_id)")
+    db.execute("CREATE INDEX sites_partition ON sites(partition)")
+    db.execute(
+        "CREATE TABLE devices ("
+        " site_id TEXT NOT NULL REFERENCES sites(site_id),"
+        " device_id TEXT NOT NULL,"
+        " kind TEXT NOT NULL,"
+        " meta TEXT NOT NULL DEFAULT '{}',"
+        " created_ts REAL NOT NULL,"
+        " PRIMARY KEY (site_id, device_id))"
+    )
+    db.execute(
+        "CREATE TABLE api_keys ("
+        " key_id TEXT PRIMARY KEY,"
+        " label TEXT NOT NULL DEFAULT '',"
+        " token_hash TEXT NOT NULL,"
+        " created_ts REAL NOT NULL,"
+        " revoked_ts REAL)"
+    )
+    db.execute(
+        "CREATE TABLE api_key_pools ("
+        " key_id TEXT NOT NULL REFERENCES api_keys(key_id),"
+        " pool_id TEXT NOT NULL REFERENCES pools(pool_id),"
+        " PRIMARY KEY (key_id, pool_id))"
+    )
+    db.execute(
+        "CREATE TABLE schedules ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " schedule_id TEXT NOT NULL UNIQUE,"
+        " pool_id TEXT NOT NULL REFERENCES pools(pool_id),"
+        " start_ts REAL NOT NULL,"
+        " resolution_s REAL NOT NULL,"
+        " end_ts REAL NOT NULL,"
+        " values_json TEXT NOT NULL,"
+        " kind TEXT NOT NULL,"
+        " created_ts REAL NOT NULL,"
+        " cancelled_from_ts REAL)"
+    )
+    db.execute("CREATE INDEX schedules_pool_start ON schedules(pool_id, start_ts)")
+    db.execute(
+        "CREATE TABLE activations ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " activation_id TEXT NOT NULL UNIQUE,"
+        " pool_id TEXT NOT NULL REFERENCES pools(pool_id),"
+        " target_w REAL NOT NULL,"
+        " kind TEXT NOT NULL,"
+        " created_ts REAL NOT NULL,"
+        " valid_until REAL NOT NULL)"
+    )
+    db.execute("CREATE INDEX activations_pool ON activations(pool_id)")
+    db.execute(
+        "CREATE TABLE cycle_performance ("
+        " pool_id TEXT NOT NULL,"
+        " ts REAL NOT NULL,"
+        " target_w REAL,"
+        " measured_w REAL NOT NULL,"
+        " error_w REAL,"
+        " schedule_id TEXT)"
+    )
+    db.execute("CREATE INDEX cycle_performance_pool_ts ON cycle_performance(pool_id, ts)")
+    db.execute(
+        "CREATE TABLE interval_performance ("
+        " pool_id TEXT NOT NULL,"
+        " schedule_id TEXT,"
+        " interval_start_ts REAL NOT NULL,"
+        " interval_s REAL NOT NULL,"
+        " energy_target_wh REAL NOT NULL,"
+        " energy_delivered_wh REAL NOT NULL,"
+        " error_rms_w REAL NOT NULL,"
+        " error_max_w REAL NOT NULL,"
+        " imbalance_wh REAL NOT NULL,"
+        " updated_ts REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE INDEX interval_performance_schedule"
+        " ON interval_performance(schedule_id, interval_start_ts)"
+    )
+    db.execute(
+        "CREATE INDEX interval_performance_pool ON interval_performance(pool_id, interval_start_ts)"
+    )
+
+
+@MIGRATIONS()
+def m002_key_use_and_schedule_ends(db: sqlite_utils.Database) -> None:
+    """Release 2, expand: key last use; schedule ends stored (backfilled) instead of derived."""
+    db.execute("ALTER TABLE api_keys ADD COLUMN last_used_ts REAL")
+    db.execute("ALTER TABLE schedules ADD COLUMN superseded_from_ts REAL")
+    db.execute("ALTER TABLE schedules ADD COLUMN effective_end_ts REAL")
+    db.execute(BACKFILL_SCHEDULE_ENDS_SQL)
+    # Listing a pool's schedules that still matter ("since" a time) without a scan.
+    db.execute("CREATE INDEX schedules_pool_effective_end ON schedules(pool_id, effective_end_ts)")
