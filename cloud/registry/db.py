@@ -150,8 +150,10 @@ class Registry:
             self._db.enable_wal()
             self._wconn.execute("PRAGMA synchronous=NORMAL")
             self._wconn.execute("PRAGMA foreign_keys=ON")
+            self.migrated: list[str] = []
+            """Migrations this open applied (``vpp cloud migrate`` reports them)."""
             if migrate:
-                self.migrate()
+                self.migrated = self.migrate()
             else:
                 pending = [m.name for m in MIGRATIONS.pending(self._db)]
                 if pending:

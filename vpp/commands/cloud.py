@@ -1,5 +1,155 @@
-"""`vpp cloud ...` commands."""
+"""`vpp cloud ...`: the cloud's operator commands.
+
+Registry commands (``migrate``, ``pools``, ``sites``, ``keys``) open the registry file given by
+``--db`` (or ``$VPP_DB``). Errors an operator can fix (unknown pool, bad id) print one line on
+stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="cloud commands.")
+if TYPE_CHECKING:
+    from cloud.registry import Registry
+
+app = typer.Typer(no_args_is_help=True, help="The cloud: registry, workers, dispatcher, API.")
+pools_app = typer.Typer(no_args_is_help=True, help="Pools: the units a trader dispatches.")
+sites_app = typer.Typer(no_args_is_help=True, help="Sites: which pool each site belongs to.")
+keys_app = typer.Typer(no_args_is_help=True, help="Trader API keys, each scoped to pools.")
+app.add_typer(pools_app, name="pools")
+app.add_typer(sites_app, name="sites")
+app.add_typer(keys_app, name="keys")
+
+DbOpt = Annotated[
+    Path, typer.Option("--db", envvar="VPP_DB", help="Registry SQLite file.", show_default=False)
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+@contextmanager
+def _registry(db: Path, *, migrate: bool = True) -> Iterator[Registry]:
+    """The registry at ``db`` (wall clock); ValueError from a command -> one line, exit 1."""
+    from cloud.registry import Registry, SchemaBehindError
+    from protocols.clock import WallClock
+
+    try:
+        registry = Registry(db, WallClock(), migrate=migrate)
+    except SchemaBehindError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        yield registry
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        registry.close()
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+@app.command()
+def migrate(db: DbOpt) -> None:
+    """Create or upgrade the registry schema (every cloud process also does this at start)."""
+    with _registry(db) as reg:
+        applied = reg.applied_migrations()
+        done = reg.migrated
+    typer.echo(f"applied: {', '.join(done)}" if done else "up to date")
+    typer.echo(f"registry {db}: {len(applied)} migrations, latest {applied[-1]}")
+
+
+@pools_app.command("create")
+def pools_create(
+    pool_id: Annotated[str, typer.Argument(help="Pool id (letters, digits, '_', '-', '.').")],
+    db: DbOpt,
+    name: Annotated[str, typer.Option(help="Human-readable name.")] = "",
+) -> None:
+    """Create a pool."""
+    with _registry(db) as reg:
+        pool = reg.create_pool(pool_id, name)
+    typer.echo(f"pool {pool.pool_id} created")
+
+
+@pools_app.command("list")
+def pools_list(db: DbOpt) -> None:
+    """List pools with their site counts."""
+    with _registry(db) as reg:
+        rows = [(p, len(reg.sites_of_pool(p.pool_id))) for p in reg.list_pools()]
+    for pool, sites in rows:
+        typer.echo(f"{pool.pool_id}\t{sites} sites\t{pool.name}")
+
+
+@sites_app.command("add")
+def sites_add(
+    site_ids: Annotated[list[str], typer.Argument(help="Site id(s).", show_default=False)],
+    db: DbOpt,
+    pool: Annotated[str, typer.Option("--pool", help="Pool the sites join.", show_default=False)],
+    partitions: Annotated[
+        int, typer.Option(help="Partition count of the deployment (fixed once set).")
+    ] = 64,
+) -> None:
+    """Add sites to a pool (or move them); prints each site's partition."""
+    with _registry(db) as reg:
+        for site_id in site_ids:
+            site = reg.add_site(site_id, pool, partitions=partitions)
+            typer.echo(f"site {site.site_id} -> pool {site.pool_id}, partition {site.partition}")
+
+
+@sites_app.command("list")
+def sites_list(db: DbOpt, pool: Annotated[str, typer.Option("--pool", show_default=False)]) -> None:
+    """List a pool's sites and their partitions."""
+    with _registry(db) as reg:
+        if reg.get_pool(pool) is None:
+            raise ValueError(f"pool {pool!r} does not exist")
+        sites = reg.sites_of_pool(pool)
+    for site in sites:
+        typer.echo(f"{site.site_id}\tpartition {site.partition}")
+
+
+@keys_app.command("create")
+def keys_create(
+    db: DbOpt,
+    pool: Annotated[
+        list[str], typer.Option("--pool", help="Pool the key may use; repeat for several.")
+    ],
+    label: Annotated[str, typer.Option(help="Who or what the key is for.")] = "",
+) -> None:
+    """Create an API key. The token is printed once, alone on the last line: store it now."""
+    with _registry(db) as reg:
+        key, token = reg.create_api_key(pool, label)
+    typer.echo(f"key {key.key_id} for pools {', '.join(key.pool_ids)}; the token is shown once:")
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(db: DbOpt) -> None:
+    """List keys (ids, pools, state); tokens are never stored, so never shown."""
+    from protocols.units import to_iso8601
+
+    with _registry(db) as reg:
+        keys = reg.list_api_keys()
+    for key in keys:
+        state = "active" if key.revoked_ts is None else f"revoked {to_iso8601(key.revoked_ts)}"
+        used = "never" if key.last_used_ts is None else to_iso8601(key.last_used_ts)
+        typer.echo(
+            f"{key.key_id}\t{','.join(key.pool_ids)}\t{state}\tlast used {used}\t{key.label}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="Key id (from `keys list`).")], db: DbOpt
+) -> None:
+    """Revoke a key: requests with it are refused from now on."""
+    with _registry(db) as reg:
+        if not reg.revoke_api_key(key_id):
+            raise ValueError(f"no active key {key_id!r}")
+    typer.echo(f"key {key_id} revoked")
