@@ -1,0 +1,74 @@
+"""What every route needs: the registry, Redis, the clock, the settings and the counters.
+
+One :class:`ApiContext` per app, kept on ``app.state``; routes get it through
+:func:`get_ctx`, so tests and ``vpp cloud run --role api`` build it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
+
+import anyio.to_thread
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+
+from cloud.api.errors import Metrics
+from protocols.clock import Clock
+
+__all__ = ["ApiContext", "ApiSettings", "CtxDep", "get_ctx"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Limits of the API. Defaults suit production; tests shorten the stream's timings."""
+
+    horizon_s: float = 48 * 3600.0  # a schedule must end within this from now
+    grace_s: float = 60.0  # a schedule may start this much in the past (skew, transit)
+    max_values: int = 2880  # 48 h of PT1M
+    max_setpoint_s: float = 300.0  # a setpoint expires at most this far ahead
+    max_age_s: float = 10.0  # partition aggregates older than this are not used
+    stream_poll_s: float = 1.0  # the stream looks for a new aggregate this often (clock s)
+    heartbeat_s: float = 15.0  # a comment line at least this often on an idle stream (wall s)
+    forecast_step_s: float = 900.0
+    sites_page_max: int = 1000
+
+
+@dataclass
+class ApiContext:
+    registry: Any  # cloud.registry.Registry (sync SQLite; called from the loop's thread)
+    redis_url: str
+    clock: Clock
+    settings: ApiSettings
+    metrics: Metrics = field(default_factory=Metrics)
+    redis: aioredis.Redis | None = None
+    stopping: asyncio.Event | None = None  # set when the server shuts down: streams end
+    streams_open: int = 0
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a registry call in a worker thread.
+
+        Why: the registry is synchronous SQLite. Reads take microseconds, but a write may
+        wait for SQLite's lock (another process writing, up to the busy timeout); off the
+        loop, that wait never stalls other requests or the streams. The registry is
+        thread-safe (one reader connection per thread, one locked writer).
+        """
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    def get_redis(self) -> aioredis.Redis:
+        if self.redis is None:
+            raise RuntimeError("the API's Redis client is made in the app's lifespan")
+        return self.redis
+
+
+def get_ctx(request: Request) -> ApiContext:
+    return request.app.state.ctx
+
+
+#: A route parameter ``ctx: CtxDep`` receives the app's context.
+CtxDep = Annotated[ApiContext, Depends(get_ctx)]

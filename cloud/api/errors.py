@@ -1,0 +1,161 @@
+"""One error shape for every refusal, and the in-process counters operators read.
+
+Why one shape: a trader's client (and the virtual trader) must be able to tell *why* a
+request failed without parsing prose, so every 4xx/5xx carries a stable machine ``reason``,
+the ``field`` it is about (when there is one) and a sentence for humans. Every refusal is
+counted by reason (DESIGN: "bad input is counted, logged with the reason, and dropped").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["ApiError", "Metrics", "MetricsMiddleware", "install_error_handlers"]
+
+log = logging.getLogger("cloud.api")
+
+
+class ApiError(Exception):
+    """A refusal with a status, a machine reason, a human detail and the field at fault."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        detail: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.field = field
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return {"reason": self.reason, "detail": self.detail, "field": self.field}
+
+
+class Metrics:
+    """Counters kept in the API process: requests by (method, route, status) and refusals by
+    (status, reason). Plain dicts under a lock, cheap enough to touch on every request."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.rejected: Counter[tuple[int, str]] = Counter()
+
+    def count_request(self, method: str, route: str, status: int) -> None:
+        with self._lock:
+            self.requests[(method, route, status)] += 1
+
+    def count_rejected(self, status: int, reason: str) -> None:
+        with self._lock:
+            self.rejected[(status, reason)] += 1
+
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        with self._lock:
+            return {
+                "requests": [
+                    {"method": m, "route": r, "status": s, "count": n}
+                    for (m, r, s), n in sorted(self.requests.items())
+                ],
+                "rejected": [
+                    {"status": s, "reason": r, "count": n}
+                    for (s, r), n in sorted(self.rejected.items())
+                ],
+            }
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by its route *template* (``/v1/pools/{pool_id}``), never the
+    raw path: a raw path would make one counter per pool id and per scanner's guess."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "(unmatched)"
+            self.metrics.count_request(scope.get("method", "?"), template, status)
+
+
+def _schema_error(exc: RequestValidationError) -> ApiError:
+    """Pydantic's errors -> one ApiError naming the first field at fault (all are listed)."""
+    errors = exc.errors()
+    parts = []
+    for err in errors:
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path")]
+        parts.append((".".join(loc) or "body", str(err.get("msg", "invalid"))))
+    field = parts[0][0] if parts else None
+    detail = "; ".join(f"{f}: {m}" for f, m in parts) or "invalid request"
+    if any(err.get("type") == "json_invalid" for err in errors):
+        ctx = errors[0].get("ctx") or {}
+        return ApiError(422, "bad_json", f"the body is not JSON: {ctx.get('error', '?')}",
+                        field="body")  # fmt: skip
+    if field == "body" and any(err.get("type") == "model_attributes_type" for err in errors):
+        detail += " (send a JSON object with 'Content-Type: application/json')"
+    return ApiError(422, "schema", detail, field=field)
+
+
+def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Route every refusal through :class:`ApiError`'s shape and count it."""
+
+    def respond(err: ApiError, request: Request) -> JSONResponse:
+        metrics.count_rejected(err.status, err.reason)
+        if err.status >= 500 or err.status == 422:
+            log.info(
+                "refused %s %s: %s %s (%s)",
+                request.method,
+                request.url.path,
+                err.status,
+                err.reason,
+                err.detail,
+            )
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return respond(exc, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return respond(_schema_error(exc), request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        err = ApiError(exc.status_code, reason, str(exc.detail), headers=exc.headers)
+        return respond(err, request)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Bad input must never crash the process; a bug answers 500 and is logged in full.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return respond(ApiError(500, "internal", "internal error; it has been logged"), request)

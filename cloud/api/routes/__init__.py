@@ -1,0 +1,1 @@
+"""The trader API's routers, one module per resource."""

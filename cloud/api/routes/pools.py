@@ -1,0 +1,123 @@
+"""Pools, their flexibility model and their sites."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from cloud.api.auth import KeyDep, PoolDep
+from cloud.api.context import ApiContext, CtxDep
+from cloud.api.routes.common import AUTH_ERRORS, NO_DATA
+from cloud.api.schemas import FlexibilityOut, PoolOut, PoolsOut, SiteOut, SitesOut
+from cloud.api.views import current_flexibility, flexibility_out, iso
+from cloud.hotstate import SiteSummary, sites_key
+
+router = APIRouter(prefix="/v1", tags=["pools"], responses=AUTH_ERRORS)
+
+
+async def _pool_out(pool: Any, ctx: ApiContext) -> PoolOut:
+    return PoolOut(
+        pool_id=pool.pool_id,
+        name=pool.name,
+        sites=len(await ctx.db(ctx.registry.sites_of_pool, pool.pool_id)),
+    )
+
+
+@router.get("/pools", response_model=PoolsOut, summary="The pools this key may use")
+async def list_pools(key: KeyDep, ctx: CtxDep) -> PoolsOut:
+    pools = [await ctx.db(ctx.registry.get_pool, p) for p in sorted(set(key.pool_ids))]
+    return PoolsOut(pools=[await _pool_out(p, ctx) for p in pools if p is not None])
+
+
+@router.get("/pools/{pool_id}", response_model=PoolOut, summary="One pool")
+async def get_pool(pool: PoolDep, ctx: CtxDep) -> PoolOut:
+    return await _pool_out(pool, ctx)
+
+
+@router.get(
+    "/pools/{pool_id}/flexibility",
+    response_model=FlexibilityOut,
+    responses=NO_DATA,
+    summary="The pool's flexibility: now, for how long, and ahead",
+    description=(
+        "**now**: measured grid power, baseline, the range [p_min_w, p_max_w] the pool can "
+        "hold, the energies it can absorb/deliver and its sites by state. **durations**: power "
+        "the pool can hold above (absorb) / below (deliver) its baseline for 15 min, 1 h, 4 h. "
+        "**forecast**: range per slot ahead, with its assumptions. Grid power + = import. "
+        "503 `no_fresh_data` when no partition of the pool reported recently."
+    ),
+)
+async def get_flexibility(
+    pool: PoolDep,
+    ctx: CtxDep,
+    forecast_slots: int | None = Query(
+        None, ge=0, le=1000, description="At most this many forecast slots (default: all)."
+    ),
+) -> FlexibilityOut:
+    now = ctx.clock.time()
+    flex = await current_flexibility(ctx, pool.pool_id, now)
+    return flexibility_out(flex, now, ctx.settings.forecast_step_s, forecast_slots)
+
+
+@router.get(
+    "/pools/{pool_id}/sites",
+    response_model=SitesOut,
+    summary="The pool's sites with their status, paged",
+    description="Sites in registry order of `site_id`. `status` is `unknown` for a site the "
+    "cloud has not heard from yet.",
+)
+async def list_sites(
+    pool: PoolDep,
+    ctx: CtxDep,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+) -> SitesOut:
+    sites = sorted(await ctx.db(ctx.registry.sites_of_pool, pool.pool_id), key=lambda s: s.site_id)
+    page = sites[offset : offset + limit]
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for site in page:
+        by_partition[site.partition].append(site.site_id)
+    summaries: dict[str, SiteSummary] = {}
+    if by_partition:
+        redis = ctx.get_redis()
+        async with redis.pipeline(transaction=False) as pipe:
+            for partition, ids in by_partition.items():
+                pipe.hmget(sites_key(partition), ids)
+            replies = await pipe.execute()
+        for ids, values in zip(by_partition.values(), replies, strict=True):
+            for site_id, raw in zip(ids, values, strict=True):
+                # A record this reader cannot read is shown as unknown, never a 500.
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    if raw:
+                        summaries[site_id] = SiteSummary.from_json(raw)
+    out = []
+    for site in page:
+        s = summaries.get(site.site_id)
+        out.append(
+            SiteOut(site_id=site.site_id, partition=site.partition, status="unknown")
+            if s is None
+            else SiteOut(
+                site_id=site.site_id,
+                partition=site.partition,
+                status=str(s.status),
+                mode=s.mode,
+                last_seen=iso(s.ts),
+                grid_w=s.grid_w,
+                baseline_w=s.baseline_w,
+                p_min_w=s.p_min_w,
+                p_max_w=s.p_max_w,
+                soc_pct=s.soc_pct,
+            )
+        )
+    end = offset + len(page)
+    return SitesOut(
+        pool_id=pool.pool_id,
+        total=len(sites),
+        offset=offset,
+        limit=limit,
+        next_offset=end if end < len(sites) else None,
+        sites=out,
+    )

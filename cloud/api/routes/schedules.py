@@ -1,0 +1,145 @@
+"""Pool schedules: post, list, read back with delivery, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+
+from cloud.api.auth import KeyDep, PoolDep, not_found
+from cloud.api.context import ApiContext, CtxDep
+from cloud.api.errors import ApiError
+from cloud.api.routes.common import AUTH_ERRORS, NO_DATA, UNPROCESSABLE
+from cloud.api.schemas import ScheduleIn, ScheduleOut, SchedulesOut
+from cloud.api.validation import (
+    check_range,
+    check_schedule_shape,
+    parse_duration,
+    parse_time,
+)
+from cloud.api.views import current_flexibility, range_slots, schedule_out
+
+router = APIRouter(prefix="/v1", tags=["schedules"], responses=AUTH_ERRORS)
+
+_RULES = (
+    "Refused with 422 and a `reason`: `naive_time`/`bad_time` (start without a time zone or "
+    "not ISO 8601), `bad_resolution` (not one of PT1M, PT2M, PT3M, PT4M, PT5M, PT6M, PT10M, "
+    "PT12M, PT15M, PT20M, PT30M, PT1H), `misaligned` (start not a multiple of the resolution "
+    "in UTC), `in_past` (start more than 60 s ago), `beyond_horizon` (ends more than 48 h "
+    "ahead), `empty`, `too_many_values`, `non_finite`, `out_of_range` (an absolute value "
+    "outside [p_min_w, p_max_w] of the forecast slot, a delta value outside "
+    "[p_min_w - baseline_w, p_max_w - baseline_w]), `schema` (body not of the model)."
+)
+
+
+async def _scoped_schedule(ctx: ApiContext, key: Any, schedule_id: str) -> Any:
+    schedule = await ctx.db(ctx.registry.get_schedule, schedule_id)
+    if schedule is None or not key.allows(schedule.pool_id):
+        raise not_found(f"schedule {schedule_id!r}")
+    return schedule
+
+
+@router.post(
+    "/pools/{pool_id}/schedules",
+    response_model=ScheduleOut,
+    status_code=201,
+    responses={**UNPROCESSABLE, **NO_DATA},
+    summary="Post a pool schedule",
+    description="A later schedule replaces an earlier one from its own start on. " + _RULES,
+)
+async def post_schedule(
+    body: ScheduleIn,
+    response: Response,
+    pool: PoolDep,
+    ctx: CtxDep,
+) -> ScheduleOut:
+    s = ctx.settings
+    now = ctx.clock.time()
+    start_ts = parse_time(body.start, "start")
+    resolution_s = parse_duration(body.resolution, "resolution")
+    check_schedule_shape(
+        start_ts=start_ts,
+        resolution_s=resolution_s,
+        values_w=body.values_w,
+        now=now,
+        horizon_s=s.horizon_s,
+        grace_s=s.grace_s,
+        max_values=s.max_values,
+    )
+    flex = await current_flexibility(ctx, pool.pool_id, now)
+    slots, now_slot = range_slots(flex, now)
+    check_range(
+        start_ts=start_ts,
+        resolution_s=resolution_s,
+        values_w=body.values_w,
+        kind=body.kind.value,
+        slots=slots,
+        now_slot=now_slot,
+    )
+    try:
+        schedule = await ctx.db(
+            ctx.registry.add_schedule,
+            pool.pool_id,
+            start_ts,
+            resolution_s,
+            list(body.values_w),
+            body.kind.value,
+            created_ts=now,
+        )
+    except ValueError as exc:  # the registry's own checks: refused, not a crash
+        raise ApiError(422, "registry", str(exc)) from None
+    response.headers["Location"] = f"/v1/schedules/{schedule.schedule_id}"
+    return schedule_out(schedule)
+
+
+@router.get(
+    "/pools/{pool_id}/schedules",
+    response_model=SchedulesOut,
+    summary="The pool's schedules, newest first (without delivery)",
+)
+async def list_schedules(
+    pool: PoolDep,
+    ctx: CtxDep,
+    since: str | None = Query(
+        None, description="Only schedules ending after this time (ISO 8601)."
+    ),
+    limit: int = Query(100, ge=1, le=1000),
+) -> SchedulesOut:
+    since_ts = None if since is None else parse_time(since, "since")
+    schedules = await ctx.db(
+        ctx.registry.list_schedules, pool.pool_id, since_ts=since_ts, limit=limit
+    )
+    return SchedulesOut(pool_id=pool.pool_id, schedules=[schedule_out(x) for x in schedules])
+
+
+@router.get(
+    "/schedules/{schedule_id}",
+    response_model=ScheduleOut,
+    summary="A schedule with its status and per-interval delivery",
+)
+async def get_schedule(schedule_id: str, key: KeyDep, ctx: CtxDep) -> ScheduleOut:
+    schedule = await _scoped_schedule(ctx, key, schedule_id)
+    return schedule_out(
+        schedule, await ctx.db(ctx.registry.interval_performance, schedule.schedule_id)
+    )
+
+
+@router.delete(
+    "/schedules/{schedule_id}",
+    response_model=ScheduleOut,
+    responses={409: {"description": "Already cancelled or completed."}},
+    summary="Cancel a schedule from now on (intervals already delivered stay recorded)",
+)
+async def cancel_schedule(schedule_id: str, key: KeyDep, ctx: CtxDep) -> ScheduleOut:
+    schedule = await _scoped_schedule(ctx, key, schedule_id)
+    try:
+        cancelled = await ctx.db(
+            ctx.registry.cancel_schedule, schedule.schedule_id, at_ts=ctx.clock.time()
+        )
+    except ValueError as exc:
+        raise ApiError(409, "not_cancellable", str(exc)) from None
+    if cancelled is None:
+        cancelled = await ctx.db(ctx.registry.get_schedule, schedule.schedule_id)
+    return schedule_out(
+        cancelled, await ctx.db(ctx.registry.interval_performance, schedule.schedule_id)
+    )

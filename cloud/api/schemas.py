@@ -1,0 +1,319 @@
+"""Request and response bodies of the trader API, with descriptions and examples for /docs.
+
+Conventions, the same in every body (see :mod:`protocols.units`):
+
+* times are ISO 8601 strings **with** a time zone (responses use UTC, ``+00:00``);
+* durations are ISO 8601 durations (``PT15M``) next to their value in seconds;
+* power in W, energy in Wh; **grid power positive = import** (consumption), negative = export.
+  ``absorb`` = raise the pool's grid power above its baseline (charge, boost heat pumps);
+  ``deliver`` = lower it below its baseline (discharge, shed load).
+
+The flexibility model is explicit and named (as FlexMeasures names its flex-model): *now*
+(range, baseline, energies), *durations* (power held for how long) and *forecast* (range
+per slot ahead), with the forecast's assumptions stated in the body.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ActivationOut",
+    "DeliveryInterval",
+    "DurationFlexOut",
+    "ErrorOut",
+    "FlexibilityNow",
+    "FlexibilityOut",
+    "ForecastSlotOut",
+    "HealthOut",
+    "PoolOut",
+    "PoolsOut",
+    "ScheduleIn",
+    "ScheduleKind",
+    "ScheduleOut",
+    "SchedulesOut",
+    "SetpointIn",
+    "SiteCounts",
+    "SiteOut",
+    "SitesOut",
+    "StreamDelivery",
+    "StreamEvent",
+]
+
+SIGN_CONVENTION = (
+    "Grid power: positive = import from the grid, negative = export. Pool power is the sum "
+    "over its sites."
+)
+
+
+class ScheduleKind(StrEnum):
+    """How a schedule's or setpoint's values are meant."""
+
+    ABSOLUTE = "absolute"  # the pool's grid power, W (+ import)
+    DELTA = "delta"  # change from the pool's baseline, W (+ = more import / less export)
+
+
+class ErrorOut(BaseModel):
+    """Every refusal (4xx, 5xx): a machine ``reason``, the ``field`` at fault, a sentence."""
+
+    reason: str = Field(
+        description="Stable machine code, e.g. `misaligned`, `out_of_range`, "
+        "`invalid_key`, `not_found`, `no_fresh_data`."
+    )
+    detail: str = Field(description="What was wrong and how to fix it, for humans.")
+    field: str | None = Field(
+        None, description="The request field at fault, e.g. `start` or `values_w[3]`."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "reason": "misaligned",
+                    "field": "start",
+                    "detail": "start: 2024-06-01T12:07:00+00:00 is not aligned to the "
+                    "resolution PT15M; e.g. 2024-06-01T12:00:00+00:00 or 2024-06-01T12:15:00+00:00",
+                }
+            ]
+        }
+    )
+
+
+class HealthOut(BaseModel):
+    status: str = Field(
+        description="`ok` when the API can reach Redis and the registry, else `degraded`."
+    )
+    time: str = Field(description="The API's clock, ISO 8601.")
+    redis: bool
+    registry: bool
+
+
+class SiteCounts(BaseModel):
+    """How many of the pool's sites are in each state (the flexibility counts fresh,
+    non-degraded sites only)."""
+
+    total: int
+    fresh: int = Field(description="Reporting within their deadline: counted.")
+    stale: int = Field(description="Deadline missed: left out of power and flexibility.")
+    offline: int = Field(description="Gone (last will, or silent far past the deadline).")
+    degraded: int = Field(description="Fresh but in degraded mode: measured, not dispatched.")
+
+
+class PoolOut(BaseModel):
+    pool_id: str
+    name: str
+    sites: int = Field(description="Sites registered in the pool.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"pool_id": "be-north", "name": "Belgium north", "sites": 1200}]
+        }
+    )
+
+
+class PoolsOut(BaseModel):
+    pools: list[PoolOut]
+
+
+class FlexibilityNow(BaseModel):
+    """The pool now (fresh sites only, except ``measured_w`` which counts degraded ones too)."""
+
+    measured_w: float = Field(description="Measured grid power of the pool, W (+ import).")
+    baseline_w: float = Field(description="What the sites' local control would do now, W.")
+    p_min_w: float = Field(description="Lowest grid power the pool can hold now, W.")
+    p_max_w: float = Field(description="Highest grid power the pool can hold now, W.")
+    e_absorb_wh: float = Field(description="Energy the pool can absorb above baseline, Wh.")
+    e_deliver_wh: float = Field(description="Energy the pool can deliver below baseline, Wh.")
+    pv_w: float
+    load_w: float
+    battery_w: float = Field(description="Battery power, W (+ discharge).")
+    sites: SiteCounts
+
+
+class DurationFlexOut(BaseModel):
+    """Power the pool can hold above (absorb) / below (deliver) its baseline for a duration."""
+
+    duration: str = Field(description="ISO 8601 duration.", examples=["PT1H"])
+    duration_s: int
+    absorb_w: float = Field(ge=0, description="W above baseline, held for the whole duration.")
+    deliver_w: float = Field(ge=0, description="W below baseline, held for the whole duration.")
+
+
+class ForecastSlotOut(BaseModel):
+    start: str
+    end: str
+    baseline_w: float
+    p_min_w: float
+    p_max_w: float
+
+
+class FlexibilityOut(BaseModel):
+    """The pool's flexibility model: now, durations, forecast."""
+
+    pool_id: str
+    as_of: str = Field(
+        description="When the data was computed (the stalest partition's time), ISO 8601."
+    )
+    generated_at: str = Field(description="When this answer was made, ISO 8601.")
+    sign_convention: str = SIGN_CONVENTION
+    now: FlexibilityNow
+    durations: list[DurationFlexOut]
+    forecast_resolution: str = Field(examples=["PT15M"])
+    forecast: list[ForecastSlotOut]
+    assumptions: str = Field(description="What the forecast assumes, in words.")
+
+
+class SiteOut(BaseModel):
+    """A site as the cloud sees it. ``status`` is `unknown` for a site never heard from."""
+
+    site_id: str
+    partition: int
+    status: str = Field(description="`fresh`, `stale`, `offline` or `unknown`.")
+    mode: str | None = Field(None, description="The agent's mode, e.g. `normal`, `degraded`.")
+    last_seen: str | None = Field(None, description="Time of the newest telemetry, ISO 8601.")
+    grid_w: float | None = None
+    baseline_w: float | None = None
+    p_min_w: float | None = None
+    p_max_w: float | None = None
+    soc_pct: float | None = None
+
+
+class SitesOut(BaseModel):
+    pool_id: str
+    total: int
+    offset: int
+    limit: int
+    next_offset: int | None = Field(
+        description="Pass as `offset` for the next page; null at the end."
+    )
+    sites: list[SiteOut]
+
+
+class ScheduleIn(BaseModel):
+    """A pool schedule: one power value per interval from ``start``.
+
+    A later schedule replaces an earlier one from its own start: intervals of the earlier
+    schedule before that start still hold."""
+
+    start: str = Field(
+        description="ISO 8601 with a time zone, aligned to the resolution (UTC), not in the past.",
+        examples=["2024-06-01T12:00:00+02:00"],
+    )
+    resolution: str = Field(
+        description="ISO 8601 duration of each interval: whole minutes "
+        "that divide an hour (PT1M, PT2M, PT3M, PT4M, PT5M, PT6M, PT10M, "
+        "PT12M, PT15M, PT20M, PT30M, PT1H).",
+        examples=["PT15M"],
+    )
+    values_w: list[float] = Field(
+        description="Power per interval, W. `absolute`: the pool's "
+        "grid power (+ import); `delta`: change from its baseline.",
+        examples=[[-50000, -50000, 0, 20000]],
+    )
+    kind: ScheduleKind = ScheduleKind.ABSOLUTE
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "start": "2024-06-01T12:00:00+00:00",
+                    "resolution": "PT15M",
+                    "values_w": [-20000, -20000, 0, 10000],
+                    "kind": "delta",
+                }
+            ]
+        }
+    )
+
+
+class DeliveryInterval(BaseModel):
+    """How one interval of a schedule was delivered (intervals measured so far)."""
+
+    start: str
+    duration: str
+    energy_target_wh: float
+    energy_delivered_wh: float
+    error_rms_w: float
+    error_max_w: float
+    imbalance_wh: float = Field(
+        description="Delivered minus target energy, Wh (+ = the pool imported more than scheduled)."
+    )
+
+
+class ScheduleOut(BaseModel):
+    schedule_id: str
+    pool_id: str
+    start: str
+    resolution: str
+    resolution_s: int
+    end: str
+    values_w: list[float]
+    kind: ScheduleKind
+    status: str = Field(
+        description="`active` (in force now or later), `superseded` (a later schedule "
+        "replaced it from its start on), `cancelled`, or `completed` (ran to its end)."
+    )
+    created: str
+    effective_end: str | None = Field(
+        description="Where the schedule stops applying: its end, "
+        "or the start of a later schedule, or its cancellation."
+    )
+    delivery: list[DeliveryInterval] = Field(default_factory=list)
+
+
+class SchedulesOut(BaseModel):
+    pool_id: str
+    schedules: list[ScheduleOut]
+
+
+class SetpointIn(BaseModel):
+    """A real-time target for a balancing activation; resend it every few seconds.
+
+    Give exactly one of ``valid_for_s`` and ``valid_until``; the expiry is at most
+    5 minutes ahead, so a trader that stops sending releases the pool to its schedule."""
+
+    target_w: float = Field(
+        description="W; `absolute` grid power (+ import) or `delta` from baseline.",
+        examples=[-30000],
+    )
+    kind: ScheduleKind = ScheduleKind.DELTA
+    valid_for_s: float | None = Field(
+        None, description="Seconds from now, > 0 and <= 300.", examples=[10]
+    )
+    valid_until: str | None = Field(None, description="ISO 8601 with a time zone.")
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"target_w": -30000, "kind": "delta", "valid_for_s": 10}]}
+    )
+
+
+class ActivationOut(BaseModel):
+    activation_id: str
+    pool_id: str
+    target_w: float
+    kind: ScheduleKind
+    created: str
+    valid_until: str
+
+
+class StreamDelivery(BaseModel):
+    """What the pool is asked to do now and what it does."""
+
+    source: str | None = Field(description="`setpoint`, `schedule` or null (no target).")
+    kind: ScheduleKind | None
+    target_w: float | None = Field(
+        description="Target grid power, W (absolute; a delta target is added to the baseline)."
+    )
+    measured_w: float
+    error_w: float | None = Field(description="measured - target, W.")
+
+
+class StreamEvent(BaseModel):
+    """Data of each `flexibility` event on the stream (one per aggregation cycle)."""
+
+    pool_id: str
+    as_of: str
+    now: FlexibilityNow
+    delivery: StreamDelivery
