@@ -1,0 +1,273 @@
+"""Trader API against the running server (uvicorn on a loopback port, real Redis, registry on
+a temp file): health, docs, auth failures, scoping, pools, flexibility, sites, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from cloud.hotstate import SiteStatus
+
+from .api_harness import T0, Api, running_api, seed_site
+
+
+@pytest.fixture
+async def api(tmp_path: Path, redis_url: str) -> AsyncIterator[Api]:
+    async with running_api(tmp_path, redis_url) as running:
+        yield running
+
+
+def has_tz(text: str) -> bool:
+    return datetime.fromisoformat(text).tzinfo is not None
+
+
+# Every authenticated endpoint, as (method, path, json body) for the pool "north".
+def endpoints(schedule_id: str = "0" * 32) -> list[tuple[str, str, dict | None]]:
+    return [
+        ("GET", "/v1/pools", None),
+        ("GET", "/v1/pools/north", None),
+        ("GET", "/v1/pools/north/flexibility", None),
+        ("GET", "/v1/pools/north/sites", None),
+        ("GET", "/v1/pools/north/schedules", None),
+        ("POST", "/v1/pools/north/schedules",
+         {"start": "2024-06-01T10:15:00Z", "resolution": "PT15M", "values_w": [0.0]}),
+        ("GET", f"/v1/schedules/{schedule_id}", None),
+        ("DELETE", f"/v1/schedules/{schedule_id}", None),
+        ("POST", "/v1/pools/north/setpoint", {"target_w": 0.0, "valid_for_s": 10}),
+        ("GET", "/v1/pools/north/stream", None),
+    ]  # fmt: skip
+
+
+async def test_health_needs_no_key_and_reports_dependencies(api: Api) -> None:
+    r = await api.client.get("/v1/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["redis"]
+    assert body["registry"]
+    assert has_tz(body["time"])
+    assert abs(datetime.fromisoformat(body["time"]).timestamp() - T0) < 60
+
+
+async def test_docs_and_openapi_are_served(api: Api) -> None:
+    docs = await api.client.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+    spec = (await api.client.get("/openapi.json")).json()
+    paths = spec["paths"]
+    for path in (
+        "/v1/health", "/v1/pools", "/v1/pools/{pool_id}", "/v1/pools/{pool_id}/flexibility",
+        "/v1/pools/{pool_id}/sites", "/v1/pools/{pool_id}/schedules",
+        "/v1/schedules/{schedule_id}", "/v1/pools/{pool_id}/setpoint",
+        "/v1/pools/{pool_id}/stream",
+    ):  # fmt: skip
+        assert path in paths, path
+    assert set(paths["/v1/schedules/{schedule_id}"]) == {"get", "delete"}
+    scheme = spec["components"]["securitySchemes"]["ApiKey"]
+    assert scheme == {**scheme, "type": "http", "scheme": "bearer"}
+    assert paths["/v1/pools"]["get"]["security"] == [{"ApiKey": []}]
+    schemas = spec["components"]["schemas"]
+    assert {
+        "FlexibilityOut",
+        "DurationFlexOut",
+        "ForecastSlotOut",
+        "ScheduleIn",
+        "ErrorOut",
+    } <= set(schemas)
+    assert "PT15M" in schemas["ScheduleIn"]["properties"]["resolution"]["description"]
+    post = paths["/v1/pools/{pool_id}/schedules"]["post"]
+    assert {"201", "401", "404", "422", "503"} <= set(post["responses"])
+
+
+@pytest.mark.parametrize(
+    ("header", "reason", "challenge"),
+    [
+        (None, "missing_key", 'Bearer realm="vpp"'),
+        ("Basic dXNlcjpwYXNz", "malformed_key", 'Bearer realm="vpp", error="invalid_request"'),
+        ("Bearer", "malformed_key", 'Bearer realm="vpp", error="invalid_request"'),
+        ("Bearer two words", "malformed_key", 'Bearer realm="vpp", error="invalid_request"'),
+        ("vpp_0123456789ab_secret", "malformed_key", 'Bearer realm="vpp", error="invalid_request"'),
+        ("Bearer wrong-token", "invalid_key", 'Bearer realm="vpp", error="invalid_token"'),
+        ("Bearer vpp_0123456789ab_" + "x" * 43, "invalid_key",
+         'Bearer realm="vpp", error="invalid_token"'),
+    ],
+)  # fmt: skip
+async def test_every_endpoint_refuses_a_bad_key_with_401(
+    api: Api, header: str | None, reason: str, challenge: str
+) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    for method, path, body in endpoints():
+        r = await api.client.request(method, path, json=body, headers=headers)
+        assert r.status_code == 401, (method, path, r.text)
+        assert r.json()["reason"] == reason, (method, path)
+        assert r.headers["www-authenticate"] == challenge
+    assert api.rejected(reason) == len(endpoints())
+
+
+async def test_a_revoked_key_is_refused_at_once(api: Api) -> None:
+    for method, path, body in endpoints():
+        r = await api.client.request(method, path, json=body, headers=api.auth("revoked"))
+        assert r.status_code == 401, (method, path)
+        assert r.json()["reason"] == "invalid_key"
+    # Revoking a key in use takes effect on the next request (no cache).
+    api.seed()
+    assert (await api.client.get("/v1/pools/north", headers=api.auth("north"))).status_code == 200
+    key = api.registry.authenticate(api.tokens["north"])
+    assert key is not None
+    api.registry.revoke_api_key(key.key_id)
+    r = await api.client.get("/v1/pools/north", headers=api.auth("north"))
+    assert r.status_code == 401
+    assert r.json()["reason"] == "invalid_key"
+
+
+async def test_a_pool_outside_the_key_scope_is_404_like_a_missing_pool(api: Api) -> None:
+    api.seed("north")
+    api.seed("south")
+    schedule = api.registry.add_schedule("north", T0 + 900, 900, [0.0], "absolute")
+    for method, path, body in endpoints(schedule.schedule_id):
+        if path == "/v1/pools":
+            continue
+        r = await api.client.request(method, path, json=body, headers=api.auth("south"))
+        assert r.status_code == 404, (method, path, r.text)
+        assert r.json()["reason"] == "not_found"
+        # ...and exactly the same answer as for a pool that does not exist at all.
+        missing = await api.client.request(
+            method, path.replace("/north", "/nowhere").replace(schedule.schedule_id, "f" * 32),
+            json=body, headers=api.auth("south"),
+        )  # fmt: skip
+        assert missing.status_code == 404
+        assert missing.json()["reason"] == "not_found"
+    # The schedule was not cancelled by the unscoped DELETE.
+    assert api.registry.get_schedule(schedule.schedule_id).status == "active"
+
+
+async def test_list_pools_shows_only_the_key_pools(api: Api) -> None:
+    r = await api.client.get("/v1/pools", headers=api.auth("north"))
+    assert r.status_code == 200
+    assert r.json() == {"pools": [{"pool_id": "north", "name": "North pool", "sites": 3}]}
+    r = await api.client.get("/v1/pools", headers=api.auth("both"))
+    assert [p["pool_id"] for p in r.json()["pools"]] == ["north", "south"]
+    r = await api.client.get("/v1/pools/south", headers=api.auth("both"))
+    assert r.json() == {"pool_id": "south", "name": "South pool", "sites": 1}
+
+
+async def test_flexibility_now_durations_and_forecast(api: Api) -> None:
+    api.seed("north")  # two partitions with the same numbers: the pool is their sum
+    r = await api.client.get("/v1/pools/north/flexibility", headers=api.auth())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["pool_id"] == "north"
+    assert has_tz(body["as_of"])
+    assert has_tz(body["generated_at"])
+    assert "positive = import" in body["sign_convention"]
+    now = body["now"]
+    assert now["measured_w"] == 12_000
+    assert now["baseline_w"] == 10_000
+    assert (now["p_min_w"], now["p_max_w"]) == (-40_000, 30_000)
+    assert (now["e_absorb_wh"], now["e_deliver_wh"]) == (40_000, 50_000)
+    assert now["sites"] == {"total": 6, "fresh": 4, "stale": 2, "offline": 0, "degraded": 0}
+    assert [(d["duration"], d["duration_s"], d["absorb_w"], d["deliver_w"])
+            for d in body["durations"]] == [
+        ("PT15M", 900, 20_000, 50_000), ("PT1H", 3600, 18_000, 44_000),
+        ("PT4H", 14400, 9_000, 12_000),
+    ]  # fmt: skip
+    assert body["forecast_resolution"] == "PT15M"
+    slots = body["forecast"]
+    assert len(slots) == 48 * 4  # the schedule horizon
+    assert slots[0]["start"] == "2024-06-01T10:00:00+00:00"
+    assert slots[1]["start"] == slots[0]["end"] == "2024-06-01T10:15:00+00:00"
+    assert all(s["p_min_w"] <= s["baseline_w"] <= s["p_max_w"] for s in slots)
+    assert "Persistence forecast" in body["assumptions"]
+    r = await api.client.get("/v1/pools/north/flexibility?forecast_slots=4", headers=api.auth())
+    assert len(r.json()["forecast"]) == 4
+
+
+async def test_flexibility_without_fresh_data_is_503_with_reason(api: Api) -> None:
+    r = await api.client.get("/v1/pools/north/flexibility", headers=api.auth())
+    assert r.status_code == 503
+    assert r.json()["reason"] == "no_fresh_data"
+    assert r.headers["retry-after"]
+    api.seed("north", ts=api.now() - 60)  # a dead worker's last records
+    r = await api.client.get("/v1/pools/north/flexibility", headers=api.auth())
+    assert r.status_code == 503
+    assert "not reporting" in r.json()["detail"]
+
+
+async def test_sites_with_status_and_pagination(api: Api) -> None:
+    now = api.now()
+    seed_site(api.redis, api.sites["n-1"], SiteStatus.FRESH, now - 1, grid_w=-1500.0)
+    seed_site(api.redis, api.sites["n-2"], SiteStatus.STALE, now - 30, mode="degraded")
+    r = await api.client.get("/v1/pools/north/sites", headers=api.auth())
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["total"], body["offset"], body["next_offset"]) == (3, 0, None)
+    by_id = {s["site_id"]: s for s in body["sites"]}
+    assert list(by_id) == ["n-1", "n-2", "n-3"]
+    assert by_id["n-1"]["status"] == "fresh"
+    assert by_id["n-1"]["grid_w"] == -1500
+    assert has_tz(by_id["n-1"]["last_seen"])
+    assert by_id["n-1"]["partition"] == api.sites["n-1"].partition
+    assert by_id["n-2"]["status"] == "stale"
+    assert by_id["n-2"]["mode"] == "degraded"
+    assert by_id["n-3"]["status"] == "unknown"
+    assert by_id["n-3"]["last_seen"] is None
+    page1 = (await api.client.get("/v1/pools/north/sites?limit=2", headers=api.auth())).json()
+    assert [s["site_id"] for s in page1["sites"]] == ["n-1", "n-2"]
+    assert page1["next_offset"] == 2
+    page2 = (
+        await api.client.get("/v1/pools/north/sites?limit=2&offset=2", headers=api.auth())
+    ).json()
+    assert [s["site_id"] for s in page2["sites"]] == ["n-3"]
+    assert page2["next_offset"] is None
+    r = await api.client.get("/v1/pools/north/sites?limit=0", headers=api.auth())
+    assert r.status_code == 422
+    assert r.json()["field"] == "limit"
+    # A record this reader cannot read shows the site as unknown, never a 500.
+    api.redis.hset(f"vpp:sites:p:{api.sites['n-3'].partition}", "n-3", "{not json")
+    r = await api.client.get("/v1/pools/north/sites", headers=api.auth())
+    assert r.status_code == 200
+    assert r.json()["sites"][2]["status"] == "unknown"
+
+
+async def test_bad_input_is_answered_not_crashed_and_counted(api: Api) -> None:
+    post = "/v1/pools/north/schedules"
+    hdrs = {**api.auth(), "Content-Type": "application/json"}
+    r = await api.client.post(post, content=b'{"start": ', headers=hdrs)
+    assert r.status_code == 422
+    assert r.json()["reason"] == "bad_json"
+    r = await api.client.post(post, content=b"[1, 2]", headers=hdrs)
+    assert r.status_code == 422
+    assert r.json()["reason"] == "schema"
+    r = await api.client.post(post, content=b'{"start": 1}', headers=api.auth())  # no type
+    assert r.status_code == 422
+    assert "Content-Type" in r.json()["detail"]
+    r = await api.client.get("/v1/nothing-here", headers=api.auth())
+    assert r.status_code == 404
+    assert r.json()["reason"] == "not_found"
+    r = await api.client.put("/v1/pools/north", headers=api.auth())
+    assert r.status_code == 405
+    assert r.json()["reason"] == "method_not_allowed"
+    assert (await api.client.get("/v1/health")).status_code == 200  # still serving
+
+
+async def test_metrics_count_requests_by_route_and_refusals_by_reason(api: Api) -> None:
+    api.seed()
+    for _ in range(3):
+        await api.client.get("/v1/pools/north", headers=api.auth())
+    await api.client.get("/v1/pools/south", headers=api.auth())
+    await api.client.get("/v1/pools/north")
+    r = await api.client.get("/v1/metrics")
+    assert r.status_code == 200
+    m = r.json()
+    counts = {(x["method"], x["route"], x["status"]): x["count"] for x in m["requests"]}
+    assert counts[("GET", "/v1/pools/{pool_id}", 200)] == 3
+    assert counts[("GET", "/v1/pools/{pool_id}", 404)] == 1
+    assert counts[("GET", "/v1/pools/{pool_id}", 401)] == 1
+    assert not any("north" in route for _, route, _ in counts)  # templates, not raw paths
+    rejected = {(x["status"], x["reason"]): x["count"] for x in m["rejected"]}
+    assert rejected[(404, "not_found")] == 1
+    assert rejected[(401, "missing_key")] == 1
+    assert m["streams_open"] == 0
