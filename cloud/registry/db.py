@@ -553,8 +553,13 @@ class Registry:
         sched = self._schedule(row)
         if t >= sched.effective_end_ts:
             return None
-        index = min(int((t - sched.start_ts) // sched.resolution_s), len(sched.values_w) - 1)
-        if sched.interval_start(index) > t:  # float rounding at an interval boundary
+        # Interval i is [interval_start(i), interval_start(i + 1)) exactly as computed there;
+        # the division may land one off at a boundary (0.1 s steps are not exact in binary).
+        last = len(sched.values_w) - 1
+        index = max(0, min(int((t - sched.start_ts) // sched.resolution_s), last))
+        if index < last and sched.interval_start(index + 1) <= t:
+            index += 1
+        elif index > 0 and sched.interval_start(index) > t:
             index -= 1
         start = sched.interval_start(index)
         end = min(sched.interval_start(index + 1), sched.effective_end_ts)
