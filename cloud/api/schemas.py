@@ -260,6 +260,10 @@ class ScheduleOut(BaseModel):
         description="Where the schedule stops applying: its end, "
         "or the start of a later schedule, or its cancellation."
     )
+    superseded_from: str | None = Field(
+        None, description="From here on a later schedule replaced this one."
+    )
+    cancelled_from: str | None = Field(None, description="From here on it was cancelled.")
     delivery: list[DeliveryInterval] = Field(default_factory=list)
 
 

@@ -129,6 +129,8 @@ def schedule_out(schedule: Any, delivery: list[Any] | None = None) -> ScheduleOu
         status=str(schedule.status),
         created=to_iso8601(schedule.created_ts),
         effective_end=iso(schedule.effective_end_ts),
+        superseded_from=iso(schedule.superseded_from_ts),
+        cancelled_from=iso(schedule.cancelled_from_ts),
         delivery=[
             DeliveryInterval(
                 start=to_iso8601(p.interval_start_ts),

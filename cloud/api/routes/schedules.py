@@ -101,7 +101,7 @@ async def list_schedules(
     pool: PoolDep,
     ctx: CtxDep,
     since: str | None = Query(
-        None, description="Only schedules ending after this time (ISO 8601)."
+        None, description="Only schedules whose nominal span reaches past this time (ISO 8601)."
     ),
     limit: int = Query(100, ge=1, le=1000),
 ) -> SchedulesOut:
