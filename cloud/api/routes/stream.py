@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from cloud.api.auth import PoolDep
@@ -102,16 +102,27 @@ async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
 
 @router.get(
     "/pools/{pool_id}/stream",
-    response_class=EventSourceResponse,
     summary="Server-sent events: flexibility and delivery each cycle",
     description=(
-        "`text/event-stream`. Event `flexibility` (data: StreamEvent JSON) once per "
-        "aggregation cycle; `unavailable` when the pool has no fresh data; `: heartbeat` "
-        "comments while idle."
+        "`text/event-stream`. Event `flexibility` (data: StreamEvent JSON, `id`: its `as_of`) "
+        "once per aggregation cycle; `unavailable` when the pool has no fresh data; "
+        "`: heartbeat <time>` comments while idle."
     ),
-    responses={200: {"content": {"text/event-stream": {}}, "description": "The event stream."}},
+    response_class=Response,  # not EventSourceResponse: that makes FastAPI expect a generator
+    responses={
+        200: {
+            "description": "The event stream.",
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    "example": 'event: flexibility\ndata: {"pool_id": "be-north", ...}\n'
+                    "id: 2024-06-01T12:00:02+00:00\n\n",
+                }
+            },
+        }
+    },
 )
-async def stream(pool: PoolDep, ctx: CtxDep) -> EventSourceResponse:
+async def stream(pool: PoolDep, ctx: CtxDep) -> Response:
     # Returned (not yielded from) so that auth and scope errors are answered as JSON errors
     # before the stream starts.
     return EventSourceResponse(

@@ -1,0 +1,145 @@
+"""The server-sent event stream, read with httpx from the running server: one `flexibility`
+event per new aggregate with delivery (schedule, then setpoint), heartbeats while idle,
+`unavailable` when the data goes stale, clean stop on disconnect and on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cloud.hotstate import agg_key, agg_parts_key
+
+from .api_harness import NORTH_PARTITIONS, Api, running_api
+
+STREAM = "/v1/pools/north/stream"
+
+
+@pytest.fixture
+async def api(tmp_path: Path, redis_url: str) -> AsyncIterator[Api]:
+    async with running_api(tmp_path, redis_url) as running:
+        yield running
+
+
+async def sse(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """Parse text/event-stream into dicts: event, data, id, comments."""
+    current: dict[str, Any] = {"event": None, "data": [], "id": None, "comments": []}
+    async for line in response.aiter_lines():
+        if line == "":
+            if current["event"] or current["data"] or current["comments"]:
+                yield {**current, "data": "\n".join(current["data"])}
+            current = {"event": None, "data": [], "id": None, "comments": []}
+        elif line.startswith(":"):
+            current["comments"].append(line[1:].strip())
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "data":
+                current["data"].append(value)
+            elif name in ("event", "id"):
+                current[name] = value
+
+
+async def next_event(events: AsyncIterator[dict[str, Any]], kind: str) -> dict[str, Any]:
+    async for ev in events:
+        if ev["event"] == kind:
+            return ev
+    raise AssertionError(f"stream ended before a {kind!r} event")
+
+
+async def wait_streams_closed(api: Api, timeout_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while api.server.app.state.ctx.streams_open:
+        assert time.monotonic() < deadline, "the stream's generator did not stop"
+        await asyncio.sleep(0.02)
+
+
+async def test_stream_flexibility_and_delivery_each_cycle(api: Api) -> None:
+    api.seed()
+    async with asyncio.timeout(15):
+        async with api.client.stream("GET", STREAM, headers=api.auth()) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["cache-control"] == "no-cache"
+            events = sse(response)
+
+            first = await next_event(events, "flexibility")
+            data = json.loads(first["data"])
+            assert data["pool_id"] == "north"
+            assert first["id"] == data["as_of"]
+            assert data["now"]["measured_w"] == 12_000
+            assert data["now"]["sites"]["fresh"] == 4
+            assert data["delivery"] == {"source": None, "kind": None, "target_w": None,
+                                        "measured_w": 12_000, "error_w": None}  # fmt: skip
+
+            # A schedule in force now, then a new worker cycle: the next event tracks it.
+            r = await api.client.post(
+                "/v1/pools/north/schedules",
+                json={"start": "2024-06-01T10:00:00Z", "resolution": "PT15M",
+                      "values_w": [5_000.0], "kind": "absolute"},
+                headers=api.auth(),
+            )  # fmt: skip
+            assert r.status_code == 201, r.text
+            api.seed(measured_w=3_000.0)
+            second = json.loads((await next_event(events, "flexibility"))["data"])
+            assert second["as_of"] > data["as_of"]
+            assert second["delivery"] == {"source": "schedule", "kind": "absolute",
+                                          "target_w": 5_000, "measured_w": 6_000,
+                                          "error_w": 1_000}  # fmt: skip
+
+            # A setpoint wins over the schedule; delta is relative to the baseline (10 kW).
+            r = await api.client.post(
+                "/v1/pools/north/setpoint",
+                json={"target_w": -20_000, "kind": "delta", "valid_for_s": 30},
+                headers=api.auth(),
+            )
+            assert r.status_code == 201, r.text
+            api.seed()
+            third = json.loads((await next_event(events, "flexibility"))["data"])
+            assert third["delivery"]["source"] == "setpoint"
+            assert third["delivery"]["target_w"] == -10_000
+            assert third["delivery"]["error_w"] == 22_000
+
+            # Nothing new: heartbeats only (no repeated event for the same aggregate).
+            idle = await anext(events)
+            assert idle["event"] is None
+            assert idle["comments"][0].startswith("heartbeat 2024-06-01T")
+
+            # The workers stop: one `unavailable` event.
+            for p in NORTH_PARTITIONS:
+                api.redis.delete(agg_key("north", p))
+            api.redis.delete(agg_parts_key("north"))
+            gone = await next_event(events, "unavailable")
+            assert json.loads(gone["data"])["reason"] == "no_fresh_data"
+            assert api.server.app.state.ctx.streams_open == 1
+    # The client went away: the server's generator stops.
+    await wait_streams_closed(api)
+    assert (await api.client.get("/v1/health")).status_code == 200
+
+
+async def test_stream_of_a_pool_without_data_starts_with_unavailable(api: Api) -> None:
+    async with asyncio.timeout(10):
+        async with api.client.stream("GET", STREAM, headers=api.auth()) as response:
+            ev = await next_event(sse(response), "unavailable")
+            assert json.loads(ev["data"])["pool_id"] == "north"
+    await wait_streams_closed(api)
+
+
+async def test_server_shutdown_ends_open_streams(api: Api) -> None:
+    api.seed()
+    async with asyncio.timeout(10):
+        async with api.client.stream("GET", STREAM, headers=api.auth()) as response:
+            events = sse(response)
+            await next_event(events, "flexibility")
+            t0 = time.monotonic()
+            await api.server.stop()
+            assert time.monotonic() - t0 < 2.5
+            rest = [ev async for ev in events]  # the stream ends: the server closed it
+            assert all(ev["event"] != "flexibility" or ev["data"] for ev in rest)
+    assert api.server.app.state.ctx.streams_open == 0
