@@ -1,0 +1,265 @@
+"""PartitionState: dedupe, backlog, freshness rules, and aggregates equal to a brute-force sum."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloud.hotstate import DURATIONS_S, SiteStatus, SiteSummary
+from cloud.ingest.partition_state import Outcome, PartitionState
+from protocols.messages import Flexibility, SiteState, Status, Telemetry
+
+T0 = 1_750_000_000.0
+
+
+def tel(site: str = "s1", seq: int = 1, ts: float = T0, **kw: object) -> Telemetry:
+    flex = {
+        "p_min_w": kw.pop("p_min_w", -3000.0),
+        "p_max_w": kw.pop("p_max_w", 4000.0),
+        "e_absorb_wh": kw.pop("e_absorb_wh", 5000.0),
+        "e_deliver_wh": kw.pop("e_deliver_wh", 2000.0),
+    }
+    fields: dict[str, object] = {
+        "site_id": site, "seq": seq, "ts": ts, "interval_s": 2.0, "mode": "fallback",
+        "grid_w": 500.0, "baseline_w": 300.0, "flex": Flexibility(**flex),
+    }  # fmt: skip
+    fields.update(kw)
+    return Telemetry(**fields)
+
+
+def state(sites: dict[str, str] | None = None, **kw: float) -> PartitionState:
+    s = PartitionState(3, **kw)
+    s.set_pools(sites if sites is not None else {"s1": "pool-a", "s2": "pool-a"}, T0)
+    return s
+
+
+def only(s: PartitionState, now: float, pool: str = "pool-a"):
+    (agg,) = [a for a in s.aggregate(now, "w1") if a.pool_id == pool]
+    return agg
+
+
+def test_duplicate_and_out_of_order_are_ignored() -> None:
+    s = state()
+    assert s.apply(tel(seq=5, grid_w=100.0), T0 + 0.1) is Outcome.ACCEPTED_LIVE
+    assert s.apply(tel(seq=5, grid_w=999.0), T0 + 0.2) is Outcome.DUPLICATE
+    assert s.apply(tel(seq=4, ts=T0 - 2, grid_w=999.0), T0 + 0.3) is Outcome.OUT_OF_ORDER
+    assert only(s, T0 + 1).measured_w == 100.0
+
+
+def test_backlog_replay_does_not_overwrite_newer_state() -> None:
+    s = state()
+    assert s.apply(tel(seq=10, ts=T0, grid_w=100.0), T0) is Outcome.ACCEPTED_LIVE
+    # newer seq, older source ts: the edge replays its buffer
+    assert s.apply(tel(seq=11, ts=T0 - 60, grid_w=999.0), T0 + 0.5) is Outcome.BACKLOG_OLDER
+    assert only(s, T0 + 1).measured_w == 100.0
+    assert s.apply(tel(seq=11, ts=T0 - 60), T0 + 0.6) is Outcome.DUPLICATE  # seq was noted
+    assert s.apply(tel(seq=12, ts=T0 + 2, grid_w=200.0), T0 + 2.1) is Outcome.ACCEPTED_LIVE
+    assert only(s, T0 + 3).measured_w == 200.0
+
+
+def test_backlog_that_is_newest_updates_state_but_is_not_fresh() -> None:
+    s = state()
+    assert s.apply(tel(seq=3, ts=T0 - 60, grid_w=100.0), T0) is Outcome.ACCEPTED_BACKLOG
+    agg = only(s, T0)
+    assert (agg.sites_fresh, agg.sites_stale, agg.measured_w) == (0, 2, 0.0)
+    assert agg.newest_source_ts == T0 - 60
+
+
+def test_seq_reset_with_clearly_newer_ts_is_accepted() -> None:
+    s = state()
+    s.apply(tel(seq=1000, ts=T0, grid_w=100.0), T0)
+    assert s.apply(tel(seq=0, ts=T0 + 30, grid_w=250.0), T0 + 30) is Outcome.SEQ_RESET
+    assert only(s, T0 + 30).measured_w == 250.0
+
+
+def test_stale_after_n_intervals_and_heartbeat_extends() -> None:
+    s = state(stale_intervals=3)
+    s.apply(tel("s1", ts=T0), T0)
+    s.apply(tel("s2", ts=T0, heartbeat_s=60.0), T0)
+    assert only(s, T0 + 6.0).sites_fresh == 2  # 3 x 2 s: still fresh at the deadline
+    agg = only(s, T0 + 6.01)
+    assert (agg.sites_fresh, agg.sites_stale) == (1, 1)
+    assert agg.p_max_w == 4000.0 and agg.measured_w == 500.0  # only s2 left
+    assert only(s, T0 + 61).sites_stale == 2
+
+
+def test_offline_by_status_and_by_silence() -> None:
+    s = state(offline_after_s=120.0)
+    s.apply(tel("s1", ts=T0), T0)
+    s.apply(tel("s2", ts=T0), T0)
+    s.apply_status(Status(site_id="s1", state=SiteState.OFFLINE, ts=T0 + 1), T0 + 1)
+    agg = only(s, T0 + 1)
+    assert (agg.sites_fresh, agg.sites_offline) == (1, 1)
+    # an older retained status does not undo the newer one
+    assert not s.apply_status(Status(site_id="s1", state=SiteState.ONLINE, ts=T0), T0 + 1)
+    assert only(s, T0 + 121).sites_offline == 2
+    # online again, with new telemetry
+    s.apply_status(Status(site_id="s1", state=SiteState.ONLINE, ts=T0 + 130), T0 + 130)
+    s.apply(tel("s1", seq=2, ts=T0 + 130), T0 + 130)
+    agg = only(s, T0 + 130)
+    assert (agg.sites_fresh, agg.sites_offline) == (1, 1)
+
+
+def test_registered_site_never_heard_is_stale_then_offline() -> None:
+    s = state(offline_after_s=120.0)
+    agg = only(s, T0 + 1)
+    assert (agg.sites_total, agg.sites_stale, agg.sites_offline) == (2, 2, 0)
+    assert only(s, T0 + 121).sites_offline == 2
+
+
+def test_future_source_ts_does_not_keep_a_site_fresh() -> None:
+    s = state()
+    s.apply(tel(ts=T0 + 3600), T0)
+    assert only(s, T0 + 7).sites_fresh == 0
+
+
+def test_degraded_site_measured_but_no_flexibility() -> None:
+    s = state()
+    s.apply(tel("s1", mode="degraded", grid_w=700.0), T0)
+    s.apply(tel("s2", grid_w=100.0), T0)
+    agg = only(s, T0)
+    assert (agg.sites_fresh, agg.sites_degraded) == (2, 1)
+    assert agg.measured_w == 800.0
+    assert agg.baseline_w == 300.0 and agg.p_max_w == 4000.0
+
+
+def test_unregistered_sites_stay_out_of_pools_and_pools_follow_the_registry() -> None:
+    s = state({"s1": "pool-a"})
+    s.apply(tel("s1"), T0)
+    s.apply(tel("zz"), T0)
+    assert s.unregistered() == 1
+    assert [a.pool_id for a in s.aggregate(T0)] == ["pool-a"]
+    s.set_pools({"s1": "pool-b", "zz": "pool-a"}, T0)
+    assert s.unregistered() == 0
+    assert {a.pool_id: a.sites_fresh for a in s.aggregate(T0)} == {"pool-a": 1, "pool-b": 1}
+
+
+def test_site_summaries_changed_only_and_json_matches_dataclass() -> None:
+    s = state()
+    s.apply(tel("s1", soc_pct=55.5), T0)
+    first = s.site_summaries(T0)
+    assert {x.site_id for x in first} == {"s1", "s2"}
+    assert s.site_summaries(T0) == []  # nothing changed
+    assert [x.site_id for x in s.site_summaries(T0 + 7)] == ["s1"]  # fresh -> stale
+    s.apply(tel("s1", seq=2, ts=T0 + 8, soc_pct=60.0), T0 + 8)
+    twin = state()
+    twin.apply(tel("s1", seq=2, ts=T0 + 8, soc_pct=60.0), T0 + 8)
+    objs = {x.site_id: x for x in s.site_summaries(T0 + 8, changed_only=False)}
+    texts = dict(twin.site_summaries_json(T0 + 8, changed_only=False))
+    assert {k: SiteSummary.from_json(v) for k, v in texts.items()} == objs
+    assert objs["s1"].status is SiteStatus.FRESH and objs["s1"].soc_pct == 60.0
+    assert objs["s2"].seq is None and objs["s2"].status is SiteStatus.STALE
+
+
+def test_arrays_grow_past_initial_capacity() -> None:
+    s = PartitionState(0, capacity=2)
+    s.set_pools({f"s{i}": "p" for i in range(100)}, T0)
+    for i in range(100):
+        s.apply(tel(f"s{i}", grid_w=float(i)), T0)
+    (agg,) = s.aggregate(T0)
+    assert agg.sites_fresh == 100 and agg.measured_w == sum(range(100))
+
+
+# --- property: aggregates equal a brute-force loop over fresh sites ------------------------
+
+powers = st.floats(-20_000.0, 20_000.0, allow_nan=False)
+energies = st.floats(0.0, 50_000.0, allow_nan=False)
+
+
+@st.composite
+def site_msgs(draw: st.DrawFn, i: int) -> dict:
+    lo, hi = sorted((draw(powers), draw(powers)))
+    return {
+        "site": f"site-{i}",
+        "pool": draw(st.sampled_from(["a", "b", "c", None])),
+        "age": draw(st.floats(0.0, 400.0)),  # seconds before `now` it was measured
+        "interval": draw(st.sampled_from([1.0, 2.0, 5.0, 60.0])),
+        "heartbeat": draw(st.none() | st.sampled_from([10.0, 300.0])),
+        "mode": draw(st.sampled_from(["cloud", "fallback", "degraded"])),
+        "grid": draw(powers), "baseline": draw(powers), "p_min": lo, "p_max": hi,
+        "e_abs": draw(energies), "e_del": draw(energies),
+        "pv": draw(st.none() | st.floats(0.0, 20_000.0)),
+        "offline_status": draw(st.booleans()),
+    }  # fmt: skip
+
+
+@st.composite
+def fleets(draw: st.DrawFn) -> list[dict]:
+    n = draw(st.integers(0, 40))
+    return [draw(site_msgs(i)) for i in range(n)]
+
+
+def brute_force(sites: list[dict], now: float, stale_n: float, offline_s: float) -> dict:
+    out: dict[str, dict] = {}
+    for s in sites:
+        if s["pool"] is None:
+            continue
+        a = out.setdefault(s["pool"], {
+            "total": 0, "fresh": 0, "stale": 0, "offline": 0, "measured": 0.0, "baseline": 0.0,
+            "p_min": 0.0, "p_max": 0.0, "e_abs": 0.0, "e_del": 0.0, "pv": 0.0,
+            "absorb": [0.0] * len(DURATIONS_S), "deliver": [0.0] * len(DURATIONS_S),
+        })  # fmt: skip
+        a["total"] += 1
+        ts = now - s["age"]
+        window = max(stale_n * s["interval"], s["heartbeat"] or 0.0)
+        if s["offline_status"] or now - ts > max(offline_s, window):
+            a["offline"] += 1
+            continue
+        if now > ts + window:
+            a["stale"] += 1
+            continue
+        a["fresh"] += 1
+        a["measured"] += s["grid"]
+        a["pv"] += s["pv"] or 0.0
+        if s["mode"] == "degraded":
+            continue
+        for k, f in (("baseline", "baseline"), ("p_min", "p_min"), ("p_max", "p_max"),
+                     ("e_abs", "e_abs"), ("e_del", "e_del")):  # fmt: skip
+            a[k] += s[f]
+        for d, dur in enumerate(DURATIONS_S):
+            a["absorb"][d] += max(0.0, min(s["p_max"] - s["baseline"], s["e_abs"] * 3600 / dur))
+            a["deliver"][d] += max(0.0, min(s["baseline"] - s["p_min"], s["e_del"] * 3600 / dur))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(fleets(), st.floats(1.0, 10.0), st.floats(30.0, 600.0))
+def test_aggregate_equals_brute_force_sum(sites: list[dict], stale_n: float, off: float) -> None:
+    now = T0 + 1000.0
+    s = PartitionState(0, stale_intervals=stale_n, offline_after_s=off)
+    s.set_pools({x["site"]: x["pool"] for x in sites if x["pool"] is not None}, T0)
+    for x in sites:
+        ts = now - x["age"]
+        s.apply(
+            tel(x["site"], seq=1, ts=ts, interval_s=x["interval"], heartbeat_s=x["heartbeat"],
+                mode=x["mode"], grid_w=x["grid"], baseline_w=x["baseline"], p_min_w=x["p_min"],
+                p_max_w=x["p_max"], e_absorb_wh=x["e_abs"], e_deliver_wh=x["e_del"],
+                pv_w=x["pv"]),
+            ts,
+        )  # fmt: skip
+        if x["offline_status"]:
+            s.apply_status(Status(site_id=x["site"], state=SiteState.OFFLINE, ts=ts), ts)
+    expected = brute_force(sites, now, stale_n, off)
+    got = {a.pool_id: a for a in s.aggregate(now, "w")}
+    assert set(got) == set(expected)
+    for pool, e in expected.items():
+        a = got[pool]
+        counts = (a.sites_total, a.sites_fresh, a.sites_stale, a.sites_offline)
+        assert counts == (e["total"], e["fresh"], e["stale"], e["offline"])
+        pairs = [
+            (a.measured_w, e["measured"]), (a.baseline_w, e["baseline"]),
+            (a.p_min_w, e["p_min"]), (a.p_max_w, e["p_max"]), (a.e_absorb_wh, e["e_abs"]),
+            (a.e_deliver_wh, e["e_del"]), (a.pv_w, e["pv"]),
+            *zip(a.sustain_absorb_w, e["absorb"], strict=True),
+            *zip(a.sustain_deliver_w, e["deliver"], strict=True),
+        ]  # fmt: skip
+        for got_v, want in pairs:
+            assert math.isclose(got_v, want, abs_tol=1.0), (pool, got_v, want)
+
+
+def test_invalid_parameters_are_refused() -> None:
+    with pytest.raises(ValueError, match="must be > 0"):
+        PartitionState(0, stale_intervals=0)
