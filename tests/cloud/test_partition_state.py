@@ -82,7 +82,8 @@ def test_stale_after_n_intervals_and_heartbeat_extends() -> None:
     assert only(s, T0 + 6.0).sites_fresh == 2  # 3 x 2 s: still fresh at the deadline
     agg = only(s, T0 + 6.01)
     assert (agg.sites_fresh, agg.sites_stale) == (1, 1)
-    assert agg.p_max_w == 4000.0 and agg.measured_w == 500.0  # only s2 left
+    assert agg.p_max_w == 4000.0
+    assert agg.measured_w == 500.0
     assert only(s, T0 + 61).sites_stale == 2
 
 
@@ -123,7 +124,8 @@ def test_degraded_site_measured_but_no_flexibility() -> None:
     agg = only(s, T0)
     assert (agg.sites_fresh, agg.sites_degraded) == (2, 1)
     assert agg.measured_w == 800.0
-    assert agg.baseline_w == 300.0 and agg.p_max_w == 4000.0
+    assert agg.baseline_w == 300.0
+    assert agg.p_max_w == 4000.0
 
 
 def test_unregistered_sites_stay_out_of_pools_and_pools_follow_the_registry() -> None:
@@ -150,8 +152,10 @@ def test_site_summaries_changed_only_and_json_matches_dataclass() -> None:
     objs = {x.site_id: x for x in s.site_summaries(T0 + 8, changed_only=False)}
     texts = dict(twin.site_summaries_json(T0 + 8, changed_only=False))
     assert {k: SiteSummary.from_json(v) for k, v in texts.items()} == objs
-    assert objs["s1"].status is SiteStatus.FRESH and objs["s1"].soc_pct == 60.0
-    assert objs["s2"].seq is None and objs["s2"].status is SiteStatus.STALE
+    assert objs["s1"].status is SiteStatus.FRESH
+    assert objs["s1"].soc_pct == 60.0
+    assert objs["s2"].seq is None
+    assert objs["s2"].status is SiteStatus.STALE
 
 
 def test_arrays_grow_past_initial_capacity() -> None:
@@ -160,7 +164,8 @@ def test_arrays_grow_past_initial_capacity() -> None:
     for i in range(100):
         s.apply(tel(f"s{i}", grid_w=float(i)), T0)
     (agg,) = s.aggregate(T0)
-    assert agg.sites_fresh == 100 and agg.measured_w == sum(range(100))
+    assert agg.sites_fresh == 100
+    assert agg.measured_w == sum(range(100))
 
 
 # --- property: aggregates equal a brute-force loop over fresh sites ------------------------
