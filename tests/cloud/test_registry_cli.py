@@ -1,0 +1,125 @@
+"""`vpp cloud migrate | pools | sites | keys`: what an operator types to set up a pool."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cloud.registry import Registry
+from protocols.clock import ManualClock
+from protocols.partitions import partition_of
+from vpp.cli import app
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "registry.db"
+
+
+def _ok(runner: CliRunner, *args: str, env: dict[str, str] | None = None):
+    result = runner.invoke(app, ["cloud", *args], env=env)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return result
+
+
+def test_migrate_creates_then_reports_up_to_date(runner, db):
+    first = _ok(runner, "migrate", "--db", str(db))
+    assert "applied: m001_initial" in first.stdout
+    again = _ok(runner, "migrate", "--db", str(db))
+    assert "up to date" in again.stdout
+    with Registry(db, ManualClock(), migrate=False) as reg:
+        assert reg.applied_migrations()[-1] in again.stdout
+
+
+def test_db_comes_from_vpp_db_and_is_required(runner, db):
+    _ok(runner, "migrate", env={"VPP_DB": str(db)})
+    assert db.exists()
+    missing = runner.invoke(app, ["cloud", "migrate"], env={"VPP_DB": ""})
+    assert missing.exit_code == 2
+    assert "--db" in missing.stderr
+
+
+def test_set_up_a_pool_from_the_shell(runner, db):
+    d = ["--db", str(db)]
+    _ok(runner, "pools", "create", "north", "--name", "North pool", *d)
+    added = _ok(runner, "sites", "add", "site-1", "site-2", "--pool", "north", *d)
+    assert f"site site-1 -> pool north, partition {partition_of('site-1')}" in added.stdout
+    assert "north\t2 sites\tNorth pool" in _ok(runner, "pools", "list", *d).stdout
+    listed = _ok(runner, "sites", "list", "--pool", "north", *d).stdout
+    assert f"site-2\tpartition {partition_of('site-2')}" in listed
+    with Registry(db, ManualClock()) as reg:
+        assert reg.site_pools() == {"site-1": "north", "site-2": "north"}
+
+
+def test_keys_create_prints_the_token_once_on_the_last_line(runner, db):
+    d = ["--db", str(db)]
+    _ok(runner, "pools", "create", "P", *d)
+    _ok(runner, "pools", "create", "Q", *d)
+    result = _ok(runner, "keys", "create", "--pool", "P", "--pool", "Q", "--label", "desk", *d)
+    lines = result.stdout.strip().splitlines()
+    token = lines[-1]
+    assert token.startswith("vpp_")
+    assert result.stdout.count(token) == 1
+    assert all(token not in line for line in lines[:-1])
+    with Registry(db, ManualClock()) as reg:
+        key = reg.authenticate(token)
+        assert key.pool_ids == ("P", "Q")
+        assert key.label == "desk"
+    listing = _ok(runner, "keys", "list", *d).stdout
+    assert key.key_id in listing
+    assert "P,Q\tactive" in listing
+    assert token.split("_", 2)[2] not in listing
+    assert f"key {key.key_id} revoked" in _ok(runner, "keys", "revoke", key.key_id, *d).stdout
+    assert "revoked" in _ok(runner, "keys", "list", *d).stdout
+    with Registry(db, ManualClock()) as reg:
+        assert reg.authenticate(token) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["keys", "create", "--pool", "nope"], "error: pool 'nope' does not exist"),
+        (["keys", "revoke", "0123456789ab"], "error: no active key '0123456789ab'"),
+        (["pools", "create", "P"], "error: pool 'P' exists already"),
+        (["pools", "create", "bad id"], "error: pool id 'bad id' is invalid"),
+        (["sites", "add", "s1", "--pool", "nope"], "error: pool 'nope' does not exist"),
+        (["sites", "add", "s 1", "--pool", "P"], "error: site id 's 1' is invalid"),
+        (["sites", "list", "--pool", "nope"], "error: pool 'nope' does not exist"),
+    ],
+)
+def test_operator_errors_are_one_line_and_exit_1(runner, db, args, message):
+    _ok(runner, "pools", "create", "P", "--db", str(db))
+    result = runner.invoke(app, ["cloud", *args, "--db", str(db)])
+    assert result.exit_code == 1, result.stdout
+    assert result.stderr.strip() == message or result.stderr.startswith(message)
+    assert "Traceback" not in result.stderr
+    assert "vpp_" not in result.stdout
+
+
+def test_console_script_keys_create(db):
+    """The installed `vpp` command, as an operator runs it: token alone on stdout's last line."""
+    exe = Path(sys.executable).parent / "vpp"
+    run = [exe, "cloud"]
+    subprocess.run([*run, "pools", "create", "P", "--db", db], check=True, capture_output=True)
+    out = subprocess.run(
+        [*run, "keys", "create", "--pool", "P", "--db", db],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    token = out.stdout.splitlines()[-1]
+    with Registry(db, ManualClock()) as reg:
+        assert reg.authenticate(token) is not None
+    bad = subprocess.run(
+        [*run, "keys", "create", "--pool", "Z", "--db", db], capture_output=True, text=True
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "error: pool 'Z' does not exist"
+    assert bad.stdout == ""
