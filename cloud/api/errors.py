@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -152,6 +153,14 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         err = ApiError(exc.status_code, reason, str(exc.detail), headers=exc.headers)
+        return respond(err, request)
+
+    @app.exception_handler(RedisError)
+    async def _redis(request: Request, exc: RedisError) -> JSONResponse:
+        # Redis down or slow: the API has no view of the pools, it is not a bug.
+        log.warning("redis error on %s %s: %r", request.method, request.url.path, exc)
+        err = ApiError(503, "hot_state_unavailable", "the live pool data (Redis) is not "
+                       "reachable; retry shortly", headers={"Retry-After": "5"})  # fmt: skip
         return respond(err, request)
 
     @app.exception_handler(Exception)

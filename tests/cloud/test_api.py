@@ -3,6 +3,8 @@ a temp file): health, docs, auth failures, scoping, pools, flexibility, sites, m
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cloud.hotstate import SiteStatus
+from vpp.services import free_port
 
 from .api_harness import T0, Api, running_api, seed_site
 
@@ -271,3 +274,26 @@ async def test_metrics_count_requests_by_route_and_refusals_by_reason(api: Api) 
     assert rejected[(404, "not_found")] == 1
     assert rejected[(401, "missing_key")] == 1
     assert m["streams_open"] == 0
+
+
+async def test_redis_unreachable_is_503_not_500(tmp_path: Path) -> None:
+    """The hot state gone: health says so, data endpoints answer 503, the stream says why."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    async with running_api(tmp_path, dead) as api:
+        r = await api.client.get("/v1/health")
+        assert r.status_code == 503
+        assert (r.json()["status"], r.json()["redis"], r.json()["registry"]) == (
+            "degraded", False, True,
+        )  # fmt: skip
+        r = await api.client.get("/v1/pools/north/flexibility", headers=api.auth())
+        assert r.status_code == 503
+        assert r.json()["reason"] == "hot_state_unavailable"
+        assert (await api.client.get("/v1/pools/north", headers=api.auth())).status_code == 200
+        async with asyncio.timeout(10):
+            async with api.client.stream(
+                "GET", "/v1/pools/north/stream", headers=api.auth()
+            ) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        assert json.loads(line[5:])["reason"] == "hot_state_unavailable"
+                        break

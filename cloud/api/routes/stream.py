@@ -8,7 +8,8 @@ Events on ``GET /v1/pools/{pool_id}/stream``:
 * ``flexibility`` - each time the pool's aggregate is new (one per worker cycle): the
   flexibility *now* and the delivery (target in force vs measured), JSON of
   :class:`cloud.api.schemas.StreamEvent`; ``id`` is the aggregate's time;
-* ``unavailable`` - once, when the pool has no fresh aggregate (reason in the data);
+* ``unavailable`` - once, when the pool has no fresh aggregate or Redis is unreachable
+  (``reason`` in the data: ``no_fresh_data`` or ``hot_state_unavailable``);
 * ``: heartbeat <time>`` comment lines while nothing new happens, so proxies keep the
   connection and the client can tell a quiet pool from a dead connection.
 
@@ -25,6 +26,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Response
 from fastapi.sse import EventSourceResponse, format_sse_event
+from redis.exceptions import RedisError
 
 from cloud.api.auth import PoolDep
 from cloud.api.context import ApiContext, CtxDep
@@ -72,7 +74,12 @@ async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
         yield format_sse_event(comment=f"flexibility stream of pool {pool_id}", retry=2000)
         while ctx.stopping is None or not ctx.stopping.is_set():
             now = ctx.clock.time()
-            agg = await read_pool_aggregate(ctx.get_redis(), pool_id, now, s.max_age_s)
+            reason = "no_fresh_data"
+            try:
+                agg = await read_pool_aggregate(ctx.get_redis(), pool_id, now, s.max_age_s)
+            except RedisError as exc:  # Redis away: say so once, keep the stream, retry
+                log.warning("stream of pool %s: redis error %r", pool_id, exc)
+                agg, reason = None, "hot_state_unavailable"
             chunk: bytes | None = None
             if agg is not None and agg.ts != last_ts:
                 last_ts, unavailable_sent = agg.ts, False
@@ -87,7 +94,7 @@ async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
                 )
             elif agg is None and not unavailable_sent:
                 unavailable_sent, last_ts = True, None
-                data = {"pool_id": pool_id, "reason": "no_fresh_data", "time": to_iso8601(now)}
+                data = {"pool_id": pool_id, "reason": reason, "time": to_iso8601(now)}
                 chunk = format_sse_event(event="unavailable", data_str=json.dumps(data))
             elif time.monotonic() - last_sent >= s.heartbeat_s:
                 chunk = format_sse_event(comment=f"heartbeat {to_iso8601(now)}")
