@@ -147,13 +147,24 @@ class ApiServer:
 
     async def start(self, timeout_s: float = 10.0) -> None:
         """Start serving; return once the socket listens (or raise why it could not)."""
-        self._task = asyncio.create_task(self.server.serve(), name="vpp-api")
+        self._task = asyncio.create_task(self._serve(), name="vpp-api")
         async with asyncio.timeout(timeout_s):
             while not self.server.started:
                 if self._task.done():
                     self._task.result()  # raises the startup error
                     raise RuntimeError("the API server stopped during startup")
                 await asyncio.sleep(0.01)
+
+    async def _serve(self) -> None:
+        # uvicorn calls sys.exit() when it cannot bind or the lifespan fails; SystemExit out
+        # of a task would stop the host's whole loop, so it becomes an ordinary error here.
+        try:
+            await self.server.serve()
+        except SystemExit as exc:
+            raise RuntimeError(
+                f"the API could not start on {self.host}:{self.server.config.port} "
+                f"(uvicorn exit {exc.code}; its log says why, e.g. address in use)"
+            ) from None
 
     async def stop(self) -> None:
         """End open streams, stop accepting, wait for the server task."""

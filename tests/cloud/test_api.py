@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
+from cloud.api import ApiServer, create_app, serve_api
 from cloud.hotstate import SiteStatus
+from cloud.registry.db import Registry
+from protocols.clock import SimClock
 from vpp.services import free_port
 
 from .api_harness import T0, Api, running_api, seed_site
@@ -297,3 +302,43 @@ async def test_redis_unreachable_is_503_not_500(tmp_path: Path) -> None:
                     if line.startswith("data:"):
                         assert json.loads(line[5:])["reason"] == "hot_state_unavailable"
                         break
+
+
+async def test_serve_api_runs_in_the_loop_until_cancelled(tmp_path: Path, redis_url: str) -> None:
+    """What `vpp cloud run --role api` does: serve on a host/port inside its own loop."""
+    registry = Registry(tmp_path / "r.db", SimClock(start=T0))
+    port = free_port()
+    task = asyncio.create_task(
+        serve_api(create_app(registry, redis_url, SimClock(start=T0)), "127.0.0.1", port,
+                  log_level="warning")
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as client:
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        r = await client.get("/v1/health")
+                        break
+                    except httpx.ConnectError:
+                        await asyncio.sleep(0.05)
+            assert r.status_code == 200
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            with pytest.raises(httpx.ConnectError):
+                await client.get("/v1/health")
+    finally:
+        task.cancel()
+        registry.close()
+
+
+async def test_a_port_in_use_is_an_error_not_an_exit(tmp_path: Path, redis_url: str) -> None:
+    registry = Registry(tmp_path / "r.db", SimClock(start=T0))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = ApiServer(create_app(registry, redis_url, SimClock(start=T0)), "127.0.0.1", port)
+        with pytest.raises(RuntimeError, match="could not start"):
+            await server.start()
+    registry.close()
