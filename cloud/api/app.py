@@ -25,7 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from cloud.api.context import ApiContext, ApiSettings
-from cloud.api.errors import MetricsMiddleware, install_error_handlers
+from cloud.api.errors import BodyLimit, MetricsMiddleware, install_error_handlers
 from cloud.api.routes import ops, pools, schedules, setpoint, stream
 from protocols.clock import Clock
 
@@ -89,7 +89,8 @@ def create_app(
     )
     app.state.ctx = ctx
     install_error_handlers(app, ctx.metrics)
-    app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=ctx.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)  # outermost: counts the 413s
     for module in (ops, pools, schedules, setpoint, stream):
         app.include_router(module.router)
     return app

@@ -20,7 +20,13 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ApiError", "Metrics", "MetricsMiddleware", "install_error_handlers"]
+__all__ = [
+    "ApiError",
+    "BodyLimit",
+    "Metrics",
+    "MetricsMiddleware",
+    "install_error_handlers",
+]
 
 log = logging.getLogger("cloud.api")
 
@@ -107,6 +113,52 @@ class MetricsMiddleware:
             self.metrics.count_request(scope.get("method", "?"), template, status)
 
 
+class BodyLimit:
+    """Refuses a request body over ``max_bytes`` with the API's JSON 413 ``body_too_large``.
+
+    A declared ``Content-Length`` over the limit is answered before the body is read; a
+    chunked body is counted as it arrives and cut when it passes the limit (the error is
+    raised from ``receive``, and FastAPI hands an ``HTTPException`` from there to the
+    handlers below). Why not FastAPI's ``max_body_size``: it answers in plain text, outside
+    the app's error handlers.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    def _detail(self, size: int) -> str:
+        return f"the body is over {self.max_bytes} bytes ({size}); send fewer values"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+        try:
+            declared = int(length)
+        except ValueError:
+            declared = 0  # a garbled length is the HTTP server's to refuse
+        if declared > self.max_bytes:
+            err = ApiError(413, "body_too_large", self._detail(declared))
+            self.metrics.count_rejected(err.status, err.reason)
+            await JSONResponse(err.body(), status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise StarletteHTTPException(413, self._detail(seen))
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def _schema_error(exc: RequestValidationError) -> ApiError:
     """Pydantic's errors -> one ApiError naming the first field at fault (all are listed)."""
     errors = exc.errors()
@@ -151,7 +203,9 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        reason = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         err = ApiError(exc.status_code, reason, str(exc.detail), headers=exc.headers)
         return respond(err, request)
 

@@ -258,6 +258,22 @@ async def test_bad_input_is_answered_not_crashed_and_counted(api: Api) -> None:
     r = await api.client.put("/v1/pools/north", headers=api.auth())
     assert r.status_code == 405
     assert r.json()["reason"] == "method_not_allowed"
+    huge = (
+        b'{"start": "2024-06-01T10:15:00Z", "resolution": "PT1M", "values_w": ['
+        + (b"0," * 600_000)
+        + b"0]}"
+    )
+    r = await api.client.post(post, content=huge, headers=hdrs)
+    assert r.status_code == 413
+    assert r.json()["reason"] == "body_too_large"
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+        for i in range(0, len(huge), 65536):
+            yield huge[i : i + 65536]
+
+    r = await api.client.post(post, content=chunked(), headers=hdrs)
+    assert r.status_code == 413
+    assert r.json()["reason"] == "body_too_large"
     assert (await api.client.get("/v1/health")).status_code == 200  # still serving
 
 
