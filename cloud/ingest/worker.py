@@ -1,0 +1,426 @@
+"""The partition worker: leases partitions, ingests their sites' telemetry, writes aggregates.
+
+One worker process (one asyncio loop, no threads):
+
+* **Leases** (:mod:`cloud.ingest.leases`): ticks every ``lease_ttl_s / 3``; partitions gained
+  get a fresh :class:`PartitionState` and a subscription, partitions lost are unsubscribed
+  and dropped at once (their aggregates are no longer written).
+* **Per message** (:mod:`cloud.ingest.mqtt_link` calls :meth:`PartitionWorker._on_message`
+  on the loop): ``parse_message`` validates topic and payload together; a
+  :class:`ProtocolError` is counted per reason and the message dropped; telemetry goes to
+  :meth:`PartitionState.apply` (dedupe, backlog, state), status to ``apply_status``, acks are
+  counted and the latest per site kept (for the dispatcher). Nothing else happens per
+  message: Redis is only touched once per cycle.
+* **Per cycle** (``cycle_s`` of clock time): for every partition whose lease is surely still
+  held, the per-pool :class:`PartitionAggregate` (``agg_key`` + ``agg_parts_key``), the site
+  summaries that changed, the counters and rejections since the last cycle, and a read of
+  the registry's ``site-pools`` revision, all in one pipelined round trip. A new revision
+  reloads the site -> pool mapping.
+* **Never dies on input.** Bad messages are counted; a handler bug is caught by the link; a
+  Redis error is logged and the cycle retried next time (counter deltas are kept, and the
+  next successful cycle rewrites every site summary). Leases that cannot be renewed expire;
+  the worker stops writing those partitions by its own lease clock.
+
+Clean session: after a lease moves, the new owner starts with an empty state; retained
+statuses arrive with the subscription and each site is back with its next telemetry (one
+interval; sites not heard from by then count as stale, as they should).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import Counter, defaultdict
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from cloud.hotstate import (
+    SITE_POOLS_KEY,
+    SITE_POOLS_REV_KEY,
+    agg_key,
+    agg_parts_key,
+    counters_key,
+    rejected_key,
+    sites_key,
+)
+from cloud.ingest.leases import LeaseChanges, LeaseManager
+from cloud.ingest.mqtt_link import MqttSubscriber
+from cloud.ingest.partition_state import PartitionState
+from protocols.clock import Clock
+from protocols.errors import ProtocolError
+from protocols.messages import Ack, Status, Telemetry, parse_message
+from protocols.partitions import partition_of
+from protocols.topics import SiteKind, partition_filter
+
+__all__ = ["PartitionWorker"]
+
+log = logging.getLogger(__name__)
+
+_KINDS = (SiteKind.TELEMETRY, SiteKind.STATUS, SiteKind.ACK)
+_BAD_LOG_FIRST = 10  # log each rejection reason this many times, then 1 in 1000
+_GAUGES = ("sites", "unregistered")  # counters_key fields that are set, not incremented
+
+
+class PartitionWorker:
+    """Owns a fair share of the partitions and keeps their aggregates in Redis."""
+
+    def __init__(
+        self,
+        *,
+        mqtt_url: str,
+        redis_url: str,
+        clock: Clock,
+        partition_count: int = 64,
+        worker_id: str | None = None,
+        cycle_s: float = 1.0,
+        lease_ttl_s: float = 6.0,
+        stale_intervals: float = 3,
+        offline_after_s: float = 120.0,
+    ) -> None:
+        """Prepare; nothing touches the network before :meth:`start`.
+
+        cycle_s: clock seconds between aggregate writes.
+        lease_ttl_s: clock seconds a lease lives without renewal (renewed every third).
+        stale_intervals: a site without telemetry for this many of its intervals (or past
+            its heartbeat) is stale and out of the flexibility.
+        offline_after_s: silence after which a site counts as offline.
+        """
+        if cycle_s <= 0:
+            raise ValueError("cycle_s must be > 0")
+        self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:8]}"
+        self.clock = clock
+        self.partition_count = partition_count
+        self.cycle_s = float(cycle_s)
+        self.stale_intervals = float(stale_intervals)
+        self.offline_after_s = float(offline_after_s)
+        self._ctx = f"worker={self.worker_id}"
+        self._redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        self._leases = LeaseManager(
+            self._redis, worker_id=self.worker_id, partition_count=partition_count,
+            clock=clock, ttl_s=lease_ttl_s,
+        )  # fmt: skip
+        self._link = MqttSubscriber(
+            mqtt_url=mqtt_url, client_id=f"vpp-worker-{self.worker_id}",
+            on_message=self._on_message, qos=1, ctx=self._ctx,
+        )  # fmt: skip
+        self._states: dict[int, PartitionState] = {}
+        self._counts: dict[int, Counter[str]] = {}
+        self._rejected: dict[int, Counter[str]] = {}
+        self._acks: dict[int, dict[str, Ack]] = {}
+        self._written_pools: dict[int, set[str]] = {}
+        self._resend_summaries: set[int] = set()
+        self._site_pools: dict[int, dict[str, str]] = {}
+        self._site_pools_rev: str | None = None
+        self._site_pools_stale = True
+        self._reject_totals: Counter[str] = Counter()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self._stopping = False
+        self._stats: dict[str, Any] = {
+            "messages": 0, "telemetry": 0, "statuses": 0, "acks": 0, "rejected": 0,
+            "not_owned": 0, "empty": 0, "cycles": 0, "cycle_errors": 0, "lease_errors": 0,
+            "last_cycle_ms": 0.0, "max_cycle_ms": 0.0, "site_pools_reloads": 0,
+        }  # fmt: skip
+
+    # --- public ---------------------------------------------------------------------------
+
+    @property
+    def owned(self) -> set[int]:
+        """Partitions this worker holds a lease on (and ingests)."""
+        return set(self._states)
+
+    @property
+    def subscribed(self) -> set[int]:
+        """Owned partitions whose telemetry subscription the broker has granted."""
+        granted = self._link.subscribed
+        return {p for p in self._states if partition_filter(p, SiteKind.TELEMETRY) in granted}
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters for metrics and tests (a copy)."""
+        out = dict(self._stats)
+        out["owned"] = sorted(self._states)
+        out["sites"] = sum(len(s) for s in self._states.values())
+        out["rejected_by_reason"] = dict(self._reject_totals)
+        out["mqtt"] = dict(self._link.stats, connected=self._link.connected)
+        out["live_workers"] = self._leases.live_workers
+        return out
+
+    def latest_ack(self, site_id: str) -> Ack | None:
+        """The newest dispatch ack of a site in an owned partition (for the dispatcher)."""
+        return self._acks.get(partition_of(site_id, self.partition_count), {}).get(site_id)
+
+    async def start(self) -> None:
+        """Connect, load the registry's site -> pool mapping, take the first leases and
+        subscribe. Redis or broker outages here are logged; the loops keep retrying."""
+        if self._started:
+            return
+        self._started = True
+        await self._link.start()
+        try:
+            await self._reload_site_pools()
+        except Exception as exc:
+            log.warning("%s: cannot load site pools yet (%s); retrying each cycle", self._ctx, exc)
+        await self._lease_tick()
+        log.info("%s: started with partitions %s", self._ctx, sorted(self._states))
+
+    async def run(self) -> None:
+        """Run the cycle and lease loops until :meth:`stop`. Cancelling this task instead is
+        a crash: sockets dropped, leases *not* released (they expire)."""
+        if not self._started:
+            await self.start()
+        self._tasks = [
+            asyncio.create_task(self._cycle_loop(), name=f"cycle-{self.worker_id}"),
+            asyncio.create_task(self._lease_loop(), name=f"leases-{self.worker_id}"),
+        ]
+        try:
+            await asyncio.gather(*self._tasks)
+        except asyncio.CancelledError:
+            if self._stopping:
+                return
+            log.warning("%s: cancelled without stop(): dropping connections, leases kept",
+                        self._ctx)  # fmt: skip
+            raise
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            if not self._stopping:
+                await self._abort()
+
+    async def stop(self) -> None:
+        """Clean stop: stop the loops, release every lease (others take the partitions at
+        their next tick), disconnect, close Redis."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        try:
+            await self._leases.leave()
+        except Exception as exc:
+            log.warning("%s: could not release leases (%s); they expire", self._ctx, exc)
+        self._states.clear()
+        await self._link.close()
+        await self._redis.aclose()
+        log.info("%s: stopped (%s)", self._ctx, self._summary())
+
+    # --- per message ----------------------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        now = self.clock.time()
+        self._stats["messages"] += 1
+        if not payload:  # a cleared retained status: not an error, nothing to apply
+            self._stats["empty"] += 1
+            return
+        try:
+            parsed, msg = parse_message(topic, payload, self.partition_count)
+        except ProtocolError as exc:
+            self._reject(topic, exc.reason.value, str(exc))
+            return
+        except Exception as exc:  # a validator bug must not stop ingest
+            self._reject(topic, "internal_error", repr(exc))
+            return
+        p = parsed.partition
+        state = self._states.get(p)
+        if state is None:  # in flight while the partition was unsubscribed
+            self._stats["not_owned"] += 1
+            return
+        kind = type(msg)
+        if kind is Telemetry:
+            self._stats["telemetry"] += 1
+            self._counts[p][state.apply(msg, now)] += 1  # type: ignore[arg-type]
+        elif kind is Status:
+            self._stats["statuses"] += 1
+            applied = state.apply_status(msg, now)  # type: ignore[arg-type]
+            self._counts[p]["status" if applied else "status_older"] += 1
+        elif kind is Ack:
+            self._stats["acks"] += 1
+            self._counts[p]["acks"] += 1
+            self._acks[p][msg.site_id] = msg  # type: ignore[attr-defined]
+        else:
+            self._reject(topic, "unexpected_kind", f"{msg.SCHEMA} on a subscribed topic")
+
+    def _reject(self, topic: str, reason: str, detail: str) -> None:
+        self._stats["rejected"] += 1
+        self._reject_totals[reason] += 1
+        parts = topic.split("/", 4)
+        p = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else -1
+        if p in self._rejected:
+            self._rejected[p][reason] += 1
+        n = self._reject_totals[reason]
+        if n <= _BAD_LOG_FIRST or n % 1000 == 0:
+            log.warning("%s partition=%s: rejected message on %s (%s, #%d): %s",
+                        self._ctx, p, topic, reason, n, detail)  # fmt: skip
+
+    # --- leases ---------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self._leases.renew_every_s)
+            await self._lease_tick()
+
+    async def _lease_tick(self) -> None:
+        try:
+            changes = await self._leases.tick()
+        except Exception as exc:
+            self._stats["lease_errors"] += 1
+            log.warning("%s: lease tick failed (%s); retrying", self._ctx, exc)
+            changes = LeaseChanges()
+        # Leases not renewed in time are gone whatever Redis says later.
+        changes.lost.update(p for p in self._states if not self._leases.valid(p))
+        expired = changes.lost & self._leases.owned
+        if expired:
+            try:
+                await self._leases.release(expired)
+            except Exception as exc:  # ownership already dropped locally; keys expire anyway
+                log.warning("%s: cannot release expired leases %s (%s)",
+                            self._ctx, sorted(expired), exc)  # fmt: skip
+        self._apply_lease_changes(changes)
+
+    def _apply_lease_changes(self, changes: LeaseChanges) -> None:
+        now = self.clock.time()
+        for p in sorted(changes.lost):
+            if self._states.pop(p, None) is None:
+                continue
+            self._counts.pop(p, None)
+            self._rejected.pop(p, None)
+            self._acks.pop(p, None)
+            self._written_pools.pop(p, None)
+            self._resend_summaries.discard(p)
+            self._link.unsubscribe(partition_filter(p, k) for k in _KINDS)
+            log.info("%s partition=%d: no longer owned; ingest stopped", self._ctx, p)
+        for p in sorted(changes.gained):
+            if p in self._states:
+                continue
+            state = PartitionState(p, stale_intervals=self.stale_intervals,
+                                   offline_after_s=self.offline_after_s)  # fmt: skip
+            state.set_pools(self._site_pools.get(p, {}), now)
+            self._states[p] = state
+            self._counts[p] = Counter()
+            self._rejected[p] = Counter()
+            self._acks[p] = {}
+            self._written_pools[p] = set()
+            self._link.subscribe(partition_filter(p, k) for k in _KINDS)
+            log.info("%s partition=%d: owned; subscribing (%d registered sites)",
+                     self._ctx, p, len(state))  # fmt: skip
+
+    # --- registry mapping -----------------------------------------------------------------
+
+    async def _reload_site_pools(self) -> None:
+        """Read ``vpp:site-pools`` (one MULTI with its revision, so both agree) and hand
+        each owned partition its sites."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(SITE_POOLS_REV_KEY)
+        pipe.hgetall(SITE_POOLS_KEY)
+        rev, mapping = await pipe.execute()
+        by_part: dict[int, dict[str, str]] = defaultdict(dict)
+        bad = 0
+        for site_id, pool_id in mapping.items():
+            try:
+                by_part[partition_of(site_id, self.partition_count)][site_id] = pool_id
+            except ProtocolError:
+                bad += 1
+        if bad:
+            log.warning("%s: %d registry site ids are invalid and ignored", self._ctx, bad)
+        self._site_pools = dict(by_part)
+        self._site_pools_rev = rev
+        self._site_pools_stale = False
+        self._stats["site_pools_reloads"] += 1
+        now = self.clock.time()
+        for p, state in self._states.items():
+            state.set_pools(self._site_pools.get(p, {}), now)
+        log.info("%s: site pools rev %s: %d sites", self._ctx, rev, len(mapping))
+
+    # --- cycle ----------------------------------------------------------------------------
+
+    async def _cycle_loop(self) -> None:
+        next_t = self.clock.time()
+        while True:
+            next_t += self.cycle_s
+            now = self.clock.time()
+            if next_t < now - self.cycle_s:  # fell behind (stall): skip, do not burst
+                next_t = now
+            await self.clock.sleep_until(next_t)
+            await self.cycle()
+
+    async def cycle(self) -> None:
+        """Compute and write every owned partition's aggregates (one round trip). Never
+        raises: a Redis error is logged and the work retried next cycle."""
+        t0 = time.perf_counter()
+        now = self.clock.time()
+        pipe = self._redis.pipeline(transaction=False)
+        counts: dict[int, Counter[str]] = {}
+        rejected: dict[int, Counter[str]] = {}
+        written: dict[int, set[str]] = {}
+        for p, state in self._states.items():
+            if not self._leases.valid(p):
+                continue  # lease may be someone else's by now: write nothing
+            pools_now: set[str] = set()
+            for agg in state.aggregate(now, self.worker_id):
+                pipe.set(agg_key(agg.pool_id, p), agg.to_json())
+                pipe.sadd(agg_parts_key(agg.pool_id), p)
+                pools_now.add(agg.pool_id)
+            for gone in self._written_pools.get(p, set()) - pools_now:
+                pipe.delete(agg_key(gone, p))
+                pipe.srem(agg_parts_key(gone), p)
+            written[p] = pools_now
+            resend = p in self._resend_summaries
+            summaries = state.site_summaries_json(now, changed_only=not resend)
+            if summaries:
+                pipe.hset(sites_key(p), mapping=dict(summaries))
+            counts[p], self._counts[p] = self._counts[p], Counter()
+            rejected[p], self._rejected[p] = self._rejected[p], Counter()
+            for name, n in counts[p].items():
+                pipe.hincrby(counters_key(p), str(name), n)
+            pipe.hset(
+                counters_key(p), mapping={"sites": len(state), "unregistered": state.unregistered()}
+            )
+            for reason, n in rejected[p].items():
+                pipe.hincrby(rejected_key(p), reason, n)
+        pipe.get(SITE_POOLS_REV_KEY)
+        try:
+            results = await pipe.execute()
+        except Exception as exc:
+            self._stats["cycle_errors"] += 1
+            log.warning("%s: cycle write failed (%s); retrying next cycle", self._ctx, exc)
+            for p, c in counts.items():  # keep the deltas for the next cycle
+                if p in self._counts:
+                    self._counts[p].update(c)
+                    self._rejected[p].update(rejected[p])
+                    self._resend_summaries.add(p)
+            return
+        for p, pools_now in written.items():
+            if p in self._written_pools:
+                self._written_pools[p] = pools_now
+            self._resend_summaries.discard(p)
+        rev = results[-1]
+        if rev != self._site_pools_rev or self._site_pools_stale:
+            try:
+                await self._reload_site_pools()
+            except Exception as exc:
+                self._site_pools_stale = True
+                log.warning("%s: cannot reload site pools (%s)", self._ctx, exc)
+        ms = (time.perf_counter() - t0) * 1000.0
+        self._stats["cycles"] += 1
+        self._stats["last_cycle_ms"] = ms
+        self._stats["max_cycle_ms"] = max(self._stats["max_cycle_ms"], ms)
+
+    # --- shutdown -------------------------------------------------------------------------
+
+    async def _abort(self) -> None:
+        """Die like a crashed process: drop the MQTT socket, close Redis, release nothing."""
+        with contextlib.suppress(Exception):
+            await self._link.close(hard=True)
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+        self._states.clear()
+
+    def _summary(self) -> str:
+        s = self._stats
+        return (f"messages={s['messages']} telemetry={s['telemetry']} rejected={s['rejected']} "
+                f"cycles={s['cycles']} cycle_errors={s['cycle_errors']}")  # fmt: skip

@@ -1,0 +1,402 @@
+"""Partition workers against real Mosquitto and Redis.
+
+Publishers are plain paho clients (a few, each speaking for many sites: the broker has no ACL
+in tests) sending real ``protocols.messages`` JSON at QoS 1. Clocks are SimClocks at high
+speed where time matters; every wait is bounded in wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+import redis
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from cloud.hotstate import (
+    DURATIONS_S,
+    SITE_POOLS_KEY,
+    SITE_POOLS_REV_KEY,
+    PartitionAggregate,
+    PoolAggregate,
+    SiteSummary,
+    agg_key,
+    agg_parts_key,
+    counters_key,
+    lease_key,
+    rejected_key,
+    sites_key,
+)
+from cloud.ingest.worker import PartitionWorker
+from protocols.clock import SimClock
+from protocols.messages import Flexibility, SiteState, Status, Telemetry, encode
+from protocols.partitions import partition_of
+from protocols.topics import site_topic
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+P = 8  # partitions in these tests (the code is the same for 64)
+POOLS = ("pool-north", "pool-south", "pool-east")
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+class Publishers:
+    """A few paho clients (each with its network thread) publishing for many sites."""
+
+    def __init__(self, url: str, n: int = 3) -> None:
+        host, port = url.removeprefix("mqtt://").split(":")
+        self.clients = []
+        self.infos: list[mqtt.MQTTMessageInfo] = []
+        for i in range(n):
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{i}-{time.time_ns()}",
+                            protocol=MQTTProtocolVersion.MQTTv5)  # fmt: skip
+            c.max_inflight_messages_set(100)
+            c.connect(host, int(port))
+            c.loop_start()
+            self.clients.append(c)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        c = self.clients[hash(topic) % len(self.clients)]
+        self.infos.append(c.publish(topic, payload, qos=1, retain=retain))
+
+    def flush(self, timeout: float = 10.0) -> None:
+        for info in self.infos:
+            info.wait_for_publish(timeout)
+        self.infos.clear()
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.disconnect()
+            c.loop_stop()
+
+
+@pytest.fixture
+def pubs(mosquitto) -> Iterator[Publishers]:
+    p = Publishers(mosquitto.url)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def telemetry(site: str, seq: int, ts: float, rng: random.Random, **kw: object) -> Telemetry:
+    lo = rng.uniform(-8000, 0)
+    hi = rng.uniform(0, 8000)
+    fields: dict[str, object] = {
+        "site_id": site, "seq": seq, "ts": ts, "interval_s": 60.0,
+        "mode": rng.choice(["cloud", "fallback", "fallback", "degraded"]),
+        "grid_w": round(rng.uniform(-5000, 5000), 3), "baseline_w": round(rng.uniform(lo, hi), 3),
+        "pv_w": round(rng.uniform(0, 6000), 3),
+        "flex": Flexibility(p_min_w=lo, p_max_w=hi, e_absorb_wh=rng.uniform(0, 10_000),
+                            e_deliver_wh=rng.uniform(0, 10_000)),
+    }  # fmt: skip
+    fields.update(kw)
+    return Telemetry(**fields)
+
+
+def send(pubs: Publishers, t: Telemetry) -> None:
+    pubs.publish(site_topic(partition_of(t.site_id, P), t.site_id, "telemetry"), encode(t))
+
+
+def pool_aggregates(r: redis.Redis, pool: str) -> list[PartitionAggregate]:
+    parts = sorted(int(p) for p in r.smembers(agg_parts_key(pool)))
+    return [PartitionAggregate.from_json(r.get(agg_key(pool, p))) for p in parts]
+
+
+def expected_sums(msgs: list[Telemetry], pools: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Brute force: the fresh, registered sites' sums per pool."""
+    out: dict[str, dict[str, float]] = {}
+    for t in msgs:
+        pool = pools.get(t.site_id)
+        if pool is None:
+            continue
+        e = out.setdefault(pool, {"fresh": 0, "measured_w": 0.0, "baseline_w": 0.0,
+                                  "p_min_w": 0.0, "p_max_w": 0.0, "e_absorb_wh": 0.0,
+                                  "pv_w": 0.0, "absorb_1h": 0.0})  # fmt: skip
+        e["fresh"] += 1
+        e["measured_w"] += t.grid_w
+        e["pv_w"] += t.pv_w or 0.0
+        if t.mode == "degraded":
+            continue
+        e["baseline_w"] += t.baseline_w
+        e["p_min_w"] += t.flex.p_min_w
+        e["p_max_w"] += t.flex.p_max_w
+        e["e_absorb_wh"] += t.flex.e_absorb_wh
+        e["absorb_1h"] += max(0.0, min(t.flex.p_max_w - t.baseline_w, t.flex.e_absorb_wh))
+    return out
+
+
+async def until(cond: Callable[[], object], wall_s: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + wall_s
+
+    def holds() -> bool:
+        try:
+            return bool(cond())
+        except LookupError:  # not written yet
+            return False
+
+    while not holds():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(worker: PartitionWorker) -> AsyncIterator[asyncio.Task[None]]:
+    await worker.start()
+    task = asyncio.create_task(worker.run())
+    try:
+        yield task
+    finally:
+        if not task.done():
+            await worker.stop()
+            await asyncio.wait_for(task, 5)
+
+
+def make_worker(mosquitto, redis_url: str, clock, **kw: object) -> PartitionWorker:
+    kw.setdefault("partition_count", P)
+    kw.setdefault("cycle_s", 1.0)
+    return PartitionWorker(mqtt_url=mosquitto.url, redis_url=redis_url, clock=clock, **kw)
+
+
+def register(r: redis.Redis, pools: dict[str, str]) -> None:
+    r.delete(SITE_POOLS_KEY)
+    if pools:
+        r.hset(SITE_POOLS_KEY, mapping=pools)
+    r.incr(SITE_POOLS_REV_KEY)
+
+
+async def subscribed_all(worker: PartitionWorker, parts: set[int] | None = None) -> None:
+    want = set(range(P)) if parts is None else parts
+    await until(lambda: worker.subscribed >= want, what=f"subscriptions {sorted(want)}")
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+async def test_pool_flexibility_equals_sum_of_what_300_sites_published(
+    mosquitto, redis_url: str, redis_client: redis.Redis, pubs: Publishers
+) -> None:
+    rng = random.Random(7)
+    sites = [f"site-{i:04d}" for i in range(300)]
+    pools = {s: POOLS[i % 3] for i, s in enumerate(sites) if i % 30 != 29}  # 10 unregistered
+    register(redis_client, pools)
+    clock = SimClock(speed=5.0)
+    worker = make_worker(mosquitto, redis_url, clock)
+    async with running(worker):
+        await subscribed_all(worker)
+        now = clock.time()
+        msgs = [telemetry(s, 1, now, rng) for s in sites]
+        for t in msgs:
+            send(pubs, t)
+        # a duplicate and an older seq of some sites must not count twice or overwrite
+        for t in msgs[:20]:
+            send(pubs, t.model_copy(update={"grid_w": 99_999.0}))
+        await asyncio.to_thread(pubs.flush)
+        await until(lambda: worker.stats["telemetry"] >= 320, what="320 telemetry messages")
+        t_seen = clock.time()
+        await until(lambda: all(
+            (aggs := pool_aggregates(redis_client, pool)) and min(a.ts for a in aggs) > t_seen
+            for pool in POOLS
+        ), what="a cycle after the last message")  # fmt: skip
+
+        expected = expected_sums(msgs, pools)
+        for pool in POOLS:
+            parts = pool_aggregates(redis_client, pool)
+            agg = PoolAggregate.of(pool, parts, clock.time())
+            e = expected[pool]
+            assert agg.partitions == len({partition_of(s, P) for s in pools if pools[s] == pool})
+            assert agg.sites_fresh == e["fresh"] == agg.sites_total
+            for name in ("measured_w", "baseline_w", "p_min_w", "p_max_w", "e_absorb_wh", "pv_w"):
+                assert math.isclose(getattr(agg, name), e[name], abs_tol=1.0), name
+            assert math.isclose(agg.sustain_absorb_w[DURATIONS_S.index(3600)], e["absorb_1h"],
+                                abs_tol=1.0)  # fmt: skip
+            assert {a.worker_id for a in parts} == {worker.worker_id}
+
+        counters = [redis_client.hgetall(counters_key(p)) for p in range(P)]
+        assert sum(int(c.get("accepted_live", 0)) for c in counters) == 300
+        assert sum(int(c.get("duplicate", 0)) for c in counters) == 20
+        assert sum(int(c.get("unregistered", 0)) for c in counters) == 10
+        summary = SiteSummary.from_json(redis_client.hget(sites_key(partition_of(sites[0], P)),
+                                                          sites[0]))  # fmt: skip
+        assert summary.grid_w == msgs[0].grid_w
+        assert summary.status == "fresh"
+        assert summary.pool_id == pools[sites[0]]
+
+
+async def test_stale_sites_drop_out_and_status_offline_counts(
+    mosquitto, redis_url: str, redis_client: redis.Redis, pubs: Publishers
+) -> None:
+    rng = random.Random(3)
+    sites = [f"st-{i}" for i in range(40)]
+    pools = dict.fromkeys(sites, "pool-x")
+    register(redis_client, pools)
+    clock = SimClock(speed=10.0)
+    worker = make_worker(mosquitto, redis_url, clock, stale_intervals=3, offline_after_s=120.0)
+    async with running(worker):
+        await subscribed_all(worker)
+        now = clock.time()
+        # half report every 2 s (they will go stale), half every 600 s
+        msgs = [telemetry(s, 1, now, rng, interval_s=2.0 if i < 20 else 600.0, mode="fallback")
+                for i, s in enumerate(sites)]  # fmt: skip
+        for t in msgs:
+            send(pubs, t)
+        for s in sites[30:35]:
+            status = Status(site_id=s, state=SiteState.OFFLINE, ts=now + 0.001)
+            pubs.publish(site_topic(partition_of(s, P), s, "status"), encode(status), retain=True)
+        await asyncio.to_thread(pubs.flush)
+
+        def pool() -> PoolAggregate:
+            return PoolAggregate.of("pool-x", pool_aggregates(redis_client, "pool-x"), 0.0)
+
+        await until(lambda: pool().sites_fresh == 35, what="35 fresh sites")
+        assert pool().sites_offline == 5
+        # 3 intervals of 2 s later the fast reporters are stale and out of the flexibility
+        await until(lambda: pool().sites_stale == 20, what="20 stale sites")
+        agg = pool()
+        assert agg.sites_fresh == 15
+        slow = [t for t in msgs[20:30] + msgs[35:]]
+        assert math.isclose(agg.p_max_w, sum(t.flex.p_max_w for t in slow), abs_tol=1.0)
+        assert math.isclose(agg.measured_w, sum(t.grid_w for t in slow), abs_tol=1.0)
+        # clear the retained statuses (empty payload) so the session broker stays clean
+        for s in sites[30:35]:
+            pubs.publish(site_topic(partition_of(s, P), s, "status"), b"", retain=True)
+        await asyncio.to_thread(pubs.flush)
+
+
+async def test_backlog_replay_and_duplicates_do_not_overwrite_newer_state(
+    mosquitto, redis_url: str, redis_client: redis.Redis, pubs: Publishers
+) -> None:
+    rng = random.Random(5)
+    register(redis_client, {"bk-1": "pool-b"})
+    clock = SimClock(speed=2.0)
+    worker = make_worker(mosquitto, redis_url, clock)
+    async with running(worker):
+        await subscribed_all(worker)
+        now = clock.time()
+        live = telemetry("bk-1", 100, now, rng, grid_w=1234.0, mode="cloud")
+        send(pubs, live)
+        send(pubs, live)  # duplicate (same client, same topic: delivered in order)
+        await asyncio.to_thread(pubs.flush)
+        await until(lambda: worker.stats["telemetry"] >= 2)
+        # the edge drains its buffer after the live message: lower seqs, old timestamps;
+        # then one with a higher seq whose ts is still older than the live state
+        for seq in range(50, 55):
+            send(pubs, telemetry("bk-1", seq, now - 300 + seq, rng, grid_w=-1.0))
+        send(pubs, telemetry("bk-1", 101, now - 100, rng, grid_w=-2.0))
+        send(pubs, live)  # now below the newest seq (101): out of order
+        await asyncio.to_thread(pubs.flush)
+        await until(lambda: worker.stats["telemetry"] >= 8)
+        t_seen = clock.time()
+        await until(lambda: pool_aggregates(redis_client, "pool-b")[0].ts > t_seen)
+        (agg,) = pool_aggregates(redis_client, "pool-b")
+        assert agg.measured_w == 1234.0
+        assert agg.newest_source_ts == live.ts
+        c = redis_client.hgetall(counters_key(partition_of("bk-1", P)))
+        assert int(c["out_of_order"]) == 6
+        assert int(c["backlog_older"]) == 1
+        assert int(c["duplicate"]) == 1
+
+
+async def test_bad_messages_are_counted_per_reason_and_ingest_goes_on(
+    mosquitto, redis_url: str, redis_client: redis.Redis, pubs: Publishers
+) -> None:
+    rng = random.Random(9)
+    register(redis_client, {"good-1": "pool-g"})
+    clock = SimClock(speed=2.0)
+    worker = make_worker(mosquitto, redis_url, clock)
+    site = "bad-1"
+    p = partition_of(site, P)
+    other = next(q for q in range(P) if q != p)
+    topic = site_topic(p, site, "telemetry")
+    async with running(worker):
+        await subscribed_all(worker)
+        now = clock.time()
+        good = telemetry(site, 1, now, rng)
+        pubs.publish(topic, b"{not json")
+        pubs.publish(topic, b'{"schema": "vpp.telemetry", "version": 1}')
+        pubs.publish(topic, encode(good).replace(b'"seq":1', b'"seq":"1"'))
+        pubs.publish(topic, encode(good.model_copy(update={"site_id": "someone-else"})))
+        pubs.publish(site_topic(other, site, "telemetry"), encode(good))  # wrong partition
+        pubs.publish(topic, b"[1, 2]")
+        pubs.publish(topic, b"\xff\xfe" * 10)
+        pubs.publish(topic, encode(good).replace(b'"grid_w":', b'"grid_w":1e999,"x":'))
+        send(pubs, telemetry("good-1", 1, now, rng, grid_w=42.0, mode="cloud"))
+        await asyncio.to_thread(pubs.flush)
+        await until(lambda: worker.stats["telemetry"] >= 1 and worker.stats["rejected"] >= 8,
+                    what="the good message after the bad ones")  # fmt: skip
+        t_seen = clock.time()
+        await until(lambda: any(a.ts > t_seen for a in pool_aggregates(redis_client, "pool-g")))
+        (agg,) = pool_aggregates(redis_client, "pool-g")
+        assert agg.measured_w == 42.0
+        reasons = {
+            **redis_client.hgetall(rejected_key(p)),
+            **{f"other:{k}": v for k, v in redis_client.hgetall(rejected_key(other)).items()},
+        }
+        assert reasons == {
+            "not_json": "2", "missing_field": "1", "wrong_type": "1", "site_mismatch": "1",
+            "other:partition_mismatch": "1", "not_an_object": "1", "non_finite": "1",
+        }  # fmt: skip
+        assert worker.stats["rejected"] == 8
+        assert worker.stats["mqtt"]["connected"]
+
+
+async def test_two_workers_split_partitions_and_a_killed_ones_move_within_seconds(
+    mosquitto, redis_url: str, redis_client: redis.Redis, pubs: Publishers
+) -> None:
+    rng = random.Random(11)
+    sites = [f"kw-{i:03d}" for i in range(120)]
+    pools = dict.fromkeys(sites, "pool-k")
+    register(redis_client, pools)
+    clock = SimClock(speed=4.0)  # lease 6 s clock = 1.5 s wall
+    a = make_worker(mosquitto, redis_url, clock, worker_id="wa")
+    b = make_worker(mosquitto, redis_url, clock, worker_id="wb")
+    async with running(a) as task_a, running(b):
+        await until(lambda: len(a.owned) == len(b.owned) == P // 2, wall_s=20,
+                    what="an even split")  # fmt: skip
+        assert a.owned.isdisjoint(b.owned)
+        assert {redis_client.get(lease_key(p)) for p in a.owned} == {"wa"}
+        await subscribed_all(a, a.owned)
+        await subscribed_all(b, b.owned)
+
+        def publish_round(seq: int) -> list[Telemetry]:
+            msgs = [telemetry(s, seq, clock.time(), rng) for s in sites]
+            for t in msgs:
+                send(pubs, t)
+            pubs.flush()
+            return msgs
+
+        msgs = await asyncio.to_thread(publish_round, 1)
+        want = expected_sums(msgs, pools)["pool-k"]
+
+        def pool() -> PoolAggregate:
+            return PoolAggregate.of("pool-k", pool_aggregates(redis_client, "pool-k"), 0.0)
+
+        await until(lambda: math.isclose(pool().p_max_w, want["p_max_w"], abs_tol=1.0),
+                    what="the pool sum from both workers")  # fmt: skip
+        a_parts = set(a.owned)
+
+        # crash: cancel a's task; its leases are not released, they expire
+        task_a.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task_a
+        t_kill = time.monotonic()
+        await until(lambda: b.owned == set(range(P)), wall_s=15, what="b owning everything")
+        moved_s = time.monotonic() - t_kill
+        assert moved_s * clock.speed < 6.0 * 2  # within ttl + a tick or so, in clock time
+        await subscribed_all(b)
+        msgs = await asyncio.to_thread(publish_round, 2)
+        want = expected_sums(msgs, pools)["pool-k"]
+        await until(lambda: math.isclose(pool().measured_w, want["measured_w"], abs_tol=1.0)
+                    and {x.worker_id for x in pool_aggregates(redis_client, "pool-k")} == {"wb"},
+                    what="aggregates resumed by b")  # fmt: skip
+        assert {redis_client.get(lease_key(p)) for p in a_parts} == {"wb"}
+        assert pool().sites_fresh == len(sites)
