@@ -153,3 +153,52 @@ def keys_revoke(
         if not reg.revoke_api_key(key_id):
             raise ValueError(f"no active key {key_id!r}")
     typer.echo(f"key {key_id} revoked")
+
+
+@app.command()
+def run(
+    role: Annotated[
+        str, typer.Option(help="all (default), or one role per process: worker | api.")
+    ] = "all",
+    mqtt_url: Annotated[str | None, typer.Option(envvar="VPP_MQTT_URL", help="Broker.")] = None,
+    redis_url: Annotated[str | None, typer.Option(envvar="VPP_REDIS_URL", help="Redis.")] = None,
+    db: Annotated[Path | None, typer.Option(envvar="VPP_DB", help="Registry file.")] = None,
+    api_host: Annotated[str | None, typer.Option(envvar="VPP_API_HOST")] = None,
+    api_port: Annotated[int | None, typer.Option(envvar="VPP_API_PORT")] = None,
+    partitions: Annotated[int | None, typer.Option(envvar="VPP_PARTITIONS")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="VPP_CLOUD_CONFIG", help='TOML file whose "cloud" table sets any option.'
+        ),
+    ] = None,
+    clock: Annotated[
+        str | None, typer.Option(envvar="VPP_CLOCK", help="Clock spec (default wall).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the cloud's roles until SIGINT/SIGTERM (flags > environment > config file)."""
+    import asyncio
+    import logging
+
+    from cloud.runner import ROLES, load_settings, run_cloud
+    from protocols.clock import clock_from_spec
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    roles = ROLES if role == "all" else (role,)
+    if role != "all" and role not in ROLES:
+        raise typer.BadParameter(f"unknown role {role!r}; use all, {', '.join(ROLES)}")
+    overrides = {"mqtt_url": mqtt_url, "redis_url": redis_url, "db": db, "api_host": api_host,
+                 "api_port": api_port, "partitions": partitions}  # fmt: skip
+    try:
+        settings = load_settings(config, overrides)
+        clk = clock_from_spec(clock)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"cloud: roles {', '.join(roles)}; api http://{settings.api_host}:{settings.api_port}"
+    )
+    asyncio.run(run_cloud(settings, clk, roles))

@@ -1,0 +1,144 @@
+"""`vpp cloud run`: every cloud role in one process, or one role per process.
+
+Roles:
+
+* ``worker`` - a partition worker: takes leases on its share of the partitions, ingests their
+  telemetry, writes aggregates to Redis. Run several (one per core, per machine) to scale.
+* ``api`` - the trader API (uvicorn), plus the registry -> Redis site-pool sync.
+* ``dispatcher`` - the pool dispatcher (closed loop; issue 6).
+
+``all`` (the default) runs every role available in one process: the demo and a small
+installation. Settings come from flags, ``VPP_*`` environment variables or a TOML file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from cloud.api.app import ApiServer, create_app
+from cloud.ingest.worker import PartitionWorker
+from cloud.registry import Registry
+from cloud.sync import sync_site_pools
+from protocols.clock import Clock
+from protocols.partitions import DEFAULT_PARTITION_COUNT
+
+__all__ = ["ROLES", "CloudSettings", "load_settings", "run_cloud"]
+
+log = logging.getLogger("cloud.runner")
+
+ROLES = ("worker", "api")
+SYNC_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    db: Path = Path("vpp-cloud.sqlite")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    partitions: int = DEFAULT_PARTITION_COUNT
+    cycle_s: float = 1.0
+    stale_intervals: float = 3.0
+    offline_after_s: float = 120.0
+    lease_ttl_s: float = 6.0
+
+
+def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings:
+    """Defaults, then the TOML file's ``[cloud]`` table, then flags/env (``overrides``)."""
+    settings = CloudSettings()
+    known = {f.name: f for f in fields(CloudSettings)}
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            table = tomllib.loads(path.read_text()).get("cloud", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the cloud config: {exc}") from None
+        unknown = sorted(set(table) - set(known))
+        if unknown:
+            raise ValueError(f"{path}: unknown setting(s) in [cloud]: {', '.join(unknown)}")
+        values |= table
+    values |= {k: v for k, v in overrides.items() if v is not None}
+    if "db" in values:
+        values["db"] = Path(values["db"])
+    return replace(settings, **values)
+
+
+async def _sync_loop(registry: Registry, redis_url: str, stop: asyncio.Event) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        while not stop.is_set():
+            try:
+                mapping = await asyncio.to_thread(registry.site_pools)
+                await sync_site_pools(client, mapping)
+            except Exception as exc:  # Redis down: the workers keep their last map
+                log.warning("site-pool sync failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=SYNC_EVERY_S)
+    finally:
+        await client.aclose()
+
+
+async def run_cloud(
+    settings: CloudSettings,
+    clock: Clock,
+    roles: tuple[str, ...] = ROLES,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run ``roles`` until ``stop`` (or SIGINT/SIGTERM); stop them cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[Any]] = []
+    closers: list[Any] = []
+    registry: Registry | None = None
+    try:
+        if "api" in roles:
+            registry = Registry(settings.db, clock)  # applies pending migrations
+            tasks.append(asyncio.create_task(_sync_loop(registry, settings.redis_url, stop)))
+            server = ApiServer(create_app(registry, settings.redis_url, clock),
+                               settings.api_host, settings.api_port)  # fmt: skip
+            await server.start()
+            closers.append(server.stop)
+            log.info("api on %s", server.url)
+        if "worker" in roles:
+            worker = PartitionWorker(
+                mqtt_url=settings.mqtt_url,
+                redis_url=settings.redis_url,
+                clock=clock,
+                partition_count=settings.partitions,
+                cycle_s=settings.cycle_s,
+                lease_ttl_s=settings.lease_ttl_s,
+                stale_intervals=settings.stale_intervals,
+                offline_after_s=settings.offline_after_s,
+            )
+            await worker.start()
+            tasks.append(asyncio.create_task(worker.run(), name="worker"))
+            closers.append(worker.stop)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        stop.set()
+        for close in reversed(closers):
+            try:
+                await close()
+            except Exception:
+                log.exception("error while stopping")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if registry is not None:
+            registry.close()
