@@ -123,7 +123,8 @@ class PartitionWorker:
         self._stats: dict[str, Any] = {
             "messages": 0, "telemetry": 0, "statuses": 0, "acks": 0, "rejected": 0,
             "not_owned": 0, "empty": 0, "cycles": 0, "cycle_errors": 0, "lease_errors": 0,
-            "last_cycle_ms": 0.0, "max_cycle_ms": 0.0, "site_pools_reloads": 0,
+            "last_cycle_ms": 0.0, "max_cycle_ms": 0.0, "last_compute_ms": 0.0,
+            "site_pools_reloads": 0,
         }  # fmt: skip
 
     # --- public ---------------------------------------------------------------------------
@@ -383,6 +384,8 @@ class PartitionWorker:
             for reason, n in rejected[p].items():
                 pipe.hincrby(rejected_key(p), reason, n)
         pipe.get(SITE_POOLS_REV_KEY)
+        self._stats["last_compute_ms"] = (time.perf_counter() - t0) * 1000.0
+        self._link.pause_reading()
         try:
             results = await pipe.execute()
         except Exception as exc:
@@ -394,6 +397,8 @@ class PartitionWorker:
                     self._rejected[p].update(rejected[p])
                     self._resend_summaries.add(p)
             return
+        finally:
+            self._link.resume_reading()
         for p, pools_now in written.items():
             if p in self._written_pools:
                 self._written_pools[p] = pools_now

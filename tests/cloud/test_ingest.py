@@ -400,3 +400,65 @@ async def test_two_workers_split_partitions_and_a_killed_ones_move_within_second
                     what="aggregates resumed by b")  # fmt: skip
         assert {redis_client.get(lease_key(p)) for p in a_parts} == {"wb"}
         assert pool().sites_fresh == len(sites)
+
+
+async def test_registry_change_moves_sites_between_pools(
+    mosquitto, redis_url: str, redis_client: redis.Redis, pubs: Publishers
+) -> None:
+    rng = random.Random(13)
+    sites = [f"rg-{i}" for i in range(20)]
+    register(redis_client, dict.fromkeys(sites, "pool-old"))
+    clock = SimClock(speed=5.0)
+    worker = make_worker(mosquitto, redis_url, clock)
+    async with running(worker):
+        await subscribed_all(worker)
+        msgs = [telemetry(s, 1, clock.time(), rng) for s in sites]
+        for t in msgs:
+            send(pubs, t)
+        await asyncio.to_thread(pubs.flush)
+        await until(lambda: sum(a.sites_fresh for a in pool_aggregates(redis_client, "pool-old"))
+                    == 20, what="20 fresh in pool-old")  # fmt: skip
+        register(
+            redis_client, {s: "pool-new" if i < 5 else "pool-old" for i, s in enumerate(sites)}
+        )
+        await until(lambda: sum(a.sites_fresh for a in pool_aggregates(redis_client, "pool-new"))
+                    == 5, what="5 sites moved to pool-new")  # fmt: skip
+        want = sum(t.grid_w for t in msgs[:5])
+        got = sum(a.measured_w for a in pool_aggregates(redis_client, "pool-new"))
+        assert math.isclose(got, want, abs_tol=1.0)
+        register(redis_client, dict.fromkeys(sites[5:], "pool-old"))  # pool-new emptied
+        await until(lambda: not redis_client.smembers(agg_parts_key("pool-new")),
+                    what="pool-new's aggregates removed")  # fmt: skip
+        assert not redis_client.keys("vpp:agg:pool-new:p:*")
+        assert sum(int(redis_client.hget(counters_key(p), "unregistered") or 0)
+                   for p in range(P)) == 5  # fmt: skip
+
+
+async def test_worker_survives_a_redis_outage_and_resumes(mosquitto, pubs: Publishers) -> None:
+    from vpp.services import RedisServer
+
+    rng = random.Random(17)
+    sites = [f"ro-{i}" for i in range(30)]
+    with RedisServer() as server:
+        r = redis.Redis.from_url(server.url, decode_responses=True)
+        register(r, dict.fromkeys(sites, "pool-r"))
+        clock = SimClock(speed=5.0)
+        worker = make_worker(mosquitto, server.url, clock)
+        async with running(worker) as task:
+            await subscribed_all(worker)
+            await asyncio.to_thread(server.stop)
+            await until(lambda: worker.stats["cycle_errors"] >= 2, what="failed cycles")
+            await asyncio.to_thread(server.start)  # empty again: no persistence
+            register(r, dict.fromkeys(sites, "pool-r"))
+            await until(lambda: worker.subscribed == set(range(P)), wall_s=20,
+                        what="partitions re-acquired")  # fmt: skip
+            msgs = [telemetry(s, 1, clock.time(), rng) for s in sites]
+            for t in msgs:
+                send(pubs, t)
+            await asyncio.to_thread(pubs.flush)
+            want = sum(t.grid_w for t in msgs)
+            await until(lambda: math.isclose(
+                PoolAggregate.of("pool-r", pool_aggregates(r, "pool-r"), 0.0).measured_w, want,
+                abs_tol=1.0), what="aggregates after the outage")  # fmt: skip
+            assert not task.done()
+        r.close()
