@@ -20,10 +20,10 @@ class Meter(SunSpecDevice):
         }  # fmt: skip
 
     def reset_controls(self) -> None:
-        pass
+        """A meter has no control points: nothing to reset after a reboot."""
 
     def apply_controls(self, now: float) -> None:
-        pass
+        """A meter has no control points: nothing to apply."""
 
     def measure(self, now: float) -> dict[Key, Any]:
         i, ph = self.index, self.phys
