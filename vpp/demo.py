@@ -203,6 +203,9 @@ async def _run(options: DemoOptions, mqtt_url: str, redis_url: str, console: Con
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=wait_s)
                 continue
+            # The registers hold the truth of the last fleet tick; a tick may fall between the
+            # reads, so a meter must match the truth just before or just after them.
+            grid_before = fleet.phys.grid_w.copy()
             readings = await probe.read_all()
             now = clock.time()
             phys = fleet.phys
@@ -217,7 +220,10 @@ async def _run(options: DemoOptions, mqtt_url: str, redis_url: str, console: Con
                 if meter_w is None:
                     result.meter_failures += 1
                 else:
-                    result.meter_error_w.append(abs(meter_w - truth_w))
+                    before_w = float(grid_before[site.index])
+                    result.meter_error_w.append(
+                        min(abs(meter_w - truth_w), abs(meter_w - before_w))
+                    )
                 shown = "" if meter_w is None else f"{meter_w:.1f}"
                 checks_csv.writerow([to_iso8601(now), site.site_id, shown, f"{truth_w:.1f}"])
             result.samples += 1
