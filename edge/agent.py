@@ -147,6 +147,7 @@ class SiteAgent:
         self._pv_estimate: tuple[float, float] | None = None  # (watts, when)
         self._hp_normal_w = 0.0
         self.flags: dict[str, bool] = {}
+        self.pool_id: str | None = None  # from the cloud's config; scopes partition signals
         self.counters: dict[str, int] = {
             "cycles": 0,
             "cycle_slips": 0,
@@ -156,6 +157,7 @@ class SiteAgent:
             "dispatch_out_of_order": 0,
             "dispatch_rejected": 0,
             "signals": 0,
+            "signals_other_pool": 0,
             "configs": 0,
             "config_ignored": 0,
             "errors": 0,
@@ -185,6 +187,7 @@ class SiteAgent:
         self._last_config_rev: int = int(self.store.get_state("config_rev", -1))
         saved = self.store.get_state("config") or {}
         self.flags = dict(saved.get("flags", {}))
+        self.pool_id = saved.get("pool_id")
         for dev in cfg.devices:
             key = (dev.host, dev.port)
             link = self.links.get(key)
@@ -543,6 +546,9 @@ class SiteAgent:
         return ack(True, reason, plan)
 
     def on_signal(self, message: PartitionSignal) -> None:
+        if message.pool_id is not None and message.pool_id != self.pool_id:
+            self.counters["signals_other_pool"] += 1
+            return
         if message.seq <= self._last_signal_seq:
             return
         self._last_signal_seq = message.seq
@@ -574,11 +580,14 @@ class SiteAgent:
         params = message.params.model_dump(exclude_none=True)
         self._apply_params(params)
         self.flags = dict(message.flags)
+        self.pool_id = message.pool_id
         self.log.info("config rev %d applied: params %s flags %s", message.rev, params, self.flags)
         if self.store is not None:
             # persisted: after a restart the retained config comes back with the same rev
             self.store.set_state("config_rev", message.rev)
-            self.store.set_state("config", {"params": params, "flags": self.flags})
+            self.store.set_state(
+                "config", {"params": params, "flags": self.flags, "pool_id": self.pool_id}
+            )
 
     def _apply_params(self, params: dict[str, float]) -> None:
         """Cloud parameters override the local file's; telemetry never faster than polling."""

@@ -294,7 +294,9 @@ class PartitionSignal(_Expiring):
 
     ``level`` in -1..1 maps each site's grid power target linearly: -1 -> ``p_min_w``,
     0 -> its baseline, +1 -> ``p_max_w``. One message moves a whole partition, so dispatch
-    cost grows with partitions, not sites.
+    cost grows with partitions, not sites. A partition holds sites of several pools: with
+    ``pool_id`` set, only that pool's sites follow the signal (they learn their pool from
+    their config); without it, every site of the partition does.
     """
 
     SCHEMA: ClassVar[str] = "vpp.partition_signal"
@@ -309,6 +311,7 @@ class PartitionSignal(_Expiring):
     signal_id: Ident
     seq: Seq
     level: Annotated[float, Field(ge=-1.0, le=1.0)]
+    pool_id: SiteId | None = None  # optional (added in v1 as an expand step)
 
 
 # --- ack (site -> cloud) ----------------------------------------------------------------
@@ -350,7 +353,11 @@ FlagName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$")]
 
 
 class Config(Message):
-    """Feature flags and parameters for one site. ``rev`` increases with every change."""
+    """Feature flags and parameters for one site. ``rev`` increases with every change.
+
+    ``pool_id`` tells the site which pool it belongs to, so it follows only that pool's
+    partition signals (optional: added in v1 as an expand step).
+    """
 
     SCHEMA: ClassVar[str] = "vpp.config"
     VERSION: ClassVar[int] = 1
@@ -363,6 +370,7 @@ class Config(Message):
     ts: Timestamp
     flags: Annotated[dict[FlagName, bool], Field(max_length=64)] = {}
     params: ConfigParams = ConfigParams()
+    pool_id: SiteId | None = None
 
 
 # --- the registry of every schema and version --------------------------------------------

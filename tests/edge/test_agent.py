@@ -390,3 +390,42 @@ async def test_cloud_config_is_applied_and_survives_a_restart(tmp_path, mosquitt
         )
         assert site.agent.uplink.stats["bad_messages"] == {}
         assert site.agent.flags == {"heat_pump_flex": False}
+
+
+async def test_partition_signal_is_followed_by_its_pool_only(tmp_path, mosquitto):
+    async with running_site(tmp_path, mosquitto.url) as site:
+        await site.wait_for(lambda: site.telemetry()[2:], 60, "telemetry")
+        config = {"schema": "vpp.config", "version": 1, "site_id": site.site_id, "rev": 1,
+                  "ts": site.clock.time(), "pool_id": "north"}  # fmt: skip
+        site.observer.publish(site.topic("config"), json.dumps(config))
+        await site.wait_for(lambda: site.agent.pool_id == "north", 30, "the pool id")
+
+        def signal(seq: int, pool: str, level: float) -> bytes:
+            now = site.clock.time()
+            return json.dumps({"schema": "vpp.partition_signal", "version": 1,
+                               "partition": site.partition, "signal_id": f"s-{seq}", "seq": seq,
+                               "issued_ts": now, "valid_until": now + 40.0, "level": level,
+                               "pool_id": pool}).encode()  # fmt: skip
+
+        signal_topic = topics_for(site.partition)[-1]
+        site.observer.publish(signal_topic, signal(1, "south", -1.0))
+        await site.wait_for(
+            lambda: site.agent.counters["signals_other_pool"] == 1, 30, "the other pool's signal"
+        )
+        assert site.telemetry()[-1].mode is Mode.FALLBACK
+        before = site.telemetry()[-1]
+        site.observer.publish(signal_topic, signal(2, "north", -0.5))
+        followed = await site.wait_for(
+            lambda: [m for m in site.telemetry() if m.dispatch_id == "s-2"], 30, "the signal"
+        )
+        assert followed[-1].mode is Mode.CLOUD
+        await site.sim_sleep(15)
+        last = site.telemetry()[-1]
+        # level -0.5: halfway from the baseline down to the bottom of the site's range
+        expected = last.baseline_w - 0.5 * (last.baseline_w - last.flex.p_min_w)
+        recent = [s["grid_w"] for s in site.truth if s["time"] > site.clock.time() - 8]
+        assert sum(recent) / len(recent) == pytest.approx(expected, abs=200)
+        assert expected < before.baseline_w - 500  # a real move, not the baseline
+        await site.wait_for(
+            lambda: site.telemetry()[-1].mode is Mode.FALLBACK, 60, "fallback after expiry"
+        )
