@@ -32,39 +32,14 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from cloud.hotstate import lease_key, worker_key
+from cloud.locks import MARGIN as _MARGIN
+from cloud.locks import RELEASE_SCRIPT as _RELEASE
+from cloud.locks import RENEW_SCRIPT as _RENEW
 from protocols.clock import Clock
 
 __all__ = ["LeaseChanges", "LeaseManager"]
 
 log = logging.getLogger(__name__)
-
-# KEYS: lease keys; ARGV[1]: worker id, ARGV[2]: ttl ms. Returns 1/0 per key (renewed or not).
-_RENEW = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('PEXPIRE', key, ARGV[2])
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-"""
-
-# KEYS: lease keys; ARGV[1]: worker id. Deletes only the keys this worker holds.
-_RELEASE = """
-local n = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
-    redis.call('DEL', key)
-    n = n + 1
-  end
-end
-return n
-"""
-
-_MARGIN = 0.1  # fraction of the ttl kept as safety margin in valid()
 
 
 @dataclass
