@@ -15,10 +15,19 @@ The control law (grid power, + = import, :mod:`protocols.units`)::
   corrects the aggregate bias: sites lagging or missing their setpoint (hard limits, a
   battery at its SoC window), the devices' ramps, power of sites the allocation does not
   control. A target step is carried by the feed-forward alone; it resets nothing.
-* **Feedback** on the error measured against the *previous* cycle's target
-  (``target_{k-1} - measured_k``): the measured power at cycle k answers the command of cycle
-  k-1, so comparing it with the new target would read a target step as a tracking error and
-  kick the command (derivative-kick's cousin). A steady target sees the plain error.
+* **Feedback** on the error measured against the target of ``latency_cycles`` ago, as far
+  as the pool could reach it then (``clamp(target_{k-L}) - measured_k``, L = 1 by default):
+  the measured power at cycle k answers the command of cycle k-L, so comparing it with the
+  new target would read a target step (or a range that just opened up) as a tracking error
+  and kick the command, and with a pool that reports late the kick comes back as an
+  overshoot. A steady, reachable target sees the plain error. The first cycle of a fresh
+  state has nothing to compare with and is feed-forward only.
+  The P term acts on the part of that error which the pool's present motion will not close
+  within the latency (``error - latency * progress per cycle``, never past zero): a pool
+  ramping towards the target is left to ramp (pushing it does not make devices ramp faster,
+  and with a late measurement it carries the pool past the target), and a pool that stopped
+  short gets the full push. P is thus damped by the measured trend (derivative on the
+  measurement, limited so that it never brakes a pool before it reaches the target).
 * **Modest gains** (``kp = 0.5``, ``ki = 0.1 /s``; at a 2 s cycle the integral takes 20 % of
   a persistent error per cycle): the loop sees the pool one cycle late (telemetry every 2 s,
   aggregated by the workers) through the sites' own 1 s loops. ``kp = 0.5`` makes a lagging
@@ -72,7 +81,12 @@ class ControllerConfig:
     moved towards the target in the last cycle by more than this fraction of the remaining
     error (and more than the deadband) is a plant still ramping; its error is not integrated.
     2 % tells a ramp taking up to ~50 cycles from the creep of a plant settling on a bias
-    (whose motion decays geometrically below 2 % within a few cycles).
+    (whose motion decays geometrically below 2 % within a few cycles). ``latency_cycles``:
+    after how many cycles a command shows in the measured pool power (dispatch to the
+    workers, to the edges, the devices, telemetry back, aggregation); the feedback compares
+    the measurement with the target of that many cycles ago. 1 means "by the next cycle".
+    Too small makes the loop kick against a step the pool is still reporting; too large
+    delays the correction of a lagging pool. Measure it (aggregates carry source times).
     """
 
     kp: float = 0.5
@@ -82,6 +96,7 @@ class ControllerConfig:
     deadband_w: float = 0.0
     max_gap_s: float | None = None
     moving_fraction: float = 0.02
+    latency_cycles: int = 1
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.kp) and self.kp >= 0):
@@ -97,6 +112,8 @@ class ControllerConfig:
             raise ValueError(f"rate_limit_w_per_s must be positive or None, got {rate}")
         if self.max_gap_s is not None and not (self.max_gap_s >= self.cycle_s):
             raise ValueError(f"max_gap_s must be at least cycle_s, got {self.max_gap_s}")
+        if not (isinstance(self.latency_cycles, int) and 1 <= self.latency_cycles <= 10):
+            raise ValueError(f"latency_cycles must be 1..10, got {self.latency_cycles}")
         if not (0.0 <= self.moving_fraction < 1.0):
             raise ValueError(f"moving_fraction must be in [0, 1), got {self.moving_fraction}")
 
@@ -110,11 +127,14 @@ class ControllerState:
     """What the loop carries from one cycle to the next; JSON-able for a standby's take-over.
 
     ``integral_w``: the integral term (W). ``output_w``: last command (None before the first
-    cycle: no rate limit applies then). ``target_w`` and ``measured_w``: last cycle's inputs
-    (feedback compares this cycle's measurement with last cycle's target; the integral
-    watches whether the measurement still moves). ``ts``: last cycle's time (Unix s).
+    cycle: no rate limit applies then). ``target_w``: last cycle's target as far as the pool
+    could reach it (clamped into the range and the rate limit's window; feedback compares a
+    later measurement with it, so a range that opens up is not mistaken for an error).
+    ``measured_w``: last cycle's measurement (the loop watches whether it still moves).
+    ``ts``: last cycle's time (Unix s).
     ``integral_step_w``: last cycle's change of the integral (the plant's answer to it is not
-    mistaken for a ramp still in progress).
+    mistaken for a ramp still in progress). ``earlier_targets_w``: targets of the cycles
+    before the last one, oldest first, as many as the latency needs.
     """
 
     integral_w: float = 0.0
@@ -123,6 +143,7 @@ class ControllerState:
     measured_w: float | None = None
     ts: float | None = None
     integral_step_w: float = 0.0
+    earlier_targets_w: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -133,6 +154,7 @@ class ControllerState:
             "measured_w": self.measured_w,
             "ts": self.ts,
             "integral_step_w": self.integral_step_w,
+            "earlier_targets_w": list(self.earlier_targets_w),
         }
 
     @classmethod
@@ -154,6 +176,16 @@ class ControllerState:
                 raise ValueError(f"controller state {key} must be finite, got {value!r}")
             return float(value)
 
+        earlier = data.get("earlier_targets_w") or []
+        if not isinstance(earlier, list | tuple) or len(earlier) > 10:
+            raise ValueError(
+                f"controller state earlier_targets_w must be a short list: {earlier!r}"
+            )
+        for value in earlier:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"controller state earlier_targets_w holds {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"controller state earlier_targets_w holds {value!r}")
         integral = num("integral_w", optional=False)
         assert integral is not None
         return cls(
@@ -163,6 +195,7 @@ class ControllerState:
             measured_w=num("measured_w", optional=True),
             ts=num("ts", optional=True),
             integral_step_w=num("integral_step_w", optional=True) or 0.0,
+            earlier_targets_w=tuple(float(v) for v in earlier),
         )
 
 
@@ -216,24 +249,37 @@ def step(
     dt = min(max(gap, 0.0), config.gap_limit_s)
 
     error = target_w - measured_w
-    reference = target_w if state.target_w is None else state.target_w
-    fb_error = reference - measured_w  # what the last command should have achieved by now
+    # What the measurement answers: the reachable target of latency_cycles ago (the oldest
+    # one known after a start). The very first cycle has nothing to compare: feed-forward only.
+    known = state.earlier_targets_w + (() if state.target_w is None else (state.target_w,))
+    lag = config.latency_cycles
+    reference = measured_w if not known else known[max(len(known) - lag, 0)]
+    fb_error = reference - measured_w
     if abs(fb_error) <= config.deadband_w:
         fb_error = 0.0
 
     feed_forward = target_w - uncontrolled_w
-    proportional = config.kp * fb_error
     integral = state.integral_w
 
-    # Is the plant still closing the gap on its own (devices ramping)? Then the error is a
-    # transient, not bias: do not integrate it.
-    approaching = False
+    # How fast is the measurement moving towards the reference (W per cycle)?
+    progress = 0.0
     if state.measured_w is not None and fb_error != 0.0:
         progress = (measured_w - state.measured_w) * math.copysign(1.0, fb_error)
-        # Motion up to the integral's own last step is the plant answering the loop itself.
-        own = state.integral_step_w * math.copysign(1.0, fb_error)
-        threshold = max(config.deadband_w, config.moving_fraction * abs(fb_error), own)
-        approaching = progress > threshold
+
+    # P acts on the error the plant's present motion will not close before this command shows
+    # (latency_cycles more cycles of the same motion): pushing a pool that is ramping anyway
+    # does not speed it up, and with a late measurement it would carry the pool past target.
+    residual = fb_error
+    if progress > 0.0:
+        residual = math.copysign(max(abs(fb_error) - lag * progress, 0.0), fb_error)
+    proportional = config.kp * residual
+
+    # Is the plant still closing the gap on its own (devices ramping)? Then the error is a
+    # transient, not bias: do not integrate it. Motion up to the integral's own last step is
+    # the plant answering the loop itself and does not count.
+    own = state.integral_step_w * math.copysign(1.0, fb_error)
+    threshold = max(config.deadband_w, config.moving_fraction * abs(fb_error), own)
+    approaching = progress > threshold
 
     def shape(integral_w: float) -> tuple[float, float]:
         """(unlimited, limited) command for an integral value."""
@@ -263,14 +309,23 @@ def step(
     elif raw < command:
         saturated = "low"
 
-    shortfall = feed_forward - min(max(feed_forward, lo_w), hi_w)
+    reachable = min(max(feed_forward, lo_w), hi_w)
+    shortfall = feed_forward - reachable
+    # What the pool was allowed to aim for this cycle: the reachable target, held to the rate
+    # limit's window too; a later measurement is compared with this.
+    aimed = reachable
+    if config.rate_limit_w_per_s is not None and state.output_w is not None:
+        max_move = config.rate_limit_w_per_s * dt
+        aimed = min(max(aimed, state.output_w - max_move), state.output_w + max_move)
+        aimed = min(max(aimed, lo_w), hi_w)
     new_state = ControllerState(
         integral_w=integral,
         output_w=command,
-        target_w=target_w,
+        target_w=aimed + uncontrolled_w,
         measured_w=measured_w,
         ts=now,
         integral_step_w=integral - state.integral_w,
+        earlier_targets_w=known[len(known) - (lag - 1) :] if lag > 1 else (),
     )
     return StepResult(
         state=new_state,
