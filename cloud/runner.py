@@ -5,7 +5,7 @@ Roles:
 * ``worker`` - a partition worker: takes leases on its share of the partitions, ingests their
   telemetry, writes aggregates to Redis. Run several (one per core, per machine) to scale.
 * ``api`` - the trader API (uvicorn), plus the registry -> Redis site-pool sync.
-* ``dispatcher`` - the pool dispatcher (closed loop; issue 6).
+* ``dispatcher`` - the pool dispatcher (closed loop); run two for a standby: one leads.
 
 ``all`` (the default) runs every role available in one process: the demo and a small
 installation. Settings come from flags, ``VPP_*`` environment variables or a TOML file.
@@ -25,6 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from cloud.api.app import ApiServer, create_app
+from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.ingest.worker import PartitionWorker
 from cloud.registry import Registry
 from cloud.sync import sync_site_pools
@@ -35,7 +36,7 @@ __all__ = ["ROLES", "CloudSettings", "load_settings", "run_cloud"]
 
 log = logging.getLogger("cloud.runner")
 
-ROLES = ("worker", "api")
+ROLES = ("worker", "api", "dispatcher")
 SYNC_EVERY_S = 5.0
 
 
@@ -51,6 +52,7 @@ class CloudSettings:
     stale_intervals: float = 3.0
     offline_after_s: float = 120.0
     lease_ttl_s: float = 6.0
+    dispatch_cycle_s: float = 2.0
 
 
 def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings:
@@ -105,8 +107,10 @@ async def run_cloud(
     closers: list[Any] = []
     registry: Registry | None = None
     try:
-        if "api" in roles:
+        if "api" in roles or "dispatcher" in roles:
             registry = Registry(settings.db, clock)  # applies pending migrations
+        if "api" in roles:
+            assert registry is not None
             tasks.append(asyncio.create_task(_sync_loop(registry, settings.redis_url, stop)))
             server = ApiServer(create_app(registry, settings.redis_url, clock),
                                settings.api_host, settings.api_port)  # fmt: skip
@@ -127,6 +131,19 @@ async def run_cloud(
             await worker.start()
             tasks.append(asyncio.create_task(worker.run(), name="worker"))
             closers.append(worker.stop)
+        if "dispatcher" in roles:
+            assert registry is not None
+            dispatcher = PoolDispatcher(
+                mqtt_url=settings.mqtt_url,
+                redis_url=settings.redis_url,
+                registry=registry,
+                clock=clock,
+                partition_count=settings.partitions,
+                cycle_s=settings.dispatch_cycle_s,
+            )
+            await dispatcher.start()
+            tasks.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))
+            closers.append(dispatcher.stop)
         if ready is not None:
             ready.set()
         await stop.wait()

@@ -158,7 +158,7 @@ def keys_revoke(
 @app.command()
 def run(
     role: Annotated[
-        str, typer.Option(help="all (default), or one role per process: worker | api.")
+        str, typer.Option(help="all (default), or one role per process: worker | api | dispatcher.")
     ] = "all",
     mqtt_url: Annotated[str | None, typer.Option(envvar="VPP_MQTT_URL", help="Broker.")] = None,
     redis_url: Annotated[str | None, typer.Option(envvar="VPP_REDIS_URL", help="Redis.")] = None,

@@ -1,0 +1,343 @@
+"""The pool dispatcher: the closed loop that makes a pool deliver what the trader asked for.
+
+One dispatcher leads (:class:`cloud.locks.LeaderLock`); standbys run the same loop but act
+only once they hold the lock. Every cycle (default 2 s) the leader, for each pool:
+
+1. takes the target: a valid real-time setpoint first, else the schedule interval in force
+   (``delta`` targets are relative to the pool's baseline);
+2. reads the pool's partition aggregates (fresh ones only: a dead worker's partition drops
+   out and the others take its share);
+3. runs the PI controller (:mod:`cloud.dispatch.controller`): feed-forward of the target
+   plus feedback on the measured error, within the pool's range;
+4. splits the command across partitions (:mod:`cloud.dispatch.allocation`) and publishes
+   one :class:`~protocols.messages.PartitionSignal` per partition, scoped to the pool: every
+   site applies the level to its own range, so the message count grows with partitions,
+   not sites;
+5. records the cycle (target, measured, error, shortfall) for the API and, at the end of each
+   schedule interval, the interval's energy accounting.
+
+The controller state is written to Redis every cycle, so a standby that takes over
+continues from it without a jump in the output. Sites learn their pool from a retained
+config message the leader publishes whenever the registry's site map changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import redis.asyncio as aioredis
+
+from cloud.dispatch.allocation import allocate
+from cloud.dispatch.controller import ControllerConfig, ControllerState, step
+from cloud.hotstate import PartitionAggregate, agg_key, agg_parts_key
+from cloud.locks import LeaderLock
+from cloud.registry import Registry
+from protocols.clock import Clock
+from protocols.messages import Config, PartitionSignal, encode
+from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
+from protocols.topics import partition_topic, site_topic
+
+__all__ = ["LEADER_KEY", "PoolDispatcher", "delivery_key", "state_key"]
+
+log = logging.getLogger("cloud.dispatch")
+
+LEADER_KEY = "vpp:leader:dispatcher"
+SIGNAL_SEQ_KEY = "vpp:dispatch:signal-seq"
+CONFIG_REV_KEY = "vpp:dispatch:site-config-rev"
+
+
+def state_key(pool_id: str) -> str:
+    return f"vpp:dispatch:{pool_id}:state"
+
+
+def delivery_key(pool_id: str) -> str:
+    return f"vpp:dispatch:{pool_id}:delivery"
+
+
+@dataclass
+class _Interval:
+    """Energy accounting of one schedule interval in progress."""
+
+    schedule_id: str | None
+    start_ts: float
+    end_ts: float
+    target_wh: float = 0.0
+    delivered_wh: float = 0.0
+    errors_w: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    value_w: float  # absolute pool grid power wanted now
+    source: str  # "setpoint" | "schedule"
+    schedule_id: str | None = None
+    interval_start_ts: float | None = None
+    interval_end_ts: float | None = None
+
+
+class PoolDispatcher:
+    """Runs the closed loop for every pool of the registry (when it leads)."""
+
+    def __init__(
+        self,
+        *,
+        mqtt_url: str,
+        redis_url: str,
+        registry: Registry,
+        clock: Clock,
+        partition_count: int = DEFAULT_PARTITION_COUNT,
+        cycle_s: float = 2.0,
+        dispatcher_id: str | None = None,
+        lock_ttl_s: float = 6.0,
+        signal_validity_cycles: float = 3.0,
+        max_aggregate_age_s: float | None = None,
+        controller: ControllerConfig | None = None,
+    ) -> None:
+        if cycle_s < 1.0:
+            raise ValueError(f"cycle_s must be at least 1 s, got {cycle_s}")
+        self.mqtt_url, self.redis_url = mqtt_url, redis_url
+        self.registry, self.clock = registry, clock
+        self.partition_count = partition_count
+        self.cycle_s = cycle_s
+        self.id = dispatcher_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self.lock_ttl_s = lock_ttl_s
+        self.validity_s = signal_validity_cycles * cycle_s
+        self.max_age_s = max_aggregate_age_s or 3 * cycle_s
+        self.config = controller or ControllerConfig(cycle_s=cycle_s)
+        self.redis: aioredis.Redis | None = None
+        self.lock: LeaderLock | None = None
+        self._mqtt: mqtt.Client | None = None
+        self._stop = asyncio.Event()
+        self._states: dict[str, ControllerState] = {}
+        self._intervals: dict[str, _Interval] = {}
+        self._published_rev: int | None = None
+        self.stats: dict[str, int] = {"cycles": 0, "led_cycles": 0, "signals": 0, "errors": 0,
+                                      "no_data": 0, "configs_published": 0}  # fmt: skip
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.redis = aioredis.Redis.from_url(self.redis_url)
+        self.lock = LeaderLock(self.redis, LEADER_KEY, self.id, self.clock, self.lock_ttl_s)
+        host, port = self.mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"vpp-dispatch-{self.id}",
+                             protocol=mqtt.MQTTv5)  # fmt: skip
+        client.reconnect_delay_set(0.2, 5.0)
+        client.connect_async(host, int(port))
+        client.loop_start()  # a few publishes per cycle: paho's own thread is plenty
+        self._mqtt = client
+
+    async def run(self) -> None:
+        next_cycle = self.clock.time()
+        while not self._stop.is_set():
+            delay = (next_cycle - self.clock.time()) / self.clock.speed
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                if self._stop.is_set():
+                    break
+            try:
+                await self.cycle()
+            except Exception:  # a bad record or a Redis hiccup must not end dispatching
+                self.stats["errors"] += 1
+                log.exception("dispatcher %s: cycle failed", self.id)
+            next_cycle += self.cycle_s
+            if self.clock.time() > next_cycle + self.cycle_s:
+                next_cycle = self.clock.time()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self.lock is not None:
+            await self.lock.release()
+        if self._mqtt is not None:
+            self._mqtt.loop_stop()
+            self._mqtt.disconnect()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    # --- one cycle ----------------------------------------------------------------------------
+
+    async def cycle(self) -> None:
+        assert self.lock is not None
+        self.stats["cycles"] += 1
+        if not await self.lock.tick():
+            self._states.clear()  # a standby re-reads the leader's state when it takes over
+            return
+        self.stats["led_cycles"] += 1
+        await self._publish_site_configs()
+        now = self.clock.time()
+        pools = await asyncio.to_thread(self.registry.list_pools)
+        for pool in pools:
+            if not self.lock.valid():
+                return
+            await self._cycle_pool(pool.pool_id, now)
+
+    async def _partitions(self, pool_id: str, now: float) -> list[PartitionAggregate]:
+        assert self.redis is not None
+        parts = sorted(int(p) for p in await self.redis.smembers(agg_parts_key(pool_id)))
+        if not parts:
+            return []
+        values = await self.redis.mget([agg_key(pool_id, p) for p in parts])
+        aggs = [PartitionAggregate.from_json(v) for v in values if v]
+        return [a for a in aggs if now - a.ts <= self.max_age_s]
+
+    def _target(self, pool_id: str, now: float, baseline_w: float) -> Target | None:
+        activation = self.registry.active_activation(pool_id, now)
+        if activation is not None:
+            value = activation.target_w + (baseline_w if activation.kind == "delta" else 0.0)
+            return Target(value, "setpoint")
+        target = self.registry.target_at(pool_id, now)
+        if target is None:
+            return None
+        value = target.value_w + (baseline_w if target.kind == "delta" else 0.0)
+        return Target(value, "schedule", target.schedule_id, target.start_ts, target.end_ts)
+
+    async def _cycle_pool(self, pool_id: str, now: float) -> None:
+        assert self.redis is not None
+        parts = await self._partitions(pool_id, now)
+        if not parts:
+            self.stats["no_data"] += 1
+            return
+        baseline = np.array([a.baseline_w for a in parts])
+        measured_w = float(sum(a.measured_w for a in parts))
+        target = await asyncio.to_thread(self._target, pool_id, now, float(baseline.sum()))
+        self._account(pool_id, now, target, measured_w)
+        if target is None:
+            # Nothing to follow: send nothing; the sites' last signals expire by themselves.
+            if pool_id in self._states:
+                del self._states[pool_id]
+                await self.redis.delete(state_key(pool_id))
+            return
+        state = self._states.get(pool_id) or await self._restore(pool_id)
+        p_min = np.array([a.p_min_w for a in parts])
+        p_max = np.array([a.p_max_w for a in parts])
+        result = step(state, self.config, now=now, target_w=target.value_w,
+                      measured_w=measured_w, lo_w=float(p_min.sum()),
+                      hi_w=float(p_max.sum()))  # fmt: skip
+        allocation = allocate(
+            result.command_w,
+            baseline,
+            p_min,
+            p_max,
+            np.array([a.e_absorb_wh for a in parts]),
+            np.array([a.e_deliver_wh for a in parts]),
+            np.array([a.sites_fresh - a.sites_degraded > 0 for a in parts]),
+            weights_up=np.array([a.sustain_absorb_w[0] for a in parts]),
+            weights_down=np.array([a.sustain_deliver_w[0] for a in parts]),
+        )
+        await self._publish_signals(pool_id, now, [a.partition for a in parts], allocation.levels)
+        self._states[pool_id] = result.state
+        delivery = {"ts": now, "source": target.source, "schedule_id": target.schedule_id,
+                    "target_w": target.value_w, "command_w": result.command_w,
+                    "measured_w": measured_w, "error_w": result.error_w,
+                    "shortfall_w": result.shortfall_w, "saturated": result.saturated,
+                    "dispatcher": self.id}  # fmt: skip
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(state_key(pool_id), json.dumps(result.state.to_dict()))
+            pipe.set(delivery_key(pool_id), json.dumps(delivery))
+            await pipe.execute()
+        await asyncio.to_thread(self.registry.record_cycle, pool_id, now, target.value_w,
+                                measured_w, result.error_w, target.schedule_id)  # fmt: skip
+        if result.shortfall_w:
+            log.warning("pool=%s shortfall %.0f W: the pool cannot reach %.0f W", pool_id,
+                        result.shortfall_w, target.value_w)  # fmt: skip
+
+    async def _restore(self, pool_id: str) -> ControllerState:
+        """Continue from the last leader's state (bumpless take-over), or start fresh."""
+        assert self.redis is not None
+        saved = await self.redis.get(state_key(pool_id))
+        if saved:
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                return ControllerState.from_dict(json.loads(saved))
+        return ControllerState()
+
+    async def _publish_signals(
+        self, pool_id: str, now: float, partitions: list[int], levels: np.ndarray
+    ) -> None:
+        assert self.redis is not None
+        assert self._mqtt is not None
+        seq = int(await self.redis.incrby(SIGNAL_SEQ_KEY, len(partitions)))
+        first = seq - len(partitions) + 1
+        for i, (partition, level) in enumerate(zip(partitions, levels, strict=True)):
+            message = PartitionSignal(
+                partition=partition,
+                signal_id=f"{pool_id}-{first + i}",
+                seq=first + i,
+                issued_ts=now,
+                valid_until=now + self.validity_s,
+                level=float(np.clip(level, -1.0, 1.0)),
+                pool_id=pool_id,
+            )
+            self._mqtt.publish(partition_topic(partition), encode(message), qos=1)
+            self.stats["signals"] += 1
+
+    async def _publish_site_configs(self) -> None:
+        """Tell every site its pool (retained config) when the registry's site map changed."""
+        assert self.redis is not None
+        assert self._mqtt is not None
+        rev = await asyncio.to_thread(self.registry.site_pools_rev)
+        if rev == self._published_rev:
+            return
+        # Config revs must only grow, also across leaders: one counter in Redis.
+        config_rev = int(await self.redis.incr(CONFIG_REV_KEY))
+        mapping = await asyncio.to_thread(self.registry.site_pools)
+        now = self.clock.time()
+        for site_id, pool_id in mapping.items():
+            message = Config(site_id=site_id, rev=config_rev, ts=now, pool_id=pool_id)
+            topic = site_topic(partition_of(site_id, self.partition_count), site_id, "config")
+            self._mqtt.publish(topic, encode(message), qos=1, retain=True)
+        self._published_rev = rev
+        self.stats["configs_published"] += len(mapping)
+        log.info("dispatcher %s: site configs published (rev %d, %d sites)", self.id,
+                 config_rev, len(mapping))  # fmt: skip
+
+    # --- performance accounting ---------------------------------------------------------------
+
+    def _account(self, pool_id: str, now: float, target: Target | None, measured_w: float) -> None:
+        """Integrate target and delivered energy per schedule interval; write it at its end."""
+        current = self._intervals.get(pool_id)
+        if current is not None and (now >= current.end_ts or target is None
+                                    or target.interval_start_ts != current.start_ts):  # fmt: skip
+            self._close_interval(pool_id, current)
+            current = None
+            del self._intervals[pool_id]
+        if target is None or target.source != "schedule" or target.interval_start_ts is None:
+            return
+        if current is None:
+            assert target.interval_end_ts is not None
+            current = _Interval(
+                target.schedule_id, target.interval_start_ts, target.interval_end_ts
+            )
+            self._intervals[pool_id] = current
+        hours = self.cycle_s / 3600.0
+        current.target_wh += target.value_w * hours
+        current.delivered_wh += measured_w * hours
+        current.errors_w.append(target.value_w - measured_w)
+
+    def _close_interval(self, pool_id: str, interval: _Interval) -> None:
+        if not interval.errors_w:
+            return
+        errors = np.array(interval.errors_w)
+        self.registry.record_interval(
+            pool_id,
+            interval.schedule_id,
+            interval.start_ts,
+            interval.end_ts - interval.start_ts,
+            interval.target_wh,
+            interval.delivered_wh,
+            float(np.sqrt(np.mean(errors**2))),
+            float(np.max(np.abs(errors))),
+            interval.delivered_wh - interval.target_wh,
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {"id": self.id, "leader": bool(self.lock and self.lock.valid()), **self.stats}
