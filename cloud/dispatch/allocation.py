@@ -28,21 +28,23 @@ How the split works
    ``headroom * clip(energy / (headroom * horizon_h), 0, 1)``: the power the unit can hold for
    the whole horizon. Each unit gets ``f * w`` for one common factor ``f``. Why this weight:
 
-   * units with energy to spare for the horizon have ``w = headroom``: they all run at the
-     same level (the same fraction of their range), which is fair and what a partition-wide
-     activation level would do anyway;
    * units that would run out within the horizon get power in proportion to their energy, so
      they all run out at the same moment (equal time-to-empty): the unit with more energy left
      works harder, and the energies left, hence the SoCs, converge instead of drifting apart;
-   * it equals the per-site ``sustain_*_w[0]`` that partition aggregates already sum (for
-     ``horizon_s = DURATIONS_S[0]``), so the dispatcher can pass those sums as weights
-     (``weights=``), and then an uncapped two-level split gives every site exactly what a
-     flat split over all sites would.
+   * units with energy to spare for the horizon have ``w = headroom``: they run at the same
+     level (fraction of their range), as a partition-wide activation level would; an
+     unbounded resource (PV curtailment, ``inf`` Wh) is simply a unit with energy to spare;
+   * summed over a partition's sites it is the aggregates' ``sustain_*_w[d]`` for
+     ``horizon_s = DURATIONS_S[d]``, so the dispatcher passes those sums as weights
+     (``weights_up=`` / ``weights_down=``), and an uncapped two-level split then gives every
+     site exactly what a flat split over all sites would.
 
-   A full water-filling that equalises time-to-empty for *every* unit was the alternative; it
-   sends a small command only to the units with the most energy, running them at a high level
-   while others idle, and makes an unbounded energy (PV curtailment) swallow everything first.
-   The capped weight keeps the split spread out and still balances the units that matter.
+   The default horizon is the longest the aggregates report, 4 h: a home battery holds its
+   full power for 1-3 h, so with 15 min nearly every battery would have "energy to spare",
+   all would run at the same level and nothing would pull their SoCs together. Over 4 h
+   they are energy-limited and share by energy left, while their range still caps each one.
+   A pure water-filling on time-to-empty (no cap by horizon) was the alternative; it would
+   put an unbounded resource first in line for everything and spread nothing by range.
 4. Water-filling: a unit cannot take more than its headroom. ``f`` is solved exactly (sort the
    units by the ``f`` at which each caps, one cumulative sum, one search), so what capped units
    cannot take goes to the others in proportion to their weights; no iteration count to tune,
@@ -59,15 +61,18 @@ the sums: the command is what the *available* units together should draw.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from cloud.hotstate import DURATIONS_S
+
 __all__ = ["DEFAULT_HORIZON_S", "Allocation", "allocate", "water_fill"]
 
-#: Horizon of the energy weighting: the shortest duration the aggregates report (15 min).
-DEFAULT_HORIZON_S = 900.0
+#: Horizon of the energy weighting: the longest duration the aggregates report (4 h).
+DEFAULT_HORIZON_S = float(DURATIONS_S[-1])
 
 FloatArray = NDArray[np.float64]
 
@@ -96,13 +101,19 @@ def water_fill(amount: float, caps: FloatArray, weights: FloatArray) -> FloatArr
 
     ``caps`` and ``weights`` are >= 0. Units with weight 0 take part only if the weighted ones
     are all capped; they then share the rest in proportion to their caps. If ``amount``
-    exceeds ``sum(caps)`` every unit is at its cap (the caller reports the excess).
+    exceeds ``sum(caps)`` every unit is at its cap (the caller reports the excess). Weights
+    must be finite.
     """
     x = np.zeros_like(caps)
     if amount <= 0.0 or caps.size == 0:
         return x
-    weighted = (weights > 0.0) & (caps > 0.0)
-    w = weights[weighted]
+    # Weights are relative: scale to the largest, and a weight below 1e-12 of it counts as
+    # none (it would only overflow the factor).
+    top = float(weights.max())
+    if not (top > 0.0 and math.isfinite(top)):
+        top = 1.0
+    weighted = (weights > 1e-12 * top) & (caps > 0.0)
+    w = weights[weighted] / top
     c = caps[weighted]
     cap_weighted = float(c.sum())
     if w.size:
@@ -198,9 +209,15 @@ def allocate(
     moved = water_fill(amount, headroom, weights)
     sign = 1.0 if up else -1.0
     targets = np.where(avail, neutral + sign * moved, base)
+    # Levels as the edge reads them, against its own baseline (-1 -> p_min, 0 -> baseline,
+    # +1 -> p_max): for a baseline inside the range this is the fraction of the headroom used.
+    step = np.where(avail, targets - base, 0.0)
+    span = np.where(step >= 0.0, hi - base, base - lo)
     with np.errstate(divide="ignore", invalid="ignore"):
-        levels = np.where(headroom > 0.0, sign * moved / headroom, 0.0)
+        levels = np.where(avail & (span > 0.0), step / span, 0.0)
     levels = np.clip(levels, -1.0, 1.0)
     shortfall = sign * (abs(delta) - amount)
+    if abs(shortfall) <= 1e-6 + 1e-12 * abs(float(command_w)):
+        shortfall = 0.0  # summation rounding, not a shortfall
     achieved = float(targets[avail].sum())
     return Allocation(targets_w=targets, levels=levels, achieved_w=achieved, shortfall_w=shortfall)
