@@ -754,12 +754,30 @@ class Registry:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """The writer connection inside one transaction, under :attr:`lock`."""
+        """The writer connection inside one transaction, under :attr:`lock`.
+
+        The transaction starts with ``BEGIN IMMEDIATE``: it takes SQLite's write lock before
+        the first read, so another *process* writing the same file (the API and the
+        dispatcher are separate roles) makes it wait up to the busy timeout. A deferred
+        ``BEGIN`` that reads first and then writes would instead fail at once with "database
+        is locked" whenever the other process committed in between (WAL cannot upgrade a
+        stale read snapshot, and SQLite does not wait for that).
+        """
         with self.lock:
             if self._closed:
                 raise sqlite3.ProgrammingError("registry is closed")
-            with self._db.atomic():
-                yield self._wconn
+            conn = self._wconn
+            if conn.in_transaction:  # nested: a savepoint inside the outer transaction
+                with self._db.atomic():
+                    yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
 
     @staticmethod
     def _require_pool(conn: sqlite3.Connection, pool_id: str) -> None:

@@ -629,3 +629,49 @@ def test_many_threads_read_and_write_at_once(reg, clock):
     # supersession stayed consistent: every schedule but the newest-posted ones is cut
     # at or before the start of some later one
     assert sum(s.superseded_from_ts is None for s in schedules) >= 1
+
+
+def test_two_processes_writing_the_same_registry_wait_for_each_other(tmp_path):
+    """The API and the dispatcher run as separate roles on one file. A write transaction that
+    reads first (e.g. "does the pool exist?") while the other process commits must wait for
+    it, never fail with "database is locked" (WAL cannot upgrade a stale read snapshot)."""
+    import threading
+    import time
+
+    from protocols.clock import WallClock
+
+    path = tmp_path / "shared.sqlite"
+    api_side, dispatcher_side = Registry(path, WallClock()), Registry(path, WallClock())
+    api_side.create_pool("north")
+    has_read, errors = threading.Event(), []
+
+    def api_write() -> None:
+        try:
+            with api_side._write() as conn:  # the shape of add_activation: read, then write
+                conn.execute("SELECT 1 FROM pools WHERE pool_id = 'north'").fetchone()
+                has_read.set()
+                time.sleep(0.3)  # the other process tries to commit meanwhile
+                conn.execute(
+                    "INSERT INTO activations (activation_id, pool_id, target_w, kind,"
+                    " created_ts, valid_until) VALUES ('a1', 'north', -1, 'delta', 1, 2)"
+                )
+        except sqlite3.OperationalError as exc:
+            errors.append(exc)
+
+    def dispatcher_write() -> None:
+        has_read.wait(5)
+        try:
+            dispatcher_side.record_cycle("north", 1.7e9, -1000.0, -990.0, -10.0)
+        except sqlite3.OperationalError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=api_write), threading.Thread(target=dispatcher_write)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert api_side.active_activation("north", 1.5) is not None
+    assert len(api_side.cycles("north", 1.7e9 - 1, 1.7e9 + 1)) == 1
+    api_side.close()
+    dispatcher_side.close()
