@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import socket
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,8 +121,10 @@ class PoolDispatcher:
         self._states: dict[str, ControllerState] = {}
         self._intervals: dict[str, _Interval] = {}
         self._published_rev: int | None = None
-        self.stats: dict[str, int] = {"cycles": 0, "led_cycles": 0, "signals": 0, "errors": 0,
-                                      "no_data": 0, "configs_published": 0}  # fmt: skip
+        self._connected = threading.Event()  # set by paho's thread, read by the loop
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("cycles", "led_cycles", "signals", "signals_unsent", "errors", "no_data",
+             "configs_published"), 0)  # fmt: skip
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -132,9 +135,21 @@ class PoolDispatcher:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"vpp-dispatch-{self.id}",
                              protocol=mqtt.MQTTv5)  # fmt: skip
         client.reconnect_delay_set(0.2, 5.0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
         client.connect_async(host, int(port))
         client.loop_start()  # a few publishes per cycle: paho's own thread is plenty
         self._mqtt = client
+        # Not fatal if the broker is down: cycles skip publishing until it is back.
+        await asyncio.to_thread(self._connected.wait, 10.0)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not reason.is_failure:
+            self._published_rev = None  # (re)publish the retained site configs
+            self._connected.set()
+
+    def _on_disconnect(self, *args: Any) -> None:
+        self._connected.clear()
 
     async def run(self) -> None:
         next_cycle = self.clock.time()
@@ -231,8 +246,9 @@ class PoolDispatcher:
             np.array([a.e_absorb_wh for a in parts]),
             np.array([a.e_deliver_wh for a in parts]),
             np.array([a.sites_fresh - a.sites_degraded > 0 for a in parts]),
-            weights_up=np.array([a.sustain_absorb_w[0] for a in parts]),
-            weights_down=np.array([a.sustain_deliver_w[0] for a in parts]),
+            # the allocation weighs by energy over its 4 h horizon: the matching durations
+            weights_up=np.array([a.sustain_absorb_w[-1] for a in parts]),
+            weights_down=np.array([a.sustain_deliver_w[-1] for a in parts]),
         )
         await self._publish_signals(pool_id, now, [a.partition for a in parts], allocation.levels)
         self._states[pool_id] = result.state
@@ -263,6 +279,9 @@ class PoolDispatcher:
     async def _publish_signals(
         self, pool_id: str, now: float, partitions: list[int], levels: np.ndarray
     ) -> None:
+        if not self._connected.is_set():
+            self.stats["signals_unsent"] += len(partitions)
+            return  # the sites' last signals expire and they fall back: safe
         assert self.redis is not None
         assert self._mqtt is not None
         seq = int(await self.redis.incrby(SIGNAL_SEQ_KEY, len(partitions)))
@@ -285,8 +304,8 @@ class PoolDispatcher:
         assert self.redis is not None
         assert self._mqtt is not None
         rev = await asyncio.to_thread(self.registry.site_pools_rev)
-        if rev == self._published_rev:
-            return
+        if rev == self._published_rev or not self._connected.is_set():
+            return  # a message published while disconnected would be lost: try next cycle
         # Config revs must only grow, also across leaders: one counter in Redis.
         config_rev = int(await self.redis.incr(CONFIG_REV_KEY))
         mapping = await asyncio.to_thread(self.registry.site_pools)
