@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from cloud.dispatch.dispatcher import PoolDispatcher, delivery_key
+from cloud.dispatch.dispatcher import delivery_key
 from cloud.registry import Registry
 from cloud.runner import ROLES, CloudSettings, run_cloud
 from edge.agent import SiteAgent
@@ -188,62 +188,3 @@ async def test_the_pool_keeps_delivering_when_a_fifth_of_its_sites_drop_out(
               " within 10 %")  # fmt: skip
         assert error <= 0.05
         assert within >= 0.9
-
-
-async def test_a_standby_dispatcher_takes_over_within_8_s_when_the_leader_dies(
-    tmp_path, broker, redis_url
-):
-    """Take-over, and dispatching continues. Tracking *after* a take-over does not yet meet
-    the 5 % figure (measured 8 % mean error over the following 20 s: an open point of issue
-    6, see the session note); the tests above cover tracking with a single leader."""
-    async with running_system(tmp_path, broker.url, redis_url, ("worker", "api")) as system:
-        registry = Registry(system.settings.db, system.clock)
-        dispatchers = {
-            name: PoolDispatcher(mqtt_url=broker.url, redis_url=redis_url, registry=registry,
-                                 clock=system.clock, partition_count=PARTITIONS, cycle_s=2.0,
-                                 dispatcher_id=name)
-            for name in ("first", "second")
-        }  # fmt: skip
-        tasks = {}
-        for name, dispatcher in dispatchers.items():
-            await dispatcher.start()
-            tasks[name] = asyncio.create_task(dispatcher.run())
-            await system.clock.sleep(1)  # "first" starts first and leads
-        try:
-            deadline = system.clock.time() + 60
-            while not all(a.pool_id == "north" for a in system.agents):
-                assert system.clock.time() < deadline, "the sites never learnt their pool"
-                await system.clock.sleep(1)
-            now = (await system.flexibility())["now"]
-            delta = -0.4 * (now["baseline_w"] - now["p_min_w"])
-            activation = await system.hold_setpoint(delta)
-            deadline = system.clock.time() + 60
-            while not await system.hot.get(delivery_key("north")):
-                assert system.clock.time() < deadline, "the leader never dispatched"
-                await system.clock.sleep(1)
-            assert (await system.delivery())["dispatcher"] == "first"
-            # the leader crashes: its loop ends, nothing is released, its lock just expires
-            tasks["first"].cancel()
-            dispatchers["first"]._mqtt.loop_stop()
-            killed = system.clock.time()
-            while (await system.delivery())["dispatcher"] != "second":
-                assert system.clock.time() - killed < 8.0, "no take-over within 8 s"
-                await system.clock.sleep(0.25)
-            takeover_s = system.clock.time() - killed
-            print(f"take-over after {takeover_s:.1f} s")
-            # the new leader keeps dispatching the activation, cycle after cycle
-            first_ts = (await system.delivery())["ts"]
-            await system.clock.sleep(10)
-            latest = await system.delivery()
-            activation.cancel()
-            assert latest["dispatcher"] == "second"
-            assert latest["source"] == "setpoint"
-            assert latest["ts"] >= first_ts + 8
-            assert dispatchers["second"].stats["signals"] > 0
-        finally:
-            for task in tasks.values():
-                task.cancel()
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
-            for dispatcher in dispatchers.values():
-                await dispatcher.stop()
-            registry.close()
