@@ -148,6 +148,9 @@ class SiteAgent:
         self._hp_normal_w = 0.0
         self.flags: dict[str, bool] = {}
         self.pool_id: str | None = None  # from the cloud's config; scopes partition signals
+        # Partition signals are ordered by (issued_ts, seq): a standby dispatcher whose seq
+        # counter starts lower (e.g. after a Redis restart) must still be obeyed at once.
+        self._last_signal_key: tuple[float, int] = (float("-inf"), -1)
         self.counters: dict[str, int] = {
             "cycles": 0,
             "cycle_slips": 0,
@@ -158,6 +161,7 @@ class SiteAgent:
             "dispatch_rejected": 0,
             "signals": 0,
             "signals_other_pool": 0,
+            "signals_out_of_order": 0,
             "configs": 0,
             "config_ignored": 0,
             "errors": 0,
@@ -183,7 +187,6 @@ class SiteAgent:
         )
         last_seq = self.store.get_state("dispatch_seq")
         self._last_dispatch_seq: int = -1 if last_seq is None else int(last_seq)
-        self._last_signal_seq: int = -1
         self._last_config_rev: int = int(self.store.get_state("config_rev", -1))
         saved = self.store.get_state("config") or {}
         self.flags = dict(saved.get("flags", {}))
@@ -549,9 +552,11 @@ class SiteAgent:
         if message.pool_id is not None and message.pool_id != self.pool_id:
             self.counters["signals_other_pool"] += 1
             return
-        if message.seq <= self._last_signal_seq:
+        key = (message.issued_ts, message.seq)
+        if key <= self._last_signal_key:
+            self.counters["signals_out_of_order"] += 1
             return
-        self._last_signal_seq = message.seq
+        self._last_signal_key = key
         self.counters["signals"] += 1
         current = self.command
         # A per-site dispatch that is still valid and newer wins over a partition level.
