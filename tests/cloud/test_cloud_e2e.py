@@ -83,9 +83,8 @@ async def test_pool_flexibility_is_the_exact_sum_and_stale_sites_drop_out(
     settings = CloudSettings(mqtt_url=mosquitto.url, redis_url=redis_url, db=db, api_port=port,
                              partitions=PARTITIONS, cycle_s=1.0, stale_intervals=3)  # fmt: skip
     stop, ready = asyncio.Event(), asyncio.Event()
-    # the roles this test is about (ingest -> API); with the dispatcher role also running in
-    # this process the same test takes 15x longer: an open finding of issue 6
-    roles = ("worker", "api")
+    # all roles in one process, as `vpp cloud run` starts them by default
+    roles = ("worker", "api", "dispatcher")
     cloud = asyncio.create_task(run_cloud(settings, clock, roles, stop=stop, ready=ready))
     await asyncio.wait_for(ready.wait(), 30)
     publisher = Publisher(mosquitto.url)
