@@ -145,6 +145,9 @@ class PartitionAggregate:
     newest_source_ts: float | None
     sustain_absorb_w: list[float] = field(default_factory=list)
     sustain_deliver_w: list[float] = field(default_factory=list)
+    # Added after v1 of this record (defaults keep older records readable during a rollout):
+    uncontrolled_w: float = 0.0  # measured power of fresh *degraded* sites: no command moves it
+    sites_following: int = 0  # fresh flexible sites whose telemetry says mode "cloud"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -157,7 +160,7 @@ class PartitionAggregate:
 _SUMMED = (
     "sites_total", "sites_fresh", "sites_stale", "sites_offline", "sites_degraded",
     "measured_w", "baseline_w", "p_min_w", "p_max_w", "e_absorb_wh", "e_deliver_wh",
-    "pv_w", "load_w", "battery_w",
+    "pv_w", "load_w", "battery_w", "uncontrolled_w", "sites_following",
 )  # fmt: skip
 
 
@@ -182,6 +185,8 @@ class PoolAggregate:
     pv_w: float = 0.0
     load_w: float = 0.0
     battery_w: float = 0.0
+    uncontrolled_w: float = 0.0
+    sites_following: int = 0
     sustain_absorb_w: tuple[float, ...] = ()
     sustain_deliver_w: tuple[float, ...] = ()
 

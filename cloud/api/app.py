@@ -26,7 +26,7 @@ from fastapi import FastAPI
 
 from cloud.api.context import ApiContext, ApiSettings
 from cloud.api.errors import BodyLimit, MetricsMiddleware, install_error_handlers
-from cloud.api.routes import ops, pools, schedules, setpoint, stream
+from cloud.api.routes import delivery, ops, pools, schedules, setpoint, stream
 from protocols.clock import Clock
 
 __all__ = ["ApiServer", "ApiSettings", "create_app", "serve_api"]
@@ -91,7 +91,7 @@ def create_app(
     install_error_handlers(app, ctx.metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=ctx.metrics)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)  # outermost: counts the 413s
-    for module in (ops, pools, schedules, setpoint, stream):
+    for module in (ops, pools, schedules, setpoint, stream, delivery):
         app.include_router(module.router)
     return app
 

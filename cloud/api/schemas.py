@@ -21,13 +21,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ActivationOut",
+    "AlertOut",
+    "AlertsOut",
+    "CycleOut",
     "DeliveryInterval",
+    "DeliveryOut",
     "DurationFlexOut",
     "ErrorOut",
     "FlexibilityNow",
     "FlexibilityOut",
     "ForecastSlotOut",
     "HealthOut",
+    "PerformanceOut",
     "PoolOut",
     "PoolsOut",
     "ScheduleIn",
@@ -312,6 +317,11 @@ class StreamDelivery(BaseModel):
     )
     measured_w: float
     error_w: float | None = Field(description="measured - target, W.")
+    shortfall_w: float | None = Field(
+        None,
+        description="Part of the target beyond the pool's reach, W (signed like grid power; "
+        "0 when reachable), from the dispatcher's latest cycle; null when it has none.",
+    )
 
 
 class StreamEvent(BaseModel):
@@ -321,3 +331,72 @@ class StreamEvent(BaseModel):
     as_of: str
     now: FlexibilityNow
     delivery: StreamDelivery
+
+
+class AlertOut(BaseModel):
+    """An active operational alert (raised after its condition held for a few cycles)."""
+
+    key: str
+    rule: str = Field(examples=["pool_shortfall"])
+    severity: str = Field(description="`warning` or `critical`.")
+    pool_id: str | None
+    since: str
+    value: float = Field(description="How bad, in the rule's unit (W for a shortfall).")
+    message: str
+
+
+class AlertsOut(BaseModel):
+    pool_id: str
+    alerts: list[AlertOut]
+
+
+class DeliveryOut(BaseModel):
+    """What the dispatcher did in its latest cycle for this pool, and the pool's alerts.
+
+    A shortfall is reported, never hidden: ``shortfall_w`` is the part of the target the
+    pool cannot reach with the flexibility it has now."""
+
+    pool_id: str
+    as_of: str | None = Field(description="Time of the dispatcher's latest cycle; null if none.")
+    active: bool = Field(description="The dispatcher followed a target in its latest cycle.")
+    source: str | None = Field(description="`setpoint` or `schedule`.")
+    target_w: float | None = Field(description="Target grid power, W (absolute).")
+    command_w: float | None = Field(description="What the controller asked of the pool, W.")
+    measured_w: float | None
+    error_w: float | None = Field(description="target - measured, W.")
+    shortfall_w: float | None = Field(description="Target beyond reach, W (0 when reachable).")
+    saturated: str | None = Field(description="`high`/`low` when held at the range's edge.")
+    uncontrolled_w: float | None = Field(
+        description="Measured power no command moves (degraded or unresponsive sites), W."
+    )
+    sites_flexible: int | None
+    sites_following: int | None = Field(
+        description="Sites whose telemetry says they follow the pool's signal (the acks)."
+    )
+    partitions_unresponsive: int | None = Field(
+        description="Partitions left out because none of their sites follow the signals."
+    )
+    dispatcher: str | None = Field(description="Id of the leading dispatcher.")
+    alerts: list[AlertOut]
+
+
+class CycleOut(BaseModel):
+    ts: str
+    target_w: float | None
+    measured_w: float
+    error_w: float | None
+    schedule_id: str | None
+
+
+class PerformanceOut(BaseModel):
+    """The dispatcher's cycles in a time range (target, measured, error), oldest first,
+    with the tracking error summarised over the cycles that had a target."""
+
+    pool_id: str
+    since: str
+    until: str
+    cycles: list[CycleOut]
+    error_rms_w: float | None
+    error_max_w: float | None
+    energy_target_wh: float | None
+    energy_measured_wh: float | None

@@ -37,6 +37,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import redis.asyncio as aioredis
 
+from cloud.alerts import AlertBook, active_alerts, store_transition
 from cloud.dispatch.allocation import allocate
 from cloud.dispatch.controller import ControllerConfig, ControllerState, step
 from cloud.hotstate import PartitionAggregate, agg_key, agg_parts_key
@@ -102,6 +103,8 @@ class PoolDispatcher:
         signal_validity_cycles: float = 3.0,
         max_aggregate_age_s: float | None = None,
         controller: ControllerConfig | None = None,
+        ack_timeout_cycles: int = 4,
+        shortfall_alert_s: float | None = None,
     ) -> None:
         if cycle_s < 1.0:
             raise ValueError(f"cycle_s must be at least 1 s, got {cycle_s}")
@@ -111,7 +114,18 @@ class PoolDispatcher:
         self.cycle_s = cycle_s
         self.id = dispatcher_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.lock_ttl_s = lock_ttl_s
-        self.validity_s = signal_validity_cycles * cycle_s
+        # A signal outlives the leader's lock plus two cycles: when the leader dies, the sites
+        # hold their last level until a standby takes over, instead of dropping to baseline.
+        self.validity_s = max(signal_validity_cycles * cycle_s, lock_ttl_s + 2 * cycle_s)
+        # A partition whose flexible sites do not report following a signal after this many
+        # cycles of signalling is treated as uncontrolled (its range is not counted on).
+        self.ack_timeout_s = ack_timeout_cycles * cycle_s
+        self._signalled_since: dict[tuple[str, int], float] = {}
+        self.alerts = AlertBook(
+            raise_after_s=shortfall_alert_s if shortfall_alert_s is not None else 3 * cycle_s,
+            clear_after_s=5 * cycle_s,
+        )
+        self._alerts_adopted = False
         self.max_age_s = max_aggregate_age_s or 3 * cycle_s
         self.config = controller or ControllerConfig(cycle_s=cycle_s)
         self.redis: aioredis.Redis | None = None
@@ -124,7 +138,8 @@ class PoolDispatcher:
         self._connected = threading.Event()  # set by paho's thread, read by the loop
         self.stats: dict[str, int] = dict.fromkeys(
             ("cycles", "led_cycles", "signals", "signals_unsent", "errors", "no_data",
-             "configs_published"), 0)  # fmt: skip
+             "configs_published", "alerts_raised", "alerts_resolved",
+             "partitions_unresponsive"), 0)  # fmt: skip
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -186,8 +201,14 @@ class PoolDispatcher:
         self.stats["cycles"] += 1
         if not await self.lock.tick():
             self._states.clear()  # a standby re-reads the leader's state when it takes over
+            self._alerts_adopted = False
             return
         self.stats["led_cycles"] += 1
+        if not self._alerts_adopted:
+            assert self.redis is not None
+            self.alerts = AlertBook(self.alerts.raise_after_s, self.alerts.clear_after_s)
+            self.alerts.adopt(await active_alerts(self.redis))
+            self._alerts_adopted = True
         await self._publish_site_configs()
         now = self.clock.time()
         pools = await asyncio.to_thread(self.registry.list_pools)
@@ -216,11 +237,29 @@ class PoolDispatcher:
         value = target.value_w + (baseline_w if target.kind == "delta" else 0.0)
         return Target(value, "schedule", target.schedule_id, target.start_ts, target.end_ts)
 
+    def _responsive(self, pool_id: str, now: float, parts: list[PartitionAggregate]) -> np.ndarray:
+        """Which partitions acknowledge the signals: flexible sites there report following.
+
+        A partition signalled for longer than the ack timeout with none of its flexible
+        sites in mode "cloud" (the signals do not reach them, or they reject them) is left
+        out of the allocation and its power counted as uncontrolled, so the others make up
+        for it instead of the integral slowly discovering the gap.
+        """
+        out = np.ones(len(parts), dtype=bool)
+        for i, a in enumerate(parts):
+            since = self._signalled_since.get((pool_id, a.partition))
+            flexible = a.sites_fresh - a.sites_degraded
+            if (since is not None and now - since > self.ack_timeout_s and flexible > 0
+                    and a.sites_following == 0):  # fmt: skip
+                out[i] = False
+        return out
+
     async def _cycle_pool(self, pool_id: str, now: float) -> None:
         assert self.redis is not None
         parts = await self._partitions(pool_id, now)
         if not parts:
             self.stats["no_data"] += 1
+            await self._alert_shortfall(pool_id, now, None, 0.0)
             return
         baseline = np.array([a.baseline_w for a in parts])
         measured_w = float(sum(a.measured_w for a in parts))
@@ -228,16 +267,29 @@ class PoolDispatcher:
         self._account(pool_id, now, target, measured_w)
         if target is None:
             # Nothing to follow: send nothing; the sites' last signals expire by themselves.
+            for a in parts:
+                self._signalled_since.pop((pool_id, a.partition), None)
             if pool_id in self._states:
                 del self._states[pool_id]
                 await self.redis.delete(state_key(pool_id))
+            await self._alert_shortfall(pool_id, now, None, 0.0)
             return
         state = self._states.get(pool_id) or await self._restore(pool_id)
+        responsive = self._responsive(pool_id, now, parts)
+        unresponsive = int((~responsive).sum())
+        self.stats["partitions_unresponsive"] = unresponsive
         p_min = np.array([a.p_min_w for a in parts])
         p_max = np.array([a.p_max_w for a in parts])
+        # Power no command moves: degraded sites everywhere, and whole partitions that do
+        # not follow their signals.
+        ignored = [a for a, r in zip(parts, responsive, strict=True) if not r]
+        uncontrolled_w = float(sum(a.uncontrolled_w for a in parts)) + float(
+            sum(a.measured_w - a.uncontrolled_w for a in ignored)
+        )
         result = step(state, self.config, now=now, target_w=target.value_w,
-                      measured_w=measured_w, lo_w=float(p_min.sum()),
-                      hi_w=float(p_max.sum()))  # fmt: skip
+                      measured_w=measured_w, lo_w=float(p_min[responsive].sum()),
+                      hi_w=float(p_max[responsive].sum()),
+                      uncontrolled_w=uncontrolled_w)  # fmt: skip
         allocation = allocate(
             result.command_w,
             baseline,
@@ -245,17 +297,22 @@ class PoolDispatcher:
             p_max,
             np.array([a.e_absorb_wh for a in parts]),
             np.array([a.e_deliver_wh for a in parts]),
-            np.array([a.sites_fresh - a.sites_degraded > 0 for a in parts]),
+            np.array([a.sites_fresh - a.sites_degraded > 0 for a in parts]) & responsive,
             # the allocation weighs by energy over its 4 h horizon: the matching durations
             weights_up=np.array([a.sustain_absorb_w[-1] for a in parts]),
             weights_down=np.array([a.sustain_deliver_w[-1] for a in parts]),
         )
         await self._publish_signals(pool_id, now, [a.partition for a in parts], allocation.levels)
         self._states[pool_id] = result.state
+        flexible = sum(a.sites_fresh - a.sites_degraded for a in parts)
         delivery = {"ts": now, "source": target.source, "schedule_id": target.schedule_id,
                     "target_w": target.value_w, "command_w": result.command_w,
                     "measured_w": measured_w, "error_w": result.error_w,
                     "shortfall_w": result.shortfall_w, "saturated": result.saturated,
+                    "uncontrolled_w": uncontrolled_w,
+                    "sites_flexible": flexible,
+                    "sites_following": sum(a.sites_following for a in parts),
+                    "partitions": len(parts), "partitions_unresponsive": unresponsive,
                     "dispatcher": self.id}  # fmt: skip
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(state_key(pool_id), json.dumps(result.state.to_dict()))
@@ -263,9 +320,36 @@ class PoolDispatcher:
             await pipe.execute()
         await asyncio.to_thread(self.registry.record_cycle, pool_id, now, target.value_w,
                                 measured_w, result.error_w, target.schedule_id)  # fmt: skip
-        if result.shortfall_w:
-            log.warning("pool=%s shortfall %.0f W: the pool cannot reach %.0f W", pool_id,
-                        result.shortfall_w, target.value_w)  # fmt: skip
+        await self._alert_shortfall(pool_id, now, target.value_w, result.shortfall_w)
+
+    async def _alert_shortfall(
+        self, pool_id: str, now: float, target_w: float | None, shortfall_w: float
+    ) -> None:
+        """Raise (after a few cycles) and resolve the pool's shortfall alert.
+
+        Significant: more than 1 % of the target and more than 100 W, so rounding at the
+        range's edge never alerts."""
+        significant = target_w is not None and abs(shortfall_w) > max(100.0, 0.01 * abs(target_w))
+        message = (
+            f"pool {pool_id} cannot reach its target {target_w:.0f} W: "
+            f"{abs(shortfall_w):.0f} W {'short' if shortfall_w < 0 else 'over'} "
+            "(not enough flexibility left)"
+            if significant and target_w is not None
+            else ""
+        )
+        change = self.alerts.sample(f"pool_shortfall:{pool_id}", significant, now,
+                                    rule="pool_shortfall", severity="critical", pool_id=pool_id,
+                                    value=shortfall_w, message=message)  # fmt: skip
+        if change is None:
+            return
+        transition, alert = change
+        assert self.redis is not None
+        await store_transition(self.redis, transition, alert)
+        self.stats[f"alerts_{transition}"] += 1
+        if transition == "raised":
+            log.warning("ALERT pool=%s %s", pool_id, alert.message)
+        else:
+            log.info("alert resolved pool=%s %s", pool_id, alert.rule)
 
     async def _restore(self, pool_id: str) -> ControllerState:
         """Continue from the last leader's state (bumpless take-over), or start fresh."""
@@ -286,6 +370,8 @@ class PoolDispatcher:
         assert self._mqtt is not None
         seq = int(await self.redis.incrby(SIGNAL_SEQ_KEY, len(partitions)))
         first = seq - len(partitions) + 1
+        for partition in partitions:
+            self._signalled_since.setdefault((pool_id, partition), now)
         for i, (partition, level) in enumerate(zip(partitions, levels, strict=True)):
             message = PartitionSignal(
                 partition=partition,

@@ -61,6 +61,7 @@ _MODE_CODE = {Mode.CLOUD: 0, Mode.FALLBACK: 1, Mode.DEGRADED: 2}
 _MODE_NAME = {code: mode.value for mode, code in _MODE_CODE.items()}
 _MODE_JSON = {code: f'"{name}"' for code, name in _MODE_NAME.items()}
 _DEGRADED = _MODE_CODE[Mode.DEGRADED]
+_CLOUD = _MODE_CODE[Mode.CLOUD]
 _NO_MODE = -1
 
 # status codes (site_summaries change detection)
@@ -267,8 +268,11 @@ class PartitionState:
     def aggregate(self, now: float, worker_id: str = "") -> list[PartitionAggregate]:
         """One :class:`PartitionAggregate` per pool with sites in this partition.
 
-        ``measured_w``, ``pv_w``, ``load_w``, ``battery_w``: every fresh site. Baseline,
-        range, energies and the sustainable powers: fresh sites not in degraded mode (a
+        ``measured_w``, ``pv_w``, ``load_w``, ``battery_w``: every fresh site;
+        ``uncontrolled_w``: the part of ``measured_w`` from degraded sites (the dispatcher
+        subtracts it from what it asks of the others); ``sites_following``: flexible sites
+        whose latest telemetry says they follow a cloud command (the signals' acknowledgement).
+        Baseline, range, energies and the sustainable powers: fresh sites not in degraded mode (a
         degraded site offers no flexibility). ``sustain_absorb_w[d]`` sums per site
         ``min(p_max - baseline, e_absorb_wh * 3600 / D)`` clipped at 0; deliver likewise
         with ``baseline - p_min`` and ``e_deliver_wh``.
@@ -299,7 +303,9 @@ class PartitionState:
         sites_stale = count((codes == _STALE) & in_pool)
         sites_offline = count((codes == _OFFLINE) & in_pool)
         sites_degraded = count(degraded)
+        sites_following = count(flex & (self._mode[:n] == _CLOUD))
         measured = total(fresh, col(_GRID))
+        uncontrolled = total(degraded, col(_GRID))
         pv, load, batt = total(fresh, col(_PV)), total(fresh, col(_LOAD)), total(fresh, col(_BATT))
         baseline = col(_BASELINE)
         p_min, p_max = col(_PMIN), col(_PMAX)
@@ -345,6 +351,8 @@ class PartitionState:
                     newest_source_ts=float(newest[k]) if np.isfinite(newest[k]) else None,
                     sustain_absorb_w=[float(a[k]) for a in absorb],
                     sustain_deliver_w=[float(d[k]) for d in deliver],
+                    uncontrolled_w=float(uncontrolled[k]),
+                    sites_following=int(sites_following[k]),
                 )
             )
         return out

@@ -76,7 +76,8 @@ async def test_stream_flexibility_and_delivery_each_cycle(api: Api) -> None:
             assert data["now"]["measured_w"] == 12_000
             assert data["now"]["sites"]["fresh"] == 4
             assert data["delivery"] == {"source": None, "kind": None, "target_w": None,
-                                        "measured_w": 12_000, "error_w": None}  # fmt: skip
+                                        "measured_w": 12_000, "error_w": None,
+                                        "shortfall_w": None}  # fmt: skip
 
             # A schedule in force now, then a new worker cycle: the next event tracks it.
             r = await api.client.post(
@@ -91,7 +92,8 @@ async def test_stream_flexibility_and_delivery_each_cycle(api: Api) -> None:
             assert second["as_of"] > data["as_of"]
             assert second["delivery"] == {"source": "schedule", "kind": "absolute",
                                           "target_w": 5_000, "measured_w": 6_000,
-                                          "error_w": 1_000}  # fmt: skip
+                                          "error_w": 1_000,
+                                          "shortfall_w": None}  # no dispatcher here # fmt: skip
 
             # A setpoint wins over the schedule; delta is relative to the baseline (10 kW).
             r = await api.client.post(

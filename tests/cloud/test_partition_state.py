@@ -124,6 +124,7 @@ def test_degraded_site_measured_but_no_flexibility() -> None:
     agg = only(s, T0)
     assert (agg.sites_fresh, agg.sites_degraded) == (2, 1)
     assert agg.measured_w == 800.0
+    assert agg.uncontrolled_w == 700.0  # measured, but no command moves it
     assert agg.baseline_w == 300.0
     assert agg.p_max_w == 4000.0
 
@@ -205,6 +206,7 @@ def brute_force(sites: list[dict], now: float, stale_n: float, offline_s: float)
         a = out.setdefault(s["pool"], {
             "total": 0, "fresh": 0, "stale": 0, "offline": 0, "measured": 0.0, "baseline": 0.0,
             "p_min": 0.0, "p_max": 0.0, "e_abs": 0.0, "e_del": 0.0, "pv": 0.0,
+            "uncontrolled": 0.0, "following": 0,
             "absorb": [0.0] * len(DURATIONS_S), "deliver": [0.0] * len(DURATIONS_S),
         })  # fmt: skip
         a["total"] += 1
@@ -220,7 +222,9 @@ def brute_force(sites: list[dict], now: float, stale_n: float, offline_s: float)
         a["measured"] += s["grid"]
         a["pv"] += s["pv"] or 0.0
         if s["mode"] == "degraded":
+            a["uncontrolled"] += s["grid"]
             continue
+        a["following"] += s["mode"] == "cloud"
         for k, f in (("baseline", "baseline"), ("p_min", "p_min"), ("p_max", "p_max"),
                      ("e_abs", "e_abs"), ("e_del", "e_del")):  # fmt: skip
             a[k] += s[f]
@@ -252,12 +256,13 @@ def test_aggregate_equals_brute_force_sum(sites: list[dict], stale_n: float, off
     assert set(got) == set(expected)
     for pool, e in expected.items():
         a = got[pool]
-        counts = (a.sites_total, a.sites_fresh, a.sites_stale, a.sites_offline)
-        assert counts == (e["total"], e["fresh"], e["stale"], e["offline"])
+        counts = (a.sites_total, a.sites_fresh, a.sites_stale, a.sites_offline, a.sites_following)
+        assert counts == (e["total"], e["fresh"], e["stale"], e["offline"], e["following"])
         pairs = [
             (a.measured_w, e["measured"]), (a.baseline_w, e["baseline"]),
             (a.p_min_w, e["p_min"]), (a.p_max_w, e["p_max"]), (a.e_absorb_wh, e["e_abs"]),
             (a.e_deliver_wh, e["e_del"]), (a.pv_w, e["pv"]),
+            (a.uncontrolled_w, e["uncontrolled"]),
             *zip(a.sustain_absorb_w, e["absorb"], strict=True),
             *zip(a.sustain_deliver_w, e["deliver"], strict=True),
         ]  # fmt: skip

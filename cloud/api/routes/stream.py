@@ -33,6 +33,7 @@ from cloud.api.context import ApiContext, CtxDep
 from cloud.api.routes.common import AUTH_ERRORS
 from cloud.api.schemas import StreamDelivery, StreamEvent
 from cloud.api.views import now_out
+from cloud.dispatch.dispatcher import delivery_key
 from cloud.flexibility.model import read_pool_aggregate
 from cloud.hotstate import PoolAggregate
 from protocols.units import to_iso8601
@@ -55,12 +56,19 @@ async def delivery_now(
             source, kind, value = "schedule", str(tgt.kind), tgt.value_w
     if source is not None:
         target = value + agg.baseline_w if kind == "delta" else value
+    shortfall = None
+    raw = await ctx.get_redis().get(delivery_key(pool_id))
+    if raw:
+        record = json.loads(raw)
+        if now - record["ts"] <= ctx.settings.max_age_s:
+            shortfall = record.get("shortfall_w")
     return StreamDelivery(
         source=source,
         kind=kind,
         target_w=target,
         measured_w=agg.measured_w,
         error_w=None if target is None else agg.measured_w - target,
+        shortfall_w=shortfall,
     )
 
 

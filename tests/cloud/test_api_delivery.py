@@ -1,0 +1,113 @@
+"""Delivery as the trader reads it: the dispatcher's latest cycle with its shortfall, the
+active alerts of the pool, and the recorded cycles with their tracking error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from cloud.alerts import AlertBook, store_transition
+from cloud.dispatch.dispatcher import delivery_key
+from protocols.units import to_iso8601
+
+from .api_harness import Api, running_api
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def api(tmp_path: Path, redis_url: str) -> AsyncIterator[Api]:
+    async with running_api(tmp_path, redis_url) as running:
+        yield running
+
+
+def record(api: Api, ts: float, **values: float | str | None) -> None:
+    body = {"ts": ts, "source": "setpoint", "schedule_id": None, "target_w": -30_000.0,
+            "command_w": -26_000.0, "measured_w": -24_000.0, "error_w": -6_000.0,
+            "shortfall_w": -4_000.0, "saturated": "low", "uncontrolled_w": 700.0,
+            "sites_flexible": 3, "sites_following": 3, "partitions": 2,
+            "partitions_unresponsive": 0, "dispatcher": "d-1", **values}  # fmt: skip
+    api.redis.set(delivery_key("north"), json.dumps(body))
+
+
+async def test_delivery_reports_the_shortfall_and_the_raised_alert(api: Api, redis_url: str):
+    r = await api.client.get("/v1/pools/north/delivery", headers=api.auth())
+    assert r.status_code == 200
+    assert r.json()["active"] is False
+    assert r.json()["as_of"] is None
+
+    record(api, api.now())
+    book = AlertBook(raise_after_s=4.0)
+    hot = aioredis.Redis.from_url(redis_url)
+    try:
+        # table: (seconds after start, short?) -> transition
+        for dt, short, expected in ((0, True, None), (2, True, None), (4, True, "raised"),
+                                    (6, True, None)):  # fmt: skip
+            change = book.sample("pool_shortfall:north", short, api.now() + dt,
+                                 rule="pool_shortfall", severity="critical", pool_id="north",
+                                 value=-4_000.0, message="pool north 4000 W short")  # fmt: skip
+            assert (change and change[0]) == expected
+            if change:
+                await store_transition(hot, *change)
+        body = (await api.client.get("/v1/pools/north/delivery", headers=api.auth())).json()
+        assert body["active"] is True
+        assert body["shortfall_w"] == -4_000.0
+        assert body["saturated"] == "low"
+        assert body["uncontrolled_w"] == 700.0
+        assert body["sites_following"] == 3
+        assert [a["rule"] for a in body["alerts"]] == ["pool_shortfall"]
+        alerts = (await api.client.get("/v1/pools/north/alerts", headers=api.auth())).json()
+        assert alerts["alerts"][0]["message"] == "pool north 4000 W short"
+        # another pool's key sees neither the pool nor its alerts
+        other = await api.client.get("/v1/pools/north/alerts", headers=api.auth("south"))
+        assert other.status_code == 404
+        metrics = (await api.client.get("/v1/metrics")).json()
+        assert metrics["alerts_active"] == {"pool_shortfall": 1}
+        # resolved after the condition has been gone long enough
+        assert book.sample("pool_shortfall:north", False, api.now() + 10, rule="x") is None
+        change = book.sample("pool_shortfall:north", False, api.now() + 17, rule="x")
+        assert change is not None
+        assert change[0] == "resolved"
+        await store_transition(hot, *change)
+        body = (await api.client.get("/v1/pools/north/delivery", headers=api.auth())).json()
+        assert body["alerts"] == []
+        assert await hot.xlen("vpp:alerts:log") == 2
+    finally:
+        await hot.aclose()
+
+
+async def test_an_old_delivery_record_is_not_active(api: Api):
+    ts = api.now() - 60
+    record(api, ts)
+    body = (await api.client.get("/v1/pools/north/delivery", headers=api.auth())).json()
+    assert body["active"] is False  # the dispatcher stopped following a target a minute ago
+    assert body["as_of"] == to_iso8601(ts)
+    assert body["target_w"] == -30_000.0  # the last cycle is still shown, marked inactive
+
+
+async def test_performance_summarises_the_recorded_cycles(api: Api):
+    t0 = api.now()
+    rows = [(t0 + 2 * i, 1_000.0, 1_000.0 + e, e) for i, e in enumerate((0, 30, -40, 0))]
+    for ts, target, measured, err in rows:
+        await asyncio.to_thread(api.registry.record_cycle, "north", ts, target, measured, err)
+    await asyncio.to_thread(api.registry.record_cycle, "north", t0 + 8, None, 900.0, None)
+    params = {"since": to_iso8601(t0), "until": to_iso8601(t0 + 60)}
+    r = await api.client.get("/v1/pools/north/performance", params=params, headers=api.auth())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["cycles"]) == 5
+    assert body["error_max_w"] == 40.0
+    assert body["error_rms_w"] == pytest.approx((2500 / 4) ** 0.5)
+    assert body["energy_target_wh"] == pytest.approx(4 * 1_000.0 * 2 / 3600)
+    bad = await api.client.get(
+        "/v1/pools/north/performance",
+        headers=api.auth(),
+        params={"since": params["until"], "until": params["since"]},
+    )
+    assert bad.status_code == 422
+    assert bad.json()["reason"] == "invalid_range"
