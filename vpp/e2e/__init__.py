@@ -1,0 +1,42 @@
+"""The end-to-end run's record, KPIs, alert rules and HTML report.
+
+The demo feeds a :class:`RunRecorder` and writes its folder; everything after that works
+from the folder alone: :func:`load` it, :func:`compute_kpis`, :func:`evaluate` the alert
+rules, :func:`write_report`. File formats: :mod:`vpp.e2e.records`; KPI meanings:
+:data:`KPI_DOCS`.
+"""
+
+from vpp.e2e.alerts import (
+    DEFAULT_REGRESSION_RULES,
+    DEFAULT_RULES,
+    Alert,
+    AlertRule,
+    RegressionRule,
+    RegressionWatch,
+    WatchUpdate,
+    evaluate,
+    failing,
+)
+from vpp.e2e.kpis import KPI_DOCS, compute_kpis
+from vpp.e2e.records import RunRecord, RunRecorder, load
+from vpp.e2e.report import RunAnalysis, analyse_run, write_report
+
+__all__ = [
+    "DEFAULT_REGRESSION_RULES",
+    "DEFAULT_RULES",
+    "KPI_DOCS",
+    "Alert",
+    "AlertRule",
+    "RegressionRule",
+    "RegressionWatch",
+    "RunAnalysis",
+    "RunRecord",
+    "RunRecorder",
+    "WatchUpdate",
+    "analyse_run",
+    "compute_kpis",
+    "evaluate",
+    "failing",
+    "load",
+    "write_report",
+]
