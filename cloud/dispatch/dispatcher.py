@@ -189,8 +189,11 @@ class PoolDispatcher:
         if self.lock is not None:
             await self.lock.release()
         if self._mqtt is not None:
-            self._mqtt.loop_stop()
-            self._mqtt.disconnect()
+            client, self._mqtt = self._mqtt, None
+            client.disconnect()
+            # loop_stop() joins paho's thread, which wakes from select() up to a second
+            # later: off the event loop, or every role of this process stalls that long.
+            await asyncio.to_thread(client.loop_stop)
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -363,11 +366,10 @@ class PoolDispatcher:
     async def _publish_signals(
         self, pool_id: str, now: float, partitions: list[int], levels: np.ndarray
     ) -> None:
-        if not self._connected.is_set():
+        if not self._connected.is_set() or self._mqtt is None:
             self.stats["signals_unsent"] += len(partitions)
             return  # the sites' last signals expire and they fall back: safe
         assert self.redis is not None
-        assert self._mqtt is not None
         seq = int(await self.redis.incrby(SIGNAL_SEQ_KEY, len(partitions)))
         first = seq - len(partitions) + 1
         for partition in partitions:
@@ -388,9 +390,8 @@ class PoolDispatcher:
     async def _publish_site_configs(self) -> None:
         """Tell every site its pool (retained config) when the registry's site map changed."""
         assert self.redis is not None
-        assert self._mqtt is not None
         rev = await asyncio.to_thread(self.registry.site_pools_rev)
-        if rev == self._published_rev or not self._connected.is_set():
+        if rev == self._published_rev or not self._connected.is_set() or self._mqtt is None:
             return  # a message published while disconnected would be lost: try next cycle
         # Config revs must only grow, also across leaders: one counter in Redis.
         config_rev = int(await self.redis.incr(CONFIG_REV_KEY))

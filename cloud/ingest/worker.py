@@ -354,7 +354,9 @@ class PartitionWorker:
         raises: a Redis error is logged and the work retried next cycle."""
         t0 = time.perf_counter()
         now = self.clock.time()
-        pipe = self._redis.pipeline(transaction=False)
+        # MULTI/EXEC: a reader sees each partition's aggregate together with the site
+        # summaries it was computed from, never one without the other.
+        pipe = self._redis.pipeline(transaction=True)
         counts: dict[int, Counter[str]] = {}
         rejected: dict[int, Counter[str]] = {}
         written: dict[int, set[str]] = {}
