@@ -1,0 +1,528 @@
+"""The virtual trader: a real client of the trader API that sees only what a trader sees.
+
+It reads the pool's flexibility over HTTP, makes a schedule with :mod:`.optimise` against a
+:class:`~vpp.trader.prices.PriceSeries`, keeps it inside what was shown
+(:func:`~vpp.trader.optimise.clip_to_flex`) and posts it as a ``delta`` schedule; every so
+often it does that again over the rest of its horizon (a rolling horizon: the pool drifts
+from any plan, and a fresh reading of its energies corrects the rest of the day). Each
+re-optimisation starts from the pool's energies as shown then and ends neutral from there;
+the quarter hour under way when it runs is left to the schedule already posted (the
+optimiser's margin covers what that slot moves). It can also send real-time balancing
+setpoints.
+
+Why it imports nothing of ``cloud/``: it stands for an outside trader and must work with
+the API as documented, bodies parsed from JSON; if it needed a private import, so would
+every real trader. Why errors never escape: a trader that stops on one 503 loses a trading
+day; every failed request is counted by operation and reason, logged with its context, and
+retried at the next step.
+
+Time comes from the clock given (``clock.time()``, ``clock.sleep_until()``), never from the wall,
+so the demo can trade a day in minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+
+from vpp.trader.optimise import (
+    FlexForecast,
+    OptimiseOptions,
+    ScheduleResult,
+    clip_to_flex,
+    optimise_schedule,
+)
+from vpp.trader.prices import PriceSeries
+
+__all__ = ["Decision", "TraderClock", "TraderOptions", "VirtualTrader"]
+
+log = logging.getLogger("vpp.trader")
+
+SLOT_S = 900
+RESOLUTION = "PT15M"
+
+
+class TraderClock(Protocol):
+    """What the trader needs of :class:`protocols.clock.Clock` (any of its clocks fits)."""
+
+    def time(self) -> float: ...
+
+    async def sleep_until(self, t: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class TraderOptions:
+    """How the trader works.
+
+    ``horizon_slots``: quarter hours planned per horizon (96 = a day); each re-optimisation
+    covers the rest of the current horizon, and a new one starts when it runs out.
+    ``reoptimise_min``: how often (clock minutes) to read the flexibility and post again.
+    ``margin``, ``time_limit_s``, efficiencies, ``energy_neutral``: passed to the optimiser.
+    ``retry_s``: after a failed step, try again this soon (clock seconds).
+    ``api_horizon_s``: the API refuses schedules ending further ahead than this.
+    ``setpoint_flex_max_age_s``: a balancing setpoint is checked against the flexibility read
+    at most this long ago, else it is read again.
+    """
+
+    horizon_slots: int = 96
+    reoptimise_min: float = 15.0
+    margin: float = 0.10
+    time_limit_s: float = 2.0
+    eta_charge: float = 0.95
+    eta_discharge: float = 0.95
+    energy_neutral: bool = True
+    retry_s: float = 60.0
+    request_timeout_s: float = 5.0
+    api_horizon_s: float = 48 * 3600.0
+    setpoint_flex_max_age_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.horizon_slots < 1:
+            raise ValueError(f"horizon_slots must be >= 1, got {self.horizon_slots}")
+        if not self.reoptimise_min > 0 or not self.retry_s > 0:
+            raise ValueError("reoptimise_min and retry_s must be > 0")
+
+    def optimiser(self) -> OptimiseOptions:
+        return OptimiseOptions(
+            eta_charge=self.eta_charge,
+            eta_discharge=self.eta_discharge,
+            margin=self.margin,
+            time_limit_s=self.time_limit_s,
+            energy_neutral=self.energy_neutral,
+        )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+def _ts(text: str) -> float:
+    t = datetime.fromisoformat(text)
+    if t.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone")
+    return t.timestamp()
+
+
+@dataclass(frozen=True, eq=False)
+class Decision:
+    """One scheduling step, for the report: what was shown, what was posted, how it was made.
+
+    ``values_w`` is what was sent (after clipping; None when nothing was sent), ``error``
+    why the step did not end in an accepted schedule (None when it did).
+    """
+
+    time: float
+    start_ts: float
+    slot_s: int
+    flex: FlexForecast | None
+    as_of: str | None
+    prices: np.ndarray | None
+    result: ScheduleResult | None
+    values_w: np.ndarray | None
+    clipped_slots: int
+    schedule_id: str | None
+    error: str | None
+
+    @property
+    def solver(self) -> str | None:
+        return None if self.result is None else self.result.solver
+
+    @property
+    def solve_ms(self) -> float | None:
+        return None if self.result is None else self.result.solve_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: times in ISO 8601, arrays as lists."""
+
+        def floats(a: np.ndarray | None) -> list[float] | None:
+            return None if a is None else [float(x) for x in a]
+
+        flex = self.flex
+        return {
+            "time": _iso(self.time),
+            "start": _iso(self.start_ts),
+            "slots": 0 if self.values_w is None else int(self.values_w.size),
+            "flexibility_as_of": self.as_of,
+            "flexibility": None
+            if flex is None
+            else {
+                "baseline_w": floats(flex.baseline_w),
+                "p_min_w": floats(flex.p_min_w),
+                "p_max_w": floats(flex.p_max_w),
+                "e_absorb_wh": flex.e_absorb_wh,
+                "e_deliver_wh": flex.e_deliver_wh,
+            },
+            "prices_eur_mwh": floats(self.prices),
+            "solver": self.solver,
+            "status": None if self.result is None else self.result.status,
+            "solve_ms": self.solve_ms,
+            "objective_eur": None if self.result is None else self.result.objective_eur,
+            "values_w": floats(self.values_w),
+            "clipped_slots": self.clipped_slots,
+            "schedule_id": self.schedule_id,
+            "error": self.error,
+        }
+
+
+@dataclass
+class _Shown:
+    """The last flexibility answer and when (clock time) it was read."""
+
+    body: dict[str, Any]
+    at: float
+
+
+@dataclass
+class _Failure:
+    key: str
+    detail: str = field(default="")
+
+
+class VirtualTrader:
+    """A trader of one pool, over the HTTP API only (see the module docstring).
+
+    ``prices`` are day-ahead prices on any grid that resamples to quarter hours.
+    ``transport`` replaces the network (``httpx.MockTransport`` in tests).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        pool_id: str,
+        clock: TraderClock,
+        prices: PriceSeries,
+        options: TraderOptions | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.pool_id = pool_id
+        self.clock = clock
+        self.prices = prices.resample(SLOT_S)
+        self.options = options or TraderOptions()
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=self.options.request_timeout_s,
+            transport=transport,
+        )
+        self.decisions: list[Decision] = []
+        self.setpoints: list[dict[str, Any]] = []
+        self.errors: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+        self._shown: _Shown | None = None
+        self._next_due = -math.inf
+        self._horizon_end: float | None = None
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> VirtualTrader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def errors_total(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def next_due(self) -> float:
+        """Clock time of the next scheduling step."""
+        return self._next_due
+
+    def _fail(self, op: str, kind: str, context: str) -> _Failure:
+        key = f"{op}:{kind}"
+        self.errors[key] += 1
+        log.warning("trader %s: %s failed (%s): %s", self.pool_id, op, kind, context)
+        return _Failure(key, context)
+
+    async def _call(
+        self, op: str, method: str, url: str, **kwargs: Any
+    ) -> dict[str, Any] | _Failure:
+        """One request: the JSON body of a 2xx answer, or a counted, logged failure."""
+        self.requests[op] += 1
+        try:
+            response = await self._http.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            return self._fail(op, "timeout", f"{method} {url}: {type(exc).__name__}")
+        except httpx.HTTPError as exc:
+            return self._fail(op, "transport", f"{method} {url}: {type(exc).__name__}: {exc}")
+        if response.status_code >= 400:
+            reason, detail, fld = "", response.text[:300], None
+            try:
+                err = response.json()
+                reason = str(err.get("reason", ""))
+                detail = str(err.get("detail", detail))
+                fld = err.get("field")
+            except (ValueError, AttributeError):
+                pass
+            kind = f"{response.status_code}" + (f":{reason}" if reason else "")
+            where = f" field={fld}" if fld else ""
+            return self._fail(
+                op, kind, f"{method} {url} -> {response.status_code}{where}: {detail}"
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            return self._fail(op, "bad_response", f"{method} {url}: the answer is not JSON")
+        if not isinstance(body, dict):
+            return self._fail(op, "bad_response", f"{method} {url}: the answer is not an object")
+        return body
+
+    # --- what a trader reads ------------------------------------------------------------
+
+    async def flexibility(self, forecast_slots: int | None = None) -> dict[str, Any] | None:
+        """``GET /v1/pools/{pool_id}/flexibility`` (now, durations, forecast), or None."""
+        params = {} if forecast_slots is None else {"forecast_slots": forecast_slots}
+        body = await self._call(
+            "flexibility", "GET", f"/v1/pools/{self.pool_id}/flexibility", params=params
+        )
+        if isinstance(body, _Failure):
+            return None
+        self._shown = _Shown(body, self.clock.time())
+        return body
+
+    async def schedules(self) -> list[dict[str, Any]] | None:
+        """``GET /v1/pools/{pool_id}/schedules``: the pool's schedules, newest first."""
+        body = await self._call("schedules", "GET", f"/v1/pools/{self.pool_id}/schedules")
+        if isinstance(body, _Failure):
+            return None
+        return list(body.get("schedules", []))
+
+    async def schedule(self, schedule_id: str) -> dict[str, Any] | None:
+        """``GET /v1/schedules/{id}``: one schedule with its per-interval delivery."""
+        body = await self._call("schedule", "GET", f"/v1/schedules/{schedule_id}")
+        return None if isinstance(body, _Failure) else body
+
+    async def delivery(self) -> list[dict[str, Any]]:
+        """Per-interval delivery of every schedule this trader posted, by interval start
+        (an interval's record from the schedule in force then; newest schedule wins)."""
+        by_start: dict[str, dict[str, Any]] = {}
+        for decision in self.decisions:
+            if decision.schedule_id is None:
+                continue
+            body = await self.schedule(decision.schedule_id)
+            for interval in (body or {}).get("delivery", []):
+                by_start[interval["start"]] = {**interval, "schedule_id": decision.schedule_id}
+        return [by_start[k] for k in sorted(by_start, key=_ts)]
+
+    @staticmethod
+    def flex_for(
+        body: dict[str, Any], start_ts: float, n: int, slot_s: int = SLOT_S
+    ) -> FlexForecast:
+        """The shown flexibility for ``n`` slots from ``start_ts``, as the API will check a
+        schedule: each slot against the forecast slot holding its start, past the forecast
+        against the range now. Raises KeyError/ValueError/TypeError on a malformed body."""
+        now = body["now"]
+        now_range = (float(now["baseline_w"]), float(now["p_min_w"]), float(now["p_max_w"]))
+        forecast = body.get("forecast") or []
+        starts = np.array([_ts(f["start"]) for f in forecast], dtype=float)
+        ends = np.array([_ts(f["end"]) for f in forecast], dtype=float)
+        ranges = [
+            (float(f["baseline_w"]), float(f["p_min_w"]), float(f["p_max_w"])) for f in forecast
+        ]
+        rows = []
+        for k in range(n):
+            t = start_ts + k * slot_s
+            i = int(np.searchsorted(starts, t, side="right")) - 1
+            rows.append(ranges[i] if 0 <= i < len(ranges) and t < ends[i] else now_range)
+        table = np.array(rows, dtype=float).reshape(n, 3)
+        return FlexForecast(
+            table[:, 0],
+            table[:, 1],
+            table[:, 2],
+            float(now["e_absorb_wh"]),
+            float(now["e_deliver_wh"]),
+            slot_s,
+        )
+
+    # --- trading -----------------------------------------------------------------------
+
+    def _window(self, now: float) -> tuple[float, int]:
+        """First slot and number of slots to plan: from the next quarter hour to the end of
+        the current horizon (a new horizon when it has run out), within the prices and the
+        API's horizon. Prices that start later (tomorrow's day-ahead) are planned ahead."""
+        start = max(math.ceil(now / SLOT_S), math.ceil(self.prices.start_ts / SLOT_S)) * SLOT_S
+        if self._horizon_end is None or start >= self._horizon_end:
+            self._horizon_end = start + self.options.horizon_slots * SLOT_S
+        end = min(
+            self._horizon_end,
+            math.floor(self.prices.end_ts / SLOT_S) * SLOT_S,
+            math.floor((now + self.options.api_horizon_s) / SLOT_S) * SLOT_S,
+        )
+        return start, max(0, int((end - start) // SLOT_S))
+
+    def _record(self, now: float, start: float, error: str | None, **kw: Any) -> Decision:
+        fields: dict[str, Any] = dict(
+            flex=None,
+            as_of=None,
+            prices=None,
+            result=None,
+            values_w=None,
+            clipped_slots=0,
+            schedule_id=None,
+        )
+        fields.update(kw)
+        decision = Decision(time=now, start_ts=start, slot_s=SLOT_S, error=error, **fields)
+        self.decisions.append(decision)
+        return decision
+
+    async def step(self) -> Decision | None:
+        """One rolling-horizon step, if due: read the flexibility, optimise the rest of the
+        horizon from the next quarter hour, clip to what was shown, post it. Returns the
+        decision (also kept in :attr:`decisions`), or None when not due or nothing is left
+        to trade. Never raises for an API failure: it is counted and retried sooner."""
+        now = self.clock.time()
+        if now < self._next_due:
+            return None
+        start, n = self._window(now)
+        if n == 0:
+            log.info("trader %s: no prices left to trade from %s", self.pool_id, _iso(start))
+            self._next_due = now + self.options.reoptimise_min * 60.0
+            return None
+        self._next_due = now + self.options.retry_s  # until the step succeeds
+        body = await self.flexibility(forecast_slots=min(1000, n + 2))
+        if body is None:
+            return self._record(now, start, "flexibility unavailable")
+        try:
+            flex = self.flex_for(body, start, n)
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            self._fail("flexibility", "bad_response", f"cannot read the body: {exc!r}")
+            return self._record(now, start, "flexibility unreadable")
+        prices = self.prices.slice(start, start + n * SLOT_S).values
+        result = await asyncio.to_thread(optimise_schedule, flex, prices, self.options.optimiser())
+        values = clip_to_flex(result.values_w, flex)
+        clipped = int(np.sum(np.abs(values - result.values_w) > 1e-3))
+        if clipped:
+            log.warning("trader %s: %d slot(s) clipped to the shown range", self.pool_id, clipped)
+        shown = dict(
+            flex=flex,
+            as_of=body.get("as_of"),
+            prices=prices,
+            result=result,
+            values_w=values,
+            clipped_slots=clipped,
+        )
+        payload = {
+            "start": _iso(start),
+            "resolution": RESOLUTION,
+            "values_w": [float(v) for v in values],
+            "kind": "delta",
+        }
+        posted = await self._call(
+            "post_schedule", "POST", f"/v1/pools/{self.pool_id}/schedules", json=payload
+        )
+        if isinstance(posted, _Failure):
+            return self._record(now, start, f"schedule refused: {posted.key}", **shown)
+        self._next_due = now + self.options.reoptimise_min * 60.0
+        log.info(
+            "trader %s: %d slots from %s posted (%s %s, %.1f ms, %.2f EUR)",
+            self.pool_id,
+            n,
+            _iso(start),
+            result.solver,
+            result.status,
+            result.solve_ms,
+            result.objective_eur,
+        )
+        return self._record(now, start, None, schedule_id=posted.get("schedule_id"), **shown)
+
+    def _setpoint_bounds(self, body: dict[str, Any]) -> tuple[float, float]:
+        now = body["now"]
+        baseline = float(now["baseline_w"])
+        lo, hi = float(now["p_min_w"]) - baseline, float(now["p_max_w"]) - baseline
+        if lo <= 0.0 <= hi:  # shrink towards the baseline, as the schedule's bounds are
+            keep = 1.0 - self.options.margin
+            lo, hi = lo * keep, hi * keep
+        return lo, hi
+
+    async def balancing_setpoint(
+        self, target_delta_w: float, valid_for_s: float = 10.0
+    ) -> dict[str, Any] | None:
+        """Send a real-time target (change from baseline, W) for ``valid_for_s`` seconds
+        (clamped to the API's (0, 300]), clipped to the range shown now less the margin.
+        Uses the flexibility read within ``setpoint_flex_max_age_s``, else reads it.
+        Returns the activation, or None on failure (counted)."""
+        shown = self._shown
+        now = self.clock.time()
+        if shown is None or now - shown.at > self.options.setpoint_flex_max_age_s:
+            if await self.flexibility(forecast_slots=0) is None:
+                return None
+            shown = self._shown
+            assert shown is not None
+        try:
+            lo, hi = self._setpoint_bounds(shown.body)
+        except (KeyError, ValueError, TypeError) as exc:
+            self._fail("flexibility", "bad_response", f"cannot read the body: {exc!r}")
+            return None
+        requested = float(target_delta_w)
+        target = 0.0 if not math.isfinite(requested) else min(max(requested, lo), hi)
+        valid = min(max(float(valid_for_s), 0.001), 300.0)
+        payload = {"target_w": target, "kind": "delta", "valid_for_s": valid}
+        answer = await self._call(
+            "setpoint", "POST", f"/v1/pools/{self.pool_id}/setpoint", json=payload
+        )
+        failed = isinstance(answer, _Failure)
+        self.setpoints.append(
+            {
+                "time": _iso(now),
+                "requested_w": requested,
+                "target_w": target,
+                "valid_for_s": valid,
+                "activation_id": None if failed else answer.get("activation_id"),
+                "error": answer.key if failed else None,
+            }
+        )
+        return None if failed else answer
+
+    # --- running ------------------------------------------------------------------------
+
+    async def _sleep_or_stop(self, until: float, stop: asyncio.Event) -> None:
+        """Sleep until clock time ``until`` (absolute, so a clock that moves before the
+        sleeper starts cannot push the wake-up later) or until ``stop`` is set."""
+        sleeper = asyncio.ensure_future(self.clock.sleep_until(until))
+        waiter = asyncio.ensure_future(stop.wait())
+        _, pending = await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Step whenever due until ``stop`` is set, sleeping in the clock's time. An
+        unexpected error in a step is logged and counted (``step:internal``), not fatal."""
+        while not stop.is_set():
+            try:
+                await self.step()
+            except Exception:
+                self.errors["step:internal"] += 1
+                log.exception("trader %s: step failed", self.pool_id)
+                self._next_due = self.clock.time() + self.options.retry_s
+            if self._next_due > self.clock.time():
+                await self._sleep_or_stop(self._next_due, stop)
+            else:  # due already (the step took a while): go on, but let others run first
+                await asyncio.sleep(0)
+
+    def report(self) -> dict[str, Any]:
+        """Everything the trader did, JSON-ready: decisions, setpoints, request and error
+        counts."""
+        return {
+            "pool_id": self.pool_id,
+            "prices_source": self.prices.source,
+            "decisions": [d.to_dict() for d in self.decisions],
+            "setpoints": list(self.setpoints),
+            "requests": dict(self.requests),
+            "errors": dict(self.errors),
+            "errors_total": self.errors_total,
+        }
