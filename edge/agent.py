@@ -91,6 +91,22 @@ class ActiveCommand:
         return self.issued_ts - 5.0 <= now < self.valid_until
 
 
+#: below the boosted setpoint by this much, a thermostat is sure to start the compressor
+#: (heat pumps switch with a hysteresis of a few tenths of a kelvin around their setpoint)
+BOOST_MARGIN_K = 0.5
+
+
+def _boost_starts(hp: Reading, indoor_c: float, power_w: float) -> bool:
+    """Would SG-Ready 3 ("recommended on") make the heat pump draw its boost power now?"""
+    if _value(hp, "sg_ready") == SgReady.RECOMMENDED and power_w > 0:
+        return True  # boosted and running: it keeps running until the raised setpoint
+    setpoint = _value(hp, "setpoint_c")
+    boost_k = _value(hp, "boost_k")
+    if setpoint is None or boost_k is None:
+        return True  # a device that does not say: trust its SG-Ready contract
+    return indoor_c < setpoint + boost_k - BOOST_MARGIN_K
+
+
 @dataclass
 class CycleState:
     """What the last control cycle saw and decided (telemetry and acks read it)."""
@@ -401,7 +417,14 @@ class SiteAgent:
             return None
         if outdoor is not None:
             self.thermal.add(now, indoor, outdoor, power)
-        boost = _value(hp, "power_limit_w") or _value(hp, "rated_w") or power
+        # the device clips its power limit to its rated power (map v1, point 102)
+        limits = [v for v in (_value(hp, "power_limit_w"), _value(hp, "rated_w")) if v]
+        boost = min(limits) if limits else power
+        if not _boost_starts(hp, indoor, power):
+            # SG-Ready 3 only raises the thermostat's setpoint: a house already warmer than
+            # the raised setpoint (a summer day) does not start the compressor, so boosting
+            # offers nothing. Counting it would promise flexibility the site cannot deliver.
+            boost = self._hp_normal_w
         return HeatPump(normal_w=self._hp_normal_w, boost_w=boost, indoor_c=indoor)
 
     async def _apply(self, state: CycleState) -> None:

@@ -318,6 +318,9 @@ def step(
         max_move = config.rate_limit_w_per_s * dt
         aimed = min(max(aimed, state.output_w - max_move), state.output_w + max_move)
         aimed = min(max(aimed, lo_w), hi_w)
+    # Before its first command the pool was at measured_w: until the first command can show
+    # (latency_cycles later), a measurement answers that, not the new target.
+    history = known if state.ts is not None else (measured_w,) * lag
     new_state = ControllerState(
         integral_w=integral,
         output_w=command,
@@ -325,7 +328,7 @@ def step(
         measured_w=measured_w,
         ts=now,
         integral_step_w=integral - state.integral_w,
-        earlier_targets_w=known[len(known) - (lag - 1) :] if lag > 1 else (),
+        earlier_targets_w=history[len(history) - (lag - 1) :] if lag > 1 else (),
     )
     return StepResult(
         state=new_state,

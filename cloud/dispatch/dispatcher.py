@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import socket
 import threading
 import uuid
@@ -104,6 +105,7 @@ class PoolDispatcher:
         max_aggregate_age_s: float | None = None,
         controller: ControllerConfig | None = None,
         ack_timeout_cycles: int = 4,
+        loop_latency_s: float = 4.0,
         shortfall_alert_s: float | None = None,
     ) -> None:
         if cycle_s < 1.0:
@@ -127,7 +129,11 @@ class PoolDispatcher:
         )
         self._alerts_adopted = False
         self.max_age_s = max_aggregate_age_s or 3 * cycle_s
-        self.config = controller or ControllerConfig(cycle_s=cycle_s)
+        # A command shows in the measured pool power after the loop's round trip: signal to
+        # the sites, their next poll (1 s), the devices' ramp, telemetry (every 2 s), the
+        # workers' aggregation (1 s). About 4 s: measured on the system tests' step response.
+        latency = max(1, min(10, math.ceil(loop_latency_s / cycle_s)))
+        self.config = controller or ControllerConfig(cycle_s=cycle_s, latency_cycles=latency)
         self.redis: aioredis.Redis | None = None
         self.lock: LeaderLock | None = None
         self._mqtt: mqtt.Client | None = None

@@ -77,6 +77,7 @@ class HeatPumpDriver(Driver):
             "outdoor_c": c(raw, "outdoor_temp_c", -50, 60),
             "sg_ready": c(raw, "sg_ready_active", 1, 4),
             "setpoint_c": raw["room_setpoint_c"],
+            "boost_k": raw["boost_k"],
             "power_limit_w": raw["power_limit_w"],
             "rated_w": rated,
             "energy_wh": raw["energy_wh"],

@@ -111,6 +111,26 @@ def test_step_table() -> None:
         state = res.state
 
 
+# A step from rest with a two-cycle latency: the second cycle's measurement still shows the
+# pool before the step (it cannot answer the first command yet), so it must not kick.
+# (now, target, measured) -> command
+LATE_STEP_TABLE = [
+    ((0.0, 10_000.0, 0.0), 10_000.0),  # feed-forward only
+    ((2.0, 10_000.0, 0.0), 10_000.0),  # the old measurement answers "before the step": no kick
+    ((4.0, 10_000.0, 9_000.0), 10_000.0),  # the pool is moving towards it: let it arrive
+    ((6.0, 10_000.0, 9_000.0), 10_000.0 + 0.5 * 1_000.0 + 0.1 * 1_000.0 * 2.0),  # stuck: P + I
+]
+
+
+def test_a_step_from_rest_with_latency_does_not_kick() -> None:
+    cfg = ControllerConfig(cycle_s=2.0, latency_cycles=2)
+    state = ControllerState()
+    for (now, target, measured), command in LATE_STEP_TABLE:
+        res = step(state, cfg, now=now, target_w=target, measured_w=measured, lo_w=-BIG, hi_w=BIG)
+        assert res.command_w == pytest.approx(command), (now, res)
+        state = res.state
+
+
 # (target, measured, lo, hi) -> (command, saturated, shortfall); fresh state each row
 SATURATION_TABLE = [
     ((5000.0, 5000.0, 0.0, 8000.0), (5000.0, None, 0.0)),

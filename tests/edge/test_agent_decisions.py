@@ -1,4 +1,5 @@
-"""Which partition signals an agent obeys: a table of arriving signals -> followed or not.
+"""The agent's pure decisions as tables: which partition signals it obeys, and whether a
+heat pump boost would really start the compressor (flexibility it may offer).
 
 Signals are ordered by (issued_ts, seq), not seq alone: a standby dispatcher that takes over
 with a lower sequence counter (its Redis counter restarted) must be obeyed at once, while a
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from edge.agent import SiteAgent
+from edge.agent import SiteAgent, _boost_starts
 from edge.config import EdgeConfig
+from edge.drivers.base import Reading
 from protocols.clock import ManualClock
 from protocols.messages import PartitionSignal
 
@@ -56,3 +58,30 @@ def test_signal_ordering(tmp_path, name, signals, followed):
         agent.on_signal(signal)
         got.append(agent.command is not None and agent.command.command_id == f"s{i}")
     assert got == followed
+
+
+# --- heat pump boost: does SG-Ready 3 start the compressor? -------------------------------
+
+BOOST_CASES = [
+    # (sg_ready now, power W, indoor, setpoint, boost_k) -> boost offers power?
+    ("cold house", 2, 0.0, 19.0, 21.0, 2.0, True),
+    ("summer: warmer than raised setpoint", 2, 0.0, 24.5, 21.0, 2.0, False),
+    ("inside the hysteresis: not sure to start", 2, 0.0, 22.7, 21.0, 2.0, False),
+    ("already boosted and running", 3, 1800.0, 22.9, 21.0, 2.0, True),
+    ("device does not report its setpoint", 2, 0.0, 25.0, None, None, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "sg", "power", "indoor", "setpoint", "boost_k", "starts"),
+    BOOST_CASES,
+    ids=[c[0] for c in BOOST_CASES],
+)
+def test_boost_counts_only_when_it_starts_the_compressor(
+    name, sg, power, indoor, setpoint, boost_k, starts
+):
+    values = {"sg_ready": sg, "power_w": power, "indoor_c": indoor}
+    if setpoint is not None:
+        values |= {"setpoint_c": setpoint, "boost_k": boost_k}
+    reading = Reading(ts=T, values=values)
+    assert _boost_starts(reading, indoor, power) is starts
