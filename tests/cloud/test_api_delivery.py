@@ -96,7 +96,8 @@ async def test_performance_summarises_the_recorded_cycles(api: Api):
     for ts, target, measured, err in rows:
         await asyncio.to_thread(api.registry.record_cycle, "north", ts, target, measured, err)
     await asyncio.to_thread(api.registry.record_cycle, "north", t0 + 8, None, 900.0, None)
-    params = {"since": to_iso8601(t0), "until": to_iso8601(t0 + 60)}
+    # ISO 8601 in the query rounds: start a second early so the first cycle is inside
+    params = {"since": to_iso8601(t0 - 1), "until": to_iso8601(t0 + 60)}
     r = await api.client.get("/v1/pools/north/performance", params=params, headers=api.auth())
     assert r.status_code == 200, r.text
     body = r.json()
