@@ -23,15 +23,13 @@ What it guarantees, and how:
   with the site and partition, and dropped. Handler exceptions are caught, logged and
   counted. Nothing that arrives over MQTT can stop the uplink.
 
-Why no thread per client: the demo runs hundreds of agents in one process. paho's own
-``loop_start()`` would give each one a thread. Instead paho's socket callbacks
-(``on_socket_open``/``close``/``register_write``/``unregister_write``) hook each client's
-socket into the shared asyncio loop with ``add_reader``/``add_writer``, and one small task
-per connected client calls ``loop_misc()`` once a (wall) second for keepalive. The TCP
-connect itself is done by asyncio (``sock_connect``) and handed to paho, so a slow or
-dead broker never blocks the loop (a TLS handshake, for ``mqtts://``, still runs inside
-paho with its connect timeout). A new paho client object is made for each connection, so
-nothing paho kept in memory from a dead connection is resent behind the store's back.
+Why no thread per client: the demo runs hundreds of agents in one process. The MQTT
+connection is a :class:`protocols.mqtt_asyncio.AsyncMqttClient`: paho driven by the shared
+asyncio loop (no thread per client, a TCP connect that never blocks the loop, reconnect with
+backoff, subscriptions renewed on every connect). It makes a new paho client for each
+connection, so nothing paho kept in memory from a dead connection is resent behind the
+store's back; this module adds what is the edge's own: the outbox, presence and the
+validation of what comes in.
 
 Time: reconnect backoff, the backlog delay and the drain rate use the agent's
 :class:`~protocols.clock.Clock` (tests run at high simulated speed). Keepalive, connect
@@ -42,22 +40,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
-import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.store import EdgeStore, OutboxRecord
 from protocols.clock import Clock
@@ -72,6 +63,7 @@ from protocols.messages import (
     encode,
     parse_message,
 )
+from protocols.mqtt_asyncio import AsyncMqttClient, ConnAck, Publication
 from protocols.partitions import partition_of
 from protocols.topics import PartitionKind, SiteKind, partition_topic, site_topic
 
@@ -87,10 +79,10 @@ _RESERVED_INFLIGHT = 4  # room under the broker's Receive Maximum for status and
 _LIVE_QUEUE = 64  # live records waiting for an in-flight slot; older ones fall to the drain
 _RECENT_ACKED = 4096  # seqs acked lately: the drain skips them if its page is stale
 _IDLE_RESCAN_S = 60.0  # clock seconds between backlog scans when nothing asks for one
-_MISC_INTERVAL_S = 1.0  # wall seconds between paho loop_misc() calls (keepalive)
 _ACK_FLUSH_S = 0.1  # wall seconds PUBACKed seqs wait before they are marked sent together
 _ACK_FLUSH_MAX = 256  # ...or this many, whichever comes first
 _BAD_LOG_FIRST = 10  # log every bad message of a reason up to this count, then 1 in 1000
+_LINK_COUNTERS = ("connects", "reconnects", "connect_failures")  # kept by the MQTT client
 
 
 class UplinkHandler(Protocol):
@@ -101,40 +93,6 @@ class UplinkHandler(Protocol):
     def on_signal(self, message: PartitionSignal) -> None: ...
 
     def on_config(self, message: Config) -> None: ...
-
-
-class _PahoClient(mqtt.Client):
-    """paho's client, taking the TCP socket that asyncio already connected.
-
-    paho's ``reconnect()`` opens its socket with a blocking ``socket.create_connection``;
-    that would stall every agent on the loop while one broker address times out. This
-    override hands paho the socket :class:`Uplink` connected with ``loop.sock_connect``.
-    """
-
-    preconnected: socket.socket | None = None
-
-    def _create_socket_connection(self) -> socket.socket:
-        sock, self.preconnected = self.preconnected, None
-        if sock is None:
-            raise OSError("vpp uplink: no pre-connected socket; connect through Uplink")
-        return sock
-
-
-class _ConnectFailedError(Exception):
-    """The broker refused the CONNECT or did not answer it in time."""
-
-
-def _parse_url(url: str) -> tuple[str, int, bool, str | None, str | None]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"MQTT url {url!r}: scheme must be mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise ValueError(f"MQTT url {url!r} has no host")
-    tls = parts.scheme in ("mqtts", "ssl")
-    port = parts.port or (8883 if tls else 1883)
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    return parts.hostname, port, tls, user, password
 
 
 class Uplink:
@@ -199,10 +157,6 @@ class Uplink:
         self.reconnect_min_s = float(reconnect_min_s)
         self.reconnect_max_s = float(reconnect_max_s)
         self.connect_timeout_s = float(connect_timeout_s)
-        self._host, self._port, self._tls, url_user, url_password = _parse_url(mqtt_url)
-        self._username = username if username is not None else url_user
-        self._password = password if password is not None else url_password
-        self._tls_context = tls_context
         self._rng = rng or random.Random()
 
         self.topic_telemetry = site_topic(partition, site_id, SiteKind.TELEMETRY)
@@ -213,20 +167,40 @@ class Uplink:
         self.topic_signal = partition_topic(partition, PartitionKind.SIGNAL)
         self._ctx = f"site={site_id} partition={partition}"
 
-        self.connected = False
-        self._subscribed = False  # SUBACK received for this connection
-        self._client: _PahoClient | None = None
+        # Persistent session (clean_start False + expiry): the broker queues dispatches and
+        # configs while the agent is away. The will is made per connection (fresh ts).
+        self._mqtt = AsyncMqttClient(
+            mqtt_url=mqtt_url,
+            client_id=self.client_id,
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_link_down,
+            on_publish=self._on_publish,
+            username=username,
+            password=password,
+            tls_context=tls_context,
+            clean_start=False,
+            session_expiry_s=self.session_expiry_s,
+            will=lambda: Publication(
+                self.topic_status, self._status("offline", "connection lost"), retain=True
+            ),
+            keepalive_s=self.keepalive_s,
+            reconnect_min_s=self.reconnect_min_s,
+            reconnect_max_s=self.reconnect_max_s,
+            connect_timeout_s=self.connect_timeout_s,
+            max_inflight=0,  # the uplink bounds telemetry in flight itself
+            clock=clock,
+            rng=self._rng,
+            name=f"uplink {self._ctx}",
+            logger=log,
+        )
+        self._mqtt.subscribe([self.topic_dispatch, self.topic_config, self.topic_signal], qos=1)
+
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: asyncio.Task[None] | None = None
+        self._conn = 0  # connection number: a drain task works for one connection only
         self._drain_task: asyncio.Task[None] | None = None
-        self._misc_task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._closed = asyncio.Event()
-        self._connack: asyncio.Future[None] | None = None
-        self._ever_connected = asyncio.Event()
-        self._connected_event = asyncio.Event()
         self._inflight_limit = self.max_inflight
-        self._inflight: dict[int, int] = {}  # paho mid -> telemetry seq
+        self._inflight: dict[int, int] = {}  # MQTT mid -> telemetry seq
         self._inflight_seqs: set[int] = set()
         self._recent_acked: deque[int] = deque(maxlen=_RECENT_ACKED)
         self._recent_acked_set: set[int] = set()
@@ -235,11 +209,7 @@ class Uplink:
         self._live: deque[OutboxRecord] = deque()
         self._slot_free = asyncio.Event()
         self._drain_wakeup = asyncio.Event()
-        self._waiters: dict[int, asyncio.Future[None]] = {}  # mid -> future (shutdown status)
         self._stats: dict[str, Any] = {
-            "connects": 0,
-            "reconnects": 0,
-            "connect_failures": 0,
             "published": 0,
             "acked": 0,
             "live_sent": 0,
@@ -260,13 +230,29 @@ class Uplink:
     # --- public API -------------------------------------------------------------------------
 
     @property
+    def connected(self) -> bool:
+        """Connected to the broker (CONNACK received, connection not lost since)."""
+        return self._mqtt.connected
+
+    @property
+    def _client(self) -> mqtt.Client | None:
+        """The current paho client (tests break its socket to simulate a dead link)."""
+        return self._mqtt.client
+
+    @property
     def stats(self) -> dict[str, Any]:
         """Counters for status pages and metrics (a copy; dicts are per reason)."""
-        out = dict(self._stats)
+        link = self._mqtt.stats
+        out = {name: link[name] for name in _LINK_COUNTERS}
+        out.update(self._stats)
         out["bad_messages"] = dict(self._stats["bad_messages"])
         out["publish_refused"] = dict(self._stats["publish_refused"])
+        # handler bugs caught here, plus any that escaped to the MQTT client's safety net
+        out["handler_errors"] = self._stats["handler_errors"] + link["handler_errors"]
         out["connected"] = self.connected
-        out["subscribed"] = self._subscribed
+        wanted = (self.topic_dispatch, self.topic_config, self.topic_signal)
+        granted = self._mqtt.subscribed
+        out["subscribed"] = self.connected and all(t in granted for t in wanted)
         out["inflight"] = len(self._inflight)
         return out
 
@@ -276,21 +262,12 @@ class Uplink:
         A broker that is down is fine: the link keeps retrying with backoff, and
         telemetry stays in the store until it is up.
         """
-        if self._runner is not None:
-            return
         self._loop = asyncio.get_running_loop()
-        self._stopping = False
-        self._runner = self._loop.create_task(self._run(), name=f"uplink-{self.site_id}")
+        await self._mqtt.start()
 
     async def wait_connected(self, wall_timeout_s: float | None = None) -> bool:
         """Wait (wall seconds) until connected; False on timeout. For tests and start-up."""
-        if self.connected:
-            return True
-        try:
-            await asyncio.wait_for(self._connected_event.wait(), wall_timeout_s)
-        except TimeoutError:
-            return False
-        return self.connected
+        return await self._mqtt.wait_connected(wall_timeout_s)
 
     async def stop(self, wall_timeout_s: float = 2.0) -> None:
         """Publish a retained "offline" (reason "shutdown"), disconnect cleanly, stop tasks.
@@ -298,30 +275,9 @@ class Uplink:
         ``wall_timeout_s`` (wall seconds) bounds the wait for the status PUBACK and for the
         disconnect; a dead broker never makes shutdown hang.
         """
-        self._stopping = True
-        client = self._client
-        if self.connected and client is not None:
-            try:
-                info = client.publish(
-                    self.topic_status, self._status("offline", "shutdown"), qos=1, retain=True
-                )
-                if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    fut = asyncio.get_running_loop().create_future()
-                    self._waiters[info.mid] = fut
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(fut, wall_timeout_s)
-                client.disconnect()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closed.wait(), wall_timeout_s)
-            except Exception:
-                log.exception("uplink %s: error during clean shutdown", self._ctx)
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
-        self._teardown_connection(self._client, "shutdown")
-        self._flush_acked()
+        farewell = Publication(self.topic_status, self._status("offline", "shutdown"), retain=True)
+        await self._mqtt.stop(wall_timeout_s=wall_timeout_s, farewell=farewell)
+        self._on_link_down("shutdown")  # idempotent; also when stopped before connecting
         log.info("uplink %s: stopped (%s)", self._ctx, self._summary())
 
     def send_telemetry(self, record: OutboxRecord) -> None:
@@ -346,149 +302,13 @@ class Uplink:
 
     def send_ack(self, ack: Ack) -> None:
         """Publish a dispatch ack (QoS 1, best effort: not stored, dropped when offline)."""
-        client = self._client
-        if not self.connected or client is None:
-            self._stats["acks_dropped"] += 1
-            log.debug("uplink %s: offline, ack for %s dropped", self._ctx, ack.dispatch_id)
-            return
-        info = client.publish(self.topic_ack, encode(ack), qos=1)
-        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if self._mqtt.publish(self.topic_ack, encode(ack), qos=1) is not None:
             self._stats["acks_sent"] += 1
         else:
             self._stats["acks_dropped"] += 1
+            log.debug("uplink %s: offline, ack for %s dropped", self._ctx, ack.dispatch_id)
 
-    # --- connection supervisor -------------------------------------------------------------
-
-    async def _run(self) -> None:
-        """Connect, wait for the connection to end, back off, repeat until stopped."""
-        failures = 0
-        while not self._stopping:
-            try:
-                await self._connect_once()
-            except (OSError, _ConnectFailedError, TimeoutError) as exc:
-                failures += 1
-                self._stats["connect_failures"] += 1
-                self._teardown_connection(self._client, "connect failed")
-                delay = self._backoff(failures)
-                loud = failures in (1, 10) or failures % 100 == 0
-                level = logging.WARNING if loud else logging.DEBUG
-                log.log(
-                    level,
-                    "uplink %s: cannot connect to %s:%d (%s); attempt %d, retry in %.1f s",
-                    self._ctx,
-                    self._host,
-                    self._port,
-                    exc or type(exc).__name__,
-                    failures,
-                    delay,
-                )
-                await self._backoff_sleep(delay)
-                continue
-            failures = 0
-            await self._closed.wait()
-            if not self._stopping:
-                # A broker that accepts and then drops us at once must not be hammered.
-                await self._backoff_sleep(self._backoff(1))
-
-    def _backoff(self, failures: int) -> float:
-        base = min(self.reconnect_max_s, self.reconnect_min_s * 2 ** min(failures - 1, 20))
-        return base * self._rng.uniform(0.5, 1.0)
-
-    async def _backoff_sleep(self, clock_seconds: float) -> None:
-        # Clock time, but at least a few wall ms, so a fast SimClock cannot spin the loop.
-        await asyncio.gather(self.clock.sleep(clock_seconds), asyncio.sleep(0.005))
-
-    async def _connect_once(self) -> None:
-        loop = asyncio.get_running_loop()
-        sock = await asyncio.wait_for(self._open_socket(loop), self.connect_timeout_s)
-        client = self._new_client(sock)
-        self._client = client
-        self._closed = asyncio.Event()
-        self._connack = loop.create_future()
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.session_expiry_s
-        try:
-            rc = client.connect(
-                self._host,
-                self._port,
-                keepalive=self.keepalive_s,
-                clean_start=False,
-                properties=props,
-            )
-        except Exception:
-            with contextlib.suppress(OSError):
-                sock.close()
-            raise
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise _ConnectFailedError(f"paho connect: {mqtt.error_string(rc)}")
-        try:
-            await asyncio.wait_for(asyncio.shield(self._connack), self.connect_timeout_s)
-        except TimeoutError:
-            raise _ConnectFailedError(
-                f"no CONNACK within {self.connect_timeout_s:.0f} s (broker hung?)"
-            ) from None
-
-    async def _open_socket(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
-        """TCP connect without blocking the loop (and without the resolver thread pool when
-        the host is an IP literal, the common case for a local broker)."""
-        try:
-            ipaddress.ip_address(self._host)
-            infos = [
-                (
-                    socket.AF_INET6 if ":" in self._host else socket.AF_INET,
-                    socket.SOCK_STREAM,
-                    0,
-                    "",
-                    (self._host, self._port),
-                )
-            ]
-        except ValueError:
-            infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
-        last: OSError | None = None
-        for family, type_, proto, _, addr in infos:
-            sock = socket.socket(family, type_, proto)
-            sock.setblocking(False)
-            try:
-                await loop.sock_connect(sock, addr)
-            except OSError as exc:
-                sock.close()
-                last = exc
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-        raise last or OSError(f"no address for {self._host}")
-
-    def _new_client(self, sock: socket.socket) -> _PahoClient:
-        client = _PahoClient(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            reconnect_on_failure=False,
-        )
-        client.preconnected = sock
-        client.suppress_exceptions = True  # a bug in a callback must not unwind paho's state
-        client.max_inflight_messages_set(0)  # the uplink bounds telemetry in flight itself
-        if self._username is not None:
-            client.username_pw_set(self._username, self._password)
-        if self._tls:
-            client.tls_set_context(self._tls_context or ssl.create_default_context())
-        client.will_set(
-            self.topic_status, self._status("offline", "connection lost"), qos=1, retain=True
-        )
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_socket_register_write
-        client.on_socket_unregister_write = self._on_socket_unregister_write
-        return client
+    # --- connection events (from the MQTT client, on the event loop) -------------------------
 
     def _status(self, state: str, reason: str | None = None) -> bytes:
         return encode(
@@ -501,128 +321,33 @@ class Uplink:
             )
         )
 
-    def _teardown_connection(self, client: _PahoClient | None, why: str) -> None:
+    def _on_connect(self, connack: ConnAck) -> None:
+        """Presence "online", the in-flight bound for this broker, and a drain task."""
+        self._conn += 1
+        limit = self.max_inflight
+        if connack.receive_maximum:
+            limit = max(1, min(limit, connack.receive_maximum - _RESERVED_INFLIGHT))
+        self._inflight_limit = limit
+        self._mqtt.publish(self.topic_status, self._status("online"), qos=1, retain=True)
+        log.debug("uplink %s: in-flight limit %d", self._ctx, limit)
+        assert self._loop is not None
+        self._drain_task = self._loop.create_task(
+            self._drain(self._conn), name=f"uplink-drain-{self.site_id}"
+        )
+
+    def _on_link_down(self, why: str) -> None:
         """Forget everything tied to one connection (idempotent). In-flight records stay
         unsent in the store; the next connection's drain sends them again."""
-        if client is not None and client is self._client and client.socket() is not None:
-            # paho has no public "drop the socket now" call; _sock_close() also runs our
-            # on_socket_close, which removes the reader and writer.
-            try:
-                client._sock_close()
-            except Exception:
-                log.exception("uplink %s: error closing the socket", self._ctx)
-        was_connected = self.connected
-        self.connected = False
-        self._subscribed = False
-        self._connected_event.clear()
         self._inflight.clear()
         self._inflight_seqs.clear()
         self._live.clear()
         self._slot_free.set()
-        for task in (self._drain_task, self._misc_task):
-            if task is not None and not task.done():
-                task.cancel()
-        self._drain_task = self._misc_task = None
-        for fut in self._waiters.values():
-            if not fut.done():
-                fut.set_result(None)
-        self._waiters.clear()
-        if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(_ConnectFailedError(f"connection closed ({why})"))
-            self._connack.exception()  # retrieved: no "never retrieved" warning
+        if self._drain_task is not None and not self._drain_task.done():
+            self._drain_task.cancel()
+        self._drain_task = None
         self._flush_acked()
-        self._closed.set()
-        if was_connected:
-            level = logging.INFO if self._stopping else logging.WARNING
-            log.log(level, "uplink %s: disconnected (%s)", self._ctx, why)
 
-    # --- paho callbacks (all run on the event loop) -----------------------------------------
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if client is not self._client:
-            return
-        if reason_code.is_failure:
-            if self._connack is not None and not self._connack.done():
-                self._connack.set_exception(_ConnectFailedError(f"broker refused: {reason_code}"))
-            return
-        self.connected = True
-        self._connected_event.set()
-        self._stats["connects"] += 1
-        if self._stats["connects"] > 1:
-            self._stats["reconnects"] += 1
-        receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
-        limit = self.max_inflight
-        if receive_max:
-            limit = max(1, min(limit, int(receive_max) - _RESERVED_INFLIGHT))
-        self._inflight_limit = limit
-        client.publish(self.topic_status, self._status("online"), qos=1, retain=True)
-        opts = SubscribeOptions(qos=1)
-        client.subscribe(
-            [(self.topic_dispatch, opts), (self.topic_config, opts), (self.topic_signal, opts)]
-        )
-        log.info(
-            "uplink %s: connected to %s:%d (session present: %s, in-flight limit %d)",
-            self._ctx,
-            self._host,
-            self._port,
-            flags.session_present,
-            limit,
-        )
-        assert self._loop is not None
-        self._drain_task = self._loop.create_task(
-            self._drain(client), name=f"uplink-drain-{self.site_id}"
-        )
-        if self._connack is not None and not self._connack.done():
-            self._connack.set_result(None)
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if client is not self._client:
-            return
-        who = "broker" if flags.is_disconnect_packet_from_server else "link"
-        self._teardown_connection(None, f"{who}: {reason_code}")
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        if client is not self._client:
-            return
-        refused = [str(rc) for rc in reason_codes if rc.is_failure]
-        self._subscribed = not refused
-        if refused:
-            log.error("uplink %s: subscription refused by the broker: %s", self._ctx, refused)
-
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if client is not self._client:
-            return
-        waiter = self._waiters.pop(mid, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _on_publish(self, mid: int, reason_code: ReasonCode) -> None:
         seq = self._inflight.pop(mid, None)
         if seq is None:
             return  # status or ack
@@ -644,25 +369,23 @@ class Uplink:
         self._slot_free.set()
         self._pump_live()
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if client is not self._client:
-            return
-        if not msg.payload and msg.topic.endswith(f"/{SiteKind.CONFIG.value}"):
+    def _on_message(self, topic_name: str, payload: bytes) -> None:
+        if not payload and topic_name.endswith(f"/{SiteKind.CONFIG.value}"):
             # An empty retained message is how MQTT deletes a retained config: not an error.
             # The agent keeps the config it has (the cloud sends a new rev to change it).
             self._stats["configs_cleared"] += 1
             log.info("uplink %s: retained config cleared; keeping the current one", self._ctx)
             return
         try:
-            topic, message = parse_message(msg.topic, msg.payload, self.partition_count)
+            topic, message = parse_message(topic_name, payload, self.partition_count)
         except ProtocolError as exc:
-            self._bad(exc.reason.value, msg.topic, str(exc))
+            self._bad(exc.reason.value, topic_name, str(exc))
             return
         except Exception as exc:  # a validator bug must not take the link down either
-            self._bad("internal_error", msg.topic, repr(exc))
+            self._bad("internal_error", topic_name, repr(exc))
             return
         if topic.partition != self.partition or topic.site_id not in (None, self.site_id):
-            self._bad(Reason.SITE_MISMATCH.value, msg.topic, "addressed to another site")
+            self._bad(Reason.SITE_MISMATCH.value, topic_name, "addressed to another site")
             return
         callback: Callable[[Any], None]
         if isinstance(message, Dispatch):
@@ -675,84 +398,23 @@ class Uplink:
             self._stats["configs"] += 1
             callback = self.handler.on_config
         else:
-            self._bad(Reason.WRONG_TOPIC_KIND.value, msg.topic, f"unexpected {message.SCHEMA}")
+            self._bad(Reason.WRONG_TOPIC_KIND.value, topic_name, f"unexpected {message.SCHEMA}")
             return
         try:
             callback(message)
         except Exception:
             self._stats["handler_errors"] += 1
             log.exception(
-                "uplink %s: handler failed on %s from %s", self._ctx, message.SCHEMA, msg.topic
+                "uplink %s: handler failed on %s from %s", self._ctx, message.SCHEMA, topic_name
             )
-
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        assert self._loop is not None
-        self._loop.add_reader(sock, self._readable, client)
-        if self._misc_task is None or self._misc_task.done():
-            self._misc_task = self._loop.create_task(
-                self._misc(client), name=f"uplink-misc-{self.site_id}"
-            )
-
-    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
-        if client is self._client and not self._closed.is_set():
-            # paho closed the socket without telling on_disconnect first: same outcome.
-            self._loop_call_soon(self._teardown_if_current, client)
-
-    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        assert self._loop is not None
-        self._loop.add_writer(sock, self._writable, client)
-
-    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        if self._loop is not None:
-            self._loop.remove_writer(sock)
-
-    # --- I/O plumbing ---------------------------------------------------------------------------
-
-    def _readable(self, client: mqtt.Client) -> None:
-        try:
-            client.loop_read()
-        except Exception:
-            log.exception("uplink %s: error reading from the broker", self._ctx)
-            self._teardown_if_current(client)
-
-    def _writable(self, client: mqtt.Client) -> None:
-        try:
-            client.loop_write()
-        except Exception:
-            log.exception("uplink %s: error writing to the broker", self._ctx)
-            self._teardown_if_current(client)
-
-    def _teardown_if_current(self, client: mqtt.Client) -> None:
-        if client is self._client and not self._closed.is_set():
-            self._teardown_connection(self._client, "socket error")
-
-    def _loop_call_soon(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon(fn, *args)
-
-    async def _misc(self, client: mqtt.Client) -> None:
-        """Keepalive: paho's loop_misc() once a wall second while the socket is open."""
-        while client is self._client and client.socket() is not None:
-            await asyncio.sleep(_MISC_INTERVAL_S)
-            try:
-                client.loop_misc()
-            except Exception:
-                log.exception("uplink %s: loop_misc failed", self._ctx)
 
     # --- telemetry sending ------------------------------------------------------------------------
 
     def _publish_record(self, record: OutboxRecord, *, live: bool) -> bool:
-        client = self._client
-        if client is None or not self.connected:
+        mid = self._mqtt.publish(self.topic_telemetry, record.payload, qos=1)
+        if mid is None:
             return False
-        info = client.publish(self.topic_telemetry, record.payload, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            log.debug("uplink %s: publish seq %d: %s", self._ctx, record.seq, info.rc)
-            return False
-        self._inflight[info.mid] = record.seq
+        self._inflight[mid] = record.seq
         self._inflight_seqs.add(record.seq)
         self._stats["published"] += 1
         self._stats["live_sent" if live else "backlog_sent"] += 1
@@ -788,10 +450,10 @@ class Uplink:
             self._stats["store_errors"] += 1
             log.exception("uplink %s: cannot mark %d records sent", self._ctx, len(seqs))
 
-    async def _wait_slot(self, client: mqtt.Client) -> bool:
+    async def _wait_slot(self, conn: int) -> bool:
         """Wait for a free in-flight slot, letting queued live records take slots first."""
         while True:
-            if client is not self._client or not self.connected:
+            if conn != self._conn or not self.connected:
                 return False
             self._pump_live()
             if len(self._inflight) < self._inflight_limit and not self._live:
@@ -799,15 +461,15 @@ class Uplink:
             self._slot_free.clear()
             await self._slot_free.wait()
 
-    async def _drain(self, client: mqtt.Client) -> None:
+    async def _drain(self, conn: int) -> None:
         """Send the backlog oldest-first, behind live data, at a bounded rate (one task per
         connection, cancelled when the connection ends)."""
         await self.clock.sleep(self._rng.uniform(0.0, self.backlog_delay_max_s))
         pacer = [self.clock.time()]  # next allowed send time, shared across passes
-        while client is self._client and self.connected:
+        while conn == self._conn and self.connected:
             self._drain_wakeup.clear()
             try:
-                sent = await self._drain_pass(client, pacer)
+                sent = await self._drain_pass(conn, pacer)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -821,7 +483,7 @@ class Uplink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drain_wakeup.wait(), _IDLE_RESCAN_S / self.clock.speed)
 
-    async def _drain_pass(self, client: mqtt.Client, pacer: list[float]) -> int:
+    async def _drain_pass(self, conn: int, pacer: list[float]) -> int:
         """One scan over the unsent records; returns how many it published."""
         cursor: int | None = None
         sent = 0
@@ -836,7 +498,7 @@ class Uplink:
                 wait = pacer[0] - self.clock.time()
                 if wait > 0:
                     await self.clock.sleep(wait)
-                if not await self._wait_slot(client):
+                if not await self._wait_slot(conn):
                     return sent
                 if self._already_going(record.seq):
                     continue  # sent live while this task waited
@@ -863,7 +525,7 @@ class Uplink:
             )
 
     def _summary(self) -> str:
-        s = self._stats
+        s = self.stats
         return (
             f"published={s['published']} acked={s['acked']} backlog_sent={s['backlog_sent']} "
             f"reconnects={s['reconnects']} bad={sum(s['bad_messages'].values())}"
