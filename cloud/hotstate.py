@@ -40,9 +40,11 @@ __all__ = [
     "agg_key",
     "agg_parts_key",
     "counters_key",
+    "delivery_key",
     "lease_key",
     "rejected_key",
     "sites_key",
+    "state_key",
     "worker_key",
 ]
 
@@ -68,6 +70,16 @@ def agg_key(pool_id: str, partition: int) -> str:
 
 def agg_parts_key(pool_id: str) -> str:
     return f"{PREFIX}:agg:{pool_id}:parts"
+
+
+def state_key(pool_id: str) -> str:
+    """The pool dispatcher's controller state (a standby continues from it)."""
+    return f"{PREFIX}:dispatch:{pool_id}:state"
+
+
+def delivery_key(pool_id: str) -> str:
+    """The pool dispatcher's latest cycle (target, measured, shortfall), read by the API."""
+    return f"{PREFIX}:dispatch:{pool_id}:delivery"
 
 
 def sites_key(partition: int) -> str:

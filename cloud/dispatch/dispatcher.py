@@ -41,7 +41,13 @@ import redis.asyncio as aioredis
 from cloud.alerts import AlertBook, active_alerts, store_transition
 from cloud.dispatch.allocation import allocate
 from cloud.dispatch.controller import ControllerConfig, ControllerState, step
-from cloud.hotstate import PartitionAggregate, agg_key, agg_parts_key
+from cloud.hotstate import (
+    PartitionAggregate,
+    agg_key,
+    agg_parts_key,
+    delivery_key,
+    state_key,
+)
 from cloud.locks import LeaderLock
 from cloud.registry import Registry
 from protocols.clock import Clock
@@ -56,14 +62,6 @@ log = logging.getLogger("cloud.dispatch")
 LEADER_KEY = "vpp:leader:dispatcher"
 SIGNAL_SEQ_KEY = "vpp:dispatch:signal-seq"
 CONFIG_REV_KEY = "vpp:dispatch:site-config-rev"
-
-
-def state_key(pool_id: str) -> str:
-    return f"vpp:dispatch:{pool_id}:state"
-
-
-def delivery_key(pool_id: str) -> str:
-    return f"vpp:dispatch:{pool_id}:delivery"
 
 
 @dataclass

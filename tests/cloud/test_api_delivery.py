@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cloud.alerts import AlertBook, store_transition
-from cloud.dispatch.dispatcher import delivery_key
+from cloud.hotstate import delivery_key
 from protocols.units import to_iso8601
 
 from .api_harness import Api, running_api

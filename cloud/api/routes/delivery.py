@@ -20,7 +20,7 @@ from cloud.api.routes.common import AUTH_ERRORS
 from cloud.api.schemas import AlertOut, AlertsOut, CycleOut, DeliveryOut, PerformanceOut
 from cloud.api.validation import parse_time
 from cloud.api.views import iso
-from cloud.dispatch.dispatcher import delivery_key
+from cloud.hotstate import delivery_key
 
 router = APIRouter(prefix="/v1", tags=["delivery"], responses=AUTH_ERRORS)
 

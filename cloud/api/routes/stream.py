@@ -33,9 +33,8 @@ from cloud.api.context import ApiContext, CtxDep
 from cloud.api.routes.common import AUTH_ERRORS
 from cloud.api.schemas import StreamDelivery, StreamEvent
 from cloud.api.views import now_out
-from cloud.dispatch.dispatcher import delivery_key
 from cloud.flexibility.model import read_pool_aggregate
-from cloud.hotstate import PoolAggregate
+from cloud.hotstate import PoolAggregate, delivery_key
 from protocols.units import to_iso8601
 
 router = APIRouter(prefix="/v1", tags=["stream"], responses=AUTH_ERRORS)
