@@ -5,7 +5,7 @@ devices' ground truth:
 * a step is reached to 90 % within 3 control cycles after the devices' own ramp, and the
   pool power the cloud reports is the exact sum of what its sites reported, every cycle;
 * a schedule with steps and ramps: energy error per 15-minute interval under 1 %, and
-  4-second steps within 5 % (95 % asked, not met yet: see the test);
+  4-second steps within 5 % (95 % asked; 94.9-96.2 % measured, see the test);
 * killing the leading dispatcher: a standby takes over and tracking resumes within 8 s;
 * not enough flexibility left: the shortfall is reported (API, metric, alert), not hidden.
 """
@@ -121,10 +121,11 @@ def schedule_values(now: dict) -> list[float]:
 async def test_a_schedule_with_steps_and_ramps_is_tracked(tmp_path, broker, redis_url):
     start = 1_717_236_900.0  # 10:15 UTC; the system starts at 10:14
     async with running_system(tmp_path, broker.url, redis_url, sites=SITES, speed=15.0,
-                              t0=start - 60.0, tick_s=0.1) as system:  # fmt: skip
+                              t0=start - 60.0) as system:  # fmt: skip
         now = (await system.flexibility())["now"]
+        values = schedule_values(now)
         body = {"start": datetime.fromtimestamp(start, UTC).isoformat(), "resolution": "PT5M",
-                "values_w": schedule_values(now), "kind": "delta"}  # fmt: skip
+                "values_w": values, "kind": "delta"}  # fmt: skip
         response = await system.api.post("/v1/pools/north/schedules", json=body)
         assert response.status_code == 201, response.text
         end = start + 1800.0
@@ -135,10 +136,17 @@ async def test_a_schedule_with_steps_and_ramps_is_tracked(tmp_path, broker, redi
         t_cyc = np.array([datetime.fromisoformat(ts).timestamp() for ts, _ in cycles])
         target = np.array([v for _, v in cycles])
         truth = np.array(system.truth_series(start, end))
-        # the target in force at each truth sample: the latest cycle's
+        # The target at each truth sample: the schedule's value at that instant (values change
+        # on the interval boundary, not at the dispatcher's next cycle) on top of the pool's
+        # baseline as the dispatcher measured it in its latest cycle.
         idx = np.searchsorted(t_cyc, truth[:, 0], side="right") - 1
         ok = idx >= 0
-        t, delivered, wanted = truth[ok, 0], truth[ok, 1], target[idx[ok]]
+        t, delivered = truth[ok, 0], truth[ok, 1]
+
+        def delta(at: np.ndarray) -> np.ndarray:
+            return np.array(values)[np.clip(((at - start) // 300).astype(int), 0, 5)]
+
+        wanted = target[idx[ok]] - delta(t_cyc[idx[ok]]) + delta(t)
         dt = np.diff(t, append=end)
         # Percentages of a target near zero mean nothing (a pool whose PV export balances
         # its load): as in the e2e KPIs, the reference is at least 5 % of the pool's range.
@@ -160,11 +168,13 @@ async def test_a_schedule_with_steps_and_ramps_is_tracked(tmp_path, broker, redi
               f"{100 * within.mean():.1f} % of {n} 4-s steps within 5 %, "
               f"mean |target| {np.mean(np.abs(wanted)):.0f} W, floor {floor_w:.0f} W")  # fmt: skip
         assert max(errors) < 0.01
-        # Issue 6 asks for 95 % of 4-second steps within 5 %; measured 86-91 % (three runs),
-        # so that figure is not met yet and the issue stays open. This bound guards against
-        # regressions until the cause (deviations in steady state with batteries at their
-        # limit, where load changes pass through) is fixed.
-        assert within.mean() >= 0.85
+        # Issue 6 asks for 95 %: measured 94.9-96.2 % (median 96.0 %, 5 runs). The windows
+        # that miss are the value changes (a 42 kW step takes the batteries about 1.5 s) and
+        # appliances switching in several homes at once, which each site's 1 s loop corrects
+        # within a second or two; on a 10-home pool each is several % of the target. The
+        # bound leaves room for a loaded CI machine and still catches a regression (the loop
+        # as it was before reached 86-91 %).
+        assert within.mean() >= 0.93
         listed = (await system.api.get("/v1/pools/north/schedules")).json()["schedules"]
         schedule_id = listed[0]["schedule_id"]
         schedule = (await system.api.get(f"/v1/schedules/{schedule_id}")).json()
@@ -178,6 +188,10 @@ async def test_a_schedule_with_steps_and_ramps_is_tracked(tmp_path, broker, redi
         assert sum(r["energy_delivered_wh"] for r in rows) == pytest.approx(
             float(np.sum(delivered * dt) / 3600), abs=0.01 * whole
         )
+        # at the schedule's end the dispatcher released the sites: they run on their own
+        # again at once, not when the last level would have expired
+        assert system.dispatchers[0].stats["releases"] == 1
+        assert {a.state.mode.value for a in system.agents if a.state} == {"fallback"}
 
 
 async def test_a_standby_takes_over_when_the_leader_dies(tmp_path, broker, redis_url):

@@ -15,13 +15,23 @@ The control law (grid power, + = import, :mod:`protocols.units`)::
   corrects the aggregate bias: sites lagging or missing their setpoint (hard limits, a
   battery at its SoC window), the devices' ramps, power of sites the allocation does not
   control. A target step is carried by the feed-forward alone; it resets nothing.
-* **Feedback** on the error measured against the target of ``latency_cycles`` ago, as far
-  as the pool could reach it then (``clamp(target_{k-L}) - measured_k``, L = 1 by default):
-  the measured power at cycle k answers the command of cycle k-L, so comparing it with the
-  new target would read a target step (or a range that just opened up) as a tracking error
-  and kick the command, and with a pool that reports late the kick comes back as an
-  overshoot. A steady, reachable target sees the plain error. The first cycle of a fresh
-  state has nothing to compare with and is feed-forward only.
+* **Feedback** on the error the pool's transit does not explain. The measured power at cycle
+  k answers one of the commands of cycles k-L..k-1 (L = ``latency_cycles``: dispatch, the
+  sites' next poll, the devices' ramp, telemetry and aggregation; it varies from cycle to
+  cycle), so a measurement anywhere between those cycles' reachable targets is the pool in
+  transit, not an error: comparing it with the newest target would read a step as an error
+  and kick the command, and comparing it with one fixed older target kicks as soon as the
+  pool answers faster than assumed (both seen on the whole system as a ringing of several
+  kW after every step). The feedback error is the distance from that band of recent targets;
+  a steady target has a band of one value and sees the plain error. The first cycle of a
+  fresh state has nothing to compare with and is feed-forward only.
+* **Persistence**: only an error seen in two consecutive measurements (same sign, the smaller
+  magnitude of the two) is corrected. A household appliance switching on shows in one
+  measurement and is gone from the next: each site's own 1 s loop holds its grid power, so
+  the pool loop chasing it would add a kick the sites then have to undo (seen on the whole
+  system: a kettle corrected locally within 1.4 s, then a 1.3 kW swing from the pool loop).
+  A bias (sites missing their setpoints, a site lost) persists and is corrected one cycle
+  later than without the filter.
   The P term acts on the part of that error which the pool's present motion will not close
   within the latency (``error - latency * progress per cycle``, never past zero): a pool
   ramping towards the target is left to ramp (pushing it does not make devices ramp faster,
@@ -35,7 +45,9 @@ The control law (grid power, + = import, :mod:`protocols.units`)::
   after the step cycle instead of 86 %) while ``(1 + kp)`` times the pool's one-cycle response
   stays below 2, so the loop does not ring across that delay. The integral removes a steady
   bias (sites delivering 80 % of their setpoint, a battery at its SoC limit) with a time
-  constant of about ``(1 + kp) / ki`` = 15 s, slow enough not to chase noise.
+  constant of about ``(1 + kp) / ki`` = 15 s in theory, 20-25 s with the persistence filter
+  and the motion gate below (a plant model with a 1 kW bias: within 50 W after 44 cycles),
+  slow enough not to chase noise.
 * **Anti-windup**, two kinds. (1) *Saturation*: while the command is clamped at the pool's
   range or held by the rate limit in the error's direction, the integral does not grow
   (conditional integration), and an integral that alone already asks for more than the range
@@ -82,11 +94,11 @@ class ControllerConfig:
     error (and more than the deadband) is a plant still ramping; its error is not integrated.
     2 % tells a ramp taking up to ~50 cycles from the creep of a plant settling on a bias
     (whose motion decays geometrically below 2 % within a few cycles). ``latency_cycles``:
-    after how many cycles a command shows in the measured pool power (dispatch to the
-    workers, to the edges, the devices, telemetry back, aggregation); the feedback compares
-    the measurement with the target of that many cycles ago. 1 means "by the next cycle".
-    Too small makes the loop kick against a step the pool is still reporting; too large
-    delays the correction of a lagging pool. Measure it (aggregates carry source times).
+    within how many cycles a command shows in the measured pool power (dispatch to the
+    workers, to the edges, the devices, telemetry back, aggregation); a measurement between
+    the targets of that many cycles is the pool in transit. 1 means "by the next cycle". Too
+    small reads a late pool as an error and kicks; too large lets a pool that stops halfway
+    go uncorrected for longer. Measure it (aggregates carry source times).
     """
 
     kp: float = 0.5
@@ -134,7 +146,8 @@ class ControllerState:
     ``ts``: last cycle's time (Unix s).
     ``integral_step_w``: last cycle's change of the integral (the plant's answer to it is not
     mistaken for a ramp still in progress). ``earlier_targets_w``: targets of the cycles
-    before the last one, oldest first, as many as the latency needs.
+    before the last one, oldest first, as many as the latency needs. ``last_error_w``: last
+    cycle's feedback error before the persistence filter (0 when none).
     """
 
     integral_w: float = 0.0
@@ -144,6 +157,7 @@ class ControllerState:
     ts: float | None = None
     integral_step_w: float = 0.0
     earlier_targets_w: tuple[float, ...] = ()
+    last_error_w: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +169,7 @@ class ControllerState:
             "ts": self.ts,
             "integral_step_w": self.integral_step_w,
             "earlier_targets_w": list(self.earlier_targets_w),
+            "last_error_w": self.last_error_w,
         }
 
     @classmethod
@@ -196,6 +211,7 @@ class ControllerState:
             ts=num("ts", optional=True),
             integral_step_w=num("integral_step_w", optional=True) or 0.0,
             earlier_targets_w=tuple(float(v) for v in earlier),
+            last_error_w=num("last_error_w", optional=True) or 0.0,
         )
 
 
@@ -249,14 +265,20 @@ def step(
     dt = min(max(gap, 0.0), config.gap_limit_s)
 
     error = target_w - measured_w
-    # What the measurement answers: the reachable target of latency_cycles ago (the oldest
-    # one known after a start). The very first cycle has nothing to compare: feed-forward only.
+    # What the measurement answers: one of the reachable targets of the last latency_cycles
+    # cycles (those known after a start). Inside their band the pool is in transit.
     known = state.earlier_targets_w + (() if state.target_w is None else (state.target_w,))
     lag = config.latency_cycles
-    reference = measured_w if not known else known[max(len(known) - lag, 0)]
-    fb_error = reference - measured_w
-    if abs(fb_error) <= config.deadband_w:
-        fb_error = 0.0
+    raw_error = 0.0  # the very first cycle has nothing to compare: feed-forward only
+    if known:
+        window = known[-lag:]
+        raw_error = min(max(measured_w, min(window)), max(window)) - measured_w
+    if abs(raw_error) <= config.deadband_w:
+        raw_error = 0.0
+    # Persistence: what two consecutive measurements agree on (same sign, smaller magnitude).
+    fb_error = 0.0
+    if raw_error * state.last_error_w > 0.0:
+        fb_error = math.copysign(min(abs(raw_error), abs(state.last_error_w)), raw_error)
 
     feed_forward = target_w - uncontrolled_w
     integral = state.integral_w
@@ -329,6 +351,7 @@ def step(
         ts=now,
         integral_step_w=integral - state.integral_w,
         earlier_targets_w=history[len(history) - (lag - 1) :] if lag > 1 else (),
+        last_error_w=raw_error,
     )
     return StepResult(
         state=new_state,

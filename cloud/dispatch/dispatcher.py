@@ -105,6 +105,7 @@ class PoolDispatcher:
         ack_timeout_cycles: int = 4,
         loop_latency_s: float = 4.0,
         shortfall_alert_s: float | None = None,
+        schedule_lead_s: float | None = None,
     ) -> None:
         if cycle_s < 1.0:
             raise ValueError(f"cycle_s must be at least 1 s, got {cycle_s}")
@@ -131,6 +132,13 @@ class PoolDispatcher:
         # the sites, their next poll (1 s), the devices' ramp, telemetry (every 2 s), the
         # workers' aggregation (1 s). About 4 s: measured on the system tests' step response.
         latency = max(1, min(10, math.ceil(loop_latency_s / cycle_s)))
+        # A schedule is known ahead: each cycle aims at the schedule's value a little later,
+        # so the pool arrives at a new value on time instead of a cycle and a device ramp
+        # late. The command of a cycle holds for the next cycle_s and shows about 1 s later
+        # (the sites' poll, the batteries' ramp): aim at the middle of that span.
+        self.schedule_lead_s = (cycle_s / 2 + 1.0) if schedule_lead_s is None else schedule_lead_s
+        if not (0.0 <= self.schedule_lead_s <= 60.0):
+            raise ValueError(f"schedule_lead_s must be 0..60 s, got {schedule_lead_s}")
         self.config = controller or ControllerConfig(cycle_s=cycle_s, latency_cycles=latency)
         self.redis: aioredis.Redis | None = None
         self.lock: LeaderLock | None = None
@@ -143,7 +151,7 @@ class PoolDispatcher:
         self.stats: dict[str, int] = dict.fromkeys(
             ("cycles", "led_cycles", "signals", "signals_unsent", "errors", "no_data",
              "configs_published", "alerts_raised", "alerts_resolved",
-             "partitions_unresponsive"), 0)  # fmt: skip
+             "partitions_unresponsive", "releases"), 0)  # fmt: skip
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -244,6 +252,24 @@ class PoolDispatcher:
         value = target.value_w + (baseline_w if target.kind == "delta" else 0.0)
         return Target(value, "schedule", target.schedule_id, target.start_ts, target.end_ts)
 
+    def _targets(
+        self, pool_id: str, now: float, baseline_w: float
+    ) -> tuple[Target | None, float | None]:
+        """(the target in force now, the value the loop aims at this cycle).
+
+        A real-time setpoint is aimed at as it is. Otherwise the loop aims at the schedule
+        ``schedule_lead_s`` ahead, or at the baseline when the schedule ends within that
+        lead (the pool is back at its baseline when the schedule ends), and None when there
+        is nothing to follow now or then.
+        """
+        target = self._target(pool_id, now, baseline_w)
+        if (target is not None and target.source == "setpoint") or self.schedule_lead_s == 0:
+            return target, None if target is None else target.value_w
+        ahead = self._target(pool_id, now + self.schedule_lead_s, baseline_w)
+        if ahead is not None and ahead.source == "schedule":
+            return target, ahead.value_w
+        return target, None if target is None else baseline_w
+
     def _responsive(self, pool_id: str, now: float, parts: list[PartitionAggregate]) -> np.ndarray:
         """Which partitions acknowledge the signals: flexible sites there report following.
 
@@ -270,15 +296,17 @@ class PoolDispatcher:
             return
         baseline = np.array([a.baseline_w for a in parts])
         measured_w = float(sum(a.measured_w for a in parts))
-        target = await asyncio.to_thread(self._target, pool_id, now, float(baseline.sum()))
+        target, aim_w = await asyncio.to_thread(self._targets, pool_id, now, float(baseline.sum()))
         self._account(pool_id, now, target, measured_w)
-        if target is None:
-            # Nothing to follow: send nothing; the sites' last signals expire by themselves.
-            for a in parts:
-                self._signalled_since.pop((pool_id, a.partition), None)
+        if aim_w is None:
+            # Nothing to follow: release the sites (they return to their own control at
+            # once instead of holding the last level until it expires), then send nothing.
             if pool_id in self._states:
+                await self._publish_release(pool_id, now, [a.partition for a in parts])
                 del self._states[pool_id]
                 await self.redis.delete(state_key(pool_id))
+            for a in parts:
+                self._signalled_since.pop((pool_id, a.partition), None)
             await self._alert_shortfall(pool_id, now, None, 0.0)
             return
         state = self._states.get(pool_id) or await self._restore(pool_id)
@@ -293,7 +321,7 @@ class PoolDispatcher:
         uncontrolled_w = float(sum(a.uncontrolled_w for a in parts)) + float(
             sum(a.measured_w - a.uncontrolled_w for a in ignored)
         )
-        result = step(state, self.config, now=now, target_w=target.value_w,
+        result = step(state, self.config, now=now, target_w=aim_w,
                       measured_w=measured_w, lo_w=float(p_min[responsive].sum()),
                       hi_w=float(p_max[responsive].sum()),
                       uncontrolled_w=uncontrolled_w)  # fmt: skip
@@ -312,9 +340,13 @@ class PoolDispatcher:
         await self._publish_signals(pool_id, now, [a.partition for a in parts], allocation.levels)
         self._states[pool_id] = result.state
         flexible = sum(a.sites_fresh - a.sites_degraded for a in parts)
-        delivery = {"ts": now, "source": target.source, "schedule_id": target.schedule_id,
-                    "target_w": target.value_w, "command_w": result.command_w,
-                    "measured_w": measured_w, "error_w": result.error_w,
+        # Reported against the target in force now (the aim may lead it by the schedule lead).
+        target_w = target.value_w if target is not None else None
+        error_w = None if target_w is None else target_w - measured_w
+        delivery = {"ts": now, "source": target.source if target else "schedule",
+                    "schedule_id": target.schedule_id if target else None,
+                    "target_w": target_w, "aim_w": aim_w, "command_w": result.command_w,
+                    "measured_w": measured_w, "error_w": error_w,
                     "shortfall_w": result.shortfall_w, "saturated": result.saturated,
                     "uncontrolled_w": uncontrolled_w,
                     "sites_flexible": flexible,
@@ -325,9 +357,9 @@ class PoolDispatcher:
             pipe.set(state_key(pool_id), json.dumps(result.state.to_dict()))
             pipe.set(delivery_key(pool_id), json.dumps(delivery))
             await pipe.execute()
-        await asyncio.to_thread(self.registry.record_cycle, pool_id, now, target.value_w,
-                                measured_w, result.error_w, target.schedule_id)  # fmt: skip
-        await self._alert_shortfall(pool_id, now, target.value_w, result.shortfall_w)
+        await asyncio.to_thread(self.registry.record_cycle, pool_id, now, target_w, measured_w,
+                                error_w, target.schedule_id if target else None)  # fmt: skip
+        await self._alert_shortfall(pool_id, now, target_w, result.shortfall_w)
 
     async def _alert_shortfall(
         self, pool_id: str, now: float, target_w: float | None, shortfall_w: float
@@ -390,6 +422,22 @@ class PoolDispatcher:
             )
             self._mqtt.publish(partition_topic(partition), encode(message), qos=1)
             self.stats["signals"] += 1
+
+    async def _publish_release(self, pool_id: str, now: float, partitions: list[int]) -> None:
+        """End of an activation: a signal that is already over when it arrives (valid for
+        1 ms) replaces the last level, so every site returns to its own control now."""
+        if not self._connected.is_set() or self._mqtt is None:
+            return  # the last signals expire by themselves
+        assert self.redis is not None
+        seq = int(await self.redis.incrby(SIGNAL_SEQ_KEY, len(partitions)))
+        first = seq - len(partitions) + 1
+        for i, partition in enumerate(partitions):
+            message = PartitionSignal(partition=partition, signal_id=f"{pool_id}-{first + i}",
+                                      seq=first + i, issued_ts=now, valid_until=now + 0.001,
+                                      level=0.0, pool_id=pool_id)  # fmt: skip
+            self._mqtt.publish(partition_topic(partition), encode(message), qos=1)
+        self.stats["releases"] += 1
+        log.info("dispatcher %s: pool %s released (no target)", self.id, pool_id)
 
     async def _publish_site_configs(self) -> None:
         """Tell every site its pool (retained config) when the registry's site map changed."""

@@ -26,6 +26,7 @@ import logging
 import math
 import sqlite3
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -147,7 +148,7 @@ class Registry:
         self._wconn = self._connect()
         try:
             self._db = sqlite_utils.Database(self._wconn, execute_plugins=False)
-            self._db.enable_wal()
+            self._enable_wal()
             self._wconn.execute("PRAGMA synchronous=NORMAL")
             self._wconn.execute("PRAGMA foreign_keys=ON")
             self.migrated: list[str] = []
@@ -723,6 +724,22 @@ class Registry:
         return [IntervalPerformance(*row) for row in rows]
 
     # --- internals -----------------------------------------------------------------------
+
+    def _enable_wal(self) -> None:
+        """Switch to WAL, retrying while another process does the same: SQLite answers a
+        concurrent journal-mode change with "database is locked" at once, without waiting on
+        its busy handler (seen with six processes opening a new file together)."""
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        delay = 0.005
+        while True:
+            try:
+                self._db.enable_wal()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     def _connect(self) -> sqlite3.Connection:
         # check_same_thread=False: the writer is shared under self.lock, and close() may

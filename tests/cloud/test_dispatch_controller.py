@@ -131,6 +131,53 @@ def test_a_step_from_rest_with_latency_does_not_kick() -> None:
         state = res.state
 
 
+# A pool that answers sooner than the latency allows for: a measurement anywhere between the
+# targets of the last two cycles is the pool in transit, whichever of them it answers.
+# (now, target, measured) -> command
+TRANSIT_TABLE = [
+    ((0.0, 0.0, 0.0), 0.0),
+    ((2.0, 10_000.0, 0.0), 10_000.0),  # feed-forward only
+    # already 95 % there one cycle later: between 0 and 10 kW, in transit (compared with the
+    # target of two cycles ago, 0 W, this read as 9.5 kW too much and kicked down)
+    ((4.0, 10_000.0, 9_500.0), 10_000.0),
+    ((6.0, 10_000.0, 10_000.0), 10_000.0),
+]
+
+
+def test_a_pool_answering_early_is_not_kicked() -> None:
+    cfg = ControllerConfig(cycle_s=2.0, latency_cycles=2)
+    state = ControllerState()
+    for (now, target, measured), command in TRANSIT_TABLE:
+        res = step(state, cfg, now=now, target_w=target, measured_w=measured, lo_w=-BIG, hi_w=BIG)
+        assert res.command_w == pytest.approx(command), (now, res)
+        state = res.state
+
+
+# Errors are corrected once two consecutive measurements agree on them: an appliance switching
+# on in one home shows in one measurement and is gone from the next (the site's own loop took
+# it out), a lost site's share stays. (now, measured) -> (command, integral); target 5 kW
+PERSISTENCE_TABLE = [
+    ((0.0, 5_000.0), (5_000.0, 0.0)),
+    ((2.0, 5_000.0), (5_000.0, 0.0)),
+    ((4.0, 8_500.0), (5_000.0, 0.0)),  # a kettle, seen once: not chased
+    ((6.0, 5_000.0), (5_000.0, 0.0)),  # gone again
+    ((8.0, 4_000.0), (5_000.0, 0.0)),  # 1 kW short, first seen
+    ((10.0, 4_000.0), (5_000.0 + 0.5 * 1_000.0 + 0.1 * 1_000.0 * 2.0, 200.0)),  # persists
+    # 500 W short now: the smaller of the two agreeing errors, less the pool's progress of
+    # 500 W per cycle for P (nothing left), and no integration while it approaches
+    ((12.0, 4_500.0), (5_200.0, 200.0)),
+]
+
+
+def test_a_one_off_disturbance_is_not_chased_and_a_persistent_one_is_corrected() -> None:
+    state = ControllerState()
+    for (now, measured), (command, integral) in PERSISTENCE_TABLE:
+        res = step(state, CFG, now=now, target_w=5_000.0, measured_w=measured, lo_w=-BIG,
+                   hi_w=BIG)  # fmt: skip
+        assert (res.command_w, res.state.integral_w) == pytest.approx((command, integral)), now
+        state = res.state
+
+
 # (target, measured, lo, hi) -> (command, saturated, shortfall); fresh state each row
 SATURATION_TABLE = [
     ((5000.0, 5000.0, 0.0, 8000.0), (5000.0, None, 0.0)),
@@ -146,7 +193,9 @@ def test_saturation_table(
     inputs: tuple[float, float, float, float], expected: tuple[float, str | None, float]
 ) -> None:
     target, measured, lo, hi = inputs
-    state = ControllerState(target_w=target, measured_w=measured, ts=0.0)
+    # the error was already seen last cycle: it persists, so it is corrected
+    state = ControllerState(target_w=target, measured_w=measured, ts=0.0,
+                            last_error_w=target - measured)  # fmt: skip
     res = step(state, CFG, now=2.0, target_w=target, measured_w=measured, lo_w=lo, hi_w=hi)
     assert (res.command_w, res.saturated, res.shortfall_w) == pytest.approx(expected)
 
@@ -154,8 +203,10 @@ def test_saturation_table(
 def test_deadband_table() -> None:
     cfg = ControllerConfig(deadband_w=100.0)
     state = ControllerState(target_w=1000.0, measured_w=1000.0, ts=0.0)
-    # (measured) -> (command, integral): within +-100 W of the target nothing is corrected
-    table = [(950.0, 1000.0, 0.0), (1080.0, 1000.0, 0.0), (800.0, 1140.0, 40.0)]
+    # (measured) -> (command, integral): within +-100 W of the target nothing is corrected;
+    # beyond it, an error is corrected once a second measurement confirms it
+    table = [(950.0, 1000.0, 0.0), (1080.0, 1000.0, 0.0), (800.0, 1000.0, 0.0),
+             (800.0, 1140.0, 40.0)]  # fmt: skip
     for k, (measured, command, integral) in enumerate(table):
         res = step(state, cfg, now=2.0 * (k + 1), target_w=1000.0, measured_w=measured,
                    lo_w=-BIG, hi_w=BIG)  # fmt: skip
@@ -225,7 +276,7 @@ def test_step_reaches_90_percent_within_3_cycles_after_the_ramp(
 
 def test_bias_is_removed_by_the_integral() -> None:
     plant = Plant(tau_s=1.0, offset_w=-1000.0)  # every setpoint missed by 1 kW
-    powers, results = run_loop(plant, [5000.0] * 40)
+    powers, results = run_loop(plant, [5000.0] * 60)
     assert powers[-1] == pytest.approx(5000.0, abs=50.0)
     assert results[-1].state.integral_w == pytest.approx(1000.0, abs=60.0)
     assert max(powers) <= 5000.0 + 100.0
