@@ -53,6 +53,10 @@ class CloudSettings:
     offline_after_s: float = 120.0
     lease_ttl_s: float = 6.0
     dispatch_cycle_s: float = 2.0
+    dispatch_lock_ttl_s: float = 6.0  # the leader lock: a standby takes over after this
+    dispatch_max_age_s: float | None = None  # partition aggregates older count as gone (3 cycles)
+    # Names this process in leases, the leader lock and logs (default: generated per start).
+    instance_id: str | None = None
 
 
 def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings:
@@ -127,6 +131,7 @@ async def run_cloud(
                 lease_ttl_s=settings.lease_ttl_s,
                 stale_intervals=settings.stale_intervals,
                 offline_after_s=settings.offline_after_s,
+                worker_id=settings.instance_id,
             )
             await worker.start()
             tasks.append(asyncio.create_task(worker.run(), name="worker"))
@@ -140,6 +145,9 @@ async def run_cloud(
                 clock=clock,
                 partition_count=settings.partitions,
                 cycle_s=settings.dispatch_cycle_s,
+                dispatcher_id=settings.instance_id,
+                lock_ttl_s=settings.dispatch_lock_ttl_s,
+                max_aggregate_age_s=settings.dispatch_max_age_s,
             )
             await dispatcher.start()
             tasks.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))

@@ -154,6 +154,7 @@ class SiteAgent:
         self.telemetry_s = config.agent.telemetry_interval_s
         self.store: EdgeStore | None = None
         self.uplink: Uplink | None = None
+        self.telemetry_seq: int | None = None  # the last telemetry record stored (sent or not)
         self.links: dict[tuple[str, int], ModbusLink] = {}
         self.drivers: list[Driver] = []
         self.thermal = ThermalLearner()
@@ -290,6 +291,17 @@ class SiteAgent:
         """Stop the loop, hand control back to the devices, close everything."""
         self._stop.set()
         await asyncio.gather(*(d.release() for d in self.drivers), return_exceptions=True)
+        await self._close()
+
+    async def kill(self) -> None:
+        """The gateway loses power (for fault drills): the loop stops, nothing is handed
+        back to the devices, the broker connection drops as in a crash (the will goes out)
+        and nothing more is sent. Records not yet sent stay in the store, as they would on
+        the gateway's disk."""
+        self._stop.set()
+        if self.uplink is not None:
+            await self.uplink.stop(hard=True)
+            self.uplink = None
         await self._close()
 
     async def _close(self) -> None:
@@ -497,6 +509,7 @@ class SiteAgent:
         telemetry = self.build_telemetry(seq)
         record = OutboxRecord(seq=seq, ts=telemetry.ts, payload=encode(telemetry))
         self.store.append_telemetry(record.seq, record.ts, record.payload)
+        self.telemetry_seq = seq
         if self.uplink is not None:
             self.uplink.send_telemetry(record)
         self.counters["telemetry"] += 1

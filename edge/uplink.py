@@ -269,14 +269,15 @@ class Uplink:
         """Wait (wall seconds) until connected; False on timeout. For tests and start-up."""
         return await self._mqtt.wait_connected(wall_timeout_s)
 
-    async def stop(self, wall_timeout_s: float = 2.0) -> None:
-        """Publish a retained "offline" (reason "shutdown"), disconnect cleanly, stop tasks.
+    async def stop(self, wall_timeout_s: float = 2.0, *, hard: bool = False) -> None:
+        """Publish a retained "offline" (reason "shutdown"), disconnect cleanly, stop tasks;
+        with ``hard``, drop the connection as a crash would (the broker sends the will).
 
         ``wall_timeout_s`` (wall seconds) bounds the wait for the status PUBACK and for the
         disconnect; a dead broker never makes shutdown hang.
         """
         farewell = Publication(self.topic_status, self._status("offline", "shutdown"), retain=True)
-        await self._mqtt.stop(wall_timeout_s=wall_timeout_s, farewell=farewell)
+        await self._mqtt.stop(hard=hard, wall_timeout_s=wall_timeout_s, farewell=farewell)
         self._on_link_down("shutdown")  # idempotent; also when stopped before connecting
         log.info("uplink %s: stopped (%s)", self._ctx, self._summary())
 

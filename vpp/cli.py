@@ -20,36 +20,71 @@ app.add_typer(protocol.app, name="protocol")
 
 @app.command()
 def demo(
-    sites: Annotated[int, typer.Option(min=1, max=2000, help="Simulated sites.")] = 20,
-    seed: Annotated[int, typer.Option(help="Seed: same seed, same run.")] = 1,
-    hours: Annotated[float, typer.Option(min=0.25, max=24 * 31, help="Simulated hours.")] = 6.0,
+    sites: Annotated[int, typer.Option(min=1, max=2000, help="Simulated sites.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same sites and price day.")] = 1,
+    hours: Annotated[float, typer.Option(min=0.25, max=24 * 31, help="Simulated hours.")] = 1.0,
     speed: Annotated[
-        float, typer.Option(min=1, max=10_000, help="Simulated seconds per wall second.")
-    ] = 360.0,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-out"),
+        float, typer.Option(min=1, max=1000, help="Simulated seconds per wall second.")
+    ] = 12.0,
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="Fault scenario: none, site-dropout, device-freeze, broker-restart, "
+            "worker-kill, leader-kill, network-outage."
+        ),
+    ] = "none",
+    out: Annotated[Path, typer.Option(help="Output folder (report.html, kpis.json, ...).")] = Path(
+        "demo-out"
+    ),
+    full_day: Annotated[
+        bool, typer.Option("--full-day", help="Trade a whole day, 00:00 to 24:00 UTC.")
+    ] = False,
+    continuous: Annotated[
+        bool,
+        typer.Option("--continuous", help="Day after day until Ctrl-C, alerting on regressions."),
+    ] = False,
     start: Annotated[
         str | None,
-        typer.Option(help="Simulated start, ISO 8601 (default: 06:00 UTC, a June 2024 day)."),
+        typer.Option(help="Simulated start, ISO 8601 (default: the price day, 09:00 UTC)."),
+    ] = None,
+    prices: Annotated[
+        Path | None, typer.Option(help="Day-ahead prices: CSV or ENTSO-E XML (default: real BE).")
+    ] = None,
+    imbalance_prices: Annotated[
+        Path | None, typer.Option(help="Imbalance prices: CSV or ENTSO-E XML.")
     ] = None,
     mqtt_url: Annotated[
         str | None, typer.Option(envvar="VPP_MQTT_URL", help="Use this broker.")
     ] = None,
     redis_url: Annotated[
-        str | None, typer.Option(envvar="VPP_REDIS_URL", help="Use this Redis.")
+        str | None, typer.Option(envvar="VPP_REDIS_URL", help="Use this Redis (flushed!).")
     ] = None,
+    no_live: Annotated[bool, typer.Option("--no-live", help="No progress line.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the system on one machine on an accelerated clock and write a report to --out."""
+    """Run the whole system on one machine on an accelerated clock: fleet, edge agents,
+    cloud, virtual trader; write kpis.json and report.html to --out."""
     from protocols.units import from_iso8601
     from vpp.demo import DemoOptions, run_demo
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
         t0 = from_iso8601(start) if start else None
+        options = DemoOptions(sites=sites, seed=seed, hours=24.0 if full_day else hours,
+                              speed=speed, scenario=scenario, out=out, start=t0,
+                              full_day=full_day, continuous=continuous, prices=prices,
+                              imbalance_prices=imbalance_prices, mqtt_url=mqtt_url,
+                              redis_url=redis_url, live=not no_live)  # fmt: skip
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--start") from None
-    run_demo(DemoOptions(sites=sites, seed=seed, hours=hours, speed=speed, out=out, start=t0,
-                         mqtt_url=mqtt_url, redis_url=redis_url))  # fmt: skip
+        raise typer.BadParameter(str(exc)) from None
+    results = run_demo(options)
+    if not results or any(r["interrupted"] for r in results):
+        raise typer.Exit(130)
 
 
 def main() -> None:

@@ -175,6 +175,10 @@ def run(
     clock: Annotated[
         str | None, typer.Option(envvar="VPP_CLOCK", help="Clock spec (default wall).")
     ] = None,
+    instance_id: Annotated[
+        str | None,
+        typer.Option(envvar="VPP_INSTANCE_ID", help="Name in leases, the leader lock and logs."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the cloud's roles until SIGINT/SIGTERM (flags > environment > config file)."""
@@ -192,7 +196,8 @@ def run(
     if role != "all" and role not in ROLES:
         raise typer.BadParameter(f"unknown role {role!r}; use all, {', '.join(ROLES)}")
     overrides = {"mqtt_url": mqtt_url, "redis_url": redis_url, "db": db, "api_host": api_host,
-                 "api_port": api_port, "partitions": partitions}  # fmt: skip
+                 "api_port": api_port, "partitions": partitions,
+                 "instance_id": instance_id}  # fmt: skip
     try:
         settings = load_settings(config, overrides)
         clk = clock_from_spec(clock)

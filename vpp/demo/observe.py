@@ -1,0 +1,132 @@
+"""What the demo watches from outside the platform: telemetry on the broker, the devices'
+ground truth, dispatch latency at the sites.
+
+:class:`TelemetryCounter` is a plain MQTT subscriber with a persistent session (a broker
+restart or a reconnect loses nothing queued for it): it keeps which sequence numbers each
+site delivered, so completeness is "received / produced" by sequence number, and each
+site's latest telemetry time, so the truth can be read at the instant the platform's
+measurement refers to. :class:`TruthLog` keeps the fleet's per-site grid power at every
+physics tick and the pool's exact energy.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import deque
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from protocols.messages import ProtocolError, Telemetry, decode
+from protocols.topics import SiteKind, partition_filter
+
+TELEMETRY_FILTER = partition_filter(None, SiteKind.TELEMETRY)
+
+
+class TelemetryCounter:
+    """Count every site's telemetry by sequence number, as a plain subscriber sees it."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+        self._lock = threading.Lock()
+        self.seqs: dict[str, set[int]] = {}
+        self.latest_ts: dict[str, float] = {}
+        self.rejected = 0
+        self._subscribed = threading.Event()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=f"vpp-demo-tap-{uuid.uuid4().hex[:6]}",
+                             protocol=mqtt.MQTTv5)  # fmt: skip
+        client.on_connect = self._on_connect
+        client.on_subscribe = lambda *_: self._subscribed.set()
+        client.on_message = self._on_message
+        client.reconnect_delay_set(0.1, 2.0)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 24 * 3600  # queued for us across a broker restart
+        client.connect_async(host, int(port), clean_start=False, properties=props)
+        client.loop_start()
+        self.client = client
+
+    def wait_subscribed(self, timeout_s: float = 10.0) -> bool:
+        return self._subscribed.wait(timeout_s)
+
+    def _on_connect(self, client: Any, *_: Any) -> None:
+        client.subscribe(TELEMETRY_FILTER, qos=1)
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            message = decode(msg.payload)
+        except ProtocolError:
+            with self._lock:
+                self.rejected += 1
+            return
+        if isinstance(message, Telemetry):
+            with self._lock:
+                self.seqs.setdefault(message.site_id, set()).add(message.seq)
+                if message.ts > self.latest_ts.get(message.site_id, -1.0):
+                    self.latest_ts[message.site_id] = message.ts
+
+    def received(self, produced: dict[str, int]) -> tuple[int, int]:
+        """(expected, received): ``produced`` is each site's last stored sequence number."""
+        with self._lock:
+            expected = sum(last + 1 for last in produced.values())
+            received = sum(
+                sum(1 for s in self.seqs.get(site, ()) if s <= last)
+                for site, last in produced.items()
+            )
+        return expected, received
+
+    def latest(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self.latest_ts)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class TruthLog:
+    """The fleet's grid power per site at each tick (a recent window) and the pool's energy."""
+
+    def __init__(self, n_sites: int, window: int = 4096) -> None:
+        self.n = n_sites
+        self.t: deque[float] = deque(maxlen=window)
+        self.grid: deque[np.ndarray] = deque(maxlen=window)
+        self.energy_wh = 0.0  # pool grid energy since the first tick (+ = import)
+        # (t, cumulative Wh) per tick: a day at 0.4 s ticks; intervals look back 15 minutes
+        self._energy_log: deque[tuple[float, float]] = deque(maxlen=250_000)
+
+    def add(self, t: float, grid_w: np.ndarray) -> None:
+        if self.t:
+            dt = t - self.t[-1]
+            if dt > 0:
+                self.energy_wh += float(np.sum(self.grid[-1])) * dt / 3600.0
+        self.t.append(t)
+        self.grid.append(np.array(grid_w, dtype=float))
+        self._energy_log.append((t, self.energy_wh))
+
+    def energy_at(self, t: float) -> float | None:
+        """Cumulative pool energy (Wh) at time ``t`` (linear between ticks)."""
+        if not self._energy_log or t < self._energy_log[0][0]:
+            return None
+        sub = list(self._energy_log)[-20_000:]
+        times = [x[0] for x in sub]
+        i = int(np.searchsorted(times, t))
+        if i >= len(sub):
+            return sub[-1][1] + float(np.sum(self.grid[-1])) * (t - sub[-1][0]) / 3600.0
+        if i == 0:
+            return sub[0][1]
+        (t0, e0), (t1, e1) = sub[i - 1], sub[i]
+        return e0 + (e1 - e0) * (t - t0) / max(t1 - t0, 1e-9)
+
+    def site_power_at(self, index: int, t: float) -> float | None:
+        if not self.t:
+            return None
+        times = np.fromiter(self.t, dtype=float)
+        k = int(np.searchsorted(times, t, side="right")) - 1
+        if k < 0:
+            return None
+        return float(self.grid[k][index])

@@ -1,0 +1,788 @@
+"""`vpp demo`: the whole system on one machine, on one accelerated clock, judged from outside.
+
+What runs: Mosquitto and Redis (private child processes on free loopback ports, or the ones
+given), the cloud as child processes with one role each (API, partition worker(s), pool
+dispatcher(s)), a firmware-sim fleet serving every site's devices on Modbus TCP, a real edge
+agent per site (all in this process, each with its own SQLite store and MQTT connection),
+and the virtual trader: an HTTP client of the trader API optimising a schedule on day-ahead
+prices on a rolling horizon. A fault scenario (:mod:`vpp.demo.scenarios`) fires mid-run.
+
+What is recorded (:class:`vpp.e2e.RunRecorder`, file formats in :mod:`vpp.e2e.records`):
+every dispatcher cycle (target, measured, band, sites online, SoC spread, and the devices'
+ground truth at the instants the measurement refers to), every quarter-hour interval
+(energy target vs delivered, the prices), every trader decision, every partition signal's
+latency at the sites, telemetry produced vs received by a plain MQTT subscriber, the cloud's
+own alerts, and the scenario's events. At the end the folder gets ``kpis.json``,
+``alerts.json`` and ``report.html`` (:func:`vpp.e2e.write_report`).
+
+Continuous mode runs day after day: after each quarter hour the alert rules are evaluated
+on the KPIs so far and, after each day, a :class:`vpp.e2e.RegressionWatch` compares the
+day's KPIs with the previous days'. Each day gets its own folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import redis.asyncio as aioredis
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from cloud.alerts import LOG_KEY as CLOUD_ALERT_LOG
+from cloud.dispatch.dispatcher import LEADER_KEY
+from cloud.hotstate import (
+    PartitionAggregate,
+    PoolAggregate,
+    SiteStatus,
+    SiteSummary,
+    agg_key,
+    agg_parts_key,
+    delivery_key,
+    sites_key,
+)
+from cloud.registry import Registry
+from edge.agent import SiteAgent
+from edge.config import EdgeConfig
+from firmware_sim.fleet import Fleet
+from protocols.clock import SimClock
+from protocols.messages import PartitionSignal
+from protocols.units import to_iso8601
+from vpp.demo.cloudproc import CloudProcess
+from vpp.demo.gate import NetworkGate
+from vpp.demo.observe import TelemetryCounter, TruthLog
+from vpp.demo.scenarios import AFFECTED_FRACTION, Scenario, scenario
+from vpp.e2e import (
+    DEFAULT_RULES,
+    Alert,
+    RegressionWatch,
+    RunRecorder,
+    compute_kpis,
+    evaluate,
+    failing,
+    write_report,
+)
+from vpp.services import MosquittoServer, RedisServer, free_port
+from vpp.sitecfg import site_configs
+from vpp.trader.client import TraderOptions, VirtualTrader
+from vpp.trader.optimise import FlexForecast
+from vpp.trader.prices import PriceSeries, default_prices, read_prices
+
+log = logging.getLogger("vpp.demo")
+
+POOL = "demo"
+SLOT_S = 900.0
+CYCLE_S = 2.0  # the dispatcher's cycle; the demo samples once per cycle
+PARTITIONS = 8
+DAY_S = 86_400.0
+
+
+@dataclass
+class DemoOptions:
+    """What to run. Defaults take about five minutes on a 2-core machine (10 sites, one
+    simulated hour at 12x) and cover four quarter-hour intervals of the trader's schedule.
+    Faster is possible but every edge agent polls its devices each simulated second: at 24x
+    ten sites are 240 agents' work in this one process, and an event loop that falls behind
+    by 100 ms is 2.4 simulated seconds late everywhere."""
+
+    sites: int = 10
+    seed: int = 1
+    hours: float = 1.0
+    speed: float = 12.0
+    scenario: str = "none"
+    out: Path = Path("demo-out")
+    mqtt_url: str | None = None
+    redis_url: str | None = None
+    prices: Path | None = None
+    imbalance_prices: Path | None = None
+    start: float | None = None  # simulated start; default: the price day at start_hour UTC
+    start_hour: float = 9.0
+    full_day: bool = False  # 00:00 to 24:00 of the price day
+    continuous: bool = False  # day after day until stopped
+    live: bool = True  # the progress line
+
+    def __post_init__(self) -> None:
+        scenario(self.scenario)  # refuses an unknown name, naming the known ones
+        if self.sites < 1:
+            raise ValueError(f"--sites must be at least 1, got {self.sites}")
+        if not (self.hours > 0 and math.isfinite(self.hours)):
+            raise ValueError(f"--hours must be positive, got {self.hours}")
+        if not (1.0 <= self.speed <= 1000.0):
+            raise ValueError(f"--speed must be 1..1000, got {self.speed}")
+        if self.scenario == "broker-restart" and self.mqtt_url:
+            raise ValueError("scenario broker-restart needs the demo's own broker: drop --mqtt-url")
+
+
+@dataclass
+class Prices:
+    day_ahead: PriceSeries
+    imbalance: PriceSeries
+
+    @classmethod
+    def load(cls, options: DemoOptions) -> Prices:
+        """The given files, else the real Belgian June 2024 day chosen by the seed."""
+        default_da, default_imb = default_prices(options.seed)
+        day_ahead = read_prices(options.prices) if options.prices else default_da
+        imbalance = (
+            read_prices(options.imbalance_prices) if options.imbalance_prices else default_imb
+        )
+        return cls(day_ahead, imbalance)
+
+    def at(self, series: PriceSeries, t: float) -> float | None:
+        if series.start_ts <= t < series.end_ts:
+            return float(series.at(t))
+        return None
+
+
+@dataclass
+class LiveView:
+    """What the progress line shows."""
+
+    t: float = 0.0
+    sites_online: int = 0
+    sites_total: int = 0
+    target_w: float | None = None
+    measured_w: float | None = None
+    errors: int = 0
+    events: list[str] = field(default_factory=list)
+
+
+class FaultDriver:
+    """Carries out a scenario's steps on the running system."""
+
+    def __init__(self, demo: Demo) -> None:
+        self.demo = demo
+
+    def affected(self) -> list[int]:
+        n = self.demo.options.sites
+        k = max(1, round(AFFECTED_FRACTION * n))
+        rng = np.random.default_rng(self.demo.options.seed + 17)
+        return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
+
+    async def kill_sites(self) -> str:
+        idx = self.affected()
+        for i in idx:
+            await self.demo.kill_agent(i)
+        return f"{len(idx)} gateways off: {', '.join(self.demo.site_ids[i] for i in idx)}"
+
+    async def freeze_batteries(self) -> str:
+        idx = self.affected()
+        for i in idx:
+            self.demo.fleet.set_fault(self.demo.site_ids[i], "battery", "freeze", 1800.0)
+        return f"{len(idx)} batteries frozen for 30 min"
+
+    async def restart_broker(self) -> str:
+        broker = self.demo.broker
+        assert broker is not None
+        await asyncio.to_thread(broker.restart)
+        return f"Mosquitto restarted on port {broker.port}"
+
+    async def kill_worker(self) -> str:
+        worker = next(p for p in self.demo.cloud if p.role == "worker")
+        worker.kill()
+        return f"{worker.name} SIGKILLed"
+
+    async def kill_leader(self) -> str:
+        assert self.demo.hot is not None
+        leader = await self.demo.hot.get(LEADER_KEY)
+        name = leader.decode() if leader else None
+        proc = next((p for p in self.demo.cloud if p.name == name), None)
+        if proc is None:
+            return f"no leader found (lock holder {name!r}): nothing killed"
+        proc.kill()
+        return f"leader {proc.name} SIGKILLed"
+
+    async def cut_network(self) -> str:
+        gate = self.demo.gate
+        assert gate is not None
+        gate.cut()
+        outage = min(3600.0, self.demo.run_s / 3.0)
+        self.demo.later(self.demo.clock.time() + outage, "restore_network", "link back")
+        return f"{len(self.demo.gated)} sites cut off for {outage / 60:.0f} min"
+
+    async def restore_network(self) -> str:
+        assert self.demo.gate is not None
+        self.demo.gate.restore()
+        return f"{len(self.demo.gated)} sites reconnect"
+
+
+class Demo:
+    """One run (a day in continuous mode) of the whole system; see the module docstring."""
+
+    def __init__(self, options: DemoOptions, out: Path, console: Console) -> None:
+        self.options = options
+        self.out = out
+        self.console = console
+        self.scenario: Scenario = scenario(options.scenario)
+        self.prices = Prices.load(options)
+        self.recorder = RunRecorder()
+        self.stop = asyncio.Event()
+        self.clock: SimClock = SimClock(speed=options.speed, start=self._start())
+        self.truth = TruthLog(options.sites)
+        self.fleet = Fleet(options.sites, seed=options.seed, clock=self.clock, latency_s=0.0,
+                           tick_s=max(0.25 / options.speed, 0.01))  # fmt: skip
+        self.site_ids = [s.site_id for s in self.fleet.sites]
+        self.site_index = {site_id: i for i, site_id in enumerate(self.site_ids)}
+        self.broker: MosquittoServer | None = None
+        self.redis_server: RedisServer | None = None
+        self.mqtt_url = options.mqtt_url or ""
+        self.redis_url = options.redis_url or ""
+        self.hot: aioredis.Redis | None = None
+        self.cloud: list[CloudProcess] = []
+        self.gate: NetworkGate | None = None
+        self.gated: list[int] = []
+        self.agents: list[SiteAgent | None] = []
+        self.agent_tasks: list[asyncio.Task[None] | None] = []
+        self.produced: dict[str, int] = {}
+        self.tap: TelemetryCounter | None = None
+        self.trader: VirtualTrader | None = None
+        self.api_url = ""
+        self.token = ""
+        self.faults = FaultDriver(self)
+        self.pending: list[tuple[float, str, str]] = []
+        self.run_start = 0.0
+        self.run_s = options.hours * 3600.0
+        self.live = LiveView(sites_total=options.sites)
+        self._samples: list[tuple[float, float | None, float | None, float]] = []
+        self._last_delivery_ts: float | None = None
+        self.watch_rules_fired: set[str] = set()
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def _start(self) -> float:
+        o = self.options
+        if o.start is not None:
+            return o.start
+        day = self.prices.day_ahead.start_ts
+        return day if o.full_day else day + o.start_hour * 3600.0
+
+    @contextlib.contextmanager
+    def services(self) -> Iterator[None]:
+        """Our own Mosquitto and Redis unless URLs were given; stopped on the way out."""
+        work = self.out / "services"
+        try:
+            if not self.options.mqtt_url:
+                self.broker = MosquittoServer(workdir=work / "mosquitto").start()
+                self.mqtt_url = self.broker.url
+            if not self.options.redis_url:
+                self.redis_server = RedisServer(workdir=work / "redis").start()
+                self.redis_url = self.redis_server.url
+            yield
+        finally:
+            for server in (self.broker, self.redis_server):
+                if server is not None:
+                    with contextlib.suppress(Exception):
+                        server.stop()
+
+    def _registry(self, db: Path) -> str:
+        with Registry(db, self.clock) as registry:
+            registry.create_pool(POOL, "demo pool")
+            for site_id in self.site_ids:
+                registry.add_site(site_id, POOL, partitions=PARTITIONS)
+            _, token = registry.create_api_key([POOL], label="virtual trader")
+        return token
+
+    def timing(self) -> dict[str, float]:
+        """The cloud's time-outs, in simulated seconds, stretched with the speed: a process
+        that a busy 2-core machine holds up for half a second of wall time is 12 simulated
+        seconds late at 24x, which would lose it every 6-second lease and lock. Stretched so
+        that each time-out is at least 1.5 s of wall time (production: wall clock, 6 s)."""
+        stretch = max(1.0, 1.5 * self.options.speed / 6.0)
+        return {"lease_ttl_s": 6.0 * stretch, "stale_intervals": 3.0 * stretch,
+                "dispatch_lock_ttl_s": 6.0 * stretch,
+                "dispatch_max_age_s": 3 * CYCLE_S * stretch}  # fmt: skip
+
+    def _start_cloud(self, db: Path, api_port: int) -> None:
+        config = self.out / "state" / "cloud.toml"
+        config.write_text("[cloud]\n" + "".join(f"{k} = {v!r}\n" for k, v in self.timing().items()))
+        common = ["--mqtt-url", self.mqtt_url, "--redis-url", self.redis_url, "--db", str(db),
+                  "--partitions", str(PARTITIONS), "--config", str(config)]  # fmt: skip
+        env = {"VPP_CLOCK": self.clock.spec()}
+        logs = self.out / "logs"
+        procs = [CloudProcess("api", "api", [*common, "--api-port", str(api_port)], env, logs)]
+        for i in range(self.scenario.workers):
+            name = f"worker-{i + 1}"
+            procs.append(CloudProcess(name, "worker", [*common, "--instance-id", name], env, logs))
+        for i in range(self.scenario.dispatchers):
+            name = f"dispatcher-{i + 1}"
+            procs.append(
+                CloudProcess(name, "dispatcher", [*common, "--instance-id", name], env, logs)
+            )
+        for proc in procs:
+            proc.start()
+            self.cloud.append(proc)
+            if proc.role == "dispatcher":
+                time.sleep(0.5)  # the first one leads: it starts ahead of its standby
+
+    async def _wait_api(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(base_url=self.api_url, timeout=2.0) as http:
+            while time.monotonic() < deadline:
+                for proc in self.cloud:
+                    if not proc.running:
+                        raise RuntimeError(f"cloud {proc.name} exited:\n{proc.tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get("/v1/health")).status_code == 200:
+                        return
+                await asyncio.sleep(0.2)
+        raise RuntimeError("the cloud API did not become healthy within 60 s")
+
+    async def _start_agents(self) -> None:
+        raw = site_configs(self.fleet.manifest(), self.mqtt_url, self.out / "edge",
+                           partitions=PARTITIONS)  # fmt: skip
+        if self.scenario.gated_fraction:
+            self.gated = self.faults.affected()
+            host, port = self.mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
+            self.gate = NetworkGate(host, int(port), "sites")
+            await self.gate.start()
+        for i, site_id in enumerate(self.site_ids):
+            config = raw[site_id]
+            if i in self.gated:
+                assert self.gate is not None
+                config["mqtt"]["url"] = self.gate.url
+            agent = SiteAgent(EdgeConfig.from_dict(config), self.clock)
+            self._watch_latency(agent)
+            await agent.start()
+            self.agents.append(agent)
+        self.agent_tasks = [asyncio.create_task(a.run()) for a in self.agents if a is not None]
+
+    def _watch_latency(self, agent: SiteAgent) -> None:
+        """Dispatch latency: a partition signal's issue time to its arrival at the site."""
+        on_signal = agent.on_signal
+
+        def timed(message: PartitionSignal) -> None:
+            now = self.clock.time()
+            # signals queued for a site while it was cut off arrive expired and are ignored
+            # by the agent: they are not dispatch latency
+            ours = message.pool_id in (None, agent.pool_id) and agent.pool_id is not None
+            if ours and now < message.valid_until:
+                self.recorder.latency((now - message.issued_ts) * 1000.0)
+            on_signal(message)
+
+        agent.on_signal = timed  # type: ignore[method-assign]
+
+    async def kill_agent(self, i: int) -> None:
+        agent, task = self.agents[i], self.agent_tasks[i]
+        if agent is None:
+            return
+        self.produced[self.site_ids[i]] = agent.telemetry_seq or -1
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await agent.kill()
+        self.agents[i] = None
+
+    def later(self, t: float, action: str, detail: str) -> None:
+        self.pending.append((t, action, detail))
+        self.pending.sort()
+
+    # --- the run --------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        """Set up, run until the end (or Ctrl-C), tear down, write the report."""
+        o = self.options
+        wall0 = time.monotonic()
+        shutil.rmtree(self.out / "edge", ignore_errors=True)
+        (self.out / "edge").mkdir(parents=True, exist_ok=True)
+        tick = self.fleet.tick
+
+        def record_tick() -> None:
+            tick()
+            self.truth.add(self.clock.time(), self.fleet.phys.grid_w)
+
+        self.fleet.tick = record_tick  # type: ignore[method-assign]
+        interrupted = False
+        with self.services():
+            db = self.out / "state" / "registry.sqlite"
+            shutil.rmtree(db.parent, ignore_errors=True)
+            self.token = await asyncio.to_thread(self._registry, db)
+            api_port = free_port()
+            self.api_url = f"http://127.0.0.1:{api_port}"
+            self.hot = aioredis.Redis.from_url(self.redis_url)
+            await self.hot.flushdb()  # a fresh run: no leases, locks or state of an older one
+            try:
+                await self.fleet.start()
+                self._start_cloud(db, api_port)
+                await self._wait_api()
+                self.tap = TelemetryCounter(self.mqtt_url)
+                await asyncio.to_thread(self.tap.wait_subscribed)
+                await self._start_agents()
+                await self._wait_fresh()
+                self.run_start = self.clock.time()
+                self._schedule_steps()
+                self.recorder.set_run(
+                    sites=o.sites, seed=o.seed, scenario=o.scenario, speed=o.speed,
+                    sim_start=self.run_start, hours=o.hours, pool_id=POOL,
+                    prices=self.prices.day_ahead.source,
+                    imbalance_prices=self.prices.imbalance.source,
+                    scenario_description=self.scenario.description)  # fmt: skip
+                self.trader = VirtualTrader(self.api_url, self.token, POOL, self.clock,
+                                            self.prices.day_ahead,
+                                            TraderOptions(reoptimise_min=15.0))  # fmt: skip
+                trader_task = asyncio.create_task(self.trader.run(self.stop))
+                try:
+                    await self._loop()
+                except asyncio.CancelledError:
+                    interrupted = True
+                finally:
+                    self.stop.set()
+                    await asyncio.gather(trader_task, return_exceptions=True)
+                await self._drain_telemetry()
+            finally:
+                await self._teardown()
+        return self._finish(wall0, interrupted)
+
+    async def _wait_fresh(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        auth = {"Authorization": f"Bearer {self.token}"}
+        async with httpx.AsyncClient(base_url=self.api_url, timeout=2.0, headers=auth) as http:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    r = await http.get(f"/v1/pools/{POOL}/flexibility")
+                    live_agents = [a for a in self.agents if a is not None]
+                    if (r.status_code == 200
+                            and r.json()["now"]["sites"]["fresh"] == self.options.sites
+                            and all(a.pool_id == POOL for a in live_agents)):  # fmt: skip
+                        return
+                await asyncio.sleep(0.25)
+        raise RuntimeError("the pool did not become fully fresh within 90 s of wall time")
+
+    def _schedule_steps(self) -> None:
+        for step in self.scenario.steps:
+            self.later(self.run_start + step.at * self.run_s, step.action, step.detail)
+
+    async def _loop(self) -> None:
+        end = self.run_start + self.run_s
+        next_slot = math.ceil(self.run_start / SLOT_S) * SLOT_S
+        next_sample = self.clock.time()
+        live = Live(self._line(), console=self.console, refresh_per_second=4,
+                    transient=False) if self.options.live else None  # fmt: skip
+        with live or contextlib.nullcontext():
+            while not self.stop.is_set() and self.clock.time() < end:
+                await self.clock.sleep_until(next_sample)
+                next_sample = max(next_sample + CYCLE_S, self.clock.time())
+                now = self.clock.time()
+                while self.pending and self.pending[0][0] <= now:
+                    _, action, detail = self.pending.pop(0)
+                    await self._fire(action, detail)
+                await self._sample(now)
+                if now >= next_slot + SLOT_S:
+                    self._interval(next_slot)
+                    next_slot += SLOT_S
+                elif now >= next_slot and next_slot < self.run_start:
+                    next_slot += SLOT_S
+                if live is not None:
+                    live.update(self._line())
+
+    async def _fire(self, action: str, detail: str) -> None:
+        try:
+            result = await getattr(self.faults, action)()
+        except Exception as exc:  # a drill that fails is reported, the run goes on
+            log.exception("scenario step %s failed", action)
+            result = f"failed: {exc!r}"
+        t = self.clock.time()
+        self.recorder.event(t, action.replace("_", "-"), f"{detail}: {result}")
+        self.live.events.append(f"{to_iso8601(t)[11:19]} {action}")
+        log.warning("scenario %s at %s: %s", action, to_iso8601(t), result)
+
+    async def _sample(self, now: float) -> None:
+        assert self.hot is not None
+        try:
+            parts = sorted(int(p) for p in await self.hot.smembers(agg_parts_key(POOL)))
+            # one transaction: each aggregate with the site summaries it was made of (the
+            # worker writes them together), so the truth is read at the very instants the
+            # measurement refers to
+            async with self.hot.pipeline(transaction=True) as pipe:
+                pipe.get(delivery_key(POOL))
+                for p in parts:
+                    pipe.get(agg_key(POOL, p))
+                    pipe.hgetall(sites_key(p))
+                raw = await pipe.execute()
+        except Exception:
+            self.live.errors += 1
+            log.exception("sample at %s failed", to_iso8601(now))
+            return
+        aggs: list[PartitionAggregate] = []
+        truth: float | None = 0.0
+        for i in range(len(parts)):
+            value, summaries = raw[1 + 2 * i], raw[2 + 2 * i]
+            if not value:
+                continue
+            agg = PartitionAggregate.from_json(value)
+            if now - agg.ts > self.timing()["dispatch_max_age_s"]:
+                continue
+            aggs.append(agg)
+            truth = self._truth_of(summaries, truth)
+        pool = PoolAggregate.of(POOL, aggs, now)
+        delivery = json.loads(raw[0]) if raw[0] else None
+        target = shortfall = None
+        if delivery and now - float(delivery["ts"]) <= 2 * CYCLE_S:
+            target = delivery.get("target_w")
+            shortfall = delivery.get("shortfall_w")
+        measured = pool.measured_w if aggs else None
+        soc = self.fleet.phys.soc_pct
+        self.recorder.sample(
+            now, target_w=target, measured_w=measured, baseline_w=pool.baseline_w if aggs else None,
+            p_min_w=pool.p_min_w if aggs else None, p_max_w=pool.p_max_w if aggs else None,
+            sites_online=pool.sites_fresh, sites_total=self.options.sites,
+            soc_p10=float(np.percentile(soc, 10)), soc_p50=float(np.percentile(soc, 50)),
+            soc_p90=float(np.percentile(soc, 90)), truth_w=truth if aggs else None,
+        )  # fmt: skip
+        short = abs(shortfall or 0.0) > max(100.0, 0.01 * abs(target or 0.0))
+        self._samples.append((now, target, measured, 1.0 if short else 0.0))
+        self.live.t, self.live.sites_online = now, pool.sites_fresh
+        self.live.target_w, self.live.measured_w = target, measured
+        trader_errors = self.trader.errors_total if self.trader else 0
+        self.live.errors = trader_errors
+
+    def _truth_of(self, summaries: dict[bytes, bytes], total: float | None) -> float | None:
+        """Add the devices' true grid power of a partition's fresh sites, each at the
+        instant its telemetry (the one the aggregate used) was measured."""
+        if total is None:
+            return None
+        for raw in summaries.values():
+            summary = SiteSummary.from_json(raw)
+            if summary.status is not SiteStatus.FRESH or summary.ts is None:
+                continue
+            index = self.site_index.get(summary.site_id)
+            value = None if index is None else self.truth.site_power_at(index, summary.ts)
+            if value is None:
+                return None
+            total += value
+        return total
+
+    def _interval(self, start: float) -> None:
+        """Close the quarter hour starting at ``start``: energies, errors, prices."""
+        end = start + SLOT_S
+        rows = [s for s in self._samples if start <= s[0] < end]
+        self._samples = [s for s in self._samples if s[0] >= end - 10 * CYCLE_S]
+        if not rows:
+            return
+        t = np.array([r[0] for r in rows] + [end])
+        dt = np.diff(t)
+        target = np.array([np.nan if r[1] is None else r[1] for r in rows])
+        measured = np.array([np.nan if r[2] is None else r[2] for r in rows])
+        has = ~np.isnan(target) & ~np.isnan(measured)
+        covered = float(np.sum(dt[has])) / SLOT_S
+        if covered < 0.9:  # no schedule over most of it (before the first one): not judged
+            return
+        e_target = float(np.sum(target[has] * dt[has]) / 3600.0)
+        e_delivered = float(np.sum(measured[has] * dt[has]) / 3600.0)
+        err = measured[has] - target[has]
+        shortfall = any(r[3] for r in rows)
+        delta = self._scheduled_delta(start)
+        self.recorder.interval(
+            start, SLOT_S, schedule_delta_w=delta, energy_target_wh=e_target,
+            energy_delivered_wh=e_delivered,
+            error_rms_w=float(np.sqrt(np.mean(err**2))), error_max_w=float(np.max(np.abs(err))),
+            flex_sufficient=not shortfall,
+            price_da_eur_mwh=self.prices.at(self.prices.day_ahead, start),
+            price_imb_eur_mwh=self.prices.at(self.prices.imbalance, start),
+        )  # fmt: skip
+        if self.options.continuous:
+            self._evaluate_live(end)
+
+    def _scheduled_delta(self, start: float) -> float | None:
+        """The trader's value for the slot, from the last schedule it posted covering it."""
+        if self.trader is None:
+            return None
+        for d in reversed(self.trader.decisions):
+            if d.values_w is None or d.schedule_id is None:
+                continue
+            i = round((start - d.start_ts) / d.slot_s)
+            if 0 <= i < d.values_w.size:
+                return float(d.values_w[i])
+        return None
+
+    def _evaluate_live(self, t: float) -> None:
+        """Continuous mode: the alert rules on the KPIs so far, once per rule until cleared."""
+        kpis = compute_kpis(self.recorder.record())
+        firing = {a.rule: a for a in evaluate(kpis, DEFAULT_RULES, t)}
+        for rule, alert in firing.items():
+            if rule not in self.watch_rules_fired and rule != "no-intervals":
+                self.recorder.alert(alert)
+                log.warning("ALERT %s: %s", rule, alert.message)
+        self.watch_rules_fired = set(firing)
+
+    async def _drain_telemetry(self, wall_timeout_s: float = 20.0) -> None:
+        """Give buffered telemetry (a site back from an outage) time to arrive."""
+        deadline = time.monotonic() + wall_timeout_s
+        while time.monotonic() < deadline:
+            expected, received = self._telemetry_counts()
+            if received >= expected:
+                return
+            await asyncio.sleep(0.25)
+
+    def _telemetry_counts(self) -> tuple[int, int]:
+        produced = dict(self.produced)
+        for site_id, agent in zip(self.site_ids, self.agents, strict=True):
+            if agent is not None and agent.telemetry_seq is not None:
+                produced[site_id] = agent.telemetry_seq
+        assert self.tap is not None
+        return self.tap.received(produced)
+
+    async def _teardown(self) -> None:
+        if self.tap is not None:
+            expected, received = self._telemetry_counts()
+            self.recorder.telemetry(expected, received)
+        for task in self.agent_tasks:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in self.agent_tasks if t), return_exceptions=True)
+        for agent in self.agents:
+            if agent is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(agent.stop(), 10)
+        if self.trader is not None:
+            await self.trader.aclose()
+        await self._copy_cloud_alerts()
+        for proc in self.cloud:
+            await asyncio.to_thread(proc.stop)
+        if self.gate is not None:
+            await self.gate.stop()
+        if self.hot is not None:
+            await self.hot.aclose()
+        if self.tap is not None:
+            self.tap.close()
+        await self.fleet.stop()
+
+    async def _copy_cloud_alerts(self) -> None:
+        """The cloud's own alerts (pool shortfall), as raised during the run."""
+        if self.hot is None:
+            return
+        with contextlib.suppress(Exception):
+            for _, entry in await self.hot.xrange(CLOUD_ALERT_LOG):
+                if entry.get(b"transition") != b"raised":
+                    continue
+                a = json.loads(entry[b"alert"])
+                self.recorder.alert(Alert(float(a["since"]), f"cloud:{a['rule']}", a["severity"],
+                                          a["message"], a["value"], None))  # fmt: skip
+
+    def _finish(self, wall0: float, interrupted: bool) -> dict[str, Any]:
+        if self.trader is not None:
+            for d in self.trader.decisions:
+                if d.values_w is None or d.result is None:
+                    continue
+                self.recorder.trader_decision(
+                    d.time, solver=d.result.solver, solve_ms=d.result.solve_ms,
+                    values_w=d.values_w.tolist(), within_flex=_within(d.values_w, d.flex),
+                    start=d.start_ts, schedule_id=d.schedule_id, clipped_slots=d.clipped_slots,
+                    objective_eur=d.result.objective_eur,
+                )  # fmt: skip
+            (self.out / "trader-report.json").write_text(json.dumps(self.trader.report()))
+        self.recorder.set_run(sim_end=self.clock.time(), wall_s=time.monotonic() - wall0,
+                              interrupted=interrupted)  # fmt: skip
+        self.recorder.write(self.out)
+        report = write_report(self.out)
+        kpis = json.loads((self.out / "kpis.json").read_text())
+        alerts = json.loads((self.out / "alerts.json").read_text())
+        return {"kpis": kpis, "alerts": alerts, "report": str(report),
+                "failing": failing(alerts), "interrupted": interrupted}  # fmt: skip
+
+    def _line(self) -> Text:
+        v = self.live
+        if v.t == 0.0:
+            return Text("starting: brokers, cloud, fleet, edge agents ...")
+        done = 0.0 if not self.run_s else (v.t - self.run_start) / self.run_s
+
+        def kw(x: float | None) -> str:
+            return "-" if x is None else f"{x / 1000:+.1f} kW"
+
+        line = (f"{to_iso8601(v.t)[:19].replace('T', ' ')}  {100 * done:5.1f} %  "
+                f"sites {v.sites_online}/{v.sites_total}  target {kw(v.target_w)}  "
+                f"delivered {kw(v.measured_w)}  errors {v.errors}")  # fmt: skip
+        if v.events:
+            line += f"  last event: {v.events[-1]}"
+        return Text(line)
+
+
+def _within(values: np.ndarray, flex: FlexForecast | None, tol_w: float = 1.0) -> bool:
+    """The schedule stays inside the band the trader was shown (delta from baseline)."""
+    if flex is None:
+        return False
+    lo = np.asarray(flex.p_min_w) - np.asarray(flex.baseline_w)
+    hi = np.asarray(flex.p_max_w) - np.asarray(flex.baseline_w)
+    n = min(values.size, lo.size)
+    return bool(np.all(values[:n] >= lo[:n] - tol_w) and np.all(values[:n] <= hi[:n] + tol_w))
+
+
+async def _run_days(options: DemoOptions, console: Console) -> list[dict[str, Any]]:
+    """One run, or day after day in continuous mode (each day in ``out/day-NNN``)."""
+    if not options.continuous:
+        return [await Demo(options, options.out, console).run()]
+    watch = RegressionWatch()
+    results: list[dict[str, Any]] = []
+    day = 0
+    while True:
+        changes = {"seed": options.seed + day, "full_day": True, "hours": 24.0}
+        day_options = DemoOptions(**{**options.__dict__, **changes})
+        demo = Demo(day_options, options.out / f"day-{day:03d}", console)
+        result = await demo.run()
+        update = watch.observe(result["kpis"], demo.clock.time())
+        for alert in update.raised:
+            console.print(f"[red]REGRESSION[/red] {alert.message}")
+        for alert in update.resolved:
+            console.print(f"[green]resolved[/green] {alert.message}")
+        results.append(result)
+        if result["interrupted"]:
+            return results
+        day += 1
+
+
+def run_demo(options: DemoOptions) -> list[dict[str, Any]]:
+    """Run the demo (Ctrl-C stops it cleanly and still writes the report)."""
+    console = Console(stderr=True)
+    options.out.mkdir(parents=True, exist_ok=True)
+
+    async def main() -> list[dict[str, Any]]:
+        task = asyncio.current_task()
+        assert task is not None
+        stopping = False
+
+        def on_signal() -> None:  # the first Ctrl-C stops; more do not break the teardown
+            nonlocal stopping
+            if not stopping:
+                stopping = True
+                console.print("stopping: tearing everything down, then writing the report")
+                task.cancel()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal)
+        try:
+            return await _run_days(options, console)
+        except asyncio.CancelledError:  # stopped during set-up: nothing ran, no report
+            console.print("stopped before the run began: no report")
+            return []
+
+    results = asyncio.run(main())
+    for result in results:
+        kpis = result["kpis"]
+        console.print(f"report: {result['report']}")
+        keys = ("telemetry_completeness", "availability", "intervals_total",
+                "interval_energy_error_pct_max", "steps_within_5pct", "imbalance_energy_wh",
+                "imbalance_cost_eur", "revenue_eur")  # fmt: skip
+        console.print("  " + "  ".join(f"{k}={_fmt(kpis.get(k))}" for k in keys))
+        if result["failing"]:
+            console.print(f"  [red]alerts:[/red] {', '.join(result['failing'])}")
+    return results
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
