@@ -41,7 +41,11 @@ def demo(
     ] = False,
     continuous: Annotated[
         bool,
-        typer.Option("--continuous", help="Day after day until Ctrl-C, alerting on regressions."),
+        typer.Option(
+            "--continuous",
+            help="Period after period (--hours each, a day with --full-day) until "
+            "Ctrl-C, alerting on regressions.",
+        ),
     ] = False,
     start: Annotated[
         str | None,

@@ -111,7 +111,8 @@ class DemoOptions:
     start: float | None = None  # simulated start; default: the price day at start_hour UTC
     start_hour: float = 9.0
     full_day: bool = False  # 00:00 to 24:00 of the price day
-    continuous: bool = False  # day after day until stopped
+    continuous: bool = False  # period after period (--hours each) until stopped
+    max_periods: int | None = None  # continuous mode: stop after this many (None: never)
     live: bool = True  # the progress line
 
     def __post_init__(self) -> None:
@@ -720,26 +721,30 @@ def _within(values: np.ndarray, flex: FlexForecast | None, tol_w: float = 1.0) -
 
 
 async def _run_days(options: DemoOptions, console: Console) -> list[dict[str, Any]]:
-    """One run, or day after day in continuous mode (each day in ``out/day-NNN``)."""
+    """One run, or in continuous mode one period after another (each ``--hours`` long, a
+    whole day with ``--full-day``; each on the next price day, in ``out/day-NNN``), with a
+    :class:`RegressionWatch` comparing each period's KPIs with the previous periods'."""
     if not options.continuous:
         return [await Demo(options, options.out, console).run()]
     watch = RegressionWatch()
     results: list[dict[str, Any]] = []
-    day = 0
-    while True:
-        changes = {"seed": options.seed + day, "full_day": True, "hours": 24.0}
-        day_options = DemoOptions(**{**options.__dict__, **changes})
-        demo = Demo(day_options, options.out / f"day-{day:03d}", console)
+    period = 0
+    while options.max_periods is None or period < options.max_periods:
+        day_options = DemoOptions(**{**options.__dict__, "seed": options.seed + period})
+        demo = Demo(day_options, options.out / f"day-{period:03d}", console)
         result = await demo.run()
         update = watch.observe(result["kpis"], demo.clock.time())
         for alert in update.raised:
-            console.print(f"[red]REGRESSION[/red] {alert.message}")
+            console.print(f"[red]REGRESSION[/red] day {period}: {alert.message}")
         for alert in update.resolved:
-            console.print(f"[green]resolved[/green] {alert.message}")
+            console.print(f"[green]resolved[/green] day {period}: {alert.message}")
+        result["regressions"] = [a.to_dict() for a in update.raised]
+        (demo.out / "regressions.json").write_text(json.dumps(result["regressions"]))
         results.append(result)
         if result["interrupted"]:
-            return results
-        day += 1
+            break
+        period += 1
+    return results
 
 
 def run_demo(options: DemoOptions) -> list[dict[str, Any]]:
