@@ -110,7 +110,7 @@ def publisher(port: int, sites: list[str], rate: float, seconds: float, go: obje
         ts = repr(round(time.time(), 3)).encode()
         for start in range(0, len(templates), chunk):
             if sent > (time.monotonic() - t0) * rate:
-                time.sleep(min(0.01, sent / rate - (time.monotonic() - t0)))
+                time.sleep(max(0.0, min(0.01, sent / rate - (time.monotonic() - t0))))
             parts = []
             for head, pre, post in templates[start : start + chunk]:
                 pid = pid % 65535 + 1

@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 _KINDS = (SiteKind.TELEMETRY, SiteKind.STATUS, SiteKind.ACK)
 _BAD_LOG_FIRST = 10  # log each rejection reason this many times, then 1 in 1000
 _GAUGES = ("sites", "unregistered")  # counters_key fields that are set, not incremented
+_HALT_WALL_TIMEOUT_S = 10.0  # wall seconds stop() waits for the start and for the loops
+_RECANCEL_WALL_S = 0.5  # a loop not done this long after a cancel is cancelled again
 
 
 class PartitionWorker:
@@ -119,7 +121,9 @@ class PartitionWorker:
         self._reject_totals: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
-        self._stopping = False
+        self._start_done = asyncio.Event()
+        self._stopping = False  # stop() called
+        self._halted = False  # the loops must end (stop() or a crash of run())
         self._stats: dict[str, Any] = {
             "messages": 0, "telemetry": 0, "statuses": 0, "acks": 0, "rejected": 0,
             "not_owned": 0, "empty": 0, "cycles": 0, "cycle_errors": 0, "lease_errors": 0,
@@ -157,50 +161,68 @@ class PartitionWorker:
 
     async def start(self) -> None:
         """Connect, load the registry's site -> pool mapping, take the first leases and
-        subscribe. Redis or broker outages here are logged; the loops keep retrying."""
-        if self._started:
+        subscribe. Redis or broker outages here are logged; the loops keep retrying. A no-op
+        once :meth:`stop` has been called."""
+        if self._started or self._stopping:
             return
         self._started = True
-        await self._link.start()
         try:
-            await self._reload_site_pools()
-        except Exception as exc:
-            log.warning("%s: cannot load site pools yet (%s); retrying each cycle", self._ctx, exc)
-        await self._lease_tick()
+            await self._link.start()
+            try:
+                await self._reload_site_pools()
+            except Exception as exc:
+                log.warning("%s: cannot load site pools yet (%s); retrying each cycle",
+                            self._ctx, exc)  # fmt: skip
+            if not self._stopping:  # a stop() meanwhile waits for us, then releases
+                await self._lease_tick()
+        finally:
+            self._start_done.set()
         log.info("%s: started with partitions %s", self._ctx, sorted(self._states))
 
     async def run(self) -> None:
-        """Run the cycle and lease loops until :meth:`stop`. Cancelling this task instead is
-        a crash: sockets dropped, leases *not* released (they expire)."""
+        """Run the cycle and lease loops until :meth:`stop` (returns at once if stop()
+        came first). Cancelling this task instead is a crash: the loops end, sockets are
+        dropped, leases are *not* released (they expire)."""
+        if self._halted:
+            return
         if not self._started:
             await self.start()
+        if self._halted:  # stop() came during start()
+            return
         self._tasks = [
             asyncio.create_task(self._cycle_loop(), name=f"cycle-{self.worker_id}"),
             asyncio.create_task(self._lease_loop(), name=f"leases-{self.worker_id}"),
         ]
         try:
-            await asyncio.gather(*self._tasks)
+            # asyncio.wait, not gather: a cancellation of run() itself propagates as such,
+            # and the loops' end by stop() is no error.
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:
-            if self._stopping:
-                return
-            log.warning("%s: cancelled without stop(): dropping connections, leases kept",
-                        self._ctx)  # fmt: skip
+            if not self._stopping:
+                log.warning("%s: cancelled without stop(): dropping connections, leases kept",
+                            self._ctx)  # fmt: skip
             raise
         finally:
-            for task in self._tasks:
-                task.cancel()
-            if not self._stopping:
+            if not self._stopping:  # crash or a loop died: no loop may outlive run()
+                await self._halt_loops(_HALT_WALL_TIMEOUT_S)
                 await self._abort()
+        if self._stopping:
+            return
+        for task in done:
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                raise exc
 
-    async def stop(self) -> None:
+    async def stop(self, *, wall_timeout_s: float = _HALT_WALL_TIMEOUT_S) -> None:
         """Clean stop: stop the loops, release every lease (others take the partitions at
-        their next tick), disconnect, close Redis."""
+        their next tick), disconnect, close Redis. A :meth:`start` in progress is waited
+        for first, so the leases it takes are released too. ``wall_timeout_s`` bounds each
+        wait for the start and for the loops (a loop still running then is logged and left)."""
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._started and not self._start_done.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wall_timeout_s):
+                    await self._start_done.wait()
+        await self._halt_loops(wall_timeout_s)
         try:
             await self._leases.leave()
         except Exception as exc:
@@ -209,6 +231,34 @@ class PartitionWorker:
         await self._link.close()
         await self._redis.aclose()
         log.info("%s: stopped (%s)", self._ctx, self._summary())
+
+    async def _halt_loops(self, wall_timeout_s: float) -> None:
+        """End the cycle and lease loops and wait until they have.
+
+        One ``cancel()`` is not enough: redis-py sends every command through
+        ``asyncio.wait_for`` (its ``socket_timeout``), and on Python 3.11 ``wait_for``
+        returns normally when the cancellation arrives as the send completes - the loop then
+        went on for ever and stop() waited for ever. So the loops also end at their next
+        turn once :attr:`_halted` is set, and the cancel is repeated until they are done.
+        Both cancellations are our own: the caller's cancellation still propagates
+        (``asyncio.wait`` does not take it for the loops')."""
+        self._halted = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wall_timeout_s
+        pending = [t for t in self._tasks if not t.done()]
+        while pending:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.error("%s: loops %s did not end within %.0f s; leaving them", self._ctx,
+                          [t.get_name() for t in pending], wall_timeout_s)  # fmt: skip
+                return
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=min(_RECANCEL_WALL_S, remaining))
+            pending = [t for t in pending if not t.done()]
+        for task in self._tasks:
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.error("%s: loop %s had failed: %r", self._ctx, task.get_name(), exc)
 
     # --- per message ----------------------------------------------------------------------
 
@@ -261,7 +311,7 @@ class PartitionWorker:
     # --- leases ---------------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
-        while True:
+        while not self._halted:  # not only cancel(): see _halt_loops
             await self.clock.sleep(self._leases.renew_every_s)
             await self._lease_tick()
 
@@ -341,7 +391,7 @@ class PartitionWorker:
 
     async def _cycle_loop(self) -> None:
         next_t = self.clock.time()
-        while True:
+        while not self._halted:  # not only cancel(): see _halt_loops
             next_t += self.cycle_s
             now = self.clock.time()
             if next_t < now - self.cycle_s:  # fell behind (stall): skip, do not burst

@@ -34,7 +34,7 @@ from cloud.hotstate import (
     sites_key,
 )
 from cloud.ingest.worker import PartitionWorker
-from protocols.clock import SimClock
+from protocols.clock import ManualClock, SimClock
 from protocols.messages import Flexibility, SiteState, Status, Telemetry, encode
 from protocols.partitions import partition_of
 from protocols.topics import site_topic
@@ -462,3 +462,89 @@ async def test_worker_survives_a_redis_outage_and_resumes(mosquitto, pubs: Publi
                 abs_tol=1.0), what="aggregates after the outage")  # fmt: skip
             assert not task.done()
         r.close()
+
+
+# --- stop() at awkward moments -----------------------------------------------------------
+
+STOP_BOUND_S = 10.0  # wall seconds; a clean stop takes milliseconds
+
+
+async def stop_within(worker: PartitionWorker, run_task: asyncio.Task[None] | None,
+                      redis_client: redis.Redis, moment: str,
+                      stop_task: asyncio.Task[None] | None = None) -> None:  # fmt: skip
+    """stop() (begun here unless ``stop_task``), the run() task and both loops must end
+    within STOP_BOUND_S, and every lease be released. stop() is never cancelled here: a hang
+    must show as one."""
+    stop_task = stop_task or asyncio.create_task(worker.stop())
+    waits: list[asyncio.Task[None]] = [stop_task] + ([run_task] if run_task else [])
+    await asyncio.wait(waits, timeout=STOP_BOUND_S)
+    stuck = {n: t for n, t in zip(("stop()", "run()"), waits, strict=False) if not t.done()}
+    stuck.update((t.get_name(), t) for t in worker._tasks if not t.done())
+    if stuck:
+        where = {n: [f"{f.f_code.co_name}:{f.f_lineno}" for f in t.get_stack()]
+                 for n, t in stuck.items()}  # fmt: skip
+        for t in stuck.values():
+            t.cancel()
+        pytest.fail(f"{moment}: not ended within {STOP_BOUND_S} s: {where}")
+    stop_task.result()
+    if run_task is not None:
+        run_task.result()  # returned: stop() is no error for run()
+    held = redis_client.mget([lease_key(p) for p in range(P)])
+    assert held == [None] * P, f"{moment}: leases still held after stop(): {held}"
+
+
+@pytest.mark.parametrize("moment", ["before_run", "during_start", "mid_cycle", "sleeping"])
+async def test_stop_ends_within_bounds_at_awkward_moments(
+    mosquitto, redis_url: str, redis_client: redis.Redis, moment: str
+) -> None:
+    """Regression: redis-py sends each command through asyncio.wait_for, which on Python 3.11
+    drops a cancellation arriving while the send completes; stop()'s single cancel() was lost
+    that way about once in six bench runs and stop() waited for ever on a loop that went on.
+    Here stop() lands at every loop iteration around a cycle and a lease tick, during start(),
+    before run() got going and while the loops sleep (ManualClock: time moves only when told)."""
+    register(redis_client, {f"aw-{i:03d}": POOLS[i % 3] for i in range(60)})
+    clock = ManualClock()
+    rounds = 0
+
+    def new_worker() -> PartitionWorker:
+        nonlocal rounds
+        rounds += 1
+        return make_worker(mosquitto, redis_url, clock, worker_id=f"aw{rounds}")
+
+    async def steps(n: int) -> None:
+        for _ in range(n):
+            await asyncio.sleep(0)
+
+    if moment == "before_run":  # run()'s task has not taken a step when stop() begins
+        w = new_worker()
+        await w.start()
+        await stop_within(w, asyncio.create_task(w.run()), redis_client, moment)
+        w = new_worker()
+        await w.start()
+        stop_task = asyncio.create_task(w.stop())  # steps first
+        task = asyncio.create_task(w.run())
+        await stop_within(w, task, redis_client, "run() after stop()", stop_task)
+    elif moment == "during_start":  # run() starts the worker itself; stop k iterations in
+        for k in range(16):
+            w = new_worker()
+            task = asyncio.create_task(w.run())
+            await steps(k)
+            await stop_within(w, task, redis_client, f"{k} iterations into start")
+    elif moment == "mid_cycle":  # both loops woken together, stopped k iterations later
+        for k in range(40):
+            w = new_worker()
+            await w.start()
+            task = asyncio.create_task(w.run())
+            await steps(5)  # both loops parked in their clock sleeps
+            clock.advance(w._leases.renew_every_s)  # wakes the cycle and the lease tick
+            await steps(k)
+            await stop_within(w, task, redis_client, f"{k} iterations into a cycle")
+    else:  # both loops asleep after a few whole cycles
+        w = new_worker()
+        await w.start()
+        task = asyncio.create_task(w.run())
+        await steps(5)
+        for n in range(1, 4):
+            await clock.advance_async(1.0)
+            await until(lambda n=n: w.stats["cycles"] >= n, what=f"cycle {n}")
+        await stop_within(w, task, redis_client, moment)
