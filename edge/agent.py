@@ -349,7 +349,10 @@ class SiteAgent:
         bat = fresh.get(DeviceKind.BATTERY)
         hp = fresh.get(DeviceKind.HEAT_PUMP)
         measured = {
-            "ts": now,
+            # the source time is when the grid power was measured: the meter's read, not the
+            # end of the poll (which waits for every device; under load that is seconds of
+            # accelerated time later, and the telemetry would pair a power with a wrong time)
+            "ts": meter.ts if meter is not None else now,
             "lost": lost,
             "grid_w": _value(meter, "power_w"),
             "pv_w": _value(inv, "power_w"),
