@@ -542,8 +542,7 @@ class Demo:
             soc_p10=float(np.percentile(soc, 10)), soc_p50=float(np.percentile(soc, 50)),
             soc_p90=float(np.percentile(soc, 90)), truth_w=truth if aggs else None,
         )  # fmt: skip
-        short = abs(shortfall or 0.0) > max(100.0, 0.01 * abs(target or 0.0))
-        self._samples.append((now, target, measured, 1.0 if short else 0.0))
+        self._samples.append((now, target, measured, abs(shortfall or 0.0)))
         self.live.t, self.live.sites_online = now, pool.sites_fresh
         self.live.target_w, self.live.measured_w = target, measured
         trader_errors = self.trader.errors_total if self.trader else 0
@@ -583,13 +582,17 @@ class Demo:
         e_target = float(np.sum(target[has] * dt[has]) / 3600.0)
         e_delivered = float(np.sum(measured[has] * dt[has]) / 3600.0)
         err = measured[has] - target[has]
-        shortfall = any(r[3] for r in rows)
+        # The pool had the flexibility if what it could not reach (the dispatcher's shortfall)
+        # adds up to at most a tenth of the 1 % error allowed: a moment at the range's edge
+        # does not disqualify an interval, an hour short of 20 % of the sites does.
+        short_wh = float(np.sum(np.array([r[3] for r in rows]) * dt) / 3600.0)
+        sufficient = short_wh <= 0.001 * max(abs(e_target), 1.0)
         delta = self._scheduled_delta(start)
         self.recorder.interval(
             start, SLOT_S, schedule_delta_w=delta, energy_target_wh=e_target,
             energy_delivered_wh=e_delivered,
             error_rms_w=float(np.sqrt(np.mean(err**2))), error_max_w=float(np.max(np.abs(err))),
-            flex_sufficient=not shortfall,
+            flex_sufficient=sufficient,
             price_da_eur_mwh=self.prices.at(self.prices.day_ahead, start),
             price_imb_eur_mwh=self.prices.at(self.prices.imbalance, start),
         )  # fmt: skip

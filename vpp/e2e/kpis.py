@@ -56,7 +56,8 @@ KPI_DOCS: dict[str, str] = {
     "availability": "Mean over samples of sites_online / sites_total, 0..1.",
     "intervals_total": "Schedule intervals (15 min) completed in the run, count.",
     "intervals_flex_sufficient": "Intervals in which the pool had the flexibility to meet the "
-    "schedule, count.",
+    "schedule, count (in the demo: the energy the dispatcher reported out of reach, its "
+    "shortfall, is at most 0.1 % of the interval's target energy).",
     "interval_energy_error_pct_max": "Worst interval energy error over intervals where the "
     "flexibility sufficed, %: |delivered - target| / max(|target|, floor) * 100, where floor "
     "= error_floor_w x interval length (a near-zero target would make a percentage "
