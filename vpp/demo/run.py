@@ -487,6 +487,8 @@ class Demo:
                     next_slot += SLOT_S
                 if live is not None:
                     live.update(self._line())
+        if live is not None and not self.console.is_terminal:
+            self.console.print()  # the last line of a live display ends without one there
 
     async def _fire(self, action: str, detail: str) -> None:
         try:
