@@ -302,7 +302,10 @@ class PoolDispatcher:
             # Nothing to follow: release the sites (they return to their own control at
             # once instead of holding the last level until it expires), then send nothing.
             if pool_id in self._states:
-                await self._publish_release(pool_id, now, [a.partition for a in parts])
+                released = [a.partition for a in parts]
+                if await self._publish_signals(pool_id, now, released, np.zeros(len(released)),
+                                               release=True):  # fmt: skip
+                    log.info("dispatcher %s: pool %s released (no target)", self.id, pool_id)
                 del self._states[pool_id]
                 await self.redis.delete(state_key(pool_id))
             for a in parts:
@@ -400,44 +403,48 @@ class PoolDispatcher:
         return ControllerState()
 
     async def _publish_signals(
-        self, pool_id: str, now: float, partitions: list[int], levels: np.ndarray
-    ) -> None:
+        self,
+        pool_id: str,
+        now: float,
+        partitions: list[int],
+        levels: np.ndarray,
+        *,
+        release: bool = False,
+    ) -> bool:
+        """One signal per partition (the count grows with partitions, not sites).
+
+        ``release``: end of an activation. Each signal is already over when it arrives
+        (valid for 1 ms) and replaces the last level, so every site returns to its own
+        control now instead of holding the level until it expires. Returns False when
+        nothing could be sent (the sites' last signals then expire by themselves: safe).
+        """
         if not self._connected.is_set() or self._mqtt is None:
-            self.stats["signals_unsent"] += len(partitions)
-            return  # the sites' last signals expire and they fall back: safe
+            if not release:
+                self.stats["signals_unsent"] += len(partitions)
+            return False
         assert self.redis is not None
         seq = int(await self.redis.incrby(SIGNAL_SEQ_KEY, len(partitions)))
         first = seq - len(partitions) + 1
-        for partition in partitions:
-            self._signalled_since.setdefault((pool_id, partition), now)
+        if not release:
+            for partition in partitions:
+                self._signalled_since.setdefault((pool_id, partition), now)
+        validity = 0.001 if release else self.validity_s
         for i, (partition, level) in enumerate(zip(partitions, levels, strict=True)):
             message = PartitionSignal(
                 partition=partition,
                 signal_id=f"{pool_id}-{first + i}",
                 seq=first + i,
                 issued_ts=now,
-                valid_until=now + self.validity_s,
+                valid_until=now + validity,
                 level=float(np.clip(level, -1.0, 1.0)),
                 pool_id=pool_id,
             )
             self._mqtt.publish(partition_topic(partition), encode(message), qos=1)
-            self.stats["signals"] += 1
-
-    async def _publish_release(self, pool_id: str, now: float, partitions: list[int]) -> None:
-        """End of an activation: a signal that is already over when it arrives (valid for
-        1 ms) replaces the last level, so every site returns to its own control now."""
-        if not self._connected.is_set() or self._mqtt is None:
-            return  # the last signals expire by themselves
-        assert self.redis is not None
-        seq = int(await self.redis.incrby(SIGNAL_SEQ_KEY, len(partitions)))
-        first = seq - len(partitions) + 1
-        for i, partition in enumerate(partitions):
-            message = PartitionSignal(partition=partition, signal_id=f"{pool_id}-{first + i}",
-                                      seq=first + i, issued_ts=now, valid_until=now + 0.001,
-                                      level=0.0, pool_id=pool_id)  # fmt: skip
-            self._mqtt.publish(partition_topic(partition), encode(message), qos=1)
-        self.stats["releases"] += 1
-        log.info("dispatcher %s: pool %s released (no target)", self.id, pool_id)
+        if release:
+            self.stats["releases"] += 1
+        else:
+            self.stats["signals"] += len(partitions)
+        return True
 
     async def _publish_site_configs(self) -> None:
         """Tell every site its pool (retained config) when the registry's site map changed."""

@@ -122,15 +122,6 @@ LATE_STEP_TABLE = [
 ]
 
 
-def test_a_step_from_rest_with_latency_does_not_kick() -> None:
-    cfg = ControllerConfig(cycle_s=2.0, latency_cycles=2)
-    state = ControllerState()
-    for (now, target, measured), command in LATE_STEP_TABLE:
-        res = step(state, cfg, now=now, target_w=target, measured_w=measured, lo_w=-BIG, hi_w=BIG)
-        assert res.command_w == pytest.approx(command), (now, res)
-        state = res.state
-
-
 # A pool that answers sooner than the latency allows for: a measurement anywhere between the
 # targets of the last two cycles is the pool in transit, whichever of them it answers.
 # (now, target, measured) -> command
@@ -144,10 +135,15 @@ TRANSIT_TABLE = [
 ]
 
 
-def test_a_pool_answering_early_is_not_kicked() -> None:
+@pytest.mark.parametrize(
+    "table", [LATE_STEP_TABLE, TRANSIT_TABLE], ids=["late-step-from-rest", "pool-answers-early"]
+)
+def test_a_step_with_two_cycles_of_latency_is_not_kicked(
+    table: list[tuple[tuple[float, float, float], float]],
+) -> None:
     cfg = ControllerConfig(cycle_s=2.0, latency_cycles=2)
     state = ControllerState()
-    for (now, target, measured), command in TRANSIT_TABLE:
+    for (now, target, measured), command in table:
         res = step(state, cfg, now=now, target_w=target, measured_w=measured, lo_w=-BIG, hi_w=BIG)
         assert res.command_w == pytest.approx(command), (now, res)
         state = res.state

@@ -1,12 +1,12 @@
 """What the demo watches from outside the platform: telemetry on the broker, the devices'
-ground truth, dispatch latency at the sites.
+ground truth.
 
 :class:`TelemetryCounter` is a plain MQTT subscriber with a persistent session (a broker
 restart or a reconnect loses nothing queued for it): it keeps which sequence numbers each
 site delivered, so completeness is "received / produced" by sequence number, and each
 site's latest telemetry time, so the truth can be read at the instant the platform's
 measurement refers to. :class:`TruthLog` keeps the fleet's per-site grid power at every
-physics tick and the pool's exact energy.
+physics tick.
 """
 
 from __future__ import annotations
@@ -89,44 +89,25 @@ class TelemetryCounter:
 
 
 class TruthLog:
-    """The fleet's grid power per site at each tick (a recent window) and the pool's energy."""
+    """The fleet's grid power per site at each physics tick, over a recent window."""
 
     def __init__(self, n_sites: int, window: int = 4096) -> None:
         self.n = n_sites
         self.t: deque[float] = deque(maxlen=window)
         self.grid: deque[np.ndarray] = deque(maxlen=window)
-        self.energy_wh = 0.0  # pool grid energy since the first tick (+ = import)
-        # (t, cumulative Wh) per tick: a day at 0.4 s ticks; intervals look back 15 minutes
-        self._energy_log: deque[tuple[float, float]] = deque(maxlen=250_000)
 
     def add(self, t: float, grid_w: np.ndarray) -> None:
-        if self.t:
-            dt = t - self.t[-1]
-            if dt > 0:
-                self.energy_wh += float(np.sum(self.grid[-1])) * dt / 3600.0
         self.t.append(t)
         self.grid.append(np.array(grid_w, dtype=float))
-        self._energy_log.append((t, self.energy_wh))
 
-    def energy_at(self, t: float) -> float | None:
-        """Cumulative pool energy (Wh) at time ``t`` (linear between ticks)."""
-        if not self._energy_log or t < self._energy_log[0][0]:
-            return None
-        sub = list(self._energy_log)[-20_000:]
-        times = [x[0] for x in sub]
-        i = int(np.searchsorted(times, t))
-        if i >= len(sub):
-            return sub[-1][1] + float(np.sum(self.grid[-1])) * (t - sub[-1][0]) / 3600.0
-        if i == 0:
-            return sub[0][1]
-        (t0, e0), (t1, e1) = sub[i - 1], sub[i]
-        return e0 + (e1 - e0) * (t - t0) / max(t1 - t0, 1e-9)
-
-    def site_power_at(self, index: int, t: float) -> float | None:
+    def site_powers_at(self, indices: list[int], times: list[float]) -> np.ndarray | None:
+        """Each site's grid power at its own instant (the last tick at or before it); None
+        when an instant lies before the window."""
+        if not indices:
+            return np.zeros(0)
         if not self.t:
             return None
-        times = np.fromiter(self.t, dtype=float)
-        k = int(np.searchsorted(times, t, side="right")) - 1
-        if k < 0:
+        ticks = np.searchsorted(np.fromiter(self.t, dtype=float), times, side="right") - 1
+        if ticks.min() < 0:
             return None
-        return float(self.grid[k][index])
+        return np.array([self.grid[k][i] for k, i in zip(ticks, indices, strict=True)])

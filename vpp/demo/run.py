@@ -135,6 +135,8 @@ class Prices:
     @classmethod
     def load(cls, options: DemoOptions) -> Prices:
         """The given files, else the real Belgian June 2024 day chosen by the seed."""
+        if options.prices and options.imbalance_prices:
+            return cls(read_prices(options.prices), read_prices(options.imbalance_prices))
         default_da, default_imb = default_prices(options.seed)
         day_ahead = read_prices(options.prices) if options.prices else default_da
         imbalance = (
@@ -157,7 +159,8 @@ class LiveView:
     sites_total: int = 0
     target_w: float | None = None
     measured_w: float | None = None
-    errors: int = 0
+    sample_errors: int = 0
+    trader_errors: int = 0
     events: list[str] = field(default_factory=list)
 
 
@@ -253,6 +256,7 @@ class Demo:
         self.api_url = ""
         self.token = ""
         self.faults = FaultDriver(self)
+        self.timing = self._timing()
         self.pending: list[tuple[float, str, str]] = []
         self.run_start = 0.0
         self.run_s = options.hours * 3600.0
@@ -296,7 +300,7 @@ class Demo:
             _, token = registry.create_api_key([POOL], label="virtual trader")
         return token
 
-    def timing(self) -> dict[str, float]:
+    def _timing(self) -> dict[str, float]:
         """The cloud's time-outs, in simulated seconds, stretched with the speed: a process
         that a busy 2-core machine holds up for half a second of wall time is 12 simulated
         seconds late at 24x, which would lose it every 6-second lease and lock. Stretched so
@@ -308,7 +312,7 @@ class Demo:
 
     def _start_cloud(self, db: Path, api_port: int) -> None:
         config = self.out / "state" / "cloud.toml"
-        config.write_text("[cloud]\n" + "".join(f"{k} = {v!r}\n" for k, v in self.timing().items()))
+        config.write_text("[cloud]\n" + "".join(f"{k} = {v!r}\n" for k, v in self.timing.items()))
         common = ["--mqtt-url", self.mqtt_url, "--redis-url", self.redis_url, "--db", str(db),
                   "--partitions", str(PARTITIONS), "--config", str(config)]  # fmt: skip
         env = {"VPP_CLOCK": self.clock.spec()}
@@ -515,20 +519,22 @@ class Demo:
                     pipe.hgetall(sites_key(p))
                 raw = await pipe.execute()
         except Exception:
-            self.live.errors += 1
+            self.live.sample_errors += 1
             log.exception("sample at %s failed", to_iso8601(now))
             return
         aggs: list[PartitionAggregate] = []
-        truth: float | None = 0.0
+        fresh: list[SiteSummary] = []
         for i in range(len(parts)):
             value, summaries = raw[1 + 2 * i], raw[2 + 2 * i]
             if not value:
                 continue
             agg = PartitionAggregate.from_json(value)
-            if now - agg.ts > self.timing()["dispatch_max_age_s"]:
+            if now - agg.ts > self.timing["dispatch_max_age_s"]:
                 continue
             aggs.append(agg)
-            truth = self._truth_of(summaries, truth)
+            fresh += [s for s in map(SiteSummary.from_json, summaries.values())
+                      if s.status is SiteStatus.FRESH and s.ts is not None]  # fmt: skip
+        truth = self._truth_of(fresh)
         pool = PoolAggregate.of(POOL, aggs, now)
         delivery = json.loads(raw[0]) if raw[0] else None
         target = shortfall = None
@@ -536,35 +542,25 @@ class Demo:
             target = delivery.get("target_w")
             shortfall = delivery.get("shortfall_w")
         measured = pool.measured_w if aggs else None
-        soc = self.fleet.phys.soc_pct
+        p10, p50, p90 = (float(v) for v in np.percentile(self.fleet.phys.soc_pct, [10, 50, 90]))
         self.recorder.sample(
             now, target_w=target, measured_w=measured, baseline_w=pool.baseline_w if aggs else None,
             p_min_w=pool.p_min_w if aggs else None, p_max_w=pool.p_max_w if aggs else None,
             sites_online=pool.sites_fresh, sites_total=self.options.sites,
-            soc_p10=float(np.percentile(soc, 10)), soc_p50=float(np.percentile(soc, 50)),
-            soc_p90=float(np.percentile(soc, 90)), truth_w=truth if aggs else None,
+            soc_p10=p10, soc_p50=p50, soc_p90=p90, truth_w=truth if aggs else None,
         )  # fmt: skip
         self._samples.append((now, target, measured, abs(shortfall or 0.0)))
         self.live.t, self.live.sites_online = now, pool.sites_fresh
         self.live.target_w, self.live.measured_w = target, measured
-        trader_errors = self.trader.errors_total if self.trader else 0
-        self.live.errors = trader_errors
+        self.live.trader_errors = self.trader.errors_total if self.trader else 0
 
-    def _truth_of(self, summaries: dict[bytes, bytes], total: float | None) -> float | None:
-        """Add the devices' true grid power of a partition's fresh sites, each at the
-        instant its telemetry (the one the aggregate used) was measured."""
-        if total is None:
-            return None
-        for raw in summaries.values():
-            summary = SiteSummary.from_json(raw)
-            if summary.status is not SiteStatus.FRESH or summary.ts is None:
-                continue
-            index = self.site_index.get(summary.site_id)
-            value = None if index is None else self.truth.site_power_at(index, summary.ts)
-            if value is None:
-                return None
-            total += value
-        return total
+    def _truth_of(self, summaries: list[SiteSummary]) -> float | None:
+        """The devices' true grid power of the fresh sites the aggregates were made of, each
+        at the instant its telemetry (the one the aggregate used) was measured."""
+        known = [s for s in summaries if s.site_id in self.site_index]
+        powers = self.truth.site_powers_at([self.site_index[s.site_id] for s in known],
+                                           [float(s.ts or 0.0) for s in known])  # fmt: skip
+        return None if powers is None or len(known) < len(summaries) else float(powers.sum())
 
     def _interval(self, start: float) -> None:
         """Close the quarter hour starting at ``start``: energies, errors, prices."""
@@ -669,13 +665,17 @@ class Demo:
         """The cloud's own alerts (pool shortfall), as raised during the run."""
         if self.hot is None:
             return
-        with contextlib.suppress(Exception):
-            for _, entry in await self.hot.xrange(CLOUD_ALERT_LOG):
-                if entry.get(b"transition") != b"raised":
-                    continue
-                a = json.loads(entry[b"alert"])
-                self.recorder.alert(Alert(float(a["since"]), f"cloud:{a['rule']}", a["severity"],
-                                          a["message"], a["value"], None))  # fmt: skip
+        try:
+            entries = await self.hot.xrange(CLOUD_ALERT_LOG)
+        except Exception:  # the report still gets written, without the cloud's alerts
+            log.exception("cannot read the cloud's alert log %s", CLOUD_ALERT_LOG)
+            return
+        for _, entry in entries:
+            if entry.get(b"transition") != b"raised":
+                continue
+            a = json.loads(entry[b"alert"])
+            self.recorder.alert(Alert(float(a["since"]), f"cloud:{a['rule']}", a["severity"],
+                                      a["message"], a["value"], None))  # fmt: skip
 
     def _finish(self, wall0: float, interrupted: bool) -> dict[str, Any]:
         if self.trader is not None:
@@ -707,9 +707,10 @@ class Demo:
         def kw(x: float | None) -> str:
             return "-" if x is None else f"{x / 1000:+.1f} kW"
 
+        errors = v.sample_errors + v.trader_errors
         line = (f"{to_iso8601(v.t)[:19].replace('T', ' ')}  {100 * done:5.1f} %  "
                 f"sites {v.sites_online}/{v.sites_total}  target {kw(v.target_w)}  "
-                f"delivered {kw(v.measured_w)}  errors {v.errors}")  # fmt: skip
+                f"delivered {kw(v.measured_w)}  errors {errors}")  # fmt: skip
         if v.events:
             line += f"  last event: {v.events[-1]}"
         return Text(line)

@@ -43,7 +43,8 @@ async def get_delivery(pool: PoolDep, ctx: CtxDep) -> DeliveryOut:
     raw = await redis.get(delivery_key(pool.pool_id))
     record: dict[str, Any] = json.loads(raw) if raw else {}
     alerts = [alert_out(a) for a in await active_alerts(redis, pool.pool_id)]
-    # the record is written only while a target is followed: an old one means "idle"
+    # the record is written only while a target is followed (or, the cycle before a schedule
+    # starts, aimed at): an old one means "idle"
     fresh = bool(record) and ctx.clock.time() - record["ts"] <= ctx.settings.max_age_s
     return DeliveryOut(
         pool_id=pool.pool_id,
