@@ -42,13 +42,20 @@ __all__ = [
     "DeviceKind",
     "DeviceReading",
     "Dispatch",
+    "FlexEnvelope",
     "Flexibility",
     "Limit",
     "Message",
     "Mode",
+    "PartitionPlan",
     "PartitionSignal",
+    "PlanBasis",
+    "PowerOnlyBounds",
+    "PowerOnlyEnvelope",
     "SiteState",
     "Status",
+    "StorageBounds",
+    "StorageEnvelope",
     "Telemetry",
     "decode",
     "encode",
@@ -65,6 +72,8 @@ MIN_TS = 946_684_800.0  # 2000-01-01T00:00:00Z
 MAX_TS = 4_102_444_800.0  # 2100-01-01T00:00:00Z
 MAX_SEQ = 2**63 - 1
 MAX_VALIDITY_S = 24 * 3600.0  # a dispatch valid for more than a day is a mistake
+MAX_SLOTS = 192  # an envelope or plan covers at most 48 h of quarter hours
+MAX_PLAN_SITES = 4096  # sites named in one partition plan (a partition of a 250k-site pool)
 
 Power = Annotated[float, Field(ge=-SITE_POWER_LIMIT_W, le=SITE_POWER_LIMIT_W)]
 PositivePower = Annotated[float, Field(ge=0.0, le=SITE_POWER_LIMIT_W)]
@@ -109,6 +118,13 @@ class Limit(StrEnum):
     EXPORT_LIMIT = "export_limit"
     COMFORT_BAND = "comfort_band"
     DEVICE_UNAVAILABLE = "device_unavailable"
+
+
+class PlanBasis(StrEnum):
+    """What a partition signal's level 0 stands for (see :class:`PartitionSignal`)."""
+
+    BASELINE = "baseline"
+    PLAN = "plan"
 
 
 class SiteState(StrEnum):
@@ -202,6 +218,7 @@ class Telemetry(Message):
     cloud tells backlog from live data. ``seq`` counts every message of the site, so gaps
     are visible. ``heartbeat_s`` is the longest the agent will stay silent (telemetry by
     exception): the cloud keeps the site fresh until ``ts + heartbeat_s``.
+    ``plan_id`` names the :class:`PartitionPlan` whose share the site delivers now, if any.
     ``outbox_pending`` / ``outbox_dropped`` report the agent's store-and-forward buffer: records
     not yet acknowledged by the broker, and records ever dropped by the retention limit.
     """
@@ -229,6 +246,8 @@ class Telemetry(Message):
     flex: Flexibility
     dispatch_id: Ident | None = None
     devices: Annotated[list[DeviceReading], Field(max_length=32)] = []
+    # the partition plan the site follows now (optional: added in v1 as an expand step)
+    plan_id: Ident | None = None
     # store-and-forward health (optional: added in v1 as an expand step)
     outbox_pending: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
     outbox_dropped: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
@@ -297,6 +316,14 @@ class PartitionSignal(_Expiring):
     cost grows with partitions, not sites. A partition holds sites of several pools: with
     ``pool_id`` set, only that pool's sites follow the signal (they learn their pool from
     their config); without it, every site of the partition does.
+
+    ``basis`` (optional, added in v1 as an expand step) says what level 0 means. ``baseline``
+    (the default, and what a reader that does not know the field does): 0 is the site's
+    baseline. ``plan``: 0 is the site's planned point, its baseline plus its share of the
+    :class:`PartitionPlan` in force, and +1 / -1 are ``p_max_w`` / ``p_min_w`` as before; the
+    closed loop then only corrects around the plan. The cloud sends ``plan`` to a partition
+    only while every flexible site there reports following the plan (``Telemetry.plan_id``),
+    so an older agent is never sent a level it would read around the wrong point.
     """
 
     SCHEMA: ClassVar[str] = "vpp.partition_signal"
@@ -312,6 +339,7 @@ class PartitionSignal(_Expiring):
     seq: Seq
     level: Annotated[float, Field(ge=-1.0, le=1.0)]
     pool_id: SiteId | None = None  # optional (added in v1 as an expand step)
+    basis: _lax_enum(PlanBasis) | None = None  # optional (added in v1 as an expand step)
 
 
 # --- ack (site -> cloud) ----------------------------------------------------------------
@@ -373,10 +401,250 @@ class Config(Message):
     pool_id: SiteId | None = None
 
 
+# --- flexibility envelope (site -> cloud, retained) ------------------------------------
+
+
+Series = Annotated[list[Power], Field(min_length=1, max_length=MAX_SLOTS)]
+EnergySeries = Annotated[
+    list[Annotated[float, Field(ge=-SITE_ENERGY_LIMIT_WH, le=SITE_ENERGY_LIMIT_WH)]],
+    Field(min_length=1, max_length=MAX_SLOTS),
+]
+Efficiency = Annotated[float, Field(gt=0.5, le=1.0)]
+
+
+def _contains_zero(name: str, lows: list[float], highs: list[float]) -> None:
+    """Every slot's range must hold 0: following the baseline is always possible."""
+    for i, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
+        if not lo <= 0.0 <= hi:
+            raise ValueError(f"{name}[{i}]: [{lo}, {hi}] does not contain 0 (the baseline)")
+
+
+class StorageBounds(_Strict):
+    """Bounds of a storage component relative to the baseline, one value per slot.
+
+    ``p_min_w``/``p_max_w``: grid power deviation the component can hold in the slot (W,
+    + = more import: charging more or discharging less). ``e_min_wh``/``e_max_wh``: bounds
+    of the cumulative *stored* energy deviation at the end of each slot, counted from the
+    envelope's ``start_ts`` (Wh, + = more energy stored than the baseline would hold).
+    """
+
+    p_min_w: Series
+    p_max_w: Series
+    e_min_wh: EnergySeries
+    e_max_wh: EnergySeries
+
+    @model_validator(mode="after")
+    def _shape(self) -> StorageBounds:
+        n = len(self.p_min_w)
+        if not len(self.p_max_w) == len(self.e_min_wh) == len(self.e_max_wh) == n:
+            raise ValueError("p_min_w, p_max_w, e_min_wh and e_max_wh need the same length")
+        _contains_zero("p", self.p_min_w, self.p_max_w)
+        _contains_zero("e", self.e_min_wh, self.e_max_wh)
+        return self
+
+
+class StorageEnvelope(StorageBounds):
+    """The site's energy-limited flexibility (its battery), guaranteed, with what it assumes.
+
+    The guaranteed set of a site is every deviation ``d`` (W per slot) with
+    ``p_min_w <= d <= p_max_w`` and, for every slot ``t`` (``h`` = slot length in hours):
+
+    * floor: ``sum(g_k(d_k) * h for k <= t) >= e_min_wh[t]``, where ``g_k(d)`` is the stored
+      power change when the storage moves from its baseline power ``power_w[k]`` (+ =
+      discharge) to ``power_w[k] - d``: charging stores ``eta_charge`` of what it takes,
+      discharging draws ``1 / eta_discharge`` of what it gives;
+    * ceiling: ``sum(s_k * d_k * h for k <= t) <= e_max_wh[t]`` with the slope at the
+      baseline, ``s_k = 1 / eta_discharge`` if ``power_w[k] > 0`` else ``eta_charge`` (a
+      tangent, so it never under-counts what is stored).
+
+    ``optimistic`` holds the same bounds from the nominal forecast, without the margins the
+    guaranteed bounds keep for forecast errors.
+    """
+
+    power_w: Series
+    eta_charge: Efficiency = 0.95
+    eta_discharge: Efficiency = 0.95
+    optimistic: StorageBounds | None = None
+
+    @model_validator(mode="after")
+    def _power_shape(self) -> StorageEnvelope:
+        if len(self.power_w) != len(self.p_min_w):
+            raise ValueError("power_w needs one value per slot")
+        if self.optimistic is not None and len(self.optimistic.p_min_w) != len(self.p_min_w):
+            raise ValueError("optimistic bounds need one value per slot")
+        return self
+
+
+class PowerOnlyBounds(_Strict):
+    """Power deviation with no energy state to respect, per slot (W, + = more import)."""
+
+    p_min_w: Series
+    p_max_w: Series
+
+    @model_validator(mode="after")
+    def _shape(self) -> PowerOnlyBounds:
+        if len(self.p_min_w) != len(self.p_max_w):
+            raise ValueError("p_min_w and p_max_w need the same length")
+        _contains_zero("p", self.p_min_w, self.p_max_w)
+        return self
+
+
+class PowerOnlyEnvelope(PowerOnlyBounds):
+    """Flexibility usable in any slot independently: PV curtailment (up), and the heat pump
+    shedding or boosting within a reserve of its comfort band (the reserve is spread so that
+    any use of these bounds keeps the house inside the band)."""
+
+    optimistic: PowerOnlyBounds | None = None
+
+
+class FlexEnvelope(Message):
+    """A site's flexibility for the next hours, relative to its own baseline forecast.
+
+    Published by the agent at every slot boundary and when its capability changes, retained
+    (a worker that takes the partition over reads it at once). ``start_ts`` is a multiple of
+    ``step_s`` and the reference of every cumulative energy bound: the state the site was
+    in at ``start_ts``. ``baseline_w`` is the forecast of what the site's own control would
+    draw per slot (slot mean, W, + import). Absent components offer nothing.
+    """
+
+    SCHEMA: ClassVar[str] = "vpp.flex_envelope"
+    VERSION: ClassVar[int] = 1
+    TOPIC_KIND: ClassVar[SiteKind] = SiteKind.ENVELOPE
+
+    schema_name: Literal["vpp.flex_envelope"] = Field(default="vpp.flex_envelope", alias="schema")
+    version: Literal[1] = 1
+    site_id: SiteId
+    seq: Seq
+    ts: Timestamp
+    start_ts: Timestamp
+    step_s: Annotated[float, Field(ge=60.0, le=3600.0)] = 900.0
+    baseline_w: Series
+    storage: StorageEnvelope | None = None
+    power_only: PowerOnlyEnvelope | None = None
+    reason: ShortText | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FlexEnvelope:
+        n = len(self.baseline_w)
+        if 3600.0 % self.step_s:
+            raise ValueError(f"step_s ({self.step_s}) must divide an hour")
+        if self.start_ts % self.step_s:
+            raise ValueError(f"start_ts ({self.start_ts}) is not a multiple of step_s")
+        for name, part in (("storage", self.storage), ("power_only", self.power_only)):
+            if part is not None and len(part.p_min_w) != n:
+                raise ValueError(f"{name} has {len(part.p_min_w)} slots, baseline_w {n}")
+        if not self.start_ts - self.step_s <= self.ts <= self.start_ts + n * self.step_s:
+            raise ValueError("ts must lie within the envelope's span (or one slot before it)")
+        return self
+
+    @property
+    def end_ts(self) -> float:
+        return self.start_ts + len(self.baseline_w) * self.step_s
+
+
+# --- partition plan (cloud -> sites, retained) ------------------------------------------
+
+
+class PartitionPlan(Message):
+    """The pool's energy plan, as each site of a partition needs it to find its own share.
+
+    One message per partition (retained), however many sites it holds: every value is
+    pool-wide, and each site computes its share from them and from its own envelope, the
+    one named by its seq in ``envelopes`` (:func:`protocols.flexplan.site_share`). A site
+    follows its share while ``issued_ts - 5 <= now < valid_until``, also when the broker or
+    the cloud is away (open loop); partition signals correct around it.
+
+    Per slot from ``start_ts`` (the envelopes' common reference):
+
+    * ``storage_w``: the pool's storage deviation minus the plan's rebalancing residual;
+    * ``power_only_w``: the pool's power-only deviation, shared in proportion to each site's
+      bound in the slot (``power_only_min_w``/``power_only_max_w``, the pool's sums);
+    * ``x_wh``, ``y_wh``, ``lam``: how the storage energy is spread over the sites
+      (the rebalancing that keeps every site inside its own envelope);
+    * ``theta``, ``alpha``, ``beta_total``: the share's weights.
+    """
+
+    SCHEMA: ClassVar[str] = "vpp.partition_plan"
+    VERSION: ClassVar[int] = 1
+    TOPIC_KIND: ClassVar[PartitionKind] = PartitionKind.PLAN
+
+    schema_name: Literal["vpp.partition_plan"] = Field(default="vpp.partition_plan", alias="schema")
+    version: Literal[1] = 1
+    partition: Annotated[int, Field(ge=0, le=65535)]
+    pool_id: SiteId
+    plan_id: Ident
+    seq: Seq
+    issued_ts: Timestamp
+    valid_until: Timestamp
+    start_ts: Timestamp
+    step_s: Annotated[float, Field(ge=60.0, le=3600.0)] = 900.0
+    storage_w: Annotated[
+        list[Annotated[float, Field(ge=-1e12, le=1e12)]], Field(min_length=1, max_length=MAX_SLOTS)
+    ]
+    power_only_w: Annotated[
+        list[Annotated[float, Field(ge=-1e12, le=1e12)]], Field(min_length=1, max_length=MAX_SLOTS)
+    ]
+    power_only_min_w: Annotated[
+        list[Annotated[float, Field(ge=-1e12, le=0.0)]], Field(min_length=1, max_length=MAX_SLOTS)
+    ]
+    power_only_max_w: Annotated[
+        list[Annotated[float, Field(ge=0.0, le=1e12)]], Field(min_length=1, max_length=MAX_SLOTS)
+    ]
+    x_wh: Annotated[
+        list[Annotated[float, Field(ge=0.0, le=1e15)]], Field(min_length=1, max_length=MAX_SLOTS)
+    ]
+    y_wh: Annotated[
+        list[Annotated[float, Field(ge=0.0, le=1e15)]], Field(min_length=1, max_length=MAX_SLOTS)
+    ]
+    lam: Annotated[
+        list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=1, max_length=MAX_SLOTS)
+    ]
+    theta: Annotated[float, Field(ge=0.0, le=1.0)]
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)]
+    beta_total: Annotated[float, Field(gt=0.0, le=1e15)]
+    envelopes: Annotated[dict[SiteId, Seq], Field(max_length=MAX_PLAN_SITES)] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PartitionPlan:
+        span = self.valid_until - self.issued_ts
+        if span <= 0 or span > MAX_VALIDITY_S:
+            raise ValueError("valid_until must be after issued_ts, by at most 86400 s")
+        n = len(self.storage_w)
+        lengths = {
+            len(v)
+            for v in (
+                self.power_only_w,
+                self.power_only_min_w,
+                self.power_only_max_w,
+                self.x_wh,
+                self.y_wh,
+                self.lam,
+            )
+        }
+        if lengths != {n}:
+            raise ValueError("every per-slot list needs one value per slot")
+        if self.start_ts % self.step_s:
+            raise ValueError(f"start_ts ({self.start_ts}) is not a multiple of step_s")
+        return self
+
+    @property
+    def end_ts(self) -> float:
+        return self.start_ts + len(self.storage_w) * self.step_s
+
+
 # --- the registry of every schema and version --------------------------------------------
 
 SCHEMAS: dict[str, dict[int, type[Message]]] = {}
-for _model in (Telemetry, Status, Dispatch, PartitionSignal, Ack, Config):
+for _model in (
+    Telemetry,
+    Status,
+    Dispatch,
+    PartitionSignal,
+    Ack,
+    Config,
+    FlexEnvelope,
+    PartitionPlan,
+):
     SCHEMAS.setdefault(_model.SCHEMA, {})[_model.VERSION] = _model
 
 
@@ -499,7 +767,8 @@ def parse_message(
             f"site {parsed.site_id!r} of topic {topic}",
             "site_id",
         )
-    if isinstance(message, PartitionSignal) and message.partition != parsed.partition:
+    partitioned = isinstance(message, PartitionSignal | PartitionPlan)
+    if partitioned and message.partition != parsed.partition:
         raise ProtocolError(
             Reason.PARTITION_MISMATCH,
             f"partition {message.partition} in the payload does not match topic {topic}",

@@ -7,7 +7,9 @@ Layout (root ``vpp/v1``; ``{p}`` is the site's partition, ``{site}`` its id)::
     vpp/v1/p/{p}/s/{site}/ack         edge -> cloud   QoS 1   one per dispatch received
     vpp/v1/p/{p}/s/{site}/dispatch    cloud -> edge   QoS 1   per-site setpoint with valid_until
     vpp/v1/p/{p}/s/{site}/config      cloud -> edge   QoS 1   retained; flags and parameters
+    vpp/v1/p/{p}/s/{site}/envelope    edge -> cloud   QoS 1   retained; 24 h flexibility envelope
     vpp/v1/p/{p}/signal               cloud -> edges  QoS 1   partition broadcast (activation level)
+    vpp/v1/p/{p}/plan                 cloud -> edges  QoS 1   retained; the pool's energy plan
 
 Why this shape:
 
@@ -56,12 +58,14 @@ class SiteKind(StrEnum):
     ACK = "ack"
     DISPATCH = "dispatch"
     CONFIG = "config"
+    ENVELOPE = "envelope"
 
 
 class PartitionKind(StrEnum):
     """Per-partition topics."""
 
     SIGNAL = "signal"
+    PLAN = "plan"
 
 
 @dataclass(frozen=True, slots=True)

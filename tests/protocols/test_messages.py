@@ -39,6 +39,8 @@ SCHEMA_OF_FILE = {
     "partition_signal": "vpp.partition_signal",
     "ack": "vpp.ack",
     "config": "vpp.config",
+    "flex_envelope": "vpp.flex_envelope",
+    "partition_plan": "vpp.partition_plan",
 }
 
 
