@@ -221,6 +221,14 @@ class Fleet:
             "clock": clock_spec,
             "control_api": self.control_api_url,
             "sites": [s.site_id for s in self.sites],
+            # where each site is, as an installer enters it (PV forecasts need the sun's path)
+            "locations": {
+                s.site_id: {
+                    "latitude": round(float(self.phys.p.lat_deg[i]), 4),
+                    "longitude": round(float(self.phys.p.lon_deg[i]), 4),
+                }
+                for i, s in enumerate(self.sites)
+            },
             "devices": devices,
         }
 

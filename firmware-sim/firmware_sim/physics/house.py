@@ -1,7 +1,9 @@
 """House thermal model (one RC node), outdoor temperature and a heat pump with SG-Ready.
 
-* Outdoor temperature: a per-site daily mean with a sinusoid (coldest near 05:00 solar time,
-  warmest near 15:00) and a slow seeded AR(1) weather wiggle.
+* Outdoor temperature: a seasonal daily mean (a Belgian climate: about 3 degC in late January,
+  18 degC in late July), a per-site offset, a daily sinusoid (coldest near 05:00 solar time,
+  warmest near 15:00; wider in summer) and a slow seeded AR(1) weather wiggle. The date comes
+  from the clock, so a demo started in January heats and one started in June does not.
 * House: ``C dT/dt = Q_hp + Q_gain - UA (T_in - T_out)``, integrated exactly over ``dt`` for a
   constant input (stable for any step).
 * Heat pump: on/off thermostat with hysteresis, SG-Ready states 1-4 (see
@@ -18,19 +20,38 @@ from firmware_sim.physics.noise import Ar1Process
 HYSTERESIS_K = 0.4
 
 
-class OutdoorTemperature:
-    """Outdoor temperature per site, degC."""
+#: Seasonal mean outdoor temperature: annual mean, half the summer-winter swing, and the day
+#: of the year of the coldest days (Uccle's 1991-2020 normals: about 3.5 degC in January and
+#: 18.5 degC in July).
+ANNUAL_MEAN_C = 10.8
+SEASONAL_SWING_C = 7.5
+COLDEST_DAY = 20
 
-    def __init__(self, seed: int, n: int, mean_c: float = 6.0) -> None:
+
+def seasonal_mean_c(t: float) -> float:
+    """The climate's daily mean outdoor temperature on the day of Unix time ``t``."""
+    day_of_year = (t / 86400.0) % 365.2422
+    return ANNUAL_MEAN_C - SEASONAL_SWING_C * float(
+        np.cos(2 * np.pi * (day_of_year - COLDEST_DAY) / 365.2422)
+    )
+
+
+class OutdoorTemperature:
+    """Outdoor temperature per site, degC (see the module docstring)."""
+
+    def __init__(self, seed: int, n: int) -> None:
         rng = np.random.default_rng([seed & 0xFFFFFFFF, 31])
-        self.mean = mean_c + rng.uniform(-2.0, 2.0, n)
-        self.amplitude = rng.uniform(3.0, 6.0, n)
+        self.offset = rng.uniform(-2.0, 2.0, n)
+        self.amplitude = rng.uniform(3.0, 5.0, n)
         self._weather = Ar1Process(seed, salt=4, n=n, step_s=1800.0, phi=0.95)
 
     def value(self, t: float, lon_deg) -> np.ndarray:
         hours = ((t % 86400.0) / 3600.0 + np.asarray(lon_deg) / 15.0) % 24.0
         daily = -np.cos(2 * np.pi * (hours - 3.0) / 24.0)  # -1 at 03:00+2h lag ~ min at 05h
-        return self.mean + self.amplitude * daily + 1.5 * self._weather.value(t)
+        mean = seasonal_mean_c(t)
+        # sunny summer days swing wider than grey winter ones
+        amplitude = self.amplitude * (1.0 + 0.04 * (mean - ANNUAL_MEAN_C))
+        return mean + self.offset + amplitude * daily + 1.5 * self._weather.value(t)
 
 
 def house_step(t_in, t_out, q_w, dt, ua_w_per_k, c_j_per_k):
