@@ -39,9 +39,10 @@ def ts(text: str) -> float:
 
 
 class FakeApi:
-    """The trader API's contract for pool ``north``, strictly: a schedule or setpoint value
-    outside the range shown for its slot (no tolerance at all) is refused with 422, so a
-    passing test proves the trader stayed inside what it was shown. ``script[op]`` holds
+    """The trader API's contract for pool ``north``, strictly: a schedule outside the
+    guaranteed envelope shown (power, or either count of the stored energy, with what the
+    schedule in force committed before its start) is refused with 422, with no tolerance, so
+    a passing test proves the trader stayed inside what it was shown. ``script[op]`` holds
     answers (or exceptions) to give instead, one per request."""
 
     def __init__(self, clock: ManualClock) -> None:
@@ -52,31 +53,68 @@ class FakeApi:
         self.setpoints: list[dict[str, Any]] = []
         self.refused: list[str] = []
         self.baseline = 10_000.0
+        self.efficiency = (0.95, 0.95)
 
-    def slot_range(self, k: int) -> tuple[float, float, float]:
-        """Baseline, p_min, p_max of forecast slot ``k`` (0 = the slot in progress): the
-        range breathes from slot to slot, and slot 5 has its baseline below the range."""
-        b = self.baseline
+    def slot_bounds(self, k: int) -> tuple[float, float, float, float]:
+        """Storage bounds of envelope slot ``k`` (0 = the slot in progress): p_min, p_max,
+        e_min, e_max. The power breathes from slot to slot, slot 5 offers nothing, and the
+        energy window narrows through the day as the baseline uses the batteries."""
         if k == 5:
-            return b, b + 1_000.0, b + 1_050.0
-        return b, b - 30_000.0 - 10_000.0 * math.sin(k), b + 15_000.0 + 5_000.0 * math.cos(k)
+            p_lo, p_hi = 0.0, 0.0
+        else:
+            p_lo, p_hi = -30_000.0 - 10_000.0 * math.sin(k), 15_000.0 + 5_000.0 * math.cos(k)
+        return p_lo, p_hi, -50_000.0 + 300.0 * k, 40_000.0 - 200.0 * k
+
+    def envelope_start(self) -> float:
+        return math.floor(self.clock.time() / 900) * 900
+
+    def committed(self, t: float) -> float | None:
+        """The value the schedule in force gives the slot starting at ``t`` (newest wins)."""
+        for p in reversed(self.posted):
+            i = round((t - ts(p["start"])) / 900)
+            if 0 <= i < len(p["values_w"]):
+                return float(p["values_w"][i])
+            if i >= 0:
+                return None  # replaced from its start on by nothing older
+        return None
 
     def flexibility(self) -> dict[str, Any]:
         now = self.clock.time()
-        first = math.floor(now / 900) * 900
+        first = self.envelope_start()
         b = self.baseline
-        forecast = []
-        for k in range(96):
-            base, lo, hi = self.slot_range(k)
-            forecast.append(
-                {
-                    "start": iso(first + 900 * k),
-                    "end": iso(first + 900 * (k + 1)),
-                    "baseline_w": base,
-                    "p_min_w": lo,
-                    "p_max_w": hi,
-                }
-            )
+        bounds = [self.slot_bounds(k) for k in range(96)]
+        forecast = [
+            {
+                "start": iso(first + 900 * k),
+                "end": iso(first + 900 * (k + 1)),
+                "baseline_w": b,
+                "p_min_w": b + lo,
+                "p_max_w": b + hi,
+            }
+            for k, (lo, hi, _, _) in enumerate(bounds)
+        ]
+        storage = {
+            "p_min_w": [x[0] for x in bounds],
+            "p_max_w": [x[1] for x in bounds],
+            "e_min_wh": [x[2] for x in bounds],
+            "e_max_wh": [x[3] for x in bounds],
+        }
+        zeros = [0.0] * 96
+        envelope = {
+            "start": iso(first),
+            "resolution": "PT15M",
+            "resolution_s": 900,
+            "as_of": iso(now - 1),
+            "sites": 3,
+            "sites_left_out": 0,
+            "efficiency": {"charge": self.efficiency[0], "discharge": self.efficiency[1]},
+            "baseline_w": [b] * 96,
+            "guaranteed": {"storage": storage, "power_only": {"p_min_w": zeros, "p_max_w": zeros}},
+            "optimistic": {"storage": storage, "power_only": {"p_min_w": zeros, "p_max_w": zeros}},
+            "committed_w": [self.committed(first + 900 * k) for k in range(96)],
+            "guarantee": {"energy_ratio": 0.9, "power_ratio": 0.8},
+            "model": "...",
+        }
         return {
             "pool_id": "north",
             "as_of": iso(now - 1),
@@ -96,15 +134,35 @@ class FakeApi:
             "durations": [],
             "forecast_resolution": "PT15M",
             "forecast": forecast,
-            "assumptions": "persistence",
+            "envelope": envelope,
+            "assumptions": "an envelope",
         }
 
+    def check(self, start: float, values: list[float]) -> str | None:
+        """Why a schedule is outside the envelope (None: inside)."""
+        first = self.envelope_start()
+        k0 = round((start - first) / 900)
+        before = [self.committed(first + 900 * k) or 0.0 for k in range(k0)]
+        d = np.array(before + list(values), dtype=float)
+        eta_c, eta_d = self.efficiency
+        up, down = np.maximum(d, 0.0), np.maximum(-d, 0.0)
+        low = np.cumsum(eta_c * up - down / eta_d) * 0.25
+        high = np.cumsum(up / eta_d - eta_c * down) * 0.25
+        for k in range(k0, len(d)):
+            # past the envelope: no power, the energy bounds held at their last value
+            lo, hi, e_lo, e_hi = (
+                self.slot_bounds(k) if k < 96 else (0, 0, *self.slot_bounds(95)[2:])
+            )
+            if not lo <= d[k] <= hi:
+                return f"slot {k}: {d[k]} not in [{lo}, {hi}]"
+            if not low[k] >= e_lo or not high[k] <= e_hi:
+                return f"slot {k}: energy {low[k]:.1f}/{high[k]:.1f} not in [{e_lo}, {e_hi}]"
+        return None
+
     def range_at(self, t: float) -> tuple[float, float]:
-        now = self.clock.time()
-        k = math.floor(t / 900) - math.floor(now / 900)
-        b = self.baseline
-        base, lo, hi = self.slot_range(k) if 0 <= k < 96 else (b, b - 30e3, b + 20e3)
-        return lo - base, hi - base
+        k = math.floor(t / 900) - math.floor(self.clock.time() / 900)
+        lo, hi, _, _ = self.slot_bounds(k) if 0 <= k < 96 else (-30e3, 20e3, 0, 0)
+        return lo, hi
 
     def refuse(self, detail: str, field: str) -> httpx.Response:
         self.refused.append(detail)
@@ -135,10 +193,9 @@ class FakeApi:
             assert start % 900 == 0
             assert start >= self.clock.time() - 60
             assert (body["resolution"], body["kind"]) == ("PT15M", "delta")
-            for i, v in enumerate(body["values_w"]):
-                lo, hi = self.range_at(start + 900 * i)
-                if not lo <= v <= hi:
-                    return self.refuse(f"{v} not in [{lo}, {hi}]", f"values_w[{i}]")
+            why = self.check(start, body["values_w"])
+            if why is not None:
+                return self.refuse(why, "values_w")
             sid = f"s{len(self.posted) + 1}"
             self.posted.append({**body, "schedule_id": sid})
             return httpx.Response(201, json={**body, "schedule_id": sid, "status": "active"})
@@ -229,10 +286,9 @@ async def test_a_step_reads_the_flexibility_and_posts_a_delta_schedule(
     assert decision.solve_ms is not None
     assert decision.flex is not None
     assert len(decision.flex) == 96
-    assert decision.flex.e_absorb_wh == 40_000.0
-    # Slot 5 of the forecast (10:15 is slot 1) has its baseline below the range: clipped up.
-    assert decision.clipped_slots >= 1
-    assert body["values_w"][4] >= 1_000.0
+    assert decision.flex.e_min_wh[0] == -50_000.0 + 300.0  # 10:15 is slot 1 of the envelope
+    # Slot 5 of the envelope (10:15 is slot 1) offers nothing: the baseline is followed.
+    assert body["values_w"][4] == 0.0
     assert np.any(np.array(body["values_w"]) < 0)
     assert np.any(np.array(body["values_w"]) > 0)
     assert decision.prices is not None
@@ -305,7 +361,12 @@ def error(status: int, reason: str) -> httpx.Response:
         ("flexibility", httpx.ReadTimeout("slow"), "flexibility:timeout"),
         ("flexibility", httpx.ConnectError("refused"), "flexibility:transport"),
         ("flexibility", httpx.Response(200, text="<html>"), "flexibility:bad_response"),
-        ("flexibility", httpx.Response(200, json={"now": {}}), "flexibility:bad_response"),
+        ("flexibility", httpx.Response(200, json={"now": {}}), "flexibility:no_envelope"),
+        (
+            "flexibility",
+            httpx.Response(200, json={"now": {}, "envelope": {"start": "noon"}}),
+            "flexibility:bad_response",
+        ),
         ("flexibility", httpx.Response(200, json=[1, 2]), "flexibility:bad_response"),
         ("post_schedule", error(422, "out_of_range"), "post_schedule:422:out_of_range"),
         ("post_schedule", httpx.Response(502, text="Bad Gateway"), "post_schedule:502"),
@@ -339,12 +400,12 @@ async def test_a_balancing_setpoint_stays_inside_the_range_shown_now(
     assert answer is not None
     assert answer["activation_id"] == "a1"
     assert len(api.of("/flexibility")) == 1
-    # p_max - baseline = 20 kW, less the 10 % margin; the expiry clamped to the API's 300 s.
-    assert api.setpoints == [{"target_w": 18_000.0, "kind": "delta", "valid_for_s": 300.0}]
+    # p_max - baseline = 20 kW, less the 3 % margin; the expiry clamped to the API's 300 s.
+    assert api.setpoints == [{"target_w": 19_400.0, "kind": "delta", "valid_for_s": 300.0}]
     clock.advance(5)
     await trader.balancing_setpoint(-45_000.0)  # the flexibility read 5 s ago still holds
     assert len(api.of("/flexibility")) == 1
-    assert api.setpoints[-1] == {"target_w": -27_000.0, "kind": "delta", "valid_for_s": 10.0}
+    assert api.setpoints[-1] == {"target_w": -29_100.0, "kind": "delta", "valid_for_s": 10.0}
     clock.advance(60)
     await trader.balancing_setpoint(float("nan"))  # stale: read again; NaN means baseline
     assert len(api.of("/flexibility")) == 2
@@ -378,37 +439,41 @@ async def test_delivery_is_collected_per_interval_for_posted_schedules(
     assert trader.errors_total == 0
 
 
-def test_flex_for_maps_forecast_slots_and_falls_back_to_now_beyond_them() -> None:
+def test_flex_for_maps_the_envelope_and_counts_what_is_committed_before_the_start() -> None:
+    def col(*values: float) -> list[float]:
+        return list(values)
+
     body = {
-        "now": {
-            "baseline_w": 1.0,
-            "p_min_w": -10.0,
-            "p_max_w": 10.0,
-            "e_absorb_wh": 5.0,
-            "e_deliver_wh": 6.0,
+        "now": {"baseline_w": 1.0, "p_min_w": -10.0, "p_max_w": 10.0},
+        "envelope": {
+            "start": iso(T0),
+            "resolution_s": 900,
+            "efficiency": {"charge": 0.9, "discharge": 0.8},
+            "baseline_w": col(2.0, 3.0),
+            "guaranteed": {
+                "storage": {
+                    "p_min_w": col(-20.0, -30.0),
+                    "p_max_w": col(20.0, 30.0),
+                    "e_min_wh": col(-5.0, -6.0),
+                    "e_max_wh": col(7.0, 8.0),
+                },
+                "power_only": {"p_min_w": col(0.0, -1.0), "p_max_w": col(4.0, 5.0)},
+            },
+            "committed_w": [-16.0, None],
         },
-        "forecast": [
-            {
-                "start": iso(T0),
-                "end": iso(T0 + 900),
-                "baseline_w": 2.0,
-                "p_min_w": -20.0,
-                "p_max_w": 20.0,
-            },
-            {
-                "start": iso(T0 + 900),
-                "end": iso(T0 + 1800),
-                "baseline_w": 3.0,
-                "p_min_w": -30.0,
-                "p_max_w": 30.0,
-            },
-        ],
     }
     flex = VirtualTrader.flex_for(body, T0 + 900, 3)
-    np.testing.assert_array_equal(flex.baseline_w, [3.0, 1.0, 1.0])
-    np.testing.assert_array_equal(flex.p_min_w, [-30.0, -10.0, -10.0])
-    np.testing.assert_array_equal(flex.p_max_w, [30.0, 10.0, 10.0])
-    assert (flex.e_absorb_wh, flex.e_deliver_wh) == (5.0, 6.0)
+    np.testing.assert_array_equal(flex.baseline_w, [3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(flex.p_min_w, [-30.0, 0.0, 0.0])  # past the envelope: 0
+    np.testing.assert_array_equal(flex.p_max_w, [30.0, 0.0, 0.0])
+    np.testing.assert_array_equal(flex.e_min_wh, [-6.0, -6.0, -6.0])  # energy bounds held
+    np.testing.assert_array_equal(flex.po_max_w, [5.0, 0.0, 0.0])
+    assert (flex.eta_charge, flex.eta_discharge) == (0.9, 0.8)
+    # slot 0 committed -16 W for a quarter hour: -5 Wh in the floor's count, -3.6 Wh ceiling
+    assert flex.e_low_0_wh == pytest.approx(-5.0)
+    assert flex.e_high_0_wh == pytest.approx(-3.6)
+    with pytest.raises(ValueError, match="no envelope"):
+        VirtualTrader.flex_for({"now": {}, "envelope": None}, T0, 2)
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:

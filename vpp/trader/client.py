@@ -1,14 +1,13 @@
 """The virtual trader: a real client of the trader API that sees only what a trader sees.
 
-It reads the pool's flexibility over HTTP, makes a schedule with :mod:`.optimise` against a
-:class:`~vpp.trader.prices.PriceSeries`, keeps it inside what was shown
-(:func:`~vpp.trader.optimise.clip_to_flex`) and posts it as a ``delta`` schedule; every so
-often it does that again over the rest of its horizon (a rolling horizon: the pool drifts
-from any plan, and a fresh reading of its energies corrects the rest of the day). Each
-re-optimisation starts from the pool's energies as shown then and ends neutral from there;
-the quarter hour under way when it runs is left to the schedule already posted (the
-optimiser's margin covers what that slot moves). It can also send real-time balancing
-setpoints.
+It reads the pool's guaranteed envelope over HTTP (``GET .../flexibility``, ``envelope``),
+makes a schedule with :mod:`.optimise` against a :class:`~vpp.trader.prices.PriceSeries`,
+keeps it inside what was shown (:func:`~vpp.trader.optimise.clip_to_flex`) and posts it as a
+``delta`` schedule; every so often it does that again over the rest of its horizon (a
+rolling horizon: the pool drifts from any plan, and a fresh envelope corrects the rest of
+the day). Each re-optimisation starts at the next quarter hour; the quarter hours before it
+count with what the schedule in force committed there (``committed_w``), exactly as the API
+counts them when it checks the schedule. It can also send real-time balancing setpoints.
 
 Why it imports nothing of ``cloud/``: it stands for an outside trader and must work with
 the API as documented, bodies parsed from JSON; if it needed a private import, so would
@@ -39,6 +38,7 @@ from vpp.trader.optimise import (
     ScheduleResult,
     clip_to_flex,
     optimise_schedule,
+    storage_levels,
 )
 from vpp.trader.prices import PriceSeries
 
@@ -65,7 +65,8 @@ class TraderOptions:
     ``horizon_slots``: quarter hours planned per horizon (96 = a day); each re-optimisation
     covers the rest of the current horizon, and a new one starts when it runs out.
     ``reoptimise_min``: how often (clock minutes) to read the flexibility and post again.
-    ``margin``, ``time_limit_s``, efficiencies, ``energy_neutral``: passed to the optimiser.
+    ``margin``, ``time_limit_s``, ``energy_neutral``: passed to the optimiser (the
+    efficiencies come with the envelope).
     ``retry_s``: after a failed step, try again this soon (clock seconds).
     ``api_horizon_s``: the API refuses schedules ending further ahead than this.
     ``setpoint_flex_max_age_s``: a balancing setpoint is checked against the flexibility read
@@ -74,10 +75,8 @@ class TraderOptions:
 
     horizon_slots: int = 96
     reoptimise_min: float = 15.0
-    margin: float = 0.10
+    margin: float = 0.03
     time_limit_s: float = 2.0
-    eta_charge: float = 0.95
-    eta_discharge: float = 0.95
     energy_neutral: bool = True
     retry_s: float = 60.0
     request_timeout_s: float = 5.0
@@ -92,8 +91,6 @@ class TraderOptions:
 
     def optimiser(self) -> OptimiseOptions:
         return OptimiseOptions(
-            eta_charge=self.eta_charge,
-            eta_discharge=self.eta_discharge,
             margin=self.margin,
             time_limit_s=self.time_limit_s,
             energy_neutral=self.energy_neutral,
@@ -157,8 +154,12 @@ class Decision:
                 "baseline_w": floats(flex.baseline_w),
                 "p_min_w": floats(flex.p_min_w),
                 "p_max_w": floats(flex.p_max_w),
-                "e_absorb_wh": flex.e_absorb_wh,
-                "e_deliver_wh": flex.e_deliver_wh,
+                "e_min_wh": floats(flex.e_min_wh),
+                "e_max_wh": floats(flex.e_max_wh),
+                "po_min_w": floats(flex.po_min_w),
+                "po_max_w": floats(flex.po_max_w),
+                "e_low_0_wh": flex.e_low_0_wh,
+                "e_high_0_wh": flex.e_high_0_wh,
             },
             "prices_eur_mwh": floats(self.prices),
             "solver": self.solver,
@@ -322,30 +323,62 @@ class VirtualTrader:
     def flex_for(
         body: dict[str, Any], start_ts: float, n: int, slot_s: int = SLOT_S
     ) -> FlexForecast:
-        """The shown flexibility for ``n`` slots from ``start_ts``, as the API will check a
-        schedule: each slot against the forecast slot holding its start, past the forecast
-        against the range now. Raises KeyError/ValueError/TypeError on a malformed body."""
-        now = body["now"]
-        now_range = (float(now["baseline_w"]), float(now["p_min_w"]), float(now["p_max_w"]))
-        forecast = body.get("forecast") or []
-        starts = np.array([_ts(f["start"]) for f in forecast], dtype=float)
-        ends = np.array([_ts(f["end"]) for f in forecast], dtype=float)
-        ranges = [
-            (float(f["baseline_w"]), float(f["p_min_w"]), float(f["p_max_w"])) for f in forecast
-        ]
-        rows = []
-        for k in range(n):
-            t = start_ts + k * slot_s
-            i = int(np.searchsorted(starts, t, side="right")) - 1
-            rows.append(ranges[i] if 0 <= i < len(ranges) and t < ends[i] else now_range)
-        table = np.array(rows, dtype=float).reshape(n, 3)
+        """The guaranteed envelope for ``n`` slots from ``start_ts``, as the API will check a
+        schedule posted for them: slots past the envelope offer nothing, and the slots
+        between the envelope's start and ``start_ts`` count with what the schedule in force
+        committed there. Raises KeyError/ValueError/TypeError on a malformed body, and
+        ValueError when the pool has no envelope yet."""
+        env = body.get("envelope")
+        if not env:
+            raise ValueError("the pool has no envelope yet")
+        if int(env["resolution_s"]) != slot_s:
+            raise ValueError(f"envelope resolution {env['resolution_s']} s, not {slot_s} s")
+        guaranteed = env["guaranteed"]
+        storage, power_only = guaranteed["storage"], guaranteed["power_only"]
+        columns = {
+            "baseline_w": env["baseline_w"],
+            "p_min_w": storage["p_min_w"],
+            "p_max_w": storage["p_max_w"],
+            "e_min_wh": storage["e_min_wh"],
+            "e_max_wh": storage["e_max_wh"],
+            "po_min_w": power_only["p_min_w"],
+            "po_max_w": power_only["p_max_w"],
+        }
+        size = len(env["baseline_w"])
+        arrays = {k: np.array([float(x) for x in v], dtype=float) for k, v in columns.items()}
+        if any(a.size != size for a in arrays.values()):
+            raise ValueError("the envelope's columns differ in length")
+        k0 = round((start_ts - _ts(env["start"])) / slot_s)
+        if k0 < 0:
+            raise ValueError("the schedule would start before the envelope")
+        committed = [0.0 if x is None else float(x) for x in env.get("committed_w", [])]
+        before = np.array((committed + [0.0] * k0)[:k0], dtype=float)
+        eta_c = float(env["efficiency"]["charge"])
+        eta_d = float(env["efficiency"]["discharge"])
+        # what the slots before the start commit, split as the API splits it: storage first
+        storage_before = np.clip(before, arrays["p_min_w"][:k0], arrays["p_max_w"][:k0])
+        low, high = storage_levels(storage_before, slot_s, eta_c, eta_d)
+        rows = np.arange(k0, k0 + n)
+        inside = rows < size
+
+        def take(a: np.ndarray, outside: float = 0.0) -> np.ndarray:
+            return np.where(inside, a[np.minimum(rows, size - 1)], outside)
+
+        last_e_min = arrays["e_min_wh"][-1] if size else 0.0
+        last_e_max = arrays["e_max_wh"][-1] if size else 0.0
         return FlexForecast(
-            table[:, 0],
-            table[:, 1],
-            table[:, 2],
-            float(now["e_absorb_wh"]),
-            float(now["e_deliver_wh"]),
-            slot_s,
+            take(arrays["baseline_w"], float(arrays["baseline_w"][-1]) if size else 0.0),
+            take(arrays["p_min_w"]),
+            take(arrays["p_max_w"]),
+            take(arrays["e_min_wh"], last_e_min),
+            take(arrays["e_max_wh"], last_e_max),
+            take(arrays["po_min_w"]),
+            take(arrays["po_max_w"]),
+            eta_charge=eta_c,
+            eta_discharge=eta_d,
+            slot_s=slot_s,
+            e_low_0_wh=float(low[-1]) if k0 else 0.0,
+            e_high_0_wh=float(high[-1]) if k0 else 0.0,
         )
 
     # --- trading -----------------------------------------------------------------------
@@ -396,6 +429,9 @@ class VirtualTrader:
         body = await self.flexibility(forecast_slots=min(1000, n + 2))
         if body is None:
             return self._record(now, start, "flexibility unavailable")
+        if not body.get("envelope"):  # no site has published an envelope yet: nothing promised
+            self._fail("flexibility", "no_envelope", "the pool shows no envelope yet")
+            return self._record(now, start, "no envelope")
         try:
             flex = self.flex_for(body, start, n)
         except (KeyError, ValueError, TypeError, IndexError) as exc:
@@ -403,7 +439,7 @@ class VirtualTrader:
             return self._record(now, start, "flexibility unreadable")
         prices = self.prices.slice(start, start + n * SLOT_S).values
         result = await asyncio.to_thread(optimise_schedule, flex, prices, self.options.optimiser())
-        values = clip_to_flex(result.values_w, flex)
+        values = clip_to_flex(result.values_w, flex, storage_w=result.storage_w)
         clipped = int(np.sum(np.abs(values - result.values_w) > 1e-3))
         if clipped:
             log.warning("trader %s: %d slot(s) clipped to the shown range", self.pool_id, clipped)
