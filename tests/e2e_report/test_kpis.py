@@ -1,15 +1,17 @@
-"""KPIs from known inputs: exact values, the error floor, and nulls where there is no data."""
+"""KPIs from known inputs: exact values, the error floor, every interval judged by its cause,
+the forecast's accuracy, the guarantee's cost, and nulls where there is no data."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vpp.e2e import KPI_DOCS, RunRecord, RunRecorder, compute_kpis
-from vpp.e2e.kpis import resample_hold
+from vpp.e2e.kpis import CAUSES, DELIVERED, DELIVERED_PCT, resample_hold, score_intervals
 
 T0 = 1_717_221_600.0
 
@@ -20,12 +22,25 @@ def _band_samples(recorder: RunRecorder, band_w: float = 10_000.0, n: int = 10) 
         recorder.sample(T0 + 2 * i, p_min_w=-band_w / 2, p_max_w=band_w / 2)
 
 
-def _one_interval(target_wh: float, delivered_wh: float, flex: bool = True) -> dict:
+def _recorder(*intervals: tuple[float | None, float | None, bool | None, float | None]):
+    """One 15-min interval per (target Wh, delivered Wh, inside envelope, outage s)."""
     recorder = RunRecorder()
     _band_samples(recorder)  # floor: 5 % of 10 kW = 500 W -> 125 Wh over 15 min
-    recorder.interval(T0, 900, schedule_delta_w=0.0, energy_target_wh=target_wh,
-                      energy_delivered_wh=delivered_wh, flex_sufficient=flex)  # fmt: skip
-    return compute_kpis(recorder.record())
+    for k, (target_wh, delivered_wh, inside, outage_s) in enumerate(intervals):
+        recorder.interval(
+            T0 + 900 * k,
+            900,
+            schedule_delta_w=0.0,
+            energy_target_wh=target_wh,
+            energy_delivered_wh=delivered_wh,
+            inside_envelope=inside,
+            outage_s=outage_s,
+        )
+    return recorder
+
+
+def _one_interval(target_wh: float, delivered_wh: float) -> dict:
+    return compute_kpis(_recorder((target_wh, delivered_wh, True, 0.0)).record())
 
 
 @pytest.mark.parametrize(
@@ -49,34 +64,260 @@ def test_interval_energy_error_pct_uses_the_floor(
     assert kpis["interval_energy_error_pct_p95"] == pytest.approx(error_pct)
 
 
-def test_interval_without_flexibility_is_not_scored_but_settled() -> None:
-    kpis = _one_interval(10_000.0, 12_000.0, flex=False)
+@pytest.mark.parametrize(
+    ("target_wh", "delivered_wh", "inside", "outage_s", "cause"),
+    [
+        (10_000.0, 10_050.0, True, 0.0, DELIVERED),  # 0.5 %
+        (10_000.0, 10_100.0, True, 0.0, DELIVERED),  # exactly 1 %: still delivered
+        (10_000.0, 9_900.0, True, 0.0, DELIVERED),  # exactly 1 % under
+        (100.0, 101.25, True, 0.0, DELIVERED),  # exactly 1 % of the 125 Wh floor
+        (10_000.0, 10_101.0, True, 0.0, "promise_broken"),  # 1.01 %: short
+        (10_000.0, 10_300.0, True, 0.0, "promise_broken"),
+        (10_000.0, 10_300.0, True, None, "promise_broken"),  # outage unknown: none known
+        (10_000.0, 10_300.0, False, 0.0, "outside_envelope"),
+        (10_000.0, 10_300.0, None, 0.0, "outside_envelope"),  # unknown: nothing promised
+        (10_000.0, 10_300.0, None, None, "outside_envelope"),
+        (10_000.0, 10_300.0, True, 30.0, "outage"),
+        (10_000.0, 10_300.0, False, 30.0, "outage"),  # an outage is the first cause
+        (10_000.0, 10_050.0, True, 900.0, DELIVERED),  # outage, delivered anyway
+        (10_000.0, 10_050.0, False, 0.0, DELIVERED),  # outside, delivered anyway
+        (10_000.0, None, True, 0.0, "promise_broken"),  # not measured: short, not dropped
+        (10_000.0, None, True, 900.0, "outage"),  # a whole interval lost to an outage
+        (None, 10_000.0, True, 0.0, ""),  # no target: not scored
+    ],
+)
+def test_each_interval_gets_its_cause(
+    target_wh: float | None,
+    delivered_wh: float | None,
+    inside: bool | None,
+    outage_s: float | None,
+    cause: str,
+) -> None:
+    record = _recorder((target_wh, delivered_wh, inside, outage_s)).record()
+    (got,) = score_intervals(record).cause
+    assert got == cause
+    kpis = compute_kpis(record)
+    scored = int(target_wh is not None)
     assert kpis["intervals_total"] == 1
-    assert kpis["intervals_flex_sufficient"] == 0
-    assert kpis["interval_energy_error_pct_max"] is None
-    assert kpis["imbalance_energy_wh"] == pytest.approx(2_000.0)
+    assert kpis["intervals_scored"] == scored
+    assert kpis["intervals_delivered"] == int(cause == DELIVERED)
+    for name in CAUSES:
+        assert kpis[f"intervals_{name}"] == int(cause == name), name
+    assert kpis["intervals_inside_envelope"] == int(bool(inside) and scored)
+    if inside and scored:
+        assert kpis["promise_kept_ratio"] == float(cause == DELIVERED)
+    else:
+        assert kpis["promise_kept_ratio"] is None  # nothing was promised
+
+
+def test_a_run_counts_every_interval_and_judges_the_promise() -> None:
+    """Crafted intervals (floor 125 Wh, so every error below is plain |error| / target)."""
+    recorder = _recorder(
+        (10_000.0, 10_050.0, True, 0.0),  # A delivered, 0.5 %
+        (10_000.0, 10_100.0, True, 0.0),  # B delivered at the edge, 1.0 %
+        (10_000.0, 10_300.0, True, 0.0),  # C promise broken, 3 %
+        (10_000.0, 10_500.0, True, 60.0),  # D outage inside the envelope, 5 %
+        (10_000.0, 10_050.0, True, 900.0),  # E outage, delivered anyway, 0.5 %
+        (10_000.0, 10_800.0, False, 0.0),  # F outside the envelope, 8 %
+        (10_000.0, 10_200.0, None, 0.0),  # G envelope unknown -> outside, 2 %
+        (10_000.0, None, True, 900.0),  # H lost whole to an outage: no error figure
+        (None, None, None, None),  # I no target: counted in total only
+    )
+    kpis = compute_kpis(recorder.record())
+    expected = {
+        "intervals_total": 9,
+        "intervals_scored": 8,
+        "intervals_delivered": 3,  # A, B, E
+        "intervals_outage": 2,  # D, H
+        "intervals_outside_envelope": 2,  # F, G
+        "intervals_promise_broken": 1,  # C
+        "intervals_inside_envelope": 6,  # A, B, C, D, E, H
+        "promise_kept_ratio": 0.5,  # A, B, E of six: a promise is a promise, outage or not
+        "interval_energy_error_pct_max": 8.0,  # over all scored, short ones included
+        "interval_energy_error_pct_p95": float(np.percentile([0.5, 1, 3, 5, 0.5, 8, 2], 95)),
+        "interval_energy_error_pct_max_promised": 3.0,  # A, B, C: inside, no outage
+    }
+    for key, value in expected.items():
+        assert kpis[key] == pytest.approx(value), key
+    short = sum(kpis[f"intervals_{cause}"] for cause in CAUSES)
+    assert kpis["intervals_delivered"] + short == kpis["intervals_scored"]
+    # settlement covers the intervals with both energies, whatever their cause
+    assert kpis["imbalance_energy_wh"] == pytest.approx(50 + 100 + 300 + 500 + 50 + 800 + 200)
+
+
+def test_short_intervals_are_never_dropped_from_the_headline_error() -> None:
+    """The old KPI left out every interval short of flexibility; now all of them count."""
+    kpis = compute_kpis(
+        _recorder((10_000.0, 10_020.0, True, 0.0), (10_000.0, 7_000.0, False, 0.0)).record()
+    )
+    assert kpis["interval_energy_error_pct_max"] == pytest.approx(30.0)
+    assert kpis["interval_energy_error_pct_max_promised"] == pytest.approx(0.2)
+    assert DELIVERED_PCT == 1.0
 
 
 def test_zero_target_without_a_known_band_has_no_percentage() -> None:
     recorder = RunRecorder()
-    recorder.interval(T0, 900, schedule_delta_w=0.0, energy_target_wh=0.0,
-                      energy_delivered_wh=10.0, flex_sufficient=True)  # fmt: skip
+    recorder.interval(
+        T0,
+        900,
+        schedule_delta_w=0.0,
+        energy_target_wh=0.0,
+        energy_delivered_wh=10.0,
+        inside_envelope=True,
+    )
     kpis = compute_kpis(recorder.record())
     assert kpis["error_floor_w"] is None
     assert kpis["interval_energy_error_pct_max"] is None
+    assert kpis["intervals_scored"] == 1
+    assert kpis["intervals_promise_broken"] == 1  # no error figure: not shown to be delivered
     assert kpis["imbalance_energy_wh"] == pytest.approx(10.0)
+
+
+def _forecast_run(rows: list[tuple[float | None, float | None, float | None]]) -> dict:
+    """One interval per (actual, forecast, persistence) baseline energy, Wh."""
+    recorder = RunRecorder()
+    for k, (actual, forecast, persistence) in enumerate(rows):
+        recorder.interval(
+            T0 + 900 * k,
+            900,
+            schedule_delta_w=0.0,
+            energy_target_wh=1.0,
+            energy_delivered_wh=1.0,
+            baseline_actual_wh=actual,
+            baseline_forecast_wh=forecast,
+            baseline_persistence_wh=persistence,
+        )
+    return compute_kpis(recorder.record())
+
+
+def test_forecast_error_against_persistence() -> None:
+    kpis = _forecast_run(
+        [
+            (1_000.0, 1_100.0, 1_500.0),
+            (-500.0, -400.0, 0.0),  # an exporting quarter hour: |actual| in the scale
+            (2_000.0, 1_900.0, 1_000.0),
+        ]
+    )
+    assert kpis["baseline_forecast_error_pct"] == pytest.approx(300 / 3_500 * 100)
+    assert kpis["baseline_persistence_error_pct"] == pytest.approx(2_000 / 3_500 * 100)
+    assert kpis["baseline_forecast_skill"] == pytest.approx(1 - 300 / 2_000)
+
+
+def test_forecast_errors_use_the_intervals_with_both_and_skill_those_with_all_three() -> None:
+    kpis = _forecast_run(
+        [
+            (1_000.0, 1_100.0, 1_500.0),
+            (-500.0, -400.0, 0.0),
+            (2_000.0, 1_900.0, 1_000.0),
+            (1_000.0, 2_000.0, None),  # no persistence: in the forecast error, not the skill
+            (1_000.0, None, 1_000.0),  # no forecast: in the persistence error, not the skill
+            (None, 5_000.0, 5_000.0),  # nothing reported: in neither
+        ]
+    )
+    assert kpis["baseline_forecast_error_pct"] == pytest.approx(1_300 / 4_500 * 100)
+    assert kpis["baseline_persistence_error_pct"] == pytest.approx(2_000 / 4_500 * 100)
+    assert kpis["baseline_forecast_skill"] == pytest.approx(1 - 300 / 2_000)
+
+
+@pytest.mark.parametrize(
+    ("rows", "forecast", "persistence", "skill"),
+    [
+        ([(1_000.0, 1_100.0, 1_000.0)], 10.0, 0.0, None),  # persistence perfect: no ratio
+        ([(0.0, 100.0, 50.0)], None, None, None),  # nothing to be relative to
+        ([(1_000.0, 1_300.0, 1_100.0)], 30.0, 10.0, -2.0),  # worse than persistence
+        ([(1_000.0, None, None)], None, None, None),
+    ],
+)
+def test_forecast_edge_cases(rows, forecast, persistence, skill) -> None:
+    kpis = _forecast_run(rows)
+    for key, value in (
+        ("baseline_forecast_error_pct", forecast),
+        ("baseline_persistence_error_pct", persistence),
+        ("baseline_forecast_skill", skill),
+    ):
+        if value is None:
+            assert kpis[key] is None, key
+        else:
+            assert kpis[key] == pytest.approx(value), key
+
+
+def test_envelope_ratios_and_trader_use() -> None:
+    recorder = RunRecorder()
+    for energy, power in ((8_000.0, 7_000.0), (6_000.0, 9_000.0)):
+        recorder.envelope(
+            T0,
+            as_of=T0,
+            energy_guaranteed_wh=energy,
+            energy_plain_wh=10_000.0,
+            power_guaranteed_w=power,
+            power_plain_w=10_000.0,
+            sites=4,
+        )
+    # a pool with nothing to offer has no ratio: left out, not counted as 0 or 1
+    recorder.envelope(
+        T0,
+        as_of=T0,
+        energy_guaranteed_wh=0.0,
+        energy_plain_wh=0.0,
+        power_guaranteed_w=None,
+        power_plain_w=None,
+        sites=0,
+    )
+    # the cloud's own ratios win over the sums
+    recorder.envelope(
+        T0,
+        as_of=None,
+        energy_guaranteed_wh=None,
+        energy_plain_wh=None,
+        power_guaranteed_w=None,
+        power_plain_w=None,
+        sites=None,
+        energy_ratio=0.7,
+        power_ratio=0.5,
+    )
+    for power_use, energy_use in ((0.5, 0.2), (1.0, None), (None, None)):
+        recorder.trader_decision(
+            T0,
+            solver="highs",
+            solve_ms=1.0,
+            values_w=[0.0],
+            within_flex=True,
+            power_use=power_use,
+            energy_use=energy_use,
+        )
+    record = recorder.record()
+    assert [e["energy_ratio"] for e in record.envelopes] == [0.8, 0.6, None, 0.7]
+    assert "power_use" not in record.trader[2]
+    kpis = compute_kpis(record)
+    assert kpis["envelope_energy_ratio"] == pytest.approx(0.7)
+    assert kpis["envelope_energy_ratio_min"] == pytest.approx(0.6)
+    assert kpis["envelope_power_ratio"] == pytest.approx(0.7)  # 0.7, 0.9, 0.5
+    assert kpis["trader_power_use"] == pytest.approx(0.75)
+    assert kpis["trader_energy_use"] == pytest.approx(0.2)
 
 
 def test_energy_imbalance_and_money() -> None:
     recorder = RunRecorder()
     # A: sell 1 kWh at 100 EUR/MWh (+0.1 EUR); 50 Wh over target at 200 (+0.01 EUR cost).
-    recorder.interval(T0, 900, schedule_delta_w=-4_000.0, energy_target_wh=10_000.0,
-                      energy_delivered_wh=10_050.0, flex_sufficient=True,
-                      price_da_eur_mwh=100.0, price_imb_eur_mwh=200.0)  # fmt: skip
+    recorder.interval(
+        T0,
+        900,
+        schedule_delta_w=-4_000.0,
+        energy_target_wh=10_000.0,
+        energy_delivered_wh=10_050.0,
+        price_da_eur_mwh=100.0,
+        price_imb_eur_mwh=200.0,
+    )
     # B: buy 0.5 kWh at 50 (-0.025 EUR); 100 Wh under target at 80 (-0.008 EUR cost).
-    recorder.interval(T0 + 900, 900, schedule_delta_w=2_000.0, energy_target_wh=5_000.0,
-                      energy_delivered_wh=4_900.0, flex_sufficient=True,
-                      price_da_eur_mwh=50.0, price_imb_eur_mwh=80.0)  # fmt: skip
+    recorder.interval(
+        T0 + 900,
+        900,
+        schedule_delta_w=2_000.0,
+        energy_target_wh=5_000.0,
+        energy_delivered_wh=4_900.0,
+        price_da_eur_mwh=50.0,
+        price_imb_eur_mwh=80.0,
+    )
     kpis = compute_kpis(recorder.record())
     expected = {
         "intervals_total": 2,
@@ -102,7 +343,17 @@ def test_perfect_run(make_run) -> None:
     assert kpis["measurement_error_max_w"] == 0.0
     assert kpis["interval_energy_error_pct_max"] == 0.0
     assert kpis["imbalance_energy_wh"] == 0.0
-    assert kpis["intervals_total"] == kpis["intervals_flex_sufficient"] == 4
+    assert kpis["intervals_total"] == kpis["intervals_scored"] == 4
+    assert kpis["intervals_delivered"] == kpis["intervals_inside_envelope"] == 4
+    assert kpis["promise_kept_ratio"] == 1.0
+    assert kpis["interval_energy_error_pct_max_promised"] == 0.0
+    assert kpis["baseline_forecast_error_pct"] == pytest.approx(2.0)
+    assert kpis["baseline_persistence_error_pct"] == pytest.approx(10.0)
+    assert kpis["baseline_forecast_skill"] == pytest.approx(0.8)
+    assert kpis["envelope_energy_ratio"] == kpis["envelope_energy_ratio_min"] == 0.8
+    assert kpis["envelope_power_ratio"] == 0.7
+    assert kpis["trader_power_use"] == 0.5
+    assert kpis["trader_energy_use"] == 0.25
     assert kpis["schedule_within_flex"] is True
     assert kpis["trader_fallbacks"] == 0
     assert kpis["trader_lp_solve_ms_max"] == 18.0
@@ -205,8 +456,8 @@ def test_trader_kpis() -> None:
 def test_empty_run_gives_nulls_not_a_crash() -> None:
     kpis = compute_kpis(RunRecord())
     assert list(kpis) == list(KPI_DOCS)
-    counts = {"intervals_total", "intervals_flex_sufficient", "trader_decisions",
-              "trader_fallbacks", "alerts_raised", "samples"}  # fmt: skip
+    counts = {"trader_decisions", "trader_fallbacks", "alerts_raised", "samples"}
+    counts |= {key for key in KPI_DOCS if key.startswith("intervals_")}
     for key, value in kpis.items():
         if key in counts:
             assert value == 0, key
@@ -221,10 +472,30 @@ def test_run_without_intervals_has_null_interval_kpis() -> None:
         recorder.sample(T0 + 2 * i, target_w=100.0, measured_w=100.0, sites_online=3,
                         sites_total=3, p_min_w=0.0, p_max_w=1_000.0)  # fmt: skip
     kpis = compute_kpis(recorder.record())
-    assert kpis["intervals_total"] == 0
-    for key in ("interval_energy_error_pct_max", "energy_scheduled_wh", "imbalance_cost_eur",
-                "revenue_eur", "net_value_eur"):  # fmt: skip
+    assert kpis["intervals_total"] == kpis["intervals_scored"] == 0
+    assert kpis["intervals_delivered"] == kpis["intervals_promise_broken"] == 0
+    for key in (
+        "interval_energy_error_pct_max",
+        "interval_energy_error_pct_p95",
+        "interval_energy_error_pct_max_promised",
+        "promise_kept_ratio",
+        "baseline_forecast_error_pct",
+        "baseline_forecast_skill",
+        "energy_scheduled_wh",
+        "imbalance_cost_eur",
+        "revenue_eur",
+        "net_value_eur",
+    ):
         assert kpis[key] is None, key
     assert kpis["availability"] == 1.0
     assert kpis["sim_hours"] == pytest.approx(58 / 3600)  # from the samples: no sim_start/end
     assert all(v is None or not isinstance(v, float) or math.isfinite(v) for v in kpis.values())
+
+
+def test_readme_kpi_table_is_kpi_docs() -> None:
+    """README.md's table of kpis.json keys is KPI_DOCS, in order (pipes escaped for Markdown)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("| key | meaning |\n|---|---|\n")
+    table = readme[start:].split("\n\n", 1)[0].splitlines()[2:]
+    expected = [f"| `{key}` | {doc.replace('|', chr(92) + '|')} |" for key, doc in KPI_DOCS.items()]
+    assert table == expected

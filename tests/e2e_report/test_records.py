@@ -1,4 +1,5 @@
-"""RunRecorder -> files -> load(): the round trip, empty runs, and tolerant reading."""
+"""RunRecorder -> files -> load(): the round trip, empty runs, tolerant reading, and
+folders written before the record format changed."""
 
 from __future__ import annotations
 
@@ -30,6 +31,16 @@ def test_round_trip(tmp_path: Path, make_run) -> None:
     (alert,) = evaluate({"availability": 0.5})
     recorder.alert(alert)
     recorder.set_run(note=float("nan"))
+    recorder.interval(
+        T0 + 1800,
+        900,
+        schedule_delta_w=1.0,
+        energy_target_wh=2.0,
+        energy_delivered_wh=None,
+        inside_envelope=False,
+        outage_s=900.0,
+        shortfall_expected_wh=250.5,
+    )
     original = recorder.record()
 
     written = recorder.write(tmp_path / "run")
@@ -44,6 +55,27 @@ def test_round_trip(tmp_path: Path, make_run) -> None:
     assert loaded.telemetry == {"expected": 1000, "received": 1000}
     assert loaded.trader == original.trader
     assert loaded.trader[-1]["reason"] == "lp timeout"
+    assert loaded.trader[0]["power_use"] == 0.5
+    assert "power_use" not in loaded.trader[-1]  # not given: not written
+    assert loaded.envelopes == original.envelopes
+    assert loaded.envelopes[0] == {
+        "t": T0,
+        "as_of": T0,
+        "energy_ratio": 0.8,
+        "power_ratio": 0.7,
+        "energy_guaranteed_wh": 8_000.0,
+        "energy_plain_wh": 10_000.0,
+        "power_guaranteed_w": 7_000.0,
+        "power_plain_w": 10_000.0,
+        "sites": 20,
+    }
+    iv = loaded.intervals
+    assert list(iv["inside_envelope"]) == [1.0, 1.0, 0.0]
+    assert list(iv["outage_s"]) == [0.0, 0.0, 900.0]
+    assert np.isnan(iv["energy_delivered_wh"][-1])
+    assert iv["shortfall_expected_wh"][-1] == 250.5
+    assert np.isnan(iv["shortfall_expected_wh"][0])  # none announced: empty, not 0
+    assert "flex_sufficient" not in (tmp_path / "run" / FILES["intervals"]).read_text()
     assert loaded.events == original.events
     assert loaded.alerts == [{**alert.to_dict(), "source": "live"}]
     assert loaded.run["note"] is None  # NaN is not JSON: written as null
@@ -109,3 +141,62 @@ def test_json_files_are_strict(tmp_path: Path) -> None:
     run = json.loads((tmp_path / FILES["run"]).read_text())
     assert run["sites"] == 5
     assert run["speed"] is None
+
+
+# The first lines of a real run's folder from before the record format changed (the demo
+# on 2024-01-17 at 14:00 UTC, 6 sites): flex_sufficient, none of the new columns.
+OLD_INTERVALS = """\
+start,duration_s,schedule_delta_w,energy_target_wh,energy_delivered_wh,error_rms_w,error_max_w,\
+flex_sufficient,price_da_eur_mwh,price_imb_eur_mwh
+1705500900.000,900,29238.3,7302.346638,7282.421344,1404.721541,29218.3,1,-20,281.91
+1705503600.000,900,29681.1,7412.780635,7382.301414,398.0048367,2365.1,0,-1.17,184.18
+1705506300.000,900,29317.5,7322.162605,5122.170129,8869.750172,10406.5,0,-1.17,304.9
+"""
+OLD_TRADER = [
+    {
+        "start": 1705500900,
+        "schedule_id": "0365d31d",
+        "clipped_slots": 0,
+        "t": 1705500046.889,
+        "solver": "highs",
+        "solve_ms": 12.2,
+        "values_w": [29238.3],
+        "within_flex": True,
+    }
+]
+
+
+def test_an_older_folder_still_loads_and_is_judged(tmp_path: Path) -> None:
+    """Written before intervals had causes: the new columns read as NaN, so no interval is
+    known to be inside the envelope (nothing was promised) and none had a known outage; the
+    short ones are counted, as outside the envelope, instead of being left out."""
+    (tmp_path / FILES["intervals"]).write_text(OLD_INTERVALS)
+    (tmp_path / FILES["trader"]).write_text(json.dumps(OLD_TRADER))
+    (tmp_path / FILES["timeseries"]).write_text(
+        "t,target_w,measured_w,baseline_w,p_min_w,p_max_w\n1705500900.0,1,1,0,-20000,28652\n"
+    )
+    record = load(tmp_path)
+    assert record.n_intervals == 3
+    assert record.envelopes == []  # no envelopes.json
+    for name in (
+        "inside_envelope",
+        "outage_s",
+        "baseline_actual_wh",
+        "baseline_forecast_wh",
+        "baseline_persistence_wh",
+        "shortfall_expected_wh",
+    ):
+        assert np.isnan(record.intervals[name]).all(), name
+    np.testing.assert_array_equal(record.intervals["flex_sufficient"], [1.0, 0.0, 0.0])
+    kpis = compute_kpis(record)
+    assert "intervals_flex_sufficient" not in kpis
+    assert kpis["intervals_scored"] == 3
+    assert kpis["intervals_delivered"] == 2  # 0.27 % and 0.41 %, the second short of flex
+    assert kpis["intervals_outside_envelope"] == 1  # 30 % short: no longer left out
+    assert kpis["interval_energy_error_pct_max"] == pytest.approx(30.05, abs=0.01)
+    assert kpis["promise_kept_ratio"] is None
+    assert kpis["interval_energy_error_pct_max_promised"] is None
+    assert kpis["baseline_forecast_error_pct"] is None
+    assert kpis["envelope_energy_ratio"] is None
+    assert kpis["trader_power_use"] is None
+    assert [a.rule for a in evaluate(kpis)] == ["outside-envelope-intervals"]

@@ -2,8 +2,10 @@
 
 The demo feeds a :class:`RunRecorder` and writes its folder; everything after that works
 from the folder alone: :func:`load` it, :func:`compute_kpis`, :func:`evaluate` the alert
-rules, :func:`write_report`. File formats: :mod:`vpp.e2e.records`; KPI meanings:
-:data:`KPI_DOCS`.
+rules, :func:`write_report`. File formats, and what the demo must record:
+:mod:`vpp.e2e.records`; KPI meanings: :data:`KPI_DOCS`; how every interval is judged
+(delivered, or short by ``outage``, ``outside_envelope`` or ``promise_broken``):
+:func:`score_intervals` and :mod:`vpp.e2e.kpis`.
 """
 
 from vpp.e2e.alerts import (
@@ -17,7 +19,7 @@ from vpp.e2e.alerts import (
     evaluate,
     failing,
 )
-from vpp.e2e.kpis import KPI_DOCS, compute_kpis
+from vpp.e2e.kpis import KPI_DOCS, IntervalScores, compute_kpis, score_intervals
 from vpp.e2e.records import RunRecord, RunRecorder, load
 from vpp.e2e.report import RunAnalysis, analyse_run, write_report
 
@@ -27,6 +29,7 @@ __all__ = [
     "KPI_DOCS",
     "Alert",
     "AlertRule",
+    "IntervalScores",
     "RegressionRule",
     "RegressionWatch",
     "RunAnalysis",
@@ -38,5 +41,6 @@ __all__ = [
     "evaluate",
     "failing",
     "load",
+    "score_intervals",
     "write_report",
 ]

@@ -3,11 +3,20 @@
 Rules are data (:class:`AlertRule`), so the demo, CI and an operator's continuous run can
 use different thresholds without code: :func:`evaluate` applies a list of rules to one KPI
 dict (from :func:`vpp.e2e.kpis.compute_kpis`). A rule whose KPI is missing or None does not
-fire: "no data" is caught by rules on the KPIs that count data (``intervals_total < 1``).
+fire: "no data" is caught by rules on the KPIs that count data (``intervals_scored < 1``).
 Rules must not read ``alerts_raised``: that KPI counts the alerts the rules produce.
 
 Severities: ``"critical"`` alerts fail the run (verdict FAIL); ``"warning"`` alerts are
 reported but do not fail it.
+
+The default rules judge every interval by its cause (:mod:`vpp.e2e.kpis`): a short interval
+inside the guaranteed envelope without an outage (``promise-broken``) and an energy error
+above 1 % where the promise holds in full (``interval-energy-error``) fail the run. Short
+intervals with an outage (``outage-intervals``) or outside the envelope
+(``outside-envelope-intervals``) are warnings, and so is a ``promise_kept_ratio`` below 0.99
+(``promise-kept``): it counts outage intervals too, so a fault drill (a broker down, a fifth of
+the sites lost) lowers it by design, and the run's verdict rests on the intervals that had no
+such excuse.
 
 For a run that goes on for days, fixed thresholds miss slow degradation; a
 :class:`RegressionWatch` compares each new KPI value (per interval or per day) against the
@@ -90,12 +99,24 @@ class Alert:
 
 
 DEFAULT_RULES: tuple[AlertRule, ...] = (
-    AlertRule("no-intervals", "intervals_total", "<", 1, "critical",
-              "no schedule interval completed: nothing was verified"),
+    AlertRule("no-intervals", "intervals_scored", "<", 1, "critical",
+              "no schedule interval with a target completed: nothing was verified"),
     AlertRule("telemetry-completeness", "telemetry_completeness", "<", 0.999, "critical",
               "telemetry completeness {value:.4f} < {threshold}"),
-    AlertRule("interval-energy-error", "interval_energy_error_pct_max", ">", 1.0, "critical",
-              "interval energy error up to {value:.2f} % > {threshold} %"),
+    AlertRule("promise-broken", "intervals_promise_broken", ">", 0, "critical",
+              "{value} interval(s) inside the guaranteed envelope, without an outage, missed "
+              "the 1 % energy tolerance: the promise was broken"),
+    AlertRule("interval-energy-error", "interval_energy_error_pct_max_promised", ">", 1.0,
+              "critical", "interval energy error up to {value:.2f} % > {threshold} % inside "
+              "the guaranteed envelope without an outage"),
+    AlertRule("promise-kept", "promise_kept_ratio", "<", 0.99, "warning",
+              "only {value:.1%} of the intervals inside the guaranteed envelope delivered "
+              "(outage ones included) < {threshold:.0%}"),
+    AlertRule("outage-intervals", "intervals_outage", ">", 0, "warning",
+              "{value} interval(s) short while sites or the cloud were lost"),
+    AlertRule("outside-envelope-intervals", "intervals_outside_envelope", ">", 0, "warning",
+              "{value} interval(s) short with a schedule outside the guaranteed envelope "
+              "(nothing was promised)"),
     AlertRule("availability", "availability", "<", 0.95, "critical",
               "site availability {value:.3f} < {threshold}"),
     AlertRule("dispatch-latency", "dispatch_latency_ms_p95", ">", 5000.0, "critical",
@@ -171,7 +192,10 @@ class RegressionRule:
 DEFAULT_REGRESSION_RULES: tuple[RegressionRule, ...] = (
     RegressionRule("telemetry_completeness", higher_is_worse=False, margin_abs=0.001),
     RegressionRule("availability", higher_is_worse=False, margin_abs=0.02),
-    RegressionRule("interval_energy_error_pct_max", higher_is_worse=True, margin_abs=0.2,
+    RegressionRule("interval_energy_error_pct_max_promised", higher_is_worse=True,
+                   margin_abs=0.2, margin_rel=0.5),
+    RegressionRule("promise_kept_ratio", higher_is_worse=False, margin_abs=0.01),
+    RegressionRule("baseline_forecast_error_pct", higher_is_worse=True, margin_abs=2.0,
                    margin_rel=0.5),
     RegressionRule("tracking_error_rms_pct", higher_is_worse=True, margin_abs=1.0,
                    margin_rel=0.5),

@@ -15,6 +15,36 @@ energy it is that times the interval's length (``error_floor_w * duration_s / 36
 Without any sample with a known band the floor is 0 and an exactly-zero target has no
 relative error (NaN, left out of the statistics) unless the error is zero too.
 
+Every interval counts
+---------------------
+Every interval with a target (``energy_target_wh``) is *scored*: none is left out because
+the pool fell short in it, lost sites, or could not be measured. An interval is *delivered*
+if its energy error is at most :data:`DELIVERED_PCT` (1 %, inclusive). A short one gets the
+first cause that applies (:func:`score_intervals`):
+
+1. ``outage``: sites or the cloud were lost during it (``outage_s > 0``);
+2. ``outside_envelope``: the trader's value for the slot was not inside the guaranteed pool
+   envelope (``inside_envelope`` not 1; unknown counts as outside: nothing was promised);
+3. ``promise_broken``: inside the envelope, nothing lost, and still short. The envelope is a
+   promise; this is the one cause that is the system's own fault.
+
+An interval whose delivery is unknown (nothing measured) has no error figure, is not
+delivered and gets its cause like any short one. ``interval_energy_error_pct_max`` and
+``_p95`` are over every scored interval with an error figure; ``_max_promised`` over those
+inside the envelope without an outage, the ones the promise covers in full.
+``promise_kept_ratio`` counts every interval inside the envelope, outage or not: a promise
+is a promise.
+
+Forecast accuracy
+-----------------
+``baseline_forecast_error_pct`` is the pool's baseline energy as forecast at least one slot
+ahead against what the sites reported, ``sum |forecast - actual| / sum |actual|`` over the
+intervals with both; ``baseline_persistence_error_pct`` the same for the naive forecast
+made at the same moment (the baseline then, held). ``baseline_forecast_skill = 1 -
+forecast error / persistence error`` is taken over the intervals that have all three, so
+both forecasts are judged on the same quarter hours (1 = perfect, 0 = no better than
+persistence, < 0 = worse).
+
 Step statistics
 ---------------
 Samples come every ~2-4 s, irregularly. Tracking statistics (``tracking_error_*``,
@@ -27,6 +57,7 @@ rather than repeating a stale value across a gap.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,35 +65,65 @@ import numpy as np
 from vpp.e2e.records import RunRecord
 
 __all__ = [
+    "CAUSES",
+    "DELIVERED",
+    "DELIVERED_PCT",
     "FLOOR_FRACTION",
     "HOLD_MAX_S",
     "KPI_DOCS",
+    "OUTAGE",
+    "OUTSIDE_ENVELOPE",
+    "PROMISE_BROKEN",
     "STEP_S",
+    "IntervalScores",
     "compute_kpis",
     "error_floor_w",
     "interval_energy_error_pct",
     "relative_error_pct",
     "resample_hold",
+    "score_intervals",
 ]
 
 STEP_S = 4.0
 HOLD_MAX_S = 20.0
 FLOOR_FRACTION = 0.05
 STEP_TOLERANCE = 0.05
+#: An interval is delivered if its energy error is at most this, % (inclusive).
+DELIVERED_PCT = 1.0
+#: What a scored interval that met :data:`DELIVERED_PCT` is classified as.
+DELIVERED = "delivered"
+#: Why a scored interval fell short, in the order they are tested.
+OUTAGE, OUTSIDE_ENVELOPE, PROMISE_BROKEN = "outage", "outside_envelope", "promise_broken"
+CAUSES: tuple[str, ...] = (OUTAGE, OUTSIDE_ENVELOPE, PROMISE_BROKEN)
 
 KPI_DOCS: dict[str, str] = {
     "telemetry_completeness": "Telemetry messages received / expected by sequence number, "
     "0..1 (duplicates do not count twice).",
     "availability": "Mean over samples of sites_online / sites_total, 0..1.",
     "intervals_total": "Schedule intervals (15 min) completed in the run, count.",
-    "intervals_flex_sufficient": "Intervals in which the pool had the flexibility to meet the "
-    "schedule, count (in the demo: the energy the dispatcher reported out of reach, its "
-    "shortfall, is at most 0.1 % of the interval's target energy).",
-    "interval_energy_error_pct_max": "Worst interval energy error over intervals where the "
-    "flexibility sufficed, %: |delivered - target| / max(|target|, floor) * 100, where floor "
-    "= error_floor_w x interval length (a near-zero target would make a percentage "
-    "meaningless).",
-    "interval_energy_error_pct_p95": "95th percentile of the same interval energy error, %.",
+    "intervals_scored": "Intervals with a target, count: every one is judged, none left out "
+    "(= intervals_delivered + intervals_outage + intervals_outside_envelope + "
+    "intervals_promise_broken).",
+    "intervals_delivered": f"Scored intervals delivered: energy error at most {DELIVERED_PCT:g} "
+    "%, count.",
+    "intervals_outage": f"Short intervals (error above {DELIVERED_PCT:g} % or not measured) "
+    "during which sites or the cloud were lost (outage_s > 0), count.",
+    "intervals_outside_envelope": "Short intervals without an outage whose schedule value was "
+    "not inside the guaranteed pool envelope (or not known to be: nothing was promised), "
+    "count.",
+    "intervals_promise_broken": "Short intervals inside the guaranteed envelope without an "
+    "outage: the promise was broken, count.",
+    "intervals_inside_envelope": "Scored intervals whose schedule value lay inside the "
+    "guaranteed pool envelope, count.",
+    "promise_kept_ratio": f"Intervals inside the envelope delivered within {DELIVERED_PCT:g} % / "
+    "all intervals inside the envelope, outage ones included (a promise is a promise), 0..1.",
+    "interval_energy_error_pct_max": "Worst interval energy error over every scored interval, "
+    "%: |delivered - target| / max(|target|, floor) * 100, where floor = error_floor_w x "
+    "interval length (a near-zero target would make a percentage meaningless).",
+    "interval_energy_error_pct_p95": "95th percentile of the same interval energy error over "
+    "every scored interval, %.",
+    "interval_energy_error_pct_max_promised": "Worst interval energy error over the intervals "
+    "inside the guaranteed envelope without an outage (what the promise covers in full), %.",
     "error_floor_w": "Floor of every relative error's denominator: 5 % of the median "
     "flexibility range (p_max - p_min), W.",
     "energy_scheduled_wh": "Absolute pool grid energy the schedule asked for (baseline + "
@@ -76,6 +137,18 @@ KPI_DOCS: dict[str, str] = {
     "revenue_eur": "Day-ahead value of the trader's schedule: -sum(price_da x delta_w x "
     "duration / 3600) / 1e6, EUR (selling = exporting more earns money).",
     "net_value_eur": "revenue_eur - imbalance_cost_eur, EUR.",
+    "baseline_forecast_error_pct": "Pool baseline energy forecast (at least one slot ahead) "
+    "vs what the sites reported: sum |forecast - actual| / sum |actual| * 100 over intervals "
+    "with both, %.",
+    "baseline_persistence_error_pct": "The same for the naive forecast made at the same moment "
+    "(the pool's baseline then, held), %.",
+    "baseline_forecast_skill": "1 - forecast error / persistence error, over intervals with "
+    "all three (1 = perfect, 0 = no better than persistence, < 0 = worse).",
+    "envelope_energy_ratio": "Mean over the pool envelopes observed of the guaranteed "
+    "envelope's energy as a fraction of the plain sum of the site envelopes (the cost of the "
+    "guarantee), 0..1.",
+    "envelope_energy_ratio_min": "Smallest of the same energy ratios, 0..1.",
+    "envelope_power_ratio": "Mean of the same ratio for the power range, 0..1.",
     "tracking_error_rms_w": "RMS of measured - target power on the 4-s grid, where a target "
     "applies, W.",
     "tracking_error_rms_pct": "tracking_error_rms_w as % of the mean |target| (at least "
@@ -92,6 +165,10 @@ KPI_DOCS: dict[str, str] = {
     "trader_fallbacks": "Trader decisions not solved by the LP (greedy fallback), count.",
     "schedule_within_flex": "Every trader decision stayed within the pool's flexibility, "
     "true/false.",
+    "trader_power_use": "Mean over trader decisions of the fraction of the pool's optimistic "
+    "power range scheduled (largest |value| / largest bound in the same direction), 0..1.",
+    "trader_energy_use": "Mean over trader decisions of the same fraction of the pool's "
+    "optimistic storage energy range, 0..1.",
     "alerts_raised": "Alerts in the run's alert list (live ones and the final rule "
     "evaluation), count.",
     "samples": "Dispatch-cycle samples recorded, count.",
@@ -144,39 +221,136 @@ def interval_energy_error_pct(record: RunRecord, floor_w: float | None = None) -
     return relative_error_pct(delivered - target, target, floor_wh)
 
 
+@dataclass(frozen=True)
+class IntervalScores:
+    """Each interval's judgement, one array entry per row of ``record.intervals``.
+
+    ``error_pct``: energy error, % (NaN where unknown); ``scored``: has a target;
+    ``delivered``: scored and error <= :data:`DELIVERED_PCT`; ``inside``: the schedule value
+    lay inside the guaranteed envelope (unknown = False); ``outage``: ``outage_s > 0``;
+    ``cause``: :data:`DELIVERED`, one of :data:`CAUSES`, or ``""`` for an unscored interval.
+    """
+
+    error_pct: np.ndarray
+    scored: np.ndarray
+    delivered: np.ndarray
+    inside: np.ndarray
+    outage: np.ndarray
+    cause: np.ndarray
+
+    def count(self, cause: str) -> int:
+        return int(np.count_nonzero(self.cause == cause))
+
+
+def score_intervals(record: RunRecord, floor_w: float | None = None) -> IntervalScores:
+    """Judge every interval: delivered or short, and why short (see the module docstring)."""
+    iv = record.intervals
+    error_pct = interval_energy_error_pct(record, floor_w)
+    scored = np.isfinite(iv["energy_target_wh"])
+    with np.errstate(invalid="ignore"):
+        delivered = scored & (error_pct <= DELIVERED_PCT)  # NaN (unknown) is not delivered
+    inside = iv["inside_envelope"] == 1.0  # NaN (unknown) is not inside
+    outage = iv["outage_s"] > 0.0  # NaN (unknown) is no outage
+    cause = np.full(record.n_intervals, "", dtype=object)
+    # the causes in reverse order of precedence, each overwriting the weaker ones
+    cause[scored] = PROMISE_BROKEN
+    cause[scored & ~inside] = OUTSIDE_ENVELOPE
+    cause[scored & outage] = OUTAGE
+    cause[delivered] = DELIVERED
+    return IntervalScores(error_pct, scored, delivered, inside, outage, cause)
+
+
+def _max(values: np.ndarray) -> float | None:
+    values = values[np.isfinite(values)]
+    return _num(values.max()) if values.size else None
+
+
 def _interval_kpis(record: RunRecord, floor_w: float) -> dict[str, Any]:
     iv = record.intervals
+    scores = score_intervals(record, floor_w)
     target, delivered = iv["energy_target_wh"], iv["energy_delivered_wh"]
-    scored = np.isfinite(target) & np.isfinite(delivered)
-    flex_ok = scored & (iv["flex_sufficient"] > 0.5)
-    error_pct = interval_energy_error_pct(record, floor_w)[flex_ok]
-    imbalance = (delivered - target)[scored]
-    price_imb = iv["price_imb_eur_mwh"][scored]
+    settled = np.isfinite(target) & np.isfinite(delivered)
+    promised = scores.scored & scores.inside
+    fully_promised = promised & ~scores.outage
+    imbalance = (delivered - target)[settled]
+    price_imb = iv["price_imb_eur_mwh"][settled]
     priced = np.isfinite(price_imb)
     delta_wh = iv["schedule_delta_w"] * iv["duration_s"] / 3600.0
     price_da = iv["price_da_eur_mwh"]
     traded = np.isfinite(delta_wh) & np.isfinite(price_da)
-    any_scored = bool(scored.any())
+    any_settled = bool(settled.any())
     revenue = -float(np.sum(price_da[traded] * delta_wh[traded])) / 1e6 if traded.any() else None
     imbalance_cost = (
         float(np.sum(imbalance[priced] / 1e6 * price_imb[priced])) if priced.any() else None
     )
+    n_promised = int(np.count_nonzero(promised))
+    kept = int(np.count_nonzero(promised & scores.delivered))
     return {
         "intervals_total": record.n_intervals,
-        "intervals_flex_sufficient": int(np.count_nonzero(iv["flex_sufficient"] > 0.5)),
-        "interval_energy_error_pct_max": _num(np.nanmax(error_pct))
-        if np.isfinite(error_pct).any()
-        else None,
-        "interval_energy_error_pct_p95": _percentile(error_pct, 95),
-        "energy_scheduled_wh": _num(np.sum(target[scored])) if any_scored else None,
-        "energy_delivered_wh": _num(np.sum(delivered[scored])) if any_scored else None,
-        "imbalance_energy_wh": _num(np.sum(np.abs(imbalance))) if any_scored else None,
-        "imbalance_net_wh": _num(np.sum(imbalance)) if any_scored else None,
+        "intervals_scored": int(np.count_nonzero(scores.scored)),
+        "intervals_delivered": scores.count(DELIVERED),
+        **{f"intervals_{cause}": scores.count(cause) for cause in CAUSES},
+        "intervals_inside_envelope": n_promised,
+        "promise_kept_ratio": kept / n_promised if n_promised else None,
+        "interval_energy_error_pct_max": _max(scores.error_pct[scores.scored]),
+        "interval_energy_error_pct_p95": _percentile(scores.error_pct[scores.scored], 95),
+        "interval_energy_error_pct_max_promised": _max(scores.error_pct[fully_promised]),
+        "energy_scheduled_wh": _num(np.sum(target[settled])) if any_settled else None,
+        "energy_delivered_wh": _num(np.sum(delivered[settled])) if any_settled else None,
+        "imbalance_energy_wh": _num(np.sum(np.abs(imbalance))) if any_settled else None,
+        "imbalance_net_wh": _num(np.sum(imbalance)) if any_settled else None,
         "imbalance_cost_eur": _num(imbalance_cost),
         "revenue_eur": _num(revenue),
         "net_value_eur": _num(revenue - imbalance_cost)
         if revenue is not None and imbalance_cost is not None
         else None,
+    }
+
+
+def _forecast_error_pct(forecast: np.ndarray, actual: np.ndarray) -> float | None:
+    """sum |forecast - actual| / sum |actual| * 100 over the pairs with both; None if 0/0."""
+    both = np.isfinite(forecast) & np.isfinite(actual)
+    scale = float(np.sum(np.abs(actual[both])))
+    if scale <= 0:
+        return None
+    return _num(float(np.sum(np.abs(forecast[both] - actual[both]))) / scale * 100.0)
+
+
+def _forecast_kpis(record: RunRecord) -> dict[str, Any]:
+    iv = record.intervals
+    actual = iv["baseline_actual_wh"]
+    forecast, persistence = iv["baseline_forecast_wh"], iv["baseline_persistence_wh"]
+    common = np.isfinite(actual) & np.isfinite(forecast) & np.isfinite(persistence)
+    forecast_error = _forecast_error_pct(forecast[common], actual[common])
+    persistence_error = _forecast_error_pct(persistence[common], actual[common])
+    skill = None
+    if forecast_error is not None and persistence_error is not None and persistence_error > 0:
+        skill = 1.0 - forecast_error / persistence_error
+    return {
+        "baseline_forecast_error_pct": _forecast_error_pct(forecast, actual),
+        "baseline_persistence_error_pct": _forecast_error_pct(persistence, actual),
+        "baseline_forecast_skill": _num(skill),
+    }
+
+
+def _values(entries: list[dict[str, Any]], key: str) -> np.ndarray:
+    """``entry[key]`` of every entry that has a finite number there."""
+    values = [e.get(key) for e in entries]
+    numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    array = np.asarray(numbers, dtype=float)
+    return array[np.isfinite(array)]
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return _num(np.mean(values)) if values.size else None
+
+
+def _envelope_kpis(record: RunRecord) -> dict[str, Any]:
+    energy = _values(record.envelopes, "energy_ratio")
+    return {
+        "envelope_energy_ratio": _mean(energy),
+        "envelope_energy_ratio_min": _num(energy.min()) if energy.size else None,
+        "envelope_power_ratio": _mean(_values(record.envelopes, "power_ratio")),
     }
 
 
@@ -260,6 +434,8 @@ def _trader_kpis(record: RunRecord) -> dict[str, Any]:
         "schedule_within_flex": all(bool(d.get("within_flex")) for d in decisions)
         if decisions
         else None,
+        "trader_power_use": _mean(_values(decisions, "power_use")),
+        "trader_energy_use": _mean(_values(decisions, "energy_use")),
     }
 
 
@@ -295,6 +471,8 @@ def compute_kpis(record: RunRecord) -> dict[str, Any]:
     kpis.update(_telemetry_kpis(record))
     kpis.update(_sample_kpis(record))
     kpis.update(_interval_kpis(record, floor_w))
+    kpis.update(_forecast_kpis(record))
+    kpis.update(_envelope_kpis(record))
     kpis.update(_tracking_kpis(record, floor_w))
     kpis.update(_trader_kpis(record))
     kpis.update(_run_kpis(record))

@@ -18,7 +18,8 @@ Files (all in one output folder)
     * ``t``: sample time, epoch s (simulated).
     * ``target_w``: the pool's absolute grid power target, W; empty when no schedule applies.
     * ``measured_w``: pool grid power as the cloud measured it (sum of site telemetry), W.
-    * ``baseline_w``: the pool's forecast grid power without dispatch, W.
+    * ``baseline_w``: the pool's baseline grid power now (sum of what the sites report their
+      own control would draw), W.
     * ``p_min_w``, ``p_max_w``: the pool's flexibility band now (reachable grid power), W.
     * ``sites_online``, ``sites_total``: sites with fresh telemetry / sites in the pool.
     * ``soc_p10``, ``soc_p50``, ``soc_p90``: battery state of charge percentiles over sites, %.
@@ -26,15 +27,35 @@ Files (all in one output folder)
       to, W (ground truth, for checking the measurement chain).
 
 ``intervals.csv``
-    One row per schedule interval (15 min), :data:`INTERVAL_COLUMNS`:
+    One row per schedule interval (15 min), :data:`INTERVAL_COLUMNS`. **Every interval with a
+    target is recorded**, also one the pool fell short in, lost sites in, or could not measure
+    at all (then ``energy_delivered_wh`` is empty and ``outage_s`` says why): the KPIs judge
+    every one of them and classify each short one by its cause (:mod:`vpp.e2e.kpis`).
 
     * ``start`` (epoch s), ``duration_s`` (s).
-    * ``schedule_delta_w``: what the trader scheduled, as a delta from baseline, W.
+    * ``schedule_delta_w``: the trader's value for the slot, as a delta from baseline, W.
     * ``energy_target_wh``, ``energy_delivered_wh``: absolute pool grid energy over the
       interval, target and delivered, Wh (+ = import).
     * ``error_rms_w``, ``error_max_w``: power tracking error within the interval, W.
-    * ``flex_sufficient``: 1 if the pool had the flexibility to meet the interval, else 0.
+    * ``inside_envelope``: 1 if the trader's value for the slot lay inside the *guaranteed*
+      pool envelope, 0 if not, empty if unknown (read as "not inside": nothing was promised).
+    * ``outage_s``: seconds of the interval during which sites or the cloud were lost, s.
+    * ``baseline_actual_wh``: the pool's baseline energy over the interval, as reported, Wh.
+    * ``baseline_forecast_wh``: the same as forecast at least one slot ahead, Wh.
+    * ``baseline_persistence_wh``: the naive forecast made at that moment, Wh.
+    * ``shortfall_expected_wh``: the shortfall the cloud announced before the interval, Wh.
     * ``price_da_eur_mwh``, ``price_imb_eur_mwh``: day-ahead and imbalance price, EUR/MWh.
+
+    Older folders have a ``flex_sufficient`` column and none of ``inside_envelope`` ..
+    ``shortfall_expected_wh``: they still load (the missing columns read as NaN, the old one
+    is kept as an extra column and used by nothing).
+
+``envelopes.json``
+    List of the pool envelopes the demo observed, one entry each time the cloud advertised a
+    new one: ``{"t", "as_of", "energy_ratio", "power_ratio", "energy_guaranteed_wh",
+    "energy_plain_wh", "power_guaranteed_w", "power_plain_w", "sites"}``. The ratios are the
+    guaranteed envelope's energy and power as a fraction of the plain sum of the site
+    envelopes: what the guarantee costs (1 = nothing). Optional.
 
 ``telemetry.json``
     ``{"expected": int, "received": int}``: telemetry sequence numbers expected vs received
@@ -46,7 +67,8 @@ Files (all in one output folder)
 
 ``trader.json``
     List of trader decisions ``{"t": epoch s, "solver": "highs" | "greedy", "solve_ms":
-    float, "values_w": [float, ...], "within_flex": bool, ...}``; extra keys are kept.
+    float, "values_w": [float, ...], "within_flex": bool, "power_use": float, "energy_use":
+    float, ...}`` (``power_use``/``energy_use`` optional, see below); extra keys are kept.
 
 ``events.json``
     List of scenario events ``{"t": epoch s, "name": str, "detail": str}``, e.g.
@@ -63,6 +85,79 @@ Files (all in one output folder)
     ...}``: what was run; extra keys are kept.
 
 JSON files never contain NaN or infinity (not valid JSON): they are written as ``null``.
+
+What the demo must record, exactly
+----------------------------------
+Per interval, :meth:`RunRecorder.interval` once the quarter hour ``[start, start +
+duration_s)`` is over. Call it for **every** quarter hour that had a schedule, whatever
+happened in it: never skip one because few samples came in (a broker restart that loses a
+whole interval must show up as that interval with an outage, not as a missing row). Pass
+``None`` for what is unknown; never invent a value.
+
+``schedule_delta_w`` (W)
+    The trader's value for the slot from the schedule *governing* it: the last schedule the
+    trader posted that covers the slot before the slot began (the one the dispatcher
+    followed).
+``energy_target_wh``, ``energy_delivered_wh`` (Wh)
+    Time-weighted integrals of the samples' ``target_w`` and ``measured_w`` over the samples
+    that have both (as today). When those cover less than 90 % of the interval,
+    ``energy_delivered_wh = None`` (then ``outage_s`` > 0: see below) and
+    ``energy_target_wh`` is the schedule's own energy over the whole interval (the last
+    sampled pool baseline + the slot's delta, times ``duration_s / 3600``): an interval the
+    cloud was away for still has a target, so it is scored and its cause says why it fell
+    short. ``error_rms_w``/``error_max_w`` over the same samples, ``None`` without any.
+``inside_envelope`` (bool or None)
+    ``True`` if the governing schedule, as posted, lay inside the *guaranteed* pool envelope
+    the API advertised when the trader posted it, up to and including this slot: the slot's
+    value within the summed power bounds and the cumulative energy up to the slot's end
+    within the energy bounds (the envelope's split of the schedule finds no infeasible slot
+    at or before this one). ``False`` if the check names this slot or an earlier one.
+    ``None`` when no guaranteed envelope was advertised or the check could not be made.
+``outage_s`` (s, 0..duration_s)
+    The length of the *union* (not the sum) of the moments in the interval when part of the
+    pool or the cloud was lost: a sample with ``sites_online`` below the number of sites in
+    the envelope the governing schedule was checked against (a site already gone when the
+    schedule was posted was not promised, so it is not an outage of this slot); a stretch
+    without samples or without a fresh delivery record from the dispatcher (> 2 cycles);
+    and the windows of the scenario's faults from the fault to the recovery: a worker or the
+    leading dispatcher killed until a replacement holds its leases / the lock again, the
+    broker down until it is back, a network cut until it is restored. 0 when nothing was
+    lost; ``None`` only if the demo cannot tell.
+``baseline_actual_wh`` (Wh)
+    Time-weighted integral of the samples' ``baseline_w`` over the interval: the pool's
+    baseline as the sites reported it. ``None`` when the samples cover less than 90 % of the
+    interval or fewer sites reported than the forecast covered (a partial pool compared with
+    a whole one's forecast measures the outage, not the forecast).
+``baseline_forecast_wh`` (Wh)
+    The pool envelope's ``baseline_w`` for this slot times ``duration_s / 3600``, from the
+    envelope the trader used when it posted the governing schedule, if that envelope's
+    ``as_of`` is at least one slot (``duration_s``) before ``start``; else from the latest
+    envelope with ``as_of <= start - duration_s``. ``None`` if there is none.
+``baseline_persistence_wh`` (Wh)
+    The naive forecast made at that same moment: the pool's baseline power as the samples
+    had it at the chosen envelope's ``as_of`` (the last sample at or before it), held, times
+    ``duration_s / 3600``.
+``shortfall_expected_wh`` (Wh, >= 0)
+    The cloud's early warning for this interval: the expected shortfall energy (the
+    envelope's ``feasible_part`` shortfall for the slot, W x ``duration_s / 3600``) in the
+    last announcement made before ``start``. ``None`` if the cloud announced none.
+
+Per pool envelope observed, :meth:`RunRecorder.envelope`: ``t`` when the demo read it,
+``as_of`` the time the API states it was made (epoch s), ``energy_guaranteed_wh`` = sum over
+the envelope's slots of the guaranteed width ``Emax - Emin``, ``energy_plain_wh`` = the same
+sum over the site envelopes it was made of (``sum_t sum_i (emax_i - emin_i)``),
+``power_guaranteed_w`` / ``power_plain_w`` = the same with ``Pmax - Pmin`` (sums of widths:
+only their ratio means something), ``sites`` = how many site envelopes went into it. The
+ratios are computed from these sums unless the cloud's own figures are passed.
+
+Per trader decision, :meth:`RunRecorder.trader_decision` adds ``power_use`` and
+``energy_use``, fractions of the pool's real (optimistic) range the decision scheduled,
+against the flexibility the trader read for it: ``power_use = max(max_t v_t+ / max_t
+p_max_t, max_t v_t- / max_t -p_min_t)`` with ``v`` the decision's values (delta, W) and
+``p_min``/``p_max`` the optimistic power bounds relative to the baseline; ``energy_use``
+the same with the schedule's cumulative energy ``E_t = sum_{k<=t} v_k h`` (Wh, + = more
+stored) against the optimistic stored-energy bounds. A direction with a zero bound is left
+out; ``None`` if neither has one.
 """
 
 from __future__ import annotations
@@ -115,7 +210,12 @@ INTERVAL_COLUMNS: tuple[str, ...] = (
     "energy_delivered_wh",
     "error_rms_w",
     "error_max_w",
-    "flex_sufficient",
+    "inside_envelope",
+    "outage_s",
+    "baseline_actual_wh",
+    "baseline_forecast_wh",
+    "baseline_persistence_wh",
+    "shortfall_expected_wh",
     "price_da_eur_mwh",
     "price_imb_eur_mwh",
 )
@@ -126,6 +226,7 @@ FILES = {
     "telemetry": "telemetry.json",
     "latency": "latency.json",
     "trader": "trader.json",
+    "envelopes": "envelopes.json",
     "events": "events.json",
     "alerts": "alerts.json",
     "run": "run.json",
@@ -141,6 +242,20 @@ _VALUE_FORMAT = "%.10g"
 def _as_float(value: float | int | bool | None) -> float:
     """None means "no value": stored as NaN so columns stay plain float arrays."""
     return math.nan if value is None else float(value)
+
+
+def _opt_float(value: float | int | None) -> float | None:
+    """A finite float or None (for the JSON files)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _ratio(part: float | None, whole: float | None) -> float | None:
+    """part / whole, or None when either is unknown or the whole is not > 0."""
+    part, whole = _opt_float(part), _opt_float(whole)
+    return part / whole if part is not None and whole is not None and whole > 0 else None
 
 
 class _ColumnBuffer:
@@ -186,6 +301,7 @@ class RunRecord:
     telemetry: dict[str, int] = field(default_factory=dict)
     latency_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
     trader: list[dict[str, Any]] = field(default_factory=list)
+    envelopes: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     run: dict[str, Any] = field(default_factory=dict)
@@ -208,7 +324,14 @@ class RunRecord:
 
 
 class RunRecorder:
-    """Collects a run incrementally; cheap enough to call every dispatch cycle."""
+    """Collects a run incrementally; cheap enough to call every dispatch cycle.
+
+    One method per kind of record: :meth:`sample` every dispatch cycle, :meth:`interval`
+    after every quarter hour with a schedule, :meth:`envelope` per pool envelope observed,
+    :meth:`trader_decision`, :meth:`event`, :meth:`latency`, :meth:`telemetry`,
+    :meth:`alert` as they happen, :meth:`set_run` for what was run; then :meth:`write`.
+    What each argument means, and how the demo derives it: the module docstring.
+    """
 
     def __init__(self, **run_info: Any) -> None:
         self._samples = _ColumnBuffer(SAMPLE_COLUMNS)
@@ -216,6 +339,7 @@ class RunRecorder:
         self._latency = _ColumnBuffer(("ms",), capacity=1024)
         self._telemetry: dict[str, int] = {"expected": 0, "received": 0}
         self._trader: list[dict[str, Any]] = []
+        self._envelopes: list[dict[str, Any]] = []
         self._events: list[dict[str, Any]] = []
         self._alerts: list[dict[str, Any]] = []
         self._run: dict[str, Any] = {"version": vpp.__version__}
@@ -256,14 +380,61 @@ class RunRecorder:
         energy_delivered_wh: float | None,
         error_rms_w: float | None = None,
         error_max_w: float | None = None,
-        flex_sufficient: bool | None = None,
+        inside_envelope: bool | None = None,
+        outage_s: float | None = None,
+        baseline_actual_wh: float | None = None,
+        baseline_forecast_wh: float | None = None,
+        baseline_persistence_wh: float | None = None,
+        shortfall_expected_wh: float | None = None,
         price_da_eur_mwh: float | None = None,
         price_imb_eur_mwh: float | None = None,
     ) -> None:
-        """Record one finished schedule interval."""
+        """Record one finished schedule interval; every one with a target, short or not.
+
+        ``None`` = unknown (``inside_envelope=None`` counts as outside: nothing was promised).
+        What each value is and when it is known: "What the demo must record" above.
+        """
         values = (start, duration_s, schedule_delta_w, energy_target_wh, energy_delivered_wh)
-        values += (error_rms_w, error_max_w, flex_sufficient, price_da_eur_mwh, price_imb_eur_mwh)
+        values += (error_rms_w, error_max_w, inside_envelope, outage_s, baseline_actual_wh)
+        values += (baseline_forecast_wh, baseline_persistence_wh, shortfall_expected_wh)
+        values += (price_da_eur_mwh, price_imb_eur_mwh)
         self._intervals.append([_as_float(v) for v in values])
+
+    def envelope(
+        self,
+        t: float,
+        *,
+        as_of: float | None,
+        energy_guaranteed_wh: float | None,
+        energy_plain_wh: float | None,
+        power_guaranteed_w: float | None,
+        power_plain_w: float | None,
+        sites: int | None,
+        energy_ratio: float | None = None,
+        power_ratio: float | None = None,
+    ) -> None:
+        """Record one pool envelope the cloud advertised (sums of range widths over its slots).
+
+        The ratios default to guaranteed / plain sum (None when the plain sum is not > 0);
+        pass the cloud's own ones if it reports them.
+        """
+        if energy_ratio is None:
+            energy_ratio = _ratio(energy_guaranteed_wh, energy_plain_wh)
+        if power_ratio is None:
+            power_ratio = _ratio(power_guaranteed_w, power_plain_w)
+        self._envelopes.append(
+            {
+                "t": float(t),
+                "as_of": _opt_float(as_of),
+                "energy_ratio": _opt_float(energy_ratio),
+                "power_ratio": _opt_float(power_ratio),
+                "energy_guaranteed_wh": _opt_float(energy_guaranteed_wh),
+                "energy_plain_wh": _opt_float(energy_plain_wh),
+                "power_guaranteed_w": _opt_float(power_guaranteed_w),
+                "power_plain_w": _opt_float(power_plain_w),
+                "sites": None if sites is None else int(sites),
+            }
+        )
 
     def event(self, t: float, name: str, detail: str = "") -> None:
         """Record a scenario event (shown as a vertical line on the report's main plot)."""
@@ -277,9 +448,15 @@ class RunRecorder:
         solve_ms: float,
         values_w: Iterable[float],
         within_flex: bool,
+        power_use: float | None = None,
+        energy_use: float | None = None,
         **extra: Any,
     ) -> None:
-        """Record one schedule the trader posted; ``extra`` must be JSON-serialisable."""
+        """Record one schedule the trader posted; ``extra`` must be JSON-serialisable.
+
+        ``power_use``/``energy_use``: the fraction of the pool's optimistic range it used
+        (module docstring); left out of the file when None.
+        """
         decision = {
             **extra,
             "t": float(t),
@@ -288,6 +465,10 @@ class RunRecorder:
             "values_w": [float(v) for v in values_w],
             "within_flex": bool(within_flex),
         }
+        if power_use is not None:
+            decision["power_use"] = float(power_use)
+        if energy_use is not None:
+            decision["energy_use"] = float(energy_use)
         self._trader.append(decision)
 
     def latency(self, ms: float) -> None:
@@ -310,6 +491,7 @@ class RunRecorder:
             telemetry=dict(self._telemetry),
             latency_ms=self._latency.columns_dict()["ms"],
             trader=[dict(d) for d in self._trader],
+            envelopes=[dict(e) for e in self._envelopes],
             events=[dict(e) for e in self._events],
             alerts=[dict(a) for a in self._alerts],
             run=dict(self._run),
@@ -328,6 +510,7 @@ def write_record(record: RunRecord, out_dir: Path | str) -> list[Path]:
         "telemetry": record.telemetry,
         "latency": {"dispatch_latency_ms": record.latency_ms.tolist()},
         "trader": record.trader,
+        "envelopes": record.envelopes,
         "events": record.events,
         "alerts": record.alerts,
         "run": record.run,
@@ -422,6 +605,7 @@ def load(out_dir: Path | str) -> RunRecord:
         telemetry={k: int(v) for k, v in telemetry.items() if v is not None},
         latency_ms=np.asarray(latency_ms, dtype=float),
         trader=list(_read_json(out / FILES["trader"], [])),
+        envelopes=list(_read_json(out / FILES["envelopes"], [])),
         events=list(_read_json(out / FILES["events"], [])),
         alerts=list(_read_json(out / FILES["alerts"], [])),
         run=dict(_read_json(out / FILES["run"], {})),

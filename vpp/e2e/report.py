@@ -6,9 +6,14 @@ writes ``kpis.json`` and ``alerts.json``; :func:`write_report` does that and wri
 or attached to a CI run and opened anywhere, without a server or the rest of the folder.
 
 The first screen answers "did it work?": the verdict (FAIL if any critical alert rule fired,
-naming them), the key numbers, then the pool's target vs delivered power within its
-flexibility band. Details follow: prices and schedule, per-interval energy, SoC, sites
-online, and tables of intervals, events, alerts and all KPIs with their meaning.
+naming them), the key numbers (the share of promises kept and every interval counted by
+what became of it: delivered, or short by an outage, outside the envelope, or a broken
+promise), then the pool's target vs delivered power within its flexibility band. Details
+follow: prices and schedule, per-interval energy coloured by cause, every interval in a
+table with the short ones highlighted by cause, the baseline forecast against what happened
+and against persistence, the guarantee's cost (guaranteed / plain-sum envelope) and how much
+of the range the trader used, SoC, sites online, and tables of events, alerts and all KPIs
+with their meaning.
 
 Plots are drawn on a matplotlib ``Figure`` with the Agg canvas (no pyplot, no display, no
 global state) from at most :data:`MAX_PLOT_POINTS` points per line: a day of 2-s samples is
@@ -36,7 +41,16 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 
 from vpp.e2e.alerts import DEFAULT_RULES, Alert, AlertRule, evaluate, failing
-from vpp.e2e.kpis import KPI_DOCS, compute_kpis, error_floor_w, interval_energy_error_pct
+from vpp.e2e.kpis import (
+    CAUSES,
+    DELIVERED,
+    DELIVERED_PCT,
+    KPI_DOCS,
+    IntervalScores,
+    compute_kpis,
+    error_floor_w,
+    score_intervals,
+)
 from vpp.e2e.records import FILES, RunRecord, load, write_json
 
 __all__ = ["MAX_PLOT_POINTS", "REPORT_FILE", "RunAnalysis", "analyse_run", "write_report"]
@@ -53,6 +67,21 @@ _COLORS = {
     "event": "#ff7f0e",
     "da": "#2ca02c",
     "imb": "#9467bd",
+    "forecast": "#2ca02c",
+    "persistence": "#8c564b",
+}
+# Each interval's fate: bars, table rows and legends use the same colours.
+_CAUSE_COLORS = {
+    DELIVERED: "#1f77b4",
+    "outage": "#ef8f00",
+    "outside_envelope": "#8e7cc3",
+    "promise_broken": "#c62828",
+}
+_CAUSE_LABELS = {
+    DELIVERED: "delivered",
+    "outage": "short: outage",
+    "outside_envelope": "short: outside the envelope",
+    "promise_broken": "short: promise broken",
 }
 
 
@@ -304,12 +333,10 @@ def plot_prices(record: RunRecord) -> str | None:
 
 
 def plot_interval_energy(
-    record: RunRecord, error_pct: np.ndarray, limit_pct: float | None = None
+    record: RunRecord, scores: IntervalScores, limit_pct: float = DELIVERED_PCT
 ) -> str | None:
-    """Scheduled vs delivered energy per interval (bars), each interval's error % (dots).
-
-    ``limit_pct``, the alert rule's threshold, is drawn so failing intervals stand out.
-    """
+    """Scheduled vs delivered energy per interval (bars, delivered coloured by the interval's
+    cause), each interval's error % (dots) and the tolerance ``limit_pct``."""
     iv = record.intervals
     if record.n_intervals == 0:
         return None
@@ -321,29 +348,123 @@ def plot_interval_energy(
         iv["energy_target_wh"] / 1000.0,
         width=width * 0.45,
         align="edge",
-        color=_COLORS["target"],
-        alpha=0.6,
+        color="#bdbdbd",
+        edgecolor=_COLORS["target"],
+        linewidth=0.6,
         label="scheduled",
     )
-    ax.bar(
-        x + offset,
-        iv["energy_delivered_wh"] / 1000.0,
-        width=width * 0.45,
-        align="edge",
-        color=_COLORS["delivered"],
-        alpha=0.6,
-        label="delivered",
-    )
+    for cause in (DELIVERED, *CAUSES):
+        mine = scores.cause == cause
+        if not mine.any():
+            continue
+        ax.bar(
+            (x + offset)[mine],
+            iv["energy_delivered_wh"][mine] / 1000.0,
+            width=(width * 0.45)[mine],
+            align="edge",
+            color=_CAUSE_COLORS[cause],
+            alpha=0.8,
+            label=_CAUSE_LABELS[cause],
+        )
     ax.set_ylabel("energy per interval, kWh")
     ax2 = ax.twinx()
-    ax2.plot(x + offset, error_pct, "o", color="black", ms=3, label="error %")
-    if limit_pct is not None:
-        ax2.axhline(limit_pct, color="black", lw=0.8, ls="--", label="alert limit")
+    ax2.plot(x + offset, scores.error_pct, "o", color="black", ms=3, label="error %")
+    ax2.axhline(limit_pct, color="black", lw=0.8, ls="--", label=f"tolerance {limit_pct:g} %")
+    finite = scores.error_pct[np.isfinite(scores.error_pct)]
+    if finite.size and finite.max() > 20 * limit_pct:  # one lost interval must not hide the rest
+        ax2.set_yscale("symlog", linthresh=limit_pct)
     ax2.set_ylabel("energy error, %")
     ax2.set_ylim(bottom=0)
     handles = ax.get_legend_handles_labels()
     handles2 = ax2.get_legend_handles_labels()
-    ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], loc="upper left", fontsize=8)
+    labels = handles[1] + handles2[1]
+    # above the axes: bars reach the top in a full run, the legend must not hide them
+    fig.legend(handles[0] + handles2[0], labels, loc="outside upper center", fontsize=8, ncol=7)
+    _date_axis(ax)
+    return _png(fig)
+
+
+def plot_forecast(record: RunRecord) -> str | None:
+    """The pool's baseline energy per interval: what the sites reported (bars), the forecast
+    made at least a slot ahead and the persistence forecast made at the same moment."""
+    iv = record.intervals
+    names = ("baseline_actual_wh", "baseline_forecast_wh", "baseline_persistence_wh")
+    if not any(np.isfinite(iv[n]).any() for n in names):
+        return None
+    x, width = _interval_x(record)
+    middle = x + (width * 43_200_000).astype("timedelta64[ms]")
+    fig, ax = _figure(3.0)
+    ax.bar(
+        x,
+        iv["baseline_actual_wh"] / 1000.0,
+        width=width * 0.9,
+        align="edge",
+        color=_COLORS["baseline"],
+        alpha=0.45,
+        label="actual (reported by the sites)",
+    )
+    ax.plot(
+        middle,
+        iv["baseline_forecast_wh"] / 1000.0,
+        "o-",
+        color=_COLORS["forecast"],
+        lw=1.2,
+        ms=3,
+        label="forecast (>= 1 slot ahead)",
+    )
+    ax.plot(
+        middle,
+        iv["baseline_persistence_wh"] / 1000.0,
+        "s--",
+        color=_COLORS["persistence"],
+        lw=1,
+        ms=3,
+        label="persistence",
+    )
+    ax.axhline(0.0, color="black", lw=0.5)
+    ax.set_ylabel("baseline energy, kWh")
+    fig.legend(loc="outside upper center", fontsize=8, ncol=3)
+    _date_axis(ax)
+    return _png(fig)
+
+
+def _series(entries: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(t, entry[key]) of the entries that have both as numbers."""
+    pairs = [
+        (float(e["t"]), float(e[key]))
+        for e in entries
+        if isinstance(e.get("t"), int | float) and isinstance(e.get(key), int | float)
+    ]
+    if not pairs:
+        return np.empty(0), np.empty(0)
+    t, v = np.array(pairs, dtype=float).T
+    return t, v
+
+
+def plot_envelope(record: RunRecord) -> str | None:
+    """What the guarantee costs (guaranteed / plain-sum envelope, per envelope observed) and
+    how much of the pool's optimistic range the trader's decisions used."""
+    lines = (
+        (record.envelopes, "energy_ratio", "energy: guaranteed / plain sum", "-", "#1f77b4"),
+        (record.envelopes, "power_ratio", "power: guaranteed / plain sum", "-", "#ff7f0e"),
+        (record.trader, "energy_use", "trader's energy use", "o", "#2ca02c"),
+        (record.trader, "power_use", "trader's power use", "s", "#d62728"),
+    )
+    series = [(_series(e, key), label, style, color) for e, key, label, style, color in lines]
+    if not any(t.size for (t, _), *_ in series):
+        return None
+    fig, ax = _figure(2.8)
+    top = 1.0
+    for (t, v), label, style, color in series:
+        if t.size:
+            # an envelope holds until the next one: a step; decisions are points in time
+            steps = "steps-post" if style == "-" else "default"
+            ax.plot(_dates(t), v, style, color=color, lw=1.2, ms=3, label=label, drawstyle=steps)
+            top = max(top, float(np.nanmax(v)))
+    ax.axhline(1.0, color="black", lw=0.5)
+    ax.set_ylim(0, top * 1.08)
+    ax.set_ylabel("fraction")
+    fig.legend(loc="outside upper center", fontsize=8, ncol=4)
     _date_axis(ax)
     return _png(fig)
 
@@ -416,13 +537,22 @@ table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;
 padding:.2em .5em;text-align:right}th{background:#f3f3f3}
 td.l,th.l{text-align:left}.scroll{max-height:28em;overflow:auto}
 tr.critical td{background:#fdecea}tr.warning td{background:#fff4e0}
+tr.cause-outage td{background:#fff4e0}tr.cause-outside_envelope td{background:#efebf7}
+tr.cause-promise_broken td{background:#fdecea;font-weight:600}
+.swatch{display:inline-block;width:.9em;height:.9em;border-radius:2px;margin:0 .3em 0 .8em;
+vertical-align:-.1em}
 .nodata{color:#888;font-style:italic}
 """
 
-# Key numbers on the first screen: (label, KPI, format spec, scale, unit).
+# Key numbers on the first screen: (label, KPI, format spec, scale, unit); the interval
+# counts by cause come between the promise and the rest (_cause_cards).
+_PROMISE_CARDS: tuple[tuple[str, str, str, float, str], ...] = (
+    ("promises kept", "promise_kept_ratio", ".1f", 100.0, " %"),
+    ("energy error max, promised", "interval_energy_error_pct_max_promised", ".2f", 1.0, " %"),
+    ("energy error max, all intervals", "interval_energy_error_pct_max", ".2f", 1.0, " %"),
+)
 _CARDS: tuple[tuple[str, str, str, float, str], ...] = (
     ("telemetry completeness", "telemetry_completeness", ".3f", 100.0, " %"),
-    ("interval energy error max", "interval_energy_error_pct_max", ".2f", 1.0, " %"),
     ("imbalance energy", "imbalance_energy_wh", ",.1f", 1e-3, " kWh"),
     ("imbalance cost", "imbalance_cost_eur", ",.2f", 1.0, " EUR"),
     ("revenue", "revenue_eur", ",.2f", 1.0, " EUR"),
@@ -459,16 +589,61 @@ def _header(analysis: RunAnalysis) -> str:
     )
 
 
-def _cards(analysis: RunAnalysis) -> str:
+def _card(value: str, label: str, css: str = "", title: str = "", style: str = "") -> str:
+    style = f' style="{_e(style)}"' if style else ""
+    return (
+        f'<div class="card {_e(css)}" title="{_e(title)}"{style}>'
+        f'<div class="v">{_e(value)}</div><div class="k">{_e(label)}</div></div>'
+    )
+
+
+def _kpi_cards(
+    analysis: RunAnalysis, cards: Iterable[tuple[str, str, str, float, str]]
+) -> list[str]:
     kpis = analysis.kpis
-    cells = []
-    for label, key, spec, scale, unit in _CARDS:
-        value = _fmt_num(kpis.get(key), spec, scale, unit)
-        css = analysis.kpi_severity.get(key, "")
-        cells.append(
-            f'<div class="card {css}" title="{_e(KPI_DOCS.get(key, ""))}">'
-            f'<div class="v">{_e(value)}</div><div class="k">{_e(label)}</div></div>'
+    return [
+        _card(
+            _fmt_num(kpis.get(key), spec, scale, unit),
+            label,
+            analysis.kpi_severity.get(key, ""),
+            KPI_DOCS.get(key, ""),
         )
+        for label, key, spec, scale, unit in cards
+    ]
+
+
+def _cause_cards(analysis: RunAnalysis) -> list[str]:
+    """Every scored interval, counted by what became of it (left border in its colour)."""
+    kpis = analysis.kpis
+    scored, delivered = kpis.get("intervals_scored"), kpis.get("intervals_delivered")
+    cells = [
+        _card(
+            f"{_fmt(delivered)} of {_fmt(scored)}",
+            f"intervals delivered within {DELIVERED_PCT:g} %",
+            "",
+            KPI_DOCS["intervals_delivered"],
+            f"border-left:5px solid {_CAUSE_COLORS[DELIVERED]}",
+        )
+    ]
+    for cause in CAUSES:
+        key = f"intervals_{cause}"
+        cells.append(
+            _card(
+                _fmt(kpis.get(key)),
+                _CAUSE_LABELS[cause],
+                analysis.kpi_severity.get(key, ""),
+                KPI_DOCS[key],
+                f"border-left:5px solid {_CAUSE_COLORS[cause]}",
+            )
+        )
+    return cells
+
+
+def _cards(analysis: RunAnalysis) -> str:
+    cells = _kpi_cards(analysis, _PROMISE_CARDS[:1])
+    cells += _cause_cards(analysis)
+    cells += _kpi_cards(analysis, _PROMISE_CARDS[1:])
+    cells += _kpi_cards(analysis, _CARDS)
     counts = {"critical": 0, "warning": 0}
     for alert in analysis.alerts:
         if alert.get("severity") in counts:
@@ -508,40 +683,89 @@ def _table(
     return f'<div class="scroll"><table><tr>{head}</tr>{"".join(body)}</table></div>'
 
 
-def _intervals_table(record: RunRecord, error_pct: np.ndarray) -> str:
+def _cause_legend() -> str:
+    items = "".join(
+        f'<span class="swatch" style="background:{_CAUSE_COLORS[c]}"></span>{_e(_CAUSE_LABELS[c])}'
+        for c in (DELIVERED, *CAUSES)
+    )
+    return (
+        f'<p class="sub">{items}. Short = energy error above {DELIVERED_PCT:g} % or not '
+        "measured; the cause is the first that applies: an outage, else a schedule outside the "
+        "guaranteed envelope (or not known to be inside), else a broken promise.</p>"
+    )
+
+
+def _inside(value: float) -> str:
+    return "unknown" if math.isnan(value) else ("yes" if value == 1.0 else "no")
+
+
+def _intervals_table(record: RunRecord, scores: IntervalScores) -> str:
+    """Every interval, short ones highlighted by cause."""
     if record.n_intervals == 0:
         return '<p class="nodata">no schedule interval completed</p>'
     iv = record.intervals
     rows = []
     for i in range(record.n_intervals):
-        flex = iv["flex_sufficient"][i]
+        cause = str(scores.cause[i])
         rows.append(
             (
                 _utc(iv["start"][i]),
-                _fmt_num(iv["schedule_delta_w"][i], ",.2f", 1e-3),
+                _CAUSE_LABELS.get(cause, "not scored (no target)"),
                 _fmt_num(iv["energy_target_wh"][i], ",.3f", 1e-3),
                 _fmt_num(iv["energy_delivered_wh"][i], ",.3f", 1e-3),
-                _fmt_num(float(error_pct[i]), ".3f"),
+                _fmt_num(float(scores.error_pct[i]), ".3f"),
+                _inside(float(iv["inside_envelope"][i])),
+                _fmt_num(iv["outage_s"][i], ",.0f"),
+                _fmt_num(iv["shortfall_expected_wh"][i], ",.3f", 1e-3),
+                _fmt_num(iv["schedule_delta_w"][i], ",.2f", 1e-3),
                 _fmt_num(iv["error_rms_w"][i], ",.0f"),
                 _fmt_num(iv["error_max_w"][i], ",.0f"),
-                "n/a" if math.isnan(flex) else ("yes" if flex > 0.5 else "no"),
                 _fmt_num(iv["price_da_eur_mwh"][i], ",.2f"),
                 _fmt_num(iv["price_imb_eur_mwh"][i], ",.2f"),
             )
         )
     headers = (
         "start (UTC)",
-        "schedule Δ kW",
+        "cause",
         "target kWh",
         "delivered kWh",
         "error %",
+        "inside envelope",
+        "outage s",
+        "warned shortfall kWh",
+        "schedule Δ kW",
         "error rms W",
         "error max W",
-        "flex sufficient",
         "DA EUR/MWh",
         "imb EUR/MWh",
     )
-    return _table(headers, rows)
+    classes = [f"cause-{c}" if c in CAUSES else "" for c in scores.cause]
+    return _table(headers, rows, left=2, row_classes=classes)
+
+
+def _forecast_text(kpis: Mapping[str, Any]) -> str:
+    forecast = _fmt_num(kpis.get("baseline_forecast_error_pct"), ".1f", unit=" %")
+    persistence = _fmt_num(kpis.get("baseline_persistence_error_pct"), ".1f", unit=" %")
+    skill = _fmt_num(kpis.get("baseline_forecast_skill"), ".2f")
+    return (
+        f"<p>Baseline forecast error {_e(forecast)} against persistence {_e(persistence)} "
+        f"(sum |forecast - actual| / sum |actual|); skill {_e(skill)} "
+        "(1 = perfect, 0 = no better than persistence).</p>"
+    )
+
+
+def _envelope_text(kpis: Mapping[str, Any]) -> str:
+    energy = _fmt_num(kpis.get("envelope_energy_ratio"), ".1f", 100.0, " %")
+    energy_min = _fmt_num(kpis.get("envelope_energy_ratio_min"), ".1f", 100.0, " %")
+    power = _fmt_num(kpis.get("envelope_power_ratio"), ".1f", 100.0, " %")
+    power_use = _fmt_num(kpis.get("trader_power_use"), ".1f", 100.0, " %")
+    energy_use = _fmt_num(kpis.get("trader_energy_use"), ".1f", 100.0, " %")
+    return (
+        f"<p>The guaranteed envelope keeps {_e(energy)} of the plain sum's energy (lowest "
+        f"{_e(energy_min)}) and {_e(power)} of its power; the trader's decisions used "
+        f"{_e(power_use)} of the optimistic power range and {_e(energy_use)} of its energy "
+        "(means).</p>"
+    )
 
 
 def _alerts_table(alerts: Sequence[Mapping[str, Any]]) -> str:
@@ -593,8 +817,7 @@ def _run_table(run: Mapping[str, Any]) -> str:
 def render_html(analysis: RunAnalysis) -> str:
     """The whole report page for ``analysis`` (all text escaped)."""
     record = analysis.record
-    error_pct = interval_energy_error_pct(record, error_floor_w(record.samples))
-    limit_pct = analysis.thresholds.get("interval_energy_error_pct_max")
+    scores = score_intervals(record, error_floor_w(record.samples))
     sections = [
         _header(analysis),
         _cards(analysis),
@@ -602,7 +825,16 @@ def render_html(analysis: RunAnalysis) -> str:
         "<h2>Prices and schedule</h2>",
         _img(plot_prices(record), "prices and schedule"),
         "<h2>Energy per interval</h2>",
-        _img(plot_interval_energy(record, error_pct, limit_pct), "energy per interval"),
+        _cause_legend(),
+        _img(plot_interval_energy(record, scores), "energy per interval"),
+        "<h2>Intervals</h2>",
+        _intervals_table(record, scores),
+        "<h2>Baseline forecast</h2>",
+        _forecast_text(analysis.kpis),
+        _img(plot_forecast(record), "baseline forecast"),
+        "<h2>The guarantee: its cost and its use</h2>",
+        _envelope_text(analysis.kpis),
+        _img(plot_envelope(record), "envelope ratios and trader use"),
         "<h2>Battery state of charge</h2>",
         _img(plot_soc(record), "battery state of charge"),
         "<h2>Sites online</h2>",
@@ -611,8 +843,6 @@ def render_html(analysis: RunAnalysis) -> str:
         _alerts_table(analysis.alerts),
         "<h2>Scenario events</h2>",
         _events_table(record.events),
-        "<h2>Intervals</h2>",
-        _intervals_table(record, error_pct),
         "<h2>KPIs</h2>",
         _kpi_table(analysis),
         "<h2>Run</h2>",
