@@ -14,6 +14,11 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
     vpp:sites:p:{p}              hash    site id -> SiteSummary JSON (changed sites each cycle)
     vpp:ingest:p:{p}:rejected    hash    reason -> count of rejected messages
     vpp:ingest:p:{p}:counters    hash    name -> count (accepted, duplicates, backlog, ...)
+    vpp:env:{pool}:p:{p}         hash    site id -> FlexEnvelope JSON of its flexible sites
+    vpp:env:{pool}:parts         set     partitions that have envelopes for the pool
+    vpp:env:{pool}:rev           string  integer, bumped whenever a pool's envelopes change
+    vpp:envelope:{pool}          string  the pool envelope and its certificate (dispatcher)
+    vpp:plan:{pool}              string  the pool's plan in force (dispatcher)
 
 Aggregates carry their own timestamps; a reader treats an aggregate older than a few worker
 cycles as missing (its worker died and nobody has picked the partition up yet).
@@ -34,14 +39,21 @@ __all__ = [
     "SITE_POOLS_KEY",
     "SITE_POOLS_REV_KEY",
     "PartitionAggregate",
+    "PlanRecord",
     "PoolAggregate",
+    "PoolEnvelopeRecord",
     "SiteStatus",
     "SiteSummary",
     "agg_key",
     "agg_parts_key",
     "counters_key",
     "delivery_key",
+    "env_key",
+    "env_parts_key",
+    "env_rev_key",
+    "envelope_key",
     "lease_key",
+    "plan_key",
     "rejected_key",
     "sites_key",
     "state_key",
@@ -80,6 +92,29 @@ def state_key(pool_id: str) -> str:
 def delivery_key(pool_id: str) -> str:
     """The pool dispatcher's latest cycle (target, measured, shortfall), read by the API."""
     return f"{PREFIX}:dispatch:{pool_id}:delivery"
+
+
+def env_key(pool_id: str, partition: int) -> str:
+    """Envelopes of the pool's flexible sites in one partition (the worker keeps it current)."""
+    return f"{PREFIX}:env:{pool_id}:p:{partition}"
+
+
+def env_parts_key(pool_id: str) -> str:
+    return f"{PREFIX}:env:{pool_id}:parts"
+
+
+def env_rev_key(pool_id: str) -> str:
+    return f"{PREFIX}:env:{pool_id}:rev"
+
+
+def envelope_key(pool_id: str) -> str:
+    """The pool envelope the dispatcher aggregated (read by the API)."""
+    return f"{PREFIX}:envelope:{pool_id}"
+
+
+def plan_key(pool_id: str) -> str:
+    """The pool's plan in force: the schedule split, its shares, its expected shortfall."""
+    return f"{PREFIX}:plan:{pool_id}"
 
 
 def sites_key(partition: int) -> str:
@@ -160,6 +195,7 @@ class PartitionAggregate:
     # Added after v1 of this record (defaults keep older records readable during a rollout):
     uncontrolled_w: float = 0.0  # measured power of fresh *degraded* sites: no command moves it
     sites_following: int = 0  # fresh flexible sites whose telemetry says mode "cloud"
+    sites_planned: int = 0  # fresh flexible sites whose telemetry names a plan they follow
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -172,7 +208,7 @@ class PartitionAggregate:
 _SUMMED = (
     "sites_total", "sites_fresh", "sites_stale", "sites_offline", "sites_degraded",
     "measured_w", "baseline_w", "p_min_w", "p_max_w", "e_absorb_wh", "e_deliver_wh",
-    "pv_w", "load_w", "battery_w", "uncontrolled_w", "sites_following",
+    "pv_w", "load_w", "battery_w", "uncontrolled_w", "sites_following", "sites_planned",
 )  # fmt: skip
 
 
@@ -199,6 +235,7 @@ class PoolAggregate:
     battery_w: float = 0.0
     uncontrolled_w: float = 0.0
     sites_following: int = 0
+    sites_planned: int = 0
     sustain_absorb_w: tuple[float, ...] = ()
     sustain_deliver_w: tuple[float, ...] = ()
 
@@ -211,3 +248,89 @@ class PoolAggregate:
         ts = min((p.ts for p in parts), default=now)
         return cls(pool_id=pool_id, ts=ts, partitions=len(parts), sustain_absorb_w=absorb,
                    sustain_deliver_w=deliver, **sums)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PoolEnvelopeRecord:
+    """The pool's envelope as the dispatcher aggregated it (``envelope_key``): what the API
+    shows traders and checks schedules against. Per slot from ``start_ts`` (the sites' common
+    reference) at ``step_s``; deviations from ``baseline_w`` (W, + = more import), cumulative
+    stored energy from ``start_ts`` (Wh). ``guaranteed`` holds what every schedule inside it can
+    be split into over the sites (the promise), ``optimistic`` the plain sum of the sites'
+    nominal envelopes. Each is ``{"storage": {p_min_w, p_max_w, e_min_wh, e_max_wh},
+    "power_only": {p_min_w, p_max_w}}``. ``seq`` grows with every aggregation."""
+
+    pool_id: str
+    seq: int
+    as_of: float
+    start_ts: float
+    step_s: float
+    sites: int
+    sites_left_out: int
+    eta_charge: float
+    eta_discharge: float
+    baseline_w: list[float]
+    guaranteed: dict[str, dict[str, list[float]]]
+    optimistic: dict[str, dict[str, list[float]]]
+    energy_ratio: float
+    power_ratio: float
+
+    @property
+    def n(self) -> int:
+        return len(self.baseline_w)
+
+    @property
+    def end_ts(self) -> float:
+        return self.start_ts + self.n * self.step_s
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PoolEnvelopeRecord:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    """The pool's plan in force (``plan_key``): the schedules in force as a deviation per
+    slot, the split the dispatcher planned (storage and power-only parts, what each partition
+    is to deliver) and the expected shortfall: the part of the schedules the pool's envelope
+    can no longer deliver (after sites were lost), announced before the slots come.
+
+    Per slot from ``start_ts`` (the envelope's reference) at ``step_s``. ``scheduled_w`` is
+    None where no schedule is in force. ``partitions`` maps a partition (as a string: JSON
+    keys) to its planned deviation per slot, ``storage_w + power_only_w`` summed over its
+    sites."""
+
+    pool_id: str
+    plan_id: str
+    seq: int
+    issued_ts: float
+    valid_until: float
+    envelope_seq: int
+    start_ts: float
+    step_s: float
+    scheduled_w: list[float | None]
+    storage_w: list[float]
+    power_only_w: list[float]
+    shortfall_w: list[float]
+    partitions: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PlanRecord:
+        return cls(**json.loads(text))
+
+    def slot(self, t: float) -> int | None:
+        """Index of the slot holding ``t``, or None outside the plan."""
+        k = int((t - self.start_ts) // self.step_s)
+        return k if 0 <= k < len(self.storage_w) else None
+
+    def planned_w(self, partition: int, t: float) -> float:
+        """What the partition is planned to deliver at ``t`` (0 outside the plan)."""
+        k = self.slot(t)
+        series = self.partitions.get(str(partition))
+        return 0.0 if k is None or series is None else float(series[k])

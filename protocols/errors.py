@@ -28,6 +28,7 @@ class Reason(StrEnum):
     PARTITION_MISMATCH = "partition_mismatch"
     BAD_TOPIC = "bad_topic"
     WRONG_TOPIC_KIND = "wrong_topic_kind"
+    MIS_DATED = "mis_dated"  # a time that cannot be right now (an envelope from long ago)
 
 
 class ProtocolError(ValueError):

@@ -112,6 +112,7 @@ class PartitionState:
         self._mode = np.full(cap, _NO_MODE, dtype=np.int8)
         self._pool = np.full(cap, _NO_POOL, dtype=np.int32)
         self._has = np.zeros(cap, dtype=bool)
+        self._planned = np.zeros(cap, dtype=bool)
         self._status_off = np.zeros(cap, dtype=bool)
         self._changed = np.zeros(cap, dtype=bool)
         self._reported = np.full(cap, _NOT_REPORTED, dtype=np.int8)
@@ -144,6 +145,7 @@ class PartitionState:
         self._mode = grown(self._mode, _NO_MODE)
         self._pool = grown(self._pool, _NO_POOL)
         self._has = grown(self._has, False)
+        self._planned = grown(self._planned, False)
         self._status_off = grown(self._status_off, False)
         self._changed = grown(self._changed, False)
         self._reported = grown(self._reported, _NOT_REPORTED)
@@ -223,6 +225,7 @@ class PartitionState:
         )  # fmt: skip
         self._seq[i] = seq
         self._mode[i] = _MODE_CODE[t.mode]
+        self._planned[i] = t.plan_id is not None
         self._has[i] = True
         self._changed[i] = True
         return outcome
@@ -304,6 +307,7 @@ class PartitionState:
         sites_offline = count((codes == _OFFLINE) & in_pool)
         sites_degraded = count(degraded)
         sites_following = count(flex & (self._mode[:n] == _CLOUD))
+        sites_planned = count(flex & self._planned[:n])
         measured = total(fresh, col(_GRID))
         uncontrolled = total(degraded, col(_GRID))
         pv, load, batt = total(fresh, col(_PV)), total(fresh, col(_LOAD)), total(fresh, col(_BATT))
@@ -353,8 +357,23 @@ class PartitionState:
                     sustain_deliver_w=[float(d[k]) for d in deliver],
                     uncontrolled_w=float(uncontrolled[k]),
                     sites_following=int(sites_following[k]),
+                    sites_planned=int(sites_planned[k]),
                 )
             )
+        return out
+
+    def flexible_sites(self, now: float) -> dict[str, list[str]]:
+        """Pool id -> the pool's fresh sites not in degraded mode: the sites whose flexibility
+        (and so whose envelopes) the pool may count on now."""
+        n = self._n
+        if n == 0:
+            return {}
+        pool = self._pool[:n]
+        codes = self.status_codes(now)
+        flex = (codes == _FRESH) & (pool >= 0) & (self._mode[:n] != _DEGRADED)
+        out: dict[str, list[str]] = {}
+        for i in np.flatnonzero(flex).tolist():
+            out.setdefault(self._pool_ids[int(pool[i])], []).append(self._site_ids[i])
         return out
 
     def site_summaries(self, now: float, changed_only: bool = True) -> list[SiteSummary]:

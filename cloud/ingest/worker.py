@@ -9,8 +9,9 @@ One worker process (one asyncio loop, no threads):
   on the loop): ``parse_message`` validates topic and payload together; a
   :class:`ProtocolError` is counted per reason and the message dropped; telemetry goes to
   :meth:`PartitionState.apply` (dedupe, backlog, state), status to ``apply_status``, acks are
-  counted and the latest per site kept (for the dispatcher). Nothing else happens per
-  message: Redis is only touched once per cycle.
+  counted and the latest per site kept (for the dispatcher), flexibility envelopes are checked
+  for their date and the newest per site kept. Nothing else happens per message: Redis is only
+  touched once per cycle.
 * **Per cycle** (``cycle_s`` of clock time): for every partition whose lease is surely still
   held, the per-pool :class:`PartitionAggregate` (``agg_key`` + ``agg_parts_key``), the site
   summaries that changed, the counters and rejections since the last cycle, and a read of
@@ -44,6 +45,9 @@ from cloud.hotstate import (
     agg_key,
     agg_parts_key,
     counters_key,
+    env_key,
+    env_parts_key,
+    env_rev_key,
     rejected_key,
     sites_key,
 )
@@ -52,7 +56,7 @@ from cloud.ingest.mqtt_link import MqttSubscriber
 from cloud.ingest.partition_state import PartitionState
 from protocols.clock import Clock
 from protocols.errors import ProtocolError
-from protocols.messages import Ack, Status, Telemetry, parse_message
+from protocols.messages import Ack, FlexEnvelope, Status, Telemetry, encode, parse_message
 from protocols.partitions import partition_of
 from protocols.topics import SiteKind, partition_filter
 
@@ -60,7 +64,11 @@ __all__ = ["PartitionWorker"]
 
 log = logging.getLogger(__name__)
 
-_KINDS = (SiteKind.TELEMETRY, SiteKind.STATUS, SiteKind.ACK)
+_KINDS = (SiteKind.TELEMETRY, SiteKind.STATUS, SiteKind.ACK, SiteKind.ENVELOPE)
+#: An envelope whose reference lies further from now than this many of its slots is mis-dated
+#: (a clock far off, a replayed message): refused. One that has aged past it is no longer used.
+_ENVELOPE_PAST_SLOTS = 2
+_ENVELOPE_FUTURE_SLOTS = 1
 _BAD_LOG_FIRST = 10  # log each rejection reason this many times, then 1 in 1000
 _GAUGES = ("sites", "unregistered")  # counters_key fields that are set, not incremented
 _HALT_WALL_TIMEOUT_S = 10.0  # wall seconds stop() waits for the start and for the loops
@@ -113,6 +121,10 @@ class PartitionWorker:
         self._counts: dict[int, Counter[str]] = {}
         self._rejected: dict[int, Counter[str]] = {}
         self._acks: dict[int, dict[str, Ack]] = {}
+        # newest envelope per site (message, normalised JSON), and what Redis holds per pool
+        self._envelopes: dict[int, dict[str, tuple[FlexEnvelope, str]]] = {}
+        self._env_written: dict[int, dict[str, dict[str, int]]] = {}
+        self._env_reset: set[int] = set()  # partitions whose envelope keys to clear first
         self._written_pools: dict[int, set[str]] = {}
         self._resend_summaries: set[int] = set()
         self._site_pools: dict[int, dict[str, str]] = {}
@@ -125,7 +137,8 @@ class PartitionWorker:
         self._stopping = False  # stop() called
         self._halted = False  # the loops must end (stop() or a crash of run())
         self._stats: dict[str, Any] = {
-            "messages": 0, "telemetry": 0, "statuses": 0, "acks": 0, "rejected": 0,
+            "messages": 0, "telemetry": 0, "statuses": 0, "acks": 0, "envelopes": 0,
+            "rejected": 0,
             "not_owned": 0, "empty": 0, "cycles": 0, "cycle_errors": 0, "lease_errors": 0,
             "last_cycle_ms": 0.0, "max_cycle_ms": 0.0, "last_compute_ms": 0.0,
             "site_pools_reloads": 0,
@@ -293,8 +306,73 @@ class PartitionWorker:
             self._stats["acks"] += 1
             self._counts[p]["acks"] += 1
             self._acks[p][msg.site_id] = msg  # type: ignore[attr-defined]
+        elif kind is FlexEnvelope:
+            self._stats["envelopes"] += 1
+            self._apply_envelope(topic, p, msg, now)  # type: ignore[arg-type]
         else:
             self._reject(topic, "unexpected_kind", f"{msg.SCHEMA} on a subscribed topic")
+
+    def _apply_envelope(self, topic: str, p: int, env: FlexEnvelope, now: float) -> None:
+        """Keep a site's newest envelope; refuse one dated where it cannot be."""
+        step = env.step_s
+        if (
+            not now - _ENVELOPE_PAST_SLOTS * step
+            <= env.start_ts
+            <= now + _ENVELOPE_FUTURE_SLOTS * step
+        ):
+            detail = f"envelope seq {env.seq} starts at {env.start_ts:.0f}, now is {now:.0f}"
+            self._reject(topic, "mis_dated", detail)
+            return
+        held = self._envelopes[p].get(env.site_id)
+        if held is not None and (env.start_ts, env.seq) <= (held[0].start_ts, held[0].seq):
+            self._counts[p]["envelope_older"] += 1
+            return
+        self._envelopes[p][env.site_id] = (env, encode(env).decode())
+        self._counts[p]["envelope"] += 1
+
+    def _envelope_writes(
+        self, pipe: Any, p: int, state: PartitionState, now: float
+    ) -> dict[str, dict[str, int]]:
+        """Queue the changes of the partition's envelope keys; return what they will hold.
+
+        A pool's key holds the newest envelope of each of its flexible sites (fresh, not
+        degraded) whose envelope is still current; everything else leaves it."""
+        held = self._envelopes[p]
+        wanted: dict[str, dict[str, int]] = {}
+        for pool_id, sites in state.flexible_sites(now).items():
+            current = {}
+            for site_id in sites:
+                entry = held.get(site_id)
+                if (
+                    entry is not None
+                    and now - entry[0].start_ts <= _ENVELOPE_PAST_SLOTS * entry[0].step_s
+                ):
+                    current[site_id] = entry[0].seq
+            if current:
+                wanted[pool_id] = current
+        written = {} if p in self._env_reset else self._env_written.get(p, {})
+        if p in self._env_reset:  # a new owner: whatever an earlier one left is cleared
+            for pool_id in {*state.pools(), *wanted}:
+                pipe.delete(env_key(pool_id, p))
+                pipe.srem(env_parts_key(pool_id), p)
+                pipe.incr(env_rev_key(pool_id))
+        for pool_id in {*written, *wanted}:
+            old, new = written.get(pool_id, {}), wanted.get(pool_id, {})
+            changed = {s: held[s][1] for s, seq in new.items() if old.get(s) != seq}
+            gone = [s for s in old if s not in new]
+            if not changed and not gone:
+                continue
+            if changed:
+                pipe.hset(env_key(pool_id, p), mapping=changed)
+            if gone:
+                pipe.hdel(env_key(pool_id, p), *gone)
+            if new:
+                pipe.sadd(env_parts_key(pool_id), p)
+            else:
+                pipe.delete(env_key(pool_id, p))
+                pipe.srem(env_parts_key(pool_id), p)
+            pipe.incr(env_rev_key(pool_id))
+        return wanted
 
     def _reject(self, topic: str, reason: str, detail: str) -> None:
         self._stats["rejected"] += 1
@@ -341,6 +419,9 @@ class PartitionWorker:
             self._counts.pop(p, None)
             self._rejected.pop(p, None)
             self._acks.pop(p, None)
+            self._envelopes.pop(p, None)
+            self._env_written.pop(p, None)
+            self._env_reset.discard(p)
             self._written_pools.pop(p, None)
             self._resend_summaries.discard(p)
             self._link.unsubscribe(partition_filter(p, k) for k in _KINDS)
@@ -355,6 +436,9 @@ class PartitionWorker:
             self._counts[p] = Counter()
             self._rejected[p] = Counter()
             self._acks[p] = {}
+            self._envelopes[p] = {}
+            self._env_written[p] = {}
+            self._env_reset.add(p)
             self._written_pools[p] = set()
             self._link.subscribe(partition_filter(p, k) for k in _KINDS)
             log.info("%s partition=%d: owned; subscribing (%d registered sites)",
@@ -410,6 +494,7 @@ class PartitionWorker:
         counts: dict[int, Counter[str]] = {}
         rejected: dict[int, Counter[str]] = {}
         written: dict[int, set[str]] = {}
+        env_written: dict[int, dict[str, dict[str, int]]] = {}
         for p, state in self._states.items():
             if not self._leases.valid(p):
                 continue  # lease may be someone else's by now: write nothing
@@ -422,6 +507,7 @@ class PartitionWorker:
                 pipe.delete(agg_key(gone, p))
                 pipe.srem(agg_parts_key(gone), p)
             written[p] = pools_now
+            env_written[p] = self._envelope_writes(pipe, p, state, now)
             resend = p in self._resend_summaries
             summaries = state.site_summaries_json(now, changed_only=not resend)
             if summaries:
@@ -448,6 +534,7 @@ class PartitionWorker:
                     self._counts[p].update(c)
                     self._rejected[p].update(rejected[p])
                     self._resend_summaries.add(p)
+            self._env_reset.update(env_written)  # unsure what Redis holds: rewrite it all
             return
         finally:
             self._link.resume_reading()
@@ -455,6 +542,10 @@ class PartitionWorker:
             if p in self._written_pools:
                 self._written_pools[p] = pools_now
             self._resend_summaries.discard(p)
+        for p, held in env_written.items():
+            if p in self._env_written:
+                self._env_written[p] = held
+                self._env_reset.discard(p)
         rev = results[-1]
         if rev != self._site_pools_rev or self._site_pools_stale:
             try:

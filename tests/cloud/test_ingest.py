@@ -29,13 +29,25 @@ from cloud.hotstate import (
     agg_key,
     agg_parts_key,
     counters_key,
+    env_key,
+    env_parts_key,
+    env_rev_key,
     lease_key,
     rejected_key,
     sites_key,
 )
 from cloud.ingest.worker import PartitionWorker
 from protocols.clock import ManualClock, SimClock
-from protocols.messages import Flexibility, SiteState, Status, Telemetry, encode
+from protocols.messages import (
+    FlexEnvelope,
+    Flexibility,
+    SiteState,
+    Status,
+    StorageEnvelope,
+    Telemetry,
+    decode,
+    encode,
+)
 from protocols.partitions import partition_of
 from protocols.topics import site_topic
 
@@ -548,3 +560,89 @@ async def test_stop_ends_within_bounds_at_awkward_moments(
             await clock.advance_async(1.0)
             await until(lambda n=n: w.stats["cycles"] >= n, what=f"cycle {n}")
         await stop_within(w, task, redis_client, moment)
+
+
+def envelope(site: str, seq: int, start_ts: float, now: float) -> FlexEnvelope:
+    n = 4
+    return FlexEnvelope(
+        site_id=site,
+        seq=seq,
+        ts=now,
+        start_ts=start_ts,
+        baseline_w=[100.0 * seq] * n,
+        storage=StorageEnvelope(
+            p_min_w=[-3000.0] * n,
+            p_max_w=[3000.0] * n,
+            e_min_wh=[-2000.0] * n,
+            e_max_wh=[1000.0] * n,
+            power_w=[500.0] * n,
+        ),
+    )
+
+
+def envelopes_held(r: redis.Redis, pool: str) -> dict[str, int]:
+    """Site -> envelope seq in the pool's envelope keys, as the dispatcher reads them."""
+    out = {}
+    for p in r.smembers(env_parts_key(pool)):
+        for site, raw in r.hgetall(env_key(pool, int(p))).items():
+            out[site] = decode(raw).seq
+    return out
+
+
+async def test_envelopes_of_the_pools_flexible_sites_are_kept_current_in_redis(
+    mosquitto, redis_url: str, redis_client: redis.Redis, pubs: Publishers
+) -> None:
+    """The newest envelope of each fresh, non-degraded site; a mis-dated one refused and
+    counted, an older one ignored, a site that goes stale or degraded leaves, and comes back
+    with its envelope when it is flexible again."""
+    rng = random.Random(11)
+    sites = ["env-a", "env-b", "env-c", "env-d"]
+    register(redis_client, dict.fromkeys(sites, "pool-e"))
+    clock = SimClock(speed=5.0)
+    worker = make_worker(mosquitto, redis_url, clock, stale_intervals=3)
+    async with running(worker):
+        await subscribed_all(worker)
+        now = clock.time()
+        ref = now - now % 900
+
+        def publish_envelope(env: FlexEnvelope) -> None:
+            topic = site_topic(partition_of(env.site_id, P), env.site_id, "envelope")
+            pubs.publish(topic, encode(env), retain=True)
+
+        for site in sites:
+            send(pubs, telemetry(site, 1, now, rng, interval_s=2.0, mode="fallback"))
+        send(pubs, telemetry("env-d", 2, now + 0.1, rng, interval_s=600.0, mode="degraded"))
+        for i, site in enumerate(sites):
+            publish_envelope(envelope(site, 5 + i, ref, now))
+        publish_envelope(envelope("env-a", 4, ref, now))  # older: ignored
+        old = ref - 5 * 900
+        publish_envelope(envelope("env-b", 9, old, old + 5))  # from long ago: refused
+        await asyncio.to_thread(pubs.flush)
+        rev0 = int(redis_client.get(env_rev_key("pool-e")) or 0)
+        await until(
+            lambda: envelopes_held(redis_client, "pool-e") == {"env-a": 5, "env-b": 6, "env-c": 7},
+            what="the three flexible sites' envelopes",
+        )
+        assert int(redis_client.get(env_rev_key("pool-e"))) > rev0
+        assert worker.stats["rejected_by_reason"] == {"mis_dated": 1}
+        counters = [redis_client.hgetall(counters_key(p)) for p in range(P)]
+        assert sum(int(c.get("envelope_older", 0)) for c in counters) == 1
+        # env-a and env-b stop reporting (stale after 3 intervals of 2 s); env-c goes on
+        for k in range(2, 12):
+            send(pubs, telemetry("env-c", k, clock.time(), rng, interval_s=2.0, mode="fallback"))
+            await asyncio.to_thread(pubs.flush)
+            await asyncio.sleep(2.0 / 5.0)
+        await until(
+            lambda: envelopes_held(redis_client, "pool-e") == {"env-c": 7},
+            what="the stale sites' envelopes gone",
+        )
+        # env-a is back: its envelope (held by the worker) comes back with it
+        send(pubs, telemetry("env-a", 20, clock.time(), rng, interval_s=60.0, mode="cloud"))
+        await asyncio.to_thread(pubs.flush)
+        await until(
+            lambda: envelopes_held(redis_client, "pool-e") == {"env-a": 5, "env-c": 7},
+            what="env-a back",
+        )
+        for site in sites:  # leave the session broker clean
+            pubs.publish(site_topic(partition_of(site, P), site, "envelope"), b"", retain=True)
+        await asyncio.to_thread(pubs.flush)
