@@ -18,7 +18,14 @@ from protocols.messages import DeviceKind
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
 from protocols.topics import SITE_ID_PATTERN
 
-__all__ = ["AgentSettings", "ConfigError", "DeviceConfig", "EdgeConfig", "load_config"]
+__all__ = [
+    "AgentSettings",
+    "ConfigError",
+    "DeviceConfig",
+    "EdgeConfig",
+    "ForecastSection",
+    "load_config",
+]
 
 
 class ConfigError(ValueError):
@@ -33,6 +40,9 @@ class SiteSection(_Section):
     id: Annotated[str, Field(pattern=SITE_ID_PATTERN.pattern)]
     partitions: Annotated[int, Field(ge=1, le=65536)] = DEFAULT_PARTITION_COUNT
     partition: Annotated[int, Field(ge=0, le=65535)] | None = None
+    # where the site is (the installer enters the address): the forecast's sun path
+    latitude: Annotated[float, Field(ge=-90, le=90)] | None = None
+    longitude: Annotated[float, Field(ge=-180, le=180)] | None = None
 
     @model_validator(mode="after")
     def _partition_matches(self) -> Self:
@@ -42,6 +52,8 @@ class SiteSection(_Section):
                 f"partition {self.partition} does not match site id {self.id!r}, which hashes "
                 f"to partition {expected} of {self.partitions}; remove 'partition' or fix it"
             )
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("give both latitude and longitude, or neither")
         return self
 
     @property
@@ -131,6 +143,25 @@ class ControlSection(_Section):
     min_write_interval_s: Annotated[float, Field(ge=1, le=600)] = 1.0
 
 
+class ForecastSection(_Section):
+    """The site's forecast and flexibility envelope (``edge.forecast``); every field optional."""
+
+    eta_charge: Annotated[float, Field(gt=0.5, le=1.0)] = 0.95
+    eta_discharge: Annotated[float, Field(gt=0.5, le=1.0)] = 0.95
+    pv_peak_w: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+    history_days: Annotated[int, Field(ge=2, le=60)] = 14
+    horizon_h: Annotated[float, Field(ge=1, le=48)] = 24.0
+    guarantee_quantile: Annotated[float, Field(ge=0.5, le=0.999)] = 0.95
+    hp_hysteresis_k: Annotated[float, Field(ge=0, le=5)] = 0.4
+    utc_offset_h: Annotated[float, Field(ge=-14, le=14)] | None = None
+
+    @model_validator(mode="after")
+    def _whole_slots(self) -> Self:
+        if (self.horizon_h * 4) % 1:
+            raise ValueError(f"horizon_h ({self.horizon_h}) must be whole quarter hours")
+        return self
+
+
 class DeviceConfig(_Section):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")]
     host: Annotated[str, Field(min_length=1, max_length=253)]
@@ -145,6 +176,7 @@ class EdgeConfig(_Section):
     agent: AgentSettings = AgentSettings()
     limits: LimitsSection
     control: ControlSection = ControlSection()
+    forecast: ForecastSection = ForecastSection()
     devices: Annotated[list[DeviceConfig], Field(min_length=1, max_length=32)]
 
     @model_validator(mode="after")

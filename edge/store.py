@@ -46,6 +46,7 @@ from protocols.clock import Clock
 __all__ = [
     "DEFAULT_RETENTION_S",
     "DEFAULT_SENT_KEEP_S",
+    "FORECAST_SLOT_FIELDS",
     "MIGRATIONS",
     "EdgeStore",
     "OutboxRecord",
@@ -64,6 +65,23 @@ _KEY_MAX_SEQ = "outbox.max_seq"
 _KEY_SENT_TOTAL = "outbox.sent_total"
 _KEY_DROPPED_TOTAL = "outbox.dropped_total"
 _SQL_VARS_PER_STATEMENT = 500  # well below SQLite's variable limit
+
+FORECAST_SLOT_FIELDS = (
+    "load_w",
+    "load_std_w",
+    "pv_w",
+    "pv_available_w",
+    "heat_pump_w",
+    "outdoor_c",
+    "indoor_c",
+    "battery_w",
+    "soc_pct",
+    "grid_w",
+    "baseline_grid_w",
+    "cloud_share",
+)
+"""Per-slot means kept by the forecast's history (``load_std_w``: the within-slot spread;
+``cloud_share``: the fraction of the slot's cycles that followed the cloud, 0..1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +145,27 @@ def m002_dispatch_log(db: sqlite_utils.Database) -> None:
     )
     db.execute("CREATE INDEX dispatch_log_received ON dispatch_log(received_ts)")
     db.execute("CREATE INDEX dispatch_log_dispatch_id ON dispatch_log(dispatch_id)")
+
+
+@MIGRATIONS()
+def m003_forecast_history(db: sqlite_utils.Database) -> None:
+    """The forecast's quarter-hour history and the forecasts it issued (``edge.forecast``).
+
+    ``forecast_slot``: one row per 15-min slot (``slot_ts`` = its start, Unix s): the means of
+    what the agent measured, the load's within-slot std, what its own fallback would have
+    drawn from the grid (the baseline), and how much of the slot it followed the cloud.
+    ``forecast_issued``: the component forecasts the forecaster issued (about one an hour,
+    JSON), compared with what happened to learn its own errors. Both are pruned by age.
+    """
+    columns = ", ".join(f"{name} REAL" for name in FORECAST_SLOT_FIELDS)
+    db.execute(
+        "CREATE TABLE forecast_slot ("
+        " slot_ts INTEGER PRIMARY KEY,"
+        " samples INTEGER NOT NULL,"
+        " covered_s REAL NOT NULL,"
+        f" {columns})"
+    )
+    db.execute("CREATE TABLE forecast_issued (issue_ts INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
 
 
 # --- the store ----------------------------------------------------------------------------
@@ -353,6 +392,58 @@ class EdgeStore:
         ).fetchall()
         keys = ("dispatch_id", "seq", "received_ts", "payload", "outcome")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    # --- forecast history ---------------------------------------------------------------
+
+    def append_forecast_slot(
+        self, slot_ts: int, samples: int, covered_s: float, values: dict[str, float | None]
+    ) -> None:
+        """Store one closed 15-min slot of the forecast's history (replaces a row of the same
+        slot: a restart inside a slot writes what it saw of it). Unknown keys are refused."""
+        unknown = set(values) - set(FORECAST_SLOT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown forecast slot fields: {', '.join(sorted(unknown))}")
+        row = [None if values.get(k) is None else float(values[k]) for k in FORECAST_SLOT_FIELDS]
+        marks = ", ".join("?" * (3 + len(FORECAST_SLOT_FIELDS)))
+        with self._db.atomic():
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO forecast_slot (slot_ts, samples, covered_s,"
+                f" {', '.join(FORECAST_SLOT_FIELDS)}) VALUES ({marks})",
+                (int(slot_ts), int(samples), float(covered_s), *row),
+            )
+
+    def forecast_slots(self, since_ts: float | None = None) -> list[dict[str, Any]]:
+        """Stored slots from ``since_ts`` on (all without it), oldest first; each a dict with
+        ``slot_ts``, ``samples``, ``covered_s`` and every field of FORECAST_SLOT_FIELDS."""
+        cols = ("slot_ts", "samples", "covered_s", *FORECAST_SLOT_FIELDS)
+        rows = self._conn.execute(
+            f"SELECT {', '.join(cols)} FROM forecast_slot WHERE slot_ts >= ? ORDER BY slot_ts",
+            (-(2**62) if since_ts is None else int(since_ts),),
+        ).fetchall()
+        return [dict(zip(cols, row, strict=True)) for row in rows]
+
+    def append_issued_forecast(self, issue_ts: int, payload: dict[str, Any]) -> None:
+        """Store a forecast the forecaster issued (JSON), replacing one of the same time."""
+        with self._db.atomic():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO forecast_issued (issue_ts, payload) VALUES (?, ?)",
+                (int(issue_ts), json.dumps(payload, separators=(",", ":"))),
+            )
+
+    def issued_forecasts(self, since_ts: float | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """Issued forecasts from ``since_ts`` on, oldest first, as ``(issue_ts, payload)``."""
+        rows = self._conn.execute(
+            "SELECT issue_ts, payload FROM forecast_issued WHERE issue_ts >= ? ORDER BY issue_ts",
+            (-(2**62) if since_ts is None else int(since_ts),),
+        ).fetchall()
+        return [(int(ts), json.loads(payload)) for ts, payload in rows]
+
+    def prune_forecast_history(self, before_ts: float) -> int:
+        """Delete forecast slots and issued forecasts older than ``before_ts``; how many."""
+        with self._db.atomic():
+            a = self._conn.execute("DELETE FROM forecast_slot WHERE slot_ts < ?", (before_ts,))
+            b = self._conn.execute("DELETE FROM forecast_issued WHERE issue_ts < ?", (before_ts,))
+        return a.rowcount + b.rowcount
 
     # --- lifecycle ------------------------------------------------------------------------
 

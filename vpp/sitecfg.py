@@ -59,10 +59,16 @@ def site_configs(
     by_site: dict[str, list[dict[str, Any]]] = {}
     for device in manifest["devices"]:
         by_site.setdefault(device["site_id"], []).append(device)
+    locations = manifest.get("locations") or {}
     configs = {}
     for site_id, devices in by_site.items():
+        site: dict[str, Any] = {"id": site_id, "partitions": partitions}
+        where = locations.get(site_id)
+        if where is not None:  # manifests before the locations map have none
+            site["latitude"] = float(where["latitude"])
+            site["longitude"] = float(where["longitude"])
         configs[site_id] = {
-            "site": {"id": site_id, "partitions": partitions},
+            "site": site,
             "mqtt": {"url": mqtt_url},
             "agent": {"db_path": str(db_dir / f"{site_id}.sqlite"), **(agent or {})},
             "limits": {"grid_import_w": 17_250.0, "grid_export_w": 10_000.0, **(limits or {})},

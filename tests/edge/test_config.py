@@ -65,6 +65,17 @@ BROKEN = [
     ("devices.1.id", "inverter", "device ids must be unique; repeated: inverter"),
     ("devices.1.unit_id", 1, "share the same host, port and unit_id"),
     ("devices.0.kind", "meter", "at most one meter"),
+    ("site.longitude", ..., "give both latitude and longitude, or neither"),
+    ("site.latitude", 95, "site.latitude"),
+    ("site.longitude", -181, "site.longitude"),
+    ("forecast.eta_charge", 0.3, "forecast.eta_charge"),
+    ("forecast.eta_discharge", 1.2, "forecast.eta_discharge"),
+    ("forecast.horizon_h", 1.1, "horizon_h (1.1) must be whole quarter hours"),
+    ("forecast.horizon_h", 72, "forecast.horizon_h"),
+    ("forecast.history_days", 1, "forecast.history_days"),
+    ("forecast.guarantee_quantile", 0.4, "forecast.guarantee_quantile"),
+    ("forecast.pv_peak_w", 0, "forecast.pv_peak_w"),
+    ("forecast.horizon", 24, "forecast.horizon: unknown field"),
 ]
 
 
@@ -107,3 +118,35 @@ def test_password_file_is_read(tmp_path):
     missing = EdgeConfig.from_dict(edit("mqtt.password_file", str(tmp_path / "none")))
     with pytest.raises(ConfigError, match=r"mqtt\.password_file"):
         missing.mqtt.resolved_password()
+
+
+def test_the_forecast_settings_of_the_example_and_their_defaults():
+    config = load_config(EXAMPLE)
+    assert (config.site.latitude, config.site.longitude) == (50.85, 4.35)
+    assert config.forecast.eta_charge == config.forecast.eta_discharge == 0.95
+    assert config.forecast.history_days == 14
+    assert config.forecast.horizon_h == 24
+    # a config from before the forecast (no location, no [forecast]) is still valid
+    data = example()
+    del data["forecast"], data["site"]["latitude"], data["site"]["longitude"]
+    old = EdgeConfig.from_dict(data)
+    assert old.site.latitude is None
+    assert old.forecast.eta_charge == 0.95
+    assert old.forecast.pv_peak_w is None
+    assert old.forecast.guarantee_quantile == 0.95
+
+
+def test_site_configs_take_the_location_from_the_fleet_manifest():
+    from vpp.sitecfg import render_toml, site_configs
+
+    device = {"site_id": "s-1", "kind": "meter", "host": "127.0.0.1", "port": 5020, "unit_id": 3}
+    manifest = {"devices": [device, {**device, "site_id": "s-2"}]}
+    manifest["locations"] = {"s-1": {"latitude": 50.5, "longitude": 4.25}}
+    configs = site_configs(manifest, "mqtt://127.0.0.1:1883", Path("/tmp"))
+    assert configs["s-1"]["site"]["latitude"] == 50.5
+    assert configs["s-1"]["site"]["longitude"] == 4.25
+    assert "latitude" not in configs["s-2"]["site"]  # not in the map: no location
+    loaded = EdgeConfig.from_dict(tomllib.loads(render_toml(configs["s-1"])))
+    assert (loaded.site.latitude, loaded.site.longitude) == (50.5, 4.25)
+    del manifest["locations"]  # a manifest from before the locations map
+    assert "latitude" not in site_configs(manifest, "mqtt://h:1", Path("/tmp"))["s-1"]["site"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from edge.store import MIGRATIONS, EdgeStore, OutboxRecord
+from edge.store import FORECAST_SLOT_FIELDS, MIGRATIONS, EdgeStore, OutboxRecord
 from protocols.clock import ManualClock
 
 REPO = Path(__file__).resolve().parents[2]
@@ -248,3 +248,52 @@ def test_kill_9_in_the_middle_of_writing_loses_no_committed_record(db_path, cloc
     assert stored[: len(committed)] == committed
     assert len(stored) - len(committed) <= 1  # committed, killed before the print
     assert stored == list(range(len(stored)))
+
+
+# --- the forecast's history (m003) ---------------------------------------------------------
+
+
+def test_a_file_before_the_forecast_gains_its_tables_and_keeps_its_data(db_path, clock):
+    """Expand step: a file of an agent that knew m001-m002 gains the forecast's tables."""
+    db_path.parent.mkdir(parents=True)
+    db = sqlite_utils.Database(db_path)
+    MIGRATIONS.apply(db, stop_before="m003_forecast_history")
+    db.execute("INSERT INTO outbox (seq, ts, payload) VALUES (3, ?, x'7b7d')", (clock.time(),))
+    assert "forecast_slot" not in db.table_names()
+    db.close()
+    with EdgeStore(db_path, clock) as store:
+        assert store.unsent(10) == [OutboxRecord(3, clock.time(), b"{}")]
+        assert store.forecast_slots() == []
+        assert store.issued_forecasts() == []
+    db = sqlite_utils.Database(db_path)
+    assert {"forecast_slot", "forecast_issued"} <= set(db.table_names())
+    db.close()
+
+
+def test_forecast_slots_round_trip_replace_and_prune(db_path, clock):
+    values = {name: None for name in FORECAST_SLOT_FIELDS}
+    with EdgeStore(db_path, clock) as store:
+        for k in range(4):
+            store.append_forecast_slot(900 * k, 900, 899.0, values | {"load_w": 100.0 + k})
+        # a restart inside slot 3 writes that slot again: it replaces the row
+        store.append_forecast_slot(2700, 10, 10.0, values | {"load_w": 7.0, "soc_pct": 55.5})
+    with EdgeStore(db_path, clock) as store:
+        rows = store.forecast_slots()
+        assert [r["slot_ts"] for r in rows] == [0, 900, 1800, 2700]
+        assert [r["load_w"] for r in rows] == [100.0, 101.0, 102.0, 7.0]
+        assert rows[3]["soc_pct"] == 55.5
+        assert rows[3]["samples"] == 10
+        assert rows[0]["grid_w"] is None
+        assert set(rows[0]) == {"slot_ts", "samples", "covered_s", *FORECAST_SLOT_FIELDS}
+        assert [r["slot_ts"] for r in store.forecast_slots(since_ts=1800)] == [1800, 2700]
+        store.append_issued_forecast(0, {"slot": 0, "load_w": [1.5]})
+        store.append_issued_forecast(3600, {"slot": 4, "load_w": [2.5]})
+        assert store.issued_forecasts(since_ts=1) == [(3600, {"slot": 4, "load_w": [2.5]})]
+        assert store.prune_forecast_history(1800) == 3  # two slots, one issued forecast
+        assert [r["slot_ts"] for r in store.forecast_slots()] == [1800, 2700]
+        assert [ts for ts, _ in store.issued_forecasts()] == [3600]
+
+
+def test_forecast_slot_refuses_unknown_fields(db_path, clock):
+    with EdgeStore(db_path, clock) as store, pytest.raises(ValueError, match="load_kw"):
+        store.append_forecast_slot(0, 1, 1.0, {"load_kw": 1.0})
