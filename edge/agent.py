@@ -15,6 +15,14 @@ Every poll interval (clock time) the agent
 Every telemetry interval it stores one telemetry record in SQLite *before* handing it to the
 uplink, so nothing measured is lost to a broker outage or a kill -9.
 
+Its forecaster (:mod:`edge.forecast`) observes every cycle; at every quarter-hour boundary
+(a few seconds after, spread by the site's id so a fleet does not compute at once) and when
+the site's capability changes (a device lost or back) the agent publishes its flexibility
+envelope. The cloud's plan (:class:`~protocols.messages.PartitionPlan`) names the envelope it
+was made of; the agent works out its own share from it and follows it, also open loop when
+the broker or the cloud is away, until the plan's validity ends; partition signals correct
+around it.
+
 Many agents share one asyncio loop (the demo runs hundreds per process): the agent never
 blocks, and all timing comes from the injected clock.
 """
@@ -25,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,24 +60,31 @@ from edge.drivers import (
     detect_kind,
     make_driver,
 )
+from edge.forecast import Forecaster, ForecastSettings, HeatPumpNow, SiteNow
 from edge.store import EdgeStore, OutboxRecord
 from edge.uplink import Uplink
 from protocols.clock import Clock
+from protocols.flexplan import site_share
 from protocols.messages import (
     Ack,
     Config,
     DeviceKind,
     DeviceReading,
     Dispatch,
+    FlexEnvelope,
     Mode,
+    PartitionPlan,
     PartitionSignal,
+    PlanBasis,
     Telemetry,
+    decode,
     encode,
 )
 
 __all__ = ["AGENT_VERSION", "ActiveCommand", "CycleState", "SiteAgent"]
 
 AGENT_VERSION = "0.1.0"
+SLOT_S = 900.0  # the envelope's and the plan's quarter hours
 log = logging.getLogger("edge.agent")
 
 PV_CURTAILED_FRACTION = 0.97  # PV at >= 97 % of our limit: assume the limit is what holds it
@@ -86,9 +102,40 @@ class ActiveCommand:
     valid_until: float
     target_w: float | None = None  # dispatch
     level: float | None = None  # signal
+    basis: PlanBasis = PlanBasis.BASELINE  # signal: what level 0 stands for
 
     def valid(self, now: float) -> bool:
         return self.issued_ts - 5.0 <= now < self.valid_until
+
+
+@dataclass(frozen=True)
+class PlanShare:
+    """This site's share of the pool's energy plan: planned deviation from its baseline per
+    slot (W, + = more import), split into what its storage and its power-only flexibility
+    deliver. Followed open loop while valid, also with no broker or cloud."""
+
+    plan_id: str
+    issued_ts: float
+    valid_until: float
+    start_ts: float
+    step_s: float
+    storage_w: tuple[float, ...]
+    power_only_w: tuple[float, ...]
+
+    def at(self, now: float) -> float | None:
+        """The planned deviation now, or None when the plan is not in force."""
+        if not self.issued_ts - 5.0 <= now < self.valid_until:
+            return None
+        k = math.floor((now - self.start_ts) / self.step_s)
+        if not 0 <= k < len(self.storage_w):
+            return None
+        return self.storage_w[k] + self.power_only_w[k]
+
+
+#: envelopes the agent keeps (in memory and in its store) for the plans that name them
+ENVELOPES_KEPT = 4
+#: the envelope goes out this long after a quarter-hour boundary at most, spread by site id
+ENVELOPE_SPREAD_S = 20.0
 
 
 #: below the boosted setpoint by this much, a thermostat is sure to start the compressor
@@ -125,6 +172,7 @@ class CycleState:
     flex: SiteFlexibility
     command: ActiveCommand | None
     lost: list[str] = field(default_factory=list)
+    plan_id: str | None = None  # the plan whose share the site delivers now
 
 
 class _SiteLog(logging.LoggerAdapter):
@@ -165,6 +213,15 @@ class SiteAgent:
         self._hp_normal_w = 0.0
         self.flags: dict[str, bool] = {}
         self.pool_id: str | None = None  # from the cloud's config; scopes partition signals
+        self.plan: PartitionPlan | None = None  # the newest plan of our pool and partition
+        self.share: PlanShare | None = None  # our share of it (None: not in it, or unknown)
+        self.envelopes: dict[int, FlexEnvelope] = {}  # the last few we published, by seq
+        self.forecaster: Forecaster | None = None
+        self._envelope_slot: int | None = None  # the boundary of the last envelope published
+        self._envelope_capability: tuple[str, ...] | None = None  # what it was made with
+        self._envelope_delay_s = (
+            ENVELOPE_SPREAD_S * (zlib.crc32(self.site_id.encode()) % 1000) / 1000
+        )
         # Partition signals are ordered by (issued_ts, seq): a standby dispatcher whose seq
         # counter starts lower (e.g. after a Redis restart) must still be obeyed at once.
         self._last_signal_key: tuple[float, int] = (float("-inf"), -1)
@@ -181,6 +238,14 @@ class SiteAgent:
             "signals_out_of_order": 0,
             "configs": 0,
             "config_ignored": 0,
+            "plans": 0,
+            "plans_other_pool": 0,
+            "plans_out_of_order": 0,
+            "plans_without_us": 0,
+            "plans_envelope_unknown": 0,
+            "plans_rejected": 0,
+            "envelopes": 0,
+            "envelope_errors": 0,
             "errors": 0,
         }
 
@@ -208,6 +273,14 @@ class SiteAgent:
         saved = self.store.get_state("config") or {}
         self.flags = dict(saved.get("flags", {}))
         self.pool_id = saved.get("pool_id")
+        self.forecaster = Forecaster(
+            self.site_id, ForecastSettings.from_config(cfg), store=self.store
+        )
+        for raw in self.store.get_state("envelopes") or []:
+            with contextlib.suppress(ValueError):  # an unreadable old record is dropped
+                envelope = decode(raw)
+                if isinstance(envelope, FlexEnvelope):
+                    self.envelopes[envelope.seq] = envelope
         for dev in cfg.devices:
             key = (dev.host, dev.port)
             link = self.links.get(key)
@@ -339,7 +412,92 @@ class SiteAgent:
         await self._apply(state)
         self.state = state
         self.counters["cycles"] += 1
+        self._observe(now, state, fresh)
+        self._maybe_publish_envelope(now, state, fresh)
         return state
+
+    # --- forecast and envelope ---------------------------------------------------------------
+
+    def _observe(
+        self, now: float, state: CycleState, fresh: dict[DeviceKind, Reading | None]
+    ) -> None:
+        """Feed the forecaster this cycle's measurements and what the baseline would do."""
+        if self.forecaster is None or state.inputs is None:
+            return
+        battery = state.inputs.battery
+        self.forecaster.observe(
+            now,
+            load_w=state.inputs.load_w,
+            pv_w=state.pv_w,
+            pv_available_w=state.inputs.pv_available_w,
+            heat_pump_w=state.heat_pump_w,
+            outdoor_c=_value(fresh.get(DeviceKind.HEAT_PUMP), "outdoor_c"),
+            indoor_c=state.indoor_c,
+            battery_w=state.battery_w,
+            soc_pct=state.soc_pct,
+            grid_w=state.grid_w,
+            baseline_grid_w=None if state.baseline is None else state.baseline.grid_w,
+            following_cloud=state.mode is Mode.CLOUD,
+            battery_setpoint_w=None if state.plan is None else _finite(state.plan.battery_w),
+            max_charge_w=None if battery is None else battery.max_charge_w,
+            max_discharge_w=None if battery is None else battery.max_discharge_w,
+        )
+
+    def _maybe_publish_envelope(
+        self, now: float, state: CycleState, fresh: dict[DeviceKind, Reading | None]
+    ) -> None:
+        """Publish the envelope when it is due: at each quarter-hour boundary (after the
+        site's spread delay), at once when the site's capability changed, and at the first
+        cycle with measurements (from the slot under way: nothing was followed before)."""
+        if self.forecaster is None or state.inputs is None:
+            return
+        slot = int(now // SLOT_S)
+        capability = (
+            state.mode.value if state.mode is Mode.DEGRADED else "ok",
+            *sorted(state.lost),
+        )
+        last = self._envelope_slot
+        first = last is None
+        changed = last is not None and capability != self._envelope_capability
+        due = last is not None and slot > last and now - slot * SLOT_S >= self._envelope_delay_s
+        if not (first or changed or due):
+            return
+        hp = fresh.get(DeviceKind.HEAT_PUMP)
+        inv = fresh.get(DeviceKind.PV_INVERTER)
+        heat_pump = None
+        if state.inputs.heat_pump is not None and state.heat_pump_w is not None:
+            heat_pump = HeatPumpNow(
+                indoor_c=state.inputs.heat_pump.indoor_c,
+                power_w=state.heat_pump_w,
+                setpoint_c=_value(hp, "setpoint_c"),
+                boost_k=_value(hp, "boost_k"),
+                power_limit_w=_value(hp, "power_limit_w"),
+                rated_w=_value(hp, "rated_w"),
+                boosted=_value(hp, "sg_ready") == SgReady.RECOMMENDED,
+            )
+        site = SiteNow(
+            battery=state.inputs.battery,
+            heat_pump=heat_pump,
+            pv=inv is not None,
+            pv_rated_w=_value(inv, "rated_w"),
+            outdoor_c=_value(hp, "outdoor_c"),
+            thermal=self.thermal.model,
+            degraded=(f"lost: {', '.join(state.lost)}" if state.lost else None)
+            if state.mode is Mode.DEGRADED
+            else None,
+        )
+        seq = max(self.envelopes, default=-1) + 1
+        try:
+            # an agent that just started followed its baseline since the boundary
+            envelope = self.forecaster.envelope(now, site, self.limits, seq, current_slot=first)
+        except Exception:  # a forecast bug must not stop control: no envelope, counted
+            self.counters["envelope_errors"] += 1
+            self.log.exception("envelope failed")
+            self._envelope_slot, self._envelope_capability = slot, capability
+            return
+        self._envelope_slot, self._envelope_capability = slot, capability
+        self.counters["envelopes"] += 1
+        self.publish_envelope(envelope)
 
     def _evaluate(
         self, now: float, fresh: dict[DeviceKind, Reading | None], lost: list[str]
@@ -382,22 +540,37 @@ class SiteAgent:
         flex = flexibility(inputs, self.limits, outdoor_c=_value(hp, "outdoor_c"),
                            thermal=self.thermal.model, cycle_s=self.poll_s)  # fmt: skip
         command = self.command if self.command is not None and self.command.valid(now) else None
-        if command is None:
+        planned = None if self.share is None else self.share.at(now)
+        plan_id = None
+        if command is None and planned is None:
             plan, mode = baseline, Mode.FALLBACK
         else:
-            target = self._target(command, baseline.grid_w, flex)
+            if command is None:  # the plan alone, open loop (no signal: cloud or broker away)
+                target = baseline.grid_w + (planned or 0.0)
+            else:
+                target = self._target(command, baseline.grid_w, flex, planned)
+            if planned is not None and (command is None or command.basis is PlanBasis.PLAN):
+                plan_id = self.share.plan_id if self.share is not None else None
             plan, mode = follow(target, inputs, self.limits, self.poll_s), Mode.CLOUD
         return CycleState(mode=mode, inputs=inputs, baseline=baseline, plan=plan, flex=flex,
-                          command=command, **measured)  # fmt: skip
+                          command=command, plan_id=plan_id, **measured)  # fmt: skip
 
     @staticmethod
-    def _target(command: ActiveCommand, baseline_w: float, flex: SiteFlexibility) -> float:
+    def _target(
+        command: ActiveCommand, baseline_w: float, flex: SiteFlexibility, planned: float | None
+    ) -> float:
+        """The grid power a command asks for. A signal's level runs from ``p_min_w`` (-1)
+        through its centre (0) to ``p_max_w`` (+1); the centre is the baseline, or with a
+        plan-based signal the planned point (baseline plus our share), held in the range."""
         if command.target_w is not None:
             return command.target_w
         level = command.level or 0.0
+        centre = baseline_w
+        if command.basis is PlanBasis.PLAN and planned is not None:
+            centre = min(max(baseline_w + planned, flex.p_min_w), flex.p_max_w)
         if level >= 0:
-            return baseline_w + level * max(0.0, flex.p_max_w - baseline_w)
-        return baseline_w + level * max(0.0, baseline_w - flex.p_min_w)
+            return centre + level * max(0.0, flex.p_max_w - centre)
+        return centre + level * max(0.0, centre - flex.p_min_w)
 
     def _blind_plan(self) -> Plan:
         """No meter: hand the battery back to its own control, cap PV at the export limit."""
@@ -500,6 +673,7 @@ class SiteAgent:
             flex=state.flex.to_message(),
             dispatch_id=None if state.command is None else state.command.command_id,
             devices=devices,
+            plan_id=state.plan_id,
             outbox_pending=outbox.pending,
             outbox_dropped=outbox.dropped_total,
         )
@@ -613,7 +787,67 @@ class SiteAgent:
             message.issued_ts,
             message.valid_until,
             level=message.level,
+            basis=message.basis or PlanBasis.BASELINE,
         )
+
+    def on_plan(self, message: PartitionPlan) -> None:
+        """Keep the newest plan of our pool and work out our share of it."""
+        if message.pool_id != self.pool_id:
+            self.counters["plans_other_pool"] += 1
+            return
+        current = self.plan
+        if current is not None and (message.issued_ts, message.seq) <= (
+            current.issued_ts,
+            current.seq,
+        ):
+            self.counters["plans_out_of_order"] += 1
+            return
+        self.counters["plans"] += 1
+        self.plan = message
+        self._refresh_share()
+
+    def _refresh_share(self) -> None:
+        """Our share of the plan in force, from the envelope of ours it names."""
+        plan = self.plan
+        self.share = None
+        if plan is None:
+            return
+        seq = plan.envelopes.get(self.site_id)
+        if seq is None:
+            self.counters["plans_without_us"] += 1
+            return
+        envelope = self.envelopes.get(seq)
+        if envelope is None:
+            self.counters["plans_envelope_unknown"] += 1
+            self.log.info("plan %s names our envelope %d, no longer held", plan.plan_id, seq)
+            return
+        try:
+            share = site_share(envelope, plan)
+        except ValueError as exc:  # slots that do not line up: the plan is not for us
+            self.counters["plans_rejected"] += 1
+            self.log.warning("plan %s refused: %s", plan.plan_id, exc)
+            return
+        self.share = PlanShare(
+            plan_id=plan.plan_id,
+            issued_ts=plan.issued_ts,
+            valid_until=plan.valid_until,
+            start_ts=plan.start_ts,
+            step_s=plan.step_s,
+            storage_w=tuple(float(v) for v in share.storage_w),
+            power_only_w=tuple(float(v) for v in share.power_only_w),
+        )
+
+    def publish_envelope(self, envelope: FlexEnvelope) -> None:
+        """Keep the envelope (plans name it by seq) and publish it."""
+        self.envelopes[envelope.seq] = envelope
+        for seq in sorted(self.envelopes)[:-ENVELOPES_KEPT]:
+            del self.envelopes[seq]
+        if self.store is not None:
+            self.store.set_state("envelopes", [encode(e).decode() for e in self.envelopes.values()])
+        if self.uplink is not None:
+            self.uplink.send_envelope(envelope)
+        if self.plan is not None and self.share is None:
+            self._refresh_share()  # a plan that arrived before the envelope it names
 
     def on_config(self, message: Config) -> None:
         if message.rev <= self._last_config_rev:

@@ -12,6 +12,9 @@ What it guarantees, and how:
   a fleet that reconnects together after a broker restart does not stampede it) and is
   then drained oldest-first at no more than ``backlog_rate_per_s``. The number of QoS 1
   telemetry messages in flight is bounded (and kept below the broker's Receive Maximum).
+* **The envelope.** The site's flexibility envelope (``vpp.flex_envelope``) is published
+  retained with QoS 1, and the newest one again after every reconnect: only the latest
+  matters, so it is not kept in the outbox (a new one supersedes it every quarter hour).
 * **Presence.** The will is a retained ``vpp.status`` "offline" (reason "connection
   lost"); a retained "online" is published on every connect; :meth:`Uplink.stop` publishes
   a retained "offline" with reason "shutdown" and disconnects cleanly (no will).
@@ -57,6 +60,8 @@ from protocols.messages import (
     Ack,
     Config,
     Dispatch,
+    FlexEnvelope,
+    PartitionPlan,
     PartitionSignal,
     SiteState,
     Status,
@@ -93,6 +98,8 @@ class UplinkHandler(Protocol):
     def on_signal(self, message: PartitionSignal) -> None: ...
 
     def on_config(self, message: Config) -> None: ...
+
+    def on_plan(self, message: PartitionPlan) -> None: ...
 
 
 class Uplink:
@@ -164,7 +171,10 @@ class Uplink:
         self.topic_ack = site_topic(partition, site_id, SiteKind.ACK)
         self.topic_dispatch = site_topic(partition, site_id, SiteKind.DISPATCH)
         self.topic_config = site_topic(partition, site_id, SiteKind.CONFIG)
+        self.topic_envelope = site_topic(partition, site_id, SiteKind.ENVELOPE)
         self.topic_signal = partition_topic(partition, PartitionKind.SIGNAL)
+        self.topic_plan = partition_topic(partition, PartitionKind.PLAN)
+        self._envelope: bytes | None = None  # the newest envelope, (re)published on connect
         self._ctx = f"site={site_id} partition={partition}"
 
         # Persistent session (clean_start False + expiry): the broker queues dispatches and
@@ -194,7 +204,7 @@ class Uplink:
             name=f"uplink {self._ctx}",
             logger=log,
         )
-        self._mqtt.subscribe([self.topic_dispatch, self.topic_config, self.topic_signal], qos=1)
+        self._mqtt.subscribe(list(self._wanted), qos=1)
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn = 0  # connection number: a drain task works for one connection only
@@ -221,11 +231,20 @@ class Uplink:
             "dispatches": 0,
             "signals": 0,
             "configs": 0,
+            "plans": 0,
+            "envelopes_published": 0,
+            "envelopes_deferred": 0,
             "bad_messages": {},
             "handler_errors": 0,
             "store_errors": 0,
             "configs_cleared": 0,
         }
+
+    @property
+    def _wanted(self) -> tuple[str, ...]:
+        """The topics the site listens to: its own dispatch and config, its partition's
+        signals and plan."""
+        return (self.topic_dispatch, self.topic_config, self.topic_signal, self.topic_plan)
 
     # --- public API -------------------------------------------------------------------------
 
@@ -250,9 +269,8 @@ class Uplink:
         # handler bugs caught here, plus any that escaped to the MQTT client's safety net
         out["handler_errors"] = self._stats["handler_errors"] + link["handler_errors"]
         out["connected"] = self.connected
-        wanted = (self.topic_dispatch, self.topic_config, self.topic_signal)
         granted = self._mqtt.subscribed
-        out["subscribed"] = self.connected and all(t in granted for t in wanted)
+        out["subscribed"] = self.connected and all(t in granted for t in self._wanted)
         out["inflight"] = len(self._inflight)
         return out
 
@@ -301,6 +319,16 @@ class Uplink:
             self._drain_wakeup.set()
         self._pump_live()
 
+    def send_envelope(self, envelope: FlexEnvelope) -> bool:
+        """Publish the site's envelope, retained (QoS 1). Offline, it is kept and published
+        on the next connect; a newer envelope replaces it. True if it went out now."""
+        self._envelope = encode(envelope)
+        if self._mqtt.publish(self.topic_envelope, self._envelope, qos=1, retain=True) is None:
+            self._stats["envelopes_deferred"] += 1
+            return False
+        self._stats["envelopes_published"] += 1
+        return True
+
     def send_ack(self, ack: Ack) -> None:
         """Publish a dispatch ack (QoS 1, best effort: not stored, dropped when offline)."""
         if self._mqtt.publish(self.topic_ack, encode(ack), qos=1) is not None:
@@ -330,6 +358,9 @@ class Uplink:
             limit = max(1, min(limit, connack.receive_maximum - _RESERVED_INFLIGHT))
         self._inflight_limit = limit
         self._mqtt.publish(self.topic_status, self._status("online"), qos=1, retain=True)
+        if self._envelope is not None:  # the newest one, in case it was made while offline
+            self._mqtt.publish(self.topic_envelope, self._envelope, qos=1, retain=True)
+            self._stats["envelopes_published"] += 1
         log.debug("uplink %s: in-flight limit %d", self._ctx, limit)
         assert self._loop is not None
         self._drain_task = self._loop.create_task(
@@ -398,6 +429,9 @@ class Uplink:
         elif isinstance(message, Config):
             self._stats["configs"] += 1
             callback = self.handler.on_config
+        elif isinstance(message, PartitionPlan):
+            self._stats["plans"] += 1
+            callback = self.handler.on_plan
         else:
             self._bad(Reason.WRONG_TOPIC_KIND.value, topic_name, f"unexpected {message.SCHEMA}")
             return

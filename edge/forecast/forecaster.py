@@ -267,13 +267,25 @@ class Forecaster:
 
     # --- every quarter hour -------------------------------------------------------------------
 
-    def envelope(self, now: float, site: SiteNow, limits: SiteLimits, seq: int) -> FlexEnvelope:
-        """The site's envelope from the slot boundary at (or next after) ``now``."""
+    def envelope(
+        self,
+        now: float,
+        site: SiteNow,
+        limits: SiteLimits,
+        seq: int,
+        *,
+        current_slot: bool = False,
+    ) -> FlexEnvelope:
+        """The site's envelope from the slot boundary at (or next after) ``now``.
+
+        ``current_slot``: from the boundary of the slot under way, however far into it:
+        right when the site has followed its own baseline since that boundary (an agent that
+        just started), so its state now is its state then plus its baseline's own path."""
         s = self.settings
         m = s.sub_steps
         n = round(s.horizon_h * 3600 / SLOT_S)
         cur = int(now // SLOT_S)
-        if now - cur * SLOT_S <= START_GRACE_S:
+        if current_slot or now - cur * SLOT_S <= START_GRACE_S:
             start_slot, pre = cur, 0
         else:
             start_slot, pre = cur + 1, 1
