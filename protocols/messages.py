@@ -556,12 +556,15 @@ class PartitionPlan(Message):
 
     Per slot from ``start_ts`` (the envelopes' common reference):
 
-    * ``storage_w``: the pool's storage deviation minus the plan's rebalancing residual;
+    * ``storage_w``: the pool's storage deviation minus the plan's rebalancing residual (the
+      residual is part of the pool's planned baseline);
     * ``power_only_w``: the pool's power-only deviation, shared in proportion to each site's
       bound in the slot (``power_only_min_w``/``power_only_max_w``, the pool's sums);
-    * ``x_wh``, ``y_wh``, ``lam``: how the storage energy is spread over the sites
-      (the rebalancing that keeps every site inside its own envelope);
-    * ``theta``, ``alpha``, ``beta_total``: the share's weights.
+    * ``x_wh``, ``y_wh``: the energy the pool promises to absorb / deliver, of which every
+      site keeps room in proportion to its weight; ``lam``: the push that nets the sites'
+      rebalancing moves to zero (0.5: none);
+    * ``theta`` (the share of a site's power range its rebalancing may use), ``alpha`` and
+      ``beta_total`` (the sites' weights).
     """
 
     SCHEMA: ClassVar[str] = "vpp.partition_plan"
