@@ -274,6 +274,7 @@ class PoolEnvelopeRecord:
     optimistic: dict[str, dict[str, list[float]]]
     energy_ratio: float
     power_ratio: float
+    rebalancing_w: list[float] = field(default_factory=list)  # in baseline_w (see the plan)
 
     @property
     def n(self) -> int:
@@ -301,7 +302,9 @@ class PlanRecord:
     Per slot from ``start_ts`` (the envelope's reference) at ``step_s``. ``scheduled_w`` is
     None where no schedule is in force. ``partitions`` maps a partition (as a string: JSON
     keys) to its planned deviation per slot, ``storage_w + power_only_w`` summed over its
-    sites."""
+    sites. ``rebalancing_w``: the residual of the sites' rebalancing moves, part of the pool's
+    planned baseline (the sum of the sites' baselines plus it), so the pool's deviation from
+    the sum of its sites' baselines is ``rebalancing_w + storage_w + power_only_w``."""
 
     pool_id: str
     plan_id: str
@@ -316,6 +319,13 @@ class PlanRecord:
     power_only_w: list[float]
     shortfall_w: list[float]
     partitions: dict[str, list[float]] = field(default_factory=dict)
+    rebalancing_w: list[float] = field(default_factory=list)
+
+    def rebalancing_at(self, t: float) -> float:
+        """The plan's rebalancing residual at ``t``: part of the pool's planned baseline (the
+        sites' baselines plus it), 0 outside the plan."""
+        k = self.slot(t)
+        return 0.0 if k is None or k >= len(self.rebalancing_w) else self.rebalancing_w[k]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -35,7 +35,6 @@ class ApiSettings:
     max_age_s: float = 10.0  # partition aggregates older than this are not used
     stream_poll_s: float = 1.0  # the stream looks for a new aggregate this often (clock s)
     heartbeat_s: float = 15.0  # a comment line at least this often on an idle stream (wall s)
-    forecast_step_s: float = 900.0
     max_body_bytes: int = 1_000_000  # a 48 h PT1M schedule is ~70 kB; larger is refused (413)
 
 

@@ -9,8 +9,9 @@ Conventions, the same in every body (see :mod:`protocols.units`):
   ``deliver`` = lower it below its baseline (discharge, shed load).
 
 The flexibility model is explicit and named (as FlexMeasures names its flex-model): *now*
-(range, baseline, energies), *durations* (power held for how long) and *forecast* (range
-per slot ahead), with the forecast's assumptions stated in the body.
+(range, baseline, energies), *durations* (power held for how long) and the *envelope* (per slot
+ahead: the baseline forecast, power bounds and cumulative energy bounds relative to it, what is
+guaranteed apart from what is optimistic), with what it assumes stated in the body.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "DeliveryInterval",
     "DeliveryOut",
     "DurationFlexOut",
+    "EnvelopeOut",
     "ErrorOut",
     "FlexibilityNow",
     "FlexibilityOut",
@@ -40,10 +42,12 @@ __all__ = [
     "ScheduleOut",
     "SchedulesOut",
     "SetpointIn",
+    "ShortfallSlotOut",
     "SiteCounts",
     "SiteOut",
     "SitesOut",
     "StreamDelivery",
+    "StreamEnvelopeEvent",
     "StreamEvent",
 ]
 
@@ -147,6 +151,8 @@ class DurationFlexOut(BaseModel):
 
 
 class ForecastSlotOut(BaseModel):
+    """One slot of the envelope as an absolute grid power range (the guaranteed total)."""
+
     start: str
     end: str
     baseline_w: float
@@ -154,8 +160,92 @@ class ForecastSlotOut(BaseModel):
     p_max_w: float
 
 
+class StorageBoundsOut(BaseModel):
+    """Energy-limited flexibility (batteries), per slot, relative to the baseline forecast."""
+
+    p_min_w: list[float] = Field(description="Lowest deviation of grid power, W (<= 0).")
+    p_max_w: list[float] = Field(description="Highest deviation of grid power, W (>= 0).")
+    e_min_wh: list[float] = Field(
+        description="Lowest cumulative stored-energy deviation at the slot's end, counted from "
+        "the envelope's start, Wh (<= 0): the floor (S_low below must stay above it)."
+    )
+    e_max_wh: list[float] = Field(
+        description="Highest cumulative stored-energy deviation at the slot's end, Wh (>= 0): "
+        "the ceiling (S_high below must stay under it)."
+    )
+
+
+class PowerOnlyBoundsOut(BaseModel):
+    """Flexibility with no energy to respect, per slot (PV curtailment, heat pumps within a
+    comfort reserve): any value inside the bounds, in any slot, independently."""
+
+    p_min_w: list[float] = Field(description="Lowest deviation of grid power, W (<= 0).")
+    p_max_w: list[float] = Field(description="Highest deviation of grid power, W (>= 0).")
+
+
+class EnvelopeBoundsOut(BaseModel):
+    storage: StorageBoundsOut
+    power_only: PowerOnlyBoundsOut
+
+
+class EfficiencyOut(BaseModel):
+    charge: float = Field(description="Share of the energy charged that is stored, 0..1.")
+    discharge: float = Field(description="Share of the energy drawn that reaches the grid, 0..1.")
+
+
+class GuaranteeCostOut(BaseModel):
+    """What the guarantee gives up against the plain sum of the sites' guaranteed envelopes."""
+
+    energy_ratio: float = Field(description="Guaranteed / plain-sum energy window, 0..1.")
+    power_ratio: float = Field(description="Guaranteed / plain-sum power range, 0..1.")
+
+
+ENVELOPE_MODEL = (
+    "A schedule d (W per slot, deviation from baseline_w, + = more import) is inside the "
+    "guaranteed envelope if it splits as d = u + v with v in power_only's bounds and u in "
+    "storage's: storage.p_min_w <= u <= storage.p_max_w and, for every slot t (h = the slot's "
+    "length in hours, counted from start), S_low(t) = sum over k <= t of (efficiency.charge * "
+    "max(u_k, 0) - max(-u_k, 0) / efficiency.discharge) * h >= e_min_wh[t] and S_high(t) = "
+    "sum over k <= t of (max(u_k, 0) / efficiency.discharge - efficiency.charge * max(-u_k, "
+    "0)) * h <= e_max_wh[t]. Slots before a schedule's start count with committed_w (the "
+    "schedule in force). Every schedule inside the guaranteed envelope can be split over the "
+    "sites within every site's own envelope: it is a promise; POST .../schedules accepts "
+    "exactly these. The optimistic envelope is the plain sum of the sites' nominal envelopes: "
+    "what the pool might do if every forecast is right and every site can help every other."
+)
+
+
+class EnvelopeOut(BaseModel):
+    """The pool's flexibility ahead: per slot, the baseline forecast and the bounds relative
+    to it, guaranteed (a promise) apart from optimistic. Arrays hold one value per slot from
+    ``start`` at ``resolution``."""
+
+    start: str = Field(
+        description="Start of the first slot and reference of every energy bound (the sites' "
+        "state then), ISO 8601."
+    )
+    resolution: str = Field(examples=["PT15M"])
+    resolution_s: int
+    as_of: str = Field(description="When the envelope was aggregated, ISO 8601.")
+    sites: int = Field(description="Sites whose envelopes the guarantee is made of.")
+    sites_left_out: int = Field(
+        description="Flexible sites left out (no current envelope): they add nothing here."
+    )
+    efficiency: EfficiencyOut
+    baseline_w: list[float] = Field(description="Forecast of the pool's baseline grid power, W.")
+    guaranteed: EnvelopeBoundsOut
+    optimistic: EnvelopeBoundsOut
+    committed_w: list[float | None] = Field(
+        description="The schedule in force per slot, as a deviation from the baseline, W; "
+        "null where none applies. A new schedule replaces it from its own start only."
+    )
+    guarantee: GuaranteeCostOut
+    model: str = ENVELOPE_MODEL
+
+
 class FlexibilityOut(BaseModel):
-    """The pool's flexibility model: now, durations, forecast."""
+    """The pool's flexibility model: now, durations, envelope (and the envelope's guaranteed
+    totals as an absolute range per slot, ``forecast``)."""
 
     pool_id: str
     as_of: str = Field(
@@ -166,7 +256,13 @@ class FlexibilityOut(BaseModel):
     now: FlexibilityNow
     durations: list[DurationFlexOut]
     forecast_resolution: str = Field(examples=["PT15M"])
-    forecast: list[ForecastSlotOut]
+    forecast: list[ForecastSlotOut] = Field(
+        description="Per slot: the baseline forecast and the guaranteed total range "
+        "(baseline + storage + power-only bounds), absolute grid power, W."
+    )
+    envelope: EnvelopeOut | None = Field(
+        description="Null while no site has published an envelope yet."
+    )
     assumptions: str = Field(description="What the forecast assumes, in words.")
 
 
@@ -331,6 +427,32 @@ class StreamEvent(BaseModel):
     as_of: str
     now: FlexibilityNow
     delivery: StreamDelivery
+
+
+class ShortfallSlotOut(BaseModel):
+    """A slot of an accepted schedule the pool can no longer deliver in full (it lost sites
+    since the schedule was accepted): announced ahead, an early warning."""
+
+    start: str
+    end: str
+    scheduled_w: float = Field(description="The schedule's deviation from the baseline, W.")
+    shortfall_w: float = Field(
+        description="The part the pool's envelope cannot deliver, W (signed like the schedule)."
+    )
+
+
+class StreamEnvelopeEvent(BaseModel):
+    """Data of each `envelope` event: a new pool envelope (every quarter hour, and when the
+    pool loses or regains sites), with the expected shortfall of the schedules in force."""
+
+    pool_id: str
+    envelope: EnvelopeOut
+    plan_id: str | None = Field(description="The dispatcher's plan for the schedules in force.")
+    shortfall: list[ShortfallSlotOut] = Field(
+        description="Slots ahead (from the current one) the schedules in force ask more of "
+        "than the envelope can deliver; empty when everything is deliverable."
+    )
+    shortfall_wh: float = Field(description="Their total energy, Wh (>= 0).")
 
 
 class AlertOut(BaseModel):

@@ -7,9 +7,12 @@ Kept apart from the routes so the rules can be read (and tested) in one place:
   (:data:`ALLOWED_RESOLUTIONS_S`: PT1M, PT2M, PT3M, PT4M, PT5M, PT6M, PT10M, PT12M, PT15M, PT20M,
   PT30M, PT1H), so every interval lines up with the market's quarter hours and hours;
 * a schedule starts on a multiple of its resolution (UTC), not in the past (a small grace for
-  clock skew and transit), ends within the horizon, has 1..max values, all finite, and each
-  within what the pool can do in that interval (forecast range; delta values relative to the
-  forecast baseline).
+  clock skew and transit), ends within the horizon, has 1..max values, all finite;
+* and it lies inside the pool's *guaranteed envelope* (:func:`check_envelope`): each value
+  within its slot's power bounds, and the energy the schedule moves, counted from the
+  envelope's start with what the schedule in force commits before it, within the energy
+  bounds; a schedule inside is a promise, so a schedule outside is refused naming the first
+  slot and the bound it breaks.
 """
 
 from __future__ import annotations
@@ -19,12 +22,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from cloud.api.errors import ApiError
+from cloud.flexibility.envelope import bounds_envelope, split
+from cloud.hotstate import PoolEnvelopeRecord
 from protocols.units import from_iso8601, to_iso8601
 
 __all__ = [
     "ALLOWED_RESOLUTIONS_S",
     "RangeSlot",
+    "check_envelope",
     "check_range",
     "check_schedule_shape",
     "format_duration",
@@ -198,3 +206,121 @@ def check_range(
                 f"for the interval from {to_iso8601(start_ts + i * resolution_s)}"
                 + (" (relative to the baseline)" if kind == "delta" else ""),
             )
+
+
+#: The bounds a schedule can break, in words for the refusal.
+_BOUND_WORDS = {
+    "p_max": "above the highest power the pool can hold (p_max_w)",
+    "p_min": "below the lowest power the pool can hold (p_min_w)",
+    "e_max": "more energy than the pool can store by then (e_max_wh)",
+    "e_min": "more energy than the pool can give by then (e_min_wh)",
+}
+
+
+def check_envelope(
+    *,
+    start_ts: float,
+    resolution_s: int,
+    values_w: Sequence[float],
+    kind: str,
+    envelope: PoolEnvelopeRecord,
+    committed_w: Sequence[float | None],
+    committed_storage_w: Sequence[float] | None = None,
+) -> None:
+    """Refuse a schedule outside the pool's guaranteed envelope, naming the first slot and
+    the bound it breaks (422 ``out_of_range`` for power, ``energy_out_of_range`` for energy,
+    ``beyond_envelope`` for a value other than 0 past the envelope's end).
+
+    The schedule is laid on the envelope's slots: a value spanning several slots counts in
+    each, a slot holding several values counts their mean (each value must still fit the
+    slot's power bounds); an ``absolute`` value is taken relative to the slot's baseline
+    forecast. Slots before the schedule's start count with ``committed_w`` (the schedule in
+    force, as a deviation; None = none), the storage part of which is
+    ``committed_storage_w`` when the plan in force says it (else as much as the storage's
+    power bounds hold); after the schedule's end the pool is back on its baseline.
+    """
+    env = envelope
+    step, n, t0 = env.step_s, env.n, env.start_ts
+    g = env.guaranteed
+    lo = np.add(g["storage"]["p_min_w"], g["power_only"]["p_min_w"])
+    hi = np.add(g["storage"]["p_max_w"], g["power_only"]["p_max_w"])
+    total = np.zeros(n)  # W*s of the new schedule per slot
+    covered = np.zeros(n)  # s of each slot the new schedule covers
+    first_value: dict[int, int] = {}
+    for i, v in enumerate(values_w):
+        a, b = start_ts + i * resolution_s, start_ts + (i + 1) * resolution_s
+        k = math.floor((a - t0) / step)
+        while a < b - 1e-9:
+            end = min(b, t0 + (k + 1) * step)
+            if k >= n:
+                if v != 0.0 or kind != "delta":
+                    name = f"values_w[{i}]"
+                    raise unprocessable(
+                        "beyond_envelope",
+                        name,
+                        f"{name}: the pool's envelope ends at {to_iso8601(t0 + n * step)}; "
+                        "past it nothing is promised: send 0 (delta) there or end the schedule",
+                    )
+                break
+            if k >= 0:
+                d = v - env.baseline_w[k] if kind == "absolute" else v
+                tol = RANGE_TOLERANCE_W + RANGE_TOLERANCE_REL * max(abs(lo[k]), abs(hi[k]))
+                if not lo[k] - tol <= d <= hi[k] + tol:
+                    name = f"values_w[{i}]"
+                    raise unprocessable(
+                        "out_of_range",
+                        name,
+                        f"{name}: {d:g} W (delta) is outside the pool's guaranteed range "
+                        f"[{lo[k]:.0f}, {hi[k]:.0f}] W for the slot from "
+                        f"{to_iso8601(t0 + k * step)}",
+                    )
+                total[k] += d * (end - a)
+                covered[k] += end - a
+                first_value.setdefault(k, i)
+            a, k = end, k + 1
+    k0 = max(0, math.floor((start_ts - t0) / step))
+    if k0 >= n:
+        return  # nothing of it inside the envelope (and only zeros past it)
+    committed = np.array([0.0 if c is None else float(c) for c in committed_w][:n] + [0.0] * n)
+    delta = total[k0:] / step
+    delta[0] += committed[k0] * (step - covered[k0]) / step  # a slot begun before the start
+    storage_before = None
+    if k0:
+        if committed_storage_w is not None and len(committed_storage_w) >= k0:
+            storage_before = np.asarray(committed_storage_w[:k0], dtype=float)
+        else:
+            storage_before = np.clip(
+                committed[:k0], g["storage"]["p_min_w"][:k0], g["storage"]["p_max_w"][:k0]
+            )
+    pool = bounds_envelope(
+        start_ts=t0,
+        step_s=step,
+        baseline_w=env.baseline_w,
+        p_min_w=g["storage"]["p_min_w"],
+        p_max_w=g["storage"]["p_max_w"],
+        e_min_wh=g["storage"]["e_min_wh"],
+        e_max_wh=g["storage"]["e_max_wh"],
+        eta_charge=env.eta_charge,
+        eta_discharge=env.eta_discharge,
+        po_min_w=g["power_only"]["p_min_w"],
+        po_max_w=g["power_only"]["p_max_w"],
+    )
+    result = split(pool, delta, start_index=k0, committed_storage_w=storage_before)
+    if result.feasible:
+        return
+    slot = k0 if result.slot is None else int(result.slot)
+    i = first_value.get(slot, min(first_value.values(), default=0))
+    name = f"values_w[{i}]"
+    bound = result.bound or "e_min"
+    reason = "out_of_range" if bound in ("p_max", "p_min") else "energy_out_of_range"
+    numbers = ""
+    if result.value is not None and result.limit is not None:
+        unit = "W" if reason == "out_of_range" else "Wh"
+        numbers = f" ({result.value:.0f} {unit} against {result.limit:.0f} {unit})"
+    raise unprocessable(
+        reason,
+        name,
+        f"{name}: the schedule asks {_BOUND_WORDS.get(bound, bound)} in the slot from "
+        f"{to_iso8601(t0 + slot * step)}{numbers}, counted from the envelope's start "
+        f"{to_iso8601(t0)} with what the schedule in force commits before this one",
+    )

@@ -9,22 +9,35 @@ from cloud.api.errors import ApiError
 from cloud.api.schemas import (
     DeliveryInterval,
     DurationFlexOut,
+    EfficiencyOut,
+    EnvelopeBoundsOut,
+    EnvelopeOut,
     FlexibilityNow,
     FlexibilityOut,
     ForecastSlotOut,
+    GuaranteeCostOut,
+    PowerOnlyBoundsOut,
     ScheduleOut,
     SiteCounts,
+    StorageBoundsOut,
 )
 from cloud.api.validation import RangeSlot, format_duration
-from cloud.flexibility.model import PoolFlexibility, pool_flexibility, read_pool_aggregate
-from cloud.hotstate import PoolAggregate
+from cloud.flexibility.model import (
+    PoolFlexibility,
+    pool_flexibility,
+    read_pool_aggregate,
+    read_pool_envelope,
+)
+from cloud.hotstate import PoolAggregate, PoolEnvelopeRecord
 from protocols.units import to_iso8601
 
 __all__ = [
+    "committed_deltas",
     "current_flexibility",
+    "envelope_out",
     "flexibility_out",
     "now_out",
-    "range_slots",
+    "now_range",
     "schedule_out",
 ]
 
@@ -46,8 +59,25 @@ async def current_flexibility(ctx: ApiContext, pool_id: str, now: float) -> Pool
             "its sites or the partition workers are not reporting; retry shortly",
             headers={"Retry-After": "5"},
         )
-    horizon = max(s.horizon_s, s.forecast_step_s)
-    return pool_flexibility(aggregate, now, horizon_s=horizon, step_s=s.forecast_step_s)
+    envelope = await read_pool_envelope(ctx.get_redis(), pool_id, now)
+    return pool_flexibility(aggregate, envelope)
+
+
+def committed_deltas(ctx: ApiContext, env: PoolEnvelopeRecord, pool_id: str) -> list[float | None]:
+    """The schedule in force per envelope slot, as a deviation from the slot's baseline
+    forecast (an ``absolute`` value less the forecast); None where none applies. Registry
+    reads: call through ``ctx.db``."""
+    out: list[float | None] = []
+    for k in range(env.n):
+        middle = env.start_ts + (k + 0.5) * env.step_s
+        target = ctx.registry.target_at(pool_id, middle)
+        if target is None:
+            out.append(None)
+        elif str(target.kind) == "delta":
+            out.append(float(target.value_w))
+        else:
+            out.append(float(target.value_w) - env.baseline_w[k])
+    return out
 
 
 def now_out(agg: PoolAggregate) -> FlexibilityNow:
@@ -71,10 +101,48 @@ def now_out(agg: PoolAggregate) -> FlexibilityNow:
     )
 
 
+def _bounds_out(bounds: dict[str, dict[str, list[float]]]) -> EnvelopeBoundsOut:
+    return EnvelopeBoundsOut(
+        storage=StorageBoundsOut(**bounds["storage"]),
+        power_only=PowerOnlyBoundsOut(**bounds["power_only"]),
+    )
+
+
+def envelope_out(env: PoolEnvelopeRecord, committed: list[float | None]) -> EnvelopeOut:
+    return EnvelopeOut(
+        start=to_iso8601(env.start_ts),
+        resolution=format_duration(env.step_s),
+        resolution_s=int(env.step_s),
+        as_of=to_iso8601(env.as_of),
+        sites=env.sites,
+        sites_left_out=env.sites_left_out,
+        efficiency=EfficiencyOut(charge=env.eta_charge, discharge=env.eta_discharge),
+        baseline_w=env.baseline_w,
+        guaranteed=_bounds_out(env.guaranteed),
+        optimistic=_bounds_out(env.optimistic),
+        committed_w=committed,
+        guarantee=GuaranteeCostOut(energy_ratio=env.energy_ratio, power_ratio=env.power_ratio),
+    )
+
+
 def flexibility_out(
-    flex: PoolFlexibility, now: float, step_s: float, limit: int | None
+    flex: PoolFlexibility, now: float, limit: int | None, committed: list[float | None]
 ) -> FlexibilityOut:
-    slots = flex.forecast if limit is None else flex.forecast[:limit]
+    env = flex.envelope
+    forecast = []
+    if env is not None:
+        g = env.guaranteed
+        for k in range(env.n if limit is None else min(limit, env.n)):
+            base = env.baseline_w[k]
+            forecast.append(
+                ForecastSlotOut(
+                    start=to_iso8601(env.start_ts + k * env.step_s),
+                    end=to_iso8601(env.start_ts + (k + 1) * env.step_s),
+                    baseline_w=base,
+                    p_min_w=base + g["storage"]["p_min_w"][k] + g["power_only"]["p_min_w"][k],
+                    p_max_w=base + g["storage"]["p_max_w"][k] + g["power_only"]["p_max_w"][k],
+                )
+            )
     return FlexibilityOut(
         pool_id=flex.pool_id,
         as_of=to_iso8601(flex.ts),
@@ -89,29 +157,17 @@ def flexibility_out(
             )
             for d in flex.durations
         ],
-        forecast_resolution=format_duration(step_s),
-        forecast=[
-            ForecastSlotOut(
-                start=to_iso8601(f.start_ts),
-                end=to_iso8601(f.end_ts),
-                baseline_w=f.baseline_w,
-                p_min_w=f.p_min_w,
-                p_max_w=f.p_max_w,
-            )
-            for f in slots
-        ],
+        forecast_resolution=format_duration(env.step_s if env is not None else 900),
+        forecast=forecast,
+        envelope=None if env is None else envelope_out(env, committed),
         assumptions=flex.assumptions,
     )
 
 
-def range_slots(flex: PoolFlexibility, now: float) -> tuple[list[RangeSlot], RangeSlot]:
-    """Forecast slots and the range now, as the validation functions take them."""
+def now_range(flex: PoolFlexibility, now: float) -> RangeSlot:
+    """The range now, as the validation functions take it (real-time setpoints)."""
     agg = flex.aggregate
-    now_slot = RangeSlot(now, now, agg.baseline_w, agg.p_min_w, agg.p_max_w)
-    slots = [
-        RangeSlot(f.start_ts, f.end_ts, f.baseline_w, f.p_min_w, f.p_max_w) for f in flex.forecast
-    ]
-    return slots, now_slot
+    return RangeSlot(now, now, agg.baseline_w, agg.p_min_w, agg.p_max_w)
 
 
 def schedule_out(schedule: Any, delivery: list[Any] | None = None) -> ScheduleOut:

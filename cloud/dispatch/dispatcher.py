@@ -12,9 +12,17 @@ only once they hold the lock. Every cycle (default 2 s) the leader, for each poo
 4. splits the command across partitions (:mod:`cloud.dispatch.allocation`) and publishes
    one :class:`~protocols.messages.PartitionSignal` per partition, scoped to the pool: every
    site applies the level to its own range, so the message count grows with partitions,
-   not sites;
+   not sites. Where a plan is in force and every flexible site of a partition follows it,
+   the level is around the sites' planned points (``basis`` ``plan``): the closed loop only
+   corrects what the plan does not deliver;
 5. records the cycle (target, measured, error, shortfall) for the API and, at the end of each
    schedule interval, the interval's energy accounting.
+
+Before the loop, the leader keeps the pool's envelope and energy plan current
+(:mod:`cloud.dispatch.planning`): the envelope traders are shown and schedules are checked
+against, and the plan that splits the schedules in force over the sites so that none runs out
+while others still hold energy; each site gets its share ahead and keeps delivering it open
+loop through a broker or cloud outage.
 
 The controller state is written to Redis every cycle, so a standby that takes over
 continues from it without a jump in the output. Sites learn their pool from a retained
@@ -41,8 +49,10 @@ import redis.asyncio as aioredis
 from cloud.alerts import AlertBook, active_alerts, store_transition
 from cloud.dispatch.allocation import allocate
 from cloud.dispatch.controller import ControllerConfig, ControllerState, step
+from cloud.dispatch.planning import PoolPlanner
 from cloud.hotstate import (
     PartitionAggregate,
+    PlanRecord,
     agg_key,
     agg_parts_key,
     delivery_key,
@@ -51,9 +61,9 @@ from cloud.hotstate import (
 from cloud.locks import LeaderLock
 from cloud.registry import Registry
 from protocols.clock import Clock
-from protocols.messages import Config, PartitionSignal, encode
+from protocols.messages import Config, PartitionPlan, PartitionSignal, PlanBasis, encode
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
-from protocols.topics import partition_topic, site_topic
+from protocols.topics import PartitionKind, partition_topic, site_topic
 
 __all__ = ["LEADER_KEY", "PoolDispatcher", "delivery_key", "state_key"]
 
@@ -142,6 +152,9 @@ class PoolDispatcher:
         self.config = controller or ControllerConfig(cycle_s=cycle_s, latency_cycles=latency)
         self.redis: aioredis.Redis | None = None
         self.lock: LeaderLock | None = None
+        self.planner: PoolPlanner | None = None
+        self._plans_sent: dict[tuple[str, int], PartitionPlan] = {}  # the last per partition
+        self._republish_plans = False
         self._mqtt: mqtt.Client | None = None
         self._stop = asyncio.Event()
         self._states: dict[str, ControllerState] = {}
@@ -151,13 +164,17 @@ class PoolDispatcher:
         self.stats: dict[str, int] = dict.fromkeys(
             ("cycles", "led_cycles", "signals", "signals_unsent", "errors", "no_data",
              "configs_published", "alerts_raised", "alerts_resolved",
-             "partitions_unresponsive", "releases"), 0)  # fmt: skip
+             "partitions_unresponsive", "releases", "planning_errors", "plans_republished"),
+            0)  # fmt: skip
 
     # --- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         self.redis = aioredis.Redis.from_url(self.redis_url)
         self.lock = LeaderLock(self.redis, LEADER_KEY, self.id, self.clock, self.lock_ttl_s)
+        self.planner = PoolPlanner(
+            self.redis, self.registry, self._publish_plan, partition_count=self.partition_count
+        )
         host, port = self.mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"vpp-dispatch-{self.id}",
                              protocol=mqtt.MQTTv5)  # fmt: skip
@@ -173,6 +190,7 @@ class PoolDispatcher:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if not reason.is_failure:
             self._published_rev = None  # (re)publish the retained site configs
+            self._republish_plans = True  # and the plans (one may have gone out unsent)
             self._connected.set()
 
     def _on_disconnect(self, *args: Any) -> None:
@@ -225,6 +243,11 @@ class PoolDispatcher:
             self.alerts.adopt(await active_alerts(self.redis))
             self._alerts_adopted = True
         await self._publish_site_configs()
+        if self._republish_plans and self._connected.is_set():
+            self._republish_plans = False
+            for message in self._plans_sent.values():
+                self._publish_plan(message)
+                self.stats["plans_republished"] += 1
         now = self.clock.time()
         pools = await asyncio.to_thread(self.registry.list_pools)
         for pool in pools:
@@ -287,8 +310,33 @@ class PoolDispatcher:
                 out[i] = False
         return out
 
+    def _publish_plan(self, message: PartitionPlan) -> bool:
+        """A partition's plan, retained (QoS 1); kept to publish again after a reconnect."""
+        self._plans_sent[(message.pool_id, message.partition)] = message
+        if not self._connected.is_set() or self._mqtt is None:
+            return False
+        topic = partition_topic(message.partition, PartitionKind.PLAN)
+        self._mqtt.publish(topic, encode(message), qos=1, retain=True)
+        return True
+
+    async def _plan(self, pool_id: str, now: float) -> PlanRecord | None:
+        """Keep the pool's envelope and plan current; the plan in force now, if any. A
+        failure here is logged and counted: the closed loop goes on without a plan."""
+        assert self.planner is not None
+        try:
+            state = await self.planner.refresh(pool_id, now)
+        except Exception:
+            self.stats["planning_errors"] += 1
+            log.exception("dispatcher %s: planning of pool %s failed", self.id, pool_id)
+            state = self.planner.state(pool_id)
+        plan = state.plan
+        if plan is None or plan.valid_until <= now or plan.slot(now) is None:
+            return None
+        return plan
+
     async def _cycle_pool(self, pool_id: str, now: float) -> None:
         assert self.redis is not None
+        plan = await self._plan(pool_id, now)
         parts = await self._partitions(pool_id, now)
         if not parts:
             self.stats["no_data"] += 1
@@ -296,7 +344,11 @@ class PoolDispatcher:
             return
         baseline = np.array([a.baseline_w for a in parts])
         measured_w = float(sum(a.measured_w for a in parts))
-        target, aim_w = await asyncio.to_thread(self._targets, pool_id, now, float(baseline.sum()))
+        # the pool's planned baseline: its sites' baselines and the plan's rebalancing residual
+        planned_baseline = float(baseline.sum()) + (
+            0.0 if plan is None else plan.rebalancing_at(now)
+        )
+        target, aim_w = await asyncio.to_thread(self._targets, pool_id, now, planned_baseline)
         self._account(pool_id, now, target, measured_w)
         if aim_w is None:
             # Nothing to follow: release the sites (they return to their own control at
@@ -328,9 +380,18 @@ class PoolDispatcher:
                       measured_w=measured_w, lo_w=float(p_min[responsive].sum()),
                       hi_w=float(p_max[responsive].sum()),
                       uncontrolled_w=uncontrolled_w)  # fmt: skip
+        # Around each partition's planned point where all its flexible sites follow the plan
+        # (their level then reads around that point too), around its baseline elsewhere.
+        bases = [self._basis(a, plan) for a in parts]
+        centre = baseline + np.array(
+            [
+                plan.planned_w(a.partition, now) if plan is not None and b is PlanBasis.PLAN else 0
+                for a, b in zip(parts, bases, strict=True)
+            ]
+        )
         allocation = allocate(
             result.command_w,
-            baseline,
+            centre,
             p_min,
             p_max,
             np.array([a.e_absorb_wh for a in parts]),
@@ -340,7 +401,9 @@ class PoolDispatcher:
             weights_up=np.array([a.sustain_absorb_w[-1] for a in parts]),
             weights_down=np.array([a.sustain_deliver_w[-1] for a in parts]),
         )
-        await self._publish_signals(pool_id, now, [a.partition for a in parts], allocation.levels)
+        await self._publish_signals(
+            pool_id, now, [a.partition for a in parts], allocation.levels, bases=bases
+        )
         self._states[pool_id] = result.state
         flexible = sum(a.sites_fresh - a.sites_degraded for a in parts)
         # Reported against the target in force now (the aim may lead it by the schedule lead).
@@ -355,6 +418,8 @@ class PoolDispatcher:
                     "sites_flexible": flexible,
                     "sites_following": sum(a.sites_following for a in parts),
                     "partitions": len(parts), "partitions_unresponsive": unresponsive,
+                    "plan_id": None if plan is None else plan.plan_id,
+                    "partitions_planned": sum(b is PlanBasis.PLAN for b in bases),
                     "dispatcher": self.id}  # fmt: skip
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(state_key(pool_id), json.dumps(result.state.to_dict()))
@@ -402,6 +467,16 @@ class PoolDispatcher:
                 return ControllerState.from_dict(json.loads(saved))
         return ControllerState()
 
+    @staticmethod
+    def _basis(agg: PartitionAggregate, plan: PlanRecord | None) -> PlanBasis:
+        """``plan`` where a plan covers the partition and every flexible site there reports
+        following one (an older agent never gets a level to read around a plan it lacks)."""
+        flexible = agg.sites_fresh - agg.sites_degraded
+        covered = plan is not None and str(agg.partition) in plan.partitions
+        if covered and flexible > 0 and agg.sites_planned >= flexible:
+            return PlanBasis.PLAN
+        return PlanBasis.BASELINE
+
     async def _publish_signals(
         self,
         pool_id: str,
@@ -410,6 +485,7 @@ class PoolDispatcher:
         levels: np.ndarray,
         *,
         release: bool = False,
+        bases: list[PlanBasis] | None = None,
     ) -> bool:
         """One signal per partition (the count grows with partitions, not sites).
 
@@ -430,6 +506,7 @@ class PoolDispatcher:
                 self._signalled_since.setdefault((pool_id, partition), now)
         validity = 0.001 if release else self.validity_s
         for i, (partition, level) in enumerate(zip(partitions, levels, strict=True)):
+            basis = None if bases is None or bases[i] is PlanBasis.BASELINE else bases[i]
             message = PartitionSignal(
                 partition=partition,
                 signal_id=f"{pool_id}-{first + i}",
@@ -438,6 +515,7 @@ class PoolDispatcher:
                 valid_until=now + validity,
                 level=float(np.clip(level, -1.0, 1.0)),
                 pool_id=pool_id,
+                basis=basis,
             )
             self._mqtt.publish(partition_topic(partition), encode(message), qos=1)
         if release:

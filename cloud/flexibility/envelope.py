@@ -133,6 +133,7 @@ __all__ = [
     "SiteEnvelopeTable",
     "Split",
     "aggregate",
+    "bounds_envelope",
     "energy_targets",
     "feasible_part",
     "partition_deviation",
@@ -341,6 +342,15 @@ class SiteEnvelopeTable:
         self._free.append(j)
         return True
 
+    def site_ids(self) -> list[str]:
+        """The sites stored."""
+        return list(self._index)
+
+    def start_times(self) -> FloatArray:
+        """The ``start_ts`` of every stored envelope (one per site)."""
+        c = self._cols
+        return c["start_ts"][c["active"]].astype(np.float64)
+
     def _weigh(self, index: NDArray[np.int64]) -> None:
         """Weigh newly stored envelopes (for the weights' current slots and alpha): the cost
         is paid as envelopes arrive, not in every aggregation."""
@@ -500,6 +510,62 @@ class PoolEnvelope:
     @property
     def slot_starts(self) -> FloatArray:
         return self.start_ts + self.step_s * np.arange(self.slots, dtype=np.float64)
+
+
+def bounds_envelope(
+    *,
+    start_ts: float,
+    step_s: float,
+    baseline_w: ArrayLike,
+    p_min_w: ArrayLike,
+    p_max_w: ArrayLike,
+    e_min_wh: ArrayLike,
+    e_max_wh: ArrayLike,
+    eta_charge: float,
+    eta_discharge: float,
+    po_min_w: ArrayLike,
+    po_max_w: ArrayLike,
+) -> PoolEnvelope:
+    """A pool envelope from its published bounds alone (as the API reads it back from the
+    hot state): enough to :func:`split` a schedule or find its :func:`feasible_part`; it holds
+    no certificate (no sites, ``theta = 0``), so it makes no plan."""
+
+    def arr(x: ArrayLike) -> FloatArray:
+        return np.asarray(x, dtype=np.float64)
+
+    n = arr(p_min_w).size
+    zeros = np.zeros(n)
+    return PoolEnvelope(
+        start_ts=float(start_ts),
+        step_s=float(step_s),
+        baseline_w=arr(baseline_w),
+        sites_baseline_w=arr(baseline_w),
+        rebalancing_w=zeros,
+        p_min_w=arr(p_min_w),
+        p_max_w=arr(p_max_w),
+        e_min_wh=arr(e_min_wh),
+        e_max_wh=arr(e_max_wh),
+        eta_charge=float(eta_charge),
+        eta_discharge=float(eta_discharge),
+        po_min_w=arr(po_min_w),
+        po_max_w=arr(po_max_w),
+        optimistic=OptimisticBounds(zeros, zeros, zeros, zeros, zeros, zeros),
+        certificate=Certificate(
+            theta=0.0,
+            alpha=DEFAULT_ALPHA,
+            beta_total=1.0,
+            ambition=0.0,
+            x_wh=zeros,
+            y_wh=zeros,
+            lam=zeros + 0.5,
+            energy_ratio=1.0,
+            power_ratio=1.0,
+            plain_energy_wh=0.0,
+            plain_power_w=0.0,
+        ),
+        sites=(),
+        left_out=(),
+    )
 
 
 def _chunks(n: int, size: int = CHUNK) -> list[slice]:

@@ -1,20 +1,22 @@
-"""The pool flexibility model: what a pool can do now, for how long, and over the next day.
+"""The pool flexibility model: what a pool can do now, for how long, and ahead.
 
-Three views, one source (the partition aggregates the workers write to Redis):
+Three views:
 
 * **now** - measured power, baseline, the range the pool can hold (sum of fresh sites'
-  ranges), energies and site counts: :class:`cloud.hotstate.PoolAggregate`.
+  ranges), energies and site counts: :class:`cloud.hotstate.PoolAggregate`, from the partition
+  aggregates the workers write.
 * **for how long** - for each duration in :data:`cloud.hotstate.DURATIONS_S`, the power the
   pool can hold above (absorb) or below (deliver) its baseline for that long. Each site is
   limited by its own range *and* its own energy, then summed, so one big battery cannot
   cover for many empty ones: computed per site by the workers, summed here.
-* **ahead** - a quarter-hourly forecast of the range for the next 24 h. See
-  :data:`FORECAST_ASSUMPTIONS`: it is a persistence forecast, stated as such in the API.
+* **ahead** - the pool's *envelope* (:class:`cloud.hotstate.PoolEnvelopeRecord`), aggregated
+  by the dispatcher from the envelopes the sites forecast themselves
+  (:mod:`cloud.flexibility.envelope`): per quarter hour, the baseline forecast and the bounds
+  relative to it, guaranteed apart from optimistic. See :data:`FORECAST_ASSUMPTIONS`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -23,27 +25,36 @@ from cloud.hotstate import (
     DURATIONS_S,
     PartitionAggregate,
     PoolAggregate,
+    PoolEnvelopeRecord,
     agg_key,
     agg_parts_key,
+    envelope_key,
 )
 
 __all__ = [
     "FORECAST_ASSUMPTIONS",
     "DurationFlex",
-    "ForecastSlot",
     "PoolFlexibility",
-    "forecast",
     "pool_flexibility",
     "read_pool_aggregate",
+    "read_pool_envelope",
 ]
 
 FORECAST_ASSUMPTIONS = (
-    "Persistence forecast: each slot assumes the pool's baseline stays at its present value "
-    "(load and PV persistence), that no flexibility is used before the slot (state of charge "
-    "and indoor temperatures persist), and that the power range stays as reported now. Each "
-    "slot's range is then limited so that it can be held for the whole slot with the energy "
-    "the sites report. Sites that are stale or offline now are not counted."
+    "The envelope is made of the sites' own forecasts, each published every quarter hour: "
+    "its baseline (PV from a clear-sky profile scaled by its own recent production, load "
+    "from its own history by time of day, the heat pump from its learned thermal model) and "
+    "the path of its battery under its own control, from which its bounds follow; the "
+    "guaranteed bounds keep a margin for the errors each site's forecast has shown. The "
+    "pool's guaranteed envelope is an inner approximation of the sum of the sites': any "
+    "schedule inside it can be split over the sites within every site's guaranteed envelope. "
+    "Sites that are stale, offline or degraded now, or have no current envelope, are not "
+    "counted. The forecast ends where the sites' envelopes end (24 h)."
 )
+
+#: An envelope older than this many of its slots is no longer shown: its dispatcher stopped
+#: aggregating (the sites' own envelopes move on every quarter hour).
+ENVELOPE_MAX_AGE_SLOTS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,21 +68,12 @@ class DurationFlex:
 
 
 @dataclass(frozen=True, slots=True)
-class ForecastSlot:
-    start_ts: float
-    end_ts: float
-    baseline_w: float
-    p_min_w: float
-    p_max_w: float
-
-
-@dataclass(frozen=True, slots=True)
 class PoolFlexibility:
     pool_id: str
     ts: float
     aggregate: PoolAggregate
     durations: tuple[DurationFlex, ...]
-    forecast: tuple[ForecastSlot, ...]
+    envelope: PoolEnvelopeRecord | None
     assumptions: str = FORECAST_ASSUMPTIONS
 
 
@@ -95,33 +97,25 @@ async def read_pool_aggregate(
     return PoolAggregate.of(pool_id, fresh, now)
 
 
-def forecast(
-    aggregate: PoolAggregate, now: float, *, horizon_s: float = 86_400.0, step_s: float = 900.0
-) -> tuple[ForecastSlot, ...]:
-    """Quarter-hourly range for the horizon (see :data:`FORECAST_ASSUMPTIONS`).
-
-    Slots are aligned to ``step_s`` boundaries; the first slot is the one in progress.
-    """
-    first = math.floor(now / step_s) * step_s
-    starts = [first + i * step_s for i in range(math.ceil(horizon_s / step_s))]
-    hours = step_s / 3600.0
-    baseline = aggregate.baseline_w
-    absorb = min(max(0.0, aggregate.p_max_w - baseline), aggregate.e_absorb_wh / hours)
-    deliver = min(max(0.0, baseline - aggregate.p_min_w), aggregate.e_deliver_wh / hours)
-    return tuple(
-        ForecastSlot(
-            start_ts=s,
-            end_ts=s + step_s,
-            baseline_w=baseline,
-            p_min_w=baseline - deliver,
-            p_max_w=baseline + absorb,
-        )
-        for s in starts
-    )
+async def read_pool_envelope(
+    redis: aioredis.Redis, pool_id: str, now: float
+) -> PoolEnvelopeRecord | None:
+    """The pool's envelope, or None when there is none or it is too old to promise on (a
+    record this reader cannot read counts as none, never as an error)."""
+    raw = await redis.get(envelope_key(pool_id))
+    if not raw:
+        return None
+    try:
+        record = PoolEnvelopeRecord.from_json(raw)
+    except (ValueError, TypeError, KeyError):
+        return None
+    if now - record.start_ts > (1.0 + ENVELOPE_MAX_AGE_SLOTS) * record.step_s:
+        return None
+    return record
 
 
 def pool_flexibility(
-    aggregate: PoolAggregate, now: float, *, horizon_s: float = 86_400.0, step_s: float = 900.0
+    aggregate: PoolAggregate, envelope: PoolEnvelopeRecord | None
 ) -> PoolFlexibility:
     """All three views of one pool's flexibility."""
     durations = tuple(
@@ -135,5 +129,5 @@ def pool_flexibility(
         ts=aggregate.ts,
         aggregate=aggregate,
         durations=durations,
-        forecast=forecast(aggregate, now, horizon_s=horizon_s, step_s=step_s),
+        envelope=envelope,
     )

@@ -15,10 +15,12 @@ import redis
 from cloud.api import ApiServer, ApiSettings, create_app
 from cloud.hotstate import (
     PartitionAggregate,
+    PoolEnvelopeRecord,
     SiteStatus,
     SiteSummary,
     agg_key,
     agg_parts_key,
+    envelope_key,
     sites_key,
 )
 from cloud.registry.db import Registry
@@ -74,6 +76,62 @@ def seed_pool(
     pipe.execute()
 
 
+#: The pool envelope "north" is seeded with: around the same 10 kW baseline, storage from
+#: -50 kW to +20 kW (the aggregates' range), 50 kWh to give and 40 kWh to take over the day,
+#: no power-only part. Per slot, 96 quarter hours.
+NORTH_ENVELOPE: dict[str, float] = dict(
+    baseline_w=10_000.0,
+    p_min_w=-50_000.0,
+    p_max_w=20_000.0,
+    e_min_wh=-50_000.0,
+    e_max_wh=40_000.0,
+    po_min_w=0.0,
+    po_max_w=0.0,
+)
+
+
+def pool_envelope(
+    pool_id: str, start_ts: float, seq: int = 1, slots: int = 96, **values: float
+) -> PoolEnvelopeRecord:
+    """A flat pool envelope from ``start_ts`` (a quarter-hour boundary)."""
+    v = {**NORTH_ENVELOPE, **values}
+
+    def col(name: str) -> list[float]:
+        return [v[name]] * slots
+
+    bounds = {
+        "storage": {
+            "p_min_w": col("p_min_w"),
+            "p_max_w": col("p_max_w"),
+            "e_min_wh": col("e_min_wh"),
+            "e_max_wh": col("e_max_wh"),
+        },
+        "power_only": {"p_min_w": col("po_min_w"), "p_max_w": col("po_max_w")},
+    }
+    return PoolEnvelopeRecord(
+        pool_id=pool_id,
+        seq=seq,
+        as_of=start_ts + 20.0,
+        start_ts=start_ts,
+        step_s=900.0,
+        sites=4,
+        sites_left_out=0,
+        eta_charge=0.95,
+        eta_discharge=0.95,
+        baseline_w=col("baseline_w"),
+        guaranteed=bounds,
+        optimistic=bounds,
+        energy_ratio=0.85,
+        power_ratio=0.75,
+    )
+
+
+def seed_envelope(r: redis.Redis, pool_id: str, now: float, **values: float) -> None:
+    """Write the pool envelope the dispatcher writes, from the quarter hour under way."""
+    start = now - now % 900.0
+    r.set(envelope_key(pool_id), pool_envelope(pool_id, start, **values).to_json())
+
+
 def seed_site(r: redis.Redis, site: Any, status: SiteStatus, ts: float, **values: Any) -> None:
     summary = SiteSummary(
         site_id=site.site_id,
@@ -113,8 +171,19 @@ class Api:
     def now(self) -> float:
         return self.clock.time()
 
-    def seed(self, pool_id: str = "north", ts: float | None = None, **values: Any) -> None:
+    def seed(
+        self,
+        pool_id: str = "north",
+        ts: float | None = None,
+        *,
+        envelope: bool = True,
+        **values: Any,
+    ) -> None:
+        """The partition aggregates a worker writes and (unless ``envelope=False``) the pool
+        envelope the dispatcher writes."""
         seed_pool(self.redis, pool_id, self.now() if ts is None else ts, **values)
+        if envelope:
+            seed_envelope(self.redis, pool_id, self.now())
 
     def metrics(self) -> dict[str, Any]:
         return self.server.app.state.ctx.metrics.snapshot()

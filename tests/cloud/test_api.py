@@ -184,13 +184,38 @@ async def test_flexibility_now_durations_and_forecast(api: Api) -> None:
     ]  # fmt: skip
     assert body["forecast_resolution"] == "PT15M"
     slots = body["forecast"]
-    assert len(slots) == 48 * 4  # the schedule horizon
+    assert len(slots) == 96  # the envelope's day
     assert slots[0]["start"] == "2024-06-01T10:00:00+00:00"
     assert slots[1]["start"] == slots[0]["end"] == "2024-06-01T10:15:00+00:00"
-    assert all(s["p_min_w"] <= s["baseline_w"] <= s["p_max_w"] for s in slots)
-    assert "Persistence forecast" in body["assumptions"]
+    assert (slots[0]["baseline_w"], slots[0]["p_min_w"], slots[0]["p_max_w"]) == (
+        10_000,
+        -40_000,
+        30_000,
+    )
+    assert "sites' own forecasts" in body["assumptions"]
+    env = body["envelope"]
+    assert (env["start"], env["resolution"], env["resolution_s"]) == (
+        slots[0]["start"],
+        "PT15M",
+        900,
+    )
+    assert env["efficiency"] == {"charge": 0.95, "discharge": 0.95}
+    storage = env["guaranteed"]["storage"]
+    assert storage["e_min_wh"][:2] == [-50_000, -50_000]
+    assert storage["e_max_wh"][-1] == 40_000
+    assert env["committed_w"] == [None] * 96  # no schedule in force
+    assert env["guarantee"] == {"energy_ratio": 0.85, "power_ratio": 0.75}
+    assert "S_low" in env["model"]
     r = await api.client.get("/v1/pools/north/flexibility?forecast_slots=4", headers=api.auth())
     assert len(r.json()["forecast"]) == 4
+    assert len(r.json()["envelope"]["baseline_w"]) == 96  # the envelope is always whole
+
+
+async def test_flexibility_without_an_envelope_shows_none_ahead(api: Api) -> None:
+    api.seed("north", envelope=False)  # sites that publish no envelope (yet)
+    r = await api.client.get("/v1/pools/north/flexibility", headers=api.auth())
+    assert r.status_code == 200
+    assert (r.json()["envelope"], r.json()["forecast"]) == (None, [])
 
 
 async def test_flexibility_without_fresh_data_is_503_with_reason(api: Api) -> None:

@@ -14,7 +14,8 @@ import pytest
 
 from .api_harness import T0, Api, running_api
 
-# Pool "north" as seeded: baseline 10 kW, range [-40 kW, 30 kW]; delta range [-50 kW, 20 kW].
+# Pool "north" as seeded: baseline 10 kW, range [-40 kW, 30 kW]; delta range [-50 kW, 20 kW];
+# its envelope: 50 kWh to give and 40 kWh to take, counted from 10:00, efficiencies 0.95.
 POST = "/v1/pools/north/schedules"
 GOOD: dict[str, Any] = {
     "start": "2024-06-01T10:15:00Z",
@@ -152,7 +153,7 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"values_w": []}, "empty", "values_w"),
     ({"values_w": [0.0, float("nan")]}, "non_finite", "values_w[1]"),
     ({"values_w": [float("inf")]}, "non_finite", "values_w[0]"),
-    ({"values_w": [0.0, 0.0, 31_000.0]}, "out_of_range", "values_w[2]"),
+    ({"values_w": [0.0, 0.0, 30_001.0 + 100]}, "out_of_range", "values_w[2]"),
     ({"values_w": [-41_000.0]}, "out_of_range", "values_w[0]"),
     ({"kind": "delta", "values_w": [20_000.0, 25_000.0]}, "out_of_range", "values_w[1]"),
     ({"kind": "delta", "values_w": [-50_001.0 - 100]}, "out_of_range", "values_w[0]"),
@@ -196,7 +197,66 @@ async def test_the_422_messages_say_how_to_fix_it(api: Api) -> None:
     assert "PT15M" in r.json()["detail"]
     assert "PT1H" in r.json()["detail"]
     r = await api.client.post(POST, json={**GOOD, "values_w": [40_000.0]}, headers=api.auth())
-    assert "[-40000, 30000]" in r.json()["detail"]
+    assert (
+        "30000 W (delta) is outside the pool's guaranteed range [-50000, 20000]"
+        in (r.json()["detail"])
+    )
+
+
+def delta(values: list[float], start: str = "2024-06-01T10:15:00Z", **kw: Any) -> dict:
+    return {"start": start, "resolution": "PT15M", "values_w": values, "kind": "delta", **kw}
+
+
+async def test_a_schedule_past_the_energy_it_was_promised_is_refused_naming_the_slot(
+    api: Api,
+) -> None:
+    """Delivering 47 kW holds for an hour (49.5 kWh drawn of the 50 kWh, floor count) and
+    not for a fifth quarter hour: the first value past the floor is named."""
+    r = await api.client.post(POST, json=delta([-47_000.0] * 4), headers=api.auth())
+    assert r.status_code == 201, r.text
+    r = await api.client.post(POST, json=delta([-47_000.0] * 5), headers=api.auth())
+    assert r.status_code == 422
+    err = r.json()
+    assert (err["reason"], err["field"]) == ("energy_out_of_range", "values_w[4]")
+    assert "e_min_wh" in err["detail"]
+    assert "2024-06-01T11:15:00+00:00" in err["detail"]
+    # absorbing: the ceiling counts what the storage may keep (1 / 0.95 of what it takes)
+    r = await api.client.post(POST, json=delta([18_000.0] * 8 + [0.0]), headers=api.auth())
+    assert r.status_code == 201
+    r = await api.client.post(POST, json=delta([18_000.0] * 9), headers=api.auth())
+    assert (r.json()["reason"], r.json()["field"]) == ("energy_out_of_range", "values_w[8]")
+    assert "e_max_wh" in r.json()["detail"]
+
+
+async def test_what_the_schedule_in_force_commits_before_the_start_counts(api: Api) -> None:
+    """10:00-10:15 is under way with a schedule delivering 45 kW: a new schedule from 10:15
+    has that much less energy to give."""
+    first = delta([-45_000.0], start="2024-06-01T10:00:00Z")
+    r = await api.client.post(POST, json=first, headers=api.auth())
+    assert r.status_code == 201, r.text
+    flex = (await api.client.get("/v1/pools/north/flexibility", headers=api.auth())).json()
+    assert flex["envelope"]["committed_w"][:2] == [-45_000.0, None]
+    # 11.8 kWh already drawn (floor count): 38.2 kWh left; 3 quarter hours at 50 kW draw 39.5
+    r = await api.client.post(POST, json=delta([-50_000.0] * 3), headers=api.auth())
+    assert (r.json()["reason"], r.json()["field"]) == ("energy_out_of_range", "values_w[2]")
+    r = await api.client.post(POST, json=delta([-50_000.0] * 2), headers=api.auth())
+    assert r.status_code == 201, r.text
+
+
+async def test_past_the_envelope_only_the_baseline_is_accepted(api: Api) -> None:
+    end = "2024-06-02T10:00:00Z"  # the envelope covers 10:00 to 10:00 the next day
+    r = await api.client.post(POST, json=delta([0.0, 0.0], start=end), headers=api.auth())
+    assert r.status_code == 201, r.text
+    r = await api.client.post(POST, json=delta([0.0, 100.0], start=end), headers=api.auth())
+    assert (r.json()["reason"], r.json()["field"]) == ("beyond_envelope", "values_w[1]")
+
+
+async def test_no_envelope_yet_is_503(api: Api) -> None:
+    api.redis.delete("vpp:envelope:north")
+    r = await api.client.post(POST, json=GOOD, headers=api.auth())
+    assert r.status_code == 503
+    assert r.json()["reason"] == "no_envelope"
+    assert r.headers["retry-after"]
 
 
 async def test_schedule_without_fresh_flexibility_is_503(api: Api) -> None:

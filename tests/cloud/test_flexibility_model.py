@@ -1,8 +1,6 @@
-"""Pool flexibility: exact sums of partition aggregates; durations; the persistence forecast."""
+"""Pool flexibility: exact sums of partition aggregates; durations; the envelope read back."""
 
 from __future__ import annotations
-
-from itertools import pairwise
 
 import pytest
 from hypothesis import given
@@ -10,11 +8,18 @@ from hypothesis import strategies as st
 
 from cloud.flexibility.model import (
     FORECAST_ASSUMPTIONS,
-    forecast,
     pool_flexibility,
     read_pool_aggregate,
+    read_pool_envelope,
 )
-from cloud.hotstate import DURATIONS_S, PartitionAggregate, PoolAggregate, agg_key, agg_parts_key
+from cloud.hotstate import (
+    DURATIONS_S,
+    PartitionAggregate,
+    PoolAggregate,
+    agg_key,
+    agg_parts_key,
+    envelope_key,
+)
 
 NOW = 1_717_243_200.0  # 2024-06-01T12:00:00Z
 
@@ -95,40 +100,29 @@ async def test_read_pool_aggregate_leaves_out_stale_partitions(redis_url):
 
 
 def test_durations_come_from_the_per_site_limited_sums():
-    flex = pool_flexibility(PoolAggregate.of("pool-a", [part(1), part(2)], NOW), NOW)
+    flex = pool_flexibility(PoolAggregate.of("pool-a", [part(1), part(2)], NOW), None)
     assert [d.duration_s for d in flex.durations] == list(DURATIONS_S)
     assert [d.absorb_w for d in flex.durations] == [58_400.0, 58_400.0, 25_000.0]
     assert [d.deliver_w for d in flex.durations] == [41_600.0, 41_600.0, 20_000.0]
     assert flex.assumptions == FORECAST_ASSUMPTIONS
 
 
-# baseline, p_min, p_max, e_absorb, e_deliver -> slot p_min, p_max (15-minute slots)
-@pytest.mark.parametrize(
-    ("baseline", "p_min", "p_max", "absorb_wh", "deliver_wh", "slot_min", "slot_max"),
-    [
-        (0, -10_000, 10_000, 1e9, 1e9, -10_000, 10_000),  # power-limited
-        (0, -10_000, 10_000, 1000, 500, -2000, 4000),  # energy-limited: Wh / 0.25 h
-        (2000, 1000, 3000, 1e9, 0, 2000, 3000),  # nothing to deliver
-        (5000, 6000, 7000, 1e9, 1e9, 5000, 7000),  # range above baseline: no deliver
-    ],
-)
-def test_forecast_slots(baseline, p_min, p_max, absorb_wh, deliver_wh, slot_min, slot_max):
-    agg = PoolAggregate.of(
-        "p",
-        [
-            part(
-                1,
-                baseline_w=baseline,
-                p_min_w=p_min,
-                p_max_w=p_max,
-                e_absorb_wh=absorb_wh,
-                e_deliver_wh=deliver_wh,
-            )
-        ],
-        NOW,
-    )
-    slots = forecast(agg, NOW + 100, horizon_s=86_400, step_s=900)
-    assert len(slots) == 96
-    assert slots[0].start_ts == NOW  # aligned: the quarter-hour in progress
-    assert all(b.start_ts == a.end_ts for a, b in pairwise(slots))
-    assert {(s.p_min_w, s.p_max_w, s.baseline_w) for s in slots} == {(slot_min, slot_max, baseline)}
+async def test_read_pool_envelope_reads_the_dispatchers_record_while_it_is_current(redis_url):
+    import redis.asyncio as aioredis
+
+    from tests.cloud.api_harness import pool_envelope
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await read_pool_envelope(client, "pool-a", NOW) is None
+        await client.set(envelope_key("pool-a"), pool_envelope("pool-a", NOW).to_json())
+        env = await read_pool_envelope(client, "pool-a", NOW + 100)
+        assert env is not None
+        assert (env.start_ts, env.n, env.seq) == (NOW, 96, 1)
+        # its dispatcher stopped: three quarter hours on, nothing is promised any more
+        assert await read_pool_envelope(client, "pool-a", NOW + 2 * 900) is not None
+        assert await read_pool_envelope(client, "pool-a", NOW + 3 * 900 + 1) is None
+        await client.set(envelope_key("pool-a"), b'{"pool_id": "pool-a"}')  # unreadable
+        assert await read_pool_envelope(client, "pool-a", NOW + 100) is None
+    finally:
+        await client.aclose()

@@ -44,7 +44,7 @@ async def test_the_trader_trades_the_real_api(api: Api) -> None:
 
         activation = await trader.balancing_setpoint(-100_000.0, valid_for_s=30.0)
         assert activation is not None
-        assert activation["target_w"] == pytest.approx(-45_000.0)  # 50 kW less 10 %
+        assert activation["target_w"] == pytest.approx(-48_500.0)  # 50 kW less 3 %
 
         listed = await trader.schedules()
         assert listed is not None

@@ -12,7 +12,7 @@ from cloud.api.auth import KeyDep, PoolDep
 from cloud.api.context import ApiContext, CtxDep
 from cloud.api.routes.common import AUTH_ERRORS, NO_DATA
 from cloud.api.schemas import FlexibilityOut, PoolOut, PoolsOut, SiteOut, SitesOut
-from cloud.api.views import current_flexibility, flexibility_out, iso
+from cloud.api.views import committed_deltas, current_flexibility, flexibility_out, iso
 from cloud.hotstate import SiteSummary, sites_key
 
 router = APIRouter(prefix="/v1", tags=["pools"], responses=AUTH_ERRORS)
@@ -46,20 +46,31 @@ async def get_pool(pool: PoolDep, ctx: CtxDep) -> PoolOut:
         "**now**: measured grid power, baseline, the range [p_min_w, p_max_w] the pool can "
         "hold, the energies it can absorb/deliver and its sites by state. **durations**: power "
         "the pool can hold above (absorb) / below (deliver) its baseline for 15 min, 1 h, 4 h. "
-        "**forecast**: range per slot ahead, with its assumptions. Grid power + = import. "
-        "503 `no_fresh_data` when no partition of the pool reported recently."
+        "**envelope**: per quarter hour ahead (24 h), the baseline forecast, the power bounds "
+        "and the cumulative energy bounds relative to it, guaranteed (a promise: every "
+        "schedule inside is accepted and delivered) apart from optimistic, with how to read "
+        "them in `model`. **forecast**: the envelope's guaranteed totals as an absolute range "
+        "per slot. Grid power + = import. 503 `no_fresh_data` when no partition of the pool "
+        "reported recently."
     ),
 )
 async def get_flexibility(
     pool: PoolDep,
     ctx: CtxDep,
     forecast_slots: int | None = Query(
-        None, ge=0, le=1000, description="At most this many forecast slots (default: all)."
+        None,
+        ge=0,
+        le=1000,
+        description="At most this many slots in `forecast` (default: all; the envelope is "
+        "always whole).",
     ),
 ) -> FlexibilityOut:
     now = ctx.clock.time()
     flex = await current_flexibility(ctx, pool.pool_id, now)
-    return flexibility_out(flex, now, ctx.settings.forecast_step_s, forecast_slots)
+    committed: list[float | None] = []
+    if flex.envelope is not None:
+        committed = await ctx.db(committed_deltas, ctx, flex.envelope, pool.pool_id)
+    return flexibility_out(flex, now, forecast_slots, committed)
 
 
 @router.get(

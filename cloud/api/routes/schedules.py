@@ -12,24 +12,48 @@ from cloud.api.errors import ApiError
 from cloud.api.routes.common import AUTH_ERRORS, NO_DATA, UNPROCESSABLE
 from cloud.api.schemas import ScheduleIn, ScheduleOut, SchedulesOut
 from cloud.api.validation import (
-    check_range,
+    check_envelope,
     check_schedule_shape,
     parse_duration,
     parse_time,
 )
-from cloud.api.views import current_flexibility, range_slots, schedule_out
+from cloud.api.views import committed_deltas, current_flexibility, schedule_out
+from cloud.hotstate import PlanRecord, plan_key
 
 router = APIRouter(prefix="/v1", tags=["schedules"], responses=AUTH_ERRORS)
 
 _RULES = (
-    "Refused with 422 and a `reason`: `naive_time`/`bad_time` (start without a time zone or "
-    "not ISO 8601), `bad_resolution` (not one of PT1M, PT2M, PT3M, PT4M, PT5M, PT6M, PT10M, "
-    "PT12M, PT15M, PT20M, PT30M, PT1H), `misaligned` (start not a multiple of the resolution "
-    "in UTC), `in_past` (start more than 60 s ago), `beyond_horizon` (ends more than 48 h "
-    "ahead), `empty`, `too_many_values`, `non_finite`, `out_of_range` (an absolute value "
-    "outside [p_min_w, p_max_w] of the forecast slot, a delta value outside "
-    "[p_min_w - baseline_w, p_max_w - baseline_w]), `schema` (body not of the model)."
+    "A schedule is accepted only inside the pool's guaranteed envelope (`GET "
+    ".../flexibility`, `envelope`): an accepted schedule is a promise. Refused with 422 and a "
+    "`reason`: `naive_time`/`bad_time` (start without a time zone or not ISO 8601), "
+    "`bad_resolution` (not one of PT1M, PT2M, PT3M, PT4M, PT5M, PT6M, PT10M, PT12M, PT15M, "
+    "PT20M, PT30M, PT1H), `misaligned` (start not a multiple of the resolution in UTC), "
+    "`in_past` (start more than 60 s ago), `beyond_horizon` (ends more than 48 h ahead), "
+    "`empty`, `too_many_values`, `non_finite`, `out_of_range` (a value outside the slot's "
+    "guaranteed power bounds: storage plus power-only, relative to `baseline_w`), "
+    "`energy_out_of_range` (the energy the schedule moves, counted from the envelope's start "
+    "with what the schedule in force commits before it, breaks `e_min_wh` or `e_max_wh`), "
+    "`beyond_envelope` (a value other than 0 past the envelope's end), `schema` (body not of "
+    "the model). The field names the first value at fault, the detail the slot and the bound. "
+    "503 `no_envelope` while the pool has no envelope yet."
 )
+
+
+async def _plan_in_force(
+    ctx: ApiContext, pool_id: str, start_ts: float, now: float
+) -> PlanRecord | None:
+    """The dispatcher's plan, if it is in force and made on the same envelope reference
+    (its storage part of the committed slots then counts exactly)."""
+    raw = await ctx.get_redis().get(plan_key(pool_id))
+    if not raw:
+        return None
+    try:
+        plan = PlanRecord.from_json(raw)
+    except (ValueError, TypeError, KeyError):
+        return None
+    if plan.start_ts != start_ts or plan.valid_until <= now:
+        return None
+    return plan
 
 
 async def _scoped_schedule(ctx: ApiContext, key: Any, schedule_id: str) -> Any:
@@ -67,14 +91,25 @@ async def post_schedule(
         max_values=s.max_values,
     )
     flex = await current_flexibility(ctx, pool.pool_id, now)
-    slots, now_slot = range_slots(flex, now)
-    check_range(
+    env = flex.envelope
+    if env is None:
+        raise ApiError(
+            503,
+            "no_envelope",
+            f"pool {pool.pool_id!r} has no envelope yet (its sites publish one every quarter "
+            "hour): nothing can be promised; retry shortly",
+            headers={"Retry-After": "30"},
+        )
+    committed = await ctx.db(committed_deltas, ctx, env, pool.pool_id)
+    plan = await _plan_in_force(ctx, pool.pool_id, env.start_ts, now)
+    check_envelope(
         start_ts=start_ts,
         resolution_s=resolution_s,
         values_w=body.values_w,
         kind=body.kind.value,
-        slots=slots,
-        now_slot=now_slot,
+        envelope=env,
+        committed_w=committed,
+        committed_storage_w=None if plan is None else plan.storage_w,
     )
     try:
         schedule = await ctx.db(

@@ -12,7 +12,7 @@ from cloud.api.errors import ApiError
 from cloud.api.routes.common import AUTH_ERRORS, NO_DATA, UNPROCESSABLE
 from cloud.api.schemas import ActivationOut, SetpointIn
 from cloud.api.validation import check_range, parse_time, unprocessable
-from cloud.api.views import current_flexibility, range_slots
+from cloud.api.views import current_flexibility, now_range
 from protocols.units import to_iso8601
 
 router = APIRouter(prefix="/v1", tags=["setpoint"], responses=AUTH_ERRORS)
@@ -63,7 +63,7 @@ async def post_setpoint(body: SetpointIn, pool: PoolDep, ctx: CtxDep) -> Activat
             "resend the setpoint to extend it",
         )
     flex = await current_flexibility(ctx, pool.pool_id, now)
-    _, now_slot = range_slots(flex, now)
+    now_slot = now_range(flex, now)
     check_range(
         start_ts=now,
         resolution_s=1,

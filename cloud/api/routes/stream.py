@@ -8,6 +8,10 @@ Events on ``GET /v1/pools/{pool_id}/stream``:
 * ``flexibility`` - each time the pool's aggregate is new (one per worker cycle): the
   flexibility *now* and the delivery (target in force vs measured), JSON of
   :class:`cloud.api.schemas.StreamEvent`; ``id`` is the aggregate's time;
+* ``envelope`` - each time the pool's envelope or its plan is new (every quarter hour, and
+  within a cycle or two of the pool losing or regaining sites): the envelope and the expected
+  shortfall of the schedules in force, slot by slot, announced before the slots come
+  (:class:`cloud.api.schemas.StreamEnvelopeEvent`);
 * ``unavailable`` - once, when the pool has no fresh aggregate or Redis is unreachable
   (``reason`` in the data: ``no_fresh_data`` or ``hot_state_unavailable``);
 * ``: heartbeat <time>`` comment lines while nothing new happens, so proxies keep the
@@ -19,6 +23,7 @@ the server shuts down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -31,13 +36,21 @@ from redis.exceptions import RedisError
 from cloud.api.auth import PoolDep
 from cloud.api.context import ApiContext, CtxDep
 from cloud.api.routes.common import AUTH_ERRORS
-from cloud.api.schemas import StreamDelivery, StreamEvent
-from cloud.api.views import now_out
-from cloud.flexibility.model import read_pool_aggregate
-from cloud.hotstate import PoolAggregate, delivery_key
+from cloud.api.schemas import (
+    ShortfallSlotOut,
+    StreamDelivery,
+    StreamEnvelopeEvent,
+    StreamEvent,
+)
+from cloud.api.views import committed_deltas, envelope_out, now_out
+from cloud.flexibility.model import read_pool_aggregate, read_pool_envelope
+from cloud.hotstate import PlanRecord, PoolAggregate, delivery_key, plan_key
 from protocols.units import to_iso8601
 
 router = APIRouter(prefix="/v1", tags=["stream"], responses=AUTH_ERRORS)
+
+#: A shortfall below this (W) is rounding in the plan, not a warning.
+SHORTFALL_TOLERANCE_W = 1.0
 log = logging.getLogger("cloud.api.stream")
 
 
@@ -71,10 +84,51 @@ async def delivery_now(
     )
 
 
+async def envelope_event(
+    ctx: ApiContext, pool_id: str, now: float
+) -> tuple[tuple[int, int] | None, StreamEnvelopeEvent | None]:
+    """The pool's envelope and the expected shortfall of its schedules in force, and the
+    versions they are (envelope seq, plan seq) to tell a new one; ``(None, None)`` when the
+    pool has no envelope."""
+    env = await read_pool_envelope(ctx.get_redis(), pool_id, now)
+    if env is None:
+        return None, None
+    raw = await ctx.get_redis().get(plan_key(pool_id))
+    plan = None
+    if raw:
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            plan = PlanRecord.from_json(raw)
+    shortfall = []
+    if plan is not None and plan.valid_until > now:
+        current = plan.slot(now)
+        for k in range(current or 0, len(plan.shortfall_w)):
+            scheduled, short = plan.scheduled_w[k], plan.shortfall_w[k]
+            if scheduled is not None and abs(short) > SHORTFALL_TOLERANCE_W:
+                start = plan.start_ts + k * plan.step_s
+                shortfall.append(
+                    ShortfallSlotOut(
+                        start=to_iso8601(start),
+                        end=to_iso8601(start + plan.step_s),
+                        scheduled_w=scheduled,
+                        shortfall_w=short,
+                    )
+                )
+    committed = await ctx.db(committed_deltas, ctx, env, pool_id)
+    event = StreamEnvelopeEvent(
+        pool_id=pool_id,
+        envelope=envelope_out(env, committed),
+        plan_id=None if plan is None else plan.plan_id,
+        shortfall=shortfall,
+        shortfall_wh=sum(abs(s.shortfall_w) for s in shortfall) * env.step_s / 3600.0,
+    )
+    return (env.seq, -1 if plan is None else plan.seq), event
+
+
 async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
     s = ctx.settings
     ctx.streams_open += 1
     last_ts: float | None = None
+    last_envelope: tuple[int, int] | None = None
     unavailable_sent = False
     last_sent = time.monotonic()
     try:
@@ -105,6 +159,17 @@ async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
                 chunk = format_sse_event(event="unavailable", data_str=json.dumps(data))
             elif time.monotonic() - last_sent >= s.heartbeat_s:
                 chunk = format_sse_event(comment=f"heartbeat {to_iso8601(now)}")
+            if agg is not None:
+                try:
+                    version, envelope = await envelope_event(ctx, pool_id, now)
+                except RedisError as exc:
+                    log.warning("stream of pool %s: redis error %r", pool_id, exc)
+                    version, envelope = last_envelope, None
+                if envelope is not None and version != last_envelope:
+                    last_envelope = version
+                    data = envelope.model_dump_json()
+                    extra = format_sse_event(event="envelope", data_str=data, id=f"env-{version}")
+                    chunk = extra if chunk is None else chunk + extra
             if chunk is not None:
                 last_sent = time.monotonic()
                 yield chunk
@@ -119,8 +184,10 @@ async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
     summary="Server-sent events: flexibility and delivery each cycle",
     description=(
         "`text/event-stream`. Event `flexibility` (data: StreamEvent JSON, `id`: its `as_of`) "
-        "once per aggregation cycle; `unavailable` when the pool has no fresh data; "
-        "`: heartbeat <time>` comments while idle."
+        "once per aggregation cycle; `envelope` (data: StreamEnvelopeEvent JSON) when the "
+        "pool's envelope or plan is new, with the expected shortfall of the schedules in "
+        "force; `unavailable` when the pool has no fresh data; `: heartbeat <time>` comments "
+        "while idle."
     ),
     response_class=Response,  # not EventSourceResponse: that makes FastAPI expect a generator
     responses={
