@@ -30,7 +30,7 @@ def demo(
         str,
         typer.Option(
             help="Fault scenario: none, site-dropout, device-freeze, broker-restart, "
-            "worker-kill, leader-kill, network-outage."
+            "broker-outage, worker-kill, leader-kill, network-outage."
         ),
     ] = "none",
     out: Annotated[Path, typer.Option(help="Output folder (report.html, kpis.json, ...).")] = Path(
@@ -64,6 +64,15 @@ def demo(
         str | None, typer.Option(envvar="VPP_REDIS_URL", help="Use this Redis (flushed!).")
     ] = None,
     no_live: Annotated[bool, typer.Option("--no-live", help="No progress line.")] = False,
+    history_days: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=30,
+            help="Days of the sites' simulated past the agents start with (their forecasts "
+            "learn from it; 0: a fresh install).",
+        ),
+    ] = 10.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the whole system on one machine on an accelerated clock: fleet, edge agents,
@@ -83,7 +92,8 @@ def demo(
                               speed=speed, scenario=scenario, out=out, start=t0,
                               full_day=full_day, continuous=continuous, prices=prices,
                               imbalance_prices=imbalance_prices, mqtt_url=mqtt_url,
-                              redis_url=redis_url, live=not no_live)  # fmt: skip
+                              redis_url=redis_url, live=not no_live,
+                              history_days=history_days)  # fmt: skip
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     results = run_demo(options)

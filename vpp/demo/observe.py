@@ -3,10 +3,12 @@ ground truth.
 
 :class:`TelemetryCounter` is a plain MQTT subscriber with a persistent session (a broker
 restart or a reconnect loses nothing queued for it): it keeps which sequence numbers each
-site delivered, so completeness is "received / produced" by sequence number, and each
-site's latest telemetry time, so the truth can be read at the instant the platform's
-measurement refers to. :class:`TruthLog` keeps the fleet's per-site grid power at every
-physics tick.
+site delivered, so completeness is "received / produced" by sequence number, each site's
+latest telemetry time, so the truth can be read at the instant the platform's measurement
+refers to, and each site's reported baseline over the whole run (buffered telemetry included,
+whenever it arrives): the baseline the schedule's deltas are relative to. :class:`TruthLog`
+keeps the fleet's per-site grid power at every physics tick over a recent window, and its
+mean per second over the whole run (what the meters delivered).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class TelemetryCounter:
         self._lock = threading.Lock()
         self.seqs: dict[str, set[int]] = {}
         self.latest_ts: dict[str, float] = {}
+        self.baselines: dict[str, list[tuple[float, float]]] = {}  # site -> (ts, baseline_w)
         self.rejected = 0
         self._subscribed = threading.Event()
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
@@ -65,7 +68,12 @@ class TelemetryCounter:
             return
         if isinstance(message, Telemetry):
             with self._lock:
-                self.seqs.setdefault(message.site_id, set()).add(message.seq)
+                seqs = self.seqs.setdefault(message.site_id, set())
+                if message.seq not in seqs:
+                    self.baselines.setdefault(message.site_id, []).append(
+                        (message.ts, message.baseline_w)
+                    )
+                seqs.add(message.seq)
                 if message.ts > self.latest_ts.get(message.site_id, -1.0):
                     self.latest_ts[message.site_id] = message.ts
 
@@ -83,22 +91,64 @@ class TelemetryCounter:
         with self._lock:
             return dict(self.latest_ts)
 
+    def baseline_series(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each site's reported baseline over the run, sorted by source time: ``(ts, W)``."""
+        with self._lock:
+            copies = {site: list(rows) for site, rows in self.baselines.items()}
+        out = {}
+        for site, rows in copies.items():
+            rows.sort()
+            a = np.array(rows, dtype=float).reshape(-1, 2)
+            out[site] = (a[:, 0], a[:, 1])
+        return out
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
 
 
 class TruthLog:
-    """The fleet's grid power per site at each physics tick, over a recent window."""
+    """The fleet's grid power per site at each physics tick over a recent window, and its
+    mean per whole second over the run (for the energy each interval delivered)."""
 
     def __init__(self, n_sites: int, window: int = 4096) -> None:
         self.n = n_sites
         self.t: deque[float] = deque(maxlen=window)
         self.grid: deque[np.ndarray] = deque(maxlen=window)
+        self._second: int | None = None
+        self._sum = np.zeros(n_sites)
+        self._count = 0
+        self._seconds: list[int] = []
+        self._means: list[np.ndarray] = []
 
     def add(self, t: float, grid_w: np.ndarray) -> None:
+        grid = np.array(grid_w, dtype=float)
         self.t.append(t)
-        self.grid.append(np.array(grid_w, dtype=float))
+        self.grid.append(grid)
+        second = int(t // 1)
+        if second != self._second:
+            self._close_second()
+            self._second = second
+        self._sum += grid
+        self._count += 1
+
+    def _close_second(self) -> None:
+        if self._second is not None and self._count:
+            self._seconds.append(self._second)
+            self._means.append(self._sum / self._count)
+        self._sum = np.zeros(self.n)
+        self._count = 0
+
+    def per_second(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(seconds, W)``: each whole second's start and each site's mean grid power in it,
+        the second under way included (seconds without a tick are absent)."""
+        seconds, means = list(self._seconds), list(self._means)
+        if self._second is not None and self._count:
+            seconds.append(self._second)
+            means.append(self._sum / self._count)
+        if not seconds:
+            return np.zeros(0), np.zeros((0, self.n))
+        return np.array(seconds, dtype=float), np.vstack(means)
 
     def site_powers_at(self, indices: list[int], times: list[float]) -> np.ndarray | None:
         """Each site's grid power at its own instant (the last tick at or before it); None

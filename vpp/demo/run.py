@@ -32,6 +32,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +47,32 @@ from cloud.alerts import LOG_KEY as CLOUD_ALERT_LOG
 from cloud.dispatch.dispatcher import LEADER_KEY
 from cloud.hotstate import (
     PartitionAggregate,
+    PlanRecord,
     PoolAggregate,
+    PoolEnvelopeRecord,
     SiteStatus,
     SiteSummary,
     agg_key,
     agg_parts_key,
     delivery_key,
+    envelope_key,
+    plan_key,
     sites_key,
 )
 from cloud.registry import Registry
 from edge.agent import SiteAgent
 from edge.config import EdgeConfig
+from edge.store import EdgeStore
 from firmware_sim.fleet import Fleet
 from protocols.clock import SimClock
 from protocols.messages import PartitionSignal
 from protocols.units import to_iso8601
 from vpp.demo.cloudproc import CloudProcess
 from vpp.demo.gate import NetworkGate
+from vpp.demo.intervals import Observed, interval_rows
 from vpp.demo.observe import TelemetryCounter, TruthLog
 from vpp.demo.scenarios import AFFECTED_FRACTION, Scenario, scenario
+from vpp.demo.warmup import warm_up
 from vpp.e2e import (
     DEFAULT_RULES,
     Alert,
@@ -77,9 +85,8 @@ from vpp.e2e import (
 )
 from vpp.services import MosquittoServer, RedisServer, free_port
 from vpp.sitecfg import site_configs
-from vpp.trader.client import TraderOptions, VirtualTrader
-from vpp.trader.optimise import FlexForecast
-from vpp.trader.prices import PriceSeries, default_prices, read_prices
+from vpp.trader.client import Decision, TraderOptions, VirtualTrader
+from vpp.trader.prices import PriceSeries, default_prices, packaged_prices, read_prices
 
 log = logging.getLogger("vpp.demo")
 
@@ -88,6 +95,7 @@ SLOT_S = 900.0
 CYCLE_S = 2.0  # the dispatcher's cycle; the demo samples once per cycle
 PARTITIONS = 8
 DAY_S = 86_400.0
+BROKER_OUTAGE_S = 900.0  # scenario broker-outage: 15 simulated minutes
 
 
 @dataclass
@@ -114,6 +122,7 @@ class DemoOptions:
     continuous: bool = False  # period after period (--hours each) until stopped
     max_periods: int | None = None  # continuous mode: stop after this many (None: never)
     live: bool = True  # the progress line
+    history_days: float = 10.0  # the sites' simulated past before the run (0: none)
 
     def __post_init__(self) -> None:
         scenario(self.scenario)  # refuses an unknown name, naming the known ones
@@ -123,8 +132,10 @@ class DemoOptions:
             raise ValueError(f"--hours must be positive, got {self.hours}")
         if not (1.0 <= self.speed <= 1000.0):
             raise ValueError(f"--speed must be 1..1000, got {self.speed}")
-        if self.scenario == "broker-restart" and self.mqtt_url:
-            raise ValueError("scenario broker-restart needs the demo's own broker: drop --mqtt-url")
+        if scenario(self.scenario).needs_own_broker and self.mqtt_url:
+            raise ValueError(
+                f"scenario {self.scenario} needs the demo's own broker: drop --mqtt-url"
+            )
 
 
 @dataclass
@@ -134,15 +145,35 @@ class Prices:
 
     @classmethod
     def load(cls, options: DemoOptions) -> Prices:
-        """The given files, else the real Belgian June 2024 day chosen by the seed."""
-        if options.prices and options.imbalance_prices:
-            return cls(read_prices(options.prices), read_prices(options.imbalance_prices))
-        default_da, default_imb = default_prices(options.seed)
-        day_ahead = read_prices(options.prices) if options.prices else default_da
+        """The given files, else the real Belgian June 2024 prices shipped.
+
+        Without ``--start`` the run trades the day chosen by the seed. With ``--start`` at a
+        time the prices do not cover (any date outside June 2024 with the shipped month),
+        their whole days are laid on the run's dates, from the day chosen by the seed on:
+        the market's shape of real days, on the run's calendar (the report names the source).
+        """
+        packaged_da, packaged_imb = packaged_prices()
+        day_ahead = read_prices(options.prices) if options.prices else packaged_da
         imbalance = (
-            read_prices(options.imbalance_prices) if options.imbalance_prices else default_imb
+            read_prices(options.imbalance_prices) if options.imbalance_prices else packaged_imb
         )
-        return cls(day_ahead, imbalance)
+        if options.start is None:
+            if options.prices or options.imbalance_prices:
+                return cls(day_ahead, imbalance)
+            return cls(*default_prices(options.seed))
+        run_end = options.start + options.hours * 3600.0
+        covered = all(
+            s.start_ts <= options.start and run_end <= s.end_ts for s in (day_ahead, imbalance)
+        )
+        if covered:
+            return cls(day_ahead, imbalance)
+        first = datetime.fromtimestamp(options.start, UTC).date()
+        midnight = datetime(first.year, first.month, first.day, tzinfo=UTC).timestamp()
+        n_days = math.ceil((run_end - midnight) / DAY_S) + 1  # and a day ahead to plan
+        return cls(
+            day_ahead.laid_on(first, n_days, offset=options.seed),
+            imbalance.laid_on(first, n_days, offset=options.seed),
+        )
 
     def at(self, series: PriceSeries, t: float) -> float | None:
         if series.start_ts <= t < series.end_ts:
@@ -164,11 +195,35 @@ class LiveView:
     events: list[str] = field(default_factory=list)
 
 
+@dataclass
+class FaultWindow:
+    """A fault's span, from the drill to the system's recovery (``end`` None while open):
+    intervals it overlaps are judged as outages. ``recovered(sample)`` tells, on each
+    sample after ``not_before``, whether the system is back."""
+
+    name: str
+    start: float
+    recovered: Any  # Callable[[dict[str, Any]], bool]
+    not_before: float = 0.0
+    end: float | None = None
+
+
 class FaultDriver:
-    """Carries out a scenario's steps on the running system."""
+    """Carries out a scenario's steps on the running system, and keeps each fault's window
+    (fault to recovery) for the interval judgement."""
 
     def __init__(self, demo: Demo) -> None:
         self.demo = demo
+        self.windows: list[FaultWindow] = []
+
+    def _window(self, name: str, recovered: Any, not_before: float = 0.0) -> None:
+        self.windows.append(
+            FaultWindow(name, self.demo.clock.time(), recovered, not_before=not_before)
+        )
+
+    def _all_fresh(self) -> Any:
+        """Recovered when every site still alive reports fresh to the cloud again."""
+        return lambda sample: sample["sites_online"] >= self.demo.alive_sites()
 
     def affected(self) -> list[int]:
         n = self.demo.options.sites
@@ -186,16 +241,36 @@ class FaultDriver:
         idx = self.affected()
         for i in idx:
             self.demo.fleet.set_fault(self.demo.site_ids[i], "battery", "freeze", 1800.0)
+        until = self.demo.clock.time() + 1800.0
+        self._window("battery-freeze", lambda sample: sample["t"] >= until)
         return f"{len(idx)} batteries frozen for 30 min"
 
     async def restart_broker(self) -> str:
         broker = self.demo.broker
         assert broker is not None
+        self._window("broker-restart", self._all_fresh())
         await asyncio.to_thread(broker.restart)
         return f"Mosquitto restarted on port {broker.port}"
 
+    async def stop_broker(self) -> str:
+        broker = self.demo.broker
+        assert broker is not None
+        outage = min(BROKER_OUTAGE_S, self.demo.run_s / 4.0)
+        back = self.demo.clock.time() + outage
+        self._window("broker-outage", self._all_fresh(), not_before=back)
+        await asyncio.to_thread(broker.stop)
+        self.demo.later(back, "start_broker", "broker back")
+        return f"Mosquitto stopped for {outage / 60:.0f} min"
+
+    async def start_broker(self) -> str:
+        broker = self.demo.broker
+        assert broker is not None
+        await asyncio.to_thread(broker.start)
+        return f"Mosquitto started again on port {broker.port}"
+
     async def kill_worker(self) -> str:
         worker = next(p for p in self.demo.cloud if p.role == "worker")
+        self._window("worker-kill", self._all_fresh(), not_before=self.demo.clock.time() + 1)
         worker.kill()
         return f"{worker.name} SIGKILLed"
 
@@ -206,15 +281,21 @@ class FaultDriver:
         proc = next((p for p in self.demo.cloud if p.name == name), None)
         if proc is None:
             return f"no leader found (lock holder {name!r}): nothing killed"
+        self._window(
+            "leader-kill",
+            lambda sample, dead=proc.name: sample["dispatcher"] not in (None, dead),
+        )
         proc.kill()
         return f"leader {proc.name} SIGKILLed"
 
     async def cut_network(self) -> str:
         gate = self.demo.gate
         assert gate is not None
-        gate.cut()
         outage = min(3600.0, self.demo.run_s / 3.0)
-        self.demo.later(self.demo.clock.time() + outage, "restore_network", "link back")
+        back = self.demo.clock.time() + outage
+        self._window("network-outage", self._all_fresh(), not_before=back)
+        gate.cut()
+        self.demo.later(back, "restore_network", "link back")
         return f"{len(self.demo.gated)} sites cut off for {outage / 60:.0f} min"
 
     async def restore_network(self) -> str:
@@ -261,8 +342,12 @@ class Demo:
         self.run_start = 0.0
         self.run_s = options.hours * 3600.0
         self.live = LiveView(sites_total=options.sites)
-        self._samples: list[tuple[float, float | None, float | None, float]] = []
-        self._last_delivery_ts: float | None = None
+        self._envelopes: list[tuple[float, PoolEnvelopeRecord]] = []
+        self._plans: list[tuple[float, PlanRecord]] = []
+        self._sample_t: list[float] = []
+        self._sample_online: list[float] = []
+        self._sample_baseline: list[float] = []
+        self._judged_until = -math.inf  # continuous mode: intervals already evaluated live
         self.watch_rules_fired: set[str] = set()
 
     # --- set-up ---------------------------------------------------------------------------
@@ -345,9 +430,39 @@ class Demo:
                 await asyncio.sleep(0.2)
         raise RuntimeError("the cloud API did not become healthy within 60 s")
 
+    async def _warm_up(self, configs: dict[str, dict[str, Any]]) -> None:
+        """Give every agent the past an installed gateway has (:mod:`vpp.demo.warmup`), in a
+        thread (SQLite connections then live and die in it)."""
+        days = self.options.history_days
+        if days <= 0:
+            return
+        paths = [configs[s]["agent"]["db_path"] for s in self.site_ids]
+        start = self.clock.time()
+
+        def live_the_past() -> None:
+            stores = [EdgeStore(path, self.clock) for path in paths]
+            try:
+                warm_up(
+                    stores,
+                    self.site_ids,
+                    seed=self.options.seed,
+                    start=start,
+                    days=days,
+                    learn_days=min(days / 2, 5.0),
+                )
+            finally:
+                for store in stores:
+                    store.close()
+
+        wall0 = time.monotonic()
+        await asyncio.to_thread(live_the_past)
+        took = time.monotonic() - wall0
+        log.info("warm-up: %g days of the sites' past in %.1f s", days, took)
+
     async def _start_agents(self) -> None:
         raw = site_configs(self.fleet.manifest(), self.mqtt_url, self.out / "edge",
                            partitions=PARTITIONS)  # fmt: skip
+        await self._warm_up(raw)
         if self.scenario.gated_fraction:
             self.gated = self.faults.affected()
             host, port = self.mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
@@ -378,6 +493,10 @@ class Demo:
             on_signal(message)
 
         agent.on_signal = timed  # type: ignore[method-assign]
+
+    def alive_sites(self) -> int:
+        """Sites whose gateway still runs (a killed gateway never comes back)."""
+        return sum(1 for a in self.agents if a is not None)
 
     async def kill_agent(self, i: int) -> None:
         agent, task = self.agents[i], self.agent_tasks[i]
@@ -485,7 +604,8 @@ class Demo:
                     await self._fire(action, detail)
                 await self._sample(now)
                 if now >= next_slot + SLOT_S:
-                    self._interval(next_slot)
+                    if self.options.continuous:
+                        self._evaluate_live(next_slot + SLOT_S)
                     next_slot += SLOT_S
                 elif now >= next_slot and next_slot < self.run_start:
                     next_slot += SLOT_S
@@ -517,7 +637,10 @@ class Demo:
                 for p in parts:
                     pipe.get(agg_key(POOL, p))
                     pipe.hgetall(sites_key(p))
+                pipe.get(envelope_key(POOL))
+                pipe.get(plan_key(POOL))
                 raw = await pipe.execute()
+            self._observe_envelope(now, raw[-2], raw[-1])
         except Exception:
             self.live.sample_errors += 1
             log.exception("sample at %s failed", to_iso8601(now))
@@ -537,10 +660,9 @@ class Demo:
         truth = self._truth_of(fresh)
         pool = PoolAggregate.of(POOL, aggs, now)
         delivery = json.loads(raw[0]) if raw[0] else None
-        target = shortfall = None
+        target = None
         if delivery and now - float(delivery["ts"]) <= 2 * CYCLE_S:
             target = delivery.get("target_w")
-            shortfall = delivery.get("shortfall_w")
         measured = pool.measured_w if aggs else None
         p10, p50, p90 = (float(v) for v in np.percentile(self.fleet.phys.soc_pct, [10, 50, 90]))
         self.recorder.sample(
@@ -549,7 +671,18 @@ class Demo:
             sites_online=pool.sites_fresh, sites_total=self.options.sites,
             soc_p10=p10, soc_p50=p50, soc_p90=p90, truth_w=truth if aggs else None,
         )  # fmt: skip
-        self._samples.append((now, target, measured, abs(shortfall or 0.0)))
+        self._sample_t.append(now)
+        self._sample_online.append(float(pool.sites_fresh))
+        self._sample_baseline.append(pool.baseline_w if aggs else np.nan)
+        observed = {
+            "t": now,
+            "sites_online": pool.sites_fresh,
+            "dispatcher": delivery.get("dispatcher") if delivery else None,
+        }
+        for window in self.faults.windows:
+            if window.end is None and now >= window.not_before and window.recovered(observed):
+                window.end = now
+                self.recorder.event(now, "recovered", f"{window.name}: the system is back")
         self.live.t, self.live.sites_online = now, pool.sites_fresh
         self.live.target_w, self.live.measured_w = target, measured
         self.live.trader_errors = self.trader.errors_total if self.trader else 0
@@ -562,55 +695,70 @@ class Demo:
                                            [float(s.ts or 0.0) for s in known])  # fmt: skip
         return None if powers is None or len(known) < len(summaries) else float(powers.sum())
 
-    def _interval(self, start: float) -> None:
-        """Close the quarter hour starting at ``start``: energies, errors, prices."""
-        end = start + SLOT_S
-        rows = [s for s in self._samples if start <= s[0] < end]
-        self._samples = [s for s in self._samples if s[0] >= end - 10 * CYCLE_S]
-        if not rows:
-            return
-        t = np.array([r[0] for r in rows] + [end])
-        dt = np.diff(t)
-        target = np.array([np.nan if r[1] is None else r[1] for r in rows])
-        measured = np.array([np.nan if r[2] is None else r[2] for r in rows])
-        has = ~np.isnan(target) & ~np.isnan(measured)
-        covered = float(np.sum(dt[has])) / SLOT_S
-        if covered < 0.9:  # no schedule over most of it (before the first one): not judged
-            return
-        e_target = float(np.sum(target[has] * dt[has]) / 3600.0)
-        e_delivered = float(np.sum(measured[has] * dt[has]) / 3600.0)
-        err = measured[has] - target[has]
-        # The pool had the flexibility if what it could not reach (the dispatcher's shortfall)
-        # adds up to at most a tenth of the 1 % error allowed: a moment at the range's edge
-        # does not disqualify an interval, an hour short of 20 % of the sites does.
-        short_wh = float(np.sum(np.array([r[3] for r in rows]) * dt) / 3600.0)
-        sufficient = short_wh <= 0.001 * max(abs(e_target), 1.0)
-        delta = self._scheduled_delta(start)
-        self.recorder.interval(
-            start, SLOT_S, schedule_delta_w=delta, energy_target_wh=e_target,
-            energy_delivered_wh=e_delivered,
-            error_rms_w=float(np.sqrt(np.mean(err**2))), error_max_w=float(np.max(np.abs(err))),
-            flex_sufficient=sufficient,
-            price_da_eur_mwh=self.prices.at(self.prices.day_ahead, start),
-            price_imb_eur_mwh=self.prices.at(self.prices.imbalance, start),
-        )  # fmt: skip
-        if self.options.continuous:
-            self._evaluate_live(end)
+    def _observe_envelope(self, now: float, raw_envelope: Any, raw_plan: Any) -> None:
+        """Keep every pool envelope and plan the cloud published (each once), for the
+        forecast's judgement and the early warnings."""
+        if raw_envelope:
+            env = PoolEnvelopeRecord.from_json(raw_envelope)
+            if not self._envelopes or self._envelopes[-1][1].seq != env.seq:
+                self._envelopes.append((now, env))
+                storage = env.guaranteed["storage"]
+                energy = float(np.sum(np.subtract(storage["e_max_wh"], storage["e_min_wh"])))
+                power = float(np.sum(np.subtract(storage["p_max_w"], storage["p_min_w"])))
+                self.recorder.envelope(
+                    now,
+                    as_of=env.as_of,
+                    energy_guaranteed_wh=energy,
+                    energy_plain_wh=energy / env.energy_ratio if env.energy_ratio > 0 else None,
+                    power_guaranteed_w=power,
+                    power_plain_w=power / env.power_ratio if env.power_ratio > 0 else None,
+                    sites=env.sites,
+                    energy_ratio=env.energy_ratio,
+                    power_ratio=env.power_ratio,
+                )
+        if raw_plan:
+            plan = PlanRecord.from_json(raw_plan)
+            if not self._plans or self._plans[-1][1].seq != plan.seq:
+                self._plans.append((now, plan))
 
-    def _scheduled_delta(self, start: float) -> float | None:
-        """The trader's value for the slot, from the last schedule it posted covering it."""
-        if self.trader is None:
-            return None
-        for d in reversed(self.trader.decisions):
-            if d.values_w is None or d.schedule_id is None:
-                continue
-            i = round((start - d.start_ts) / d.slot_s)
-            if 0 <= i < d.values_w.size:
-                return float(d.values_w[i])
-        return None
+    def _observed(self) -> Observed:
+        seconds, truth = self.truth.per_second()
+        now = self.clock.time()
+        windows = [(w.start, now if w.end is None else w.end) for w in self.faults.windows]
+        return Observed(
+            site_ids=self.site_ids,
+            truth_seconds=seconds,
+            truth_w=truth,
+            baselines=self.tap.baseline_series() if self.tap is not None else {},
+            decisions=list(self.trader.decisions) if self.trader is not None else [],
+            sample_t=np.array(self._sample_t),
+            sample_online=np.array(self._sample_online),
+            sample_baseline_w=np.array(self._sample_baseline),
+            fault_windows=windows,
+            envelopes=list(self._envelopes),
+            plans=list(self._plans),
+        )
+
+    def _judge_intervals(self, until: float) -> None:
+        """Record every quarter hour from the last one judged to ``until`` (judged after the
+        fact: see :mod:`vpp.demo.intervals`)."""
+        first = max(self._judged_until, math.ceil(self.run_start / SLOT_S) * SLOT_S)
+        slots = np.arange(first, until - SLOT_S + 1e-6, SLOT_S).tolist()
+        if not slots:
+            return
+        series = {"day_ahead": self.prices.day_ahead, "imbalance": self.prices.imbalance}
+
+        def price_at(name: str, t: float) -> float | None:
+            return self.prices.at(series[name], t)
+
+        for row in interval_rows(self._observed(), slots, SLOT_S, price_at):
+            self.recorder.interval(**row)
+        self._judged_until = slots[-1] + SLOT_S
 
     def _evaluate_live(self, t: float) -> None:
-        """Continuous mode: the alert rules on the KPIs so far, once per rule until cleared."""
+        """Continuous mode: the alert rules on the KPIs so far, once per rule until cleared.
+        Intervals are judged a slot late, when most buffered telemetry has arrived."""
+        self._judge_intervals(t - SLOT_S)
         kpis = compute_kpis(self.recorder.record())
         firing = {a.rule: a for a in evaluate(kpis, DEFAULT_RULES, t)}
         for rule, alert in firing.items():
@@ -678,16 +826,24 @@ class Demo:
                                       a["message"], a["value"], None))  # fmt: skip
 
     def _finish(self, wall0: float, interrupted: bool) -> dict[str, Any]:
+        self._judge_intervals(self.clock.time())
         if self.trader is not None:
             for d in self.trader.decisions:
                 if d.values_w is None or d.result is None:
                     continue
                 self.recorder.trader_decision(
-                    d.time, solver=d.result.solver, solve_ms=d.result.solve_ms,
-                    values_w=d.values_w.tolist(), within_flex=_within(d.values_w, d.flex),
-                    start=d.start_ts, schedule_id=d.schedule_id, clipped_slots=d.clipped_slots,
+                    d.time,
+                    solver=d.result.solver,
+                    solve_ms=d.result.solve_ms,
+                    values_w=d.values_w.tolist(),
+                    within_flex=_within(d),
+                    start=d.start_ts,
+                    schedule_id=d.schedule_id,
+                    clipped_slots=d.clipped_slots,
                     objective_eur=d.result.objective_eur,
-                )  # fmt: skip
+                    power_use=d.power_use,
+                    energy_use=d.energy_use,
+                )
             (self.out / "trader-report.json").write_text(json.dumps(self.trader.report()))
         self.recorder.set_run(sim_end=self.clock.time(), wall_s=time.monotonic() - wall0,
                               interrupted=interrupted)  # fmt: skip
@@ -716,14 +872,12 @@ class Demo:
         return Text(line)
 
 
-def _within(values: np.ndarray, flex: FlexForecast | None, tol_w: float = 1.0) -> bool:
-    """The schedule stays inside the band the trader was shown (delta from baseline)."""
-    if flex is None:
+def _within(decision: Decision) -> bool:
+    """The posted schedule stays inside the envelope the trader was shown."""
+    if decision.flex is None or decision.values_w is None:
         return False
-    lo = np.asarray(flex.p_min_w) - np.asarray(flex.baseline_w)
-    hi = np.asarray(flex.p_max_w) - np.asarray(flex.baseline_w)
-    n = min(values.size, lo.size)
-    return bool(np.all(values[:n] >= lo[:n] - tol_w) and np.all(values[:n] <= hi[:n] + tol_w))
+    storage = decision.storage_w if decision.storage_w is not None else decision.values_w
+    return not decision.flex.violations(decision.values_w, storage)
 
 
 async def _run_days(options: DemoOptions, console: Console) -> list[dict[str, Any]]:

@@ -9,6 +9,9 @@ wills); the rest of the pool takes their share.
 ``device-freeze``: the battery of 20 % of the sites keeps answering with the same registers
 (a hung Modbus stack) for half an hour.
 ``broker-restart``: Mosquitto stops and starts again (persistent sessions: nothing is lost).
+``broker-outage``: Mosquitto is down for 15 minutes (at most a quarter of the run) in the middle
+of an activation: the sites keep delivering their planned share open loop and buffer their
+telemetry; the cloud sees nothing until the broker is back.
 ``worker-kill``: one of two partition workers is SIGKILLed; the other takes its partitions
 over when the leases expire.
 ``leader-kill``: the leading dispatcher of two is SIGKILLed; the standby takes over when the
@@ -63,6 +66,13 @@ SCENARIOS: dict[str, Scenario] = {
             "the MQTT broker restarts mid-activation",
             needs_own_broker=True,
             steps=(Step(0.4, "restart_broker", "Mosquitto restarts"),),
+        ),
+        Scenario(
+            "broker-outage",
+            "the MQTT broker is down for 15 minutes mid-activation",
+            needs_own_broker=True,
+            # the driver starts the broker again min(15 min, a quarter of the run) later
+            steps=(Step(0.4, "stop_broker", "Mosquitto stops for 15 minutes"),),
         ),
         Scenario(
             "worker-kill",

@@ -36,7 +36,7 @@ from vpp.trader.optimise import (
     FlexForecast,
     OptimiseOptions,
     ScheduleResult,
-    clip_to_flex,
+    fit_to_flex,
     optimise_schedule,
     storage_levels,
 )
@@ -97,6 +97,44 @@ class TraderOptions:
         )
 
 
+def _range_use(
+    values: np.ndarray,
+    storage: np.ndarray,
+    body: dict[str, Any],
+    start_ts: float,
+    slot_s: int,
+) -> tuple[float | None, float | None]:
+    """How much of the pool's real range a schedule uses: the largest deviation in each
+    direction over the largest optimistic bound in that direction over its slots, for power
+    (the whole schedule) and for the stored energy (its storage part, cumulated; power-only
+    flexibility stores nothing). ``None`` where the body does not say."""
+    try:
+        env = body["envelope"]
+        opt = env["optimistic"]
+        k0 = round((start_ts - _ts(env["start"])) / slot_s)
+        k1 = k0 + values.size
+
+        def col(part: str, name: str) -> np.ndarray:
+            return np.array(opt[part][name][k0:k1], dtype=float)
+
+        up = col("storage", "p_max_w") + col("power_only", "p_max_w")
+        down = -(col("storage", "p_min_w") + col("power_only", "p_min_w"))
+        e_up, e_down = col("storage", "e_max_wh"), -col("storage", "e_min_wh")
+    except (KeyError, TypeError, ValueError):
+        return None, None
+    energy = np.cumsum(storage) * slot_s / 3600.0
+
+    def use(x: np.ndarray, bound_up: np.ndarray, bound_down: np.ndarray) -> float:
+        parts = []
+        for part, bound in ((np.maximum(x, 0.0), bound_up), (np.maximum(-x, 0.0), bound_down)):
+            top = float(bound.max(initial=0.0))
+            parts.append(float(part.max(initial=0.0)) / top if top > 0 else 0.0)
+        return max(parts)
+
+    n = min(values.size, up.size)
+    return use(values[:n], up[:n], down[:n]), use(energy[:n], e_up[:n], e_down[:n])
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat()
 
@@ -112,8 +150,12 @@ def _ts(text: str) -> float:
 class Decision:
     """One scheduling step, for the report: what was shown, what was posted, how it was made.
 
-    ``values_w`` is what was sent (after clipping; None when nothing was sent), ``error``
-    why the step did not end in an accepted schedule (None when it did).
+    ``values_w`` is what was sent (after clipping; None when nothing was sent), ``storage_w``
+    its storage part, ``error`` why the step did not end in an accepted schedule (None when
+    it did). ``envelope_sites``: sites the envelope shown was made of; ``baseline_now_w``: the
+    pool's baseline when it was read; ``power_use``/``energy_use``: how much of the pool's
+    real (optimistic) range the schedule uses, the largest deviation over the largest bound in
+    its direction (power, and cumulative energy).
     """
 
     time: float
@@ -127,6 +169,11 @@ class Decision:
     clipped_slots: int
     schedule_id: str | None
     error: str | None
+    storage_w: np.ndarray | None = None
+    envelope_sites: int | None = None
+    baseline_now_w: float | None = None
+    power_use: float | None = None
+    energy_use: float | None = None
 
     @property
     def solver(self) -> str | None:
@@ -439,17 +486,23 @@ class VirtualTrader:
             return self._record(now, start, "flexibility unreadable")
         prices = self.prices.slice(start, start + n * SLOT_S).values
         result = await asyncio.to_thread(optimise_schedule, flex, prices, self.options.optimiser())
-        values = clip_to_flex(result.values_w, flex, storage_w=result.storage_w)
+        values, storage = fit_to_flex(result.values_w, flex, storage_w=result.storage_w)
         clipped = int(np.sum(np.abs(values - result.values_w) > 1e-3))
         if clipped:
             log.warning("trader %s: %d slot(s) clipped to the shown range", self.pool_id, clipped)
+        power_use, energy_use = _range_use(values, storage, body, start, slot_s=SLOT_S)
         shown = dict(
             flex=flex,
             as_of=body.get("as_of"),
             prices=prices,
             result=result,
             values_w=values,
+            storage_w=storage,
             clipped_slots=clipped,
+            envelope_sites=int(body["envelope"].get("sites", 0)),
+            baseline_now_w=float(body["now"]["baseline_w"]),
+            power_use=power_use,
+            energy_use=energy_use,
         )
         payload = {
             "start": _iso(start),

@@ -46,6 +46,7 @@ __all__ = [
     "ScheduleBoundsError",
     "ScheduleResult",
     "clip_to_flex",
+    "fit_to_flex",
     "greedy_schedule",
     "optimise_schedule",
     "schedule_cost_eur",
@@ -578,7 +579,20 @@ def clip_to_flex(
     storage_w: np.ndarray | None = None,
     strict: bool = False,
 ) -> np.ndarray:
-    """The last guard before posting: a schedule inside the envelope shown.
+    """The last guard before posting: a schedule inside the envelope shown (the values of
+    :func:`fit_to_flex`). With ``strict=True`` a value that had to move by more than a
+    milliwatt raises :class:`ScheduleBoundsError` naming the slots instead."""
+    return fit_to_flex(values_w, flex, storage_w=storage_w, strict=strict)[0]
+
+
+def fit_to_flex(
+    values_w: np.ndarray,
+    flex: FlexForecast,
+    *,
+    storage_w: np.ndarray | None = None,
+    strict: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A schedule inside the envelope shown, and its storage part: ``(values, storage)``.
 
     Non-finite values become 0 (follow the baseline). Each value is clipped into the slot's
     total bounds; the storage's part (``storage_w``, else as much of each value as the
@@ -617,4 +631,4 @@ def clip_to_flex(
             f"{moved.size} value(s) outside the shown envelope, first slot {first}: "
             f"{v[first]:g} W not in [{lo[first]:g}, {hi[first]:g}] W or past an energy bound",
         )
-    return out
+    return out, storage

@@ -41,6 +41,7 @@ __all__ = [
     "default_prices",
     "generate_day",
     "generate_imbalance",
+    "packaged_prices",
     "parse_csv",
     "parse_entsoe_xml",
     "read_csv",
@@ -196,6 +197,27 @@ class PriceSeries:
             )
         midnight = datetime(d.year, d.month, d.day, tzinfo=UTC)
         return self.slice(midnight, midnight + timedelta(days=1))
+
+    def laid_on(self, first: date, n_days: int, offset: int = 0) -> PriceSeries:
+        """``n_days`` of this series' whole days, laid on the dates from ``first`` on: day
+        ``offset`` (wrapping around) on ``first``, the next one on the day after, and so on.
+
+        For a run at a date the prices do not cover (a demo in January on the June prices
+        shipped): the market's shape of real days, on the run's calendar. The source says so.
+        ``ValueError`` if the series holds no whole day.
+        """
+        days = self.days()
+        if not days:
+            raise ValueError(f"the price series holds no whole day ({self.source})")
+        parts = [self.day(days[(offset + i) % len(days)]).values for i in range(n_days)]
+        start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+        taken = days[offset % len(days)]
+        return PriceSeries(
+            start,
+            self.resolution_s,
+            np.concatenate(parts),
+            source=f"{self.source}, days from {taken.isoformat()} laid on {first.isoformat()}",
+        )
 
     def resample(self, resolution_s: int) -> PriceSeries:
         """The same prices on another grid: a finer one repeats each value (an hourly price
@@ -641,6 +663,11 @@ def generate_imbalance(day_ahead: PriceSeries, seed: int) -> PriceSeries:
 def _packaged(name: str) -> PriceSeries:
     text = resources.files("vpp.trader").joinpath("data", name).read_text(encoding="utf-8-sig")
     return parse_csv(text, source=f"vpp/trader/data/{name}")
+
+
+def packaged_prices() -> tuple[PriceSeries, PriceSeries]:
+    """``(day_ahead, imbalance)``: the whole real Belgian month shipped in ``vpp/trader/data``."""
+    return _packaged(DAY_AHEAD_FILE), _packaged(IMBALANCE_FILE)
 
 
 def default_prices(seed: int = 0) -> tuple[PriceSeries, PriceSeries]:

@@ -1,7 +1,7 @@
 """Judge the forecast against the simulator's physics (used by test_accuracy.py).
 
 A few sites of a firmware-sim fleet run their own fallback policy for a fortnight
-(:mod:`.simsite`), the forecaster learning as the agent's would. Then every ``issue_s``
+(:mod:`vpp.demo.warmup`), the forecaster learning as the agent's would. Then every ``issue_s``
 for a day each site publishes its envelope, and each one is held against the day that
 followed:
 
@@ -23,8 +23,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from protocols.messages import decode, encode
-
-from .simsite import SimFleet
+from vpp.demo.warmup import SimFleet
 
 TOLERANCE_WH = 20.0
 

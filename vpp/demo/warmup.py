@@ -1,18 +1,29 @@
-"""Simulated sites for the forecast's accuracy tests: firmware-sim physics, no network.
+"""The simulated sites' past: days of firmware-sim physics under the agents' own control.
 
-:class:`SimFleet` runs ``FleetPhysics`` with the agent's own control in the loop, the way a
-real agent drives the devices: each step it reads the physics the way the drivers would
-(the battery reports its rating, not the BMS's taper), computes the fallback plan
+An installed gateway has weeks of its site behind it: its forecaster has learned the house's
+load, the panels' yield and its own forecast errors. A demo that started every agent with an
+empty history would judge forecasts nobody could make. So before the run, :func:`warm_up`
+lives the fleet's past: :class:`SimFleet` runs ``FleetPhysics`` (the demo fleet's seed, so the
+same houses) with the agent's own control in the loop, the way a real agent drives the
+devices: each step it reads the physics the way the drivers would (the battery reports its
+rating, not the BMS's taper), computes the fallback plan
 (:func:`edge.control.plan.fallback`), writes the battery setpoint, PV limit and SG-Ready
-state into the physics' controls, feeds each site's :class:`Forecaster` and thermal
-learner, and advances the physics. Quarter-hour boundaries record the stored energy, so a
-test can hold each forecast against what happened.
+state into the physics' controls, feeds each site's :class:`Forecaster` and thermal learner,
+and advances the physics; the forecasters publish an envelope now and then, which files the
+forecasts their error model learns from. The forecasters write into each agent's own store,
+which the agent then opens. No network, no Modbus: the physics is the same code the devices
+run.
+
+The forecast's accuracy tests use the same fleet: quarter-hour boundaries record the stored
+energy, so each forecast can be held against what happened.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +34,11 @@ from edge.forecast.history import SLOT_S
 from firmware_sim.physics.site_model import FleetPhysics
 from firmware_sim.physics.sun import clear_sky_fraction, pv_available_w
 from protocols.messages import FlexEnvelope
+
+if TYPE_CHECKING:
+    from edge.store import EdgeStore
+
+__all__ = ["SimFleet", "warm_up"]
 
 LIMITS = SiteLimits(grid_import_w=17_250.0, grid_export_w=10_000.0)
 SETPOINT_C, BOOST_K = 21.0, 2.0  # the simulated heat pump's defaults
@@ -55,6 +71,8 @@ class SimFleet:
     dt: float = 30.0
     limits: SiteLimits = LIMITS
     with_location: bool = True
+    site_ids: Sequence[str] | None = None
+    stores: Sequence[EdgeStore] | None = None
     forecasters: list[Forecaster] = field(init=False)
     stored_wh: dict[tuple[int, int], float] = field(init=False)  # (site, slot end) -> Wh
 
@@ -63,11 +81,12 @@ class SimFleet:
         p = self.ph.p
         self.forecasters = [
             Forecaster(
-                f"site-{i}",
+                f"site-{i}" if self.site_ids is None else self.site_ids[i],
                 ForecastSettings(
                     latitude=float(p.lat_deg[i]) if self.with_location else None,
                     longitude=float(p.lon_deg[i]) if self.with_location else None,
                 ),
+                store=None if self.stores is None else self.stores[i],
             )
             for i in range(self.sites)
         ]
@@ -204,3 +223,26 @@ class SimFleet:
         grid = f.history.gather("grid_w", slots)
         stored = np.array([self.stored_wh.get((issue.site, s + 1), np.nan) for s in slots])
         return grid, stored
+
+
+def warm_up(
+    stores: Sequence[EdgeStore],
+    site_ids: Sequence[str],
+    *,
+    seed: int,
+    start: float,
+    days: float = 10.0,
+    learn_days: float = 5.0,
+    dt: float = 60.0,
+    issue_every_s: float = 7200.0,
+) -> SimFleet:
+    """Live the fleet's last ``days`` before ``start`` into each agent's store (site ``i``
+    of the demo fleet is ``stores[i]``): the slot history, and over the last
+    ``learn_days`` an envelope every ``issue_every_s`` so the forecasts are filed and their
+    errors learned (the days after each one has to have passed)."""
+    t0 = math.floor((start - days * 86400.0) / SLOT_S) * SLOT_S
+    fleet = SimFleet(seed=seed, sites=len(stores), t0=t0, dt=dt, site_ids=site_ids, stores=stores)
+    learn_from = math.floor((start - learn_days * 86400.0) / issue_every_s) * issue_every_s
+    fleet.run_until(learn_from)
+    fleet.run_until(math.floor(start / SLOT_S) * SLOT_S, issue_every_s=issue_every_s)
+    return fleet
