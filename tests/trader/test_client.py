@@ -1,6 +1,8 @@
 """The virtual trader against a scripted API (httpx.MockTransport): the requests it makes,
-the rolling horizon, the shown flexibility never exceeded, every API failure counted and
-survived, balancing setpoints, and its run loop on a manual clock."""
+the rolling horizon, the shown flexibility (two storage groups and a power-only part) never
+exceeded, the envelope read as the API shows it (per group, with what is committed before
+the start), every API failure counted and survived, balancing setpoints, and its run loop on
+a manual clock."""
 
 from __future__ import annotations
 
@@ -16,16 +18,20 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from scipy.optimize import linprog
 
 from protocols.clock import ManualClock
 from vpp.trader import prices as prices_mod
-from vpp.trader.client import TraderOptions, VirtualTrader
+from vpp.trader.client import TraderOptions, VirtualTrader, _range_use
+from vpp.trader.optimise import OptimiseOptions, fit_to_flex, optimise_schedule
 from vpp.trader.prices import PriceSeries, generate_day, read_csv
 
 T0 = 1_717_236_000.0  # 2024-06-01T10:00:00Z
 NOW = T0 + 7 * 60  # 10:07: the next slot starts at 10:15
 KEY = "test-key"
 MONTH = read_csv(Path(prices_mod.__file__).parent / "data" / prices_mod.DAY_AHEAD_FILE)
+FIXTURES = Path(__file__).parent / "fixtures"
+EFFICIENCY = ((0.95, 0.95), (0.9, 0.85))  # (charge, discharge) of each storage group
 
 Script = httpx.Response | Exception
 
@@ -39,67 +45,100 @@ def ts(text: str) -> float:
 
 
 class FakeApi:
-    """The trader API's contract for pool ``north``, strictly: a schedule outside the
-    guaranteed envelope shown (power, or either count of the stored energy, with what the
-    schedule in force committed before its start) is refused with 422, with no tolerance, so
-    a passing test proves the trader stayed inside what it was shown. ``script[op]`` holds
-    answers (or exceptions) to give instead, one per request."""
+    """The trader API's contract for pool ``north``, strictly: a schedule is accepted only if
+    it splits into a part inside each storage group (power, and both counts of its stored
+    energy with its own efficiencies, from what the schedule in force committed to it before
+    the start) and a power-only part inside its bounds - an LP of its own decides - with no
+    tolerance beyond the solver's, so a passing test proves the trader stayed inside what it
+    was shown. The split of each accepted schedule is what it then shows as committed.
+    ``script[op]`` holds answers (or exceptions) to give instead, one per request."""
 
     def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self.requests: list[httpx.Request] = []
         self.script: dict[str, list[Script]] = defaultdict(list)
         self.posted: list[dict[str, Any]] = []
+        self.splits: list[np.ndarray] = []  # per posted schedule: its storage split (G, n)
         self.setpoints: list[dict[str, Any]] = []
         self.refused: list[str] = []
         self.baseline = 10_000.0
-        self.efficiency = (0.95, 0.95)
 
-    def slot_bounds(self, k: int) -> tuple[float, float, float, float]:
-        """Storage bounds of envelope slot ``k`` (0 = the slot in progress): p_min, p_max,
-        e_min, e_max. The power breathes from slot to slot, slot 5 offers nothing, and the
-        energy window narrows through the day as the baseline uses the batteries."""
+    def slot_bounds(self, k: int) -> tuple[list[tuple[float, float, float, float]], float, float]:
+        """Envelope slot ``k`` (0 = the slot in progress): per storage group p_min, p_max,
+        e_min, e_max, then the power-only p_min, p_max. The power breathes from slot to slot,
+        slot 5 offers nothing, and the energy windows narrow through the day as the baseline
+        uses the batteries; past the envelope no power, the energy held at its last value."""
+        if k >= 96:
+            held, _, _ = self.slot_bounds(95)
+            return [(0.0, 0.0, e_lo, e_hi) for _, _, e_lo, e_hi in held], 0.0, 0.0
+        groups = [
+            (-20_000.0 - 7_000.0 * math.sin(k), 10_000.0 + 3_000.0 * math.cos(k)),
+            (-10_000.0 - 3_000.0 * math.cos(k), 5_000.0 + 2_000.0 * math.sin(k)),
+        ]
+        po = (-2_000.0, 3_000.0)
         if k == 5:
-            p_lo, p_hi = 0.0, 0.0
-        else:
-            p_lo, p_hi = -30_000.0 - 10_000.0 * math.sin(k), 15_000.0 + 5_000.0 * math.cos(k)
-        return p_lo, p_hi, -50_000.0 + 300.0 * k, 40_000.0 - 200.0 * k
+            groups, po = [(0.0, 0.0), (0.0, 0.0)], (0.0, 0.0)
+        energy = [
+            (-35_000.0 + 250.0 * k, 28_000.0 - 150.0 * k),
+            (-15_000.0 + 50.0 * k, 12_000.0 - 50.0 * k),
+        ]
+        return [(*p, *e) for p, e in zip(groups, energy, strict=True)], *po
 
     def envelope_start(self) -> float:
         return math.floor(self.clock.time() / 900) * 900
 
-    def committed(self, t: float) -> float | None:
-        """The value the schedule in force gives the slot starting at ``t`` (newest wins)."""
-        for p in reversed(self.posted):
-            i = round((t - ts(p["start"])) / 900)
-            if 0 <= i < len(p["values_w"]):
-                return float(p["values_w"][i])
+    def in_force(self, t: float) -> tuple[int, int] | None:
+        """The schedule in force for the slot starting at ``t`` and its index there (newest
+        wins; a newer schedule replaces an older one from its start on)."""
+        for j in range(len(self.posted) - 1, -1, -1):
+            i = round((t - ts(self.posted[j]["start"])) / 900)
+            if 0 <= i < len(self.posted[j]["values_w"]):
+                return j, i
             if i >= 0:
-                return None  # replaced from its start on by nothing older
+                return None
         return None
+
+    def committed(self, t: float) -> float | None:
+        found = self.in_force(t)
+        return None if found is None else float(self.posted[found[0]]["values_w"][found[1]])
+
+    def committed_storage(self, t: float) -> list[float]:
+        found = self.in_force(t)
+        return (
+            [0.0, 0.0] if found is None else [float(x) for x in self.splits[found[0]][:, found[1]]]
+        )
 
     def flexibility(self) -> dict[str, Any]:
         now = self.clock.time()
         first = self.envelope_start()
         b = self.baseline
-        bounds = [self.slot_bounds(k) for k in range(96)]
+        slots = [self.slot_bounds(k) for k in range(96)]
         forecast = [
             {
                 "start": iso(first + 900 * k),
                 "end": iso(first + 900 * (k + 1)),
                 "baseline_w": b,
-                "p_min_w": b + lo,
-                "p_max_w": b + hi,
+                "p_min_w": b + sum(g[0] for g in groups) + po_lo,
+                "p_max_w": b + sum(g[1] for g in groups) + po_hi,
             }
-            for k, (lo, hi, _, _) in enumerate(bounds)
+            for k, (groups, po_lo, po_hi) in enumerate(slots)
         ]
-        storage = {
-            "p_min_w": [x[0] for x in bounds],
-            "p_max_w": [x[1] for x in bounds],
-            "e_min_wh": [x[2] for x in bounds],
-            "e_max_wh": [x[3] for x in bounds],
-        }
-        zeros = [0.0] * 96
+
+        def group(g: int, scale: float = 1.0) -> dict[str, Any]:
+            columns = ("p_min_w", "p_max_w", "e_min_wh", "e_max_wh")
+            return {
+                "group": g,
+                "sites": 2,
+                "efficiency": {"charge": EFFICIENCY[g][0], "discharge": EFFICIENCY[g][1]},
+                **{name: [x[0][g][i] * scale for x in slots] for i, name in enumerate(columns)},
+            }
+
+        power_only = {"p_min_w": [x[1] for x in slots], "p_max_w": [x[2] for x in slots]}
+        summed = group(0, 1.25)
+        for name, values in group(1, 1.25).items():
+            if name.endswith(("_w", "_wh")):
+                summed[name] = [a + c for a, c in zip(summed[name], values, strict=True)]
+        starts = [first + 900 * k for k in range(96)]
         envelope = {
             "start": iso(first),
             "resolution": "PT15M",
@@ -107,12 +146,12 @@ class FakeApi:
             "as_of": iso(now - 1),
             "sites": 3,
             "sites_left_out": 0,
-            "efficiency": {"charge": self.efficiency[0], "discharge": self.efficiency[1]},
             "baseline_w": [b] * 96,
-            "guaranteed": {"storage": storage, "power_only": {"p_min_w": zeros, "p_max_w": zeros}},
-            "optimistic": {"storage": storage, "power_only": {"p_min_w": zeros, "p_max_w": zeros}},
-            "committed_w": [self.committed(first + 900 * k) for k in range(96)],
-            "guarantee": {"energy_ratio": 0.9, "power_ratio": 0.8},
+            "guaranteed": {"storage": [group(0), group(1)], "power_only": power_only},
+            "optimistic": {"storage": [summed], "power_only": power_only},
+            "committed_w": [self.committed(t) for t in starts],
+            "committed_storage_w": np.array([self.committed_storage(t) for t in starts]).T.tolist(),
+            "guarantee": {"energy_ratio": 0.9, "power_ratio": 0.8, "groups": 2},
             "model": "...",
         }
         return {
@@ -138,31 +177,59 @@ class FakeApi:
             "assumptions": "an envelope",
         }
 
-    def check(self, start: float, values: list[float]) -> str | None:
-        """Why a schedule is outside the envelope (None: inside)."""
+    def split(self, start: float, values: list[float]) -> np.ndarray | str:
+        """The storage split ``(G, n)`` of a schedule inside the envelope, or why there is
+        none: per slot, the sum of the groups' charge minus discharge plus the power-only
+        part is the value; each group's two counts from the envelope's start, the slots
+        before the schedule with what is committed to it there."""
         first = self.envelope_start()
         k0 = round((start - first) / 900)
-        before = [self.committed(first + 900 * k) or 0.0 for k in range(k0)]
-        d = np.array(before + list(values), dtype=float)
-        eta_c, eta_d = self.efficiency
-        up, down = np.maximum(d, 0.0), np.maximum(-d, 0.0)
-        low = np.cumsum(eta_c * up - down / eta_d) * 0.25
-        high = np.cumsum(up / eta_d - eta_c * down) * 0.25
-        for k in range(k0, len(d)):
-            # past the envelope: no power, the energy bounds held at their last value
-            lo, hi, e_lo, e_hi = (
-                self.slot_bounds(k) if k < 96 else (0, 0, *self.slot_bounds(95)[2:])
-            )
-            if not lo <= d[k] <= hi:
-                return f"slot {k}: {d[k]} not in [{lo}, {hi}]"
-            if not low[k] >= e_lo or not high[k] <= e_hi:
-                return f"slot {k}: energy {low[k]:.1f}/{high[k]:.1f} not in [{e_lo}, {e_hi}]"
-        return None
+        d = np.array(values, dtype=float)
+        n, groups, h = d.size, len(EFFICIENCY), 0.25
+        bounds = [self.slot_bounds(k0 + i) for i in range(n)]
+        before = np.array([self.committed_storage(first + 900 * k) for k in range(k0)]).reshape(
+            k0, groups
+        )
+        width = (2 * groups + 1) * n
+        a_eq = np.zeros((n, width))
+        box = []
+        a_ub, b_ub = [], []
+        triangle = np.tril(np.ones((n, n))) * h
+        for g, (eta_c, eta_d) in enumerate(EFFICIENCY):
+            up, down = np.maximum(before[:, g], 0.0), np.maximum(-before[:, g], 0.0)
+            low_0 = float(np.sum(eta_c * up - down / eta_d) * h)
+            high_0 = float(np.sum(up / eta_d - eta_c * down) * h)
+            c, x = slice(2 * g * n, (2 * g + 1) * n), slice((2 * g + 1) * n, (2 * g + 2) * n)
+            a_eq[:, c], a_eq[:, x] = np.eye(n), -np.eye(n)
+            box += [(0.0, b[0][g][1]) for b in bounds] + [(0.0, -b[0][g][0]) for b in bounds]
+            e_min = np.array([b[0][g][2] for b in bounds])
+            e_max = np.array([b[0][g][3] for b in bounds])
+            floor, ceiling = np.zeros((n, width)), np.zeros((n, width))
+            floor[:, c], floor[:, x] = -eta_c * triangle, triangle / eta_d  # -(S_low - S_0)
+            ceiling[:, c], ceiling[:, x] = triangle / eta_d, -eta_c * triangle
+            a_ub += [floor, ceiling]
+            b_ub += [low_0 - e_min, e_max - high_0]
+        a_eq[:, 2 * groups * n :] = np.eye(n)
+        box += [(b[1], b[2]) for b in bounds]
+        cost = np.concatenate([np.ones(2 * groups * n), np.zeros(n)])
+        res = linprog(
+            cost,
+            A_ub=np.vstack(a_ub),
+            b_ub=np.concatenate(b_ub),
+            A_eq=a_eq,
+            b_eq=d,
+            bounds=box,
+            method="highs",
+        )
+        if res.status != 0:
+            return f"no split inside the envelope from slot {k0}: {res.message}"
+        blocks = res.x[: 2 * groups * n].reshape(groups, 2, n)
+        return blocks[:, 0] - blocks[:, 1]
 
     def range_at(self, t: float) -> tuple[float, float]:
         k = math.floor(t / 900) - math.floor(self.clock.time() / 900)
-        lo, hi, _, _ = self.slot_bounds(k) if 0 <= k < 96 else (-30e3, 20e3, 0, 0)
-        return lo, hi
+        groups, po_lo, po_hi = self.slot_bounds(max(k, 0))
+        return sum(g[0] for g in groups) + po_lo, sum(g[1] for g in groups) + po_hi
 
     def refuse(self, detail: str, field: str) -> httpx.Response:
         self.refused.append(detail)
@@ -193,11 +260,12 @@ class FakeApi:
             assert start % 900 == 0
             assert start >= self.clock.time() - 60
             assert (body["resolution"], body["kind"]) == ("PT15M", "delta")
-            why = self.check(start, body["values_w"])
-            if why is not None:
-                return self.refuse(why, "values_w")
+            split = self.split(start, body["values_w"])
+            if isinstance(split, str):
+                return self.refuse(split, "values_w")
             sid = f"s{len(self.posted) + 1}"
             self.posted.append({**body, "schedule_id": sid})
+            self.splits.append(split)
             return httpx.Response(201, json={**body, "schedule_id": sid, "status": "active"})
         if op == "setpoint":
             body = json.loads(request.content)
@@ -261,6 +329,28 @@ async def trader(api: FakeApi, clock: ManualClock) -> AsyncIterator[VirtualTrade
         yield t
 
 
+@pytest.mark.parametrize(
+    ("slot", "values", "accepted"),
+    [
+        (1, [0.0] * 4, True),
+        (1, [40_000.0, 0.0, 0.0, 0.0], False),  # more power than all parts together
+        (1, [0.0, 0.0, 0.0, 0.0, 1.0], False),  # slot 5 offers nothing
+        (6, [-20_000.0] * 8, True),  # two hours of discharge: the groups hold it
+        (6, [-20_000.0] * 20, False),  # five hours: more energy than they hold
+        (6, [18_000.0] * 20, False),  # more than they can store
+    ],
+)
+def test_the_fake_api_refuses_what_no_split_holds(
+    api: FakeApi, slot: int, values: list[float], accepted: bool
+) -> None:
+    """The test double is strict: it is what makes the trader's tests mean something."""
+    split = api.split(T0 + 900 * slot, values)
+    assert isinstance(split, np.ndarray) == accepted, split
+    if accepted:
+        assert isinstance(split, np.ndarray)
+        assert split.shape == (2, len(values))
+
+
 async def test_a_step_reads_the_flexibility_and_posts_a_delta_schedule(
     trader: VirtualTrader, api: FakeApi
 ) -> None:
@@ -285,16 +375,31 @@ async def test_a_step_reads_the_flexibility_and_posts_a_delta_schedule(
     assert decision.solver == "highs"
     assert decision.solve_ms is not None
     assert decision.flex is not None
-    assert len(decision.flex) == 96
-    assert decision.flex.e_min_wh[0] == -50_000.0 + 300.0  # 10:15 is slot 1 of the envelope
+    assert (len(decision.flex), decision.flex.groups) == (96, 2)
+    first, second = decision.flex.storage  # 10:15 is slot 1 of the envelope
+    assert (first.e_min_wh[0], second.e_min_wh[0]) == (-35_000.0 + 250.0, -15_000.0 + 50.0)
+    assert (second.eta_charge, second.eta_discharge) == EFFICIENCY[1]
     # Slot 5 of the envelope (10:15 is slot 1) offers nothing: the baseline is followed.
     assert body["values_w"][4] == 0.0
     assert np.any(np.array(body["values_w"]) < 0)
     assert np.any(np.array(body["values_w"]) > 0)
+    # Both groups trade, each inside its own bounds (as the demo checks the decision).
+    assert decision.storage_w is not None
+    assert decision.storage_w.shape == (2, 96)
+    assert np.all(np.any(decision.storage_w, axis=1))
+    assert decision.flex.violations(decision.values_w, decision.storage_w) == []
+    assert decision.power_use is not None
+    assert decision.energy_use is not None
+    assert 0 < decision.power_use <= 1
+    assert 0 < decision.energy_use <= 1
+    assert (decision.envelope_sites, decision.baseline_now_w) == (3, 10_000.0)
     assert decision.prices is not None
     np.testing.assert_array_equal(decision.prices, MONTH.slice(T0 + 900, T0 + 97 * 900).values)
     report = json.loads(json.dumps(trader.report()))
     assert report["decisions"][0]["schedule_id"] == "s1"
+    shown = report["decisions"][0]["flexibility"]
+    assert [len(g["p_min_w"]) for g in shown["storage"]] == [96, 96]
+    assert np.array(report["decisions"][0]["storage_w"]).shape == (2, 96)
     assert report["requests"] == {"flexibility": 1, "post_schedule": 1}
     assert report["errors_total"] == 0
 
@@ -349,6 +454,22 @@ async def test_hourly_prices_for_tomorrow_are_planned_ahead(
         np.testing.assert_array_equal(decision.prices, np.repeat(tomorrow.values, 4))
 
 
+# The envelope as it was before storage groups: one storage dict, one top-level efficiency.
+OLD_SHAPE = {
+    "now": {"baseline_w": 0.0},
+    "envelope": {
+        "start": iso(T0),
+        "resolution_s": 900,
+        "efficiency": {"charge": 0.95, "discharge": 0.95},
+        "baseline_w": [0.0],
+        "guaranteed": {
+            "storage": {"p_min_w": [0.0], "p_max_w": [0.0], "e_min_wh": [0.0], "e_max_wh": [0.0]},
+            "power_only": {"p_min_w": [0.0], "p_max_w": [0.0]},
+        },
+    },
+}
+
+
 def error(status: int, reason: str) -> httpx.Response:
     return httpx.Response(status, json={"reason": reason, "detail": "scripted", "field": None})
 
@@ -368,6 +489,7 @@ def error(status: int, reason: str) -> httpx.Response:
             "flexibility:bad_response",
         ),
         ("flexibility", httpx.Response(200, json=[1, 2]), "flexibility:bad_response"),
+        ("flexibility", httpx.Response(200, json=OLD_SHAPE), "flexibility:bad_response"),
         ("post_schedule", error(422, "out_of_range"), "post_schedule:422:out_of_range"),
         ("post_schedule", httpx.Response(502, text="Bad Gateway"), "post_schedule:502"),
         ("post_schedule", httpx.WriteTimeout("slow"), "post_schedule:timeout"),
@@ -391,6 +513,17 @@ async def test_api_failures_are_counted_and_retried_never_raised(
     assert retry.schedule_id == "s1"
     assert trader.errors_total == 1
     assert trader.report()["decisions"][0]["error"] == decision.error
+
+
+async def test_an_envelope_of_the_old_shape_is_unreadable_not_a_crash(
+    trader: VirtualTrader, api: FakeApi
+) -> None:
+    api.script["flexibility"].append(httpx.Response(200, json=OLD_SHAPE))
+    decision = await trader.step()
+    assert decision is not None
+    assert decision.error == "flexibility unreadable"
+    assert trader.errors == {"flexibility:bad_response": 1}
+    assert api.posted == []
 
 
 async def test_a_balancing_setpoint_stays_inside_the_range_shown_now(
@@ -439,41 +572,171 @@ async def test_delivery_is_collected_per_interval_for_posted_schedules(
     assert trader.errors_total == 0
 
 
-def test_flex_for_maps_the_envelope_and_counts_what_is_committed_before_the_start() -> None:
-    def col(*values: float) -> list[float]:
-        return list(values)
+def fixture_body() -> dict[str, Any]:
+    """An example flexibility body: two storage groups, power-only, committed 10:00-10:30."""
+    return json.loads((FIXTURES / "flexibility-two-groups.json").read_text())
 
-    body = {
-        "now": {"baseline_w": 1.0, "p_min_w": -10.0, "p_max_w": 10.0},
-        "envelope": {
-            "start": iso(T0),
-            "resolution_s": 900,
-            "efficiency": {"charge": 0.9, "discharge": 0.8},
-            "baseline_w": col(2.0, 3.0),
-            "guaranteed": {
-                "storage": {
-                    "p_min_w": col(-20.0, -30.0),
-                    "p_max_w": col(20.0, 30.0),
-                    "e_min_wh": col(-5.0, -6.0),
-                    "e_max_wh": col(7.0, 8.0),
-                },
-                "power_only": {"p_min_w": col(0.0, -1.0), "p_max_w": col(4.0, 5.0)},
-            },
-            "committed_w": [-16.0, None],
-        },
-    }
-    flex = VirtualTrader.flex_for(body, T0 + 900, 3)
-    np.testing.assert_array_equal(flex.baseline_w, [3.0, 3.0, 3.0])
-    np.testing.assert_array_equal(flex.p_min_w, [-30.0, 0.0, 0.0])  # past the envelope: 0
-    np.testing.assert_array_equal(flex.p_max_w, [30.0, 0.0, 0.0])
-    np.testing.assert_array_equal(flex.e_min_wh, [-6.0, -6.0, -6.0])  # energy bounds held
-    np.testing.assert_array_equal(flex.po_max_w, [5.0, 0.0, 0.0])
-    assert (flex.eta_charge, flex.eta_discharge) == (0.9, 0.8)
-    # slot 0 committed -16 W for a quarter hour: -5 Wh in the floor's count, -3.6 Wh ceiling
-    assert flex.e_low_0_wh == pytest.approx(-5.0)
-    assert flex.e_high_0_wh == pytest.approx(-3.6)
+
+# The fixture read from 10:30 (slot 2) for 6 slots: its last 4 slots, then 2 past its end.
+# Committed before: group 0 -3200 W then +1600 W (0.9 / 0.8), group 1 0 then +800 W (0.95).
+FROM_1030 = {
+    "baseline_w": [1200.0, 1300.0, 1400.0, 1500.0, 1500.0, 1500.0],
+    "po_min_w": [-500.0, -500.0, -500.0, -500.0, 0.0, 0.0],
+    "po_max_w": [800.0, 800.0, 800.0, 800.0, 0.0, 0.0],
+}
+GROUPS_FROM_1030 = [
+    {
+        "p_min_w": [-3000.0, -3000.0, -2000.0, -2000.0, 0.0, 0.0],  # past the end: nothing
+        "p_max_w": [2000.0, 1000.0, 1000.0, 1000.0, 0.0, 0.0],
+        "e_min_wh": [-1400.0, -1600.0, -1800.0, -2000.0, -2000.0, -2000.0],  # held
+        "e_max_wh": [700.0, 700.0, 600.0, 600.0, 600.0, 600.0],
+        "eta_charge": 0.9,
+        "eta_discharge": 0.8,
+        "e_low_0_wh": -3200 / 0.8 / 4 + 1600 * 0.9 / 4,  # -1000 + 360
+        "e_high_0_wh": -3200 * 0.9 / 4 + 1600 / 0.8 / 4,  # -720 + 500
+    },
+    {
+        "p_min_w": [-1000.0, -1000.0, -1000.0, -1000.0, 0.0, 0.0],
+        "p_max_w": [1500.0, 1500.0, 1500.0, 1500.0, 0.0, 0.0],
+        "e_min_wh": [-350.0, -350.0, -400.0, -400.0, -400.0, -400.0],
+        "e_max_wh": [450.0, 450.0, 500.0, 500.0, 500.0, 500.0],
+        "eta_charge": 0.95,
+        "eta_discharge": 0.95,
+        "e_low_0_wh": 800 * 0.95 / 4,
+        "e_high_0_wh": 800 / 0.95 / 4,
+    },
+]
+
+
+@pytest.mark.parametrize(
+    ("start", "e_low_0", "e_high_0"),
+    [
+        (T0, [0.0, 0.0], [0.0, 0.0]),  # from the envelope's start: nothing before
+        (T0 + 900, [-1000.0, 0.0], [-720.0, 0.0]),  # group 0 discharged 3200 W
+        (
+            T0 + 1800,
+            [GROUPS_FROM_1030[0]["e_low_0_wh"], GROUPS_FROM_1030[1]["e_low_0_wh"]],
+            [GROUPS_FROM_1030[0]["e_high_0_wh"], GROUPS_FROM_1030[1]["e_high_0_wh"]],
+        ),
+    ],
+)
+def test_flex_for_counts_what_each_group_committed_before_the_start(
+    start: float, e_low_0: list[float], e_high_0: list[float]
+) -> None:
+    flex = VirtualTrader.flex_for(fixture_body(), start, 4)
+    assert flex.groups == 2
+    assert [p.e_low_0_wh for p in flex.storage] == pytest.approx(e_low_0)
+    assert [p.e_high_0_wh for p in flex.storage] == pytest.approx(e_high_0)
+
+
+def test_flex_for_maps_every_group_of_the_envelope() -> None:
+    flex = VirtualTrader.flex_for(fixture_body(), T0 + 1800, 6)
+    for name, expected in FROM_1030.items():
+        np.testing.assert_array_equal(getattr(flex, name), expected, err_msg=name)
+    for part, expected_part in zip(flex.storage, GROUPS_FROM_1030, strict=True):
+        for name, expected in expected_part.items():
+            np.testing.assert_allclose(getattr(part, name), expected, err_msg=name)
+    # What the trader makes of it is inside every group, counted with what came before.
+    prices = np.array([20.0, 150.0, -10.0, 90.0, 50.0, 50.0])
+    result = optimise_schedule(flex, prices, OptimiseOptions(energy_neutral=False))
+    values, storage = fit_to_flex(result.values_w, flex, storage_w=result.storage_w)
+    assert storage.shape == (2, 6)
+    assert flex.violations(values, storage) == []
+    assert np.all(values[4:] == 0.0)  # past the envelope: the baseline
+
+
+def test_flex_for_without_storage_groups_keeps_the_power_only_part() -> None:
+    body = fixture_body()
+    body["envelope"]["guaranteed"]["storage"] = []
+    del body["envelope"]["committed_storage_w"]
+    flex = VirtualTrader.flex_for(body, T0 + 1800, 6)
+    assert flex.groups == 0
+    np.testing.assert_array_equal(flex.po_max_w, FROM_1030["po_max_w"])
+    result = optimise_schedule(flex, np.array([-20.0, 60.0, 0.0, 0.0, 0.0, 0.0]))
+    np.testing.assert_allclose(result.values_w, [800 * 0.97, -500 * 0.97, 0, 0, 0, 0])
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """Replace (or with ``...``, delete) the field at a dotted path of the envelope."""
+
+    def change(body: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = body["envelope"]
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node[key]
+        if value is ...:
+            del node[int(last) if last.isdigit() else last]
+        else:
+            node[int(last) if last.isdigit() else last] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set("guaranteed.storage", {"p_min_w": []}), "expected a list of storage groups"),
+        (_set("guaranteed.storage.1.efficiency", ...), r"storage\[1\]\.efficiency is missing"),
+        (_set("guaranteed.storage.0.efficiency.charge", 1.5), r"charge: 1\.5 is not in \(0, 1\]"),
+        (_set("guaranteed.storage.1.efficiency.discharge", "high"), "discharge: 'high'"),
+        (_set("guaranteed.storage.0.e_min_wh", [0.0] * 5), r"storage\[0\]\.e_min_wh: 5 values"),
+        (_set("guaranteed.storage.1.p_max_w", [1.0, None, 1, 1, 1, 1]), "list of numbers"),
+        (_set("guaranteed.storage.0", [1, 2]), r"storage\[0\]: expected an object"),
+        (_set("guaranteed.power_only.p_min_w", ...), r"power_only\.p_min_w is missing"),
+        (_set("committed_storage_w", ...), "committed_storage_w is missing"),
+        (_set("committed_storage_w", [[0.0] * 6]), "one list per storage group"),
+        (_set("committed_storage_w.1", [0.0, "x"]), r"committed_storage_w\[1\]"),
+        (_set("baseline_w", "flat"), "baseline_w: expected a list of numbers"),
+        (_set("resolution_s", 3600), "resolution 3600 s, not 900 s"),
+        (_set("start", "noon"), "noon"),
+        (_set("start", "2024-06-01T10:00:00"), "no time zone"),
+        (_set("start", 1717236000), "not an ISO 8601 time"),
+        (_set("start", iso(T0 + 3600)), "before the envelope"),
+        (_set("guaranteed", ...), "envelope.guaranteed is missing"),
+    ],
+)
+def test_flex_for_names_what_is_wrong_with_a_malformed_body(
+    change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    body = fixture_body()
+    change(body)
+    with pytest.raises(ValueError, match=message):
+        VirtualTrader.flex_for(body, T0 + 1800, 6)
+
+
+def test_flex_for_without_an_envelope_says_so() -> None:
     with pytest.raises(ValueError, match="no envelope"):
         VirtualTrader.flex_for({"now": {}, "envelope": None}, T0, 2)
+
+
+def _optimistic_twice(body: dict[str, Any]) -> None:
+    (entry,) = body["envelope"]["optimistic"]["storage"]
+    body["envelope"]["optimistic"]["storage"] = [entry, entry]
+
+
+@pytest.mark.parametrize(
+    ("change", "power_use", "energy_use"),
+    [
+        # up: 2000 W of 4000 + 1000 W; down: 3000 W of 6000 + 600 W; energy: the storage
+        # total cumulated (375 Wh up of 1500 Wh, 250 Wh down of 3000 Wh)
+        (lambda body: None, 3000 / 6600, 375 / 1500),
+        (_optimistic_twice, max(2000 / 9000, 3000 / 12600), 375 / 3000),  # entries add up
+        (_set("optimistic", ...), None, None),  # the body does not say
+        (_set("optimistic.storage", []), 3000 / 600, 0.0),  # no storage: no energy range
+    ],
+)
+def test_range_use_compares_with_the_optimistic_envelope(
+    change: Callable[[dict[str, Any]], None], power_use: float | None, energy_use: float | None
+) -> None:
+    body = fixture_body()
+    change(body)
+    values = np.array([2000.0, -3000.0, 0.0, 500.0])
+    storage = np.array([[1000.0, -2000.0, 0.0, 0.0], [500.0, -500.0, 0.0, 0.0]])
+    got = _range_use(values, storage, body, T0 + 1800, slot_s=900)
+    if power_use is None:
+        assert got == (None, None)
+    else:
+        assert got == (pytest.approx(power_use), pytest.approx(energy_use))
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:

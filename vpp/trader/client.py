@@ -1,13 +1,16 @@
 """The virtual trader: a real client of the trader API that sees only what a trader sees.
 
-It reads the pool's guaranteed envelope over HTTP (``GET .../flexibility``, ``envelope``),
-makes a schedule with :mod:`.optimise` against a :class:`~vpp.trader.prices.PriceSeries`,
-keeps it inside what was shown (:func:`~vpp.trader.optimise.clip_to_flex`) and posts it as a
-``delta`` schedule; every so often it does that again over the rest of its horizon (a
-rolling horizon: the pool drifts from any plan, and a fresh envelope corrects the rest of
-the day). Each re-optimisation starts at the next quarter hour; the quarter hours before it
-count with what the schedule in force committed there (``committed_w``), exactly as the API
-counts them when it checks the schedule. It can also send real-time balancing setpoints.
+It reads the pool's guaranteed envelope over HTTP (``GET .../flexibility``, ``envelope``:
+the baseline forecast, a list of storage groups - virtual batteries, each with its own
+power and stored-energy bounds and efficiencies - and a power-only part), makes a schedule
+with :mod:`.optimise` against a :class:`~vpp.trader.prices.PriceSeries`, keeps it inside
+what was shown (:func:`~vpp.trader.optimise.fit_to_flex`) and posts it as a ``delta``
+schedule; every so often it does that again over the rest of its horizon (a rolling
+horizon: the pool drifts from any plan, and a fresh envelope corrects the rest of the day).
+Each re-optimisation starts at the next quarter hour; the quarter hours before it count with
+what the schedule in force committed there to each group (``committed_storage_w``), exactly
+as the API counts them when it checks the schedule. It can also send real-time balancing
+setpoints.
 
 Why it imports nothing of ``cloud/``: it stands for an outside trader and must work with
 the API as documented, bodies parsed from JSON; if it needed a private import, so would
@@ -36,6 +39,7 @@ from vpp.trader.optimise import (
     FlexForecast,
     OptimiseOptions,
     ScheduleResult,
+    StoragePart,
     fit_to_flex,
     optimise_schedule,
     storage_levels,
@@ -66,7 +70,7 @@ class TraderOptions:
     covers the rest of the current horizon, and a new one starts when it runs out.
     ``reoptimise_min``: how often (clock minutes) to read the flexibility and post again.
     ``margin``, ``time_limit_s``, ``energy_neutral``: passed to the optimiser (the
-    efficiencies come with the envelope).
+    efficiencies come with each storage group of the envelope).
     ``retry_s``: after a failed step, try again this soon (clock seconds).
     ``api_horizon_s``: the API refuses schedules ending further ahead than this.
     ``setpoint_flex_max_age_s``: a balancing setpoint is checked against the flexibility read
@@ -106,23 +110,33 @@ def _range_use(
 ) -> tuple[float | None, float | None]:
     """How much of the pool's real range a schedule uses: the largest deviation in each
     direction over the largest optimistic bound in that direction over its slots, for power
-    (the whole schedule) and for the stored energy (its storage part, cumulated; power-only
-    flexibility stores nothing). ``None`` where the body does not say."""
+    (the whole schedule) and for the stored energy (the storage total over its groups
+    ``storage`` ``(G, n)``, cumulated; power-only flexibility stores nothing). The optimistic
+    storage is one entry (the plain sum of the sites' nominal envelopes), several are added.
+    ``None`` where the body does not say."""
     try:
         env = body["envelope"]
         opt = env["optimistic"]
         k0 = round((start_ts - _ts(env["start"])) / slot_s)
         k1 = k0 + values.size
 
-        def col(part: str, name: str) -> np.ndarray:
-            return np.array(opt[part][name][k0:k1], dtype=float)
+        def col(part: dict[str, Any], name: str) -> np.ndarray:
+            return np.array(part[name][k0:k1], dtype=float)
 
-        up = col("storage", "p_max_w") + col("power_only", "p_max_w")
-        down = -(col("storage", "p_min_w") + col("power_only", "p_min_w"))
-        e_up, e_down = col("storage", "e_max_wh"), -col("storage", "e_min_wh")
-    except (KeyError, TypeError, ValueError):
+        po = opt["power_only"]
+        po_up, po_down = col(po, "p_max_w"), -col(po, "p_min_w")
+        parts = list(opt["storage"])
+        zero = np.zeros(po_up.size)
+
+        def total(name: str) -> np.ndarray:
+            return sum((col(p, name) for p in parts), zero)
+
+        up, down = total("p_max_w") + po_up, -total("p_min_w") + po_down
+        e_up, e_down = total("e_max_wh"), -total("e_min_wh")
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None, None
-    energy = np.cumsum(storage) * slot_s / 3600.0
+    stored = np.atleast_2d(np.asarray(storage, dtype=float)).sum(axis=0)
+    energy = np.cumsum(stored) * slot_s / 3600.0
 
     def use(x: np.ndarray, bound_up: np.ndarray, bound_down: np.ndarray) -> float:
         parts = []
@@ -131,7 +145,7 @@ def _range_use(
             parts.append(float(part.max(initial=0.0)) / top if top > 0 else 0.0)
         return max(parts)
 
-    n = min(values.size, up.size)
+    n = min(values.size, up.size, energy.size)
     return use(values[:n], up[:n], down[:n]), use(energy[:n], e_up[:n], e_down[:n])
 
 
@@ -140,10 +154,57 @@ def _iso(ts: float) -> str:
 
 
 def _ts(text: str) -> float:
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not an ISO 8601 time")
     t = datetime.fromisoformat(text)
     if t.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone")
     return t.timestamp()
+
+
+def _get(obj: object, key: str, where: str) -> Any:
+    """``obj[key]`` of a JSON object, or a ValueError naming the field."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: expected an object, got {type(obj).__name__}")
+    if key not in obj:
+        raise ValueError(f"{where}.{key} is missing")
+    return obj[key]
+
+
+def _numbers(value: object, where: str, size: int | None = None, nulls: bool = False) -> np.ndarray:
+    """A JSON list of numbers (``null`` read as 0 where ``nulls``), of ``size`` values when
+    given, or a ValueError naming the field."""
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected a list of numbers, got {type(value).__name__}")
+    try:
+        a = np.array([0.0 if x is None and nulls else float(x) for x in value], dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{where}: expected a list of numbers") from None
+    if size is not None and a.size != size:
+        raise ValueError(f"{where}: {a.size} values, the envelope has {size} slots")
+    return a
+
+
+def _optional_number(obj: object, key: str, kind: type[int] | type[float]) -> Any:
+    """``obj[key]`` as a number for the report, None when the body does not say (a missing
+    detail is never fatal)."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    try:
+        return None if value is None else kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _efficiency(group: object, where: str) -> tuple[float, float]:
+    """A group's ``(charge, discharge)`` efficiencies, each in (0, 1]."""
+    eff = _get(group, "efficiency", where)
+    out = []
+    for name in ("charge", "discharge"):
+        value = _get(eff, name, f"{where}.efficiency")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ValueError(f"{where}.efficiency.{name}: {value!r} is not in (0, 1]")
+        out.append(float(value))
+    return out[0], out[1]
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,11 +212,12 @@ class Decision:
     """One scheduling step, for the report: what was shown, what was posted, how it was made.
 
     ``values_w`` is what was sent (after clipping; None when nothing was sent), ``storage_w``
-    its storage part, ``error`` why the step did not end in an accepted schedule (None when
-    it did). ``envelope_sites``: sites the envelope shown was made of; ``baseline_now_w``: the
-    pool's baseline when it was read; ``power_use``/``energy_use``: how much of the pool's
-    real (optimistic) range the schedule uses, the largest deviation over the largest bound in
-    its direction (power, and cumulative energy).
+    its part in each storage group ``(G, n)`` (the rest is power-only), ``error`` why the
+    step did not end in an accepted schedule (None when it did). ``envelope_sites``: sites
+    the envelope shown was made of; ``baseline_now_w``: the pool's baseline when it was read;
+    ``power_use``/``energy_use``: how much of the pool's real (optimistic) range the schedule
+    uses, the largest deviation over the largest bound in its direction (power, and the
+    cumulative energy of the storage total).
     """
 
     time: float
@@ -189,6 +251,18 @@ class Decision:
         def floats(a: np.ndarray | None) -> list[float] | None:
             return None if a is None else [float(x) for x in a]
 
+        def group(part: StoragePart) -> dict[str, Any]:
+            return {
+                "p_min_w": floats(part.p_min_w),
+                "p_max_w": floats(part.p_max_w),
+                "e_min_wh": floats(part.e_min_wh),
+                "e_max_wh": floats(part.e_max_wh),
+                "eta_charge": part.eta_charge,
+                "eta_discharge": part.eta_discharge,
+                "e_low_0_wh": part.e_low_0_wh,
+                "e_high_0_wh": part.e_high_0_wh,
+            }
+
         flex = self.flex
         return {
             "time": _iso(self.time),
@@ -199,14 +273,9 @@ class Decision:
             if flex is None
             else {
                 "baseline_w": floats(flex.baseline_w),
-                "p_min_w": floats(flex.p_min_w),
-                "p_max_w": floats(flex.p_max_w),
-                "e_min_wh": floats(flex.e_min_wh),
-                "e_max_wh": floats(flex.e_max_wh),
+                "storage": [group(part) for part in flex.storage],
                 "po_min_w": floats(flex.po_min_w),
                 "po_max_w": floats(flex.po_max_w),
-                "e_low_0_wh": flex.e_low_0_wh,
-                "e_high_0_wh": flex.e_high_0_wh,
             },
             "prices_eur_mwh": floats(self.prices),
             "solver": self.solver,
@@ -214,6 +283,9 @@ class Decision:
             "solve_ms": self.solve_ms,
             "objective_eur": None if self.result is None else self.result.objective_eur,
             "values_w": floats(self.values_w),
+            "storage_w": None
+            if self.storage_w is None
+            else [floats(row) for row in np.atleast_2d(self.storage_w)],
             "clipped_slots": self.clipped_slots,
             "schedule_id": self.schedule_id,
             "error": self.error,
@@ -371,61 +443,83 @@ class VirtualTrader:
         body: dict[str, Any], start_ts: float, n: int, slot_s: int = SLOT_S
     ) -> FlexForecast:
         """The guaranteed envelope for ``n`` slots from ``start_ts``, as the API will check a
-        schedule posted for them: slots past the envelope offer nothing, and the slots
-        between the envelope's start and ``start_ts`` count with what the schedule in force
-        committed there. Raises KeyError/ValueError/TypeError on a malformed body, and
-        ValueError when the pool has no envelope yet."""
-        env = body.get("envelope")
+        schedule posted for them: one :class:`StoragePart` per storage group (its bounds
+        from the schedule's first slot on, its efficiencies) and the power-only bounds. Past
+        the envelope's end nothing is offered (power bounds 0, energy bounds held at their
+        last value). The slots between the envelope's start and ``start_ts`` count with what
+        the schedule in force committed there to each group (``committed_storage_w``, with
+        that group's efficiencies: ``e_low_0_wh``/``e_high_0_wh``). Raises ValueError naming
+        the field on a malformed body, and when the pool has no envelope yet."""
+        env = body.get("envelope") if isinstance(body, dict) else None
         if not env:
             raise ValueError("the pool has no envelope yet")
-        if int(env["resolution_s"]) != slot_s:
-            raise ValueError(f"envelope resolution {env['resolution_s']} s, not {slot_s} s")
-        guaranteed = env["guaranteed"]
-        storage, power_only = guaranteed["storage"], guaranteed["power_only"]
-        columns = {
-            "baseline_w": env["baseline_w"],
-            "p_min_w": storage["p_min_w"],
-            "p_max_w": storage["p_max_w"],
-            "e_min_wh": storage["e_min_wh"],
-            "e_max_wh": storage["e_max_wh"],
-            "po_min_w": power_only["p_min_w"],
-            "po_max_w": power_only["p_max_w"],
-        }
-        size = len(env["baseline_w"])
-        arrays = {k: np.array([float(x) for x in v], dtype=float) for k, v in columns.items()}
-        if any(a.size != size for a in arrays.values()):
-            raise ValueError("the envelope's columns differ in length")
-        k0 = round((start_ts - _ts(env["start"])) / slot_s)
+        resolution = _get(env, "resolution_s", "envelope")
+        if resolution != slot_s:
+            raise ValueError(f"envelope resolution {resolution!r} s, not {slot_s} s")
+        baseline = _numbers(_get(env, "baseline_w", "envelope"), "envelope.baseline_w")
+        size = baseline.size
+        k0 = round((start_ts - _ts(_get(env, "start", "envelope"))) / slot_s)
         if k0 < 0:
             raise ValueError("the schedule would start before the envelope")
-        committed = [0.0 if x is None else float(x) for x in env.get("committed_w", [])]
-        before = np.array((committed + [0.0] * k0)[:k0], dtype=float)
-        eta_c = float(env["efficiency"]["charge"])
-        eta_d = float(env["efficiency"]["discharge"])
-        # what the slots before the start commit, split as the API splits it: storage first
-        storage_before = np.clip(before, arrays["p_min_w"][:k0], arrays["p_max_w"][:k0])
-        low, high = storage_levels(storage_before, slot_s, eta_c, eta_d)
+        guaranteed = _get(env, "guaranteed", "envelope")
+        groups = _get(guaranteed, "storage", "envelope.guaranteed")
+        if not isinstance(groups, list):
+            raise ValueError("envelope.guaranteed.storage: expected a list of storage groups")
+        power_only = _get(guaranteed, "power_only", "envelope.guaranteed")
+        where_po = "envelope.guaranteed.power_only"
+        po_min = _numbers(_get(power_only, "p_min_w", where_po), f"{where_po}.p_min_w", size)
+        po_max = _numbers(_get(power_only, "p_max_w", where_po), f"{where_po}.p_max_w", size)
+        committed: list[Any] = []
+        if groups and k0:
+            committed = _get(env, "committed_storage_w", "envelope")
+            if not isinstance(committed, list) or len(committed) != len(groups):
+                raise ValueError(
+                    f"envelope.committed_storage_w: expected one list per storage group "
+                    f"({len(groups)})"
+                )
         rows = np.arange(k0, k0 + n)
         inside = rows < size
 
         def take(a: np.ndarray, outside: float = 0.0) -> np.ndarray:
+            if size == 0:
+                return np.full(n, outside)
             return np.where(inside, a[np.minimum(rows, size - 1)], outside)
 
-        last_e_min = arrays["e_min_wh"][-1] if size else 0.0
-        last_e_max = arrays["e_max_wh"][-1] if size else 0.0
+        def last(a: np.ndarray) -> float:
+            return float(a[-1]) if size else 0.0
+
+        parts = []
+        for g, group in enumerate(groups):
+            where = f"envelope.guaranteed.storage[{g}]"
+            cols = {
+                name: _numbers(_get(group, name, where), f"{where}.{name}", size)
+                for name in ("p_min_w", "p_max_w", "e_min_wh", "e_max_wh")
+            }
+            eta_c, eta_d = _efficiency(group, where)
+            low_0 = high_0 = 0.0
+            if k0:
+                row = _numbers(committed[g], f"envelope.committed_storage_w[{g}]", nulls=True)
+                before = np.concatenate([row, np.zeros(k0)])[:k0]
+                low, high = storage_levels(before, slot_s, eta_c, eta_d)
+                low_0, high_0 = float(low[-1]), float(high[-1])
+            parts.append(
+                StoragePart(
+                    take(cols["p_min_w"]),
+                    take(cols["p_max_w"]),
+                    take(cols["e_min_wh"], last(cols["e_min_wh"])),
+                    take(cols["e_max_wh"], last(cols["e_max_wh"])),
+                    eta_charge=eta_c,
+                    eta_discharge=eta_d,
+                    e_low_0_wh=low_0,
+                    e_high_0_wh=high_0,
+                )
+            )
         return FlexForecast(
-            take(arrays["baseline_w"], float(arrays["baseline_w"][-1]) if size else 0.0),
-            take(arrays["p_min_w"]),
-            take(arrays["p_max_w"]),
-            take(arrays["e_min_wh"], last_e_min),
-            take(arrays["e_max_wh"], last_e_max),
-            take(arrays["po_min_w"]),
-            take(arrays["po_max_w"]),
-            eta_charge=eta_c,
-            eta_discharge=eta_d,
+            take(baseline, last(baseline)),
+            tuple(parts),
+            take(po_min),
+            take(po_max),
             slot_s=slot_s,
-            e_low_0_wh=float(low[-1]) if k0 else 0.0,
-            e_high_0_wh=float(high[-1]) if k0 else 0.0,
         )
 
     # --- trading -----------------------------------------------------------------------
@@ -481,8 +575,8 @@ class VirtualTrader:
             return self._record(now, start, "no envelope")
         try:
             flex = self.flex_for(body, start, n)
-        except (KeyError, ValueError, TypeError, IndexError) as exc:
-            self._fail("flexibility", "bad_response", f"cannot read the body: {exc!r}")
+        except ValueError as exc:  # a malformed body: the parser names the field
+            self._fail("flexibility", "bad_response", f"cannot read the body: {exc}")
             return self._record(now, start, "flexibility unreadable")
         prices = self.prices.slice(start, start + n * SLOT_S).values
         result = await asyncio.to_thread(optimise_schedule, flex, prices, self.options.optimiser())
@@ -499,8 +593,8 @@ class VirtualTrader:
             values_w=values,
             storage_w=storage,
             clipped_slots=clipped,
-            envelope_sites=int(body["envelope"].get("sites", 0)),
-            baseline_now_w=float(body["now"]["baseline_w"]),
+            envelope_sites=_optional_number(body["envelope"], "sites", int),
+            baseline_now_w=_optional_number(body.get("now"), "baseline_w", float),
             power_use=power_use,
             energy_use=energy_use,
         )
