@@ -6,12 +6,20 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from vpp.e2e import KPI_DOCS, RunRecord, RunRecorder, compute_kpis
-from vpp.e2e.kpis import CAUSES, DELIVERED, DELIVERED_PCT, resample_hold, score_intervals
+from vpp.e2e.kpis import (
+    CAUSES,
+    DELIVERED,
+    DELIVERED_PCT,
+    early_warning_s,
+    resample_hold,
+    score_intervals,
+)
 
 T0 = 1_717_221_600.0
 
@@ -453,11 +461,44 @@ def test_trader_kpis() -> None:
     assert kpis["schedule_within_flex"] is False
 
 
+def warned(t: float, sites: int, shortfall_wh: float = 0.0) -> dict[str, Any]:
+    return {"t": t, "sites": sites, "groups": 2, "plan_id": "p", "shortfall_wh": shortfall_wh}
+
+
+@pytest.mark.parametrize(
+    ("events", "warnings", "expected"),
+    [
+        # no loss of sites: nothing to warn about
+        ([("restart-broker", 100.0)], [warned(50, 10), warned(200, 10)], (None, 0)),
+        # 10 sites, two killed at 100 s: the stream shows 8 at 130 s
+        (
+            [("kill-sites", 100.0)],
+            [warned(50, 10), warned(120, 10), warned(130, 8, 900)],
+            (30.0, 0),
+        ),
+        # a network cut: the first envelope of fewer sites counts, not a later one
+        ([("cut-network", 100.0)], [warned(50, 10), warned(160, 9), warned(400, 8)], (60.0, 0)),
+        # never told: missed, counted up to the run's end (1000 s)
+        ([("kill-sites", 100.0)], [warned(50, 10), warned(300, 10)], (900.0, 1)),
+    ],
+)
+def test_early_warning_after_a_loss_of_sites(
+    events: list[tuple[str, float]], warnings: list[dict[str, Any]], expected: tuple
+) -> None:
+    record = RunRecord(
+        events=[{"t": t, "name": name, "detail": ""} for name, t in events],
+        warnings=warnings,
+        run={"sim_end": 1000.0},
+    )
+    assert early_warning_s(record) == expected
+
+
 def test_empty_run_gives_nulls_not_a_crash() -> None:
     kpis = compute_kpis(RunRecord())
     assert list(kpis) == list(KPI_DOCS)
     counts = {"trader_decisions", "trader_fallbacks", "alerts_raised", "samples"}
     counts |= {key for key in KPI_DOCS if key.startswith("intervals_")}
+    counts.add("early_warnings_missed")
     for key, value in kpis.items():
         if key in counts:
             assert value == 0, key

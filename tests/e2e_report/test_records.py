@@ -26,6 +26,7 @@ def test_round_trip(tmp_path: Path, make_run) -> None:
     recorder.sample(T0 + 1800.123, target_w=None, measured_w=-1234.5678, sites_online=19,
                     sites_total=20)  # fmt: skip
     recorder.event(T0 + 60, "site-dropout", 'detail, with "quotes" and ünïcode')
+    recorder.warning(T0 + 90, sites=16, groups=3, plan_id="p-2", shortfall_wh=900.0)
     recorder.trader_decision(T0, solver="greedy", solve_ms=1.5, values_w=[1, 2],
                              within_flex=False, reason="lp timeout")  # fmt: skip
     (alert,) = evaluate({"availability": 0.5})
@@ -68,7 +69,10 @@ def test_round_trip(tmp_path: Path, make_run) -> None:
         "power_guaranteed_w": 7_000.0,
         "power_plain_w": 10_000.0,
         "sites": 20,
+        "groups": None,
     }
+    assert loaded.warnings == original.warnings
+    assert loaded.warnings[0]["shortfall_wh"] == 900.0
     iv = loaded.intervals
     assert list(iv["inside_envelope"]) == [1.0, 1.0, 0.0]
     assert list(iv["outage_s"]) == [0.0, 0.0, 900.0]

@@ -244,6 +244,7 @@ class FakeApi:
             ("POST", "/v1/pools/north/schedules"): "post_schedule",
             ("POST", "/v1/pools/north/setpoint"): "setpoint",
             ("GET", "/v1/pools/north/schedules"): "schedules",
+            ("GET", "/v1/pools/north/stream"): "stream",
         }.get((method, path), "schedule" if path.startswith("/v1/schedules/") else "other")
         if self.script[op]:
             answer = self.script[op].pop(0)
@@ -785,3 +786,79 @@ async def test_run_survives_an_unexpected_error_in_a_step(
     assert trader.errors == {"step:internal": 2}
     stop.set()
     await asyncio.wait_for(task, timeout=2.0)
+
+
+def envelope_event(sites: int, plan: str | None, shortfall: list[tuple[float, float]]) -> str:
+    """An ``envelope`` event as the API streams it; ``shortfall``: (slot start, W) pairs."""
+    data = {
+        "pool_id": "north",
+        "envelope": {
+            "start": iso(T0),
+            "sites": sites,
+            "guaranteed": {"storage": [{}, {}], "power_only": {}},
+        },
+        "plan_id": plan,
+        "shortfall": [
+            {"start": iso(t), "end": iso(t + 900), "scheduled_w": -9000.0, "shortfall_w": w}
+            for t, w in shortfall
+        ],
+        "shortfall_wh": sum(abs(w) for _, w in shortfall) / 4,
+    }
+    return f"event: envelope\nid: env-{sites}\ndata: {json.dumps(data)}\n\n"
+
+
+async def watch_until(trader: VirtualTrader, warnings: int, timeout_s: float = 5.0) -> None:
+    """Let the trader watch its stream until it has kept ``warnings`` envelope events."""
+    seen = asyncio.Event()
+    keep = trader._on_envelope
+
+    def spy(event: Any) -> None:
+        keep(event)
+        if len(trader.warnings) >= warnings:
+            seen.set()
+
+    trader._on_envelope = spy  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    watching = asyncio.create_task(trader.watch(stop))
+    await asyncio.wait_for(seen.wait(), timeout_s)
+    stop.set()
+    await watching
+
+
+@pytest.mark.parametrize(
+    ("events", "replans"),
+    [
+        # a new envelope of as many sites, no shortfall: kept, nothing to do
+        ([envelope_event(10, "p-1", [])], False),
+        # sites lost, the slot under way (10:00) short: too late to change, nothing to do
+        ([envelope_event(8, "p-2", [(T0, -2000.0)])], False),
+        # sites lost, 10:15 and 10:30 short: re-plan now on the smaller envelope
+        ([envelope_event(8, "p-2", [(T0, -2000.0), (T0 + 900, -2000.0)])], True),
+    ],
+)
+async def test_an_early_warning_on_the_stream_makes_the_trader_replan(
+    api: FakeApi, clock: ManualClock, events: list[str], replans: bool
+) -> None:
+    stream = ": flexibility stream of pool north\nretry: 2000\n\n" + "".join(events)
+    headers = {"content-type": "text/event-stream"}
+    api.script["stream"].append(httpx.Response(200, content=stream.encode(), headers=headers))
+    async with make_trader(api, clock) as trader:
+        trader._next_due = NOW + 600.0  # the next step would be at 10:17
+        await watch_until(trader, len(events))
+    last = trader.warnings[-1]
+    assert (last["time"], last["groups"], last["id"]) == (NOW, 2, events[-1].split("\n")[1][4:])
+    assert trader.next_due == (NOW if replans else NOW + 600.0)
+    assert trader.report()["warnings"] == trader.warnings
+
+
+async def test_a_broken_stream_is_counted_and_reconnected(api: FakeApi, clock: ManualClock) -> None:
+    api.script["stream"] += [httpx.ConnectError("refused"), httpx.Response(503, json={})]
+    good = envelope_event(10, None, []).encode()
+    headers = {"content-type": "text/event-stream"}
+    api.script["stream"].append(httpx.Response(200, content=b"data: {not json\n\n" + good,
+                                               headers=headers))  # fmt: skip
+    async with make_trader(api, clock) as trader:
+        await watch_until(trader, 1, timeout_s=10.0)
+    assert trader.errors["stream:transport"] == 1
+    assert trader.errors["stream:503"] == 1
+    assert trader.warnings[0]["sites"] == 10

@@ -117,6 +117,11 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
     AlertRule("outside-envelope-intervals", "intervals_outside_envelope", ">", 0, "warning",
               "{value} interval(s) short with a schedule outside the guaranteed envelope "
               "(nothing was promised)"),
+    AlertRule("early-warning", "early_warning_s_max", ">", 120.0, "warning",
+              "lost sites reached the trader's stream as a new envelope only after "
+              "{value:.0f} s > {threshold:.0f} s"),
+    AlertRule("early-warning-missed", "early_warnings_missed", ">", 0, "warning",
+              "sites were lost and no new envelope reached the stream"),
     AlertRule("availability", "availability", "<", 0.95, "critical",
               "site availability {value:.3f} < {threshold}"),
     AlertRule("dispatch-latency", "dispatch_latency_ms_p95", ">", 5000.0, "critical",

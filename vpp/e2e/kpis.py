@@ -149,6 +149,11 @@ KPI_DOCS: dict[str, str] = {
     "guarantee), 0..1.",
     "envelope_energy_ratio_min": "Smallest of the same energy ratios, 0..1.",
     "envelope_power_ratio": "Mean of the same ratio for the power range, 0..1.",
+    "early_warning_s_max": "After each loss of sites (a scenario's site kill or network cut), "
+    "time until the trader read a new envelope of fewer sites on the pool's stream, with the "
+    "expected shortfall of its schedule; the worst one, s (empty without a loss).",
+    "early_warnings_missed": "Losses of sites after which no new envelope reached the stream "
+    "before the run ended, count.",
     "tracking_error_rms_w": "RMS of measured - target power on the 4-s grid, where a target "
     "applies, W.",
     "tracking_error_rms_pct": "tracking_error_rms_w as % of the mean |target| (at least "
@@ -345,12 +350,44 @@ def _mean(values: np.ndarray) -> float | None:
     return _num(np.mean(values)) if values.size else None
 
 
+#: Scenario events after which sites leave the pool's envelope (``events.json`` names).
+SITE_LOSS_EVENTS = frozenset({"kill-sites", "cut-network"})
+
+
+def early_warning_s(record: RunRecord) -> tuple[float | None, int]:
+    """After each loss of sites, how long until the trader read a new envelope made of fewer
+    sites on the pool's stream (s, the worst one; None without a loss), and how many losses
+    it never read about (those count with the time to the run's end)."""
+    end = record.run.get("sim_end")
+    worst: float | None = None
+    missed = 0
+    for event in record.events:
+        if event.get("name") not in SITE_LOSS_EVENTS:
+            continue
+        t = float(event["t"])
+        before = [int(w["sites"]) for w in record.warnings if float(w["t"]) <= t]
+        after = [w for w in record.warnings if float(w["t"]) > t]
+        known = max(before, default=None)
+        first = next((w for w in after if known is None or int(w["sites"]) < known), None)
+        if first is None:
+            missed += 1
+            delay = float(end) - t if end is not None else None
+        else:
+            delay = float(first["t"]) - t
+        if delay is not None:
+            worst = delay if worst is None else max(worst, delay)
+    return worst, missed
+
+
 def _envelope_kpis(record: RunRecord) -> dict[str, Any]:
     energy = _values(record.envelopes, "energy_ratio")
+    warning_s, missed = early_warning_s(record)
     return {
         "envelope_energy_ratio": _mean(energy),
         "envelope_energy_ratio_min": _num(energy.min()) if energy.size else None,
         "envelope_power_ratio": _mean(_values(record.envelopes, "power_ratio")),
+        "early_warning_s_max": _num(warning_s),
+        "early_warnings_missed": missed,
     }
 
 

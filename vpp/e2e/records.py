@@ -57,6 +57,11 @@ Files (all in one output folder)
     guaranteed envelope's energy and power as a fraction of the plain sum of the site
     envelopes: what the guarantee costs (1 = nothing). Optional.
 
+``warnings.json``
+    List of the ``envelope`` events the trader read on the pool's event stream (a new
+    envelope or plan): ``{"t", "id", "envelope_start", "sites", "groups", "plan_id",
+    "shortfall_wh", "shortfall_slots"}``; ``t`` is when the trader received it. Optional.
+
 ``telemetry.json``
     ``{"expected": int, "received": int}``: telemetry sequence numbers expected vs received
     at the cloud over the whole run (cumulative counts).
@@ -227,6 +232,7 @@ FILES = {
     "latency": "latency.json",
     "trader": "trader.json",
     "envelopes": "envelopes.json",
+    "warnings": "warnings.json",
     "events": "events.json",
     "alerts": "alerts.json",
     "run": "run.json",
@@ -305,6 +311,7 @@ class RunRecord:
     events: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     run: dict[str, Any] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Every documented column exists, so consumers never need a key check.
@@ -340,6 +347,7 @@ class RunRecorder:
         self._telemetry: dict[str, int] = {"expected": 0, "received": 0}
         self._trader: list[dict[str, Any]] = []
         self._envelopes: list[dict[str, Any]] = []
+        self._warnings: list[dict[str, Any]] = []
         self._events: list[dict[str, Any]] = []
         self._alerts: list[dict[str, Any]] = []
         self._run: dict[str, Any] = {"version": vpp.__version__}
@@ -412,8 +420,10 @@ class RunRecorder:
         sites: int | None,
         energy_ratio: float | None = None,
         power_ratio: float | None = None,
+        groups: int | None = None,
     ) -> None:
-        """Record one pool envelope the cloud advertised (sums of range widths over its slots).
+        """Record one pool envelope the cloud advertised (sums of range widths over its slots,
+        and the storage groups the guarantee is made of).
 
         The ratios default to guaranteed / plain sum (None when the plain sum is not > 0);
         pass the cloud's own ones if it reports them.
@@ -433,8 +443,14 @@ class RunRecorder:
                 "power_guaranteed_w": _opt_float(power_guaranteed_w),
                 "power_plain_w": _opt_float(power_plain_w),
                 "sites": None if sites is None else int(sites),
+                "groups": None if groups is None else int(groups),
             }
         )
+
+    def warning(self, t: float, **fields: Any) -> None:
+        """Record an ``envelope`` event read on the pool's stream at ``t`` (the fields of
+        ``warnings.json``)."""
+        self._warnings.append({"t": float(t), **fields})
 
     def event(self, t: float, name: str, detail: str = "") -> None:
         """Record a scenario event (shown as a vertical line on the report's main plot)."""
@@ -495,6 +511,7 @@ class RunRecorder:
             events=[dict(e) for e in self._events],
             alerts=[dict(a) for a in self._alerts],
             run=dict(self._run),
+            warnings=[dict(w) for w in self._warnings],
         )
 
     def write(self, out_dir: Path | str) -> list[Path]:
@@ -511,6 +528,7 @@ def write_record(record: RunRecord, out_dir: Path | str) -> list[Path]:
         "latency": {"dispatch_latency_ms": record.latency_ms.tolist()},
         "trader": record.trader,
         "envelopes": record.envelopes,
+        "warnings": record.warnings,
         "events": record.events,
         "alerts": record.alerts,
         "run": record.run,
@@ -606,6 +624,7 @@ def load(out_dir: Path | str) -> RunRecord:
         latency_ms=np.asarray(latency_ms, dtype=float),
         trader=list(_read_json(out / FILES["trader"], [])),
         envelopes=list(_read_json(out / FILES["envelopes"], [])),
+        warnings=list(_read_json(out / FILES["warnings"], [])),
         events=list(_read_json(out / FILES["events"], [])),
         alerts=list(_read_json(out / FILES["alerts"], [])),
         run=dict(_read_json(out / FILES["run"], {})),

@@ -16,7 +16,9 @@ Why it imports nothing of ``cloud/``: it stands for an outside trader and must w
 the API as documented, bodies parsed from JSON; if it needed a private import, so would
 every real trader. Why errors never escape: a trader that stops on one 503 loses a trading
 day; every failed request is counted by operation and reason, logged with its context, and
-retried at the next step.
+retried at the next step. It also listens to the pool's event stream: an ``envelope`` event
+with an expected shortfall (the pool lost sites) is an early warning, and the trader re-plans
+on the smaller envelope at once (:meth:`VirtualTrader.watch`).
 
 Time comes from the clock given (``clock.time()``, ``clock.sleep_until()``), never from the wall,
 so the demo can trade a day in minutes.
@@ -25,6 +27,7 @@ so the demo can trade a day in minutes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from collections import Counter
@@ -45,6 +48,7 @@ from vpp.trader.optimise import (
     storage_levels,
 )
 from vpp.trader.prices import PriceSeries
+from vpp.trader.sse import SseEvent, sse_events
 
 __all__ = ["Decision", "TraderClock", "TraderOptions", "VirtualTrader"]
 
@@ -341,6 +345,9 @@ class VirtualTrader:
         self._shown: _Shown | None = None
         self._next_due = -math.inf
         self._horizon_end: float | None = None
+        self.warnings: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._replanned_at = -math.inf
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -674,13 +681,89 @@ class VirtualTrader:
 
     async def _sleep_or_stop(self, until: float, stop: asyncio.Event) -> None:
         """Sleep until clock time ``until`` (absolute, so a clock that moves before the
-        sleeper starts cannot push the wake-up later) or until ``stop`` is set."""
+        sleeper starts cannot push the wake-up later), until ``stop`` is set, or until an
+        early warning makes a step due (:meth:`watch`)."""
         sleeper = asyncio.ensure_future(self.clock.sleep_until(until))
         waiter = asyncio.ensure_future(stop.wait())
-        _, pending = await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        woken = asyncio.ensure_future(self._wake.wait())
+        _, pending = await asyncio.wait(
+            {sleeper, waiter, woken}, return_when=asyncio.FIRST_COMPLETED
+        )
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        self._wake.clear()
+
+    def _on_envelope(self, event: SseEvent) -> None:
+        """An ``envelope`` event: kept; an expected shortfall in a quarter hour the trader can
+        still change (from the next one) makes a step due now, at most once per
+        ``retry_s``."""
+        now = self.clock.time()
+        try:
+            data = json.loads(event.data)
+            env = data["envelope"]
+            shortfall = list(data.get("shortfall") or [])
+            warning = {
+                "time": now,
+                "id": event.id,
+                "envelope_start": env["start"],
+                "sites": int(env["sites"]),
+                "groups": len(env["guaranteed"]["storage"]),
+                "plan_id": data.get("plan_id"),
+                "shortfall_wh": float(data.get("shortfall_wh") or 0.0),
+                "shortfall_slots": len(shortfall),
+            }
+            changeable = math.ceil(now / SLOT_S) * SLOT_S
+            ahead = [s for s in shortfall if _ts(s["start"]) >= changeable]
+        except (ValueError, KeyError, TypeError) as exc:
+            self._fail("stream", "bad_event", f"envelope event unreadable: {exc!r}")
+            return
+        self.warnings.append(warning)
+        if ahead and now - self._replanned_at >= self.options.retry_s:
+            self._replanned_at = now
+            self._next_due = min(self._next_due, now)
+            self._wake.set()
+            log.warning(
+                "trader %s: early warning, %.0f Wh of the schedule cannot be delivered from "
+                "%s (envelope of %d sites): re-planning",
+                self.pool_id,
+                warning["shortfall_wh"],
+                ahead[0]["start"],
+                warning["sites"],
+            )
+
+    async def _read_stream(self) -> None:
+        url = f"/v1/pools/{self.pool_id}/stream"
+        backoff = 1.0
+        while True:
+            self.requests["stream"] += 1
+            try:
+                timeout = httpx.Timeout(self.options.request_timeout_s, read=None)
+                async with self._http.stream("GET", url, timeout=timeout) as response:
+                    if response.status_code != 200:
+                        self._fail("stream", str(response.status_code), f"GET {url}")
+                    else:
+                        backoff = 1.0
+                        async for event in sse_events(response.aiter_lines()):
+                            if event.event == "envelope":
+                                self._on_envelope(event)
+            except httpx.HTTPError as exc:
+                self._fail("stream", "transport", f"GET {url}: {type(exc).__name__}: {exc}")
+            await asyncio.sleep(backoff)  # wall time: the link, not the simulation
+            backoff = min(backoff * 2.0, 30.0)
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Listen to the pool's event stream (``GET .../stream``) until ``stop`` is set: each
+        ``envelope`` event is kept in :attr:`warnings` (when, the envelope's sites and groups,
+        the plan, the expected shortfall); a shortfall ahead makes the trader re-plan on the
+        new envelope at once instead of learning it at settlement. Reconnects after a
+        failure (counted as ``stream:...``)."""
+        reader = asyncio.ensure_future(self._read_stream())
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (reader, waiter):
+            task.cancel()
+        await asyncio.gather(reader, waiter, return_exceptions=True)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Step whenever due until ``stop`` is set, sleeping in the clock's time. An
@@ -705,6 +788,7 @@ class VirtualTrader:
             "prices_source": self.prices.source,
             "decisions": [d.to_dict() for d in self.decisions],
             "setpoints": list(self.setpoints),
+            "warnings": list(self.warnings),
             "requests": dict(self.requests),
             "errors": dict(self.errors),
             "errors_total": self.errors_total,
