@@ -2,12 +2,13 @@
 
 The cloud aggregates many sites' :class:`~protocols.messages.FlexEnvelope` into one pool
 envelope (``cloud.flexibility.envelope``) and sends each partition a
-:class:`~protocols.messages.PartitionPlan` of pool-wide numbers; every site computes its own
-share from those numbers and its own envelope (:func:`site_share`), also when the cloud is
-away. Both sides run the code below: the cloud over columns of many sites at once, the edge
-over one column, through the very same functions. Every per-site number is computed
-elementwise, in the same order, from the same inputs, so the edge gets the cloud's numbers to
-the last bit (sums across sites happen in the cloud only, and the plan carries their results).
+:class:`~protocols.messages.PartitionPlan` of pool-wide and group-wide numbers; every site
+computes its own share from those numbers and its own envelope (:func:`site_share`), also
+when the cloud is away. Both sides run the code below: the cloud over columns of many sites at
+once, the edge over one column, through the very same functions. Every per-site number is
+computed elementwise, in the same order, from the same inputs, so the edge gets the cloud's
+numbers to the last bit (sums across sites happen in the cloud only, and the plan carries
+their results).
 
 The site model
 --------------
@@ -27,20 +28,26 @@ and the ceiling ``sum(s_k d_k h, k <= t) <= e_max[t]`` (a tangent: never under-c
 
 The share
 ---------
-A site takes part in the pool's storage with the weight ``c = W^alpha * P^(1 - alpha)``
-(:func:`site_weights`; ``W`` = mean energy window ``e_max - e_min``, ``P`` = half the mean
-power range; 0 for a site whose window or range is empty in some slot), ``beta = c /
-beta_total`` of the pool. Its planned deviation is
+The pool's storage is a list of *groups* (virtual batteries): the cloud puts each site with
+storage in one group at most (its choice, carried in the plan: sites whose windows have
+similar time profiles scale well together), and a group is a common scaling of its sites. A
+site of a group takes part with the weight ``c = W^alpha * P^(1 - alpha)`` (:func:`site_weights`;
+``W`` = mean energy window ``e_max - e_min``, ``P`` = half the mean power range; 0, and so in
+no group, when either is not positive), ``beta = c / beta_total`` of its group. Its planned
+deviation is
 
     d_storage[t] = tau[t] + beta * storage_w[t]
 
+with the group's fields (:class:`~protocols.messages.PlanGroup`); a site in no group plans no
+storage deviation.
+
 ``tau`` is the site's *rebalancing*: a deviation of its own, chosen so that the site keeps room
 in proportion to its weight: at least ``beta * x_wh[t]`` below its ceiling and
-``beta * y_wh[t]`` above its floor (``x_wh``/``y_wh``: what the pool promises to absorb /
+``beta * y_wh[t]`` above its floor (``x_wh``/``y_wh``: what the group promises to absorb /
 deliver). Sites fill and empty at different times along their baselines (PV size, load, state
-of charge): without rebalancing, the first site to fill caps the pool's absorb energy for
+of charge): without rebalancing, the first site to fill caps the group's absorb energy for
 every site; with it, sites that will fill early charge less while others charge more, and the
-pool keeps most of its energy. ``tau`` is what :class:`Rebalancer` computes, slot by slot:
+group keeps most of its energy. ``tau`` is what :class:`Rebalancer` computes, slot by slot:
 
 1. **Tubes** (backward, per site): the band ``[e_min + beta y, e_max - beta x]`` (soft) and the
    window ``[e_min, e_max]`` (hard), each tightened by what the site can still reach later
@@ -53,7 +60,7 @@ pool keeps most of its energy. ``tau`` is what :class:`Rebalancer` computes, slo
    where the soft one is empty, its midpoint clipped to the hard one). The site moves as
    little as it can: ``clip(0, a, b)`` (lazy: a move costs power the pool could use and,
    across the efficiency kink, energy). The hard interval is only computed where it is used.
-3. **Balancing push**: the cloud sums the forced moves of all sites and asks the sites to push
+3. **Balancing push**: the cloud sums the forced moves of a group's sites and asks them to push
    the other way, so that the rebalancing nets to (nearly) zero grid power: first the sites
    that can take the push without losses (discharging less, or charging less: the efficiency
    of both ends of the transfer is then the same, or better), then the rest of the soft
@@ -62,10 +69,10 @@ pool keeps most of its energy. ``tau`` is what :class:`Rebalancer` computes, slo
    ``0.5 - z / 6`` pushes down. The cloud derives ``lam`` from the sums
    (:func:`balance_level`), every site applies it to its own intervals.
 
-What the rebalancing does not net out (``r[t] = sum(tau[t])``, the energy it costs across the
-efficiency kink, or a push no site could take) is part of the pool's planned baseline: the
-pool deviation is ``r + storage_w``, so ``storage_w`` is the pool's storage deviation minus
-the rebalancing residual, as :class:`~protocols.messages.PartitionPlan` says.
+What the rebalancing does not net out (``r[t] = sum(tau[t])`` over a group, the energy it
+costs across the efficiency kink, or a push no site could take) is part of the pool's planned
+baseline: the group's deviation is ``r + storage_w``, so ``storage_w`` is the group's storage
+deviation minus its rebalancing residual, as :class:`~protocols.messages.PlanGroup` says.
 
 Power-only components (PV curtailment, heat-pump reserve) are boxes: the pool's
 ``power_only_w`` is shared in proportion to each site's bound in the slot
@@ -91,7 +98,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from protocols.messages import FlexEnvelope, PartitionPlan
+from protocols.messages import FlexEnvelope, PartitionPlan, PlanGroup
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -364,30 +371,24 @@ def site_weights(cols: StorageColumns, alpha: float = DEFAULT_ALPHA) -> FloatArr
     """``c = W^alpha * P^(1 - alpha)`` per site: ``W`` the mean energy window ``e_max - e_min``
     (Wh), ``P`` half the mean power range ``p_max - p_min`` (W).
 
-    0 (no part in the storage) for a site whose window or power range is empty in any slot
-    (a battery out of service for a while, an envelope that ends early): every site takes
-    ``beta`` of every pool move, so one such site would close the whole pool's storage in
-    that slot. Means are summed slot by slot and the power taken per site with
-    :func:`math.pow`, so one site alone gets the same bits as in a fleet."""
+    0 (no part in the storage) only when ``W`` or ``P`` is not positive (or not finite): a
+    site whose window closes in some slots still weighs; whether it takes part in the pool's
+    storage, and in which group, is the cloud's choice, carried in the plan. Means are summed
+    slot by slot and the power taken per site with :func:`math.pow`, so one site alone gets
+    the same bits as in a fleet (:func:`site_weight`)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in 0..1, got {alpha}")
     n, slots = cols.sites, cols.slots
     w_sum = np.zeros(n)
     p_sum = np.zeros(n)
-    gap = np.zeros(n, dtype=bool)
     for t in range(slots):
-        w = cols.row("e_max", t) - cols.row("e_min", t)
-        p = cols.row("p_max", t) - cols.row("p_min", t)
-        w_sum += w
-        p_sum += p
-        gap |= (w <= 0.0) | (p <= 0.0)
+        w_sum += cols.row("e_max", t) - cols.row("e_min", t)
+        p_sum += cols.row("p_max", t) - cols.row("p_min", t)
     w_bar = w_sum / slots
     p_bar = p_sum / slots / 2.0
     c = np.zeros(n)
-    for i in np.flatnonzero(~gap):
-        w, p = float(w_bar[i]), float(p_bar[i])
-        if w > 0.0 and p > 0.0 and math.isfinite(w) and math.isfinite(p):
-            c[i] = math.pow(w, alpha) * math.pow(p, 1.0 - alpha)
+    for i in np.flatnonzero((w_bar > 0.0) & (p_bar > 0.0)):
+        c[i] = _weight(float(w_bar[i]), float(p_bar[i]), alpha)
     return c
 
 
@@ -399,12 +400,14 @@ def site_weight(arrays: EnvelopeArrays, alpha: float = DEFAULT_ALPHA) -> float:
         raise ValueError(f"alpha must be in 0..1, got {alpha}")
     w = arrays.e_max_wh - arrays.e_min_wh
     p = arrays.p_max_w - arrays.p_min_w
-    if np.any(w <= 0.0) or np.any(p <= 0.0):
-        return 0.0
     slots = w.size
     w_bar = float(np.add.accumulate(w)[-1]) / slots
     p_bar = float(np.add.accumulate(p)[-1]) / slots / 2.0
-    if not (math.isfinite(w_bar) and math.isfinite(p_bar)):
+    return _weight(w_bar, p_bar, alpha)
+
+
+def _weight(w_bar: float, p_bar: float, alpha: float) -> float:
+    if not (w_bar > 0.0 and p_bar > 0.0 and math.isfinite(w_bar) and math.isfinite(p_bar)):
         return 0.0
     return math.pow(w_bar, alpha) * math.pow(p_bar, 1.0 - alpha)
 
@@ -423,8 +426,14 @@ class _SlotModel:
     lo: FloatArray
     hi: FloatArray
 
-    def g(self, d: FloatArray) -> FloatArray:
-        return np.minimum(self.s * d, self.sb + self.s2 * (d - self.b))
+    def g(
+        self, d: FloatArray, out: FloatArray | None = None, scratch: FloatArray | None = None
+    ) -> FloatArray:
+        """``min(s d, s b + s2 (d - b))`` (into ``out``, with ``scratch``, when given)."""
+        if out is None or scratch is None:
+            return np.minimum(self.s * d, self.sb + self.s2 * (d - self.b))
+        np.add(self.sb, np.multiply(self.s2, np.subtract(d, self.b, out=out), out=out), out=out)
+        return np.minimum(np.multiply(self.s, d, out=scratch), out, out=out)
 
     def ginv(self, q: FloatArray) -> FloatArray:
         return np.maximum(q / self.s, self.b + (q - self.sb) / self.s2)
@@ -472,7 +481,7 @@ class SlotIntervals:
 
 def balance_level(iv: SlotIntervals | Sequence[SlotIntervals]) -> float:
     """The push level ``lam`` that nets the sites' forced moves to zero (as far as the rooms
-    allow): pool-wide sums, computed by the cloud and sent in the plan. ``iv``: the slot's
+    allow): sums over a group, computed by the cloud and sent in the plan. ``iv``: the slot's
     intervals of every site, in one block or in several (sites in chunks)."""
     blocks = [iv] if isinstance(iv, SlotIntervals) else list(iv)
     forced = math.fsum(float(np.sum(b.lazy)) for b in blocks)
@@ -533,9 +542,10 @@ def slopes(
 
 
 class Rebalancer:
-    """The rebalancing of ``n`` sites, one slot at a time (see the module docstring).
+    """The rebalancing of the ``n`` sites of a group, one slot at a time (see the module
+    docstring).
 
-    ``beta`` (n,) are the sites' pool shares, ``x_wh``/``y_wh`` (T,) the pool's absorb and
+    ``beta`` (n,) are the sites' shares of the group, ``x_wh``/``y_wh`` (T,) its absorb and
     deliver energies the bands keep room for, ``theta`` the fraction of each site's power
     range the rebalancing may use (0: no rebalancing, every move is 0). Call :meth:`intervals`
     then :meth:`advance` with the slot's push level, ``T`` times; ``floor`` and ``ceiling``
@@ -574,18 +584,28 @@ class Rebalancer:
         elif len(tubes) != 4 or any(a.shape != (slots, n) for a in tubes):
             raise ValueError(f"tubes needs four {(slots, n)} arrays")
         self.hard_floor, self.hard_ceiling, self.soft_floor, self.soft_ceiling = tubes
+        # what each tube holds after slot t + 1, and two scratch rows (no allocations)
         hf, hc = np.full(n, -np.inf), np.full(n, np.inf)
         sf, sc = np.full(n, -np.inf), np.full(n, np.inf)
+        up, down = np.empty(n), np.empty(n)
         for t in range(slots - 1, -1, -1):
             e_min, e_max = cols.row("e_min", t), cols.row("e_max", t)
-            hf = np.maximum(e_min, hf, out=self.hard_floor[t])
-            hc = np.minimum(e_max, hc, out=self.hard_ceiling[t])
-            sf = np.maximum(e_min + self.beta * self.y[t], sf, out=self.soft_floor[t])
-            sc = np.minimum(e_max - self.beta * self.x[t], sc, out=self.soft_ceiling[t])
+            np.maximum(e_min, hf, out=self.hard_floor[t])
+            np.minimum(e_max, hc, out=self.hard_ceiling[t])
+            np.add(e_min, np.multiply(self.beta, self.y[t], out=up), out=up)
+            np.maximum(up, sf, out=self.soft_floor[t])
+            np.subtract(e_max, np.multiply(self.beta, self.x[t], out=down), out=down)
+            np.minimum(down, sc, out=self.soft_ceiling[t])
             m = self._model(t)
-            up = m.g(m.hi) * self.h  # most the floor can rise in slot t
-            down = m.s * m.lo * self.h  # most the ceiling can fall in slot t (<= 0)
-            hf, hc, sf, sc = hf - up, hc - down, sf - up, sc - down
+            # up: most the floor can rise in slot t, g(hi) h; down: most the ceiling can
+            # fall, s lo h (<= 0)
+            m.g(m.hi, out=up, scratch=down)
+            np.multiply(up, self.h, out=up)
+            np.multiply(np.multiply(m.s, m.lo, out=down), self.h, out=down)
+            np.subtract(self.hard_floor[t], up, out=hf)
+            np.subtract(self.hard_ceiling[t], down, out=hc)
+            np.subtract(self.soft_floor[t], up, out=sf)
+            np.subtract(self.soft_ceiling[t], down, out=sc)
         self.t = 0
         self.floor = np.zeros(n)  # el: sum of g(tau) h so far
         self.ceiling = np.zeros(n)  # eh: sum of s tau h so far
@@ -705,24 +725,32 @@ def power_only_share(
 
 
 def shares(
-    cols: StorageColumns, po_min_w: ArrayLike, po_max_w: ArrayLike, plan: PartitionPlan
+    cols: StorageColumns,
+    po_min_w: ArrayLike,
+    po_max_w: ArrayLike,
+    plan: PartitionPlan,
+    group: PlanGroup | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """Planned deviations of ``n`` sites under ``plan`` (their columns from the plan's start):
-    ``(storage_w, power_only_w)``, each ``(T, n)`` W. The cloud's form of :func:`site_share`."""
-    slots = len(plan.storage_w)
+    ``(storage_w, power_only_w)``, each ``(T, n)`` W. The cloud's form of :func:`site_share`.
+
+    Every site is in ``group`` (one of ``plan.groups``): its storage share is ``tau + beta *
+    storage_w`` with the group's fields; ``None``: the sites are in no group (storage 0)."""
+    slots = plan.slots
     if cols.slots != slots:
         raise ValueError(f"columns have {cols.slots} slots, the plan {slots}")
     if cols.step_s != plan.step_s:
         raise ValueError(f"columns have step {cols.step_s} s, the plan {plan.step_s} s")
-    c = site_weights(cols, plan.alpha)
-    beta = c / plan.beta_total
     storage = np.zeros((slots, cols.sites))
-    part = c > 0.0
-    if part.any():
-        sub = cols if part.all() else cols.take(part)
-        tau, _ = rebalance(sub, beta[part], plan.x_wh, plan.y_wh, plan.theta, plan.lam)
-        w = np.asarray(plan.storage_w, dtype=np.float64)
-        storage[:, part] = tau + beta[part][None, :] * w[:, None]
+    if group is not None:
+        c = site_weights(cols, group.alpha)
+        beta = c / group.beta_total
+        part = c > 0.0
+        if part.any():
+            sub = cols if part.all() else cols.take(part)
+            tau, _ = rebalance(sub, beta[part], group.x_wh, group.y_wh, group.theta, group.lam)
+            w = np.asarray(group.storage_w, dtype=np.float64)
+            storage[:, part] = tau + beta[part][None, :] * w[:, None]
     power_only = power_only_share(
         po_min_w, po_max_w, plan.power_only_w, plan.power_only_min_w, plan.power_only_max_w
     )
@@ -743,12 +771,14 @@ class ShareSeries:
 
 
 def site_share(envelope: FlexEnvelope, plan: PartitionPlan) -> ShareSeries:
-    """The share of ``plan`` the site holding ``envelope`` plans to deliver, per slot.
+    """The share of ``plan`` the site holding ``envelope`` plans to deliver, per slot: its
+    share of its group's storage (none when the plan puts it in no group) and of the pool's
+    power-only deviation.
 
     Raises :class:`ValueError` if the plan does not name this envelope (site and seq) or if
     the slots do not line up (start or step).
     """
-    seq = plan.envelopes.get(envelope.site_id)
+    seq = plan.site_seqs.get(envelope.site_id)
     if seq is None:
         raise ValueError(f"plan {plan.plan_id} does not name site {envelope.site_id}")
     if seq != envelope.seq:
@@ -762,9 +792,11 @@ def site_share(envelope: FlexEnvelope, plan: PartitionPlan) -> ShareSeries:
         raise ValueError(
             f"slots do not line up: envelope starts at {envelope.start_ts}, plan at {plan.start_ts}"
         )
-    slots = len(plan.storage_w)
+    slots = plan.slots
     arrays = envelope_arrays(envelope, plan.start_ts, slots)
     cols = StorageColumns.from_arrays([arrays], envelope.step_s)
-    storage, power_only = shares(cols, arrays.po_min_w[:, None], arrays.po_max_w[:, None], plan)
+    group = plan.group_of(envelope.site_id)
+    po_min, po_max = arrays.po_min_w[:, None], arrays.po_max_w[:, None]
+    storage, power_only = shares(cols, po_min, po_max, plan, group)
     starts = plan.start_ts + plan.step_s * np.arange(slots, dtype=np.float64)
     return ShareSeries(start_ts=starts, storage_w=storage[:, 0], power_only_w=power_only[:, 0])

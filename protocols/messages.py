@@ -33,7 +33,10 @@ from protocols.partitions import partition_of
 from protocols.topics import PartitionKind, SiteKind, Topic, parse_topic
 
 __all__ = [
+    "MAX_GROUPS",
     "MAX_PAYLOAD_BYTES",
+    "MAX_PLAN_GROUP_SLOTS",
+    "MAX_PLAN_SITES",
     "SCHEMAS",
     "Ack",
     "Config",
@@ -50,6 +53,7 @@ __all__ = [
     "PartitionPlan",
     "PartitionSignal",
     "PlanBasis",
+    "PlanGroup",
     "PowerOnlyBounds",
     "PowerOnlyEnvelope",
     "SiteState",
@@ -73,7 +77,9 @@ MAX_TS = 4_102_444_800.0  # 2100-01-01T00:00:00Z
 MAX_SEQ = 2**63 - 1
 MAX_VALIDITY_S = 24 * 3600.0  # a dispatch valid for more than a day is a mistake
 MAX_SLOTS = 192  # an envelope or plan covers at most 48 h of quarter hours
-MAX_PLAN_SITES = 4096  # sites named in one partition plan (a partition of a 250k-site pool)
+MAX_PLAN_SITES = 800  # sites named in one partition plan (see PartitionPlan: what fits)
+MAX_GROUPS = 16  # storage groups of a pool envelope (a plan carries those of its partition)
+MAX_PLAN_GROUP_SLOTS = 576  # groups x slots in one plan: 6 groups of a day of quarter hours
 
 Power = Annotated[float, Field(ge=-SITE_POWER_LIMIT_W, le=SITE_POWER_LIMIT_W)]
 PositivePower = Annotated[float, Field(ge=0.0, le=SITE_POWER_LIMIT_W)]
@@ -545,26 +551,74 @@ class FlexEnvelope(Message):
 # --- partition plan (cloud -> sites, retained) ------------------------------------------
 
 
+PlanSeries = Annotated[
+    list[Annotated[float, Field(ge=-1e12, le=1e12)]], Field(min_length=1, max_length=MAX_SLOTS)
+]
+PlanEnergySeries = Annotated[
+    list[Annotated[float, Field(ge=0.0, le=1e15)]], Field(min_length=1, max_length=MAX_SLOTS)
+]
+PlanSites = Annotated[dict[SiteId, Seq], Field(max_length=MAX_PLAN_SITES)]
+
+
+class PlanGroup(_Strict):
+    """One storage group of the pool envelope (a virtual battery: a common scaling of its
+    sites with rebalancing), as the sites of a partition that belong to it need it.
+
+    ``group`` is the group's index in the pool envelope. Per slot: ``storage_w``, the
+    group's storage deviation minus its rebalancing residual; ``x_wh``/``y_wh``, the energy
+    the group promises to absorb / deliver, of which every member keeps room in proportion
+    to its weight (whole Wh); ``lam``, the push that nets the members' rebalancing moves to
+    zero (0.5: none; six decimals). ``theta`` (the share of a member's power range its
+    rebalancing may use), ``alpha`` and ``beta_total`` (the members' weights: a member's
+    share of the group is ``c / beta_total``). ``envelopes``: the group's sites in this
+    partition, with the seq of the envelope the plan is made on.
+    """
+
+    group: Annotated[int, Field(ge=0, lt=MAX_GROUPS)]
+    storage_w: PlanSeries
+    x_wh: PlanEnergySeries
+    y_wh: PlanEnergySeries
+    lam: Annotated[
+        list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=1, max_length=MAX_SLOTS)
+    ]
+    theta: Annotated[float, Field(ge=0.0, le=1.0)]
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)]
+    beta_total: Annotated[float, Field(gt=0.0, le=1e15)]
+    envelopes: Annotated[dict[SiteId, Seq], Field(min_length=1, max_length=MAX_PLAN_SITES)]
+
+    @model_validator(mode="after")
+    def _slots(self) -> PlanGroup:
+        n = len(self.storage_w)
+        if {len(self.x_wh), len(self.y_wh), len(self.lam)} != {n}:
+            raise ValueError(f"group {self.group}: every per-slot list needs one value per slot")
+        return self
+
+
 class PartitionPlan(Message):
     """The pool's energy plan, as each site of a partition needs it to find its own share.
 
     One message per partition (retained), however many sites it holds: every value is
-    pool-wide, and each site computes its share from them and from its own envelope, the
-    one named by its seq in ``envelopes`` (:func:`protocols.flexplan.site_share`). A site
+    pool-wide or group-wide, and each site computes its share from them and from its own
+    envelope, the one named by its seq (:func:`protocols.flexplan.site_share`). A site
     follows its share while ``issued_ts - 5 <= now < valid_until``, also when the broker or
     the cloud is away (open loop); partition signals correct around it.
 
-    Per slot from ``start_ts`` (the envelopes' common reference):
+    Per slot from ``start_ts`` (the envelopes' common reference): ``power_only_w``, the
+    pool's power-only deviation, shared in proportion to each site's bound in the slot
+    (``power_only_min_w``/``power_only_max_w``, the pool's sums). The storage comes in
+    ``groups`` (:class:`PlanGroup`, those with a site in this partition): a site named in a
+    group takes its share of that group's storage; a site named in ``envelopes`` is in no
+    group and takes a power-only share only. :attr:`site_seqs` gives every site the plan
+    names, :meth:`group_of` a site's group.
 
-    * ``storage_w``: the pool's storage deviation minus the plan's rebalancing residual (the
-      residual is part of the pool's planned baseline);
-    * ``power_only_w``: the pool's power-only deviation, shared in proportion to each site's
-      bound in the slot (``power_only_min_w``/``power_only_max_w``, the pool's sums);
-    * ``x_wh``, ``y_wh``: the energy the pool promises to absorb / deliver, of which every
-      site keeps room in proportion to its weight; ``lam``: the push that nets the sites'
-      rebalancing moves to zero (0.5: none);
-    * ``theta`` (the share of a site's power range its rebalancing may use), ``alpha`` and
-      ``beta_total`` (the sites' weights).
+    What fits in :data:`MAX_PAYLOAD_BYTES`: the cloud sends energies in whole Wh and ``lam``
+    with six decimals, so a group takes about 57 bytes per slot (a full-precision storage
+    value, two energies of a pool of 100 000 sites, a level) and the top about 60 per slot;
+    a site about 22 bytes (an id like ``site-000042`` and a seq of up to seven digits). At
+    the limits (192 slots, :data:`MAX_PLAN_GROUP_SLOTS` group-slots, :data:`MAX_PLAN_SITES`
+    sites) a plan takes about 60 KB, a day of quarter hours with six groups about 55 KB. A
+    partition holds at most 800 sites: a pool of 100 000 sites needs at least 128
+    partitions (longer site ids: fewer sites per partition).
     """
 
     SCHEMA: ClassVar[str] = "vpp.partition_plan"
@@ -581,58 +635,63 @@ class PartitionPlan(Message):
     valid_until: Timestamp
     start_ts: Timestamp
     step_s: Annotated[float, Field(ge=60.0, le=3600.0)] = 900.0
-    storage_w: Annotated[
-        list[Annotated[float, Field(ge=-1e12, le=1e12)]], Field(min_length=1, max_length=MAX_SLOTS)
-    ]
-    power_only_w: Annotated[
-        list[Annotated[float, Field(ge=-1e12, le=1e12)]], Field(min_length=1, max_length=MAX_SLOTS)
-    ]
+    power_only_w: PlanSeries
     power_only_min_w: Annotated[
         list[Annotated[float, Field(ge=-1e12, le=0.0)]], Field(min_length=1, max_length=MAX_SLOTS)
     ]
     power_only_max_w: Annotated[
         list[Annotated[float, Field(ge=0.0, le=1e12)]], Field(min_length=1, max_length=MAX_SLOTS)
     ]
-    x_wh: Annotated[
-        list[Annotated[float, Field(ge=0.0, le=1e15)]], Field(min_length=1, max_length=MAX_SLOTS)
-    ]
-    y_wh: Annotated[
-        list[Annotated[float, Field(ge=0.0, le=1e15)]], Field(min_length=1, max_length=MAX_SLOTS)
-    ]
-    lam: Annotated[
-        list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=1, max_length=MAX_SLOTS)
-    ]
-    theta: Annotated[float, Field(ge=0.0, le=1.0)]
-    alpha: Annotated[float, Field(ge=0.0, le=1.0)]
-    beta_total: Annotated[float, Field(gt=0.0, le=1e15)]
-    envelopes: Annotated[dict[SiteId, Seq], Field(max_length=MAX_PLAN_SITES)] = {}
+    groups: Annotated[list[PlanGroup], Field(max_length=MAX_GROUPS)] = []
+    envelopes: PlanSites = {}
 
     @model_validator(mode="after")
     def _consistent(self) -> PartitionPlan:
         span = self.valid_until - self.issued_ts
         if span <= 0 or span > MAX_VALIDITY_S:
             raise ValueError("valid_until must be after issued_ts, by at most 86400 s")
-        n = len(self.storage_w)
-        lengths = {
-            len(v)
-            for v in (
-                self.power_only_w,
-                self.power_only_min_w,
-                self.power_only_max_w,
-                self.x_wh,
-                self.y_wh,
-                self.lam,
-            )
-        }
+        n = len(self.power_only_w)
+        lengths = {len(self.power_only_min_w), len(self.power_only_max_w)}
+        lengths |= {len(g.storage_w) for g in self.groups}
         if lengths != {n}:
             raise ValueError("every per-slot list needs one value per slot")
+        if len(self.groups) * n > MAX_PLAN_GROUP_SLOTS:
+            raise ValueError(
+                f"{len(self.groups)} groups of {n} slots exceed {MAX_PLAN_GROUP_SLOTS} group-slots"
+            )
+        if len({g.group for g in self.groups}) != len(self.groups):
+            raise ValueError("a group appears twice")
+        named = len(self.envelopes) + sum(len(g.envelopes) for g in self.groups)
+        if named > MAX_PLAN_SITES:
+            raise ValueError(f"{named} sites named, at most {MAX_PLAN_SITES}")
+        if len(self.site_seqs) != named:
+            raise ValueError("a site is named twice (in two groups, or in a group and envelopes)")
         if self.start_ts % self.step_s:
             raise ValueError(f"start_ts ({self.start_ts}) is not a multiple of step_s")
         return self
 
     @property
+    def slots(self) -> int:
+        return len(self.power_only_w)
+
+    @property
     def end_ts(self) -> float:
-        return self.start_ts + len(self.storage_w) * self.step_s
+        return self.start_ts + self.slots * self.step_s
+
+    @property
+    def site_seqs(self) -> dict[str, int]:
+        """Every site the plan names (in a group or not), with its envelope's seq."""
+        seqs = dict(self.envelopes)
+        for g in self.groups:
+            seqs.update(g.envelopes)
+        return seqs
+
+    def group_of(self, site_id: str) -> PlanGroup | None:
+        """The group ``site_id`` belongs to (None: in no group, or not named)."""
+        for g in self.groups:
+            if site_id in g.envelopes:
+                return g
+        return None
 
 
 # --- the registry of every schema and version --------------------------------------------

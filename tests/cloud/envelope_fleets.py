@@ -34,7 +34,7 @@ from firmware_sim.physics.site_model import FleetPhysics
 from firmware_sim.physics.sun import clear_sky_fraction
 from protocols.messages import FlexEnvelope
 
-__all__ = ["DATES", "Fleet", "sim_fleet", "synthetic_fleet"]
+__all__ = ["DATES", "Fleet", "demo_fleet", "sim_fleet", "synthetic_fleet"]
 
 #: Reference starts (UTC) used for the figures: a June afternoon, a January afternoon, a
 #: March morning (the prototype's dates).
@@ -215,9 +215,19 @@ def synthetic_fleet(
     short_share: float = 0.0,
     eta_range: tuple[float, float] = (0.90, 0.97),
     margin: float = 1.0,
+    pv_error: tuple[float, float] = (0.0, 0.0),
 ) -> Fleet:
-    """``n`` heterogeneous sites from ``start`` (a multiple of ``step_s``), vectorised."""
+    """``n`` heterogeneous sites from ``start`` (a multiple of ``step_s``), vectorised.
+
+    ``pv_error``: the range of each site's relative PV forecast error (drawn per site). The
+    battery is then also run on a sunny (PV times ``1 + e``) and a cloudy (``1 - e``) path,
+    and the guaranteed bounds hold on every path, as the edge's forecaster makes them: the
+    window narrows where the paths part (a small battery may be full on the sunny path and
+    empty on the cloudy one at midday: its window closes), the power range where the
+    battery's power differs."""
     rng = np.random.default_rng([seed, n, 77])
+    error = np.random.default_rng([seed, n, 78]).uniform(*pv_error, n)
+    paths = np.stack([np.ones(n), 1.0 + error, np.maximum(1.0 - error, 0.0)])
     start_ts = _timestamp(start)
     start_ts -= start_ts % step_s
     h = step_s / 3600.0
@@ -249,6 +259,9 @@ def synthetic_fleet(
         first = int(rng.integers(0, max(1, slots - k)))
         outage[first : first + k, i] = True
     cloud_walk = np.zeros(n)
+    stored = np.broadcast_to(stored, (3, n)).copy()  # nominal, sunny, cloudy
+    b_paths = np.zeros((3, slots, n))
+    e_paths = np.zeros((3, slots, n))
     for t in range(slots):
         mid = start_ts + (t + 0.5) * step_s
         day = ((mid / 86400.0) % 365.2422) + 1
@@ -265,17 +278,28 @@ def synthetic_fleet(
         t_out = 10.5 - 7.5 * math.cos(2 * math.pi * (day - 20) / 365.0)
         t_out = t_out + 3.0 * np.cos(2 * np.pi * (hour - 15.0) / 24.0)
         hp[t] = hp_rated * np.clip((16.0 - t_out) / 18.0, 0.0, 1.0)
-        net = np.maximum(load, 50.0) + hp[t] - pv[t]
+        net = np.maximum(load, 50.0) + hp[t] - paths * pv[t]
         dis_lim = np.minimum(p_bat, np.maximum(stored - lo_frac * cap, 0.0) * ed / h)
         cha_lim = np.minimum(p_bat, np.maximum(hi_frac * cap - stored, 0.0) / ec / h)
         bt = np.where(outage[t], 0.0, np.clip(net, -cha_lim, dis_lim))
         stored = np.clip(stored + _stored_rate(bt, ec, ed) * h, lo_frac * cap, hi_frac * cap)
-        b[t], e_end[t], grid[t] = bt, stored, net - bt
+        b_paths[:, t], e_paths[:, t] = bt, stored
+        b[t], e_end[t], grid[t] = bt[0], stored[0], net[0] - bt[0]
     # the stored-energy deviation is counted from the start: bounds relative to the path
     lead = np.sqrt((np.arange(slots) + 1.0) / max(slots, 1))[:, None]
     e_margin = margin * cap * rng.uniform(0.01, 0.06, n) * lead
     p_margin = margin * p_bat * rng.uniform(0.0, 0.1, n) * np.ones((slots, 1))
     cols = _envelope_columns(b, e_end, cap, p_bat, lo_frac, hi_frac, e_margin, p_margin)
+    # every path's state is the nominal one plus the deviation: the bounds hold on each
+    top, floor = hi_frac * cap - e_margin, lo_frac * cap + e_margin
+    cols["e_max"] = np.minimum(cols["e_max"], np.maximum(top - e_paths.max(axis=0), 0.0))
+    cols["e_min"] = np.maximum(cols["e_min"], np.minimum(floor - e_paths.min(axis=0), 0.0))
+    cols["p_max"] = np.minimum(
+        cols["p_max"], np.maximum(b_paths.min(axis=0) + p_bat - p_margin, 0.0)
+    )
+    cols["p_min"] = np.maximum(
+        cols["p_min"], np.minimum(b_paths.max(axis=0) - p_bat + p_margin, 0.0)
+    )
     for name in ("p_min", "p_max", "opt_p_min", "opt_p_max"):
         cols[name] = np.where(outage, 0.0, cols[name])
     cols["baseline"] = grid
@@ -392,3 +416,12 @@ def sim_fleet(
         length=np.full(n, slots),
         meta={"capacity_wh": cap, "battery_w": p_bat},
     )
+
+
+def demo_fleet(
+    n: int = 10, start: str | float = DATES["march"], seed: int = 1, slots: int = 96
+) -> Fleet:
+    """Sites like the demo's (its firmware-sim physics and forecasters): a forecast error of
+    20-80 % of the PV, so windows narrow where the sunny and cloudy paths part and small
+    batteries' close at midday; any state of charge; half the synthetic forecast margins."""
+    return synthetic_fleet(n, start, slots=slots, seed=seed, pv_error=(0.2, 0.8), margin=0.5)

@@ -157,8 +157,9 @@ def columns(arrays: list[EnvelopeArrays], step_s: float = 900.0) -> StorageColum
 
 
 def test_site_weights_table() -> None:
-    """c = W^alpha P^(1 - alpha) with W the mean window, P half the mean power range; 0 for a
-    site whose window or range is empty in some slot."""
+    """c = W^alpha P^(1 - alpha) with W the mean window, P half the mean power range; 0 only
+    for a site whose mean window or mean range is not positive (a window that closes in some
+    slots, or a battery out for a while, still weighs: the grouping decides its part)."""
     n = 4
     base = {"power_w": [0.0] * n, "eta_charge": 0.95, "eta_discharge": 0.95}
     flat = {
@@ -168,17 +169,28 @@ def test_site_weights_table() -> None:
         "e_max_wh": [500.0] * n,
         **base,
     }
+    # battery out in slot 1: mean range (2000 + 0 + 1005 + 1001) / 4, P half of it
     gap = {**flat, "p_max_w": [1000.0, 0.0, 1000.0, 1000.0], "p_min_w": [-1000.0, 0.0, -5.0, -1.0]}
+    closes = {
+        **flat,
+        "e_min_wh": [-500.0, 0.0, -500.0, -500.0],
+        "e_max_wh": [500.0, 0.0, 0.0, 500.0],
+    }
     nothing = {**flat, "e_min_wh": [0.0] * n, "e_max_wh": [0.0] * n}
+    still = {**flat, "p_min_w": [0.0] * n, "p_max_w": [0.0] * n}
     uneven = {**flat, "e_max_wh": [100.0, 300.0, 500.0, 3100.0]}  # W = 600..3600, mean 1500
-    envs = [envelope(n, storage=s) for s in (flat, gap, nothing, uneven)]
+    cases = [  # storage -> (c at alpha 0.6, c at alpha 1)
+        (flat, 1000.0, 1000.0),
+        (gap, 1000.0**0.6 * 500.75**0.4, 1000.0),
+        (closes, 625.0**0.6 * 1000.0**0.4, 625.0),
+        (nothing, 0.0, 0.0),
+        (still, 0.0, 0.0),
+        (uneven, 1500.0**0.6 * 1000.0**0.4, 1500.0),
+    ]
+    envs = [envelope(n, storage=st) for st, _, _ in cases]
     cols = columns([envelope_arrays(e, T0, n) for e in envs])
-    c = site_weights(cols, 0.6)
-    assert c[0] == pytest.approx(1000.0)  # W 1000, P 1000
-    assert c[1] == 0.0
-    assert c[2] == 0.0
-    assert c[3] == pytest.approx(1500.0**0.6 * 1000.0**0.4)
-    np.testing.assert_allclose(site_weights(cols, 1.0), [1000.0, 0.0, 0.0, 1500.0])
+    np.testing.assert_allclose(site_weights(cols, 0.6), [c for _, c, _ in cases], rtol=1e-12)
+    np.testing.assert_allclose(site_weights(cols, 1.0), [c for _, _, c in cases], rtol=1e-12)
     with pytest.raises(ValueError, match="alpha"):
         site_weights(cols, 1.5)
 
@@ -317,7 +329,8 @@ def make_plan(fleet: Fleet, fraction: float = 0.6, slots: int | None = None) -> 
     """Aggregate, split a schedule at ``fraction`` of the pool's power, plan it."""
     table = fleet.table(horizon=slots or fleet.slots)
     pool = aggregate(table, fleet.start_ts, slots=slots, step_s=fleet.step_s)
-    delta = fraction * np.where(np.arange(pool.slots) % 8 < 4, pool.p_max_w, pool.p_min_w)
+    lo, hi = pool.storage_power_bounds()
+    delta = fraction * np.where(np.arange(pool.slots) % 8 < 4, hi, lo)
     accepted = split(pool, delta + 0.5 * np.where(delta > 0, pool.po_max_w, pool.po_min_w))
     if not accepted.feasible:
         accepted = split(pool, np.zeros(pool.slots))
@@ -354,8 +367,9 @@ def make_plan(fleet: Fleet, fraction: float = 0.6, slots: int | None = None) -> 
 def test_site_share_is_the_clouds_share_to_the_bit(make, where: str) -> None:
     fleet = make()
     table, pool, _, plan = make_plan(fleet)
+    assert len(pool.groups) > 1 or fleet.n < 3, where  # the shares come from several groups
     storage, power_only = site_shares(table, plan)
-    ids = [sid for sid, _ in pool.sites]
+    ids = list(plan.site_seqs)
     for env in fleet.envelopes():
         share = site_share(env, plan)
         i = ids.index(env.site_id)
@@ -372,13 +386,23 @@ def test_shares_add_up_to_the_plan(seed: int) -> None:
     fleet = synthetic_fleet(5 + 7 * seed, DATES["june"], slots=48, seed=20 + seed, outage_share=0.1)
     table, pool, accepted, plan = make_plan(fleet, fraction=0.3 + 0.2 * seed)
     storage, power_only = site_shares(table, plan)
-    scale = 1e-9 * (1.0 + np.abs(pool.p_max_w - pool.p_min_w).max() + np.abs(storage).sum())
+    lo, hi = pool.storage_power_bounds()
+    scale = 1e-9 * (1.0 + np.abs(hi - lo).max() + np.abs(storage).sum())
     np.testing.assert_allclose(
-        storage.sum(axis=1), pool.rebalancing_w + accepted.storage_w, atol=scale
+        storage.sum(axis=1), pool.rebalancing_w + accepted.storage_total_w, atol=scale
     )
+    # group by group: the group's residual plus its row of the split
+    ids = list(plan.site_seqs)
+    for group in pool.groups:
+        cols = [ids.index(sid) for sid in group.sites]
+        np.testing.assert_allclose(
+            storage[:, cols].sum(axis=1),
+            group.rebalancing_w + accepted.storage_w[group.number],
+            atol=scale,
+        )
     np.testing.assert_allclose(power_only.sum(axis=1), accepted.power_only_w, atol=1e-6)
-    po_lo = np.stack([fleet.columns["po_min"][:, i] for i in range(fleet.n)], axis=1)
-    po_hi = np.stack([fleet.columns["po_max"][:, i] for i in range(fleet.n)], axis=1)
+    at = [fleet.ids.index(sid) for sid in ids]  # the shares come in the plan's order
+    po_lo, po_hi = fleet.columns["po_min"][:, at], fleet.columns["po_max"][:, at]
     assert np.all(power_only >= po_lo - 1e-6)
     assert np.all(power_only <= po_hi + 1e-6)
 
@@ -398,18 +422,29 @@ def test_site_share_refuses_what_the_plan_does_not_name() -> None:
         site_share(later, plan)
 
 
-def test_a_site_without_weight_shares_only_power_only() -> None:
-    """A site whose battery is out for a slot takes no storage share (c = 0) but still its
-    power-only part; a plan of theta 0 (plain common scaling) gives beta * storage_w."""
+def test_a_site_in_no_group_shares_only_power_only() -> None:
+    """A site the plan puts in no group (in ``envelopes``) takes no storage share, only its
+    power-only part; a group of plan theta 0 (plain common scaling) gives beta * storage_w."""
     fleet = synthetic_fleet(6, slots=24, seed=8)
-    fleet.columns["p_min"][5, 2] = fleet.columns["p_max"][5, 2] = 0.0
     plan = make_plan(fleet)[3]
-    share = site_share(fleet.envelope(2), plan)
+    env = fleet.envelope(2)
+    group = plan.group_of(env.site_id)
+    assert group is not None
+    alone = {**plan.envelopes, env.site_id: env.seq}
+    rest = {k: v for k, v in group.envelopes.items() if k != env.site_id}
+    groups = [g for g in plan.groups if g.group != group.group]
+    if rest:
+        groups.append(group.model_copy(update={"envelopes": rest}))
+    moved = plan.model_copy(update={"envelopes": alone, "groups": groups})
+    share = site_share(env, moved)
     assert np.all(share.storage_w == 0.0)
-    plain = plan.model_copy(update={"theta": 0.0})
-    c = site_weights(columns([envelope_arrays(fleet.envelope(0), fleet.start_ts, 24)]))[0]
-    got = site_share(fleet.envelope(0), plain).storage_w
-    np.testing.assert_allclose(got, c / plan.beta_total * np.asarray(plan.storage_w))
+    np.testing.assert_array_equal(share.power_only_w, site_share(env, plan).power_only_w)
+    plain = plan.model_copy(
+        update={"groups": [g.model_copy(update={"theta": 0.0}) for g in plan.groups]}
+    )
+    c = site_weights(columns([envelope_arrays(env, fleet.start_ts, 24)]))[0]
+    got = site_share(env, plain).storage_w
+    np.testing.assert_allclose(got, c / group.beta_total * np.asarray(group.storage_w))
 
 
 def test_power_only_share_table() -> None:

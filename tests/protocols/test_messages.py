@@ -6,13 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols.errors import ProtocolError, Reason
 from protocols.messages import (
+    MAX_GROUPS,
     MAX_PAYLOAD_BYTES,
+    MAX_PLAN_GROUP_SLOTS,
+    MAX_PLAN_SITES,
+    MAX_SLOTS,
     SCHEMAS,
     Ack,
     Config,
@@ -20,6 +25,7 @@ from protocols.messages import (
     Flexibility,
     Limit,
     Mode,
+    PartitionPlan,
     PartitionSignal,
     Status,
     Telemetry,
@@ -101,10 +107,11 @@ def mutate(name: str, path: str, value: object) -> bytes:
     target = data
     for key in parents:
         target = target[int(key)] if isinstance(target, list) else target[key]
+    key = int(leaf) if isinstance(target, list) else leaf
     if value is ...:
-        del target[leaf]
+        del target[key]
     else:
-        target[leaf] = value
+        target[key] = value
     return json.dumps(data).encode()
 
 
@@ -145,6 +152,18 @@ BAD_FIELDS = [
     ("ack", "clamped_by", ["fuse"], Reason.INVALID_VALUE, "clamped_by.0"),
     ("config", "params.poll_interval_s", 0.01, Reason.OUT_OF_RANGE, "params.poll_interval_s"),
     ("config", "flags.telemetry_by_exception", "on", Reason.WRONG_TYPE, "flags"),
+    ("partition_plan", "groups.0.lam.2", 1.5, Reason.OUT_OF_RANGE, "groups.0.lam.2"),
+    ("partition_plan", "groups.1.group", MAX_GROUPS, Reason.OUT_OF_RANGE, "groups.1.group"),
+    ("partition_plan", "groups.0.x_wh.0", -1.0, Reason.OUT_OF_RANGE, "groups.0.x_wh.0"),
+    ("partition_plan", "groups.0.beta_total", 0.0, Reason.OUT_OF_RANGE, "beta_total"),
+    ("partition_plan", "groups.0.envelopes", {}, Reason.INVALID_VALUE, "groups.0.envelopes"),
+    ("partition_plan", "groups.0.storage_w", [0.0] * 7, Reason.INVALID_VALUE, "one value per slot"),
+    ("partition_plan", "groups.1.y_wh", [0.0] * 9, Reason.INVALID_VALUE, "one value per slot"),
+    ("partition_plan", "power_only_w", [0.0] * 7, Reason.INVALID_VALUE, "one value per slot"),
+    ("partition_plan", "groups.1.group", 0, Reason.INVALID_VALUE, "appears twice"),
+    ("partition_plan", "envelopes.site-000042", 96, Reason.INVALID_VALUE, "named twice"),
+    ("partition_plan", "groups.1.envelopes.site-001218", 96, Reason.INVALID_VALUE, "named twice"),
+    ("partition_plan", "groups.0", "g", Reason.WRONG_TYPE, "groups.0"),
 ]
 
 
@@ -318,3 +337,102 @@ def test_ack_reports_which_limits_clamped():
     ack = decode(json.dumps(load("ack")))
     assert isinstance(ack, Ack)
     assert ack.clamped_by == [Limit.SOC_WINDOW, Limit.EXPORT_LIMIT]
+
+
+# --- the partition plan ------------------------------------------------------------------
+
+
+def test_plan_names_each_site_once_with_its_group():
+    plan = decode(json.dumps(load("partition_plan")))
+    assert isinstance(plan, PartitionPlan)
+    assert plan.site_seqs == {
+        "site-000042": 96,
+        "site-001218": 96,
+        "site-000307": 95,
+        "site-002001": 12,
+    }
+    # site -> the group it takes its storage share of (None: power-only share only)
+    expected = {"site-000042": 0, "site-001218": 0, "site-000307": 2, "site-002001": None}
+    for site, group in expected.items():
+        got = plan.group_of(site)
+        assert (None if got is None else got.group) == group, site
+    assert plan.group_of("site-999999") is None
+    assert (plan.slots, plan.end_ts) == (8, plan.start_ts + 8 * 900.0)
+
+
+def plan_at_the_limits(slots: int) -> PartitionPlan:
+    """The largest plan the constants allow, with realistic values: site ids like
+    ``site-000042`` with seven-digit seqs, full-precision storage and power values of a
+    pool of 100 000 sites (hundreds of MW), energies in whole Wh (GWh), six-decimal levels."""
+    rng = np.random.default_rng(slots)
+    groups = MAX_PLAN_GROUP_SLOTS // slots
+    sites = [f"site-{i:06d}" for i in range(MAX_PLAN_SITES)]
+    per = -(-len(sites) // (groups + 1))
+
+    def named(k: int) -> dict[str, int]:
+        return {s: int(rng.integers(1_000_000, 10_000_000)) for s in sites[k * per : (k + 1) * per]}
+
+    def power() -> list[float]:
+        return (rng.uniform(-3e8, 3e8, slots) + rng.random(slots) / 3).tolist()
+
+    def energy() -> list[float]:
+        return np.floor(rng.uniform(1e9, 3e9, slots)).tolist()
+
+    return PartitionPlan(
+        partition=65535,
+        pool_id="pool-belgium-north",
+        plan_id="pool-belgium-north-p0012345678",
+        seq=2**40,
+        issued_ts=1717243230.0,
+        valid_until=1717250430.0,
+        start_ts=1717243200.0,
+        power_only_w=power(),
+        power_only_min_w=(-np.abs(power())).tolist(),
+        power_only_max_w=np.abs(power()).tolist(),
+        groups=[
+            {
+                "group": g,
+                "storage_w": power(),
+                "x_wh": energy(),
+                "y_wh": energy(),
+                "lam": np.round(rng.random(slots), 6).tolist(),
+                "theta": 0.5,
+                "alpha": 0.6,
+                "beta_total": float(rng.uniform(1e6, 1e8)),
+                "envelopes": named(g),
+            }
+            for g in range(groups)
+        ],
+        envelopes=named(groups),
+    )
+
+
+@pytest.mark.parametrize("slots", [96, MAX_SLOTS])
+def test_the_largest_plan_fits_in_one_payload(slots):
+    plan = plan_at_the_limits(slots)
+    assert len(plan.site_seqs) == MAX_PLAN_SITES
+    payload = encode(plan)
+    assert len(payload) < MAX_PAYLOAD_BYTES * 0.95  # room for longer site ids
+    assert decode(payload) == plan
+
+
+# plan change -> words of the refusal
+PLAN_LIMITS = [
+    ("one group too many for its slots", "group-slots"),
+    ("one site too many", f"at most {MAX_PLAN_SITES}"),
+]
+
+
+@pytest.mark.parametrize(("change", "mentions"), PLAN_LIMITS)
+def test_a_plan_beyond_the_limits_is_refused(change, mentions):
+    data = json.loads(encode(plan_at_the_limits(96)))
+    if change.startswith("one group"):
+        extra = dict(data["groups"][0], group=MAX_GROUPS - 1, envelopes={"site-x": 1})
+        data["groups"].append(extra)
+        data["envelopes"].pop(next(iter(data["envelopes"])))
+    else:
+        data["envelopes"]["site-x"] = 1
+    with pytest.raises(ProtocolError) as caught:
+        decode(json.dumps(data))
+    assert caught.value.reason is Reason.INVALID_VALUE
+    assert mentions in str(caught.value)
