@@ -78,20 +78,23 @@ One common scaling of the whole fleet keeps at most ``sum_t min_i W_i[t] / beta_
 window, even with perfect rebalancing: sites' windows have different time profiles (one
 battery full in the afternoon, another empty then; a small battery whose window closes at
 midday when both a sunny "full" and a cloudy "empty" are possible), and the site whose window
-is narrowest relative to its weight closes the fleet's window in every slot. On the demo's
-realistic fleets that bound is 0.47-0.89 of the plain sum of the sites' windows. Sites with
+is narrowest relative to its weight closes the fleet's window in every slot: on realistic
+fleets that bound lies well below the plain sum of the sites' windows. Sites with
 similar profiles scale together well, so the fleet is split into groups of such sites, each
 a common scaling of its own, and the pool's storage is their sum.
 
 How the groups are chosen (:func:`_group_sample`): each site's ceiling and floor every few
 slots over its mean window (its profile, whatever its size) are clustered with k-means
 (seeded k-means++ starts, the best of a few for a small fleet, then single-site moves while
-they gain); a grouping is scored by each group's ``J`` under perfect rebalancing, ``C (sum_t
-min_i W_i[t] / c_i + h sum_t min_i P_i[t] / c_i)``. ``G + 1`` groups are taken over ``G``
-only if each added group gains :data:`GROUP_GAIN` of ``J`` (a group costs a pass, a block of
-the plan and of the split's LP), up to ``max_groups`` and what a plan carries. A fleet of
-more than :data:`CLUSTER_SAMPLE` sites is clustered on an evenly spaced sample; the others
-join the nearest group. The same input gives the same groups.
+they gain). A grouping is scored by the ``J`` its groups' energy targets would reach: per
+group ``C (sum_t min(min_i W_i[t], min_i A_i[t] + min_i B_i[t]) / c_i + h sum_t min_i P_i[t]
+/ c_i)``, with ``A_i``/``B_i`` the room above/below the state a site can reach by slot ``t``
+without crossing its efficiency kink (what caps the targets; perfect rebalancing, ``min_i
+W_i / c_i`` alone, overrates big mixed groups, whose sites must first move to their bands).
+More groups are taken only if every group added gains :data:`GROUP_GAIN` of ``J`` (a group
+costs a pass, a block of the plan and of the split's LP), up to ``max_groups`` and what a
+plan carries. A fleet of more than :data:`CLUSTER_SAMPLE` sites is clustered on an evenly
+spaced sample; the others join the nearest group. The same input gives the same groups.
 
 How a group's certificate is chosen (all closed form, O(n T) per candidate)
 ------------------------------------------------------------------------------
@@ -117,12 +120,13 @@ of every site is one contiguous row: the storage bounds and baseline storage pow
 float64 (the per-slot passes read them directly), the power-only, optimistic and baseline
 columns in float32 (only summed); all bounds rounded inwards to float32 values as every site
 rounds its own (:func:`protocols.flexplan.envelope_arrays`), 0.7 GiB for 100 000 sites x 96
-slots. An aggregation gathers the storage columns in group order once (one take per column),
-then works on blocks of at most :data:`CHUNK` sites of a group (rows of 64 KiB: in cache, and
-below the allocator's mmap threshold) with per-site tubes and slopes, which the table keeps
-for the next aggregation (fresh memory costs a second more to touch); the groups' passes
-together cost what one pass over the fleet costs, the clustering a few hundredths of that.
-The certificate is computed and checked in float64 on exactly the values the sites use. A
+slots. An aggregation gathers the storage columns in group order, every group's side by
+side (one take per column, in two threads), then works on blocks of at most :data:`CHUNK`
+sites of a group (rows of 64 KiB: in cache, and below the allocator's mmap threshold) with
+per-site tubes and slopes, which the table keeps for the next aggregation with the gathered
+columns (fresh memory costs a second more to touch); the groups' passes together cost what
+one pass over the fleet costs, the gather and the clustering about a tenth of that. The
+certificate is computed and checked in float64 on exactly the values the sites use. A
 site's weight is computed when its envelope is stored, not in every aggregation
 (``bench/bench_envelope.py`` measures it all).
 """
@@ -209,7 +213,7 @@ DEFAULT_MAX_GROUPS = 6
 #: An added group must gain this fraction of ``J`` (see the module docstring).
 GROUP_GAIN = 0.02
 #: Above this many sites, the groups are found on an evenly spaced sample of them.
-CLUSTER_SAMPLE = 1024
+CLUSTER_SAMPLE = 512
 #: Up to this many sites, k-means gets several starts and single-site moves follow.
 LOCAL_MOVES_SITES = 256
 #: k-means starts (small fleets), iterations at most, and the seed of its starts.
@@ -217,7 +221,7 @@ KMEANS_RESTARTS = 5
 KMEANS_ITERATIONS = 20
 GROUP_SEED = 20240602
 #: About this many slots of each site's profile are clustered on.
-FEATURE_SLOTS = 48
+FEATURE_SLOTS = 24
 #: A single-site move is made if it gains more than this fraction of ``J``.
 MOVE_GAIN = 1e-6
 
@@ -830,7 +834,7 @@ class _Fleet:
 
 class _Workspace:
     """Working arrays of an aggregation, kept for the next one: the groups' gathered columns
-    and the per-site tubes and slopes (about 0.9 GiB for 100 000 sites x 96 slots), which
+    and the per-site tubes and slopes (about 0.6 GiB for 100 000 sites x 96 slots), which
     the first touch of fresh memory would otherwise charge again (seen: 2 s instead of 0.9 s
     when the allocator had handed it back to the system). An array is a view of a flat
     buffer that only grows, so groups of another size next time reuse it."""
@@ -843,6 +847,7 @@ class _Workspace:
         return sum(a.nbytes for a in self._arrays.values())
 
     def get(self, name: str, block: int, shape: tuple[int, int]) -> FloatArray:
+        """A contiguous ``shape`` array, the start of buffer ``(name, block)``."""
         size = shape[0] * shape[1]
         flat = self._arrays.get((name, block))
         if flat is None or flat.size < size:
@@ -1355,23 +1360,37 @@ def aggregate(
     theta = candidates[0][0] if candidates else 0.0
     ids = table.ids(index)
     seqs = table.seqs(index).tolist()
-    # two threads for the gather, then one sums the other columns (they need no group)
-    # while the groups are certified: numpy lets go of the interpreter meanwhile
+    # the groups' columns are gathered side by side by two threads, then one sums the other
+    # columns (they need no group) while the groups are certified one after the other:
+    # numpy lets go of the interpreter meanwhile
     with ThreadPoolExecutor(max_workers=2) as helper:
         labels = _labels(table, members, c_all[part], slots, step_s, limit, theta)
         order = np.argsort(labels, kind="stable")
-        cols = table.storage(members[order], slots, table.workspace, helper)
+        count = int(labels.max()) + 1 if labels.size else 0
+        bounds = np.searchsorted(labels[order], np.arange(count + 1)).tolist()
+        weight = c_all[part][order]
+        names = list(map(ids.__getitem__, part[order].tolist()))
+        work, reach = table.workspace, max(REACH_SAMPLE // max(count, 1), 256)
+        every = _with_step(table.storage(members[order], slots, work, helper), step_s)
         summing = helper.submit(table.totals, index, slots, _F32)
-        groups, plain_e, plain_p = _certify(
-            _with_step(cols, step_s),
-            c_all[part][order],
-            labels[order],
-            list(map(ids.__getitem__, part[order].tolist())),
-            alpha,
-            candidates,
-            sample_size,
-            table.workspace,
-        )
+        groups = []
+        plain_e = plain_p = 0.0
+        for g in range(count):
+            sl = slice(bounds[g], bounds[g + 1])
+            group, fleet = _certify(
+                g,
+                _block(every, sl),
+                weight[sl],
+                names[sl],
+                alpha,
+                candidates,
+                sample_size,
+                work,
+                reach,
+            )
+            groups.append(group)
+            plain_e += fleet.plain_energy
+            plain_p += fleet.plain_power
         if part.size < index.size:  # stored sites in no group count in the plain sums
             rest_e, rest_p = _plain_totals(table.storage(index[c_all <= 0.0], slots))
             plain_e, plain_p = plain_e + rest_e, plain_p + rest_p
@@ -1413,45 +1432,33 @@ def aggregate(
 
 
 def _certify(
+    number: int,
     cols: StorageColumns,
     weight: FloatArray,
-    labels: NDArray[np.intp],
     ids: list[str],
     alpha: float,
     candidates: Sequence[tuple[float, float]],
     sample_size: int,
     work: _Workspace,
-) -> tuple[list[StorageGroup], float, float]:
-    """Every group's certificate (its sites side by side in ``cols``, ``labels`` ascending),
-    and the plain sums of the grouped sites' windows and power ranges."""
-    count = int(labels[-1]) + 1 if labels.size else 0
-    bounds = np.searchsorted(labels, np.arange(count + 1))
-    reach = max(REACH_SAMPLE // max(count, 1), 256)
-    groups = []
-    plain_e = plain_p = 0.0
-    for g in range(count):
-        sl = slice(int(bounds[g]), int(bounds[g + 1]))
-        sub = _block(cols, sl)
-        c = weight[sl]
-        big_c = float(np.sum(c))
-        chosen, tried, fleet = _choose(sub, c / big_c, candidates, sample_size, work, reach)
-        plain_e += fleet.plain_energy
-        plain_p += fleet.plain_power
-        groups.append(
-            StorageGroup(
-                number=g,
-                sites=tuple(ids[sl]),
-                p_min_w=chosen.p_min,
-                p_max_w=chosen.p_max,
-                e_min_wh=chosen.e_min,
-                e_max_wh=chosen.e_max,
-                eta_charge=float(np.min(sub.eta_charge)),
-                eta_discharge=float(np.min(sub.eta_discharge)),
-                rebalancing_w=chosen.r,
-                certificate=_certificate(chosen, fleet, alpha, big_c, tried),
-            )
-        )
-    return groups, plain_e, plain_p
+    reach: int,
+) -> tuple[StorageGroup, _Fleet]:
+    """One group's certificate (its sites' columns and weights; ``reach``: the sites its
+    targets' reach caps are computed on, at most), and its fleet's sums."""
+    big_c = float(np.sum(weight))
+    chosen, tried, fleet = _choose(cols, weight / big_c, candidates, sample_size, work, reach)
+    group = StorageGroup(
+        number=number,
+        sites=tuple(ids),
+        p_min_w=chosen.p_min,
+        p_max_w=chosen.p_max,
+        e_min_wh=chosen.e_min,
+        e_max_wh=chosen.e_max,
+        eta_charge=float(np.min(cols.eta_charge)),
+        eta_discharge=float(np.min(cols.eta_discharge)),
+        rebalancing_w=chosen.r,
+        certificate=_certificate(chosen, fleet, alpha, big_c, tried),
+    )
+    return group, fleet
 
 
 def _labels(

@@ -1,6 +1,6 @@
 """Realistic heterogeneous site envelopes for the envelope tests and the bench.
 
-Two generators, both giving a :class:`Fleet` of columns (``(T, n)`` arrays, one column per
+Generators giving a :class:`Fleet` of columns (``(T, n)`` arrays, one column per
 site) that can be loaded into a :class:`~cloud.flexibility.envelope.SiteEnvelopeTable` in bulk
 (:meth:`Fleet.load`) or turned into :class:`~protocols.messages.FlexEnvelope` messages
 (:meth:`Fleet.envelopes`, for small fleets):
@@ -15,9 +15,13 @@ site) that can be loaded into a :class:`~cloud.flexibility.envelope.SiteEnvelope
   load with morning and evening peaks, a heat pump by season, batteries with efficiencies
   0.90-0.97, start SoC anywhere in the window; guaranteed bounds keep a margin for forecast
   error that grows with the lead time (optimistic ones do not); optionally sites with
-  battery outages (zero power bounds for some slots) and envelopes that end early.
+  battery outages (zero power bounds for some slots), envelopes that end early, and PV
+  forecast errors: bounds that hold on a sunny and a cloudy path too, so windows narrow
+  where the paths part and small batteries' close at midday.
+* :func:`demo_fleet`: the synthetic sites with the forecast errors the demo's sites show
+  (their windows have different time profiles: what the pool envelope's groups are for).
 
-Both are deterministic for a seed.
+All are deterministic for a seed.
 """
 
 from __future__ import annotations

@@ -180,6 +180,33 @@ def test_two_groups_name_the_bound_of_their_sum(
         assert f"storage group {grp}" in s.message
 
 
+def test_a_pool_without_storage_is_its_box() -> None:
+    """No group (no site with storage): the schedule is power-only, or breaks the box."""
+    env = bounds_envelope(
+        start_ts=T0,
+        step_s=3600.0,
+        baseline_w=np.zeros(4),
+        groups=[],
+        po_min_w=np.full(4, -100.0),
+        po_max_w=np.full(4, 200.0),
+    )
+    ok = split(env, [150.0, -50.0])
+    assert ok.feasible
+    assert ok.storage_w.shape == (0, 4)
+    np.testing.assert_allclose(ok.power_only_w, [150.0, -50.0, 0.0, 0.0])
+    bad = split(env, [250.0])
+    assert (bad.feasible, bad.slot, bad.bound, bad.value, bad.limit) == (
+        False,
+        0,
+        "p_max",
+        250,
+        200,
+    )
+    np.testing.assert_allclose(feasible_part(env, [250.0]).shortfall_w, [50.0, 0.0, 0.0, 0.0])
+    assert committed_split(env, [10.0]) is None
+    assert committed_split(env, [0.0]).shape == (0, 1)
+
+
 def test_energy_left_by_a_short_schedule_must_fit_later_slots() -> None:
     """A schedule for slot 0 only: the pool keeps what it stored, and by slot 2 the envelope
     holds only 500 Wh more than the baseline: the first failure is at slot 2. With a
