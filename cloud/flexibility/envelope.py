@@ -488,7 +488,7 @@ class SiteEnvelopeTable:
                 return src[:, span]
             if work is None:
                 return np.take(src, index, axis=1)
-            out = work.get(f"col-{name}", 0, (slots, index.size))
+            out = work.get(f"col-{name}", 0, (slots, index.size), slots * index.size * 9 // 8)
             return np.take(src, index, axis=1, out=out, mode="clip")
 
         names = ("p_min", "p_max", "e_min", "e_max", "power_w")
@@ -846,23 +846,23 @@ class _Workspace:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self._arrays.values())
 
-    def get(self, name: str, block: int, shape: tuple[int, int]) -> FloatArray:
-        """A contiguous ``shape`` array, the start of buffer ``(name, block)``."""
+    def get(self, name: str, block: int, shape: tuple[int, int], room: int = 0) -> FloatArray:
+        """A contiguous ``shape`` array, the start of buffer ``(name, block)``; a new buffer
+        holds at least ``room`` values (what the next aggregations may ask for)."""
         size = shape[0] * shape[1]
         flat = self._arrays.get((name, block))
         if flat is None or flat.size < size:
-            flat = self._arrays[(name, block)] = np.empty(max(size, 1))
+            flat = self._arrays[(name, block)] = np.empty(max(size, room, 1))
         return flat[:size].reshape(shape)
 
 
-def _blocks(
-    cols: StorageColumns, beta: FloatArray, work: _Workspace | None = None, tag: str = ""
-) -> list[_Blk]:
+def _blocks(cols: StorageColumns, beta: FloatArray, work: _Workspace | None = None) -> list[_Blk]:
     out = []
     for j, sl in enumerate(_chunks(cols.sites)):
         blk = _block(cols, sl)
         shape = (blk.slots, blk.sites)
-        bufs = None if work is None else [work.get(f"{tag}slope{k}", j, shape) for k in range(3)]
+        room = blk.slots * CHUNK  # any block of a group fits next time
+        bufs = None if work is None else [work.get(f"slope{k}", j, shape, room) for k in range(3)]
         out.append(_Blk(blk, beta[sl], 1.0 / beta[sl], slopes(blk, bufs), j))
     return out
 
@@ -1004,7 +1004,9 @@ def _certified_pass(
         for b in blocks:
             shape = (b.cols.slots, b.cols.sites)
             tubes = (
-                None if work is None else [work.get(f"tube{k}", b.number, shape) for k in range(4)]
+                None
+                if work is None
+                else [work.get(f"tube{k}", b.number, shape, shape[0] * CHUNK) for k in range(4)]
             )
             rebs.append(Rebalancer(b.cols, b.beta, x, y, theta, b.slopes, tubes))
         bufs = [np.empty(b.cols.sites) for b in blocks]
