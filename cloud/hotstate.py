@@ -257,8 +257,11 @@ class PoolEnvelopeRecord:
     reference) at ``step_s``; deviations from ``baseline_w`` (W, + = more import), cumulative
     stored energy from ``start_ts`` (Wh). ``guaranteed`` holds what every schedule inside it can
     be split into over the sites (the promise), ``optimistic`` the plain sum of the sites'
-    nominal envelopes. Each is ``{"storage": {p_min_w, p_max_w, e_min_wh, e_max_wh},
-    "power_only": {p_min_w, p_max_w}}``. ``seq`` grows with every aggregation."""
+    nominal envelopes. Each is ``{"storage": [group, ...], "power_only": {p_min_w, p_max_w}}``
+    with a group ``{group, sites, eta_charge, eta_discharge, p_min_w, p_max_w, e_min_wh,
+    e_max_wh}``: the guaranteed storage is the sum of its groups (each a virtual battery of
+    its own, :mod:`cloud.flexibility.envelope`), the optimistic one a single plain sum.
+    ``seq`` grows with every aggregation."""
 
     pool_id: str
     seq: int
@@ -267,14 +270,27 @@ class PoolEnvelopeRecord:
     step_s: float
     sites: int
     sites_left_out: int
-    eta_charge: float
-    eta_discharge: float
     baseline_w: list[float]
-    guaranteed: dict[str, dict[str, list[float]]]
-    optimistic: dict[str, dict[str, list[float]]]
+    guaranteed: dict[str, Any]
+    optimistic: dict[str, Any]
     energy_ratio: float
     power_ratio: float
     rebalancing_w: list[float] = field(default_factory=list)  # in baseline_w (see the plan)
+
+    @property
+    def groups(self) -> list[dict[str, Any]]:
+        """The guaranteed storage groups."""
+        return list(self.guaranteed["storage"])
+
+    def guaranteed_range(self) -> tuple[list[float], list[float]]:
+        """Per slot, the lowest and highest total deviation (storage groups plus power-only),
+        W: what one slot can hold on its own (energy aside)."""
+        lo = list(self.guaranteed["power_only"]["p_min_w"])
+        hi = list(self.guaranteed["power_only"]["p_max_w"])
+        for g in self.groups:
+            lo = [a + b for a, b in zip(lo, g["p_min_w"], strict=True)]
+            hi = [a + b for a, b in zip(hi, g["p_max_w"], strict=True)]
+        return lo, hi
 
     @property
     def n(self) -> int:
@@ -304,7 +320,9 @@ class PlanRecord:
     keys) to its planned deviation per slot, ``storage_w + power_only_w`` summed over its
     sites. ``rebalancing_w``: the residual of the sites' rebalancing moves, part of the pool's
     planned baseline (the sum of the sites' baselines plus it), so the pool's deviation from
-    the sum of its sites' baselines is ``rebalancing_w + storage_w + power_only_w``."""
+    the sum of its sites' baselines is ``rebalancing_w + storage_w + power_only_w``.
+    ``storage_w`` is the storage part summed over the envelope's groups, ``storage_groups_w``
+    per group (of envelope ``envelope_seq``)."""
 
     pool_id: str
     plan_id: str
@@ -320,6 +338,7 @@ class PlanRecord:
     shortfall_w: list[float]
     partitions: dict[str, list[float]] = field(default_factory=dict)
     rebalancing_w: list[float] = field(default_factory=list)
+    storage_groups_w: list[list[float]] = field(default_factory=list)
 
     def rebalancing_at(self, t: float) -> float:
         """The plan's rebalancing residual at ``t``: part of the pool's planned baseline (the

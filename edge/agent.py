@@ -812,7 +812,7 @@ class SiteAgent:
         self.share = None
         if plan is None:
             return
-        seq = plan.envelopes.get(self.site_id)
+        seq = plan.site_seqs.get(self.site_id)
         if seq is None:
             self.counters["plans_without_us"] += 1
             return

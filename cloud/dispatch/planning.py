@@ -12,9 +12,10 @@ Every cycle, for each pool:
    API: what traders see and what their schedules are checked against.
 2. **Plan.** The schedules in force, per slot of the envelope (a ``delta`` value as it is, an
    ``absolute`` one less the baseline forecast), are split into storage and power-only parts
-   (:func:`~cloud.flexibility.envelope.split`). When the envelope can no longer deliver them
-   (sites were lost since they were accepted) the largest deliverable part is planned and the
-   rest is the *expected shortfall*, announced ahead. The plan goes to every partition as a
+   (:func:`~cloud.flexibility.envelope.split`; one storage part per storage group of the
+   envelope). When the envelope can no longer deliver them (sites were lost since they were
+   accepted) the largest deliverable part is planned and the rest is the *expected
+   shortfall*, announced ahead. The plan goes to every partition as a
    retained :class:`~protocols.messages.PartitionPlan` naming the envelopes of its sites: one
    message per partition, each site computes its own share and follows it, open loop too,
    until :data:`PLAN_VALIDITY_S` after it was issued. Redis gets a :class:`PlanRecord` with each
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from cloud.flexibility.envelope import (
     PoolEnvelope,
@@ -115,7 +117,15 @@ class PoolPlanner:
         self.plan_validity_s = plan_validity_s
         self.pools: dict[str, PoolPlans] = {}
         self.stats: dict[str, int] = dict.fromkeys(
-            ("aggregations", "envelopes_bad", "plans", "plans_unsent", "shortfall_plans"), 0
+            (
+                "aggregations",
+                "envelopes_bad",
+                "plans",
+                "plans_unsent",
+                "plans_too_large",
+                "shortfall_plans",
+            ),
+            0,
         )
 
     def state(self, pool_id: str) -> PoolPlans:
@@ -182,17 +192,17 @@ class PoolPlanner:
         pool.envelope_seq += 1
         record = _record(pool_id, pool.envelope_seq, now, envelope)
         await self.redis.set(envelope_key(pool_id), record.to_json())
-        cert = envelope.certificate
         log.info(
-            "pool=%s envelope %d from %s: %d sites (%d left out), energy %.0f %% and power "
-            "%.0f %% of the plain sum",
+            "pool=%s envelope %d from %s: %d sites (%d left out) in %d storage groups, energy "
+            "%.0f %% and power %.0f %% of the plain sum",
             pool_id,
             pool.envelope_seq,
             to_iso8601(ref),
             len(envelope.sites),
             len(envelope.left_out),
-            100 * cert.energy_ratio,
-            100 * cert.power_ratio,
+            len(envelope.groups),
+            100 * envelope.energy_ratio,
+            100 * envelope.power_ratio,
         )
 
     # --- plan ---------------------------------------------------------------------------------
@@ -227,10 +237,10 @@ class PoolPlanner:
         accepted = await asyncio.to_thread(split, env, delta)
         shortfall = np.zeros(env.slots)
         if not accepted.feasible:
-            achieved, shortfall = await asyncio.to_thread(feasible_part, env, delta)
-            accepted = await asyncio.to_thread(split, env, achieved)
+            part = await asyncio.to_thread(feasible_part, env, delta)
+            accepted, shortfall = part.split, part.shortfall_w
             self.stats["shortfall_plans"] += 1
-            if not accepted.feasible:  # numerically at the edge: plan the baseline
+            if not accepted.feasible:  # nothing of it is sure any more: plan the baseline
                 log.error(
                     "pool=%s: its feasible part does not split: %s", pool_id, accepted.message
                 )
@@ -248,15 +258,27 @@ class PoolPlanner:
         sent = 0
         for p, site_ids in sorted(sites_by_part.items()):
             fields = plan_fields(env, accepted, site_ids)
-            message = PartitionPlan(
-                partition=p,
-                pool_id=pool_id,
-                plan_id=plan_id,
-                seq=seq,
-                issued_ts=now,
-                valid_until=valid_until,
-                **fields,
-            )
+            try:
+                message = PartitionPlan(
+                    partition=p,
+                    pool_id=pool_id,
+                    plan_id=plan_id,
+                    seq=seq,
+                    issued_ts=now,
+                    valid_until=valid_until,
+                    **fields,
+                )
+            except ValidationError as exc:  # more sites than one message holds
+                self.stats["plans_too_large"] += 1
+                log.error(
+                    "pool=%s partition=%d: no plan for its %d sites (%s); they follow the "
+                    "closed loop's signals around their baselines; use more partitions",
+                    pool_id,
+                    p,
+                    len(site_ids),
+                    exc.errors()[0]["msg"],
+                )
+                continue
             storage, power_only = partition_deviation(pool.table, message, site_ids)
             partitions[str(p)] = [float(v) for v in storage + power_only]
             sent += self.publish_plan(message)
@@ -275,11 +297,12 @@ class PoolPlanner:
             start_ts=env.start_ts,
             step_s=env.step_s,
             scheduled_w=scheduled,
-            storage_w=[float(v) for v in accepted.storage_w],
+            storage_w=[float(v) for v in accepted.storage_total_w],
             power_only_w=[float(v) for v in accepted.power_only_w],
             shortfall_w=[float(v) for v in shortfall],
             partitions=partitions,
             rebalancing_w=[float(v) for v in env.rebalancing_w],
+            storage_groups_w=[[float(v) for v in row] for row in accepted.storage_w],
         )
         await self.redis.set(plan_key(pool_id), record.to_json())
         pool.plan, pool.plan_key = record, key
@@ -308,16 +331,10 @@ class PoolPlanner:
             valid_until=now + 1.0,
             start_ts=math.floor(now / SLOT_S) * SLOT_S,
             step_s=SLOT_S,
-            storage_w=zeros,
             power_only_w=zeros,
             power_only_min_w=zeros,
             power_only_max_w=zeros,
-            x_wh=zeros,
-            y_wh=zeros,
-            lam=[0.5],
-            theta=0.0,
-            alpha=0.0,
-            beta_total=1.0,
+            groups=[],
             envelopes={},
         )
         return self.publish_plan(message)
@@ -343,13 +360,36 @@ def _text(value: bytes | str) -> str:
 def _record(pool_id: str, seq: int, now: float, env: PoolEnvelope) -> PoolEnvelopeRecord:
     """The envelope as the API shows it. The optimistic bounds (sums of the sites' own) are
     shown relative to the same baseline as the guaranteed ones (which holds the rebalancing
-    residual)."""
+    residual), as one storage with the groups' lowest efficiencies."""
 
     def floats(a: np.ndarray) -> list[float]:
         return [float(v) for v in a]
 
     r = np.asarray(env.rebalancing_w, dtype=float)
     opt = env.optimistic
+    groups = [
+        {
+            "group": int(g.number),
+            "sites": len(g.sites),
+            "eta_charge": float(g.eta_charge),
+            "eta_discharge": float(g.eta_discharge),
+            "p_min_w": floats(g.p_min_w),
+            "p_max_w": floats(g.p_max_w),
+            "e_min_wh": floats(g.e_min_wh),
+            "e_max_wh": floats(g.e_max_wh),
+        }
+        for g in env.groups
+    ]
+    plain = {
+        "group": 0,
+        "sites": len(env.sites),
+        "eta_charge": min((g["eta_charge"] for g in groups), default=1.0),
+        "eta_discharge": min((g["eta_discharge"] for g in groups), default=1.0),
+        "p_min_w": floats(np.minimum(opt.p_min_w - r, 0.0)),
+        "p_max_w": floats(np.maximum(opt.p_max_w - r, 0.0)),
+        "e_min_wh": floats(opt.e_min_wh),
+        "e_max_wh": floats(opt.e_max_wh),
+    }
     return PoolEnvelopeRecord(
         pool_id=pool_id,
         seq=seq,
@@ -358,28 +398,16 @@ def _record(pool_id: str, seq: int, now: float, env: PoolEnvelope) -> PoolEnvelo
         step_s=env.step_s,
         sites=len(env.sites),
         sites_left_out=len(env.left_out),
-        eta_charge=env.eta_charge,
-        eta_discharge=env.eta_discharge,
         baseline_w=floats(env.baseline_w),
         guaranteed={
-            "storage": {
-                "p_min_w": floats(env.p_min_w),
-                "p_max_w": floats(env.p_max_w),
-                "e_min_wh": floats(env.e_min_wh),
-                "e_max_wh": floats(env.e_max_wh),
-            },
+            "storage": groups,
             "power_only": {"p_min_w": floats(env.po_min_w), "p_max_w": floats(env.po_max_w)},
         },
         optimistic={
-            "storage": {
-                "p_min_w": floats(np.minimum(opt.p_min_w - r, 0.0)),
-                "p_max_w": floats(np.maximum(opt.p_max_w - r, 0.0)),
-                "e_min_wh": floats(opt.e_min_wh),
-                "e_max_wh": floats(opt.e_max_wh),
-            },
+            "storage": [plain],
             "power_only": {"p_min_w": floats(opt.po_min_w), "p_max_w": floats(opt.po_max_w)},
         },
-        energy_ratio=float(env.certificate.energy_ratio),
-        power_ratio=float(env.certificate.power_ratio),
+        energy_ratio=float(env.energy_ratio),
+        power_ratio=float(env.power_ratio),
         rebalancing_w=floats(r),
     )

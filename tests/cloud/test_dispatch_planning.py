@@ -82,7 +82,7 @@ def inside(env: PoolEnvelopeRecord, slots: range, share: float) -> list[float]:
     """The largest fraction (from ``share`` down) of the guaranteed storage discharge over
     ``slots`` that the envelope takes as a schedule (power and energy)."""
     while share > 0.01:
-        values = [share * env.guaranteed["storage"]["p_min_w"][k] for k in slots]
+        values = [share * sum(g["p_min_w"][k] for g in env.groups) for k in slots]
         try:
             check_envelope(
                 start_ts=env.start_ts + slots.start * env.step_s,
@@ -131,7 +131,8 @@ async def test_the_schedule_in_force_is_planned_per_partition_and_adds_up(
     parts = {partition_of(e.site_id, P) for e in sites}
     assert {m.partition for m in sent} == parts
     assert {m.plan_id for m in sent} == {plan.plan_id}
-    assert sum(len(m.envelopes) for m in sent) == 12
+    assert sum(len(m.site_seqs) for m in sent) == 12
+    assert len(plan.storage_groups_w) == len(env.groups) >= 1
     # the partitions' planned deviations add up to the pool's (on top of the rebalancing)
     total = np.sum([plan.partitions[str(p)] for p in parts], axis=0)
     expected = np.array(plan.storage_w) + plan.power_only_w + plan.rebalancing_w
@@ -145,7 +146,7 @@ async def test_the_schedule_in_force_is_planned_per_partition_and_adds_up(
         shares = sum(
             np.array(site_share(by_site[s], message).storage_w)
             + site_share(by_site[s], message).power_only_w
-            for s in message.envelopes
+            for s in message.site_seqs
         )
         np.testing.assert_allclose(shares, plan.partitions[str(message.partition)], atol=1e-3)
     # unchanged: not planned again within the quarter hour
@@ -215,5 +216,5 @@ async def test_no_schedule_left_releases_the_plan(
     sent.clear()
     await plans.refresh("north", T0 + 60)
     assert {m.partition for m in sent} == planned
-    assert all(m.envelopes == {} for m in sent)  # naming no site: every site lets go
+    assert all(m.site_seqs == {} for m in sent)  # naming no site: every site lets go
     assert redis_client.get(plan_key("north")) is None
