@@ -160,9 +160,18 @@ class ForecastSlotOut(BaseModel):
     p_max_w: float
 
 
-class StorageBoundsOut(BaseModel):
-    """Energy-limited flexibility (batteries), per slot, relative to the baseline forecast."""
+class EfficiencyOut(BaseModel):
+    charge: float = Field(description="Share of the energy charged that is stored, 0..1.")
+    discharge: float = Field(description="Share of the energy drawn that reaches the grid, 0..1.")
 
+
+class StorageBoundsOut(BaseModel):
+    """Energy-limited flexibility (batteries) of one storage group, a virtual battery of its
+    own, per slot, relative to the baseline forecast."""
+
+    group: int = Field(description="The group's number in this envelope.")
+    sites: int = Field(description="Sites whose storage the group is made of.")
+    efficiency: EfficiencyOut
     p_min_w: list[float] = Field(description="Lowest deviation of grid power, W (<= 0).")
     p_max_w: list[float] = Field(description="Highest deviation of grid power, W (>= 0).")
     e_min_wh: list[float] = Field(
@@ -184,13 +193,11 @@ class PowerOnlyBoundsOut(BaseModel):
 
 
 class EnvelopeBoundsOut(BaseModel):
-    storage: StorageBoundsOut
+    storage: list[StorageBoundsOut] = Field(
+        description="Storage groups: the pool's storage flexibility is their sum (the "
+        "optimistic envelope has one, the plain sum; none when no site has storage)."
+    )
     power_only: PowerOnlyBoundsOut
-
-
-class EfficiencyOut(BaseModel):
-    charge: float = Field(description="Share of the energy charged that is stored, 0..1.")
-    discharge: float = Field(description="Share of the energy drawn that reaches the grid, 0..1.")
 
 
 class GuaranteeCostOut(BaseModel):
@@ -198,20 +205,24 @@ class GuaranteeCostOut(BaseModel):
 
     energy_ratio: float = Field(description="Guaranteed / plain-sum energy window, 0..1.")
     power_ratio: float = Field(description="Guaranteed / plain-sum power range, 0..1.")
+    groups: int = Field(description="Storage groups the guarantee is made of.")
 
 
 ENVELOPE_MODEL = (
     "A schedule d (W per slot, deviation from baseline_w, + = more import) is inside the "
-    "guaranteed envelope if it splits as d = u + v with v in power_only's bounds and u in "
-    "storage's: storage.p_min_w <= u <= storage.p_max_w and, for every slot t (h = the slot's "
-    "length in hours, counted from start), S_low(t) = sum over k <= t of (efficiency.charge * "
-    "max(u_k, 0) - max(-u_k, 0) / efficiency.discharge) * h >= e_min_wh[t] and S_high(t) = "
-    "sum over k <= t of (max(u_k, 0) / efficiency.discharge - efficiency.charge * max(-u_k, "
-    "0)) * h <= e_max_wh[t]. Slots before a schedule's start count with committed_w (the "
-    "schedule in force). Every schedule inside the guaranteed envelope can be split over the "
-    "sites within every site's own envelope: it is a promise; POST .../schedules accepts "
-    "exactly these. The optimistic envelope is the plain sum of the sites' nominal envelopes: "
-    "what the pool might do if every forecast is right and every site can help every other."
+    "guaranteed envelope if it splits as d = u_1 + ... + u_G + v with v in power_only's bounds "
+    "and each u_g in storage group g's set: p_min_w <= u_g <= p_max_w and, for every slot t "
+    "(h = the slot's length in hours, counted from start; ec, ed = the group's efficiency), "
+    "S_low(t) = sum over k <= t of (ec * max(u_k, 0) - max(-u_k, 0) / ed) * h >= e_min_wh[t] "
+    "and S_high(t) = sum over k <= t of (max(u_k, 0) / ed - ec * max(-u_k, 0)) * h <= "
+    "e_max_wh[t]. Slots before a schedule's start count with what is committed (committed_w, "
+    "its storage part per group committed_storage_w). Every schedule inside the guaranteed "
+    "envelope can be split over the sites within every site's own envelope: it is a promise; "
+    "POST .../schedules accepts exactly these. Each group is a virtual battery of sites whose "
+    "flexibility has a like shape over the day; their sum keeps far more of the sites' "
+    "flexibility than one battery for all. The optimistic envelope is the plain sum of the "
+    "sites' nominal envelopes: what the pool might do if every forecast is right and every "
+    "site can help every other."
 )
 
 
@@ -231,13 +242,17 @@ class EnvelopeOut(BaseModel):
     sites_left_out: int = Field(
         description="Flexible sites left out (no current envelope): they add nothing here."
     )
-    efficiency: EfficiencyOut
     baseline_w: list[float] = Field(description="Forecast of the pool's baseline grid power, W.")
     guaranteed: EnvelopeBoundsOut
     optimistic: EnvelopeBoundsOut
     committed_w: list[float | None] = Field(
         description="The schedule in force per slot, as a deviation from the baseline, W; "
         "null where none applies. A new schedule replaces it from its own start only."
+    )
+    committed_storage_w: list[list[float]] = Field(
+        description="The storage part of committed_w per guaranteed storage group (same "
+        "order), W per slot, 0 where nothing is committed: the energy a new schedule starts "
+        "from."
     )
     guarantee: GuaranteeCostOut
     model: str = ENVELOPE_MODEL

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cloud.api.errors import ApiError
-from cloud.flexibility.envelope import bounds_envelope, split
+from cloud.flexibility.envelope import PoolEnvelope, bounds_envelope, committed_split, split
 from cloud.hotstate import PoolEnvelopeRecord
 from protocols.units import from_iso8601, to_iso8601
 
@@ -35,9 +35,11 @@ __all__ = [
     "check_envelope",
     "check_range",
     "check_schedule_shape",
+    "committed_storage",
     "format_duration",
     "parse_duration",
     "parse_time",
+    "record_pool",
 ]
 
 #: Resolutions a schedule may use (seconds): whole minutes that divide one hour.
@@ -217,6 +219,42 @@ _BOUND_WORDS = {
 }
 
 
+def record_pool(env: PoolEnvelopeRecord) -> PoolEnvelope:
+    """The pool envelope behind a record, for splitting schedules over its storage groups."""
+    g = env.guaranteed
+    return bounds_envelope(
+        start_ts=env.start_ts,
+        step_s=env.step_s,
+        baseline_w=env.baseline_w,
+        groups=g["storage"],
+        po_min_w=g["power_only"]["p_min_w"],
+        po_max_w=g["power_only"]["p_max_w"],
+    )
+
+
+def committed_storage(
+    env: PoolEnvelopeRecord,
+    committed_w: Sequence[float | None],
+    planned: Sequence[Sequence[float]] | None = None,
+) -> list[list[float]]:
+    """The storage part of what is committed, per storage group and slot of ``env`` (W):
+    ``planned`` (the dispatcher's plan in force on this very envelope) when given, else a
+    split of ``committed_w`` over the groups (:func:`committed_split`); zeros where nothing
+    is committed, or when the schedule in force no longer fits the envelope (sites lost: the
+    plan in force then says what is kept)."""
+    n, groups = env.n, len(env.groups)
+    if planned is not None and len(planned) == groups:
+        return [[float(v) for v in list(row)[:n]] + [0.0] * (n - len(row)) for row in planned]
+    totals = np.array([0.0 if c is None else float(c) for c in committed_w][:n] + [0.0] * n)[:n]
+    last = int(np.flatnonzero(totals)[-1]) + 1 if np.any(totals) else 0
+    if groups == 0 or last == 0:
+        return [[0.0] * n for _ in range(groups)]
+    parts = committed_split(record_pool(env), totals[:last])
+    if parts is None:
+        return [[0.0] * n for _ in range(groups)]
+    return [[float(v) for v in row] + [0.0] * (n - last) for row in np.asarray(parts)]
+
+
 def check_envelope(
     *,
     start_ts: float,
@@ -225,7 +263,7 @@ def check_envelope(
     kind: str,
     envelope: PoolEnvelopeRecord,
     committed_w: Sequence[float | None],
-    committed_storage_w: Sequence[float] | None = None,
+    committed_storage_w: Sequence[Sequence[float]] | None = None,
 ) -> None:
     """Refuse a schedule outside the pool's guaranteed envelope, naming the first slot and
     the bound it breaks (422 ``out_of_range`` for power, ``energy_out_of_range`` for energy,
@@ -235,15 +273,13 @@ def check_envelope(
     each, a slot holding several values counts their mean (each value must still fit the
     slot's power bounds); an ``absolute`` value is taken relative to the slot's baseline
     forecast. Slots before the schedule's start count with ``committed_w`` (the schedule in
-    force, as a deviation; None = none), the storage part of which is
-    ``committed_storage_w`` when the plan in force says it (else as much as the storage's
-    power bounds hold); after the schedule's end the pool is back on its baseline.
+    force, as a deviation; None = none), the storage part of which, per group, is
+    ``committed_storage_w`` (:func:`committed_storage`; computed here when not given); after
+    the schedule's end the pool is back on its baseline.
     """
     env = envelope
     step, n, t0 = env.step_s, env.n, env.start_ts
-    g = env.guaranteed
-    lo = np.add(g["storage"]["p_min_w"], g["power_only"]["p_min_w"])
-    hi = np.add(g["storage"]["p_max_w"], g["power_only"]["p_max_w"])
+    lo, hi = (np.asarray(a, dtype=float) for a in env.guaranteed_range())
     total = np.zeros(n)  # W*s of the new schedule per slot
     covered = np.zeros(n)  # s of each slot the new schedule covers
     first_value: dict[int, int] = {}
@@ -285,26 +321,11 @@ def check_envelope(
     delta = total[k0:] / step
     delta[0] += committed[k0] * (step - covered[k0]) / step  # a slot begun before the start
     storage_before = None
-    if k0:
-        if committed_storage_w is not None and len(committed_storage_w) >= k0:
-            storage_before = np.asarray(committed_storage_w[:k0], dtype=float)
-        else:
-            storage_before = np.clip(
-                committed[:k0], g["storage"]["p_min_w"][:k0], g["storage"]["p_max_w"][:k0]
-            )
-    pool = bounds_envelope(
-        start_ts=t0,
-        step_s=step,
-        baseline_w=env.baseline_w,
-        p_min_w=g["storage"]["p_min_w"],
-        p_max_w=g["storage"]["p_max_w"],
-        e_min_wh=g["storage"]["e_min_wh"],
-        e_max_wh=g["storage"]["e_max_wh"],
-        eta_charge=env.eta_charge,
-        eta_discharge=env.eta_discharge,
-        po_min_w=g["power_only"]["p_min_w"],
-        po_max_w=g["power_only"]["p_max_w"],
-    )
+    if k0 and env.groups:
+        if committed_storage_w is None:
+            committed_storage_w = committed_storage(env, committed_w)
+        storage_before = np.array([list(row)[:k0] for row in committed_storage_w], dtype=float)
+    pool = record_pool(env)
     result = split(pool, delta, start_index=k0, committed_storage_w=storage_before)
     if result.feasible:
         return

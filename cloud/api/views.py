@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from cloud.api.context import ApiContext
@@ -21,17 +23,19 @@ from cloud.api.schemas import (
     SiteCounts,
     StorageBoundsOut,
 )
-from cloud.api.validation import RangeSlot, format_duration
+from cloud.api.validation import RangeSlot, committed_storage, format_duration
 from cloud.flexibility.model import (
     PoolFlexibility,
     pool_flexibility,
     read_pool_aggregate,
     read_pool_envelope,
 )
-from cloud.hotstate import PoolAggregate, PoolEnvelopeRecord
+from cloud.hotstate import PlanRecord, PoolAggregate, PoolEnvelopeRecord, plan_key
 from protocols.units import to_iso8601
 
 __all__ = [
+    "Commitments",
+    "commitments",
     "committed_deltas",
     "current_flexibility",
     "envelope_out",
@@ -80,6 +84,45 @@ def committed_deltas(ctx: ApiContext, env: PoolEnvelopeRecord, pool_id: str) -> 
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Commitments:
+    """What the schedule in force commits per envelope slot: ``total_w`` (a deviation from
+    the baseline forecast, None where none applies) and its storage part per storage group
+    (``storage_w``, one row per group, 0 where nothing is committed)."""
+
+    total_w: list[float | None]
+    storage_w: list[list[float]]
+
+
+async def plan_in_force(
+    ctx: ApiContext, env: PoolEnvelopeRecord, pool_id: str, now: float
+) -> PlanRecord | None:
+    """The dispatcher's plan, if it is in force and made on this very envelope (its storage
+    part per group then counts exactly)."""
+    raw = await ctx.get_redis().get(plan_key(pool_id))
+    if not raw:
+        return None
+    try:
+        plan = PlanRecord.from_json(raw)
+    except (ValueError, TypeError, KeyError):
+        return None
+    if plan.start_ts != env.start_ts or plan.envelope_seq != env.seq or plan.valid_until <= now:
+        return None
+    return plan
+
+
+async def commitments(
+    ctx: ApiContext, env: PoolEnvelopeRecord, pool_id: str, now: float
+) -> Commitments:
+    """The schedule in force laid on ``env`` (registry reads through ``ctx.db``), with its
+    storage part per group from the plan in force or, without one, split afresh."""
+    total = await ctx.db(committed_deltas, ctx, env, pool_id)
+    plan = await plan_in_force(ctx, env, pool_id, now)
+    planned = None if plan is None or not plan.storage_groups_w else plan.storage_groups_w
+    storage = await asyncio.to_thread(committed_storage, env, total, planned)
+    return Commitments(total, storage)
+
+
 def now_out(agg: PoolAggregate) -> FlexibilityNow:
     return FlexibilityNow(
         measured_w=agg.measured_w,
@@ -101,14 +144,25 @@ def now_out(agg: PoolAggregate) -> FlexibilityNow:
     )
 
 
-def _bounds_out(bounds: dict[str, dict[str, list[float]]]) -> EnvelopeBoundsOut:
+def _bounds_out(bounds: dict[str, Any]) -> EnvelopeBoundsOut:
     return EnvelopeBoundsOut(
-        storage=StorageBoundsOut(**bounds["storage"]),
+        storage=[
+            StorageBoundsOut(
+                group=g["group"],
+                sites=g["sites"],
+                efficiency=EfficiencyOut(charge=g["eta_charge"], discharge=g["eta_discharge"]),
+                p_min_w=g["p_min_w"],
+                p_max_w=g["p_max_w"],
+                e_min_wh=g["e_min_wh"],
+                e_max_wh=g["e_max_wh"],
+            )
+            for g in bounds["storage"]
+        ],
         power_only=PowerOnlyBoundsOut(**bounds["power_only"]),
     )
 
 
-def envelope_out(env: PoolEnvelopeRecord, committed: list[float | None]) -> EnvelopeOut:
+def envelope_out(env: PoolEnvelopeRecord, committed: Commitments) -> EnvelopeOut:
     return EnvelopeOut(
         start=to_iso8601(env.start_ts),
         resolution=format_duration(env.step_s),
@@ -116,22 +170,24 @@ def envelope_out(env: PoolEnvelopeRecord, committed: list[float | None]) -> Enve
         as_of=to_iso8601(env.as_of),
         sites=env.sites,
         sites_left_out=env.sites_left_out,
-        efficiency=EfficiencyOut(charge=env.eta_charge, discharge=env.eta_discharge),
         baseline_w=env.baseline_w,
         guaranteed=_bounds_out(env.guaranteed),
         optimistic=_bounds_out(env.optimistic),
-        committed_w=committed,
-        guarantee=GuaranteeCostOut(energy_ratio=env.energy_ratio, power_ratio=env.power_ratio),
+        committed_w=committed.total_w,
+        committed_storage_w=committed.storage_w,
+        guarantee=GuaranteeCostOut(
+            energy_ratio=env.energy_ratio, power_ratio=env.power_ratio, groups=len(env.groups)
+        ),
     )
 
 
 def flexibility_out(
-    flex: PoolFlexibility, now: float, limit: int | None, committed: list[float | None]
+    flex: PoolFlexibility, now: float, limit: int | None, committed: Commitments
 ) -> FlexibilityOut:
     env = flex.envelope
     forecast = []
     if env is not None:
-        g = env.guaranteed
+        lo, hi = env.guaranteed_range()
         for k in range(env.n if limit is None else min(limit, env.n)):
             base = env.baseline_w[k]
             forecast.append(
@@ -139,8 +195,8 @@ def flexibility_out(
                     start=to_iso8601(env.start_ts + k * env.step_s),
                     end=to_iso8601(env.start_ts + (k + 1) * env.step_s),
                     baseline_w=base,
-                    p_min_w=base + g["storage"]["p_min_w"][k] + g["power_only"]["p_min_w"][k],
-                    p_max_w=base + g["storage"]["p_max_w"][k] + g["power_only"]["p_max_w"][k],
+                    p_min_w=base + lo[k],
+                    p_max_w=base + hi[k],
                 )
             )
     return FlexibilityOut(

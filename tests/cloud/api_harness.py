@@ -91,21 +91,32 @@ NORTH_ENVELOPE: dict[str, float] = dict(
 
 
 def pool_envelope(
-    pool_id: str, start_ts: float, seq: int = 1, slots: int = 96, **values: float
+    pool_id: str,
+    start_ts: float,
+    seq: int = 1,
+    slots: int = 96,
+    groups: int = 1,
+    **values: float,
 ) -> PoolEnvelopeRecord:
-    """A flat pool envelope from ``start_ts`` (a quarter-hour boundary)."""
+    """A flat pool envelope from ``start_ts`` (a quarter-hour boundary); its storage in
+    ``groups`` equal storage groups (their sum is the values given)."""
     v = {**NORTH_ENVELOPE, **values}
 
-    def col(name: str) -> list[float]:
-        return [v[name]] * slots
+    def col(name: str, share: float = 1.0) -> list[float]:
+        return [v[name] * share] * slots
 
+    storage = [
+        {
+            "group": g,
+            "sites": 4 // max(groups, 1),
+            "eta_charge": 0.95,
+            "eta_discharge": 0.95,
+            **{k: col(k, 1.0 / groups) for k in ("p_min_w", "p_max_w", "e_min_wh", "e_max_wh")},
+        }
+        for g in range(groups)
+    ]
     bounds = {
-        "storage": {
-            "p_min_w": col("p_min_w"),
-            "p_max_w": col("p_max_w"),
-            "e_min_wh": col("e_min_wh"),
-            "e_max_wh": col("e_max_wh"),
-        },
+        "storage": storage,
         "power_only": {"p_min_w": col("po_min_w"), "p_max_w": col("po_max_w")},
     }
     return PoolEnvelopeRecord(
@@ -116,20 +127,20 @@ def pool_envelope(
         step_s=900.0,
         sites=4,
         sites_left_out=0,
-        eta_charge=0.95,
-        eta_discharge=0.95,
         baseline_w=col("baseline_w"),
         guaranteed=bounds,
-        optimistic=bounds,
+        optimistic={**bounds, "storage": storage[:1]},
         energy_ratio=0.85,
         power_ratio=0.75,
     )
 
 
-def seed_envelope(r: redis.Redis, pool_id: str, now: float, **values: float) -> None:
+def seed_envelope(
+    r: redis.Redis, pool_id: str, now: float, groups: int = 1, **values: float
+) -> None:
     """Write the pool envelope the dispatcher writes, from the quarter hour under way."""
     start = now - now % 900.0
-    r.set(envelope_key(pool_id), pool_envelope(pool_id, start, **values).to_json())
+    r.set(envelope_key(pool_id), pool_envelope(pool_id, start, groups=groups, **values).to_json())
 
 
 def seed_site(r: redis.Redis, site: Any, status: SiteStatus, ts: float, **values: Any) -> None:

@@ -199,12 +199,14 @@ async def test_flexibility_now_durations_and_forecast(api: Api) -> None:
         "PT15M",
         900,
     )
-    assert env["efficiency"] == {"charge": 0.95, "discharge": 0.95}
-    storage = env["guaranteed"]["storage"]
+    [storage] = env["guaranteed"]["storage"]
+    assert storage["efficiency"] == {"charge": 0.95, "discharge": 0.95}
+    assert (storage["group"], storage["sites"]) == (0, 4)
     assert storage["e_min_wh"][:2] == [-50_000, -50_000]
     assert storage["e_max_wh"][-1] == 40_000
     assert env["committed_w"] == [None] * 96  # no schedule in force
-    assert env["guarantee"] == {"energy_ratio": 0.85, "power_ratio": 0.75}
+    assert env["committed_storage_w"] == [[0.0] * 96]
+    assert env["guarantee"] == {"energy_ratio": 0.85, "power_ratio": 0.75, "groups": 1}
     assert "S_low" in env["model"]
     r = await api.client.get("/v1/pools/north/flexibility?forecast_slots=4", headers=api.auth())
     assert len(r.json()["forecast"]) == 4

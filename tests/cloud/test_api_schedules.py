@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .api_harness import T0, Api, running_api
+from .api_harness import T0, Api, running_api, seed_envelope
 
 # Pool "north" as seeded: baseline 10 kW, range [-40 kW, 30 kW]; delta range [-50 kW, 20 kW];
 # its envelope: 50 kWh to give and 40 kWh to take, counted from 10:00, efficiencies 0.95.
@@ -241,6 +241,25 @@ async def test_what_the_schedule_in_force_commits_before_the_start_counts(api: A
     assert (r.json()["reason"], r.json()["field"]) == ("energy_out_of_range", "values_w[2]")
     r = await api.client.post(POST, json=delta([-50_000.0] * 2), headers=api.auth())
     assert r.status_code == 201, r.text
+
+
+async def test_two_storage_groups_take_what_their_sum_takes(api: Api) -> None:
+    """The same storage in two groups (each half of it): a schedule is split over both, so
+    what one group alone could not hold is accepted, and the energy of the sum still binds;
+    the committed storage is shown per group."""
+    seed_envelope(api.redis, "north", api.now(), groups=2)
+    r = await api.client.post(POST, json=delta([-47_000.0] * 4), headers=api.auth())
+    assert r.status_code == 201, r.text  # 47 kW: more than either group's 25 kW
+    r = await api.client.post(POST, json=delta([-47_000.0] * 5), headers=api.auth())
+    assert (r.json()["reason"], r.json()["field"]) == ("energy_out_of_range", "values_w[4]")
+    flex = (await api.client.get("/v1/pools/north/flexibility", headers=api.auth())).json()
+    env = flex["envelope"]
+    assert [g["group"] for g in env["guaranteed"]["storage"]] == [0, 1]
+    per_group = env["committed_storage_w"]
+    assert len(per_group) == 2
+    totals = [a + b for a, b in zip(*per_group, strict=True)]
+    assert totals[1:5] == pytest.approx([-47_000.0] * 4, abs=1.0)
+    assert totals[5:] == [0.0] * 91
 
 
 async def test_past_the_envelope_only_the_baseline_is_accepted(api: Api) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud.hotstate import agg_key, agg_parts_key
+from cloud.hotstate import PlanRecord, agg_key, agg_parts_key, envelope_key, plan_key
+from vpp.trader.sse import sse_events
 
-from .api_harness import NORTH_PARTITIONS, Api, running_api
+from .api_harness import NORTH_PARTITIONS, Api, pool_envelope, running_api
 
 STREAM = "/v1/pools/north/stream"
 
@@ -28,22 +29,9 @@ async def api(tmp_path: Path, redis_url: str) -> AsyncIterator[Api]:
 
 
 async def sse(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
-    """Parse text/event-stream into dicts: event, data, id, comments."""
-    current: dict[str, Any] = {"event": None, "data": [], "id": None, "comments": []}
-    async for line in response.aiter_lines():
-        if line == "":
-            if current["event"] or current["data"] or current["comments"]:
-                yield {**current, "data": "\n".join(current["data"])}
-            current = {"event": None, "data": [], "id": None, "comments": []}
-        elif line.startswith(":"):
-            current["comments"].append(line[1:].strip())
-        else:
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "data":
-                current["data"].append(value)
-            elif name in ("event", "id"):
-                current[name] = value
+    """The events of a text/event-stream response (the trader's own parser), as dicts."""
+    async for ev in sse_events(response.aiter_lines()):
+        yield {"event": ev.event, "data": ev.data, "id": ev.id, "comments": ev.comments}
 
 
 async def next_event(events: AsyncIterator[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -145,3 +133,41 @@ async def test_server_shutdown_ends_open_streams(api: Api) -> None:
             rest = [ev async for ev in events]  # the stream ends: the server closed it
             assert all(ev["event"] != "flexibility" or ev["data"] for ev in rest)
     assert api.server.app.state.ctx.streams_open == 0
+
+
+async def test_a_new_envelope_is_announced_with_the_expected_shortfall(api: Api) -> None:
+    """The dispatcher re-aggregated after sites were lost and planned what is left: the
+    stream says so at once, with the slots that will fall short, before they come."""
+    api.seed()
+    start = api.now() - api.now() % 900.0
+    async with asyncio.timeout(15):
+        async with api.client.stream("GET", STREAM, headers=api.auth()) as response:
+            events = sse(response)
+            first = json.loads((await next_event(events, "envelope"))["data"])
+            assert first["envelope"]["start"] == "2024-06-01T10:00:00+00:00"
+            assert (first["plan_id"], first["shortfall"], first["shortfall_wh"]) == (None, [], 0)
+            # sites lost: a smaller envelope (seq 2) and a plan short of two slots
+            smaller = pool_envelope("north", start, seq=2, groups=2, p_min_w=-30_000.0)
+            api.redis.set(envelope_key("north"), smaller.to_json())
+            scheduled = [None, -40_000.0, -40_000.0, None] + [None] * 92
+            short = [0.0, -10_000.0, -10_000.0, 0.0] + [0.0] * 92
+            plan = PlanRecord(
+                pool_id="north", plan_id="north-plan-7", seq=7, issued_ts=api.now(),
+                valid_until=api.now() + 7200, envelope_seq=2, start_ts=start, step_s=900.0,
+                scheduled_w=scheduled, storage_w=[0.0] * 96, power_only_w=[0.0] * 96,
+                shortfall_w=short,
+            )  # fmt: skip
+            api.redis.set(plan_key("north"), plan.to_json())
+            announced = await next_event(events, "envelope")
+            assert announced["id"] == "env-2-7"
+            data = json.loads(announced["data"])
+            assert data["plan_id"] == "north-plan-7"
+            assert len(data["envelope"]["guaranteed"]["storage"]) == 2
+            assert [
+                (s["start"], s["scheduled_w"], s["shortfall_w"]) for s in data["shortfall"]
+            ] == [
+                ("2024-06-01T10:15:00+00:00", -40_000.0, -10_000.0),
+                ("2024-06-01T10:30:00+00:00", -40_000.0, -10_000.0),
+            ]
+            assert data["shortfall_wh"] == 5_000.0
+    await wait_streams_closed(api)

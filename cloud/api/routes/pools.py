@@ -12,7 +12,7 @@ from cloud.api.auth import KeyDep, PoolDep
 from cloud.api.context import ApiContext, CtxDep
 from cloud.api.routes.common import AUTH_ERRORS, NO_DATA
 from cloud.api.schemas import FlexibilityOut, PoolOut, PoolsOut, SiteOut, SitesOut
-from cloud.api.views import committed_deltas, current_flexibility, flexibility_out, iso
+from cloud.api.views import Commitments, commitments, current_flexibility, flexibility_out, iso
 from cloud.hotstate import SiteSummary, sites_key
 
 router = APIRouter(prefix="/v1", tags=["pools"], responses=AUTH_ERRORS)
@@ -67,9 +67,9 @@ async def get_flexibility(
 ) -> FlexibilityOut:
     now = ctx.clock.time()
     flex = await current_flexibility(ctx, pool.pool_id, now)
-    committed: list[float | None] = []
+    committed = Commitments([], [])
     if flex.envelope is not None:
-        committed = await ctx.db(committed_deltas, ctx, flex.envelope, pool.pool_id)
+        committed = await commitments(ctx, flex.envelope, pool.pool_id, now)
     return flexibility_out(flex, now, forecast_slots, committed)
 
 

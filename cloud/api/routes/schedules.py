@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
@@ -17,8 +18,7 @@ from cloud.api.validation import (
     parse_duration,
     parse_time,
 )
-from cloud.api.views import committed_deltas, current_flexibility, schedule_out
-from cloud.hotstate import PlanRecord, plan_key
+from cloud.api.views import commitments, current_flexibility, schedule_out
 
 router = APIRouter(prefix="/v1", tags=["schedules"], responses=AUTH_ERRORS)
 
@@ -37,23 +37,6 @@ _RULES = (
     "the model). The field names the first value at fault, the detail the slot and the bound. "
     "503 `no_envelope` while the pool has no envelope yet."
 )
-
-
-async def _plan_in_force(
-    ctx: ApiContext, pool_id: str, start_ts: float, now: float
-) -> PlanRecord | None:
-    """The dispatcher's plan, if it is in force and made on the same envelope reference
-    (its storage part of the committed slots then counts exactly)."""
-    raw = await ctx.get_redis().get(plan_key(pool_id))
-    if not raw:
-        return None
-    try:
-        plan = PlanRecord.from_json(raw)
-    except (ValueError, TypeError, KeyError):
-        return None
-    if plan.start_ts != start_ts or plan.valid_until <= now:
-        return None
-    return plan
 
 
 async def _scoped_schedule(ctx: ApiContext, key: Any, schedule_id: str) -> Any:
@@ -100,16 +83,16 @@ async def post_schedule(
             "hour): nothing can be promised; retry shortly",
             headers={"Retry-After": "30"},
         )
-    committed = await ctx.db(committed_deltas, ctx, env, pool.pool_id)
-    plan = await _plan_in_force(ctx, pool.pool_id, env.start_ts, now)
-    check_envelope(
+    committed = await commitments(ctx, env, pool.pool_id, now)
+    await asyncio.to_thread(
+        check_envelope,
         start_ts=start_ts,
         resolution_s=resolution_s,
         values_w=body.values_w,
         kind=body.kind.value,
         envelope=env,
-        committed_w=committed,
-        committed_storage_w=None if plan is None else plan.storage_w,
+        committed_w=committed.total_w,
+        committed_storage_w=committed.storage_w,
     )
     try:
         schedule = await ctx.db(

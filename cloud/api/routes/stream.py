@@ -42,7 +42,7 @@ from cloud.api.schemas import (
     StreamEnvelopeEvent,
     StreamEvent,
 )
-from cloud.api.views import committed_deltas, envelope_out, now_out
+from cloud.api.views import commitments, envelope_out, now_out
 from cloud.flexibility.model import read_pool_aggregate, read_pool_envelope
 from cloud.hotstate import PlanRecord, PoolAggregate, delivery_key, plan_key
 from protocols.units import to_iso8601
@@ -113,7 +113,7 @@ async def envelope_event(
                         shortfall_w=short,
                     )
                 )
-    committed = await ctx.db(committed_deltas, ctx, env, pool_id)
+    committed = await commitments(ctx, env, pool_id, now)
     event = StreamEnvelopeEvent(
         pool_id=pool_id,
         envelope=envelope_out(env, committed),
@@ -165,10 +165,11 @@ async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
                 except RedisError as exc:
                     log.warning("stream of pool %s: redis error %r", pool_id, exc)
                     version, envelope = last_envelope, None
-                if envelope is not None and version != last_envelope:
+                if envelope is not None and version is not None and version != last_envelope:
                     last_envelope = version
                     data = envelope.model_dump_json()
-                    extra = format_sse_event(event="envelope", data_str=data, id=f"env-{version}")
+                    ident = f"env-{version[0]}-{version[1]}"  # envelope seq, plan seq (-1: none)
+                    extra = format_sse_event(event="envelope", data_str=data, id=ident)
                     chunk = extra if chunk is None else chunk + extra
             if chunk is not None:
                 last_sent = time.monotonic()
