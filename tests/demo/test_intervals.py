@@ -145,10 +145,9 @@ def test_a_site_gone_before_the_schedule_was_posted_is_no_outage() -> None:
 
 def envelope_record(seq: int, start: float, baseline: float) -> PoolEnvelopeRecord:
     zeros = [0.0] * 8
-    bounds = {
-        "storage": {"p_min_w": zeros, "p_max_w": zeros, "e_min_wh": zeros, "e_max_wh": zeros},
-        "power_only": {"p_min_w": zeros, "p_max_w": zeros},
-    }
+    group = {"group": 0, "sites": 2, "eta_charge": 0.95, "eta_discharge": 0.95}
+    group |= {"p_min_w": zeros, "p_max_w": zeros, "e_min_wh": zeros, "e_max_wh": zeros}
+    bounds = {"storage": [group], "power_only": {"p_min_w": zeros, "p_max_w": zeros}}
     return PoolEnvelopeRecord(
         pool_id="demo",
         seq=seq,
@@ -157,8 +156,6 @@ def envelope_record(seq: int, start: float, baseline: float) -> PoolEnvelopeReco
         step_s=900,
         sites=2,
         sites_left_out=0,
-        eta_charge=0.95,
-        eta_discharge=0.95,
         baseline_w=[baseline + k for k in range(8)],
         guaranteed=bounds,
         optimistic=bounds,

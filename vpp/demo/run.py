@@ -556,14 +556,16 @@ class Demo:
                 self.trader = VirtualTrader(self.api_url, self.token, POOL, self.clock,
                                             self.prices.day_ahead,
                                             TraderOptions(reoptimise_min=15.0))  # fmt: skip
-                trader_task = asyncio.create_task(self.trader.run(self.stop))
+                trading = self.trader.run(self.stop)
+                watching = self.trader.watch(self.stop)  # early warnings on the stream
+                trader_tasks = [asyncio.create_task(trading), asyncio.create_task(watching)]
                 try:
                     await self._loop()
                 except asyncio.CancelledError:
                     interrupted = True
                 finally:
                     self.stop.set()
-                    await asyncio.gather(trader_task, return_exceptions=True)
+                    await asyncio.gather(*trader_tasks, return_exceptions=True)
                 await self._drain_telemetry()
             finally:
                 await self._teardown()
@@ -702,9 +704,11 @@ class Demo:
             env = PoolEnvelopeRecord.from_json(raw_envelope)
             if not self._envelopes or self._envelopes[-1][1].seq != env.seq:
                 self._envelopes.append((now, env))
-                storage = env.guaranteed["storage"]
-                energy = float(np.sum(np.subtract(storage["e_max_wh"], storage["e_min_wh"])))
-                power = float(np.sum(np.subtract(storage["p_max_w"], storage["p_min_w"])))
+                groups = env.groups
+                energy = sum(
+                    float(np.sum(np.subtract(g["e_max_wh"], g["e_min_wh"]))) for g in groups
+                )
+                power = sum(float(np.sum(np.subtract(g["p_max_w"], g["p_min_w"]))) for g in groups)
                 self.recorder.envelope(
                     now,
                     as_of=env.as_of,
@@ -713,6 +717,7 @@ class Demo:
                     power_guaranteed_w=power,
                     power_plain_w=power / env.power_ratio if env.power_ratio > 0 else None,
                     sites=env.sites,
+                    groups=len(groups),
                     energy_ratio=env.energy_ratio,
                     power_ratio=env.power_ratio,
                 )
@@ -844,6 +849,9 @@ class Demo:
                     power_use=d.power_use,
                     energy_use=d.energy_use,
                 )
+            for warning in self.trader.warnings:
+                fields = {k: v for k, v in warning.items() if k != "time"}
+                self.recorder.warning(warning["time"], **fields)
             (self.out / "trader-report.json").write_text(json.dumps(self.trader.report()))
         self.recorder.set_run(sim_end=self.clock.time(), wall_s=time.monotonic() - wall0,
                               interrupted=interrupted)  # fmt: skip
