@@ -199,6 +199,27 @@ def test_committed_energy_before_the_first_slot_counts() -> None:
     assert -result.values_w.sum() * SLOT_H == pytest.approx(100 * 0.95, rel=1e-6)
 
 
+def test_a_commitment_already_past_the_margin_still_gets_an_lp_schedule() -> None:
+    """The quarter hour under way committed more than the margin leaves of the window
+    (-480 Wh of a -500 Wh floor, 10 % margin keeps -450 Wh), and neutrality asks the end
+    back near 0 where nothing can charge: the LP does what it can (recharge, then hold)
+    instead of calling the whole problem infeasible and falling back to greedy."""
+    flex = FlexForecast.single(
+        np.zeros(3),
+        np.full(3, -2000.0),
+        np.array([2000.0, 0.0, 0.0]),
+        np.full(3, -500.0),
+        np.full(3, 1000.0),
+        e_low_0_wh=-480.0,
+        e_high_0_wh=-456.0,
+    )
+    result = optimise_schedule(flex, np.array([100.0, 100.0, 100.0]), OptimiseOptions(margin=0.1))
+    assert result.solver == "highs"
+    low, _ = flex.levels(result.storage_w)
+    assert low.min() >= -480.0 - 1e-6  # never below where it already was
+    assert np.all(result.storage_w[0, 1:] == pytest.approx(0.0, abs=1e-6))
+
+
 def test_negative_prices_lead_to_absorbing() -> None:
     prices = np.full(8, 60.0)
     prices[2:4] = -40.0

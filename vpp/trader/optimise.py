@@ -521,6 +521,12 @@ def _solve_lp(
     if pb.neutral and groups:
         low_lo = low_lo.copy()
         low_lo[:, -1] = np.maximum(low_lo[:, -1], -pb.tol_wh / e_unit)
+    if groups:
+        # Doing nothing more is always allowed: where what is already committed (or the
+        # margin's shrinking of the window) leaves a level outside its bound, the bound
+        # gives way to that level instead of making the whole problem infeasible.
+        low_lo = np.minimum(low_lo, (pb.low_0_wh / e_unit)[:, None])
+        high_hi = np.maximum(high_hi, (pb.high_0_wh / e_unit)[:, None])
     width = 4 * n * groups + 2 * n
     po = 4 * n * groups  # first power-only column
     zeros, inf = np.zeros(n), np.full(n, np.inf)
