@@ -85,6 +85,8 @@ __all__ = ["AGENT_VERSION", "ActiveCommand", "CycleState", "SiteAgent"]
 
 AGENT_VERSION = "0.1.0"
 SLOT_S = 900.0  # the envelope's and the plan's quarter hours
+#: a plan share this small (W) asks nothing of the site: it keeps its own control
+PLAN_IDLE_W = 1.0
 log = logging.getLogger("edge.agent")
 
 PV_CURTAILED_FRACTION = 0.97  # PV at >= 97 % of our limit: assume the limit is what holds it
@@ -542,7 +544,8 @@ class SiteAgent:
         command = self.command if self.command is not None and self.command.valid(now) else None
         planned = None if self.share is None else self.share.at(now)
         plan_id = None
-        if command is None and planned is None:
+        if command is None and (planned is None or abs(planned) < PLAN_IDLE_W):
+            # nothing asked of the site beyond its own baseline: it runs on its own
             plan, mode = baseline, Mode.FALLBACK
         else:
             if command is None:  # the plan alone, open loop (no signal: cloud or broker away)
