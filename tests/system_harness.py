@@ -206,13 +206,16 @@ async def running_system(
         deadline = clock.time() + 120
         while clock.time() < deadline:
             r = await api.get("/v1/pools/north/flexibility")
-            fresh = r.status_code == 200 and r.json()["now"]["sites"]["fresh"] == sites
+            flex = r.json() if r.status_code == 200 else None
+            fresh = flex is not None and flex["now"]["sites"]["fresh"] == sites
+            # the pool's envelope (what a schedule is checked against) is made of every site's
+            enveloped = fresh and (flex["envelope"] or {}).get("sites") == sites
             # sites learn their pool from the config the leading dispatcher publishes
-            if fresh and all(a.pool_id == "north" for a in agents):
+            if enveloped and all(a.pool_id == "north" for a in agents):
                 break
             await clock.sleep(2)
         else:
-            raise AssertionError("the pool never became fully fresh")
+            raise AssertionError("the pool never became fully fresh with an envelope of every site")
         yield system
     finally:
         await api.aclose()
@@ -221,7 +224,10 @@ async def running_system(
                 await asyncio.wait_for(agent.stop(), 10)
         for task in [*runs, *dispatch_runs]:
             task.cancel()
-        await asyncio.gather(*runs, *dispatch_runs, return_exceptions=True)
+        if runs or dispatch_runs:
+            _, pending = await asyncio.wait([*runs, *dispatch_runs], timeout=30)
+            # a loop that ignores its cancellation is a bug: name it instead of hanging here
+            assert not pending, f"loops still running 30 s after cancel: {pending}"
         for d in started:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(d.stop(), 10)
