@@ -125,6 +125,8 @@ class DemoOptions:
     history_days: float = 10.0  # the sites' simulated past before the run (0: none)
 
     def __post_init__(self) -> None:
+        # absolute: the services (Mosquitto, Redis) run with their own work dirs as cwd
+        self.out = Path(self.out).resolve()
         scenario(self.scenario)  # refuses an unknown name, naming the known ones
         if self.sites < 1:
             raise ValueError(f"--sites must be at least 1, got {self.sites}")
