@@ -218,6 +218,11 @@ def test_a_commitment_already_past_the_margin_still_gets_an_lp_schedule() -> Non
     low, _ = flex.levels(result.storage_w)
     assert low.min() >= -480.0 - 1e-6  # never below where it already was
     assert np.all(result.storage_w[0, 1:] == pytest.approx(0.0, abs=1e-6))
+    # and the trader's own check agrees: what was committed before is not this schedule's
+    assert flex.violations(result.values_w, result.storage_w) == []
+    assert flex.violations(np.zeros(3), np.zeros((1, 3))) == []
+    deeper = flex.violations(np.array([-400.0, 0.0, 0.0]), np.array([[-400.0, 0.0, 0.0]]))
+    assert deeper == [f"slot {i}: storage group 0 below e_min_wh" for i in range(3)]
 
 
 def test_negative_prices_lead_to_absorbing() -> None:

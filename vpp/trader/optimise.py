@@ -183,11 +183,15 @@ class StoragePart:
         c = self.clean()
         low, high = self.levels(u, slot_s)
         e_tol = self.energy_tolerance(tol) if tol_wh is None else tol_wh
+        # A level the slots before already committed (the pool lost sites since) is not this
+        # schedule's doing: it breaks a bound only by going further (as the LP sees it).
+        e_min = np.minimum(c["e_min"], float(np.nan_to_num(self.e_low_0_wh)))
+        e_max = np.maximum(c["e_max"], float(np.nan_to_num(self.e_high_0_wh)))
         checks = (
             (u < c["p_min"] - tol, "below p_min_w"),
             (u > c["p_max"] + tol, "above p_max_w"),
-            (low < c["e_min"] - e_tol, "below e_min_wh"),
-            (high > c["e_max"] + e_tol, "above e_max_wh"),
+            (low < e_min - e_tol, "below e_min_wh"),
+            (high > e_max + e_tol, "above e_max_wh"),
         )
         return [f"slot {i}: {name} {what}" for bad, what in checks for i in np.flatnonzero(bad)]
 
