@@ -1655,10 +1655,12 @@ def _solve(
     excess: tuple[int, str] | None = None,
     v_cost: float = 1.0,
     near: FloatArray | None = None,
+    hold: bool = False,
 ) -> tuple[bool, FloatArray | None]:
     """The split LP over slots ``s0 .. s0 + len(delta) - 1`` (see :func:`split`): ``init``
     is each group's ``(S_low, S_high)`` before ``s0``; ``near`` (``(G, n)``): minimise the
-    storage's absolute difference from it instead."""
+    storage's absolute difference from it instead. ``hold``: a level ``init`` already lies
+    beyond (energy committed under an earlier, larger envelope) may be held, not passed."""
     n = delta.size
     groups = pool.groups
     lay = _Lp(n, len(groups), slack, excess is not None, near is not None)
@@ -1703,9 +1705,12 @@ def _solve(
             b_eq[r0] = init[g][0 if k == _L else 1]
         bounds[lay.at(g, _C) + j, 1] = np.maximum(grp.p_max_w[sl], 0.0)
         bounds[lay.at(g, _E) + j, 1] = np.maximum(-grp.p_min_w[sl], 0.0)
-        bounds[lay.at(g, _L) + j, 0] = grp.e_min_wh[sl]
+        e_min, e_max = grp.e_min_wh[sl], grp.e_max_wh[sl]
+        if hold:
+            e_min, e_max = np.minimum(e_min, init[g][0]), np.maximum(e_max, init[g][1])
+        bounds[lay.at(g, _L) + j, 0] = e_min
         bounds[lay.at(g, _H) + j, 0] = -np.inf
-        bounds[lay.at(g, _H) + j, 1] = grp.e_max_wh[sl]
+        bounds[lay.at(g, _H) + j, 1] = e_max
     bounds[lay.vp + j, 1] = np.maximum(pool.po_max_w[sl], 0.0)
     bounds[lay.vn + j, 1] = np.maximum(-pool.po_min_w[sl], 0.0)
     if near is not None:  # C_g - E_g - up_g + down_g = near_g
@@ -1834,7 +1839,7 @@ def split(
     init = _inits(pool, committed)
     n = delta.size
     groups = len(pool.groups)
-    ok, x = _solve(pool, delta, s0, init)
+    ok, x = _solve(pool, delta, s0, init, hold=True)
     if ok and x is not None:
         u, v = _unpack(x, n, groups)
         u, v = np.where(np.abs(u) < 1e-7, 0.0, u), np.where(np.abs(v) < 1e-7, 0.0, v)
@@ -1882,7 +1887,7 @@ def _diagnose(
     first_power = int(out[0]) if out.size else n
 
     def feasible(m: int) -> bool:
-        return _solve(pool, delta[:m], s0, init)[0]
+        return _solve(pool, delta[:m], s0, init, hold=True)[0]
 
     # smallest prefix (<= first_power) whose energy constraints fail
     lo_m, hi_m = 1, first_power
@@ -1902,9 +1907,9 @@ def _diagnose(
     m = lo_m
     j = m - 1
     prefix = delta[:m]
-    relaxed = _solve(pool, prefix, s0, init, relax=(j, "e_max"))[0]
+    relaxed = _solve(pool, prefix, s0, init, relax=(j, "e_max"), hold=True)[0]
     bound = "e_max" if relaxed else "e_min"
-    ok, x = _solve(pool, prefix, s0, init, excess=(j, bound))
+    ok, x = _solve(pool, prefix, s0, init, excess=(j, bound), hold=True)
     groups = len(pool.groups)
     lay = _Lp(m, groups, False, True)
     z = x[lay.z :] if ok and x is not None else np.full(groups, math.nan)

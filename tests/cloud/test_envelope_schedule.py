@@ -258,6 +258,20 @@ def test_committed_prefix_counts() -> None:
         split(env, [0.0] * 4, start_index=1)
 
 
+def test_energy_committed_beyond_a_shrunk_envelope_may_be_held_not_passed() -> None:
+    """Slots 0-1 committed 1200 Wh under an earlier envelope; the new one allows 1000 Wh
+    from slot 2 on (a forecast moved, sites were lost). Doing nothing more is accepted (the
+    shortfall is the plan's early warning, not a reason to refuse every new schedule);
+    storing more, or holding past what the window reopens to, is not."""
+    env = pool(group(e_max=[1500.0, 1500.0, 1000.0, 1000.0]), po=(0.0, 0.0))
+    committed = [[600.0, 600.0]]
+    assert split(env, [0.0, 0.0], start_index=2, committed_storage_w=committed).feasible
+    assert split(env, [-100.0, 0.0], start_index=2, committed_storage_w=committed).feasible
+    bad = split(env, [100.0], start_index=2, committed_storage_w=committed)
+    assert (bad.feasible, bad.slot, bad.bound) == (False, 2, "e_max")
+    assert bad.value == pytest.approx(1300.0)
+
+
 def test_committed_prefix_counts_per_group() -> None:
     """B committed 180 W in slot 0 (its ceiling full): from slot 1 only A can absorb."""
     env = pool(A, B, po=(0.0, 0.0))
