@@ -646,6 +646,21 @@ def test_flex_for_maps_every_group_of_the_envelope() -> None:
     assert np.all(values[4:] == 0.0)  # past the envelope: the baseline
 
 
+def test_flex_for_a_schedule_ending_early_keeps_room_for_the_later_slots() -> None:
+    """Two slots from 10:30 of an envelope with two more after them: the energy the schedule
+    leaves must fit those too (the API checks them), so its last slot takes their tightest
+    bounds; the slot before keeps its own. A January run was refused for 4 h without it."""
+    body = fixture_body()
+    group = body["envelope"]["guaranteed"]["storage"][0]
+    group["e_max_wh"][-1] = 300.0  # 11:15: the ceiling closes in after the schedule
+    group["e_min_wh"][-1] = -500.0
+    flex = VirtualTrader.flex_for(body, T0 + 1800, 2)
+    first = flex.storage[0]
+    np.testing.assert_allclose(first.e_max_wh, [700.0, 300.0])  # min(700, 600, 300)
+    np.testing.assert_allclose(first.e_min_wh, [-1400.0, -500.0])  # max(-1600, -1800, -500)
+    np.testing.assert_allclose(flex.storage[1].e_max_wh, [450.0, 450.0])  # min(450, 500, 500)
+
+
 def test_flex_for_without_storage_groups_keeps_the_power_only_part() -> None:
     body = fixture_body()
     body["envelope"]["guaranteed"]["storage"] = []

@@ -451,11 +451,14 @@ class VirtualTrader:
     ) -> FlexForecast:
         """The guaranteed envelope for ``n`` slots from ``start_ts``, as the API will check a
         schedule posted for them: one :class:`StoragePart` per storage group (its bounds
-        from the schedule's first slot on, its efficiencies) and the power-only bounds. Past
-        the envelope's end nothing is offered (power bounds 0, energy bounds held at their
-        last value). The slots between the envelope's start and ``start_ts`` count with what
-        the schedule in force committed there to each group (``committed_storage_w``, with
-        that group's efficiencies: ``e_low_0_wh``/``e_high_0_wh``). Raises ValueError naming
+        from the schedule's first slot on, its efficiencies) and the power-only bounds. The
+        last slot's energy bounds are the tightest of the envelope's slots from there to its
+        end: after the schedule the pool is back on its baseline and the energy it was left
+        with must fit every later slot too (the API checks them). Past the envelope's end
+        nothing is offered (power bounds 0, energy bounds held at their last value). The
+        slots between the envelope's start and ``start_ts`` count with what the schedule in
+        force committed there to each group (``committed_storage_w``, with that group's
+        efficiencies: ``e_low_0_wh``/``e_high_0_wh``). Raises ValueError naming
         the field on a malformed body, and when the pool has no envelope yet."""
         env = body.get("envelope") if isinstance(body, dict) else None
         if not env:
@@ -495,6 +498,14 @@ class VirtualTrader:
         def last(a: np.ndarray) -> float:
             return float(a[-1]) if size else 0.0
 
+        end = k0 + n - 1  # the schedule's last slot: the energy it leaves stays to the end
+
+        def energy(a: np.ndarray, tightest: Any) -> np.ndarray:
+            out = take(a, last(a))
+            if n and end < size:
+                out[-1] = float(tightest(a[end:]))
+            return out
+
         parts = []
         for g, group in enumerate(groups):
             where = f"envelope.guaranteed.storage[{g}]"
@@ -513,8 +524,8 @@ class VirtualTrader:
                 StoragePart(
                     take(cols["p_min_w"]),
                     take(cols["p_max_w"]),
-                    take(cols["e_min_wh"], last(cols["e_min_wh"])),
-                    take(cols["e_max_wh"], last(cols["e_max_wh"])),
+                    energy(cols["e_min_wh"], np.max),
+                    energy(cols["e_max_wh"], np.min),
                     eta_charge=eta_c,
                     eta_discharge=eta_d,
                     e_low_0_wh=low_0,
