@@ -7,10 +7,11 @@ child process, the observer is a stock paho client. Only time is accelerated (Si
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,30 @@ def dispatch_payload(site: Site, seq: int, target_w: float, valid_s: float, **ex
         "target_w": target_w,
     } | extra
     return json.dumps(body).encode()
+
+
+@contextlib.asynccontextmanager
+async def agent_running(
+    clock: SimClock,
+    fleet: Fleet,
+    config: EdgeConfig,
+    writes: dict[str, WriteLog],
+    truth: list[dict[str, float]],
+    mqtt_url: str,
+) -> AsyncIterator[Site]:
+    """The site's agent started on its (already started) fleet and watched by a plain MQTT
+    subscriber; on exit the agent (the test may have replaced it), the observer and the
+    fleet are stopped."""
+    observer = Observer(mqtt_url, topics_for(config.site.resolved_partition))
+    agent = SiteAgent(config, clock)
+    site = Site(clock, fleet, agent, observer, config, writes, truth)
+    try:
+        await agent.start()
+        site.task = asyncio.create_task(agent.run())
+        yield site
+    finally:
+        await site.agent.stop()
+        if site.task is not None:
+            await asyncio.wait_for(site.task, 10)
+        observer.close()
+        await fleet.stop()

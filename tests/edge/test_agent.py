@@ -25,6 +25,7 @@ from .agent_harness import (
     T0,
     Observer,
     Site,
+    agent_running,
     dispatch_payload,
     make_config,
     record_truth,
@@ -43,19 +44,8 @@ async def running_site(tmp_path, mqtt_url: str, **overrides) -> AsyncIterator[Si
     await fleet.start()
     writes = record_writes(fleet)
     config = make_config(fleet, mqtt_url, tmp_path, **overrides)
-    observer = Observer(mqtt_url, topics_for(config.site.resolved_partition))
-    agent = SiteAgent(config, clock)
-    site = Site(clock, fleet, agent, observer, config, writes, truth)
-    try:
-        await agent.start()
-        site.task = asyncio.create_task(agent.run())
+    async with agent_running(clock, fleet, config, writes, truth, mqtt_url) as site:
         yield site
-    finally:
-        await site.agent.stop()  # the test may have replaced the agent (restart tests)
-        if site.task is not None:
-            await asyncio.wait_for(site.task, 10)
-        observer.close()
-        await fleet.stop()
 
 
 def longest_breach_s(samples: list[dict[str, float]], breached) -> float:

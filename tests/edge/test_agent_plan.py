@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from cloud.flexibility.envelope import SiteEnvelopeTable, aggregate, feasible_part, plan_fields
-from edge.agent import SiteAgent
 from edge.store import EdgeStore
 from firmware_sim.fleet import Fleet
 from protocols.clock import SimClock
@@ -27,10 +26,10 @@ from .agent_harness import (
     SPEED,
     Observer,
     Site,
+    agent_running,
     make_config,
     record_truth,
     record_writes,
-    topics_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -65,19 +64,8 @@ async def installed_site(tmp_path, mqtt_url: str) -> AsyncIterator[Site]:
             store.close()
 
     await asyncio.to_thread(live_the_past)
-    observer = Observer(mqtt_url, topics_for(config.site.resolved_partition))
-    agent = SiteAgent(config, clock)
-    site = Site(clock, fleet, agent, observer, config, writes, truth)
-    try:
-        await agent.start()
-        site.task = asyncio.create_task(agent.run())
+    async with agent_running(clock, fleet, config, writes, truth, mqtt_url) as site:
         yield site
-    finally:
-        await site.agent.stop()
-        if site.task is not None:
-            await asyncio.wait_for(site.task, 10)
-        observer.close()
-        await fleet.stop()
 
 
 async def join_pool(site: Site, pool: str = "north") -> None:
