@@ -201,8 +201,11 @@ class PoolDispatcher:
         while not self._stop.is_set():
             delay = (next_cycle - self.clock.time()) / self.clock.speed
             if delay > 0:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel
+                # that lands as its timeout fires, and the loop then never ends (seen in CI)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
                 if self._stop.is_set():
                     break
             try:
