@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -60,7 +61,7 @@ from protocols.messages import Ack, FlexEnvelope, Status, Telemetry, encode, par
 from protocols.partitions import partition_of
 from protocols.topics import SiteKind, partition_filter
 
-__all__ = ["PartitionWorker"]
+__all__ = ["ENVELOPE_SETTLE_S", "PartitionWorker"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ _KINDS = (SiteKind.TELEMETRY, SiteKind.STATUS, SiteKind.ACK, SiteKind.ENVELOPE)
 #: (a clock far off, a replayed message): refused. One that has aged past it is no longer used.
 _ENVELOPE_PAST_SLOTS = 2
 _ENVELOPE_FUTURE_SLOTS = 1
+#: A new owner leaves a partition's envelope keys as the last owner wrote them this long (clock
+#: seconds): the sites' retained envelopes arrive on subscribe and their telemetry within an
+#: interval or two; rewritten at once, the pool's envelope would shrink to nothing for a moment
+#: at every hand-over, and the planner would re-plan and warn of a shortfall that is not there.
+ENVELOPE_SETTLE_S = 10.0
 _BAD_LOG_FIRST = 10  # log each rejection reason this many times, then 1 in 1000
 _GAUGES = ("sites", "unregistered")  # counters_key fields that are set, not incremented
 _HALT_WALL_TIMEOUT_S = 10.0  # wall seconds stop() waits for the start and for the loops
@@ -125,6 +131,7 @@ class PartitionWorker:
         self._envelopes: dict[int, dict[str, tuple[FlexEnvelope, str]]] = {}
         self._env_written: dict[int, dict[str, dict[str, int]]] = {}
         self._env_reset: set[int] = set()  # partitions whose envelope keys to clear first
+        self._owned_since: dict[int, float] = {}  # clock time each partition was gained
         self._written_pools: dict[int, set[str]] = {}
         self._resend_summaries: set[int] = set()
         self._site_pools: dict[int, dict[str, str]] = {}
@@ -422,6 +429,7 @@ class PartitionWorker:
             self._envelopes.pop(p, None)
             self._env_written.pop(p, None)
             self._env_reset.discard(p)
+            self._owned_since.pop(p, None)
             self._written_pools.pop(p, None)
             self._resend_summaries.discard(p)
             self._link.unsubscribe(partition_filter(p, k) for k in _KINDS)
@@ -439,6 +447,7 @@ class PartitionWorker:
             self._envelopes[p] = {}
             self._env_written[p] = {}
             self._env_reset.add(p)
+            self._owned_since[p] = now
             self._written_pools[p] = set()
             self._link.subscribe(partition_filter(p, k) for k in _KINDS)
             log.info("%s partition=%d: owned; subscribing (%d registered sites)",
@@ -507,7 +516,8 @@ class PartitionWorker:
                 pipe.delete(agg_key(gone, p))
                 pipe.srem(agg_parts_key(gone), p)
             written[p] = pools_now
-            env_written[p] = self._envelope_writes(pipe, p, state, now)
+            if now - self._owned_since.get(p, -math.inf) >= ENVELOPE_SETTLE_S:
+                env_written[p] = self._envelope_writes(pipe, p, state, now)
             resend = p in self._resend_summaries
             summaries = state.site_summaries_json(now, changed_only=not resend)
             if summaries:

@@ -36,7 +36,7 @@ from cloud.hotstate import (
     rejected_key,
     sites_key,
 )
-from cloud.ingest.worker import PartitionWorker
+from cloud.ingest.worker import ENVELOPE_SETTLE_S, PartitionWorker
 from protocols.clock import ManualClock, SimClock
 from protocols.messages import (
     FlexEnvelope,
@@ -602,6 +602,7 @@ async def test_envelopes_of_the_pools_flexible_sites_are_kept_current_in_redis(
     worker = make_worker(mosquitto, redis_url, clock, stale_intervals=3)
     async with running(worker):
         await subscribed_all(worker)
+        await clock.sleep(ENVELOPE_SETTLE_S)  # a new owner leaves the keys alone meanwhile
         now = clock.time()
         ref = now - now % 900
 
@@ -646,3 +647,42 @@ async def test_envelopes_of_the_pools_flexible_sites_are_kept_current_in_redis(
         for site in sites:  # leave the session broker clean
             pubs.publish(site_topic(partition_of(site, P), site, "envelope"), b"", retain=True)
         await asyncio.to_thread(pubs.flush)
+
+
+async def test_a_new_owner_leaves_the_envelope_keys_until_it_has_heard_the_sites(
+    mosquitto, redis_url: str, redis_client: redis.Redis, pubs: Publishers
+) -> None:
+    """At a hand-over the pool's envelope never empties: the new owner keeps what the last one
+    wrote until the sites' retained envelopes and telemetry have reached it, then rewrites."""
+    rng = random.Random(12)
+    site = "env-x"
+    p = partition_of(site, P)
+    register(redis_client, {site: "pool-h"})
+    clock = SimClock(speed=5.0)
+    now = clock.time()
+    ref = now - now % 900
+    # what the previous owner wrote
+    redis_client.hset(env_key("pool-h", p), site, encode(envelope(site, 3, ref, now)))
+    redis_client.sadd(env_parts_key("pool-h"), p)
+    topic = site_topic(p, site, "envelope")
+    pubs.publish(topic, encode(envelope(site, 4, ref, now)), retain=True)
+    await asyncio.to_thread(pubs.flush)
+    worker = make_worker(mosquitto, redis_url, clock, stale_intervals=3)
+    seen = []
+    async with running(worker):
+        await subscribed_all(worker)
+        await clock.sleep(3.0)  # a few of the worker's cycles before the site is heard
+        seen.append(envelopes_held(redis_client, "pool-h"))
+        deadline = clock.time() + ENVELOPE_SETTLE_S + 10.0
+        seq = 1
+        while clock.time() < deadline and envelopes_held(redis_client, "pool-h") != {site: 4}:
+            send(pubs, telemetry(site, seq, clock.time(), rng, interval_s=2.0, mode="fallback"))
+            await asyncio.to_thread(pubs.flush)
+            seen.append(envelopes_held(redis_client, "pool-h"))
+            seq += 1
+            await clock.sleep(1.0)
+        pubs.publish(topic, b"", retain=True)
+        await asyncio.to_thread(pubs.flush)
+    assert seen[0] == {site: 3}  # left as it was ...
+    assert all(seen), seen  # ... never empty ...
+    assert envelopes_held(redis_client, "pool-h") == {site: 4}  # ... then the site's own
