@@ -363,14 +363,19 @@ class PartitionState:
         return out
 
     def flexible_sites(self, now: float) -> dict[str, list[str]]:
-        """Pool id -> the pool's fresh sites not in degraded mode: the sites whose flexibility
-        (and so whose envelopes) the pool may count on now."""
+        """Pool id -> the sites whose flexibility (and so whose envelopes) the pool may count
+        on now: fresh sites not in degraded mode, and stale ones (not yet offline) whose latest
+        telemetry said they follow a plan. Those deliver their share open loop until the plan
+        expires: a few telemetry messages late (a loaded gateway, a slow uplink) is no reason
+        to shrink the promise and re-plan the others, while a site gone for good goes offline
+        (its last will, or silence) and leaves."""
         n = self._n
         if n == 0:
             return {}
         pool = self._pool[:n]
         codes = self.status_codes(now)
-        flex = (codes == _FRESH) & (pool >= 0) & (self._mode[:n] != _DEGRADED)
+        counted = (codes == _FRESH) | ((codes == _STALE) & self._planned[:n])
+        flex = counted & (pool >= 0) & (self._mode[:n] != _DEGRADED)
         out: dict[str, list[str]] = {}
         for i in np.flatnonzero(flex).tolist():
             out.setdefault(self._pool_ids[int(pool[i])], []).append(self._site_ids[i])

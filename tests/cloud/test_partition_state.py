@@ -129,6 +129,29 @@ def test_degraded_site_measured_but_no_flexibility() -> None:
     assert agg.p_max_w == 4000.0
 
 
+@pytest.mark.parametrize(
+    ("telemetry", "status_offline", "at", "counted"),
+    [
+        # (site's latest telemetry, last will seen, seconds after it) -> envelope counted
+        ({"mode": "cloud"}, False, 1.0, True),  # fresh
+        ({"mode": "cloud"}, False, 30.0, False),  # stale, following no plan: left out
+        ({"mode": "cloud", "plan_id": "p-1"}, False, 30.0, True),  # stale, holds a plan
+        ({"mode": "cloud", "plan_id": "p-1"}, True, 30.0, False),  # its last will: gone
+        ({"mode": "cloud", "plan_id": "p-1"}, False, 121.0, False),  # silent: offline
+        ({"mode": "degraded", "plan_id": "p-1"}, False, 1.0, False),  # no flexibility
+        ({"mode": "degraded", "plan_id": "p-1"}, False, 30.0, False),
+    ],
+)
+def test_flexible_sites_keep_a_stale_site_that_follows_a_plan(
+    telemetry: dict, status_offline: bool, at: float, counted: bool
+) -> None:
+    s = state(stale_intervals=3, offline_after_s=120.0)
+    s.apply(tel("s1", ts=T0, **telemetry), T0)
+    if status_offline:
+        s.apply_status(Status(site_id="s1", state=SiteState.OFFLINE, ts=T0 + 5), T0 + 5)
+    assert ("s1" in s.flexible_sites(T0 + at).get("pool-a", [])) is counted
+
+
 def test_unregistered_sites_stay_out_of_pools_and_pools_follow_the_registry() -> None:
     s = state({"s1": "pool-a"})
     s.apply(tel("s1"), T0)
