@@ -8,11 +8,13 @@ Table: (clock time) -> (target in force: source and value or None, aimed value o
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.registry import Registry
-from protocols.clock import ManualClock
+from protocols.clock import ManualClock, SimClock
 
 T0 = 1_717_236_000.0
 BASELINE = -1_000.0
@@ -75,3 +77,29 @@ def test_a_bad_lead_is_refused(tmp_path) -> None:
     ):
         PoolDispatcher(mqtt_url="mqtt://127.0.0.1:1", redis_url="redis://127.0.0.1:1",
                        registry=registry, clock=ManualClock(T0), schedule_lead_s=-1.0)  # fmt: skip
+
+
+async def test_the_loop_ends_on_a_cancel_that_a_library_swallowed(tmp_path, mocker) -> None:
+    """redis-py sends each command through ``asyncio.wait_for``, which on Python 3.11 returns
+    normally when the cancel lands as the command completes; the loop must end anyway."""
+    clock = SimClock(speed=100.0, start=T0)
+    with Registry(tmp_path / "r.sqlite", clock) as registry:
+        d = PoolDispatcher(mqtt_url="mqtt://127.0.0.1:1", redis_url="redis://127.0.0.1:1",
+                           registry=registry, clock=clock, cycle_s=2.0)  # fmt: skip
+        swallowed = []
+
+        async def cycle() -> None:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                swallowed.append(True)  # as wait_for does on 3.11: the cycle just returns
+
+        mocker.patch.object(d, "cycle", cycle)
+        task = asyncio.create_task(d.run())
+        while not swallowed:
+            await asyncio.sleep(0.01)
+            if not task.done():
+                task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5.0)
+        assert done == {task}
+        assert task.cancelled()
