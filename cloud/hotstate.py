@@ -38,6 +38,7 @@ __all__ = [
     "DURATIONS_S",
     "SITE_POOLS_KEY",
     "SITE_POOLS_REV_KEY",
+    "HoldRecord",
     "PartitionAggregate",
     "PlanRecord",
     "PoolAggregate",
@@ -52,6 +53,7 @@ __all__ = [
     "env_parts_key",
     "env_rev_key",
     "envelope_key",
+    "hold_key",
     "lease_key",
     "plan_key",
     "rejected_key",
@@ -115,6 +117,11 @@ def envelope_key(pool_id: str) -> str:
 def plan_key(pool_id: str) -> str:
     """The pool's plan in force: the schedule split, its shares, its expected shortfall."""
     return f"{PREFIX}:plan:{pool_id}"
+
+
+def hold_key(pool_id: str) -> str:
+    """Set while the pool's envelope and plan hold (:mod:`cloud.dispatch.link_hold`)."""
+    return f"{PREFIX}:dispatch:{pool_id}:hold"
 
 
 def sites_key(partition: int) -> str:
@@ -305,6 +312,23 @@ class PoolEnvelopeRecord:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PoolEnvelopeRecord:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class HoldRecord:
+    """Why a pool's envelope and plan hold (``hold_key``, :mod:`cloud.dispatch.link_hold`):
+    its sites cannot hear a new plan, so the API accepts no new schedule meanwhile."""
+
+    pool_id: str
+    since: float
+    reason: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> HoldRecord:
         return cls(**json.loads(text))
 
 

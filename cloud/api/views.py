@@ -30,7 +30,14 @@ from cloud.flexibility.model import (
     read_pool_aggregate,
     read_pool_envelope,
 )
-from cloud.hotstate import PlanRecord, PoolAggregate, PoolEnvelopeRecord, plan_key
+from cloud.hotstate import (
+    HoldRecord,
+    PlanRecord,
+    PoolAggregate,
+    PoolEnvelopeRecord,
+    hold_key,
+    plan_key,
+)
 from protocols.units import to_iso8601
 
 __all__ = [
@@ -42,6 +49,7 @@ __all__ = [
     "flexibility_out",
     "now_out",
     "now_range",
+    "refuse_while_held",
     "schedule_out",
 ]
 
@@ -65,6 +73,23 @@ async def current_flexibility(ctx: ApiContext, pool_id: str, now: float) -> Pool
         )
     envelope = await read_pool_envelope(ctx.get_redis(), pool_id, now)
     return pool_flexibility(aggregate, envelope)
+
+
+async def refuse_while_held(ctx: ApiContext, pool_id: str) -> None:
+    """503 ``pool_unreachable`` while the pool's envelope and plan hold (the cloud lost its
+    broker link, or the sites are still reconnecting): no new plan could reach the sites, which
+    deliver the plan they hold; a schedule accepted now would be a promise nobody follows."""
+    raw = await ctx.get_redis().get(hold_key(pool_id))
+    if raw is None:
+        return
+    hold = HoldRecord.from_json(raw)
+    raise ApiError(
+        503,
+        "pool_unreachable",
+        f"pool {pool_id!r} cannot take a new schedule now: {hold.reason}; the schedules "
+        f"accepted before stand (held since {iso(hold.since)}); retry shortly",
+        headers={"Retry-After": "60"},
+    )
 
 
 def committed_deltas(ctx: ApiContext, env: PoolEnvelopeRecord, pool_id: str) -> list[float | None]:

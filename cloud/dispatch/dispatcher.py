@@ -49,13 +49,16 @@ import redis.asyncio as aioredis
 from cloud.alerts import AlertBook, active_alerts, store_transition
 from cloud.dispatch.allocation import allocate
 from cloud.dispatch.controller import ControllerConfig, ControllerState, step
+from cloud.dispatch.link_hold import hold_reason
 from cloud.dispatch.planning import PoolPlanner
 from cloud.hotstate import (
+    HoldRecord,
     PartitionAggregate,
     PlanRecord,
     agg_key,
     agg_parts_key,
     delivery_key,
+    hold_key,
     state_key,
 )
 from cloud.locks import LeaderLock
@@ -161,10 +164,17 @@ class PoolDispatcher:
         self._intervals: dict[str, _Interval] = {}
         self._published_rev: int | None = None
         self._connected = threading.Event()  # set by paho's thread, read by the loop
+        # the broker link's history, for the hold (:mod:`cloud.dispatch.link_hold`); clock
+        # times written by paho's thread, read by the loop
+        self._link_down_since: float | None = None
+        self._link_up_since: float | None = None
+        self._held: set[str] = set()  # pools whose envelope and plan hold now
+        self._hold_since: dict[str, float] = {}
         self.stats: dict[str, int] = dict.fromkeys(
             ("cycles", "led_cycles", "signals", "signals_unsent", "errors", "no_data",
              "configs_published", "alerts_raised", "alerts_resolved",
-             "partitions_unresponsive", "releases", "planning_errors", "plans_republished"),
+             "partitions_unresponsive", "releases", "planning_errors", "plans_republished",
+             "held_cycles"),
             0)  # fmt: skip
 
     # --- life cycle -----------------------------------------------------------------------
@@ -191,9 +201,14 @@ class PoolDispatcher:
         if not reason.is_failure:
             self._published_rev = None  # (re)publish the retained site configs
             self._republish_plans = True  # and the plans (one may have gone out unsent)
+            if self._link_down_since is not None:
+                self._link_down_since = None
+                self._link_up_since = self.clock.time()
             self._connected.set()
 
     def _on_disconnect(self, *args: Any) -> None:
+        if self._connected.is_set() and self._link_down_since is None:
+            self._link_down_since = self.clock.time()
         self._connected.clear()
 
     async def run(self) -> None:
@@ -328,12 +343,49 @@ class PoolDispatcher:
         self._mqtt.publish(topic, encode(message), qos=1, retain=True)
         return True
 
-    async def _plan(self, pool_id: str, now: float) -> PlanRecord | None:
-        """Keep the pool's envelope and plan current; the plan in force now, if any. A
-        failure here is logged and counted: the closed loop goes on without a plan."""
+    async def _hold(self, pool_id: str, now: float, parts: list[PartitionAggregate]) -> bool:
+        """Whether the pool's envelope and plan hold this cycle (see
+        :mod:`cloud.dispatch.link_hold`); keeps the pool's :class:`HoldRecord` for the API."""
+        assert self.planner is not None
+        assert self.redis is not None
+        envelope = self.planner.state(pool_id).envelope
+        reason = hold_reason(
+            now=now,
+            link_down_since=self._link_down_since,
+            link_up_since=self._link_up_since,
+            sites_fresh=sum(a.sites_fresh - a.sites_degraded for a in parts),
+            envelope_sites=0 if envelope is None else len(envelope.sites),
+        )
+        if reason is None:
+            if pool_id in self._held:
+                self._held.discard(pool_id)
+                await self.redis.delete(hold_key(pool_id))
+                log.warning(
+                    "dispatcher %s: pool=%s envelope and plan released from their hold",
+                    self.id,
+                    pool_id,
+                )
+            return False
+        if pool_id not in self._held:
+            self._held.add(pool_id)
+            self._hold_since[pool_id] = now
+            log.warning(
+                "dispatcher %s: pool=%s envelope and plan hold: %s", self.id, pool_id, reason
+            )
+        record = HoldRecord(pool_id=pool_id, since=self._hold_since[pool_id], reason=reason)
+        # expires by itself should this dispatcher die holding it
+        ttl_ms = max(1, round(5 * self.cycle_s / self.clock.speed * 1000))
+        await self.redis.set(hold_key(pool_id), record.to_json(), px=ttl_ms)
+        self.stats["held_cycles"] += 1
+        return True
+
+    async def _plan(self, pool_id: str, now: float, hold: bool = False) -> PlanRecord | None:
+        """Keep the pool's envelope and plan current (unless they ``hold``); the plan in force
+        now, if any. A failure here is logged and counted: the closed loop goes on without a
+        plan."""
         assert self.planner is not None
         try:
-            state = await self.planner.refresh(pool_id, now)
+            state = await self.planner.refresh(pool_id, now, hold=hold)
         except Exception:
             self.stats["planning_errors"] += 1
             log.exception("dispatcher %s: planning of pool %s failed", self.id, pool_id)
@@ -345,8 +397,8 @@ class PoolDispatcher:
 
     async def _cycle_pool(self, pool_id: str, now: float) -> None:
         assert self.redis is not None
-        plan = await self._plan(pool_id, now)
         parts = await self._partitions(pool_id, now)
+        plan = await self._plan(pool_id, now, hold=await self._hold(pool_id, now, parts))
         if not parts:
             self.stats["no_data"] += 1
             await self._alert_shortfall(pool_id, now, None, 0.0)

@@ -131,9 +131,12 @@ class PoolPlanner:
     def state(self, pool_id: str) -> PoolPlans:
         return self.pools.setdefault(pool_id, PoolPlans())
 
-    async def refresh(self, pool_id: str, now: float) -> PoolPlans:
-        """Bring the pool's envelope and plan up to date (see the module docstring)."""
+    async def refresh(self, pool_id: str, now: float, hold: bool = False) -> PoolPlans:
+        """Bring the pool's envelope and plan up to date (see the module docstring), unless
+        they ``hold`` (:mod:`cloud.dispatch.link_hold`): then both stand as they are."""
         pool = self.state(pool_id)
+        if hold:
+            return pool
         await self._refresh_envelope(pool_id, pool, now)
         await self._refresh_plan(pool_id, pool, now)
         return pool

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from cloud.hotstate import HoldRecord, hold_key
+
 from .api_harness import T0, Api, running_api, seed_envelope
 
 # Pool "north" as seeded: baseline 10 kW, range [-40 kW, 30 kW]; delta range [-50 kW, 20 kW];
@@ -276,6 +278,20 @@ async def test_no_envelope_yet_is_503(api: Api) -> None:
     assert r.status_code == 503
     assert r.json()["reason"] == "no_envelope"
     assert r.headers["retry-after"]
+
+
+async def test_no_new_schedule_while_the_pool_holds_its_plan(api: Api) -> None:
+    reason = "the cloud's broker link is down since 30 s"
+    hold = HoldRecord(pool_id="north", since=api.now() - 30, reason=reason)
+    api.redis.set(hold_key("north"), hold.to_json())
+    r = await api.client.post(POST, json=GOOD, headers=api.auth())
+    assert r.status_code == 503
+    assert r.json()["reason"] == "pool_unreachable"
+    assert "broker link is down" in r.json()["detail"]
+    assert r.headers["retry-after"]
+    api.redis.delete(hold_key("north"))  # the dispatcher ends the hold: accepted again
+    r = await api.client.post(POST, json=GOOD, headers=api.auth())
+    assert r.status_code == 201, r.text
 
 
 async def test_schedule_without_fresh_flexibility_is_503(api: Api) -> None:

@@ -218,3 +218,33 @@ async def test_no_schedule_left_releases_the_plan(
     assert {m.partition for m in sent} == planned
     assert all(m.site_seqs == {} for m in sent)  # naming no site: every site lets go
     assert redis_client.get(plan_key("north")) is None
+
+
+async def test_a_held_pool_keeps_its_envelope_and_plan_while_its_sites_go(
+    hot: aioredis.Redis, redis_client: redis.Redis, registry: Registry
+) -> None:
+    """During a broker outage the sites cannot hear a new plan: the envelope and the plan
+    stand as they were (no shrinking, no shortfall) until the hold ends."""
+    sites = envelopes(10)
+    hold(redis_client, sites)
+    sent: list[PartitionPlan] = []
+    plans = planner(hot, registry, sent)
+    await plans.refresh("north", T0 + 20)
+    env = PoolEnvelopeRecord.from_json(redis_client.get(envelope_key("north")))
+    values = inside(env, range(1, 5), 0.95)
+    registry.add_schedule("north", T0 + 900, 900, values, "delta", created_ts=T0 + 30)
+    await plans.refresh("north", T0 + 40)
+    plan = PlanRecord.from_json(redis_client.get(plan_key("north")))
+    sent.clear()
+    drop(redis_client, [s.site_id for s in sites[:8]])  # they go stale, then offline
+    for now in (T0 + 100, T0 + 1000, T0 + 1900):  # the last across a quarter hour and past reissue
+        state = await plans.refresh("north", now, hold=True)
+        assert state.plan == plan
+        assert PoolEnvelopeRecord.from_json(redis_client.get(envelope_key("north"))) == env
+        assert PlanRecord.from_json(redis_client.get(plan_key("north"))) == plan
+    assert sent == []  # nothing the sites could not hear
+    await plans.refresh("north", T0 + 1960)  # the hold ends: the pool is what it is now
+    smaller = PoolEnvelopeRecord.from_json(redis_client.get(envelope_key("north")))
+    assert smaller.seq == env.seq + 1
+    assert smaller.sites + smaller.sites_left_out == 2  # (their envelopes are from T0)
+    assert sent

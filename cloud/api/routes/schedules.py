@@ -18,7 +18,7 @@ from cloud.api.validation import (
     parse_duration,
     parse_time,
 )
-from cloud.api.views import commitments, current_flexibility, schedule_out
+from cloud.api.views import commitments, current_flexibility, refuse_while_held, schedule_out
 
 router = APIRouter(prefix="/v1", tags=["schedules"], responses=AUTH_ERRORS)
 
@@ -35,7 +35,9 @@ _RULES = (
     "with what the schedule in force commits before it, breaks `e_min_wh` or `e_max_wh`), "
     "`beyond_envelope` (a value other than 0 past the envelope's end), `schema` (body not of "
     "the model). The field names the first value at fault, the detail the slot and the bound. "
-    "503 `no_envelope` while the pool has no envelope yet."
+    "503 `no_envelope` while the pool has no envelope yet, `pool_unreachable` while its "
+    "sites cannot receive a new plan (the cloud lost its broker link, or the sites are still "
+    "reconnecting after it): the schedules accepted before stand."
 )
 
 
@@ -73,6 +75,7 @@ async def post_schedule(
         grace_s=s.grace_s,
         max_values=s.max_values,
     )
+    await refuse_while_held(ctx, pool.pool_id)
     flex = await current_flexibility(ctx, pool.pool_id, now)
     env = flex.envelope
     if env is None:
