@@ -168,9 +168,12 @@ async def running_system(
         for site in fleet.sites:
             registry.add_site(site.site_id, "north", partitions=PARTITIONS)
         _, token = registry.create_api_key(["north"])
+    # Leases of 2 s wall at least: at speed 15 the default 6 s are 0.4 s of wall time, and one
+    # busy moment of this single process (every role, agent and device in one event loop)
+    # would lose a worker its partitions. Nothing here tests lease expiry.
     settings = CloudSettings(mqtt_url=mqtt_url, redis_url=redis_url, db=db, api_port=free_port(),
-                             partitions=PARTITIONS, cycle_s=1.0,
-                             dispatch_cycle_s=CYCLE_S)  # fmt: skip
+                             partitions=PARTITIONS, cycle_s=1.0, dispatch_cycle_s=CYCLE_S,
+                             lease_ttl_s=max(6.0, 2.0 * speed))  # fmt: skip
     stop, ready = asyncio.Event(), asyncio.Event()
     cloud = asyncio.create_task(
         run_cloud(settings, clock, ("worker", "api"), stop=stop, ready=ready)
@@ -195,8 +198,10 @@ async def running_system(
             dispatch_runs.append(asyncio.create_task(d.run(), name=f"dispatcher-{i}"))
             if i == 0:  # the first one leads: give it a cycle before the standbys start
                 await clock.sleep(CYCLE_S)
+        # Modbus timeouts in wall seconds: 1 s, so a busy moment of this process is not a
+        # device failure (at 0.2 s, agents lost devices and degraded in CI).
         raw = site_configs(fleet.manifest(), mqtt_url, tmp_path, partitions=PARTITIONS,
-                           agent={"modbus_timeout_s": 0.2, "backlog_delay_max_s": 1.0})  # fmt: skip
+                           agent={"modbus_timeout_s": 1.0, "backlog_delay_max_s": 1.0})  # fmt: skip
         agents.extend(SiteAgent(EdgeConfig.from_dict(c), clock) for c in raw.values())
         for agent in agents:
             await agent.start()
