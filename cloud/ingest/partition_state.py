@@ -37,7 +37,7 @@ import numpy as np
 from cloud.hotstate import DURATIONS_S, PartitionAggregate, SiteStatus, SiteSummary
 from protocols.messages import Mode, SiteState, Status, Telemetry
 
-__all__ = ["Outcome", "PartitionState"]
+__all__ = ["PLAN_GRACE_S", "Outcome", "PartitionState"]
 
 
 class Outcome(StrEnum):
@@ -67,6 +67,12 @@ _NO_MODE = -1
 # status codes (site_summaries change detection)
 _FRESH, _STALE, _OFFLINE = 0, 1, 2
 _STATUS_OF_CODE = {_FRESH: SiteStatus.FRESH, _STALE: SiteStatus.STALE, _OFFLINE: SiteStatus.OFFLINE}
+
+#: A stale site that follows a plan keeps its envelope in the pool this long past its fresh
+#: window (clock seconds): long enough for a late message or two, short enough that a site
+#: lost for good is announced (the early warning) well within 2 minutes.
+PLAN_GRACE_S = 60.0
+
 _NOT_REPORTED = -1
 
 _NO_POOL = -1
@@ -95,14 +101,18 @@ class PartitionState:
         stale_intervals: float = 3.0,
         offline_after_s: float = 120.0,
         backlog_intervals: float = 2.0,
+        plan_grace_s: float = PLAN_GRACE_S,
         capacity: int = 64,
     ) -> None:
         if stale_intervals <= 0 or offline_after_s <= 0 or backlog_intervals <= 0:
             raise ValueError("stale_intervals, offline_after_s, backlog_intervals must be > 0")
+        if plan_grace_s < 0:
+            raise ValueError(f"plan_grace_s must be >= 0, got {plan_grace_s}")
         self.partition = partition
         self.stale_intervals = float(stale_intervals)
         self.offline_after_s = float(offline_after_s)
         self.backlog_intervals = float(backlog_intervals)
+        self.plan_grace_s = float(plan_grace_s)
         self._index: dict[str, int] = {}
         self._site_ids: list[str] = []
         self._n = 0
@@ -246,15 +256,23 @@ class PartitionState:
 
     # --- vectorised views -----------------------------------------------------------------
 
+    def _heard(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per slot: when the site was last heard (its source ts, never later than received)
+        and how long it stays fresh after that."""
+        n = self._n
+        num = self._num[:n]
+        has = self._has[:n]
+        heard = np.where(has, np.fmin(num[:, _TS], num[:, _RX]), num[:, _SINCE])
+        window = np.fmax(self.stale_intervals * num[:, _INTERVAL], num[:, _HEARTBEAT])
+        return heard, np.where(has, window, 0.0)
+
     def status_codes(self, now: float) -> np.ndarray:
         """Per slot: 0 fresh, 1 stale, 2 offline (see the module docstring for the rules)."""
         n = self._n
         num = self._num[:n]
         has = self._has[:n]
         ts = num[:, _TS]
-        heard = np.where(has, np.fmin(ts, num[:, _RX]), num[:, _SINCE])
-        window = np.fmax(self.stale_intervals * num[:, _INTERVAL], num[:, _HEARTBEAT])
-        window = np.where(has, window, 0.0)
+        heard, window = self._heard()
         status_off = self._status_off[:n] & ~(num[:, _STATUS_TS] < np.where(has, ts, -np.inf))
         offline = status_off | (now - heard > np.maximum(self.offline_after_s, window))
         fresh = has & ~offline & (now <= heard + window)
@@ -364,17 +382,19 @@ class PartitionState:
 
     def flexible_sites(self, now: float) -> dict[str, list[str]]:
         """Pool id -> the sites whose flexibility (and so whose envelopes) the pool may count
-        on now: fresh sites not in degraded mode, and stale ones (not yet offline) whose latest
-        telemetry said they follow a plan. Those deliver their share open loop until the plan
-        expires: a few telemetry messages late (a loaded gateway, a slow uplink) is no reason
-        to shrink the promise and re-plan the others, while a site gone for good goes offline
-        (its last will, or silence) and leaves."""
+        on now: fresh sites not in degraded mode, and stale ones whose latest telemetry said
+        they follow a plan, for :attr:`plan_grace_s` past their fresh window. Those deliver
+        their share open loop until the plan expires: a few telemetry messages late (a loaded
+        gateway, a slow uplink) is no reason to shrink the promise and re-plan the others;
+        a site silent longer is taken as lost, and the early warning goes out."""
         n = self._n
         if n == 0:
             return {}
         pool = self._pool[:n]
         codes = self.status_codes(now)
-        counted = (codes == _FRESH) | ((codes == _STALE) & self._planned[:n])
+        heard, window = self._heard()
+        late = (codes == _STALE) & self._planned[:n] & (now <= heard + window + self.plan_grace_s)
+        counted = (codes == _FRESH) | late
         flex = counted & (pool >= 0) & (self._mode[:n] != _DEGRADED)
         out: dict[str, list[str]] = {}
         for i in np.flatnonzero(flex).tolist():

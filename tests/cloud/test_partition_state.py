@@ -136,6 +136,8 @@ def test_degraded_site_measured_but_no_flexibility() -> None:
         ({"mode": "cloud"}, False, 1.0, True),  # fresh
         ({"mode": "cloud"}, False, 30.0, False),  # stale, following no plan: left out
         ({"mode": "cloud", "plan_id": "p-1"}, False, 30.0, True),  # stale, holds a plan
+        ({"mode": "cloud", "plan_id": "p-1"}, False, 66.0, True),  # fresh window + grace
+        ({"mode": "cloud", "plan_id": "p-1"}, False, 67.0, False),  # then taken as lost
         ({"mode": "cloud", "plan_id": "p-1"}, True, 30.0, False),  # its last will: gone
         ({"mode": "cloud", "plan_id": "p-1"}, False, 121.0, False),  # silent: offline
         ({"mode": "degraded", "plan_id": "p-1"}, False, 1.0, False),  # no flexibility
@@ -145,7 +147,7 @@ def test_degraded_site_measured_but_no_flexibility() -> None:
 def test_flexible_sites_keep_a_stale_site_that_follows_a_plan(
     telemetry: dict, status_offline: bool, at: float, counted: bool
 ) -> None:
-    s = state(stale_intervals=3, offline_after_s=120.0)
+    s = state(stale_intervals=3, offline_after_s=120.0, plan_grace_s=60.0)
     s.apply(tel("s1", ts=T0, **telemetry), T0)
     if status_offline:
         s.apply_status(Status(site_id="s1", state=SiteState.OFFLINE, ts=T0 + 5), T0 + 5)
