@@ -181,9 +181,15 @@ def test_zero_target_without_a_known_band_has_no_percentage() -> None:
     assert kpis["imbalance_energy_wh"] == pytest.approx(10.0)
 
 
-def _forecast_run(rows: list[tuple[float | None, float | None, float | None]]) -> dict:
-    """One interval per (actual, forecast, persistence) baseline energy, Wh."""
+def _forecast_run(
+    rows: list[tuple[float | None, float | None, float | None]], band_w: float | None = None
+) -> dict:
+    """One interval per (actual, forecast, persistence) baseline energy, Wh; with ``band_w``,
+    a sample whose flexibility band sets the error floor (5 % of it)."""
     recorder = RunRecorder()
+    if band_w is not None:
+        band = {"p_min_w": -band_w / 2, "p_max_w": band_w / 2}
+        recorder.sample(T0, target_w=0.0, measured_w=0.0, baseline_w=0.0, **band)
     for k, (actual, forecast, persistence) in enumerate(rows):
         recorder.interval(
             T0 + 900 * k,
@@ -225,6 +231,21 @@ def test_forecast_errors_use_the_intervals_with_both_and_skill_those_with_all_th
     assert kpis["baseline_forecast_error_pct"] == pytest.approx(1_300 / 4_500 * 100)
     assert kpis["baseline_persistence_error_pct"] == pytest.approx(2_000 / 4_500 * 100)
     assert kpis["baseline_forecast_skill"] == pytest.approx(1 - 300 / 2_000)
+
+
+def test_forecast_error_of_a_baseline_near_zero_is_relative_to_the_floor() -> None:
+    """An evening whose batteries cover the load: the pool's baseline is about 0, and the error
+    is taken against the energy floor (5 % of an 8 kW band over 15 min: 100 Wh), not against
+    a few Wh, which made a 10-Wh miss read as 100 %."""
+    rows = [(5.0, 0.0, 15.0), (-5.0, 5.0, 0.0), (400.0, 420.0, 300.0)]
+    kpis = _forecast_run(rows, band_w=8_000.0)
+    scale = 100.0 + 100.0 + 400.0
+    assert kpis["error_floor_w"] == pytest.approx(400.0)
+    assert kpis["baseline_forecast_error_pct"] == pytest.approx((5 + 10 + 20) / scale * 100)
+    assert kpis["baseline_persistence_error_pct"] == pytest.approx((10 + 5 + 100) / scale * 100)
+    assert kpis["baseline_forecast_skill"] == pytest.approx(1 - 35 / 115)
+    without = _forecast_run(rows)  # no band known: no floor, the plain ratio
+    assert without["baseline_forecast_error_pct"] == pytest.approx(35 / 410 * 100)
 
 
 @pytest.mark.parametrize(

@@ -38,12 +38,13 @@ is a promise.
 Forecast accuracy
 -----------------
 ``baseline_forecast_error_pct`` is the pool's baseline energy as forecast at least one slot
-ahead against what the sites reported, ``sum |forecast - actual| / sum |actual|`` over the
-intervals with both; ``baseline_persistence_error_pct`` the same for the naive forecast
-made at the same moment (the baseline then, held). ``baseline_forecast_skill = 1 -
-forecast error / persistence error`` is taken over the intervals that have all three, so
-both forecasts are judged on the same quarter hours (1 = perfect, 0 = no better than
-persistence, < 0 = worse).
+ahead against what the sites reported, ``sum |forecast - actual| / sum max(|actual|, floor)``
+over the intervals with both, with the interval's energy floor as above (where the batteries
+cover the load, the pool's baseline is about 0, and a plain ratio means nothing).
+``baseline_persistence_error_pct`` is the same for the naive forecast made at the same moment
+(the baseline then, held). ``baseline_forecast_skill = 1 - forecast error / persistence
+error`` is taken over the intervals that have all three, so both forecasts are judged on the
+same quarter hours (1 = perfect, 0 = no better than persistence, < 0 = worse).
 
 Step statistics
 ---------------
@@ -138,8 +139,8 @@ KPI_DOCS: dict[str, str] = {
     "duration / 3600) / 1e6, EUR (selling = exporting more earns money).",
     "net_value_eur": "revenue_eur - imbalance_cost_eur, EUR.",
     "baseline_forecast_error_pct": "Pool baseline energy forecast (at least one slot ahead) "
-    "vs what the sites reported: sum |forecast - actual| / sum |actual| * 100 over intervals "
-    "with both, %.",
+    "vs what the sites reported: sum |forecast - actual| / sum max(|actual|, floor) * 100 over "
+    "intervals with both (floor: error_floor_w x the interval's length), %.",
     "baseline_persistence_error_pct": "The same for the naive forecast made at the same moment "
     "(the pool's baseline then, held), %.",
     "baseline_forecast_skill": "1 - forecast error / persistence error, over intervals with "
@@ -312,28 +313,32 @@ def _interval_kpis(record: RunRecord, floor_w: float) -> dict[str, Any]:
     }
 
 
-def _forecast_error_pct(forecast: np.ndarray, actual: np.ndarray) -> float | None:
-    """sum |forecast - actual| / sum |actual| * 100 over the pairs with both; None if 0/0."""
+def _forecast_error_pct(
+    forecast: np.ndarray, actual: np.ndarray, floor_wh: np.ndarray
+) -> float | None:
+    """sum |forecast - actual| / sum max(|actual|, floor) * 100 over the pairs with both;
+    None if 0/0."""
     both = np.isfinite(forecast) & np.isfinite(actual)
-    scale = float(np.sum(np.abs(actual[both])))
+    scale = float(np.sum(np.maximum(np.abs(actual[both]), floor_wh[both])))
     if scale <= 0:
         return None
     return _num(float(np.sum(np.abs(forecast[both] - actual[both]))) / scale * 100.0)
 
 
-def _forecast_kpis(record: RunRecord) -> dict[str, Any]:
+def _forecast_kpis(record: RunRecord, floor_w: float) -> dict[str, Any]:
     iv = record.intervals
     actual = iv["baseline_actual_wh"]
     forecast, persistence = iv["baseline_forecast_wh"], iv["baseline_persistence_wh"]
+    floor_wh = floor_w * iv["duration_s"] / 3600.0
     common = np.isfinite(actual) & np.isfinite(forecast) & np.isfinite(persistence)
-    forecast_error = _forecast_error_pct(forecast[common], actual[common])
-    persistence_error = _forecast_error_pct(persistence[common], actual[common])
+    forecast_error = _forecast_error_pct(forecast[common], actual[common], floor_wh[common])
+    persistence_error = _forecast_error_pct(persistence[common], actual[common], floor_wh[common])
     skill = None
     if forecast_error is not None and persistence_error is not None and persistence_error > 0:
         skill = 1.0 - forecast_error / persistence_error
     return {
-        "baseline_forecast_error_pct": _forecast_error_pct(forecast, actual),
-        "baseline_persistence_error_pct": _forecast_error_pct(persistence, actual),
+        "baseline_forecast_error_pct": _forecast_error_pct(forecast, actual, floor_wh),
+        "baseline_persistence_error_pct": _forecast_error_pct(persistence, actual, floor_wh),
         "baseline_forecast_skill": _num(skill),
     }
 
@@ -508,7 +513,7 @@ def compute_kpis(record: RunRecord) -> dict[str, Any]:
     kpis.update(_telemetry_kpis(record))
     kpis.update(_sample_kpis(record))
     kpis.update(_interval_kpis(record, floor_w))
-    kpis.update(_forecast_kpis(record))
+    kpis.update(_forecast_kpis(record, floor_w))
     kpis.update(_envelope_kpis(record))
     kpis.update(_tracking_kpis(record, floor_w))
     kpis.update(_trader_kpis(record))
