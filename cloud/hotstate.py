@@ -318,11 +318,13 @@ class PoolEnvelopeRecord:
 @dataclass(frozen=True)
 class HoldRecord:
     """Why a pool's envelope and plan hold (``hold_key``, :mod:`cloud.dispatch.link_hold`):
-    its sites cannot hear a new plan, so the API accepts no new schedule meanwhile."""
+    its sites cannot hear a new plan, so the API accepts no new schedule meanwhile; while the
+    cloud's broker link itself is down (``link_down``), no setpoint either."""
 
     pool_id: str
     since: float
     reason: str
+    link_down: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

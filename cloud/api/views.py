@@ -75,18 +75,23 @@ async def current_flexibility(ctx: ApiContext, pool_id: str, now: float) -> Pool
     return pool_flexibility(aggregate, envelope)
 
 
-async def refuse_while_held(ctx: ApiContext, pool_id: str) -> None:
+async def refuse_while_held(ctx: ApiContext, pool_id: str, what: str = "schedule") -> None:
     """503 ``pool_unreachable`` while the pool's envelope and plan hold (the cloud lost its
     broker link, or the sites are still reconnecting): no new plan could reach the sites, which
-    deliver the plan they hold; a schedule accepted now would be a promise nobody follows."""
+    deliver the plan they hold; a schedule accepted now would be a promise nobody follows.
+
+    A ``"setpoint"`` is refused only while the broker link itself is down: the signals reach
+    each site again as soon as it has reconnected."""
     raw = await ctx.get_redis().get(hold_key(pool_id))
     if raw is None:
         return
     hold = HoldRecord.from_json(raw)
+    if what == "setpoint" and not hold.link_down:
+        return
     raise ApiError(
         503,
         "pool_unreachable",
-        f"pool {pool_id!r} cannot take a new schedule now: {hold.reason}; the schedules "
+        f"pool {pool_id!r} cannot take a new {what} now: {hold.reason}; the schedules "
         f"accepted before stand (held since {iso(hold.since)}); retry shortly",
         headers={"Retry-After": "60"},
     )

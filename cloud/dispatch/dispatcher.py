@@ -372,7 +372,12 @@ class PoolDispatcher:
             log.warning(
                 "dispatcher %s: pool=%s envelope and plan hold: %s", self.id, pool_id, reason
             )
-        record = HoldRecord(pool_id=pool_id, since=self._hold_since[pool_id], reason=reason)
+        record = HoldRecord(
+            pool_id=pool_id,
+            since=self._hold_since[pool_id],
+            reason=reason,
+            link_down=self._link_down_since is not None,
+        )
         # expires by itself should this dispatcher die holding it
         ttl_ms = max(1, round(5 * self.cycle_s / self.clock.speed * 1000))
         await self.redis.set(hold_key(pool_id), record.to_json(), px=ttl_ms)

@@ -304,6 +304,24 @@ async def test_schedule_without_fresh_flexibility_is_503(api: Api) -> None:
 SETPOINT = "/v1/pools/north/setpoint"
 
 
+@pytest.mark.parametrize(("link_down", "refused"), [(True, True), (False, False)])
+async def test_a_setpoint_is_refused_only_while_the_broker_link_is_down(
+    api: Api, link_down: bool, refused: bool
+) -> None:
+    """While the sites reconnect (the link is back) the signals reach them: a setpoint is
+    taken; while the cloud's link is down no site could hear it."""
+    hold = HoldRecord(pool_id="north", since=api.now() - 30, reason="test", link_down=link_down)
+    api.redis.set(hold_key("north"), hold.to_json())
+    body = {"target_w": -30_000, "kind": "delta", "valid_for_s": 60}
+    r = await api.client.post(SETPOINT, json=body, headers=api.auth())
+    if refused:
+        assert r.status_code == 503
+        assert r.json()["reason"] == "pool_unreachable"
+        assert "setpoint" in r.json()["detail"]
+    else:
+        assert r.status_code == 201, r.text
+
+
 async def test_setpoint_with_valid_for_and_valid_until(api: Api) -> None:
     r = await api.client.post(SETPOINT, json={"target_w": -30_000, "kind": "delta",
                                               "valid_for_s": 10}, headers=api.auth())  # fmt: skip

@@ -12,7 +12,7 @@ from cloud.api.errors import ApiError
 from cloud.api.routes.common import AUTH_ERRORS, NO_DATA, UNPROCESSABLE
 from cloud.api.schemas import ActivationOut, SetpointIn
 from cloud.api.validation import check_range, parse_time, unprocessable
-from cloud.api.views import current_flexibility, now_range
+from cloud.api.views import current_flexibility, now_range, refuse_while_held
 from protocols.units import to_iso8601
 
 router = APIRouter(prefix="/v1", tags=["setpoint"], responses=AUTH_ERRORS)
@@ -29,7 +29,8 @@ router = APIRouter(prefix="/v1", tags=["setpoint"], responses=AUTH_ERRORS)
         "to its schedule (or to its sites' local control). Give `valid_for_s` (0 < s <= 300) "
         "or `valid_until` (ISO 8601 with time zone, within 300 s). The target is checked "
         "against the pool's range now (`out_of_range`); `non_finite` and `expiry` refusals "
-        "name the field."
+        "name the field. 503 `pool_unreachable` while the cloud's broker link is down: no "
+        "site could hear it."
     ),
 )
 async def post_setpoint(body: SetpointIn, pool: PoolDep, ctx: CtxDep) -> ActivationOut:
@@ -62,6 +63,7 @@ async def post_setpoint(body: SetpointIn, pool: PoolDep, ctx: CtxDep) -> Activat
             f"{field}: the expiry may be at most {s.max_setpoint_s:g} s ahead; "
             "resend the setpoint to extend it",
         )
+    await refuse_while_held(ctx, pool.pool_id, "setpoint")
     flex = await current_flexibility(ctx, pool.pool_id, now)
     now_slot = now_range(flex, now)
     check_range(
