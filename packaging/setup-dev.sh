@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up a development/CI machine for vpp: Debian packages (mosquitto, redis-server, and
-# Python venv support if needed) and the project venv in .venv with `pip install -e '.[dev]'`.
+# Set up a development/CI machine for vpp: Debian packages (mosquitto, mosquitto-clients,
+# redis-server, and Python venv support if needed) and the project venv in .venv with
+# `pip install -e '.[dev]'`.
 #
 # Idempotent and quick when already done: packages are installed only if missing, and
 # the pip install is skipped while pyproject.toml (and the python) are unchanged - a
@@ -72,16 +73,18 @@ have_binary() {
 }
 
 # ---- servers -------------------------------------------------------------------------
+# mosquitto-clients: `make bench` compares the ingest worker with mosquitto_sub
 missing=()
 have_binary mosquitto || missing+=(mosquitto)
+have_binary mosquitto_sub || missing+=(mosquitto-clients)
 have_binary redis-server || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
-    for b in mosquitto redis-server; do
+    for b in mosquitto mosquitto_sub redis-server; do
         have_binary "$b" || die "$b still not found after apt-get install"
     done
 fi
-say "servers: mosquitto and redis-server present"
+say "servers: mosquitto, mosquitto_sub and redis-server present"
 
 # ---- python ----------------------------------------------------------------------------
 py_ok() {
