@@ -168,8 +168,7 @@ class PoolDispatcher:
         # times written by paho's thread, read by the loop
         self._link_down_since: float | None = None
         self._link_up_since: float | None = None
-        self._held: set[str] = set()  # pools whose envelope and plan hold now
-        self._hold_since: dict[str, float] = {}
+        self._hold_since: dict[str, float] = {}  # pools whose envelope and plan hold now
         self.stats: dict[str, int] = dict.fromkeys(
             ("cycles", "led_cycles", "signals", "signals_unsent", "errors", "no_data",
              "configs_published", "alerts_raised", "alerts_resolved",
@@ -357,8 +356,7 @@ class PoolDispatcher:
             envelope_sites=0 if envelope is None else len(envelope.sites),
         )
         if reason is None:
-            if pool_id in self._held:
-                self._held.discard(pool_id)
+            if self._hold_since.pop(pool_id, None) is not None:
                 await self.redis.delete(hold_key(pool_id))
                 log.warning(
                     "dispatcher %s: pool=%s envelope and plan released from their hold",
@@ -366,8 +364,7 @@ class PoolDispatcher:
                     pool_id,
                 )
             return False
-        if pool_id not in self._held:
-            self._held.add(pool_id)
+        if pool_id not in self._hold_since:
             self._hold_since[pool_id] = now
             log.warning(
                 "dispatcher %s: pool=%s envelope and plan hold: %s", self.id, pool_id, reason
