@@ -175,6 +175,8 @@ class CycleState:
     command: ActiveCommand | None
     lost: list[str] = field(default_factory=list)
     plan_id: str | None = None  # the plan whose share the site delivers now
+    planned_w: float | None = None  # that plan's share now (deviation from the baseline, W)
+    open_loop: bool = False  # following the share with no signal (broker or cloud away)
 
 
 class _SiteLog(logging.LoggerAdapter):
@@ -440,6 +442,8 @@ class SiteAgent:
             grid_w=state.grid_w,
             baseline_grid_w=None if state.baseline is None else state.baseline.grid_w,
             following_cloud=state.mode is Mode.CLOUD,
+            planned_w=state.planned_w,
+            open_loop=state.open_loop,
             battery_setpoint_w=None if state.plan is None else _finite(state.plan.battery_w),
             max_charge_w=None if battery is None else battery.max_charge_w,
             max_discharge_w=None if battery is None else battery.max_discharge_w,
@@ -556,7 +560,9 @@ class SiteAgent:
                 plan_id = self.share.plan_id if self.share is not None else None
             plan, mode = follow(target, inputs, self.limits, self.poll_s), Mode.CLOUD
         return CycleState(mode=mode, inputs=inputs, baseline=baseline, plan=plan, flex=flex,
-                          command=command, plan_id=plan_id, **measured)  # fmt: skip
+                          command=command, plan_id=plan_id, planned_w=planned,
+                          open_loop=mode is Mode.CLOUD and command is None,
+                          **measured)  # fmt: skip
 
     @staticmethod
     def _target(

@@ -79,9 +79,15 @@ FORECAST_SLOT_FIELDS = (
     "grid_w",
     "baseline_grid_w",
     "cloud_share",
+    "planned_w",
+    "open_loop_share",
 )
 """Per-slot means kept by the forecast's history (``load_std_w``: the within-slot spread;
-``cloud_share``: the fraction of the slot's cycles that followed the cloud, 0..1)."""
+``cloud_share``: the fraction of the slot's cycles that followed the cloud, 0..1;
+``planned_w``: the cloud plan's mean share over the cycles it was in force;
+``open_loop_share``: the fraction of cycles that followed that share with no signal, i.e.
+with the broker or the cloud away). The last two tell afterwards what a site was asked and
+what it did while nobody could correct it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +163,7 @@ def m003_forecast_history(db: sqlite_utils.Database) -> None:
     ``forecast_issued``: the component forecasts the forecaster issued (about one an hour,
     JSON), compared with what happened to learn its own errors. Both are pruned by age.
     """
-    columns = ", ".join(f"{name} REAL" for name in FORECAST_SLOT_FIELDS)
+    columns = ", ".join(f"{name} REAL" for name in FORECAST_SLOT_FIELDS[:12])  # m003's own
     db.execute(
         "CREATE TABLE forecast_slot ("
         " slot_ts INTEGER PRIMARY KEY,"
@@ -166,6 +172,14 @@ def m003_forecast_history(db: sqlite_utils.Database) -> None:
         f" {columns})"
     )
     db.execute("CREATE TABLE forecast_issued (issue_ts INTEGER PRIMARY KEY, payload TEXT NOT NULL)")
+
+
+@MIGRATIONS()
+def m004_forecast_slot_plan(db: sqlite_utils.Database) -> None:
+    """Expand ``forecast_slot`` with the plan's share and the open-loop fraction per slot
+    (NULL in the rows written before)."""
+    db.execute("ALTER TABLE forecast_slot ADD COLUMN planned_w REAL")
+    db.execute("ALTER TABLE forecast_slot ADD COLUMN open_loop_share REAL")
 
 
 # --- the store ----------------------------------------------------------------------------

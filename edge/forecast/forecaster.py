@@ -223,6 +223,8 @@ class Forecaster:
         grid_w: float | None = None,
         baseline_grid_w: float | None = None,
         following_cloud: bool = False,
+        planned_w: float | None = None,
+        open_loop: bool = False,
         battery_setpoint_w: float | None = None,
         max_charge_w: float | None = None,
         max_discharge_w: float | None = None,
@@ -241,6 +243,8 @@ class Forecaster:
             grid_w,
             baseline_grid_w,
             following_cloud,
+            planned_w,
+            open_loop,
         )
         if soc_pct is not None:
             self.battery.observe(

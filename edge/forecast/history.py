@@ -36,9 +36,12 @@ FIELDS: tuple[str, ...] = FORECAST_SLOT_FIELDS
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 
 # accumulator positions (load_std_w is derived from the load's sum of squares)
-LOAD, LOAD_STD, PV, PV_AVAIL, HP, T_OUT, T_IN, BAT, SOC, GRID, BASE, CLOUD = range(12)
+(LOAD, LOAD_STD, PV, PV_AVAIL, HP, T_OUT, T_IN, BAT, SOC, GRID, BASE, CLOUD, PLANNED, OPEN) = range(
+    len(FIELDS)
+)
 assert FIELDS[LOAD_STD] == "load_std_w"
 assert FIELDS[CLOUD] == "cloud_share"
+assert FIELDS[OPEN] == "open_loop_share"
 
 MAX_SAMPLE_S = 60.0
 """A gap between two cycles counts for at most this long (the agent was away)."""
@@ -94,6 +97,8 @@ class SlotHistory:
         grid_w: float | None = None,
         baseline_grid_w: float | None = None,
         following_cloud: bool = False,
+        planned_w: float | None = None,
+        open_loop: bool = False,
     ) -> ClosedSlot | None:
         """Add one cycle's measurements (None = not measured). Returns the slot that this
         cycle closed, if it is the first of a new slot, else None."""
@@ -145,6 +150,12 @@ class SlotHistory:
         if following_cloud:
             s[CLOUD] += 1.0
         n[CLOUD] += 1
+        if planned_w is not None and planned_w == planned_w:  # NaN != NaN
+            s[PLANNED] += planned_w
+            n[PLANNED] += 1
+        if open_loop:
+            s[OPEN] += 1.0
+        n[OPEN] += 1
         return closed
 
     def _reset(self, slot: int) -> None:

@@ -270,6 +270,24 @@ def test_a_file_before_the_forecast_gains_its_tables_and_keeps_its_data(db_path,
     db.close()
 
 
+def test_a_forecast_history_gains_the_plan_columns_and_keeps_its_slots(db_path, clock):
+    """Expand step: slots written by an agent that knew m003 keep their values, read the plan's
+    share and the open-loop fraction as None, and new slots store both."""
+    db_path.parent.mkdir(parents=True)
+    db = sqlite_utils.Database(db_path)
+    MIGRATIONS.apply(db, stop_before="m004_forecast_slot_plan")
+    db.execute(
+        "INSERT INTO forecast_slot (slot_ts, samples, covered_s, load_w) VALUES (900, 9, 9.0, 42.0)"
+    )
+    db.close()
+    with EdgeStore(db_path, clock) as store:
+        old = store.forecast_slots()[0]
+        assert (old["load_w"], old["planned_w"], old["open_loop_share"]) == (42.0, None, None)
+        store.append_forecast_slot(1800, 900, 900.0, {"planned_w": -750.0, "open_loop_share": 0.4})
+        new = store.forecast_slots(since_ts=1800)[0]
+        assert (new["planned_w"], new["open_loop_share"]) == (-750.0, 0.4)
+
+
 def test_forecast_slots_round_trip_replace_and_prune(db_path, clock):
     values = {name: None for name in FORECAST_SLOT_FIELDS}
     with EdgeStore(db_path, clock) as store:

@@ -62,6 +62,18 @@ def test_missing_and_nan_values_are_left_out_of_the_means():
     assert closed.values["cloud_share"] == pytest.approx(0.5)
 
 
+def test_a_slot_keeps_the_plans_share_and_how_much_of_it_ran_open_loop():
+    """The share is averaged over the cycles a plan was in force; open loop over all cycles."""
+    h = SlotHistory(days=1)
+    feed(h, T0, 300, load_w=1.0, planned_w=-600.0, following_cloud=True)  # closed loop
+    feed(h, T0 + 300, 300, load_w=1.0, planned_w=-900.0, following_cloud=True, open_loop=True)
+    feed(h, T0 + 600, 300, load_w=1.0, planned_w=None)  # no plan: its own control
+    closed = h.add(T0 + SLOT_S, load_w=1.0)
+    assert closed.values["planned_w"] == pytest.approx(-750.0)
+    assert closed.values["open_loop_share"] == pytest.approx(1 / 3)
+    assert closed.values["cloud_share"] == pytest.approx(2 / 3)
+
+
 def test_a_slot_seen_less_than_half_reads_as_missing():
     h = SlotHistory(days=1)
     feed(h, T0 + 600, 300, load_w=100.0)  # the agent started 10 minutes into the slot
