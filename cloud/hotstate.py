@@ -203,6 +203,13 @@ class PartitionAggregate:
     uncontrolled_w: float = 0.0  # measured power of fresh *degraded* sites: no command moves it
     sites_following: int = 0  # fresh flexible sites whose telemetry says mode "cloud"
     sites_planned: int = 0  # fresh flexible sites whose telemetry names a plan they follow
+    # The quarter hour under way (``slot_start_ts``) as the sites integrated it: their energy
+    # away from the baseline so far (Wh), the seconds of it they saw (summed over sites), and
+    # how many sites reported on it; the outage's part included once they are back.
+    slot_start_ts: float | None = None
+    slot_sites: int = 0
+    slot_deviation_wh: float = 0.0
+    slot_covered_s: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

@@ -76,6 +76,7 @@ from protocols.messages import (
     PartitionPlan,
     PartitionSignal,
     PlanBasis,
+    SlotEnergy,
     Telemetry,
     decode,
     encode,
@@ -685,7 +686,20 @@ class SiteAgent:
             plan_id=state.plan_id,
             outbox_pending=outbox.pending,
             outbox_dropped=outbox.dropped_total,
+            slot_energy=self._slot_energy(),
         )
+
+    def _slot_energy(self) -> SlotEnergy | None:
+        """The quarter hour's deviation from the baseline so far, from the forecast's history
+        (which integrates it every cycle, broker or not)."""
+        if self.forecaster is None:
+            return None
+        history = self.forecaster.history
+        slot, covered = history.open_slot()
+        deviation = history.open_deviation_wh()
+        if slot < 0 or not math.isfinite(deviation):
+            return None
+        return SlotEnergy(start_ts=slot * SLOT_S, deviation_wh=deviation, covered_s=covered)
 
     def send_telemetry(self) -> OutboxRecord | None:
         """Store one telemetry record durably, then hand it to the uplink."""

@@ -57,6 +57,7 @@ __all__ = [
     "PowerOnlyBounds",
     "PowerOnlyEnvelope",
     "SiteState",
+    "SlotEnergy",
     "Status",
     "StorageBounds",
     "StorageEnvelope",
@@ -175,6 +176,21 @@ class Message(_Strict):
 # --- telemetry --------------------------------------------------------------------------
 
 
+class SlotEnergy(_Strict):
+    """The site's energy away from its baseline in the quarter hour under way, up to the
+    message's ``ts`` (grid energy, + = more import): what it delivered of its share so far.
+
+    The agent integrates it every control cycle, also while no broker is there, so the first
+    message after an outage tells the cloud what the site did meanwhile; the pool's closed loop
+    catches up a settlement interval's deficit with it. ``covered_s``: how much of the quarter
+    hour the agent saw (less after a restart inside it).
+    """
+
+    start_ts: Timestamp
+    deviation_wh: Annotated[float, Field(ge=-SITE_ENERGY_LIMIT_WH, le=SITE_ENERGY_LIMIT_WH)]
+    covered_s: Annotated[float, Field(ge=0.0, le=900.0)]
+
+
 class Flexibility(_Strict):
     """What the site can do now, in grid power (+ import), relative to its baseline.
 
@@ -227,6 +243,7 @@ class Telemetry(Message):
     ``plan_id`` names the :class:`PartitionPlan` whose share the site delivers now, if any.
     ``outbox_pending`` / ``outbox_dropped`` report the agent's store-and-forward buffer: records
     not yet acknowledged by the broker, and records ever dropped by the retention limit.
+    ``slot_energy``: the quarter hour's deviation from the baseline so far (:class:`SlotEnergy`).
     """
 
     SCHEMA: ClassVar[str] = "vpp.telemetry"
@@ -257,6 +274,8 @@ class Telemetry(Message):
     # store-and-forward health (optional: added in v1 as an expand step)
     outbox_pending: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
     outbox_dropped: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
+    # the quarter hour's deviation energy so far (optional: added in v1 as an expand step)
+    slot_energy: SlotEnergy | None = None
 
 
 # --- status -----------------------------------------------------------------------------

@@ -48,6 +48,7 @@ import redis.asyncio as aioredis
 
 from cloud.alerts import AlertBook, active_alerts, store_transition
 from cloud.dispatch.allocation import allocate
+from cloud.dispatch.catch_up import CatchUpConfig, catch_up_w, sites_slot_energy
 from cloud.dispatch.controller import ControllerConfig, ControllerState, step
 from cloud.dispatch.link_hold import hold_reason
 from cloud.dispatch.planning import PoolPlanner
@@ -87,6 +88,7 @@ class _Interval:
     target_wh: float = 0.0
     delivered_wh: float = 0.0
     errors_w: list[float] = field(default_factory=list)
+    last_ts: float | None = None  # the last cycle accounted (each counts the time since it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,7 @@ class PoolDispatcher:
         loop_latency_s: float = 4.0,
         shortfall_alert_s: float | None = None,
         schedule_lead_s: float | None = None,
+        catch_up: CatchUpConfig | None = None,
     ) -> None:
         if cycle_s < 1.0:
             raise ValueError(f"cycle_s must be at least 1 s, got {cycle_s}")
@@ -153,6 +156,7 @@ class PoolDispatcher:
         if not (0.0 <= self.schedule_lead_s <= 60.0):
             raise ValueError(f"schedule_lead_s must be 0..60 s, got {schedule_lead_s}")
         self.config = controller or ControllerConfig(cycle_s=cycle_s, latency_cycles=latency)
+        self.catch_up = catch_up or CatchUpConfig(stop_before_end_s=self.schedule_lead_s)
         self.redis: aioredis.Redis | None = None
         self.lock: LeaderLock | None = None
         self.planner: PoolPlanner | None = None
@@ -413,6 +417,7 @@ class PoolDispatcher:
         )
         target, aim_w = await asyncio.to_thread(self._targets, pool_id, now, planned_baseline)
         self._account(pool_id, now, target, measured_w)
+        catch_up = self._catch_up(pool_id, now, target, parts, float(baseline.sum()))
         if aim_w is None:
             # Nothing to follow: release the sites (they return to their own control at
             # once instead of holding the last level until it expires), then send nothing.
@@ -439,7 +444,7 @@ class PoolDispatcher:
         uncontrolled_w = float(sum(a.uncontrolled_w for a in parts)) + float(
             sum(a.measured_w - a.uncontrolled_w for a in ignored)
         )
-        result = step(state, self.config, now=now, target_w=aim_w,
+        result = step(state, self.config, now=now, target_w=aim_w + catch_up,
                       measured_w=measured_w, lo_w=float(p_min[responsive].sum()),
                       hi_w=float(p_max[responsive].sum()),
                       uncontrolled_w=uncontrolled_w)  # fmt: skip
@@ -474,7 +479,8 @@ class PoolDispatcher:
         error_w = None if target_w is None else target_w - measured_w
         delivery = {"ts": now, "source": target.source if target else "schedule",
                     "schedule_id": target.schedule_id if target else None,
-                    "target_w": target_w, "aim_w": aim_w, "command_w": result.command_w,
+                    "target_w": target_w, "aim_w": aim_w, "catch_up_w": catch_up,
+                    "command_w": result.command_w,
                     "measured_w": measured_w, "error_w": error_w,
                     "shortfall_w": result.shortfall_w, "saturated": result.saturated,
                     "uncontrolled_w": uncontrolled_w,
@@ -624,10 +630,44 @@ class PoolDispatcher:
                 target.schedule_id, target.interval_start_ts, target.interval_end_ts
             )
             self._intervals[pool_id] = current
-        hours = self.cycle_s / 3600.0
+        # each cycle stands for the time since the last one, up to two cycles: a longer gap
+        # (the aggregates were stale, a take-over) was not measured and counts on neither side
+        dt = self.cycle_s if current.last_ts is None else now - current.last_ts
+        hours = min(max(dt, 0.0), 2 * self.cycle_s) / 3600.0
+        current.last_ts = now
         current.target_wh += target.value_w * hours
         current.delivered_wh += measured_w * hours
         current.errors_w.append(target.value_w - measured_w)
+
+    def _catch_up(
+        self,
+        pool_id: str,
+        now: float,
+        target: Target | None,
+        parts: list[PartitionAggregate],
+        sites_baseline_w: float,
+    ) -> float:
+        """The aim's offset that ends the schedule interval in force on its energy
+        (:mod:`cloud.dispatch.catch_up`); 0 outside a schedule.
+
+        The interval's energy so far is what the sites integrated themselves (their slot
+        energy, an outage's part included) when nearly all of them reported on the whole of
+        it; otherwise the dispatcher's own account of the cycles it measured."""
+        current = self._intervals.get(pool_id)
+        if target is None or target.source != "schedule" or current is None:
+            return 0.0
+        target_wh, delivered_wh = current.target_wh, current.delivered_wh
+        from_sites = sites_slot_energy(parts, current.start_ts, now)
+        if from_sites is not None and current.end_ts - current.start_ts == 900.0:
+            delivered_wh = from_sites
+            target_wh = (target.value_w - sites_baseline_w) * (now - current.start_ts) / 3600.0
+        return catch_up_w(
+            self.catch_up,
+            target_wh=target_wh,
+            delivered_wh=delivered_wh,
+            remaining_s=current.end_ts - now,
+            planned_delta_w=target.value_w - sites_baseline_w,
+        )
 
     def _close_interval(self, pool_id: str, interval: _Interval) -> None:
         if not interval.errors_w:

@@ -55,7 +55,9 @@ class Outcome(StrEnum):
 _TS, _RX, _INTERVAL, _HEARTBEAT = 0, 1, 2, 3
 _GRID, _BASELINE, _PMIN, _PMAX, _EABS, _EDEL, _PV, _LOAD, _BATT, _SOC = range(4, 14)
 _STATUS_TS, _SINCE = 14, 15
-_NCOLS = 16
+_SLOT_START, _SLOT_DEV, _SLOT_COV = 16, 17, 18  # the message's slot_energy (NaN: none)
+_NCOLS = 19
+SLOT_S = 900.0  # the quarter hours of the sites' slot energy
 
 _MODE_CODE = {Mode.CLOUD: 0, Mode.FALLBACK: 1, Mode.DEGRADED: 2}
 _MODE_NAME = {code: mode.value for mode, code in _MODE_CODE.items()}
@@ -233,6 +235,11 @@ class PartitionState:
             flex.p_min_w, flex.p_max_w, flex.e_absorb_wh, flex.e_deliver_wh,
             _opt(t.pv_w), _opt(t.load_w), _opt(t.battery_w), _opt(t.soc_pct),
         )  # fmt: skip
+        slot = t.slot_energy
+        row[_SLOT_START:_SLOT_COV + 1] = (
+            (np.nan, np.nan, np.nan) if slot is None
+            else (slot.start_ts, slot.deviation_wh, slot.covered_s)
+        )  # fmt: skip
         self._seq[i] = seq
         self._mode[i] = _MODE_CODE[t.mode]
         self._planned[i] = t.plan_id is not None
@@ -342,6 +349,15 @@ class PartitionState:
             total(flex, np.clip(np.minimum(down, e_del * (3600.0 / d)), 0.0, None))
             for d in DURATIONS_S
         ]
+        # the quarter hour's deviation energy: every site that reported on this quarter hour,
+        # a fresh one carried from its message to now with its last deviation
+        slot_start = now // SLOT_S * SLOT_S
+        in_slot = in_pool & (num[:, _SLOT_START] == slot_start)
+        carry_s = np.where(fresh, np.clip(now - num[:, _TS], 0.0, None), 0.0)
+        slot_dev = col(_SLOT_DEV) + (col(_GRID) - baseline) * carry_s / 3600.0
+        slot_cov = np.minimum(col(_SLOT_COV) + carry_s, SLOT_S)
+        slot_sites = count(in_slot)
+        slot_dev_wh, slot_cov_s = total(in_slot, slot_dev), total(in_slot, slot_cov)
         heard_ts = np.where(self._has[:n] & in_pool, num[:, _TS], -np.inf)
         newest = np.full(n_pools, -np.inf)
         np.maximum.at(newest, pool[in_pool], heard_ts[in_pool])
@@ -376,6 +392,10 @@ class PartitionState:
                     uncontrolled_w=float(uncontrolled[k]),
                     sites_following=int(sites_following[k]),
                     sites_planned=int(sites_planned[k]),
+                    slot_start_ts=slot_start,
+                    slot_sites=int(slot_sites[k]),
+                    slot_deviation_wh=float(slot_dev_wh[k]),
+                    slot_covered_s=float(slot_cov_s[k]),
                 )
             )
         return out

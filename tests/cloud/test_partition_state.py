@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cloud.hotstate import DURATIONS_S, SiteStatus, SiteSummary
 from cloud.ingest.partition_state import Outcome, PartitionState
-from protocols.messages import Flexibility, SiteState, Status, Telemetry
+from protocols.messages import Flexibility, SiteState, SlotEnergy, Status, Telemetry
 
 T0 = 1_750_000_000.0
 
@@ -152,6 +152,40 @@ def test_flexible_sites_keep_a_stale_site_that_follows_a_plan(
     if status_offline:
         s.apply_status(Status(site_id="s1", state=SiteState.OFFLINE, ts=T0 + 5), T0 + 5)
     assert ("s1" in s.flexible_sites(T0 + at).get("pool-a", [])) is counted
+
+
+SLOT = T0 // 900 * 900  # T0 is 400 s into its quarter hour
+
+
+def slot(start: float, wh: float, covered: float) -> SlotEnergy:
+    return SlotEnergy(start_ts=start, deviation_wh=wh, covered_s=covered)
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "at", "sites", "wh", "covered"),
+    [
+        # (site's latest message, seconds after T0) -> sites, Wh and seconds of the quarter hour
+        ("no slot energy: not counted", {}, 1.0, 0, 0.0, 0.0),
+        ("fresh: carried to now with its deviation (+200 W)",
+         {"slot_energy": slot(SLOT, -100.0, 400.0)}, 2.0, 1, -100.0 + 200 * 2 / 3600, 402.0),
+        ("stale: as it last reported",
+         {"slot_energy": slot(SLOT, -100.0, 400.0)}, 30.0, 1, -100.0, 400.0),
+        ("the quarter hour before: not counted",
+         {"slot_energy": slot(SLOT - 900, -100.0, 900.0)}, 1.0, 0, 0.0, 0.0),
+        ("a backlog message that is the newest still counts",
+         {"slot_energy": slot(SLOT, -80.0, 380.0), "ts": T0 - 20}, 0.0, 1, -80.0, 380.0),
+    ],
+)  # fmt: skip
+def test_the_quarter_hours_deviation_energy_sums_what_the_sites_integrated(
+    name: str, message: dict, at: float, sites: int, wh: float, covered: float
+) -> None:
+    s = state(stale_intervals=3)
+    s.apply(tel("s1", **message), T0)
+    agg = only(s, T0 + at)
+    assert agg.slot_start_ts == SLOT
+    assert agg.slot_sites == sites, name
+    assert agg.slot_deviation_wh == pytest.approx(wh), name
+    assert agg.slot_covered_s == pytest.approx(covered), name
 
 
 def test_unregistered_sites_stay_out_of_pools_and_pools_follow_the_registry() -> None:

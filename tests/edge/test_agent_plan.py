@@ -155,3 +155,13 @@ async def test_the_envelope_goes_out_and_the_planned_share_is_followed_through_a
         for k in {slot_of(m.ts) for m in during}:
             in_slot = [m for m in during if slot_of(m.ts) == k]
             assert deviation(in_slot) == pytest.approx(planned[k], abs=150), k
+        # each message says what the site delivered of the quarter hour so far, the outage's
+        # included: the integral of the telemetry's own deviation over that quarter hour
+        last = during[-1]
+        assert last.slot_energy is not None
+        start = last.slot_energy.start_ts
+        assert start == last.ts // 900 * 900
+        in_slot = [m for m in site.telemetry() if start <= m.ts <= last.ts]
+        integral = sum((m.grid_w - m.baseline_w) * m.interval_s for m in in_slot) / 3600
+        assert last.slot_energy.deviation_wh == pytest.approx(integral, rel=0.1, abs=3.0)
+        assert last.slot_energy.covered_s == pytest.approx(min(last.ts - start, 900), abs=61)
