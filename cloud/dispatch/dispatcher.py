@@ -89,6 +89,9 @@ class _Interval:
     delivered_wh: float = 0.0
     errors_w: list[float] = field(default_factory=list)
     last_ts: float | None = None  # the last cycle accounted (each counts the time since it)
+    # the deviation from the sites' baselines asked so far, a gap included (the target is
+    # known when the pool is not measured): what the sites' own account is compared with
+    target_deviation_wh: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,7 +419,7 @@ class PoolDispatcher:
             0.0 if plan is None else plan.rebalancing_at(now)
         )
         target, aim_w = await asyncio.to_thread(self._targets, pool_id, now, planned_baseline)
-        self._account(pool_id, now, target, measured_w)
+        self._account(pool_id, now, target, measured_w, float(baseline.sum()))
         catch_up = self._catch_up(pool_id, now, target, parts, float(baseline.sum()))
         if aim_w is None:
             # Nothing to follow: release the sites (they return to their own control at
@@ -614,7 +617,14 @@ class PoolDispatcher:
 
     # --- performance accounting ---------------------------------------------------------------
 
-    def _account(self, pool_id: str, now: float, target: Target | None, measured_w: float) -> None:
+    def _account(
+        self,
+        pool_id: str,
+        now: float,
+        target: Target | None,
+        measured_w: float,
+        sites_baseline_w: float,
+    ) -> None:
         """Integrate target and delivered energy per schedule interval; write it at its end."""
         current = self._intervals.get(pool_id)
         if current is not None and (now >= current.end_ts or target is None
@@ -632,8 +642,10 @@ class PoolDispatcher:
             self._intervals[pool_id] = current
         # each cycle stands for the time since the last one, up to two cycles: a longer gap
         # (the aggregates were stale, a take-over) was not measured and counts on neither side
-        dt = self.cycle_s if current.last_ts is None else now - current.last_ts
-        hours = min(max(dt, 0.0), 2 * self.cycle_s) / 3600.0
+        dt = self.cycle_s if current.last_ts is None else max(now - current.last_ts, 0.0)
+        hours = min(dt, 2 * self.cycle_s) / 3600.0
+        since = now - current.start_ts if current.last_ts is None else dt
+        current.target_deviation_wh += (target.value_w - sites_baseline_w) * since / 3600.0
         current.last_ts = now
         current.target_wh += target.value_w * hours
         current.delivered_wh += measured_w * hours
@@ -660,7 +672,7 @@ class PoolDispatcher:
         from_sites = sites_slot_energy(parts, current.start_ts, now)
         if from_sites is not None and current.end_ts - current.start_ts == 900.0:
             delivered_wh = from_sites
-            target_wh = (target.value_w - sites_baseline_w) * (now - current.start_ts) / 3600.0
+            target_wh = current.target_deviation_wh
         return catch_up_w(
             self.catch_up,
             target_wh=target_wh,
