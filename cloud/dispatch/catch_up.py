@@ -14,9 +14,11 @@ deficit spread over the time that is left::
 * ``min_spread_s``: a deficit found near the end is spread over at least this long, so the
   correction never asks for a jump the devices cannot ramp to (the rest is left, and the
   interval is settled short by what could not be caught).
-* ``cap_w``: at most ``max_fraction`` of the interval's planned deviation from the baseline,
-  and at least ``min_cap_w``: catching up must not turn a small schedule into a large one,
-  and what the pool can reach at all is bounded later by the loop's clamp to its range.
+* ``cap_w``: at most ``max_fraction`` (half) of the interval's planned deviation from the
+  baseline, and at least ``min_cap_w``: catching up must not turn a small schedule into a
+  large one, and what the pool can reach at all is bounded later by the loop's clamp to its
+  range. Half, because after a broker outage the sites are back with a third of the quarter
+  hour or less left, and the deficit of ten minutes open loop must fit into it.
 * Nothing within ``stop_before_end_s`` of the end: the loop already aims at the next
   interval there (the schedule lead), and an aim moved by the old interval's deficit would be
   carried into the new one.
@@ -52,7 +54,7 @@ class CatchUpConfig:
     enabled: bool = True
     min_spread_s: float = 120.0
     stop_before_end_s: float = 10.0
-    max_fraction: float = 0.2
+    max_fraction: float = 0.5
     min_cap_w: float = 500.0
 
     def __post_init__(self) -> None:

@@ -13,7 +13,7 @@ from cloud.dispatch.catch_up import CatchUpConfig, catch_up_w, sites_slot_energy
 from cloud.dispatch.controller import ControllerConfig, ControllerState, step
 from cloud.hotstate import PartitionAggregate
 
-CFG = CatchUpConfig()  # spread >= 120 s, cap 20 % of the delta (>= 500 W), none in the last 10 s
+CFG = CatchUpConfig()  # spread >= 120 s, cap 50 % of the delta (>= 500 W), none in the last 10 s
 
 # target Wh so far, delivered Wh so far, seconds left, planned delta W -> offset W
 TABLE = [
@@ -22,7 +22,7 @@ TABLE = [
     ("25 Wh over, 600 s left: -150 W", 500.0, 525.0, 600.0, 3000.0, -150.0),
     ("export schedule, 25 Wh short of the export", -500.0, -475.0, 600.0, -3000.0, -150.0),
     ("late: spread over 120 s, not 30 s", 500.0, 495.0, 30.0, 3000.0, 150.0),
-    ("capped at 20 % of the delta", 500.0, 300.0, 600.0, 3000.0, 600.0),
+    ("capped at 50 % of the delta", 500.0, 200.0, 600.0, 3000.0, 1500.0),
     ("a small delta is capped at 500 W", 500.0, 300.0, 600.0, 100.0, 500.0),
     ("within 10 s of the end: nothing", 500.0, 400.0, 9.0, 3000.0, 0.0),
     ("a non-finite account: nothing", math.nan, 400.0, 600.0, 3000.0, 0.0),
