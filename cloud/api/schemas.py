@@ -499,6 +499,11 @@ class DeliveryOut(BaseModel):
     source: str | None = Field(description="`setpoint` or `schedule`.")
     target_w: float | None = Field(description="Target grid power, W (absolute).")
     command_w: float | None = Field(description="What the controller asked of the pool, W.")
+    catch_up_w: float | None = Field(
+        default=None,
+        description="What the loop aims past the target to end the settlement interval on its "
+        "energy: the interval's deficit so far over the time left (capped), W.",
+    )
     measured_w: float | None
     error_w: float | None = Field(description="target - measured, W.")
     shortfall_w: float | None = Field(description="Target beyond reach, W (0 when reachable).")

@@ -28,7 +28,8 @@ async def api(tmp_path: Path, redis_url: str) -> AsyncIterator[Api]:
 
 def record(api: Api, ts: float, **values: float | str | None) -> None:
     body = {"ts": ts, "source": "setpoint", "schedule_id": None, "target_w": -30_000.0,
-            "command_w": -26_000.0, "measured_w": -24_000.0, "error_w": -6_000.0,
+            "command_w": -26_000.0, "catch_up_w": -250.0, "measured_w": -24_000.0,
+            "error_w": -6_000.0,
             "shortfall_w": -4_000.0, "saturated": "low", "uncontrolled_w": 700.0,
             "sites_flexible": 3, "sites_following": 3, "partitions": 2,
             "partitions_unresponsive": 0, "dispatcher": "d-1", **values}  # fmt: skip
@@ -59,6 +60,7 @@ async def test_delivery_reports_the_shortfall_and_the_raised_alert(api: Api, red
         assert body["shortfall_w"] == -4_000.0
         assert body["saturated"] == "low"
         assert body["uncontrolled_w"] == 700.0
+        assert body["catch_up_w"] == -250.0
         assert body["sites_following"] == 3
         assert [a["rule"] for a in body["alerts"]] == ["pool_shortfall"]
         alerts = (await api.client.get("/v1/pools/north/alerts", headers=api.auth())).json()

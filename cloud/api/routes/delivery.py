@@ -53,6 +53,7 @@ async def get_delivery(pool: PoolDep, ctx: CtxDep) -> DeliveryOut:
         source=record.get("source"),
         target_w=record.get("target_w"),
         command_w=record.get("command_w"),
+        catch_up_w=record.get("catch_up_w"),
         measured_w=record.get("measured_w"),
         error_w=record.get("error_w"),
         shortfall_w=record.get("shortfall_w"),
