@@ -25,6 +25,7 @@ import logging
 import ssl
 from collections.abc import Callable, Iterable
 
+from protocols.clock import Clock
 from protocols.mqtt_asyncio import AsyncMqttClient
 
 __all__ = ["MqttSubscriber"]
@@ -54,12 +55,15 @@ class MqttSubscriber(AsyncMqttClient):
         reconnect_max_s: float = 10.0,
         connect_timeout_s: float = 10.0,
         tls_context: ssl.SSLContext | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """``qos``: of every subscription; ``ctx``: how log lines name this subscriber
-        (default: the client id)."""
+        (default: the client id); ``clock``: the reconnect backoff's (the owner's clock, so
+        that in accelerated time the worker is not minutes of simulated time late back)."""
         super().__init__(
             mqtt_url=mqtt_url,
             client_id=client_id,
+            clock=clock,
             on_message=on_message,
             tls_context=tls_context,
             clean_start=True,

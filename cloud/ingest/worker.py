@@ -121,7 +121,7 @@ class PartitionWorker:
         )  # fmt: skip
         self._link = MqttSubscriber(
             mqtt_url=mqtt_url, client_id=f"vpp-worker-{self.worker_id}",
-            on_message=self._on_message, qos=1, ctx=self._ctx,
+            on_message=self._on_message, qos=1, ctx=self._ctx, clock=clock,
         )  # fmt: skip
         self._states: dict[int, PartitionState] = {}
         self._counts: dict[int, Counter[str]] = {}
