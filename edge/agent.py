@@ -61,6 +61,7 @@ from edge.drivers import (
     make_driver,
 )
 from edge.forecast import Forecaster, ForecastSettings, HeatPumpNow, SiteNow
+from edge.slot_account import SlotAccount
 from edge.store import EdgeStore, OutboxRecord
 from edge.uplink import Uplink
 from protocols.clock import Clock
@@ -76,7 +77,6 @@ from protocols.messages import (
     PartitionPlan,
     PartitionSignal,
     PlanBasis,
-    SlotEnergy,
     Telemetry,
     decode,
     encode,
@@ -205,6 +205,8 @@ class SiteAgent:
         )
         self.poll_s = config.agent.poll_interval_s
         self.telemetry_s = config.agent.telemetry_interval_s
+        # the quarter hour's deviation energy as the telemetry says it (sent with each message)
+        self.slot_account = SlotAccount(max_gap_s=5 * self.telemetry_s)
         self.store: EdgeStore | None = None
         self.uplink: Uplink | None = None
         self.telemetry_seq: int | None = None  # the last telemetry record stored (sent or not)
@@ -686,20 +688,10 @@ class SiteAgent:
             plan_id=state.plan_id,
             outbox_pending=outbox.pending,
             outbox_dropped=outbox.dropped_total,
-            slot_energy=self._slot_energy(),
+            slot_energy=self.slot_account.add(
+                state.ts, (_finite(state.grid_w) or 0.0) - (_finite(baseline_w) or 0.0)
+            ),
         )
-
-    def _slot_energy(self) -> SlotEnergy | None:
-        """The quarter hour's deviation from the baseline so far, from the forecast's history
-        (which integrates it every cycle, broker or not)."""
-        if self.forecaster is None:
-            return None
-        history = self.forecaster.history
-        slot, covered = history.open_slot()
-        deviation = history.open_deviation_wh()
-        if slot < 0 or not math.isfinite(deviation):
-            return None
-        return SlotEnergy(start_ts=slot * SLOT_S, deviation_wh=deviation, covered_s=covered)
 
     def send_telemetry(self) -> OutboxRecord | None:
         """Store one telemetry record durably, then hand it to the uplink."""
@@ -897,6 +889,7 @@ class SiteAgent:
         if "telemetry_interval_s" in params:
             self.telemetry_s = params["telemetry_interval_s"]
         self.telemetry_s = max(self.telemetry_s, self.poll_s)
+        self.slot_account.max_gap_s = 5 * self.telemetry_s
         if "backlog_rate_per_s" in params and self.uplink is not None:
             self.uplink.backlog_rate_per_s = params["backlog_rate_per_s"]
 

@@ -79,7 +79,6 @@ class SlotHistory:
         self._load_sq = 0.0
         self._samples = 0
         self._covered = 0.0
-        self._dev_wh = 0.0  # the open slot's grid energy away from the baseline
         self._last_now = -math.inf
 
     # --- writing ------------------------------------------------------------------------
@@ -112,15 +111,9 @@ class SlotHistory:
             else:
                 closed = self._close()
                 self._reset(slot)
-        first = self._last_now == -math.inf  # nothing seen before this cycle
         dt = now - self._last_now
         self._last_now = now
-        dt = dt if dt < MAX_SAMPLE_S else MAX_SAMPLE_S
-        self._covered += dt
-        if not first and grid_w is not None and baseline_grid_w is not None:
-            deviation = (grid_w - baseline_grid_w) * dt / 3600.0
-            if deviation == deviation:  # NaN != NaN
-                self._dev_wh += deviation
+        self._covered += dt if dt < MAX_SAMPLE_S else MAX_SAMPLE_S
         self._samples += 1
         s, n = self._sum, self._n
         if load_w is not None and load_w == load_w:  # NaN != NaN
@@ -173,7 +166,6 @@ class SlotHistory:
         self._load_sq = 0.0
         self._samples = 0
         self._covered = 0.0
-        self._dev_wh = 0.0
 
     def _close(self) -> ClosedSlot | None:
         if self._cur < 0 or self._samples == 0:
@@ -201,12 +193,6 @@ class SlotHistory:
     def open_slot(self) -> tuple[int, float]:
         """The open slot's number and the seconds of it seen so far."""
         return self._cur, min(float(SLOT_S), self._covered)
-
-    def open_deviation_wh(self) -> float:
-        """The open slot's grid energy away from the baseline so far (Wh, + = more import):
-        each cycle's difference held over the time since the cycle before (at most
-        ``MAX_SAMPLE_S``, and nothing for the slot's first cycle's past)."""
-        return self._dev_wh
 
     def _put(self, slot: int, samples: int, covered: float, values: Mapping[str, Any]) -> None:
         i = slot % self.capacity

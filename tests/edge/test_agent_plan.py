@@ -161,7 +161,9 @@ async def test_the_envelope_goes_out_and_the_planned_share_is_followed_through_a
         assert last.slot_energy is not None
         start = last.slot_energy.start_ts
         assert start == last.ts // 900 * 900
-        in_slot = [m for m in site.telemetry() if start <= m.ts <= last.ts]
+        by_seq = {m.seq: m for m in site.telemetry()}  # at least once: a message may repeat
+        in_slot = [m for m in by_seq.values() if start <= m.ts <= last.ts]
         integral = sum((m.grid_w - m.baseline_w) * m.interval_s for m in in_slot) / 3600
         assert last.slot_energy.deviation_wh == pytest.approx(integral, rel=0.1, abs=3.0)
-        assert last.slot_energy.covered_s == pytest.approx(min(last.ts - start, 900), abs=61)
+        first = min(m.ts for m in in_slot)  # the agent may have started inside it
+        assert last.slot_energy.covered_s == pytest.approx(last.ts - first, abs=3.0)
