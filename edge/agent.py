@@ -176,6 +176,7 @@ class CycleState:
     command: ActiveCommand | None
     lost: list[str] = field(default_factory=list)
     plan_id: str | None = None  # the plan whose share the site delivers now
+    grid_energy_wh: float | None = None  # the meter's net energy register (import - export)
     planned_w: float | None = None  # that plan's share now (deviation from the baseline, W)
     open_loop: bool = False  # following the share with no signal (broker or cloud away)
 
@@ -522,6 +523,7 @@ class SiteAgent:
             "ts": meter.ts if meter is not None else now,
             "lost": lost,
             "grid_w": _value(meter, "power_w"),
+            "grid_energy_wh": _net_energy(meter),
             "pv_w": _value(inv, "power_w"),
             "battery_w": _value(bat, "power_w"),
             "soc_pct": _value(bat, "soc_pct"),
@@ -689,7 +691,10 @@ class SiteAgent:
             outbox_pending=outbox.pending,
             outbox_dropped=outbox.dropped_total,
             slot_energy=self.slot_account.add(
-                state.ts, (_finite(state.grid_w) or 0.0) - (_finite(baseline_w) or 0.0)
+                state.ts,
+                _finite(state.grid_w) or 0.0,
+                _finite(baseline_w) or 0.0,
+                _finite(state.grid_energy_wh),
             ),
         )
 
@@ -918,6 +923,12 @@ def _value(reading: Reading | None, key: str) -> float | None:
         return None
     value = reading.values.get(key)
     return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _net_energy(meter: Reading | None) -> float | None:
+    """The meter's net energy register, import less export (Wh), if it has both."""
+    imported, exported = _value(meter, "energy_import_wh"), _value(meter, "energy_export_wh")
+    return None if imported is None or exported is None else imported - exported
 
 
 def _finite(value: float | None) -> float | None:
