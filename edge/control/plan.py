@@ -30,6 +30,7 @@ from enum import IntEnum
 from protocols.messages import Limit
 
 __all__ = [
+    "SOC_EDGE_TAPER_S",
     "Battery",
     "HeatPump",
     "Plan",
@@ -125,17 +126,24 @@ class Plan:
     clamped_by: tuple[Limit, ...] = field(default=())
 
 
+SOC_EDGE_TAPER_S = 120.0
+"""Shortest time over which the energy left before a SoC edge may be spent (see battery_window)."""
+
+
 def battery_window(
     battery: Battery | None, limits: SiteLimits, cycle_s: float
 ) -> tuple[float, float, Limit | None, Limit | None]:
     """Battery power bounds ``(lo, hi)`` (+ discharge) and the limit behind each bound.
 
-    The SoC window bounds power near its edges: the battery may not move more energy in one
-    cycle than is left before the edge, so it lands on the edge instead of overshooting.
+    The SoC window bounds power near its edges: the battery may not move more energy in
+    ``max(cycle_s, SOC_EDGE_TAPER_S)`` than is left before the edge. It lands on the edge
+    instead of overshooting, and approaches it along a taper: with a 1 s cycle alone, 10 Wh
+    above the floor would allow 36 kW for one cycle and nothing the next, a battery
+    switching on and off at its floor with every step of the SoC register.
     """
     if battery is None:
         return 0.0, 0.0, Limit.DEVICE_UNAVAILABLE, Limit.DEVICE_UNAVAILABLE
-    hours = cycle_s / 3600.0
+    hours = max(cycle_s, SOC_EDGE_TAPER_S) / 3600.0
     above_floor_wh = max(0.0, (battery.soc_pct - limits.soc_min_pct) / 100 * battery.capacity_wh)
     below_ceiling_wh = max(0.0, (limits.soc_max_pct - battery.soc_pct) / 100 * battery.capacity_wh)
     hi, hi_limit = max(0.0, battery.max_discharge_w), Limit.DEVICE_RATING

@@ -58,6 +58,13 @@ def hp(normal: float = 1000, boost: float = 2500, indoor: float = 21.0) -> HeatP
         (bat(90), 1.0, (0, 5000, Limit.SOC_WINDOW, Limit.DEVICE_RATING)),  # at the ceiling
         (bat(12), H, (-5000, 200, Limit.DEVICE_RATING, Limit.SOC_WINDOW)),  # 200 Wh left
         (bat(89), H, (-100, 5000, Limit.SOC_WINDOW, Limit.DEVICE_RATING)),
+        # near an edge a 1 s cycle spends what is left over the 120 s taper, not in one cycle:
+        # 10 Wh above the floor allows 300 W (not 36 kW), 50 Wh 1500 W, 100 Wh the rating
+        (bat(10.1), 1.0, (-5000, 300, Limit.DEVICE_RATING, Limit.SOC_WINDOW)),
+        (bat(10.5), 1.0, (-5000, 1500, Limit.DEVICE_RATING, Limit.SOC_WINDOW)),
+        (bat(89.9), 1.0, (-300, 5000, Limit.SOC_WINDOW, Limit.DEVICE_RATING)),
+        (bat(12), 1.0, (-5000, 5000, Limit.DEVICE_RATING, Limit.DEVICE_RATING)),
+        (bat(10.1), 900.0, (-5000, 40, Limit.DEVICE_RATING, Limit.SOC_WINDOW)),  # forecast step
         (None, 1.0, (0, 0, Limit.DEVICE_UNAVAILABLE, Limit.DEVICE_UNAVAILABLE)),
     ],
 )
