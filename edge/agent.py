@@ -81,11 +81,12 @@ from protocols.messages import (
     decode,
     encode,
 )
+from protocols.units import SETTLEMENT_INTERVAL_S
 
 __all__ = ["AGENT_VERSION", "ActiveCommand", "CycleState", "SiteAgent"]
 
 AGENT_VERSION = "0.1.0"
-SLOT_S = 900.0  # the envelope's and the plan's quarter hours
+SLOT_S = SETTLEMENT_INTERVAL_S  # the envelope's and the plan's quarter hours
 #: a plan share this small (W) asks nothing of the site: it keeps its own control
 PLAN_IDLE_W = 1.0
 log = logging.getLogger("edge.agent")

@@ -23,10 +23,11 @@ import math
 from dataclasses import dataclass
 
 from protocols.messages import SlotEnergy
+from protocols.units import SETTLEMENT_INTERVAL_S
 
 __all__ = ["SLOT_S", "SlotAccount"]
 
-SLOT_S = 900.0
+SLOT_S = SETTLEMENT_INTERVAL_S
 MAX_SITE_W = 1_000_000.0  # an energy step beyond this power is a register reset, not energy
 
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from protocols.errors import ProtocolError, Reason
 from protocols.partitions import partition_of
 from protocols.topics import PartitionKind, SiteKind, Topic, parse_topic
+from protocols.units import SETTLEMENT_INTERVAL_S
 
 __all__ = [
     "MAX_GROUPS",
@@ -188,7 +189,7 @@ class SlotEnergy(_Strict):
 
     start_ts: Timestamp
     deviation_wh: Annotated[float, Field(ge=-SITE_ENERGY_LIMIT_WH, le=SITE_ENERGY_LIMIT_WH)]
-    covered_s: Annotated[float, Field(ge=0.0, le=900.0)]
+    covered_s: Annotated[float, Field(ge=0.0, le=SETTLEMENT_INTERVAL_S)]
 
 
 class Flexibility(_Strict):

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 
 __all__ = [
     "SECONDS_PER_HOUR",
+    "SETTLEMENT_INTERVAL_S",
     "battery_w_from_balance",
     "eur_for_energy",
     "export_w",
@@ -47,6 +48,10 @@ __all__ = [
 ]
 
 SECONDS_PER_HOUR = 3600.0
+
+SETTLEMENT_INTERVAL_S = 900
+"""The imbalance settlement interval, a quarter hour: the slot of the forecasts, the plans,
+the trader's schedules and the sites' slot energy. Slots start at multiples of it (UTC)."""
 
 
 def grid_w(load_w: float, heat_pump_w: float, pv_w: float, battery_w: float) -> float:

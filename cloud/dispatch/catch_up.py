@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cloud.hotstate import PartitionAggregate
+from protocols.units import SETTLEMENT_INTERVAL_S
 
 __all__ = ["SITES_COVERAGE", "CatchUpConfig", "catch_up_w", "sites_slot_energy"]
 
@@ -98,7 +99,7 @@ def sites_slot_energy(
     ``now`` as its sites integrated it (Wh), or None when too few of them reported on it
     (lost, not yet back after an outage, a restart inside it: see :data:`SITES_COVERAGE`)."""
     elapsed = now - start_ts
-    if not 0.0 < elapsed <= 900.0 or not parts:
+    if not 0.0 < elapsed <= SETTLEMENT_INTERVAL_S or not parts:
         return None
     reporting = [p for p in parts if p.slot_start_ts == start_ts]
     sites = sum(p.slot_sites for p in reporting)

@@ -68,6 +68,7 @@ from protocols.clock import Clock
 from protocols.messages import Config, PartitionPlan, PartitionSignal, PlanBasis, encode
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
 from protocols.topics import PartitionKind, partition_topic, site_topic
+from protocols.units import SETTLEMENT_INTERVAL_S
 
 __all__ = ["LEADER_KEY", "PoolDispatcher", "delivery_key", "state_key"]
 
@@ -670,7 +671,7 @@ class PoolDispatcher:
             return 0.0
         target_wh, delivered_wh = current.target_wh, current.delivered_wh
         from_sites = sites_slot_energy(parts, current.start_ts, now)
-        if from_sites is not None and current.end_ts - current.start_ts == 900.0:
+        if from_sites is not None and current.end_ts - current.start_ts == SETTLEMENT_INTERVAL_S:
             delivered_wh = from_sites
             target_wh = current.target_deviation_wh
         return catch_up_w(

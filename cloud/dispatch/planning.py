@@ -60,7 +60,7 @@ from cloud.registry import Registry
 from protocols.errors import ProtocolError
 from protocols.messages import FlexEnvelope, PartitionPlan, decode
 from protocols.partitions import partition_of
-from protocols.units import to_iso8601
+from protocols.units import SETTLEMENT_INTERVAL_S, to_iso8601
 
 __all__ = [
     "PLAN_VALIDITY_S",
@@ -72,7 +72,7 @@ __all__ = [
 
 log = logging.getLogger("cloud.dispatch.planning")
 
-SLOT_S = 900.0
+SLOT_S = SETTLEMENT_INTERVAL_S
 #: A new quarter hour's envelopes are aggregated once this share of the sites published for it
 REFERENCE_QUORUM = 0.95
 #: ... or this long after it began, whoever is late (left out until it publishes).

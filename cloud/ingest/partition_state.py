@@ -36,6 +36,7 @@ import numpy as np
 
 from cloud.hotstate import DURATIONS_S, PartitionAggregate, SiteStatus, SiteSummary
 from protocols.messages import Mode, SiteState, Status, Telemetry
+from protocols.units import SETTLEMENT_INTERVAL_S
 
 __all__ = ["PLAN_GRACE_S", "Outcome", "PartitionState"]
 
@@ -57,7 +58,7 @@ _GRID, _BASELINE, _PMIN, _PMAX, _EABS, _EDEL, _PV, _LOAD, _BATT, _SOC = range(4,
 _STATUS_TS, _SINCE = 14, 15
 _SLOT_START, _SLOT_DEV, _SLOT_COV = 16, 17, 18  # the message's slot_energy (NaN: none)
 _NCOLS = 19
-SLOT_S = 900.0  # the quarter hours of the sites' slot energy
+SLOT_S = SETTLEMENT_INTERVAL_S  # the quarter hours of the sites' slot energy
 
 _MODE_CODE = {Mode.CLOUD: 0, Mode.FALLBACK: 1, Mode.DEGRADED: 2}
 _MODE_NAME = {code: mode.value for mode, code in _MODE_CODE.items()}

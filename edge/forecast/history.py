@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge.store import FORECAST_SLOT_FIELDS
+from protocols.units import SETTLEMENT_INTERVAL_S
 
 __all__ = [
     "FIELDS",
@@ -30,7 +31,7 @@ __all__ = [
     "SlotHistory",
 ]
 
-SLOT_S = 900
+SLOT_S = SETTLEMENT_INTERVAL_S
 SLOTS_PER_DAY = 96
 FIELDS: tuple[str, ...] = FORECAST_SLOT_FIELDS
 _INDEX = {name: i for i, name in enumerate(FIELDS)}

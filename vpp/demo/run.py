@@ -66,7 +66,7 @@ from edge.store import EdgeStore
 from firmware_sim.fleet import Fleet
 from protocols.clock import SimClock
 from protocols.messages import PartitionSignal
-from protocols.units import to_iso8601
+from protocols.units import SETTLEMENT_INTERVAL_S, to_iso8601
 from vpp.demo.cloudproc import CloudProcess
 from vpp.demo.gate import NetworkGate
 from vpp.demo.intervals import Observed, interval_rows
@@ -91,7 +91,7 @@ from vpp.trader.prices import PriceSeries, default_prices, packaged_prices, read
 log = logging.getLogger("vpp.demo")
 
 POOL = "demo"
-SLOT_S = 900.0
+SLOT_S = SETTLEMENT_INTERVAL_S
 CYCLE_S = 2.0  # the dispatcher's cycle; the demo samples once per cycle
 PARTITIONS = 8
 DAY_S = 86_400.0

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import httpx
 import numpy as np
 
+from protocols.units import SETTLEMENT_INTERVAL_S
 from vpp.trader.optimise import (
     FlexForecast,
     OptimiseOptions,
@@ -54,7 +55,7 @@ __all__ = ["Decision", "TraderClock", "TraderOptions", "VirtualTrader"]
 
 log = logging.getLogger("vpp.trader")
 
-SLOT_S = 900
+SLOT_S = SETTLEMENT_INTERVAL_S
 RESOLUTION = "PT15M"
 
 
