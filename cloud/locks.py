@@ -13,7 +13,7 @@ import logging
 
 import redis.asyncio as aioredis
 
-from protocols.clock import Clock
+from protocols.clock import Clock, wall_ms
 
 __all__ = ["MARGIN", "RELEASE_SCRIPT", "RENEW_SCRIPT", "LeaderLock"]
 
@@ -73,7 +73,7 @@ class LeaderLock:
         return self.ttl_s / 3
 
     def _ttl_ms(self) -> int:
-        return max(1, round(self.ttl_s / self.clock.speed * 1000))
+        return wall_ms(self.clock, self.ttl_s)
 
     def valid(self) -> bool:
         """Surely held: the last successful renewal's start + ttl, minus the margin."""

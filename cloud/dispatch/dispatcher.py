@@ -64,7 +64,7 @@ from cloud.hotstate import (
 )
 from cloud.locks import LeaderLock
 from cloud.registry import Registry
-from protocols.clock import Clock
+from protocols.clock import Clock, wall_ms
 from protocols.messages import Config, PartitionPlan, PartitionSignal, PlanBasis, encode
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
 from protocols.topics import PartitionKind, partition_topic, site_topic
@@ -384,8 +384,9 @@ class PoolDispatcher:
             link_down=self._link_down_since is not None,
         )
         # expires by itself should this dispatcher die holding it
-        ttl_ms = max(1, round(5 * self.cycle_s / self.clock.speed * 1000))
-        await self.redis.set(hold_key(pool_id), record.to_json(), px=ttl_ms)
+        await self.redis.set(
+            hold_key(pool_id), record.to_json(), px=wall_ms(self.clock, 5 * self.cycle_s)
+        )
         self.stats["held_cycles"] += 1
         return True
 

@@ -35,7 +35,7 @@ from cloud.hotstate import lease_key, worker_key
 from cloud.locks import MARGIN as _MARGIN
 from cloud.locks import RELEASE_SCRIPT as _RELEASE
 from cloud.locks import RENEW_SCRIPT as _RENEW
-from protocols.clock import Clock
+from protocols.clock import Clock, wall_ms
 
 __all__ = ["LeaseChanges", "LeaseManager"]
 
@@ -86,7 +86,7 @@ class LeaseManager:
         return self.ttl_s / 3.0
 
     def _ttl_ms(self) -> int:
-        return max(1, round(self.ttl_s / self.clock.speed * 1000.0))
+        return wall_ms(self.clock, self.ttl_s)
 
     def valid(self, partition: int) -> bool:
         """True while this worker surely still holds ``partition`` (see module docstring)."""

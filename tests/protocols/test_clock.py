@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from protocols.clock import Clock, ManualClock, SimClock, WallClock, clock_from_spec
+from protocols.clock import Clock, ManualClock, SimClock, WallClock, clock_from_spec, wall_ms
 
 
 @pytest.mark.parametrize("clock", [WallClock(), SimClock(speed=10), ManualClock()])
@@ -136,3 +136,16 @@ def test_manual_clock_releases_blocked_threads():
 def test_manual_clock_does_not_go_backwards():
     with pytest.raises(ValueError, match="backwards"):
         ManualClock().advance(-1)
+
+
+@pytest.mark.parametrize(
+    ("speed", "seconds", "expected_ms"),
+    [
+        (1.0, 6.0, 6000),  # real time: as it is
+        (20.0, 6.0, 300),  # a 6 s lease at 20x is 300 ms of Redis' wall time
+        (12.0, 10.0, 833),  # rounded to whole milliseconds
+        (1000.0, 0.1, 1),  # never 0: PX 0 is an error in Redis
+    ],
+)
+def test_wall_ms_turns_clock_seconds_into_wall_milliseconds(speed, seconds, expected_ms):
+    assert wall_ms(SimClock(speed=speed), seconds) == expected_ms
