@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from cloud.api.context import ApiContext
 from cloud.api.errors import ApiError
@@ -75,7 +75,9 @@ async def current_flexibility(ctx: ApiContext, pool_id: str, now: float) -> Pool
     return pool_flexibility(aggregate, envelope)
 
 
-async def refuse_while_held(ctx: ApiContext, pool_id: str, what: str = "schedule") -> None:
+async def refuse_while_held(
+    ctx: ApiContext, pool_id: str, what: Literal["schedule", "setpoint"] = "schedule"
+) -> None:
     """503 ``pool_unreachable`` while the pool's envelope and plan hold (the cloud lost its
     broker link, or the sites are still reconnecting): no new plan could reach the sites, which
     deliver the plan they hold; a schedule accepted now would be a promise nobody follows.
