@@ -67,15 +67,31 @@ def tree_cycle(f: dict[str, np.ndarray], part: np.ndarray, command: float) -> fl
         return np.bincount(part[m], weights=x[m], minlength=PARTITIONS)
 
     zeros, ones = np.zeros(PARTITIONS), np.ones(PARTITIONS, dtype=bool)
-    top = allocate(command, total(b), total(lo), total(hi), zeros, zeros, ones,
-                   weights_up=total(w_up), weights_down=total(w_dn))  # fmt: skip
+    top = allocate(
+        command,
+        total(b),
+        total(lo),
+        total(hi),
+        zeros,
+        zeros,
+        ones,
+        weights_up=total(w_up),
+        weights_down=total(w_dn),
+    )
     achieved = 0.0
     order = np.argsort(part, kind="stable")
     bounds = np.searchsorted(part[order], np.arange(PARTITIONS + 1))
     for p in range(PARTITIONS):
         idx = order[bounds[p] : bounds[p + 1]]
-        sub = allocate(top.targets_w[p], b[idx], lo[idx], hi[idx], f["e_absorb"][idx],
-                       f["e_deliver"][idx], m[idx])  # fmt: skip
+        sub = allocate(
+            top.targets_w[p],
+            b[idx],
+            lo[idx],
+            hi[idx],
+            f["e_absorb"][idx],
+            f["e_deliver"][idx],
+            m[idx],
+        )
         achieved += sub.achieved_w
     return achieved
 
@@ -112,8 +128,9 @@ def main() -> None:
             print(f"{n:>8} {label:>14} {flat_ms:>9.2f} {tree_ms:>9.2f} {err:>10.2e}")
 
     cfg = ControllerConfig()
-    state = ControllerState(integral_w=10.0, output_w=5000.0, target_w=5000.0,
-                            measured_w=4900.0, ts=0.0)  # fmt: skip
+    state = ControllerState(
+        integral_w=10.0, output_w=5000.0, target_w=5000.0, measured_w=4900.0, ts=0.0
+    )
 
     def one_step() -> None:
         step(state, cfg, now=2.0, target_w=6000.0, measured_w=4950.0, lo_w=-1e6, hi_w=1e6)

@@ -52,15 +52,29 @@ def seed_aggregates(r: redis.Redis, pool: str, site_ids: list[str], now: float) 
         n = int(counts[p])
         base = float(rng.uniform(-500, 500) * n)
         agg = PartitionAggregate(
-            pool_id=pool, partition=p, ts=now, worker_id="bench", sites_total=n,
-            sites_fresh=n, sites_stale=0, sites_offline=0, sites_degraded=0,
-            measured_w=base, baseline_w=base, p_min_w=base - 5000.0 * n,
-            p_max_w=base + 5000.0 * n, e_absorb_wh=5000.0 * n, e_deliver_wh=5000.0 * n,
-            pv_w=0.0, load_w=0.0, battery_w=0.0, newest_source_ts=now,
+            pool_id=pool,
+            partition=p,
+            ts=now,
+            worker_id="bench",
+            sites_total=n,
+            sites_fresh=n,
+            sites_stale=0,
+            sites_offline=0,
+            sites_degraded=0,
+            measured_w=base,
+            baseline_w=base,
+            p_min_w=base - 5000.0 * n,
+            p_max_w=base + 5000.0 * n,
+            e_absorb_wh=5000.0 * n,
+            e_deliver_wh=5000.0 * n,
+            pv_w=0.0,
+            load_w=0.0,
+            battery_w=0.0,
+            newest_source_ts=now,
             sustain_absorb_w=[5000.0 * n / (1 + i) for i in range(len(DURATIONS_S))],
             sustain_deliver_w=[5000.0 * n / (1 + i) for i in range(len(DURATIONS_S))],
             sites_following=n,
-        )  # fmt: skip
+        )
         pipe.set(agg_key(pool, p), agg.to_json())
         pipe.sadd(agg_parts_key(pool), p)
     pipe.execute()
@@ -79,8 +93,14 @@ async def bench_size(n: int, cycles: int, mqtt_url: str, redis_url: str, tmp: Pa
         registry.add_site(sid, pool, partitions=PARTITIONS)
     register_s = time.perf_counter() - t0
     registry.add_activation(pool, -0.3 * 5000.0 * n, "delta", clock.time() + 3600)
-    dispatcher = PoolDispatcher(mqtt_url=mqtt_url, redis_url=redis_url, registry=registry,
-                                clock=clock, partition_count=PARTITIONS, cycle_s=1.0)  # fmt: skip
+    dispatcher = PoolDispatcher(
+        mqtt_url=mqtt_url,
+        redis_url=redis_url,
+        registry=registry,
+        clock=clock,
+        partition_count=PARTITIONS,
+        cycle_s=1.0,
+    )
     await dispatcher.start()
     try:
         seed_aggregates(r, pool, site_ids, clock.time())
@@ -99,18 +119,27 @@ async def bench_size(n: int, cycles: int, mqtt_url: str, redis_url: str, tmp: Pa
         await dispatcher.stop()
         registry.close()
         r.close()
-    return {"sites": n, "register_s": register_s, "first_ms": first_ms,
-            "median_ms": statistics.median(times), "max_ms": max(times)}  # fmt: skip
+    return {
+        "sites": n,
+        "register_s": register_s,
+        "first_ms": first_ms,
+        "median_ms": statistics.median(times),
+        "max_ms": max(times),
+    }
 
 
 async def main_async(sizes: list[int], cycles: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, MosquittoServer() as broker, RedisServer() as rds:
-        print(f"{'sites':>8} {'register s':>11} {'first ms':>9} {'cycle median ms':>16} "
-              f"{'cycle max ms':>13}")  # fmt: skip
+        print(
+            f"{'sites':>8} {'register s':>11} {'first ms':>9} {'cycle median ms':>16} "
+            f"{'cycle max ms':>13}"
+        )
         for n in sizes:
             row = await bench_size(n, cycles, broker.url, rds.url, Path(tmp))
-            print(f"{row['sites']:>8} {row['register_s']:>11.1f} {row['first_ms']:>9.0f} "
-                  f"{row['median_ms']:>16.1f} {row['max_ms']:>13.1f}")  # fmt: skip
+            print(
+                f"{row['sites']:>8} {row['register_s']:>11.1f} {row['first_ms']:>9.0f} "
+                f"{row['median_ms']:>16.1f} {row['max_ms']:>13.1f}"
+            )
 
 
 def main() -> None:

@@ -49,10 +49,23 @@ def proc_usage(pid: int) -> tuple[float, float]:
 def start_fleet(sites: int, workdir: Path) -> tuple[subprocess.Popen, dict]:
     manifest = workdir / f"fleet-{sites}.json"
     proc = subprocess.Popen(
-        [VPP, "sim", "fleet", "--sites", str(sites), "--seed", "5", "--speed", "1",
-         "--latency-ms", "20", "--manifest", str(manifest)],
+        [
+            VPP,
+            "sim",
+            "fleet",
+            "--sites",
+            str(sites),
+            "--seed",
+            "5",
+            "--speed",
+            "1",
+            "--latency-ms",
+            "20",
+            "--manifest",
+            str(manifest),
+        ],
         stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + 60
     while not manifest.exists():
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -100,8 +113,9 @@ def run_agents(manifest: dict, url: str, workdir: Path, tag: str) -> subprocess.
     cfg_dir = workdir / f"configs-{tag}"
     configs = site_configs(manifest, url, cfg_dir, agent={"backlog_delay_max_s": 0.0})
     write_site_configs(configs, cfg_dir)
-    return subprocess.Popen([VPP, "edge", "run", "--config-dir", str(cfg_dir)],
-                            stdout=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.Popen(
+        [VPP, "edge", "run", "--config-dir", str(cfg_dir)], stdout=subprocess.DEVNULL
+    )
 
 
 def measure(k: int, seconds: float, broker: MosquittoServer, workdir: Path) -> dict:
@@ -143,17 +157,21 @@ def main() -> None:
         workdir = Path(tmp)
         one = measure(1, args.seconds, broker, workdir)
         print("one agent, 4 devices, 1 s poll, 2 s telemetry, wall clock:")
-        print(f"  RSS {one['rss_mib']:.1f} MiB   CPU {one['cpu_pct_of_one_core']:.2f} % of one core"
-              f"   telemetry gap p50 {one['gap_p50_s']:.2f} s")  # fmt: skip
+        print(
+            f"  RSS {one['rss_mib']:.1f} MiB   CPU {one['cpu_pct_of_one_core']:.2f} % of one core"
+            f"   telemetry gap p50 {one['gap_p50_s']:.2f} s"
+        )
         print("agents per process (2 s telemetry; slipped = gap > 3 s):")
         header = ("agents", "RSS MiB", "CPU %", "gap p50", "gap p99", "slipped")
         print("  " + " ".join(f"{h:>8}" for h in header))
         k = 25
         while k <= args.max_agents:
             r = measure(k, args.seconds, broker, workdir)
-            print(f"  {k:>6} {r['rss_mib']:>8.1f} {r['cpu_pct_of_one_core']:>7.1f} "
-                  f"{r['gap_p50_s']:>8.2f} {r['gap_p99_s']:>8.2f} {r['slipped_pct']:>7.2f}%",
-                  flush=True)  # fmt: skip
+            print(
+                f"  {k:>6} {r['rss_mib']:>8.1f} {r['cpu_pct_of_one_core']:>7.1f} "
+                f"{r['gap_p50_s']:>8.2f} {r['gap_p99_s']:>8.2f} {r['slipped_pct']:>7.2f}%",
+                flush=True,
+            )
             if r["slipped_pct"] > 1.0:
                 print(f"  cycles slip beyond {k // 2}-{k} agents per process")
                 break

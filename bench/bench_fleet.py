@@ -101,15 +101,30 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / "fleet.json"
-        fleet_args = ["sim", "fleet", "--sites", str(args.sites), "--seed", "1",
-                      "--speed", str(args.speed), "--manifest", str(manifest),
-                      "--latency-ms", str(args.latency_ms)]  # fmt: skip
+        fleet_args = [
+            "sim",
+            "fleet",
+            "--sites",
+            str(args.sites),
+            "--seed",
+            "1",
+            "--speed",
+            str(args.speed),
+            "--manifest",
+            str(manifest),
+            "--latency-ms",
+            str(args.latency_ms),
+        ]
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         t0 = time.monotonic()
         proc = subprocess.Popen(
             [sys.executable, "-c", "from vpp.cli import main; main()", *fleet_args],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             while not manifest.exists():
                 if proc.poll() is not None:
@@ -140,8 +155,10 @@ def main() -> int:
     n = len(devices)
     rate = res["ok"] / res["elapsed"]
     print(f"fleet:        {args.sites} sites, {n} devices, one process (startup {startup:.1f} s)")
-    print(f"load:         1 reader process, {n} concurrent connections, {args.seconds:.0f} s, "
-          f"fleet latency {args.latency_ms:.0f} ms")  # fmt: skip
+    print(
+        f"load:         1 reader process, {n} concurrent connections, {args.seconds:.0f} s, "
+        f"fleet latency {args.latency_ms:.0f} ms"
+    )
     print(f"reads/s:      {rate:,.0f}  ({res['ok']:,} ok, {res['errors']:,} errors)")
     print(f"read latency: p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms")
     print(f"RSS:          {rss_idle / 1024:.1f} MiB idle, {rss_busy / 1024:.1f} MiB under load")

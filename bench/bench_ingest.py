@@ -72,12 +72,21 @@ def _templates(sites: list[str]) -> list[tuple[bytes, bytes, bytes]]:
     out = []
     for i, site in enumerate(sites):
         t = Telemetry(
-            site_id=site, seq=int(SEQ_MARK), ts=float(TS_MARK), interval_s=2.0,
-            mode="fallback", grid_w=100.0 + i % 997, baseline_w=50.0, pv_w=1200.0,
-            battery_w=-300.0, soc_pct=55.0, load_w=900.0,
-            flex=Flexibility(p_min_w=-3000.0, p_max_w=3000.0, e_absorb_wh=5000.0,
-                             e_deliver_wh=4000.0),
-        )  # fmt: skip
+            site_id=site,
+            seq=int(SEQ_MARK),
+            ts=float(TS_MARK),
+            interval_s=2.0,
+            mode="fallback",
+            grid_w=100.0 + i % 997,
+            baseline_w=50.0,
+            pv_w=1200.0,
+            battery_w=-300.0,
+            soc_pct=55.0,
+            load_w=900.0,
+            flex=Flexibility(
+                p_min_w=-3000.0, p_max_w=3000.0, e_absorb_wh=5000.0, e_deliver_wh=4000.0
+            ),
+        )
         payload = encode(t)
         pre, post = payload.split(SEQ_MARK)
         topic = site_topic(partition_of(site, PARTITIONS), site, "telemetry").encode()
@@ -85,8 +94,9 @@ def _templates(sites: list[str]) -> list[tuple[bytes, bytes, bytes]]:
     return out
 
 
-def publisher(port: int, sites: list[str], rate: float, seconds: float, go: object,
-              sent_q: object) -> None:  # fmt: skip
+def publisher(
+    port: int, sites: list[str], rate: float, seconds: float, go: object, sent_q: object
+) -> None:
     """Publish telemetry for ``sites`` round after round at ``rate`` msg/s for ``seconds``."""
     templates = _templates(sites)
     sock = socket.create_connection(("127.0.0.1", port))
@@ -162,14 +172,21 @@ def paho_subscriber(port: int, total_s: float, ready: object, out: object) -> No
     out.put({"samples": samples})  # type: ignore[attr-defined]
 
 
-def worker_subscriber(mqtt_url: str, redis_url: str, total_s: float, ready: object,
-                      out: object) -> None:  # fmt: skip
+def worker_subscriber(
+    mqtt_url: str, redis_url: str, total_s: float, ready: object, out: object
+) -> None:
     from cloud.ingest.worker import PartitionWorker
     from protocols.clock import WallClock
 
     async def main() -> dict:
-        w = PartitionWorker(mqtt_url=mqtt_url, redis_url=redis_url, clock=WallClock(),
-                            partition_count=PARTITIONS, worker_id="bench", cycle_s=1.0)  # fmt: skip
+        w = PartitionWorker(
+            mqtt_url=mqtt_url,
+            redis_url=redis_url,
+            clock=WallClock(),
+            partition_count=PARTITIONS,
+            worker_id="bench",
+            cycle_s=1.0,
+        )
         await w.start()
         task = asyncio.create_task(w.run())
         while w.subscribed != set(range(PARTITIONS)):  # noqa: ASYNC110 - a poll is enough
@@ -188,8 +205,13 @@ def worker_subscriber(mqtt_url: str, redis_url: str, total_s: float, ready: obje
         st = w.stats
         await w.stop()
         await task
-        return {"samples": samples, "cycles": cycles, "sites": st["sites"],
-                "rejected": st["rejected"], "cycle_errors": st["cycle_errors"]}  # fmt: skip
+        return {
+            "samples": samples,
+            "cycles": cycles,
+            "sites": st["sites"],
+            "rejected": st["rejected"],
+            "cycle_errors": st["cycle_errors"],
+        }
 
     out.put(asyncio.run(main()))  # type: ignore[attr-defined]
 
@@ -197,10 +219,22 @@ def worker_subscriber(mqtt_url: str, redis_url: str, total_s: float, ready: obje
 def c_subscriber(port: int, total_s: float, ready: object, out: object) -> None:
     binary = find_binary("mosquitto_sub")
     proc = subprocess.Popen(
-        [binary, "-p", str(port), "-q", "1", "-t", partition_filter(None, "telemetry"),
-         "-W", str(int(total_s) + 1), "-V", "mqttv5"],
-        stdout=subprocess.PIPE, bufsize=1 << 20,
-    )  # fmt: skip
+        [
+            binary,
+            "-p",
+            str(port),
+            "-q",
+            "1",
+            "-t",
+            partition_filter(None, "telemetry"),
+            "-W",
+            str(int(total_s) + 1),
+            "-V",
+            "mqttv5",
+        ],
+        stdout=subprocess.PIPE,
+        bufsize=1 << 20,
+    )
     assert proc.stdout is not None
     count = [0]
 
@@ -226,8 +260,9 @@ def c_subscriber(port: int, total_s: float, ready: object, out: object) -> None:
 # --- driver ---------------------------------------------------------------------------------
 
 
-def run_one(kind: str, mq: MosquittoServer, rd: RedisServer, sites: list[str], rate: float,
-            seconds: float) -> dict:  # fmt: skip
+def run_one(
+    kind: str, mq: MosquittoServer, rd: RedisServer, sites: list[str], rate: float, seconds: float
+) -> dict:
     ctx = mp.get_context("fork")
     total_s = WARMUP_S + seconds
     ready, go, out, sent_q = ctx.Event(), ctx.Event(), ctx.Queue(), ctx.Queue()
@@ -262,8 +297,10 @@ def register_sites(rd: RedisServer, sites: list[str]) -> None:
     r.flushdb()
     pipe = r.pipeline(transaction=False)
     for i in range(0, len(sites), 5000):
-        pipe.hset(SITE_POOLS_KEY, mapping={s: f"pool-{j % 4}" for j, s in
-                                           enumerate(sites[i : i + 5000], i)})  # fmt: skip
+        pipe.hset(
+            SITE_POOLS_KEY,
+            mapping={s: f"pool-{j % 4}" for j, s in enumerate(sites[i : i + 5000], i)},
+        )
     pipe.incr(SITE_POOLS_REV_KEY)
     pipe.execute()
     r.close()
@@ -284,19 +321,31 @@ def main() -> None:
             for kind in args.kinds:
                 res = run_one(kind, mq, rd, sites, args.rate, args.seconds)
                 cyc = [ms for _, ms in res.get("cycles", [])[1:]]
-                rows.append((n, kind, res["offered"], res["rate"],
-                             sum(cyc) / len(cyc) if cyc else None, max(cyc) if cyc else None,
-                             res.get("sites")))  # fmt: skip
+                rows.append(
+                    (
+                        n,
+                        kind,
+                        res["offered"],
+                        res["rate"],
+                        sum(cyc) / len(cyc) if cyc else None,
+                        max(cyc) if cyc else None,
+                        res.get("sites"),
+                    )
+                )
                 print(f"  {n} sites, {kind}: {res['rate']:.0f} msg/s", flush=True)
     print()
-    print(f"{'sites':>7} {'subscriber':<12} {'offered/s':>10} {'received/s':>11} "
-          f"{'cycle ms mean':>14} {'max':>7} {'sites held':>10}")  # fmt: skip
+    print(
+        f"{'sites':>7} {'subscriber':<12} {'offered/s':>10} {'received/s':>11} "
+        f"{'cycle ms mean':>14} {'max':>7} {'sites held':>10}"
+    )
     names = {"c": "mosquitto_sub", "paho": "paho bare", "worker": "worker"}
     for n, kind, offered, rate, mean, mx, held in rows:
         mean_s = f"{mean:.1f}" if mean is not None else "-"
         max_s = f"{mx:.1f}" if mx is not None else "-"
-        print(f"{n:>7} {names[kind]:<12} {offered:>10.0f} {rate:>11.0f} {mean_s:>14} "
-              f"{max_s:>7} {held if held is not None else '-':>10}")  # fmt: skip
+        print(
+            f"{n:>7} {names[kind]:<12} {offered:>10.0f} {rate:>11.0f} {mean_s:>14} "
+            f"{max_s:>7} {held if held is not None else '-':>10}"
+        )
 
 
 if __name__ == "__main__":

@@ -220,10 +220,24 @@ class PartitionAggregate:
 
 
 _SUMMED = (
-    "sites_total", "sites_fresh", "sites_stale", "sites_offline", "sites_degraded",
-    "measured_w", "baseline_w", "p_min_w", "p_max_w", "e_absorb_wh", "e_deliver_wh",
-    "pv_w", "load_w", "battery_w", "uncontrolled_w", "sites_following", "sites_planned",
-)  # fmt: skip
+    "sites_total",
+    "sites_fresh",
+    "sites_stale",
+    "sites_offline",
+    "sites_degraded",
+    "measured_w",
+    "baseline_w",
+    "p_min_w",
+    "p_max_w",
+    "e_absorb_wh",
+    "e_deliver_wh",
+    "pv_w",
+    "load_w",
+    "battery_w",
+    "uncontrolled_w",
+    "sites_following",
+    "sites_planned",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,8 +274,14 @@ class PoolAggregate:
         absorb = tuple(sum(p.sustain_absorb_w[i] for p in parts) for i in range(n))
         deliver = tuple(sum(p.sustain_deliver_w[i] for p in parts) for i in range(n))
         ts = min((p.ts for p in parts), default=now)
-        return cls(pool_id=pool_id, ts=ts, partitions=len(parts), sustain_absorb_w=absorb,
-                   sustain_deliver_w=deliver, **sums)  # fmt: skip
+        return cls(
+            pool_id=pool_id,
+            ts=ts,
+            partitions=len(parts),
+            sustain_absorb_w=absorb,
+            sustain_deliver_w=deliver,
+            **sums,
+        )
 
 
 @dataclass(frozen=True)

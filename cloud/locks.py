@@ -62,8 +62,12 @@ class LeaderLock:
         if ttl_s <= 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
         self.redis, self.key, self.holder_id, self.clock, self.ttl_s = (
-            redis, key, holder_id, clock, ttl_s
-        )  # fmt: skip
+            redis,
+            key,
+            holder_id,
+            clock,
+            ttl_s,
+        )
         self._renew = redis.register_script(RENEW_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._valid_until = float("-inf")

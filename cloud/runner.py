@@ -116,8 +116,11 @@ async def run_cloud(
         if "api" in roles:
             assert registry is not None
             tasks.append(asyncio.create_task(_sync_loop(registry, settings.redis_url, stop)))
-            server = ApiServer(create_app(registry, settings.redis_url, clock),
-                               settings.api_host, settings.api_port)  # fmt: skip
+            server = ApiServer(
+                create_app(registry, settings.redis_url, clock),
+                settings.api_host,
+                settings.api_port,
+            )
             await server.start()
             closers.append(server.stop)
             log.info("api on %s", server.url)

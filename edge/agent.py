@@ -534,9 +534,15 @@ class SiteAgent:
         grid_w = measured["grid_w"]
         if grid_w is None:
             # Without the meter the agent cannot see the load: safety only.
-            return CycleState(mode=Mode.DEGRADED, inputs=None, baseline=None,
-                              plan=self._blind_plan(), flex=_no_flex(None), command=None,
-                              **measured)  # fmt: skip
+            return CycleState(
+                mode=Mode.DEGRADED,
+                inputs=None,
+                baseline=None,
+                plan=self._blind_plan(),
+                flex=_no_flex(None),
+                command=None,
+                **measured,
+            )
         pv_w, battery_w, hp_w = measured["pv_w"], measured["battery_w"], measured["heat_pump_w"]
         load = max(0.0, grid_w + (pv_w or 0.0) + (battery_w or 0.0) - (hp_w or 0.0))
         inputs = SiteInputs(
@@ -547,10 +553,22 @@ class SiteAgent:
         )
         baseline = fallback(inputs, self.limits, self.poll_s)
         if lost:
-            return CycleState(mode=Mode.DEGRADED, inputs=inputs, baseline=baseline, plan=baseline,
-                              flex=_no_flex(baseline.grid_w), command=None, **measured)  # fmt: skip
-        flex = flexibility(inputs, self.limits, outdoor_c=_value(hp, "outdoor_c"),
-                           thermal=self.thermal.model, cycle_s=self.poll_s)  # fmt: skip
+            return CycleState(
+                mode=Mode.DEGRADED,
+                inputs=inputs,
+                baseline=baseline,
+                plan=baseline,
+                flex=_no_flex(baseline.grid_w),
+                command=None,
+                **measured,
+            )
+        flex = flexibility(
+            inputs,
+            self.limits,
+            outdoor_c=_value(hp, "outdoor_c"),
+            thermal=self.thermal.model,
+            cycle_s=self.poll_s,
+        )
         command = self.command if self.command is not None and self.command.valid(now) else None
         planned = None if self.share is None else self.share.at(now)
         plan_id = None
@@ -565,10 +583,18 @@ class SiteAgent:
             if planned is not None and (command is None or command.basis is PlanBasis.PLAN):
                 plan_id = self.share.plan_id if self.share is not None else None
             plan, mode = follow(target, inputs, self.limits, self.poll_s), Mode.CLOUD
-        return CycleState(mode=mode, inputs=inputs, baseline=baseline, plan=plan, flex=flex,
-                          command=command, plan_id=plan_id, planned_w=planned,
-                          open_loop=mode is Mode.CLOUD and command is None,
-                          **measured)  # fmt: skip
+        return CycleState(
+            mode=mode,
+            inputs=inputs,
+            baseline=baseline,
+            plan=plan,
+            flex=flex,
+            command=command,
+            plan_id=plan_id,
+            planned_w=planned,
+            open_loop=mode is Mode.CLOUD and command is None,
+            **measured,
+        )
 
     @staticmethod
     def _target(

@@ -256,8 +256,17 @@ class AsyncMqttClient:
         self._stopping = False
         self._paused = False
         self._stats: dict[str, int] = dict.fromkeys(
-            ("connects", "reconnects", "connect_failures", "disconnects", "messages",
-             "handler_errors", "subscribe_refused"), 0)  # fmt: skip
+            (
+                "connects",
+                "reconnects",
+                "connect_failures",
+                "disconnects",
+                "messages",
+                "handler_errors",
+                "subscribe_refused",
+            ),
+            0,
+        )
 
     # --- public API -------------------------------------------------------------------------
 

@@ -151,8 +151,9 @@ async def running_system(
     speed makes the devices, not the loop, the slowest part: 1.5 s ticks at speed 15 cost
     several points of the 4-second tracking figure)."""
     clock = SimClock(speed=speed, start=t0)
-    fleet = Fleet(sites, seed=seed, clock=clock, latency_s=0.0,
-                  tick_s=max(sim_tick_s / speed, 0.005))  # fmt: skip
+    fleet = Fleet(
+        sites, seed=seed, clock=clock, latency_s=0.0, tick_s=max(sim_tick_s / speed, 0.005)
+    )
     truth: list[tuple[float, list[float]]] = []
     tick = fleet.tick
 
@@ -171,9 +172,16 @@ async def running_system(
     # Leases of 2 s wall at least: at speed 15 the default 6 s are 0.4 s of wall time, and one
     # busy moment of this single process (every role, agent and device in one event loop)
     # would lose a worker its partitions. Nothing here tests lease expiry.
-    settings = CloudSettings(mqtt_url=mqtt_url, redis_url=redis_url, db=db, api_port=free_port(),
-                             partitions=PARTITIONS, cycle_s=1.0, dispatch_cycle_s=CYCLE_S,
-                             lease_ttl_s=max(6.0, 2.0 * speed))  # fmt: skip
+    settings = CloudSettings(
+        mqtt_url=mqtt_url,
+        redis_url=redis_url,
+        db=db,
+        api_port=free_port(),
+        partitions=PARTITIONS,
+        cycle_s=1.0,
+        dispatch_cycle_s=CYCLE_S,
+        lease_ttl_s=max(6.0, 2.0 * speed),
+    )
     stop, ready = asyncio.Event(), asyncio.Event()
     cloud = asyncio.create_task(
         run_cloud(settings, clock, ("worker", "api"), stop=stop, ready=ready)
@@ -185,14 +193,22 @@ async def running_system(
     runs: list[asyncio.Task] = []
     tap = TelemetryTap(mqtt_url)
     hot = aioredis.Redis.from_url(redis_url)
-    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.api_port}",
-                            headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    api = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{settings.api_port}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     try:
         await asyncio.wait_for(ready.wait(), 30)
         for i in range(dispatchers):
-            d = PoolDispatcher(mqtt_url=mqtt_url, redis_url=redis_url, registry=dispatch_registry,
-                               clock=clock, partition_count=PARTITIONS, cycle_s=CYCLE_S,
-                               dispatcher_id=f"dispatcher-{i}")  # fmt: skip
+            d = PoolDispatcher(
+                mqtt_url=mqtt_url,
+                redis_url=redis_url,
+                registry=dispatch_registry,
+                clock=clock,
+                partition_count=PARTITIONS,
+                cycle_s=CYCLE_S,
+                dispatcher_id=f"dispatcher-{i}",
+            )
             await d.start()
             started.append(d)
             dispatch_runs.append(asyncio.create_task(d.run(), name=f"dispatcher-{i}"))
@@ -200,14 +216,31 @@ async def running_system(
                 await clock.sleep(CYCLE_S)
         # Modbus timeouts in wall seconds: 1 s, so a busy moment of this process is not a
         # device failure (at 0.2 s, agents lost devices and degraded in CI).
-        raw = site_configs(fleet.manifest(), mqtt_url, tmp_path, partitions=PARTITIONS,
-                           agent={"modbus_timeout_s": 1.0, "backlog_delay_max_s": 1.0})  # fmt: skip
+        raw = site_configs(
+            fleet.manifest(),
+            mqtt_url,
+            tmp_path,
+            partitions=PARTITIONS,
+            agent={"modbus_timeout_s": 1.0, "backlog_delay_max_s": 1.0},
+        )
         agents.extend(SiteAgent(EdgeConfig.from_dict(c), clock) for c in raw.values())
         for agent in agents:
             await agent.start()
         runs.extend(asyncio.create_task(a.run()) for a in agents)
-        system = System(clock, fleet, agents, runs, api, hot, settings, started, dispatch_runs,
-                        tap, sites, truth)  # fmt: skip
+        system = System(
+            clock,
+            fleet,
+            agents,
+            runs,
+            api,
+            hot,
+            settings,
+            started,
+            dispatch_runs,
+            tap,
+            sites,
+            truth,
+        )
         deadline = clock.time() + 120
         while clock.time() < deadline:
             r = await api.get("/v1/pools/north/flexibility")

@@ -100,17 +100,28 @@ def test_a_broken_config_stops_the_agent_before_it_starts(tmp_path, command):
 def test_edge_configs_from_a_fleet_manifest(tmp_path):
     from edge.config import load_config
 
-    manifest = {"devices": [
-        {"site_id": "sim-1-00000", "kind": kind, "host": "127.0.0.1", "port": 5020,
-         "unit_id": unit} for kind, unit in
-        [("inverter", 1), ("battery", 2), ("meter", 3), ("heat_pump", 4)]
-    ]}  # fmt: skip
+    manifest = {
+        "devices": [
+            {
+                "site_id": "sim-1-00000",
+                "kind": kind,
+                "host": "127.0.0.1",
+                "port": 5020,
+                "unit_id": unit,
+            }
+            for kind, unit in [("inverter", 1), ("battery", 2), ("meter", 3), ("heat_pump", 4)]
+        ]
+    }
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(manifest))
     args = ["--manifest", str(path), "--mqtt-url", "mqtt://127.0.0.1:1883", "--out", str(tmp_path)]
     result = runner.invoke(app, ["edge", "configs-from-manifest", *args])
     assert result.exit_code == 0, result.output
     config = load_config(tmp_path / "sim-1-00000.toml")
-    assert [d.kind.value for d in config.devices] == ["pv_inverter", "battery", "meter",
-                                                       "heat_pump"]  # fmt: skip
+    assert [d.kind.value for d in config.devices] == [
+        "pv_inverter",
+        "battery",
+        "meter",
+        "heat_pump",
+    ]
     assert config.agent.db_path == tmp_path / "sim-1-00000.sqlite"

@@ -17,9 +17,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(900)
 
 
 def test_a_trading_morning_through_a_network_outage(tmp_path, broker, redis_url):
-    options = DemoOptions(sites=16, seed=3, hours=1.25, speed=14.0, scenario="network-outage",
-                          out=tmp_path, mqtt_url=broker.url, redis_url=redis_url,
-                          live=False)  # fmt: skip
+    options = DemoOptions(
+        sites=16,
+        seed=3,
+        hours=1.25,
+        speed=14.0,
+        scenario="network-outage",
+        out=tmp_path,
+        mqtt_url=broker.url,
+        redis_url=redis_url,
+        live=False,
+    )
     [result] = run_demo(options)
     kpis = result["kpis"]
     print(json.dumps(kpis, indent=1))

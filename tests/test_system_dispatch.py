@@ -32,8 +32,10 @@ async def test_a_balancing_setpoint_is_delivered_by_the_pool(tmp_path, broker, r
         assert delivery["shortfall_w"] == 0
         # judged on the devices' truth over the last 40 simulated seconds
         error, within = judge(system.delivered(started + 50), delivery["target_w"], delta)
-        print(f"setpoint: step {delta:.0f} W, mean error {100 * error:.2f} % of the step, "
-              f"{100 * within:.0f} % of samples within 10 %")  # fmt: skip
+        print(
+            f"setpoint: step {delta:.0f} W, mean error {100 * error:.2f} % of the step, "
+            f"{100 * within:.0f} % of samples within 10 %"
+        )
         assert error <= 0.05
         assert within >= 0.9
 
@@ -61,7 +63,9 @@ async def test_the_pool_keeps_delivering_when_a_fifth_of_its_sites_drop_out(
         remaining = [i for i in range(SITES) if i not in lost]
         samples = system.delivered(dropped + 50, remaining)
         error, within = judge(samples, delivery["target_w"], delta)
-        print(f"dropout: step {delta:.0f} W, mean error {100 * error:.2f} %, {100 * within:.0f} %"
-              " within 10 %")  # fmt: skip
+        print(
+            f"dropout: step {delta:.0f} W, mean error {100 * error:.2f} %, {100 * within:.0f} %"
+            " within 10 %"
+        )
         assert error <= 0.05
         assert within >= 0.9

@@ -132,13 +132,18 @@ def schedule_values(envelope: dict, start: float) -> list[float]:
 
 async def test_a_schedule_with_steps_and_ramps_is_tracked(tmp_path, broker, redis_url):
     start = 1_717_236_900.0  # 10:15 UTC; the system starts at 10:14
-    async with running_system(tmp_path, broker.url, redis_url, sites=SITES, speed=10.0,
-                              t0=start - 60.0) as system:  # fmt: skip
+    async with running_system(
+        tmp_path, broker.url, redis_url, sites=SITES, speed=10.0, t0=start - 60.0
+    ) as system:
         flex = await system.flexibility()
         now = flex["now"]
         values = schedule_values(flex["envelope"], start)
-        body = {"start": datetime.fromtimestamp(start, UTC).isoformat(), "resolution": "PT5M",
-                "values_w": values, "kind": "delta"}  # fmt: skip
+        body = {
+            "start": datetime.fromtimestamp(start, UTC).isoformat(),
+            "resolution": "PT5M",
+            "values_w": values,
+            "kind": "delta",
+        }
         response = await system.api.post("/v1/pools/north/schedules", json=body)
         assert response.status_code == 201, response.text
         end = start + 1800.0
@@ -177,9 +182,11 @@ async def test_a_schedule_with_steps_and_ramps_is_tracked(tmp_path, broker, redi
         within = np.abs(mean_delivered - mean_target) <= 0.05 * np.maximum(
             np.abs(mean_target), floor_w
         )
-        print(f"schedule: interval energy errors {[f'{100 * e:.2f} %' for e in errors]}, "
-              f"{100 * within.mean():.1f} % of {n} 4-s steps within 5 %, "
-              f"mean |target| {np.mean(np.abs(wanted)):.0f} W, floor {floor_w:.0f} W")  # fmt: skip
+        print(
+            f"schedule: interval energy errors {[f'{100 * e:.2f} %' for e in errors]}, "
+            f"{100 * within.mean():.1f} % of {n} 4-s steps within 5 %, "
+            f"mean |target| {np.mean(np.abs(wanted)):.0f} W, floor {floor_w:.0f} W"
+        )
         assert max(errors) < 0.01
         # Issue 6 asks for 95 % of 4-second steps within 5 %. This schedule moves the heat
         # pumps (the range a fresh June pool guarantees, see schedule_values), and the windows
@@ -211,8 +218,9 @@ async def test_a_schedule_with_steps_and_ramps_is_tracked(tmp_path, broker, redi
 
 
 async def test_a_standby_takes_over_when_the_leader_dies(tmp_path, broker, redis_url):
-    async with running_system(tmp_path, broker.url, redis_url, sites=SITES,
-                              dispatchers=2) as system:  # fmt: skip
+    async with running_system(
+        tmp_path, broker.url, redis_url, sites=SITES, dispatchers=2
+    ) as system:
         assert system.leader() == 0
         now = (await system.flexibility())["now"]
         delta = -0.4 * (now["baseline_w"] - now["p_min_w"])
@@ -235,9 +243,11 @@ async def test_a_standby_takes_over_when_the_leader_dies(tmp_path, broker, redis
         target = (await system.delivery())["target_w"]
         error, within = judge(system.delivered(killed + 8), target, delta)
         dip = max(abs(g - target) for g in system.delivered(killed)) / abs(delta)
-        print(f"take-over after {taken - killed:.1f} s; from 8 s after the kill: mean error "
-              f"{100 * error:.2f} % of the step, {100 * within:.0f} % within 10 %; "
-              f"largest deviation {100 * dip:.0f} % of the step")  # fmt: skip
+        print(
+            f"take-over after {taken - killed:.1f} s; from 8 s after the kill: mean error "
+            f"{100 * error:.2f} % of the step, {100 * within:.0f} % within 10 %; "
+            f"largest deviation {100 * dip:.0f} % of the step"
+        )
         assert taken - killed <= 8.0
         assert error <= 0.05
         assert within >= 0.9

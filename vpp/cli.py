@@ -88,12 +88,23 @@ def demo(
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
         t0 = from_iso8601(start) if start else None
-        options = DemoOptions(sites=sites, seed=seed, hours=24.0 if full_day else hours,
-                              speed=speed, scenario=scenario, out=out, start=t0,
-                              full_day=full_day, continuous=continuous, prices=prices,
-                              imbalance_prices=imbalance_prices, mqtt_url=mqtt_url,
-                              redis_url=redis_url, live=not no_live,
-                              history_days=history_days)  # fmt: skip
+        options = DemoOptions(
+            sites=sites,
+            seed=seed,
+            hours=24.0 if full_day else hours,
+            speed=speed,
+            scenario=scenario,
+            out=out,
+            start=t0,
+            full_day=full_day,
+            continuous=continuous,
+            prices=prices,
+            imbalance_prices=imbalance_prices,
+            mqtt_url=mqtt_url,
+            redis_url=redis_url,
+            live=not no_live,
+            history_days=history_days,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     results = run_demo(options)

@@ -170,8 +170,9 @@ def _schema_error(exc: RequestValidationError) -> ApiError:
     detail = "; ".join(f"{f}: {m}" for f, m in parts) or "invalid request"
     if any(err.get("type") == "json_invalid" for err in errors):
         ctx = errors[0].get("ctx") or {}
-        return ApiError(422, "bad_json", f"the body is not JSON: {ctx.get('error', '?')}",
-                        field="body")  # fmt: skip
+        return ApiError(
+            422, "bad_json", f"the body is not JSON: {ctx.get('error', '?')}", field="body"
+        )
     if field == "body" and any(err.get("type") == "model_attributes_type" for err in errors):
         detail += " (send a JSON object with 'Content-Type: application/json')"
     return ApiError(422, "schema", detail, field=field)
@@ -213,8 +214,12 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def _redis(request: Request, exc: RedisError) -> JSONResponse:
         # Redis down or slow: the API has no view of the pools, it is not a bug.
         log.warning("redis error on %s %s: %r", request.method, request.url.path, exc)
-        err = ApiError(503, "hot_state_unavailable", "the live pool data (Redis) is not "
-                       "reachable; retry shortly", headers={"Retry-After": "5"})  # fmt: skip
+        err = ApiError(
+            503,
+            "hot_state_unavailable",
+            "the live pool data (Redis) is not reachable; retry shortly",
+            headers={"Retry-After": "5"},
+        )
         return respond(err, request)
 
     @app.exception_handler(Exception)

@@ -252,8 +252,14 @@ def step(
     fresh sites outside that range (degraded ones): it is part of ``measured_w`` but no
     command moves it, so the feed-forward subtracts it instead of leaving it to the integral.
     """
-    inputs = {"now": now, "target_w": target_w, "measured_w": measured_w, "lo_w": lo_w,
-              "hi_w": hi_w, "uncontrolled_w": uncontrolled_w}  # fmt: skip
+    inputs = {
+        "now": now,
+        "target_w": target_w,
+        "measured_w": measured_w,
+        "lo_w": lo_w,
+        "hi_w": hi_w,
+        "uncontrolled_w": uncontrolled_w,
+    }
     for name, value in inputs.items():
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value}")

@@ -178,11 +178,24 @@ class PoolDispatcher:
         self._link_up_since: float | None = None
         self._hold_since: dict[str, float] = {}  # pools whose envelope and plan hold now
         self.stats: dict[str, int] = dict.fromkeys(
-            ("cycles", "led_cycles", "signals", "signals_unsent", "errors", "no_data",
-             "configs_published", "alerts_raised", "alerts_resolved",
-             "partitions_unresponsive", "releases", "planning_errors", "plans_republished",
-             "held_cycles"),
-            0)  # fmt: skip
+            (
+                "cycles",
+                "led_cycles",
+                "signals",
+                "signals_unsent",
+                "errors",
+                "no_data",
+                "configs_published",
+                "alerts_raised",
+                "alerts_resolved",
+                "partitions_unresponsive",
+                "releases",
+                "planning_errors",
+                "plans_republished",
+                "held_cycles",
+            ),
+            0,
+        )
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -193,8 +206,11 @@ class PoolDispatcher:
             self.redis, self.registry, self._publish_plan, partition_count=self.partition_count
         )
         host, port = self.mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"vpp-dispatch-{self.id}",
-                             protocol=mqtt.MQTTv5)  # fmt: skip
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"vpp-dispatch-{self.id}",
+            protocol=mqtt.MQTTv5,
+        )
         client.reconnect_delay_set(0.2, 5.0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -336,8 +352,12 @@ class PoolDispatcher:
         for i, a in enumerate(parts):
             since = self._signalled_since.get((pool_id, a.partition))
             flexible = a.sites_fresh - a.sites_degraded
-            if (since is not None and now - since > self.ack_timeout_s and flexible > 0
-                    and a.sites_following == 0):  # fmt: skip
+            if (
+                since is not None
+                and now - since > self.ack_timeout_s
+                and flexible > 0
+                and a.sites_following == 0
+            ):
                 out[i] = False
         return out
 
@@ -428,8 +448,9 @@ class PoolDispatcher:
             # once instead of holding the last level until it expires), then send nothing.
             if pool_id in self._states:
                 released = [a.partition for a in parts]
-                if await self._publish_signals(pool_id, now, released, np.zeros(len(released)),
-                                               release=True):  # fmt: skip
+                if await self._publish_signals(
+                    pool_id, now, released, np.zeros(len(released)), release=True
+                ):
                     log.info("dispatcher %s: pool %s released (no target)", self.id, pool_id)
                 del self._states[pool_id]
                 await self.redis.delete(state_key(pool_id))
@@ -449,10 +470,16 @@ class PoolDispatcher:
         uncontrolled_w = float(sum(a.uncontrolled_w for a in parts)) + float(
             sum(a.measured_w - a.uncontrolled_w for a in ignored)
         )
-        result = step(state, self.config, now=now, target_w=aim_w + catch_up,
-                      measured_w=measured_w, lo_w=float(p_min[responsive].sum()),
-                      hi_w=float(p_max[responsive].sum()),
-                      uncontrolled_w=uncontrolled_w)  # fmt: skip
+        result = step(
+            state,
+            self.config,
+            now=now,
+            target_w=aim_w + catch_up,
+            measured_w=measured_w,
+            lo_w=float(p_min[responsive].sum()),
+            hi_w=float(p_max[responsive].sum()),
+            uncontrolled_w=uncontrolled_w,
+        )
         # Around each partition's planned point where all its flexible sites follow the plan
         # (their level then reads around that point too), around its baseline elsewhere.
         bases = [self._basis(a, plan) for a in parts]
@@ -482,25 +509,40 @@ class PoolDispatcher:
         # Reported against the target in force now (the aim may lead it by the schedule lead).
         target_w = target.value_w if target is not None else None
         error_w = None if target_w is None else target_w - measured_w
-        delivery = {"ts": now, "source": target.source if target else "schedule",
-                    "schedule_id": target.schedule_id if target else None,
-                    "target_w": target_w, "aim_w": aim_w, "catch_up_w": catch_up,
-                    "command_w": result.command_w,
-                    "measured_w": measured_w, "error_w": error_w,
-                    "shortfall_w": result.shortfall_w, "saturated": result.saturated,
-                    "uncontrolled_w": uncontrolled_w,
-                    "sites_flexible": flexible,
-                    "sites_following": sum(a.sites_following for a in parts),
-                    "partitions": len(parts), "partitions_unresponsive": unresponsive,
-                    "plan_id": None if plan is None else plan.plan_id,
-                    "partitions_planned": sum(b is PlanBasis.PLAN for b in bases),
-                    "dispatcher": self.id}  # fmt: skip
+        delivery = {
+            "ts": now,
+            "source": target.source if target else "schedule",
+            "schedule_id": target.schedule_id if target else None,
+            "target_w": target_w,
+            "aim_w": aim_w,
+            "catch_up_w": catch_up,
+            "command_w": result.command_w,
+            "measured_w": measured_w,
+            "error_w": error_w,
+            "shortfall_w": result.shortfall_w,
+            "saturated": result.saturated,
+            "uncontrolled_w": uncontrolled_w,
+            "sites_flexible": flexible,
+            "sites_following": sum(a.sites_following for a in parts),
+            "partitions": len(parts),
+            "partitions_unresponsive": unresponsive,
+            "plan_id": None if plan is None else plan.plan_id,
+            "partitions_planned": sum(b is PlanBasis.PLAN for b in bases),
+            "dispatcher": self.id,
+        }
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(state_key(pool_id), json.dumps(result.state.to_dict()))
             pipe.set(delivery_key(pool_id), json.dumps(delivery))
             await pipe.execute()
-        await asyncio.to_thread(self.registry.record_cycle, pool_id, now, target_w, measured_w,
-                                error_w, target.schedule_id if target else None)  # fmt: skip
+        await asyncio.to_thread(
+            self.registry.record_cycle,
+            pool_id,
+            now,
+            target_w,
+            measured_w,
+            error_w,
+            target.schedule_id if target else None,
+        )
         await self._alert_shortfall(pool_id, now, target_w, result.shortfall_w)
 
     async def _alert_shortfall(
@@ -518,9 +560,16 @@ class PoolDispatcher:
             if significant and target_w is not None
             else ""
         )
-        change = self.alerts.sample(f"pool_shortfall:{pool_id}", significant, now,
-                                    rule="pool_shortfall", severity="critical", pool_id=pool_id,
-                                    value=shortfall_w, message=message)  # fmt: skip
+        change = self.alerts.sample(
+            f"pool_shortfall:{pool_id}",
+            significant,
+            now,
+            rule="pool_shortfall",
+            severity="critical",
+            pool_id=pool_id,
+            value=shortfall_w,
+            message=message,
+        )
         if change is None:
             return
         transition, alert = change
@@ -614,8 +663,12 @@ class PoolDispatcher:
             self._mqtt.publish(topic, encode(message), qos=1, retain=True)
         self._published_rev = rev
         self.stats["configs_published"] += len(mapping)
-        log.info("dispatcher %s: site configs published (rev %d, %d sites)", self.id,
-                 config_rev, len(mapping))  # fmt: skip
+        log.info(
+            "dispatcher %s: site configs published (rev %d, %d sites)",
+            self.id,
+            config_rev,
+            len(mapping),
+        )
 
     # --- performance accounting ---------------------------------------------------------------
 
@@ -629,8 +682,9 @@ class PoolDispatcher:
     ) -> None:
         """Integrate target and delivered energy per schedule interval; write it at its end."""
         current = self._intervals.get(pool_id)
-        if current is not None and (now >= current.end_ts or target is None
-                                    or target.interval_start_ts != current.start_ts):  # fmt: skip
+        if current is not None and (
+            now >= current.end_ts or target is None or target.interval_start_ts != current.start_ts
+        ):
             self._close_interval(pool_id, current)
             current = None
             del self._intervals[pool_id]

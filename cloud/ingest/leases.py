@@ -105,8 +105,9 @@ class LeaseManager:
 
         if self.owned:
             mine = sorted(self.owned)
-            results = await self._renew(keys=[lease_key(p) for p in mine], args=[
-                self.worker_id, ttl_ms])  # fmt: skip
+            results = await self._renew(
+                keys=[lease_key(p) for p in mine], args=[self.worker_id, ttl_ms]
+            )
             for p, ok in zip(mine, results, strict=True):
                 if ok:
                     self._valid_until[p] = started + self.ttl_s * (1.0 - _MARGIN)
@@ -115,8 +116,9 @@ class LeaseManager:
             if changes.lost:
                 log.warning(
                     "worker %s: lost leases on partitions %s (renewal failed)",
-                    self.worker_id, sorted(changes.lost),
-                )  # fmt: skip
+                    self.worker_id,
+                    sorted(changes.lost),
+                )
             self._drop(changes.lost)
 
         pipe = self.redis.pipeline(transaction=False)
@@ -143,17 +145,23 @@ class LeaseManager:
             if changes.gained:
                 log.info(
                     "worker %s: acquired partitions %s (share %d of %d, %d workers)",
-                    self.worker_id, sorted(changes.gained), share, self.partition_count,
+                    self.worker_id,
+                    sorted(changes.gained),
+                    share,
+                    self.partition_count,
                     self.live_workers,
-                )  # fmt: skip
+                )
         elif len(self.owned) > share:
             excess = sorted(self.owned)[share:]
             await self.release(excess)
             changes.lost.update(excess)
             log.info(
                 "worker %s: released partitions %s to stay at the fair share %d (%d workers)",
-                self.worker_id, excess, share, self.live_workers,
-            )  # fmt: skip
+                self.worker_id,
+                excess,
+                share,
+                self.live_workers,
+            )
         return changes
 
     async def _count_workers(self) -> int:

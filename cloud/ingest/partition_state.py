@@ -231,16 +231,28 @@ class PartitionState:
         else:
             outcome = Outcome.ACCEPTED_LIVE
         flex = t.flex
-        row[_TS:_SOC + 1] = (
-            ts, receive_time, t.interval_s, _opt(t.heartbeat_s), t.grid_w, t.baseline_w,
-            flex.p_min_w, flex.p_max_w, flex.e_absorb_wh, flex.e_deliver_wh,
-            _opt(t.pv_w), _opt(t.load_w), _opt(t.battery_w), _opt(t.soc_pct),
-        )  # fmt: skip
+        row[_TS : _SOC + 1] = (
+            ts,
+            receive_time,
+            t.interval_s,
+            _opt(t.heartbeat_s),
+            t.grid_w,
+            t.baseline_w,
+            flex.p_min_w,
+            flex.p_max_w,
+            flex.e_absorb_wh,
+            flex.e_deliver_wh,
+            _opt(t.pv_w),
+            _opt(t.load_w),
+            _opt(t.battery_w),
+            _opt(t.soc_pct),
+        )
         slot = t.slot_energy
-        row[_SLOT_START:_SLOT_COV + 1] = (
-            (np.nan, np.nan, np.nan) if slot is None
+        row[_SLOT_START : _SLOT_COV + 1] = (
+            (np.nan, np.nan, np.nan)
+            if slot is None
             else (slot.start_ts, slot.deviation_wh, slot.covered_s)
-        )  # fmt: skip
+        )
         self._seq[i] = seq
         self._mode[i] = _MODE_CODE[t.mode]
         self._planned[i] = t.plan_id is not None
@@ -475,12 +487,14 @@ class PartitionState:
                 seq = str(seqs[j])
             else:
                 ts = grid = base = pmin = pmax = soc = seq = "null"
-            out.append((
-                sid,
-                f'{{"site_id":"{sid}","pool_id":{pool_json[j]},"status":"{status[j]}",'
-                f'"mode":{modes[j]},"ts":{ts},"seq":{seq},"grid_w":{grid},'
-                f'"baseline_w":{base},"p_min_w":{pmin},"p_max_w":{pmax},"soc_pct":{soc}}}',
-            ))  # fmt: skip
+            out.append(
+                (
+                    sid,
+                    f'{{"site_id":"{sid}","pool_id":{pool_json[j]},"status":"{status[j]}",'
+                    f'"mode":{modes[j]},"ts":{ts},"seq":{seq},"grid_w":{grid},'
+                    f'"baseline_w":{base},"p_min_w":{pmin},"p_max_w":{pmax},"soc_pct":{soc}}}',
+                )
+            )
         return out
 
     def _summary(self, i: int, code: int) -> SiteSummary:

@@ -116,13 +116,20 @@ class PartitionWorker:
         self._ctx = f"worker={self.worker_id}"
         self._redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
         self._leases = LeaseManager(
-            self._redis, worker_id=self.worker_id, partition_count=partition_count,
-            clock=clock, ttl_s=lease_ttl_s,
-        )  # fmt: skip
+            self._redis,
+            worker_id=self.worker_id,
+            partition_count=partition_count,
+            clock=clock,
+            ttl_s=lease_ttl_s,
+        )
         self._link = MqttSubscriber(
-            mqtt_url=mqtt_url, client_id=f"vpp-worker-{self.worker_id}",
-            on_message=self._on_message, qos=1, ctx=self._ctx, clock=clock,
-        )  # fmt: skip
+            mqtt_url=mqtt_url,
+            client_id=f"vpp-worker-{self.worker_id}",
+            on_message=self._on_message,
+            qos=1,
+            ctx=self._ctx,
+            clock=clock,
+        )
         self._states: dict[int, PartitionState] = {}
         self._counts: dict[int, Counter[str]] = {}
         self._rejected: dict[int, Counter[str]] = {}
@@ -144,12 +151,22 @@ class PartitionWorker:
         self._stopping = False  # stop() called
         self._halted = False  # the loops must end (stop() or a crash of run())
         self._stats: dict[str, Any] = {
-            "messages": 0, "telemetry": 0, "statuses": 0, "acks": 0, "envelopes": 0,
+            "messages": 0,
+            "telemetry": 0,
+            "statuses": 0,
+            "acks": 0,
+            "envelopes": 0,
             "rejected": 0,
-            "not_owned": 0, "empty": 0, "cycles": 0, "cycle_errors": 0, "lease_errors": 0,
-            "last_cycle_ms": 0.0, "max_cycle_ms": 0.0, "last_compute_ms": 0.0,
+            "not_owned": 0,
+            "empty": 0,
+            "cycles": 0,
+            "cycle_errors": 0,
+            "lease_errors": 0,
+            "last_cycle_ms": 0.0,
+            "max_cycle_ms": 0.0,
+            "last_compute_ms": 0.0,
             "site_pools_reloads": 0,
-        }  # fmt: skip
+        }
 
     # --- public ---------------------------------------------------------------------------
 
@@ -191,8 +208,9 @@ class PartitionWorker:
             try:
                 await self._reload_site_pools()
             except Exception as exc:
-                log.warning("%s: cannot load site pools yet (%s); retrying each cycle",
-                            self._ctx, exc)  # fmt: skip
+                log.warning(
+                    "%s: cannot load site pools yet (%s); retrying each cycle", self._ctx, exc
+                )
             if not self._stopping:  # a stop() meanwhile waits for us, then releases
                 await self._lease_tick()
         finally:
@@ -219,8 +237,9 @@ class PartitionWorker:
             done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:
             if not self._stopping:
-                log.warning("%s: cancelled without stop(): dropping connections, leases kept",
-                            self._ctx)  # fmt: skip
+                log.warning(
+                    "%s: cancelled without stop(): dropping connections, leases kept", self._ctx
+                )
             raise
         finally:
             if not self._stopping:  # crash or a loop died: no loop may outlive run()
@@ -269,8 +288,12 @@ class PartitionWorker:
         while pending:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                log.error("%s: loops %s did not end within %.0f s; leaving them", self._ctx,
-                          [t.get_name() for t in pending], wall_timeout_s)  # fmt: skip
+                log.error(
+                    "%s: loops %s did not end within %.0f s; leaving them",
+                    self._ctx,
+                    [t.get_name() for t in pending],
+                    wall_timeout_s,
+                )
                 return
             for task in pending:
                 task.cancel()
@@ -390,8 +413,15 @@ class PartitionWorker:
             self._rejected[p][reason] += 1
         n = self._reject_totals[reason]
         if n <= _BAD_LOG_FIRST or n % 1000 == 0:
-            log.warning("%s partition=%s: rejected message on %s (%s, #%d): %s",
-                        self._ctx, p, topic, reason, n, detail)  # fmt: skip
+            log.warning(
+                "%s partition=%s: rejected message on %s (%s, #%d): %s",
+                self._ctx,
+                p,
+                topic,
+                reason,
+                n,
+                detail,
+            )
 
     # --- leases ---------------------------------------------------------------------------
 
@@ -414,8 +444,9 @@ class PartitionWorker:
             try:
                 await self._leases.release(expired)
             except Exception as exc:  # ownership already dropped locally; keys expire anyway
-                log.warning("%s: cannot release expired leases %s (%s)",
-                            self._ctx, sorted(expired), exc)  # fmt: skip
+                log.warning(
+                    "%s: cannot release expired leases %s (%s)", self._ctx, sorted(expired), exc
+                )
         self._apply_lease_changes(changes)
 
     def _apply_lease_changes(self, changes: LeaseChanges) -> None:
@@ -437,8 +468,9 @@ class PartitionWorker:
         for p in sorted(changes.gained):
             if p in self._states:
                 continue
-            state = PartitionState(p, stale_intervals=self.stale_intervals,
-                                   offline_after_s=self.offline_after_s)  # fmt: skip
+            state = PartitionState(
+                p, stale_intervals=self.stale_intervals, offline_after_s=self.offline_after_s
+            )
             state.set_pools(self._site_pools.get(p, {}), now)
             self._states[p] = state
             self._counts[p] = Counter()
@@ -450,8 +482,12 @@ class PartitionWorker:
             self._owned_since[p] = now
             self._written_pools[p] = set()
             self._link.subscribe(partition_filter(p, k) for k in _KINDS)
-            log.info("%s partition=%d: owned; subscribing (%d registered sites)",
-                     self._ctx, p, len(state))  # fmt: skip
+            log.info(
+                "%s partition=%d: owned; subscribing (%d registered sites)",
+                self._ctx,
+                p,
+                len(state),
+            )
 
     # --- registry mapping -----------------------------------------------------------------
 
@@ -580,5 +616,7 @@ class PartitionWorker:
 
     def _summary(self) -> str:
         s = self._stats
-        return (f"messages={s['messages']} telemetry={s['telemetry']} rejected={s['rejected']} "
-                f"cycles={s['cycles']} cycle_errors={s['cycle_errors']}")  # fmt: skip
+        return (
+            f"messages={s['messages']} telemetry={s['telemetry']} rejected={s['rejected']} "
+            f"cycles={s['cycles']} cycle_errors={s['cycle_errors']}"
+        )

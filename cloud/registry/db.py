@@ -469,9 +469,18 @@ class Registry:
                 "INSERT INTO schedules (schedule_id, pool_id, start_ts, resolution_s, end_ts,"
                 " values_json, kind, created_ts, effective_end_ts)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (schedule_id, pool_id, start_ts, resolution_s, end_ts,
-                 json.dumps(values), kind, created, end_ts),
-            )  # fmt: skip
+                (
+                    schedule_id,
+                    pool_id,
+                    start_ts,
+                    resolution_s,
+                    end_ts,
+                    json.dumps(values),
+                    kind,
+                    created,
+                    end_ts,
+                ),
+            )
             row = conn.execute(
                 f"SELECT {_SCHEDULE_COLS} FROM schedules AS s WHERE s.schedule_id = ?",
                 (schedule_id,),
@@ -635,8 +644,9 @@ class Registry:
         schedule_id: str | None = None,
     ) -> None:
         """One dispatcher cycle. Prefer :meth:`record_cycles` to batch a few cycles per commit."""
-        self.record_cycles([CyclePerformance(pool_id, ts, target_w, measured_w, error_w,
-                                             schedule_id)])  # fmt: skip
+        self.record_cycles(
+            [CyclePerformance(pool_id, ts, target_w, measured_w, error_w, schedule_id)]
+        )
 
     def record_cycles(self, rows: Iterable[CyclePerformance]) -> int:
         """Many cycles in one transaction (one commit); return how many were stored."""
@@ -685,9 +695,14 @@ class Registry:
         """Store (or replace: the dispatcher may update a running interval) one interval's
         delivery, keyed by (pool, schedule or none, interval start)."""
         values = (
-            float(interval_s), float(energy_target_wh), float(energy_delivered_wh),
-            float(error_rms_w), float(error_max_w), float(imbalance_wh), self.clock.time(),
-        )  # fmt: skip
+            float(interval_s),
+            float(energy_target_wh),
+            float(energy_delivered_wh),
+            float(error_rms_w),
+            float(error_max_w),
+            float(imbalance_wh),
+            self.clock.time(),
+        )
         key = (pool_id, schedule_id, float(interval_start_ts))
         with self._write() as conn:
             cur = conn.execute(
@@ -827,8 +842,19 @@ class Registry:
         return ApiKey(row[0], row[1], pools, row[2], row[3], row[4])
 
     def _schedule(self, row: Sequence[Any]) -> Schedule:
-        (schedule_id, pool_id, start, res, end, values_json, kind, created, cancelled,
-         superseded, effective_end) = row  # fmt: skip
+        (
+            schedule_id,
+            pool_id,
+            start,
+            res,
+            end,
+            values_json,
+            kind,
+            created,
+            cancelled,
+            superseded,
+            effective_end,
+        ) = row
         if superseded is not None and superseded >= end:
             superseded = None
         if superseded is not None and (cancelled is None or superseded < cancelled):

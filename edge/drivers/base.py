@@ -192,8 +192,11 @@ class Driver(ABC):
         if self._fails <= 2 or self._fails % 20 == 0 or reason != self.last_error:
             log.warning(
                 "%s: poll failed (%d in a row, skipping %d polls): %s",
-                self.ctx, self._fails, self._skip, reason,
-            )  # fmt: skip
+                self.ctx,
+                self._fails,
+                self._skip,
+                reason,
+            )
         self.last_error = reason
         self._update_health(failed=True, link_down=link_down)
 
@@ -226,8 +229,10 @@ class Driver(ABC):
             self.stats.control_lost += 1
             log.warning(
                 "%s: device holds %s, we wrote %s (reboot or revert?): will write again",
-                self.ctx, held, self.guard.written,
-            )  # fmt: skip
+                self.ctx,
+                held,
+                self.guard.written,
+            )
             self.guard.invalidate()
 
     def _same(self, wrote: float | None, held: float | None) -> bool:

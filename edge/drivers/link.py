@@ -187,8 +187,10 @@ class ModbusLink:
             if self._connect_fails in (1, 2) or self._connect_fails % 50 == 0:
                 log.warning(
                     "%s: connect failed (%d in a row); retry in %.2f s",
-                    self.endpoint, self._connect_fails, delay,
-                )  # fmt: skip
+                    self.endpoint,
+                    self._connect_fails,
+                    delay,
+                )
             raise LinkDown(f"{self.endpoint}: connect failed ({self._connect_fails} in a row)")
         if self._connect_fails or self.stats.connects:
             log.info("%s: connected (after %d failures)", self.endpoint, self._connect_fails)
@@ -210,8 +212,11 @@ class ModbusLink:
         if not 1 <= count <= MAX_READ_REGISTERS:
             raise ValueError(f"count must be 1..{MAX_READ_REGISTERS}, got {count}")
         what = f"read {count} @ {address}"
-        rr = await self._request(what, unit_id, lambda c: c.read_holding_registers(
-            address, count=count, device_id=unit_id))  # fmt: skip
+        rr = await self._request(
+            what,
+            unit_id,
+            lambda c: c.read_holding_registers(address, count=count, device_id=unit_id),
+        )
         regs = list(getattr(rr, "registers", None) or [])
         if len(regs) < count:
             self.stats.bad_responses += 1
@@ -227,8 +232,9 @@ class ModbusLink:
         if any(not 0 <= v <= 0xFFFF for v in values):
             raise ValueError(f"register values must be 0..65535, got {values}")
         what = f"write {len(values)} @ {address}"
-        await self._request(what, unit_id, lambda c: c.write_registers(
-            address, values, device_id=unit_id))  # fmt: skip
+        await self._request(
+            what, unit_id, lambda c: c.write_registers(address, values, device_id=unit_id)
+        )
 
     async def _request(self, what: str, unit_id: int, make) -> ModbusPDU:
         async with self._lock:

@@ -159,9 +159,15 @@ class SunSpecDriver(Driver):
         return int(sf)
 
     def _val(
-        self, raw: Mapping, mid: int, name: str, lo: float | None = None, hi: float | None = None,
-        *, required: bool = True,
-    ) -> float | None:  # fmt: skip
+        self,
+        raw: Mapping,
+        mid: int,
+        name: str,
+        lo: float | None = None,
+        hi: float | None = None,
+        *,
+        required: bool = True,
+    ) -> float | None:
         """Physical value of a point, checked against [lo, hi]; None if not implemented."""
         v = raw.get((mid, name))
         if v is None:
@@ -276,8 +282,9 @@ class InverterDriver(SunSpecDriver):
         if full:
             await self._w(a_ena, [1])
         await self._verify(a_pct, {a_pct: pct, a_rvrt: t, a_ena: 1})
-        self.raw.update({(123, "WMaxLimPct"): pct, (123, "WMaxLimPct_RvrtTms"): t,
-                         (123, "WMaxLim_Ena"): 1})  # fmt: skip
+        self.raw.update(
+            {(123, "WMaxLimPct"): pct, (123, "WMaxLimPct_RvrtTms"): t, (123, "WMaxLim_Ena"): 1}
+        )
 
 
 class BatteryDriver(SunSpecDriver):
@@ -385,8 +392,14 @@ class BatteryDriver(SunSpecDriver):
             await self._w(a_mod, [3])
         lo = min(a_mod, a_out, a_rvrt)
         await self._verify(lo, {a_mod: 3, a_out: _u16(rte), a_in: _u16(-rte), a_rvrt: t})
-        self.raw.update({(124, "StorCtl_Mod"): 3, (124, "OutWRte"): rte, (124, "InWRte"): -rte,
-                         (124, "InOutWRte_RvrtTms"): t})  # fmt: skip
+        self.raw.update(
+            {
+                (124, "StorCtl_Mod"): 3,
+                (124, "OutWRte"): rte,
+                (124, "InWRte"): -rte,
+                (124, "InOutWRte_RvrtTms"): t,
+            }
+        )
 
 
 class MeterDriver(SunSpecDriver):

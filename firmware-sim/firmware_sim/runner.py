@@ -30,8 +30,9 @@ async def run_fleet(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Start ``sites`` sites and the control API, write the manifest, serve until ``stop``."""
-    fleet = Fleet(sites, seed, clock, host=host, base_port=base_port, latency_s=latency_s,
-                  tick_s=tick_s)  # fmt: skip
+    fleet = Fleet(
+        sites, seed, clock, host=host, base_port=base_port, latency_s=latency_s, tick_s=tick_s
+    )
     api = ControlApi(fleet, host=host, port=api_port)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

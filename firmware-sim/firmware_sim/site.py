@@ -94,8 +94,11 @@ class SiteRequestHandler(ServerRequestHandler):
             dev.stats.errors += 1
             log.error(
                 "site=%s device=%s request failed: %s\n%s",
-                site.site_id, dev.kind, exc, traceback.format_exc(),
-            )  # fmt: skip
+                site.site_id,
+                dev.kind,
+                exc,
+                traceback.format_exc(),
+            )
             response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
         self._send(response, pdu, addr)
 

@@ -189,9 +189,17 @@ class DeviceLayout:
             self.model_len[mid] = length
             for name, p in pts.items():
                 self.points[(mid, name)] = PointDef(
-                    mid, name, addr + p.addr, p.size, p.type, p.sf, p.access, p.mandatory,
-                    p.units, p.symbols,
-                )  # fmt: skip
+                    mid,
+                    name,
+                    addr + p.addr,
+                    p.size,
+                    p.type,
+                    p.sf,
+                    p.access,
+                    p.mandatory,
+                    p.units,
+                    p.symbols,
+                )
             addr += length + 2
         self.end_addr = addr  # address of the end marker
         #: registers from SunS to the end marker inclusive

@@ -65,9 +65,12 @@ def partition_aggregate(
 
 
 def seed_pool(
-    r: redis.Redis, pool_id: str, ts: float, partitions: tuple[int, ...] = NORTH_PARTITIONS,
+    r: redis.Redis,
+    pool_id: str,
+    ts: float,
+    partitions: tuple[int, ...] = NORTH_PARTITIONS,
     **values: Any,
-) -> None:  # fmt: skip
+) -> None:
     """Write the partition aggregates a worker writes each cycle, stamped ``ts``."""
     pipe = r.pipeline(transaction=False)
     for p in partitions:
@@ -217,9 +220,9 @@ async def running_api(
     registry.create_pool("north", "North pool")
     registry.create_pool("south", "South pool")
     sites = {
-        sid: registry.add_site(sid, pool) for sid, pool in
-        (("n-1", "north"), ("n-2", "north"), ("n-3", "north"), ("s-1", "south"))
-    }  # fmt: skip
+        sid: registry.add_site(sid, pool)
+        for sid, pool in (("n-1", "north"), ("n-2", "north"), ("n-3", "north"), ("s-1", "south"))
+    }
     tokens = {
         "north": registry.create_api_key(["north"], "north trader")[1],
         "south": registry.create_api_key(["south"], "south trader")[1],

@@ -40,13 +40,16 @@ def endpoints(schedule_id: str = "0" * 32) -> list[tuple[str, str, dict | None]]
         ("GET", "/v1/pools/north/flexibility", None),
         ("GET", "/v1/pools/north/sites", None),
         ("GET", "/v1/pools/north/schedules", None),
-        ("POST", "/v1/pools/north/schedules",
-         {"start": "2024-06-01T10:15:00Z", "resolution": "PT15M", "values_w": [0.0]}),
+        (
+            "POST",
+            "/v1/pools/north/schedules",
+            {"start": "2024-06-01T10:15:00Z", "resolution": "PT15M", "values_w": [0.0]},
+        ),
         ("GET", f"/v1/schedules/{schedule_id}", None),
         ("DELETE", f"/v1/schedules/{schedule_id}", None),
         ("POST", "/v1/pools/north/setpoint", {"target_w": 0.0, "valid_for_s": 10}),
         ("GET", "/v1/pools/north/stream", None),
-    ]  # fmt: skip
+    ]
 
 
 async def test_health_needs_no_key_and_reports_dependencies(api: Api) -> None:
@@ -67,11 +70,16 @@ async def test_docs_and_openapi_are_served(api: Api) -> None:
     spec = (await api.client.get("/openapi.json")).json()
     paths = spec["paths"]
     for path in (
-        "/v1/health", "/v1/pools", "/v1/pools/{pool_id}", "/v1/pools/{pool_id}/flexibility",
-        "/v1/pools/{pool_id}/sites", "/v1/pools/{pool_id}/schedules",
-        "/v1/schedules/{schedule_id}", "/v1/pools/{pool_id}/setpoint",
+        "/v1/health",
+        "/v1/pools",
+        "/v1/pools/{pool_id}",
+        "/v1/pools/{pool_id}/flexibility",
+        "/v1/pools/{pool_id}/sites",
+        "/v1/pools/{pool_id}/schedules",
+        "/v1/schedules/{schedule_id}",
+        "/v1/pools/{pool_id}/setpoint",
         "/v1/pools/{pool_id}/stream",
-    ):  # fmt: skip
+    ):
         assert path in paths, path
     assert set(paths["/v1/schedules/{schedule_id}"]) == {"get", "delete"}
     scheme = spec["components"]["securitySchemes"]["ApiKey"]
@@ -99,10 +107,13 @@ async def test_docs_and_openapi_are_served(api: Api) -> None:
         ("Bearer two words", "malformed_key", 'Bearer realm="vpp", error="invalid_request"'),
         ("vpp_0123456789ab_secret", "malformed_key", 'Bearer realm="vpp", error="invalid_request"'),
         ("Bearer wrong-token", "invalid_key", 'Bearer realm="vpp", error="invalid_token"'),
-        ("Bearer vpp_0123456789ab_" + "x" * 43, "invalid_key",
-         'Bearer realm="vpp", error="invalid_token"'),
+        (
+            "Bearer vpp_0123456789ab_" + "x" * 43,
+            "invalid_key",
+            'Bearer realm="vpp", error="invalid_token"',
+        ),
     ],
-)  # fmt: skip
+)
 async def test_every_endpoint_refuses_a_bad_key_with_401(
     api: Api, header: str | None, reason: str, challenge: str
 ) -> None:
@@ -143,9 +154,11 @@ async def test_a_pool_outside_the_key_scope_is_404_like_a_missing_pool(api: Api)
         assert r.json()["reason"] == "not_found"
         # ...and exactly the same answer as for a pool that does not exist at all.
         missing = await api.client.request(
-            method, path.replace("/north", "/nowhere").replace(schedule.schedule_id, "f" * 32),
-            json=body, headers=api.auth("south"),
-        )  # fmt: skip
+            method,
+            path.replace("/north", "/nowhere").replace(schedule.schedule_id, "f" * 32),
+            json=body,
+            headers=api.auth("south"),
+        )
         assert missing.status_code == 404
         assert missing.json()["reason"] == "not_found"
     # The schedule was not cancelled by the unscoped DELETE.
@@ -177,11 +190,13 @@ async def test_flexibility_now_durations_and_forecast(api: Api) -> None:
     assert (now["p_min_w"], now["p_max_w"]) == (-40_000, 30_000)
     assert (now["e_absorb_wh"], now["e_deliver_wh"]) == (40_000, 50_000)
     assert now["sites"] == {"total": 6, "fresh": 4, "stale": 2, "offline": 0, "degraded": 0}
-    assert [(d["duration"], d["duration_s"], d["absorb_w"], d["deliver_w"])
-            for d in body["durations"]] == [
-        ("PT15M", 900, 20_000, 50_000), ("PT1H", 3600, 18_000, 44_000),
+    assert [
+        (d["duration"], d["duration_s"], d["absorb_w"], d["deliver_w"]) for d in body["durations"]
+    ] == [
+        ("PT15M", 900, 20_000, 50_000),
+        ("PT1H", 3600, 18_000, 44_000),
         ("PT4H", 14400, 9_000, 12_000),
-    ]  # fmt: skip
+    ]
     assert body["forecast_resolution"] == "PT15M"
     slots = body["forecast"]
     assert len(slots) == 96  # the envelope's day
@@ -331,8 +346,10 @@ async def test_redis_unreachable_is_503_not_500(tmp_path: Path) -> None:
         r = await api.client.get("/v1/health")
         assert r.status_code == 503
         assert (r.json()["status"], r.json()["redis"], r.json()["registry"]) == (
-            "degraded", False, True,
-        )  # fmt: skip
+            "degraded",
+            False,
+            True,
+        )
         r = await api.client.get("/v1/pools/north/flexibility", headers=api.auth())
         assert r.status_code == 503
         assert r.json()["reason"] == "hot_state_unavailable"
@@ -352,9 +369,13 @@ async def test_serve_api_runs_in_the_loop_until_cancelled(tmp_path: Path, redis_
     registry = Registry(tmp_path / "r.db", SimClock(start=T0))
     port = free_port()
     task = asyncio.create_task(
-        serve_api(create_app(registry, redis_url, SimClock(start=T0)), "127.0.0.1", port,
-                  log_level="warning")
-    )  # fmt: skip
+        serve_api(
+            create_app(registry, redis_url, SimClock(start=T0)),
+            "127.0.0.1",
+            port,
+            log_level="warning",
+        )
+    )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as client:
             async with asyncio.timeout(10):

@@ -27,12 +27,25 @@ async def api(tmp_path: Path, redis_url: str) -> AsyncIterator[Api]:
 
 
 def record(api: Api, ts: float, **values: float | str | None) -> None:
-    body = {"ts": ts, "source": "setpoint", "schedule_id": None, "target_w": -30_000.0,
-            "command_w": -26_000.0, "catch_up_w": -250.0, "measured_w": -24_000.0,
-            "error_w": -6_000.0,
-            "shortfall_w": -4_000.0, "saturated": "low", "uncontrolled_w": 700.0,
-            "sites_flexible": 3, "sites_following": 3, "partitions": 2,
-            "partitions_unresponsive": 0, "dispatcher": "d-1", **values}  # fmt: skip
+    body = {
+        "ts": ts,
+        "source": "setpoint",
+        "schedule_id": None,
+        "target_w": -30_000.0,
+        "command_w": -26_000.0,
+        "catch_up_w": -250.0,
+        "measured_w": -24_000.0,
+        "error_w": -6_000.0,
+        "shortfall_w": -4_000.0,
+        "saturated": "low",
+        "uncontrolled_w": 700.0,
+        "sites_flexible": 3,
+        "sites_following": 3,
+        "partitions": 2,
+        "partitions_unresponsive": 0,
+        "dispatcher": "d-1",
+        **values,
+    }
     api.redis.set(delivery_key("north"), json.dumps(body))
 
 
@@ -47,11 +60,22 @@ async def test_delivery_reports_the_shortfall_and_the_raised_alert(api: Api, red
     hot = aioredis.Redis.from_url(redis_url)
     try:
         # table: (seconds after start, short?) -> transition
-        for dt, short, expected in ((0, True, None), (2, True, None), (4, True, "raised"),
-                                    (6, True, None)):  # fmt: skip
-            change = book.sample("pool_shortfall:north", short, api.now() + dt,
-                                 rule="pool_shortfall", severity="critical", pool_id="north",
-                                 value=-4_000.0, message="pool north 4000 W short")  # fmt: skip
+        for dt, short, expected in (
+            (0, True, None),
+            (2, True, None),
+            (4, True, "raised"),
+            (6, True, None),
+        ):
+            change = book.sample(
+                "pool_shortfall:north",
+                short,
+                api.now() + dt,
+                rule="pool_shortfall",
+                severity="critical",
+                pool_id="north",
+                value=-4_000.0,
+                message="pool north 4000 W short",
+            )
             assert (change and change[0]) == expected
             if change:
                 await store_transition(hot, *change)

@@ -64,8 +64,12 @@ async def test_post_read_back_and_list(api: Api) -> None:
 
 
 async def test_times_with_an_offset_and_delta_kind(api: Api) -> None:
-    body = {**GOOD, "start": "2024-06-01T12:30:00+02:00", "kind": "delta",
-            "values_w": [-50_000.0, 20_000.0]}  # fmt: skip
+    body = {
+        **GOOD,
+        "start": "2024-06-01T12:30:00+02:00",
+        "kind": "delta",
+        "values_w": [-50_000.0, 20_000.0],
+    }
     r = await api.client.post(POST, json=body, headers=api.auth())
     assert r.status_code == 201, r.text
     assert r.json()["start"] == "2024-06-01T10:30:00+00:00"
@@ -73,19 +77,26 @@ async def test_times_with_an_offset_and_delta_kind(api: Api) -> None:
 
 
 async def test_a_schedule_starting_now_is_within_the_grace(api: Api) -> None:
-    r = await api.client.post(POST, json={**GOOD, "start": "2024-06-01T10:00:00Z"},
-                              headers=api.auth())  # fmt: skip
+    r = await api.client.post(
+        POST, json={**GOOD, "start": "2024-06-01T10:00:00Z"}, headers=api.auth()
+    )
     assert r.status_code == 201, r.text
 
 
 async def test_a_later_schedule_replaces_an_earlier_one_from_its_start(api: Api) -> None:
-    first = (await api.client.post(POST, json={**GOOD, "values_w": [1000.0] * 4},
-                                   headers=api.auth())).json()  # fmt: skip
-    second = (await api.client.post(POST, json={**GOOD, "start": "2024-06-01T10:45:00Z",
-                                                 "values_w": [2000.0]},
-                                     headers=api.auth())).json()  # fmt: skip
-    first = (await api.client.get(f"/v1/schedules/{first['schedule_id']}",
-                                  headers=api.auth())).json()  # fmt: skip
+    first = (
+        await api.client.post(POST, json={**GOOD, "values_w": [1000.0] * 4}, headers=api.auth())
+    ).json()
+    second = (
+        await api.client.post(
+            POST,
+            json={**GOOD, "start": "2024-06-01T10:45:00Z", "values_w": [2000.0]},
+            headers=api.auth(),
+        )
+    ).json()
+    first = (
+        await api.client.get(f"/v1/schedules/{first['schedule_id']}", headers=api.auth())
+    ).json()
     assert first["status"] == "superseded"
     assert first["effective_end"] == first["superseded_from"] == "2024-06-01T10:45:00+00:00"
     assert second["status"] == "active"
@@ -94,8 +105,9 @@ async def test_a_later_schedule_replaces_an_earlier_one_from_its_start(api: Api)
     listed = (await api.client.get(POST, headers=api.auth())).json()["schedules"]
     assert [s["schedule_id"] for s in listed] == [second["schedule_id"], first["schedule_id"]]
     # since: schedules whose nominal span reaches past it (first ends 11:15, second 11:00).
-    since = await api.client.get(POST, params={"since": "2024-06-01T13:05:00+02:00", "limit": 5},
-                                 headers=api.auth())  # fmt: skip
+    since = await api.client.get(
+        POST, params={"since": "2024-06-01T13:05:00+02:00", "limit": 5}, headers=api.auth()
+    )
     assert [s["schedule_id"] for s in since.json()["schedules"]] == [first["schedule_id"]]
     r = await api.client.get(POST, params={"since": "2024-06-01T10:45:00"}, headers=api.auth())
     assert r.status_code == 422
@@ -106,11 +118,17 @@ async def test_delivery_per_interval_is_read_back(api: Api) -> None:
     sid = (await api.client.post(POST, json=GOOD, headers=api.auth())).json()["schedule_id"]
     api.registry.record_interval("north", sid, T0 + 900, 900, -5000.0, -4900.0, 300.0, 800.0, 100.0)
     body = (await api.client.get(f"/v1/schedules/{sid}", headers=api.auth())).json()
-    assert body["delivery"] == [{
-        "start": "2024-06-01T10:15:00+00:00", "duration": "PT15M",
-        "energy_target_wh": -5000.0, "energy_delivered_wh": -4900.0,
-        "error_rms_w": 300.0, "error_max_w": 800.0, "imbalance_wh": 100.0,
-    }]  # fmt: skip
+    assert body["delivery"] == [
+        {
+            "start": "2024-06-01T10:15:00+00:00",
+            "duration": "PT15M",
+            "energy_target_wh": -5000.0,
+            "energy_delivered_wh": -4900.0,
+            "error_rms_w": 300.0,
+            "error_max_w": 800.0,
+            "imbalance_wh": 100.0,
+        }
+    ]
 
 
 async def test_cancel(api: Api) -> None:
@@ -147,11 +165,17 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"start": "2024-06-01T10:07:00Z"}, "misaligned", "start"),
     ({"start": "2024-06-01T10:15:00Z", "resolution": "PT1H"}, "misaligned", "start"),
     ({"start": "2024-06-01T09:45:00Z"}, "in_past", "start"),
-    ({"start": "2024-06-01T11:00:00Z", "resolution": "PT1H", "values_w": _values(48)},
-     "beyond_horizon", "values_w"),
+    (
+        {"start": "2024-06-01T11:00:00Z", "resolution": "PT1H", "values_w": _values(48)},
+        "beyond_horizon",
+        "values_w",
+    ),
     ({"start": "2024-06-03T10:15:00Z"}, "beyond_horizon", "values_w"),
-    ({"start": "2024-06-01T10:01:00Z", "resolution": "PT1M", "values_w": _values(2881)},
-     "too_many_values", "values_w"),
+    (
+        {"start": "2024-06-01T10:01:00Z", "resolution": "PT1M", "values_w": _values(2881)},
+        "too_many_values",
+        "values_w",
+    ),
     ({"values_w": []}, "empty", "values_w"),
     ({"values_w": [0.0, float("nan")]}, "non_finite", "values_w[1]"),
     ({"values_w": [float("inf")]}, "non_finite", "values_w[0]"),
@@ -162,7 +186,7 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"kind": "relative"}, "schema", "kind"),
     ({"values_w": ["a lot"]}, "schema", "values_w.0"),
     ({"start": None}, "schema", "start"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("overrides", "reason", "field"), INVALID)
@@ -192,8 +216,9 @@ async def test_json_overflow_to_infinity_is_non_finite(api: Api) -> None:
 
 
 async def test_the_422_messages_say_how_to_fix_it(api: Api) -> None:
-    r = await api.client.post(POST, json={**GOOD, "start": "2024-06-01T10:07:00Z"},
-                              headers=api.auth())  # fmt: skip
+    r = await api.client.post(
+        POST, json={**GOOD, "start": "2024-06-01T10:07:00Z"}, headers=api.auth()
+    )
     assert "2024-06-01T10:00:00+00:00 or 2024-06-01T10:15:00+00:00" in r.json()["detail"]
     r = await api.client.post(POST, json={**GOOD, "resolution": "PT7M"}, headers=api.auth())
     assert "PT15M" in r.json()["detail"]
@@ -323,8 +348,9 @@ async def test_a_setpoint_is_refused_only_while_the_broker_link_is_down(
 
 
 async def test_setpoint_with_valid_for_and_valid_until(api: Api) -> None:
-    r = await api.client.post(SETPOINT, json={"target_w": -30_000, "kind": "delta",
-                                              "valid_for_s": 10}, headers=api.auth())  # fmt: skip
+    r = await api.client.post(
+        SETPOINT, json={"target_w": -30_000, "kind": "delta", "valid_for_s": 10}, headers=api.auth()
+    )
     assert r.status_code == 201, r.text
     body = r.json()
     assert (body["pool_id"], body["target_w"], body["kind"]) == ("north", -30_000, "delta")
@@ -341,8 +367,11 @@ async def test_setpoint_with_valid_for_and_valid_until(api: Api) -> None:
 
 INVALID_SETPOINTS: list[tuple[dict[str, Any], str, str]] = [
     ({"target_w": 0}, "expiry", "valid_for_s"),
-    ({"target_w": 0, "valid_for_s": 5, "valid_until": "2024-06-01T10:01:00Z"},
-     "expiry", "valid_for_s"),
+    (
+        {"target_w": 0, "valid_for_s": 5, "valid_until": "2024-06-01T10:01:00Z"},
+        "expiry",
+        "valid_for_s",
+    ),
     ({"target_w": 0, "valid_for_s": 0}, "expiry", "valid_for_s"),
     ({"target_w": 0, "valid_for_s": -3}, "expiry", "valid_for_s"),
     ({"target_w": 0, "valid_for_s": 301}, "expiry", "valid_for_s"),
@@ -354,7 +383,7 @@ INVALID_SETPOINTS: list[tuple[dict[str, Any], str, str]] = [
     ({"target_w": -50_200, "kind": "delta", "valid_for_s": 5}, "out_of_range", "target_w"),
     ({"target_w": 0, "kind": "both", "valid_for_s": 5}, "schema", "kind"),
     ({"valid_for_s": 5}, "schema", "target_w"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("body", "reason", "field"), INVALID_SETPOINTS)
@@ -362,9 +391,10 @@ async def test_invalid_setpoints_are_refused_with_reason(
     api: Api, body: dict[str, Any], reason: str, field: str
 ) -> None:
     r = await api.client.post(
-        SETPOINT, content=json.dumps(body),
+        SETPOINT,
+        content=json.dumps(body),
         headers={**api.auth(), "Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     assert r.status_code == 422, r.text
     assert (r.json()["reason"], r.json()["field"]) == (reason, field), r.json()
     assert api.rejected(reason) == 1
@@ -373,7 +403,6 @@ async def test_invalid_setpoints_are_refused_with_reason(
 
 async def test_setpoint_without_fresh_flexibility_is_503(api: Api) -> None:
     api.redis.flushdb()
-    r = await api.client.post(SETPOINT, json={"target_w": 0, "valid_for_s": 5},
-                              headers=api.auth())  # fmt: skip
+    r = await api.client.post(SETPOINT, json={"target_w": 0, "valid_for_s": 5}, headers=api.auth())
     assert r.status_code == 503
     assert r.json()["reason"] == "no_fresh_data"

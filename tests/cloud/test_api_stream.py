@@ -63,25 +63,38 @@ async def test_stream_flexibility_and_delivery_each_cycle(api: Api) -> None:
             assert first["id"] == data["as_of"]
             assert data["now"]["measured_w"] == 12_000
             assert data["now"]["sites"]["fresh"] == 4
-            assert data["delivery"] == {"source": None, "kind": None, "target_w": None,
-                                        "measured_w": 12_000, "error_w": None,
-                                        "shortfall_w": None}  # fmt: skip
+            assert data["delivery"] == {
+                "source": None,
+                "kind": None,
+                "target_w": None,
+                "measured_w": 12_000,
+                "error_w": None,
+                "shortfall_w": None,
+            }
 
             # A schedule in force now, then a new worker cycle: the next event tracks it.
             r = await api.client.post(
                 "/v1/pools/north/schedules",
-                json={"start": "2024-06-01T10:00:00Z", "resolution": "PT15M",
-                      "values_w": [5_000.0], "kind": "absolute"},
+                json={
+                    "start": "2024-06-01T10:00:00Z",
+                    "resolution": "PT15M",
+                    "values_w": [5_000.0],
+                    "kind": "absolute",
+                },
                 headers=api.auth(),
-            )  # fmt: skip
+            )
             assert r.status_code == 201, r.text
             api.seed(measured_w=3_000.0)
             second = json.loads((await next_event(events, "flexibility"))["data"])
             assert second["as_of"] > data["as_of"]
-            assert second["delivery"] == {"source": "schedule", "kind": "absolute",
-                                          "target_w": 5_000, "measured_w": 6_000,
-                                          "error_w": 1_000,
-                                          "shortfall_w": None}  # no dispatcher here # fmt: skip
+            assert second["delivery"] == {
+                "source": "schedule",
+                "kind": "absolute",
+                "target_w": 5_000,
+                "measured_w": 6_000,
+                "error_w": 1_000,
+                "shortfall_w": None,
+            }  # no dispatcher here
 
             # A setpoint wins over the schedule; delta is relative to the baseline (10 kW).
             r = await api.client.post(
@@ -152,11 +165,19 @@ async def test_a_new_envelope_is_announced_with_the_expected_shortfall(api: Api)
             scheduled = [None, -40_000.0, -40_000.0, None] + [None] * 92
             short = [0.0, -10_000.0, -10_000.0, 0.0] + [0.0] * 92
             plan = PlanRecord(
-                pool_id="north", plan_id="north-plan-7", seq=7, issued_ts=api.now(),
-                valid_until=api.now() + 7200, envelope_seq=2, start_ts=start, step_s=900.0,
-                scheduled_w=scheduled, storage_w=[0.0] * 96, power_only_w=[0.0] * 96,
+                pool_id="north",
+                plan_id="north-plan-7",
+                seq=7,
+                issued_ts=api.now(),
+                valid_until=api.now() + 7200,
+                envelope_seq=2,
+                start_ts=start,
+                step_s=900.0,
+                scheduled_w=scheduled,
+                storage_w=[0.0] * 96,
+                power_only_w=[0.0] * 96,
                 shortfall_w=short,
-            )  # fmt: skip
+            )
             api.redis.set(plan_key("north"), plan.to_json())
             announced = await next_event(events, "envelope")
             assert announced["id"] == "env-2-7"

@@ -22,16 +22,33 @@ T0 = 1_717_236_000.0  # 2024-06-01T10:00:00Z
 
 def test_allowed_resolutions_are_whole_minutes_dividing_an_hour() -> None:
     assert [format_duration(s) for s in ALLOWED_RESOLUTIONS_S] == [
-        "PT1M", "PT2M", "PT3M", "PT4M", "PT5M", "PT6M", "PT10M", "PT12M", "PT15M", "PT20M",
-        "PT30M", "PT1H",
-    ]  # fmt: skip
+        "PT1M",
+        "PT2M",
+        "PT3M",
+        "PT4M",
+        "PT5M",
+        "PT6M",
+        "PT10M",
+        "PT12M",
+        "PT15M",
+        "PT20M",
+        "PT30M",
+        "PT1H",
+    ]
 
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("PT15M", 900), ("PT1H", 3600), ("PT60M", 3600), ("PT900S", 900), ("pt5m", 300),
-     ("PT0H15M", 900), ("PT14M60S", 900)],
-)  # fmt: skip
+    [
+        ("PT15M", 900),
+        ("PT1H", 3600),
+        ("PT60M", 3600),
+        ("PT900S", 900),
+        ("pt5m", 300),
+        ("PT0H15M", 900),
+        ("PT14M60S", 900),
+    ],
+)
 def test_parse_duration(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
@@ -43,14 +60,21 @@ def test_parse_duration_refuses(text: str) -> None:
     with pytest.raises(ApiError) as info:
         parse_duration(text)
     assert (info.value.status, info.value.reason, info.value.field) == (
-        422, "bad_resolution", "resolution",
-    )  # fmt: skip
+        422,
+        "bad_resolution",
+        "resolution",
+    )
 
 
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (0, 90, 900, 3600, 5400, 14400)] == [
-        "PT0S", "PT1M30S", "PT15M", "PT1H", "PT1H30M", "PT4H",
-    ]  # fmt: skip
+        "PT0S",
+        "PT1M30S",
+        "PT15M",
+        "PT1H",
+        "PT1H30M",
+        "PT4H",
+    ]
 
 
 def test_parse_time() -> None:
@@ -63,8 +87,15 @@ def test_parse_time() -> None:
 
 
 def shape(**kw: object) -> None:
-    args: dict = dict(start_ts=T0 + 900, resolution_s=900, values_w=[0.0], now=T0,
-                      horizon_s=48 * 3600, grace_s=60, max_values=10)  # fmt: skip
+    args: dict = dict(
+        start_ts=T0 + 900,
+        resolution_s=900,
+        values_w=[0.0],
+        now=T0,
+        horizon_s=48 * 3600,
+        grace_s=60,
+        max_values=10,
+    )
     check_schedule_shape(**(args | kw))
 
 
@@ -88,21 +119,52 @@ def test_range_is_checked_per_interval_against_its_forecast_slot() -> None:
     ]
     # 5-minute intervals: the 4th interval (T0+900) falls in the narrower slot.
     ok = [90.0, 90.0, 90.0, 60.0, 55.0, -20.0]
-    check_range(start_ts=T0, resolution_s=300, values_w=ok, kind="absolute", slots=slots,
-                now_slot=now_slot)  # fmt: skip
+    check_range(
+        start_ts=T0, resolution_s=300, values_w=ok, kind="absolute", slots=slots, now_slot=now_slot
+    )
     with pytest.raises(ApiError) as info:
-        check_range(start_ts=T0, resolution_s=300, values_w=[*ok[:3], 90.0], kind="absolute",
-                    slots=slots, now_slot=now_slot)  # fmt: skip
+        check_range(
+            start_ts=T0,
+            resolution_s=300,
+            values_w=[*ok[:3], 90.0],
+            kind="absolute",
+            slots=slots,
+            now_slot=now_slot,
+        )
     assert (info.value.reason, info.value.field) == ("out_of_range", "values_w[3]")
     # delta: relative to the slot's baseline, [-70, 10] in the second slot.
-    check_range(start_ts=T0 + 900, resolution_s=900, values_w=[10.0], kind="delta",
-                slots=slots, now_slot=now_slot)  # fmt: skip
+    check_range(
+        start_ts=T0 + 900,
+        resolution_s=900,
+        values_w=[10.0],
+        kind="delta",
+        slots=slots,
+        now_slot=now_slot,
+    )
     with pytest.raises(ApiError, match="relative to the baseline"):
-        check_range(start_ts=T0 + 900, resolution_s=900, values_w=[-75.0], kind="delta",
-                    slots=slots, now_slot=now_slot)  # fmt: skip
+        check_range(
+            start_ts=T0 + 900,
+            resolution_s=900,
+            values_w=[-75.0],
+            kind="delta",
+            slots=slots,
+            now_slot=now_slot,
+        )
     # Past the forecast: the range now.
-    check_range(start_ts=T0 + 7200, resolution_s=900, values_w=[100.0], kind="absolute",
-                slots=slots, now_slot=now_slot)  # fmt: skip
+    check_range(
+        start_ts=T0 + 7200,
+        resolution_s=900,
+        values_w=[100.0],
+        kind="absolute",
+        slots=slots,
+        now_slot=now_slot,
+    )
     # Bounds echoed back as floats are not refused (tolerance of 1 W).
-    check_range(start_ts=T0 + 900, resolution_s=900, values_w=[60.0000001], kind="absolute",
-                slots=slots, now_slot=now_slot)  # fmt: skip
+    check_range(
+        start_ts=T0 + 900,
+        resolution_s=900,
+        values_w=[60.0000001],
+        kind="absolute",
+        slots=slots,
+        now_slot=now_slot,
+    )

@@ -40,11 +40,20 @@ def site_values(i: int) -> dict[str, float]:
 def telemetry(site_id: str, i: int, seq: int, ts: float) -> Telemetry:
     v = site_values(i)
     return Telemetry(
-        site_id=site_id, seq=seq, ts=ts, interval_s=2.0, mode="fallback", grid_w=v["grid_w"],
+        site_id=site_id,
+        seq=seq,
+        ts=ts,
+        interval_s=2.0,
+        mode="fallback",
+        grid_w=v["grid_w"],
         baseline_w=v["baseline_w"],
-        flex=Flexibility(p_min_w=v["p_min_w"], p_max_w=v["p_max_w"],
-                         e_absorb_wh=v["e_absorb_wh"], e_deliver_wh=v["e_deliver_wh"]),
-    )  # fmt: skip
+        flex=Flexibility(
+            p_min_w=v["p_min_w"],
+            p_max_w=v["p_max_w"],
+            e_absorb_wh=v["e_absorb_wh"],
+            e_deliver_wh=v["e_deliver_wh"],
+        ),
+    )
 
 
 class Publisher:
@@ -80,8 +89,15 @@ async def test_pool_flexibility_is_the_exact_sum_and_stale_sites_drop_out(
                 index += 1
         _, token = registry.create_api_key(["north"], label="e2e")
     port = free_port()
-    settings = CloudSettings(mqtt_url=mosquitto.url, redis_url=redis_url, db=db, api_port=port,
-                             partitions=PARTITIONS, cycle_s=1.0, stale_intervals=3)  # fmt: skip
+    settings = CloudSettings(
+        mqtt_url=mosquitto.url,
+        redis_url=redis_url,
+        db=db,
+        api_port=port,
+        partitions=PARTITIONS,
+        cycle_s=1.0,
+        stale_intervals=3,
+    )
     stop, ready = asyncio.Event(), asyncio.Event()
     # all roles in one process, as `vpp cloud run` starts them by default
     roles = ("worker", "api", "dispatcher")
@@ -89,8 +105,9 @@ async def test_pool_flexibility_is_the_exact_sum_and_stale_sites_drop_out(
     await asyncio.wait_for(ready.wait(), 30)
     publisher = Publisher(mosquitto.url)
     silent = {s for s, (pool, i) in sites.items() if pool == "north" and i % 6 == 0}  # 30 sites
-    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
-                            headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    api = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
+    )
 
     async def publish_round(seq: int, skip: set[str]) -> None:
         now = clock.time()
@@ -175,8 +192,16 @@ def test_vpp_cloud_run_serves_and_stops_cleanly_on_sigterm(tmp_path, mosquitto, 
 
     port = free_port()
     vpp = str(Path(sys.executable).parent / "vpp")
-    env_args = ["--mqtt-url", mosquitto.url, "--redis-url", redis_url,
-                "--db", str(tmp_path / "r.sqlite"), "--api-port", str(port)]  # fmt: skip
+    env_args = [
+        "--mqtt-url",
+        mosquitto.url,
+        "--redis-url",
+        redis_url,
+        "--db",
+        str(tmp_path / "r.sqlite"),
+        "--api-port",
+        str(port),
+    ]
     proc = subprocess.Popen([vpp, "cloud", "run", *env_args], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30

@@ -19,16 +19,26 @@ INF = math.inf
 def alloc(command: float, units: list[tuple], horizon_s: float = 900.0) -> Allocation:
     """Units as rows (baseline, p_min, p_max, e_absorb, e_deliver, available)."""
     cols = list(zip(*units, strict=True))
-    return allocate(command, *(np.array(c, dtype=float) for c in cols[:5]),
-                    np.array(cols[5], dtype=bool), horizon_s)  # fmt: skip
+    return allocate(
+        command,
+        *(np.array(c, dtype=float) for c in cols[:5]),
+        np.array(cols[5], dtype=bool),
+        horizon_s,
+    )
 
 
 # Three units with plenty of energy: split in proportion to headroom, all at the same level.
-PLENTY = [(0, -1000, 1000, INF, INF, True), (0, -2000, 2000, INF, INF, True),
-          (0, -1000, 1000, INF, INF, True)]  # fmt: skip
+PLENTY = [
+    (0, -1000, 1000, INF, INF, True),
+    (0, -2000, 2000, INF, INF, True),
+    (0, -1000, 1000, INF, INF, True),
+]
 # Energy-limited upwards over 15 min: e * 4 = 4000, 400, 0 W -> weights 1000, 400, 0.
-LIMITED = [(0, -1000, 1000, 1000, 50, True), (0, -2000, 2000, 100, 500, True),
-           (0, -1000, 1000, 0, 250, True)]  # fmt: skip
+LIMITED = [
+    (0, -1000, 1000, 1000, 50, True),
+    (0, -2000, 2000, 100, 500, True),
+    (0, -1000, 1000, 0, 250, True),
+]
 
 # (command, units) -> (targets, levels, shortfall)
 TABLE = [
@@ -47,28 +57,59 @@ TABLE = [
     # downwards: deliver energies 50, 500, 250 Wh -> weights 200, 2000, 1000 (capped by range)
     (-640, LIMITED, [-40, -400, -200], [-0.04, -0.2, -0.2], 0),
     # a unit unavailable: held at its baseline, the others take the whole command
-    (900, [(100, -1000, 1000, INF, INF, False), (0, -500, 500, INF, INF, True),
-           (0, -1000, 1000, INF, INF, True)], [100, 300, 600], [0, 0.6, 0.6], 0),
+    (
+        900,
+        [
+            (100, -1000, 1000, INF, INF, False),
+            (0, -500, 500, INF, INF, True),
+            (0, -1000, 1000, INF, INF, True),
+        ],
+        [100, 300, 600],
+        [0, 0.6, 0.6],
+        0,
+    ),
     # baselines not zero: the delta from the available baselines is split
-    (1500, [(1000, 0, 2000, INF, INF, True), (-500, -1000, 1000, INF, INF, True)],
-     [1400, 100], [0.4, 0.4], 0),
+    (
+        1500,
+        [(1000, 0, 2000, INF, INF, True), (-500, -1000, 1000, INF, INF, True)],
+        [1400, 100],
+        [0.4, 0.4],
+        0,
+    ),
     # a baseline outside its range counts from the nearest bound (2000); the level is what
     # the edge applies against its own baseline: 3000 - 5/9 * (3000 - 0) = 1333
-    (1000, [(3000, 0, 2000, INF, INF, True), (0, -1000, 1000, INF, INF, True)],
-     [4000 / 3, -1000 / 3], [-5 / 9, -1 / 3], 0),
+    (
+        1000,
+        [(3000, 0, 2000, INF, INF, True), (0, -1000, 1000, INF, INF, True)],
+        [4000 / 3, -1000 / 3],
+        [-5 / 9, -1 / 3],
+        0,
+    ),
     # bad data (inverted range, NaN) counts as unavailable
-    (500, [(0, 10, -10, INF, INF, True), (0, -1000, 1000, INF, INF, True),
-           (math.nan, -1, 1, INF, INF, True)], [0, 500, math.nan], [0, 0.5, 0], 0),
+    (
+        500,
+        [
+            (0, 10, -10, INF, INF, True),
+            (0, -1000, 1000, INF, INF, True),
+            (math.nan, -1, 1, INF, INF, True),
+        ],
+        [0, 500, math.nan],
+        [0, 0.5, 0],
+        0,
+    ),
     # nothing available: everything is shortfall
     (800, [(0, -1000, 1000, INF, INF, False)], [0], [0], 800),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("command", "units", "targets", "levels", "shortfall"), TABLE)
 def test_table(
-    command: float, units: list[tuple], targets: list[float], levels: list[float],
+    command: float,
+    units: list[tuple],
+    targets: list[float],
+    levels: list[float],
     shortfall: float,
-) -> None:  # fmt: skip
+) -> None:
     a = alloc(command, units)
     np.testing.assert_allclose(a.targets_w, targets, atol=1e-6)
     np.testing.assert_allclose(a.levels, levels, atol=1e-9)
@@ -221,8 +262,9 @@ def test_soc_gap_shrinks_over_a_simulated_hour() -> None:
     def hour(horizon_s: float) -> np.ndarray:
         soc = soc0.copy()
         for _ in range(30):  # two minutes each
-            a = allocate(-0.3 * 5000.0 * n, base, p_min, p_max, cap_wh - soc, soc, ones,
-                         horizon_s=horizon_s)  # fmt: skip
+            a = allocate(
+                -0.3 * 5000.0 * n, base, p_min, p_max, cap_wh - soc, soc, ones, horizon_s=horizon_s
+            )
             assert a.shortfall_w == 0.0
             soc = soc + a.targets_w * (120.0 / 3600.0)  # grid power down = battery discharges
         return soc
@@ -277,16 +319,34 @@ def test_two_level_split_equals_the_flat_split(
 
     w_up = np.minimum(hi - b, fleet["e_absorb"] / 4.0)  # the aggregates' sustain_*_w[2] (4 h)
     w_dn = np.minimum(b - lo, fleet["e_deliver"] / 4.0)
-    sums = {k: np.bincount(part, weights=v, minlength=parts) for k, v in
-            (("b", b), ("lo", lo), ("hi", hi), ("wu", w_up), ("wd", w_dn))}  # fmt: skip
+    sums = {
+        k: np.bincount(part, weights=v, minlength=parts)
+        for k, v in (("b", b), ("lo", lo), ("hi", hi), ("wu", w_up), ("wd", w_dn))
+    }
     zeros, ones = np.zeros(parts), np.ones(parts, dtype=bool)
-    top = allocate(command, sums["b"], sums["lo"], sums["hi"], zeros, zeros, ones,
-                   weights_up=sums["wu"], weights_down=sums["wd"])  # fmt: skip
+    top = allocate(
+        command,
+        sums["b"],
+        sums["lo"],
+        sums["hi"],
+        zeros,
+        zeros,
+        ones,
+        weights_up=sums["wu"],
+        weights_down=sums["wd"],
+    )
     targets = np.empty(n)
     for p in range(parts):
         m = part == p
-        sub = allocate(top.targets_w[p], b[m], lo[m], hi[m], fleet["e_absorb"][m],
-                       fleet["e_deliver"][m], np.ones(int(m.sum()), dtype=bool))  # fmt: skip
+        sub = allocate(
+            top.targets_w[p],
+            b[m],
+            lo[m],
+            hi[m],
+            fleet["e_absorb"][m],
+            fleet["e_deliver"][m],
+            np.ones(int(m.sum()), dtype=bool),
+        )
         assert sub.shortfall_w == pytest.approx(0.0, abs=1e-6)
         targets[m] = sub.targets_w
     assert abs(float(targets.sum()) - command) <= 1.0

@@ -39,8 +39,10 @@ def test_catch_up_table(name, target, delivered, left, delta, expected) -> None:
 
 def test_disabled_catch_up_is_zero() -> None:
     off = CatchUpConfig(enabled=False)
-    assert catch_up_w(off, target_wh=9.0, delivered_wh=0.0, remaining_s=600.0,
-                      planned_delta_w=1e3) == 0.0  # fmt: skip
+    assert (
+        catch_up_w(off, target_wh=9.0, delivered_wh=0.0, remaining_s=600.0, planned_delta_w=1e3)
+        == 0.0
+    )
 
 
 @pytest.mark.parametrize(
@@ -56,32 +58,73 @@ def test_bad_config_is_refused(bad) -> None:
 START = 1_710_950_400.0  # a quarter hour
 
 
-def part(k: int, sites: int, reported: int, covered_s: float, wh: float, offline: int = 0,
-         start: float = START) -> PartitionAggregate:  # fmt: skip
+def part(
+    k: int,
+    sites: int,
+    reported: int,
+    covered_s: float,
+    wh: float,
+    offline: int = 0,
+    start: float = START,
+) -> PartitionAggregate:
     return PartitionAggregate(
-        pool_id="p", partition=k, ts=START, worker_id="w", sites_total=sites,
-        sites_fresh=sites - offline, sites_stale=0, sites_offline=offline, sites_degraded=0,
-        measured_w=0.0, baseline_w=0.0, p_min_w=0.0, p_max_w=0.0, e_absorb_wh=0.0,
-        e_deliver_wh=0.0, pv_w=0.0, load_w=0.0, battery_w=0.0, newest_source_ts=START,
-        slot_start_ts=start, slot_sites=reported, slot_deviation_wh=wh, slot_covered_s=covered_s,
-    )  # fmt: skip
+        pool_id="p",
+        partition=k,
+        ts=START,
+        worker_id="w",
+        sites_total=sites,
+        sites_fresh=sites - offline,
+        sites_stale=0,
+        sites_offline=offline,
+        sites_degraded=0,
+        measured_w=0.0,
+        baseline_w=0.0,
+        p_min_w=0.0,
+        p_max_w=0.0,
+        e_absorb_wh=0.0,
+        e_deliver_wh=0.0,
+        pv_w=0.0,
+        load_w=0.0,
+        battery_w=0.0,
+        newest_source_ts=START,
+        slot_start_ts=start,
+        slot_sites=reported,
+        slot_deviation_wh=wh,
+        slot_covered_s=covered_s,
+    )
 
 
 # partitions, seconds into the quarter hour -> the pool's deviation energy (None: not theirs)
 SITES_TABLE = [
-    ("all reported on all of it", [part(0, 4, 4, 4 * 600, -300.0), part(1, 2, 2, 1200, -100.0)],
-     600.0, -400.0),
-    ("an outage's 10 minutes included, once they are back", [part(0, 6, 6, 6 * 700, -650.0)],
-     700.0, -650.0),
+    (
+        "all reported on all of it",
+        [part(0, 4, 4, 4 * 600, -300.0), part(1, 2, 2, 1200, -100.0)],
+        600.0,
+        -400.0,
+    ),
+    (
+        "an outage's 10 minutes included, once they are back",
+        [part(0, 6, 6, 6 * 700, -650.0)],
+        700.0,
+        -650.0,
+    ),
     ("two of six not back yet", [part(0, 6, 4, 4 * 700, -500.0)], 700.0, None),
     ("back, but one only saw half of it", [part(0, 6, 6, 5.5 * 700, -500.0)], 700.0, None),
-    ("a lost site that went offline no longer counts", [part(0, 6, 5, 5 * 700, -500.0, 1)],
-     700.0, -500.0),
-    ("reports on the quarter hour before", [part(0, 6, 6, 6 * 700, -5.0, start=START - 900)],
-     700.0, None),
+    (
+        "a lost site that went offline no longer counts",
+        [part(0, 6, 5, 5 * 700, -500.0, 1)],
+        700.0,
+        -500.0,
+    ),
+    (
+        "reports on the quarter hour before",
+        [part(0, 6, 6, 6 * 700, -5.0, start=START - 900)],
+        700.0,
+        None,
+    ),
     ("none reported yet", [part(0, 6, 0, 0.0, 0.0)], 1.0, None),
     ("no partitions", [], 600.0, None),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("name", "parts", "elapsed", "expected"), SITES_TABLE)
@@ -105,10 +148,22 @@ def quarter_hour(catch_up: CatchUpConfig, disturbance) -> float:
     target_wh = delivered_wh = 0.0
     for k in range(int(INTERVAL_S / CYCLE_S)):
         now = k * CYCLE_S
-        offset = catch_up_w(catch_up, target_wh=target_wh, delivered_wh=delivered_wh,
-                            remaining_s=INTERVAL_S - now, planned_delta_w=TARGET_W)  # fmt: skip
-        res = step(state, cfg, now=now, target_w=TARGET_W + offset, measured_w=measured,
-                   lo_w=-1e5, hi_w=1e5)  # fmt: skip
+        offset = catch_up_w(
+            catch_up,
+            target_wh=target_wh,
+            delivered_wh=delivered_wh,
+            remaining_s=INTERVAL_S - now,
+            planned_delta_w=TARGET_W,
+        )
+        res = step(
+            state,
+            cfg,
+            now=now,
+            target_w=TARGET_W + offset,
+            measured_w=measured,
+            lo_w=-1e5,
+            hi_w=1e5,
+        )
         state = res.state
         power += (res.command_w - power) * (1.0 - math.exp(-CYCLE_S / 1.0))
         measured = power + disturbance(k)

@@ -168,8 +168,7 @@ PERSISTENCE_TABLE = [
 def test_a_one_off_disturbance_is_not_chased_and_a_persistent_one_is_corrected() -> None:
     state = ControllerState()
     for (now, measured), (command, integral) in PERSISTENCE_TABLE:
-        res = step(state, CFG, now=now, target_w=5_000.0, measured_w=measured, lo_w=-BIG,
-                   hi_w=BIG)  # fmt: skip
+        res = step(state, CFG, now=now, target_w=5_000.0, measured_w=measured, lo_w=-BIG, hi_w=BIG)
         assert (res.command_w, res.state.integral_w) == pytest.approx((command, integral)), now
         state = res.state
 
@@ -190,8 +189,9 @@ def test_saturation_table(
 ) -> None:
     target, measured, lo, hi = inputs
     # the error was already seen last cycle: it persists, so it is corrected
-    state = ControllerState(target_w=target, measured_w=measured, ts=0.0,
-                            last_error_w=target - measured)  # fmt: skip
+    state = ControllerState(
+        target_w=target, measured_w=measured, ts=0.0, last_error_w=target - measured
+    )
     res = step(state, CFG, now=2.0, target_w=target, measured_w=measured, lo_w=lo, hi_w=hi)
     assert (res.command_w, res.saturated, res.shortfall_w) == pytest.approx(expected)
 
@@ -201,11 +201,16 @@ def test_deadband_table() -> None:
     state = ControllerState(target_w=1000.0, measured_w=1000.0, ts=0.0)
     # (measured) -> (command, integral): within +-100 W of the target nothing is corrected;
     # beyond it, an error is corrected once a second measurement confirms it
-    table = [(950.0, 1000.0, 0.0), (1080.0, 1000.0, 0.0), (800.0, 1000.0, 0.0),
-             (800.0, 1140.0, 40.0)]  # fmt: skip
+    table = [
+        (950.0, 1000.0, 0.0),
+        (1080.0, 1000.0, 0.0),
+        (800.0, 1000.0, 0.0),
+        (800.0, 1140.0, 40.0),
+    ]
     for k, (measured, command, integral) in enumerate(table):
-        res = step(state, cfg, now=2.0 * (k + 1), target_w=1000.0, measured_w=measured,
-                   lo_w=-BIG, hi_w=BIG)  # fmt: skip
+        res = step(
+            state, cfg, now=2.0 * (k + 1), target_w=1000.0, measured_w=measured, lo_w=-BIG, hi_w=BIG
+        )
         assert (res.command_w, res.state.integral_w) == pytest.approx((command, integral))
         state = res.state
 
@@ -223,8 +228,7 @@ def test_rate_limit_table() -> None:
         ((20.0, -1000.0, 5000.0), (4000.0, "low")),
     ]
     for (now, target, measured), (command, saturated) in table:
-        res = step(state, cfg, now=now, target_w=target, measured_w=measured,
-                   lo_w=-BIG, hi_w=BIG)  # fmt: skip
+        res = step(state, cfg, now=now, target_w=target, measured_w=measured, lo_w=-BIG, hi_w=BIG)
         assert (res.command_w, res.saturated) == (pytest.approx(command), saturated), now
         assert res.state.integral_w == 0.0  # held by the rate limit: nothing integrated
         state = res.state
@@ -233,8 +237,16 @@ def test_rate_limit_table() -> None:
 def test_uncontrolled_power_is_fed_forward() -> None:
     # 700 W of degraded sites in the measurement: the controllable units get target - 700
     state = ControllerState(target_w=5000.0, measured_w=5000.0, ts=0.0)
-    res = step(state, CFG, now=2.0, target_w=5000.0, measured_w=5000.0, lo_w=0.0, hi_w=4000.0,
-               uncontrolled_w=700.0)  # fmt: skip
+    res = step(
+        state,
+        CFG,
+        now=2.0,
+        target_w=5000.0,
+        measured_w=5000.0,
+        lo_w=0.0,
+        hi_w=4000.0,
+        uncontrolled_w=700.0,
+    )
     assert (res.command_w, res.saturated, res.shortfall_w) == (4000.0, "high", 300.0)
 
 
@@ -253,9 +265,17 @@ def test_uncontrolled_power_is_fed_forward() -> None:
         (Plant(tau_s=1.0, ramp_w_per_s=1000.0, delay_cycles=1), 10.0),
         (Plant(tau_s=1.0, ramp_w_per_s=1000.0, delay_cycles=2), 10.0),
     ],
-    ids=["lag0.5s", "lag2s", "ramp2kW/s", "ramp500W/s", "lag2s-ramp1kW/s", "gain0.95",
-         "latency1", "latency2"],
-)  # fmt: skip
+    ids=[
+        "lag0.5s",
+        "lag2s",
+        "ramp2kW/s",
+        "ramp500W/s",
+        "lag2s-ramp1kW/s",
+        "gain0.95",
+        "latency1",
+        "latency2",
+    ],
+)
 def test_step_reaches_90_percent_within_3_cycles_after_the_ramp(
     plant: Plant, ramp_s: float
 ) -> None:
@@ -327,8 +347,15 @@ def test_bumpless_restore_from_json() -> None:
         for k, target in enumerate(targets):
             if k == cut:  # the leader dies; the standby reads the state from Redis
                 state = ControllerState.from_dict(json.loads(json.dumps(state.to_dict())))
-            res = step(state, CFG, now=1000.0 + 2.0 * k, target_w=target,
-                       measured_w=plant.measured(), lo_w=-BIG, hi_w=BIG)  # fmt: skip
+            res = step(
+                state,
+                CFG,
+                now=1000.0 + 2.0 * k,
+                target_w=target,
+                measured_w=plant.measured(),
+                lo_w=-BIG,
+                hi_w=BIG,
+            )
             assert res.command_w == results[k].command_w, (cut, k)
             state = res.state
             plant.advance(res.command_w, 2.0)
@@ -336,8 +363,9 @@ def test_bumpless_restore_from_json() -> None:
 
 def test_restore_after_a_pause_moves_no_more_than_the_rate_limit_allows() -> None:
     cfg = ControllerConfig(rate_limit_w_per_s=100.0)
-    state = ControllerState(integral_w=50.0, output_w=3000.0, target_w=3000.0,
-                            measured_w=2950.0, ts=100.0)  # fmt: skip
+    state = ControllerState(
+        integral_w=50.0, output_w=3000.0, target_w=3000.0, measured_w=2950.0, ts=100.0
+    )
     restored = ControllerState.from_dict(json.loads(json.dumps(state.to_dict())))
     res = step(restored, cfg, now=160.0, target_w=9000.0, measured_w=2950.0, lo_w=-BIG, hi_w=BIG)
     assert res.command_w == 3000.0 + 100.0 * 4.0  # gap capped at two cycles
@@ -422,13 +450,21 @@ def test_loop_settles_on_the_target_for_a_range_of_pools(
 
 
 @given(
-    target=finite, measured=finite, lo=finite, width=st.floats(0, 1e7),
-    integral=finite, output=st.none() | finite,
-)  # fmt: skip
+    target=finite,
+    measured=finite,
+    lo=finite,
+    width=st.floats(0, 1e7),
+    integral=finite,
+    output=st.none() | finite,
+)
 def test_command_always_inside_the_range(
-    target: float, measured: float, lo: float, width: float, integral: float,
+    target: float,
+    measured: float,
+    lo: float,
+    width: float,
+    integral: float,
     output: float | None,
-) -> None:  # fmt: skip
+) -> None:
     hi = lo + width
     cfg = ControllerConfig(rate_limit_w_per_s=1000.0)
     state = ControllerState(integral_w=integral, output_w=output, target_w=target, ts=0.0)
@@ -440,9 +476,16 @@ def test_command_always_inside_the_range(
 
 
 def test_bad_config_and_inputs_are_refused() -> None:
-    for kwargs in ({"cycle_s": 0.5}, {"kp": -1.0}, {"ki_per_s": float("nan")},
-                   {"rate_limit_w_per_s": 0.0}, {"deadband_w": -1.0}, {"latency_cycles": 0},
-                   {"moving_fraction": 1.0}, {"max_gap_s": 1.0}):  # fmt: skip
+    for kwargs in (
+        {"cycle_s": 0.5},
+        {"kp": -1.0},
+        {"ki_per_s": float("nan")},
+        {"rate_limit_w_per_s": 0.0},
+        {"deadband_w": -1.0},
+        {"latency_cycles": 0},
+        {"moving_fraction": 1.0},
+        {"max_gap_s": 1.0},
+    ):
         with pytest.raises(ValueError, match="must"):
             ControllerConfig(**kwargs)  # type: ignore[arg-type]
     assert ControllerConfig(cycle_s=1.0).cycle_s == 1.0  # down to 1 s

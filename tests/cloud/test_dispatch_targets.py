@@ -41,8 +41,13 @@ def dispatcher(tmp_path):
     registry.create_pool("north")
     registry.add_schedule("north", T0 + 60.0, 300.0, [3_000.0, -5_000.0], "delta")
     registry.add_activation("north", 7_000.0, "absolute", T0 + 1_030.0, created_ts=T0 + 990.0)
-    d = PoolDispatcher(mqtt_url="mqtt://127.0.0.1:1", redis_url="redis://127.0.0.1:1",
-                       registry=registry, clock=clock, cycle_s=2.0)  # fmt: skip
+    d = PoolDispatcher(
+        mqtt_url="mqtt://127.0.0.1:1",
+        redis_url="redis://127.0.0.1:1",
+        registry=registry,
+        clock=clock,
+        cycle_s=2.0,
+    )
     yield d
     registry.close()
 
@@ -62,8 +67,13 @@ def test_no_lead_aims_at_the_target_in_force(tmp_path) -> None:
     with Registry(tmp_path / "r.sqlite", clock) as registry:
         registry.create_pool("north")
         registry.add_schedule("north", T0 + 60.0, 300.0, [3_000.0], "absolute")
-        d = PoolDispatcher(mqtt_url="mqtt://127.0.0.1:1", redis_url="redis://127.0.0.1:1",
-                           registry=registry, clock=clock, schedule_lead_s=0.0)  # fmt: skip
+        d = PoolDispatcher(
+            mqtt_url="mqtt://127.0.0.1:1",
+            redis_url="redis://127.0.0.1:1",
+            registry=registry,
+            clock=clock,
+            schedule_lead_s=0.0,
+        )
         assert d._targets("north", T0 + 59.0, BASELINE) == (None, None)
         target, aim = d._targets("north", T0 + 359.0, BASELINE)
         assert target is not None
@@ -75,8 +85,13 @@ def test_a_bad_lead_is_refused(tmp_path) -> None:
         Registry(tmp_path / "r.sqlite", ManualClock(T0)) as registry,
         pytest.raises(ValueError, match="schedule_lead_s"),
     ):
-        PoolDispatcher(mqtt_url="mqtt://127.0.0.1:1", redis_url="redis://127.0.0.1:1",
-                       registry=registry, clock=ManualClock(T0), schedule_lead_s=-1.0)  # fmt: skip
+        PoolDispatcher(
+            mqtt_url="mqtt://127.0.0.1:1",
+            redis_url="redis://127.0.0.1:1",
+            registry=registry,
+            clock=ManualClock(T0),
+            schedule_lead_s=-1.0,
+        )
 
 
 async def test_the_loop_ends_on_a_cancel_that_a_library_swallowed(tmp_path, mocker) -> None:
@@ -84,8 +99,13 @@ async def test_the_loop_ends_on_a_cancel_that_a_library_swallowed(tmp_path, mock
     normally when the cancel lands as the command completes; the loop must end anyway."""
     clock = SimClock(speed=100.0, start=T0)
     with Registry(tmp_path / "r.sqlite", clock) as registry:
-        d = PoolDispatcher(mqtt_url="mqtt://127.0.0.1:1", redis_url="redis://127.0.0.1:1",
-                           registry=registry, clock=clock, cycle_s=2.0)  # fmt: skip
+        d = PoolDispatcher(
+            mqtt_url="mqtt://127.0.0.1:1",
+            redis_url="redis://127.0.0.1:1",
+            registry=registry,
+            clock=clock,
+            cycle_s=2.0,
+        )
         swallowed = []
 
         async def cycle() -> None:

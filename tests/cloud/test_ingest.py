@@ -68,8 +68,11 @@ class Publishers:
         self.clients = []
         self.infos: list[mqtt.MQTTMessageInfo] = []
         for i in range(n):
-            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{i}-{time.time_ns()}",
-                            protocol=MQTTProtocolVersion.MQTTv5)  # fmt: skip
+            c = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=f"test-pub-{i}-{time.time_ns()}",
+                protocol=MQTTProtocolVersion.MQTTv5,
+            )
             c.max_inflight_messages_set(100)
             c.connect(host, int(port))
             c.loop_start()
@@ -103,13 +106,21 @@ def telemetry(site: str, seq: int, ts: float, rng: random.Random, **kw: object) 
     lo = rng.uniform(-8000, 0)
     hi = rng.uniform(0, 8000)
     fields: dict[str, object] = {
-        "site_id": site, "seq": seq, "ts": ts, "interval_s": 60.0,
+        "site_id": site,
+        "seq": seq,
+        "ts": ts,
+        "interval_s": 60.0,
         "mode": rng.choice(["cloud", "fallback", "fallback", "degraded"]),
-        "grid_w": round(rng.uniform(-5000, 5000), 3), "baseline_w": round(rng.uniform(lo, hi), 3),
+        "grid_w": round(rng.uniform(-5000, 5000), 3),
+        "baseline_w": round(rng.uniform(lo, hi), 3),
         "pv_w": round(rng.uniform(0, 6000), 3),
-        "flex": Flexibility(p_min_w=lo, p_max_w=hi, e_absorb_wh=rng.uniform(0, 10_000),
-                            e_deliver_wh=rng.uniform(0, 10_000)),
-    }  # fmt: skip
+        "flex": Flexibility(
+            p_min_w=lo,
+            p_max_w=hi,
+            e_absorb_wh=rng.uniform(0, 10_000),
+            e_deliver_wh=rng.uniform(0, 10_000),
+        ),
+    }
     fields.update(kw)
     return Telemetry(**fields)
 
@@ -130,9 +141,19 @@ def expected_sums(msgs: list[Telemetry], pools: dict[str, str]) -> dict[str, dic
         pool = pools.get(t.site_id)
         if pool is None:
             continue
-        e = out.setdefault(pool, {"fresh": 0, "measured_w": 0.0, "baseline_w": 0.0,
-                                  "p_min_w": 0.0, "p_max_w": 0.0, "e_absorb_wh": 0.0,
-                                  "pv_w": 0.0, "absorb_1h": 0.0})  # fmt: skip
+        e = out.setdefault(
+            pool,
+            {
+                "fresh": 0,
+                "measured_w": 0.0,
+                "baseline_w": 0.0,
+                "p_min_w": 0.0,
+                "p_max_w": 0.0,
+                "e_absorb_wh": 0.0,
+                "pv_w": 0.0,
+                "absorb_1h": 0.0,
+            },
+        )
         e["fresh"] += 1
         e["measured_w"] += t.grid_w
         e["pv_w"] += t.pv_w or 0.0
@@ -215,10 +236,13 @@ async def test_pool_flexibility_equals_sum_of_what_300_sites_published(
         await asyncio.to_thread(pubs.flush)
         await until(lambda: worker.stats["telemetry"] >= 320, what="320 telemetry messages")
         t_seen = clock.time()
-        await until(lambda: all(
-            (aggs := pool_aggregates(redis_client, pool)) and min(a.ts for a in aggs) > t_seen
-            for pool in POOLS
-        ), what="a cycle after the last message")  # fmt: skip
+        await until(
+            lambda: all(
+                (aggs := pool_aggregates(redis_client, pool)) and min(a.ts for a in aggs) > t_seen
+                for pool in POOLS
+            ),
+            what="a cycle after the last message",
+        )
 
         expected = expected_sums(msgs, pools)
         for pool in POOLS:
@@ -229,16 +253,18 @@ async def test_pool_flexibility_equals_sum_of_what_300_sites_published(
             assert agg.sites_fresh == e["fresh"] == agg.sites_total
             for name in ("measured_w", "baseline_w", "p_min_w", "p_max_w", "e_absorb_wh", "pv_w"):
                 assert math.isclose(getattr(agg, name), e[name], abs_tol=1.0), name
-            assert math.isclose(agg.sustain_absorb_w[DURATIONS_S.index(3600)], e["absorb_1h"],
-                                abs_tol=1.0)  # fmt: skip
+            assert math.isclose(
+                agg.sustain_absorb_w[DURATIONS_S.index(3600)], e["absorb_1h"], abs_tol=1.0
+            )
             assert {a.worker_id for a in parts} == {worker.worker_id}
 
         counters = [redis_client.hgetall(counters_key(p)) for p in range(P)]
         assert sum(int(c.get("accepted_live", 0)) for c in counters) == 300
         assert sum(int(c.get("duplicate", 0)) for c in counters) == 20
         assert sum(int(c.get("unregistered", 0)) for c in counters) == 10
-        summary = SiteSummary.from_json(redis_client.hget(sites_key(partition_of(sites[0], P)),
-                                                          sites[0]))  # fmt: skip
+        summary = SiteSummary.from_json(
+            redis_client.hget(sites_key(partition_of(sites[0], P)), sites[0])
+        )
         assert summary.grid_w == msgs[0].grid_w
         assert summary.status == "fresh"
         assert summary.pool_id == pools[sites[0]]
@@ -257,8 +283,10 @@ async def test_stale_sites_drop_out_and_status_offline_counts(
         await subscribed_all(worker)
         now = clock.time()
         # half report every 2 s (they will go stale), half every 600 s
-        msgs = [telemetry(s, 1, now, rng, interval_s=2.0 if i < 20 else 600.0, mode="fallback")
-                for i, s in enumerate(sites)]  # fmt: skip
+        msgs = [
+            telemetry(s, 1, now, rng, interval_s=2.0 if i < 20 else 600.0, mode="fallback")
+            for i, s in enumerate(sites)
+        ]
         for t in msgs:
             send(pubs, t)
         for s in sites[30:35]:
@@ -343,8 +371,10 @@ async def test_bad_messages_are_counted_per_reason_and_ingest_goes_on(
         pubs.publish(topic, encode(good).replace(b'"grid_w":', b'"grid_w":1e999,"x":'))
         send(pubs, telemetry("good-1", 1, now, rng, grid_w=42.0, mode="cloud"))
         await asyncio.to_thread(pubs.flush)
-        await until(lambda: worker.stats["telemetry"] >= 1 and worker.stats["rejected"] >= 8,
-                    what="the good message after the bad ones")  # fmt: skip
+        await until(
+            lambda: worker.stats["telemetry"] >= 1 and worker.stats["rejected"] >= 8,
+            what="the good message after the bad ones",
+        )
         t_seen = clock.time()
         await until(lambda: any(a.ts > t_seen for a in pool_aggregates(redis_client, "pool-g")))
         (agg,) = pool_aggregates(redis_client, "pool-g")
@@ -354,9 +384,14 @@ async def test_bad_messages_are_counted_per_reason_and_ingest_goes_on(
             **{f"other:{k}": v for k, v in redis_client.hgetall(rejected_key(other)).items()},
         }
         assert reasons == {
-            "not_json": "2", "missing_field": "1", "wrong_type": "1", "site_mismatch": "1",
-            "other:partition_mismatch": "1", "not_an_object": "1", "non_finite": "1",
-        }  # fmt: skip
+            "not_json": "2",
+            "missing_field": "1",
+            "wrong_type": "1",
+            "site_mismatch": "1",
+            "other:partition_mismatch": "1",
+            "not_an_object": "1",
+            "non_finite": "1",
+        }
         assert worker.stats["rejected"] == 8
         assert worker.stats["mqtt"]["connected"]
 
@@ -372,8 +407,7 @@ async def test_two_workers_split_partitions_and_a_killed_ones_move_within_second
     a = make_worker(mosquitto, redis_url, clock, worker_id="wa")
     b = make_worker(mosquitto, redis_url, clock, worker_id="wb")
     async with running(a) as task_a, running(b):
-        await until(lambda: len(a.owned) == len(b.owned) == P // 2, wall_s=20,
-                    what="an even split")  # fmt: skip
+        await until(lambda: len(a.owned) == len(b.owned) == P // 2, wall_s=20, what="an even split")
         assert a.owned.isdisjoint(b.owned)
         assert {redis_client.get(lease_key(p)) for p in a.owned} == {"wa"}
         await subscribed_all(a, a.owned)
@@ -392,8 +426,10 @@ async def test_two_workers_split_partitions_and_a_killed_ones_move_within_second
         def pool() -> PoolAggregate:
             return PoolAggregate.of("pool-k", pool_aggregates(redis_client, "pool-k"), 0.0)
 
-        await until(lambda: math.isclose(pool().p_max_w, want["p_max_w"], abs_tol=1.0),
-                    what="the pool sum from both workers")  # fmt: skip
+        await until(
+            lambda: math.isclose(pool().p_max_w, want["p_max_w"], abs_tol=1.0),
+            what="the pool sum from both workers",
+        )
         a_parts = set(a.owned)
 
         # crash: cancel a's task; its leases are not released, they expire
@@ -407,9 +443,13 @@ async def test_two_workers_split_partitions_and_a_killed_ones_move_within_second
         await subscribed_all(b)
         msgs = await asyncio.to_thread(publish_round, 2)
         want = expected_sums(msgs, pools)["pool-k"]
-        await until(lambda: math.isclose(pool().measured_w, want["measured_w"], abs_tol=1.0)
-                    and {x.worker_id for x in pool_aggregates(redis_client, "pool-k")} == {"wb"},
-                    what="aggregates resumed by b")  # fmt: skip
+        await until(
+            lambda: (
+                math.isclose(pool().measured_w, want["measured_w"], abs_tol=1.0)
+                and {x.worker_id for x in pool_aggregates(redis_client, "pool-k")} == {"wb"}
+            ),
+            what="aggregates resumed by b",
+        )
         assert {redis_client.get(lease_key(p)) for p in a_parts} == {"wb"}
         assert pool().sites_fresh == len(sites)
 
@@ -428,22 +468,29 @@ async def test_registry_change_moves_sites_between_pools(
         for t in msgs:
             send(pubs, t)
         await asyncio.to_thread(pubs.flush)
-        await until(lambda: sum(a.sites_fresh for a in pool_aggregates(redis_client, "pool-old"))
-                    == 20, what="20 fresh in pool-old")  # fmt: skip
+        await until(
+            lambda: sum(a.sites_fresh for a in pool_aggregates(redis_client, "pool-old")) == 20,
+            what="20 fresh in pool-old",
+        )
         register(
             redis_client, {s: "pool-new" if i < 5 else "pool-old" for i, s in enumerate(sites)}
         )
-        await until(lambda: sum(a.sites_fresh for a in pool_aggregates(redis_client, "pool-new"))
-                    == 5, what="5 sites moved to pool-new")  # fmt: skip
+        await until(
+            lambda: sum(a.sites_fresh for a in pool_aggregates(redis_client, "pool-new")) == 5,
+            what="5 sites moved to pool-new",
+        )
         want = sum(t.grid_w for t in msgs[:5])
         got = sum(a.measured_w for a in pool_aggregates(redis_client, "pool-new"))
         assert math.isclose(got, want, abs_tol=1.0)
         register(redis_client, dict.fromkeys(sites[5:], "pool-old"))  # pool-new emptied
-        await until(lambda: not redis_client.smembers(agg_parts_key("pool-new")),
-                    what="pool-new's aggregates removed")  # fmt: skip
+        await until(
+            lambda: not redis_client.smembers(agg_parts_key("pool-new")),
+            what="pool-new's aggregates removed",
+        )
         assert not redis_client.keys("vpp:agg:pool-new:p:*")
-        assert sum(int(redis_client.hget(counters_key(p), "unregistered") or 0)
-                   for p in range(P)) == 5  # fmt: skip
+        assert (
+            sum(int(redis_client.hget(counters_key(p), "unregistered") or 0) for p in range(P)) == 5
+        )
 
 
 async def test_worker_survives_a_redis_outage_and_resumes(mosquitto, pubs: Publishers) -> None:
@@ -462,16 +509,22 @@ async def test_worker_survives_a_redis_outage_and_resumes(mosquitto, pubs: Publi
             await until(lambda: worker.stats["cycle_errors"] >= 2, what="failed cycles")
             await asyncio.to_thread(server.start)  # empty again: no persistence
             register(r, dict.fromkeys(sites, "pool-r"))
-            await until(lambda: worker.subscribed == set(range(P)), wall_s=20,
-                        what="partitions re-acquired")  # fmt: skip
+            await until(
+                lambda: worker.subscribed == set(range(P)), wall_s=20, what="partitions re-acquired"
+            )
             msgs = [telemetry(s, 1, clock.time(), rng) for s in sites]
             for t in msgs:
                 send(pubs, t)
             await asyncio.to_thread(pubs.flush)
             want = sum(t.grid_w for t in msgs)
-            await until(lambda: math.isclose(
-                PoolAggregate.of("pool-r", pool_aggregates(r, "pool-r"), 0.0).measured_w, want,
-                abs_tol=1.0), what="aggregates after the outage")  # fmt: skip
+            await until(
+                lambda: math.isclose(
+                    PoolAggregate.of("pool-r", pool_aggregates(r, "pool-r"), 0.0).measured_w,
+                    want,
+                    abs_tol=1.0,
+                ),
+                what="aggregates after the outage",
+            )
             assert not task.done()
         r.close()
 
@@ -481,9 +534,13 @@ async def test_worker_survives_a_redis_outage_and_resumes(mosquitto, pubs: Publi
 STOP_BOUND_S = 10.0  # wall seconds; a clean stop takes milliseconds
 
 
-async def stop_within(worker: PartitionWorker, run_task: asyncio.Task[None] | None,
-                      redis_client: redis.Redis, moment: str,
-                      stop_task: asyncio.Task[None] | None = None) -> None:  # fmt: skip
+async def stop_within(
+    worker: PartitionWorker,
+    run_task: asyncio.Task[None] | None,
+    redis_client: redis.Redis,
+    moment: str,
+    stop_task: asyncio.Task[None] | None = None,
+) -> None:
     """stop() (begun here unless ``stop_task``), the run() task and both loops must end
     within STOP_BOUND_S, and every lease be released. stop() is never cancelled here: a hang
     must show as one."""
@@ -493,8 +550,9 @@ async def stop_within(worker: PartitionWorker, run_task: asyncio.Task[None] | No
     stuck = {n: t for n, t in zip(("stop()", "run()"), waits, strict=False) if not t.done()}
     stuck.update((t.get_name(), t) for t in worker._tasks if not t.done())
     if stuck:
-        where = {n: [f"{f.f_code.co_name}:{f.f_lineno}" for f in t.get_stack()]
-                 for n, t in stuck.items()}  # fmt: skip
+        where = {
+            n: [f"{f.f_code.co_name}:{f.f_lineno}" for f in t.get_stack()] for n, t in stuck.items()
+        }
         for t in stuck.values():
             t.cancel()
         pytest.fail(f"{moment}: not ended within {STOP_BOUND_S} s: {where}")

@@ -23,9 +23,15 @@ def tel(site: str = "s1", seq: int = 1, ts: float = T0, **kw: object) -> Telemet
         "e_deliver_wh": kw.pop("e_deliver_wh", 2000.0),
     }
     fields: dict[str, object] = {
-        "site_id": site, "seq": seq, "ts": ts, "interval_s": 2.0, "mode": "fallback",
-        "grid_w": 500.0, "baseline_w": 300.0, "flex": Flexibility(**flex),
-    }  # fmt: skip
+        "site_id": site,
+        "seq": seq,
+        "ts": ts,
+        "interval_s": 2.0,
+        "mode": "fallback",
+        "grid_w": 500.0,
+        "baseline_w": 300.0,
+        "flex": Flexibility(**flex),
+    }
     fields.update(kw)
     return Telemetry(**fields)
 
@@ -166,16 +172,40 @@ def slot(start: float, wh: float, covered: float) -> SlotEnergy:
     [
         # (site's latest message, seconds after T0) -> sites, Wh and seconds of the quarter hour
         ("no slot energy: not counted", {}, 1.0, 0, 0.0, 0.0),
-        ("fresh: carried to now with its deviation (+200 W)",
-         {"slot_energy": slot(SLOT, -100.0, 400.0)}, 2.0, 1, -100.0 + 200 * 2 / 3600, 402.0),
-        ("stale: as it last reported",
-         {"slot_energy": slot(SLOT, -100.0, 400.0)}, 30.0, 1, -100.0, 400.0),
-        ("the quarter hour before: not counted",
-         {"slot_energy": slot(SLOT - 900, -100.0, 900.0)}, 1.0, 0, 0.0, 0.0),
-        ("a backlog message that is the newest still counts",
-         {"slot_energy": slot(SLOT, -80.0, 380.0), "ts": T0 - 20}, 0.0, 1, -80.0, 380.0),
+        (
+            "fresh: carried to now with its deviation (+200 W)",
+            {"slot_energy": slot(SLOT, -100.0, 400.0)},
+            2.0,
+            1,
+            -100.0 + 200 * 2 / 3600,
+            402.0,
+        ),
+        (
+            "stale: as it last reported",
+            {"slot_energy": slot(SLOT, -100.0, 400.0)},
+            30.0,
+            1,
+            -100.0,
+            400.0,
+        ),
+        (
+            "the quarter hour before: not counted",
+            {"slot_energy": slot(SLOT - 900, -100.0, 900.0)},
+            1.0,
+            0,
+            0.0,
+            0.0,
+        ),
+        (
+            "a backlog message that is the newest still counts",
+            {"slot_energy": slot(SLOT, -80.0, 380.0), "ts": T0 - 20},
+            0.0,
+            1,
+            -80.0,
+            380.0,
+        ),
     ],
-)  # fmt: skip
+)
 def test_the_quarter_hours_deviation_energy_sums_what_the_sites_integrated(
     name: str, message: dict, at: float, sites: int, wh: float, covered: float
 ) -> None:
@@ -244,11 +274,15 @@ def site_msgs(draw: st.DrawFn, i: int) -> dict:
         "interval": draw(st.sampled_from([1.0, 2.0, 5.0, 60.0])),
         "heartbeat": draw(st.none() | st.sampled_from([10.0, 300.0])),
         "mode": draw(st.sampled_from(["cloud", "fallback", "degraded"])),
-        "grid": draw(powers), "baseline": draw(powers), "p_min": lo, "p_max": hi,
-        "e_abs": draw(energies), "e_del": draw(energies),
+        "grid": draw(powers),
+        "baseline": draw(powers),
+        "p_min": lo,
+        "p_max": hi,
+        "e_abs": draw(energies),
+        "e_del": draw(energies),
         "pv": draw(st.none() | st.floats(0.0, 20_000.0)),
         "offline_status": draw(st.booleans()),
-    }  # fmt: skip
+    }
 
 
 @st.composite
@@ -262,12 +296,26 @@ def brute_force(sites: list[dict], now: float, stale_n: float, offline_s: float)
     for s in sites:
         if s["pool"] is None:
             continue
-        a = out.setdefault(s["pool"], {
-            "total": 0, "fresh": 0, "stale": 0, "offline": 0, "measured": 0.0, "baseline": 0.0,
-            "p_min": 0.0, "p_max": 0.0, "e_abs": 0.0, "e_del": 0.0, "pv": 0.0,
-            "uncontrolled": 0.0, "following": 0,
-            "absorb": [0.0] * len(DURATIONS_S), "deliver": [0.0] * len(DURATIONS_S),
-        })  # fmt: skip
+        a = out.setdefault(
+            s["pool"],
+            {
+                "total": 0,
+                "fresh": 0,
+                "stale": 0,
+                "offline": 0,
+                "measured": 0.0,
+                "baseline": 0.0,
+                "p_min": 0.0,
+                "p_max": 0.0,
+                "e_abs": 0.0,
+                "e_del": 0.0,
+                "pv": 0.0,
+                "uncontrolled": 0.0,
+                "following": 0,
+                "absorb": [0.0] * len(DURATIONS_S),
+                "deliver": [0.0] * len(DURATIONS_S),
+            },
+        )
         a["total"] += 1
         ts = now - s["age"]
         window = max(stale_n * s["interval"], s["heartbeat"] or 0.0)
@@ -284,8 +332,13 @@ def brute_force(sites: list[dict], now: float, stale_n: float, offline_s: float)
             a["uncontrolled"] += s["grid"]
             continue
         a["following"] += s["mode"] == "cloud"
-        for k, f in (("baseline", "baseline"), ("p_min", "p_min"), ("p_max", "p_max"),
-                     ("e_abs", "e_abs"), ("e_del", "e_del")):  # fmt: skip
+        for k, f in (
+            ("baseline", "baseline"),
+            ("p_min", "p_min"),
+            ("p_max", "p_max"),
+            ("e_abs", "e_abs"),
+            ("e_del", "e_del"),
+        ):
             a[k] += s[f]
         for d, dur in enumerate(DURATIONS_S):
             a["absorb"][d] += max(0.0, min(s["p_max"] - s["baseline"], s["e_abs"] * 3600 / dur))
@@ -302,12 +355,23 @@ def test_aggregate_equals_brute_force_sum(sites: list[dict], stale_n: float, off
     for x in sites:
         ts = now - x["age"]
         s.apply(
-            tel(x["site"], seq=1, ts=ts, interval_s=x["interval"], heartbeat_s=x["heartbeat"],
-                mode=x["mode"], grid_w=x["grid"], baseline_w=x["baseline"], p_min_w=x["p_min"],
-                p_max_w=x["p_max"], e_absorb_wh=x["e_abs"], e_deliver_wh=x["e_del"],
-                pv_w=x["pv"]),
+            tel(
+                x["site"],
+                seq=1,
+                ts=ts,
+                interval_s=x["interval"],
+                heartbeat_s=x["heartbeat"],
+                mode=x["mode"],
+                grid_w=x["grid"],
+                baseline_w=x["baseline"],
+                p_min_w=x["p_min"],
+                p_max_w=x["p_max"],
+                e_absorb_wh=x["e_abs"],
+                e_deliver_wh=x["e_del"],
+                pv_w=x["pv"],
+            ),
             ts,
-        )  # fmt: skip
+        )
         if x["offline_status"]:
             s.apply_status(Status(site_id=x["site"], state=SiteState.OFFLINE, ts=ts), ts)
     expected = brute_force(sites, now, stale_n, off)
@@ -318,13 +382,17 @@ def test_aggregate_equals_brute_force_sum(sites: list[dict], stale_n: float, off
         counts = (a.sites_total, a.sites_fresh, a.sites_stale, a.sites_offline, a.sites_following)
         assert counts == (e["total"], e["fresh"], e["stale"], e["offline"], e["following"])
         pairs = [
-            (a.measured_w, e["measured"]), (a.baseline_w, e["baseline"]),
-            (a.p_min_w, e["p_min"]), (a.p_max_w, e["p_max"]), (a.e_absorb_wh, e["e_abs"]),
-            (a.e_deliver_wh, e["e_del"]), (a.pv_w, e["pv"]),
+            (a.measured_w, e["measured"]),
+            (a.baseline_w, e["baseline"]),
+            (a.p_min_w, e["p_min"]),
+            (a.p_max_w, e["p_max"]),
+            (a.e_absorb_wh, e["e_abs"]),
+            (a.e_deliver_wh, e["e_del"]),
+            (a.pv_w, e["pv"]),
             (a.uncontrolled_w, e["uncontrolled"]),
             *zip(a.sustain_absorb_w, e["absorb"], strict=True),
             *zip(a.sustain_deliver_w, e["deliver"], strict=True),
-        ]  # fmt: skip
+        ]
         for got_v, want in pairs:
             assert math.isclose(got_v, want, abs_tol=1.0), (pool, got_v, want)
 

@@ -133,8 +133,11 @@ def test_add_site_computes_partition_and_upserts(reg, clock):
     moved = reg.add_site("site-1", "B")
     assert reg.site_pools_rev() == rev + 1
     assert (moved.pool_id, moved.meta, moved.created_ts, moved.updated_ts) == (
-        "B", {"city": "Gent"}, T0, T0 + 10
-    )  # fmt: skip
+        "B",
+        {"city": "Gent"},
+        T0,
+        T0 + 10,
+    )
     assert reg.add_site("site-1", "B", meta={}).meta == {}
     assert reg.get_site("site-1").pool_id == "B"
     assert reg.get_site("nope") is None
@@ -471,11 +474,14 @@ def test_list_schedules_newest_first_since_and_limit(reg):
     s3 = _post(reg, 4, 4)
     _post(reg, 0, 1, pool="B")
     assert [s.schedule_id for s in reg.list_schedules("A")] == [
-        s3.schedule_id, s2.schedule_id, s1.schedule_id
-    ]  # fmt: skip
+        s3.schedule_id,
+        s2.schedule_id,
+        s1.schedule_id,
+    ]
     assert [s.schedule_id for s in reg.list_schedules("A", since_ts=T0 + 1 * H)] == [
-        s3.schedule_id, s2.schedule_id
-    ]  # fmt: skip
+        s3.schedule_id,
+        s2.schedule_id,
+    ]
     assert [s.schedule_id for s in reg.list_schedules("A", limit=1)] == [s3.schedule_id]
     assert reg.list_schedules("C") == []
 
@@ -485,8 +491,10 @@ def test_cancel_schedule_defaults_to_now_and_ignores_what_has_ended(reg, clock):
     clock.advance(0.5 * H)
     got = reg.cancel_schedule(s.schedule_id)
     assert (got.status, got.cancelled_from_ts, got.effective_end_ts) == (
-        "cancelled", T0 + 0.5 * H, T0 + 0.5 * H
-    )  # fmt: skip
+        "cancelled",
+        T0 + 0.5 * H,
+        T0 + 0.5 * H,
+    )
     assert reg.cancel_schedule(s.schedule_id, at_ts=T0 + 0.6 * H) == got  # later: no change
     assert reg.cancel_schedule(s.schedule_id, at_ts=T0 + 0.25 * H).effective_end_ts == T0 + Q
     done = _post(reg, 3, 1)
@@ -501,8 +509,12 @@ def test_cancel_schedule_defaults_to_now_and_ignores_what_has_ended(reg, clock):
 def test_activation_round_trip(reg, clock):
     a = reg.add_activation("A", -20_000.0, "delta", T0 + 10)
     assert (a.pool_id, a.target_w, a.kind, a.created_ts, a.valid_until) == (
-        "A", -20_000.0, "delta", T0, T0 + 10
-    )  # fmt: skip
+        "A",
+        -20_000.0,
+        "delta",
+        T0,
+        T0 + 10,
+    )
     assert reg.active_activation("A", T0 + 5) == a
     assert reg.active_activation("B", T0 + 5) is None
 

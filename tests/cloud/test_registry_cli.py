@@ -112,8 +112,11 @@ def test_console_script_keys_create(db):
     subprocess.run([*run, "pools", "create", "P", "--db", db], check=True, capture_output=True)
     out = subprocess.run(
         [*run, "keys", "create", "--pool", "P", "--db", db],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     token = out.stdout.splitlines()[-1]
     with Registry(db, ManualClock()) as reg:
         assert reg.authenticate(token) is not None

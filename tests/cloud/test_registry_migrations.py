@@ -29,110 +29,215 @@ KEY_ID, TOKEN = new_token()
 REVOKED_ID, REVOKED_TOKEN = new_token()
 
 TABLES = {
-    "settings", "pools", "sites", "devices", "api_keys", "api_key_pools", "schedules",
-    "activations", "cycle_performance", "interval_performance",
-}  # fmt: skip
+    "settings",
+    "pools",
+    "sites",
+    "devices",
+    "api_keys",
+    "api_key_pools",
+    "schedules",
+    "activations",
+    "cycle_performance",
+    "interval_performance",
+}
 
 # --- release 1's queries, as its code ran them (frozen here: never edit, only add releases) ---
 
 Query = tuple[str, str, tuple[Any, ...]]
 
 RELEASE_1_QUERIES: list[Query] = [
-    ("create_pool", "INSERT INTO pools (pool_id, name, created_ts) VALUES (?, ?, ?)",
-     ("P1", "pool one", T0)),
-    ("create_pool", "INSERT INTO pools (pool_id, name, created_ts) VALUES (?, ?, ?)",
-     ("P2", "", T0)),
+    (
+        "create_pool",
+        "INSERT INTO pools (pool_id, name, created_ts) VALUES (?, ?, ?)",
+        ("P1", "pool one", T0),
+    ),
+    (
+        "create_pool",
+        "INSERT INTO pools (pool_id, name, created_ts) VALUES (?, ?, ?)",
+        ("P2", "", T0),
+    ),
     ("get_pool", "SELECT pool_id, name, created_ts FROM pools WHERE pool_id = ?", ("P1",)),
     ("list_pools", "SELECT pool_id, name, created_ts FROM pools ORDER BY pool_id", ()),
-    ("set_partitions", "INSERT INTO settings (key, value) VALUES (?, ?)"
-     " ON CONFLICT(key) DO UPDATE SET value = excluded.value", ("partition_count", "64")),
+    (
+        "set_partitions",
+        "INSERT INTO settings (key, value) VALUES (?, ?)"
+        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        ("partition_count", "64"),
+    ),
     *[
-        ("add_site", "INSERT INTO sites (site_id, pool_id, partition, meta, created_ts, updated_ts)"
-         " VALUES (?, ?, ?, coalesce(?, '{}'), ?, ?) ON CONFLICT(site_id) DO UPDATE SET"
-         " pool_id = excluded.pool_id, partition = excluded.partition,"
-         " meta = coalesce(?, sites.meta), updated_ts = excluded.updated_ts",
-         (site, pool, partition_of(site), meta, T0, T0, meta))
+        (
+            "add_site",
+            "INSERT INTO sites (site_id, pool_id, partition, meta, created_ts, updated_ts)"
+            " VALUES (?, ?, ?, coalesce(?, '{}'), ?, ?) ON CONFLICT(site_id) DO UPDATE SET"
+            " pool_id = excluded.pool_id, partition = excluded.partition,"
+            " meta = coalesce(?, sites.meta), updated_ts = excluded.updated_ts",
+            (site, pool, partition_of(site), meta, T0, T0, meta),
+        )
         for site, pool, meta in [("s1", "P1", '{"n": 1}'), ("s2", "P2", None), ("s3", "P1", None)]
     ],
-    ("bump_rev", "INSERT INTO settings (key, value) VALUES (?, '1') ON CONFLICT(key)"
-     " DO UPDATE SET value = CAST(value AS INTEGER) + 1", ("site_pools_rev",)),
+    (
+        "bump_rev",
+        "INSERT INTO settings (key, value) VALUES (?, '1') ON CONFLICT(key)"
+        " DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        ("site_pools_rev",),
+    ),
     ("site_pools", "SELECT site_id, pool_id FROM sites ORDER BY site_id", ()),
-    ("sites_of_pool", "SELECT site_id, pool_id, partition, meta, created_ts, updated_ts"
-     " FROM sites WHERE pool_id = ? ORDER BY site_id", ("P1",)),
-    ("add_device", "INSERT INTO devices (site_id, device_id, kind, meta, created_ts)"
-     " VALUES (?, ?, ?, ?, ?) ON CONFLICT(site_id, device_id)"
-     " DO UPDATE SET kind = excluded.kind, meta = excluded.meta",
-     ("s1", "bat", "battery", '{"capacity_wh": 10000}', T0)),
-    ("devices_of_site", "SELECT site_id, device_id, kind, meta, created_ts FROM devices"
-     " WHERE site_id = ? ORDER BY device_id", ("s1",)),
+    (
+        "sites_of_pool",
+        "SELECT site_id, pool_id, partition, meta, created_ts, updated_ts"
+        " FROM sites WHERE pool_id = ? ORDER BY site_id",
+        ("P1",),
+    ),
+    (
+        "add_device",
+        "INSERT INTO devices (site_id, device_id, kind, meta, created_ts)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT(site_id, device_id)"
+        " DO UPDATE SET kind = excluded.kind, meta = excluded.meta",
+        ("s1", "bat", "battery", '{"capacity_wh": 10000}', T0),
+    ),
+    (
+        "devices_of_site",
+        "SELECT site_id, device_id, kind, meta, created_ts FROM devices"
+        " WHERE site_id = ? ORDER BY device_id",
+        ("s1",),
+    ),
     *[
         q
         for key_id, token, pools in [(KEY_ID, TOKEN, ("P1",)), (REVOKED_ID, REVOKED_TOKEN, ("P2",))]
         for q in [
-            ("create_api_key", "INSERT INTO api_keys (key_id, label, token_hash, created_ts)"
-             " VALUES (?, ?, ?, ?)", (key_id, "r1", hash_token(token), T0)),
-            *[("key_pool", "INSERT INTO api_key_pools (key_id, pool_id) VALUES (?, ?)",
-               (key_id, p)) for p in pools],
+            (
+                "create_api_key",
+                "INSERT INTO api_keys (key_id, label, token_hash, created_ts) VALUES (?, ?, ?, ?)",
+                (key_id, "r1", hash_token(token), T0),
+            ),
+            *[
+                (
+                    "key_pool",
+                    "INSERT INTO api_key_pools (key_id, pool_id) VALUES (?, ?)",
+                    (key_id, p),
+                )
+                for p in pools
+            ],
         ]
     ],
-    ("revoke_api_key", "UPDATE api_keys SET revoked_ts = ? WHERE key_id = ?"
-     " AND revoked_ts IS NULL", (T0 + 1, REVOKED_ID)),
+    (
+        "revoke_api_key",
+        "UPDATE api_keys SET revoked_ts = ? WHERE key_id = ? AND revoked_ts IS NULL",
+        (T0 + 1, REVOKED_ID),
+    ),
     ("authenticate", "SELECT token_hash, revoked_ts FROM api_keys WHERE key_id = ?", (KEY_ID,)),
-    ("api_key", "SELECT key_id, label, created_ts, revoked_ts FROM api_keys WHERE key_id = ?",
-     (KEY_ID,)),
-    ("api_key_pools", "SELECT pool_id FROM api_key_pools WHERE key_id = ? ORDER BY pool_id",
-     (KEY_ID,)),
+    (
+        "api_key",
+        "SELECT key_id, label, created_ts, revoked_ts FROM api_keys WHERE key_id = ?",
+        (KEY_ID,),
+    ),
+    (
+        "api_key_pools",
+        "SELECT pool_id FROM api_key_pools WHERE key_id = ? ORDER BY pool_id",
+        (KEY_ID,),
+    ),
     ("list_api_keys", "SELECT key_id FROM api_keys ORDER BY created_ts, key_id", ()),
     *[
-        ("add_schedule", "INSERT INTO schedules (schedule_id, pool_id, start_ts, resolution_s,"
-         " end_ts, values_json, kind, created_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-         (sid, "P1", T0 + start_h * H, 900.0, T0 + start_h * H + n * 900.0,
-          json.dumps([float(100 * (i + 1)) for i in range(n)]), "absolute", T0))
+        (
+            "add_schedule",
+            "INSERT INTO schedules (schedule_id, pool_id, start_ts, resolution_s,"
+            " end_ts, values_json, kind, created_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                sid,
+                "P1",
+                T0 + start_h * H,
+                900.0,
+                T0 + start_h * H + n * 900.0,
+                json.dumps([float(100 * (i + 1)) for i in range(n)]),
+                "absolute",
+                T0,
+            ),
+        )
         for sid, start_h, n in [("sA", 0, 8), ("sB", 1, 2), ("sC", 3, 4)]
     ],
-    ("cancel_schedule", "UPDATE schedules SET cancelled_from_ts = max(start_ts, ?)"
-     " WHERE schedule_id = ? AND (cancelled_from_ts IS NULL"
-     " OR cancelled_from_ts > max(start_ts, ?))", (T0 + 3.5 * H, "sC", T0 + 3.5 * H)),
-    ("get_schedule", "SELECT s.schedule_id, s.start_ts, s.resolution_s, s.end_ts, s.values_json,"
-     " s.kind, s.created_ts, s.cancelled_from_ts,"
-     " (SELECT min(max(s.start_ts, later.start_ts)) FROM schedules AS later"
-     "  WHERE later.pool_id = s.pool_id AND later.seq > s.seq AND later.start_ts < s.end_ts)"
-     " FROM schedules AS s WHERE s.schedule_id = ?", ("sA",)),
-    ("list_schedules", "SELECT schedule_id, start_ts, end_ts, cancelled_from_ts FROM schedules"
-     " WHERE pool_id = ? AND end_ts > ? ORDER BY seq DESC LIMIT ?", ("P1", T0, 100)),
+    (
+        "cancel_schedule",
+        "UPDATE schedules SET cancelled_from_ts = max(start_ts, ?)"
+        " WHERE schedule_id = ? AND (cancelled_from_ts IS NULL"
+        " OR cancelled_from_ts > max(start_ts, ?))",
+        (T0 + 3.5 * H, "sC", T0 + 3.5 * H),
+    ),
+    (
+        "get_schedule",
+        "SELECT s.schedule_id, s.start_ts, s.resolution_s, s.end_ts, s.values_json,"
+        " s.kind, s.created_ts, s.cancelled_from_ts,"
+        " (SELECT min(max(s.start_ts, later.start_ts)) FROM schedules AS later"
+        "  WHERE later.pool_id = s.pool_id AND later.seq > s.seq AND later.start_ts < s.end_ts)"
+        " FROM schedules AS s WHERE s.schedule_id = ?",
+        ("sA",),
+    ),
+    (
+        "list_schedules",
+        "SELECT schedule_id, start_ts, end_ts, cancelled_from_ts FROM schedules"
+        " WHERE pool_id = ? AND end_ts > ? ORDER BY seq DESC LIMIT ?",
+        ("P1", T0, 100),
+    ),
     *[
-        ("target_at", "SELECT schedule_id, start_ts, resolution_s, end_ts, values_json, kind,"
-         " cancelled_from_ts FROM schedules WHERE pool_id = ? AND start_ts <= ?"
-         " ORDER BY seq DESC LIMIT 1", ("P1", T0 + h * H))
+        (
+            "target_at",
+            "SELECT schedule_id, start_ts, resolution_s, end_ts, values_json, kind,"
+            " cancelled_from_ts FROM schedules WHERE pool_id = ? AND start_ts <= ?"
+            " ORDER BY seq DESC LIMIT 1",
+            ("P1", T0 + h * H),
+        )
         for h in (0.5, 1.2, 1.7, 3.25, 3.6)
     ],
-    ("add_activation", "INSERT INTO activations (activation_id, pool_id, target_w, kind,"
-     " created_ts, valid_until) VALUES (?, ?, ?, ?, ?, ?)",
-     ("a1", "P1", -5000.0, "delta", T0, T0 + 30)),
-    ("active_activation", "SELECT activation_id, pool_id, target_w, kind, created_ts,"
-     " valid_until FROM activations WHERE pool_id = ? AND created_ts <= ?"
-     " ORDER BY seq DESC LIMIT 1", ("P1", T0 + 10)),
+    (
+        "add_activation",
+        "INSERT INTO activations (activation_id, pool_id, target_w, kind,"
+        " created_ts, valid_until) VALUES (?, ?, ?, ?, ?, ?)",
+        ("a1", "P1", -5000.0, "delta", T0, T0 + 30),
+    ),
+    (
+        "active_activation",
+        "SELECT activation_id, pool_id, target_w, kind, created_ts,"
+        " valid_until FROM activations WHERE pool_id = ? AND created_ts <= ?"
+        " ORDER BY seq DESC LIMIT 1",
+        ("P1", T0 + 10),
+    ),
     *[
-        ("record_cycle", "INSERT INTO cycle_performance (pool_id, ts, target_w, measured_w,"
-         " error_w, schedule_id) VALUES (?, ?, ?, ?, ?, ?)",
-         ("P1", T0 + 2 * i, 100.0, 90.0 + i, 10.0 - i, "sA"))
+        (
+            "record_cycle",
+            "INSERT INTO cycle_performance (pool_id, ts, target_w, measured_w,"
+            " error_w, schedule_id) VALUES (?, ?, ?, ?, ?, ?)",
+            ("P1", T0 + 2 * i, 100.0, 90.0 + i, 10.0 - i, "sA"),
+        )
         for i in range(5)
     ],
-    ("cycles", "SELECT pool_id, ts, target_w, measured_w, error_w, schedule_id"
-     " FROM cycle_performance WHERE pool_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
-     ("P1", T0, T0 + 6)),
-    ("record_interval_update", "UPDATE interval_performance SET interval_s = ?,"
-     " energy_target_wh = ?, energy_delivered_wh = ?, error_rms_w = ?, error_max_w = ?,"
-     " imbalance_wh = ?, updated_ts = ? WHERE pool_id = ? AND schedule_id IS ?"
-     " AND interval_start_ts = ?", (900.0, 25.0, 24.0, 3.0, 9.0, -1.0, T0, "P1", "sA", T0)),
-    ("record_interval_insert", "INSERT INTO interval_performance (interval_s, energy_target_wh,"
-     " energy_delivered_wh, error_rms_w, error_max_w, imbalance_wh, updated_ts, pool_id,"
-     " schedule_id, interval_start_ts) VALUES (?,?,?,?,?,?,?,?,?,?)",
-     (900.0, 25.0, 24.0, 3.0, 9.0, -1.0, T0, "P1", "sA", T0)),
-    ("interval_performance", "SELECT pool_id, schedule_id, interval_start_ts, interval_s,"
-     " energy_target_wh, energy_delivered_wh, error_rms_w, error_max_w, imbalance_wh"
-     " FROM interval_performance WHERE schedule_id = ? ORDER BY interval_start_ts", ("sA",)),
-]  # fmt: skip
+    (
+        "cycles",
+        "SELECT pool_id, ts, target_w, measured_w, error_w, schedule_id"
+        " FROM cycle_performance WHERE pool_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
+        ("P1", T0, T0 + 6),
+    ),
+    (
+        "record_interval_update",
+        "UPDATE interval_performance SET interval_s = ?,"
+        " energy_target_wh = ?, energy_delivered_wh = ?, error_rms_w = ?, error_max_w = ?,"
+        " imbalance_wh = ?, updated_ts = ? WHERE pool_id = ? AND schedule_id IS ?"
+        " AND interval_start_ts = ?",
+        (900.0, 25.0, 24.0, 3.0, 9.0, -1.0, T0, "P1", "sA", T0),
+    ),
+    (
+        "record_interval_insert",
+        "INSERT INTO interval_performance (interval_s, energy_target_wh,"
+        " energy_delivered_wh, error_rms_w, error_max_w, imbalance_wh, updated_ts, pool_id,"
+        " schedule_id, interval_start_ts) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (900.0, 25.0, 24.0, 3.0, 9.0, -1.0, T0, "P1", "sA", T0),
+    ),
+    (
+        "interval_performance",
+        "SELECT pool_id, schedule_id, interval_start_ts, interval_s,"
+        " energy_target_wh, energy_delivered_wh, error_rms_w, error_max_w, imbalance_wh"
+        " FROM interval_performance WHERE schedule_id = ? ORDER BY interval_start_ts",
+        ("sA",),
+    ),
+]
 
 PREVIOUS_RELEASE_QUERIES = RELEASE_1_QUERIES
 """The release before the newest: its processes still run during a rolling update."""

@@ -29,18 +29,35 @@ def synthetic_run(
     solved everything by LP within flex and used half the power and a quarter of the energy
     range; each slot's pool envelope kept 80 % of the plain sum's energy and 70 % of its power.
     """
-    recorder = RunRecorder(sites=sites, seed=7, scenario=scenario, speed=360.0,
-                           sim_start=T0, sim_end=T0 + hours * 3600, wall_s=hours * 10)  # fmt: skip
+    recorder = RunRecorder(
+        sites=sites,
+        seed=7,
+        scenario=scenario,
+        speed=360.0,
+        sim_start=T0,
+        sim_end=T0 + hours * 3600,
+        wall_s=hours * 10,
+    )
     n = round(hours * 3600 / dt_s)
     for i in range(n):
         t = T0 + i * dt_s
         baseline = 20_000.0 + 1_000.0 * np.sin(i / 300)
         target = baseline - 4_000.0
         measured = target + offset_w
-        recorder.sample(t, target_w=target, measured_w=measured, baseline_w=baseline,
-                        p_min_w=baseline - BAND_W / 2, p_max_w=baseline + BAND_W / 2,
-                        sites_online=sites, sites_total=sites, soc_p10=30.0, soc_p50=50.0,
-                        soc_p90=70.0, truth_w=measured)  # fmt: skip
+        recorder.sample(
+            t,
+            target_w=target,
+            measured_w=measured,
+            baseline_w=baseline,
+            p_min_w=baseline - BAND_W / 2,
+            p_max_w=baseline + BAND_W / 2,
+            sites_online=sites,
+            sites_total=sites,
+            soc_p10=30.0,
+            soc_p50=50.0,
+            soc_p90=70.0,
+            truth_w=measured,
+        )
     for k in range(int(hours * 4)):
         target_wh = 16_000.0 * 0.25
         recorder.interval(

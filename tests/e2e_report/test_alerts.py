@@ -154,9 +154,15 @@ def test_a_run_without_intervals_fails_for_that_alone() -> None:
 def test_message_is_formatted_and_alert_serialises() -> None:
     (alert,) = evaluate({"availability": 0.9123}, DEFAULT_RULES, t=5.0)
     assert alert.message == "site availability 0.912 < 0.95"
-    assert alert.to_dict() == {"t": 5.0, "rule": "availability", "severity": "critical",
-                               "message": alert.message, "value": 0.9123, "threshold": 0.95,
-                               "source": "rules"}  # fmt: skip
+    assert alert.to_dict() == {
+        "t": 5.0,
+        "rule": "availability",
+        "severity": "critical",
+        "message": alert.message,
+        "value": 0.9123,
+        "threshold": 0.95,
+        "source": "rules",
+    }
 
 
 def test_a_message_that_does_not_fit_the_value_is_still_shown() -> None:
@@ -186,8 +192,10 @@ def test_failing_names_critical_rules_once() -> None:
 
 
 def _watch() -> RegressionWatch:
-    rules = [RegressionRule("err", higher_is_worse=True, margin_abs=0.2, margin_rel=0.5),
-             RegressionRule("ok", higher_is_worse=False, margin_abs=0.01)]  # fmt: skip
+    rules = [
+        RegressionRule("err", higher_is_worse=True, margin_abs=0.2, margin_rel=0.5),
+        RegressionRule("ok", higher_is_worse=False, margin_abs=0.01),
+    ]
     return RegressionWatch(rules, window=5, min_history=3)
 
 

@@ -415,8 +415,9 @@ def test_steps_within_5pct_counts_4s_steps() -> None:
 def test_steps_near_zero_target_use_the_floor(measured_w: float, within: float) -> None:
     recorder = RunRecorder()
     for i in range(50):
-        recorder.sample(T0 + 4 * i, target_w=0.0, measured_w=measured_w,
-                        p_min_w=-5_000.0, p_max_w=5_000.0)  # fmt: skip
+        recorder.sample(
+            T0 + 4 * i, target_w=0.0, measured_w=measured_w, p_min_w=-5_000.0, p_max_w=5_000.0
+        )
     assert compute_kpis(recorder.record())["steps_within_5pct"] == within
 
 
@@ -531,8 +532,15 @@ def test_empty_run_gives_nulls_not_a_crash() -> None:
 def test_run_without_intervals_has_null_interval_kpis() -> None:
     recorder = RunRecorder(sites=3)
     for i in range(30):
-        recorder.sample(T0 + 2 * i, target_w=100.0, measured_w=100.0, sites_online=3,
-                        sites_total=3, p_min_w=0.0, p_max_w=1_000.0)  # fmt: skip
+        recorder.sample(
+            T0 + 2 * i,
+            target_w=100.0,
+            measured_w=100.0,
+            sites_online=3,
+            sites_total=3,
+            p_min_w=0.0,
+            p_max_w=1_000.0,
+        )
     kpis = compute_kpis(recorder.record())
     assert kpis["intervals_total"] == kpis["intervals_scored"] == 0
     assert kpis["intervals_delivered"] == kpis["intervals_promise_broken"] == 0

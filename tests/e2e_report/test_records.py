@@ -17,18 +17,21 @@ T0 = 1_717_221_600.0
 
 def _assert_tables_equal(loaded: dict, original: dict, columns: tuple[str, ...]) -> None:
     for name in columns:
-        np.testing.assert_allclose(loaded[name], original[name], rtol=1e-9, atol=5e-4,
-                                   equal_nan=True, err_msg=name)  # fmt: skip
+        np.testing.assert_allclose(
+            loaded[name], original[name], rtol=1e-9, atol=5e-4, equal_nan=True, err_msg=name
+        )
 
 
 def test_round_trip(tmp_path: Path, make_run) -> None:
     recorder = make_run(hours=0.5, offset_w=12.345678)
-    recorder.sample(T0 + 1800.123, target_w=None, measured_w=-1234.5678, sites_online=19,
-                    sites_total=20)  # fmt: skip
+    recorder.sample(
+        T0 + 1800.123, target_w=None, measured_w=-1234.5678, sites_online=19, sites_total=20
+    )
     recorder.event(T0 + 60, "site-dropout", 'detail, with "quotes" and ünïcode')
     recorder.warning(T0 + 90, sites=16, groups=3, plan_id="p-2", shortfall_wh=900.0)
-    recorder.trader_decision(T0, solver="greedy", solve_ms=1.5, values_w=[1, 2],
-                             within_flex=False, reason="lp timeout")  # fmt: skip
+    recorder.trader_decision(
+        T0, solver="greedy", solve_ms=1.5, values_w=[1, 2], within_flex=False, reason="lp timeout"
+    )
     (alert,) = evaluate({"availability": 0.5})
     recorder.alert(alert)
     recorder.set_run(note=float("nan"))

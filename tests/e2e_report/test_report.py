@@ -207,8 +207,9 @@ def test_forecast_and_envelope_plots_need_data() -> None:
 
 def test_analysis_is_idempotent_and_keeps_live_alerts(tmp_path: Path, make_run) -> None:
     recorder = make_run(hours=0.5)
-    recorder.trader_decision(1_717_221_600.0, solver="greedy", solve_ms=1.0, values_w=[],
-                             within_flex=True)  # fmt: skip
+    recorder.trader_decision(
+        1_717_221_600.0, solver="greedy", solve_ms=1.0, values_w=[], within_flex=True
+    )
     (live,) = evaluate({"availability": 0.1})
     recorder.alert(live)
     recorder.write(tmp_path)

@@ -89,8 +89,7 @@ async def test_telemetry_is_consecutive_and_matches_ground_truth(tmp_path, mosqu
         assert close_to_truth(site, m.ts, "soc_pct", m.soc_pct, 0.06), m
         assert m.flex.p_min_w <= m.baseline_w + 1
         assert m.baseline_w - 1 <= m.flex.p_max_w
-        assert {d.kind.value for d in m.devices} == {"pv_inverter", "battery", "meter",
-                                                      "heat_pump"}  # fmt: skip
+        assert {d.kind.value for d in m.devices} == {"pv_inverter", "battery", "meter", "heat_pump"}
         assert all(d.health.value == "ok" for d in m.devices)
 
 
@@ -196,10 +195,20 @@ async def test_malformed_dispatch_and_config_are_counted_and_the_agent_keeps_goi
             (site.topic("dispatch"), dispatch_payload(site, 2, -1000.0, 30.0, version=9)),
             (site.topic("dispatch"), dispatch_payload(site, 2, -1000.0, 30.0, site_id="other")),
             (site.topic("config"), b'{"schema": "vpp.config", "version": 1}'),
-            (site.topic("config"), json.dumps({"schema": "vpp.config", "version": 1,
-                                               "site_id": site.site_id, "rev": 1, "ts": T0,
-                                               "params": {"poll_interval_s": -4}})),
-        ]  # fmt: skip
+            (
+                site.topic("config"),
+                json.dumps(
+                    {
+                        "schema": "vpp.config",
+                        "version": 1,
+                        "site_id": site.site_id,
+                        "rev": 1,
+                        "ts": T0,
+                        "params": {"poll_interval_s": -4},
+                    }
+                ),
+            ),
+        ]
         for topic, payload in bad:
             site.observer.publish(topic, payload)
         await site.wait_for(
@@ -208,8 +217,14 @@ async def test_malformed_dispatch_and_config_are_counted_and_the_agent_keeps_goi
             "all bad messages counted",
         )
         reasons = site.agent.uplink.stats["bad_messages"]
-        assert {"not_json", "non_finite", "unknown_version", "site_mismatch",
-                "missing_field", "out_of_range"} <= set(reasons)  # fmt: skip
+        assert {
+            "not_json",
+            "non_finite",
+            "unknown_version",
+            "site_mismatch",
+            "missing_field",
+            "out_of_range",
+        } <= set(reasons)
         before = site.telemetry()[-1].seq
         await site.sim_sleep(10)
         assert site.telemetry()[-1].seq >= before + 3
@@ -352,9 +367,15 @@ async def test_agent_killed_with_sigkill_loses_no_telemetry(tmp_path, mosquitto)
 async def test_cloud_config_is_applied_and_survives_a_restart(tmp_path, mosquitto):
     async with running_site(tmp_path, mosquitto.url) as site:
         await site.wait_for(lambda: site.telemetry()[2:], 60, "telemetry")
-        config = {"schema": "vpp.config", "version": 1, "site_id": site.site_id, "rev": 3,
-                  "ts": site.clock.time(), "flags": {"heat_pump_flex": False},
-                  "params": {"telemetry_interval_s": 6.0}}  # fmt: skip
+        config = {
+            "schema": "vpp.config",
+            "version": 1,
+            "site_id": site.site_id,
+            "rev": 3,
+            "ts": site.clock.time(),
+            "flags": {"heat_pump_flex": False},
+            "params": {"telemetry_interval_s": 6.0},
+        }
         site.observer.publish(site.topic("config"), json.dumps(config), retain=True)
         await site.wait_for(lambda: site.agent.counters["configs"] == 1, 30, "config applied")
         await site.sim_sleep(30)
@@ -385,17 +406,32 @@ async def test_cloud_config_is_applied_and_survives_a_restart(tmp_path, mosquitt
 async def test_partition_signal_is_followed_by_its_pool_only(tmp_path, mosquitto):
     async with running_site(tmp_path, mosquitto.url) as site:
         await site.wait_for(lambda: site.telemetry()[2:], 60, "telemetry")
-        config = {"schema": "vpp.config", "version": 1, "site_id": site.site_id, "rev": 1,
-                  "ts": site.clock.time(), "pool_id": "north"}  # fmt: skip
+        config = {
+            "schema": "vpp.config",
+            "version": 1,
+            "site_id": site.site_id,
+            "rev": 1,
+            "ts": site.clock.time(),
+            "pool_id": "north",
+        }
         site.observer.publish(site.topic("config"), json.dumps(config))
         await site.wait_for(lambda: site.agent.pool_id == "north", 30, "the pool id")
 
         def signal(seq: int, pool: str, level: float) -> bytes:
             now = site.clock.time()
-            return json.dumps({"schema": "vpp.partition_signal", "version": 1,
-                               "partition": site.partition, "signal_id": f"s-{seq}", "seq": seq,
-                               "issued_ts": now, "valid_until": now + 40.0, "level": level,
-                               "pool_id": pool}).encode()  # fmt: skip
+            return json.dumps(
+                {
+                    "schema": "vpp.partition_signal",
+                    "version": 1,
+                    "partition": site.partition,
+                    "signal_id": f"s-{seq}",
+                    "seq": seq,
+                    "issued_ts": now,
+                    "valid_until": now + 40.0,
+                    "level": level,
+                    "pool_id": pool,
+                }
+            ).encode()
 
         signal_topic = topics_for(site.partition)[-1]
         site.observer.publish(signal_topic, signal(1, "south", -1.0))

@@ -70,8 +70,14 @@ async def installed_site(tmp_path, mqtt_url: str) -> AsyncIterator[Site]:
 
 async def join_pool(site: Site, pool: str = "north") -> None:
     await site.wait_for(lambda: site.telemetry()[2:], 60, "telemetry")  # subscribed by now
-    config = {"schema": "vpp.config", "version": 1, "site_id": site.site_id, "rev": 1,
-              "ts": site.clock.time(), "pool_id": pool}  # fmt: skip
+    config = {
+        "schema": "vpp.config",
+        "version": 1,
+        "site_id": site.site_id,
+        "rev": 1,
+        "ts": site.clock.time(),
+        "pool_id": pool,
+    }
     site.observer.publish(site.topic("config"), json.dumps(config))
     await site.wait_for(lambda: site.agent.pool_id == pool, 30, "the pool id")
 
@@ -93,8 +99,15 @@ def plan_for(envelope: FlexEnvelope, partition: int, now: float, share: float) -
     accepted = feasible_part(pool, delta).split
     assert accepted.feasible, accepted.message
     fields = plan_fields(pool, accepted, [envelope.site_id])
-    return PartitionPlan(partition=partition, pool_id="north", plan_id="north-plan-1", seq=1,
-                         issued_ts=now, valid_until=now + 7200, **fields)  # fmt: skip
+    return PartitionPlan(
+        partition=partition,
+        pool_id="north",
+        plan_id="north-plan-1",
+        seq=1,
+        issued_ts=now,
+        valid_until=now + 7200,
+        **fields,
+    )
 
 
 async def test_the_envelope_goes_out_and_the_planned_share_is_followed_through_an_outage(

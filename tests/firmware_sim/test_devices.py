@@ -70,8 +70,11 @@ async def test_values_read_back_agree_with_ground_truth(fleet: Fleet, clock):
     try:
         rr = await client.read_holding_registers(0, count=14, device_id=UNIT_IDS["heat_pump"])
         assert not rr.isError()
-        values = {p.name: hpmap.decode(p, rr.registers[p.address : p.address + p.size])
-                  for p in hpmap.HP_POINTS if p.address < 14}  # fmt: skip
+        values = {
+            p.name: hpmap.decode(p, rr.registers[p.address : p.address + p.size])
+            for p in hpmap.HP_POINTS
+            if p.address < 14
+        }
     finally:
         client.close()
     assert values["map_version"] == 1
@@ -89,9 +92,12 @@ async def test_battery_setpoint_moves_power_and_soc(fleet: Fleet, clock):
         soc0 = fleet.truth(site.site_id)["soc_pct"]
         pct = target / wmax * 100
         await asyncio.to_thread(
-            write_points, port, uid, 124,
+            write_points,
+            port,
+            uid,
+            124,
             {"InOutWRte_RvrtTms": 900, "StorCtl_Mod": 3, "OutWRte": pct, "InWRte": -pct},
-        )  # fmt: skip
+        )
         await advance(clock, fleet, 600)
         dev = await asyncio.to_thread(scan, port, uid)
         w = dev.models[103][0].W.cvalue
@@ -120,13 +126,19 @@ async def test_expired_limits_revert(fleet: Fleet, clock):
     site = fleet.sites[0]
     port = site.port
     await asyncio.to_thread(
-        write_points, port, UNIT_IDS["inverter"], 123,
+        write_points,
+        port,
+        UNIT_IDS["inverter"],
+        123,
         {"WMaxLimPct_RvrtTms": 60, "WMaxLimPct": 10.0, "WMaxLim_Ena": 1},
-    )  # fmt: skip
+    )
     await asyncio.to_thread(
-        write_points, port, UNIT_IDS["battery"], 124,
+        write_points,
+        port,
+        UNIT_IDS["battery"],
+        124,
         {"InOutWRte_RvrtTms": 60, "StorCtl_Mod": 3, "OutWRte": 20.0, "InWRte": -20.0},
-    )  # fmt: skip
+    )
     await advance(clock, fleet, 50)
     controls = fleet.truth(site.site_id)["controls"]
     assert controls["inverter"]["limit_enabled"]
@@ -145,9 +157,12 @@ async def test_refreshed_limit_does_not_revert(fleet: Fleet, clock):
     port = fleet.sites[0].port
     for _ in range(4):  # heartbeat every 40 s against a 60 s revert
         await asyncio.to_thread(
-            write_points, port, UNIT_IDS["inverter"], 123,
+            write_points,
+            port,
+            UNIT_IDS["inverter"],
+            123,
             {"WMaxLimPct_RvrtTms": 60, "WMaxLimPct": 30.0, "WMaxLim_Ena": 1},
-        )  # fmt: skip
+        )
         await advance(clock, fleet, 40)
     assert fleet.truth(fleet.sites[0].site_id)["controls"]["inverter"]["limit_enabled"]
 
@@ -242,15 +257,19 @@ async def test_fleet_advances_on_a_fast_sim_clock():
     """The real tick loop on a SimClock: a limit with a 60 s revert expires in under a second."""
     from protocols.clock import SimClock
 
-    fleet = Fleet(1, seed=1, clock=SimClock(speed=200, start=1717242000.0), latency_s=0.0,
-                  tick_s=0.05)  # fmt: skip
+    fleet = Fleet(
+        1, seed=1, clock=SimClock(speed=200, start=1717242000.0), latency_s=0.0, tick_s=0.05
+    )
     await fleet.start()
     try:
         site = fleet.sites[0]
         await asyncio.to_thread(
-            write_points, site.port, UNIT_IDS["inverter"], 123,
+            write_points,
+            site.port,
+            UNIT_IDS["inverter"],
+            123,
             {"WMaxLimPct_RvrtTms": 60, "WMaxLimPct": 10.0, "WMaxLim_Ena": 1},
-        )  # fmt: skip
+        )
         assert fleet.truth(site.site_id)["controls"]["inverter"]["limit_enabled"]
         t0 = fleet.clock.time()
         await asyncio.sleep(0.6)  # 120 simulated seconds

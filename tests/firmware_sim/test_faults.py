@@ -201,8 +201,18 @@ async def test_control_api_ground_truth_and_manifest(fleet: Fleet, api: ControlA
     site = fleet.sites[0]
     status, truth = await asyncio.to_thread(http, f"{api.url}/truth/{site.site_id}")
     assert status == 200
-    for key in ("pv_w", "load_w", "battery_w", "soc_pct", "heat_pump_w", "grid_w",
-                "indoor_temp_c", "outdoor_temp_c", "controls", "time"):  # fmt: skip
+    for key in (
+        "pv_w",
+        "load_w",
+        "battery_w",
+        "soc_pct",
+        "heat_pump_w",
+        "grid_w",
+        "indoor_temp_c",
+        "outdoor_temp_c",
+        "controls",
+        "time",
+    ):
         assert key in truth
     status, manifest = await asyncio.to_thread(http, f"{api.url}/manifest")
     assert status == 200
@@ -242,8 +252,9 @@ async def test_control_api_ground_truth_and_manifest(fleet: Fleet, api: ControlA
         ("GET", "/truth/nope", None, 404),
     ],
 )
-async def test_control_api_rejects_bad_input(fleet: Fleet, api: ControlApi, method, path, body,
-                                             status):  # fmt: skip
+async def test_control_api_rejects_bad_input(
+    fleet: Fleet, api: ControlApi, method, path, body, status
+):
     site = fleet.sites[0]
     if body is not None:
         body = body.replace(b"SITE", site.site_id.encode())

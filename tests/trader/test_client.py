@@ -870,8 +870,9 @@ async def test_a_broken_stream_is_counted_and_reconnected(api: FakeApi, clock: M
     api.script["stream"] += [httpx.ConnectError("refused"), httpx.Response(503, json={})]
     good = envelope_event(10, None, []).encode()
     headers = {"content-type": "text/event-stream"}
-    api.script["stream"].append(httpx.Response(200, content=b"data: {not json\n\n" + good,
-                                               headers=headers))  # fmt: skip
+    api.script["stream"].append(
+        httpx.Response(200, content=b"data: {not json\n\n" + good, headers=headers)
+    )
     async with make_trader(api, clock) as trader:
         await watch_until(trader, 1, timeout_s=10.0)
     assert trader.errors["stream:transport"] == 1

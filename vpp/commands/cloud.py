@@ -195,9 +195,15 @@ def run(
     roles = ROLES if role == "all" else (role,)
     if role != "all" and role not in ROLES:
         raise typer.BadParameter(f"unknown role {role!r}; use all, {', '.join(ROLES)}")
-    overrides = {"mqtt_url": mqtt_url, "redis_url": redis_url, "db": db, "api_host": api_host,
-                 "api_port": api_port, "partitions": partitions,
-                 "instance_id": instance_id}  # fmt: skip
+    overrides = {
+        "mqtt_url": mqtt_url,
+        "redis_url": redis_url,
+        "db": db,
+        "api_host": api_host,
+        "api_port": api_port,
+        "partitions": partitions,
+        "instance_id": instance_id,
+    }
     try:
         settings = load_settings(config, overrides)
         clk = clock_from_spec(clock)

@@ -40,9 +40,11 @@ class TelemetryCounter:
         self.baselines: dict[str, list[tuple[float, float]]] = {}  # site -> (ts, baseline_w)
         self.rejected = 0
         self._subscribed = threading.Event()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"vpp-demo-tap-{uuid.uuid4().hex[:6]}",
-                             protocol=mqtt.MQTTv5)  # fmt: skip
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"vpp-demo-tap-{uuid.uuid4().hex[:6]}",
+            protocol=mqtt.MQTTv5,
+        )
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *_: self._subscribed.set()
         client.on_message = self._on_message

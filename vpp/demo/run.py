@@ -319,8 +319,13 @@ class Demo:
         self.stop = asyncio.Event()
         self.clock: SimClock = SimClock(speed=options.speed, start=self._start())
         self.truth = TruthLog(options.sites)
-        self.fleet = Fleet(options.sites, seed=options.seed, clock=self.clock, latency_s=0.0,
-                           tick_s=max(0.25 / options.speed, 0.01))  # fmt: skip
+        self.fleet = Fleet(
+            options.sites,
+            seed=options.seed,
+            clock=self.clock,
+            latency_s=0.0,
+            tick_s=max(0.25 / options.speed, 0.01),
+        )
         self.site_ids = [s.site_id for s in self.fleet.sites]
         self.site_index = {site_id: i for i, site_id in enumerate(self.site_ids)}
         self.broker: MosquittoServer | None = None
@@ -393,15 +398,28 @@ class Demo:
         seconds late at 24x, which would lose it every 6-second lease and lock. Stretched so
         that each time-out is at least 1.5 s of wall time (production: wall clock, 6 s)."""
         stretch = max(1.0, 1.5 * self.options.speed / 6.0)
-        return {"lease_ttl_s": 6.0 * stretch, "stale_intervals": 3.0 * stretch,
-                "dispatch_lock_ttl_s": 6.0 * stretch,
-                "dispatch_max_age_s": 3 * CYCLE_S * stretch}  # fmt: skip
+        return {
+            "lease_ttl_s": 6.0 * stretch,
+            "stale_intervals": 3.0 * stretch,
+            "dispatch_lock_ttl_s": 6.0 * stretch,
+            "dispatch_max_age_s": 3 * CYCLE_S * stretch,
+        }
 
     def _start_cloud(self, db: Path, api_port: int) -> None:
         config = self.out / "state" / "cloud.toml"
         config.write_text("[cloud]\n" + "".join(f"{k} = {v!r}\n" for k, v in self.timing.items()))
-        common = ["--mqtt-url", self.mqtt_url, "--redis-url", self.redis_url, "--db", str(db),
-                  "--partitions", str(PARTITIONS), "--config", str(config)]  # fmt: skip
+        common = [
+            "--mqtt-url",
+            self.mqtt_url,
+            "--redis-url",
+            self.redis_url,
+            "--db",
+            str(db),
+            "--partitions",
+            str(PARTITIONS),
+            "--config",
+            str(config),
+        ]
         env = {"VPP_CLOCK": self.clock.spec()}
         logs = self.out / "logs"
         procs = [CloudProcess("api", "api", [*common, "--api-port", str(api_port)], env, logs)]
@@ -462,8 +480,9 @@ class Demo:
         log.info("warm-up: %g days of the sites' past in %.1f s", days, took)
 
     async def _start_agents(self) -> None:
-        raw = site_configs(self.fleet.manifest(), self.mqtt_url, self.out / "edge",
-                           partitions=PARTITIONS)  # fmt: skip
+        raw = site_configs(
+            self.fleet.manifest(), self.mqtt_url, self.out / "edge", partitions=PARTITIONS
+        )
         await self._warm_up(raw)
         if self.scenario.gated_fraction:
             self.gated = self.faults.affected()
@@ -550,14 +569,25 @@ class Demo:
                 self.run_start = self.clock.time()
                 self._schedule_steps()
                 self.recorder.set_run(
-                    sites=o.sites, seed=o.seed, scenario=o.scenario, speed=o.speed,
-                    sim_start=self.run_start, hours=o.hours, pool_id=POOL,
+                    sites=o.sites,
+                    seed=o.seed,
+                    scenario=o.scenario,
+                    speed=o.speed,
+                    sim_start=self.run_start,
+                    hours=o.hours,
+                    pool_id=POOL,
                     prices=self.prices.day_ahead.source,
                     imbalance_prices=self.prices.imbalance.source,
-                    scenario_description=self.scenario.description)  # fmt: skip
-                self.trader = VirtualTrader(self.api_url, self.token, POOL, self.clock,
-                                            self.prices.day_ahead,
-                                            TraderOptions(reoptimise_min=15.0))  # fmt: skip
+                    scenario_description=self.scenario.description,
+                )
+                self.trader = VirtualTrader(
+                    self.api_url,
+                    self.token,
+                    POOL,
+                    self.clock,
+                    self.prices.day_ahead,
+                    TraderOptions(reoptimise_min=15.0),
+                )
                 trading = self.trader.run(self.stop)
                 watching = self.trader.watch(self.stop)  # early warnings on the stream
                 trader_tasks = [asyncio.create_task(trading), asyncio.create_task(watching)]
@@ -581,9 +611,11 @@ class Demo:
                 with contextlib.suppress(httpx.HTTPError):
                     r = await http.get(f"/v1/pools/{POOL}/flexibility")
                     live_agents = [a for a in self.agents if a is not None]
-                    if (r.status_code == 200
-                            and r.json()["now"]["sites"]["fresh"] == self.options.sites
-                            and all(a.pool_id == POOL for a in live_agents)):  # fmt: skip
+                    if (
+                        r.status_code == 200
+                        and r.json()["now"]["sites"]["fresh"] == self.options.sites
+                        and all(a.pool_id == POOL for a in live_agents)
+                    ):
                         return
                 await asyncio.sleep(0.25)
         raise RuntimeError("the pool did not become fully fresh within 90 s of wall time")
@@ -596,8 +628,11 @@ class Demo:
         end = self.run_start + self.run_s
         next_slot = math.ceil(self.run_start / SLOT_S) * SLOT_S
         next_sample = self.clock.time()
-        live = Live(self._line(), console=self.console, refresh_per_second=4,
-                    transient=False) if self.options.live else None  # fmt: skip
+        live = (
+            Live(self._line(), console=self.console, refresh_per_second=4, transient=False)
+            if self.options.live
+            else None
+        )
         with live or contextlib.nullcontext():
             while not self.stop.is_set() and self.clock.time() < end:
                 await self.clock.sleep_until(next_sample)
@@ -659,8 +694,11 @@ class Demo:
             if now - agg.ts > self.timing["dispatch_max_age_s"]:
                 continue
             aggs.append(agg)
-            fresh += [s for s in map(SiteSummary.from_json, summaries.values())
-                      if s.status is SiteStatus.FRESH and s.ts is not None]  # fmt: skip
+            fresh += [
+                s
+                for s in map(SiteSummary.from_json, summaries.values())
+                if s.status is SiteStatus.FRESH and s.ts is not None
+            ]
         truth = self._truth_of(fresh)
         pool = PoolAggregate.of(POOL, aggs, now)
         delivery = json.loads(raw[0]) if raw[0] else None
@@ -670,11 +708,19 @@ class Demo:
         measured = pool.measured_w if aggs else None
         p10, p50, p90 = (float(v) for v in np.percentile(self.fleet.phys.soc_pct, [10, 50, 90]))
         self.recorder.sample(
-            now, target_w=target, measured_w=measured, baseline_w=pool.baseline_w if aggs else None,
-            p_min_w=pool.p_min_w if aggs else None, p_max_w=pool.p_max_w if aggs else None,
-            sites_online=pool.sites_fresh, sites_total=self.options.sites,
-            soc_p10=p10, soc_p50=p50, soc_p90=p90, truth_w=truth if aggs else None,
-        )  # fmt: skip
+            now,
+            target_w=target,
+            measured_w=measured,
+            baseline_w=pool.baseline_w if aggs else None,
+            p_min_w=pool.p_min_w if aggs else None,
+            p_max_w=pool.p_max_w if aggs else None,
+            sites_online=pool.sites_fresh,
+            sites_total=self.options.sites,
+            soc_p10=p10,
+            soc_p50=p50,
+            soc_p90=p90,
+            truth_w=truth if aggs else None,
+        )
         self._sample_t.append(now)
         self._sample_online.append(float(pool.sites_fresh))
         self._sample_baseline.append(pool.baseline_w if aggs else np.nan)
@@ -695,8 +741,9 @@ class Demo:
         """The devices' true grid power of the fresh sites the aggregates were made of, each
         at the instant its telemetry (the one the aggregate used) was measured."""
         known = [s for s in summaries if s.site_id in self.site_index]
-        powers = self.truth.site_powers_at([self.site_index[s.site_id] for s in known],
-                                           [float(s.ts or 0.0) for s in known])  # fmt: skip
+        powers = self.truth.site_powers_at(
+            [self.site_index[s.site_id] for s in known], [float(s.ts or 0.0) for s in known]
+        )
         return None if powers is None or len(known) < len(summaries) else float(powers.sum())
 
     def _observe_envelope(self, now: float, raw_envelope: Any, raw_plan: Any) -> None:
@@ -829,8 +876,16 @@ class Demo:
             if entry.get(b"transition") != b"raised":
                 continue
             a = json.loads(entry[b"alert"])
-            self.recorder.alert(Alert(float(a["since"]), f"cloud:{a['rule']}", a["severity"],
-                                      a["message"], a["value"], None))  # fmt: skip
+            self.recorder.alert(
+                Alert(
+                    float(a["since"]),
+                    f"cloud:{a['rule']}",
+                    a["severity"],
+                    a["message"],
+                    a["value"],
+                    None,
+                )
+            )
 
     def _finish(self, wall0: float, interrupted: bool) -> dict[str, Any]:
         self._judge_intervals(self.clock.time())
@@ -855,14 +910,20 @@ class Demo:
                 fields = {k: v for k, v in warning.items() if k != "time"}
                 self.recorder.warning(warning["time"], **fields)
             (self.out / "trader-report.json").write_text(json.dumps(self.trader.report()))
-        self.recorder.set_run(sim_end=self.clock.time(), wall_s=time.monotonic() - wall0,
-                              interrupted=interrupted)  # fmt: skip
+        self.recorder.set_run(
+            sim_end=self.clock.time(), wall_s=time.monotonic() - wall0, interrupted=interrupted
+        )
         self.recorder.write(self.out)
         report = write_report(self.out)
         kpis = json.loads((self.out / "kpis.json").read_text())
         alerts = json.loads((self.out / "alerts.json").read_text())
-        return {"kpis": kpis, "alerts": alerts, "report": str(report),
-                "failing": failing(alerts), "interrupted": interrupted}  # fmt: skip
+        return {
+            "kpis": kpis,
+            "alerts": alerts,
+            "report": str(report),
+            "failing": failing(alerts),
+            "interrupted": interrupted,
+        }
 
     def _line(self) -> Text:
         v = self.live
@@ -874,9 +935,11 @@ class Demo:
             return "-" if x is None else f"{x / 1000:+.1f} kW"
 
         errors = v.sample_errors + v.trader_errors
-        line = (f"{to_iso8601(v.t)[:19].replace('T', ' ')}  {100 * done:5.1f} %  "
-                f"sites {v.sites_online}/{v.sites_total}  target {kw(v.target_w)}  "
-                f"delivered {kw(v.measured_w)}  errors {errors}")  # fmt: skip
+        line = (
+            f"{to_iso8601(v.t)[:19].replace('T', ' ')}  {100 * done:5.1f} %  "
+            f"sites {v.sites_online}/{v.sites_total}  target {kw(v.target_w)}  "
+            f"delivered {kw(v.measured_w)}  errors {errors}"
+        )
         if v.events:
             line += f"  last event: {v.events[-1]}"
         return Text(line)
@@ -948,9 +1011,16 @@ def run_demo(options: DemoOptions) -> list[dict[str, Any]]:
     for result in results:
         kpis = result["kpis"]
         console.print(f"report: {result['report']}")
-        keys = ("telemetry_completeness", "availability", "intervals_total",
-                "interval_energy_error_pct_max", "steps_within_5pct", "imbalance_energy_wh",
-                "imbalance_cost_eur", "revenue_eur")  # fmt: skip
+        keys = (
+            "telemetry_completeness",
+            "availability",
+            "intervals_total",
+            "interval_energy_error_pct_max",
+            "steps_within_5pct",
+            "imbalance_energy_wh",
+            "imbalance_cost_eur",
+            "revenue_eur",
+        )
         console.print("  " + "  ".join(f"{k}={_fmt(kpis.get(k))}" for k in keys))
         if result["failing"]:
             console.print(f"  [red]alerts:[/red] {', '.join(result['failing'])}")

@@ -99,44 +99,140 @@ class Alert:
 
 
 DEFAULT_RULES: tuple[AlertRule, ...] = (
-    AlertRule("no-intervals", "intervals_scored", "<", 1, "critical",
-              "no schedule interval with a target completed: nothing was verified"),
-    AlertRule("telemetry-completeness", "telemetry_completeness", "<", 0.999, "critical",
-              "telemetry completeness {value:.4f} < {threshold}"),
-    AlertRule("promise-broken", "intervals_promise_broken", ">", 0, "critical",
-              "{value} interval(s) inside the guaranteed envelope, without an outage, missed "
-              "the 1 % energy tolerance: the promise was broken"),
-    AlertRule("interval-energy-error", "interval_energy_error_pct_max_promised", ">", 1.0,
-              "critical", "interval energy error up to {value:.2f} % > {threshold} % inside "
-              "the guaranteed envelope without an outage"),
-    AlertRule("promise-kept", "promise_kept_ratio", "<", 0.99, "warning",
-              "only {value:.1%} of the intervals inside the guaranteed envelope delivered "
-              "(outage ones included) < {threshold:.0%}"),
-    AlertRule("outage-intervals", "intervals_outage", ">", 0, "warning",
-              "{value} interval(s) short while sites or the cloud were lost"),
-    AlertRule("outside-envelope-intervals", "intervals_outside_envelope", ">", 0, "warning",
-              "{value} interval(s) short with a schedule outside the guaranteed envelope "
-              "(nothing was promised)"),
-    AlertRule("early-warning", "early_warning_s_max", ">", 120.0, "warning",
-              "lost sites reached the trader's stream as a new envelope only after "
-              "{value:.0f} s > {threshold:.0f} s"),
-    AlertRule("early-warning-missed", "early_warnings_missed", ">", 0, "warning",
-              "sites were lost and no new envelope reached the stream"),
-    AlertRule("availability", "availability", "<", 0.95, "critical",
-              "site availability {value:.3f} < {threshold}"),
-    AlertRule("dispatch-latency", "dispatch_latency_ms_p95", ">", 5000.0, "critical",
-              "dispatch latency p95 {value:.0f} ms > {threshold:.0f} ms"),
-    AlertRule("schedule-within-flex", "schedule_within_flex", "==", False, "critical",
-              "the trader posted a schedule outside the pool's flexibility"),
-    AlertRule("trader-fallbacks", "trader_fallbacks", ">", 0, "warning",
-              "{value} trader decision(s) fell back from the LP to the greedy solver"),
-    AlertRule("trader-lp-slow", "trader_lp_solve_ms_max", ">", 5000.0, "warning",
-              "slowest LP solve {value:.0f} ms > {threshold:.0f} ms"),
-    AlertRule("measurement-error", "measurement_error_max_w", ">", 1.0, "warning",
-              "measured pool power off the ground truth by up to {value:.2f} W"),
-    AlertRule("tracking-steps", "steps_within_5pct", "<", 0.9, "warning",
-              "only {value:.1%} of 4-s steps within 5 % of target"),
-)  # fmt: skip
+    AlertRule(
+        "no-intervals",
+        "intervals_scored",
+        "<",
+        1,
+        "critical",
+        "no schedule interval with a target completed: nothing was verified",
+    ),
+    AlertRule(
+        "telemetry-completeness",
+        "telemetry_completeness",
+        "<",
+        0.999,
+        "critical",
+        "telemetry completeness {value:.4f} < {threshold}",
+    ),
+    AlertRule(
+        "promise-broken",
+        "intervals_promise_broken",
+        ">",
+        0,
+        "critical",
+        "{value} interval(s) inside the guaranteed envelope, without an outage, missed "
+        "the 1 % energy tolerance: the promise was broken",
+    ),
+    AlertRule(
+        "interval-energy-error",
+        "interval_energy_error_pct_max_promised",
+        ">",
+        1.0,
+        "critical",
+        "interval energy error up to {value:.2f} % > {threshold} % inside "
+        "the guaranteed envelope without an outage",
+    ),
+    AlertRule(
+        "promise-kept",
+        "promise_kept_ratio",
+        "<",
+        0.99,
+        "warning",
+        "only {value:.1%} of the intervals inside the guaranteed envelope delivered "
+        "(outage ones included) < {threshold:.0%}",
+    ),
+    AlertRule(
+        "outage-intervals",
+        "intervals_outage",
+        ">",
+        0,
+        "warning",
+        "{value} interval(s) short while sites or the cloud were lost",
+    ),
+    AlertRule(
+        "outside-envelope-intervals",
+        "intervals_outside_envelope",
+        ">",
+        0,
+        "warning",
+        "{value} interval(s) short with a schedule outside the guaranteed envelope "
+        "(nothing was promised)",
+    ),
+    AlertRule(
+        "early-warning",
+        "early_warning_s_max",
+        ">",
+        120.0,
+        "warning",
+        "lost sites reached the trader's stream as a new envelope only after "
+        "{value:.0f} s > {threshold:.0f} s",
+    ),
+    AlertRule(
+        "early-warning-missed",
+        "early_warnings_missed",
+        ">",
+        0,
+        "warning",
+        "sites were lost and no new envelope reached the stream",
+    ),
+    AlertRule(
+        "availability",
+        "availability",
+        "<",
+        0.95,
+        "critical",
+        "site availability {value:.3f} < {threshold}",
+    ),
+    AlertRule(
+        "dispatch-latency",
+        "dispatch_latency_ms_p95",
+        ">",
+        5000.0,
+        "critical",
+        "dispatch latency p95 {value:.0f} ms > {threshold:.0f} ms",
+    ),
+    AlertRule(
+        "schedule-within-flex",
+        "schedule_within_flex",
+        "==",
+        False,
+        "critical",
+        "the trader posted a schedule outside the pool's flexibility",
+    ),
+    AlertRule(
+        "trader-fallbacks",
+        "trader_fallbacks",
+        ">",
+        0,
+        "warning",
+        "{value} trader decision(s) fell back from the LP to the greedy solver",
+    ),
+    AlertRule(
+        "trader-lp-slow",
+        "trader_lp_solve_ms_max",
+        ">",
+        5000.0,
+        "warning",
+        "slowest LP solve {value:.0f} ms > {threshold:.0f} ms",
+    ),
+    AlertRule(
+        "measurement-error",
+        "measurement_error_max_w",
+        ">",
+        1.0,
+        "warning",
+        "measured pool power off the ground truth by up to {value:.2f} W",
+    ),
+    AlertRule(
+        "tracking-steps",
+        "steps_within_5pct",
+        "<",
+        0.9,
+        "warning",
+        "only {value:.1%} of 4-s steps within 5 % of target",
+    ),
+)
 
 
 def _message(template: str, kpi: str, value: Any, threshold: Any) -> str:
@@ -197,20 +293,25 @@ class RegressionRule:
 DEFAULT_REGRESSION_RULES: tuple[RegressionRule, ...] = (
     RegressionRule("telemetry_completeness", higher_is_worse=False, margin_abs=0.001),
     RegressionRule("availability", higher_is_worse=False, margin_abs=0.02),
-    RegressionRule("interval_energy_error_pct_max_promised", higher_is_worse=True,
-                   margin_abs=0.2, margin_rel=0.5),
+    RegressionRule(
+        "interval_energy_error_pct_max_promised",
+        higher_is_worse=True,
+        margin_abs=0.2,
+        margin_rel=0.5,
+    ),
     RegressionRule("promise_kept_ratio", higher_is_worse=False, margin_abs=0.01),
-    RegressionRule("baseline_forecast_error_pct", higher_is_worse=True, margin_abs=2.0,
-                   margin_rel=0.5),
-    RegressionRule("tracking_error_rms_pct", higher_is_worse=True, margin_abs=1.0,
-                   margin_rel=0.5),
-    RegressionRule("dispatch_latency_ms_p95", higher_is_worse=True, margin_abs=250.0,
-                   margin_rel=0.5),
-    RegressionRule("trader_lp_solve_ms_max", higher_is_worse=True, margin_abs=200.0,
-                   margin_rel=1.0),
-    RegressionRule("measurement_error_max_w", higher_is_worse=True, margin_abs=0.5,
-                   margin_rel=1.0),
-)  # fmt: skip
+    RegressionRule(
+        "baseline_forecast_error_pct", higher_is_worse=True, margin_abs=2.0, margin_rel=0.5
+    ),
+    RegressionRule("tracking_error_rms_pct", higher_is_worse=True, margin_abs=1.0, margin_rel=0.5),
+    RegressionRule(
+        "dispatch_latency_ms_p95", higher_is_worse=True, margin_abs=250.0, margin_rel=0.5
+    ),
+    RegressionRule(
+        "trader_lp_solve_ms_max", higher_is_worse=True, margin_abs=200.0, margin_rel=1.0
+    ),
+    RegressionRule("measurement_error_max_w", higher_is_worse=True, margin_abs=0.5, margin_rel=1.0),
+)
 
 
 @dataclass
@@ -285,14 +386,22 @@ class RegressionWatch:
                 message = (
                     f"{rule.kpi} regressed to {value:.4g} (baseline {baseline:.4g}, median of {n})"
                 )
-                alert = Alert(t, f"regression:{rule.kpi}", rule.severity, message, value,
-                              rule.limit(baseline), source="live")  # fmt: skip
+                alert = Alert(
+                    t,
+                    f"regression:{rule.kpi}",
+                    rule.severity,
+                    message,
+                    value,
+                    rule.limit(baseline),
+                    source="live",
+                )
                 self._active[rule.kpi] = alert
                 up.raised.append(alert)
             return
         active = self._active.pop(rule.kpi, None)
         if active is not None:
             message = f"{rule.kpi} back to {value:.4g}"
-            up.resolved.append(Alert(t, active.rule, "resolved", message, value,
-                                     active.threshold, source="live"))  # fmt: skip
+            up.resolved.append(
+                Alert(t, active.rule, "resolved", message, value, active.threshold, source="live")
+            )
         self._history[rule.kpi].append(value)

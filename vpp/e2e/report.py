@@ -151,8 +151,14 @@ def analyse_run(out_dir: Path | str, rules: Sequence[AlertRule] = DEFAULT_RULES)
     record.alerts = alerts
     write_json(out / KPIS_FILE, kpis)
     write_json(out / FILES["alerts"], alerts)
-    return RunAnalysis(record, kpis, alerts, failing(rule_alerts),
-                       _kpi_severity(rule_alerts, rules), _thresholds(rules))  # fmt: skip
+    return RunAnalysis(
+        record,
+        kpis,
+        alerts,
+        failing(rule_alerts),
+        _kpi_severity(rule_alerts, rules),
+        _thresholds(rules),
+    )
 
 
 # --- formatting -------------------------------------------------------------------------
@@ -321,8 +327,14 @@ def plot_prices(record: RunRecord) -> str | None:
     ax2 = ax.twinx()
     # The schedule as a step line (one level per interval) so the prices stay readable.
     delta_kw = iv["schedule_delta_w"] / 1000.0
-    ax2.step(np.append(x, ends[-1]), np.append(delta_kw, delta_kw[-1]), where="post",
-             color=_COLORS["target"], lw=1.2, label="schedule (delta from baseline)")  # fmt: skip
+    ax2.step(
+        np.append(x, ends[-1]),
+        np.append(delta_kw, delta_kw[-1]),
+        where="post",
+        color=_COLORS["target"],
+        lw=1.2,
+        label="schedule (delta from baseline)",
+    )
     ax2.axhline(0.0, color=_COLORS["target"], lw=0.5, alpha=0.5)
     ax2.set_ylabel("schedule delta, kW (+ import)")
     handles = ax.get_legend_handles_labels()

@@ -29,8 +29,15 @@ MAX_RANGE_S = 86_400.0
 
 
 def alert_out(a: Alert) -> AlertOut:
-    return AlertOut(key=a.key, rule=a.rule, severity=a.severity, pool_id=a.pool_id,
-                    since=iso(a.since) or "", value=a.value, message=a.message)  # fmt: skip
+    return AlertOut(
+        key=a.key,
+        rule=a.rule,
+        severity=a.severity,
+        pool_id=a.pool_id,
+        since=iso(a.since) or "",
+        value=a.value,
+        message=a.message,
+    )
 
 
 @router.get(

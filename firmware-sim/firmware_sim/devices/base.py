@@ -153,8 +153,12 @@ class Device:
             self.stats.rejected_writes += 1
             log.info(
                 "site=%s device=%s rejected write addr=%d values=%s: exception %d",
-                self.site_id, self.kind, address, values, int(rc),
-            )  # fmt: skip
+                self.site_id,
+                self.kind,
+                address,
+                values,
+                int(rc),
+            )
             return rc
         self.stats.writes += 1
         return None

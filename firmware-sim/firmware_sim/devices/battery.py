@@ -42,19 +42,59 @@ class Battery(SunSpecDevice):
         w, wh = round(self.max_w), round(self.capacity_wh)
         return {
             1: self.common(f"Battery {wh / 1000:.1f} kWh", f"{self.site_id}-BAT"),
-            103: {"A_SF": -2, "V_SF": -1, "W_SF": 0, "Hz_SF": -2, "WH_SF": 0, "DCA_SF": -1,
-                  "DCV_SF": -1, "DCW_SF": 0, "Tmp_SF": -1, "Evt1": 0, "Evt2": 0},
-            120: {"DERTyp": 82, "WRtg": w, "WRtg_SF": 0, "VARtg": w, "VARtg_SF": 0,
-                  "VArRtgQ1": 0, "VArRtgQ2": 0, "VArRtgQ3": 0, "VArRtgQ4": 0, "VArRtg_SF": 0,
-                  "ARtg": round(w / 690 * 10), "ARtg_SF": -1, "PFRtgQ1": 1000,
-                  "PFRtgQ2": 1000, "PFRtgQ3": -1000, "PFRtgQ4": -1000, "PFRtg_SF": -3,
-                  "WHRtg": wh, "WHRtg_SF": 0, "AhrRtg": round(wh / NOMINAL_V * 10),
-                  "AhrRtg_SF": -1, "MaxChaRte": w, "MaxChaRte_SF": 0, "MaxDisChaRte": w,
-                  "MaxDisChaRte_SF": 0},
-            124: {"WChaMax": w, "WChaGra": 50, "WDisChaGra": 50, "WChaMax_SF": 0,
-                  "WChaDisChaGra_SF": 0, "ChaState_SF": SOC_SF, "StorAval_SF": -1,
-                  "InBatV_SF": -1, "InOutWRte_SF": RTE_SF} | self.default_controls(),
-        }  # fmt: skip
+            103: {
+                "A_SF": -2,
+                "V_SF": -1,
+                "W_SF": 0,
+                "Hz_SF": -2,
+                "WH_SF": 0,
+                "DCA_SF": -1,
+                "DCV_SF": -1,
+                "DCW_SF": 0,
+                "Tmp_SF": -1,
+                "Evt1": 0,
+                "Evt2": 0,
+            },
+            120: {
+                "DERTyp": 82,
+                "WRtg": w,
+                "WRtg_SF": 0,
+                "VARtg": w,
+                "VARtg_SF": 0,
+                "VArRtgQ1": 0,
+                "VArRtgQ2": 0,
+                "VArRtgQ3": 0,
+                "VArRtgQ4": 0,
+                "VArRtg_SF": 0,
+                "ARtg": round(w / 690 * 10),
+                "ARtg_SF": -1,
+                "PFRtgQ1": 1000,
+                "PFRtgQ2": 1000,
+                "PFRtgQ3": -1000,
+                "PFRtgQ4": -1000,
+                "PFRtg_SF": -3,
+                "WHRtg": wh,
+                "WHRtg_SF": 0,
+                "AhrRtg": round(wh / NOMINAL_V * 10),
+                "AhrRtg_SF": -1,
+                "MaxChaRte": w,
+                "MaxChaRte_SF": 0,
+                "MaxDisChaRte": w,
+                "MaxDisChaRte_SF": 0,
+            },
+            124: {
+                "WChaMax": w,
+                "WChaGra": 50,
+                "WDisChaGra": 50,
+                "WChaMax_SF": 0,
+                "WChaDisChaGra_SF": 0,
+                "ChaState_SF": SOC_SF,
+                "StorAval_SF": -1,
+                "InBatV_SF": -1,
+                "InOutWRte_SF": RTE_SF,
+            }
+            | self.default_controls(),
+        }
 
     @staticmethod
     def default_controls() -> dict[str, int]:
@@ -78,8 +118,11 @@ class Battery(SunSpecDevice):
             lo, hi = self.window_w()
             log.debug(
                 "site=%s device=battery window [%.0f, %.0f] W revert in %ss",
-                self.site_id, lo, hi, rvrt,
-            )  # fmt: skip
+                self.site_id,
+                lo,
+                hi,
+                rvrt,
+            )
 
     def window_w(self) -> tuple[float, float]:
         """The commanded window of battery power, W, + = discharge."""
@@ -121,18 +164,26 @@ class Battery(SunSpecDevice):
                 cha = CHA_DISCHARGING if w >= 1.0 else CHA_CHARGING if w <= -1.0 else CHA_HOLDING
         a_raw = round(abs(w) / (3 * volts) * 100)
         return {
-            (103, "A"): 3 * a_raw, (103, "AphA"): a_raw, (103, "AphB"): a_raw,
-            (103, "AphC"): a_raw, (103, "PhVphA"): round(volts * 10),
-            (103, "PhVphB"): round(volts * 10) + 2, (103, "PhVphC"): round(volts * 10) - 3,
-            (103, "W"): round(w), (103, "Hz"): round(hz * 100),
+            (103, "A"): 3 * a_raw,
+            (103, "AphA"): a_raw,
+            (103, "AphB"): a_raw,
+            (103, "AphC"): a_raw,
+            (103, "PhVphA"): round(volts * 10),
+            (103, "PhVphB"): round(volts * 10) + 2,
+            (103, "PhVphC"): round(volts * 10) - 3,
+            (103, "W"): round(w),
+            (103, "Hz"): round(hz * 100),
             (103, "WH"): round(float(ph.bat_dis_wh[i])),
-            (103, "DCV"): round(bat_v * 10), (103, "DCA"): round(abs(w) / bat_v * 10),
-            (103, "DCW"): round(w), (103, "TmpCab"): round((24.0 + 6.0 * abs(w) / self.max_w) * 10),
+            (103, "DCV"): round(bat_v * 10),
+            (103, "DCA"): round(abs(w) / bat_v * 10),
+            (103, "DCW"): round(w),
+            (103, "TmpCab"): round((24.0 + 6.0 * abs(w) / self.max_w) * 10),
             (103, "St"): st,
             (124, "ChaState"): round(soc / 10.0**SOC_SF),
             (124, "StorAval"): round(float(ph.soc_wh[i]) / NOMINAL_V * 10),
-            (124, "InBatV"): round(bat_v * 10), (124, "ChaSt"): cha,
-        }  # fmt: skip
+            (124, "InBatV"): round(bat_v * 10),
+            (124, "ChaSt"): cha,
+        }
 
     def control_state(self) -> dict[str, Any]:
         lo, hi = self.window_w()

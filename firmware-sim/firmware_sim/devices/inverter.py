@@ -44,19 +44,56 @@ class Inverter(SunSpecDevice):
         w = round(self.wmax)
         return {
             1: self.common(f"PV inverter {w / 1000:.1f} kW", f"{self.site_id}-INV"),
-            103: {"A_SF": A_SF, "V_SF": V_SF, "W_SF": 0, "Hz_SF": HZ_SF, "VA_SF": 0,
-                  "WH_SF": 0, "DCA_SF": -2, "DCV_SF": -1, "DCW_SF": 0, "Tmp_SF": TMP_SF,
-                  "Evt1": 0, "Evt2": 0},
-            120: {"DERTyp": 4, "WRtg": w, "WRtg_SF": 0, "VARtg": w, "VARtg_SF": 0,
-                  "VArRtgQ1": w // 2, "VArRtgQ2": w // 2, "VArRtgQ3": -(w // 2),
-                  "VArRtgQ4": -(w // 2), "VArRtg_SF": 0, "ARtg": round(w / 690 * 10),
-                  "ARtg_SF": -1, "PFRtgQ1": 800, "PFRtgQ2": 800, "PFRtgQ3": -800,
-                  "PFRtgQ4": -800, "PFRtg_SF": PF_SF},
-            121: {"WMax": w, "VRef": 2300, "VRefOfs": 0, "WMax_SF": 0, "VRef_SF": V_SF,
-                  "VRefOfs_SF": 0},
-            123: self.default_controls() | {"OutPFSet": 1000, "OutPFSet_Ena": 0,
-                  "VArPct_Ena": 0, "WMaxLimPct_SF": LIM_SF, "OutPFSet_SF": PF_SF},
-        }  # fmt: skip
+            103: {
+                "A_SF": A_SF,
+                "V_SF": V_SF,
+                "W_SF": 0,
+                "Hz_SF": HZ_SF,
+                "VA_SF": 0,
+                "WH_SF": 0,
+                "DCA_SF": -2,
+                "DCV_SF": -1,
+                "DCW_SF": 0,
+                "Tmp_SF": TMP_SF,
+                "Evt1": 0,
+                "Evt2": 0,
+            },
+            120: {
+                "DERTyp": 4,
+                "WRtg": w,
+                "WRtg_SF": 0,
+                "VARtg": w,
+                "VARtg_SF": 0,
+                "VArRtgQ1": w // 2,
+                "VArRtgQ2": w // 2,
+                "VArRtgQ3": -(w // 2),
+                "VArRtgQ4": -(w // 2),
+                "VArRtg_SF": 0,
+                "ARtg": round(w / 690 * 10),
+                "ARtg_SF": -1,
+                "PFRtgQ1": 800,
+                "PFRtgQ2": 800,
+                "PFRtgQ3": -800,
+                "PFRtgQ4": -800,
+                "PFRtg_SF": PF_SF,
+            },
+            121: {
+                "WMax": w,
+                "VRef": 2300,
+                "VRefOfs": 0,
+                "WMax_SF": 0,
+                "VRef_SF": V_SF,
+                "VRefOfs_SF": 0,
+            },
+            123: self.default_controls()
+            | {
+                "OutPFSet": 1000,
+                "OutPFSet_Ena": 0,
+                "VArPct_Ena": 0,
+                "WMaxLimPct_SF": LIM_SF,
+                "OutPFSet_SF": PF_SF,
+            },
+        }
 
     @staticmethod
     def default_controls() -> dict[str, int]:
@@ -84,8 +121,11 @@ class Inverter(SunSpecDevice):
             self.limit_deadline = now + rvrt if rvrt > 0 and self.get(123, "WMaxLim_Ena") else None
             log.debug(
                 "site=%s device=inverter limit %s%% ena=%s revert in %ss",
-                self.site_id, self.limit_pct(), self.get(123, "WMaxLim_Ena"), rvrt,
-            )  # fmt: skip
+                self.site_id,
+                self.limit_pct(),
+                self.get(123, "WMaxLim_Ena"),
+                rvrt,
+            )
 
     def limit_pct(self) -> float:
         return (self.get(123, "WMaxLimPct") or 0) * 10.0**LIM_SF
@@ -132,14 +172,23 @@ class Inverter(SunSpecDevice):
         a_raw = round(amps / 10.0**A_SF)
         v_raw = round(volts / 10.0**V_SF)
         return {
-            (103, "A"): 3 * a_raw, (103, "AphA"): a_raw, (103, "AphB"): a_raw,
-            (103, "AphC"): a_raw, (103, "PhVphA"): v_raw, (103, "PhVphB"): v_raw + 3,
-            (103, "PhVphC"): v_raw - 2, (103, "W"): round(pv), (103, "VA"): round(pv),
-            (103, "Hz"): round(hz / 10.0**HZ_SF), (103, "WH"): round(float(ph.pv_wh[i])),
-            (103, "DCA"): round((dcw / dcv if dcv else 0.0) * 100), (103, "DCV"): round(dcv * 10),
-            (103, "DCW"): round(dcw), (103, "TmpCab"): round((25.0 + 15.0 * pv / self.wmax) * 10),
+            (103, "A"): 3 * a_raw,
+            (103, "AphA"): a_raw,
+            (103, "AphB"): a_raw,
+            (103, "AphC"): a_raw,
+            (103, "PhVphA"): v_raw,
+            (103, "PhVphB"): v_raw + 3,
+            (103, "PhVphC"): v_raw - 2,
+            (103, "W"): round(pv),
+            (103, "VA"): round(pv),
+            (103, "Hz"): round(hz / 10.0**HZ_SF),
+            (103, "WH"): round(float(ph.pv_wh[i])),
+            (103, "DCA"): round((dcw / dcv if dcv else 0.0) * 100),
+            (103, "DCV"): round(dcv * 10),
+            (103, "DCW"): round(dcw),
+            (103, "TmpCab"): round((25.0 + 15.0 * pv / self.wmax) * 10),
             (103, "St"): st,
-        }  # fmt: skip
+        }
 
     def control_state(self) -> dict[str, Any]:
         return {

@@ -11,25 +11,43 @@ W, R, S, L = Decision.WRITE, Decision.REFRESH, Decision.SKIP, Decision.RATE_LIMI
 # (t, target, expected decision); a WRITE/REFRESH is followed by a successful write
 CASES = {
     "first write, then deadband": [
-        (0.0, 1000.0, W), (1.0, 1030.0, S), (2.0, 970.0, S), (3.0, 1051.0, W),
+        (0.0, 1000.0, W),
+        (1.0, 1030.0, S),
+        (2.0, 970.0, S),
+        (3.0, 1051.0, W),
     ],
     "rate limit: one write per second": [
-        (0.0, 1000.0, W), (0.5, 2000.0, L), (0.99, 2000.0, L), (1.0, 2000.0, W),
+        (0.0, 1000.0, W),
+        (0.5, 2000.0, L),
+        (0.99, 2000.0, L),
+        (1.0, 2000.0, W),
     ],
     "refresh an unchanged value every revert/3": [
-        (0.0, 1000.0, W), (10.0, 1000.0, S), (19.9, 1000.0, S), (20.0, 1000.0, R),
-        (21.0, 1000.0, S), (40.0, 1010.0, R),
+        (0.0, 1000.0, W),
+        (10.0, 1000.0, S),
+        (19.9, 1000.0, S),
+        (20.0, 1000.0, R),
+        (21.0, 1000.0, S),
+        (40.0, 1010.0, R),
     ],
     "release and re-command; a release is not refreshed": [
-        (0.0, 500.0, W), (1.0, None, W), (2.0, None, S), (100.0, None, S), (101.0, 0.0, W),
+        (0.0, 500.0, W),
+        (1.0, None, W),
+        (2.0, None, S),
+        (100.0, None, S),
+        (101.0, 0.0, W),
     ],
     "the very first command writes, even a release": [
-        (0.0, None, W), (0.2, None, S),
+        (0.0, None, W),
+        (0.2, None, S),
     ],
     "rate limit also holds a due refresh": [
-        (0.0, 1000.0, W), (19.5, 1100.0, W), (20.0, 1100.0, S), (39.5, 1100.0, R),
+        (0.0, 1000.0, W),
+        (19.5, 1100.0, W),
+        (20.0, 1100.0, S),
+        (39.5, 1100.0, R),
     ],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", list(CASES))
