@@ -17,6 +17,7 @@ from vpp.e2e.kpis import (
     DELIVERED,
     DELIVERED_PCT,
     early_warning_s,
+    promise_withdrawals,
     resample_hold,
     score_intervals,
 )
@@ -515,12 +516,41 @@ def test_early_warning_after_a_loss_of_sites(
     assert early_warning_s(record) == expected
 
 
+def plan(t: float, sites: int, plan_id: str, wh: float, start: float | None) -> dict[str, Any]:
+    return {**warned(t, sites, wh), "plan_id": plan_id, "shortfall_from": start}
+
+
+@pytest.mark.parametrize(
+    ("warnings", "expected"),
+    [
+        # plans without a shortfall: nothing taken back
+        ([plan(0, 6, "p1", 0, None), plan(900, 6, "p2", 0, None)], (0, 0.0, None)),
+        # a new forecast takes back 943 Wh from 19:30 (lead 3600 s); the stream shows the same
+        # plan again with the next envelope: one withdrawal
+        (
+            [plan(100, 6, "p3", 943, 3700), plan(600, 6, "p3", 943, 3700)],
+            (1, 943.0, 3100.0),
+        ),
+        # two plans, the second 13 min ahead: both count, the shortest lead wins
+        ([plan(0, 6, "p1", 500, 3600), plan(900, 6, "p2", 250, 1680)], (2, 750.0, 780.0)),
+        # fewer sites than before: a loss (early warning), not a withdrawal
+        ([plan(0, 10, "p1", 0, None), plan(130, 8, "p2", 900, 900)], (0, 0.0, None)),
+        # an older run without shortfall_from: counted, no lead
+        ([warned(0, 6, 300)], (1, 300.0, None)),
+    ],
+)
+def test_promise_withdrawals_count_what_no_loss_explains(
+    warnings: list[dict[str, Any]], expected: tuple
+) -> None:
+    assert promise_withdrawals(RunRecord(warnings=warnings)) == expected
+
+
 def test_empty_run_gives_nulls_not_a_crash() -> None:
     kpis = compute_kpis(RunRecord())
     assert list(kpis) == list(KPI_DOCS)
     counts = {"trader_decisions", "trader_fallbacks", "alerts_raised", "samples"}
     counts |= {key for key in KPI_DOCS if key.startswith("intervals_")}
-    counts.add("early_warnings_missed")
+    counts |= {"early_warnings_missed", "promise_withdrawals", "promise_withdrawn_wh"}
     for key, value in kpis.items():
         if key in counts:
             assert value == 0, key

@@ -841,18 +841,18 @@ async def watch_until(trader: VirtualTrader, warnings: int, timeout_s: float = 5
 
 
 @pytest.mark.parametrize(
-    ("events", "replans"),
+    ("events", "replans", "shortfall_from"),
     [
         # a new envelope of as many sites, no shortfall: kept, nothing to do
-        ([envelope_event(10, "p-1", [])], False),
+        ([envelope_event(10, "p-1", [])], False, None),
         # sites lost, the slot under way (10:00) short: too late to change, nothing to do
-        ([envelope_event(8, "p-2", [(T0, -2000.0)])], False),
+        ([envelope_event(8, "p-2", [(T0, -2000.0)])], False, T0),
         # sites lost, 10:15 and 10:30 short: re-plan now on the smaller envelope
-        ([envelope_event(8, "p-2", [(T0, -2000.0), (T0 + 900, -2000.0)])], True),
+        ([envelope_event(8, "p-2", [(T0 + 900, -2000.0), (T0 + 1800, -2000.0)])], True, T0 + 900),
     ],
 )
 async def test_an_early_warning_on_the_stream_makes_the_trader_replan(
-    api: FakeApi, clock: ManualClock, events: list[str], replans: bool
+    api: FakeApi, clock: ManualClock, events: list[str], replans: bool, shortfall_from: float | None
 ) -> None:
     stream = ": flexibility stream of pool north\nretry: 2000\n\n" + "".join(events)
     headers = {"content-type": "text/event-stream"}
@@ -863,6 +863,7 @@ async def test_an_early_warning_on_the_stream_makes_the_trader_replan(
     last = trader.warnings[-1]
     assert (last["time"], last["groups"], last["id"]) == (NOW, 2, events[-1].split("\n")[1][4:])
     assert trader.next_due == (NOW if replans else NOW + 600.0)
+    assert last["shortfall_from"] == shortfall_from  # the first quarter hour short (KPI lead)
     assert trader.report()["warnings"] == trader.warnings
 
 

@@ -155,6 +155,12 @@ KPI_DOCS: dict[str, str] = {
     "expected shortfall of its schedule; the worst one, s (empty without a loss).",
     "early_warnings_missed": "Losses of sites after which no new envelope reached the stream "
     "before the run ended, count.",
+    "promise_withdrawals": "Plans with an expected shortfall of the trader's schedule that no "
+    "loss of sites explains (as many sites as before): the pool took back part of what an "
+    "earlier envelope promised, ahead of delivery, on new forecasts or states, count.",
+    "promise_withdrawn_wh": "Sum over those plans of their expected shortfall, Wh.",
+    "promise_withdrawal_lead_s_min": "Shortest time from such a plan reaching the trader to "
+    "the first quarter hour it takes back, s (empty without one, or when not recorded).",
     "tracking_error_rms_w": "RMS of measured - target power on the 4-s grid, where a target "
     "applies, W.",
     "tracking_error_rms_pct": "tracking_error_rms_w as % of the mean |target| (at least "
@@ -384,15 +390,41 @@ def early_warning_s(record: RunRecord) -> tuple[float | None, int]:
     return worst, missed
 
 
+def promise_withdrawals(record: RunRecord) -> tuple[int, float, float | None]:
+    """Plans that took back part of the envelope's promise with no loss of sites behind them:
+    ``(count, Wh, shortest lead s)``. A plan the stream shows again with the next envelope
+    counts once; a plan on fewer sites than ever seen before is the early warning of a loss
+    (:func:`early_warning_s`), not a withdrawal."""
+    most_sites = 0
+    shortfall: dict[str, float] = {}
+    leads: list[float] = []
+    for w in sorted(record.warnings, key=lambda w: float(w["t"])):
+        sites = int(w.get("sites") or 0)
+        lost = sites < most_sites
+        most_sites = max(most_sites, sites)
+        wh = float(w.get("shortfall_wh") or 0.0)
+        if lost or wh <= 0.0:
+            continue
+        key = str(w.get("plan_id") or w.get("id"))
+        shortfall[key] = max(shortfall.get(key, 0.0), wh)
+        if w.get("shortfall_from") is not None:
+            leads.append(float(w["shortfall_from"]) - float(w["t"]))
+    return len(shortfall), sum(shortfall.values()), min(leads, default=None)
+
+
 def _envelope_kpis(record: RunRecord) -> dict[str, Any]:
     energy = _values(record.envelopes, "energy_ratio")
     warning_s, missed = early_warning_s(record)
+    withdrawals, withdrawn_wh, lead = promise_withdrawals(record)
     return {
         "envelope_energy_ratio": _mean(energy),
         "envelope_energy_ratio_min": _num(energy.min()) if energy.size else None,
         "envelope_power_ratio": _mean(_values(record.envelopes, "power_ratio")),
         "early_warning_s_max": _num(warning_s),
         "early_warnings_missed": missed,
+        "promise_withdrawals": withdrawals,
+        "promise_withdrawn_wh": withdrawn_wh,
+        "promise_withdrawal_lead_s_min": _num(lead),
     }
 
 

@@ -60,7 +60,9 @@ Files (all in one output folder)
 ``warnings.json``
     List of the ``envelope`` events the trader read on the pool's event stream (a new
     envelope or plan): ``{"t", "id", "envelope_start", "sites", "groups", "plan_id",
-    "shortfall_wh", "shortfall_slots"}``; ``t`` is when the trader received it. Optional.
+    "shortfall_wh", "shortfall_slots", "shortfall_from"}``; ``t`` is when the trader received
+    it, ``shortfall_from`` the start of the first quarter hour short (Unix s; null without a
+    shortfall or in older runs). Optional.
 
 ``telemetry.json``
     ``{"expected": int, "received": int}``: telemetry sequence numbers expected vs received

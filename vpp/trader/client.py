@@ -724,6 +724,7 @@ class VirtualTrader:
                 "plan_id": data.get("plan_id"),
                 "shortfall_wh": float(data.get("shortfall_wh") or 0.0),
                 "shortfall_slots": len(shortfall),
+                "shortfall_from": _ts(shortfall[0]["start"]) if shortfall else None,
             }
             changeable = math.ceil(now / SLOT_S) * SLOT_S
             ahead = [s for s in shortfall if _ts(s["start"]) >= changeable]
