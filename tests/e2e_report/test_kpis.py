@@ -533,8 +533,17 @@ def plan(t: float, sites: int, plan_id: str, wh: float, start: float | None) -> 
         ),
         # two plans, the second 13 min ahead: both count, the shortest lead wins
         ([plan(0, 6, "p1", 500, 3600), plan(900, 6, "p2", 250, 1680)], (2, 750.0, 780.0)),
-        # fewer sites than before: a loss (early warning), not a withdrawal
-        ([plan(0, 10, "p1", 0, None), plan(130, 8, "p2", 900, 900)], (0, 0.0, None)),
+        # fewer sites than before: a loss (early warning), not a withdrawal, also when the
+        # stream shows its plan again; a later plan on the smaller pool counts again
+        (
+            [
+                plan(0, 10, "p1", 0, None),
+                plan(130, 8, "p2", 900, 900),
+                plan(900, 8, "p2", 900, 900),
+                plan(1800, 8, "p3", 200, 3600),
+            ],
+            (1, 200.0, 1800.0),
+        ),
         # an older run without shortfall_from: counted, no lead
         ([warned(0, 6, 300)], (1, 300.0, None)),
     ],

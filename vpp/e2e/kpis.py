@@ -393,19 +393,22 @@ def early_warning_s(record: RunRecord) -> tuple[float | None, int]:
 def promise_withdrawals(record: RunRecord) -> tuple[int, float, float | None]:
     """Plans that took back part of the envelope's promise with no loss of sites behind them:
     ``(count, Wh, shortest lead s)``. A plan the stream shows again with the next envelope
-    counts once; a plan on fewer sites than ever seen before is the early warning of a loss
-    (:func:`early_warning_s`), not a withdrawal."""
-    most_sites = 0
+    counts once; a plan made as sites left (fewer than in the event before) is the early
+    warning of a loss (:func:`early_warning_s`), not a withdrawal; later plans on the smaller
+    pool count again."""
+    sites_before: int | None = None
+    loss_plans: set[str] = set()
     shortfall: dict[str, float] = {}
     leads: list[float] = []
     for w in sorted(record.warnings, key=lambda w: float(w["t"])):
         sites = int(w.get("sites") or 0)
-        lost = sites < most_sites
-        most_sites = max(most_sites, sites)
-        wh = float(w.get("shortfall_wh") or 0.0)
-        if lost or wh <= 0.0:
-            continue
         key = str(w.get("plan_id") or w.get("id"))
+        if sites_before is not None and sites < sites_before:
+            loss_plans.add(key)
+        sites_before = sites
+        wh = float(w.get("shortfall_wh") or 0.0)
+        if key in loss_plans or wh <= 0.0:
+            continue
         shortfall[key] = max(shortfall.get(key, 0.0), wh)
         if w.get("shortfall_from") is not None:
             leads.append(float(w["shortfall_from"]) - float(w["t"]))
