@@ -21,9 +21,16 @@ and what the forecast knows of the devices. Per slot ``k``:
 
 * Up: PV curtailment, up to the PV the low path still produces (guaranteed) or the nominal
   path (optimistic); and the heat pump's boost where it would start the compressor (the
-  house below ``setpoint + boost - 0.5 K``), by its power above the expected draw.
-* Down: the heat pump shedding its expected draw (the simulated thermostat for the first
-  hour; beyond it the phase of an on/off cycle is unknowable, so the four-hour mean).
+  house below ``setpoint + boost - 0.5 K``), by its power above the draw: the highest draw
+  it may have then (guaranteed), the expected one (optimistic).
+* Down: the heat pump shedding its draw. Optimistic: the expected draw (the simulated
+  thermostat for the first hour; beyond it the phase of an on/off cycle is unknowable, so
+  the four-hour mean). Guaranteed: the lowest draw it may have in the slot, since a heat pump
+  that is off has nothing to shed. The thermostat's switching time is uncertain: one slot
+  either way while its phase is trusted (a new indoor reading moves a simulated start by a
+  quarter hour), any phase of its cycle beyond, so a cycling heat pump guarantees nothing
+  there and one that runs throughout guarantees its draw. The expected draw as the
+  guarantee made the pool take back what it had promised whenever a simulated start moved.
 * Both heat pump directions live within a *reserve*: the electric energy (capacity
   ``tau / gain``) that moves the house from its baseline indoor path to the comfort band's
   edge (the top: ``min(comfort_max, setpoint + boost)``), ``margin_k`` inside it for the
@@ -61,10 +68,17 @@ from protocols.messages import (
     StorageEnvelope,
 )
 
-__all__ = ["EnvelopeInputs", "build_envelope", "front_loaded", "heat_pump_expected"]
+__all__ = [
+    "EnvelopeInputs",
+    "build_envelope",
+    "front_loaded",
+    "heat_pump_draw_range",
+    "heat_pump_expected",
+]
 
 KNOWN_PHASE_SLOTS = 4  # the thermostat's simulated on/off phase is trusted this many slots
 PHASE_WINDOW_SLOTS = 17  # beyond: the expected draw is the mean over these four hours
+SWITCH_TIMING_SLOTS = 1  # how far a trusted simulated switch may still move, either way
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +133,19 @@ def heat_pump_expected(hp_w: np.ndarray) -> np.ndarray:
     out = sums / counts
     out[:KNOWN_PHASE_SLOTS] = hp_w[:KNOWN_PHASE_SLOTS]
     return out
+
+
+def heat_pump_draw_range(hp_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per slot the lowest and the highest draw the heat pump may have, given the simulated
+    draw ``hp_w``: over the slots a switch may move to (``SWITCH_TIMING_SLOTS`` either way
+    while the phase is trusted, the whole phase window beyond)."""
+    n = len(hp_w)
+    lowest, highest = np.zeros(n), np.zeros(n)
+    for k in range(n):
+        reach = SWITCH_TIMING_SLOTS if k < KNOWN_PHASE_SLOTS else PHASE_WINDOW_SLOTS // 2
+        window = hp_w[max(0, k - reach) : k + reach + 1]
+        lowest[k], highest[k] = float(window.min()), float(window.max())
+    return lowest, highest
 
 
 def _share(a: np.ndarray, b: np.ndarray, fallback_a: np.ndarray, fallback_b: np.ndarray):
@@ -180,13 +207,16 @@ def build_envelope(inp: EnvelopeInputs) -> tuple[FlexEnvelope, dict[str, np.ndar
     if inp.house is not None and inp.house_path is not None:
         house, path = inp.house, inp.house_path
         expected = nom.heat_pump_w  # the expected draw (see heat_pump_expected)
+        lowest, highest = heat_pump_draw_range(path.heat_pump_w)
         cap_wh_k = house.capacity_wh_per_k
         top_c = min(lim.comfort_max_c, house.setpoint_c + house.boost_k)
-        extra = np.where(path.boost_starts, np.maximum(0.0, house.on_w - expected), 0.0)
         for margin_k, optimistic in ((inp.margin_k, False), (0.0, True)):
+            draw = expected if optimistic else np.minimum(expected, lowest)
+            busy = expected if optimistic else np.maximum(expected, highest)
+            extra = np.where(path.boost_starts, np.maximum(0.0, house.on_w - busy), 0.0)
             down_wh = (path.indoor_min_c - (lim.comfort_min_c + margin_k)) * cap_wh_k
             up_wh = ((top_c - margin_k) - path.indoor_max_c) * cap_wh_k
-            shed = front_loaded(expected, down_wh, hours)
+            shed = front_loaded(draw, down_wh, hours)
             boost = front_loaded(extra, up_wh, hours)
             if optimistic:
                 shed_o, boost_o = shed, boost

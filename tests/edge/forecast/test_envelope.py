@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from edge.control.plan import Battery, SiteLimits
 from edge.control.thermal import ThermalModel
 from edge.forecast import Forecaster, ForecastSettings, HeatPumpNow, SiteNow
-from edge.forecast.envelope import front_loaded, heat_pump_expected
+from edge.forecast.envelope import front_loaded, heat_pump_draw_range, heat_pump_expected
 from edge.forecast.history import SLOT_S
 from edge.forecast.pv import slot_clear_sky
 from protocols.messages import FlexEnvelope, decode, encode
@@ -42,6 +42,32 @@ def test_heat_pump_expected_keeps_the_known_phase_then_the_duty():
     got = heat_pump_expected(on_off)
     np.testing.assert_allclose(got[:4], on_off[:4])
     assert np.all(np.abs(got[8:-8] - 500.0) < 40)  # about the duty, 50 %
+
+
+ON, OFF = 1000.0, 0.0
+# simulated draw per slot -> (lowest, highest) draw it may have; the first 4 slots are the
+# trusted phase (a switch may move one slot), beyond it any phase within +-8 slots
+DRAW_RANGE = [
+    # runs throughout: its draw is sure everywhere
+    ([ON] * 20, [ON] * 20, [ON] * 20),
+    # starts in slot 2 (trusted): slots 1-2 may be off or on, slot 3 surely on (it may
+    # start a slot early or late, not two); beyond, the off slots 0-1 are within reach
+    ([OFF, OFF, ON, ON] + [ON] * 6, [OFF, OFF, OFF, ON] + [OFF] * 6, [OFF, ON, ON, ON] + [ON] * 6),
+    # a two-hour cycle: it may stop a slot early, nothing is sure past the trusted phase,
+    # and the draw always may be full
+    (
+        [ON] * 4 + [OFF] * 8 + [ON] * 8,
+        [ON, ON, ON, OFF] + [OFF] * 16,
+        [ON, ON, ON, ON] + [ON] * 16,
+    ),
+]
+
+
+@pytest.mark.parametrize(("draw", "lowest", "highest"), DRAW_RANGE)
+def test_heat_pump_draw_range_over_the_switch_times_it_may_have(draw, lowest, highest):
+    got_lo, got_hi = heat_pump_draw_range(np.array(draw))
+    np.testing.assert_allclose(got_lo, lowest)
+    np.testing.assert_allclose(got_hi, highest)
 
 
 # --- properties over generated sites ---------------------------------------------------------
