@@ -26,11 +26,12 @@ and what the forecast knows of the devices. Per slot ``k``:
 * Down: the heat pump shedding its draw. Optimistic: the expected draw (the simulated
   thermostat for the first hour; beyond it the phase of an on/off cycle is unknowable, so
   the four-hour mean). Guaranteed: the lowest draw it may have in the slot, since a heat pump
-  that is off has nothing to shed. The thermostat's switching time is uncertain: one slot
-  either way while its phase is trusted (a new indoor reading moves a simulated start by a
-  quarter hour), any phase of its cycle beyond, so a cycling heat pump guarantees nothing
-  there and one that runs throughout guarantees its draw. The expected draw as the
-  guarantee made the pool take back what it had promised whenever a simulated start moved.
+  that is off has nothing to shed: while the phase is trusted, the run under way until a
+  slot before its simulated stop (a simulated start keeps slipping: the house cools at its
+  own pace); beyond, any phase of its cycle, so a cycling heat pump guarantees nothing there
+  and one that runs throughout guarantees its draw. The expected draw as the guarantee made
+  the pool take back what it had promised whenever a simulated start moved, and break it in
+  the quarter hour under way.
 * Both heat pump directions live within a *reserve*: the electric energy (capacity
   ``tau / gain``) that moves the house from its baseline indoor path to the comfort band's
   edge (the top: ``min(comfort_max, setpoint + boost)``), ``margin_k`` inside it for the
@@ -137,14 +138,25 @@ def heat_pump_expected(hp_w: np.ndarray) -> np.ndarray:
 
 def heat_pump_draw_range(hp_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per slot the lowest and the highest draw the heat pump may have, given the simulated
-    draw ``hp_w``: over the slots a switch may move to (``SWITCH_TIMING_SLOTS`` either way
-    while the phase is trusted, the whole phase window beyond)."""
+    draw ``hp_w`` (slot 0 is under way).
+
+    While the phase is trusted, only the run under way is sure, up to
+    ``SWITCH_TIMING_SLOTS`` before its simulated stop: a simulated *start* is not, since the
+    house cools at its own pace and a start the model expects keeps slipping (a full-day
+    March run: every quarter hour the heat pumps' starts moved a slot later). The highest
+    draw there is the simulated one, a switch moved by ``SWITCH_TIMING_SLOTS`` either way.
+    Beyond the trusted phase any phase of the cycle is possible: the extremes over the whole
+    phase window."""
     n = len(hp_w)
     lowest, highest = np.zeros(n), np.zeros(n)
     for k in range(n):
-        reach = SWITCH_TIMING_SLOTS if k < KNOWN_PHASE_SLOTS else PHASE_WINDOW_SLOTS // 2
-        window = hp_w[max(0, k - reach) : k + reach + 1]
-        lowest[k], highest[k] = float(window.min()), float(window.max())
+        if k < KNOWN_PHASE_SLOTS:
+            sure = hp_w[: k + SWITCH_TIMING_SLOTS + 1]
+            window = hp_w[max(0, k - SWITCH_TIMING_SLOTS) : k + SWITCH_TIMING_SLOTS + 1]
+        else:
+            reach = PHASE_WINDOW_SLOTS // 2
+            sure = window = hp_w[max(0, k - reach) : k + reach + 1]
+        lowest[k], highest[k] = float(sure.min()), float(window.max())
     return lowest, highest
 
 

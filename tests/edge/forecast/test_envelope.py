@@ -45,14 +45,17 @@ def test_heat_pump_expected_keeps_the_known_phase_then_the_duty():
 
 
 ON, OFF = 1000.0, 0.0
-# simulated draw per slot -> (lowest, highest) draw it may have; the first 4 slots are the
-# trusted phase (a switch may move one slot), beyond it any phase within +-8 slots
+# simulated draw per slot (slot 0 under way) -> (lowest, highest) draw it may have; the first
+# 4 slots are the trusted phase, beyond it any phase within +-8 slots
 DRAW_RANGE = [
     # runs throughout: its draw is sure everywhere
     ([ON] * 20, [ON] * 20, [ON] * 20),
-    # starts in slot 2 (trusted): slots 1-2 may be off or on, slot 3 surely on (it may
-    # start a slot early or late, not two); beyond, the off slots 0-1 are within reach
-    ([OFF, OFF, ON, ON] + [ON] * 6, [OFF, OFF, OFF, ON] + [OFF] * 6, [OFF, ON, ON, ON] + [ON] * 6),
+    # off now, a start simulated in slot 2: not sure (starts slip), though it may run from
+    # slot 1 (a switch moved one slot early); beyond, the off slots are within reach
+    ([OFF, OFF, ON, ON] + [ON] * 6, [OFF] * 10, [OFF, ON, ON, ON] + [ON] * 6),
+    # on now, a stop simulated after slot 2: sure until a slot before it; off, then a start
+    # in slot 3 within the trusted phase, is not sure
+    ([ON, ON, ON, OFF, ON] + [ON] * 5, [ON, ON, OFF, OFF] + [OFF] * 6, [ON] * 10),
     # a two-hour cycle: it may stop a slot early, nothing is sure past the trusted phase,
     # and the draw always may be full
     (
