@@ -160,7 +160,8 @@ KPI_DOCS: dict[str, str] = {
     "earlier envelope promised, ahead of delivery, on new forecasts or states, count.",
     "promise_withdrawn_wh": "Sum over those plans of their expected shortfall, Wh.",
     "promise_withdrawal_lead_s_min": "Shortest time from such a plan reaching the trader to "
-    "the first quarter hour it takes back, s (empty without one, or when not recorded).",
+    "the first quarter hour it takes back, s; negative when that quarter hour was already "
+    "under way, too late to re-trade (empty without one, or when not recorded).",
     "tracking_error_rms_w": "RMS of measured - target power on the 4-s grid, where a target "
     "applies, W.",
     "tracking_error_rms_pct": "tracking_error_rms_w as % of the mean |target| (at least "
