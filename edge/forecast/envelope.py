@@ -29,9 +29,8 @@ and what the forecast knows of the devices. Per slot ``k``:
   that is off has nothing to shed: while the phase is trusted, the run under way until a
   slot before its simulated stop (a simulated start keeps slipping: the house cools at its
   own pace); beyond, any phase of its cycle, so a cycling heat pump guarantees nothing there
-  and one that runs throughout guarantees its draw. The expected draw as the guarantee made
-  the pool take back what it had promised whenever a simulated start moved, and break it in
-  the quarter hour under way.
+  and one that runs throughout guarantees its draw. (The expected draw, as a guarantee, is
+  taken back whenever a simulated start moves, even in the quarter hour under way.)
 * Both heat pump directions live within a *reserve*: the electric energy (capacity
   ``tau / gain``) that moves the house from its baseline indoor path to the comfort band's
   edge (the top: ``min(comfort_max, setpoint + boost)``), ``margin_k`` inside it for the
@@ -142,8 +141,7 @@ def heat_pump_draw_range(hp_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     While the phase is trusted, only the run under way is sure, up to
     ``SWITCH_TIMING_SLOTS`` before its simulated stop: a simulated *start* is not, since the
-    house cools at its own pace and a start the model expects keeps slipping (a full-day
-    March run: every quarter hour the heat pumps' starts moved a slot later). The highest
+    house cools at its own pace and a start the model expects can keep slipping. The highest
     draw there is the simulated one, a switch moved by ``SWITCH_TIMING_SLOTS`` either way.
     Beyond the trusted phase any phase of the cycle is possible: the extremes over the whole
     phase window."""
