@@ -33,13 +33,17 @@ and what the forecast knows of the devices. Per slot ``k``:
   taken back whenever a simulated start moves, even in the quarter hour under way.)
 * Both heat pump directions live within a *reserve*: the electric energy (capacity
   ``tau / gain``) that moves the house from its baseline indoor path to the comfort band's
-  edge (the top: ``min(comfort_max, setpoint + boost)``), ``margin_k`` inside it for the
-  guaranteed bounds. The reserve is spread *front-loaded*: each slot gets its full power
-  while the cumulative energy stays within the smallest reserve from that slot on, so any
-  use of the bounds in any slots - all of them at full power included - keeps the house in
-  the band (the model's decay back to the baseline path only adds room). Front-loaded
-  because the near slots are the ones a trader can plan with certainty, and a reserve
-  spread thinly over 24 h is too little power to be worth a schedule.
+  edge (the top: ``min(comfort_max, setpoint + boost)``). For the guaranteed bounds the edge
+  is moved inside by ``margin_k`` (the indoor reading's resolution, which the agent's own
+  comfort check reads) plus how much colder or warmer than its model the house may be at
+  that lead (:func:`edge.forecast.heat.indoor_error_k`): the reserve is gone when the house
+  is at the band's edge, not when its model says so. The reserve is spread *front-loaded*:
+  each slot gets its full power while the cumulative energy stays within the smallest
+  reserve from that slot on, so any use of the bounds in any slots - all of them at full
+  power included - keeps the house in the band (the model's decay back to the baseline
+  path only adds room). Front-loaded because the near slots are the ones a trader can plan
+  with certainty, and a reserve spread thinly over 24 h is too little power to be worth a
+  schedule.
 
 **The grid connection**: storage and power-only together never exceed the headroom the
 baseline leaves under the import limit (up) and above the export limit (down). Where both
@@ -103,7 +107,9 @@ class EnvelopeInputs:
     pv: bool  # a PV inverter that takes a limit
     pv_low_w: np.ndarray | None = None  # the pessimistic PV forecast (default: the low path's)
     spread_sigma: float = 1.0
-    margin_k: float = 0.2
+    margin_k: float = 0.1
+    indoor_colder_k: np.ndarray | None = None  # the model's error per slot (heat.indoor_error_k)
+    indoor_warmer_k: np.ndarray | None = None
     reason: str | None = None
 
 
@@ -220,12 +226,16 @@ def build_envelope(inp: EnvelopeInputs) -> tuple[FlexEnvelope, dict[str, np.ndar
         lowest, highest = heat_pump_draw_range(path.heat_pump_w)
         cap_wh_k = house.capacity_wh_per_k
         top_c = min(lim.comfort_max_c, house.setpoint_c + house.boost_k)
-        for margin_k, optimistic in ((inp.margin_k, False), (0.0, True)):
+        colder = zeros if inp.indoor_colder_k is None else inp.indoor_colder_k
+        warmer = zeros if inp.indoor_warmer_k is None else inp.indoor_warmer_k
+        for optimistic in (False, True):
             draw = expected if optimistic else np.minimum(expected, lowest)
             busy = expected if optimistic else np.maximum(expected, highest)
             extra = np.where(path.boost_starts, np.maximum(0.0, house.on_w - busy), 0.0)
-            down_wh = (path.indoor_min_c - (lim.comfort_min_c + margin_k)) * cap_wh_k
-            up_wh = ((top_c - margin_k) - path.indoor_max_c) * cap_wh_k
+            cold_k = 0.0 if optimistic else inp.margin_k + colder
+            warm_k = 0.0 if optimistic else inp.margin_k + warmer
+            down_wh = (path.indoor_min_c - (lim.comfort_min_c + cold_k)) * cap_wh_k
+            up_wh = ((top_c - warm_k) - path.indoor_max_c) * cap_wh_k
             shed = front_loaded(draw, down_wh, hours)
             boost = front_loaded(extra, up_wh, hours)
             if optimistic:

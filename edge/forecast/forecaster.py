@@ -60,7 +60,13 @@ from edge.forecast.baseline import BatteryParams, GivenHeatPump, PathResult, sim
 from edge.forecast.battery import BatteryLearner
 from edge.forecast.envelope import EnvelopeInputs, build_envelope, heat_pump_expected
 from edge.forecast.errors import ErrorModel, Issued, Margins
-from edge.forecast.heat import HouseParams, fit_house, forecast_outdoor, learn_offset_w
+from edge.forecast.heat import (
+    HouseParams,
+    fit_house,
+    forecast_outdoor,
+    indoor_error_k,
+    learn_offset_w,
+)
 from edge.forecast.history import SLOT_S, SlotHistory
 from edge.forecast.load import LoadForecast, forecast_load
 from edge.forecast.pv import PvForecast, forecast_pv
@@ -97,7 +103,7 @@ class ForecastSettings:
     utc_offset_h: float | None = None
     sub_steps: int = 3  # simulation steps per slot (5 min)
     spread_sigma: float = 1.0  # power margin: this many within-slot load stds
-    comfort_margin_k: float = 0.2  # guaranteed heat pump reserve kept inside the band
+    comfort_margin_k: float = 0.1  # the indoor reading's resolution, kept inside the band
 
     @classmethod
     def from_config(cls, config: EdgeConfig) -> ForecastSettings:
@@ -381,6 +387,13 @@ class Forecaster:
         if house_path is not None:
             house_path = _cut(house_path, pre)
 
+        colder = warmer = None
+        if house_path is not None and house is not None:
+            colder, warmer = indoor_error_k(
+                self.history, latest + 1, house.model, house.offset_w, len(slots)
+            )
+            colder, warmer = colder[pre:], warmer[pre:]
+
         floor_wh = top_wh = None
         if battery is not None:
             cap = battery.capacity_wh
@@ -408,6 +421,8 @@ class Forecaster:
             pv_low_w=pv_low[pre:],
             spread_sigma=s.spread_sigma,
             margin_k=s.comfort_margin_k,
+            indoor_colder_k=colder,
+            indoor_warmer_k=warmer,
         )
         envelope, parts = build_envelope(inp)
         if site.degraded:

@@ -14,6 +14,11 @@
   constant term (:func:`fit_house`), the same first-order model predicts a day ahead far
   better (a day's free run off by 0.1 K instead of 0.3 K on the simulator in January);
   the agent's model with :func:`learn_offset_w` is the fallback while that fit is refused.
+* **How wrong the model is** (:func:`indoor_error_k`): the model run forward from each past
+  slot with the heat pump's measured draw, against the indoor temperature measured after
+  1, 2, ... slots. The shed and boost the envelope guarantees are kept that far inside the
+  comfort band, so a house that cools faster than its model says still holds them. The
+  draw is the one measured, so a past shed or boost ordered by the cloud is no error.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ import numpy as np
 from edge.control.thermal import ThermalModel
 from edge.forecast.history import HP, SLOT_S, SLOTS_PER_DAY, T_IN, T_OUT, SlotHistory
 
-__all__ = ["HouseParams", "fit_house", "forecast_outdoor", "learn_offset_w"]
+__all__ = ["HouseParams", "fit_house", "forecast_outdoor", "indoor_error_k", "learn_offset_w"]
+
+DEFAULT_INDOOR_ERROR_K = 0.3  # a model's error, either way, before a day of it is measured
+ERROR_LEAD_SLOTS = 16  # errors measured up to four hours ahead; beyond, the last one
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,3 +150,53 @@ def fit_house(
     tau = -SLOT_S / math.log(1.0 - alpha)
     model = ThermalModel(tau_s=float(tau), gain_k_per_w=float(beta / alpha), samples=len(p))
     return model, float(gamma / beta)
+
+
+def indoor_error_k(
+    history: SlotHistory,
+    upto_slot: int,
+    model: ThermalModel,
+    offset_w: float,
+    n: int,
+    *,
+    days: int = 4,
+    quantile: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """How much colder and how much warmer (K, both >= 0, never shrinking with the lead) the
+    house may be than ``model`` forecasts at the end of each of ``n`` slots, the first one
+    under way: the ``1 - quantile`` and ``quantile`` errors of the model run forward over
+    the last ``days`` from each slot mean with the measured outdoor temperature and draw.
+
+    Until a day of starts is measured, the learned errors are blended with
+    ``DEFAULT_INDOOR_ERROR_K``, weighing like one day of starts."""
+    lead = ERROR_LEAD_SLOTS
+    slots = np.arange(upto_slot - days * SLOTS_PER_DAY, upto_slot, dtype=np.int64)
+    t_in = history.gather(T_IN, slots)
+    t_out = history.gather(T_OUT, slots)
+    hp = history.gather(HP, slots)
+    starts = len(slots) - lead
+    colder = np.full(lead, DEFAULT_INDOOR_ERROR_K)
+    warmer = np.full(lead, DEFAULT_INDOOR_ERROR_K)
+    if starts > 0 and model.tau_s > 0:
+        a = math.exp(-SLOT_S / model.tau_s)
+        b = (1.0 - a) * model.gain_k_per_w
+        t = t_in[:starts].copy()
+        ok = np.isfinite(t)
+        errors = np.full((starts, lead), np.nan)
+        for k in range(lead):
+            out, draw = t_out[k : k + starts], hp[k : k + starts]
+            ok &= np.isfinite(out) & np.isfinite(draw)
+            t = out + a * (t - out) + b * (draw + offset_w)
+            measured = t_in[k + 1 : k + 1 + starts]
+            errors[:, k] = np.where(ok & np.isfinite(measured), measured - t, np.nan)
+        counts = np.count_nonzero(np.isfinite(errors), axis=0)
+        if counts.min() >= 8:
+            w = counts / (counts + SLOTS_PER_DAY)
+            low = -np.nanquantile(errors, 1.0 - quantile, axis=0)
+            high = np.nanquantile(errors, quantile, axis=0)
+            colder = w * np.maximum(low, 0.0) + (1 - w) * colder
+            warmer = w * np.maximum(high, 0.0) + (1 - w) * warmer
+    colder = np.maximum.accumulate(colder)
+    warmer = np.maximum.accumulate(warmer)
+    index = np.minimum(np.arange(n), lead - 1)
+    return colder[index], warmer[index]
