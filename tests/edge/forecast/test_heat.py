@@ -10,7 +10,13 @@ import pytest
 from edge.control.plan import SiteLimits
 from edge.control.thermal import ThermalModel
 from edge.forecast.baseline import simulate
-from edge.forecast.heat import HouseParams, fit_house, forecast_outdoor, learn_offset_w
+from edge.forecast.heat import (
+    HouseParams,
+    fit_house,
+    forecast_outdoor,
+    indoor_error_k,
+    learn_offset_w,
+)
 from edge.forecast.history import SLOT_S
 
 from .crafted import T0, history
@@ -68,8 +74,9 @@ def test_the_electric_capacity_of_the_house():
     assert _house().capacity_wh_per_k == pytest.approx(1200.0)
 
 
-def _house_history(model: ThermalModel, offset_w: float, days: int = 5):
-    """Slots of a house on its thermostat under a daily outdoor swing, exact steps."""
+def _house_history(model: ThermalModel, offset_w: float, days: int = 5, gap_every: int = 0):
+    """Slots of a house on its thermostat under a daily outdoor swing, exact steps (the
+    indoor reading missing in every ``gap_every``-th slot)."""
     a = math.exp(-SLOT_S / model.tau_s)
     state = {"t": 21.0, "on": False}
     slots: dict[float, dict] = {}
@@ -85,7 +92,8 @@ def _house_history(model: ThermalModel, offset_w: float, days: int = 5):
             state["on"] = False
         p = 1000.0 if state["on"] else 0.0
         state["t"] = out + a * (t - out) + (1 - a) * model.gain_k_per_w * (p + offset_w)
-        slots[ts] = {"indoor_c": t, "outdoor_c": out, "heat_pump_w": p}
+        gap = gap_every and int(ts // SLOT_S) % gap_every == 0
+        slots[ts] = {"indoor_c": None if gap else t, "outdoor_c": out, "heat_pump_w": p}
         return slots[ts]
 
     return history(values, days, T0 + days * 86400)
@@ -132,3 +140,42 @@ def test_outdoor_temperature_is_yesterday_plus_todays_departure(warmer_now, lead
     got = forecast_outdoor(h, slots, now, current)
     k = int(lead_h * 4)
     assert got[k] - profile[k] == pytest.approx(departure, abs=0.08)
+
+
+# --- how wrong the model is, per lead --------------------------------------------------------
+
+TRUE = ThermalModel(tau_s=20 * 3600.0, gain_k_per_w=0.02)
+
+
+def _errors(assumed: ThermalModel, days: int, n: int = 24):
+    h = _house_history(TRUE, 300.0, days=days) if days else history(lambda t: {}, 0, T0)
+    return indoor_error_k(h, h.latest_slot() + 1, assumed, 300.0, n)
+
+
+# history days, model assumed -> colder than forecast one slot and 16 slots ahead: (lo, hi) K
+ERROR_CASES = [
+    (0, TRUE, (0.3, 0.3), (0.3, 0.3)),  # nothing measured: the default
+    (4, TRUE, (0.0, 0.07), (0.0, 0.07)),  # the right model: the default's weight only
+    (1, TRUE, (0.1, 0.2), (0.1, 0.2)),  # a day measured weighs as much as the default
+    # a house that loses heat twice as fast as its model says: colder, more so further ahead
+    (4, ThermalModel(tau_s=40 * 3600.0, gain_k_per_w=0.04), (0.07, 0.2), (0.5, 3.0)),
+]
+
+
+@pytest.mark.parametrize(("days", "assumed", "lead_1", "lead_16"), ERROR_CASES)
+def test_the_indoor_error_is_the_models_own_hindcast(days, assumed, lead_1, lead_16):
+    colder, warmer = _errors(assumed, days)
+    assert lead_1[0] <= colder[0] <= lead_1[1]
+    assert lead_16[0] <= colder[15] <= lead_16[1]
+    # a running extreme, the last measured lead held beyond
+    for e in (colder, warmer):
+        assert np.all(np.diff(e) >= 0)
+        assert np.all(e[15:] == e[15])
+
+
+def test_indoor_error_ignores_unmeasured_slots():
+    h = _house_history(TRUE, 300.0, days=4, gap_every=7)
+    colder, warmer = indoor_error_k(h, h.latest_slot() + 1, TRUE, 300.0, 4)
+    assert np.all(np.isfinite(colder))
+    assert np.all(np.isfinite(warmer))
+    assert colder[3] <= 0.1
