@@ -181,6 +181,8 @@ class ForecastResult:
     top_wh: float | None
     house: HouseParams | None
     parts: dict[str, np.ndarray] = field(default_factory=dict)
+    indoor_colder_k: np.ndarray | None = None  # the house model's error per slot (K)
+    indoor_warmer_k: np.ndarray | None = None
 
 
 def _cut(path: PathResult, start: int) -> PathResult:
@@ -452,6 +454,8 @@ class Forecaster:
             top_wh=top_wh,
             house=house,
             parts=parts,
+            indoor_colder_k=colder,
+            indoor_warmer_k=warmer,
         )
         return envelope
 

@@ -190,6 +190,15 @@ def test_envelope_properties(p):
         assert np.all(np.asarray(o.p_min_w) <= np.asarray(power_only.p_min_w) + tol)
         assert np.all(np.asarray(o.p_max_w) >= np.asarray(power_only.p_max_w) - tol)
         up, down = up + np.asarray(power_only.p_max_w), down + np.asarray(power_only.p_min_w)
+        if last.house_path is not None:
+            # any use of the guaranteed shed keeps the house above the band's floor by the
+            # reading's margin and the model's own error at each lead
+            cold_k = f.settings.comfort_margin_k + last.indoor_colder_k
+            floor_c = limits.comfort_min_c + cold_k
+            reserve_wh = (last.house_path.indoor_min_c - floor_c) * last.house.capacity_wh_per_k
+            ceiling = np.minimum.accumulate(np.maximum(reserve_wh, 0.0)[::-1])[::-1]
+            used_wh = np.cumsum(-np.asarray(power_only.p_min_w) * SLOT_S / 3600.0)
+            assert np.all(used_wh <= ceiling + 1.0)
         up_o, down_o = up_o + np.asarray(o.p_max_w), down_o + np.asarray(o.p_min_w)
     # storage and power-only together stay within the grid connection (0.1 W: rounding)
     assert np.all(base + up <= np.maximum(limits.grid_import_w, base) + 0.2)
