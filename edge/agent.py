@@ -82,10 +82,10 @@ from protocols.messages import (
     encode,
 )
 from protocols.units import SETTLEMENT_INTERVAL_S
+from protocols.version import VERSION
 
-__all__ = ["AGENT_VERSION", "ActiveCommand", "CycleState", "SiteAgent"]
+__all__ = ["ActiveCommand", "CycleState", "SiteAgent"]
 
-AGENT_VERSION = "0.1.0"
 SLOT_S = SETTLEMENT_INTERVAL_S  # the envelope's and the plan's quarter hours
 #: a plan share this small (W) asks nothing of the site: it keeps its own control
 PLAN_IDLE_W = 1.0
@@ -326,7 +326,7 @@ class SiteAgent:
             client_id=cfg.mqtt.client_id,
             backlog_rate_per_s=cfg.agent.backlog_rate_per_s,
             backlog_delay_max_s=cfg.agent.backlog_delay_max_s,
-            agent_version=AGENT_VERSION,
+            agent_version=VERSION,
         )
         self._apply_params(saved.get("params", {}))
         await self.uplink.start()
@@ -933,6 +933,7 @@ class SiteAgent:
         return {
             "site_id": self.site_id,
             "partition": self.partition,
+            "version": VERSION,
             "mode": None if state is None else state.mode.value,
             "time": self.clock.time(),
             "devices": {

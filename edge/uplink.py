@@ -71,12 +71,12 @@ from protocols.messages import (
 from protocols.mqtt_asyncio import AsyncMqttClient, ConnAck, Publication
 from protocols.partitions import partition_of
 from protocols.topics import PartitionKind, SiteKind, partition_topic, site_topic
+from protocols.version import VERSION
 
-__all__ = ["AGENT_VERSION", "Uplink", "UplinkHandler"]
+__all__ = ["Uplink", "UplinkHandler"]
 
 log = logging.getLogger(__name__)
 
-AGENT_VERSION = "0.1.0"
 
 _PAGE = 200  # backlog records read from the store per query
 _MAX_INFLIGHT = 20  # QoS 1 telemetry messages awaiting PUBACK (paho's and Mosquitto's default)
@@ -123,7 +123,7 @@ class Uplink:
         backlog_delay_max_s: float = 30.0,
         keepalive_s: int = 30,
         rng: random.Random | None = None,
-        agent_version: str = AGENT_VERSION,
+        agent_version: str = VERSION,
         max_inflight: int = _MAX_INFLIGHT,
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 60.0,

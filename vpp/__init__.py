@@ -1,3 +1,5 @@
 """The `vpp` command and the harness that wires the parts together (demo, e2e, trader)."""
 
-__version__ = "0.1.0"
+from protocols.version import VERSION
+
+__version__ = VERSION

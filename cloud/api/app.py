@@ -28,6 +28,7 @@ from cloud.api.context import ApiContext, ApiSettings
 from cloud.api.errors import BodyLimit, MetricsMiddleware, install_error_handlers
 from cloud.api.routes import delivery, ops, pools, schedules, setpoint, stream
 from protocols.clock import Clock
+from protocols.version import VERSION
 
 __all__ = ["ApiServer", "ApiSettings", "create_app", "serve_api"]
 
@@ -80,7 +81,7 @@ def create_app(
 
     app = FastAPI(
         title="vpp trader API",
-        version="1",
+        version=VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url="/docs",

@@ -97,6 +97,7 @@ class HealthOut(BaseModel):
     time: str = Field(description="The API's clock, ISO 8601.")
     redis: bool
     registry: bool
+    version: str = Field(description="The release of vpp that answers (the package version).")
 
 
 class SiteCounts(BaseModel):

@@ -17,6 +17,7 @@ from cloud.api import ApiServer, create_app, serve_api
 from cloud.hotstate import SiteStatus
 from cloud.registry.db import Registry
 from protocols.clock import SimClock
+from protocols.version import VERSION
 from vpp.services import free_port
 
 from .api_harness import T0, Api, running_api, seed_site
@@ -61,6 +62,9 @@ async def test_health_needs_no_key_and_reports_dependencies(api: Api) -> None:
     assert body["registry"]
     assert has_tz(body["time"])
     assert abs(datetime.fromisoformat(body["time"]).timestamp() - T0) < 60
+    assert body["version"] == VERSION
+    spec = (await api.client.get("/openapi.json")).json()
+    assert spec["info"]["version"] == VERSION
 
 
 async def test_docs_and_openapi_are_served(api: Api) -> None:

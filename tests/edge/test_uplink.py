@@ -27,6 +27,7 @@ from protocols.clock import SimClock
 from protocols.messages import Ack, Config, Dispatch, PartitionSignal, encode
 from protocols.partitions import partition_of
 from protocols.topics import SiteKind, partition_topic, site_topic
+from protocols.version import VERSION
 
 pytestmark = pytest.mark.integration
 
@@ -266,6 +267,7 @@ async def test_retained_online_then_will_offline_when_the_connection_dies(broker
     assert first.retain
     assert first.json()["state"] == "online"
     assert first.json()["schema"] == "vpp.status"
+    assert first.json()["agent_version"] == VERSION  # the release, from the package metadata
     # Break the connection without a DISCONNECT packet: the broker publishes the will.
     site.uplink._client.socket().shutdown(socket.SHUT_RDWR)
     await late.wait_for(lambda: len(late.messages) >= 2)

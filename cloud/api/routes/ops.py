@@ -13,6 +13,7 @@ from cloud.alerts import active_alerts
 from cloud.api.context import CtxDep
 from cloud.api.schemas import HealthOut
 from protocols.units import to_iso8601
+from protocols.version import VERSION
 
 router = APIRouter(prefix="/v1", tags=["operations"])
 
@@ -40,6 +41,7 @@ async def health(ctx: CtxDep) -> Any:
         time=to_iso8601(ctx.clock.time()),
         redis=redis_ok,
         registry=registry_ok,
+        version=VERSION,
     )
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
