@@ -217,6 +217,15 @@ def test_context_manager_stops_process_and_removes_workdir() -> None:
     assert not workdir.exists()
 
 
+def test_a_relative_workdir_works_from_any_directory(tmp_path, monkeypatch) -> None:
+    """The server runs with its workdir as cwd, so a relative workdir given by the caller
+    (the demo's default ``demo-out``) must not be read relative to itself."""
+    monkeypatch.chdir(tmp_path)
+    with MosquittoServer(workdir=Path("out/mosquitto"), keep_workdir=True) as broker:
+        assert broker.workdir == tmp_path / "out" / "mosquitto"
+        assert broker.running
+
+
 def test_start_failure_reports_the_server_log() -> None:
     server = MosquittoServer(extra_config=["this_is_not_an_option 1"], startup_timeout=5)
     try:

@@ -174,7 +174,7 @@ class _ManagedServer:
         self.startup_timeout = startup_timeout
         self._owns_workdir = workdir is None
         self._keep_workdir = keep_workdir
-        self._workdir: Path | None = Path(workdir) if workdir is not None else None
+        self._workdir: Path | None = Path(workdir).resolve() if workdir is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr_file: IO[bytes] | None = None
         self._paused = False

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from vpp.demo import DemoOptions
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_relative_output_folder_is_made_absolute(tmp_path, monkeypatch):
@@ -29,3 +35,25 @@ def test_a_relative_output_folder_is_made_absolute(tmp_path, monkeypatch):
 def test_bad_options_are_refused_with_the_reason(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DemoOptions(**kwargs)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_demo_runs_with_a_relative_output_folder(tmp_path):
+    """As `make demo` in a fresh clone: the command from another working directory, with a
+    relative ``--out``, starting its own Mosquitto and Redis there."""
+    command = [sys.executable, "-m", "vpp", "demo", "--no-live", "--sites", "2"]
+    command += ["--hours", "0.25", "--speed", "30", "--out", "relative-out"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "relative-out"
+    assert (out / "services" / "mosquitto" / "mosquitto.conf").is_file()
+    run = json.loads((out / "run.json").read_text())
+    assert run["interrupted"] is False
+    assert run["sites"] == 2
+    assert (out / "kpis.json").is_file()
+    assert (out / "report.html").is_file()
