@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 
 from cloud.api.app import ApiServer, create_app
 from cloud.dispatch.dispatcher import PoolDispatcher
+from cloud.dispatch.retention import Retention
 from cloud.ingest.worker import PartitionWorker
 from cloud.registry import Registry
 from cloud.sync import sync_site_pools
@@ -55,6 +56,9 @@ class CloudSettings:
     dispatch_cycle_s: float = 2.0
     dispatch_lock_ttl_s: float = 6.0  # the leader lock: a standby takes over after this
     dispatch_max_age_s: float | None = None  # partition aggregates older count as gone (3 cycles)
+    # days of the dispatcher's cycle records and of expired setpoints kept (0: for ever)
+    retention_cycles_days: float = 7.0
+    retention_activations_days: float = 30.0
     # Names this process in leases, the leader lock and logs (default: generated per start).
     instance_id: str | None = None
 
@@ -76,7 +80,9 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings
     values |= {k: v for k, v in overrides.items() if v is not None}
     if "db" in values:
         values["db"] = Path(values["db"])
-    return replace(settings, **values)
+    settings = replace(settings, **values)
+    Retention(settings.retention_cycles_days, settings.retention_activations_days)  # checks
+    return settings
 
 
 async def _sync_loop(registry: Registry, redis_url: str, stop: asyncio.Event) -> None:
@@ -151,6 +157,10 @@ async def run_cloud(
                 dispatcher_id=settings.instance_id,
                 lock_ttl_s=settings.dispatch_lock_ttl_s,
                 max_aggregate_age_s=settings.dispatch_max_age_s,
+                retention=Retention(
+                    cycles_days=settings.retention_cycles_days,
+                    activations_days=settings.retention_activations_days,
+                ),
             )
             await dispatcher.start()
             tasks.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))

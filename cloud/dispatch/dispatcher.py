@@ -52,6 +52,7 @@ from cloud.dispatch.catch_up import CatchUpConfig, catch_up_w, sites_slot_energy
 from cloud.dispatch.controller import ControllerConfig, ControllerState, step
 from cloud.dispatch.link_hold import hold_reason
 from cloud.dispatch.planning import PoolPlanner
+from cloud.dispatch.retention import Pruned, Retention, prune
 from cloud.hotstate import (
     HoldRecord,
     PartitionAggregate,
@@ -126,6 +127,7 @@ class PoolDispatcher:
         shortfall_alert_s: float | None = None,
         schedule_lead_s: float | None = None,
         catch_up: CatchUpConfig | None = None,
+        retention: Retention | None = None,
     ) -> None:
         if cycle_s < 1.0:
             raise ValueError(f"cycle_s must be at least 1 s, got {cycle_s}")
@@ -161,6 +163,8 @@ class PoolDispatcher:
             raise ValueError(f"schedule_lead_s must be 0..60 s, got {schedule_lead_s}")
         self.config = controller or ControllerConfig(cycle_s=cycle_s, latency_cycles=latency)
         self.catch_up = catch_up or CatchUpConfig(stop_before_end_s=self.schedule_lead_s)
+        self.retention = retention or Retention()
+        self._pruned_at: float | None = None
         self.redis: aioredis.Redis | None = None
         self.lock: LeaderLock | None = None
         self.planner: PoolPlanner | None = None
@@ -193,6 +197,8 @@ class PoolDispatcher:
                 "planning_errors",
                 "plans_republished",
                 "held_cycles",
+                "cycles_pruned",
+                "activations_pruned",
             ),
             0,
         )
@@ -301,6 +307,25 @@ class PoolDispatcher:
             if not self.lock.valid():
                 return
             await self._cycle_pool(pool.pool_id, now)
+        await self.prune_when_due(now)
+
+    async def prune_when_due(self, now: float) -> Pruned | None:
+        """Drop the records past their retention (:mod:`cloud.dispatch.retention`) when the
+        last pruning is ``every_s`` ago; None when not due."""
+        if not self.retention.due(now, self._pruned_at):
+            return None
+        self._pruned_at = now
+        pruned = await asyncio.to_thread(prune, self.registry, now, self.retention)
+        self.stats["cycles_pruned"] += pruned.cycles
+        self.stats["activations_pruned"] += pruned.activations
+        if pruned.cycles or pruned.activations:
+            log.info(
+                "dispatcher %s: pruned %d cycle records, %d setpoints",
+                self.id,
+                pruned.cycles,
+                pruned.activations,
+            )
+        return pruned
 
     async def _partitions(self, pool_id: str, now: float) -> list[PartitionAggregate]:
         assert self.redis is not None

@@ -179,6 +179,20 @@ def run(
         str | None,
         typer.Option(envvar="VPP_INSTANCE_ID", help="Name in leases, the leader lock and logs."),
     ] = None,
+    retention_cycles_days: Annotated[
+        float | None,
+        typer.Option(
+            envvar="VPP_RETENTION_CYCLES_DAYS",
+            help="Days of the dispatcher's per-cycle records kept (0: for ever; default 7).",
+        ),
+    ] = None,
+    retention_activations_days: Annotated[
+        float | None,
+        typer.Option(
+            envvar="VPP_RETENTION_ACTIVATIONS_DAYS",
+            help="Days of expired setpoints kept (0: for ever; default 30).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the cloud's roles until SIGINT/SIGTERM (flags > environment > config file)."""
@@ -203,6 +217,8 @@ def run(
         "api_port": api_port,
         "partitions": partitions,
         "instance_id": instance_id,
+        "retention_cycles_days": retention_cycles_days,
+        "retention_activations_days": retention_activations_days,
     }
     try:
         settings = load_settings(config, overrides)
