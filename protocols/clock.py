@@ -13,6 +13,12 @@ its clock. Three clocks share one interface:
   control-cycle tests step it deterministically.
 
 All times are Unix seconds (float, UTC), the wire unit (see :mod:`protocols.units`).
+
+Periodic work goes through one loop, :class:`Ticker` (a fixed grid of ticks in the clock's
+time, ended by an event, skipping ahead when late), and waits through :func:`wait_until`
+(the clock's time or an event, whichever comes first). Both are cancellation-safe: no
+``asyncio.wait_for``, whose Python 3.11 version can swallow a cancel that lands as its
+timeout fires, so a loop would never end.
 """
 
 from __future__ import annotations
@@ -28,8 +34,11 @@ __all__ = [
     "Clock",
     "ManualClock",
     "SimClock",
+    "Ticker",
     "WallClock",
     "clock_from_spec",
+    "next_tick",
+    "wait_until",
     "wall_ms",
 ]
 
@@ -247,3 +256,71 @@ def clock_from_spec(spec: str | None) -> WallClock | SimClock:
     return SimClock(
         speed=fields.get("speed", 1.0), start=fields.get("start"), wall_origin=fields.get("wall")
     )
+
+
+async def wait_until(clock: Clock, t: float, event: asyncio.Event) -> bool:
+    """Wait until the clock reaches ``t`` or ``event`` is set, whichever comes first; True
+    when the event is set. A cancel of the caller always propagates."""
+    if event.is_set():
+        return True
+    if t <= clock.time():
+        await asyncio.sleep(0)
+        return event.is_set()
+    sleeper = asyncio.ensure_future(clock.sleep_until(t))
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, waiter):
+            task.cancel()
+        await asyncio.gather(sleeper, waiter, return_exceptions=True)
+    return event.is_set()
+
+
+def next_tick(last: float, period_s: float, now: float) -> tuple[float, bool]:
+    """The tick after ``last`` on a grid of ``period_s`` when the clock reads ``now``: the next
+    grid point, or ``now`` (a new grid, True: slipped) when that is more than a period past."""
+    tick = last + period_s
+    if now > tick + period_s:
+        return now, True
+    return tick, False
+
+
+class Ticker:
+    """Ticks every ``period_s`` of the clock's time until ``stop`` is set::
+
+        ticks = Ticker(clock, 1.0, stop)
+        async for now in ticks:
+            ...
+
+    The first tick comes at once (or at ``first_at``). The grid is kept: a tick whose work
+    took long does not push the next one later. A tick more than a whole period late
+    starts a new grid from now (counted in :attr:`slips`), instead of a burst of catch-up
+    ticks (:func:`next_tick`). Each tick yields its time on the grid.
+    """
+
+    def __init__(
+        self, clock: Clock, period_s: float, stop: asyncio.Event, *, first_at: float | None = None
+    ) -> None:
+        if not period_s > 0:
+            raise ValueError(f"a ticker's period must be > 0, got {period_s!r}")
+        self.clock, self.period_s, self.stop = clock, float(period_s), stop
+        self.slips = 0
+        self._next = first_at
+        self._started = False
+
+    def __aiter__(self) -> Ticker:
+        return self
+
+    async def __anext__(self) -> float:
+        if not self._started:
+            self._started = True
+            if self._next is None:
+                self._next = self.clock.time()
+        else:
+            assert self._next is not None
+            self._next, slipped = next_tick(self._next, self.period_s, self.clock.time())
+            self.slips += slipped
+        if await wait_until(self.clock, self._next, self.stop):
+            raise StopAsyncIteration
+        return self._next

@@ -10,7 +10,17 @@ import time
 
 import pytest
 
-from protocols.clock import Clock, ManualClock, SimClock, WallClock, clock_from_spec, wall_ms
+from protocols.clock import (
+    Clock,
+    ManualClock,
+    SimClock,
+    Ticker,
+    WallClock,
+    clock_from_spec,
+    next_tick,
+    wait_until,
+    wall_ms,
+)
 
 
 @pytest.mark.parametrize("clock", [WallClock(), SimClock(speed=10), ManualClock()])
@@ -149,3 +159,87 @@ def test_manual_clock_does_not_go_backwards():
 )
 def test_wall_ms_turns_clock_seconds_into_wall_milliseconds(speed, seconds, expected_ms):
     assert wall_ms(SimClock(speed=speed), seconds) == expected_ms
+
+
+# --- the one periodic loop -------------------------------------------------------------------
+
+
+# last tick, clock now -> next tick, slipped; the period is 1 s
+NEXT_TICK = [
+    (0.0, 0.0, 1.0, False),
+    (0.0, 0.4, 1.0, False),  # the grid is kept: work does not push the next tick later
+    (0.0, 1.5, 1.0, False),  # late, but within a period: due at once, on the grid
+    (0.0, 2.0, 1.0, False),
+    (0.0, 2.5, 2.5, True),  # more than a period late: a new grid from now, no burst
+    (10.0, 100.0, 100.0, True),
+]
+
+
+@pytest.mark.parametrize(("last", "now", "tick", "slipped"), NEXT_TICK)
+def test_the_next_tick_keeps_the_grid_and_skips_ahead_when_late(last, now, tick, slipped):
+    assert next_tick(last, 1.0, now) == (tick, slipped)
+
+
+async def test_a_ticker_ticks_on_its_grid_in_the_clocks_time():
+    clock = ManualClock()
+    t0 = clock.time()
+    stop = asyncio.Event()
+    ticker = Ticker(clock, 1.0, stop)
+    seen: list[float] = []
+
+    async def loop() -> None:
+        async for tick in ticker:
+            seen.append(tick - t0)
+            if len(seen) == 4:
+                stop.set()
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0)  # the first tick comes at once
+    while not task.done():
+        await clock.advance_async(0.25)
+    await task
+    assert seen == [0.0, 1.0, 2.0, 3.0]
+    assert ticker.slips == 0
+    assert clock.time() - t0 < 3.5  # no tick came early, none waited for the next one
+
+
+async def test_a_ticker_ends_as_soon_as_it_is_stopped():
+    clock = ManualClock()
+    stop = asyncio.Event()
+    seen = []
+
+    async def loop() -> None:
+        async for now in Ticker(clock, 60.0, stop):
+            seen.append(now)
+
+    task = asyncio.create_task(loop())
+    await clock.advance_async(1.0)  # the first tick; the next is 59 s away
+    stop.set()
+    await asyncio.wait_for(task, 1.0)  # ends in wall time although the clock stands still
+    assert len(seen) == 1
+
+
+async def test_wait_until_says_which_came_first():
+    clock = ManualClock()
+    event = asyncio.Event()
+    by_time = asyncio.create_task(wait_until(clock, clock.time() + 5.0, event))
+    await clock.advance_async(5.0)
+    assert await by_time is False
+    by_event = asyncio.create_task(wait_until(clock, clock.time() + 5.0, event))
+    await asyncio.sleep(0)
+    event.set()
+    assert await by_event is True
+    assert await wait_until(clock, clock.time() + 5.0, event) is True  # set already
+
+
+async def test_a_cancel_as_the_time_comes_is_never_lost():
+    # Python 3.11's asyncio.wait_for returns normally when a cancel lands as its timeout
+    # fires; a loop built on it then never ends. wait_until must raise every time.
+    for _ in range(50):
+        clock = ManualClock()
+        task = asyncio.create_task(wait_until(clock, clock.time() + 1.0, asyncio.Event()))
+        await asyncio.sleep(0)
+        clock.advance(1.0)  # the sleeper's future resolves...
+        task.cancel()  # ...and the cancel lands in the same loop iteration
+        with pytest.raises(asyncio.CancelledError):
+            await task
