@@ -30,7 +30,7 @@ from cloud.dispatch.retention import Retention
 from cloud.ingest.worker import PartitionWorker
 from cloud.registry import Registry
 from cloud.sync import sync_site_pools
-from protocols.clock import Clock
+from protocols.clock import Clock, Ticker
 from protocols.partitions import DEFAULT_PARTITION_COUNT
 
 __all__ = ["ROLES", "CloudSettings", "load_settings", "run_cloud"]
@@ -85,17 +85,15 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings
     return settings
 
 
-async def _sync_loop(registry: Registry, redis_url: str, stop: asyncio.Event) -> None:
+async def _sync_loop(registry: Registry, redis_url: str, clock: Clock, stop: asyncio.Event) -> None:
     client = aioredis.Redis.from_url(redis_url)
     try:
-        while not stop.is_set():
+        async for _ in Ticker(clock, SYNC_EVERY_S, stop):
             try:
                 mapping = await asyncio.to_thread(registry.site_pools)
                 await sync_site_pools(client, mapping)
             except Exception as exc:  # Redis down: the workers keep their last map
                 log.warning("site-pool sync failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=SYNC_EVERY_S)
     finally:
         await client.aclose()
 
@@ -121,7 +119,7 @@ async def run_cloud(
             registry = Registry(settings.db, clock)  # applies pending migrations
         if "api" in roles:
             assert registry is not None
-            tasks.append(asyncio.create_task(_sync_loop(registry, settings.redis_url, stop)))
+            tasks.append(asyncio.create_task(_sync_loop(registry, settings.redis_url, clock, stop)))
             server = ApiServer(
                 create_app(registry, settings.redis_url, clock),
                 settings.api_host,

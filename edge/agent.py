@@ -64,7 +64,7 @@ from edge.forecast import Forecaster, ForecastSettings, HeatPumpNow, SiteNow
 from edge.slot_account import SlotAccount
 from edge.store import EdgeStore, OutboxRecord
 from edge.uplink import Uplink
-from protocols.clock import Clock
+from protocols.clock import Clock, Ticker
 from protocols.flexplan import site_share
 from protocols.messages import (
     Ack,
@@ -334,13 +334,9 @@ class SiteAgent:
 
     async def run(self) -> None:
         """Control cycles on a fixed grid of the clock until :meth:`stop`."""
-        next_cycle = self.clock.time()
-        next_telemetry = next_cycle
-        next_retention = next_cycle
-        while not self._stop.is_set():
-            await self._sleep_until(next_cycle)
-            if self._stop.is_set():
-                break
+        ticks = Ticker(self.clock, self.poll_s, self._stop)
+        next_telemetry = next_retention = self.clock.time()
+        async for _ in ticks:
             try:
                 await self.cycle()
                 now = self.clock.time()
@@ -355,19 +351,7 @@ class SiteAgent:
             except Exception:  # a bug in one cycle must not end the site's control
                 self.counters["errors"] += 1
                 self.log.exception("control cycle failed")
-            next_cycle += self.poll_s
-            now = self.clock.time()
-            if now > next_cycle + self.poll_s:  # more than a whole cycle late: skip ahead
-                self.counters["cycle_slips"] += 1
-                next_cycle = now
-
-    async def _sleep_until(self, t: float) -> None:
-        delay = t - self.clock.time()
-        if delay <= 0:
-            await asyncio.sleep(0)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=delay / self.clock.speed)
+            self.counters["cycle_slips"] = ticks.slips  # more than a whole cycle late
 
     async def stop(self) -> None:
         """Stop the loop, hand control back to the devices, close everything."""

@@ -14,14 +14,14 @@ import signal
 
 from edge.agent import SiteAgent
 from edge.config import EdgeConfig
-from protocols.clock import Clock
+from protocols.clock import Clock, wait_until
 
 log = logging.getLogger("edge.runner")
 
 START_RETRY_MAX_S = 60.0
 
 
-async def _start_and_run(agent: SiteAgent, stop: asyncio.Event) -> None:
+async def _start_and_run(agent: SiteAgent, clock: Clock, stop: asyncio.Event) -> None:
     delay = 1.0
     while not stop.is_set():
         try:
@@ -29,8 +29,7 @@ async def _start_and_run(agent: SiteAgent, stop: asyncio.Event) -> None:
             break
         except Exception as exc:  # unreachable device, bad broker URL...: retry, do not die
             agent.log.warning("start failed (%s); retrying in %.0f s", exc, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+            await wait_until(clock, clock.time() + delay, stop)
             delay = min(START_RETRY_MAX_S, delay * 2)
     if not stop.is_set():
         await agent.run()
@@ -46,7 +45,7 @@ async def run_agents(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     agents = [SiteAgent(config, clock) for config in configs]
-    tasks = [asyncio.create_task(_start_and_run(a, stop), name=a.site_id) for a in agents]
+    tasks = [asyncio.create_task(_start_and_run(a, clock, stop), name=a.site_id) for a in agents]
     log.info("%d agent(s) running", len(agents))
     await stop.wait()
     await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)

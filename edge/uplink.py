@@ -42,7 +42,6 @@ and shutdown timeouts are wall time, because the broker measures them in wall ti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import ssl
@@ -54,7 +53,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.store import EdgeStore, OutboxRecord
-from protocols.clock import Clock
+from protocols.clock import Clock, wait_until
 from protocols.errors import ProtocolError, Reason
 from protocols.messages import (
     Ack,
@@ -515,8 +514,7 @@ class Uplink:
             if sent:
                 log.info("uplink %s: backlog pass done, %d records sent", self._ctx, sent)
                 continue  # scan again: records refused or deferred meanwhile
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._drain_wakeup.wait(), _IDLE_RESCAN_S / self.clock.speed)
+            await wait_until(self.clock, self.clock.time() + _IDLE_RESCAN_S, self._drain_wakeup)
 
     async def _drain_pass(self, conn: int, pacer: list[float]) -> int:
         """One scan over the unsent records; returns how many it published."""

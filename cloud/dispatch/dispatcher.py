@@ -65,7 +65,7 @@ from cloud.hotstate import (
 )
 from cloud.locks import LeaderLock
 from cloud.registry import Registry
-from protocols.clock import Clock, wall_ms
+from protocols.clock import Clock, Ticker, wall_ms
 from protocols.messages import Config, PartitionPlan, PartitionSignal, PlanBasis, encode
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
 from protocols.topics import PartitionKind, partition_topic, site_topic
@@ -241,31 +241,18 @@ class PoolDispatcher:
         self._connected.clear()
 
     async def run(self) -> None:
-        next_cycle = self.clock.time()
         task = asyncio.current_task()
-        while not self._stop.is_set():
+        async for _ in Ticker(self.clock, self.cycle_s, self._stop):
             if task is not None and task.cancelling():
                 # a cancel that a library swallowed: redis-py sends each command through
                 # asyncio.wait_for, which on Python 3.11 returns normally when the cancel
                 # lands as the command completes (seen in CI: the loop never ended)
                 raise asyncio.CancelledError
-            delay = (next_cycle - self.clock.time()) / self.clock.speed
-            if delay > 0:
-                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel
-                # that lands as its timeout fires, and the loop then never ends (seen in CI)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stop.wait()
-                if self._stop.is_set():
-                    break
             try:
                 await self.cycle()
             except Exception:  # a bad record or a Redis hiccup must not end dispatching
                 self.stats["errors"] += 1
                 log.exception("dispatcher %s: cycle failed", self.id)
-            next_cycle += self.cycle_s
-            if self.clock.time() > next_cycle + self.cycle_s:
-                next_cycle = self.clock.time()
 
     async def stop(self) -> None:
         self._stop.set()

@@ -55,7 +55,7 @@ from cloud.hotstate import (
 from cloud.ingest.leases import LeaseChanges, LeaseManager
 from cloud.ingest.mqtt_link import MqttSubscriber
 from cloud.ingest.partition_state import PartitionState
-from protocols.clock import Clock
+from protocols.clock import Clock, Ticker
 from protocols.errors import ProtocolError
 from protocols.messages import Ack, FlexEnvelope, Status, Telemetry, encode, parse_message
 from protocols.partitions import partition_of
@@ -150,6 +150,7 @@ class PartitionWorker:
         self._start_done = asyncio.Event()
         self._stopping = False  # stop() called
         self._halted = False  # the loops must end (stop() or a crash of run())
+        self._halt = asyncio.Event()  # the same, for the loops' tickers
         self._stats: dict[str, Any] = {
             "messages": 0,
             "telemetry": 0,
@@ -282,6 +283,7 @@ class PartitionWorker:
         Both cancellations are our own: the caller's cancellation still propagates
         (``asyncio.wait`` does not take it for the loops')."""
         self._halted = True
+        self._halt.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wall_timeout_s
         pending = [t for t in self._tasks if not t.done()]
@@ -426,9 +428,9 @@ class PartitionWorker:
     # --- leases ---------------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
-        while not self._halted:  # not only cancel(): see _halt_loops
-            await self.clock.sleep(self._leases.renew_every_s)
-            await self._lease_tick()
+        every = self._leases.renew_every_s
+        async for _ in Ticker(self.clock, every, self._halt, first_at=self.clock.time() + every):
+            await self._lease_tick()  # the halt ends it, not only cancel(): see _halt_loops
 
     async def _lease_tick(self) -> None:
         try:
@@ -519,14 +521,9 @@ class PartitionWorker:
     # --- cycle ----------------------------------------------------------------------------
 
     async def _cycle_loop(self) -> None:
-        next_t = self.clock.time()
-        while not self._halted:  # not only cancel(): see _halt_loops
-            next_t += self.cycle_s
-            now = self.clock.time()
-            if next_t < now - self.cycle_s:  # fell behind (stall): skip, do not burst
-                next_t = now
-            await self.clock.sleep_until(next_t)
-            await self.cycle()
+        first = self.clock.time() + self.cycle_s
+        async for _ in Ticker(self.clock, self.cycle_s, self._halt, first_at=first):
+            await self.cycle()  # the halt ends it, not only cancel(): see _halt_loops
 
     async def cycle(self) -> None:
         """Compute and write every owned partition's aggregates (one round trip). Never
