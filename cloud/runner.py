@@ -32,6 +32,7 @@ from cloud.registry import Registry
 from cloud.sync import sync_site_pools
 from protocols.clock import Clock, Ticker
 from protocols.partitions import DEFAULT_PARTITION_COUNT
+from protocols.supervise import supervise
 
 __all__ = ["ROLES", "CloudSettings", "load_settings", "run_cloud"]
 
@@ -105,13 +106,15 @@ async def run_cloud(
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
 ) -> None:
-    """Run ``roles`` until ``stop`` (or SIGINT/SIGTERM); stop them cleanly."""
+    """Run ``roles`` until ``stop`` (or SIGINT/SIGTERM); stop them cleanly. A role whose
+    loop ends on its own stops the others and raises :class:`~protocols.supervise.RoleDiedError`."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[Any]] = []
+    roles_running: dict[str, asyncio.Future[Any]] = {}
     closers: list[Any] = []
     registry: Registry | None = None
     try:
@@ -119,7 +122,9 @@ async def run_cloud(
             registry = Registry(settings.db, clock)  # applies pending migrations
         if "api" in roles:
             assert registry is not None
-            tasks.append(asyncio.create_task(_sync_loop(registry, settings.redis_url, clock, stop)))
+            sync = asyncio.create_task(_sync_loop(registry, settings.redis_url, clock, stop))
+            tasks.append(sync)
+            roles_running["site-pool sync"] = sync
             server = ApiServer(
                 create_app(registry, settings.redis_url, clock),
                 settings.api_host,
@@ -127,6 +132,8 @@ async def run_cloud(
             )
             await server.start()
             closers.append(server.stop)
+            assert server.task is not None
+            roles_running["api"] = server.task
             log.info("api on %s", server.url)
         if "worker" in roles:
             worker = PartitionWorker(
@@ -142,6 +149,7 @@ async def run_cloud(
             )
             await worker.start()
             tasks.append(asyncio.create_task(worker.run(), name="worker"))
+            roles_running["worker"] = tasks[-1]
             closers.append(worker.stop)
         if "dispatcher" in roles:
             assert registry is not None
@@ -162,10 +170,11 @@ async def run_cloud(
             )
             await dispatcher.start()
             tasks.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))
+            roles_running["dispatcher"] = tasks[-1]
             closers.append(dispatcher.stop)
         if ready is not None:
             ready.set()
-        await stop.wait()
+        await supervise(roles_running, stop)  # RoleDiedError when one ends before the stop
     finally:
         stop.set()
         for close in reversed(closers):

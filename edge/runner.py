@@ -15,6 +15,7 @@ import signal
 from edge.agent import SiteAgent
 from edge.config import EdgeConfig
 from protocols.clock import Clock, wait_until
+from protocols.supervise import supervise
 
 log = logging.getLogger("edge.runner")
 
@@ -38,7 +39,9 @@ async def _start_and_run(agent: SiteAgent, clock: Clock, stop: asyncio.Event) ->
 async def run_agents(
     configs: list[EdgeConfig], clock: Clock, stop: asyncio.Event | None = None
 ) -> list[SiteAgent]:
-    """Run every config's agent until ``stop`` is set (or SIGINT/SIGTERM); stop them cleanly."""
+    """Run every config's agent until ``stop`` is set (or SIGINT/SIGTERM); stop them cleanly.
+    An agent whose loop ends on its own stops them all and raises
+    :class:`~protocols.supervise.RoleDiedError`."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -47,9 +50,13 @@ async def run_agents(
     agents = [SiteAgent(config, clock) for config in configs]
     tasks = [asyncio.create_task(_start_and_run(a, clock, stop), name=a.site_id) for a in agents]
     log.info("%d agent(s) running", len(agents))
-    await stop.wait()
-    await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    try:
+        # an agent whose loop died ends the process (RoleDiedError): no gateway keeps running
+        # with a dead control loop inside; systemd restarts it
+        await supervise({f"agent {a.site_id}": t for a, t in zip(agents, tasks, strict=True)}, stop)
+    finally:
+        await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return agents

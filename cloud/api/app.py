@@ -147,6 +147,11 @@ class ApiServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The serving task (for supervision), once started."""
+        return self._task
+
     async def start(self, timeout_s: float = 10.0) -> None:
         """Start serving; return once the socket listens (or raise why it could not)."""
         self._task = asyncio.create_task(self._serve(), name="vpp-api")

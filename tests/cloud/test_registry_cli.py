@@ -126,3 +126,25 @@ def test_console_script_keys_create(db):
     assert bad.returncode == 1
     assert bad.stderr.strip() == "error: pool 'Z' does not exist"
     assert bad.stdout == ""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("role", ["dispatcher", "worker"])
+def test_a_role_whose_loop_dies_ends_the_process_non_zero(
+    runner, db, broker, redis_url, monkeypatch, caplog, role
+):
+    """`vpp cloud run` with a role that fails from inside after it started: the command
+    exits 1 (systemd restarts it) with one line that names the role, never a process left
+    running with a dead loop."""
+    from cloud.dispatch.dispatcher import PoolDispatcher
+    from cloud.ingest.worker import PartitionWorker
+
+    async def dies(self) -> None:
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(PoolDispatcher if role == "dispatcher" else PartitionWorker, "run", dies)
+    args = ["cloud", "run", "--role", role, "--db", str(db), "--mqtt-url", broker.url]
+    result = runner.invoke(app, [*args, "--redis-url", redis_url])
+    assert result.exit_code == 1, (result.stdout, result.stderr, result.exception)
+    died = [r.getMessage() for r in caplog.records if r.name == "vpp.supervise"]
+    assert died == [f"role {role} died: RuntimeError: injected failure"]

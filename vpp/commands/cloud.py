@@ -201,6 +201,7 @@ def run(
 
     from cloud.runner import ROLES, load_settings, run_cloud
     from protocols.clock import clock_from_spec
+    from protocols.supervise import RoleDiedError
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -228,4 +229,7 @@ def run(
     typer.echo(
         f"cloud: roles {', '.join(roles)}; api http://{settings.api_host}:{settings.api_port}"
     )
-    asyncio.run(run_cloud(settings, clk, roles))
+    try:
+        asyncio.run(run_cloud(settings, clk, roles))
+    except RoleDiedError:  # logged in one line already; systemd restarts the process
+        raise typer.Exit(1) from None

@@ -51,6 +51,7 @@ def run(
     """Run the agent(s) until SIGINT/SIGTERM; a broken config stops before any device is touched."""
     from edge.runner import run_agents
     from protocols.clock import clock_from_spec
+    from protocols.supervise import RoleDiedError
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -65,7 +66,10 @@ def run(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--clock") from None
     typer.echo(f"edge: {len(configs)} agent(s), clock {clk.spec()}")
-    asyncio.run(run_agents(configs, clk))
+    try:
+        asyncio.run(run_agents(configs, clk))
+    except RoleDiedError:  # logged in one line already; systemd restarts the process
+        raise typer.Exit(1) from None
 
 
 @app.command("check-config")
