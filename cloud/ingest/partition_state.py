@@ -13,8 +13,14 @@ Rules (see :meth:`PartitionState.apply`):
   are ignored. (Exception: a lower seq whose source ``ts`` is newer than the state by more
   than an interval means the agent's counter restarted, e.g. a reinstalled gateway; it is
   accepted as ``seq_reset`` instead of ignoring the site until its seq catches up.)
-* **Backlog never overwrites newer state.** A message with a newer seq but an *older* source
-  ``ts`` than the state (edge replaying its buffer) only moves the seq bookkeeping.
+* **The newest seq is the newest measurement**, whatever the gateway's clock says: a message
+  with a newer seq but an *older* source ``ts`` than the state (the gateway's clock went
+  back, e.g. NTP correcting it) is accepted and counted as ``accepted_clock_back``. An agent
+  replays its buffer behind live data, with lower seqs: those are out of order.
+* **A source ``ts`` in the future** by more than ``future_tolerance_s`` of the receive time
+  (a gateway clock run ahead: a flat RTC battery, an NTP glitch) is refused as ``future_ts``
+  and counted; it never becomes the state, so the site follows its measurements again as
+  soon as its clock is back.
 * **Live vs backlog.** A message whose source ``ts`` is older than its receive time by more
   than ``backlog_intervals`` of its own interval is backlog; it still updates the state when
   it is the newest we have, but it cannot make the site fresh (freshness is by source ts).
@@ -38,7 +44,9 @@ from cloud.hotstate import DURATIONS_S, PartitionAggregate, SiteStatus, SiteSumm
 from protocols.messages import Mode, SiteState, Status, Telemetry
 from protocols.units import SETTLEMENT_INTERVAL_S
 
-__all__ = ["PLAN_GRACE_S", "Outcome", "PartitionState"]
+__all__ = ["FUTURE_TOLERANCE_S", "PLAN_GRACE_S", "Outcome", "PartitionState"]
+
+FUTURE_TOLERANCE_S = 30.0  # a source ts this far ahead of its receive time is still taken
 
 
 class Outcome(StrEnum):
@@ -46,7 +54,8 @@ class Outcome(StrEnum):
 
     ACCEPTED_LIVE = "accepted_live"  # newest state, measured recently
     ACCEPTED_BACKLOG = "accepted_backlog"  # newest state, but an old measurement (replay)
-    BACKLOG_OLDER = "backlog_older"  # newer seq, older ts than the state: seq noted only
+    ACCEPTED_CLOCK_BACK = "accepted_clock_back"  # newer seq, older ts: the clock went back
+    FUTURE_TS = "future_ts"  # source ts too far ahead of its receive time: refused
     SEQ_RESET = "seq_reset"  # lower seq, clearly newer ts: the agent's counter restarted
     DUPLICATE = "duplicate"  # seq already seen: ignored
     OUT_OF_ORDER = "out_of_order"  # seq below the newest seen: ignored
@@ -105,12 +114,16 @@ class PartitionState:
         offline_after_s: float = 120.0,
         backlog_intervals: float = 2.0,
         plan_grace_s: float = PLAN_GRACE_S,
+        future_tolerance_s: float = FUTURE_TOLERANCE_S,
         capacity: int = 64,
     ) -> None:
         if stale_intervals <= 0 or offline_after_s <= 0 or backlog_intervals <= 0:
             raise ValueError("stale_intervals, offline_after_s, backlog_intervals must be > 0")
         if plan_grace_s < 0:
             raise ValueError(f"plan_grace_s must be >= 0, got {plan_grace_s}")
+        if not future_tolerance_s > 0:
+            raise ValueError(f"future_tolerance_s must be > 0, got {future_tolerance_s}")
+        self.future_tolerance_s = float(future_tolerance_s)
         self.partition = partition
         self.stale_intervals = float(stale_intervals)
         self.offline_after_s = float(offline_after_s)
@@ -217,6 +230,8 @@ class PartitionState:
         if seq == last:
             return Outcome.DUPLICATE
         ts = t.ts
+        if ts > receive_time + self.future_tolerance_s:
+            return Outcome.FUTURE_TS
         has = bool(self._has[i])
         row = self._num[i]
         if seq < last:
@@ -224,8 +239,7 @@ class PartitionState:
                 return Outcome.OUT_OF_ORDER
             outcome = Outcome.SEQ_RESET
         elif has and ts < row[_TS]:
-            self._seq[i] = seq
-            return Outcome.BACKLOG_OLDER
+            outcome = Outcome.ACCEPTED_CLOCK_BACK
         elif receive_time - ts > self.backlog_intervals * t.interval_s:
             outcome = Outcome.ACCEPTED_BACKLOG
         else:

@@ -328,11 +328,11 @@ async def test_backlog_replay_and_duplicates_do_not_overwrite_newer_state(
         await asyncio.to_thread(pubs.flush)
         await until(lambda: worker.stats["telemetry"] >= 2)
         # the edge drains its buffer after the live message: lower seqs, old timestamps;
-        # then one with a higher seq whose ts is still older than the live state
+        # then one from a gateway clock run a day ahead: refused, never the state
         for seq in range(50, 55):
             send(pubs, telemetry("bk-1", seq, now - 300 + seq, rng, grid_w=-1.0))
-        send(pubs, telemetry("bk-1", 101, now - 100, rng, grid_w=-2.0))
-        send(pubs, live)  # now below the newest seq (101): out of order
+        send(pubs, telemetry("bk-1", 101, now + 86_400.0, rng, grid_w=-2.0))
+        send(pubs, live)  # again: a duplicate (the refused seq 101 was not noted as newer)
         await asyncio.to_thread(pubs.flush)
         await until(lambda: worker.stats["telemetry"] >= 8)
         t_seen = clock.time()
@@ -341,9 +341,9 @@ async def test_backlog_replay_and_duplicates_do_not_overwrite_newer_state(
         assert agg.measured_w == 1234.0
         assert agg.newest_source_ts == live.ts
         c = redis_client.hgetall(counters_key(partition_of("bk-1", P)))
-        assert int(c["out_of_order"]) == 6
-        assert int(c["backlog_older"]) == 1
-        assert int(c["duplicate"]) == 1
+        assert int(c["out_of_order"]) == 5
+        assert int(c["future_ts"]) == 1
+        assert int(c["duplicate"]) == 2
 
 
 async def test_bad_messages_are_counted_per_reason_and_ingest_goes_on(

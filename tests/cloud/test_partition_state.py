@@ -55,15 +55,35 @@ def test_duplicate_and_out_of_order_are_ignored() -> None:
     assert only(s, T0 + 1).measured_w == 100.0
 
 
-def test_backlog_replay_does_not_overwrite_newer_state() -> None:
+# A gateway whose clock jumps a day ahead and back, every 2 s: (seq, source ts - receive time)
+# -> outcome, and the measured power the pool then shows (the newest accepted message's)
+DAY = 86_400.0
+CLOCK_JUMPS = [
+    (10, 0.0, Outcome.ACCEPTED_LIVE, 10.0),
+    (11, DAY, Outcome.FUTURE_TS, 10.0),  # a day ahead: refused, never the state
+    (12, DAY, Outcome.FUTURE_TS, 10.0),
+    (13, 0.0, Outcome.ACCEPTED_LIVE, 13.0),  # back: followed at once
+    (14, 25.0, Outcome.ACCEPTED_LIVE, 14.0),  # a little ahead, within the tolerance
+    (15, 0.0, Outcome.ACCEPTED_CLOCK_BACK, 15.0),  # NTP pulled it back: newest by seq
+    (14, -1.0, Outcome.OUT_OF_ORDER, 15.0),  # a replay of an older seq is not the state
+    (16, -DAY, Outcome.ACCEPTED_CLOCK_BACK, 16.0),  # a day behind: followed, but old
+    (17, 0.0, Outcome.ACCEPTED_LIVE, 17.0),
+]
+
+
+def test_a_gateway_clock_jumping_a_day_ahead_and_back():
     s = state()
-    assert s.apply(tel(seq=10, ts=T0, grid_w=100.0), T0) is Outcome.ACCEPTED_LIVE
-    # newer seq, older source ts: the edge replays its buffer
-    assert s.apply(tel(seq=11, ts=T0 - 60, grid_w=999.0), T0 + 0.5) is Outcome.BACKLOG_OLDER
-    assert only(s, T0 + 1).measured_w == 100.0
-    assert s.apply(tel(seq=11, ts=T0 - 60), T0 + 0.6) is Outcome.DUPLICATE  # seq was noted
-    assert s.apply(tel(seq=12, ts=T0 + 2, grid_w=200.0), T0 + 2.1) is Outcome.ACCEPTED_LIVE
-    assert only(s, T0 + 3).measured_w == 200.0
+    for k, (seq, ahead_s, outcome, measured_w) in enumerate(CLOCK_JUMPS):
+        now = T0 + 2.0 * k
+        got = s.apply(tel(seq=seq, ts=now + ahead_s, grid_w=float(seq)), now)
+        assert got is outcome, (seq, ahead_s)
+        agg = only(s, now)
+        if ahead_s >= -60:
+            assert agg.measured_w == measured_w, seq
+        else:  # a measurement a day old is the state, but does not make the site fresh
+            assert (agg.sites_fresh, agg.measured_w) == (0, 0.0)
+        (summary,) = [x for x in s.site_summaries(now, False) if x.site_id == "s1"]
+        assert summary.grid_w == measured_w, seq
 
 
 def test_backlog_that_is_newest_updates_state_but_is_not_fresh() -> None:
