@@ -90,6 +90,12 @@ class ErrorOut(BaseModel):
     )
 
 
+ERROR_W_DOC = (
+    "target_w - measured_w, W, the same on every endpoint (stream, delivery, performance): "
+    "positive when the pool's grid power is below its target, negative when above."
+)
+
+
 class HealthOut(BaseModel):
     status: str = Field(
         description="`ok` when the API can reach Redis and the registry, else `degraded`."
@@ -428,7 +434,7 @@ class StreamDelivery(BaseModel):
         description="Target grid power, W (absolute; a delta target is added to the baseline)."
     )
     measured_w: float
-    error_w: float | None = Field(description="measured - target, W.")
+    error_w: float | None = Field(description=ERROR_W_DOC)
     shortfall_w: float | None = Field(
         None,
         description="Part of the target beyond the pool's reach, W (signed like grid power; "
@@ -506,7 +512,7 @@ class DeliveryOut(BaseModel):
         "energy: the interval's deficit so far over the time left (capped), W.",
     )
     measured_w: float | None
-    error_w: float | None = Field(description="target - measured, W.")
+    error_w: float | None = Field(description=ERROR_W_DOC)
     shortfall_w: float | None = Field(description="Target beyond reach, W (0 when reachable).")
     saturated: str | None = Field(description="`high`/`low` when held at the range's edge.")
     uncontrolled_w: float | None = Field(
@@ -527,7 +533,7 @@ class CycleOut(BaseModel):
     ts: str
     target_w: float | None
     measured_w: float
-    error_w: float | None
+    error_w: float | None = Field(description=ERROR_W_DOC)
     schedule_id: str | None
 
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from cloud.api import ApiServer, create_app, serve_api
+from cloud.api.schemas import StreamDelivery
 from cloud.hotstate import SiteStatus
 from cloud.registry.db import Registry
 from protocols.clock import SimClock
@@ -410,3 +411,19 @@ async def test_a_port_in_use_is_an_error_not_an_exit(tmp_path: Path, redis_url: 
         with pytest.raises(RuntimeError, match="could not start"):
             await server.start()
     registry.close()
+
+
+async def test_error_w_has_one_meaning_on_every_endpoint(api: Api) -> None:
+    """Stream, delivery and performance say the same: target - measured (see the stream
+    test for the value, and the dispatcher for the records)."""
+    schemas = (await api.client.get("/openapi.json")).json()["components"]["schemas"]
+    docs = {
+        name: schema["properties"]["error_w"]["description"]
+        for name, schema in schemas.items()
+        if "error_w" in schema.get("properties", {})
+    }
+    assert {"DeliveryOut", "CycleOut"} <= set(docs)
+    # the stream's events are not in the OpenAPI document yet: their model says it
+    docs["StreamDelivery"] = StreamDelivery.model_fields["error_w"].description
+    assert len(set(docs.values())) == 1
+    assert next(iter(docs.values())).startswith("target_w - measured_w")

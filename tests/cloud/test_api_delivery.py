@@ -118,7 +118,8 @@ async def test_an_old_delivery_record_is_not_active(api: Api):
 
 async def test_performance_summarises_the_recorded_cycles(api: Api):
     t0 = api.now()
-    rows = [(t0 + 2 * i, 1_000.0, 1_000.0 + e, e) for i, e in enumerate((0, 30, -40, 0))]
+    # error = target - measured, as the dispatcher records it
+    rows = [(t0 + 2 * i, 1_000.0, 1_000.0 - e, e) for i, e in enumerate((0, 30, -40, 0))]
     for ts, target, measured, err in rows:
         await asyncio.to_thread(api.registry.record_cycle, "north", ts, target, measured, err)
     await asyncio.to_thread(api.registry.record_cycle, "north", t0 + 8, None, 900.0, None)

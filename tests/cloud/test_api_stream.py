@@ -92,7 +92,7 @@ async def test_stream_flexibility_and_delivery_each_cycle(api: Api) -> None:
                 "kind": "absolute",
                 "target_w": 5_000,
                 "measured_w": 6_000,
-                "error_w": 1_000,
+                "error_w": -1_000,  # target - measured: above the target
                 "shortfall_w": None,
             }  # no dispatcher here
 
@@ -107,7 +107,7 @@ async def test_stream_flexibility_and_delivery_each_cycle(api: Api) -> None:
             third = json.loads((await next_event(events, "flexibility"))["data"])
             assert third["delivery"]["source"] == "setpoint"
             assert third["delivery"]["target_w"] == -10_000
-            assert third["delivery"]["error_w"] == 22_000
+            assert third["delivery"]["error_w"] == -22_000
 
             # Nothing new: heartbeats only (no repeated event for the same aggregate).
             idle = await anext(events)

@@ -79,7 +79,7 @@ async def delivery_now(
         kind=kind,
         target_w=target,
         measured_w=agg.measured_w,
-        error_w=None if target is None else agg.measured_w - target,
+        error_w=None if target is None else target - agg.measured_w,
         shortfall_w=shortfall,
     )
 
