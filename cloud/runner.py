@@ -21,6 +21,7 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
@@ -31,6 +32,7 @@ from cloud.ingest.worker import PartitionWorker
 from cloud.registry import Registry
 from cloud.sync import sync_site_pools
 from protocols.clock import Clock, Ticker
+from protocols.mqtt_asyncio import parse_mqtt_url
 from protocols.partitions import DEFAULT_PARTITION_COUNT
 from protocols.supervise import supervise
 
@@ -82,7 +84,13 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings
     if "db" in values:
         values["db"] = Path(values["db"])
     settings = replace(settings, **values)
-    Retention(settings.retention_cycles_days, settings.retention_activations_days)  # checks
+    # what would fail only once a role starts fails here, in one line
+    parse_mqtt_url(settings.mqtt_url)
+    if urlsplit(settings.redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(
+            f"Redis url {settings.redis_url!r}: scheme must be redis://, rediss:// or unix://"
+        )
+    Retention(settings.retention_cycles_days, settings.retention_activations_days)
     return settings
 
 

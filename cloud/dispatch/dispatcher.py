@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import socket
+import ssl
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ from cloud.locks import LeaderLock
 from cloud.registry import Registry
 from protocols.clock import Clock, Ticker, wall_ms
 from protocols.messages import Config, PartitionPlan, PartitionSignal, PlanBasis, encode
+from protocols.mqtt_asyncio import parse_mqtt_url
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
 from protocols.topics import PartitionKind, partition_topic, site_topic
 from protocols.units import SETTLEMENT_INTERVAL_S
@@ -211,16 +213,20 @@ class PoolDispatcher:
         self.planner = PoolPlanner(
             self.redis, self.registry, self._publish_plan, partition_count=self.partition_count
         )
-        host, port = self.mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
+        host, port, tls, user, password = parse_mqtt_url(self.mqtt_url)
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=f"vpp-dispatch-{self.id}",
             protocol=mqtt.MQTTv5,
         )
+        if user is not None:
+            client.username_pw_set(user, password)
+        if tls:
+            client.tls_set_context(ssl.create_default_context())
         client.reconnect_delay_set(0.2, 5.0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.connect_async(host, int(port))
+        client.connect_async(host, port)
         client.loop_start()  # a few publishes per cycle: paho's own thread is plenty
         self._mqtt = client
         # Not fatal if the broker is down: cycles skip publishing until it is back.

@@ -148,3 +148,20 @@ def test_a_role_whose_loop_dies_ends_the_process_non_zero(
     assert result.exit_code == 1, (result.stdout, result.stderr, result.exception)
     died = [r.getMessage() for r in caplog.records if r.name == "vpp.supervise"]
     assert died == [f"role {role} died: RuntimeError: injected failure"]
+
+
+# a setting that cannot work -> the one line `vpp cloud run` prints before starting anything
+BAD_SETTINGS = [
+    (["--mqtt-url", "http://broker:1883"], "scheme must be mqtt:// or mqtts://"),
+    (["--mqtt-url", "mqtt://"], "has no host"),
+    (["--redis-url", "http://cache:6379"], "scheme must be redis://"),
+    (["--retention-cycles-days", "-1"], "retention days must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_SETTINGS)
+def test_cloud_run_refuses_a_setting_that_cannot_work(runner, db, args, message):
+    result = runner.invoke(app, ["cloud", "run", "--role", "worker", "--db", str(db), *args])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.output

@@ -224,8 +224,9 @@ def run(
     try:
         settings = load_settings(config, overrides)
         clk = clock_from_spec(clock)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    except ValueError as exc:  # a setting that cannot work: one line, exit 2, like edge's
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(
         f"cloud: roles {', '.join(roles)}; api http://{settings.api_host}:{settings.api_port}"
     )
