@@ -17,6 +17,7 @@ guaranteed apart from what is optimistic), with what it assumes stated in the bo
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,6 +90,13 @@ class ErrorOut(BaseModel):
         }
     )
 
+
+#: A number in a request: JSON ints and floats, never ``true``/``false`` or a numeric string
+#: (lax validation took ``"target_w": false`` as 0 W).
+StrictNumber = Annotated[float, Field(strict=True)]
+#: A time in a request: text the API parses itself, to name the field and reason of a refusal
+#: (``naive_time``, ...); documented as ``date-time`` for generated clients.
+DateTimeText = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
 ERROR_W_DOC = (
     "target_w - measured_w, W, the same on every endpoint (stream, delivery, performance): "
@@ -320,7 +328,7 @@ class ScheduleIn(BaseModel):
     A later schedule replaces an earlier one from its own start: intervals of the earlier
     schedule before that start still hold."""
 
-    start: str = Field(
+    start: DateTimeText = Field(
         description="ISO 8601 with a time zone, aligned to the resolution (UTC), not in the past.",
         examples=["2024-06-01T12:00:00+02:00"],
     )
@@ -330,7 +338,7 @@ class ScheduleIn(BaseModel):
         "PT12M, PT15M, PT20M, PT30M, PT1H).",
         examples=["PT15M"],
     )
-    values_w: list[float] = Field(
+    values_w: list[StrictNumber] = Field(
         description="Power per interval, W. `absolute`: the pool's "
         "grid power (+ import); `delta`: change from its baseline.",
         examples=[[-50000, -50000, 0, 20000]],
@@ -401,15 +409,15 @@ class SetpointIn(BaseModel):
     Give exactly one of ``valid_for_s`` and ``valid_until``; the expiry is at most
     5 minutes ahead, so a trader that stops sending releases the pool to its schedule."""
 
-    target_w: float = Field(
+    target_w: StrictNumber = Field(
         description="W; `absolute` grid power (+ import) or `delta` from baseline.",
         examples=[-30000],
     )
     kind: ScheduleKind = ScheduleKind.DELTA
-    valid_for_s: float | None = Field(
+    valid_for_s: StrictNumber | None = Field(
         None, description="Seconds from now, > 0 and <= 300.", examples=[10]
     )
-    valid_until: str | None = Field(None, description="ISO 8601 with a time zone.")
+    valid_until: DateTimeText | None = Field(None, description="ISO 8601 with a time zone.")
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"target_w": -30000, "kind": "delta", "valid_for_s": 10}]}

@@ -427,3 +427,13 @@ async def test_error_w_has_one_meaning_on_every_endpoint(api: Api) -> None:
     docs["StreamDelivery"] = StreamDelivery.model_fields["error_w"].description
     assert len(set(docs.values())) == 1
     assert next(iter(docs.values())).startswith("target_w - measured_w")
+
+
+async def test_request_times_and_numbers_are_typed_in_the_openapi_document(api: Api) -> None:
+    """A client generated from the document sends date-times and numbers, not any string."""
+    schemas = (await api.client.get("/openapi.json")).json()["components"]["schemas"]
+    assert schemas["ScheduleIn"]["properties"]["start"]["format"] == "date-time"
+    until = schemas["SetpointIn"]["properties"]["valid_until"]["anyOf"]
+    assert {"type": "string", "format": "date-time"} in until
+    assert schemas["SetpointIn"]["properties"]["target_w"]["type"] == "number"
+    assert schemas["ScheduleIn"]["properties"]["values_w"]["items"]["type"] == "number"

@@ -185,6 +185,8 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"kind": "delta", "values_w": [-50_001.0 - 100]}, "out_of_range", "values_w[0]"),
     ({"kind": "relative"}, "schema", "kind"),
     ({"values_w": ["a lot"]}, "schema", "values_w.0"),
+    ({"values_w": [1000, True]}, "schema", "values_w.1"),  # not 1 W
+    ({"values_w": ["1000"]}, "schema", "values_w.0"),  # a number, not a numeric string
     ({"start": None}, "schema", "start"),
 ]
 
@@ -383,6 +385,9 @@ INVALID_SETPOINTS: list[tuple[dict[str, Any], str, str]] = [
     ({"target_w": -50_200, "kind": "delta", "valid_for_s": 5}, "out_of_range", "target_w"),
     ({"target_w": 0, "kind": "both", "valid_for_s": 5}, "schema", "kind"),
     ({"valid_for_s": 5}, "schema", "target_w"),
+    ({"target_w": False, "valid_for_s": 5}, "schema", "target_w"),  # was taken as 0 W
+    ({"target_w": "-3000", "valid_for_s": 5}, "schema", "target_w"),
+    ({"target_w": 0, "valid_for_s": True}, "schema", "valid_for_s"),
 ]
 
 
