@@ -171,7 +171,7 @@ def _schema_error(exc: RequestValidationError) -> ApiError:
     if any(err.get("type") == "json_invalid" for err in errors):
         ctx = errors[0].get("ctx") or {}
         return ApiError(
-            422, "bad_json", f"the body is not JSON: {ctx.get('error', '?')}", field="body"
+            400, "bad_json", f"the body is not JSON: {ctx.get('error', '?')}", field="body"
         )
     if field == "body" and any(err.get("type") == "model_attributes_type" for err in errors):
         detail += " (send a JSON object with 'Content-Type: application/json')"
@@ -183,7 +183,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     def respond(err: ApiError, request: Request) -> JSONResponse:
         metrics.count_rejected(err.status, err.reason)
-        if err.status >= 500 or err.status == 422:
+        if err.status >= 500 or err.status in (400, 422):
             log.info(
                 "refused %s %s: %s %s (%s)",
                 request.method,

@@ -291,7 +291,7 @@ async def test_bad_input_is_answered_not_crashed_and_counted(api: Api) -> None:
     post = "/v1/pools/north/schedules"
     hdrs = {**api.auth(), "Content-Type": "application/json"}
     r = await api.client.post(post, content=b'{"start": ', headers=hdrs)
-    assert r.status_code == 422
+    assert r.status_code == 400  # not JSON at all: a bad request, not an invalid one
     assert r.json()["reason"] == "bad_json"
     r = await api.client.post(post, content=b"[1, 2]", headers=hdrs)
     assert r.status_code == 422
@@ -437,3 +437,15 @@ async def test_request_times_and_numbers_are_typed_in_the_openapi_document(api: 
     assert {"type": "string", "format": "date-time"} in until
     assert schemas["SetpointIn"]["properties"]["target_w"]["type"] == "number"
     assert schemas["ScheduleIn"]["properties"]["values_w"]["items"]["type"] == "number"
+
+
+async def test_a_body_that_is_not_json_is_a_documented_400(api: Api) -> None:
+    paths = (await api.client.get("/openapi.json")).json()["paths"]
+    for path in ("/v1/pools/{pool_id}/schedules", "/v1/pools/{pool_id}/setpoint"):
+        assert "400" in paths[path]["post"]["responses"], path
+        r = await api.client.post(
+            path.replace("{pool_id}", "north"),
+            content=b"target_w=5",
+            headers={**api.auth(), "Content-Type": "application/json"},
+        )
+        assert (r.status_code, r.json()["reason"], r.json()["field"]) == (400, "bad_json", "body")

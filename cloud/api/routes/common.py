@@ -14,8 +14,9 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
         "not tell the two apart).",
     },
 }
-UNPROCESSABLE: dict[int | str, dict[str, Any]] = {
-    422: {"model": ErrorOut, "description": "Invalid request; `reason` and `field` say why."}
+INVALID_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "The body is not JSON (`bad_json`)."},
+    422: {"model": ErrorOut, "description": "Invalid request; `reason` and `field` say why."},
 }
 NO_DATA: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorOut, "description": "No fresh aggregate for the pool (`no_fresh_data`)."}

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from cloud.api.auth import KeyDep, PoolDep, not_found
 from cloud.api.context import ApiContext, CtxDep
 from cloud.api.errors import ApiError
-from cloud.api.routes.common import AUTH_ERRORS, NO_DATA, UNPROCESSABLE
+from cloud.api.routes.common import AUTH_ERRORS, INVALID_BODY, NO_DATA
 from cloud.api.schemas import ScheduleIn, ScheduleOut, SchedulesOut
 from cloud.api.validation import (
     check_envelope,
@@ -52,7 +52,7 @@ async def _scoped_schedule(ctx: ApiContext, key: Any, schedule_id: str) -> Any:
     "/pools/{pool_id}/schedules",
     response_model=ScheduleOut,
     status_code=201,
-    responses={**UNPROCESSABLE, **NO_DATA},
+    responses={**INVALID_BODY, **NO_DATA},
     summary="Post a pool schedule",
     description="A later schedule replaces an earlier one from its own start on. " + _RULES,
 )

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from cloud.api.auth import PoolDep
 from cloud.api.context import CtxDep
 from cloud.api.errors import ApiError
-from cloud.api.routes.common import AUTH_ERRORS, NO_DATA, UNPROCESSABLE
+from cloud.api.routes.common import AUTH_ERRORS, INVALID_BODY, NO_DATA
 from cloud.api.schemas import ActivationOut, SetpointIn
 from cloud.api.validation import check_range, parse_time, unprocessable
 from cloud.api.views import current_flexibility, now_range, refuse_while_held
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1", tags=["setpoint"], responses=AUTH_ERRORS)
     "/pools/{pool_id}/setpoint",
     response_model=ActivationOut,
     status_code=201,
-    responses={**UNPROCESSABLE, **NO_DATA},
+    responses={**INVALID_BODY, **NO_DATA},
     summary="Set a real-time power target (balancing activation), valid for a short time",
     description=(
         "Send every few seconds while the activation lasts; when it expires the pool returns "
