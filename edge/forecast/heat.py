@@ -99,6 +99,12 @@ def forecast_outdoor(
     return profile[1:] + anomaly * np.exp(-np.maximum(lead_h, 0.0) / tau_h)
 
 
+def _slot_step(model: ThermalModel) -> tuple[float, float]:
+    """The model over one slot: ``T' = Tout + a (T - Tout) + b (P + offset)``."""
+    a = math.exp(-SLOT_S / model.tau_s)
+    return a, (1.0 - a) * model.gain_k_per_w
+
+
 def learn_offset_w(
     history: SlotHistory,
     upto_slot: int,
@@ -117,8 +123,7 @@ def learn_offset_w(
     ok = np.isfinite(now_in) & np.isfinite(next_in) & np.isfinite(t_out[:-1]) & np.isfinite(hp[:-1])
     if np.count_nonzero(ok) < 16 or model.gain_k_per_w <= 0:
         return 0.0
-    a = math.exp(-SLOT_S / model.tau_s)
-    b = (1.0 - a) * model.gain_k_per_w
+    a, b = _slot_step(model)
     out = t_out[:-1][ok]
     predicted = out + a * (now_in[ok] - out) + b * hp[:-1][ok]
     residual = float(np.mean(next_in[ok] - predicted))
@@ -178,8 +183,7 @@ def indoor_error_k(
     colder = np.full(lead, DEFAULT_INDOOR_ERROR_K)
     warmer = np.full(lead, DEFAULT_INDOOR_ERROR_K)
     if starts > 0 and model.tau_s > 0:
-        a = math.exp(-SLOT_S / model.tau_s)
-        b = (1.0 - a) * model.gain_k_per_w
+        a, b = _slot_step(model)
         t = t_in[:starts].copy()
         ok = np.isfinite(t)
         errors = np.full((starts, lead), np.nan)
