@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -41,7 +42,8 @@ __all__ = ["ROLES", "CloudSettings", "load_settings", "run_cloud"]
 log = logging.getLogger("cloud.runner")
 
 ROLES = ("worker", "api", "dispatcher")
-SYNC_EVERY_S = 5.0
+SYNC_EVERY_S = 5.0  # the registry revision is read this often
+SYNC_FULL_S = 60.0  # the whole map is read and compared at least this often
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,20 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings
 
 
 async def _sync_loop(registry: Registry, redis_url: str, clock: Clock, stop: asyncio.Event) -> None:
+    """Copy the registry's site -> pool map into Redis when its revision moves, and in full
+    every ``SYNC_FULL_S`` (a Redis that lost the map gets it back)."""
     client = aioredis.Redis.from_url(redis_url)
+    synced_rev: int | None = None
+    synced_at = -math.inf
     try:
-        async for _ in Ticker(clock, SYNC_EVERY_S, stop):
+        async for now in Ticker(clock, SYNC_EVERY_S, stop):
             try:
+                rev = await asyncio.to_thread(registry.site_pools_rev)
+                if rev == synced_rev and now - synced_at < SYNC_FULL_S:
+                    continue
                 mapping = await asyncio.to_thread(registry.site_pools)
                 await sync_site_pools(client, mapping)
+                synced_rev, synced_at = rev, now
             except Exception as exc:  # Redis down: the workers keep their last map
                 log.warning("site-pool sync failed: %s", exc)
     finally:
