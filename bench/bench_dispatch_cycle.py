@@ -36,6 +36,7 @@ from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.hotstate import DURATIONS_S, PartitionAggregate, agg_key, agg_parts_key
 from cloud.registry import Registry
 from protocols.clock import WallClock
+from protocols.mqtt_endpoint import endpoint_of
 from protocols.partitions import partition_of
 from vpp.services import MosquittoServer, RedisServer
 
@@ -94,7 +95,7 @@ async def bench_size(n: int, cycles: int, mqtt_url: str, redis_url: str, tmp: Pa
     register_s = time.perf_counter() - t0
     registry.add_activation(pool, -0.3 * 5000.0 * n, "delta", clock.time() + 3600)
     dispatcher = PoolDispatcher(
-        mqtt_url=mqtt_url,
+        broker=endpoint_of(mqtt_url),
         redis_url=redis_url,
         registry=registry,
         clock=clock,

@@ -27,8 +27,7 @@ import time
 from itertools import pairwise
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
+from protocols.mqtt_endpoint import endpoint_of, threaded_client
 from vpp.services import MosquittoServer
 from vpp.sitecfg import site_configs, write_site_configs
 
@@ -78,13 +77,13 @@ class TelemetryClock:
     """Collects (site, source ts) of every telemetry message."""
 
     def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+        broker = endpoint_of(url)
         self.records: list[tuple[str, float]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = threaded_client(broker)
         self.client.on_connect = lambda c, *_: c.subscribe("vpp/v1/p/+/s/+/telemetry", qos=1)
         self.client.on_message = self._on_message
-        self.client.connect(host, int(port))
+        self.client.connect(broker.host, broker.port)
         self.client.loop_start()
 
     def _on_message(self, _c, _u, msg) -> None:

@@ -33,15 +33,15 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import redis
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cloud.hotstate import SITE_POOLS_KEY, SITE_POOLS_REV_KEY
 from protocols.messages import Flexibility, Telemetry, encode
+from protocols.mqtt_endpoint import MqttEndpoint, endpoint_of, threaded_client
 from protocols.partitions import partition_of
 from protocols.topics import partition_filter, site_topic
-from vpp.services import MosquittoServer, RedisServer, find_binary
+from vpp.services import LOOPBACK, MosquittoServer, RedisServer, find_binary
 
 PARTITIONS = 64
 WARMUP_S = 3.0
@@ -150,7 +150,7 @@ def rate_window(samples: list[tuple[float, int]], seconds: float) -> float:
 def paho_subscriber(port: int, total_s: float, ready: object, out: object) -> None:
     count = [0]
     subscribed = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    c = threaded_client(MqttEndpoint(LOOPBACK, port))
 
     def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         count[0] += 1
@@ -158,7 +158,7 @@ def paho_subscriber(port: int, total_s: float, ready: object, out: object) -> No
     c.on_message = on_message
     c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(partition_filter(None, "telemetry"), 1)
     c.on_subscribe = lambda *a: subscribed.set()
-    c.connect("127.0.0.1", port)
+    c.connect(LOOPBACK, port)
     c.loop_start()
     subscribed.wait(10)
     ready.set()  # type: ignore[attr-defined]
@@ -180,7 +180,7 @@ def worker_subscriber(
 
     async def main() -> dict:
         w = PartitionWorker(
-            mqtt_url=mqtt_url,
+            broker=endpoint_of(mqtt_url),
             redis_url=redis_url,
             clock=WallClock(),
             partition_count=PARTITIONS,

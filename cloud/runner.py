@@ -33,7 +33,7 @@ from cloud.ingest.worker import PartitionWorker
 from cloud.registry import Registry
 from cloud.sync import sync_site_pools
 from protocols.clock import Clock, Ticker
-from protocols.mqtt_asyncio import parse_mqtt_url
+from protocols.mqtt_endpoint import MqttEndpoint
 from protocols.partitions import DEFAULT_PARTITION_COUNT
 from protocols.supervise import supervise
 
@@ -49,6 +49,12 @@ SYNC_FULL_S = 60.0  # the whole map is read and compared at least this often
 @dataclass(frozen=True)
 class CloudSettings:
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    # the broker account, if not in the URL; the password from a file, never a flag
+    mqtt_username: str | None = None
+    mqtt_password_file: Path | None = None
+    mqtt_ca_file: Path | None = None  # mqtts://: the CA that signed the broker (default: system)
+    mqtt_cert_file: Path | None = None  # a client certificate and its key, if the broker asks
+    mqtt_key_file: Path | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     db: Path = Path("vpp-cloud.sqlite")
     api_host: str = "127.0.0.1"
@@ -67,6 +73,21 @@ class CloudSettings:
     # Names this process in leases, the leader lock and logs (default: generated per start).
     instance_id: str | None = None
 
+    def mqtt_endpoint(self) -> MqttEndpoint:
+        """The broker with its account and TLS files, read and checked
+        (:class:`~protocols.mqtt_endpoint.MqttSettingsError` names what is wrong)."""
+        return MqttEndpoint.from_url(
+            self.mqtt_url,
+            username=self.mqtt_username,
+            password_file=self.mqtt_password_file,
+            ca_file=self.mqtt_ca_file,
+            cert_file=self.mqtt_cert_file,
+            key_file=self.mqtt_key_file,
+        )
+
+
+_PATH_SETTINGS = ("mqtt_password_file", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+
 
 def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings:
     """Defaults, then the TOML file's ``[cloud]`` table, then flags/env (``overrides``)."""
@@ -83,11 +104,12 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings
             raise ValueError(f"{path}: unknown setting(s) in [cloud]: {', '.join(unknown)}")
         values |= table
     values |= {k: v for k, v in overrides.items() if v is not None}
-    if "db" in values:
-        values["db"] = Path(values["db"])
+    for name in ("db", *_PATH_SETTINGS):
+        if values.get(name) is not None:
+            values[name] = Path(values[name])
     settings = replace(settings, **values)
     # what would fail only once a role starts fails here, in one line
-    parse_mqtt_url(settings.mqtt_url)
+    settings.mqtt_endpoint()
     if urlsplit(settings.redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ValueError(
             f"Redis url {settings.redis_url!r}: scheme must be redis://, rediss:// or unix://"
@@ -135,6 +157,7 @@ async def run_cloud(
     roles_running: dict[str, asyncio.Future[Any]] = {}
     closers: list[Any] = []
     registry: Registry | None = None
+    broker = settings.mqtt_endpoint()
     try:
         if "api" in roles or "dispatcher" in roles:
             registry = Registry(settings.db, clock)  # applies pending migrations
@@ -155,7 +178,7 @@ async def run_cloud(
             log.info("api on %s", server.url)
         if "worker" in roles:
             worker = PartitionWorker(
-                mqtt_url=settings.mqtt_url,
+                broker=broker,
                 redis_url=settings.redis_url,
                 clock=clock,
                 partition_count=settings.partitions,
@@ -172,7 +195,7 @@ async def run_cloud(
         if "dispatcher" in roles:
             assert registry is not None
             dispatcher = PoolDispatcher(
-                mqtt_url=settings.mqtt_url,
+                broker=broker,
                 redis_url=settings.redis_url,
                 registry=registry,
                 clock=clock,

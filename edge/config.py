@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from protocols.messages import DeviceKind
+from protocols.mqtt_endpoint import MqttEndpoint, MqttSettingsError
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
 from protocols.topics import SITE_ID_PATTERN
 
@@ -67,7 +68,9 @@ class MqttSection(_Section):
     password: str | None = None
     password_file: Path | None = None
     client_id: str | None = None
-    ca_file: Path | None = None
+    ca_file: Path | None = None  # the CA that signed the broker's certificate (mqtts://)
+    cert_file: Path | None = None  # a client certificate and its key, if the broker asks
+    key_file: Path | None = None
 
     @model_validator(mode="after")
     def _valid(self) -> Self:
@@ -82,16 +85,25 @@ class MqttSection(_Section):
             raise ValueError(f"url {self.url!r} has an invalid port") from None
         if self.password is not None and self.password_file is not None:
             raise ValueError("give either password or password_file, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file, or neither")
         return self
 
-    def resolved_password(self) -> str | None:
-        if self.password_file is not None:
-            try:
-                return self.password_file.read_text().strip()
-            except OSError as exc:
-                msg = f"mqtt.password_file: cannot read {self.password_file}: {exc.strerror}"
-                raise ConfigError(msg) from None
-        return self.password
+    def endpoint(self) -> MqttEndpoint:
+        """The broker to connect to, with the password and TLS files read and checked now
+        (they may not exist where the config is written, so not at load)."""
+        try:
+            return MqttEndpoint.from_url(
+                self.url,
+                username=self.username,
+                password=self.password,
+                password_file=self.password_file,
+                ca_file=self.ca_file,
+                cert_file=self.cert_file,
+                key_file=self.key_file,
+            )
+        except MqttSettingsError as exc:
+            raise ConfigError(f"mqtt: {exc}") from None
 
 
 class AgentSettings(_Section):

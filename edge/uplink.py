@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -68,6 +67,7 @@ from protocols.messages import (
     parse_message,
 )
 from protocols.mqtt_asyncio import AsyncMqttClient, ConnAck, Publication
+from protocols.mqtt_endpoint import MqttEndpoint
 from protocols.partitions import partition_of
 from protocols.topics import PartitionKind, SiteKind, partition_topic, site_topic
 from protocols.version import VERSION
@@ -110,12 +110,10 @@ class Uplink:
         site_id: str,
         partition: int,
         partition_count: int,
-        mqtt_url: str,
+        broker: MqttEndpoint,
         clock: Clock,
         store: EdgeStore,
         handler: UplinkHandler,
-        username: str | None = None,
-        password: str | None = None,
         client_id: str | None = None,
         session_expiry_s: int = 7 * 86400,
         backlog_rate_per_s: float = 20.0,
@@ -127,7 +125,6 @@ class Uplink:
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 60.0,
         connect_timeout_s: float = 10.0,
-        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         """Prepare the link; nothing touches the network before :meth:`start`.
 
@@ -138,7 +135,6 @@ class Uplink:
         reconnect_min_s / reconnect_max_s: exponential backoff bounds (clock seconds,
             jittered) between failed connection attempts.
         connect_timeout_s: wall seconds allowed for TCP connect plus CONNACK.
-        tls_context: for ``mqtts://`` (default: the system's default context).
         """
         if partition != partition_of(site_id, partition_count):
             raise ValueError(
@@ -179,15 +175,12 @@ class Uplink:
         # Persistent session (clean_start False + expiry): the broker queues dispatches and
         # configs while the agent is away. The will is made per connection (fresh ts).
         self._mqtt = AsyncMqttClient(
-            mqtt_url=mqtt_url,
+            broker=broker,
             client_id=self.client_id,
             on_message=self._on_message,
             on_connect=self._on_connect,
             on_disconnect=self._on_link_down,
             on_publish=self._on_publish,
-            username=username,
-            password=password,
-            tls_context=tls_context,
             clean_start=False,
             session_expiry_s=self.session_expiry_s,
             will=lambda: Publication(

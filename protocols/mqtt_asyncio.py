@@ -59,7 +59,6 @@ import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -69,13 +68,15 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from protocols.clock import Clock, WallClock
+from protocols.mqtt_endpoint import MqttEndpoint, endpoint_of
 
 __all__ = [
     "AsyncMqttClient",
     "ConnAck",
     "MqttConnectError",
+    "MqttRefusedError",
     "Publication",
-    "parse_mqtt_url",
+    "check_broker",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,22 @@ _MIN_BACKOFF_WALL_S = 0.005  # a fast SimClock must not turn backoff into a busy
 
 class MqttConnectError(ConnectionError):
     """The broker refused the CONNECT, did not answer it in time, or the link closed first."""
+
+
+# CONNACK reason codes that mean "these credentials are not let in" (MQTT 5; paho maps the
+# MQTT 3.1.1 return codes 4 and 5 onto them)
+_CREDENTIALS_REFUSED = frozenset({134, 135, 140})  # bad user name or password, not
+# authorized, bad authentication method
+
+
+class MqttRefusedError(MqttConnectError):
+    """The broker answered the CONNECT with a refusal (its reason code says why)."""
+
+    def __init__(self, reason: ReasonCode) -> None:
+        self.reason = reason
+        self.credentials = reason.value in _CREDENTIALS_REFUSED
+        what = "refused the credentials" if self.credentials else "refused the connection"
+        super().__init__(f"broker {what}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,21 +125,6 @@ class ConnAck:
     #: The broker's Receive Maximum (QoS 1/2 publishes it accepts in flight); None when it
     #: did not send one (MQTT 5 then means 65535).
     receive_maximum: int | None
-
-
-def parse_mqtt_url(url: str) -> tuple[str, int, bool, str | None, str | None]:
-    """``mqtt://[user:password@]host[:port]`` (or ``mqtts://``) -> host, port, tls, user,
-    password. ``tcp://`` and ``ssl://`` are accepted as aliases."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"MQTT url {url!r}: scheme must be mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise ValueError(f"MQTT url {url!r} has no host")
-    tls = parts.scheme in ("mqtts", "ssl")
-    port = parts.port or (8883 if tls else 1883)
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    return parts.hostname, port, tls, user, password
 
 
 def _ignore_message(topic: str, payload: bytes) -> None:
@@ -179,15 +181,12 @@ class AsyncMqttClient:
     def __init__(
         self,
         *,
-        mqtt_url: str,
+        broker: MqttEndpoint | str,
         client_id: str,
         on_message: Callable[[str, bytes], None] | None = None,
         on_connect: Callable[[ConnAck], None] | None = None,
         on_disconnect: Callable[[str], None] | None = None,
         on_publish: Callable[[int, ReasonCode], None] | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        tls_context: ssl.SSLContext | None = None,
         clean_start: bool = True,
         session_expiry_s: int = 0,
         will: Callable[[], Publication] | None = None,
@@ -204,7 +203,7 @@ class AsyncMqttClient:
     ) -> None:
         """Prepare the client; nothing touches the network before :meth:`start`.
 
-        username / password: override those in the URL (``mqtt://user:pw@host``).
+        broker: where and as whom (a URL is read with :meth:`MqttEndpoint.from_url`).
         clean_start / session_expiry_s: a persistent session needs ``clean_start=False``
             *and* an expiry > 0, or the broker drops queued QoS 1 messages.
         will: called before each connection attempt, so the will can carry a fresh
@@ -218,15 +217,14 @@ class AsyncMqttClient:
         name / logger: prefix and logger of this client's log lines, so they read as the
             user's own.
         """
-        self._host, self._port, self._tls, url_user, url_password = parse_mqtt_url(mqtt_url)
-        self._username = username if username is not None else url_user
-        self._password = password if password is not None else url_password
+        self.broker = endpoint_of(broker)
+        self._host, self._port = self.broker.host, self.broker.port
+        self._tls_context = self.broker.ssl_context()
         self.client_id = client_id
         self.on_message = on_message or _ignore_message
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
         self._on_publish_cb = on_publish
-        self._tls_context = tls_context
         self.clean_start = clean_start
         self.session_expiry_s = int(session_expiry_s)
         self._will = will
@@ -264,16 +262,22 @@ class AsyncMqttClient:
                 "messages",
                 "handler_errors",
                 "subscribe_refused",
+                "credentials_refused",
             ),
             0,
         )
+        #: Why the last connection attempt failed (None once connected): a
+        #: :class:`MqttRefusedError` when the broker said no, so callers can tell "wrong
+        #: password" from "broker down".
+        self.last_error: Exception | None = None
 
     # --- public API -------------------------------------------------------------------------
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters (a copy): connects, reconnects, connect_failures, disconnects, messages
-        received, handler_errors (callbacks that raised), subscribe_refused."""
+        """Counters (a copy): connects, reconnects, connect_failures (credentials_refused of
+        them), disconnects, messages received, handler_errors (callbacks that raised),
+        subscribe_refused."""
         return dict(self._stats)
 
     @property
@@ -445,11 +449,15 @@ class AsyncMqttClient:
             except (OSError, TimeoutError) as exc:  # MqttConnectError is an OSError
                 failures += 1
                 self._stats["connect_failures"] += 1
+                self.last_error = exc
+                refused = isinstance(exc, MqttRefusedError) and exc.credentials
+                if refused:
+                    self._stats["credentials_refused"] += 1
                 self._teardown(self._client, "connect failed")
                 delay = self._backoff(failures)
                 loud = failures in (1, 10) or failures % 100 == 0
                 self._log.log(
-                    logging.WARNING if loud else logging.DEBUG,
+                    (logging.ERROR if refused else logging.WARNING) if loud else logging.DEBUG,
                     "%s: cannot connect to %s:%d (%s); attempt %d, retry in %.1f s",
                     self.name,
                     self._host,
@@ -461,6 +469,7 @@ class AsyncMqttClient:
                 await self._backoff_sleep(delay)
                 continue
             failures = 0
+            self.last_error = None
             if self._stopping:  # stop() came while the CONNACK was being handled
                 return
             await self._closed.wait()
@@ -552,10 +561,10 @@ class AsyncMqttClient:
         client.suppress_exceptions = True  # a bug in a callback must not unwind paho's state
         if self._max_inflight is not None:
             client.max_inflight_messages_set(self._max_inflight)
-        if self._username is not None:
-            client.username_pw_set(self._username, self._password)
-        if self._tls:
-            client.tls_set_context(self._tls_context or ssl.create_default_context())
+        if self.broker.username is not None:
+            client.username_pw_set(self.broker.username, self.broker.password)
+        if self._tls_context is not None:
+            client.tls_set_context(self._tls_context)
         if self._will is not None:
             will = self._will()
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
@@ -640,7 +649,7 @@ class AsyncMqttClient:
             return
         if reason_code.is_failure:
             if self._connack is not None and not self._connack.done():
-                self._connack.set_exception(MqttConnectError(f"broker refused: {reason_code}"))
+                self._connack.set_exception(MqttRefusedError(reason_code))
             return
         self.connected = True
         self._stats["connects"] += 1
@@ -793,3 +802,21 @@ class AsyncMqttClient:
                 client.loop_misc()
             except Exception:
                 self._log.exception("%s: loop_misc failed", self.name)
+
+
+async def check_broker(broker: MqttEndpoint, client_id: str, wall_timeout_s: float = 5.0) -> None:
+    """Connect once and leave: raises :class:`MqttRefusedError` when the broker refuses
+    (wrong password, not authorised), :class:`MqttConnectError` / ``OSError`` /
+    ``TimeoutError`` when it cannot be reached in ``wall_timeout_s``. For a process's start,
+    which should stop at once on credentials that can never work."""
+    client = AsyncMqttClient(
+        broker=broker,
+        client_id=client_id,
+        connect_timeout_s=wall_timeout_s,
+        logger=logging.getLogger("protocols.mqtt.check"),
+    )
+    client._loop = asyncio.get_running_loop()
+    try:
+        await client._connect_once()
+    finally:
+        await client.stop(wall_timeout_s=1.0)

@@ -37,14 +37,11 @@ import json
 import logging
 import math
 import socket
-import ssl
-import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import redis.asyncio as aioredis
 
 from cloud.alerts import AlertBook, active_alerts, store_transition
@@ -68,7 +65,8 @@ from cloud.locks import LeaderLock
 from cloud.registry import Registry
 from protocols.clock import Clock, Ticker, wall_ms
 from protocols.messages import Config, PartitionPlan, PartitionSignal, PlanBasis, encode
-from protocols.mqtt_asyncio import parse_mqtt_url
+from protocols.mqtt_asyncio import AsyncMqttClient, ConnAck
+from protocols.mqtt_endpoint import MqttEndpoint
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
 from protocols.topics import PartitionKind, partition_topic, site_topic
 from protocols.units import SETTLEMENT_INTERVAL_S
@@ -113,7 +111,7 @@ class PoolDispatcher:
     def __init__(
         self,
         *,
-        mqtt_url: str,
+        broker: MqttEndpoint,
         redis_url: str,
         registry: Registry,
         clock: Clock,
@@ -133,7 +131,7 @@ class PoolDispatcher:
     ) -> None:
         if cycle_s < 1.0:
             raise ValueError(f"cycle_s must be at least 1 s, got {cycle_s}")
-        self.mqtt_url, self.redis_url = mqtt_url, redis_url
+        self.broker, self.redis_url = broker, redis_url
         self.registry, self.clock = registry, clock
         self.partition_count = partition_count
         self.cycle_s = cycle_s
@@ -172,14 +170,12 @@ class PoolDispatcher:
         self.planner: PoolPlanner | None = None
         self._plans_sent: dict[tuple[str, int], PartitionPlan] = {}  # the last per partition
         self._republish_plans = False
-        self._mqtt: mqtt.Client | None = None
+        self._mqtt: AsyncMqttClient | None = None
         self._stop = asyncio.Event()
         self._states: dict[str, ControllerState] = {}
         self._intervals: dict[str, _Interval] = {}
         self._published_rev: int | None = None
-        self._connected = threading.Event()  # set by paho's thread, read by the loop
-        # the broker link's history, for the hold (:mod:`cloud.dispatch.link_hold`); clock
-        # times written by paho's thread, read by the loop
+        # the broker link's history, for the hold (:mod:`cloud.dispatch.link_hold`)
         self._link_down_since: float | None = None
         self._link_up_since: float | None = None
         self._hold_since: dict[str, float] = {}  # pools whose envelope and plan hold now
@@ -213,38 +209,44 @@ class PoolDispatcher:
         self.planner = PoolPlanner(
             self.redis, self.registry, self._publish_plan, partition_count=self.partition_count
         )
-        host, port, tls, user, password = parse_mqtt_url(self.mqtt_url)
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+        self._mqtt = AsyncMqttClient(
+            broker=self.broker,
             client_id=f"vpp-dispatch-{self.id}",
-            protocol=mqtt.MQTTv5,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            reconnect_min_s=0.2,
+            reconnect_max_s=5.0,
+            clock=self.clock,
+            name=f"dispatcher {self.id} mqtt",
+            logger=log,
         )
-        if user is not None:
-            client.username_pw_set(user, password)
-        if tls:
-            client.tls_set_context(ssl.create_default_context())
-        client.reconnect_delay_set(0.2, 5.0)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.connect_async(host, port)
-        client.loop_start()  # a few publishes per cycle: paho's own thread is plenty
-        self._mqtt = client
+        await self._mqtt.start()
         # Not fatal if the broker is down: cycles skip publishing until it is back.
-        await asyncio.to_thread(self._connected.wait, 10.0)
+        await self._mqtt.wait_connected(10.0)
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not reason.is_failure:
-            self._published_rev = None  # (re)publish the retained site configs
-            self._republish_plans = True  # and the plans (one may have gone out unsent)
-            if self._link_down_since is not None:
-                self._link_down_since = None
-                self._link_up_since = self.clock.time()
-            self._connected.set()
+    def _on_connect(self, ack: ConnAck) -> None:
+        self._published_rev = None  # (re)publish the retained site configs
+        self._republish_plans = True  # and the plans (one may have gone out unsent)
+        if self._link_down_since is not None:
+            self._link_down_since = None
+            self._link_up_since = self.clock.time()
 
-    def _on_disconnect(self, *args: Any) -> None:
-        if self._connected.is_set() and self._link_down_since is None:
+    def _on_disconnect(self, why: str) -> None:
+        if self._link_down_since is None:
             self._link_down_since = self.clock.time()
-        self._connected.clear()
+
+    @property
+    def _linked(self) -> bool:
+        """Connected to the broker: what is published now reaches it."""
+        return self._mqtt is not None and self._mqtt.connected
+
+    async def abandon(self) -> None:
+        """What a crash leaves: the loop is gone and the broker link drops at once, but the
+        leader lock is *kept*, so a standby takes over only when it expires (tests)."""
+        self._stop.set()
+        if self._mqtt is not None:
+            client, self._mqtt = self._mqtt, None
+            await client.stop(hard=True)
 
     async def run(self) -> None:
         task = asyncio.current_task()
@@ -266,10 +268,7 @@ class PoolDispatcher:
             await self.lock.release()
         if self._mqtt is not None:
             client, self._mqtt = self._mqtt, None
-            client.disconnect()
-            # loop_stop() joins paho's thread, which wakes from select() up to a second
-            # later: off the event loop, or every role of this process stalls that long.
-            await asyncio.to_thread(client.loop_stop)
+            await client.stop()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -289,7 +288,7 @@ class PoolDispatcher:
             self.alerts.adopt(await active_alerts(self.redis))
             self._alerts_adopted = True
         await self._publish_site_configs()
-        if self._republish_plans and self._connected.is_set():
+        if self._republish_plans and self._linked:
             self._republish_plans = False
             for message in self._plans_sent.values():
                 self._publish_plan(message)
@@ -382,7 +381,7 @@ class PoolDispatcher:
     def _publish_plan(self, message: PartitionPlan) -> bool:
         """A partition's plan, retained (QoS 1); kept to publish again after a reconnect."""
         self._plans_sent[(message.pool_id, message.partition)] = message
-        if not self._connected.is_set() or self._mqtt is None:
+        if not self._linked or self._mqtt is None:
             return False
         topic = partition_topic(message.partition, PartitionKind.PLAN)
         self._mqtt.publish(topic, encode(message), qos=1, retain=True)
@@ -635,7 +634,7 @@ class PoolDispatcher:
         control now instead of holding the level until it expires. Returns False when
         nothing could be sent (the sites' last signals then expire by themselves: safe).
         """
-        if not self._connected.is_set() or self._mqtt is None:
+        if not self._linked or self._mqtt is None:
             if not release:
                 self.stats["signals_unsent"] += len(partitions)
             return False
@@ -669,7 +668,7 @@ class PoolDispatcher:
         """Tell every site its pool (retained config) when the registry's site map changed."""
         assert self.redis is not None
         rev = await asyncio.to_thread(self.registry.site_pools_rev)
-        if rev == self._published_rev or not self._connected.is_set() or self._mqtt is None:
+        if rev == self._published_rev or not self._linked or self._mqtt is None:
             return  # a message published while disconnected would be lost: try next cycle
         # Config revs must only grow, also across leaders: one counter in Redis.
         config_rev = int(await self.redis.incr(CONFIG_REV_KEY))

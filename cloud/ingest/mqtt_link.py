@@ -22,11 +22,11 @@ What this module chooses for the worker:
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Callable, Iterable
 
 from protocols.clock import Clock
 from protocols.mqtt_asyncio import AsyncMqttClient
+from protocols.mqtt_endpoint import MqttEndpoint
 
 __all__ = ["MqttSubscriber"]
 
@@ -45,7 +45,7 @@ class MqttSubscriber(AsyncMqttClient):
     def __init__(
         self,
         *,
-        mqtt_url: str,
+        broker: MqttEndpoint,
         client_id: str,
         on_message: Callable[[str, bytes], None],
         qos: int = 1,
@@ -54,18 +54,16 @@ class MqttSubscriber(AsyncMqttClient):
         reconnect_min_s: float = 0.2,
         reconnect_max_s: float = 10.0,
         connect_timeout_s: float = 10.0,
-        tls_context: ssl.SSLContext | None = None,
         clock: Clock | None = None,
     ) -> None:
         """``qos``: of every subscription; ``ctx``: how log lines name this subscriber
         (default: the client id); ``clock``: the reconnect backoff's (the owner's clock, so
         that in accelerated time the worker is not minutes of simulated time late back)."""
         super().__init__(
-            mqtt_url=mqtt_url,
+            broker=broker,
             client_id=client_id,
             clock=clock,
             on_message=on_message,
-            tls_context=tls_context,
             clean_start=True,
             keepalive_s=keepalive_s,
             reconnect_min_s=reconnect_min_s,

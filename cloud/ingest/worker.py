@@ -58,6 +58,7 @@ from cloud.ingest.partition_state import PartitionState
 from protocols.clock import Clock, Ticker
 from protocols.errors import ProtocolError
 from protocols.messages import Ack, FlexEnvelope, Status, Telemetry, encode, parse_message
+from protocols.mqtt_endpoint import MqttEndpoint
 from protocols.partitions import partition_of
 from protocols.topics import SiteKind, partition_filter
 
@@ -87,7 +88,7 @@ class PartitionWorker:
     def __init__(
         self,
         *,
-        mqtt_url: str,
+        broker: MqttEndpoint,
         redis_url: str,
         clock: Clock,
         partition_count: int = 64,
@@ -123,7 +124,7 @@ class PartitionWorker:
             ttl_s=lease_ttl_s,
         )
         self._link = MqttSubscriber(
-            mqtt_url=mqtt_url,
+            broker=broker,
             client_id=f"vpp-worker-{self.worker_id}",
             on_message=self._on_message,
             qos=1,

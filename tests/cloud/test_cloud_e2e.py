@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
 
 from cloud.registry import Registry
 from cloud.runner import CloudSettings, run_cloud
 from protocols.clock import SimClock
 from protocols.messages import Flexibility, Telemetry, encode
+from protocols.mqtt_endpoint import endpoint_of, threaded_client
 from protocols.partitions import partition_of
 from protocols.topics import site_topic
 from vpp.services import free_port
@@ -58,9 +58,9 @@ def telemetry(site_id: str, i: int, seq: int, ts: float) -> Telemetry:
 
 class Publisher:
     def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.connect(host, int(port))
+        broker = endpoint_of(url)
+        self.client = threaded_client(broker)
+        self.client.connect(broker.host, broker.port)
         self.client.loop_start()
 
     def send(self, message: Telemetry) -> None:

@@ -15,6 +15,7 @@ import pytest
 from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.registry import Registry
 from protocols.clock import ManualClock, SimClock
+from protocols.mqtt_endpoint import MqttEndpoint
 
 T0 = 1_717_236_000.0
 BASELINE = -1_000.0
@@ -42,7 +43,7 @@ def dispatcher(tmp_path):
     registry.add_schedule("north", T0 + 60.0, 300.0, [3_000.0, -5_000.0], "delta")
     registry.add_activation("north", 7_000.0, "absolute", T0 + 1_030.0, created_ts=T0 + 990.0)
     d = PoolDispatcher(
-        mqtt_url="mqtt://127.0.0.1:1",
+        broker=MqttEndpoint("127.0.0.1", 1),
         redis_url="redis://127.0.0.1:1",
         registry=registry,
         clock=clock,
@@ -68,7 +69,7 @@ def test_no_lead_aims_at_the_target_in_force(tmp_path) -> None:
         registry.create_pool("north")
         registry.add_schedule("north", T0 + 60.0, 300.0, [3_000.0], "absolute")
         d = PoolDispatcher(
-            mqtt_url="mqtt://127.0.0.1:1",
+            broker=MqttEndpoint("127.0.0.1", 1),
             redis_url="redis://127.0.0.1:1",
             registry=registry,
             clock=clock,
@@ -86,7 +87,7 @@ def test_a_bad_lead_is_refused(tmp_path) -> None:
         pytest.raises(ValueError, match="schedule_lead_s"),
     ):
         PoolDispatcher(
-            mqtt_url="mqtt://127.0.0.1:1",
+            broker=MqttEndpoint("127.0.0.1", 1),
             redis_url="redis://127.0.0.1:1",
             registry=registry,
             clock=ManualClock(T0),
@@ -100,7 +101,7 @@ async def test_the_loop_ends_on_a_cancel_that_a_library_swallowed(tmp_path, mock
     clock = SimClock(speed=100.0, start=T0)
     with Registry(tmp_path / "r.sqlite", clock) as registry:
         d = PoolDispatcher(
-            mqtt_url="mqtt://127.0.0.1:1",
+            broker=MqttEndpoint("127.0.0.1", 1),
             redis_url="redis://127.0.0.1:1",
             registry=registry,
             clock=clock,

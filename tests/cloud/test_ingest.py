@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 import redis
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cloud.hotstate import (
     DURATIONS_S,
@@ -48,6 +47,7 @@ from protocols.messages import (
     decode,
     encode,
 )
+from protocols.mqtt_endpoint import endpoint_of, threaded_client
 from protocols.partitions import partition_of
 from protocols.topics import site_topic
 
@@ -64,17 +64,13 @@ class Publishers:
     """A few paho clients (each with its network thread) publishing for many sites."""
 
     def __init__(self, url: str, n: int = 3) -> None:
-        host, port = url.removeprefix("mqtt://").split(":")
+        broker = endpoint_of(url)
         self.clients = []
         self.infos: list[mqtt.MQTTMessageInfo] = []
         for i in range(n):
-            c = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=f"test-pub-{i}-{time.time_ns()}",
-                protocol=MQTTProtocolVersion.MQTTv5,
-            )
+            c = threaded_client(broker, f"test-pub-{i}-{time.time_ns()}")
             c.max_inflight_messages_set(100)
-            c.connect(host, int(port))
+            c.connect(broker.host, broker.port)
             c.loop_start()
             self.clients.append(c)
 
@@ -197,7 +193,7 @@ async def running(worker: PartitionWorker) -> AsyncIterator[asyncio.Task[None]]:
 def make_worker(mosquitto, redis_url: str, clock, **kw: object) -> PartitionWorker:
     kw.setdefault("partition_count", P)
     kw.setdefault("cycle_s", 1.0)
-    return PartitionWorker(mqtt_url=mosquitto.url, redis_url=redis_url, clock=clock, **kw)
+    return PartitionWorker(broker=mosquitto.endpoint(), redis_url=redis_url, clock=clock, **kw)
 
 
 def register(r: redis.Redis, pools: dict[str, str]) -> None:

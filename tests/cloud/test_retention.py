@@ -13,6 +13,7 @@ from cloud.dispatch.retention import Retention
 from cloud.registry import CyclePerformance, Registry
 from cloud.runner import load_settings
 from protocols.clock import ManualClock
+from protocols.mqtt_endpoint import MqttEndpoint
 
 HOUR = 3600.0
 CYCLE_S = 2.0
@@ -50,7 +51,7 @@ async def test_a_simulated_week_keeps_the_registry_bounded(tmp_path: Path):
     registry = Registry(db, clock)
     registry.create_pool("p")
     dispatcher = PoolDispatcher(
-        mqtt_url="mqtt://127.0.0.1:1",
+        broker=MqttEndpoint("127.0.0.1", 1),
         redis_url="redis://127.0.0.1:1/0",
         registry=registry,
         clock=clock,

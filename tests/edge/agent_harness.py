@@ -25,6 +25,7 @@ from edge.config import EdgeConfig
 from firmware_sim.fleet import Fleet
 from protocols.clock import SimClock
 from protocols.messages import Message, decode
+from protocols.mqtt_endpoint import MqttEndpoint, endpoint_of, threaded_client
 from protocols.topics import partition_filter, partition_topic, site_topic
 from vpp.sitecfg import site_configs
 
@@ -35,16 +36,14 @@ SPEED = 20.0
 class Observer:
     """A plain MQTT v5 subscriber that records every message under vpp/ (thread-safe)."""
 
-    def __init__(self, url: str, topics: list[str], client_id: str = "") -> None:
+    def __init__(self, broker: MqttEndpoint | str, topics: list[str], client_id: str = "") -> None:
         """With a ``client_id`` the session is persistent: the broker queues messages for the
         observer while it is disconnected (also across a clean broker restart)."""
-        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+        endpoint = endpoint_of(broker)
         self.messages: list[tuple[str, bytes, float]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-        )
+        self.client = threaded_client(endpoint, client_id)
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
@@ -53,7 +52,9 @@ class Observer:
         if client_id:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = 3600
-        self.client.connect(host, int(port), clean_start=not client_id, properties=properties)
+        self.client.connect(
+            endpoint.host, endpoint.port, clean_start=not client_id, properties=properties
+        )
         self.client.loop_start()
         assert self._subscribed.wait(10), "observer could not subscribe"
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -25,9 +24,11 @@ from edge.store import EdgeStore
 from edge.uplink import Uplink
 from protocols.clock import SimClock
 from protocols.messages import Ack, Config, Dispatch, PartitionSignal, encode
+from protocols.mqtt_endpoint import MqttEndpoint, endpoint_of, threaded_client
 from protocols.partitions import partition_of
 from protocols.topics import SiteKind, partition_topic, site_topic
 from protocols.version import VERSION
+from vpp.services import LOOPBACK
 
 pytestmark = pytest.mark.integration
 
@@ -54,10 +55,8 @@ class Observer:
     def __init__(self, port: int, topic: str = "vpp/#", client_id: str | None = None) -> None:
         self.messages: list[Seen] = []
         self._lock = threading.Lock()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"observer-{random.randrange(1 << 30)}",
-            protocol=mqtt.MQTTv5,
+        self.client = threaded_client(
+            MqttEndpoint(LOOPBACK, port), client_id or f"observer-{random.randrange(1 << 30)}"
         )
         self.client.reconnect_delay_set(0.05, 0.2)  # type: ignore[arg-type]
         self.subscribed = threading.Event()
@@ -78,7 +77,7 @@ class Observer:
         self.client.on_message = on_message
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
-        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
+        self.client.connect(LOOPBACK, port, clean_start=False, properties=props)
         self.client.loop_start()
         assert self.subscribed.wait(5), "observer did not subscribe"
 
@@ -128,8 +127,8 @@ class Recorder:
 
 def publish(port: int, topic: str, payload: bytes, *, retain: bool = False) -> None:
     """Publish one QoS 1 message as the cloud would, and wait for its PUBACK."""
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.connect("127.0.0.1", port)
+    c = threaded_client(MqttEndpoint(LOOPBACK, port))
+    c.connect(LOOPBACK, port)
     c.loop_start()
     try:
         c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
@@ -212,7 +211,7 @@ async def sites(tmp_path: Path) -> Any:
             site_id=site_id,
             partition=partition_of(site_id, PC),
             partition_count=PC,
-            mqtt_url=url,
+            broker=endpoint_of(url),
             clock=clock,
             store=store,
             handler=handler,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from protocols.mqtt_asyncio import AsyncMqttClient, ConnAck, Publication, parse_mqtt_url
+from protocols.mqtt_asyncio import AsyncMqttClient, ConnAck, Publication
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -51,7 +51,7 @@ async def clients() -> AsyncIterator[Callable[..., Awaitable[AsyncMqttClient]]]:
     ) -> AsyncMqttClient:
         kw.setdefault("reconnect_min_s", 0.05)
         kw.setdefault("reconnect_max_s", 0.5)
-        client = AsyncMqttClient(mqtt_url=url, client_id=client_id, **kw)
+        client = AsyncMqttClient(broker=url, client_id=client_id, **kw)
         made.append(client)
         wanted = set(filters)
         client.subscribe(wanted)
@@ -63,15 +63,6 @@ async def clients() -> AsyncIterator[Callable[..., Awaitable[AsyncMqttClient]]]:
     yield make
     for client in made:
         await client.stop(wall_timeout_s=0.5)
-
-
-def test_parse_mqtt_url() -> None:
-    assert parse_mqtt_url("mqtt://127.0.0.1:1884") == ("127.0.0.1", 1884, False, None, None)
-    assert parse_mqtt_url("mqtts://u%40x:p%3A@broker") == ("broker", 8883, True, "u@x", "p:")
-    with pytest.raises(ValueError, match="scheme"):
-        parse_mqtt_url("http://broker")
-    with pytest.raises(ValueError, match="no host"):
-        parse_mqtt_url("mqtt://")
 
 
 async def test_connect_subscribe_publish_and_acks(mosquitto, clients) -> None:
@@ -143,7 +134,7 @@ async def test_broker_restart_reconnects_and_resubscribes(broker, clients) -> No
 async def test_broker_down_at_start_is_retried_with_backoff(broker) -> None:
     broker.stop()
     client = AsyncMqttClient(
-        mqtt_url=broker.url, client_id="t-late", reconnect_min_s=0.02, reconnect_max_s=0.1
+        broker=broker.url, client_id="t-late", reconnect_min_s=0.02, reconnect_max_s=0.1
     )
     await client.start()
     try:
@@ -212,7 +203,7 @@ async def test_stop_right_after_the_connack_returns_at_once(mosquitto) -> None:
     ``asyncio.wait_for`` on Python 3.11 that task's cancellation was lost here, and stop()
     waited until the caller's own timeout."""
     for i in range(6):
-        client = AsyncMqttClient(mqtt_url=mosquitto.url, client_id=f"t-quick-{i}")
+        client = AsyncMqttClient(broker=mosquitto.url, client_id=f"t-quick-{i}")
         await client.start()
         assert await client.wait_connected(5)
         t0 = time.monotonic()

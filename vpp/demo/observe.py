@@ -24,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from protocols.messages import ProtocolError, Telemetry, decode
+from protocols.mqtt_endpoint import MqttEndpoint, endpoint_of, threaded_client
 from protocols.topics import SiteKind, partition_filter
 
 TELEMETRY_FILTER = partition_filter(None, SiteKind.TELEMETRY)
@@ -32,26 +33,22 @@ TELEMETRY_FILTER = partition_filter(None, SiteKind.TELEMETRY)
 class TelemetryCounter:
     """Count every site's telemetry by sequence number, as a plain subscriber sees it."""
 
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+    def __init__(self, broker: MqttEndpoint | str) -> None:
+        endpoint = endpoint_of(broker)
         self._lock = threading.Lock()
         self.seqs: dict[str, set[int]] = {}
         self.latest_ts: dict[str, float] = {}
         self.baselines: dict[str, list[tuple[float, float]]] = {}  # site -> (ts, baseline_w)
         self.rejected = 0
         self._subscribed = threading.Event()
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"vpp-demo-tap-{uuid.uuid4().hex[:6]}",
-            protocol=mqtt.MQTTv5,
-        )
+        client = threaded_client(endpoint, f"vpp-demo-tap-{uuid.uuid4().hex[:6]}")
         client.on_connect = self._on_connect
         client.on_subscribe = lambda *_: self._subscribed.set()
         client.on_message = self._on_message
         client.reconnect_delay_set(0.1, 2.0)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 24 * 3600  # queued for us across a broker restart
-        client.connect_async(host, int(port), clean_start=False, properties=props)
+        client.connect_async(endpoint.host, endpoint.port, clean_start=False, properties=props)
         client.loop_start()
         self.client = client
 

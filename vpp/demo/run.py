@@ -66,6 +66,7 @@ from edge.store import EdgeStore
 from firmware_sim.fleet import Fleet
 from protocols.clock import SimClock
 from protocols.messages import PartitionSignal
+from protocols.mqtt_endpoint import endpoint_of
 from protocols.units import SETTLEMENT_INTERVAL_S, to_iso8601
 from vpp.demo.cloudproc import CloudProcess
 from vpp.demo.gate import NetworkGate
@@ -486,8 +487,8 @@ class Demo:
         await self._warm_up(raw)
         if self.scenario.gated_fraction:
             self.gated = self.faults.affected()
-            host, port = self.mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
-            self.gate = NetworkGate(host, int(port), "sites")
+            broker = endpoint_of(self.mqtt_url)
+            self.gate = NetworkGate(broker.host, broker.port, "sites")
             await self.gate.start()
         for i, site_id in enumerate(self.site_ids):
             config = raw[site_id]
