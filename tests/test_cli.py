@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from vpp.cli import app
 
+from .tls_files import make_broker_tls
+
 runner = CliRunner()
 FIXTURES = Path(__file__).parent / "fixtures" / "protocols" / "v1"
 GROUPS = ["sim", "edge", "cloud", "trader", "protocol"]
@@ -80,10 +82,29 @@ def test_protocol_schema_prints_json_schema():
 EXAMPLE_CONFIG = Path(__file__).parents[1] / "edge" / "config.example.toml"
 
 
-def test_edge_check_config_accepts_the_example():
-    result = runner.invoke(app, ["edge", "check-config", "--config", str(EXAMPLE_CONFIG)])
+def test_edge_check_config_accepts_the_example(tmp_path):
+    # the example's password and CA files, where an installer would have put them
+    tls = make_broker_tls(tmp_path / "tls")
+    (tmp_path / "mqtt-password").write_text("s3cret\n")
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        EXAMPLE_CONFIG.read_text()
+        .replace("/etc/vpp/mqtt-password", str(tmp_path / "mqtt-password"))
+        .replace("/etc/vpp/ca.pem", str(tls.ca_file))
+    )
+    result = runner.invoke(app, ["edge", "check-config", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "OK site site-000042 partition 19" in result.output
+
+
+def test_edge_check_config_finds_the_files_the_example_names_missing():
+    """The example names files of a gateway (/etc/vpp/...): on this machine they are not
+    there, and check-config says so rather than letting the agent find out at start."""
+    result = runner.invoke(app, ["edge", "check-config", "--config", str(EXAMPLE_CONFIG)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "config error: mqtt: MQTT password file /etc/vpp/mqtt-password: No such file or directory"
+    ]
 
 
 @pytest.mark.parametrize("command", ["check-config", "run"])
@@ -125,3 +146,22 @@ def test_edge_configs_from_a_fleet_manifest(tmp_path):
         "heat_pump",
     ]
     assert config.agent.db_path == tmp_path / "sim-1-00000.sqlite"
+
+
+@pytest.mark.integration
+def test_edge_run_stops_at_once_when_the_broker_refuses_its_password(tmp_path, secure_broker):
+    (tmp_path / "pw").write_text("not-the-password")
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        EXAMPLE_CONFIG.read_text()
+        .replace("mqtts://mqtt.example.net:8883", secure_broker.url)
+        .replace('username = "site-000042"', 'username = "vpp-site"')
+        .replace("/etc/vpp/mqtt-password", str(tmp_path / "pw"))
+        .replace("/etc/vpp/ca.pem", str(secure_broker.tls.ca_file))
+    )
+    result = runner.invoke(app, ["edge", "run", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    url = f"mqtts://vpp-site@{secure_broker.host}:{secure_broker.port}"
+    assert result.stderr.splitlines() == [
+        f"error: MQTT {url}: broker refused the credentials: Not authorized (user 'vpp-site')"
+    ]

@@ -156,6 +156,22 @@ BAD_SETTINGS = [
     (["--mqtt-url", "mqtt://"], "has no host"),
     (["--redis-url", "http://cache:6379"], "scheme must be redis://"),
     (["--retention-cycles-days", "-1"], "retention days must be >= 0"),
+    (
+        ["--mqtt-url", "mqtts://broker", "--mqtt-ca-file", "/nonexistent/ca.pem"],
+        "MQTT CA file /nonexistent/ca.pem does not exist",
+    ),
+    (
+        ["--mqtt-url", "mqtt://broker", "--mqtt-ca-file", __file__],
+        "MQTT CA file given but the url mqtt://broker:1883 is not mqtts://",
+    ),
+    (
+        ["--mqtt-password-file", "/nonexistent/password"],
+        "MQTT password file /nonexistent/password: No such file or directory",
+    ),
+    (
+        ["--mqtt-url", "mqtts://b", "--mqtt-cert-file", __file__],
+        "give both the MQTT client certificate and its key",
+    ),
 ]
 
 
@@ -164,4 +180,30 @@ def test_cloud_run_refuses_a_setting_that_cannot_work(runner, db, args, message)
     result = runner.invoke(app, ["cloud", "run", "--role", "worker", "--db", str(db), *args])
     assert result.exit_code == 2
     assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("account", "message"),
+    [
+        ("wrong", "broker refused the credentials: Not authorized (user 'vpp-cloud')"),
+        ("none", "broker refused the credentials: Not authorized (anonymous)"),
+    ],
+)
+def test_cloud_run_stops_at_once_when_the_broker_refuses_its_credentials(
+    runner, db, secure_broker, tmp_path, account, message
+):
+    """Credentials that can never work are one line and exit 2, not a reconnect loop that
+    looks like a broker that is down."""
+    args = ["cloud", "run", "--role", "worker", "--db", str(db), "--mqtt-url", secure_broker.url]
+    args += ["--mqtt-ca-file", str(secure_broker.tls.ca_file)]
+    if account == "wrong":
+        (tmp_path / "pw").write_text("not-the-password")
+        args += ["--mqtt-username", "vpp-cloud", "--mqtt-password-file", str(tmp_path / "pw")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    user = "vpp-cloud@" if account == "wrong" else ""
+    url = f"mqtts://{user}{secure_broker.host}:{secure_broker.port}"
+    assert result.stderr.splitlines() == [f"error: MQTT {url}: {message}"]
     assert "Traceback" not in result.output

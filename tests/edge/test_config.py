@@ -9,6 +9,7 @@ import pytest
 
 from edge.config import ConfigError, EdgeConfig, load_config
 from protocols.messages import DeviceKind
+from tests.tls_files import make_broker_tls
 
 EXAMPLE = Path(__file__).parents[2] / "edge" / "config.example.toml"
 
@@ -110,14 +111,38 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
-def test_password_file_is_read(tmp_path):
-    secret = tmp_path / "pw"
-    secret.write_text("s3cret\n")
-    config = EdgeConfig.from_dict(edit("mqtt.password_file", str(secret)))
-    assert config.mqtt.resolved_password() == "s3cret"
-    missing = EdgeConfig.from_dict(edit("mqtt.password_file", str(tmp_path / "none")))
-    with pytest.raises(ConfigError, match=r"mqtt\.password_file"):
-        missing.mqtt.resolved_password()
+def _with_mqtt(**fields: object) -> dict:
+    data = example()
+    data["mqtt"] = {k: v for k, v in {**data["mqtt"], **fields}.items() if v is not None}
+    return data
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, "ok"),
+        ({"password_file": "{tmp}/none"}, r"mqtt: MQTT password file .*none: No such file"),
+        ({"password_file": "{tmp}/empty"}, r"mqtt: MQTT password file .*empty is empty"),
+        ({"ca_file": "{tmp}/none.pem"}, r"mqtt: MQTT CA file .*none.pem does not exist"),
+        ({"ca_file": "{tmp}/pw"}, r"mqtt: MQTT TLS files: .*"),
+        ({"url": "mqtt://broker:1883"}, r"mqtt: MQTT CA file given but the url .* is not mqtts"),
+        ({"cert_file": "{tmp}/tls/server.pem", "key_file": "{tmp}/tls/ca.pem"}, r"MQTT TLS files"),
+    ],
+)
+def test_the_broker_endpoint_reads_and_checks_its_files(tmp_path, fields, expected):
+    tls = make_broker_tls(tmp_path / "tls")
+    (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "empty").write_text("\n")
+    base = {"password_file": str(tmp_path / "pw"), "ca_file": str(tls.ca_file)}
+    given = {k: v.format(tmp=tmp_path) for k, v in fields.items()}
+    config = EdgeConfig.from_dict(_with_mqtt(**(base | given)))
+    if expected == "ok":
+        endpoint = config.mqtt.endpoint()
+        assert (endpoint.password, endpoint.tls, endpoint.port) == ("s3cret", True, 8883)
+        assert "s3cret" not in repr(endpoint)  # never in a log line
+        return
+    with pytest.raises(ConfigError, match=expected):
+        config.mqtt.endpoint()
 
 
 def test_the_forecast_settings_of_the_example_and_their_defaults():

@@ -160,7 +160,27 @@ def run(
     role: Annotated[
         str, typer.Option(help="all (default), or one role per process: worker | api | dispatcher.")
     ] = "all",
-    mqtt_url: Annotated[str | None, typer.Option(envvar="VPP_MQTT_URL", help="Broker.")] = None,
+    mqtt_url: Annotated[
+        str | None,
+        typer.Option(envvar="VPP_MQTT_URL", help="Broker: mqtt://host[:port] or mqtts://."),
+    ] = None,
+    mqtt_username: Annotated[
+        str | None, typer.Option(envvar="VPP_MQTT_USERNAME", help="Broker account.")
+    ] = None,
+    mqtt_password_file: Annotated[
+        Path | None,
+        typer.Option(envvar="VPP_MQTT_PASSWORD_FILE", help="File holding the broker password."),
+    ] = None,
+    mqtt_ca_file: Annotated[
+        Path | None,
+        typer.Option(envvar="VPP_MQTT_CA_FILE", help="CA of the broker's certificate (mqtts)."),
+    ] = None,
+    mqtt_cert_file: Annotated[
+        Path | None, typer.Option(envvar="VPP_MQTT_CERT_FILE", help="Client certificate (mqtts).")
+    ] = None,
+    mqtt_key_file: Annotated[
+        Path | None, typer.Option(envvar="VPP_MQTT_KEY_FILE", help="Client certificate's key.")
+    ] = None,
     redis_url: Annotated[str | None, typer.Option(envvar="VPP_REDIS_URL", help="Redis.")] = None,
     db: Annotated[Path | None, typer.Option(envvar="VPP_DB", help="Registry file.")] = None,
     api_host: Annotated[str | None, typer.Option(envvar="VPP_API_HOST")] = None,
@@ -198,10 +218,12 @@ def run(
     """Run the cloud's roles until SIGINT/SIGTERM (flags > environment > config file)."""
     import asyncio
     import logging
+    import os
 
     from cloud.runner import ROLES, load_settings, run_cloud
     from protocols.clock import clock_from_spec
     from protocols.supervise import RoleDiedError
+    from vpp.commands.preflight import check_brokers
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -212,6 +234,11 @@ def run(
         raise typer.BadParameter(f"unknown role {role!r}; use all, {', '.join(ROLES)}")
     overrides = {
         "mqtt_url": mqtt_url,
+        "mqtt_username": mqtt_username,
+        "mqtt_password_file": mqtt_password_file,
+        "mqtt_ca_file": mqtt_ca_file,
+        "mqtt_cert_file": mqtt_cert_file,
+        "mqtt_key_file": mqtt_key_file,
         "redis_url": redis_url,
         "db": db,
         "api_host": api_host,
@@ -227,6 +254,8 @@ def run(
     except ValueError as exc:  # a setting that cannot work: one line, exit 2, like edge's
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if "worker" in roles or "dispatcher" in roles:
+        check_brokers([settings.mqtt_endpoint()], f"vpp-cloud-check-{os.getpid()}")
     typer.echo(
         f"cloud: roles {', '.join(roles)}; api http://{settings.api_host}:{settings.api_port}"
     )

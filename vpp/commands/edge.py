@@ -29,7 +29,8 @@ def _load(configs: list[Path] | None, config_dir: Path | None):
     loaded = []
     for path in paths:
         try:
-            loaded.append(load_config(path))
+            loaded.append(config := load_config(path))
+            config.mqtt.endpoint()  # the password and TLS files must be readable too
         except ConfigError as exc:
             typer.echo(f"config error: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -49,9 +50,12 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the agent(s) until SIGINT/SIGTERM; a broken config stops before any device is touched."""
+    import os
+
     from edge.runner import run_agents
     from protocols.clock import clock_from_spec
     from protocols.supervise import RoleDiedError
+    from vpp.commands.preflight import check_brokers
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -65,6 +69,7 @@ def run(
         clk = clock_from_spec(clock)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--clock") from None
+    check_brokers([c.mqtt.endpoint() for c in configs], f"vpp-edge-check-{os.getpid()}")
     typer.echo(f"edge: {len(configs)} agent(s), clock {clk.spec()}")
     try:
         asyncio.run(run_agents(configs, clk))
