@@ -25,6 +25,8 @@ import redis
 
 from vpp.services import MosquittoServer, RedisServer
 
+from .tls_files import make_broker_tls
+
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
@@ -54,6 +56,23 @@ def mosquitto() -> Iterator[MosquittoServer]:
 def broker() -> Iterator[MosquittoServer]:
     """A private broker for one test, free to be stopped, restarted or killed by it."""
     server = MosquittoServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+#: the accounts of the ``secure_broker``: the cloud's roles and a site's gateway
+SECURE_USERS = {"vpp-cloud": "cloud-secret-1", "vpp-site": "site-secret-2"}
+
+
+@pytest.fixture(scope="session")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
+    """Session-wide Mosquitto as in production: TLS only (a CA made for the session) and no
+    anonymous access (``SECURE_USERS``). ``secure_broker.endpoint(user)`` connects as one."""
+    tls = make_broker_tls(tmp_path_factory.mktemp("broker-tls"))
+    server = MosquittoServer(tls=tls, users=SECURE_USERS)
     try:
         server.start()
         yield server

@@ -14,6 +14,7 @@ import json
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,7 +29,8 @@ from edge.config import EdgeConfig
 from firmware_sim.fleet import Fleet
 from protocols.clock import SimClock
 from protocols.messages import Telemetry, decode
-from vpp.services import free_port
+from protocols.mqtt_endpoint import MqttEndpoint, threaded_client
+from vpp.services import MosquittoServer, free_port
 from vpp.sitecfg import site_configs
 
 T0 = 1_717_236_000.0  # 2024-06-01 10:00 UTC
@@ -40,17 +42,16 @@ class TelemetryTap:
     """A plain MQTT subscriber keeping every site's telemetry: grid power by (site, seq), and
     (source ts, site, grid_w, baseline_w) in arrival order."""
 
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+    def __init__(self, broker: MqttEndpoint) -> None:
         self.grid_w: dict[tuple[str, int], float] = {}
         self.records: list[tuple[float, str, float, float]] = []
         self._lock = threading.Lock()
         subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = threaded_client(broker)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe("vpp/v1/p/+/s/+/telemetry", qos=1)
         self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.connect(host, int(port))
+        self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         assert subscribed.wait(10), "telemetry tap could not subscribe"
 
@@ -126,17 +127,13 @@ class System:
         released, so a standby has to wait for it to expire."""
         self.dispatch_runs[i].cancel()
         await asyncio.gather(self.dispatch_runs[i], return_exceptions=True)
-        client = self.dispatchers[i]._mqtt
-        if client is not None:
-            self.dispatchers[i]._mqtt = None
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)  # joining paho's thread takes ~1 s
+        await self.dispatchers[i].abandon()
 
 
 @contextlib.asynccontextmanager
 async def running_system(
     tmp_path,
-    mqtt_url: str,
+    broker: MosquittoServer,
     redis_url: str,
     *,
     sites: int = 10,
@@ -149,7 +146,13 @@ async def running_system(
     """``sim_tick_s``: the devices' update period in simulated time (real inverters and
     battery systems refresh their registers within about a second; a coarser tick at a high
     speed makes the devices, not the loop, the slowest part: 1.5 s ticks at speed 15 cost
-    several points of the 4-second tracking figure)."""
+    several points of the 4-second tracking figure).
+
+    ``broker``: as it is; when it admits only its users, the cloud connects as
+    ``vpp-cloud`` and every site as ``vpp-site``, with password files and the broker's CA
+    as an operator and an installer would configure them."""
+    cloud_mqtt = _account(broker, "vpp-cloud", tmp_path)
+    site_mqtt = _account(broker, "vpp-site", tmp_path)
     clock = SimClock(speed=speed, start=t0)
     fleet = Fleet(
         sites, seed=seed, clock=clock, latency_s=0.0, tick_s=max(sim_tick_s / speed, 0.005)
@@ -173,7 +176,10 @@ async def running_system(
     # busy moment of this single process (every role, agent and device in one event loop)
     # would lose a worker its partitions. Nothing here tests lease expiry.
     settings = CloudSettings(
-        mqtt_url=mqtt_url,
+        mqtt_url=broker.url,
+        mqtt_username=cloud_mqtt.get("username"),
+        mqtt_password_file=cloud_mqtt.get("password_file"),
+        mqtt_ca_file=cloud_mqtt.get("ca_file"),
         redis_url=redis_url,
         db=db,
         api_port=free_port(),
@@ -191,7 +197,7 @@ async def running_system(
     dispatch_runs: list[asyncio.Task] = []
     agents: list[SiteAgent] = []
     runs: list[asyncio.Task] = []
-    tap = TelemetryTap(mqtt_url)
+    tap = TelemetryTap(settings.mqtt_endpoint())
     hot = aioredis.Redis.from_url(redis_url)
     api = httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{settings.api_port}",
@@ -201,7 +207,7 @@ async def running_system(
         await asyncio.wait_for(ready.wait(), 30)
         for i in range(dispatchers):
             d = PoolDispatcher(
-                mqtt_url=mqtt_url,
+                broker=settings.mqtt_endpoint(),
                 redis_url=redis_url,
                 registry=dispatch_registry,
                 clock=clock,
@@ -218,9 +224,10 @@ async def running_system(
         # device failure (at 0.2 s, agents lost devices and degraded in CI).
         raw = site_configs(
             fleet.manifest(),
-            mqtt_url,
+            broker.url,
             tmp_path,
             partitions=PARTITIONS,
+            mqtt=site_mqtt,
             agent={"modbus_timeout_s": 1.0, "backlog_delay_max_s": 1.0},
         )
         agents.extend(SiteAgent(EdgeConfig.from_dict(c), clock) for c in raw.values())
@@ -275,6 +282,19 @@ async def running_system(
         await asyncio.wait_for(cloud, 30)
         dispatch_registry.close()
         await fleet.stop()
+
+
+def _account(broker: MosquittoServer, user: str, folder: Path) -> dict[str, Any]:
+    """The ``[mqtt]`` settings of one account of ``broker`` (none for an anonymous one)."""
+    if not broker.users:
+        return {}
+    password_file = folder / f"{user}.password"
+    password_file.write_text(broker.users[user])
+    password_file.chmod(0o600)
+    account: dict[str, Any] = {"username": user, "password_file": str(password_file)}
+    if broker.tls is not None:
+        account["ca_file"] = str(broker.tls.ca_file)
+    return account
 
 
 def judge(samples: list[float], target: float, step: float) -> tuple[float, float]:

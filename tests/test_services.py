@@ -5,6 +5,8 @@ vpp.services: same URL after restart, clear errors, no stray processes."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import queue
 import threading
 import time
@@ -15,10 +17,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import redis
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from protocols.mqtt_endpoint import MqttEndpoint, threaded_client
 from vpp.services import (
     BinaryNotFoundError,
     MosquittoServer,
@@ -37,13 +39,12 @@ class _Client:
     for connect/subscribe and a queue of received messages, so tests wait on deadlines
     instead of sleeping."""
 
-    def __init__(self, server: MosquittoServer, client_id: str = "") -> None:
+    def __init__(
+        self, server: MosquittoServer, client_id: str = "", endpoint: MqttEndpoint | None = None
+    ) -> None:
         self.server = server
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"t-{uuid.uuid4().hex[:12]}",
-            protocol=mqtt.MQTTv5,
-        )
+        self.endpoint = endpoint or server.endpoint()
+        self.client = threaded_client(self.endpoint, client_id or f"t-{uuid.uuid4().hex[:12]}")
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.session_present: bool | None = None
@@ -63,7 +64,7 @@ class _Client:
         assert all(not rc.is_failure for rc in reason_codes), reason_codes
         self.subscribed.set()
 
-    def connect(self, *, persistent_session: bool = False) -> _Client:
+    def connect(self, *, persistent_session: bool = False, wait: bool = True) -> _Client:
         props = None
         if persistent_session:
             # Both are needed for a session (and its queued QoS 1 messages) to outlive
@@ -71,14 +72,15 @@ class _Client:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 300
         self.client.connect(
-            self.server.host,
-            self.server.port,
+            self.endpoint.host,
+            self.endpoint.port,
             keepalive=30,
             clean_start=not persistent_session,
             properties=props,
         )
         self.client.loop_start()
-        assert self.connected.wait(TIMEOUT), f"no CONNACK: {self.connect_reason}"
+        if wait:
+            assert self.connected.wait(TIMEOUT), f"no CONNACK: {self.connect_reason}"
         return self
 
     def subscribe(self, topic: str) -> None:
@@ -253,3 +255,40 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize(
+    ("who", "change", "admitted"),
+    [
+        ("the right password", {}, True),
+        ("a wrong password", {"password": "guess"}, False),
+        ("anonymous", {"username": None, "password": None}, False),
+    ],
+)
+def test_the_secure_broker_admits_only_its_users_over_tls(
+    secure_broker: MosquittoServer,
+    clients: list[_Client],
+    who: str,
+    change: dict[str, object],
+    admitted: bool,
+) -> None:
+    assert secure_broker.url.startswith("mqtts://")
+    endpoint = dataclasses.replace(secure_broker.endpoint("vpp-cloud"), **change)
+    client = _Client(secure_broker, endpoint=endpoint)
+    clients.append(client)
+    client.connect(wait=False)
+    deadline = time.monotonic() + 5
+    while client.connect_reason is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.connected.is_set() is admitted, (who, client.connect_reason)
+
+
+def test_the_secure_broker_refuses_a_client_that_does_not_speak_tls(
+    secure_broker: MosquittoServer, clients: list[_Client]
+) -> None:
+    plain = dataclasses.replace(secure_broker.endpoint(), tls=False, ca_file=None)
+    client = _Client(secure_broker, endpoint=plain)
+    clients.append(client)
+    with contextlib.suppress(OSError):
+        client.connect(wait=False)
+    assert not client.connected.wait(1.0)

@@ -19,7 +19,7 @@ SITES = 10
 
 
 async def test_a_balancing_setpoint_is_delivered_by_the_pool(tmp_path, broker, redis_url):
-    async with running_system(tmp_path, broker.url, redis_url) as system:
+    async with running_system(tmp_path, broker, redis_url) as system:
         now = (await system.flexibility())["now"]
         delta = -0.5 * (now["baseline_w"] - now["p_min_w"])  # half of what it can deliver
         assert delta < -3000
@@ -43,7 +43,7 @@ async def test_a_balancing_setpoint_is_delivered_by_the_pool(tmp_path, broker, r
 async def test_the_pool_keeps_delivering_when_a_fifth_of_its_sites_drop_out(
     tmp_path, broker, redis_url
 ):
-    async with running_system(tmp_path, broker.url, redis_url) as system:
+    async with running_system(tmp_path, broker, redis_url) as system:
         now = (await system.flexibility())["now"]
         delta = -0.4 * (now["baseline_w"] - now["p_min_w"])
         activation = await system.hold_setpoint(delta)

@@ -69,9 +69,11 @@ async def check_sums(system: System, out: dict[str, int], stop: asyncio.Event) -
 
 
 async def test_a_step_is_reached_within_three_cycles_and_pool_power_is_the_exact_sum(
-    tmp_path, broker, redis_url
+    tmp_path, secure_broker, redis_url
 ):
-    async with running_system(tmp_path, broker.url, redis_url, sites=SITES) as system:
+    # through a broker set up as in production: TLS only, and a password for every client
+    # (the cloud's roles, each site, the test's own subscriber)
+    async with running_system(tmp_path, secure_broker, redis_url, sites=SITES) as system:
         sums = {"checks": 0, "mismatches": 0, "site_mismatches": 0, "not_seen": 0}
         stop = asyncio.Event()
         checker = asyncio.create_task(check_sums(system, sums, stop))
@@ -133,7 +135,7 @@ def schedule_values(envelope: dict, start: float) -> list[float]:
 async def test_a_schedule_with_steps_and_ramps_is_tracked(tmp_path, broker, redis_url):
     start = 1_717_236_900.0  # 10:15 UTC; the system starts at 10:14
     async with running_system(
-        tmp_path, broker.url, redis_url, sites=SITES, speed=10.0, t0=start - 60.0
+        tmp_path, broker, redis_url, sites=SITES, speed=10.0, t0=start - 60.0
     ) as system:
         flex = await system.flexibility()
         now = flex["now"]
@@ -218,9 +220,7 @@ async def test_a_schedule_with_steps_and_ramps_is_tracked(tmp_path, broker, redi
 
 
 async def test_a_standby_takes_over_when_the_leader_dies(tmp_path, broker, redis_url):
-    async with running_system(
-        tmp_path, broker.url, redis_url, sites=SITES, dispatchers=2
-    ) as system:
+    async with running_system(tmp_path, broker, redis_url, sites=SITES, dispatchers=2) as system:
         assert system.leader() == 0
         now = (await system.flexibility())["now"]
         delta = -0.4 * (now["baseline_w"] - now["p_min_w"])
@@ -254,7 +254,7 @@ async def test_a_standby_takes_over_when_the_leader_dies(tmp_path, broker, redis
 
 
 async def test_a_shortfall_is_reported_not_hidden(tmp_path, broker, redis_url):
-    async with running_system(tmp_path, broker.url, redis_url, sites=SITES) as system:
+    async with running_system(tmp_path, broker, redis_url, sites=SITES) as system:
         now = (await system.flexibility())["now"]
         delta = -0.8 * (now["baseline_w"] - now["p_min_w"])
         activation = await system.hold_setpoint(delta, every_s=20)

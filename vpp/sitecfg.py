@@ -51,11 +51,13 @@ def site_configs(
     db_dir: Path,
     *,
     partitions: int = DEFAULT_PARTITION_COUNT,
+    mqtt: dict[str, Any] | None = None,
     agent: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
     control: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One config dict per site of the manifest (site id -> config)."""
+    """One config dict per site of the manifest (site id -> config); ``mqtt``: more of the
+    ``[mqtt]`` section (account, password file, CA file)."""
     by_site: dict[str, list[dict[str, Any]]] = {}
     for device in manifest["devices"]:
         by_site.setdefault(device["site_id"], []).append(device)
@@ -69,7 +71,7 @@ def site_configs(
             site["longitude"] = float(where["longitude"])
         configs[site_id] = {
             "site": site,
-            "mqtt": {"url": mqtt_url},
+            "mqtt": {"url": mqtt_url, **(mqtt or {})},
             "agent": {"db_path": str(db_dir / f"{site_id}.sqlite"), **(agent or {})},
             "limits": {"grid_import_w": 17_250.0, "grid_export_w": 10_000.0, **(limits or {})},
             "control": dict(control or {}),
