@@ -229,6 +229,7 @@ class OperatorServer(AsgiServer):
             "How late the process's asyncio loop woke a sleeper (wall seconds).",
         )
         self._roles: Mapping[str, asyncio.Future[Any]] | None = None
+        self._role_labels: Mapping[str, str] = {}
         self._scrape_hooks: list[ScrapeHook] = []
         self._beat_at: float | None = None
         self._last_lag_s = 0.0
@@ -242,9 +243,14 @@ class OperatorServer(AsgiServer):
 
     # --- what roles call --------------------------------------------------------------------
 
-    def watch_roles(self, roles: Mapping[str, asyncio.Future[Any]]) -> None:
-        """The process's supervised roles, all started: live while none has ended."""
+    def watch_roles(
+        self, roles: Mapping[str, asyncio.Future[Any]], labels: Mapping[str, str] | None = None
+    ) -> None:
+        """The process's supervised roles, all started: live while none has ended.
+        ``labels``: a role's ``role`` label in the metrics when its name is not one (a site
+        agent's name holds its site id; its label is ``agent``)."""
         self._roles = roles
+        self._role_labels = labels or {}
 
     def before_scrape(self, hook: ScrapeHook) -> None:
         """An async refresh to await before each scrape (bounded by the check timeout), for
@@ -308,11 +314,14 @@ class OperatorServer(AsgiServer):
         yield InfoMetricFamily(
             "vpp_build", "The vpp version this process runs.", {"version": VERSION}
         )
-        roles = self._roles or {}
+        up: dict[tuple[str, ...], float] = {}
+        for name, task in (self._roles or {}).items():
+            key = (self._role_labels.get(name, name),)
+            up[key] = min(up.get(key, 1.0), 0.0 if task.done() else 1.0)
         yield gauge(
             "vpp_role_up",
-            "1 while the process's role runs, 0 once it has ended (the process then exits).",
-            {(name,): 0.0 if task.done() else 1.0 for name, task in roles.items()},
+            "1 while every task of the role runs, 0 once one has ended (the process exits).",
+            up,
             ["role"],
         )
         yield self.loop_lag.family()
@@ -355,14 +364,15 @@ class OperatorServer(AsgiServer):
         return encoder(self.registry), ctype
 
     def _log_readiness(self, ok: bool, results: Mapping[str, CheckResult]) -> None:
+        """One line when readiness flips (a warning when it is lost, not while starting)."""
         if ok == self._was_ready:
             return
-        self._was_ready = ok
+        first, self._was_ready = self._was_ready is None, ok
         if ok:
             log.info("operator: ready (%s)", ", ".join(results))
         else:
             failed = "; ".join(f"{n}: {r.detail}" for n, r in results.items() if not r.ok)
-            log.warning("operator: not ready: %s", failed)
+            log.log(logging.INFO if first else logging.WARNING, "operator: not ready: %s", failed)
 
 
 _JSON = "application/json"
