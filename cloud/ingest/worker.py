@@ -358,7 +358,7 @@ class PartitionWorker:
             outcome = state.apply(t, now)
             self._counts[p][outcome] += 1
             self.results[outcome] += 1
-            self.lag.observe(now - t.ts)
+            self.lag.observe(max(now - t.ts, 0.0))  # a gateway clock ahead reads as no lag
             self.last_telemetry_at = now
             self.last_telemetry_window_s = max(t.interval_s, t.heartbeat_s or 0.0)
         elif kind is Status:
