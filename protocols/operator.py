@@ -293,7 +293,8 @@ class OperatorServer(AsgiServer):
     def _started_check(self) -> CheckResult:
         if self._roles is None:
             return CheckResult(False, "roles still starting")
-        return CheckResult(True, ", ".join(self._roles) or "no roles")
+        names = list(self._roles)
+        return CheckResult(True, ", ".join(names) if len(names) <= 8 else f"{len(names)} roles")
 
     def _loop_check(self) -> CheckResult:
         if self._watch is None or self._watch.done() or self._beat_at is None:
