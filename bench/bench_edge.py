@@ -113,7 +113,8 @@ def run_agents(manifest: dict, url: str, workdir: Path, tag: str) -> subprocess.
     configs = site_configs(manifest, url, cfg_dir, agent={"backlog_delay_max_s": 0.0})
     write_site_configs(configs, cfg_dir)
     return subprocess.Popen(
-        [VPP, "edge", "run", "--config-dir", str(cfg_dir)], stdout=subprocess.DEVNULL
+        [VPP, "edge", "run", "--config-dir", str(cfg_dir), "--operator-port", "0"],
+        stdout=subprocess.DEVNULL,
     )
 
 

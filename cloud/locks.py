@@ -71,6 +71,7 @@ class LeaderLock:
         self._renew = redis.register_script(RENEW_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._valid_until = float("-inf")
+        self.seen_at: float | None = None  # clock.monotonic() of the last tick Redis answered
 
     @property
     def renew_every_s(self) -> float:
@@ -100,6 +101,8 @@ class LeaderLock:
         except (aioredis.RedisError, OSError) as exc:
             log.warning("lock %s holder %s: redis error %s", self.key, self.holder_id, exc)
             held = False
+        else:
+            self.seen_at = started
         was = self.valid()
         self._valid_until = started + self.ttl_s * (1 - MARGIN) if held else float("-inf")
         if bool(held) != was:

@@ -9,6 +9,9 @@ Roles:
 
 ``all`` (the default) runs every role available in one process: the demo and a small
 installation. Settings come from flags, ``VPP_*`` environment variables or a TOML file.
+
+Every process also serves its operator port (``operator_port``, default 9180; 0 picks a free
+one): ``/livez``, ``/readyz`` and ``/metrics`` of the roles it runs (:mod:`cloud.ops`).
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from cloud.api.app import ApiServer, create_app
 from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.dispatch.retention import Retention
 from cloud.ingest.worker import PartitionWorker
+from cloud.ops import SyncStatus, watch_api, watch_dispatcher, watch_worker
 from cloud.registry import Registry
 from cloud.sync import sync_site_pools
 from protocols.clock import Clock, Ticker
 from protocols.mqtt_endpoint import MqttEndpoint
+from protocols.operator import OperatorServer
 from protocols.partitions import DEFAULT_PARTITION_COUNT
 from protocols.supervise import supervise
 
@@ -59,6 +64,8 @@ class CloudSettings:
     db: Path = Path("vpp-cloud.sqlite")
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    operator_host: str = "127.0.0.1"  # /livez, /readyz, /metrics
+    operator_port: int = 9180  # 0: a free port (tests; the log line tells which)
     partitions: int = DEFAULT_PARTITION_COUNT
     cycle_s: float = 1.0
     stale_intervals: float = 3.0
@@ -118,9 +125,12 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings
     return settings
 
 
-async def _sync_loop(registry: Registry, redis_url: str, clock: Clock, stop: asyncio.Event) -> None:
+async def _sync_loop(
+    registry: Registry, redis_url: str, clock: Clock, stop: asyncio.Event, status: SyncStatus
+) -> None:
     """Copy the registry's site -> pool map into Redis when its revision moves, and in full
-    every ``SYNC_FULL_S`` (a Redis that lost the map gets it back)."""
+    every ``SYNC_FULL_S`` (a Redis that lost the map gets it back). Each tick checks the
+    revision in Redis too, so ``status`` tells whether the map is surely there."""
     client = aioredis.Redis.from_url(redis_url)
     synced_rev: int | None = None
     synced_at = -math.inf
@@ -128,12 +138,17 @@ async def _sync_loop(registry: Registry, redis_url: str, clock: Clock, stop: asy
         async for now in Ticker(clock, SYNC_EVERY_S, stop):
             try:
                 rev = await asyncio.to_thread(registry.site_pools_rev)
-                if rev == synced_rev and now - synced_at < SYNC_FULL_S:
-                    continue
-                mapping = await asyncio.to_thread(registry.site_pools)
-                await sync_site_pools(client, mapping)
-                synced_rev, synced_at = rev, now
+                if rev != synced_rev or now - synced_at >= SYNC_FULL_S:
+                    mapping = await asyncio.to_thread(registry.site_pools)
+                    await sync_site_pools(client, mapping)
+                    synced_rev, synced_at = rev, now
+                else:
+                    await client.ping()
+                status.last_ok_at, status.last_error = now, None
+                status.ok += 1
             except Exception as exc:  # Redis down: the workers keep their last map
+                status.last_error = f"{type(exc).__name__}: {exc}"
+                status.errors += 1
                 log.warning("site-pool sync failed: %s", exc)
     finally:
         await client.aclose()
@@ -145,10 +160,17 @@ async def run_cloud(
     roles: tuple[str, ...] = ROLES,
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
+    operator: OperatorServer | None = None,
 ) -> None:
     """Run ``roles`` until ``stop`` (or SIGINT/SIGTERM); stop them cleanly. A role whose
-    loop ends on its own stops the others and raises :class:`~protocols.supervise.RoleDiedError`."""
+    loop ends on its own stops the others and raises :class:`~protocols.supervise.RoleDiedError`.
+
+    ``operator``: the operator port to serve (default: one on ``settings.operator_*``); it
+    is started first, so ``/livez`` answers (and ``/readyz`` says "starting") while the roles
+    start, and stopped last."""
     stop = stop or asyncio.Event()
+    if operator is None:
+        operator = OperatorServer(settings.operator_host, settings.operator_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -159,11 +181,18 @@ async def run_cloud(
     registry: Registry | None = None
     broker = settings.mqtt_endpoint()
     try:
+        await operator.start()
+        closers.append(operator.stop)
+        assert operator.task is not None
+        roles_running["operator"] = operator.task
         if "api" in roles or "dispatcher" in roles:
             registry = Registry(settings.db, clock)  # applies pending migrations
         if "api" in roles:
             assert registry is not None
-            sync = asyncio.create_task(_sync_loop(registry, settings.redis_url, clock, stop))
+            sync_status = SyncStatus(every_s=SYNC_EVERY_S)
+            sync = asyncio.create_task(
+                _sync_loop(registry, settings.redis_url, clock, stop, sync_status)
+            )
             tasks.append(sync)
             roles_running["site-pool sync"] = sync
             server = ApiServer(
@@ -171,6 +200,7 @@ async def run_cloud(
                 settings.api_host,
                 settings.api_port,
             )
+            watch_api(operator, server.app.state.ctx, sync_status, clock)
             await server.start()
             closers.append(server.stop)
             assert server.task is not None
@@ -188,6 +218,7 @@ async def run_cloud(
                 offline_after_s=settings.offline_after_s,
                 worker_id=settings.instance_id,
             )
+            watch_worker(operator, worker)
             await worker.start()
             tasks.append(asyncio.create_task(worker.run(), name="worker"))
             roles_running["worker"] = tasks[-1]
@@ -209,10 +240,12 @@ async def run_cloud(
                     activations_days=settings.retention_activations_days,
                 ),
             )
+            watch_dispatcher(operator, dispatcher)
             await dispatcher.start()
             tasks.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))
             roles_running["dispatcher"] = tasks[-1]
             closers.append(dispatcher.stop)
+        operator.watch_roles(roles_running)
         if ready is not None:
             ready.set()
         await supervise(roles_running, stop)  # RoleDiedError when one ends before the stop

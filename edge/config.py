@@ -25,7 +25,9 @@ __all__ = [
     "DeviceConfig",
     "EdgeConfig",
     "ForecastSection",
+    "OperatorSection",
     "load_config",
+    "operator_address",
 ]
 
 
@@ -174,6 +176,14 @@ class ForecastSection(_Section):
         return self
 
 
+class OperatorSection(_Section):
+    """The agent process's operator port: ``/livez``, ``/readyz``, ``/metrics``. One per
+    process: the configs run together must agree (or leave it out)."""
+
+    host: Annotated[str, Field(min_length=1, max_length=253)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9181  # 0: a free port (the log tells which)
+
+
 class DeviceConfig(_Section):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")]
     host: Annotated[str, Field(min_length=1, max_length=253)]
@@ -189,6 +199,7 @@ class EdgeConfig(_Section):
     limits: LimitsSection
     control: ControlSection = ControlSection()
     forecast: ForecastSection = ForecastSection()
+    operator: OperatorSection = OperatorSection()
     devices: Annotated[list[DeviceConfig], Field(min_length=1, max_length=32)]
 
     @model_validator(mode="after")
@@ -230,6 +241,16 @@ def _describe(source: str, exc: ValidationError) -> str:
             )
             lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}{got}")
     return "\n".join(lines)
+
+
+def operator_address(configs: list[EdgeConfig]) -> tuple[str, int]:
+    """The one operator port (host, port) of agents run in one process; ConfigError when
+    their configs disagree."""
+    found = {(c.operator.host, c.operator.port) for c in configs}
+    if len(found) > 1:
+        listed = ", ".join(f"{h}:{p}" for h, p in sorted(found))
+        raise ConfigError(f"the configs give different operator ports ({listed}); give one")
+    return found.pop() if found else (OperatorSection().host, OperatorSection().port)
 
 
 def load_config(path: str | Path) -> EdgeConfig:

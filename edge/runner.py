@@ -2,7 +2,8 @@
 
 A gateway runs one agent; the demo and the end-to-end test run hundreds per process. An
 agent whose devices cannot be reached at start keeps retrying with backoff while the others
-run: one broken site must not hold the rest back.
+run: one broken site must not hold the rest back. The process serves its operator port
+(``[operator]`` of the configs, or the one given): ``/livez``, ``/readyz``, ``/metrics``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import logging
 import signal
 
 from edge.agent import SiteAgent
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, operator_address
+from edge.ops import watch_agents
 from protocols.clock import Clock, wait_until
+from protocols.operator import OperatorServer
 from protocols.supervise import supervise
 
 log = logging.getLogger("edge.runner")
@@ -37,26 +40,41 @@ async def _start_and_run(agent: SiteAgent, clock: Clock, stop: asyncio.Event) ->
 
 
 async def run_agents(
-    configs: list[EdgeConfig], clock: Clock, stop: asyncio.Event | None = None
+    configs: list[EdgeConfig],
+    clock: Clock,
+    stop: asyncio.Event | None = None,
+    operator: OperatorServer | None = None,
 ) -> list[SiteAgent]:
     """Run every config's agent until ``stop`` is set (or SIGINT/SIGTERM); stop them cleanly.
     An agent whose loop ends on its own stops them all and raises
-    :class:`~protocols.supervise.RoleDiedError`."""
+    :class:`~protocols.supervise.RoleDiedError`. ``operator``: the operator port to serve
+    (default: the configs' ``[operator]``); started first, stopped last."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    if operator is None:
+        operator = OperatorServer(*operator_address(configs))
     agents = [SiteAgent(config, clock) for config in configs]
+    watch_agents(operator, agents)
+    await operator.start()
     tasks = [asyncio.create_task(_start_and_run(a, clock, stop), name=a.site_id) for a in agents]
     log.info("%d agent(s) running", len(agents))
     try:
+        roles: dict[str, asyncio.Future[None]] = {
+            f"agent {a.site_id}": t for a, t in zip(agents, tasks, strict=True)
+        }
+        assert operator.task is not None
+        roles["operator"] = operator.task
+        operator.watch_roles(roles, labels=dict.fromkeys(roles, "agent") | {"operator": "operator"})
         # an agent whose loop died ends the process (RoleDiedError): no gateway keeps running
         # with a dead control loop inside; systemd restarts it
-        await supervise({f"agent {a.site_id}": t for a, t in zip(agents, tasks, strict=True)}, stop)
+        await supervise(roles, stop)
     finally:
         await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await operator.stop()
     return agents

@@ -15,6 +15,7 @@ hide exactly the failures it exists to find.
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -26,6 +27,11 @@ import redis
 from vpp.services import MosquittoServer, RedisServer
 
 from .tls_files import make_broker_tls
+
+# A process a test starts (`vpp cloud run`, `vpp edge run`, the demo's children) serves its
+# operator port on a free port unless the test says otherwise: the default ports (9180,
+# 9181) may be taken by another test run on the same machine.
+os.environ.setdefault("VPP_OPERATOR_PORT", "0")
 
 
 def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:

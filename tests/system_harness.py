@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
 from cloud.dispatch.dispatcher import PoolDispatcher, delivery_key
 from cloud.registry import Registry
@@ -30,6 +31,7 @@ from firmware_sim.fleet import Fleet
 from protocols.clock import SimClock
 from protocols.messages import Telemetry, decode
 from protocols.mqtt_endpoint import MqttEndpoint, threaded_client
+from protocols.operator import OperatorServer
 from vpp.services import MosquittoServer, free_port
 from vpp.sitecfg import site_configs
 
@@ -87,6 +89,18 @@ class System:
     tap: TelemetryTap
     sites: int
     truth: list[tuple[float, list[float]]] = field(default_factory=list)
+    operator: OperatorServer | None = None  # the worker and API roles' operator port
+
+    async def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The cloud process's /metrics: {(sample name, sorted label pairs): value}."""
+        assert self.operator is not None
+        async with httpx.AsyncClient(base_url=self.operator.url) as client:
+            text = (await client.get("/metrics")).text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     async def flexibility(self) -> dict:
         response = await self.api.get("/v1/pools/north/flexibility")
@@ -189,8 +203,9 @@ async def running_system(
         lease_ttl_s=max(6.0, 2.0 * speed),
     )
     stop, ready = asyncio.Event(), asyncio.Event()
+    operator = OperatorServer(port=0)
     cloud = asyncio.create_task(
-        run_cloud(settings, clock, ("worker", "api"), stop=stop, ready=ready)
+        run_cloud(settings, clock, ("worker", "api"), stop=stop, ready=ready, operator=operator)
     )
     dispatch_registry = Registry(db, clock)
     started: list[PoolDispatcher] = []
@@ -247,6 +262,7 @@ async def running_system(
             tap,
             sites,
             truth,
+            operator=operator,
         )
         deadline = clock.time() + 120
         while clock.time() < deadline:

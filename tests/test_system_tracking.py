@@ -268,7 +268,7 @@ async def test_a_shortfall_is_reported_not_hidden(tmp_path, broker, redis_url):
         await system.clock.sleep(40)
         delivery = (await system.api.get("/v1/pools/north/delivery")).json()
         alerts = (await system.api.get("/v1/pools/north/alerts")).json()["alerts"]
-        metrics = (await system.api.get("/v1/metrics")).json()
+        metrics = await system.scrape()
         flex = (await system.flexibility())["now"]
         activation.cancel()
         print(f"shortfall {delivery['shortfall_w']:.0f} W, alerts {[a['message'] for a in alerts]}")
@@ -279,7 +279,7 @@ async def test_a_shortfall_is_reported_not_hidden(tmp_path, broker, redis_url):
         )
         assert delivery["shortfall_w"] < -0.2 * abs(delta)
         assert [a["rule"] for a in alerts] == ["pool_shortfall"]
-        assert metrics["alerts_active"] == {"pool_shortfall": 1}
+        assert metrics[("vpp_alerts_active", (("pool", "north"), ("rule", "pool_shortfall")))] == 1
         # and the remaining sites give all they have
         remaining = [i for i in range(SITES) if i not in lost]
         samples = system.delivered(system.clock.time() - 15, remaining)

@@ -16,18 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
-import uvicorn
 from fastapi import FastAPI
 
 from cloud.api.context import ApiContext, ApiSettings
 from cloud.api.errors import BodyLimit, MetricsMiddleware, install_error_handlers
 from cloud.api.routes import delivery, ops, pools, schedules, setpoint, stream
 from protocols.clock import Clock
+from protocols.http_server import AsgiServer
 from protocols.version import VERSION
 
 __all__ = ["ApiServer", "ApiSettings", "create_app", "serve_api"]
@@ -97,21 +97,9 @@ def create_app(
     return app
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves the process's signal handlers alone: the host process
-    (``vpp cloud run``, pytest) owns SIGINT/SIGTERM and stops the server itself."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class ApiServer:
-    """Serve an app with uvicorn as a task of the running loop.
-
-    ``port=0`` binds a free port chosen by the kernel (no race between picking and
-    binding); :attr:`port` tells which after :meth:`start`.
-    """
+class ApiServer(AsgiServer):
+    """Serve the API app with uvicorn as a task of the running loop (see
+    :class:`~protocols.http_server.AsgiServer`); :meth:`stop` first ends the open streams."""
 
     def __init__(
         self,
@@ -122,75 +110,14 @@ class ApiServer:
         log_level: str = "warning",
         graceful_s: float = 3.0,
     ) -> None:
-        self.app = app
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level=log_level,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=graceful_s,
-        )
-        self.server = _EmbeddedServer(config)
-        self.host = host
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def port(self) -> int:
-        for srv in self.server.servers:
-            for sock in srv.sockets:
-                return int(sock.getsockname()[1])
-        return int(self.server.config.port)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        """The serving task (for supervision), once started."""
-        return self._task
-
-    async def start(self, timeout_s: float = 10.0) -> None:
-        """Start serving; return once the socket listens (or raise why it could not)."""
-        self._task = asyncio.create_task(self._serve(), name="vpp-api")
-        async with asyncio.timeout(timeout_s):
-            while not self.server.started:
-                if self._task.done():
-                    self._task.result()  # raises the startup error
-                    raise RuntimeError("the API server stopped during startup")
-                await asyncio.sleep(0.01)
-
-    async def _serve(self) -> None:
-        # uvicorn calls sys.exit() when it cannot bind or the lifespan fails; SystemExit out
-        # of a task would stop the host's whole loop, so it becomes an ordinary error here.
-        try:
-            await self.server.serve()
-        except SystemExit as exc:
-            raise RuntimeError(
-                f"the API could not start on {self.host}:{self.server.config.port} "
-                f"(uvicorn exit {exc.code}; its log says why, e.g. address in use)"
-            ) from None
+        super().__init__(app, host, port, name="API", log_level=log_level, graceful_s=graceful_s)
 
     async def stop(self) -> None:
         """End open streams, stop accepting, wait for the server task."""
         ctx: ApiContext = self.app.state.ctx
         if ctx.stopping is not None:
             ctx.stopping.set()
-        self.server.should_exit = True
-        if self._task is not None:
-            await self._task
-            self._task = None
-
-    async def serve_forever(self) -> None:
-        """Start and serve until cancelled, then stop cleanly."""
-        await self.start()
-        try:
-            assert self._task is not None
-            await asyncio.shield(self._task)
-        finally:
-            await self.stop()
+        await super().stop()
 
 
 async def serve_api(app: FastAPI, host: str, port: int, *, log_level: str = "info") -> None:

@@ -1,6 +1,6 @@
 """API keys: ``Authorization: Bearer <token>``, each key scoped to a set of pools.
 
-Rules (the same for every endpoint under /v1 except /v1/health and /v1/metrics):
+Rules (the same for every endpoint under /v1 except /v1/health):
 
 * no ``Authorization`` header -> **401** ``missing_key``;
 * a header that is not ``Bearer <token>`` -> **401** ``malformed_key``;

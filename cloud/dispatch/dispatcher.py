@@ -37,7 +37,9 @@ import json
 import logging
 import math
 import socket
+import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +69,7 @@ from protocols.clock import Clock, Ticker, wall_ms
 from protocols.messages import Config, PartitionPlan, PartitionSignal, PlanBasis, encode
 from protocols.mqtt_asyncio import AsyncMqttClient, ConnAck
 from protocols.mqtt_endpoint import MqttEndpoint
+from protocols.operator import LoopHistogram
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
 from protocols.topics import PartitionKind, partition_topic, site_topic
 from protocols.units import SETTLEMENT_INTERVAL_S
@@ -103,6 +106,16 @@ class Target:
     schedule_id: str | None = None
     interval_start_ts: float | None = None
     interval_end_ts: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """A pool as the leader's last cycle saw it (for the operator port)."""
+
+    target_w: float | None  # None: nothing to follow
+    measured_w: float
+    shortfall_w: float
+    partitions_unresponsive: int
 
 
 class PoolDispatcher:
@@ -200,6 +213,23 @@ class PoolDispatcher:
             ),
             0,
         )
+        # for the operator port (cloud.ops), all kept while leading and cleared when not
+        self.pools: dict[str, PoolView] = {}
+        self.signals_by_pool: Counter[str] = Counter()
+        self.acks_by_pool: Counter[str] = Counter()
+        self.cycle_seconds = LoopHistogram(
+            "vpp_dispatch_cycle_seconds", "Duration of a leading dispatcher's cycle (wall seconds)."
+        )
+        self.latency = LoopHistogram(
+            "vpp_dispatch_latency_seconds",
+            "From a partition's first signal of an activation to its sites reporting that they "
+            "follow it (clock seconds).",
+            (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0),
+            ["pool"],
+        )
+        self.last_led_cycle_at: float | None = None  # clock time a leading cycle completed
+        self._ack_wait: dict[tuple[str, int], float] = {}  # signalled, not yet followed
+        self._acked: set[tuple[str, int]] = set()
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -223,6 +253,11 @@ class PoolDispatcher:
         await self._mqtt.start()
         # Not fatal if the broker is down: cycles skip publishing until it is back.
         await self._mqtt.wait_connected(10.0)
+
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker (signals and configs can go out)."""
+        return self._linked
 
     def _on_connect(self, ack: ConnAck) -> None:
         self._published_rev = None  # (re)publish the retained site configs
@@ -280,8 +315,21 @@ class PoolDispatcher:
         if not await self.lock.tick():
             self._states.clear()  # a standby re-reads the leader's state when it takes over
             self._alerts_adopted = False
+            self.pools.clear()
+            self._ack_wait.clear()
+            self._acked.clear()
             return
         self.stats["led_cycles"] += 1
+        t0 = time.perf_counter()
+        try:
+            await self._lead()
+        finally:
+            self.cycle_seconds.observe(time.perf_counter() - t0)
+        self.last_led_cycle_at = self.clock.time()
+
+    async def _lead(self) -> None:
+        """One cycle as the leader: configs, plans, every pool's closed loop, pruning."""
+        assert self.lock is not None
         if not self._alerts_adopted:
             assert self.redis is not None
             self.alerts = AlertBook(self.alerts.raise_after_s, self.alerts.clear_after_s)
@@ -295,6 +343,8 @@ class PoolDispatcher:
                 self.stats["plans_republished"] += 1
         now = self.clock.time()
         pools = await asyncio.to_thread(self.registry.list_pools)
+        for gone in set(self.pools) - {pool.pool_id for pool in pools}:
+            del self.pools[gone]
         for pool in pools:
             if not self.lock.valid():
                 return
@@ -378,6 +428,19 @@ class PoolDispatcher:
                 out[i] = False
         return out
 
+    def _note_acks(self, pool_id: str, now: float, parts: list[PartitionAggregate]) -> None:
+        """A signalled partition whose sites report following is acknowledged: counted, with
+        the time since its first signal of the activation (the dispatch latency)."""
+        for a in parts:
+            key = (pool_id, a.partition)
+            since = self._ack_wait.get(key)
+            if since is None or a.sites_following == 0:
+                continue
+            del self._ack_wait[key]
+            self._acked.add(key)
+            self.acks_by_pool[pool_id] += 1
+            self.latency.observe(now - since, pool_id)
+
     def _publish_plan(self, message: PartitionPlan) -> bool:
         """A partition's plan, retained (QoS 1); kept to publish again after a reconnect."""
         self._plans_sent[(message.pool_id, message.partition)] = message
@@ -449,6 +512,7 @@ class PoolDispatcher:
         plan = await self._plan(pool_id, now, hold=await self._hold(pool_id, now, parts))
         if not parts:
             self.stats["no_data"] += 1
+            self.pools.pop(pool_id, None)
             await self._alert_shortfall(pool_id, now, None, 0.0)
             return
         baseline = np.array([a.baseline_w for a in parts])
@@ -473,10 +537,14 @@ class PoolDispatcher:
                 await self.redis.delete(state_key(pool_id))
             for a in parts:
                 self._signalled_since.pop((pool_id, a.partition), None)
+                self._ack_wait.pop((pool_id, a.partition), None)
+                self._acked.discard((pool_id, a.partition))
+            self.pools[pool_id] = PoolView(None, measured_w, 0.0, 0)
             await self._alert_shortfall(pool_id, now, None, 0.0)
             return
         state = self._states.get(pool_id) or await self._restore(pool_id)
         responsive = self._responsive(pool_id, now, parts)
+        self._note_acks(pool_id, now, parts)
         unresponsive = int((~responsive).sum())
         self.stats["partitions_unresponsive"] = unresponsive
         p_min = np.array([a.p_min_w for a in parts])
@@ -560,6 +628,7 @@ class PoolDispatcher:
             error_w,
             target.schedule_id if target else None,
         )
+        self.pools[pool_id] = PoolView(target_w, measured_w, result.shortfall_w, unresponsive)
         await self._alert_shortfall(pool_id, now, target_w, result.shortfall_w)
 
     async def _alert_shortfall(
@@ -644,6 +713,8 @@ class PoolDispatcher:
         if not release:
             for partition in partitions:
                 self._signalled_since.setdefault((pool_id, partition), now)
+                if (pool_id, partition) not in self._acked:
+                    self._ack_wait.setdefault((pool_id, partition), now)
         validity = 0.001 if release else self.validity_s
         for i, (partition, level) in enumerate(zip(partitions, levels, strict=True)):
             basis = None if bases is None or bases[i] is PlanBasis.BASELINE else bases[i]
@@ -662,6 +733,7 @@ class PoolDispatcher:
             self.stats["releases"] += 1
         else:
             self.stats["signals"] += len(partitions)
+            self.signals_by_pool[pool_id] += len(partitions)
         return True
 
     async def _publish_site_configs(self) -> None:

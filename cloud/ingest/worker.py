@@ -59,6 +59,7 @@ from protocols.clock import Clock, Ticker
 from protocols.errors import ProtocolError
 from protocols.messages import Ack, FlexEnvelope, Status, Telemetry, encode, parse_message
 from protocols.mqtt_endpoint import MqttEndpoint
+from protocols.operator import LoopHistogram
 from protocols.partitions import partition_of
 from protocols.topics import SiteKind, partition_filter
 
@@ -80,6 +81,9 @@ _BAD_LOG_FIRST = 10  # log each rejection reason this many times, then 1 in 1000
 _GAUGES = ("sites", "unregistered")  # counters_key fields that are set, not incremented
 _HALT_WALL_TIMEOUT_S = 10.0  # wall seconds stop() waits for the start and for the loops
 _RECANCEL_WALL_S = 0.5  # a loop not done this long after a cancel is cancelled again
+#: ingest lag buckets (clock seconds): live telemetry arrives within a second or two, a
+#: gateway's replay after an outage minutes to hours late
+LAG_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
 class PartitionWorker:
@@ -169,6 +173,20 @@ class PartitionWorker:
             "last_compute_ms": 0.0,
             "site_pools_reloads": 0,
         }
+        # for the operator port (cloud.ops): every message's result, the telemetry's lag,
+        # the cycle's duration, the newest telemetry, the sites' states at the last cycle
+        self.results: Counter[str] = Counter()
+        self.lag = LoopHistogram(
+            "vpp_ingest_lag_seconds",
+            "Telemetry's receive time minus its measurement time (clock seconds).",
+            LAG_BUCKETS_S,
+        )
+        self.cycle_seconds = LoopHistogram(
+            "vpp_ingest_cycle_seconds", "Duration of the worker's aggregate cycle (wall seconds)."
+        )
+        self.last_telemetry_at: float | None = None  # clock time, owned partitions only
+        self.last_telemetry_window_s = 0.0  # that site's interval (or heartbeat if longer)
+        self.site_states: dict[int, tuple[int, int, int]] = {}  # fresh, stale, offline
 
     # --- public ---------------------------------------------------------------------------
 
@@ -176,6 +194,11 @@ class PartitionWorker:
     def owned(self) -> set[int]:
         """Partitions this worker holds a lease on (and ingests)."""
         return set(self._states)
+
+    @property
+    def site_count(self) -> int:
+        """Sites known in the owned partitions (registered or heard from)."""
+        return sum(len(s) for s in self._states.values())
 
     @property
     def subscribed(self) -> set[int]:
@@ -313,6 +336,7 @@ class PartitionWorker:
         self._stats["messages"] += 1
         if not payload:  # a cleared retained status: not an error, nothing to apply
             self._stats["empty"] += 1
+            self.results["empty"] += 1
             return
         try:
             parsed, msg = parse_message(topic, payload, self.partition_count)
@@ -326,18 +350,28 @@ class PartitionWorker:
         state = self._states.get(p)
         if state is None:  # in flight while the partition was unsubscribed
             self._stats["not_owned"] += 1
+            self.results["not_owned"] += 1
             return
         kind = type(msg)
         if kind is Telemetry:
             self._stats["telemetry"] += 1
-            self._counts[p][state.apply(msg, now)] += 1  # type: ignore[arg-type]
+            t: Telemetry = msg  # type: ignore[assignment]
+            outcome = state.apply(t, now)
+            self._counts[p][outcome] += 1
+            self.results[outcome] += 1
+            self.lag.observe(max(now - t.ts, 0.0))  # a gateway clock ahead reads as no lag
+            self.last_telemetry_at = now
+            self.last_telemetry_window_s = max(t.interval_s, t.heartbeat_s or 0.0)
         elif kind is Status:
             self._stats["statuses"] += 1
             applied = state.apply_status(msg, now)  # type: ignore[arg-type]
-            self._counts[p]["status" if applied else "status_older"] += 1
+            result = "status" if applied else "status_older"
+            self._counts[p][result] += 1
+            self.results[result] += 1
         elif kind is Ack:
             self._stats["acks"] += 1
             self._counts[p]["acks"] += 1
+            self.results["ack"] += 1
             self._acks[p][msg.site_id] = msg  # type: ignore[attr-defined]
         elif kind is FlexEnvelope:
             self._stats["envelopes"] += 1
@@ -359,9 +393,11 @@ class PartitionWorker:
         held = self._envelopes[p].get(env.site_id)
         if held is not None and (env.start_ts, env.seq) <= (held[0].start_ts, held[0].seq):
             self._counts[p]["envelope_older"] += 1
+            self.results["envelope_older"] += 1
             return
         self._envelopes[p][env.site_id] = (env, encode(env).decode())
         self._counts[p]["envelope"] += 1
+        self.results["envelope"] += 1
 
     def _envelope_writes(
         self, pipe: Any, p: int, state: PartitionState, now: float
@@ -464,6 +500,7 @@ class PartitionWorker:
             self._env_written.pop(p, None)
             self._env_reset.discard(p)
             self._owned_since.pop(p, None)
+            self.site_states.pop(p, None)
             self._written_pools.pop(p, None)
             self._resend_summaries.discard(p)
             self._link.unsubscribe(partition_filter(p, k) for k in _KINDS)
@@ -542,10 +579,14 @@ class PartitionWorker:
             if not self._leases.valid(p):
                 continue  # lease may be someone else's by now: write nothing
             pools_now: set[str] = set()
+            fresh = stale = offline = 0
             for agg in state.aggregate(now, self.worker_id):
                 pipe.set(agg_key(agg.pool_id, p), agg.to_json())
                 pipe.sadd(agg_parts_key(agg.pool_id), p)
                 pools_now.add(agg.pool_id)
+                fresh, stale = fresh + agg.sites_fresh, stale + agg.sites_stale
+                offline += agg.sites_offline
+            self.site_states[p] = (fresh, stale, offline)
             for gone in self._written_pools.get(p, set()) - pools_now:
                 pipe.delete(agg_key(gone, p))
                 pipe.srem(agg_parts_key(gone), p)
@@ -598,6 +639,7 @@ class PartitionWorker:
                 self._site_pools_stale = True
                 log.warning("%s: cannot reload site pools (%s)", self._ctx, exc)
         ms = (time.perf_counter() - t0) * 1000.0
+        self.cycle_seconds.observe(ms / 1000.0)
         self._stats["cycles"] += 1
         self._stats["last_cycle_ms"] = ms
         self._stats["max_cycle_ms"] = max(self._stats["max_cycle_ms"], ms)

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from cloud.api import ApiServer, ApiSettings, create_app
 from cloud.hotstate import (
@@ -23,8 +24,10 @@ from cloud.hotstate import (
     envelope_key,
     sites_key,
 )
+from cloud.ops import watch_api
 from cloud.registry.db import Registry
 from protocols.clock import SimClock
+from protocols.operator import OperatorServer
 
 T0 = 1_717_236_000.0  # 2024-06-01T10:00:00Z, a quarter-hour boundary
 
@@ -168,6 +171,7 @@ class Api:
     """The running API and what a test needs around it."""
 
     server: ApiServer
+    operator: OperatorServer  # the API's operator port, as `vpp cloud run --role api` serves it
     client: httpx.AsyncClient
     registry: Registry
     redis: redis.Redis
@@ -202,6 +206,16 @@ class Api:
     def metrics(self) -> dict[str, Any]:
         return self.server.app.state.ctx.metrics.snapshot()
 
+    async def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The operator port's /metrics: {(sample name, sorted label pairs): value}."""
+        async with httpx.AsyncClient(base_url=self.operator.url) as client:
+            text = (await client.get("/metrics")).text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
     def rejected(self, reason: str) -> int:
         return sum(r["count"] for r in self.metrics()["rejected"] if r["reason"] == reason)
 
@@ -232,13 +246,17 @@ async def running_api(
     registry.revoke_api_key(revoked.key_id)
     app = create_app(registry, redis_url, clock, settings=replace(settings))
     server = ApiServer(app, "127.0.0.1", 0)
+    operator = OperatorServer(port=0)
+    watch_api(operator, app.state.ctx)
     sync_redis = redis.Redis.from_url(redis_url, decode_responses=True)
     await server.start()
+    await operator.start()
     client = httpx.AsyncClient(base_url=server.url, timeout=5.0)
     try:
-        yield Api(server, client, registry, sync_redis, clock, tokens, sites)
+        yield Api(server, operator, client, registry, sync_redis, clock, tokens, sites)
     finally:
         await client.aclose()
+        await operator.stop()
         await server.stop()
         sync_redis.close()
         registry.close()

@@ -92,8 +92,8 @@ async def test_delivery_reports_the_shortfall_and_the_raised_alert(api: Api, red
         # another pool's key sees neither the pool nor its alerts
         other = await api.client.get("/v1/pools/north/alerts", headers=api.auth("south"))
         assert other.status_code == 404
-        metrics = (await api.client.get("/v1/metrics")).json()
-        assert metrics["alerts_active"] == {"pool_shortfall": 1}
+        metrics = await api.scrape()
+        assert metrics[("vpp_alerts_active", (("pool", "north"), ("rule", "pool_shortfall")))] == 1
         # resolved after the condition has been gone long enough
         assert book.sample("pool_shortfall:north", False, api.now() + 10, rule="x") is None
         change = book.sample("pool_shortfall:north", False, api.now() + 17, rule="x")

@@ -94,6 +94,7 @@ async def test_pool_flexibility_is_the_exact_sum_and_stale_sites_drop_out(
         redis_url=redis_url,
         db=db,
         api_port=port,
+        operator_port=0,
         partitions=PARTITIONS,
         cycle_s=1.0,
         stale_intervals=3,
@@ -201,6 +202,8 @@ def test_vpp_cloud_run_serves_and_stops_cleanly_on_sigterm(tmp_path, mosquitto, 
         str(tmp_path / "r.sqlite"),
         "--api-port",
         str(port),
+        "--operator-port",
+        "0",
     ]
     proc = subprocess.Popen([vpp, "cloud", "run", *env_args], stderr=subprocess.PIPE, text=True)
     try:

@@ -144,6 +144,7 @@ def test_a_role_whose_loop_dies_ends_the_process_non_zero(
 
     monkeypatch.setattr(PoolDispatcher if role == "dispatcher" else PartitionWorker, "run", dies)
     args = ["cloud", "run", "--role", role, "--db", str(db), "--mqtt-url", broker.url]
+    args += ["--operator-port", "0"]
     result = runner.invoke(app, [*args, "--redis-url", redis_url])
     assert result.exit_code == 1, (result.stdout, result.stderr, result.exception)
     died = [r.getMessage() for r in caplog.records if r.name == "vpp.supervise"]

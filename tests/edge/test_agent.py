@@ -333,6 +333,7 @@ async def test_agent_killed_with_sigkill_loses_no_telemetry(tmp_path, mosquitto)
         observer = Observer(mosquitto.url, topics_for(partition_of(site_id)))
         vpp = str(Path(sys.executable).parent / "vpp")
         cmd = [vpp, "edge", "run", "--config", str(path), "--clock", clock.spec()]
+        cmd += ["--operator-port", "0"]
 
         def seqs() -> set[int]:
             return {m.seq for m in observer.decoded("/telemetry") if m.site_id == site_id}

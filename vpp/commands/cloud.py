@@ -185,6 +185,17 @@ def run(
     db: Annotated[Path | None, typer.Option(envvar="VPP_DB", help="Registry file.")] = None,
     api_host: Annotated[str | None, typer.Option(envvar="VPP_API_HOST")] = None,
     api_port: Annotated[int | None, typer.Option(envvar="VPP_API_PORT")] = None,
+    operator_host: Annotated[
+        str | None,
+        typer.Option(envvar="VPP_OPERATOR_HOST", help="Address of /livez, /readyz, /metrics."),
+    ] = None,
+    operator_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="VPP_OPERATOR_PORT",
+            help="Port of /livez, /readyz, /metrics (default 9180; 0: a free one, logged).",
+        ),
+    ] = None,
     partitions: Annotated[int | None, typer.Option(envvar="VPP_PARTITIONS")] = None,
     config: Annotated[
         Path | None,
@@ -222,6 +233,7 @@ def run(
 
     from cloud.runner import ROLES, load_settings, run_cloud
     from protocols.clock import clock_from_spec
+    from protocols.http_server import ServerStartError
     from protocols.supervise import RoleDiedError
     from vpp.commands.preflight import check_brokers
 
@@ -229,6 +241,7 @@ def run(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("vpp.operator").setLevel(logging.INFO)  # the operator port's line
     roles = ROLES if role == "all" else (role,)
     if role != "all" and role not in ROLES:
         raise typer.BadParameter(f"unknown role {role!r}; use all, {', '.join(ROLES)}")
@@ -243,6 +256,8 @@ def run(
         "db": db,
         "api_host": api_host,
         "api_port": api_port,
+        "operator_host": operator_host,
+        "operator_port": operator_port,
         "partitions": partitions,
         "instance_id": instance_id,
         "retention_cycles_days": retention_cycles_days,
@@ -263,3 +278,6 @@ def run(
         asyncio.run(run_cloud(settings, clk, roles))
     except RoleDiedError:  # logged in one line already; systemd restarts the process
         raise typer.Exit(1) from None
+    except ServerStartError as exc:  # a port in use: one line, like a setting that cannot work
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None

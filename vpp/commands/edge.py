@@ -47,13 +47,30 @@ def run(
         str | None,
         typer.Option(envvar="VPP_CLOCK", help="Clock spec (default wall; sim:... to join one)."),
     ] = None,
+    operator_host: Annotated[
+        str | None,
+        typer.Option(
+            envvar="VPP_OPERATOR_HOST",
+            help="Address of /livez, /readyz, /metrics (default: the config's [operator]).",
+        ),
+    ] = None,
+    operator_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="VPP_OPERATOR_PORT",
+            help="Port of /livez, /readyz, /metrics (default: the config's, 9181; 0: a free one).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the agent(s) until SIGINT/SIGTERM; a broken config stops before any device is touched."""
     import os
 
+    from edge.config import ConfigError, operator_address
     from edge.runner import run_agents
     from protocols.clock import clock_from_spec
+    from protocols.http_server import ServerStartError
+    from protocols.operator import OperatorServer
     from protocols.supervise import RoleDiedError
     from vpp.commands.preflight import check_brokers
 
@@ -61,20 +78,33 @@ def run(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("vpp.operator").setLevel(logging.INFO)  # the operator port's line
     # The drivers report every Modbus failure with its site and device; pymodbus's own
     # context-free lines for the same events would only double the noise.
     logging.getLogger("pymodbus").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     configs = _load(config, config_dir)
+    try:
+        host, port = operator_address(configs)
+    except ConfigError as exc:
+        typer.echo(f"config error: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         clk = clock_from_spec(clock)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--clock") from None
     check_brokers([c.mqtt.endpoint() for c in configs], f"vpp-edge-check-{os.getpid()}")
     typer.echo(f"edge: {len(configs)} agent(s), clock {clk.spec()}")
+
+    operator = OperatorServer(
+        operator_host or host, port if operator_port is None else operator_port
+    )
     try:
-        asyncio.run(run_agents(configs, clk))
+        asyncio.run(run_agents(configs, clk, operator=operator))
     except RoleDiedError:  # logged in one line already; systemd restarts the process
         raise typer.Exit(1) from None
+    except ServerStartError as exc:  # a port in use: one line, like a config that cannot work
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("check-config")

@@ -420,6 +420,8 @@ class Demo:
             str(PARTITIONS),
             "--config",
             str(config),
+            "--operator-port",  # several processes on one host: each a free port, logged
+            "0",
         ]
         env = {"VPP_CLOCK": self.clock.spec()}
         logs = self.out / "logs"

@@ -1,15 +1,13 @@
-"""Health and counters: unauthenticated, they reveal no pool data."""
+"""Health: unauthenticated, it reveals no pool data. (Counters are on the operator port's
+``/metrics``, apart from the trader API: ``cloud.ops``.)"""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
 
-from cloud.alerts import active_alerts
 from cloud.api.context import CtxDep
 from cloud.api.schemas import HealthOut
 from protocols.units import to_iso8601
@@ -44,15 +42,3 @@ async def health(ctx: CtxDep) -> Any:
         version=VERSION,
     )
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
-
-
-@router.get("/metrics", summary="Request and refusal counters of this API process (no auth)")
-async def metrics(ctx: CtxDep) -> dict[str, Any]:
-    """Counters, and the number of active alerts per rule (no pool names: no auth here)."""
-    try:
-        alerts: dict[str, int] | None = dict(
-            Counter(a.rule for a in await active_alerts(ctx.get_redis()))
-        )
-    except RedisError:
-        alerts = None  # Redis away: /v1/health says so; the counters are still served
-    return {**ctx.metrics.snapshot(), "streams_open": ctx.streams_open, "alerts_active": alerts}
