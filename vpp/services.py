@@ -23,20 +23,23 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -47,8 +50,12 @@ from protocols.mqtt_endpoint import MqttEndpoint
 __all__ = [
     "BinaryNotFoundError",
     "BrokerTls",
+    "ManagedProcess",
     "MosquittoServer",
+    "ProcessSupervisor",
     "RedisServer",
+    "Restart",
+    "RoleProcess",
     "ServiceError",
     "ServiceStartError",
     "find_binary",
@@ -115,7 +122,7 @@ def free_port(host: str = LOOPBACK) -> int:
 # --------------------------------------------------------------------------------------
 # Process bookkeeping: never leave a stray server behind.
 
-_live: set[_ManagedServer] = set()
+_live: set[ManagedProcess] = set()
 _live_lock = threading.Lock()
 
 
@@ -142,9 +149,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-class _ManagedServer:
-    """Common lifecycle of a server process: temp dir, port, start/stop/kill/restart,
-    readiness probe and log tail. Subclasses say how to configure and probe it."""
+class ManagedProcess:
+    """A child process we own: temp dir, port, start/stop/kill/restart, readiness probe
+    and log tail. Subclasses say how to command, configure and probe it (the servers
+    below, and :class:`RoleProcess` for the cloud's roles); :class:`ProcessSupervisor`
+    restarts the ones that go down without being stopped."""
 
     #: short name used in logs, temp dir names and error messages
     kind: str = "server"
@@ -152,6 +161,10 @@ class _ManagedServer:
     binary_name: str = ""
     #: URL scheme of the `url` property
     scheme: str = ""
+    #: start() waits until the probe answers (servers); False: start() returns once spawned
+    wait_ready_on_start: bool = True
+    #: the child's output file is kept across restarts (a crash's last words stay)
+    append_output: bool = False
 
     def __init__(
         self,
@@ -182,6 +195,9 @@ class _ManagedServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr_file: IO[bytes] | None = None
         self._paused = False
+        self._want_running = False  # started and not stopped: down means crashed
+        #: exit code of the last process that ended (negative: killed by that signal)
+        self.last_exit_code: int | None = None
 
     # ---- properties ------------------------------------------------------------------
 
@@ -230,6 +246,19 @@ class _ManagedServer:
         """True while the process is alive (also while paused)."""
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def exit_code(self) -> int | None:
+        """How the last process ended (None while it runs or before the first start)."""
+        if self._proc is not None:
+            return self._proc.poll()
+        return self.last_exit_code
+
+    @property
+    def crashed(self) -> bool:
+        """Down without being stopped: it exited by itself or was killed. What a
+        supervisor restarts (stop() is the only way down that is meant)."""
+        return self._want_running and not self.running
+
     def __repr__(self) -> str:
         port = self._port if self._port is not None else "?"
         state = "running" if self.running else "stopped"
@@ -248,6 +277,14 @@ class _ManagedServer:
         with socket.create_connection((self.host, self.port), timeout=timeout):
             pass
 
+    def _cwd(self) -> Path | None:
+        """The child's working directory (servers: their workdir, where they write)."""
+        return self.workdir
+
+    def _env(self) -> dict[str, str] | None:
+        """The child's environment (None: ours)."""
+        return None
+
     # ---- lifecycle -------------------------------------------------------------------
 
     def start(self) -> Self:
@@ -260,6 +297,9 @@ class _ManagedServer:
         """
         if self.running:
             return self
+        self._want_running = True
+        if self._proc is not None:  # ended by itself: reap it and its group first
+            self._terminate(timeout=1.0, sig=signal.SIGKILL)
         binary = self._binary or find_binary(self.binary_name)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +334,8 @@ class _ManagedServer:
         self._write_config()
         cmd = self._command(binary)
         # Truncate the stderr capture per start so the tail shown on failure is this run's.
-        stderr_file = open(self.stderr_path, "wb")  # noqa: SIM115 - kept open for the child
+        mode = "ab" if self.append_output else "wb"
+        stderr_file = open(self.stderr_path, mode)  # noqa: SIM115 - kept open for the child
         # PR_SET_PDEATHSIG fires when the *thread* that forked dies; only safe from the
         # main thread, whose death is the process's death.
         in_main_thread = threading.current_thread() is threading.main_thread()
@@ -302,7 +343,8 @@ class _ManagedServer:
         try:
             proc = subprocess.Popen(
                 cmd,
-                cwd=self.workdir,
+                cwd=self._cwd(),
+                env=self._env(),
                 stdin=subprocess.DEVNULL,
                 stdout=stderr_file,
                 stderr=subprocess.STDOUT,
@@ -326,6 +368,8 @@ class _ManagedServer:
             self.port,
             self.workdir,
         )
+        if not self.wait_ready_on_start:
+            return
         try:
             self._wait_ready(proc)
         except BaseException:
@@ -363,10 +407,12 @@ class _ManagedServer:
         """Clean shutdown: SIGTERM to the process group, wait up to *timeout*, then
         SIGKILL. Mosquitto writes its persistence database on SIGTERM. Keeps workdir and
         port, so start()/restart() continue with the same data and URL."""
+        self._want_running = False
         self._terminate(timeout=timeout, sig=signal.SIGTERM)
 
     def kill(self) -> None:
-        """Hard kill (SIGKILL): no shutdown work, as in a crash or power cut."""
+        """Hard kill (SIGKILL): no shutdown work, as in a crash or power cut. A crash, so
+        a supervisor restarts it."""
         self._terminate(timeout=5.0, sig=signal.SIGKILL)
 
     def restart(self, timeout: float = 10.0) -> Self:
@@ -431,6 +477,7 @@ class _ManagedServer:
                 proc.returncode,
             )
         finally:
+            self.last_exit_code = proc.returncode
             self._proc = None
             self._paused = False
             if self._stderr_file is not None:
@@ -495,7 +542,7 @@ class BrokerTls:
     key_file: Path
 
 
-class MosquittoServer(_ManagedServer):
+class MosquittoServer(ManagedProcess):
     """A private Mosquitto 2.0 broker on a free loopback port.
 
     Anonymous and plain by default (tests and demo). With ``tls`` it listens for
@@ -523,7 +570,7 @@ class MosquittoServer(_ManagedServer):
         tls: BrokerTls | None = None,
         users: Mapping[str, str] | None = None,
     ) -> None:
-        """See _ManagedServer.__init__; in addition:
+        """See ManagedProcess.__init__; in addition:
 
         max_queued_messages: per-client queue limit for offline/in-flight QoS 1/2 messages.
         autosave_interval: seconds between persistence saves while running; 0 (default)
@@ -648,7 +695,7 @@ def _mqtt_string(data: bytes) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
 
-class RedisServer(_ManagedServer):
+class RedisServer(ManagedProcess):
     """A private Redis server on a free loopback port, no persistence (pure cache),
     foreground, bound to 127.0.0.1 only."""
 
@@ -667,7 +714,7 @@ class RedisServer(_ManagedServer):
         databases: int = 64,
         extra_args: Sequence[str] = (),
     ) -> None:
-        """See _ManagedServer.__init__; in addition:
+        """See ManagedProcess.__init__; in addition:
 
         databases: number of logical DBs (default 64, so each test can take a fresh one).
         extra_args: more redis-server command-line options, e.g. ["--maxmemory", "1gb"].
@@ -725,6 +772,160 @@ class RedisServer(_ManagedServer):
             reply = _recv_line(sock)
             if reply != b"+PONG":
                 raise ServiceError(f"PING answered {reply!r}")
+
+
+class RoleProcess(ManagedProcess):
+    """One ``vpp cloud run --role ROLE`` child, as a unit file runs one in production.
+
+    Started on the caller's clock (``VPP_CLOCK`` in ``env``) and working directory, with
+    its output appended to ``<logs>/<name>.log`` across restarts. ``port`` is its operator
+    port: the probe is ``GET /livez``. Not waited for at start (the caller watches what it
+    needs, e.g. the API); :meth:`kill` is a crash (no lock or lease released), the fault
+    drills' way to take a worker or the leading dispatcher down.
+    """
+
+    binary_name = "python3"
+    scheme = "http"
+    wait_ready_on_start = False
+    append_output = True
+
+    def __init__(
+        self, name: str, role: str, args: Sequence[str], env: Mapping[str, str], logs: Path
+    ) -> None:
+        super().__init__(binary=sys.executable, workdir=logs, keep_workdir=True)
+        self.kind = name
+        self.name, self.role = name, role
+        self.args, self.env = list(args), dict(env)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.log_path  # the roles log to stderr
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir
+
+    def _command(self, binary: str) -> list[str]:
+        role = ["cloud", "run", "--role", self.role, *self.args]
+        return [binary, "-m", "vpp", *role, "--operator-port", str(self.port)]
+
+    def _cwd(self) -> Path | None:
+        return None  # the caller's: relative paths in args mean what they meant there
+
+    def _env(self) -> dict[str, str] | None:
+        return {**os.environ, **self.env}
+
+    def _probe(self, timeout: float) -> None:
+        """The operator port's ``/livez`` answers 200."""
+        with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(f"GET /livez HTTP/1.0\r\nHost: {self.host}\r\n\r\n".encode())
+            status = sock.recv(64).split(b" ", 2)
+            if len(status) < 2 or status[1] != b"200":
+                raise ServiceError(f"{self.name}: /livez answered {status!r}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log output)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class Restart:
+    """One restart by a :class:`ProcessSupervisor`: who, when (wall), and how it ended."""
+
+    name: str
+    wall_ts: float
+    exit_code: int | None
+
+
+class ProcessSupervisor:
+    """Restarts the processes it watches when they go down without being stopped (exit
+    by themselves, or killed), as ``Restart=on-failure`` does under systemd.
+
+    The delay doubles from ``min_delay_s`` to ``max_delay_s`` while a process keeps
+    failing within ``stable_after_s`` of its start, so a process that cannot start is not
+    respawned in a tight loop; :meth:`check` is one pass (tests call it directly),
+    :meth:`run` passes every ``every_s`` until stopped. Runs in the thread that started the
+    processes (the parent-death signal is tied to it).
+    """
+
+    def __init__(
+        self,
+        processes: Sequence[ManagedProcess] = (),
+        *,
+        min_delay_s: float = 1.0,
+        max_delay_s: float = 30.0,
+        stable_after_s: float = 60.0,
+        on_restart: Callable[[Restart], None] | None = None,
+    ) -> None:
+        """``on_restart``: told of each restart (the demo puts it in its report)."""
+        self.on_restart = on_restart
+        self.processes: list[ManagedProcess] = list(processes)
+        self.min_delay_s, self.max_delay_s = min_delay_s, max_delay_s
+        self.stable_after_s = stable_after_s
+        self.restarts: list[Restart] = []
+        self._down_since: dict[int, float] = {}
+        self._delay: dict[int, float] = {}
+        self._started_at: dict[int, float] = {}
+
+    def watch(self, process: ManagedProcess) -> None:
+        self.processes.append(process)
+        self._started_at[id(process)] = time.monotonic()
+
+    def check(self, now: float | None = None) -> list[ManagedProcess]:
+        """Restart every crashed process whose delay has passed; returns those restarted."""
+        now = time.monotonic() if now is None else now
+        restarted = []
+        for proc in self.processes:
+            key = id(proc)
+            if not proc.crashed:
+                self._down_since.pop(key, None)
+                continue
+            if key not in self._down_since:
+                self._down_since[key] = now
+                quick = now - self._started_at.get(key, -math.inf) < self.stable_after_s
+                last = self._delay.get(key, self.min_delay_s / 2)
+                delay = min(self.max_delay_s, 2 * last) if quick else self.min_delay_s
+                self._delay[key] = delay
+                log.warning(
+                    "%s: down (exit code %s); restarting in %.0f s",
+                    proc.kind,
+                    proc.exit_code,
+                    delay,
+                )
+            if now - self._down_since[key] < self._delay[key]:
+                continue
+            code = proc.exit_code
+            try:
+                proc.start()
+            except ServiceError as exc:
+                log.error("%s: restart failed: %s", proc.kind, exc)
+                self._down_since[key] = now
+                continue
+            self._down_since.pop(key, None)
+            self._started_at[key] = now
+            restart = Restart(proc.kind, time.time(), code)
+            self.restarts.append(restart)
+            restarted.append(proc)
+            log.warning("%s: restarted (pid %s)", proc.kind, proc.pid)
+            if self.on_restart is not None:
+                self.on_restart(restart)
+        return restarted
+
+    async def run(self, stop: asyncio.Event, every_s: float = 0.5) -> None:
+        """:meth:`check` every ``every_s`` wall seconds until ``stop`` is set."""
+        while not stop.is_set():
+            self.check()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every_s):
+                    await stop.wait()
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:

@@ -68,7 +68,6 @@ from protocols.clock import SimClock
 from protocols.messages import PartitionSignal
 from protocols.mqtt_endpoint import endpoint_of
 from protocols.units import SETTLEMENT_INTERVAL_S, to_iso8601
-from vpp.demo.cloudproc import CloudProcess
 from vpp.demo.gate import NetworkGate
 from vpp.demo.intervals import Observed, interval_rows
 from vpp.demo.observe import TelemetryCounter, TruthLog
@@ -84,7 +83,14 @@ from vpp.e2e import (
     failing,
     write_report,
 )
-from vpp.services import MosquittoServer, RedisServer, free_port
+from vpp.services import (
+    MosquittoServer,
+    ProcessSupervisor,
+    RedisServer,
+    Restart,
+    RoleProcess,
+    free_port,
+)
 from vpp.sitecfg import site_configs
 from vpp.trader.client import Decision, TraderOptions, VirtualTrader
 from vpp.trader.prices import PriceSeries, default_prices, packaged_prices, read_prices
@@ -284,9 +290,12 @@ class FaultDriver:
         proc = next((p for p in self.demo.cloud if p.name == name), None)
         if proc is None:
             return f"no leader found (lock holder {name!r}): nothing killed"
+        killed_at = self.demo.clock.time()
+        # recovered when dispatching resumes: a standby took the lock, or the supervisor
+        # restarted the leader and it renewed its own lock first
         self._window(
             "leader-kill",
-            lambda sample, dead=proc.name: sample["dispatcher"] not in (None, dead),
+            lambda sample, killed=killed_at: (sample["delivery_ts"] or 0) > killed,
         )
         proc.kill()
         return f"leader {proc.name} SIGKILLed"
@@ -334,7 +343,10 @@ class Demo:
         self.mqtt_url = options.mqtt_url or ""
         self.redis_url = options.redis_url or ""
         self.hot: aioredis.Redis | None = None
-        self.cloud: list[CloudProcess] = []
+        self.cloud: list[RoleProcess] = []
+        # restarts a role that dies (a crash, a drill's SIGKILL), as systemd does
+        self.supervisor = ProcessSupervisor(on_restart=self._restarted)
+        self._supervising: asyncio.Task[None] | None = None
         self.gate: NetworkGate | None = None
         self.gated: list[int] = []
         self.agents: list[SiteAgent | None] = []
@@ -420,23 +432,22 @@ class Demo:
             str(PARTITIONS),
             "--config",
             str(config),
-            "--operator-port",  # several processes on one host: each a free port, logged
-            "0",
         ]
         env = {"VPP_CLOCK": self.clock.spec()}
         logs = self.out / "logs"
-        procs = [CloudProcess("api", "api", [*common, "--api-port", str(api_port)], env, logs)]
+        procs = [RoleProcess("api", "api", [*common, "--api-port", str(api_port)], env, logs)]
         for i in range(self.scenario.workers):
             name = f"worker-{i + 1}"
-            procs.append(CloudProcess(name, "worker", [*common, "--instance-id", name], env, logs))
+            procs.append(RoleProcess(name, "worker", [*common, "--instance-id", name], env, logs))
         for i in range(self.scenario.dispatchers):
             name = f"dispatcher-{i + 1}"
             procs.append(
-                CloudProcess(name, "dispatcher", [*common, "--instance-id", name], env, logs)
+                RoleProcess(name, "dispatcher", [*common, "--instance-id", name], env, logs)
             )
         for proc in procs:
-            proc.start()
+            proc.start()  # each with its operator port, free and logged
             self.cloud.append(proc)
+            self.supervisor.watch(proc)
             if proc.role == "dispatcher":
                 time.sleep(0.5)  # the first one leads: it starts ahead of its standby
 
@@ -446,7 +457,7 @@ class Demo:
             while time.monotonic() < deadline:
                 for proc in self.cloud:
                     if not proc.running:
-                        raise RuntimeError(f"cloud {proc.name} exited:\n{proc.tail()}")
+                        raise RuntimeError(f"cloud {proc.name} exited:\n{proc.log_tail(20)}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await http.get("/v1/health")).status_code == 200:
                         return
@@ -564,6 +575,7 @@ class Demo:
             try:
                 await self.fleet.start()
                 self._start_cloud(db, api_port)
+                self._supervising = asyncio.create_task(self.supervisor.run(self.stop))
                 await self._wait_api()
                 self.tap = TelemetryCounter(self.mqtt_url)
                 await asyncio.to_thread(self.tap.wait_subscribed)
@@ -731,6 +743,7 @@ class Demo:
             "t": now,
             "sites_online": pool.sites_fresh,
             "dispatcher": delivery.get("dispatcher") if delivery else None,
+            "delivery_ts": float(delivery["ts"]) if delivery else None,
         }
         for window in self.faults.windows:
             if window.end is None and now >= window.not_before and window.recovered(observed):
@@ -841,7 +854,14 @@ class Demo:
         assert self.tap is not None
         return self.tap.received(produced)
 
+    def _restarted(self, restart: Restart) -> None:
+        how = f"exit code {restart.exit_code}" if restart.exit_code is not None else "gone"
+        self.recorder.event(self.clock.time(), "restart", f"{restart.name} restarted ({how})")
+
     async def _teardown(self) -> None:
+        self.stop.set()  # the supervisor first: nothing is restarted while we stop it all
+        if self._supervising is not None:
+            await self._supervising
         if self.tap is not None:
             expected, received = self._telemetry_counts()
             self.recorder.telemetry(expected, received)
@@ -926,6 +946,7 @@ class Demo:
             "report": str(report),
             "failing": failing(alerts),
             "interrupted": interrupted,
+            "restarts": [r.name for r in self.supervisor.restarts],
         }
 
     def _line(self) -> Text:
