@@ -14,7 +14,7 @@ from vpp.cli import app
 
 runner = CliRunner()
 FIXTURES = Path(__file__).parent / "fixtures" / "protocols" / "v1"
-GROUPS = ["sim", "edge", "cloud", "trader", "protocol"]
+GROUPS = ["demo", "sim", "edge", "cloud", "trader", "protocol"]
 
 
 def test_vpp_help_lists_the_groups():
