@@ -1,9 +1,19 @@
-"""Installs per tier (pyproject.toml's extras): the `vpp` command on a partial install."""
+"""Installs per tier: what each part imports stays inside what its extra installs.
+
+Each row imports a part in a fresh interpreter and lists the modules it loaded. Forbidden are
+the libraries that pyproject.toml's extras install and the row's extras do not, with everything
+they pull in (rich brings pygments, FastAPI brings starlette), and the first-party code the
+part must not reach. A gateway (`vpp[edge]`) would not have them: importing one there fails.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import tomllib
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -13,6 +23,24 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 EXAMPLE_CONFIG = ROOT / "edge" / "config.example.toml"
 NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
+
+# Runs in the fresh interpreter: import every module of the packages in argv[1] (a JSON
+# list), or run `vpp` with the arguments in argv[2]; print the top-level modules loaded.
+PROBE = """
+import contextlib, io, json, pkgutil, importlib, sys
+packages, argv = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+for name in packages:
+    package = importlib.import_module(name)
+    for info in pkgutil.walk_packages(package.__path__, name + "."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+if argv:
+    from vpp.cli import app
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = app(argv, prog_name="vpp", standalone_mode=False)
+    assert code in (None, 0), code
+print(json.dumps(sorted(sys.modules)))
+"""
 
 
 def _normal(name: str) -> str:
@@ -41,6 +69,109 @@ def _tier(extras: tuple[str, ...]) -> set[str]:
             else:
                 specs.append(spec)
     return {_declared(spec)[0] for spec in specs}
+
+
+@cache
+def _closure(distributions: frozenset[str]) -> frozenset[str]:
+    """The distributions and everything they require unconditionally, as installed here."""
+    out: set[str] = set()
+    todo = list(distributions)
+    while todo:
+        name = todo.pop()
+        if name in out:
+            continue
+        out.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [_declared(line)[0] for line in requires if "extra" not in line.partition(";")[2]]
+    return frozenset(out)
+
+
+@cache
+def _modules_of() -> dict[str, set[str]]:
+    """Distribution -> the top-level modules it installs (from this environment)."""
+    out: dict[str, set[str]] = {}
+    for module, distributions in metadata.packages_distributions().items():
+        for distribution in distributions:
+            out.setdefault(_normal(distribution), set()).add(module)
+    return out
+
+
+def forbidden_libraries(extras: tuple[str, ...]) -> set[str]:
+    """Top-level modules of what some extra installs and ``extras`` do not."""
+    every = _tier(tuple(PYPROJECT["project"]["optional-dependencies"]))
+    allowed = _closure(frozenset(_tier(extras)))
+    modules = _modules_of()
+    return {m for d in _closure(frozenset(every)) - allowed for m in modules.get(d, ())}
+
+
+# Libraries that import others only when those are installed (try/except ImportError): on a
+# tier without them nothing is imported. httpx's command-line client uses rich and pygments.
+OPTIONAL_IMPORTS = {"httpx": {"rich", "pygments"}}
+
+EDGE_CLI_AVOIDS = (
+    "cloud",
+    "firmware_sim",
+    "vpp.commands.cloud",
+    "vpp.commands.demo",
+    "vpp.commands.sim",
+    "vpp.commands.trader",
+    "vpp.demo",
+    "vpp.e2e",
+    "vpp.services",
+    "vpp.trader",
+)
+
+# what runs, its extras, first-party packages it must not import
+ROWS = [
+    pytest.param(["protocols"], [], (), ("edge", "cloud", "firmware_sim", "vpp"), id="protocols"),
+    pytest.param(["edge"], [], ("edge",), ("cloud", "firmware_sim", "vpp"), id="edge"),
+    pytest.param(
+        [],
+        ["edge", "check-config", "--config", str(EXAMPLE_CONFIG)],
+        ("edge",),
+        EDGE_CLI_AVOIDS,
+        id="vpp edge check-config",
+    ),
+    pytest.param([], ["edge", "run", "--help"], ("edge",), EDGE_CLI_AVOIDS, id="vpp edge run"),
+    pytest.param(["firmware_sim"], [], ("sim",), ("edge", "cloud", "vpp"), id="firmware_sim"),
+    pytest.param(["cloud"], [], ("cloud",), ("edge", "firmware_sim", "vpp"), id="cloud"),
+    pytest.param(
+        ["vpp.trader"], [], ("trader",), ("edge", "cloud", "firmware_sim", "vpp.demo"), id="trader"
+    ),
+]
+
+
+@pytest.mark.parametrize(("packages", "argv", "extras", "avoids"), ROWS)
+def test_a_part_imports_only_what_its_extra_installs(packages, argv, extras, avoids):
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(packages), json.dumps(argv)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    top = {m.split(".")[0] for m in loaded}
+    optional = set().union(*(OPTIONAL_IMPORTS.get(m, set()) for m in top))
+    libraries = sorted(top & forbidden_libraries(extras) - optional)
+    first_party = sorted(m for m in loaded if m.startswith(tuple(a + "." for a in avoids)))
+    first_party += sorted(set(avoids) & loaded)
+    assert libraries == [], f"{extras or 'the base'} does not install these"
+    assert first_party == []
+
+
+def test_the_forbidden_sets_are_what_the_tiers_say():
+    """The gateway's tier forbids the cloud's and the demo's libraries, not its own."""
+    edge = forbidden_libraries(("edge",))
+    assert {"redis", "scipy", "matplotlib", "rich", "pygments", "fastapi", "httpx"} <= edge
+    assert not {"numpy", "pymodbus", "sqlite_utils", "paho", "pydantic", "click"} & edge
+    assert {"pymodbus", "sqlite_utils"} <= forbidden_libraries(())
+    assert "pytest" in forbidden_libraries(("demo",))
+    assert forbidden_libraries(("dev",)) == set()
 
 
 # --- the `vpp` command on a partial install ---------------------------------------------------
