@@ -10,7 +10,7 @@ import click
 PathType = click.Path(path_type=Path)
 
 
-@click.command()
+@click.command(short_help="Run the whole system on one machine on an accelerated clock.")
 @click.option("--sites", type=click.IntRange(1, 2000), default=10, help="Simulated sites.")
 @click.option("--seed", type=int, default=1, help="Seed: same seed, same sites and price day.")
 @click.option("--hours", type=click.FloatRange(0.25, 24 * 31), default=1.0, help="Simulated hours.")
