@@ -11,7 +11,10 @@ Everything runs on wall time (clock speed 1), as on a gateway:
 The devices are a firmware-sim fleet in its own process (20 ms answer latency, like a real
 inverter), the broker a private Mosquitto.
 
-    .venv/bin/python bench/bench_edge.py [--seconds 30] [--max-agents 400]
+    .venv/bin/python bench/bench_edge.py [--seconds 30] [--max-agents 400] [--agent-vpp PATH]
+
+--agent-vpp runs the agents with another install's `vpp`, e.g. a gateway's lean one
+(`pip install '.[edge]'` in a venv of its own); --max-agents 0 measures only the one agent.
 """
 
 from __future__ import annotations
@@ -108,20 +111,22 @@ class TelemetryClock:
         self.client.disconnect()
 
 
-def run_agents(manifest: dict, url: str, workdir: Path, tag: str) -> subprocess.Popen:
+def run_agents(
+    manifest: dict, url: str, workdir: Path, tag: str, vpp: str = VPP
+) -> subprocess.Popen:
     cfg_dir = workdir / f"configs-{tag}"
     configs = site_configs(manifest, url, cfg_dir, agent={"backlog_delay_max_s": 0.0})
     write_site_configs(configs, cfg_dir)
     return subprocess.Popen(
-        [VPP, "edge", "run", "--config-dir", str(cfg_dir), "--operator-port", "0"],
+        [vpp, "edge", "run", "--config-dir", str(cfg_dir), "--operator-port", "0"],
         stdout=subprocess.DEVNULL,
     )
 
 
-def measure(k: int, seconds: float, broker: MosquittoServer, workdir: Path) -> dict:
+def measure(k: int, seconds: float, broker: MosquittoServer, workdir: Path, vpp: str = VPP) -> dict:
     fleet, manifest = start_fleet(k, workdir)
     observer = TelemetryClock(broker.url)
-    agents = run_agents(manifest, broker.url, workdir, str(k))
+    agents = run_agents(manifest, broker.url, workdir, str(k), vpp)
     try:
         time.sleep(min(15.0, 3.0 + k * 0.05))  # connect and settle
         rss0, cpu0 = proc_usage(agents.pid)
@@ -152,10 +157,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--max-agents", type=int, default=400)
+    parser.add_argument("--agent-vpp", default=VPP, help="the vpp command that runs the agents")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, MosquittoServer() as broker:
         workdir = Path(tmp)
-        one = measure(1, args.seconds, broker, workdir)
+        one = measure(1, args.seconds, broker, workdir, args.agent_vpp)
         print("one agent, 4 devices, 1 s poll, 2 s telemetry, wall clock:")
         print(
             f"  RSS {one['rss_mib']:.1f} MiB   CPU {one['cpu_pct_of_one_core']:.2f} % of one core"
@@ -166,7 +172,7 @@ def main() -> None:
         print("  " + " ".join(f"{h:>8}" for h in header))
         k = 25
         while k <= args.max_agents:
-            r = measure(k, args.seconds, broker, workdir)
+            r = measure(k, args.seconds, broker, workdir, args.agent_vpp)
             print(
                 f"  {k:>6} {r['rss_mib']:>8.1f} {r['cpu_pct_of_one_core']:>7.1f} "
                 f"{r['gap_p50_s']:>8.2f} {r['gap_p99_s']:>8.2f} {r['slipped_pct']:>7.2f}%",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a development/CI machine for vpp: Debian packages (mosquitto, mosquitto-clients,
 # redis-server, and Python venv support if needed) and the project venv in .venv with
-# `pip install -e '.[dev]'`.
+# `pip install -e '.[dev]'` (every tier, `.[demo]`, plus the test tools; see pyproject.toml).
 #
 # Idempotent and quick when already done: packages are installed only if missing, and
 # the pip install is skipped while pyproject.toml (and the python) are unchanged - a

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from vpp.cli import app
 
@@ -16,7 +16,7 @@ from .tls_files import make_broker_tls
 
 runner = CliRunner()
 FIXTURES = Path(__file__).parent / "fixtures" / "protocols" / "v1"
-GROUPS = ["sim", "edge", "cloud", "trader", "protocol"]
+GROUPS = ["demo", "sim", "edge", "cloud", "trader", "protocol"]
 
 
 def test_vpp_help_lists_the_groups():

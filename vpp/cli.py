@@ -1,115 +1,105 @@
-"""The `vpp` console command: subcommands grouped by part of the system."""
+"""The `vpp` console command: subcommands grouped by part of the system.
+
+One command for every tier. A group's module is imported only when that group runs, so `vpp
+edge ...` on a gateway loads none of the cloud's, the trader's or the demo's code. A group
+whose extra is not installed (see pyproject.toml) answers, whatever its arguments, with one
+line naming the extra to install, and exit 2.
+"""
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-from typing import Annotated
+import importlib
+import re
+from importlib import metadata
 
-import typer
+import click
 
-from vpp.commands import cloud, edge, protocol, sim, trader
+# group -> (module, attribute, the extra it needs; None: the base install is enough)
+GROUPS: dict[str, tuple[str, str, str | None]] = {
+    "demo": ("vpp.commands.demo", "demo", "demo"),
+    "sim": ("vpp.commands.sim", "app", "sim"),
+    "edge": ("vpp.commands.edge", "app", "edge"),
+    "cloud": ("vpp.commands.cloud", "app", "cloud"),
+    "trader": ("vpp.commands.trader", "app", "trader"),
+    "protocol": ("vpp.commands.protocol", "app", None),
+}
 
-app = typer.Typer(no_args_is_help=True, help="vpp: a virtual power plant.")
-app.add_typer(sim.app, name="sim")
-app.add_typer(edge.app, name="edge")
-app.add_typer(cloud.app, name="cloud")
-app.add_typer(trader.app, name="trader")
-app.add_typer(protocol.app, name="protocol")
+_REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
+_EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
 
 
-@app.command()
-def demo(
-    sites: Annotated[int, typer.Option(min=1, max=2000, help="Simulated sites.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed: same seed, same sites and price day.")] = 1,
-    hours: Annotated[float, typer.Option(min=0.25, max=24 * 31, help="Simulated hours.")] = 1.0,
-    speed: Annotated[
-        float, typer.Option(min=1, max=1000, help="Simulated seconds per wall second.")
-    ] = 12.0,
-    scenario: Annotated[
-        str,
-        typer.Option(
-            help="Fault scenario: none, site-dropout, device-freeze, broker-restart, "
-            "broker-outage, worker-kill, leader-kill, network-outage."
-        ),
-    ] = "none",
-    out: Annotated[Path, typer.Option(help="Output folder (report.html, kpis.json, ...).")] = Path(
-        "demo-out"
-    ),
-    full_day: Annotated[
-        bool, typer.Option("--full-day", help="Trade a whole day, 00:00 to 24:00 UTC.")
-    ] = False,
-    continuous: Annotated[
-        bool,
-        typer.Option(
-            "--continuous",
-            help="Period after period (--hours each, a day with --full-day) until "
-            "Ctrl-C, alerting on regressions.",
-        ),
-    ] = False,
-    start: Annotated[
-        str | None,
-        typer.Option(help="Simulated start, ISO 8601 (default: the price day, 09:00 UTC)."),
-    ] = None,
-    prices: Annotated[
-        Path | None, typer.Option(help="Day-ahead prices: CSV or ENTSO-E XML (default: real BE).")
-    ] = None,
-    imbalance_prices: Annotated[
-        Path | None, typer.Option(help="Imbalance prices: CSV or ENTSO-E XML.")
-    ] = None,
-    mqtt_url: Annotated[
-        str | None, typer.Option(envvar="VPP_MQTT_URL", help="Use this broker.")
-    ] = None,
-    redis_url: Annotated[
-        str | None, typer.Option(envvar="VPP_REDIS_URL", help="Use this Redis (flushed!).")
-    ] = None,
-    no_live: Annotated[bool, typer.Option("--no-live", help="No progress line.")] = False,
-    history_days: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            max=30,
-            help="Days of the sites' simulated past the agents start with (their forecasts "
-            "learn from it; 0: a fresh install).",
-        ),
-    ] = 10.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Run the whole system on one machine on an accelerated clock: fleet, edge agents,
-    cloud, virtual trader; write kpis.json and report.html to --out."""
-    from protocols.units import from_iso8601
-    from vpp.demo import DemoOptions, run_demo
+def _requirements(extra: str, requires: list[str]) -> list[str]:
+    """The distributions ``vpp[extra]`` adds to the base install, following ``vpp[...]``
+    inside an extra (``demo`` is ``vpp[edge,sim,cloud,trader]`` and more)."""
+    names: list[str] = []
+    for line in requires:
+        spec, _, marker = line.partition(";")
+        found = _EXTRA_MARKER.search(marker)
+        match = _REQUIREMENT.match(spec)
+        if found is None or found.group(1) != extra or match is None:
+            continue
+        name, extras = match.group(1), match.group(2)
+        if name.lower() == "vpp":
+            for inner in (extras or "").split(","):
+                names += _requirements(inner.strip(), requires)
+        else:
+            names.append(name)
+    return names
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not verbose:
-        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+def missing_for(extra: str) -> list[str]:
+    """The distributions of ``vpp[extra]`` that are not installed, sorted; none when vpp
+    itself is not installed (run from a source tree, where nothing says what was meant to be)."""
     try:
-        t0 = from_iso8601(start) if start else None
-        options = DemoOptions(
-            sites=sites,
-            seed=seed,
-            hours=24.0 if full_day else hours,
-            speed=speed,
-            scenario=scenario,
-            out=out,
-            start=t0,
-            full_day=full_day,
-            continuous=continuous,
-            prices=prices,
-            imbalance_prices=imbalance_prices,
-            mqtt_url=mqtt_url,
-            redis_url=redis_url,
-            live=not no_live,
-            history_days=history_days,
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    results = run_demo(options)
-    if not results or any(r["interrupted"] for r in results):
-        raise typer.Exit(130)
+        requires = metadata.requires("vpp") or []
+    except metadata.PackageNotFoundError:
+        return []
+    missing = set()
+    for name in _requirements(extra, requires):
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            missing.add(name)
+    return sorted(missing)
+
+
+def _not_installed(name: str, extra: str, missing: list[str]) -> click.Command:
+    """A stand-in for group ``name``: any arguments, one line, exit 2."""
+    line = (
+        f"error: `vpp {name}` needs the {extra} extra ({', '.join(missing)} not installed): "
+        f"pip install 'vpp[{extra}]'"
+    )
+
+    def fail() -> None:
+        click.echo(line, err=True)
+        raise SystemExit(2)
+
+    return click.Command(
+        name,
+        callback=fail,
+        help=f"Not installed: pip install 'vpp[{extra}]'.",
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
+
+
+class _LazyGroups(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(GROUPS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in GROUPS:
+            return None
+        module, attribute, extra = GROUPS[cmd_name]
+        missing = missing_for(extra) if extra else []
+        if missing:
+            return _not_installed(cmd_name, extra, missing)
+        return getattr(importlib.import_module(module), attribute)
+
+
+@click.group(cls=_LazyGroups, context_settings={"show_default": True})
+def app() -> None:
+    """vpp: a virtual power plant."""
 
 
 def main() -> None:

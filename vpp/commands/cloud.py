@@ -10,29 +10,49 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
 if TYPE_CHECKING:
     from cloud.registry import Registry
 
-app = typer.Typer(no_args_is_help=True, help="The cloud: registry, workers, dispatcher, API.")
-pools_app = typer.Typer(no_args_is_help=True, help="Pools: the units a trader dispatches.")
-sites_app = typer.Typer(no_args_is_help=True, help="Sites: which pool each site belongs to.")
-keys_app = typer.Typer(no_args_is_help=True, help="Trader API keys, each scoped to pools.")
-app.add_typer(pools_app, name="pools")
-app.add_typer(sites_app, name="sites")
-app.add_typer(keys_app, name="keys")
-
-DbOpt = Annotated[
-    Path, typer.Option("--db", envvar="VPP_DB", help="Registry SQLite file.", show_default=False)
-]
+PathType = click.Path(path_type=Path)
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
+@click.group(help="The cloud: registry, workers, dispatcher, API.")
+def app() -> None:
+    pass
+
+
+@app.group("pools")
+def pools_app() -> None:
+    """Pools: the units a trader dispatches."""
+
+
+@app.group("sites")
+def sites_app() -> None:
+    """Sites: which pool each site belongs to."""
+
+
+@app.group("keys")
+def keys_app() -> None:
+    """Trader API keys, each scoped to pools."""
+
+
+db_option = click.option(
+    "--db",
+    type=PathType,
+    envvar="VPP_DB",
+    show_envvar=True,
+    required=True,
+    help="Registry SQLite file.",
+)
+
+
+def _fail(message: str) -> SystemExit:
+    click.echo(f"error: {message}", err=True)
+    return SystemExit(1)
 
 
 @contextmanager
@@ -57,80 +77,82 @@ def _registry(db: Path, *, migrate: bool = True) -> Iterator[Registry]:
 
 
 @app.command()
-def migrate(db: DbOpt) -> None:
+@db_option
+def migrate(db: Path) -> None:
     """Create or upgrade the registry schema (every cloud process also does this at start)."""
     with _registry(db) as reg:
         applied = reg.applied_migrations()
         done = reg.migrated
-    typer.echo(f"applied: {', '.join(done)}" if done else "up to date")
-    typer.echo(f"registry {db}: {len(applied)} migrations, latest {applied[-1]}")
+    click.echo(f"applied: {', '.join(done)}" if done else "up to date")
+    click.echo(f"registry {db}: {len(applied)} migrations, latest {applied[-1]}")
 
 
 @pools_app.command("create")
-def pools_create(
-    pool_id: Annotated[str, typer.Argument(help="Pool id (letters, digits, '_', '-', '.').")],
-    db: DbOpt,
-    name: Annotated[str, typer.Option(help="Human-readable name.")] = "",
-) -> None:
-    """Create a pool."""
+@click.argument("pool_id")
+@db_option
+@click.option("--name", default="", help="Human-readable name.")
+def pools_create(pool_id: str, db: Path, name: str) -> None:
+    """Create pool POOL_ID (letters, digits, '_', '-', '.')."""
     with _registry(db) as reg:
         pool = reg.create_pool(pool_id, name)
-    typer.echo(f"pool {pool.pool_id} created")
+    click.echo(f"pool {pool.pool_id} created")
 
 
 @pools_app.command("list")
-def pools_list(db: DbOpt) -> None:
+@db_option
+def pools_list(db: Path) -> None:
     """List pools with their site counts."""
     with _registry(db) as reg:
         rows = [(p, len(reg.sites_of_pool(p.pool_id))) for p in reg.list_pools()]
     for pool, sites in rows:
-        typer.echo(f"{pool.pool_id}\t{sites} sites\t{pool.name}")
+        click.echo(f"{pool.pool_id}\t{sites} sites\t{pool.name}")
 
 
 @sites_app.command("add")
-def sites_add(
-    site_ids: Annotated[list[str], typer.Argument(help="Site id(s).", show_default=False)],
-    db: DbOpt,
-    pool: Annotated[str, typer.Option("--pool", help="Pool the sites join.", show_default=False)],
-    partitions: Annotated[
-        int, typer.Option(help="Partition count of the deployment (fixed once set).")
-    ] = 64,
-) -> None:
-    """Add sites to a pool (or move them); prints each site's partition."""
+@click.argument("site_ids", nargs=-1, required=True)
+@db_option
+@click.option("--pool", required=True, help="Pool the sites join.")
+@click.option(
+    "--partitions", type=int, default=64, help="Partition count of the deployment (fixed once set)."
+)
+def sites_add(site_ids: tuple[str, ...], db: Path, pool: str, partitions: int) -> None:
+    """Add sites SITE_IDS to a pool (or move them); prints each site's partition."""
     with _registry(db) as reg:
         for site_id in site_ids:
             site = reg.add_site(site_id, pool, partitions=partitions)
-            typer.echo(f"site {site.site_id} -> pool {site.pool_id}, partition {site.partition}")
+            click.echo(f"site {site.site_id} -> pool {site.pool_id}, partition {site.partition}")
 
 
 @sites_app.command("list")
-def sites_list(db: DbOpt, pool: Annotated[str, typer.Option("--pool", show_default=False)]) -> None:
+@db_option
+@click.option("--pool", required=True)
+def sites_list(db: Path, pool: str) -> None:
     """List a pool's sites and their partitions."""
     with _registry(db) as reg:
         if reg.get_pool(pool) is None:
             raise ValueError(f"pool {pool!r} does not exist")
         sites = reg.sites_of_pool(pool)
     for site in sites:
-        typer.echo(f"{site.site_id}\tpartition {site.partition}")
+        click.echo(f"{site.site_id}\tpartition {site.partition}")
 
 
 @keys_app.command("create")
-def keys_create(
-    db: DbOpt,
-    pool: Annotated[
-        list[str], typer.Option("--pool", help="Pool the key may use; repeat for several.")
-    ],
-    label: Annotated[str, typer.Option(help="Who or what the key is for.")] = "",
-) -> None:
+@db_option
+@click.option(
+    "--pool", multiple=True, required=True, help="Pool the key may use; repeat for several."
+)
+@click.option("--label", default="", help="Who or what the key is for.")
+def keys_create(db: Path, pool: tuple[str, ...], label: str) -> None:
     """Create an API key. The token is printed once, alone on the last line: store it now."""
     with _registry(db) as reg:
-        key, token = reg.create_api_key(pool, label)
-    typer.echo(f"key {key.key_id} for pools {', '.join(key.pool_ids)}; the token is shown once:")
-    typer.echo(token)
+        key, token = reg.create_api_key(list(pool), label)
+    click.echo(f"key {key.key_id} for pools {', '.join(key.pool_ids)}; the token is shown once:")
+    click.echo(token)
 
 
 @keys_app.command("list")
-def keys_list(db: DbOpt) -> None:
+@db_option
+def keys_list(db: Path) -> None:
     """List keys (ids, pools, state); tokens are never stored, so never shown."""
     from protocols.units import to_iso8601
 
@@ -139,92 +161,133 @@ def keys_list(db: DbOpt) -> None:
     for key in keys:
         state = "active" if key.revoked_ts is None else f"revoked {to_iso8601(key.revoked_ts)}"
         used = "never" if key.last_used_ts is None else to_iso8601(key.last_used_ts)
-        typer.echo(
+        click.echo(
             f"{key.key_id}\t{','.join(key.pool_ids)}\t{state}\tlast used {used}\t{key.label}"
         )
 
 
 @keys_app.command("revoke")
-def keys_revoke(
-    key_id: Annotated[str, typer.Argument(help="Key id (from `keys list`).")], db: DbOpt
-) -> None:
-    """Revoke a key: requests with it are refused from now on."""
+@click.argument("key_id")
+@db_option
+def keys_revoke(key_id: str, db: Path) -> None:
+    """Revoke key KEY_ID (from `keys list`): requests with it are refused from now on."""
     with _registry(db) as reg:
         if not reg.revoke_api_key(key_id):
             raise ValueError(f"no active key {key_id!r}")
-    typer.echo(f"key {key_id} revoked")
+    click.echo(f"key {key_id} revoked")
 
 
 @app.command()
+@click.option(
+    "--role",
+    default="all",
+    help="all (default), or one role per process: worker | api | dispatcher.",
+)
+@click.option(
+    "--mqtt-url",
+    envvar="VPP_MQTT_URL",
+    show_envvar=True,
+    help="Broker: mqtt://host[:port] or mqtts://.",
+)
+@click.option(
+    "--mqtt-username", envvar="VPP_MQTT_USERNAME", show_envvar=True, help="Broker account."
+)
+@click.option(
+    "--mqtt-password-file",
+    type=PathType,
+    envvar="VPP_MQTT_PASSWORD_FILE",
+    show_envvar=True,
+    help="File holding the broker password.",
+)
+@click.option(
+    "--mqtt-ca-file",
+    type=PathType,
+    envvar="VPP_MQTT_CA_FILE",
+    show_envvar=True,
+    help="CA of the broker's certificate (mqtts).",
+)
+@click.option(
+    "--mqtt-cert-file",
+    type=PathType,
+    envvar="VPP_MQTT_CERT_FILE",
+    show_envvar=True,
+    help="Client certificate (mqtts).",
+)
+@click.option(
+    "--mqtt-key-file",
+    type=PathType,
+    envvar="VPP_MQTT_KEY_FILE",
+    show_envvar=True,
+    help="Client certificate's key.",
+)
+@click.option("--redis-url", envvar="VPP_REDIS_URL", show_envvar=True, help="Redis.")
+@click.option("--db", type=PathType, envvar="VPP_DB", show_envvar=True, help="Registry file.")
+@click.option("--api-host", envvar="VPP_API_HOST", show_envvar=True)
+@click.option("--api-port", type=int, envvar="VPP_API_PORT", show_envvar=True)
+@click.option(
+    "--operator-host",
+    envvar="VPP_OPERATOR_HOST",
+    show_envvar=True,
+    help="Address of /livez, /readyz, /metrics.",
+)
+@click.option(
+    "--operator-port",
+    type=int,
+    envvar="VPP_OPERATOR_PORT",
+    show_envvar=True,
+    help="Port of /livez, /readyz, /metrics (default 9180; 0: a free one, logged).",
+)
+@click.option("--partitions", type=int, envvar="VPP_PARTITIONS", show_envvar=True)
+@click.option(
+    "--config",
+    type=PathType,
+    envvar="VPP_CLOUD_CONFIG",
+    show_envvar=True,
+    help='TOML file whose "cloud" table sets any option.',
+)
+@click.option("--clock", envvar="VPP_CLOCK", show_envvar=True, help="Clock spec (default wall).")
+@click.option(
+    "--instance-id",
+    envvar="VPP_INSTANCE_ID",
+    show_envvar=True,
+    help="Name in leases, the leader lock and logs.",
+)
+@click.option(
+    "--retention-cycles-days",
+    type=float,
+    envvar="VPP_RETENTION_CYCLES_DAYS",
+    show_envvar=True,
+    help="Days of the dispatcher's per-cycle records kept (0: for ever; default 7).",
+)
+@click.option(
+    "--retention-activations-days",
+    type=float,
+    envvar="VPP_RETENTION_ACTIVATIONS_DAYS",
+    show_envvar=True,
+    help="Days of expired setpoints kept (0: for ever; default 30).",
+)
+@click.option("--verbose", "-v", is_flag=True)
 def run(
-    role: Annotated[
-        str, typer.Option(help="all (default), or one role per process: worker | api | dispatcher.")
-    ] = "all",
-    mqtt_url: Annotated[
-        str | None,
-        typer.Option(envvar="VPP_MQTT_URL", help="Broker: mqtt://host[:port] or mqtts://."),
-    ] = None,
-    mqtt_username: Annotated[
-        str | None, typer.Option(envvar="VPP_MQTT_USERNAME", help="Broker account.")
-    ] = None,
-    mqtt_password_file: Annotated[
-        Path | None,
-        typer.Option(envvar="VPP_MQTT_PASSWORD_FILE", help="File holding the broker password."),
-    ] = None,
-    mqtt_ca_file: Annotated[
-        Path | None,
-        typer.Option(envvar="VPP_MQTT_CA_FILE", help="CA of the broker's certificate (mqtts)."),
-    ] = None,
-    mqtt_cert_file: Annotated[
-        Path | None, typer.Option(envvar="VPP_MQTT_CERT_FILE", help="Client certificate (mqtts).")
-    ] = None,
-    mqtt_key_file: Annotated[
-        Path | None, typer.Option(envvar="VPP_MQTT_KEY_FILE", help="Client certificate's key.")
-    ] = None,
-    redis_url: Annotated[str | None, typer.Option(envvar="VPP_REDIS_URL", help="Redis.")] = None,
-    db: Annotated[Path | None, typer.Option(envvar="VPP_DB", help="Registry file.")] = None,
-    api_host: Annotated[str | None, typer.Option(envvar="VPP_API_HOST")] = None,
-    api_port: Annotated[int | None, typer.Option(envvar="VPP_API_PORT")] = None,
-    operator_host: Annotated[
-        str | None,
-        typer.Option(envvar="VPP_OPERATOR_HOST", help="Address of /livez, /readyz, /metrics."),
-    ] = None,
-    operator_port: Annotated[
-        int | None,
-        typer.Option(
-            envvar="VPP_OPERATOR_PORT",
-            help="Port of /livez, /readyz, /metrics (default 9180; 0: a free one, logged).",
-        ),
-    ] = None,
-    partitions: Annotated[int | None, typer.Option(envvar="VPP_PARTITIONS")] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="VPP_CLOUD_CONFIG", help='TOML file whose "cloud" table sets any option.'
-        ),
-    ] = None,
-    clock: Annotated[
-        str | None, typer.Option(envvar="VPP_CLOCK", help="Clock spec (default wall).")
-    ] = None,
-    instance_id: Annotated[
-        str | None,
-        typer.Option(envvar="VPP_INSTANCE_ID", help="Name in leases, the leader lock and logs."),
-    ] = None,
-    retention_cycles_days: Annotated[
-        float | None,
-        typer.Option(
-            envvar="VPP_RETENTION_CYCLES_DAYS",
-            help="Days of the dispatcher's per-cycle records kept (0: for ever; default 7).",
-        ),
-    ] = None,
-    retention_activations_days: Annotated[
-        float | None,
-        typer.Option(
-            envvar="VPP_RETENTION_ACTIVATIONS_DAYS",
-            help="Days of expired setpoints kept (0: for ever; default 30).",
-        ),
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    role: str,
+    mqtt_url: str | None,
+    mqtt_username: str | None,
+    mqtt_password_file: Path | None,
+    mqtt_ca_file: Path | None,
+    mqtt_cert_file: Path | None,
+    mqtt_key_file: Path | None,
+    redis_url: str | None,
+    db: Path | None,
+    api_host: str | None,
+    api_port: int | None,
+    operator_host: str | None,
+    operator_port: int | None,
+    partitions: int | None,
+    config: Path | None,
+    clock: str | None,
+    instance_id: str | None,
+    retention_cycles_days: float | None,
+    retention_activations_days: float | None,
+    verbose: bool,
 ) -> None:
     """Run the cloud's roles until SIGINT/SIGTERM (flags > environment > config file)."""
     import asyncio
@@ -244,7 +307,7 @@ def run(
     logging.getLogger("vpp.operator").setLevel(logging.INFO)  # the operator port's line
     roles = ROLES if role == "all" else (role,)
     if role != "all" and role not in ROLES:
-        raise typer.BadParameter(f"unknown role {role!r}; use all, {', '.join(ROLES)}")
+        raise click.BadParameter(f"unknown role {role!r}; use all, {', '.join(ROLES)}")
     overrides = {
         "mqtt_url": mqtt_url,
         "mqtt_username": mqtt_username,
@@ -267,17 +330,17 @@ def run(
         settings = load_settings(config, overrides)
         clk = clock_from_spec(clock)
     except ValueError as exc:  # a setting that cannot work: one line, exit 2, like edge's
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
     if "worker" in roles or "dispatcher" in roles:
         check_brokers([settings.mqtt_endpoint()], f"vpp-cloud-check-{os.getpid()}")
-    typer.echo(
+    click.echo(
         f"cloud: roles {', '.join(roles)}; api http://{settings.api_host}:{settings.api_port}"
     )
     try:
         asyncio.run(run_cloud(settings, clk, roles))
     except RoleDiedError:  # logged in one line already; systemd restarts the process
-        raise typer.Exit(1) from None
+        raise SystemExit(1) from None
     except ServerStartError as exc:  # a port in use: one line, like a setting that cannot work
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import typer
+import click
 
 from protocols.mqtt_asyncio import MqttRefusedError, check_broker
 from protocols.mqtt_endpoint import MqttEndpoint
@@ -25,7 +25,7 @@ def check_brokers(endpoints: list[MqttEndpoint], client_id: str) -> None:
             asyncio.run(check_broker(endpoint, client_id, BROKER_CHECK_S))
         except MqttRefusedError as exc:
             who = f"user {endpoint.username!r}" if endpoint.username else "anonymous"
-            typer.echo(f"error: MQTT {endpoint.url}: {exc} ({who})", err=True)
-            raise typer.Exit(2) from None
+            click.echo(f"error: MQTT {endpoint.url}: {exc} ({who})", err=True)
+            raise SystemExit(2) from None
         except (OSError, TimeoutError) as exc:
             log.warning("MQTT %s not reachable yet (%s); will keep trying", endpoint.url, exc)

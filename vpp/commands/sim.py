@@ -8,46 +8,56 @@ import logging
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import click
 
-app = typer.Typer(
-    no_args_is_help=True, help="Simulated devices: run a fleet, inject faults, read truth."
-)
+PathType = click.Path(path_type=Path)
+
+
+@click.group(help="Simulated devices: run a fleet, inject faults, read truth.")
+def app() -> None:
+    pass
+
 
 DEFAULT_MANIFEST = Path("sim-fleet.json")
-ManifestOpt = Annotated[
-    Path, typer.Option("--manifest", help="Fleet manifest (gives the control API address).")
-]
-ApiOpt = Annotated[
-    str | None, typer.Option("--api", help="Control API URL; default: from the manifest.")
-]
+manifest_option = click.option(
+    "--manifest",
+    type=PathType,
+    default=DEFAULT_MANIFEST,
+    help="Fleet manifest (gives the control API address).",
+)
+api_option = click.option("--api", help="Control API URL; default: from the manifest.")
 
 
 @app.command()
+@click.option("--sites", type=click.IntRange(1, 5000), default=10, help="Number of sites.")
+@click.option("--seed", type=int, default=1, help="Physics seed: same seed, same run.")
+@click.option("--speed", type=float, default=1.0, help="Simulated seconds per wall second.")
+@click.option("--start", help="Simulated start, ISO 8601 (default: now).")
+@click.option(
+    "--clock", envvar="VPP_CLOCK", show_envvar=True, help="Join a shared clock spec instead."
+)
+@manifest_option
+@click.option("--host", default="127.0.0.1")
+@click.option("--base-port", type=int, default=0, help="Site i listens on base+i; 0 = free ports.")
+@click.option("--api-port", type=int, default=0, help="Control API port; 0 = free.")
+@click.option("--latency-ms", type=float, default=30.0, help="Answer latency.")
+@click.option("--tick-ms", type=float, default=250.0, help="Physics/register tick.")
+@click.option("--verbose", "-v", is_flag=True)
 def fleet(
-    sites: Annotated[int, typer.Option("--sites", min=1, max=5000, help="Number of sites.")] = 10,
-    seed: Annotated[int, typer.Option("--seed", help="Physics seed: same seed, same run.")] = 1,
-    speed: Annotated[
-        float, typer.Option("--speed", help="Simulated seconds per wall second.")
-    ] = 1.0,
-    start: Annotated[
-        str | None, typer.Option("--start", help="Simulated start, ISO 8601 (default: now).")
-    ] = None,
-    clock: Annotated[
-        str | None,
-        typer.Option("--clock", envvar="VPP_CLOCK", help="Join a shared clock spec instead."),
-    ] = None,
-    manifest: ManifestOpt = DEFAULT_MANIFEST,
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    base_port: Annotated[
-        int, typer.Option("--base-port", help="Site i listens on base+i; 0 = free ports.")
-    ] = 0,
-    api_port: Annotated[int, typer.Option("--api-port", help="Control API port; 0 = free.")] = 0,
-    latency_ms: Annotated[float, typer.Option("--latency-ms", help="Answer latency.")] = 30.0,
-    tick_ms: Annotated[float, typer.Option("--tick-ms", help="Physics/register tick.")] = 250.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    sites: int,
+    seed: int,
+    speed: float,
+    start: str | None,
+    clock: str | None,
+    manifest: Path,
+    host: str,
+    base_port: int,
+    api_port: int,
+    latency_ms: float,
+    tick_ms: float,
+    verbose: bool,
 ) -> None:
     """Start SITES sites (inverter, battery, meter, heat pump each) on Modbus TCP."""
     from firmware_sim.runner import run_fleet
@@ -64,7 +74,7 @@ def fleet(
         try:
             t0 = from_iso8601(start) if start else None
         except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--start") from None
+            raise click.BadParameter(str(exc), param_hint="--start") from None
         clk = SimClock(speed=speed, start=t0)
     asyncio.run(
         run_fleet(
@@ -87,7 +97,7 @@ def _api_url(api: str | None, manifest: Path) -> str:
     try:
         url = json.loads(manifest.read_text())["control_api"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise typer.BadParameter(f"cannot read control_api from {manifest}: {exc}") from None
+        raise click.BadParameter(f"cannot read control_api from {manifest}: {exc}") from None
     return str(url).rstrip("/")
 
 
@@ -101,29 +111,33 @@ def _call(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> 
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
-        typer.echo(f"error {exc.code}: {detail}", err=True)
-        raise typer.Exit(1) from None
+        click.echo(f"error {exc.code}: {detail}", err=True)
+        raise SystemExit(1) from None
     except urllib.error.URLError as exc:
-        typer.echo(f"cannot reach the fleet at {url}: {exc.reason}", err=True)
-        raise typer.Exit(1) from None
+        click.echo(f"cannot reach the fleet at {url}: {exc.reason}", err=True)
+        raise SystemExit(1) from None
 
 
 @app.command()
+@click.option("--site", required=True, help="Site id (see the manifest).")
+@click.option("--device", required=True, help="inverter|battery|meter|heat_pump")
+@click.option("--kind", help="timeout|disconnect|exception|freeze|reboot|slow|garbage")
+@click.option("--duration", type=float, help="Clock seconds; default until cleared.")
+@click.option("--latency", type=float, help="slow: wall s.")
+@click.option("--code", type=int, help="exception: Modbus code.")
+@click.option("--clear", is_flag=True, help="Clear (KIND or all) instead.")
+@manifest_option
+@api_option
 def fault(
-    site: Annotated[str, typer.Option("--site", help="Site id (see the manifest).")],
-    device: Annotated[str, typer.Option("--device", help="inverter|battery|meter|heat_pump")],
-    kind: Annotated[
-        str | None,
-        typer.Option("--kind", help="timeout|disconnect|exception|freeze|reboot|slow|garbage"),
-    ] = None,
-    duration: Annotated[
-        float | None, typer.Option("--duration", help="Clock seconds; default until cleared.")
-    ] = None,
-    latency: Annotated[float | None, typer.Option("--latency", help="slow: wall s.")] = None,
-    code: Annotated[int | None, typer.Option("--code", help="exception: Modbus code.")] = None,
-    clear: Annotated[bool, typer.Option("--clear", help="Clear (KIND or all) instead.")] = False,
-    manifest: ManifestOpt = DEFAULT_MANIFEST,
-    api: ApiOpt = None,
+    site: str,
+    device: str,
+    kind: str | None,
+    duration: float | None,
+    latency: float | None,
+    code: int | None,
+    clear: bool,
+    manifest: Path,
+    api: str | None,
 ) -> None:
     """Inject or clear a fault on one device of a running fleet."""
     base = _api_url(api, manifest)
@@ -132,7 +146,7 @@ def fault(
         result = _call(f"{base}/faults/{site}/{device}{q}", "DELETE")
     else:
         if not kind:
-            raise typer.BadParameter("give --kind (or --clear)", param_hint="--kind")
+            raise click.BadParameter("give --kind (or --clear)", param_hint="--kind")
         body: dict[str, Any] = {"site_id": site, "device": device, "kind": kind}
         if duration is not None:
             body["duration_s"] = duration
@@ -141,28 +155,31 @@ def fault(
         if code is not None:
             body["exception_code"] = code
         result = _call(f"{base}/faults", "POST", body)
-    typer.echo(json.dumps(result, indent=2))
+    click.echo(json.dumps(result, indent=2))
 
 
 @app.command()
-def faults(manifest: ManifestOpt = DEFAULT_MANIFEST, api: ApiOpt = None) -> None:
+@manifest_option
+@api_option
+def faults(manifest: Path, api: str | None) -> None:
     """List active faults."""
-    typer.echo(json.dumps(_call(f"{_api_url(api, manifest)}/faults"), indent=2))
+    click.echo(json.dumps(_call(f"{_api_url(api, manifest)}/faults"), indent=2))
 
 
 @app.command()
-def truth(
-    site: Annotated[str | None, typer.Option("--site", help="One site; default all.")] = None,
-    manifest: ManifestOpt = DEFAULT_MANIFEST,
-    api: ApiOpt = None,
-) -> None:
+@click.option("--site", help="One site; default all.")
+@manifest_option
+@api_option
+def truth(site: str | None, manifest: Path, api: str | None) -> None:
     """Print the physics' ground truth (our sign convention) and the devices' controls."""
     base = _api_url(api, manifest)
     path = f"/truth/{site}" if site else "/truth"
-    typer.echo(json.dumps(_call(base + path), indent=2))
+    click.echo(json.dumps(_call(base + path), indent=2))
 
 
 @app.command()
-def stats(manifest: ManifestOpt = DEFAULT_MANIFEST, api: ApiOpt = None) -> None:
+@manifest_option
+@api_option
+def stats(manifest: Path, api: str | None) -> None:
     """Request counters of a running fleet."""
-    typer.echo(json.dumps(_call(f"{_api_url(api, manifest)}/stats"), indent=2))
+    click.echo(json.dumps(_call(f"{_api_url(api, manifest)}/stats"), indent=2))

@@ -14,43 +14,72 @@ import asyncio
 import json
 import signal
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import click
 
-app = typer.Typer(no_args_is_help=True, help="The virtual trader: trade a pool over the API.")
+PathType = click.Path(path_type=Path)
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
+@click.group(help="The virtual trader: trade a pool over the API.")
+def app() -> None:
+    pass
+
+
+def _fail(message: str) -> SystemExit:
+    click.echo(f"error: {message}", err=True)
+    return SystemExit(2)
 
 
 @app.command()
+@click.option(
+    "--pool", envvar="VPP_POOL", show_envvar=True, required=True, help="The pool to trade."
+)
+@click.option(
+    "--key-file",
+    type=PathType,
+    envvar="VPP_API_KEY_FILE",
+    show_envvar=True,
+    required=True,
+    help="File holding the pool's API key.",
+)
+@click.option(
+    "--prices",
+    type=PathType,
+    help="Day-ahead prices covering now: CSV or ENTSO-E XML (default: BE).",
+)
+@click.option(
+    "--api-url",
+    envvar="VPP_API_URL",
+    show_envvar=True,
+    default="http://127.0.0.1:8080",
+    help="The cloud's trader API.",
+)
+@click.option(
+    "--clock",
+    envvar="VPP_CLOCK",
+    show_envvar=True,
+    default="wall",
+    help="'wall', or the cloud's simulated clock spec.",
+)
+@click.option(
+    "--reoptimise-min",
+    type=click.FloatRange(min=1.0),
+    default=15.0,
+    help="Read the flexibility and re-plan this often.",
+)
+@click.option(
+    "--hours",
+    type=click.FloatRange(min=0.0),
+    help="Stop after this long (clock hours); default: on SIGINT.",
+)
 def run(
-    pool: Annotated[str, typer.Option(envvar="VPP_POOL", help="The pool to trade.")],
-    key_file: Annotated[
-        Path,
-        typer.Option(envvar="VPP_API_KEY_FILE", help="File holding the pool's API key."),
-    ],
-    prices: Annotated[
-        Path | None,
-        typer.Option(help="Day-ahead prices covering now: CSV or ENTSO-E XML (default: BE)."),
-    ] = None,
-    api_url: Annotated[
-        str, typer.Option(envvar="VPP_API_URL", help="The cloud's trader API.")
-    ] = "http://127.0.0.1:8080",
-    clock: Annotated[
-        str,
-        typer.Option(envvar="VPP_CLOCK", help="'wall', or the cloud's simulated clock spec."),
-    ] = "wall",
-    reoptimise_min: Annotated[
-        float, typer.Option(min=1.0, help="Read the flexibility and re-plan this often.")
-    ] = 15.0,
-    hours: Annotated[
-        float | None,
-        typer.Option(min=0.0, help="Stop after this long (clock hours); default: on SIGINT."),
-    ] = None,
+    pool: str,
+    key_file: Path,
+    prices: Path | None,
+    api_url: str,
+    clock: str,
+    reoptimise_min: float,
+    hours: float | None,
 ) -> None:
     """Trade POOL until SIGINT/SIGTERM (or --hours), then print what was decided as JSON."""
     from protocols.clock import clock_from_spec
@@ -101,4 +130,4 @@ def run(
         "requests": dict(trader.requests),
         "errors": dict(trader.errors),
     }
-    typer.echo(json.dumps(summary, indent=1))
+    click.echo(json.dumps(summary, indent=1))
