@@ -172,13 +172,7 @@ async def running_system(
         sites, seed=seed, clock=clock, latency_s=0.0, tick_s=max(sim_tick_s / speed, 0.005)
     )
     truth: list[tuple[float, list[float]]] = []
-    tick = fleet.tick
-
-    def record_tick() -> None:
-        tick()
-        truth.append((clock.time(), fleet.phys.grid_w.tolist()))
-
-    fleet.tick = record_tick  # type: ignore[method-assign]
+    fleet.tick_listeners.append(lambda now: truth.append((now, fleet.phys.grid_w.tolist())))
     await fleet.start()
     db = tmp_path / "registry.sqlite"
     with Registry(db, clock) as registry:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,15 @@ class Fleet:
             Site(site_id_for(seed, i), i, self.phys, clock, latency_s) for i in range(n_sites)
         ]
         self.by_id: dict[str, Site] = {s.site_id: s for s in self.sites}
+        #: called after every tick with the clock time: the physics (``phys``) and every
+        #: register are at that instant (the ground truth a test or the demo records)
+        self.tick_listeners: list[Callable[[float], None]] = []
+        #: called for every read a device serves: (site index, device kind, clock time);
+        #: what the client was given is the physics at that instant
+        self.read_listeners: list[Callable[[int, str, float], None]] = []
+        for site in self.sites:
+            for dev in site.devices:
+                dev.on_read = self._served
         self.control_api_url: str | None = None
         self.ticks = 0
         self.tick_wall_s = 0.0  # time spent in the last tick
@@ -110,6 +120,12 @@ class Fleet:
                 dev.refresh(now)
         self.ticks += 1
         self.tick_wall_s = time.perf_counter() - t0
+        for listener in self.tick_listeners:
+            listener(now)
+
+    def _served(self, device: Any, now: float) -> None:
+        for listener in self.read_listeners:
+            listener(device.index, device.kind, now)
 
     # --- control ------------------------------------------------------------------------------
 

@@ -49,7 +49,9 @@ T0 = 1_717_221_600.0
         ("schedule_within_flex", None, None, None),
         ("trader_fallbacks", 2, "trader-fallbacks", "warning"),
         ("trader_fallbacks", 0, None, None),
-        ("measurement_error_max_w", 1.5, "measurement-error", "warning"),
+        ("measurement_error_beyond_resolution_w", 1.5, "measurement-error", "warning"),
+        ("measurement_error_beyond_resolution_w", 0.0, None, None),
+        ("measurement_error_max_w", 3.0, None, None),  # 3 W over 10 meters: their resolution
         ("intervals_scored", 0, "no-intervals", "critical"),
     ],
 )

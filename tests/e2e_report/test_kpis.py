@@ -459,17 +459,36 @@ def test_availability_is_the_mean_online_fraction() -> None:
     assert compute_kpis(recorder.record())["availability"] == pytest.approx(0.95)
 
 
-def test_latency_percentiles_and_measurement_error() -> None:
+def test_latency_percentiles() -> None:
     recorder = RunRecorder()
     for ms in range(1, 101):
         recorder.latency(float(ms))
-    recorder.sample(T0, measured_w=1_000.0, truth_w=1_000.5)
-    recorder.sample(T0 + 2, measured_w=1_000.0, truth_w=998.0)
     kpis = compute_kpis(recorder.record())
     assert kpis["dispatch_latency_ms_p50"] == pytest.approx(50.5)
     assert kpis["dispatch_latency_ms_p95"] == pytest.approx(95.05)
     assert kpis["dispatch_latency_ms_p99"] == pytest.approx(99.01)
-    assert kpis["measurement_error_max_w"] == pytest.approx(2.0)
+
+
+# per sample (measured, truth, sites online) -> (max error, max error beyond the meters' 0.5 W
+# round-off per site)
+MEASUREMENT_CASES = [
+    ([(1_000.0, 1_000.5, 1), (1_000.0, 998.0, 4)], (2.0, 0.0)),
+    ([(1_000.0, 998.0, 2)], (2.0, 1.0)),
+    ([(5_000.0, 4_000.0, 10)], (1_000.0, 995.0)),  # a reading paired with a wrong instant
+    ([(1_000.0, None, 4)], (None, None)),  # no truth known: nothing to say
+]
+
+
+@pytest.mark.parametrize(("samples", "expected"), MEASUREMENT_CASES)
+def test_measurement_error_and_what_the_meters_resolution_does_not_explain(
+    samples, expected
+) -> None:
+    recorder = RunRecorder()
+    for i, (measured, truth, online) in enumerate(samples):
+        recorder.sample(T0 + 2 * i, measured_w=measured, truth_w=truth, sites_online=online)
+    kpis = compute_kpis(recorder.record())
+    got = (kpis["measurement_error_max_w"], kpis["measurement_error_beyond_resolution_w"])
+    assert got == (pytest.approx(expected[0]), pytest.approx(expected[1]))
 
 
 def test_trader_kpis() -> None:

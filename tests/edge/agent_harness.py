@@ -166,14 +166,12 @@ def record_writes(fleet: Fleet, index: int = 0) -> dict[str, WriteLog]:
 def record_truth(fleet: Fleet, index: int = 0) -> list[dict[str, float]]:
     """Keep the physics' ground truth of each fleet tick (time + values in our signs)."""
     samples: list[dict[str, float]] = []
-    original = fleet.tick
 
-    def tick() -> None:
-        original()
-        samples.append({"time": fleet.clock.time(), **fleet.phys.truth(index)})
+    def tick(now: float) -> None:
+        samples.append({"time": now, **fleet.phys.truth(index)})
         del samples[:-5000]
 
-    fleet.tick = tick  # type: ignore[method-assign]
+    fleet.tick_listeners.append(tick)
     return samples
 
 

@@ -277,3 +277,26 @@ async def test_fleet_advances_on_a_fast_sim_clock():
         assert not fleet.truth(site.site_id)["controls"]["inverter"]["limit_enabled"]
     finally:
         await fleet.stop()
+
+
+async def test_listeners_hear_every_tick_and_every_read_served_with_its_instant(
+    fleet: Fleet, clock
+):
+    """The ground truth is recorded through these hooks (the demo, the system tests), not by
+    patching the fleet: a read is told with the simulated instant the device answered it."""
+    ticks: list[float] = []
+    reads: list[tuple[int, str, float]] = []
+    fleet.tick_listeners.append(ticks.append)
+    fleet.read_listeners.append(lambda i, kind, t: reads.append((i, kind, t)))
+    await advance(clock, fleet, 20.0)
+    assert ticks == [clock.time() - 10.0, clock.time()]
+    client = await modbus(fleet.sites[0].port)
+    try:
+        for kind, address in (("meter", 40000), ("heat_pump", 0)):
+            rr = await client.read_holding_registers(address, count=2, device_id=UNIT_IDS[kind])
+            assert not rr.isError()
+            clock.advance(1.5)  # the next read is served later
+    finally:
+        client.close()
+    t = ticks[-1]
+    assert reads == [(0, "meter", t), (0, "heat_pump", t + 1.5)]

@@ -13,6 +13,7 @@ mean per second over the whole run (what the meters delivered).
 
 from __future__ import annotations
 
+import bisect
 import threading
 import uuid
 from collections import deque
@@ -110,8 +111,13 @@ class TruthLog:
     """The fleet's grid power per site at each physics tick over a recent window, and its
     mean per whole second over the run (for the energy each interval delivered)."""
 
-    def __init__(self, n_sites: int, window: int = 4096) -> None:
+    def __init__(self, n_sites: int, window: int = 4096, reads: int = 64) -> None:
         self.n = n_sites
+        # per site, (clock time, true grid power) of each meter read served: a reading's
+        # truth is the physics when the simulator answered, not at the tick nearest its time
+        self._reads: list[deque[tuple[float, float]]] = [
+            deque(maxlen=reads) for _ in range(n_sites)
+        ]
         self.t: deque[float] = deque(maxlen=window)
         self.grid: deque[np.ndarray] = deque(maxlen=window)
         self._second: int | None = None
@@ -149,9 +155,14 @@ class TruthLog:
             return np.zeros(0), np.zeros((0, self.n))
         return np.array(seconds, dtype=float), np.vstack(means)
 
+    def served(self, site: int, t: float, grid_w: float) -> None:
+        """The site's meter answered a read at ``t``, when the true grid power was ``grid_w``."""
+        self._reads[site].append((t, grid_w))
+
     def site_powers_at(self, indices: list[int], times: list[float]) -> np.ndarray | None:
-        """Each site's grid power at its own instant (the last tick at or before it); None
-        when an instant lies before the window."""
+        """Each site's true grid power in the reading completed at its instant: as served by
+        the last meter read at or before it (or, with no read recorded, the last tick at or
+        before it); None when an instant lies before the window."""
         if not indices:
             return np.zeros(0)
         if not self.t:
@@ -159,4 +170,10 @@ class TruthLog:
         ticks = np.searchsorted(np.fromiter(self.t, dtype=float), times, side="right") - 1
         if ticks.min() < 0:
             return None
-        return np.array([self.grid[k][i] for k, i in zip(ticks, indices, strict=True)])
+        out = np.array([self.grid[k][i] for k, i in zip(ticks, indices, strict=True)])
+        for n, (i, t) in enumerate(zip(indices, times, strict=True)):
+            reads = self._reads[i]
+            k = bisect.bisect_right(reads, t, key=lambda r: r[0]) - 1
+            if k >= 0:
+                out[n] = reads[k][1]
+        return out

@@ -65,7 +65,7 @@ from edge.config import EdgeConfig
 from edge.store import EdgeStore
 from firmware_sim.fleet import Fleet
 from protocols.clock import SimClock
-from protocols.messages import PartitionSignal
+from protocols.messages import DeviceKind, PartitionSignal
 from protocols.mqtt_endpoint import endpoint_of
 from protocols.units import SETTLEMENT_INTERVAL_S, to_iso8601
 from vpp.demo.gate import NetworkGate
@@ -556,13 +556,8 @@ class Demo:
         wall0 = time.monotonic()
         shutil.rmtree(self.out / "edge", ignore_errors=True)
         (self.out / "edge").mkdir(parents=True, exist_ok=True)
-        tick = self.fleet.tick
-
-        def record_tick() -> None:
-            tick()
-            self.truth.add(self.clock.time(), self.fleet.phys.grid_w)
-
-        self.fleet.tick = record_tick  # type: ignore[method-assign]
+        self.fleet.tick_listeners.append(lambda t: self.truth.add(t, self.fleet.phys.grid_w))
+        self.fleet.read_listeners.append(self._served)
         interrupted = False
         with self.services():
             db = self.out / "state" / "registry.sqlite"
@@ -753,9 +748,14 @@ class Demo:
         self.live.target_w, self.live.measured_w = target, measured
         self.live.trader_errors = self.trader.errors_total if self.trader else 0
 
+    def _served(self, index: int, kind: str, t: float) -> None:
+        """A device answered a read: for the meter, the truth of what its agent was given."""
+        if kind == DeviceKind.METER:
+            self.truth.served(index, t, float(self.fleet.phys.grid_w[index]))
+
     def _truth_of(self, summaries: list[SiteSummary]) -> float | None:
         """The devices' true grid power of the fresh sites the aggregates were made of, each
-        at the instant its telemetry (the one the aggregate used) was measured."""
+        at the instant the simulator served the meter reading its telemetry carries."""
         known = [s for s in summaries if s.site_id in self.site_index]
         powers = self.truth.site_powers_at(
             [self.site_index[s.site_id] for s in known], [float(s.ts or 0.0) for s in known]

@@ -218,11 +218,12 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
     ),
     AlertRule(
         "measurement-error",
-        "measurement_error_max_w",
+        "measurement_error_beyond_resolution_w",
         ">",
-        1.0,
+        0.0,
         "warning",
-        "measured pool power off the ground truth by up to {value:.2f} W",
+        "measured pool power off the ground truth by {value:.1f} W more than the meters' "
+        "resolution explains",
     ),
     AlertRule(
         "tracking-steps",

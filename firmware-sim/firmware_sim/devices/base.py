@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,9 @@ class Device:
     connections: set[Any] = field(default_factory=set)
     #: Registers that garbage must not touch (markers, model ids and lengths).
     structural: set[int] = field(default_factory=set)
+    #: Told of every read this device serves, at the instant it is served (the fleet's
+    #: read listeners: a test's or the demo's ground truth of what a client was given).
+    on_read: Callable[[Device, float], None] | None = None
 
     # --- image plumbing -------------------------------------------------------------------
 
@@ -141,6 +145,8 @@ class Device:
         """pymodbus hook, called before every read and write of this device."""
         if set_values is None or function_code not in WRITE_FUNCTION_CODES:
             self.stats.reads += 1
+            if self.on_read is not None:
+                self.on_read(self, self.clock.time())
             return None
         values = [int(v) for v in set_values]
         try:
