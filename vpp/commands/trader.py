@@ -82,7 +82,8 @@ def run(
     hours: float | None,
 ) -> None:
     """Trade POOL until SIGINT/SIGTERM (or --hours), then print what was decided as JSON."""
-    from protocols.clock import clock_from_spec
+    from protocols.clock import clock_from_spec, wait_until
+    from protocols.units import to_iso8601
     from vpp.trader.client import TraderOptions, VirtualTrader
     from vpp.trader.prices import default_prices, read_prices
 
@@ -100,8 +101,8 @@ def run(
     now = the_clock.time()
     if not day_ahead.start_ts <= now < day_ahead.end_ts:
         raise _fail(
-            f"the prices cover {day_ahead.start.isoformat()} to {day_ahead.end_ts:.0f} "
-            f"(Unix s), not now ({now:.0f}): give --prices for today, or a --clock within them"
+            f"the prices cover {day_ahead.start.isoformat()} to {day_ahead.end.isoformat()}, "
+            f"not now ({to_iso8601(now)}): give --prices for today, or a --clock within them"
         )
     trader = VirtualTrader(
         api_url,
@@ -117,10 +118,12 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if hours is not None:
-            loop.call_later(hours * 3600.0 / the_clock.speed, stop.set)
+        async def until_the_end() -> None:  # --hours of the trader's clock
+            if hours is not None and not await wait_until(the_clock, now + hours * 3600.0, stop):
+                stop.set()
+
         async with trader:
-            await asyncio.gather(trader.run(stop), trader.watch(stop))
+            await asyncio.gather(trader.run(stop), trader.watch(stop), until_the_end())
 
     asyncio.run(trade())
     summary = {
