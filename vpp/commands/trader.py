@@ -118,6 +118,7 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+
         async def until_the_end() -> None:  # --hours of the trader's clock
             if hours is not None and not await wait_until(the_clock, now + hours * 3600.0, stop):
                 stop.set()
