@@ -10,7 +10,19 @@ from fastapi import APIRouter, Query, Response
 from cloud.api.auth import KeyDep, PoolDep, not_found
 from cloud.api.context import ApiContext, CtxDep
 from cloud.api.errors import ApiError
-from cloud.api.routes.common import AUTH_ERRORS, INVALID_BODY, NO_DATA
+from cloud.api.routes.common import (
+    AUTH,
+    BAD_JSON,
+    HOT_STATE,
+    INVALID,
+    NO_DATA,
+    NO_ENVELOPE,
+    NOT_CANCELLABLE,
+    NOT_FOUND,
+    TOO_LARGE,
+    UNREACHABLE,
+    refusals,
+)
 from cloud.api.schemas import ScheduleIn, ScheduleOut, SchedulesOut
 from cloud.api.validation import (
     check_envelope,
@@ -20,7 +32,7 @@ from cloud.api.validation import (
 )
 from cloud.api.views import commitments, current_flexibility, refuse_while_held, schedule_out
 
-router = APIRouter(prefix="/v1", tags=["schedules"], responses=AUTH_ERRORS)
+router = APIRouter(prefix="/v1", tags=["schedules"])
 
 _RULES = (
     "A schedule is accepted only inside the pool's guaranteed envelope (`GET "
@@ -40,6 +52,12 @@ _RULES = (
     "reconnecting after it): the schedules accepted before stand."
 )
 
+LOCATION = {
+    "description": "The new schedule's URL, `/v1/schedules/{schedule_id}`.",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
 
 async def _scoped_schedule(ctx: ApiContext, key: Any, schedule_id: str) -> Any:
     schedule = await ctx.db(ctx.registry.get_schedule, schedule_id)
@@ -52,7 +70,20 @@ async def _scoped_schedule(ctx: ApiContext, key: Any, schedule_id: str) -> Any:
     "/pools/{pool_id}/schedules",
     response_model=ScheduleOut,
     status_code=201,
-    responses={**INVALID_BODY, **NO_DATA},
+    responses={
+        **refusals(
+            BAD_JSON,
+            AUTH,
+            NOT_FOUND,
+            TOO_LARGE,
+            INVALID,
+            NO_DATA,
+            NO_ENVELOPE,
+            UNREACHABLE,
+            HOT_STATE,
+        ),
+        201: {"headers": {"Location": LOCATION}},
+    },
     summary="Post a pool schedule",
     description="A later schedule replaces an earlier one from its own start on. " + _RULES,
 )
@@ -116,6 +147,7 @@ async def post_schedule(
 @router.get(
     "/pools/{pool_id}/schedules",
     response_model=SchedulesOut,
+    responses=refusals(AUTH, NOT_FOUND, INVALID),
     summary="The pool's schedules, newest first (without delivery)",
 )
 async def list_schedules(
@@ -136,6 +168,7 @@ async def list_schedules(
 @router.get(
     "/schedules/{schedule_id}",
     response_model=ScheduleOut,
+    responses=refusals(AUTH, NOT_FOUND),
     summary="A schedule with its status and per-interval delivery",
 )
 async def get_schedule(schedule_id: str, key: KeyDep, ctx: CtxDep) -> ScheduleOut:
@@ -148,7 +181,7 @@ async def get_schedule(schedule_id: str, key: KeyDep, ctx: CtxDep) -> ScheduleOu
 @router.delete(
     "/schedules/{schedule_id}",
     response_model=ScheduleOut,
-    responses={409: {"description": "Already cancelled or completed."}},
+    responses=refusals(AUTH, NOT_FOUND, NOT_CANCELLABLE),
     summary="Cancel a schedule from now on (intervals already delivered stay recorded)",
 )
 async def cancel_schedule(schedule_id: str, key: KeyDep, ctx: CtxDep) -> ScheduleOut:

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from cloud.api.auth import PoolDep
 from cloud.api.context import ApiContext, CtxDep
-from cloud.api.routes.common import AUTH_ERRORS
+from cloud.api.routes.common import AUTH, NOT_FOUND, refusals
 from cloud.api.schemas import (
     ShortfallSlotOut,
     StreamDelivery,
@@ -47,7 +47,7 @@ from cloud.flexibility.model import read_pool_aggregate, read_pool_envelope
 from cloud.hotstate import PlanRecord, PoolAggregate, delivery_key, plan_key
 from protocols.units import to_iso8601
 
-router = APIRouter(prefix="/v1", tags=["stream"], responses=AUTH_ERRORS)
+router = APIRouter(prefix="/v1", tags=["stream"])
 
 #: A shortfall below this (W) is rounding in the plan, not a warning.
 SHORTFALL_TOLERANCE_W = 1.0
@@ -192,6 +192,7 @@ async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
     ),
     response_class=Response,  # not EventSourceResponse: that makes FastAPI expect a generator
     responses={
+        **refusals(AUTH, NOT_FOUND),
         200: {
             "description": "The event stream.",
             "content": {
@@ -201,7 +202,7 @@ async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
                     "id: 2024-06-01T12:00:02+00:00\n\n",
                 }
             },
-        }
+        },
     },
 )
 async def stream(pool: PoolDep, ctx: CtxDep) -> Response:
