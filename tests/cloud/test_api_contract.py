@@ -1,5 +1,6 @@
 """The OpenAPI document is the trader's contract: every refusal it shows is the API's own error
-body, and each operation lists the statuses it really answers."""
+body, each operation lists the statuses it really answers, and a method a path does not have
+is a 405 whose `Allow` lists exactly the methods the document gives that path."""
 
 from __future__ import annotations
 
@@ -111,3 +112,29 @@ async def test_the_documented_headers_come_with_the_answers(api: Api) -> None:
     assert r.status_code == 201, r.text
     assert r.headers["location"] == f"/v1/schedules/{r.json()['schedule_id']}"
 
+
+async def test_a_method_a_path_lacks_is_405_with_the_methods_it_has(api: Api) -> None:
+    """For every path of the document, each method it does not document (HEAD and OPTIONS
+    too) is refused with 405, the error body, and `Allow` naming exactly the documented
+    methods, also where two routes share the path."""
+    spec = (await api.client.get("/openapi.json")).json()
+    checked = 0
+    for template, ops in spec["paths"].items():
+        path = template.replace("{pool_id}", "north").replace("{schedule_id}", "0" * 32)
+        allowed = sorted(m.upper() for m in ops if m in METHODS)
+        for method in (m.upper() for m in METHODS if m not in ops):
+            if method == "TRACE":
+                continue  # httpx sends it, but proxies and servers handle it their own way
+            r = await api.client.request(method, path, headers=api.auth())
+            assert r.status_code == 405, (method, path)
+            assert r.headers["allow"] == ", ".join(allowed), (method, path)
+            if method != "HEAD":
+                body = r.json()
+                assert body["reason"] == "method_not_allowed"
+                assert body["detail"].endswith(", ".join(allowed))
+            checked += 1
+    assert checked > 60
+    # Starlette's own routes (the document, the docs page) have HEAD with GET, and say so.
+    r = await api.client.post("/openapi.json")
+    assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD")
+    assert (await api.client.head("/openapi.json")).status_code == 200
