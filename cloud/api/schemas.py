@@ -17,11 +17,12 @@ guaranteed apart from what is optimistic), with what it assumes stated in the bo
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "STREAM_EVENTS",
     "ActivationOut",
     "AlertOut",
     "AlertsOut",
@@ -49,7 +50,9 @@ __all__ = [
     "SitesOut",
     "StreamDelivery",
     "StreamEnvelopeEvent",
-    "StreamEvent",
+    "StreamEventData",
+    "StreamFlexibilityEvent",
+    "StreamUnavailableEvent",
 ]
 
 SIGN_CONVENTION = (
@@ -450,8 +453,19 @@ class StreamDelivery(BaseModel):
     )
 
 
-class StreamEvent(BaseModel):
+class StreamEventData(BaseModel):
+    """The data of one kind of event on the stream: ``sse_event`` is its SSE ``event:`` name,
+    ``sse_id`` says what its ``id:`` is, the model's JSON is its ``data:``."""
+
+    sse_event: ClassVar[str]
+    sse_id: ClassVar[str]
+
+
+class StreamFlexibilityEvent(StreamEventData):
     """Data of each `flexibility` event on the stream (one per aggregation cycle)."""
+
+    sse_event: ClassVar[str] = "flexibility"
+    sse_id: ClassVar[str] = "The event's `as_of`."
 
     pool_id: str
     as_of: str
@@ -471,9 +485,14 @@ class ShortfallSlotOut(BaseModel):
     )
 
 
-class StreamEnvelopeEvent(BaseModel):
+class StreamEnvelopeEvent(StreamEventData):
     """Data of each `envelope` event: a new pool envelope (every quarter hour, and when the
     pool loses or regains sites), with the expected shortfall of the schedules in force."""
+
+    sse_event: ClassVar[str] = "envelope"
+    sse_id: ClassVar[str] = (
+        "`env-<envelope seq>-<plan seq>` (plan seq -1: no plan): new when either is new."
+    )
 
     pool_id: str
     envelope: EnvelopeOut
@@ -483,6 +502,29 @@ class StreamEnvelopeEvent(BaseModel):
         "than the envelope can deliver; empty when everything is deliverable."
     )
     shortfall_wh: float = Field(description="Their total energy, Wh (>= 0).")
+
+
+class StreamUnavailableEvent(StreamEventData):
+    """Data of the `unavailable` event: sent once when the pool's live data goes missing (no
+    fresh aggregate, or Redis unreachable); the stream stays open and goes on with
+    `flexibility` events when the data is back."""
+
+    sse_event: ClassVar[str] = "unavailable"
+    sse_id: ClassVar[str] = "None of its own: a client keeps the last event's id."
+
+    pool_id: str
+    reason: Literal["no_fresh_data", "hot_state_unavailable"]
+    time: str = Field(description="The API's clock when the data went missing, ISO 8601.")
+
+
+#: The events of ``GET /v1/pools/{pool_id}/stream``: each model's ``sse_event`` is the SSE
+#: ``event:`` name and its JSON the ``data:``. The stream sends only these, and the OpenAPI
+#: document describes exactly these (:mod:`cloud.api.openapi`).
+STREAM_EVENTS: tuple[type[StreamEventData], ...] = (
+    StreamFlexibilityEvent,
+    StreamEnvelopeEvent,
+    StreamUnavailableEvent,
+)
 
 
 class AlertOut(BaseModel):

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from cloud.api import create_app
+from cloud.api.schemas import STREAM_EVENTS
 from protocols.clock import SimClock
 
 from .api_harness import T0, Api, running_api
@@ -97,6 +98,29 @@ def test_each_operation_lists_the_statuses_it_answers(spec: dict[str, Any]) -> N
                 assert op["responses"]["503"]["headers"]["Retry-After"]["required"]
     post = spec["paths"]["/v1/pools/{pool_id}/schedules"]["post"]["responses"]["201"]
     assert post["headers"]["Location"]["required"]
+
+
+def test_the_stream_documents_each_event_with_the_model_that_makes_it(
+    spec: dict[str, Any],
+) -> None:
+    content = spec["paths"]["/v1/pools/{pool_id}/stream"]["get"]["responses"]["200"]["content"]
+    assert list(content) == ["text/event-stream"]
+    item = content["text/event-stream"]["itemSchema"]
+    schemas = spec["components"]["schemas"]
+    mapping = item["discriminator"]["mapping"]
+    assert item["discriminator"]["propertyName"] == "event"
+    assert [ref["$ref"] for ref in item["oneOf"]] == list(mapping.values())
+    assert set(mapping) == {"flexibility", "envelope", "unavailable"}
+    for model in STREAM_EVENTS:
+        sse = schemas[mapping[model.sse_event].removeprefix("#/components/schemas/")]
+        assert sse["required"] == ["event", "data"]
+        assert sse["properties"]["event"]["const"] == model.sse_event
+        data = sse["properties"]["data"]
+        assert data["contentMediaType"] == "application/json"
+        assert data["contentSchema"] == {"$ref": f"#/components/schemas/{model.__name__}"}
+        assert schemas[model.__name__]["properties"].keys() == model.model_fields.keys()
+    unavailable = schemas["StreamUnavailableEvent"]["properties"]["reason"]
+    assert set(unavailable["enum"]) == {"no_fresh_data", "hot_state_unavailable"}
 
 
 async def test_the_documented_headers_come_with_the_answers(api: Api) -> None:
