@@ -17,11 +17,12 @@ guaranteed apart from what is optimistic), with what it assumes stated in the bo
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "DATE_TIME",
     "STREAM_EVENTS",
     "ActivationOut",
     "AlertOut",
@@ -97,9 +98,11 @@ class ErrorOut(BaseModel):
 #: A number in a request: JSON ints and floats, never ``true``/``false`` or a numeric string
 #: (lax validation took ``"target_w": false`` as 0 W).
 StrictNumber = Annotated[float, Field(strict=True)]
+#: How a time is documented: a ``date-time`` (RFC 3339, with its offset).
+DATE_TIME: dict[str, Any] = {"format": "date-time"}
 #: A time in a request: text the API parses itself, to name the field and reason of a refusal
 #: (``naive_time``, ...); documented as ``date-time`` for generated clients.
-DateTimeText = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+DateTimeText = Annotated[str, Field(json_schema_extra=DATE_TIME)]
 
 ERROR_W_DOC = (
     "target_w - measured_w, W, the same on every endpoint (stream, delivery, performance): "
@@ -345,6 +348,7 @@ class ScheduleIn(BaseModel):
         description="Power per interval, W. `absolute`: the pool's "
         "grid power (+ import); `delta`: change from its baseline.",
         examples=[[-50000, -50000, 0, 20000]],
+        json_schema_extra={"minItems": 1},  # refused as `empty` by the route, not by pydantic
     )
     kind: ScheduleKind = ScheduleKind.ABSOLUTE
 
@@ -418,12 +422,34 @@ class SetpointIn(BaseModel):
     )
     kind: ScheduleKind = ScheduleKind.DELTA
     valid_for_s: StrictNumber | None = Field(
-        None, description="Seconds from now, > 0 and <= 300.", examples=[10]
+        None,
+        description="Seconds from now, > 0 and <= 300.",
+        examples=[10],
+        json_schema_extra={"exclusiveMinimum": 0},  # the route refuses it as `expiry`
     )
     valid_until: DateTimeText | None = Field(None, description="ISO 8601 with a time zone.")
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"target_w": -30000, "kind": "delta", "valid_for_s": 10}]}
+        json_schema_extra={
+            "examples": [{"target_w": -30000, "kind": "delta", "valid_for_s": 10}],
+            # exactly one of the two (null is none), as the route checks (`expiry`)
+            "oneOf": [
+                {
+                    "required": ["valid_for_s"],
+                    "properties": {
+                        "valid_for_s": {"type": "number"},
+                        "valid_until": {"type": "null"},
+                    },
+                },
+                {
+                    "required": ["valid_until"],
+                    "properties": {
+                        "valid_until": {"type": "string"},
+                        "valid_for_s": {"type": "null"},
+                    },
+                },
+            ],
+        }
     )
 
 

@@ -17,7 +17,14 @@ from cloud.api.auth import PoolDep
 from cloud.api.context import CtxDep
 from cloud.api.errors import ApiError
 from cloud.api.routes.common import AUTH, HOT_STATE, INVALID, NOT_FOUND, refusals
-from cloud.api.schemas import AlertOut, AlertsOut, CycleOut, DeliveryOut, PerformanceOut
+from cloud.api.schemas import (
+    DATE_TIME,
+    AlertOut,
+    AlertsOut,
+    CycleOut,
+    DeliveryOut,
+    PerformanceOut,
+)
 from cloud.api.validation import parse_time
 from cloud.api.views import iso
 from cloud.hotstate import delivery_key
@@ -96,8 +103,8 @@ async def get_alerts(pool: PoolDep, ctx: CtxDep) -> AlertsOut:
 async def get_performance(
     pool: PoolDep,
     ctx: CtxDep,
-    since: str = Query(description="ISO 8601 start (inclusive)."),
-    until: str = Query(description="ISO 8601 end (exclusive)."),
+    since: str = Query(description="ISO 8601 start (inclusive).", json_schema_extra=DATE_TIME),
+    until: str = Query(description="ISO 8601 end (exclusive).", json_schema_extra=DATE_TIME),
 ) -> PerformanceOut:
     t0, t1 = parse_time(since, "since"), parse_time(until, "until")
     if t1 <= t0:

@@ -23,7 +23,7 @@ from cloud.api.routes.common import (
     UNREACHABLE,
     refusals,
 )
-from cloud.api.schemas import ScheduleIn, ScheduleOut, SchedulesOut
+from cloud.api.schemas import DATE_TIME, ScheduleIn, ScheduleOut, SchedulesOut
 from cloud.api.validation import (
     check_envelope,
     check_schedule_shape,
@@ -154,7 +154,9 @@ async def list_schedules(
     pool: PoolDep,
     ctx: CtxDep,
     since: str | None = Query(
-        None, description="Only schedules whose nominal span reaches past this time (ISO 8601)."
+        None,
+        description="Only schedules whose nominal span reaches past this time (ISO 8601).",
+        json_schema_extra=DATE_TIME,
     ),
     limit: int = Query(100, ge=1, le=1000),
 ) -> SchedulesOut:
