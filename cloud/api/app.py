@@ -48,7 +48,7 @@ setpoints and a live stream.
   (`PT15M`).
 * **Errors**: every refusal is JSON `{reason, field, detail}` (`ErrorOut`), and each operation
   lists the ones it answers: 400 for a body that is not JSON, 422 for an invalid parameter or
-  body, 401/404 as above, 409, 413, and 503 (with `Retry-After`) while the live data is
+  body, 401/404 as above, 413, and 503 (with `Retry-After`) while the live data is
   missing. A method a path does not have is 405, with `Allow` listing the ones it has.
 """
 

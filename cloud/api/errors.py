@@ -165,8 +165,8 @@ class BodyLimit:
 def allowed_methods(app: ASGIApp, path: str) -> list[str]:
     """The methods ``path`` has, over every route of ``app`` that matches it (sorted).
 
-    Why not Starlette's own ``Allow``: with two routes on one path (``GET`` and ``DELETE
-    /v1/schedules/{schedule_id}``), Starlette answers the first route's methods only. Routes
+    Why not Starlette's own ``Allow``: with two routes on one path (``GET`` and ``POST
+    /v1/pools/{pool_id}/schedules``), Starlette answers the first route's methods only. Routes
     of included routers are flattened (FastAPI >= 0.13x keeps them apart); a 405 is rare, so
     the few routes are looked through each time.
     """

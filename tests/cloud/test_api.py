@@ -47,7 +47,7 @@ def endpoints(schedule_id: str = "0" * 32) -> list[tuple[str, str, dict | None]]
             {"start": "2024-06-01T10:15:00Z", "resolution": "PT15M", "values_w": [0.0]},
         ),
         ("GET", f"/v1/schedules/{schedule_id}", None),
-        ("DELETE", f"/v1/schedules/{schedule_id}", None),
+        ("POST", f"/v1/schedules/{schedule_id}/cancel", None),
         ("POST", "/v1/pools/north/setpoint", {"target_w": 0.0, "valid_for_s": 10}),
         ("GET", "/v1/pools/north/stream", None),
     ]
@@ -85,7 +85,8 @@ async def test_docs_and_openapi_are_served(api: Api) -> None:
         "/v1/pools/{pool_id}/stream",
     ):
         assert path in paths, path
-    assert set(paths["/v1/schedules/{schedule_id}"]) == {"get", "delete"}
+    assert set(paths["/v1/schedules/{schedule_id}"]) == {"get"}
+    assert set(paths["/v1/schedules/{schedule_id}/cancel"]) == {"post"}
     scheme = spec["components"]["securitySchemes"]["ApiKey"]
     assert scheme == {**scheme, "type": "http", "scheme": "bearer"}
     assert paths["/v1/pools"]["get"]["security"] == [{"ApiKey": []}]
@@ -165,7 +166,7 @@ async def test_a_pool_outside_the_key_scope_is_404_like_a_missing_pool(api: Api)
         )
         assert missing.status_code == 404
         assert missing.json()["reason"] == "not_found"
-    # The schedule was not cancelled by the unscoped DELETE.
+    # The schedule was not cancelled by the unscoped cancel.
     assert api.registry.get_schedule(schedule.schedule_id).status == "active"
 
 

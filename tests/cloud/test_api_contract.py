@@ -76,7 +76,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/pools/{pool_id}/schedules"): {"201", "400", "401", "404", "413", "422", "503"},
     ("GET", "/v1/pools/{pool_id}/schedules"): {"200", "401", "404", "422"},
     ("GET", "/v1/schedules/{schedule_id}"): {"200", "401", "404"},
-    ("DELETE", "/v1/schedules/{schedule_id}"): {"200", "401", "404", "409"},
+    ("POST", "/v1/schedules/{schedule_id}/cancel"): {"200", "401", "404"},
     ("POST", "/v1/pools/{pool_id}/setpoint"): {"201", "400", "401", "404", "413", "422", "503"},
     ("GET", "/v1/pools/{pool_id}/stream"): {"200", "401", "404"},
     ("GET", "/v1/pools/{pool_id}/delivery"): {"200", "401", "404", "503"},

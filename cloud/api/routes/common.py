@@ -18,7 +18,6 @@ __all__ = [
     "BAD_JSON",
     "HOT_STATE",
     "INVALID",
-    "NOT_CANCELLABLE",
     "NOT_FOUND",
     "NO_DATA",
     "NO_ENVELOPE",
@@ -52,7 +51,6 @@ TOO_LARGE = Refusal(413, "The body is over the size limit (`body_too_large`).")
 INVALID = Refusal(
     422, "Invalid request (`schema`, or a rule of the route); `reason` and `field` say why."
 )
-NOT_CANCELLABLE = Refusal(409, "Already cancelled or completed (`not_cancellable`).")
 NO_DATA = Refusal(503, "No fresh aggregate for the pool (`no_fresh_data`).")
 NO_ENVELOPE = Refusal(503, "The pool has no envelope yet (`no_envelope`).")
 UNREACHABLE = Refusal(503, "The pool's sites cannot take a new target now (`pool_unreachable`).")

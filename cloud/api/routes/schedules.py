@@ -17,7 +17,6 @@ from cloud.api.routes.common import (
     INVALID,
     NO_DATA,
     NO_ENVELOPE,
-    NOT_CANCELLABLE,
     NOT_FOUND,
     TOO_LARGE,
     UNREACHABLE,
@@ -180,22 +179,23 @@ async def get_schedule(schedule_id: str, key: KeyDep, ctx: CtxDep) -> ScheduleOu
     )
 
 
-@router.delete(
-    "/schedules/{schedule_id}",
+@router.post(
+    "/schedules/{schedule_id}/cancel",
     response_model=ScheduleOut,
-    responses=refusals(AUTH, NOT_FOUND, NOT_CANCELLABLE),
+    responses=refusals(AUTH, NOT_FOUND),
     summary="Cancel a schedule from now on (intervals already delivered stay recorded)",
+    description="The schedule stays readable, `cancelled` from now on (all of it when it "
+    "has not started). Cancelling a schedule that has nothing left from now on (ended, "
+    "superseded or cancelled before) answers it unchanged. Why not `DELETE`: the schedule "
+    "is not deleted, its record and delivery stay.",
 )
 async def cancel_schedule(schedule_id: str, key: KeyDep, ctx: CtxDep) -> ScheduleOut:
     schedule = await _scoped_schedule(ctx, key, schedule_id)
-    try:
-        cancelled = await ctx.db(
-            ctx.registry.cancel_schedule, schedule.schedule_id, at_ts=ctx.clock.time()
-        )
-    except ValueError as exc:
-        raise ApiError(409, "not_cancellable", str(exc)) from None
+    cancelled = await ctx.db(
+        ctx.registry.cancel_schedule, schedule.schedule_id, at_ts=ctx.clock.time()
+    )
     if cancelled is None:
-        cancelled = await ctx.db(ctx.registry.get_schedule, schedule.schedule_id)
+        raise not_found(f"schedule {schedule_id!r}")
     return schedule_out(
         cancelled, await ctx.db(ctx.registry.interval_performance, schedule.schedule_id)
     )
