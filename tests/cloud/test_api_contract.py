@@ -100,6 +100,27 @@ def test_each_operation_lists_the_statuses_it_answers(spec: dict[str, Any]) -> N
     assert post["headers"]["Location"]["required"]
 
 
+TIME_FIELDS = {"start", "end", "as_of", "generated_at", "time", "last_seen", "created", "since"}
+TIME_FIELDS |= {"until", "ts", "valid_until", "effective_end", "superseded_from", "cancelled_from"}
+
+
+def test_every_time_is_a_date_time(spec: dict[str, Any]) -> None:
+    """Requests and responses alike, so a generated client reads and writes times."""
+    times = [
+        (name, field, prop)
+        for name, schema in spec["components"]["schemas"].items()
+        for field, prop in schema.get("properties", {}).items()
+        if field in TIME_FIELDS
+    ]
+    assert len(times) > 25
+    for name, field, prop in times:
+        assert '"format": "date-time"' in json.dumps(prop), (name, field)
+    for method, path, op in operations(spec):
+        for param in op.get("parameters", []):
+            if param["name"] in TIME_FIELDS:
+                assert param["schema"]["format"] == "date-time", (method, path, param["name"])
+
+
 def test_the_stream_documents_each_event_with_the_model_that_makes_it(
     spec: dict[str, Any],
 ) -> None:
