@@ -166,9 +166,10 @@ def allowed_methods(app: ASGIApp, path: str) -> list[str]:
     """The methods ``path`` has, over every route of ``app`` that matches it (sorted).
 
     Why not Starlette's own ``Allow``: with two routes on one path (``GET`` and ``POST
-    /v1/pools/{pool_id}/schedules``), Starlette answers the first route's methods only. Routes
-    of included routers are flattened (FastAPI >= 0.13x keeps them apart); a 405 is rare, so
-    the few routes are looked through each time.
+    /v1/pools/{pool_id}/schedules``), Starlette answers the first route's methods only. An
+    included router is one route of the app in newer FastAPI: ``iter_route_contexts``, where
+    it exists, lists the routes inside. A 405 is rare: the few routes are looked through each
+    time.
     """
     routes: Iterable[Any] = getattr(app, "routes", ())
     flatten = getattr(fastapi.routing, "iter_route_contexts", None)

@@ -89,7 +89,7 @@ def sse_schemas(events: Sequence[type[StreamEventData]] = STREAM_EVENTS) -> dict
 
 def contract(spec: dict[str, Any]) -> dict[str, Any]:
     """``spec`` (FastAPI's document, changed in place) without FastAPI's own 422 responses
-    and, when nothing uses them any more, without their schemas; with the stream's events."""
+    and their schemas (an error if anything still refers to them), with the stream's events."""
     for operations in spec.get("paths", {}).values():
         for operation in operations.values():
             responses = operation.get("responses", {})
