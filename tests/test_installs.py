@@ -111,8 +111,13 @@ def forbidden_libraries(extras: tuple[str, ...]) -> set[str]:
 
 # Libraries that import others only when those are installed (try/except ImportError): on a
 # tier without them nothing is imported. httpx's command-line client uses rich and pygments;
-# redis.utils uses cryptography (OCSP stapling) when it is there.
-OPTIONAL_IMPORTS = {"httpx": {"rich", "pygments"}, "redis": {"cryptography", "cffi"}}
+# redis.utils uses cryptography (OCSP stapling) when it is there; numpy.f2py (which scipy
+# imports) reads sources with charset_normalizer (requests's, under schemathesis in dev).
+OPTIONAL_IMPORTS = {
+    "httpx": {"rich", "pygments"},
+    "redis": {"cryptography", "cffi"},
+    "numpy": {"charset_normalizer"},
+}
 
 EDGE_CLI_AVOIDS = (
     "cloud",

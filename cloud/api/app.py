@@ -25,6 +25,7 @@ from fastapi import FastAPI
 
 from cloud.api.context import ApiContext, ApiSettings
 from cloud.api.errors import BodyLimit, MetricsMiddleware, install_error_handlers
+from cloud.api.openapi import install_openapi
 from cloud.api.routes import delivery, ops, pools, schedules, setpoint, stream
 from protocols.clock import Clock
 from protocols.http_server import AsgiServer
@@ -45,7 +46,10 @@ setpoints and a live stream.
   *absorb* raises grid power above the baseline, *deliver* lowers it.
 * **Times**: ISO 8601 with a time zone, in requests and responses; durations ISO 8601
   (`PT15M`).
-* **Errors**: JSON `{reason, field, detail}`; validation errors are 422.
+* **Errors**: every refusal is JSON `{reason, field, detail}` (`ErrorOut`), and each operation
+  lists the ones it answers: 400 for a body that is not JSON, 422 for an invalid parameter or
+  body, 401/404 as above, 413, and 503 (with `Retry-After`) while the live data is
+  missing. A method a path does not have is 405, with `Allow` listing the ones it has.
 """
 
 
@@ -94,6 +98,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)  # outermost: counts the 413s
     for module in (ops, pools, schedules, setpoint, stream, delivery):
         app.include_router(module.router)
+    install_openapi(app)
     return app
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
+import fastapi.routing
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -25,6 +27,7 @@ __all__ = [
     "BodyLimit",
     "Metrics",
     "MetricsMiddleware",
+    "allowed_methods",
     "install_error_handlers",
 ]
 
@@ -159,6 +162,33 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+def allowed_methods(app: ASGIApp, path: str) -> list[str]:
+    """The methods ``path`` has, over every route of ``app`` that matches it (sorted).
+
+    Why not Starlette's own ``Allow``: with two routes on one path (``GET`` and ``POST
+    /v1/pools/{pool_id}/schedules``), Starlette answers the first route's methods only. An
+    included router is one route of the app in newer FastAPI: ``iter_route_contexts``, where
+    it exists, lists the routes inside. A 405 is rare: the few routes are looked through each
+    time.
+    """
+    routes: Iterable[Any] = getattr(app, "routes", ())
+    flatten = getattr(fastapi.routing, "iter_route_contexts", None)
+    if flatten is not None:
+        routes = flatten(list(routes))
+    methods: set[str] = set()
+    for route in routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the routes match: the request's path less the app's mount point."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def _schema_error(exc: RequestValidationError) -> ApiError:
     """Pydantic's errors -> one ApiError naming the first field at fault (all are listed)."""
     errors = exc.errors()
@@ -207,7 +237,12 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         reason = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
             exc.status_code, "http_error"
         )
-        err = ApiError(exc.status_code, reason, str(exc.detail), headers=exc.headers)
+        headers, detail = exc.headers, str(exc.detail)
+        if exc.status_code == 405:
+            methods = allowed_methods(request.app, _route_path(request.scope))
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
+            detail = f"{request.method} is not allowed here; this path allows {', '.join(methods)}"
+        err = ApiError(exc.status_code, reason, detail, headers=headers)
         return respond(err, request)
 
     @app.exception_handler(RedisError)

@@ -17,11 +17,13 @@ guaranteed apart from what is optimistic), with what it assumes stated in the bo
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "DATE_TIME",
+    "STREAM_EVENTS",
     "ActivationOut",
     "AlertOut",
     "AlertsOut",
@@ -49,7 +51,9 @@ __all__ = [
     "SitesOut",
     "StreamDelivery",
     "StreamEnvelopeEvent",
-    "StreamEvent",
+    "StreamEventData",
+    "StreamFlexibilityEvent",
+    "StreamUnavailableEvent",
 ]
 
 SIGN_CONVENTION = (
@@ -94,9 +98,12 @@ class ErrorOut(BaseModel):
 #: A number in a request: JSON ints and floats, never ``true``/``false`` or a numeric string
 #: (lax validation took ``"target_w": false`` as 0 W).
 StrictNumber = Annotated[float, Field(strict=True)]
-#: A time in a request: text the API parses itself, to name the field and reason of a refusal
-#: (``naive_time``, ...); documented as ``date-time`` for generated clients.
-DateTimeText = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+#: How a time is documented: a ``date-time`` (RFC 3339, with its offset).
+DATE_TIME: dict[str, Any] = {"format": "date-time"}
+#: A time: text, in a request parsed by the API itself to name the field and reason of a
+#: refusal (``naive_time``, ...), in a response made by ``to_iso8601``; documented as
+#: ``date-time`` so generated clients read and write times, not any string.
+DateTimeText = Annotated[str, Field(json_schema_extra=DATE_TIME)]
 
 ERROR_W_DOC = (
     "target_w - measured_w, W, the same on every endpoint (stream, delivery, performance): "
@@ -108,7 +115,7 @@ class HealthOut(BaseModel):
     status: str = Field(
         description="`ok` when the API can reach Redis and the registry, else `degraded`."
     )
-    time: str = Field(description="The API's clock, ISO 8601.")
+    time: DateTimeText = Field(description="The API's clock, ISO 8601.")
     redis: bool
     registry: bool
     version: str = Field(description="The release of vpp that answers (the package version).")
@@ -168,8 +175,8 @@ class DurationFlexOut(BaseModel):
 class ForecastSlotOut(BaseModel):
     """One slot of the envelope as an absolute grid power range (the guaranteed total)."""
 
-    start: str
-    end: str
+    start: DateTimeText
+    end: DateTimeText
     baseline_w: float
     p_min_w: float
     p_max_w: float
@@ -246,13 +253,13 @@ class EnvelopeOut(BaseModel):
     to it, guaranteed (a promise) apart from optimistic. Arrays hold one value per slot from
     ``start`` at ``resolution``."""
 
-    start: str = Field(
+    start: DateTimeText = Field(
         description="Start of the first slot and reference of every energy bound (the sites' "
         "state then), ISO 8601."
     )
     resolution: str = Field(examples=["PT15M"])
     resolution_s: int
-    as_of: str = Field(description="When the envelope was aggregated, ISO 8601.")
+    as_of: DateTimeText = Field(description="When the envelope was aggregated, ISO 8601.")
     sites: int = Field(description="Sites whose envelopes the guarantee is made of.")
     sites_left_out: int = Field(
         description="Flexible sites left out (no current envelope): they add nothing here."
@@ -278,10 +285,10 @@ class FlexibilityOut(BaseModel):
     totals as an absolute range per slot, ``forecast``)."""
 
     pool_id: str
-    as_of: str = Field(
+    as_of: DateTimeText = Field(
         description="When the data was computed (the stalest partition's time), ISO 8601."
     )
-    generated_at: str = Field(description="When this answer was made, ISO 8601.")
+    generated_at: DateTimeText = Field(description="When this answer was made, ISO 8601.")
     sign_convention: str = SIGN_CONVENTION
     now: FlexibilityNow
     durations: list[DurationFlexOut]
@@ -303,7 +310,9 @@ class SiteOut(BaseModel):
     partition: int
     status: str = Field(description="`fresh`, `stale`, `offline` or `unknown`.")
     mode: str | None = Field(None, description="The agent's mode, e.g. `normal`, `degraded`.")
-    last_seen: str | None = Field(None, description="Time of the newest telemetry, ISO 8601.")
+    last_seen: DateTimeText | None = Field(
+        None, description="Time of the newest telemetry, ISO 8601."
+    )
     grid_w: float | None = None
     baseline_w: float | None = None
     p_min_w: float | None = None
@@ -342,6 +351,7 @@ class ScheduleIn(BaseModel):
         description="Power per interval, W. `absolute`: the pool's "
         "grid power (+ import); `delta`: change from its baseline.",
         examples=[[-50000, -50000, 0, 20000]],
+        json_schema_extra={"minItems": 1},  # refused as `empty` by the route, not by pydantic
     )
     kind: ScheduleKind = ScheduleKind.ABSOLUTE
 
@@ -362,7 +372,7 @@ class ScheduleIn(BaseModel):
 class DeliveryInterval(BaseModel):
     """How one interval of a schedule was delivered (intervals measured so far)."""
 
-    start: str
+    start: DateTimeText
     duration: str
     energy_target_wh: float
     energy_delivered_wh: float
@@ -376,25 +386,25 @@ class DeliveryInterval(BaseModel):
 class ScheduleOut(BaseModel):
     schedule_id: str
     pool_id: str
-    start: str
+    start: DateTimeText
     resolution: str
     resolution_s: int
-    end: str
+    end: DateTimeText
     values_w: list[float]
     kind: ScheduleKind
     status: str = Field(
         description="`active` (in force now or later), `superseded` (a later schedule "
         "replaced it from its start on), `cancelled`, or `completed` (ran to its end)."
     )
-    created: str
-    effective_end: str | None = Field(
+    created: DateTimeText
+    effective_end: DateTimeText | None = Field(
         description="Where the schedule stops applying: its end, "
         "or the start of a later schedule, or its cancellation."
     )
-    superseded_from: str | None = Field(
+    superseded_from: DateTimeText | None = Field(
         None, description="From here on a later schedule replaced this one."
     )
-    cancelled_from: str | None = Field(None, description="From here on it was cancelled.")
+    cancelled_from: DateTimeText | None = Field(None, description="From here on it was cancelled.")
     delivery: list[DeliveryInterval] = Field(default_factory=list)
 
 
@@ -415,12 +425,34 @@ class SetpointIn(BaseModel):
     )
     kind: ScheduleKind = ScheduleKind.DELTA
     valid_for_s: StrictNumber | None = Field(
-        None, description="Seconds from now, > 0 and <= 300.", examples=[10]
+        None,
+        description="Seconds from now, > 0 and <= 300.",
+        examples=[10],
+        json_schema_extra={"exclusiveMinimum": 0},  # the route refuses it as `expiry`
     )
     valid_until: DateTimeText | None = Field(None, description="ISO 8601 with a time zone.")
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"target_w": -30000, "kind": "delta", "valid_for_s": 10}]}
+        json_schema_extra={
+            "examples": [{"target_w": -30000, "kind": "delta", "valid_for_s": 10}],
+            # exactly one of the two (null is none), as the route checks (`expiry`)
+            "oneOf": [
+                {
+                    "required": ["valid_for_s"],
+                    "properties": {
+                        "valid_for_s": {"type": "number"},
+                        "valid_until": {"type": "null"},
+                    },
+                },
+                {
+                    "required": ["valid_until"],
+                    "properties": {
+                        "valid_until": {"type": "string"},
+                        "valid_for_s": {"type": "null"},
+                    },
+                },
+            ],
+        }
     )
 
 
@@ -429,8 +461,8 @@ class ActivationOut(BaseModel):
     pool_id: str
     target_w: float
     kind: ScheduleKind
-    created: str
-    valid_until: str
+    created: DateTimeText
+    valid_until: DateTimeText
 
 
 class StreamDelivery(BaseModel):
@@ -450,11 +482,22 @@ class StreamDelivery(BaseModel):
     )
 
 
-class StreamEvent(BaseModel):
+class StreamEventData(BaseModel):
+    """The data of one kind of event on the stream: ``sse_event`` is its SSE ``event:`` name,
+    ``sse_id`` says what its ``id:`` is, the model's JSON is its ``data:``."""
+
+    sse_event: ClassVar[str]
+    sse_id: ClassVar[str]
+
+
+class StreamFlexibilityEvent(StreamEventData):
     """Data of each `flexibility` event on the stream (one per aggregation cycle)."""
 
+    sse_event: ClassVar[str] = "flexibility"
+    sse_id: ClassVar[str] = "The event's `as_of`."
+
     pool_id: str
-    as_of: str
+    as_of: DateTimeText
     now: FlexibilityNow
     delivery: StreamDelivery
 
@@ -463,17 +506,22 @@ class ShortfallSlotOut(BaseModel):
     """A slot of an accepted schedule the pool can no longer deliver in full (it lost sites
     since the schedule was accepted): announced ahead, an early warning."""
 
-    start: str
-    end: str
+    start: DateTimeText
+    end: DateTimeText
     scheduled_w: float = Field(description="The schedule's deviation from the baseline, W.")
     shortfall_w: float = Field(
         description="The part the pool's envelope cannot deliver, W (signed like the schedule)."
     )
 
 
-class StreamEnvelopeEvent(BaseModel):
+class StreamEnvelopeEvent(StreamEventData):
     """Data of each `envelope` event: a new pool envelope (every quarter hour, and when the
     pool loses or regains sites), with the expected shortfall of the schedules in force."""
+
+    sse_event: ClassVar[str] = "envelope"
+    sse_id: ClassVar[str] = (
+        "`env-<envelope seq>-<plan seq>` (plan seq -1: no plan): new when either is new."
+    )
 
     pool_id: str
     envelope: EnvelopeOut
@@ -485,6 +533,29 @@ class StreamEnvelopeEvent(BaseModel):
     shortfall_wh: float = Field(description="Their total energy, Wh (>= 0).")
 
 
+class StreamUnavailableEvent(StreamEventData):
+    """Data of the `unavailable` event: sent once when the pool's live data goes missing (no
+    fresh aggregate, or Redis unreachable); the stream stays open and goes on with
+    `flexibility` events when the data is back."""
+
+    sse_event: ClassVar[str] = "unavailable"
+    sse_id: ClassVar[str] = "None of its own: a client keeps the last event's id."
+
+    pool_id: str
+    reason: Literal["no_fresh_data", "hot_state_unavailable"]
+    time: DateTimeText = Field(description="The API's clock when the data went missing, ISO 8601.")
+
+
+#: The events of ``GET /v1/pools/{pool_id}/stream``: each model's ``sse_event`` is the SSE
+#: ``event:`` name and its JSON the ``data:``. The stream sends only these, and the OpenAPI
+#: document describes exactly these (:mod:`cloud.api.openapi`).
+STREAM_EVENTS: tuple[type[StreamEventData], ...] = (
+    StreamFlexibilityEvent,
+    StreamEnvelopeEvent,
+    StreamUnavailableEvent,
+)
+
+
 class AlertOut(BaseModel):
     """An active operational alert (raised after its condition held for a few cycles)."""
 
@@ -492,7 +563,7 @@ class AlertOut(BaseModel):
     rule: str = Field(examples=["pool_shortfall"])
     severity: str = Field(description="`warning` or `critical`.")
     pool_id: str | None
-    since: str
+    since: DateTimeText
     value: float = Field(description="How bad, in the rule's unit (W for a shortfall).")
     message: str
 
@@ -509,7 +580,9 @@ class DeliveryOut(BaseModel):
     pool cannot reach with the flexibility it has now."""
 
     pool_id: str
-    as_of: str | None = Field(description="Time of the dispatcher's latest cycle; null if none.")
+    as_of: DateTimeText | None = Field(
+        description="Time of the dispatcher's latest cycle; null if none."
+    )
     active: bool = Field(description="The dispatcher followed a target in its latest cycle.")
     source: str | None = Field(description="`setpoint` or `schedule`.")
     target_w: float | None = Field(description="Target grid power, W (absolute).")
@@ -538,7 +611,7 @@ class DeliveryOut(BaseModel):
 
 
 class CycleOut(BaseModel):
-    ts: str
+    ts: DateTimeText
     target_w: float | None
     measured_w: float
     error_w: float | None = Field(description=ERROR_W_DOC)
@@ -550,8 +623,8 @@ class PerformanceOut(BaseModel):
     with the tracking error summarised over the cycles that had a target."""
 
     pool_id: str
-    since: str
-    until: str
+    since: DateTimeText
+    until: DateTimeText
     cycles: list[CycleOut]
     error_rms_w: float | None
     error_max_w: float | None

@@ -133,19 +133,23 @@ async def test_delivery_per_interval_is_read_back(api: Api) -> None:
 
 async def test_cancel(api: Api) -> None:
     sid = (await api.client.post(POST, json=GOOD, headers=api.auth())).json()["schedule_id"]
-    r = await api.client.delete(f"/v1/schedules/{sid}", headers=api.auth())
+    r = await api.client.post(f"/v1/schedules/{sid}/cancel", headers=api.auth())
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "cancelled"
     # Cancelled before its start: none of it remains.
     assert body["effective_end"] == body["cancelled_from"] == body["start"]
     assert api.registry.target_at("north", T0 + 1000) is None
-    again = await api.client.delete(f"/v1/schedules/{sid}", headers=api.auth())
+    again = await api.client.post(f"/v1/schedules/{sid}/cancel", headers=api.auth())
     assert again.status_code == 200
     assert again.json()["status"] == "cancelled"
+    # Not deleted: the record stays readable (so the API does not offer DELETE for it).
     r = await api.client.get(f"/v1/schedules/{sid}", headers=api.auth("both"))
     assert r.json()["status"] == "cancelled"
-    assert (await api.client.delete("/v1/schedules/nope", headers=api.auth())).status_code == 404
+    r = await api.client.delete(f"/v1/schedules/{sid}", headers=api.auth())
+    assert (r.status_code, r.headers["allow"]) == (405, "GET")
+    nope = await api.client.post("/v1/schedules/nope/cancel", headers=api.auth())
+    assert nope.status_code == 404
 
 
 def _values(n: int) -> list[float]:

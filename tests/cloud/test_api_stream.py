@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from cloud.api.routes.stream import sse as sse_bytes
+from cloud.api.schemas import STREAM_EVENTS, ShortfallSlotOut
 from cloud.hotstate import PlanRecord, agg_key, agg_parts_key, envelope_key, plan_key
 from vpp.trader.sse import sse_events
 
@@ -192,3 +194,37 @@ async def test_a_new_envelope_is_announced_with_the_expected_shortfall(api: Api)
             ]
             assert data["shortfall_wh"] == 5_000.0
     await wait_streams_closed(api)
+
+
+async def test_every_event_is_one_the_openapi_document_describes(api: Api) -> None:
+    """The events on the wire (flexibility, envelope, unavailable) are those of the stream's
+    `itemSchema`, each with data of the model its `contentSchema` names."""
+    spec = (await api.client.get("/openapi.json")).json()
+    item = spec["paths"]["/v1/pools/{pool_id}/stream"]["get"]["responses"]["200"]["content"]
+    mapping = item["text/event-stream"]["itemSchema"]["discriminator"]["mapping"]
+    schemas = spec["components"]["schemas"]
+    models = {m.__name__: m for m in STREAM_EVENTS}
+    api.seed()
+    seen: set[str] = set()
+    async with asyncio.timeout(15):
+        async with api.client.stream("GET", STREAM, headers=api.auth()) as response:
+            async for ev in sse(response):
+                if ev["event"] is None:
+                    continue  # a comment (the greeting, heartbeats): not an event
+                sse_schema = schemas[mapping[ev["event"]].removeprefix("#/components/schemas/")]
+                ref = sse_schema["properties"]["data"]["contentSchema"]["$ref"]
+                model = models[ref.removeprefix("#/components/schemas/")]
+                model.model_validate_json(ev["data"], strict=True)
+                seen.add(ev["event"])
+                if ev["event"] == "flexibility" and "unavailable" not in seen:
+                    for p in NORTH_PARTITIONS:  # the workers stop: `unavailable` next
+                        api.redis.delete(agg_key("north", p))
+                if seen == set(mapping):
+                    break
+    assert seen == {"flexibility", "envelope", "unavailable"}
+    await wait_streams_closed(api)
+
+
+def test_only_the_documented_events_can_be_sent() -> None:
+    with pytest.raises(TypeError, match="not an event of the stream"):
+        sse_bytes(ShortfallSlotOut(start="a", end="b", scheduled_w=0.0, shortfall_w=0.0))

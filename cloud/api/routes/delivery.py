@@ -16,13 +16,20 @@ from cloud.alerts import Alert, active_alerts
 from cloud.api.auth import PoolDep
 from cloud.api.context import CtxDep
 from cloud.api.errors import ApiError
-from cloud.api.routes.common import AUTH_ERRORS
-from cloud.api.schemas import AlertOut, AlertsOut, CycleOut, DeliveryOut, PerformanceOut
+from cloud.api.routes.common import AUTH, HOT_STATE, INVALID, NOT_FOUND, refusals
+from cloud.api.schemas import (
+    DATE_TIME,
+    AlertOut,
+    AlertsOut,
+    CycleOut,
+    DeliveryOut,
+    PerformanceOut,
+)
 from cloud.api.validation import parse_time
 from cloud.api.views import iso
 from cloud.hotstate import delivery_key
 
-router = APIRouter(prefix="/v1", tags=["delivery"], responses=AUTH_ERRORS)
+router = APIRouter(prefix="/v1", tags=["delivery"])
 
 #: the widest range /performance serves in one answer (one day of 1-s cycles at most)
 MAX_RANGE_S = 86_400.0
@@ -43,6 +50,7 @@ def alert_out(a: Alert) -> AlertOut:
 @router.get(
     "/pools/{pool_id}/delivery",
     response_model=DeliveryOut,
+    responses=refusals(AUTH, NOT_FOUND, HOT_STATE),
     summary="The dispatcher's latest cycle for the pool: target, measured, shortfall, alerts",
 )
 async def get_delivery(pool: PoolDep, ctx: CtxDep) -> DeliveryOut:
@@ -77,6 +85,7 @@ async def get_delivery(pool: PoolDep, ctx: CtxDep) -> DeliveryOut:
 @router.get(
     "/pools/{pool_id}/alerts",
     response_model=AlertsOut,
+    responses=refusals(AUTH, NOT_FOUND, HOT_STATE),
     summary="The pool's active alerts (e.g. `pool_shortfall`)",
 )
 async def get_alerts(pool: PoolDep, ctx: CtxDep) -> AlertsOut:
@@ -87,14 +96,15 @@ async def get_alerts(pool: PoolDep, ctx: CtxDep) -> AlertsOut:
 @router.get(
     "/pools/{pool_id}/performance",
     response_model=PerformanceOut,
+    responses=refusals(AUTH, NOT_FOUND, INVALID),
     summary="The dispatcher's recorded cycles in a range, with RMS and max tracking error",
     description="`since`/`until`: ISO 8601 with a time zone; at most one day apart.",
 )
 async def get_performance(
     pool: PoolDep,
     ctx: CtxDep,
-    since: str = Query(description="ISO 8601 start (inclusive)."),
-    until: str = Query(description="ISO 8601 end (exclusive)."),
+    since: str = Query(description="ISO 8601 start (inclusive).", json_schema_extra=DATE_TIME),
+    until: str = Query(description="ISO 8601 end (exclusive).", json_schema_extra=DATE_TIME),
 ) -> PerformanceOut:
     t0, t1 = parse_time(since, "since"), parse_time(until, "until")
     if t1 <= t0:

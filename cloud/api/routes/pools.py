@@ -10,12 +10,12 @@ from fastapi import APIRouter, Query
 
 from cloud.api.auth import KeyDep, PoolDep
 from cloud.api.context import ApiContext, CtxDep
-from cloud.api.routes.common import AUTH_ERRORS, NO_DATA
+from cloud.api.routes.common import AUTH, HOT_STATE, INVALID, NO_DATA, NOT_FOUND, refusals
 from cloud.api.schemas import FlexibilityOut, PoolOut, PoolsOut, SiteOut, SitesOut
 from cloud.api.views import Commitments, commitments, current_flexibility, flexibility_out, iso
 from cloud.hotstate import SiteSummary, sites_key
 
-router = APIRouter(prefix="/v1", tags=["pools"], responses=AUTH_ERRORS)
+router = APIRouter(prefix="/v1", tags=["pools"])
 
 
 async def _pool_out(pool: Any, ctx: ApiContext) -> PoolOut:
@@ -26,13 +26,23 @@ async def _pool_out(pool: Any, ctx: ApiContext) -> PoolOut:
     )
 
 
-@router.get("/pools", response_model=PoolsOut, summary="The pools this key may use")
+@router.get(
+    "/pools",
+    response_model=PoolsOut,
+    responses=refusals(AUTH),
+    summary="The pools this key may use",
+)
 async def list_pools(key: KeyDep, ctx: CtxDep) -> PoolsOut:
     pools = [await ctx.db(ctx.registry.get_pool, p) for p in sorted(set(key.pool_ids))]
     return PoolsOut(pools=[await _pool_out(p, ctx) for p in pools if p is not None])
 
 
-@router.get("/pools/{pool_id}", response_model=PoolOut, summary="One pool")
+@router.get(
+    "/pools/{pool_id}",
+    response_model=PoolOut,
+    responses=refusals(AUTH, NOT_FOUND),
+    summary="One pool",
+)
 async def get_pool(pool: PoolDep, ctx: CtxDep) -> PoolOut:
     return await _pool_out(pool, ctx)
 
@@ -40,7 +50,7 @@ async def get_pool(pool: PoolDep, ctx: CtxDep) -> PoolOut:
 @router.get(
     "/pools/{pool_id}/flexibility",
     response_model=FlexibilityOut,
-    responses=NO_DATA,
+    responses=refusals(AUTH, NOT_FOUND, INVALID, NO_DATA, HOT_STATE),
     summary="The pool's flexibility: now, for how long, and ahead",
     description=(
         "**now**: measured grid power, baseline, the range [p_min_w, p_max_w] the pool can "
@@ -76,6 +86,7 @@ async def get_flexibility(
 @router.get(
     "/pools/{pool_id}/sites",
     response_model=SitesOut,
+    responses=refusals(AUTH, NOT_FOUND, INVALID, HOT_STATE),
     summary="The pool's sites with their status, paged",
     description="Sites in registry order of `site_id`. `status` is `unknown` for a site the "
     "cloud has not heard from yet.",

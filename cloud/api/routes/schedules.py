@@ -10,8 +10,19 @@ from fastapi import APIRouter, Query, Response
 from cloud.api.auth import KeyDep, PoolDep, not_found
 from cloud.api.context import ApiContext, CtxDep
 from cloud.api.errors import ApiError
-from cloud.api.routes.common import AUTH_ERRORS, INVALID_BODY, NO_DATA
-from cloud.api.schemas import ScheduleIn, ScheduleOut, SchedulesOut
+from cloud.api.routes.common import (
+    AUTH,
+    BAD_JSON,
+    HOT_STATE,
+    INVALID,
+    NO_DATA,
+    NO_ENVELOPE,
+    NOT_FOUND,
+    TOO_LARGE,
+    UNREACHABLE,
+    refusals,
+)
+from cloud.api.schemas import DATE_TIME, ScheduleIn, ScheduleOut, SchedulesOut
 from cloud.api.validation import (
     check_envelope,
     check_schedule_shape,
@@ -20,7 +31,7 @@ from cloud.api.validation import (
 )
 from cloud.api.views import commitments, current_flexibility, refuse_while_held, schedule_out
 
-router = APIRouter(prefix="/v1", tags=["schedules"], responses=AUTH_ERRORS)
+router = APIRouter(prefix="/v1", tags=["schedules"])
 
 _RULES = (
     "A schedule is accepted only inside the pool's guaranteed envelope (`GET "
@@ -40,6 +51,12 @@ _RULES = (
     "reconnecting after it): the schedules accepted before stand."
 )
 
+LOCATION = {
+    "description": "The new schedule's URL, `/v1/schedules/{schedule_id}`.",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
 
 async def _scoped_schedule(ctx: ApiContext, key: Any, schedule_id: str) -> Any:
     schedule = await ctx.db(ctx.registry.get_schedule, schedule_id)
@@ -52,7 +69,20 @@ async def _scoped_schedule(ctx: ApiContext, key: Any, schedule_id: str) -> Any:
     "/pools/{pool_id}/schedules",
     response_model=ScheduleOut,
     status_code=201,
-    responses={**INVALID_BODY, **NO_DATA},
+    responses={
+        **refusals(
+            BAD_JSON,
+            AUTH,
+            NOT_FOUND,
+            TOO_LARGE,
+            INVALID,
+            NO_DATA,
+            NO_ENVELOPE,
+            UNREACHABLE,
+            HOT_STATE,
+        ),
+        201: {"headers": {"Location": LOCATION}},
+    },
     summary="Post a pool schedule",
     description="A later schedule replaces an earlier one from its own start on. " + _RULES,
 )
@@ -116,13 +146,16 @@ async def post_schedule(
 @router.get(
     "/pools/{pool_id}/schedules",
     response_model=SchedulesOut,
+    responses=refusals(AUTH, NOT_FOUND, INVALID),
     summary="The pool's schedules, newest first (without delivery)",
 )
 async def list_schedules(
     pool: PoolDep,
     ctx: CtxDep,
     since: str | None = Query(
-        None, description="Only schedules whose nominal span reaches past this time (ISO 8601)."
+        None,
+        description="Only schedules whose nominal span reaches past this time (ISO 8601).",
+        json_schema_extra=DATE_TIME,
     ),
     limit: int = Query(100, ge=1, le=1000),
 ) -> SchedulesOut:
@@ -136,6 +169,7 @@ async def list_schedules(
 @router.get(
     "/schedules/{schedule_id}",
     response_model=ScheduleOut,
+    responses=refusals(AUTH, NOT_FOUND),
     summary="A schedule with its status and per-interval delivery",
 )
 async def get_schedule(schedule_id: str, key: KeyDep, ctx: CtxDep) -> ScheduleOut:
@@ -145,22 +179,23 @@ async def get_schedule(schedule_id: str, key: KeyDep, ctx: CtxDep) -> ScheduleOu
     )
 
 
-@router.delete(
-    "/schedules/{schedule_id}",
+@router.post(
+    "/schedules/{schedule_id}/cancel",
     response_model=ScheduleOut,
-    responses={409: {"description": "Already cancelled or completed."}},
+    responses=refusals(AUTH, NOT_FOUND),
     summary="Cancel a schedule from now on (intervals already delivered stay recorded)",
+    description="The schedule stays readable, `cancelled` from now on (all of it when it "
+    "has not started). Cancelling a schedule that has nothing left from now on (ended, "
+    "superseded or cancelled before) answers it unchanged. Why not `DELETE`: the schedule "
+    "is not deleted, its record and delivery stay.",
 )
 async def cancel_schedule(schedule_id: str, key: KeyDep, ctx: CtxDep) -> ScheduleOut:
     schedule = await _scoped_schedule(ctx, key, schedule_id)
-    try:
-        cancelled = await ctx.db(
-            ctx.registry.cancel_schedule, schedule.schedule_id, at_ts=ctx.clock.time()
-        )
-    except ValueError as exc:
-        raise ApiError(409, "not_cancellable", str(exc)) from None
+    cancelled = await ctx.db(
+        ctx.registry.cancel_schedule, schedule.schedule_id, at_ts=ctx.clock.time()
+    )
     if cancelled is None:
-        cancelled = await ctx.db(ctx.registry.get_schedule, schedule.schedule_id)
+        raise not_found(f"schedule {schedule_id!r}")
     return schedule_out(
         cancelled, await ctx.db(ctx.registry.interval_performance, schedule.schedule_id)
     )

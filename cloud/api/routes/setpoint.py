@@ -9,20 +9,32 @@ from fastapi import APIRouter
 from cloud.api.auth import PoolDep
 from cloud.api.context import CtxDep
 from cloud.api.errors import ApiError
-from cloud.api.routes.common import AUTH_ERRORS, INVALID_BODY, NO_DATA
+from cloud.api.routes.common import (
+    AUTH,
+    BAD_JSON,
+    HOT_STATE,
+    INVALID,
+    NO_DATA,
+    NOT_FOUND,
+    TOO_LARGE,
+    UNREACHABLE,
+    refusals,
+)
 from cloud.api.schemas import ActivationOut, SetpointIn
 from cloud.api.validation import check_range, parse_time, unprocessable
 from cloud.api.views import current_flexibility, now_range, refuse_while_held
 from protocols.units import to_iso8601
 
-router = APIRouter(prefix="/v1", tags=["setpoint"], responses=AUTH_ERRORS)
+router = APIRouter(prefix="/v1", tags=["setpoint"])
 
 
 @router.post(
     "/pools/{pool_id}/setpoint",
     response_model=ActivationOut,
     status_code=201,
-    responses={**INVALID_BODY, **NO_DATA},
+    responses=refusals(
+        BAD_JSON, AUTH, NOT_FOUND, TOO_LARGE, INVALID, UNREACHABLE, NO_DATA, HOT_STATE
+    ),
     summary="Set a real-time power target (balancing activation), valid for a short time",
     description=(
         "Send every few seconds while the activation lasts; when it expires the pool returns "

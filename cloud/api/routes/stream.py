@@ -7,15 +7,19 @@ Events on ``GET /v1/pools/{pool_id}/stream``:
 
 * ``flexibility`` - each time the pool's aggregate is new (one per worker cycle): the
   flexibility *now* and the delivery (target in force vs measured), JSON of
-  :class:`cloud.api.schemas.StreamEvent`; ``id`` is the aggregate's time;
+  :class:`cloud.api.schemas.StreamFlexibilityEvent`; ``id`` is the aggregate's time;
 * ``envelope`` - each time the pool's envelope or its plan is new (every quarter hour, and
   within a cycle or two of the pool losing or regaining sites): the envelope and the expected
   shortfall of the schedules in force, slot by slot, announced before the slots come
   (:class:`cloud.api.schemas.StreamEnvelopeEvent`);
 * ``unavailable`` - once, when the pool has no fresh aggregate or Redis is unreachable
-  (``reason`` in the data: ``no_fresh_data`` or ``hot_state_unavailable``);
+  (:class:`cloud.api.schemas.StreamUnavailableEvent`, ``reason``: ``no_fresh_data`` or
+  ``hot_state_unavailable``);
 * ``: heartbeat <time>`` comment lines while nothing new happens, so proxies keep the
   connection and the client can tell a quiet pool from a dead connection.
+
+Every event is made by :func:`sse` from one of :data:`cloud.api.schemas.STREAM_EVENTS`, the
+models the OpenAPI document describes the events with: the two cannot drift apart.
 
 The stream stops when the client disconnects (the server cancels the generator) or when
 the server shuts down.
@@ -35,23 +39,34 @@ from redis.exceptions import RedisError
 
 from cloud.api.auth import PoolDep
 from cloud.api.context import ApiContext, CtxDep
-from cloud.api.routes.common import AUTH_ERRORS
+from cloud.api.openapi import sse_content
+from cloud.api.routes.common import AUTH, NOT_FOUND, refusals
 from cloud.api.schemas import (
+    STREAM_EVENTS,
     ShortfallSlotOut,
     StreamDelivery,
     StreamEnvelopeEvent,
-    StreamEvent,
+    StreamEventData,
+    StreamFlexibilityEvent,
+    StreamUnavailableEvent,
 )
 from cloud.api.views import commitments, envelope_out, now_out
 from cloud.flexibility.model import read_pool_aggregate, read_pool_envelope
 from cloud.hotstate import PlanRecord, PoolAggregate, delivery_key, plan_key
 from protocols.units import to_iso8601
 
-router = APIRouter(prefix="/v1", tags=["stream"], responses=AUTH_ERRORS)
+router = APIRouter(prefix="/v1", tags=["stream"])
 
 #: A shortfall below this (W) is rounding in the plan, not a warning.
 SHORTFALL_TOLERANCE_W = 1.0
 log = logging.getLogger("cloud.api.stream")
+
+
+def sse(data: StreamEventData, ident: str | None = None) -> bytes:
+    """One event on the wire: its model's ``sse_event`` and JSON; only a documented kind."""
+    if type(data) not in STREAM_EVENTS:
+        raise TypeError(f"{type(data).__name__} is not an event of the stream (STREAM_EVENTS)")
+    return format_sse_event(event=data.sse_event, data_str=data.model_dump_json(), id=ident)
 
 
 async def delivery_now(
@@ -144,19 +159,17 @@ async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
             chunk: bytes | None = None
             if agg is not None and agg.ts != last_ts:
                 last_ts, unavailable_sent = agg.ts, False
-                event = StreamEvent(
+                event = StreamFlexibilityEvent(
                     pool_id=pool_id,
                     as_of=to_iso8601(agg.ts),
                     now=now_out(agg),
                     delivery=await delivery_now(ctx, pool_id, agg, now),
                 )
-                chunk = format_sse_event(
-                    event="flexibility", data_str=event.model_dump_json(), id=to_iso8601(agg.ts)
-                )
+                chunk = sse(event, ident=event.as_of)
             elif agg is None and not unavailable_sent:
                 unavailable_sent, last_ts = True, None
-                data = {"pool_id": pool_id, "reason": reason, "time": to_iso8601(now)}
-                chunk = format_sse_event(event="unavailable", data_str=json.dumps(data))
+                gone = StreamUnavailableEvent(pool_id=pool_id, reason=reason, time=to_iso8601(now))
+                chunk = sse(gone)
             elif time.monotonic() - last_sent >= s.heartbeat_s:
                 chunk = format_sse_event(comment=f"heartbeat {to_iso8601(now)}")
             if agg is not None:
@@ -167,9 +180,8 @@ async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
                     version, envelope = last_envelope, None
                 if envelope is not None and version is not None and version != last_envelope:
                     last_envelope = version
-                    data = envelope.model_dump_json()
                     ident = f"env-{version[0]}-{version[1]}"  # envelope seq, plan seq (-1: none)
-                    extra = format_sse_event(event="envelope", data_str=data, id=ident)
+                    extra = sse(envelope, ident=ident)
                     chunk = extra if chunk is None else chunk + extra
             if chunk is not None:
                 last_sent = time.monotonic()
@@ -184,24 +196,20 @@ async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
     "/pools/{pool_id}/stream",
     summary="Server-sent events: flexibility and delivery each cycle",
     description=(
-        "`text/event-stream`. Event `flexibility` (data: StreamEvent JSON, `id`: its `as_of`) "
-        "once per aggregation cycle; `envelope` (data: StreamEnvelopeEvent JSON) when the "
-        "pool's envelope or plan is new, with the expected shortfall of the schedules in "
-        "force; `unavailable` when the pool has no fresh data; `: heartbeat <time>` comments "
-        "while idle."
+        "`text/event-stream`; each event is one of the response's `itemSchema`. Event "
+        "`flexibility` (data: StreamFlexibilityEvent JSON, `id`: its `as_of`) once per "
+        "aggregation cycle; `envelope` (data: StreamEnvelopeEvent JSON) when the pool's "
+        "envelope or plan is new, with the expected shortfall of the schedules in force; "
+        "`unavailable` (data: StreamUnavailableEvent JSON) once when the pool's data goes "
+        "missing; `: heartbeat <time>` comments while idle. On the wire:\n\n"
+        "    event: flexibility\n"
+        '    data: {"pool_id": "be-north", "as_of": "2024-06-01T12:00:02+00:00", ...}\n'
+        "    id: 2024-06-01T12:00:02+00:00"
     ),
     response_class=Response,  # not EventSourceResponse: that makes FastAPI expect a generator
     responses={
-        200: {
-            "description": "The event stream.",
-            "content": {
-                "text/event-stream": {
-                    "schema": {"type": "string"},
-                    "example": 'event: flexibility\ndata: {"pool_id": "be-north", ...}\n'
-                    "id: 2024-06-01T12:00:02+00:00\n\n",
-                }
-            },
-        }
+        **refusals(AUTH, NOT_FOUND),
+        200: {"description": "The event stream.", "content": sse_content()},
     },
 )
 async def stream(pool: PoolDep, ctx: CtxDep) -> Response:
