@@ -44,7 +44,7 @@ def test_the_demo_runs_with_a_relative_output_folder(tmp_path):
     """As `make demo` in a fresh clone: the command from another working directory, with a
     relative ``--out``, starting its own Mosquitto and Redis there."""
     command = [sys.executable, "-m", "vpp", "demo", "--no-live", "--sites", "2"]
-    command += ["--hours", "0.25", "--speed", "30", "--out", "relative-out"]
+    command += ["--hours", "0.25", "--speed", "60", "--history-days", "1", "--out", "relative-out"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280
