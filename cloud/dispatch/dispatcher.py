@@ -66,6 +66,7 @@ from cloud.hotstate import (
 from cloud.locks import LeaderLock
 from cloud.registry import Registry
 from protocols.clock import Clock, Ticker, wall_ms
+from protocols.energy import held_energy
 from protocols.messages import Config, PartitionPlan, PartitionSignal, PlanBasis, encode
 from protocols.mqtt_asyncio import AsyncMqttClient, ConnAck
 from protocols.mqtt_endpoint import MqttEndpoint
@@ -85,18 +86,41 @@ CONFIG_REV_KEY = "vpp:dispatch:site-config-rev"
 
 @dataclass
 class _Interval:
-    """Energy accounting of one schedule interval in progress."""
+    """One schedule interval in progress: its cycles' target, measured power and asked
+    deviation from the sites' baselines, integrated by :func:`protocols.energy.held_energy`.
+    A cycle's values stand for the time since the cycle before (the first: since the
+    interval's start), so the account at a cycle includes that cycle."""
 
     schedule_id: str | None
     start_ts: float
     end_ts: float
-    target_wh: float = 0.0
-    delivered_wh: float = 0.0
+    ts: list[float] = field(default_factory=list)
+    target_w: list[float] = field(default_factory=list)
+    measured_w: list[float] = field(default_factory=list)
+    deviation_w: list[float] = field(default_factory=list)
     errors_w: list[float] = field(default_factory=list)
-    last_ts: float | None = None  # the last cycle accounted (each counts the time since it)
-    # the deviation from the sites' baselines asked so far, a gap included (the target is
-    # known when the pool is not measured): what the sites' own account is compared with
-    target_deviation_wh: float = 0.0
+    last_ts: float | None = None  # the last cycle's time
+
+    def add(self, now: float, target_w: float, measured_w: float, baseline_w: float) -> None:
+        self.ts.append(self.start_ts if self.last_ts is None else self.last_ts)
+        self.last_ts = now
+        self.target_w.append(target_w)
+        self.measured_w.append(measured_w)
+        self.deviation_w.append(target_w - baseline_w)
+        self.errors_w.append(target_w - measured_w)
+
+    def energies(self, until: float, cycle_s: float) -> tuple[float, float, float]:
+        """Target, delivered and asked-deviation Wh from the start until ``until``. A gap of
+        more than two cycles (stale aggregates, a take-over) was not measured and counts on
+        neither side of target and delivered; the deviation asked counts through it (the
+        target is known when the pool is not measured): it is what the sites' own account
+        is compared with."""
+        measured = {"start": self.start_ts, "end": until, "max_hold_s": 2 * cycle_s}
+        return (
+            held_energy(self.ts, self.target_w, **measured).wh,
+            held_energy(self.ts, self.measured_w, **measured).wh,
+            held_energy(self.ts, self.deviation_w, self.start_ts, until).wh,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -769,12 +793,12 @@ class PoolDispatcher:
         measured_w: float,
         sites_baseline_w: float,
     ) -> None:
-        """Integrate target and delivered energy per schedule interval; write it at its end."""
+        """Keep each schedule interval's cycles; write its energies at its end."""
         current = self._intervals.get(pool_id)
         if current is not None and (
             now >= current.end_ts or target is None or target.interval_start_ts != current.start_ts
         ):
-            self._close_interval(pool_id, current)
+            self._close_interval(pool_id, current, min(now, current.end_ts))
             current = None
             del self._intervals[pool_id]
         if target is None or target.source != "schedule" or target.interval_start_ts is None:
@@ -785,16 +809,7 @@ class PoolDispatcher:
                 target.schedule_id, target.interval_start_ts, target.interval_end_ts
             )
             self._intervals[pool_id] = current
-        # each cycle stands for the time since the last one, up to two cycles: a longer gap
-        # (the aggregates were stale, a take-over) was not measured and counts on neither side
-        dt = self.cycle_s if current.last_ts is None else max(now - current.last_ts, 0.0)
-        hours = min(dt, 2 * self.cycle_s) / 3600.0
-        since = now - current.start_ts if current.last_ts is None else dt
-        current.target_deviation_wh += (target.value_w - sites_baseline_w) * since / 3600.0
-        current.last_ts = now
-        current.target_wh += target.value_w * hours
-        current.delivered_wh += measured_w * hours
-        current.errors_w.append(target.value_w - measured_w)
+        current.add(now, target.value_w, measured_w, sites_baseline_w)
 
     def _catch_up(
         self,
@@ -813,11 +828,11 @@ class PoolDispatcher:
         current = self._intervals.get(pool_id)
         if target is None or target.source != "schedule" or current is None:
             return 0.0
-        target_wh, delivered_wh = current.target_wh, current.delivered_wh
+        target_wh, delivered_wh, deviation_wh = current.energies(now, self.cycle_s)
         from_sites = sites_slot_energy(parts, current.start_ts, now)
         if from_sites is not None and current.end_ts - current.start_ts == SETTLEMENT_INTERVAL_S:
             delivered_wh = from_sites
-            target_wh = current.target_deviation_wh
+            target_wh = deviation_wh
         return catch_up_w(
             self.catch_up,
             target_wh=target_wh,
@@ -826,20 +841,23 @@ class PoolDispatcher:
             planned_delta_w=target.value_w - sites_baseline_w,
         )
 
-    def _close_interval(self, pool_id: str, interval: _Interval) -> None:
+    def _close_interval(self, pool_id: str, interval: _Interval, until: float) -> None:
+        """Record the interval's energies (its cycles up to ``until``: the end, or the cycle
+        that found the schedule gone)."""
         if not interval.errors_w:
             return
         errors = np.array(interval.errors_w)
+        target_wh, delivered_wh, _ = interval.energies(until, self.cycle_s)
         self.registry.record_interval(
             pool_id,
             interval.schedule_id,
             interval.start_ts,
             interval.end_ts - interval.start_ts,
-            interval.target_wh,
-            interval.delivered_wh,
+            target_wh,
+            delivered_wh,
             float(np.sqrt(np.mean(errors**2))),
             float(np.max(np.abs(errors))),
-            interval.delivered_wh - interval.target_wh,
+            delivered_wh - target_wh,
         )
 
     def status(self) -> dict[str, Any]:

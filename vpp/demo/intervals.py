@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from cloud.hotstate import PlanRecord, PoolEnvelopeRecord
+from protocols.energy import held_energy
 from vpp.trader.client import Decision
 
 __all__ = ["BASELINE_HOLD_S", "Observed", "interval_rows"]
@@ -146,9 +147,11 @@ def interval_rows(
             pool_base = base.sum(axis=1) + _rebalancing(obs.plans, t)
             delivered = meters.sum(axis=1)
             error = delivered - (pool_base + delta)
-            hours = slot_s / 3600.0 / inside.size  # each second's share of the interval
-            delivered_wh = float(delivered.sum() * hours)
-            base_wh = float(pool_base.sum() * hours)
+            # each second's mean holds for its second; the few seconds the simulator missed
+            # are taken as like the rest of the interval
+            span = {"start": start, "end": start + slot_s, "max_hold_s": 1.0}
+            delivered_wh = held_energy(t, delivered, **span).scaled_to(slot_s)
+            base_wh = held_energy(t, pool_base, **span).scaled_to(slot_s)
             target_wh = base_wh + delta * slot_s / 3600.0
             rms, peak = float(np.sqrt(np.mean(error**2))), float(np.abs(error).max())
         grid = np.arange(start, start + slot_s, 1.0)

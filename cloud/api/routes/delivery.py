@@ -28,6 +28,7 @@ from cloud.api.schemas import (
 from cloud.api.validation import parse_time
 from cloud.api.views import iso
 from cloud.hotstate import delivery_key
+from protocols.energy import held_energy
 
 router = APIRouter(prefix="/v1", tags=["delivery"])
 
@@ -117,11 +118,14 @@ async def get_performance(
     if with_target:
         ts = np.array([c.ts for c in with_target])
         err = np.array([c.error_w for c in with_target], dtype=float)
-        # each cycle holds until the next one; the last one for the median cycle length
-        dt = np.diff(ts, append=ts[-1] + (float(np.median(np.diff(ts))) if len(ts) > 1 else 0))
         rms, peak = float(np.sqrt(np.mean(err**2))), float(np.max(np.abs(err)))
-        e_target = float(np.sum(np.array([c.target_w for c in with_target]) * dt) / 3600.0)
-        e_measured = float(np.sum(np.array([c.measured_w for c in with_target]) * dt) / 3600.0)
+        # each cycle holds until the next, at most two cycles (a longer gap was not
+        # measured); the last one for a cycle
+        cycle_s = float(np.median(np.diff(ts))) if len(ts) > 1 else 0.0
+        end = min(t1, float(ts[-1]) + cycle_s)
+        hold = {"start": t0, "end": end, "max_hold_s": 2 * cycle_s}
+        e_target = held_energy(ts, [c.target_w for c in with_target], **hold).wh
+        e_measured = held_energy(ts, [c.measured_w for c in with_target], **hold).wh
     return PerformanceOut(
         pool_id=pool.pool_id,
         since=iso(t0) or "",
