@@ -30,7 +30,7 @@ grid power above baseline (charging, boosting), ``deliver`` lowers it (dischargi
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "DURATIONS_S",
     "SITE_POOLS_KEY",
     "SITE_POOLS_REV_KEY",
+    "DeliveryRecord",
     "HoldRecord",
     "PartitionAggregate",
     "PlanRecord",
@@ -359,6 +360,47 @@ class HoldRecord:
     @classmethod
     def from_json(cls, text: str | bytes) -> HoldRecord:
         return cls(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """The pool dispatcher's latest cycle (``delivery_key``), written while it follows a
+    target: what it aimed at, commanded and measured. ``error_w`` is target - measured (W),
+    as on every endpoint. Read by the API, the stream and the demo; a field a newer or older
+    dispatcher does not write reads as unknown (None or 0), so versions can run side by
+    side."""
+
+    ts: float  # the cycle's clock time
+    source: str  # "setpoint" or "schedule"
+    measured_w: float
+    dispatcher: str  # the leader that wrote it
+    schedule_id: str | None = None
+    target_w: float | None = None
+    aim_w: float | None = None
+    catch_up_w: float | None = None
+    command_w: float | None = None
+    error_w: float | None = None
+    shortfall_w: float | None = None
+    saturated: str | None = None  # "high"/"low" when held at the range's edge
+    uncontrolled_w: float | None = None
+    sites_flexible: int = 0
+    sites_following: int = 0
+    partitions: int = 0
+    partitions_unresponsive: int = 0
+    plan_id: str | None = None
+    partitions_planned: int = 0
+
+    def fresh(self, now: float, max_age_s: float) -> bool:
+        """Written within ``max_age_s``: the pool follows a target now."""
+        return now - self.ts <= max_age_s
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DeliveryRecord:
+        data = json.loads(text)
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from cloud.dispatch.link_hold import hold_reason
 from cloud.dispatch.planning import PoolPlanner
 from cloud.dispatch.retention import Pruned, Retention, prune
 from cloud.hotstate import (
+    DeliveryRecord,
     HoldRecord,
     PartitionAggregate,
     PlanRecord,
@@ -618,30 +619,30 @@ class PoolDispatcher:
         # Reported against the target in force now (the aim may lead it by the schedule lead).
         target_w = target.value_w if target is not None else None
         error_w = None if target_w is None else target_w - measured_w
-        delivery = {
-            "ts": now,
-            "source": target.source if target else "schedule",
-            "schedule_id": target.schedule_id if target else None,
-            "target_w": target_w,
-            "aim_w": aim_w,
-            "catch_up_w": catch_up,
-            "command_w": result.command_w,
-            "measured_w": measured_w,
-            "error_w": error_w,
-            "shortfall_w": result.shortfall_w,
-            "saturated": result.saturated,
-            "uncontrolled_w": uncontrolled_w,
-            "sites_flexible": flexible,
-            "sites_following": sum(a.sites_following for a in parts),
-            "partitions": len(parts),
-            "partitions_unresponsive": unresponsive,
-            "plan_id": None if plan is None else plan.plan_id,
-            "partitions_planned": sum(b is PlanBasis.PLAN for b in bases),
-            "dispatcher": self.id,
-        }
+        delivery = DeliveryRecord(
+            ts=now,
+            source=target.source if target else "schedule",
+            schedule_id=target.schedule_id if target else None,
+            target_w=target_w,
+            aim_w=aim_w,
+            catch_up_w=catch_up,
+            command_w=result.command_w,
+            measured_w=measured_w,
+            error_w=error_w,
+            shortfall_w=result.shortfall_w,
+            saturated=result.saturated,
+            uncontrolled_w=uncontrolled_w,
+            sites_flexible=flexible,
+            sites_following=sum(a.sites_following for a in parts),
+            partitions=len(parts),
+            partitions_unresponsive=unresponsive,
+            plan_id=None if plan is None else plan.plan_id,
+            partitions_planned=sum(b is PlanBasis.PLAN for b in bases),
+            dispatcher=self.id,
+        )
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(state_key(pool_id), json.dumps(result.state.to_dict()))
-            pipe.set(delivery_key(pool_id), json.dumps(delivery))
+            pipe.set(delivery_key(pool_id), delivery.to_json())
             await pipe.execute()
         await asyncio.to_thread(
             self.registry.record_cycle,

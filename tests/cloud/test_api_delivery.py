@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cloud.alerts import AlertBook, store_transition
-from cloud.hotstate import delivery_key
+from cloud.hotstate import DeliveryRecord, delivery_key
 from protocols.units import to_iso8601
 
 from .api_harness import Api, running_api
@@ -139,3 +139,30 @@ async def test_performance_summarises_the_recorded_cycles(api: Api):
     )
     assert bad.status_code == 422
     assert bad.json()["reason"] == "invalid_range"
+
+
+# what a dispatcher of another version writes -> what this one reads
+RECORDS = [
+    ({"ts": 5.0, "source": "schedule", "measured_w": 10.0, "dispatcher": "d"}, (None, 0)),
+    (
+        {
+            "ts": 5.0,
+            "source": "setpoint",
+            "measured_w": 10.0,
+            "dispatcher": "d",
+            "target_w": 12.0,
+            "sites_following": 3,
+            "a_field_of_a_newer_version": [1, 2],
+        },
+        (12.0, 3),
+    ),
+]
+
+
+@pytest.mark.parametrize(("written", "expected"), RECORDS)
+def test_a_delivery_record_of_another_version_reads(written, expected):
+    """N-1 and N side by side: a field one version does not write reads as unknown, and
+    one it does not know is left alone."""
+    record = DeliveryRecord.from_json(json.dumps(written))
+    assert (record.target_w, record.sites_following) == expected
+    assert DeliveryRecord.from_json(record.to_json()) == record

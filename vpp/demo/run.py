@@ -46,6 +46,7 @@ from rich.text import Text
 from cloud.alerts import LOG_KEY as CLOUD_ALERT_LOG
 from cloud.dispatch.dispatcher import LEADER_KEY
 from cloud.hotstate import (
+    DeliveryRecord,
     PartitionAggregate,
     PlanRecord,
     PoolAggregate,
@@ -711,10 +712,10 @@ class Demo:
             ]
         truth = self._truth_of(fresh)
         pool = PoolAggregate.of(POOL, aggs, now)
-        delivery = json.loads(raw[0]) if raw[0] else None
+        delivery = DeliveryRecord.from_json(raw[0]) if raw[0] else None
         target = None
-        if delivery and now - float(delivery["ts"]) <= 2 * CYCLE_S:
-            target = delivery.get("target_w")
+        if delivery and delivery.fresh(now, 2 * CYCLE_S):
+            target = delivery.target_w
         measured = pool.measured_w if aggs else None
         p10, p50, p90 = (float(v) for v in np.percentile(self.fleet.phys.soc_pct, [10, 50, 90]))
         self.recorder.sample(
@@ -737,8 +738,8 @@ class Demo:
         observed = {
             "t": now,
             "sites_online": pool.sites_fresh,
-            "dispatcher": delivery.get("dispatcher") if delivery else None,
-            "delivery_ts": float(delivery["ts"]) if delivery else None,
+            "dispatcher": delivery.dispatcher if delivery else None,
+            "delivery_ts": delivery.ts if delivery else None,
         }
         for window in self.faults.windows:
             if window.end is None and now >= window.not_before and window.recovered(observed):

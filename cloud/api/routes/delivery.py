@@ -6,9 +6,6 @@ pool cannot reach the target, so a gap in delivery is never a surprise at settle
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import numpy as np
 from fastapi import APIRouter, Query
 
@@ -27,7 +24,7 @@ from cloud.api.schemas import (
 )
 from cloud.api.validation import parse_time
 from cloud.api.views import iso
-from cloud.hotstate import delivery_key
+from cloud.hotstate import DeliveryRecord, delivery_key
 from protocols.energy import held_energy
 
 router = APIRouter(prefix="/v1", tags=["delivery"])
@@ -57,30 +54,36 @@ def alert_out(a: Alert) -> AlertOut:
 async def get_delivery(pool: PoolDep, ctx: CtxDep) -> DeliveryOut:
     redis = ctx.get_redis()
     raw = await redis.get(delivery_key(pool.pool_id))
-    record: dict[str, Any] = json.loads(raw) if raw else {}
     alerts = [alert_out(a) for a in await active_alerts(redis, pool.pool_id)]
+    record = DeliveryRecord.from_json(raw) if raw else None
     # the record is written only while a target is followed (or, the cycle before a schedule
     # starts, aimed at): an old one means "idle"
-    fresh = bool(record) and ctx.clock.time() - record["ts"] <= ctx.settings.max_age_s
+    active = record is not None and record.fresh(ctx.clock.time(), ctx.settings.max_age_s)
     return DeliveryOut(
         pool_id=pool.pool_id,
-        as_of=iso(record.get("ts")),
-        active=fresh,
-        source=record.get("source"),
-        target_w=record.get("target_w"),
-        command_w=record.get("command_w"),
-        catch_up_w=record.get("catch_up_w"),
-        measured_w=record.get("measured_w"),
-        error_w=record.get("error_w"),
-        shortfall_w=record.get("shortfall_w"),
-        saturated=record.get("saturated"),
-        uncontrolled_w=record.get("uncontrolled_w"),
-        sites_flexible=record.get("sites_flexible"),
-        sites_following=record.get("sites_following"),
-        partitions_unresponsive=record.get("partitions_unresponsive"),
-        dispatcher=record.get("dispatcher"),
+        as_of=iso(record.ts) if record else None,
+        active=active,
+        **{name: getattr(record, name, None) for name in DELIVERY_FIELDS},
         alerts=alerts,
     )
+
+
+# what /delivery shows of the dispatcher's record, as it is
+DELIVERY_FIELDS = (
+    "source",
+    "target_w",
+    "command_w",
+    "catch_up_w",
+    "measured_w",
+    "error_w",
+    "shortfall_w",
+    "saturated",
+    "uncontrolled_w",
+    "sites_flexible",
+    "sites_following",
+    "partitions_unresponsive",
+    "dispatcher",
+)
 
 
 @router.get(

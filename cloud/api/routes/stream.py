@@ -28,7 +28,6 @@ the server shuts down.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -52,7 +51,7 @@ from cloud.api.schemas import (
 )
 from cloud.api.views import commitments, envelope_out, now_out
 from cloud.flexibility.model import read_pool_aggregate, read_pool_envelope
-from cloud.hotstate import PlanRecord, PoolAggregate, delivery_key, plan_key
+from cloud.hotstate import DeliveryRecord, PlanRecord, PoolAggregate, delivery_key, plan_key
 from protocols.units import to_iso8601
 
 router = APIRouter(prefix="/v1", tags=["stream"])
@@ -86,9 +85,9 @@ async def delivery_now(
     shortfall = None
     raw = await ctx.get_redis().get(delivery_key(pool_id))
     if raw:
-        record = json.loads(raw)
-        if now - record["ts"] <= ctx.settings.max_age_s:
-            shortfall = record.get("shortfall_w")
+        record = DeliveryRecord.from_json(raw)
+        if record.fresh(now, ctx.settings.max_age_s):
+            shortfall = record.shortfall_w
     return StreamDelivery(
         source=source,
         kind=kind,
