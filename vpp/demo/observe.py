@@ -113,11 +113,10 @@ class TruthLog:
 
     def __init__(self, n_sites: int, window: int = 4096, reads: int = 64) -> None:
         self.n = n_sites
-        # per site, (clock time, true grid power) of each meter read served: a reading's
-        # truth is the physics when the simulator answered, not at the tick nearest its time
-        self._reads: list[deque[tuple[float, float]]] = [
-            deque(maxlen=reads) for _ in range(n_sites)
-        ]
+        # per site, the clock time of each meter read served: a reading's truth is what the
+        # simulator's registers held when it answered (its last tick then), not the tick
+        # nearest the reading's completion
+        self._reads: list[deque[float]] = [deque(maxlen=reads) for _ in range(n_sites)]
         self.t: deque[float] = deque(maxlen=window)
         self.grid: deque[np.ndarray] = deque(maxlen=window)
         self._second: int | None = None
@@ -155,25 +154,25 @@ class TruthLog:
             return np.zeros(0), np.zeros((0, self.n))
         return np.array(seconds, dtype=float), np.vstack(means)
 
-    def served(self, site: int, t: float, grid_w: float) -> None:
-        """The site's meter answered a read at ``t``, when the true grid power was ``grid_w``."""
-        self._reads[site].append((t, grid_w))
+    def served(self, site: int, t: float) -> None:
+        """The site's meter answered a read at clock time ``t``."""
+        self._reads[site].append(t)
 
     def site_powers_at(self, indices: list[int], times: list[float]) -> np.ndarray | None:
-        """Each site's true grid power in the reading completed at its instant: as served by
-        the last meter read at or before it (or, with no read recorded, the last tick at or
-        before it); None when an instant lies before the window."""
+        """Each site's true grid power in the meter reading completed at its instant: the
+        physics of the last tick before the simulator served that read (the last one served
+        at or before the instant; with none recorded, the instant itself); None when an
+        instant lies before the window."""
         if not indices:
             return np.zeros(0)
         if not self.t:
             return None
-        ticks = np.searchsorted(np.fromiter(self.t, dtype=float), times, side="right") - 1
+        served = []
+        for i, t in zip(indices, times, strict=True):
+            reads = self._reads[i]
+            k = bisect.bisect_right(reads, t) - 1
+            served.append(reads[k] if k >= 0 else t)
+        ticks = np.searchsorted(np.fromiter(self.t, dtype=float), served, side="right") - 1
         if ticks.min() < 0:
             return None
-        out = np.array([self.grid[k][i] for k, i in zip(ticks, indices, strict=True)])
-        for n, (i, t) in enumerate(zip(indices, times, strict=True)):
-            reads = self._reads[i]
-            k = bisect.bisect_right(reads, t, key=lambda r: r[0]) - 1
-            if k >= 0:
-                out[n] = reads[k][1]
-        return out
+        return np.array([self.grid[k][i] for k, i in zip(ticks, indices, strict=True)])

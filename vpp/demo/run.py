@@ -752,7 +752,7 @@ class Demo:
     def _served(self, index: int, kind: str, t: float) -> None:
         """A device answered a read: for the meter, the truth of what its agent was given."""
         if kind == DeviceKind.METER:
-            self.truth.served(index, t, float(self.fleet.phys.grid_w[index]))
+            self.truth.served(index, t)
 
     def _truth_of(self, summaries: list[SiteSummary]) -> float | None:
         """The devices' true grid power of the fresh sites the aggregates were made of, each
