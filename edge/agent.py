@@ -234,10 +234,12 @@ class SiteAgent:
         # Partition signals are ordered by (issued_ts, seq): a standby dispatcher whose seq
         # counter starts lower (e.g. after a Redis restart) must still be obeyed at once.
         self._last_signal_key: tuple[float, int] = (float("-inf"), -1)
+        self._held_back = 0  # telemetry held back since the meter was lost
         self.counters: dict[str, int] = {
             "cycles": 0,
             "cycle_slips": 0,
             "telemetry": 0,
+            "telemetry_held_back": 0,  # for want of a grid reading (the meter lost)
             "dispatches": 0,
             "dispatch_duplicates": 0,
             "dispatch_out_of_order": 0,
@@ -426,7 +428,7 @@ class SiteAgent:
             indoor_c=state.indoor_c,
             battery_w=state.battery_w,
             soc_pct=state.soc_pct,
-            grid_w=state.grid_w,
+            grid_w=_finite(state.grid_w) or 0.0,  # known: send_telemetry checked
             baseline_grid_w=None if state.baseline is None else state.baseline.grid_w,
             following_cloud=state.mode is Mode.CLOUD,
             planned_w=state.planned_w,
@@ -685,7 +687,7 @@ class SiteAgent:
             ts=state.ts,
             interval_s=self.telemetry_s,
             mode=state.mode,
-            grid_w=_finite(state.grid_w) or 0.0,
+            grid_w=state.grid_w,
             pv_w=_finite(state.pv_w),
             battery_w=_finite(state.battery_w),
             soc_pct=_finite(state.soc_pct),
@@ -708,9 +710,21 @@ class SiteAgent:
         )
 
     def send_telemetry(self) -> OutboxRecord | None:
-        """Store one telemetry record durably, then hand it to the uplink."""
+        """Store one telemetry record durably, then hand it to the uplink. Nothing while
+        the meter is lost: telemetry is a measurement of the grid connection, and a made-up
+        value (it was 0 W) would enter the pool's measured power and the site's own energy
+        account; the cloud sees the site go stale instead."""
         if self.state is None or self.store is None:
             return None
+        if _finite(self.state.grid_w) is None:
+            if not self._held_back:
+                self.log.warning("no grid reading (meter lost): telemetry held back")
+            self._held_back += 1
+            self.counters["telemetry_held_back"] += 1
+            return None
+        if self._held_back:
+            self.log.info("grid reading back: telemetry resumes (%d held back)", self._held_back)
+            self._held_back = 0
         seq = self.store.next_seq()
         telemetry = self.build_telemetry(seq)
         record = OutboxRecord(seq=seq, ts=telemetry.ts, payload=encode(telemetry))

@@ -66,7 +66,7 @@ def watch_agents(op: OperatorServer, agents: Sequence[SiteAgent]) -> None:
             reads[(kind.value,)] += 0
         modes: Counter[tuple[str, ...]] = Counter({(m.value,): 0 for m in Mode})
         sent: Counter[tuple[str, ...]] = Counter({("live",): 0, ("backlog",): 0})
-        pending = dropped = connected = cycles = cycle_errors = 0
+        pending = dropped = connected = cycles = cycle_errors = held_back = 0
         for a in agents:
             for d in a.drivers:
                 kind, st = d.kind.value, d.stats
@@ -89,6 +89,7 @@ def watch_agents(op: OperatorServer, agents: Sequence[SiteAgent]) -> None:
                 connected += bool(up["connected"])
             cycles += a.counters["cycles"]
             cycle_errors += a.counters["errors"]
+            held_back += a.counters["telemetry_held_back"]
         yield gauge("vpp_edge_sites", "Site agents in this process.", len(agents))
         yield counter(
             "vpp_edge_modbus_reads_total",
@@ -127,6 +128,11 @@ def watch_agents(op: OperatorServer, agents: Sequence[SiteAgent]) -> None:
             "Telemetry messages published, live or from the backlog.",
             sent,
             ["queue"],
+        )
+        yield counter(
+            "vpp_edge_telemetry_held_back_total",
+            "Telemetry not sent for want of a grid reading (the meter lost).",
+            held_back,
         )
         yield gauge("vpp_edge_mqtt_connected", "Site agents connected to the broker.", connected)
         yield counter("vpp_edge_cycles_total", "Control cycles run.", cycles)

@@ -184,6 +184,27 @@ async def test_a_device_that_stops_answering_puts_the_site_in_degraded_mode(tmp_
         )
 
 
+async def test_without_its_meter_a_site_sends_no_made_up_grid_power(tmp_path, mosquitto):
+    """A lost meter is no reading, not 0 W: telemetry is held back (counted) until the
+    meter answers again, so the pool's measured power never takes a made-up value."""
+    async with running_site(tmp_path, mosquitto.url) as site:
+        await site.wait_for(lambda: site.telemetry()[2:], 60, "telemetry")
+        fault_at = site.clock.time()
+        site.fleet.set_fault(site.site_id, "meter", "timeout")
+        await site.wait_for(
+            lambda: site.agent.counters["telemetry_held_back"] >= 3, 60, "telemetry held back"
+        )
+        cleared_at = site.clock.time()
+        site.fleet.clear_fault(site.site_id, "meter")
+        await site.wait_for(
+            lambda: [m for m in site.telemetry() if m.ts > cleared_at], 60, "telemetry again"
+        )
+        # the last reading before the fault went out (with its own time), then nothing until
+        # the meter was read again
+        during = [m for m in site.telemetry() if fault_at + 1.0 < m.ts < cleared_at]
+        assert during == []
+
+
 async def test_malformed_dispatch_and_config_are_counted_and_the_agent_keeps_going(
     tmp_path, mosquitto
 ):
