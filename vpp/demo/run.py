@@ -68,7 +68,6 @@ from protocols.clock import SimClock
 from protocols.messages import DeviceKind, PartitionSignal
 from protocols.mqtt_endpoint import endpoint_of
 from protocols.units import SETTLEMENT_INTERVAL_S, to_iso8601
-from vpp.demo.gate import NetworkGate
 from vpp.demo.intervals import Observed, interval_rows
 from vpp.demo.observe import TelemetryCounter, TruthLog
 from vpp.demo.scenarios import AFFECTED_FRACTION, Scenario, scenario
@@ -92,6 +91,7 @@ from vpp.services import (
     free_port,
 )
 from vpp.sitecfg import site_configs
+from vpp.system.gate import NetworkGate
 from vpp.trader.client import Decision, TraderOptions, VirtualTrader
 from vpp.trader.prices import PriceSeries, default_prices, packaged_prices, read_prices
 
