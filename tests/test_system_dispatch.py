@@ -51,8 +51,7 @@ async def test_the_pool_keeps_delivering_when_a_fifth_of_its_sites_drop_out(
         # two of ten sites vanish mid-activation (their agents stop reporting)
         lost = [0, 1]
         for i in lost:
-            system.runs[i].cancel()
-            await system.agents[i].stop()
+            await system.stop_agent(i)
         dropped = system.clock.time()
         await system.clock.sleep(80)
         activation.cancel()

@@ -233,7 +233,7 @@ async def test_a_standby_takes_over_when_the_leader_dies(tmp_path, broker, redis
         taken = None
         while system.clock.time() < deadline:
             record = await system.delivery()
-            if record["dispatcher"] == "dispatcher-1" and record["ts"] > killed:
+            if record["dispatcher"] == system.dispatchers[1].id and record["ts"] > killed:
                 taken = record["ts"]
                 break
             await system.clock.sleep(0.2)
@@ -263,8 +263,7 @@ async def test_a_shortfall_is_reported_not_hidden(tmp_path, broker, redis_url):
         assert (await system.api.get("/v1/pools/north/alerts")).json()["alerts"] == []
         lost = list(range(5))  # half the pool goes: 80 % of the old range cannot be met
         for i in lost:
-            system.runs[i].cancel()
-            await system.agents[i].stop()
+            await system.stop_agent(i)
         await system.clock.sleep(40)
         delivery = (await system.api.get("/v1/pools/north/delivery")).json()
         alerts = (await system.api.get("/v1/pools/north/alerts")).json()["alerts"]

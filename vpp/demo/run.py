@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -36,15 +35,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-import redis.asyncio as aioredis
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
 from cloud.alerts import LOG_KEY as CLOUD_ALERT_LOG
-from cloud.dispatch.dispatcher import LEADER_KEY
 from cloud.hotstate import (
     DeliveryRecord,
     PartitionAggregate,
@@ -60,19 +56,15 @@ from cloud.hotstate import (
     plan_key,
     sites_key,
 )
-from cloud.registry import Registry
 from edge.agent import SiteAgent
-from edge.config import EdgeConfig
 from edge.store import EdgeStore
-from firmware_sim.fleet import Fleet
+from firmware_sim.fleet import site_id_for
 from protocols.clock import SimClock
-from protocols.messages import DeviceKind, PartitionSignal
-from protocols.mqtt_endpoint import endpoint_of
+from protocols.messages import PartitionSignal
 from protocols.units import SETTLEMENT_INTERVAL_S, to_iso8601
-from vpp.demo.gate import NetworkGate
+from vpp.demo.faults import FaultDriver, check_fault, check_steps
 from vpp.demo.intervals import Observed, interval_rows
-from vpp.demo.observe import TelemetryCounter, TruthLog
-from vpp.demo.scenarios import AFFECTED_FRACTION, Scenario, scenario
+from vpp.demo.scenarios import Scenario, scenario
 from vpp.demo.warmup import warm_up
 from vpp.e2e import (
     DEFAULT_RULES,
@@ -84,15 +76,8 @@ from vpp.e2e import (
     failing,
     write_report,
 )
-from vpp.services import (
-    MosquittoServer,
-    ProcessSupervisor,
-    RedisServer,
-    Restart,
-    RoleProcess,
-    free_port,
-)
-from vpp.sitecfg import site_configs
+from vpp.services import MosquittoServer, RedisServer, Restart
+from vpp.system import System, SystemSpec
 from vpp.trader.client import Decision, TraderOptions, VirtualTrader
 from vpp.trader.prices import PriceSeries, default_prices, packaged_prices, read_prices
 
@@ -103,7 +88,6 @@ SLOT_S = SETTLEMENT_INTERVAL_S
 CYCLE_S = 2.0  # the dispatcher's cycle; the demo samples once per cycle
 PARTITIONS = 8
 DAY_S = 86_400.0
-BROKER_OUTAGE_S = 900.0  # scenario broker-outage: 15 simulated minutes
 
 
 @dataclass
@@ -135,7 +119,8 @@ class DemoOptions:
     def __post_init__(self) -> None:
         # absolute: the services (Mosquitto, Redis) run with their own work dirs as cwd
         self.out = Path(self.out).resolve()
-        scenario(self.scenario)  # refuses an unknown name, naming the known ones
+        # refuses an unknown scenario, or one with a step that is no drill, naming them
+        check_steps(scenario(self.scenario))
         if self.sites < 1:
             raise ValueError(f"--sites must be at least 1, got {self.sites}")
         if not (self.hours > 0 and math.isfinite(self.hours)):
@@ -205,118 +190,6 @@ class LiveView:
     events: list[str] = field(default_factory=list)
 
 
-@dataclass
-class FaultWindow:
-    """A fault's span, from the drill to the system's recovery (``end`` None while open):
-    intervals it overlaps are judged as outages. ``recovered(sample)`` tells, on each
-    sample after ``not_before``, whether the system is back."""
-
-    name: str
-    start: float
-    recovered: Any  # Callable[[dict[str, Any]], bool]
-    not_before: float = 0.0
-    end: float | None = None
-
-
-class FaultDriver:
-    """Carries out a scenario's steps on the running system, and keeps each fault's window
-    (fault to recovery) for the interval judgement."""
-
-    def __init__(self, demo: Demo) -> None:
-        self.demo = demo
-        self.windows: list[FaultWindow] = []
-
-    def _window(self, name: str, recovered: Any, not_before: float = 0.0) -> None:
-        self.windows.append(
-            FaultWindow(name, self.demo.clock.time(), recovered, not_before=not_before)
-        )
-
-    def _all_fresh(self) -> Any:
-        """Recovered when every site still alive reports fresh to the cloud again."""
-        return lambda sample: sample["sites_online"] >= self.demo.alive_sites()
-
-    def affected(self) -> list[int]:
-        n = self.demo.options.sites
-        k = max(1, round(AFFECTED_FRACTION * n))
-        rng = np.random.default_rng(self.demo.options.seed + 17)
-        return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
-
-    async def kill_sites(self) -> str:
-        idx = self.affected()
-        for i in idx:
-            await self.demo.kill_agent(i)
-        return f"{len(idx)} gateways off: {', '.join(self.demo.site_ids[i] for i in idx)}"
-
-    async def freeze_batteries(self) -> str:
-        idx = self.affected()
-        for i in idx:
-            self.demo.fleet.set_fault(self.demo.site_ids[i], "battery", "freeze", 1800.0)
-        until = self.demo.clock.time() + 1800.0
-        self._window("battery-freeze", lambda sample: sample["t"] >= until)
-        return f"{len(idx)} batteries frozen for 30 min"
-
-    async def restart_broker(self) -> str:
-        broker = self.demo.broker
-        assert broker is not None
-        self._window("broker-restart", self._all_fresh())
-        await asyncio.to_thread(broker.restart)
-        return f"Mosquitto restarted on port {broker.port}"
-
-    async def stop_broker(self) -> str:
-        broker = self.demo.broker
-        assert broker is not None
-        outage = min(BROKER_OUTAGE_S, self.demo.run_s / 4.0)
-        back = self.demo.clock.time() + outage
-        self._window("broker-outage", self._all_fresh(), not_before=back)
-        await asyncio.to_thread(broker.stop)
-        self.demo.later(back, "start_broker", "broker back")
-        return f"Mosquitto stopped for {outage / 60:.0f} min"
-
-    async def start_broker(self) -> str:
-        broker = self.demo.broker
-        assert broker is not None
-        await asyncio.to_thread(broker.start)
-        return f"Mosquitto started again on port {broker.port}"
-
-    async def kill_worker(self) -> str:
-        worker = next(p for p in self.demo.cloud if p.role == "worker")
-        self._window("worker-kill", self._all_fresh(), not_before=self.demo.clock.time() + 1)
-        worker.kill()
-        return f"{worker.name} SIGKILLed"
-
-    async def kill_leader(self) -> str:
-        assert self.demo.hot is not None
-        leader = await self.demo.hot.get(LEADER_KEY)
-        name = leader.decode() if leader else None
-        proc = next((p for p in self.demo.cloud if p.name == name), None)
-        if proc is None:
-            return f"no leader found (lock holder {name!r}): nothing killed"
-        killed_at = self.demo.clock.time()
-        # recovered when dispatching resumes: a standby took the lock, or the supervisor
-        # restarted the leader and it renewed its own lock first
-        self._window(
-            "leader-kill",
-            lambda sample, killed=killed_at: (sample["delivery_ts"] or 0) > killed,
-        )
-        proc.kill()
-        return f"leader {proc.name} SIGKILLed"
-
-    async def cut_network(self) -> str:
-        gate = self.demo.gate
-        assert gate is not None
-        outage = min(3600.0, self.demo.run_s / 3.0)
-        back = self.demo.clock.time() + outage
-        self._window("network-outage", self._all_fresh(), not_before=back)
-        gate.cut()
-        self.demo.later(back, "restore_network", "link back")
-        return f"{len(self.demo.gated)} sites cut off for {outage / 60:.0f} min"
-
-    async def restore_network(self) -> str:
-        assert self.demo.gate is not None
-        self.demo.gate.restore()
-        return f"{len(self.demo.gated)} sites reconnect"
-
-
 class Demo:
     """One run (a day in continuous mode) of the whole system; see the module docstring."""
 
@@ -328,35 +201,9 @@ class Demo:
         self.prices = Prices.load(options)
         self.recorder = RunRecorder()
         self.stop = asyncio.Event()
-        self.clock: SimClock = SimClock(speed=options.speed, start=self._start())
-        self.truth = TruthLog(options.sites)
-        self.fleet = Fleet(
-            options.sites,
-            seed=options.seed,
-            clock=self.clock,
-            latency_s=0.0,
-            tick_s=max(0.25 / options.speed, 0.01),
-        )
-        self.site_ids = [s.site_id for s in self.fleet.sites]
-        self.site_index = {site_id: i for i, site_id in enumerate(self.site_ids)}
-        self.broker: MosquittoServer | None = None
-        self.redis_server: RedisServer | None = None
-        self.mqtt_url = options.mqtt_url or ""
-        self.redis_url = options.redis_url or ""
-        self.hot: aioredis.Redis | None = None
-        self.cloud: list[RoleProcess] = []
-        # restarts a role that dies (a crash, a drill's SIGKILL), as systemd does
-        self.supervisor = ProcessSupervisor(on_restart=self._restarted)
-        self._supervising: asyncio.Task[None] | None = None
-        self.gate: NetworkGate | None = None
-        self.gated: list[int] = []
-        self.agents: list[SiteAgent | None] = []
-        self.agent_tasks: list[asyncio.Task[None] | None] = []
-        self.produced: dict[str, int] = {}
-        self.tap: TelemetryCounter | None = None
+        self.system: System | None = None  # built in run(), once the services are up
+        self.site_index = {site_id_for(options.seed, i): i for i in range(options.sites)}
         self.trader: VirtualTrader | None = None
-        self.api_url = ""
-        self.token = ""
         self.faults = FaultDriver(self)
         self.timing = self._timing()
         self.pending: list[tuple[float, str, str]] = []
@@ -371,6 +218,11 @@ class Demo:
         self._judged_until = -math.inf  # continuous mode: intervals already evaluated live
         self.watch_rules_fired: set[str] = set()
 
+    @property
+    def clock(self) -> SimClock:
+        assert self.system is not None
+        return self.system.clock
+
     # --- set-up ---------------------------------------------------------------------------
 
     def _start(self) -> float:
@@ -381,30 +233,44 @@ class Demo:
         return day if o.full_day else day + o.start_hour * 3600.0
 
     @contextlib.contextmanager
-    def services(self) -> Iterator[None]:
-        """Our own Mosquitto and Redis unless URLs were given; stopped on the way out."""
+    def services(self) -> Iterator[tuple[MosquittoServer | str, str]]:
+        """Our own Mosquitto and Redis unless URLs were given (the broker, Redis's URL);
+        stopped on the way out."""
         work = self.out / "services"
+        broker: MosquittoServer | None = None
+        redis_server: RedisServer | None = None
         try:
             if not self.options.mqtt_url:
-                self.broker = MosquittoServer(workdir=work / "mosquitto").start()
-                self.mqtt_url = self.broker.url
+                broker = MosquittoServer(workdir=work / "mosquitto").start()
             if not self.options.redis_url:
-                self.redis_server = RedisServer(workdir=work / "redis").start()
-                self.redis_url = self.redis_server.url
-            yield
+                redis_server = RedisServer(workdir=work / "redis").start()
+            yield (
+                broker or self.options.mqtt_url or "",
+                redis_server.url if redis_server else self.options.redis_url or "",
+            )
         finally:
-            for server in (self.broker, self.redis_server):
+            for server in (broker, redis_server):
                 if server is not None:
                     with contextlib.suppress(Exception):
                         server.stop()
 
-    def _registry(self, db: Path) -> str:
-        with Registry(db, self.clock) as registry:
-            registry.create_pool(POOL, "demo pool")
-            for site_id in self.site_ids:
-                registry.add_site(site_id, POOL, partitions=PARTITIONS)
-            _, token = registry.create_api_key([POOL], label="virtual trader")
-        return token
+    def _spec(self) -> SystemSpec:
+        o, gated = self.options, self.scenario.gated_fraction > 0
+        return SystemSpec(
+            sites=o.sites,
+            seed=o.seed,
+            t0=self._start(),
+            speed=o.speed,
+            partitions=PARTITIONS,
+            pool=POOL,
+            pool_name="demo pool",
+            key_label="virtual trader",
+            cloud="processes",
+            workers=self.scenario.workers,
+            dispatchers=self.scenario.dispatchers,
+            settings=self.timing,
+            gated=tuple(self.faults.affected()) if gated else (),
+        )
 
     def _timing(self) -> dict[str, float]:
         """The cloud's time-outs, in simulated seconds, stretched with the speed: a process
@@ -419,67 +285,23 @@ class Demo:
             "dispatch_max_age_s": 3 * CYCLE_S * stretch,
         }
 
-    def _start_cloud(self, db: Path, api_port: int) -> None:
-        config = self.out / "state" / "cloud.toml"
-        config.write_text("[cloud]\n" + "".join(f"{k} = {v!r}\n" for k, v in self.timing.items()))
-        common = [
-            "--mqtt-url",
-            self.mqtt_url,
-            "--redis-url",
-            self.redis_url,
-            "--db",
-            str(db),
-            "--partitions",
-            str(PARTITIONS),
-            "--config",
-            str(config),
-        ]
-        env = {"VPP_CLOCK": self.clock.spec()}
-        logs = self.out / "logs"
-        procs = [RoleProcess("api", "api", [*common, "--api-port", str(api_port)], env, logs)]
-        for i in range(self.scenario.workers):
-            name = f"worker-{i + 1}"
-            procs.append(RoleProcess(name, "worker", [*common, "--instance-id", name], env, logs))
-        for i in range(self.scenario.dispatchers):
-            name = f"dispatcher-{i + 1}"
-            procs.append(
-                RoleProcess(name, "dispatcher", [*common, "--instance-id", name], env, logs)
-            )
-        for proc in procs:
-            proc.start()  # each with its operator port, free and logged
-            self.cloud.append(proc)
-            self.supervisor.watch(proc)
-            if proc.role == "dispatcher":
-                time.sleep(0.5)  # the first one leads: it starts ahead of its standby
-
-    async def _wait_api(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(base_url=self.api_url, timeout=2.0) as http:
-            while time.monotonic() < deadline:
-                for proc in self.cloud:
-                    if not proc.running:
-                        raise RuntimeError(f"cloud {proc.name} exited:\n{proc.log_tail(20)}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get("/v1/health")).status_code == 200:
-                        return
-                await asyncio.sleep(0.2)
-        raise RuntimeError("the cloud API did not become healthy within 60 s")
-
     async def _warm_up(self, configs: dict[str, dict[str, Any]]) -> None:
         """Give every agent the past an installed gateway has (:mod:`vpp.demo.warmup`), in a
         thread (SQLite connections then live and die in it)."""
         days = self.options.history_days
         if days <= 0:
             return
-        paths = [configs[s]["agent"]["db_path"] for s in self.site_ids]
-        start = self.clock.time()
+        site_ids = list(self.site_index)
+        paths = [configs[s]["agent"]["db_path"] for s in site_ids]
+        clock = self.clock
+        start = clock.time()
 
         def live_the_past() -> None:
-            stores = [EdgeStore(path, self.clock) for path in paths]
+            stores = [EdgeStore(path, clock) for path in paths]
             try:
                 warm_up(
                     stores,
-                    self.site_ids,
+                    site_ids,
                     seed=self.options.seed,
                     start=start,
                     days=days,
@@ -493,27 +315,6 @@ class Demo:
         await asyncio.to_thread(live_the_past)
         took = time.monotonic() - wall0
         log.info("warm-up: %g days of the sites' past in %.1f s", days, took)
-
-    async def _start_agents(self) -> None:
-        raw = site_configs(
-            self.fleet.manifest(), self.mqtt_url, self.out / "edge", partitions=PARTITIONS
-        )
-        await self._warm_up(raw)
-        if self.scenario.gated_fraction:
-            self.gated = self.faults.affected()
-            broker = endpoint_of(self.mqtt_url)
-            self.gate = NetworkGate(broker.host, broker.port, "sites")
-            await self.gate.start()
-        for i, site_id in enumerate(self.site_ids):
-            config = raw[site_id]
-            if i in self.gated:
-                assert self.gate is not None
-                config["mqtt"]["url"] = self.gate.url
-            agent = SiteAgent(EdgeConfig.from_dict(config), self.clock)
-            self._watch_latency(agent)
-            await agent.start()
-            self.agents.append(agent)
-        self.agent_tasks = [asyncio.create_task(a.run()) for a in self.agents if a is not None]
 
     def _watch_latency(self, agent: SiteAgent) -> None:
         """Dispatch latency: a partition signal's issue time to its arrival at the site."""
@@ -530,22 +331,9 @@ class Demo:
 
         agent.on_signal = timed  # type: ignore[method-assign]
 
-    def alive_sites(self) -> int:
-        """Sites whose gateway still runs (a killed gateway never comes back)."""
-        return sum(1 for a in self.agents if a is not None)
-
-    async def kill_agent(self, i: int) -> None:
-        agent, task = self.agents[i], self.agent_tasks[i]
-        if agent is None:
-            return
-        self.produced[self.site_ids[i]] = agent.telemetry_seq or -1
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await agent.kill()
-        self.agents[i] = None
-
     def later(self, t: float, action: str, detail: str) -> None:
+        """Carry out the drill ``action`` at clock time ``t``."""
+        check_fault(action)
         self.pending.append((t, action, detail))
         self.pending.sort()
 
@@ -555,81 +343,56 @@ class Demo:
         """Set up, run until the end (or Ctrl-C), tear down, write the report."""
         o = self.options
         wall0 = time.monotonic()
-        shutil.rmtree(self.out / "edge", ignore_errors=True)
-        (self.out / "edge").mkdir(parents=True, exist_ok=True)
-        self.fleet.tick_listeners.append(lambda t: self.truth.add(t, self.fleet.phys.grid_w))
-        self.fleet.read_listeners.append(self._served)
         interrupted = False
-        with self.services():
-            db = self.out / "state" / "registry.sqlite"
-            shutil.rmtree(db.parent, ignore_errors=True)
-            self.token = await asyncio.to_thread(self._registry, db)
-            api_port = free_port()
-            self.api_url = f"http://127.0.0.1:{api_port}"
-            self.hot = aioredis.Redis.from_url(self.redis_url)
-            await self.hot.flushdb()  # a fresh run: no leases, locks or state of an older one
-            try:
-                await self.fleet.start()
-                self._start_cloud(db, api_port)
-                self._supervising = asyncio.create_task(self.supervisor.run(self.stop))
-                await self._wait_api()
-                self.tap = TelemetryCounter(self.mqtt_url)
-                await asyncio.to_thread(self.tap.wait_subscribed)
-                await self._start_agents()
-                await self._wait_fresh()
-                self.run_start = self.clock.time()
-                self._schedule_steps()
-                self.recorder.set_run(
-                    sites=o.sites,
-                    seed=o.seed,
-                    scenario=o.scenario,
-                    speed=o.speed,
-                    sim_start=self.run_start,
-                    hours=o.hours,
-                    pool_id=POOL,
-                    prices=self.prices.day_ahead.source,
-                    imbalance_prices=self.prices.imbalance.source,
-                    scenario_description=self.scenario.description,
-                )
-                self.trader = VirtualTrader(
-                    self.api_url,
-                    self.token,
-                    POOL,
-                    self.clock,
-                    self.prices.day_ahead,
-                    TraderOptions(reoptimise_min=15.0),
-                )
-                trading = self.trader.run(self.stop)
-                watching = self.trader.watch(self.stop)  # early warnings on the stream
-                trader_tasks = [asyncio.create_task(trading), asyncio.create_task(watching)]
+        with self.services() as (broker, redis_url):
+            self.system = System(
+                self._spec(),
+                self.out,
+                broker,
+                redis_url,
+                before_agents=self._warm_up,
+                on_agent=self._watch_latency,
+                on_restart=self._restarted,
+            )
+            async with self.system as system:
                 try:
-                    await self._loop()
-                except asyncio.CancelledError:
-                    interrupted = True
+                    await system.wait_ready(timeout_s=90.0)
+                    self.run_start = self.clock.time()
+                    self._schedule_steps()
+                    self.recorder.set_run(
+                        sites=o.sites,
+                        seed=o.seed,
+                        scenario=o.scenario,
+                        speed=o.speed,
+                        sim_start=self.run_start,
+                        hours=o.hours,
+                        pool_id=POOL,
+                        prices=self.prices.day_ahead.source,
+                        imbalance_prices=self.prices.imbalance.source,
+                        scenario_description=self.scenario.description,
+                    )
+                    self.trader = VirtualTrader(
+                        system.api_url,
+                        system.token,
+                        POOL,
+                        self.clock,
+                        self.prices.day_ahead,
+                        TraderOptions(reoptimise_min=15.0),
+                    )
+                    trading = self.trader.run(self.stop)
+                    watching = self.trader.watch(self.stop)  # early warnings on the stream
+                    trader_tasks = [asyncio.create_task(trading), asyncio.create_task(watching)]
+                    try:
+                        await self._loop()
+                    except asyncio.CancelledError:
+                        interrupted = True
+                    finally:
+                        self.stop.set()
+                        await asyncio.gather(*trader_tasks, return_exceptions=True)
+                    await self._drain_telemetry()
                 finally:
-                    self.stop.set()
-                    await asyncio.gather(*trader_tasks, return_exceptions=True)
-                await self._drain_telemetry()
-            finally:
-                await self._teardown()
+                    await self._wind_down()
         return self._finish(wall0, interrupted)
-
-    async def _wait_fresh(self, timeout_s: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        auth = {"Authorization": f"Bearer {self.token}"}
-        async with httpx.AsyncClient(base_url=self.api_url, timeout=2.0, headers=auth) as http:
-            while time.monotonic() < deadline:
-                with contextlib.suppress(httpx.HTTPError):
-                    r = await http.get(f"/v1/pools/{POOL}/flexibility")
-                    live_agents = [a for a in self.agents if a is not None]
-                    if (
-                        r.status_code == 200
-                        and r.json()["now"]["sites"]["fresh"] == self.options.sites
-                        and all(a.pool_id == POOL for a in live_agents)
-                    ):
-                        return
-                await asyncio.sleep(0.25)
-        raise RuntimeError("the pool did not become fully fresh within 90 s of wall time")
 
     def _schedule_steps(self) -> None:
         for step in self.scenario.steps:
@@ -666,7 +429,7 @@ class Demo:
 
     async def _fire(self, action: str, detail: str) -> None:
         try:
-            result = await getattr(self.faults, action)()
+            result = await self.faults.fire(action)
         except Exception as exc:  # a drill that fails is reported, the run goes on
             log.exception("scenario step %s failed", action)
             result = f"failed: {exc!r}"
@@ -676,13 +439,14 @@ class Demo:
         log.warning("scenario %s at %s: %s", action, to_iso8601(t), result)
 
     async def _sample(self, now: float) -> None:
-        assert self.hot is not None
+        assert self.system is not None
+        hot = self.system.hot
         try:
-            parts = sorted(int(p) for p in await self.hot.smembers(agg_parts_key(POOL)))
+            parts = sorted(int(p) for p in await hot.smembers(agg_parts_key(POOL)))
             # one transaction: each aggregate with the site summaries it was made of (the
             # worker writes them together), so the truth is read at the very instants the
             # measurement refers to
-            async with self.hot.pipeline(transaction=True) as pipe:
+            async with hot.pipeline(transaction=True) as pipe:
                 pipe.get(delivery_key(POOL))
                 for p in parts:
                     pipe.get(agg_key(POOL, p))
@@ -717,7 +481,9 @@ class Demo:
         if delivery and delivery.fresh(now, 2 * CYCLE_S):
             target = delivery.target_w
         measured = pool.measured_w if aggs else None
-        p10, p50, p90 = (float(v) for v in np.percentile(self.fleet.phys.soc_pct, [10, 50, 90]))
+        p10, p50, p90 = (
+            float(v) for v in np.percentile(self.system.fleet.phys.soc_pct, [10, 50, 90])
+        )
         self.recorder.sample(
             now,
             target_w=target,
@@ -749,16 +515,12 @@ class Demo:
         self.live.target_w, self.live.measured_w = target, measured
         self.live.trader_errors = self.trader.errors_total if self.trader else 0
 
-    def _served(self, index: int, kind: str, t: float) -> None:
-        """A device answered a read: for the meter, the truth of what its agent was given."""
-        if kind == DeviceKind.METER:
-            self.truth.served(index, t)
-
     def _truth_of(self, summaries: list[SiteSummary]) -> float | None:
         """The devices' true grid power of the fresh sites the aggregates were made of, each
         at the instant the simulator served the meter reading its telemetry carries."""
+        assert self.system is not None
         known = [s for s in summaries if s.site_id in self.site_index]
-        powers = self.truth.site_powers_at(
+        powers = self.system.truth.site_powers_at(
             [self.site_index[s.site_id] for s in known], [float(s.ts or 0.0) for s in known]
         )
         return None if powers is None or len(known) < len(summaries) else float(powers.sum())
@@ -793,14 +555,15 @@ class Demo:
                 self._plans.append((now, plan))
 
     def _observed(self) -> Observed:
-        seconds, truth = self.truth.per_second()
+        assert self.system is not None
+        seconds, truth = self.system.truth.per_second()
         now = self.clock.time()
         windows = [(w.start, now if w.end is None else w.end) for w in self.faults.windows]
         return Observed(
-            site_ids=self.site_ids,
+            site_ids=self.system.site_ids,
             truth_seconds=seconds,
             truth_w=truth,
-            baselines=self.tap.baseline_series() if self.tap is not None else {},
+            baselines=self.system.tap.baseline_series(),
             decisions=list(self.trader.decisions) if self.trader is not None else [],
             sample_t=np.array(self._sample_t),
             sample_online=np.array(self._sample_online),
@@ -830,6 +593,9 @@ class Demo:
         """Continuous mode: the alert rules on the KPIs so far, once per rule until cleared.
         Intervals are judged a slot late, when most buffered telemetry has arrived."""
         self._judge_intervals(t - SLOT_S)
+        if self.system is not None and math.isfinite(self._judged_until):  # judged: forget
+            self.system.truth.forget_before(self._judged_until - SLOT_S)
+            self.system.tap.forget_before(self._judged_until - SLOT_S)
         kpis = compute_kpis(self.recorder.record())
         firing = {a.rule: a for a in evaluate(kpis, DEFAULT_RULES, t)}
         for rule, alert in firing.items():
@@ -848,51 +614,27 @@ class Demo:
             await asyncio.sleep(0.25)
 
     def _telemetry_counts(self) -> tuple[int, int]:
-        produced = dict(self.produced)
-        for site_id, agent in zip(self.site_ids, self.agents, strict=True):
-            if agent is not None and agent.telemetry_seq is not None:
-                produced[site_id] = agent.telemetry_seq
-        assert self.tap is not None
-        return self.tap.received(produced)
+        assert self.system is not None
+        return self.system.tap.received(self.system.telemetry_produced())
 
     def _restarted(self, restart: Restart) -> None:
         how = f"exit code {restart.exit_code}" if restart.exit_code is not None else "gone"
         self.recorder.event(self.clock.time(), "restart", f"{restart.name} restarted ({how})")
 
-    async def _teardown(self) -> None:
-        self.stop.set()  # the supervisor first: nothing is restarted while we stop it all
-        if self._supervising is not None:
-            await self._supervising
-        if self.tap is not None:
-            expected, received = self._telemetry_counts()
-            self.recorder.telemetry(expected, received)
-        for task in self.agent_tasks:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(t for t in self.agent_tasks if t), return_exceptions=True)
-        for agent in self.agents:
-            if agent is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(agent.stop(), 10)
+    async def _wind_down(self) -> None:
+        """What is read before the system stops: the telemetry counts, the cloud's alerts."""
+        self.stop.set()
+        expected, received = self._telemetry_counts()
+        self.recorder.telemetry(expected, received)
         if self.trader is not None:
             await self.trader.aclose()
         await self._copy_cloud_alerts()
-        for proc in self.cloud:
-            await asyncio.to_thread(proc.stop)
-        if self.gate is not None:
-            await self.gate.stop()
-        if self.hot is not None:
-            await self.hot.aclose()
-        if self.tap is not None:
-            self.tap.close()
-        await self.fleet.stop()
 
     async def _copy_cloud_alerts(self) -> None:
         """The cloud's own alerts (pool shortfall), as raised during the run."""
-        if self.hot is None:
-            return
+        assert self.system is not None
         try:
-            entries = await self.hot.xrange(CLOUD_ALERT_LOG)
+            entries = await self.system.hot.xrange(CLOUD_ALERT_LOG)
         except Exception:  # the report still gets written, without the cloud's alerts
             log.exception("cannot read the cloud's alert log %s", CLOUD_ALERT_LOG)
             return
@@ -947,7 +689,7 @@ class Demo:
             "report": str(report),
             "failing": failing(alerts),
             "interrupted": interrupted,
-            "restarts": [r.name for r in self.supervisor.restarts],
+            "restarts": [r.name for r in self.system.supervisor.restarts] if self.system else [],
         }
 
     def _line(self) -> Text:

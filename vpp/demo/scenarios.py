@@ -32,7 +32,7 @@ AFFECTED_FRACTION = 0.2
 @dataclass(frozen=True)
 class Step:
     at: float  # fraction of the run
-    action: str  # a method of the demo's FaultDriver
+    action: str  # a drill of vpp.demo.faults.FAULTS
     detail: str
 
 

@@ -1,5 +1,5 @@
 """A network gate for fault drills: a TCP forwarder between some sites and the broker that
-the demo can cut and restore, as a site's internet link fails and comes back.
+a drill can cut and restore, as a site's internet link fails and comes back.
 
 Sites behind the gate connect to its port instead of the broker's. :meth:`NetworkGate.cut`
 closes every open connection (both ways, abruptly: the broker sees the sockets die and sends
@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 
-log = logging.getLogger("vpp.demo.gate")
+log = logging.getLogger("vpp.system.gate")
 
 _CHUNK = 65536
 

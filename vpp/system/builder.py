@@ -1,0 +1,545 @@
+"""The whole system on one machine, on one accelerated clock: a firmware-sim fleet, an edge
+agent per site, the cloud (in this process, or one child process per role under a
+supervisor), against a given Mosquitto and Redis; the devices' ground truth and a plain
+subscriber's view of the telemetry recorded alongside. `vpp demo` and the system tests both
+build it here.
+
+    spec = SystemSpec(sites=10, cloud="processes", settings={"lease_ttl_s": 15.0})
+    async with System(spec, workdir, broker, redis_url) as system:
+        await system.wait_ready()
+        ...
+
+Everything started is stopped on the way out, last started first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
+
+from cloud.dispatch.dispatcher import LEADER_KEY, PoolDispatcher, delivery_key
+from cloud.dispatch.retention import Retention
+from cloud.registry import Registry
+from cloud.runner import CloudSettings, run_cloud
+from edge.agent import SiteAgent
+from edge.config import EdgeConfig
+from firmware_sim.fleet import Fleet, site_id_for
+from protocols.clock import SimClock
+from protocols.mqtt_endpoint import MqttEndpoint, endpoint_of
+from protocols.operator import OperatorServer
+from vpp.services import MosquittoServer, ProcessSupervisor, Restart, RoleProcess, free_port
+from vpp.sitecfg import site_configs
+from vpp.system.gate import NetworkGate
+from vpp.system.tap import TelemetryTap
+from vpp.system.truth import TruthRecorder
+
+__all__ = ["T0", "CloudMode", "System", "SystemSpec"]
+
+T0 = 1_717_236_000.0  # 2024-06-01 10:00 UTC: the sun is up in Belgium
+CloudMode = Literal["in-process", "processes"]
+Configs = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """What to build."""
+
+    sites: int = 10
+    seed: int = 21
+    t0: float = T0  # simulated start
+    speed: float = 10.0  # simulated seconds per wall second
+    sim_tick_s: float = 0.25  # the devices' update period, simulated
+    partitions: int = 4
+    pool: str = "north"
+    pool_name: str = ""
+    key_label: str = ""  # the API key's label (the key may trade ``pool``)
+    # "in-process": the worker and API roles through run_cloud, the dispatchers made here (a
+    # test can kill one); "processes": a `vpp cloud run --role` child per role, supervised
+    cloud: CloudMode = "in-process"
+    workers: int = 1
+    dispatchers: int = 1  # the first one leads: it starts ahead of its standbys
+    settings: Mapping[str, Any] = field(default_factory=dict)  # CloudSettings fields
+    agent: Mapping[str, Any] = field(default_factory=dict)  # each site's [agent] overrides
+    gated: tuple[int, ...] = ()  # sites that reach the broker through a NetworkGate
+    truth_window: int | None = 4096  # fleet ticks of truth kept (None: every one)
+    cloud_user: str = "vpp-cloud"  # the accounts used on a broker that admits only its users
+    site_user: str = "vpp-site"
+
+    def __post_init__(self) -> None:
+        if self.cloud not in ("in-process", "processes"):
+            raise ValueError(f"cloud must be in-process or processes, got {self.cloud!r}")
+        if self.workers < 1 or self.dispatchers < 0:
+            raise ValueError("at least one worker, and no negative number of dispatchers")
+        if any(not 0 <= i < self.sites for i in self.gated):
+            raise ValueError(f"gated sites {self.gated} outside 0..{self.sites - 1}")
+
+
+class System:
+    """One running system; see the module docstring. ``clock``, ``fleet``, ``truth`` and
+    ``site_ids`` exist from the start, the rest once entered (``hot``, ``api``, ``tap``
+    from then on).
+
+    ``workdir``: its ``state/`` (registry, cloud config, password files) and ``edge/`` (the
+    agents' stores) are made afresh, ``logs/`` gets the cloud processes' output.
+    ``before_agents(configs)``: awaited with every site's edge config before any agent starts
+    (the demo lives the sites' past into their stores); ``on_agent(agent)``: told of each
+    agent before it starts; ``on_restart``: told of each cloud process the supervisor
+    restarts."""
+
+    hot: aioredis.Redis  # the cloud's Redis
+    api: httpx.AsyncClient  # the trader API, with the pool's key
+    tap: TelemetryTap
+
+    def __init__(
+        self,
+        spec: SystemSpec,
+        workdir: Path,
+        broker: MosquittoServer | MqttEndpoint | str,
+        redis_url: str,
+        *,
+        before_agents: Callable[[Configs], Awaitable[None]] | None = None,
+        on_agent: Callable[[SiteAgent], None] | None = None,
+        on_restart: Callable[[Restart], None] | None = None,
+    ) -> None:
+        self.spec, self.workdir, self.redis_url = spec, Path(workdir), redis_url
+        self.broker = broker if isinstance(broker, MosquittoServer) else None
+        self._broker = broker
+        self._before_agents, self._on_agent = before_agents, on_agent
+        self.clock = SimClock(speed=spec.speed, start=spec.t0)
+        tick_s = max(spec.sim_tick_s / spec.speed, 0.01)
+        self.fleet = Fleet(
+            spec.sites, seed=spec.seed, clock=self.clock, latency_s=0.0, tick_s=tick_s
+        )
+        self.site_ids = [site_id_for(spec.seed, i) for i in range(spec.sites)]
+        self.truth = TruthRecorder(self.fleet, window=spec.truth_window)
+        self.settings = CloudSettings()
+        self.token = ""
+        self.api_url = ""
+        self.gate: NetworkGate | None = None
+        self.configs: Configs = {}
+        self.agents: list[SiteAgent] = []
+        self.runs: list[asyncio.Task[None]] = []
+        self.gone: dict[int, int] = {}  # stopped or killed site -> its last telemetry seq
+        self.operator: OperatorServer | None = None  # in-process: the worker and API roles'
+        self.dispatchers: list[PoolDispatcher] = []  # in-process
+        self.dispatch_runs: list[asyncio.Task[None]] = []
+        self.processes: list[RoleProcess] = []  # processes: api, workers, dispatchers
+        self.supervisor = ProcessSupervisor(on_restart=on_restart)
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    # --- start and stop -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> System:
+        async with contextlib.AsyncExitStack() as stack:
+            await self._start(stack)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        spec = self.spec
+        state = self.workdir / "state"
+        for folder in (state, self.workdir / "edge"):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        cloud_account, site_account, url = self._accounts(state)
+        db = state / "registry.sqlite"
+        self.token = await asyncio.to_thread(self._registry, db)
+        self.settings = replace(
+            CloudSettings(
+                mqtt_url=url,
+                redis_url=self.redis_url,
+                db=db,
+                api_port=free_port(),
+                partitions=spec.partitions,
+                **{f"mqtt_{k}": v for k, v in cloud_account.items()},
+            ),
+            **spec.settings,
+        )
+        self.api_url = f"http://127.0.0.1:{self.settings.api_port}"
+        self.hot = aioredis.Redis.from_url(self.redis_url)
+        stack.push_async_callback(self.hot.aclose)
+        await self.hot.flushdb()  # no leases, locks or state of an older run
+        await self.fleet.start()
+        stack.push_async_callback(self.fleet.stop)
+        if spec.cloud == "in-process":
+            await self._start_in_process(stack, db)
+        else:
+            await self._start_processes(stack, state)
+        self.tap = TelemetryTap(self.settings.mqtt_endpoint())
+        stack.callback(self.tap.close)
+        if not await asyncio.to_thread(self.tap.wait_subscribed):
+            raise RuntimeError("the telemetry tap could not subscribe within 10 s")
+        self.api = httpx.AsyncClient(
+            base_url=self.api_url, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        stack.push_async_callback(self.api.aclose)
+        self.configs = site_configs(
+            self.fleet.manifest(),
+            url,
+            self.workdir / "edge",
+            partitions=spec.partitions,
+            mqtt=site_account,
+            agent=dict(spec.agent),
+        )
+        if self._before_agents is not None:
+            await self._before_agents(self.configs)
+        if spec.gated:
+            broker = self.settings.mqtt_endpoint()
+            self.gate = NetworkGate(broker.host, broker.port, "sites")
+            await self.gate.start()
+            stack.push_async_callback(self.gate.stop)
+            scheme = "mqtts" if broker.tls else "mqtt"
+            for i in spec.gated:
+                self.configs[self.site_ids[i]]["mqtt"]["url"] = (
+                    f"{scheme}://127.0.0.1:{self.gate.port}"
+                )
+        stack.push_async_callback(self._stop_agents)
+        for site_id in self.site_ids:
+            agent = SiteAgent(EdgeConfig.from_dict(self.configs[site_id]), self.clock)
+            if self._on_agent is not None:
+                self._on_agent(agent)
+            await agent.start()
+            self.agents.append(agent)
+        self.runs.extend(
+            asyncio.create_task(a.run(), name=f"agent {a.site_id}") for a in self.agents
+        )
+
+    def _accounts(self, folder: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """The cloud's account (as CloudSettings' ``mqtt_*`` fields, unprefixed), the sites'
+        (their ``[mqtt]`` settings), and the broker's URL. A broker that admits only its
+        users is used as ``cloud_user`` and ``site_user``."""
+        broker = self._broker
+        if isinstance(broker, MosquittoServer):
+            users = bool(broker.users)
+            cloud = broker.endpoint(self.spec.cloud_user if users else None)
+            site = broker.endpoint(self.spec.site_user if users else None)
+            url = broker.url
+        else:
+            cloud = site = endpoint_of(broker)
+            url = f"{'mqtts' if cloud.tls else 'mqtt'}://{cloud.host}:{cloud.port}"
+        cloud_account = {
+            k: Path(v) if k.endswith("_file") else v for k, v in _account(cloud, folder).items()
+        }
+        return cloud_account, _account(site, folder), url
+
+    def _registry(self, db: Path) -> str:
+        """The pool, its sites, and an API key for it: the key's token."""
+        spec = self.spec
+        with Registry(db, self.clock) as registry:
+            registry.create_pool(spec.pool, spec.pool_name)
+            for site_id in self.site_ids:
+                registry.add_site(site_id, spec.pool, partitions=spec.partitions)
+            _, token = registry.create_api_key([spec.pool], label=spec.key_label)
+        return token
+
+    async def _start_in_process(self, stack: contextlib.AsyncExitStack, db: Path) -> None:
+        """The worker(s) and the API through run_cloud (the first with the API), then the
+        dispatchers, made here so that a test can kill one."""
+        stop = asyncio.Event()
+        clouds: list[asyncio.Task[None]] = []
+        readies: list[asyncio.Event] = []
+
+        async def stop_cloud() -> None:
+            stop.set()
+            ended = await asyncio.wait_for(asyncio.gather(*clouds, return_exceptions=True), 30)
+            for error in ended:
+                if isinstance(error, BaseException):
+                    raise error
+
+        stack.push_async_callback(stop_cloud)
+        for k in range(self.spec.workers):
+            roles = ("worker", "api") if k == 0 else ("worker",)
+            settings = replace(self.settings, instance_id=f"worker-{k + 1}")
+            operator = OperatorServer(port=0)
+            self.operator = self.operator or operator
+            readies.append(asyncio.Event())
+            run = run_cloud(
+                settings, self.clock, roles, stop=stop, ready=readies[-1], operator=operator
+            )
+            clouds.append(asyncio.create_task(run, name=f"cloud worker-{k + 1}"))
+        waiting = asyncio.ensure_future(asyncio.gather(*(r.wait() for r in readies)))
+        done, _ = await asyncio.wait(
+            [waiting, *clouds], timeout=30, return_when=asyncio.FIRST_COMPLETED
+        )
+        if waiting not in done:
+            waiting.cancel()
+            for task in clouds:
+                if task.done():
+                    task.result()  # the role's error
+            raise RuntimeError("the cloud's roles did not start within 30 s")
+        registry = Registry(db, self.clock)
+        stack.callback(registry.close)
+        stack.push_async_callback(self._stop_dispatchers)
+        s = self.settings
+        for i in range(self.spec.dispatchers):
+            dispatcher = PoolDispatcher(
+                broker=s.mqtt_endpoint(),
+                redis_url=s.redis_url,
+                registry=registry,
+                clock=self.clock,
+                partition_count=s.partitions,
+                cycle_s=s.dispatch_cycle_s,
+                dispatcher_id=f"dispatcher-{i + 1}",
+                lock_ttl_s=s.dispatch_lock_ttl_s,
+                max_aggregate_age_s=s.dispatch_max_age_s,
+                retention=Retention(s.retention_cycles_days, s.retention_activations_days),
+            )
+            await dispatcher.start()
+            self.dispatchers.append(dispatcher)
+            self.dispatch_runs.append(asyncio.create_task(dispatcher.run(), name=dispatcher.id))
+            if i == 0:
+                await self.clock.sleep(s.dispatch_cycle_s)
+
+    async def _start_processes(self, stack: contextlib.AsyncExitStack, state: Path) -> None:
+        """A supervised `vpp cloud run --role` child per role: the API, the workers, the
+        dispatchers (each dispatcher half a wall second after the one before)."""
+        s = self.settings
+        config = state / "cloud.toml"
+        config.write_text(
+            "[cloud]\n" + "".join(f"{k} = {v!r}\n" for k, v in self.spec.settings.items())
+        )
+        common = ["--mqtt-url", s.mqtt_url, "--redis-url", s.redis_url, "--db", str(s.db)]
+        common += ["--partitions", str(s.partitions), "--config", str(config)]
+        for flag, value in (
+            ("--mqtt-username", s.mqtt_username),
+            ("--mqtt-password-file", s.mqtt_password_file),
+            ("--mqtt-ca-file", s.mqtt_ca_file),
+            ("--mqtt-cert-file", s.mqtt_cert_file),
+            ("--mqtt-key-file", s.mqtt_key_file),
+        ):
+            if value is not None:
+                common += [flag, str(value)]
+        env = {"VPP_CLOCK": self.clock.spec()}
+        logs = self.workdir / "logs"
+        roles = [("api", "api", ["--api-port", str(s.api_port)])]
+        roles += [(f"worker-{i + 1}", "worker", []) for i in range(self.spec.workers)]
+        roles += [(f"dispatcher-{i + 1}", "dispatcher", []) for i in range(self.spec.dispatchers)]
+
+        async def stop_processes() -> None:
+            for proc in self.processes:
+                await asyncio.to_thread(proc.stop)
+
+        stack.push_async_callback(stop_processes)
+        for name, role, extra in roles:
+            ident = [] if role == "api" else ["--instance-id", name]
+            proc = RoleProcess(name, role, [*common, *extra, *ident], env, logs)
+            proc.start()  # each with its operator port, free and logged
+            self.processes.append(proc)
+            self.supervisor.watch(proc)
+            if role == "dispatcher":
+                await asyncio.sleep(0.5)
+        stopping = asyncio.Event()
+        supervising = asyncio.create_task(self.supervisor.run(stopping), name="supervisor")
+
+        async def stop_supervising() -> None:  # first: nothing is restarted while all stops
+            stopping.set()
+            await supervising
+
+        stack.push_async_callback(stop_supervising)
+        await self._wait_api()
+
+    async def _wait_api(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(base_url=self.api_url, timeout=2.0) as http:
+            while time.monotonic() < deadline:
+                for proc in self.processes:
+                    if not proc.running:
+                        raise RuntimeError(f"cloud {proc.name} exited:\n{proc.log_tail(20)}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get("/v1/health")).status_code == 200:
+                        return
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"the cloud API did not become healthy within {timeout_s:g} s")
+
+    async def _stop_agents(self) -> None:
+        pending = await _cancel(self.runs)
+        for i, agent in enumerate(self.agents):
+            if i not in self.gone:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(agent.stop(), 10)
+        if pending:
+            raise RuntimeError(f"agent loops still running 30 s after cancel: {pending}")
+
+    async def _stop_dispatchers(self) -> None:
+        pending = await _cancel(self.dispatch_runs)
+        for dispatcher in self.dispatchers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(dispatcher.stop(), 10)
+        if pending:
+            raise RuntimeError(f"dispatcher loops still running 30 s after cancel: {pending}")
+
+    async def wait_ready(self, *, envelope: bool = False, timeout_s: float = 90.0) -> None:
+        """Until every running site is fresh in the pool (with ``envelope``: and in the pool's
+        envelope) and every running agent knows its pool; RuntimeError after ``timeout_s``
+        of wall time."""
+        pool, sites = self.spec.pool, self.alive_sites()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                r = await self.api.get(f"/v1/pools/{pool}/flexibility")
+                flex = r.json() if r.status_code == 200 else None
+                fresh = flex is not None and flex["now"]["sites"]["fresh"] == sites
+                # the envelope (what a schedule is checked against) of every site
+                enveloped = fresh and (
+                    not envelope or (flex["envelope"] or {}).get("sites") == sites
+                )
+                # sites learn their pool from the config the leading dispatcher publishes
+                running = [a for i, a in enumerate(self.agents) if i not in self.gone]
+                if enveloped and all(a.pool_id == pool for a in running):
+                    return
+            await asyncio.sleep(0.25)
+        what = "fresh with an envelope of every site" if envelope else "fully fresh"
+        raise RuntimeError(f"the pool did not become {what} within {timeout_s:g} s of wall time")
+
+    # --- the sites ----------------------------------------------------------------------------
+
+    async def stop_agent(self, i: int) -> None:
+        """Site ``i``'s agent stops as when shut down: control goes back to the devices."""
+        await self._end_agent(i, hard=False)
+
+    async def kill_agent(self, i: int) -> None:
+        """Site ``i``'s gateway loses power: no goodbye (the broker sends its will)."""
+        await self._end_agent(i, hard=True)
+
+    async def _end_agent(self, i: int, *, hard: bool) -> None:
+        if i in self.gone:
+            return
+        agent, run = self.agents[i], self.runs[i]
+        self.gone[i] = -1 if agent.telemetry_seq is None else agent.telemetry_seq
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await (agent.kill() if hard else agent.stop())
+
+    def alive_sites(self) -> int:
+        """Sites whose agent runs (a stopped or killed one never comes back)."""
+        return self.spec.sites - len(self.gone)
+
+    def telemetry_produced(self) -> dict[str, int]:
+        """Each site's last stored telemetry sequence number (sites yet to store none left out)."""
+        produced = {self.site_ids[i]: seq for i, seq in self.gone.items()}
+        for i, agent in enumerate(self.agents):
+            if i not in self.gone and agent.telemetry_seq is not None:
+                produced[self.site_ids[i]] = agent.telemetry_seq
+        return produced
+
+    # --- the cloud ----------------------------------------------------------------------------
+
+    def role_processes(self, role: str) -> list[RoleProcess]:
+        return [p for p in self.processes if p.role == role]
+
+    def leader(self) -> int | None:
+        """In-process: the index of the leading dispatcher (lock held, loop running)."""
+        for i, d in enumerate(self.dispatchers):
+            if d.lock is not None and d.lock.valid() and not self.dispatch_runs[i].done():
+                return i
+        return None
+
+    async def leader_id(self) -> str | None:
+        """The holder of the dispatcher leader lock, as Redis has it."""
+        holder = await self.hot.get(LEADER_KEY)
+        return holder.decode() if holder else None
+
+    async def kill_dispatcher(self, i: int) -> None:
+        """A crash of dispatcher ``i``: the loop ends and its broker connection drops, the lock
+        is *not* released, so a standby waits for it to expire."""
+        if self.spec.cloud == "processes":
+            self.role_processes("dispatcher")[i].kill()
+            return
+        self.dispatch_runs[i].cancel()
+        await asyncio.gather(self.dispatch_runs[i], return_exceptions=True)
+        await self.dispatchers[i].abandon()
+
+    @property
+    def operator_url(self) -> str:
+        """The operator port of the API role's process."""
+        if self.operator is not None:
+            return self.operator.url
+        return self.role_processes("api")[0].url
+
+    async def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The API role's process /metrics: {(sample name, sorted label pairs): value}."""
+        async with httpx.AsyncClient(base_url=self.operator_url) as client:
+            text = (await client.get("/metrics")).text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    # --- the pool, as a trader and as the truth see it ----------------------------------------
+
+    async def flexibility(self) -> dict[str, Any]:
+        response = await self.api.get(f"/v1/pools/{self.spec.pool}/flexibility")
+        if response.status_code != 200:
+            raise RuntimeError(f"flexibility: {response.status_code} {response.text}")
+        return response.json()
+
+    async def delivery(self) -> dict[str, Any]:
+        """The leading dispatcher's latest delivery record."""
+        return json.loads(await self.hot.get(delivery_key(self.spec.pool)))
+
+    async def hold_setpoint(self, delta_w: float, every_s: float = 30.0) -> asyncio.Task[None]:
+        """A balancing activation of ``delta_w``, re-sent every ``every_s`` as a trader would,
+        until the task is cancelled."""
+
+        async def resend() -> None:
+            while True:
+                body = {"target_w": delta_w, "kind": "delta", "valid_for_s": 2 * every_s}
+                r = await self.api.post(f"/v1/pools/{self.spec.pool}/setpoint", json=body)
+                if r.status_code != 201:
+                    raise RuntimeError(f"setpoint: {r.status_code} {r.text}")
+                await self.clock.sleep(every_s)
+
+        return asyncio.create_task(resend())
+
+    def delivered(self, since: float, sites: list[int] | None = None) -> list[float]:
+        """True grid power of the pool (or of ``sites``) at each fleet tick after ``since``."""
+        idx = range(self.spec.sites) if sites is None else sites
+        return [sum(grid[i] for i in idx) for t, grid in self.truth.between(since) if t > since]
+
+    def truth_series(self, since: float, until: float) -> list[tuple[float, float]]:
+        """``(t, true pool grid power)`` at each fleet tick with ``since <= t < until``."""
+        return [(t, float(grid.sum())) for t, grid in self.truth.between(since, until)]
+
+
+def _account(endpoint: MqttEndpoint, folder: Path) -> dict[str, Any]:
+    """The ``[mqtt]`` settings of ``endpoint``'s account: user name, password file, TLS files."""
+    account: dict[str, Any] = {}
+    if endpoint.username is not None:
+        account["username"] = endpoint.username
+    if endpoint.password is not None:
+        path = folder / f"{endpoint.username or 'mqtt'}.password"
+        path.write_text(endpoint.password)
+        path.chmod(0o600)
+        account["password_file"] = str(path)
+    for name in ("ca_file", "cert_file", "key_file"):
+        if (value := getattr(endpoint, name)) is not None:
+            account[name] = str(value)
+    return account
+
+
+async def _cancel(tasks: list[asyncio.Task[None]], timeout_s: float = 30.0) -> str:
+    """Cancel ``tasks`` and wait for them: the names of those still running after
+    ``timeout_s`` (a loop that ignores its cancellation is a bug, named rather than hung on)."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return ""
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    return ", ".join(sorted(t.get_name() for t in pending))
