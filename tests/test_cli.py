@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from vpp.cli import app
 
-from .tls_files import make_broker_tls
+from .tls_files import EXAMPLE_CONFIG, example_edge_config
 
 runner = CliRunner()
 FIXTURES = Path(__file__).parent / "fixtures" / "protocols" / "v1"
@@ -79,19 +79,9 @@ def test_protocol_schema_prints_json_schema():
     assert runner.invoke(app, ["protocol", "schema", "vpp.nope"]).exit_code == 1
 
 
-EXAMPLE_CONFIG = Path(__file__).parents[1] / "edge" / "config.example.toml"
-
-
 def test_edge_check_config_accepts_the_example(tmp_path):
     # the example's password and CA files, where an installer would have put them
-    tls = make_broker_tls(tmp_path / "tls")
-    (tmp_path / "mqtt-password").write_text("s3cret\n")
-    config = tmp_path / "edge.toml"
-    config.write_text(
-        EXAMPLE_CONFIG.read_text()
-        .replace("/etc/vpp/mqtt-password", str(tmp_path / "mqtt-password"))
-        .replace("/etc/vpp/ca.pem", str(tls.ca_file))
-    )
+    config = example_edge_config(tmp_path)
     result = runner.invoke(app, ["edge", "check-config", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "OK site site-000042 partition 19" in result.output

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from .tls_files import make_broker_tls
+from .tls_files import example_edge_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-EXAMPLE_CONFIG = ROOT / "edge" / "config.example.toml"
 NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")
 
 # Runs in the fresh interpreter: import every module of the packages in argv[1] (a JSON
@@ -156,15 +155,7 @@ ROWS = [
 def example(tmp_path: Path) -> Path:
     """The example config with its password and CA files where it says (check-config
     reads them)."""
-    tls = make_broker_tls(tmp_path / "tls")
-    (tmp_path / "mqtt-password").write_text("s3cret\n")
-    config = tmp_path / "edge.toml"
-    config.write_text(
-        EXAMPLE_CONFIG.read_text()
-        .replace("/etc/vpp/mqtt-password", str(tmp_path / "mqtt-password"))
-        .replace("/etc/vpp/ca.pem", str(tls.ca_file))
-    )
-    return config
+    return example_edge_config(tmp_path)
 
 
 @pytest.mark.parametrize(("packages", "argv", "extras", "avoids"), ROWS)
