@@ -63,6 +63,9 @@ def test_a_trading_morning_through_a_network_outage(tmp_path, broker, redis_url)
     assert kpis["trader_decisions"] >= 3
     assert kpis["trader_fallbacks"] == 0  # the LP found a schedule every time
     assert kpis["trader_lp_solve_ms_max"] < 2_000.0
+    # the demo starts trading once the pool shows its envelope: the first look finds one
+    trader = json.loads((tmp_path / "trader-report.json").read_text())
+    assert trader["errors"].get("flexibility:no_envelope", 0) == 0
     # the fault happened and was survived: the link was cut and came back, the sites
     # went stale and returned
     events = [e["name"] for e in json.loads((tmp_path / "events.json").read_text())]

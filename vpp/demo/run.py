@@ -356,7 +356,8 @@ class Demo:
             )
             async with self.system as system:
                 try:
-                    await system.wait_ready(timeout_s=90.0)
+                    # the trader's first look at the pool must find its envelope
+                    await system.wait_ready(envelope=True, timeout_s=90.0)
                     self.run_start = self.clock.time()
                     self._schedule_steps()
                     self.recorder.set_run(
