@@ -18,10 +18,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(900)
 
 def test_a_trading_morning_through_a_network_outage(tmp_path, broker, redis_url):
     options = DemoOptions(
-        sites=16,
+        sites=10,
         seed=3,
         hours=1.25,
-        speed=14.0,
+        speed=20.0,
         scenario="network-outage",
         out=tmp_path,
         mqtt_url=broker.url,
