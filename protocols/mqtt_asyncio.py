@@ -53,6 +53,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import random
 import socket
 import ssl
@@ -378,15 +379,29 @@ class AsyncMqttClient:
             self._flush()
 
     def publish(
-        self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        expiry_s: float | None = None,
     ) -> int | None:
         """Queue a publish on the current connection; returns its message id, or None when
         not connected or paho refused it. Nothing is kept for a later connection: a user
-        that must not lose messages keeps them itself and watches ``on_publish``."""
+        that must not lose messages keeps them itself and watches ``on_publish``.
+
+        ``expiry_s``: MQTT 5 message expiry (whole wall seconds, at least 1): the broker
+        drops the message from an offline subscriber's queue once it is that old, so a
+        message that is only worth something while valid does not pile up there."""
         client = self._client
         if client is None or not self.connected:
             return None
-        info = client.publish(topic, payload, qos=qos, retain=retain)
+        properties = None
+        if expiry_s is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.MessageExpiryInterval = max(1, math.ceil(expiry_s))
+        info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._log.debug("%s: publish on %s refused by paho: %s", self.name, topic, info.rc)
             return None

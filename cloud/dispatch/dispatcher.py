@@ -753,7 +753,12 @@ class PoolDispatcher:
                 pool_id=pool_id,
                 basis=basis,
             )
-            self._mqtt.publish(partition_topic(partition), encode(message), qos=1)
+            # A signal is worth nothing after valid_until: the broker drops it from an offline
+            # site's session queue by then, instead of queueing one every cycle for days. The
+            # expiry is in wall seconds, so under an accelerated clock it errs long, never short.
+            self._mqtt.publish(
+                partition_topic(partition), encode(message), qos=1, expiry_s=validity
+            )
         if release:
             self.stats["releases"] += 1
         else:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
+import redis.asyncio as aioredis
 
 from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.registry import Registry
@@ -124,3 +126,39 @@ async def test_the_loop_ends_on_a_cancel_that_a_library_swallowed(tmp_path, mock
         done, _ = await asyncio.wait([task], timeout=5.0)
         assert done == {task}
         assert task.cancelled()
+
+
+class _Outbox:
+    """Stands in for the dispatcher's MQTT link: keeps what it was asked to publish."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+
+    def publish(self, topic: str, payload: bytes, **kw: object) -> int:
+        self.sent.append((topic, kw))
+        return len(self.sent)
+
+
+@pytest.mark.integration
+async def test_signals_expire_on_the_broker_when_they_expire(dispatcher, redis_url) -> None:
+    """A signal is worth nothing after ``valid_until``: it goes out with that much MQTT
+    message expiry, so an offline site's session does not queue one per cycle for days."""
+    outbox = _Outbox()
+    dispatcher.redis = aioredis.Redis.from_url(redis_url)
+    dispatcher._mqtt = outbox  # type: ignore[assignment]
+    try:
+        levels = np.array([0.5, -0.25])
+        assert await dispatcher._publish_signals("north", T0, [3, 7], levels)
+        assert await dispatcher._publish_signals("north", T0, [3, 7], levels, release=True)
+    finally:
+        await dispatcher.redis.aclose()
+    expiries = [(topic, kw["expiry_s"], kw["qos"]) for topic, kw in outbox.sent]
+    v = dispatcher.validity_s
+    assert expiries == [
+        ("vpp/v1/p/3/signal", v, 1),
+        ("vpp/v1/p/7/signal", v, 1),
+        ("vpp/v1/p/3/signal", 0.001, 1),  # a release: the broker keeps it a second at most
+        ("vpp/v1/p/7/signal", 0.001, 1),
+    ]

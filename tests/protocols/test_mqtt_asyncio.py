@@ -212,3 +212,27 @@ async def test_stop_right_after_the_connack_returns_at_once(mosquitto) -> None:
         assert time.monotonic() - t0 < 0.5
         assert client._runner is None
         assert not client.connected
+
+
+async def test_an_expired_message_is_dropped_from_an_offline_session(mosquitto, clients) -> None:
+    """``expiry_s`` (MQTT 5 message expiry): the broker drops a message from an offline
+    subscriber's queue once it is that old; a message without it waits there."""
+    session = {"clean_start": False, "session_expiry_s": 60}
+    first = await clients(mosquitto.url, "t-expiry-sub", ["t/expiry/#"], **session)
+    await first.stop(wall_timeout_s=2)  # offline; the broker keeps the session and queues
+    pub = await clients(mosquitto.url, "t-expiry-pub")
+    assert await pub.publish_acked("t/expiry/kept", b"kept", qos=1, wall_timeout_s=5)
+    assert pub.publish("t/expiry/gone", b"gone", qos=1, expiry_s=0.2) is not None  # 1 s
+    await asyncio.sleep(2.2)
+    inbox = Inbox()
+    back = AsyncMqttClient(
+        broker=mosquitto.url, client_id="t-expiry-sub", on_message=inbox, **session
+    )
+    await back.start()
+    try:
+        assert await back.wait_connected(5)
+        await until(lambda: inbox.messages)
+        await asyncio.sleep(0.3)  # anything else queued would have come with it
+        assert inbox.messages == [("t/expiry/kept", b"kept")]
+    finally:
+        await back.stop(wall_timeout_s=0.5)
