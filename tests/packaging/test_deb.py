@@ -15,7 +15,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -34,6 +33,7 @@ from protocols.clock import WallClock
 from protocols.messages import Telemetry
 from tests.conftest import SECURE_USERS
 from tests.edge.agent_harness import Observer
+from tests.systemd_standin import SystemdStandIn
 from vpp.sitecfg import render_toml, site_configs
 
 from .conftest import ROOT
@@ -270,28 +270,18 @@ def running_fleet(seed: int) -> Iterator[dict[str, Any]]:
         loop.close()
 
 
-class NotifySocket:
-    """systemd's side of ``$NOTIFY_SOCKET``, writable by user vpp."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="vpp-notify-"))
-        self.dir.chmod(0o755)
-        self.path = self.dir / "notify"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.path))
-        self.path.chmod(0o777)
-        self.sock.setblocking(False)
-        self.messages: list[str] = []
-
-    def drain(self) -> list[str]:
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                self.messages.append(self.sock.recv(4096).decode())
-        return self.messages
-
-    def close(self) -> None:
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+@contextlib.contextmanager
+def notify_socket() -> Iterator[SystemdStandIn]:
+    """A notify socket that user vpp may write to (the test's tmp_path is root's only)."""
+    folder = Path(tempfile.mkdtemp(prefix="vpp-notify-"))
+    try:
+        folder.chmod(0o755)
+        systemd = SystemdStandIn(folder / "notify")
+        systemd.path.chmod(0o777)
+        yield systemd
+        systemd.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.integration
@@ -369,8 +359,16 @@ def test_install_run_upgrade_remove_purge(
 def run_installed_agent(secure_broker: Any, site_id: str) -> None:
     """Run the unit's command line as user vpp (no systemd here), with a notify socket; see
     its telemetry on the broker, READY and WATCHDOG, then stop it as systemd would."""
-    notify = NotifySocket()
-    observer = Observer(secure_broker.endpoint("vpp-cloud"), ["vpp/#"])
+    with notify_socket() as notify:
+        observer = Observer(secure_broker.endpoint("vpp-cloud"), ["vpp/#"])
+        try:
+            run_and_stop(notify, observer, site_id)
+        finally:
+            observer.close()
+
+
+def run_and_stop(notify: SystemdStandIn, observer: Observer, site_id: str) -> None:
+    """The agent until its third telemetry message, then SIGTERM; its exit and messages."""
     env = {
         "PATH": SYSTEMD_PATH,
         "HOME": "/var/lib/vpp",
@@ -413,5 +411,3 @@ def run_installed_agent(secure_broker: Any, site_id: str) -> None:
         if agent.poll() is None:
             os.killpg(agent.pid, signal.SIGKILL)
             agent.wait()
-        observer.close()
-        notify.close()
