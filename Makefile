@@ -4,6 +4,7 @@
 #   make demo   [DEMO_ARGS=...]     set up, then run the demo
 #   make test   [PYTEST_ARGS=...]   set up, then run the whole test suite
 #   make bench                      set up, then run every bench/*.py
+#   make deb                        set up, then build the gateway's .deb into build/
 #   make lint | format | clean | distclean
 
 SHELL := /bin/bash
@@ -15,12 +16,13 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: help setup test demo bench lint format clean distclean
+.PHONY: help setup test demo bench deb lint format clean distclean
 
 help:
 	@echo "make demo    - set up (Debian packages + .venv) and run the demo (DEMO_ARGS=...)"
 	@echo "make test    - set up and run the whole test suite (PYTEST_ARGS=...)"
 	@echo "make bench   - set up and run the benchmarks in bench/"
+	@echo "make deb     - set up and build the gateway's package (build/vpp-edge_*.deb)"
 	@echo "make lint    - ruff check + ruff format --check"
 	@echo "make format  - ruff format + ruff check --fix"
 	@echo "make setup   - only the setup (packaging/setup-dev.sh)"
@@ -47,6 +49,10 @@ bench: setup
 	done; \
 	if [ $${#failed[@]} -gt 0 ]; then echo "bench: FAILED: $${failed[*]}"; exit 1; fi; \
 	echo "bench: $${#files[@]} benchmark(s) ok"
+
+# The gateway's Debian package (packaging/deb/build.sh; packaging/README.md).
+deb: setup
+	PYTHON=$(PY) bash packaging/deb/build.sh build
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -12,16 +12,21 @@ installation. Settings come from flags, ``VPP_*`` environment variables or a TOM
 
 Every process also serves its operator port (``operator_port``, default 9180; 0 picks a free
 one): ``/livez``, ``/readyz`` and ``/metrics`` of the roles it runs (:mod:`cloud.ops`).
+Under systemd (``Type=notify``) it says ``READY=1`` once its roles run, ``STOPPING=1`` on the
+way out, and feeds ``WatchdogSec`` while the worker's and dispatcher's loops keep cycling
+(:mod:`protocols.sd_notify`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import signal
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ from protocols.clock import Clock, Ticker
 from protocols.mqtt_endpoint import MqttEndpoint
 from protocols.operator import OperatorServer
 from protocols.partitions import DEFAULT_PARTITION_COUNT
+from protocols.sd_notify import Notifier, feed_watchdog, watchdog_interval_s
 from protocols.supervise import supervise
 
 __all__ = ["ROLES", "CloudSettings", "load_settings", "run_cloud"]
@@ -154,6 +160,11 @@ async def _sync_loop(
         await client.aclose()
 
 
+def _cycle_counts(cycles: dict[str, Callable[[], int]]) -> dict[str, int]:
+    """Each role loop's cycles so far: the watchdog is fed while they all move."""
+    return {role: count() for role, count in cycles.items()}
+
+
 async def run_cloud(
     settings: CloudSettings,
     clock: Clock,
@@ -161,14 +172,18 @@ async def run_cloud(
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
     operator: OperatorServer | None = None,
+    notifier: Notifier | None = None,
 ) -> None:
     """Run ``roles`` until ``stop`` (or SIGINT/SIGTERM); stop them cleanly. A role whose
     loop ends on its own stops the others and raises :class:`~protocols.supervise.RoleDiedError`.
 
     ``operator``: the operator port to serve (default: one on ``settings.operator_*``); it
     is started first, so ``/livez`` answers (and ``/readyz`` says "starting") while the roles
-    start, and stopped last."""
+    start, and stopped last. ``notifier``: systemd's notify socket (default:
+    ``$NOTIFY_SOCKET``, a no-op without it)."""
     stop = stop or asyncio.Event()
+    notifier = notifier or Notifier.from_env()
+    cycles: dict[str, Callable[[], int]] = {}  # role -> its loop's cycle count
     if operator is None:
         operator = OperatorServer(settings.operator_host, settings.operator_port)
     loop = asyncio.get_running_loop()
@@ -222,6 +237,7 @@ async def run_cloud(
             await worker.start()
             tasks.append(asyncio.create_task(worker.run(), name="worker"))
             roles_running["worker"] = tasks[-1]
+            cycles["worker"] = lambda: worker.stats["cycles"]
             closers.append(worker.stop)
         if "dispatcher" in roles:
             assert registry is not None
@@ -244,12 +260,21 @@ async def run_cloud(
             await dispatcher.start()
             tasks.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))
             roles_running["dispatcher"] = tasks[-1]
+            cycles["dispatcher"] = lambda: dispatcher.stats["cycles"]
             closers.append(dispatcher.stop)
+        interval_s = watchdog_interval_s()
+        if notifier.enabled and interval_s is not None:
+            counts = functools.partial(_cycle_counts, cycles)
+            feeder = feed_watchdog(notifier, counts, clock, stop, interval_s)
+            tasks.append(asyncio.create_task(feeder, name="watchdog"))
+            roles_running["watchdog"] = tasks[-1]
         operator.watch_roles(roles_running)
         if ready is not None:
             ready.set()
+        notifier.ready(f"running {', '.join(roles)}")
         await supervise(roles_running, stop)  # RoleDiedError when one ends before the stop
     finally:
+        notifier.stopping()
         stop.set()
         for close in reversed(closers):
             try:

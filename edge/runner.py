@@ -4,6 +4,10 @@ A gateway runs one agent; the demo and the end-to-end test run hundreds per proc
 agent whose devices cannot be reached at start keeps retrying with backoff while the others
 run: one broken site must not hold the rest back. The process serves its operator port
 (``[operator]`` of the configs, or the one given): ``/livez``, ``/readyz``, ``/metrics``.
+
+Under systemd (``Type=notify``) it says ``READY=1`` once its operator port and agents run,
+``STOPPING=1`` on the way out, and feeds ``WatchdogSec`` while every started agent's control
+loop keeps cycling (:mod:`protocols.sd_notify`): a hung loop gets the process restarted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from edge.config import EdgeConfig, operator_address
 from edge.ops import watch_agents
 from protocols.clock import Clock, wait_until
 from protocols.operator import OperatorServer
+from protocols.sd_notify import Notifier, feed_watchdog, watchdog_interval_s
 from protocols.supervise import supervise
 
 log = logging.getLogger("edge.runner")
@@ -39,17 +44,25 @@ async def _start_and_run(agent: SiteAgent, clock: Clock, stop: asyncio.Event) ->
         await agent.run()
 
 
+def _cycles(agents: list[SiteAgent]) -> dict[str, int]:
+    """Each agent's control cycles so far: the watchdog is fed while they all move."""
+    return {a.site_id: a.counters["cycles"] for a in agents}
+
+
 async def run_agents(
     configs: list[EdgeConfig],
     clock: Clock,
     stop: asyncio.Event | None = None,
     operator: OperatorServer | None = None,
+    notifier: Notifier | None = None,
 ) -> list[SiteAgent]:
     """Run every config's agent until ``stop`` is set (or SIGINT/SIGTERM); stop them cleanly.
     An agent whose loop ends on its own stops them all and raises
     :class:`~protocols.supervise.RoleDiedError`. ``operator``: the operator port to serve
-    (default: the configs' ``[operator]``); started first, stopped last."""
+    (default: the configs' ``[operator]``); started first, stopped last. ``notifier``:
+    systemd's notify socket (default: ``$NOTIFY_SOCKET``, a no-op without it)."""
     stop = stop or asyncio.Event()
+    notifier = notifier or Notifier.from_env()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -65,13 +78,23 @@ async def run_agents(
         roles: dict[str, asyncio.Future[None]] = {
             f"agent {a.site_id}": t for a, t in zip(agents, tasks, strict=True)
         }
+        labels = dict.fromkeys(roles, "agent")
         assert operator.task is not None
-        roles["operator"] = operator.task
-        operator.watch_roles(roles, labels=dict.fromkeys(roles, "agent") | {"operator": "operator"})
+        roles["operator"], labels["operator"] = operator.task, "operator"
+        interval_s = watchdog_interval_s()
+        if notifier.enabled and interval_s is not None:
+            feeder = feed_watchdog(notifier, lambda: _cycles(agents), clock, stop, interval_s)
+            tasks.append(asyncio.create_task(feeder, name="watchdog"))
+            roles["watchdog"] = tasks[-1]
+            labels["watchdog"] = "watchdog"
+        operator.watch_roles(roles, labels=labels)
+        notifier.ready(f"{len(agents)} agent(s) running")
         # an agent whose loop died ends the process (RoleDiedError): no gateway keeps running
         # with a dead control loop inside; systemd restarts it
         await supervise(roles, stop)
     finally:
+        notifier.stopping()
+        stop.set()  # ends the watchdog feed too
         await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
         for task in tasks:
             task.cancel()

@@ -226,6 +226,7 @@ class EdgeStore:
             if pending:
                 log.info("edge store %s: applying migrations %s", self.path, ", ".join(pending))
             MIGRATIONS.apply(self._db)
+            self.migrated: list[str] = pending  # applied by this open (`vpp edge migrate`)
             stored_max = self._conn.execute("SELECT max(seq) FROM outbox").fetchone()[0]
             stored_max = -1 if stored_max is None else int(stored_max)
             self._max_seq = max(int(self.get_state(_KEY_MAX_SEQ, -1)), stored_max)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a development/CI machine for vpp: Debian packages (mosquitto, mosquitto-clients,
-# redis-server, and Python venv support if needed) and the project venv in .venv with
+# redis-server, the packaging tools, and Python venv support if needed) and the project venv in .venv with
 # `pip install -e '.[dev]'` (every tier, `.[demo]`, plus the test tools; see pyproject.toml).
 #
 # Idempotent and quick when already done: packages are installed only if missing, and
@@ -85,6 +85,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
     done
 fi
 say "servers: mosquitto, mosquitto_sub and redis-server present"
+
+# ---- packaging -----------------------------------------------------------------------
+# `make deb` and tests/packaging: dpkg-dev and lintian build and check the gateway's
+# package; systemd gives systemd-analyze (verify the units; nothing is booted); the package
+# installs into Debian's own python3 with its venv module, adduser and init-system-helpers.
+missing=()
+have_binary dpkg-architecture || missing+=(dpkg-dev)
+have_binary lintian || missing+=(lintian)
+have_binary systemd-analyze || missing+=(systemd)
+have_binary adduser || missing+=(adduser)
+have_binary deb-systemd-helper || missing+=(init-system-helpers)
+/usr/bin/python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3 python3-venv)
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
+fi
+say "packaging: dpkg-dev, lintian, systemd-analyze and Debian's python3 venv present"
 
 # ---- python ----------------------------------------------------------------------------
 py_ok() {

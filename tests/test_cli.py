@@ -97,7 +97,7 @@ def test_edge_check_config_finds_the_files_the_example_names_missing():
     ]
 
 
-@pytest.mark.parametrize("command", ["check-config", "run"])
+@pytest.mark.parametrize("command", ["check-config", "run", "migrate"])
 def test_a_broken_config_stops_the_agent_before_it_starts(tmp_path, command):
     broken = tmp_path / "edge.toml"
     broken.write_text(
@@ -106,6 +106,33 @@ def test_a_broken_config_stops_the_agent_before_it_starts(tmp_path, command):
     result = runner.invoke(app, ["edge", command, "--config", str(broken)])
     assert result.exit_code == 2
     assert "limits: soc_min_pct (99.0) must be below soc_max_pct (95.0)" in result.output
+
+
+def test_edge_migrate_creates_then_finds_the_store_up_to_date(tmp_path):
+    """`vpp edge migrate` (the package's postinst) needs only the config's db_path: the
+    example's password and CA files need not exist yet."""
+    db = tmp_path / "data" / "edge.sqlite"
+    config = tmp_path / "edge.toml"
+    config.write_text(EXAMPLE_CONFIG.read_text().replace("/var/lib/vpp/edge.sqlite", str(db)))
+    outputs = [runner.invoke(app, ["edge", "migrate", "--config", str(config)]) for _ in "12"]
+    assert [r.exit_code for r in outputs] == [0, 0]
+    applied = "m001_outbox_and_state, m002_dispatch_log, m003_forecast_history, "
+    applied += "m004_forecast_slot_plan"
+    assert [r.output for r in outputs] == [
+        f"edge store {db}: applied {applied}\n",
+        f"edge store {db}: up to date\n",
+    ]
+
+
+def test_edge_migrate_fails_in_one_line_when_the_store_cannot_be_made(tmp_path):
+    (tmp_path / "not-a-folder").write_text("")
+    config = tmp_path / "edge.toml"
+    db = tmp_path / "not-a-folder" / "edge.sqlite"
+    config.write_text(EXAMPLE_CONFIG.read_text().replace("/var/lib/vpp/edge.sqlite", str(db)))
+    result = runner.invoke(app, ["edge", "migrate", "--config", str(config)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: cannot migrate {db}: ")
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_edge_configs_from_a_fleet_manifest(tmp_path):

@@ -1,4 +1,5 @@
-"""`vpp edge ...`: run the site agent, check its config, make configs for a simulated fleet."""
+"""`vpp edge ...`: run the site agent, check its config, migrate its SQLite file, make configs
+for a simulated fleet."""
 
 from __future__ import annotations
 
@@ -128,6 +129,35 @@ def check_config(config: tuple[Path, ...]) -> None:
     for cfg in _load(config, None):
         devices = ", ".join(f"{d.id}@{d.host}:{d.port}/{d.unit_id}" for d in cfg.devices)
         click.echo(f"OK site {cfg.site.id} partition {cfg.site.resolved_partition}: {devices}")
+
+
+@app.command()
+@click.option("--config", "-c", "config", type=PathType, required=True, help="Agent config (TOML).")
+def migrate(config: Path) -> None:
+    """Create or upgrade the agent's SQLite file (``[agent] db_path``) without running the
+    agent, e.g. from the package's postinst (the agent also migrates at start). Exit 2 on a
+    config error, 1 when the file cannot be migrated."""
+    import sqlite3
+
+    from edge.config import ConfigError, load_config
+    from edge.store import EdgeStore
+    from protocols.clock import WallClock
+
+    try:
+        db_path = load_config(config).agent.db_path  # broker files are not needed here
+    except ConfigError as exc:
+        click.echo(f"config error: {exc}", err=True)
+        raise SystemExit(2) from None
+    try:
+        store = EdgeStore(db_path, WallClock())
+    except (OSError, sqlite3.Error) as exc:
+        click.echo(f"error: cannot migrate {db_path}: {exc}", err=True)
+        raise SystemExit(1) from None
+    applied = store.migrated
+    store.close()
+    click.echo(
+        f"edge store {db_path}: " + (f"applied {', '.join(applied)}" if applied else "up to date")
+    )
 
 
 @app.command("configs-from-manifest")

@@ -1,0 +1,146 @@
+"""The systemd units: every one passes `systemd-analyze verify`, and each keeps the settings
+the gateway and the cloud rely on (notify + watchdog, restart, hardening, secrets from files)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+UNITS = ROOT / "packaging" / "systemd"
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+SYSTEM_UNITS = Path("/lib/systemd/system")
+
+# unit file -> the instance verified (a template is verified through one of its instances)
+VERIFIED = {
+    "vpp-edge.service": "vpp-edge.service",
+    "vpp-worker@.service": "vpp-worker@01.service",
+    "vpp-dispatcher.service": "vpp-dispatcher.service",
+    "vpp-api.service": "vpp-api.service",
+}
+
+
+def settings(unit: Path) -> dict[str, list[str]]:
+    """Key -> every value it is given in the unit (keys may repeat)."""
+    found: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if match := re.match(r"^([A-Za-z]+)=(.*)$", line):
+            found.setdefault(match[1], []).append(match[2])
+    return found
+
+
+def test_every_unit_in_the_folder_is_verified() -> None:
+    assert sorted(p.name for p in UNITS.glob("*.service")) == sorted(VERIFIED)
+
+
+@pytest.fixture(scope="module")
+def unit_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root for `systemd-analyze verify --root`: the machine's own system units (the
+    targets ours need), ours in /etc/systemd/system, and an executable where ExecStart looks
+    (verify checks it exists; the package or the cloud install puts the real one there)."""
+    root = tmp_path_factory.mktemp("root")
+    shutil.copytree(SYSTEM_UNITS, root / "lib/systemd/system", symlinks=True)
+    shutil.copytree(UNITS, root / "etc/systemd/system", ignore=shutil.ignore_patterns("*.env"))
+    vpp = root / "opt/vpp/venv/bin/vpp"
+    vpp.parent.mkdir(parents=True)
+    vpp.write_text("#!/bin/sh\n")
+    vpp.chmod(0o755)
+    return root
+
+
+@pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None or not SYSTEM_UNITS.is_dir(),
+    reason="systemd-analyze is not installed (Debian package systemd; setup-dev.sh installs it)",
+)
+@pytest.mark.parametrize("instance", list(VERIFIED.values()))
+def test_systemd_analyze_verify_passes(unit_root: Path, instance: str) -> None:
+    assert SYSTEMD_ANALYZE is not None
+    out = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", f"--root={unit_root}", instance],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (out.returncode, out.stdout + out.stderr) == (0, "")
+
+
+HARDENING = {
+    "ProtectSystem": "strict",
+    "ReadWritePaths": "/var/lib/vpp",
+    "NoNewPrivileges": "yes",
+    "PrivateTmp": "yes",
+    "ProtectHome": "yes",
+    "PrivateDevices": "yes",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+    "CapabilityBoundingSet": "",
+    "User": "vpp",
+}
+NOTIFY = {"Type": "notify", "WatchdogSec": "30s", "Restart": "on-failure"}
+
+
+@pytest.mark.parametrize("unit", sorted(VERIFIED))
+@pytest.mark.parametrize(("key", "value"), sorted((HARDENING | NOTIFY).items()))
+def test_each_unit_is_hardened_and_watched(unit: str, key: str, value: str) -> None:
+    assert settings(UNITS / unit).get(key) == [value]
+
+
+@pytest.mark.parametrize(
+    ("unit", "command"),
+    [
+        ("vpp-edge.service", "/opt/vpp/venv/bin/vpp edge run --config /etc/vpp/edge.toml"),
+        ("vpp-worker@.service", "/opt/vpp/venv/bin/vpp cloud run --role worker"),
+        ("vpp-dispatcher.service", "/opt/vpp/venv/bin/vpp cloud run --role dispatcher"),
+        ("vpp-api.service", "/opt/vpp/venv/bin/vpp cloud run --role api"),
+    ],
+)
+def test_the_command_line_holds_no_secret(unit: str, command: str) -> None:
+    assert settings(UNITS / unit)["ExecStart"] == [command]
+
+
+@pytest.mark.parametrize(
+    ("unit", "credentials"),
+    [
+        (
+            "vpp-worker@.service",
+            [
+                "mqtt-password:/etc/vpp/secrets/mqtt-worker.password",
+                "redis.toml:/etc/vpp/secrets/redis-worker.toml",
+            ],
+        ),
+        (
+            "vpp-dispatcher.service",
+            [
+                "mqtt-password:/etc/vpp/secrets/mqtt-dispatcher.password",
+                "redis.toml:/etc/vpp/secrets/redis-dispatcher.toml",
+            ],
+        ),
+        ("vpp-api.service", ["redis.toml:/etc/vpp/secrets/redis-api.toml"]),
+    ],
+)
+def test_cloud_secrets_come_from_credential_files(unit: str, credentials: list[str]) -> None:
+    found = settings(UNITS / unit)
+    assert found["LoadCredential"] == credentials
+    assert found["EnvironmentFile"] == ["/etc/vpp/cloud.env"]
+    env = dict(e.split("=", 1) for e in found["Environment"])
+    assert env["VPP_CLOUD_CONFIG"] == "%d/redis.toml"  # the credentials directory
+    if "mqtt-password" in credentials[0]:
+        assert env["VPP_MQTT_PASSWORD_FILE"] == "%d/mqtt-password"
+
+
+def test_the_env_file_holds_no_secret_and_no_per_role_setting() -> None:
+    env = {}
+    for line in (UNITS / "cloud.env").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key] = value
+    assert all(key.startswith("VPP_") for key in env)
+    assert not [k for k in env if re.search(r"PASSWORD(?!_FILE)|SECRET|TOKEN|KEY$", k)]
+    per_role = {"VPP_MQTT_USERNAME", "VPP_MQTT_PASSWORD_FILE", "VPP_CLOUD_CONFIG"}
+    per_role |= {"VPP_INSTANCE_ID", "VPP_OPERATOR_PORT"}
+    assert per_role & set(env) == set()  # the units set these; the file would override them
+    assert "@" not in env.get("VPP_MQTT_URL", "")  # no user:password@ in a URL
