@@ -27,6 +27,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import json
 import logging
 import math
 import os
@@ -569,6 +570,8 @@ class MosquittoServer(ManagedProcess):
         extra_config: Sequence[str] = (),
         tls: BrokerTls | None = None,
         users: Mapping[str, str] | None = None,
+        config_template: Path | None = None,
+        dynsec: Mapping[str, object] | None = None,
     ) -> None:
         """See ManagedProcess.__init__; in addition:
 
@@ -578,6 +581,11 @@ class MosquittoServer(ManagedProcess):
         extra_config: more mosquitto.conf lines appended verbatim.
         tls: serve TLS with these files (the URL is then ``mqtts://``).
         users: user name -> password; when given, anonymous clients are refused.
+        config_template: a production config (``packaging/mosquitto/mosquitto.conf``) to
+            run instead of the generated one, with its listener, TLS files, data, plugin
+            file, log and user rewritten for this private broker (``tls`` is required).
+            ``dynsec`` is then the plugin's initial file (JSON data) and ``users`` names
+            accounts in it, used by :meth:`endpoint` and the readiness probe.
         """
         super().__init__(
             port=port,
@@ -591,6 +599,10 @@ class MosquittoServer(ManagedProcess):
         self.extra_config = list(extra_config)
         self.tls = tls
         self.users = dict(users or {})
+        self.config_template = config_template
+        self.dynsec = dict(dynsec) if dynsec is not None else None
+        if config_template is not None and tls is None:
+            raise ValueError("a packaged config listens on TLS only: give tls=")
         if tls is not None:
             self.scheme = "mqtts"
 
@@ -617,7 +629,15 @@ class MosquittoServer(ManagedProcess):
         """The database Mosquitto writes on clean shutdown."""
         return self.data_dir / "mosquitto.db"
 
+    @property
+    def dynsec_path(self) -> Path:
+        """The dynamic-security plugin's file (packaged config only)."""
+        return self.data_dir / "dynamic-security.json"
+
     def _write_config(self) -> None:
+        if self.config_template is not None:
+            self._write_packaged_config()
+            return
         # As root, Mosquitto drops privileges to user "mosquitto", which could not write
         # our root-owned temp dir: tell it to stay the user we already are.
         user = pwd.getpwuid(os.getuid()).pw_name
@@ -651,6 +671,30 @@ class MosquittoServer(ManagedProcess):
             "log_timestamp true",
             *self.extra_config,
         ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def _write_packaged_config(self) -> None:
+        """The template with what differs on this machine rewritten, directive by directive
+        (the rest, ACL plugin and queue limits included, is the production file as is)."""
+        assert self.tls is not None
+        assert self.config_template is not None
+        local = {
+            "listener": f"{self.port} {self.host}",
+            "cafile": str(self.tls.ca_file),
+            "certfile": str(self.tls.cert_file),
+            "keyfile": str(self.tls.key_file),
+            "plugin_opt_config_file": str(self.dynsec_path),
+            "persistence_location": f"{self.data_dir}/",
+            "log_dest": f"file {self.log_path}",
+        }
+        lines = []
+        for line in self.config_template.read_text().splitlines():
+            key = line.split(maxsplit=1)[0] if line.strip() else ""
+            lines.append(f"{key} {local[key]}" if key in local else line)
+        lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
+        if self.dynsec is not None and not self.dynsec_path.exists():
+            self.dynsec_path.write_text(json.dumps(self.dynsec, indent=1))
+            self.dynsec_path.chmod(0o600)
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def _write_passwords(self) -> Path:
