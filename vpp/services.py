@@ -757,11 +757,18 @@ class RedisServer(ManagedProcess):
         keep_workdir: bool = False,
         databases: int = 64,
         extra_args: Sequence[str] = (),
+        config_file: Path | None = None,
+        acl_file: Path | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         """See ManagedProcess.__init__; in addition:
 
         databases: number of logical DBs (default 64, so each test can take a fresh one).
         extra_args: more redis-server command-line options, e.g. ["--maxmemory", "1gb"].
+        config_file: a production config (``packaging/redis/vpp.conf``) to start from; its
+            persistence and protected mode are kept, only the port, address, data dir, log
+            and ``acl_file`` are set for this private server.
+        auth: (user, password) the readiness probe logs in with (``default`` is off).
         """
         super().__init__(
             port=port,
@@ -772,6 +779,7 @@ class RedisServer(ManagedProcess):
         )
         self.databases = databases
         self.extra_args = list(extra_args)
+        self.config_file, self.acl_file, self.auth = config_file, acl_file, auth
 
     @property
     def url(self) -> str:
@@ -785,6 +793,16 @@ class RedisServer(ManagedProcess):
         return f"{self.scheme}://{self.host}:{self.port}/{db}"
 
     def _command(self, binary: str) -> list[str]:
+        if self.config_file is not None:
+            return [
+                binary,
+                str(self.config_file),
+                *("--port", str(self.port), "--bind", self.host, "--dir", str(self.data_dir)),
+                *("--daemonize", "no", "--databases", str(self.databases)),
+                *("--logfile", str(self.log_path)),
+                *(("--aclfile", str(self.acl_file)) if self.acl_file is not None else ()),
+                *self.extra_args,
+            ]
         return [
             binary,
             "--port",
@@ -812,6 +830,10 @@ class RedisServer(ManagedProcess):
         """PING must answer +PONG (not -LOADING or an error)."""
         with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
             sock.settimeout(timeout)
+            if self.auth is not None:
+                sock.sendall(_resp_command(b"AUTH", *(a.encode() for a in self.auth)))
+                if (reply := _recv_line(sock)) != b"+OK":
+                    raise ServiceError(f"AUTH answered {reply!r}")
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
             reply = _recv_line(sock)
             if reply != b"+PONG":
@@ -980,6 +1002,12 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
             raise ConnectionError("connection closed during probe")
         buf += chunk
     return buf
+
+
+def _resp_command(*args: bytes) -> bytes:
+    return f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a)}\r\n".encode() + a + b"\r\n" for a in args
+    )
 
 
 def _recv_line(sock: socket.socket) -> bytes:

@@ -333,6 +333,16 @@ def keys_revoke(key_id: str, db: Path) -> None:
     help="Client certificate's key.",
 )
 @click.option("--redis-url", envvar="VPP_REDIS_URL", show_envvar=True, help="Redis.")
+@click.option(
+    "--redis-username", envvar="VPP_REDIS_USERNAME", show_envvar=True, help="Redis ACL user."
+)
+@click.option(
+    "--redis-password-file",
+    type=PathType,
+    envvar="VPP_REDIS_PASSWORD_FILE",
+    show_envvar=True,
+    help="File holding the Redis user's password.",
+)
 @click.option("--db", type=PathType, envvar="VPP_DB", show_envvar=True, help="Registry file.")
 @click.option("--api-host", envvar="VPP_API_HOST", show_envvar=True)
 @click.option("--api-port", type=int, envvar="VPP_API_PORT", show_envvar=True)
@@ -388,6 +398,8 @@ def run(
     mqtt_cert_file: Path | None,
     mqtt_key_file: Path | None,
     redis_url: str | None,
+    redis_username: str | None,
+    redis_password_file: Path | None,
     db: Path | None,
     api_host: str | None,
     api_port: int | None,
@@ -428,6 +440,8 @@ def run(
         "mqtt_cert_file": mqtt_cert_file,
         "mqtt_key_file": mqtt_key_file,
         "redis_url": redis_url,
+        "redis_username": redis_username,
+        "redis_password_file": redis_password_file,
         "db": db,
         "api_host": api_host,
         "api_port": api_port,
