@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -136,6 +136,118 @@ def sites_list(db: Path, pool: str) -> None:
         click.echo(f"{site.site_id}\tpartition {site.partition}")
 
 
+@sites_app.group("credentials")
+def credentials_app() -> None:
+    """A site's broker account (Mosquitto dynamic-security), set through the broker's
+    control topic as its admin account (``--mqtt-username``, ``--mqtt-password-file``)."""
+
+
+def _admin_broker_options(command: Any) -> Any:
+    """The broker flags of ``run``, for commands that speak to the broker as its admin."""
+    options = [
+        click.option("--mqtt-url", envvar="VPP_MQTT_URL", show_envvar=True, required=True),
+        click.option(
+            "--mqtt-username",
+            envvar="VPP_MQTT_ADMIN_USERNAME",
+            show_envvar=True,
+            default="cloud:admin",
+            show_default=True,
+            help="The broker's admin account.",
+        ),
+        click.option(
+            "--mqtt-password-file",
+            type=PathType,
+            envvar="VPP_MQTT_ADMIN_PASSWORD_FILE",
+            show_envvar=True,
+            required=True,
+            help="File holding the admin account's password.",
+        ),
+        click.option(
+            "--mqtt-ca-file",
+            type=PathType,
+            envvar="VPP_MQTT_CA_FILE",
+            show_envvar=True,
+            help="CA of the broker's certificate (mqtts).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _admin_endpoint(url: str, username: str, password_file: Path, ca_file: Path | None) -> Any:
+    from protocols.mqtt_endpoint import MqttEndpoint, MqttSettingsError
+
+    try:
+        return MqttEndpoint.from_url(
+            url, username=username, password_file=password_file, ca_file=ca_file
+        )
+    except MqttSettingsError as exc:
+        raise _fail(str(exc)) from None
+
+
+@credentials_app.command("add")
+@click.argument("site_id")
+@click.option("--partition", type=int, required=True, help="The site's partition.")
+@click.option(
+    "--password-file",
+    "site_password_file",
+    type=PathType,
+    required=True,
+    help="File holding the site's new broker password.",
+)
+@_admin_broker_options
+def credentials_add(
+    site_id: str,
+    partition: int,
+    site_password_file: Path,
+    mqtt_url: str,
+    mqtt_username: str,
+    mqtt_password_file: Path,
+    mqtt_ca_file: Path | None,
+) -> None:
+    """Give SITE_ID its broker account, or a new password and ACLs if it has one."""
+    from cloud.broker_accounts import BrokerAccountError
+    from cloud.broker_control import add_site_credentials
+    from protocols.errors import ProtocolError
+
+    admin = _admin_endpoint(mqtt_url, mqtt_username, mqtt_password_file, mqtt_ca_file)
+    try:
+        password = site_password_file.read_text().strip()
+    except OSError as exc:
+        raise _fail(f"site password file {site_password_file}: {exc.strerror}") from None
+    if not password:
+        raise _fail(f"site password file {site_password_file} is empty")
+    try:
+        add_site_credentials(admin, site_id, partition, password)
+    except (BrokerAccountError, ProtocolError) as exc:
+        raise _fail(str(exc)) from None
+    click.echo(f"site {site_id}: broker account set (partition {partition})")
+
+
+@credentials_app.command("remove")
+@click.argument("site_id")
+@_admin_broker_options
+def credentials_remove(
+    site_id: str,
+    mqtt_url: str,
+    mqtt_username: str,
+    mqtt_password_file: Path,
+    mqtt_ca_file: Path | None,
+) -> None:
+    """Delete SITE_ID's broker account (it is disconnected); no account is not an error."""
+    from cloud.broker_accounts import BrokerAccountError
+    from cloud.broker_control import remove_site_credentials
+    from protocols.errors import ProtocolError
+
+    admin = _admin_endpoint(mqtt_url, mqtt_username, mqtt_password_file, mqtt_ca_file)
+    try:
+        remove_site_credentials(admin, site_id)
+    except (BrokerAccountError, ProtocolError) as exc:
+        raise _fail(str(exc)) from None
+    click.echo(f"site {site_id}: broker account removed")
+
+
 @keys_app.command("create")
 @db_option
 @click.option(
@@ -221,6 +333,16 @@ def keys_revoke(key_id: str, db: Path) -> None:
     help="Client certificate's key.",
 )
 @click.option("--redis-url", envvar="VPP_REDIS_URL", show_envvar=True, help="Redis.")
+@click.option(
+    "--redis-username", envvar="VPP_REDIS_USERNAME", show_envvar=True, help="Redis ACL user."
+)
+@click.option(
+    "--redis-password-file",
+    type=PathType,
+    envvar="VPP_REDIS_PASSWORD_FILE",
+    show_envvar=True,
+    help="File holding the Redis user's password.",
+)
 @click.option("--db", type=PathType, envvar="VPP_DB", show_envvar=True, help="Registry file.")
 @click.option("--api-host", envvar="VPP_API_HOST", show_envvar=True)
 @click.option("--api-port", type=int, envvar="VPP_API_PORT", show_envvar=True)
@@ -276,6 +398,8 @@ def run(
     mqtt_cert_file: Path | None,
     mqtt_key_file: Path | None,
     redis_url: str | None,
+    redis_username: str | None,
+    redis_password_file: Path | None,
     db: Path | None,
     api_host: str | None,
     api_port: int | None,
@@ -316,6 +440,8 @@ def run(
         "mqtt_cert_file": mqtt_cert_file,
         "mqtt_key_file": mqtt_key_file,
         "redis_url": redis_url,
+        "redis_username": redis_username,
+        "redis_password_file": redis_password_file,
         "db": db,
         "api_host": api_host,
         "api_port": api_port,
