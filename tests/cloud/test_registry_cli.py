@@ -170,6 +170,8 @@ BAD_SETTINGS = [
     (["--mqtt-url", "http://broker:1883"], "scheme must be mqtt:// or mqtts://"),
     (["--mqtt-url", "mqtt://"], "has no host"),
     (["--redis-url", "http://cache:6379"], "scheme must be redis://"),
+    (["--redis-url", "http://:hunter2@cache:6379"], "Redis url 'http://:***@cache:6379'"),
+    (["--mqtt-url", "http://cloud:hunter2@b:1883"], "MQTT url 'http://cloud:***@b:1883'"),
     (["--retention-cycles-days", "-1"], "retention days must be >= 0"),
     (
         ["--mqtt-url", "mqtts://broker", "--mqtt-ca-file", "/nonexistent/ca.pem"],
@@ -196,6 +198,23 @@ def test_cloud_run_refuses_a_setting_that_cannot_work(runner, db, args, message)
     assert result.exit_code == 2
     assert message in result.stderr
     assert "Traceback" not in result.output
+    assert "hunter2" not in result.output  # a password in a URL is never echoed
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("api_write_rate_per_s = 0", "the write rate must be > 0 per second"),
+        ("api_write_burst = 0", "the write burst must be a whole number >= 1"),
+    ],
+)
+def test_cloud_run_refuses_a_write_limit_that_cannot_work(runner, db, tmp_path, line, message):
+    config = tmp_path / "cloud.toml"
+    config.write_text(f"[cloud]\n{line}\n")
+    args = ["cloud", "run", "--role", "api", "--db", str(db), "--config", str(config)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.stderr
 
 
 @pytest.mark.integration

@@ -271,7 +271,9 @@ def keys_revoke(key_id: str, db: Path) -> None:
     show_envvar=True,
     help="Days of expired setpoints kept (0: for ever; default 30).",
 )
-@click.option("--verbose", "-v", is_flag=True)
+@click.option(
+    "--verbose", "-v", is_flag=True, envvar="VPP_VERBOSE", help="Log at INFO (default WARNING)."
+)
 def run(
     role: str,
     mqtt_url: str | None,
@@ -302,13 +304,11 @@ def run(
     from cloud.runner import ROLES, load_settings, run_cloud
     from protocols.clock import clock_from_spec
     from protocols.http_server import ServerStartError
+    from protocols.logs import configure_logging
     from protocols.supervise import RoleDiedError
     from vpp.commands.preflight import check_brokers
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose)  # secrets redacted (protocols.logs)
     logging.getLogger("vpp.operator").setLevel(logging.INFO)  # the operator port's line
     roles = ROLES if role == "all" else (role,)
     if role != "all" and role not in ROLES:
