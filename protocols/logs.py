@@ -10,7 +10,8 @@ rewrites, in each record's text and traceback,
 * an API token (``vpp_<key id>_<secret>``) to ``vpp_<key id>_***`` (the key id stays: it is
   what an operator quotes, see :mod:`cloud.registry.keys`);
 * a bearer credential (``Bearer <token>``) and a ``password=...``/``"password": ...`` value,
-  as exceptions and validation errors print them.
+  as exceptions and validation errors print them (``password: <prose>`` is left alone: it is
+  how an error names the field).
 
 A password that appears bare in a message cannot be recognised; that is what the rule above
 is for, and what ``tests/test_secrets_in_logs.py`` checks on a whole run.
@@ -38,7 +39,7 @@ _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*:)([^\s@/]+)
 _TOKEN = re.compile(r"\b(vpp_[0-9a-f]{12}_)[A-Za-z0-9_\-]{8,}")
 _BEARER = re.compile(r"(\bBearer\s+)(?!\*\*\*)\S+", re.IGNORECASE)
 _PASSWORD_VALUE = re.compile(
-    r"""(\b\w*(?:password|passwd|secret)\w*['"]?\s*[:=]\s*)(['"]?)(?!\*\*\*)[^\s'",}]+""",
+    r"""(\b\w*(?:password|passwd|secret)\w*(?:['"]\s*:|\s*=)\s*)(['"]?)(?!\*\*\*)[^\s'",}]+""",
     re.IGNORECASE,
 )
 

@@ -27,7 +27,12 @@ TOKEN = "vpp_0123456789ab_" + "Zq9-" * 11  # the shape cloud.registry.keys makes
         ("password='hunter2', user='x'", "password='***', user='x'"),
         ('{"mqtt_password": "hunter2"}', '{"mqtt_password": "***"}'),
         ("installer_password=letmein", "installer_password=***"),
+        ("{'redis_password': 'hunter2'}", "{'redis_password': '***'}"),
         # no secret: unchanged
+        (
+            "mqtt.password: Input should be a valid string",
+            "mqtt.password: Input should be a valid string",
+        ),
         ("mqtts://site-7@broker:8883", "mqtts://site-7@broker:8883"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
         ("key 0123456789ab revoked", "key 0123456789ab revoked"),
