@@ -29,7 +29,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
-from cloud.api.app import ApiServer, create_app
+from cloud.api.app import ApiServer, ApiSettings, create_app
+from cloud.api.ratelimit import TokenBucket
 from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.dispatch.retention import Retention
 from cloud.ingest.worker import PartitionWorker
@@ -37,6 +38,7 @@ from cloud.ops import SyncStatus, watch_api, watch_dispatcher, watch_worker
 from cloud.registry import Registry
 from cloud.sync import sync_site_pools
 from protocols.clock import Clock, Ticker
+from protocols.logs import redact_url
 from protocols.mqtt_endpoint import MqttEndpoint
 from protocols.operator import OperatorServer
 from protocols.partitions import DEFAULT_PARTITION_COUNT
@@ -82,6 +84,14 @@ class CloudSettings:
     retention_activations_days: float = 30.0
     # Names this process in leases, the leader lock and logs (default: generated per start).
     instance_id: str | None = None
+    # writes per API key (cloud.api.ratelimit): a steady rate and a burst, per API process
+    api_write_rate_per_s: float = ApiSettings.write_rate_per_s
+    api_write_burst: int = ApiSettings.write_burst
+
+    def api_settings(self) -> ApiSettings:
+        return ApiSettings(
+            write_rate_per_s=self.api_write_rate_per_s, write_burst=self.api_write_burst
+        )
 
     def mqtt_endpoint(self) -> MqttEndpoint:
         """The broker with its account and TLS files, read and checked
@@ -154,10 +164,12 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings
     settings.mqtt_endpoint()
     if urlsplit(settings.redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ValueError(
-            f"Redis url {settings.redis_url!r}: scheme must be redis://, rediss:// or unix://"
+            f"Redis url {redact_url(settings.redis_url)!r}: scheme must be redis://, rediss:// "
+            "or unix://"
         )
     settings.redis_connect_url()  # the password file must be readable
     Retention(settings.retention_cycles_days, settings.retention_activations_days)
+    TokenBucket(settings.api_write_rate_per_s, settings.api_write_burst)
     return settings
 
 
@@ -231,7 +243,7 @@ async def run_cloud(
             tasks.append(sync)
             roles_running["site-pool sync"] = sync
             server = ApiServer(
-                create_app(registry, redis_url, clock),
+                create_app(registry, redis_url, clock, settings=settings.api_settings()),
                 settings.api_host,
                 settings.api_port,
             )

@@ -37,7 +37,7 @@ def sites_app() -> None:
 
 @app.group("keys")
 def keys_app() -> None:
-    """Trader API keys, each scoped to pools."""
+    """API keys: trader keys scoped to pools, admin keys for the operator's endpoints."""
 
 
 db_option = click.option(
@@ -250,22 +250,28 @@ def credentials_remove(
 
 @keys_app.command("create")
 @db_option
+@click.option("--pool", multiple=True, help="Pool the key may use; repeat for several (trader).")
 @click.option(
-    "--pool", multiple=True, required=True, help="Pool the key may use; repeat for several."
+    "--role",
+    type=click.Choice(["trader", "admin"]),
+    default="trader",
+    show_default=True,
+    help="trader: the trading endpoints of its pools; admin: /v1/admin/... only, no pool.",
 )
 @click.option("--label", default="", help="Who or what the key is for.")
-def keys_create(db: Path, pool: tuple[str, ...], label: str) -> None:
+def keys_create(db: Path, pool: tuple[str, ...], role: str, label: str) -> None:
     """Create an API key. The token is printed once, alone on the last line: store it now."""
     with _registry(db) as reg:
-        key, token = reg.create_api_key(list(pool), label)
-    click.echo(f"key {key.key_id} for pools {', '.join(key.pool_ids)}; the token is shown once:")
+        key, token = reg.create_api_key(list(pool), label, role=role)
+    scope = f"pools {', '.join(key.pool_ids)}" if key.pool_ids else "no pool"
+    click.echo(f"{key.role} key {key.key_id} for {scope}; the token is shown once:")
     click.echo(token)
 
 
 @keys_app.command("list")
 @db_option
 def keys_list(db: Path) -> None:
-    """List keys (ids, pools, state); tokens are never stored, so never shown."""
+    """List keys (ids, role, pools, state); tokens are never stored, so never shown."""
     from protocols.units import to_iso8601
 
     with _registry(db) as reg:
@@ -273,9 +279,8 @@ def keys_list(db: Path) -> None:
     for key in keys:
         state = "active" if key.revoked_ts is None else f"revoked {to_iso8601(key.revoked_ts)}"
         used = "never" if key.last_used_ts is None else to_iso8601(key.last_used_ts)
-        click.echo(
-            f"{key.key_id}\t{','.join(key.pool_ids)}\t{state}\tlast used {used}\t{key.label}"
-        )
+        pools = ",".join(key.pool_ids) or "-"
+        click.echo(f"{key.key_id}\t{key.role}\t{pools}\t{state}\tlast used {used}\t{key.label}")
 
 
 @keys_app.command("revoke")
@@ -388,7 +393,9 @@ def keys_revoke(key_id: str, db: Path) -> None:
     show_envvar=True,
     help="Days of expired setpoints kept (0: for ever; default 30).",
 )
-@click.option("--verbose", "-v", is_flag=True)
+@click.option(
+    "--verbose", "-v", is_flag=True, envvar="VPP_VERBOSE", help="Log at INFO (default WARNING)."
+)
 def run(
     role: str,
     mqtt_url: str | None,
@@ -421,13 +428,11 @@ def run(
     from cloud.runner import ROLES, load_settings, run_cloud
     from protocols.clock import clock_from_spec
     from protocols.http_server import ServerStartError
+    from protocols.logs import configure_logging
     from protocols.supervise import RoleDiedError
     from vpp.commands.preflight import check_brokers
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose)  # secrets redacted (protocols.logs)
     logging.getLogger("vpp.operator").setLevel(logging.INFO)  # the operator port's line
     roles = ROLES if role == "all" else (role,)
     if role != "all" and role not in ROLES:
