@@ -11,7 +11,8 @@ Ready means doing its job (each a named check, so ``/readyz`` says which failed)
   has read the leader lock within its ttl.
 
 Labels are role, pool, partition and reason (and a few fixed sets: result, state, route),
-never a site: a fleet must not make a series per site.
+never a site: a fleet must not make a series per site. The API's rate-limit counter has a
+``key_id`` label (the public part of a key, never its token): keys are few, set by operators.
 """
 
 from __future__ import annotations
@@ -102,6 +103,12 @@ def watch_api(
             "Trader API requests refused (4xx/5xx with a reason), by status and reason.",
             {(str(r["status"]), r["reason"]): r["count"] for r in snapshot["rejected"]},
             ["status", "reason"],
+        )
+        yield counter(
+            "vpp_api_rate_limited_total",
+            "Trader API writes refused by the per-key rate limit (429), by key id.",
+            {(r["key_id"],): r["count"] for r in snapshot["rate_limited"]},
+            ["key_id"],
         )
         yield gauge("vpp_api_streams_open", "Open /stream connections.", ctx.streams_open)
         if alerts is not None:

@@ -30,11 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
-from cloud.api.app import ApiServer, create_app
+from cloud.api.app import ApiServer, ApiSettings, create_app
+from cloud.api.ratelimit import TokenBucket
 from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.dispatch.retention import Retention
 from cloud.ingest.worker import PartitionWorker
@@ -42,6 +43,7 @@ from cloud.ops import SyncStatus, watch_api, watch_dispatcher, watch_worker
 from cloud.registry import Registry
 from cloud.sync import sync_site_pools
 from protocols.clock import Clock, Ticker
+from protocols.logs import redact_url
 from protocols.mqtt_endpoint import MqttEndpoint
 from protocols.operator import OperatorServer
 from protocols.partitions import DEFAULT_PARTITION_COUNT
@@ -67,6 +69,9 @@ class CloudSettings:
     mqtt_cert_file: Path | None = None  # a client certificate and its key, if the broker asks
     mqtt_key_file: Path | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # the Redis ACL user, if not in the URL; the password from a file, never a flag
+    redis_username: str | None = None
+    redis_password_file: Path | None = None
     db: Path = Path("vpp-cloud.sqlite")
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -85,6 +90,14 @@ class CloudSettings:
     retention_activations_days: float = 30.0
     # Names this process in leases, the leader lock and logs (default: generated per start).
     instance_id: str | None = None
+    # writes per API key (cloud.api.ratelimit): a steady rate and a burst, per API process
+    api_write_rate_per_s: float = ApiSettings.write_rate_per_s
+    api_write_burst: int = ApiSettings.write_burst
+
+    def api_settings(self) -> ApiSettings:
+        return ApiSettings(
+            write_rate_per_s=self.api_write_rate_per_s, write_burst=self.api_write_burst
+        )
 
     def mqtt_endpoint(self) -> MqttEndpoint:
         """The broker with its account and TLS files, read and checked
@@ -98,8 +111,40 @@ class CloudSettings:
             key_file=self.mqtt_key_file,
         )
 
+    def redis_connect_url(self) -> str:
+        """``redis_url`` with the ACL user and the password file's secret put in: what the
+        roles connect with. Never log it (``redis_url`` is the one to show)."""
+        if self.redis_username is None and self.redis_password_file is None:
+            return self.redis_url
+        parts = urlsplit(self.redis_url)
+        if parts.scheme == "unix":
+            raise ValueError("give the Redis account in a unix:// url's query, not apart")
+        user = self.redis_username if self.redis_username is not None else parts.username
+        password = parts.password
+        if self.redis_password_file is not None:
+            password = _read_redis_secret(self.redis_password_file)
+        auth = quote(user or "", safe="") + (f":{quote(password, safe='')}" if password else "")
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{auth}@{host}"))
 
-_PATH_SETTINGS = ("mqtt_password_file", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+
+def _read_redis_secret(path: Path) -> str:
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"Redis password file {path}: {exc.strerror or exc}") from None
+    if not secret:
+        raise ValueError(f"Redis password file {path} is empty")
+    return secret
+
+
+_PATH_SETTINGS = (
+    "mqtt_password_file",
+    "mqtt_ca_file",
+    "mqtt_cert_file",
+    "mqtt_key_file",
+    "redis_password_file",
+)
 
 
 def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings:
@@ -125,9 +170,12 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings
     settings.mqtt_endpoint()
     if urlsplit(settings.redis_url).scheme not in ("redis", "rediss", "unix"):
         raise ValueError(
-            f"Redis url {settings.redis_url!r}: scheme must be redis://, rediss:// or unix://"
+            f"Redis url {redact_url(settings.redis_url)!r}: scheme must be redis://, rediss:// "
+            "or unix://"
         )
+    settings.redis_connect_url()  # the password file must be readable
     Retention(settings.retention_cycles_days, settings.retention_activations_days)
+    TokenBucket(settings.api_write_rate_per_s, settings.api_write_burst)
     return settings
 
 
@@ -195,6 +243,7 @@ async def run_cloud(
     closers: list[Any] = []
     registry: Registry | None = None
     broker = settings.mqtt_endpoint()
+    redis_url = settings.redis_connect_url()
     try:
         await operator.start()
         closers.append(operator.stop)
@@ -205,13 +254,11 @@ async def run_cloud(
         if "api" in roles:
             assert registry is not None
             sync_status = SyncStatus(every_s=SYNC_EVERY_S)
-            sync = asyncio.create_task(
-                _sync_loop(registry, settings.redis_url, clock, stop, sync_status)
-            )
+            sync = asyncio.create_task(_sync_loop(registry, redis_url, clock, stop, sync_status))
             tasks.append(sync)
             roles_running["site-pool sync"] = sync
             server = ApiServer(
-                create_app(registry, settings.redis_url, clock),
+                create_app(registry, redis_url, clock, settings=settings.api_settings()),
                 settings.api_host,
                 settings.api_port,
             )
@@ -224,7 +271,7 @@ async def run_cloud(
         if "worker" in roles:
             worker = PartitionWorker(
                 broker=broker,
-                redis_url=settings.redis_url,
+                redis_url=redis_url,
                 clock=clock,
                 partition_count=settings.partitions,
                 cycle_s=settings.cycle_s,
@@ -243,7 +290,7 @@ async def run_cloud(
             assert registry is not None
             dispatcher = PoolDispatcher(
                 broker=broker,
-                redis_url=settings.redis_url,
+                redis_url=redis_url,
                 registry=registry,
                 clock=clock,
                 partition_count=settings.partitions,

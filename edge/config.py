@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from protocols.logs import redact, redact_url
 from protocols.messages import DeviceKind
 from protocols.mqtt_endpoint import MqttEndpoint, MqttSettingsError
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
@@ -79,12 +80,12 @@ class MqttSection(_Section):
         parsed = urlparse(self.url)
         if parsed.scheme not in ("mqtt", "mqtts") or not parsed.hostname:
             raise ValueError(
-                f"url {self.url!r} must look like mqtt://host:port or mqtts://host:port"
+                f"url {redact_url(self.url)!r} must look like mqtt://host:port or mqtts://host:port"
             )
         try:
             _ = parsed.port
         except ValueError:
-            raise ValueError(f"url {self.url!r} has an invalid port") from None
+            raise ValueError(f"url {redact_url(self.url)!r} has an invalid port") from None
         if self.password is not None and self.password_file is not None:
             raise ValueError("give either password or password_file, not both")
         if (self.cert_file is None) != (self.key_file is None):
@@ -236,10 +237,11 @@ def _describe(source: str, exc: ValidationError) -> str:
         else:
             got = (
                 f" (got {err['input']!r:.60})"
-                if "input" in err and err["type"] != "value_error"
+                if "input" in err and err["type"] != "value_error" and "password" not in where
                 else ""
             )
-            lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}{got}")
+            line = f"  {where}: {err['msg'].removeprefix('Value error, ')}{got}"
+            lines.append(redact(line))  # a password, or a URL with one, is never echoed
     return "\n".join(lines)
 
 

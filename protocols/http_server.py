@@ -61,6 +61,10 @@ class AsgiServer:
             host=host,
             port=port,
             log_level=log_level,
+            # uvicorn's lines go through the process's own handlers (protocols.logs: one
+            # format, secrets redacted) instead of handlers of its own; no access log (it
+            # would write every query string, and a client may put a secret there)
+            log_config=None,
             access_log=False,
             lifespan=lifespan,
             interface="asgi3",  # a bound method looks like ASGI2 to the auto-detection

@@ -21,6 +21,8 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from protocols.logs import redact_url
+
 __all__ = ["MqttEndpoint", "MqttSettingsError", "endpoint_of", "threaded_client"]
 
 _SCHEMES = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True}
@@ -62,14 +64,14 @@ class MqttEndpoint:
         parts = urlsplit(url)
         if parts.scheme not in _SCHEMES:
             raise MqttSettingsError(
-                f"MQTT url {_redact(url)!r}: scheme must be mqtt:// or mqtts://"
+                f"MQTT url {redact_url(url)!r}: scheme must be mqtt:// or mqtts://"
             )
         try:
             host, port = parts.hostname, parts.port
         except ValueError:
-            raise MqttSettingsError(f"MQTT url {_redact(url)!r} has an invalid port") from None
+            raise MqttSettingsError(f"MQTT url {redact_url(url)!r} has an invalid port") from None
         if not host:
-            raise MqttSettingsError(f"MQTT url {_redact(url)!r} has no host")
+            raise MqttSettingsError(f"MQTT url {redact_url(url)!r} has no host")
         tls = _SCHEMES[parts.scheme]
         if password is not None and password_file is not None:
             raise MqttSettingsError("give the MQTT password or a password file, not both")
@@ -153,13 +155,6 @@ def _read_secret(path: Path) -> str:
 
 def _unquoted(text: str | None) -> str | None:
     return unquote(text) if text else None
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def _why(exc: BaseException) -> str:

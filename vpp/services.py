@@ -27,6 +27,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import json
 import logging
 import math
 import os
@@ -569,6 +570,8 @@ class MosquittoServer(ManagedProcess):
         extra_config: Sequence[str] = (),
         tls: BrokerTls | None = None,
         users: Mapping[str, str] | None = None,
+        config_template: Path | None = None,
+        dynsec: Mapping[str, object] | None = None,
     ) -> None:
         """See ManagedProcess.__init__; in addition:
 
@@ -578,6 +581,11 @@ class MosquittoServer(ManagedProcess):
         extra_config: more mosquitto.conf lines appended verbatim.
         tls: serve TLS with these files (the URL is then ``mqtts://``).
         users: user name -> password; when given, anonymous clients are refused.
+        config_template: a production config (``packaging/mosquitto/mosquitto.conf``) to
+            run instead of the generated one, with its listener, TLS files, data, plugin
+            file, log and user rewritten for this private broker (``tls`` is required).
+            ``dynsec`` is then the plugin's initial file (JSON data) and ``users`` names
+            accounts in it, used by :meth:`endpoint` and the readiness probe.
         """
         super().__init__(
             port=port,
@@ -591,6 +599,10 @@ class MosquittoServer(ManagedProcess):
         self.extra_config = list(extra_config)
         self.tls = tls
         self.users = dict(users or {})
+        self.config_template = config_template
+        self.dynsec = dict(dynsec) if dynsec is not None else None
+        if config_template is not None and tls is None:
+            raise ValueError("a packaged config listens on TLS only: give tls=")
         if tls is not None:
             self.scheme = "mqtts"
 
@@ -617,7 +629,15 @@ class MosquittoServer(ManagedProcess):
         """The database Mosquitto writes on clean shutdown."""
         return self.data_dir / "mosquitto.db"
 
+    @property
+    def dynsec_path(self) -> Path:
+        """The dynamic-security plugin's file (packaged config only)."""
+        return self.data_dir / "dynamic-security.json"
+
     def _write_config(self) -> None:
+        if self.config_template is not None:
+            self._write_packaged_config()
+            return
         # As root, Mosquitto drops privileges to user "mosquitto", which could not write
         # our root-owned temp dir: tell it to stay the user we already are.
         user = pwd.getpwuid(os.getuid()).pw_name
@@ -651,6 +671,30 @@ class MosquittoServer(ManagedProcess):
             "log_timestamp true",
             *self.extra_config,
         ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def _write_packaged_config(self) -> None:
+        """The template with what differs on this machine rewritten, directive by directive
+        (the rest, ACL plugin and queue limits included, is the production file as is)."""
+        assert self.tls is not None
+        assert self.config_template is not None
+        local = {
+            "listener": f"{self.port} {self.host}",
+            "cafile": str(self.tls.ca_file),
+            "certfile": str(self.tls.cert_file),
+            "keyfile": str(self.tls.key_file),
+            "plugin_opt_config_file": str(self.dynsec_path),
+            "persistence_location": f"{self.data_dir}/",
+            "log_dest": f"file {self.log_path}",
+        }
+        lines = []
+        for line in self.config_template.read_text().splitlines():
+            key = line.split(maxsplit=1)[0] if line.strip() else ""
+            lines.append(f"{key} {local[key]}" if key in local else line)
+        lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
+        if self.dynsec is not None and not self.dynsec_path.exists():
+            self.dynsec_path.write_text(json.dumps(self.dynsec, indent=1))
+            self.dynsec_path.chmod(0o600)
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def _write_passwords(self) -> Path:
@@ -713,11 +757,18 @@ class RedisServer(ManagedProcess):
         keep_workdir: bool = False,
         databases: int = 64,
         extra_args: Sequence[str] = (),
+        config_file: Path | None = None,
+        acl_file: Path | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         """See ManagedProcess.__init__; in addition:
 
         databases: number of logical DBs (default 64, so each test can take a fresh one).
         extra_args: more redis-server command-line options, e.g. ["--maxmemory", "1gb"].
+        config_file: a production config (``packaging/redis/vpp.conf``) to start from; its
+            persistence and protected mode are kept, only the port, address, data dir, log
+            and ``acl_file`` are set for this private server.
+        auth: (user, password) the readiness probe logs in with (``default`` is off).
         """
         super().__init__(
             port=port,
@@ -728,6 +779,7 @@ class RedisServer(ManagedProcess):
         )
         self.databases = databases
         self.extra_args = list(extra_args)
+        self.config_file, self.acl_file, self.auth = config_file, acl_file, auth
 
     @property
     def url(self) -> str:
@@ -741,6 +793,16 @@ class RedisServer(ManagedProcess):
         return f"{self.scheme}://{self.host}:{self.port}/{db}"
 
     def _command(self, binary: str) -> list[str]:
+        if self.config_file is not None:
+            return [
+                binary,
+                str(self.config_file),
+                *("--port", str(self.port), "--bind", self.host, "--dir", str(self.data_dir)),
+                *("--daemonize", "no", "--databases", str(self.databases)),
+                *("--logfile", str(self.log_path)),
+                *(("--aclfile", str(self.acl_file)) if self.acl_file is not None else ()),
+                *self.extra_args,
+            ]
         return [
             binary,
             "--port",
@@ -768,6 +830,10 @@ class RedisServer(ManagedProcess):
         """PING must answer +PONG (not -LOADING or an error)."""
         with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
             sock.settimeout(timeout)
+            if self.auth is not None:
+                sock.sendall(_resp_command(b"AUTH", *(a.encode() for a in self.auth)))
+                if (reply := _recv_line(sock)) != b"+OK":
+                    raise ServiceError(f"AUTH answered {reply!r}")
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
             reply = _recv_line(sock)
             if reply != b"+PONG":
@@ -936,6 +1002,12 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
             raise ConnectionError("connection closed during probe")
         buf += chunk
     return buf
+
+
+def _resp_command(*args: bytes) -> bytes:
+    return f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a)}\r\n".encode() + a + b"\r\n" for a in args
+    )
 
 
 def _recv_line(sock: socket.socket) -> bytes:

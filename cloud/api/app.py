@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from cloud.api.context import ApiContext, ApiSettings
 from cloud.api.errors import BodyLimit, MetricsMiddleware, install_error_handlers
 from cloud.api.openapi import install_openapi
-from cloud.api.routes import delivery, ops, pools, schedules, setpoint, stream
+from cloud.api.routes import admin, delivery, pools, schedules, setpoint, stream
 from protocols.clock import Clock
 from protocols.http_server import AsgiServer
 from protocols.version import VERSION
@@ -39,16 +39,22 @@ DESCRIPTION = """
 The trader's view of the virtual power plant: pools, their flexibility, schedules, real-time
 setpoints and a live stream.
 
-* **Auth**: `Authorization: Bearer <api key>`. Each key is scoped to pools; a pool (or a
+* **Auth**: `Authorization: Bearer <api key>`. A trader key is scoped to pools; a pool (or a
   schedule of a pool) outside the key's scope answers **404**, like a pool that does not
-  exist. 401 for a missing, malformed, unknown or revoked key.
+  exist. 401 for a missing, malformed, unknown or revoked key. The operator's endpoints
+  (`/v1/admin/...`, tag `admin`) take an admin key; each kind of key gets **403** on the
+  other's endpoints (separation of duties).
+* **Rate limits**: writes (POST) are limited per key, in bursts then at a steady rate:
+  **429** `rate_limited` with `Retry-After`. Reads are not limited.
+* **Health and metrics** are not here: they are on each process's operator port (`/livez`,
+  `/readyz`, `/metrics`), apart from this API.
 * **Units**: power W, energy Wh. **Sign**: grid power positive = import, negative = export.
   *absorb* raises grid power above the baseline, *deliver* lowers it.
 * **Times**: ISO 8601 with a time zone, in requests and responses; durations ISO 8601
   (`PT15M`).
 * **Errors**: every refusal is JSON `{reason, field, detail}` (`ErrorOut`), and each operation
   lists the ones it answers: 400 for a body that is not JSON, 422 for an invalid parameter or
-  body, 401/404 as above, 413, and 503 (with `Retry-After`) while the live data is
+  body, 401/403/404/429 as above, 413, and 503 (with `Retry-After`) while the live data is
   missing. A method a path does not have is 405, with `Allow` listing the ones it has.
 """
 
@@ -96,7 +102,7 @@ def create_app(
     install_error_handlers(app, ctx.metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=ctx.metrics)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)  # outermost: counts the 413s
-    for module in (ops, pools, schedules, setpoint, stream, delivery):
+    for module in (pools, schedules, setpoint, stream, delivery, admin):
         app.include_router(module.router)
     install_openapi(app)
     return app

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from cloud.api.errors import Metrics
+from cloud.api.ratelimit import TokenBucket
 from protocols.clock import Clock
 
 __all__ = ["ApiContext", "ApiSettings", "CtxDep", "get_ctx"]
@@ -36,6 +37,11 @@ class ApiSettings:
     stream_poll_s: float = 1.0  # the stream looks for a new aggregate this often (clock s)
     heartbeat_s: float = 15.0  # a comment line at least this often on an idle stream (wall s)
     max_body_bytes: int = 1_000_000  # a 48 h PT1M schedule is ~70 kB; larger is refused (413)
+    # Writes per key (cloud.api.ratelimit): a trader resends a setpoint every few seconds per
+    # pool and posts a schedule now and then; 5/s with bursts of 20 never stops that, and
+    # stops a runaway client from holding the registry's writer.
+    write_rate_per_s: float = 5.0
+    write_burst: int = 20
 
 
 @dataclass
@@ -48,6 +54,10 @@ class ApiContext:
     redis: aioredis.Redis | None = None
     stopping: asyncio.Event | None = None  # set when the server shuts down: streams end
     streams_open: int = 0
+    writes: TokenBucket = field(init=False)  # the write limiter, per key id
+
+    def __post_init__(self) -> None:
+        self.writes = TokenBucket(self.settings.write_rate_per_s, self.settings.write_burst)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a registry call in a worker thread.

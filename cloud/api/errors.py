@@ -58,13 +58,15 @@ class ApiError(Exception):
 
 
 class Metrics:
-    """Counters kept in the API process: requests by (method, route, status) and refusals by
-    (status, reason). Plain dicts under a lock, cheap enough to touch on every request."""
+    """Counters kept in the API process: requests by (method, route, status), refusals by
+    (status, reason), and writes refused by the rate limit by key id (never the token). Plain
+    dicts under a lock, cheap enough to touch on every request."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.rejected: Counter[tuple[int, str]] = Counter()
+        self.rate_limited: Counter[str] = Counter()
 
     def count_request(self, method: str, route: str, status: int) -> None:
         with self._lock:
@@ -74,9 +76,16 @@ class Metrics:
         with self._lock:
             self.rejected[(status, reason)] += 1
 
+    def count_rate_limited(self, key_id: str) -> None:
+        with self._lock:
+            self.rate_limited[key_id] += 1
+
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         with self._lock:
             return {
+                "rate_limited": [
+                    {"key_id": k, "count": n} for k, n in sorted(self.rate_limited.items())
+                ],
                 "requests": [
                     {"method": m, "route": r, "status": s, "count": n}
                     for (m, r, s), n in sorted(self.requests.items())

@@ -25,6 +25,8 @@ __all__ = [
     "DATE_TIME",
     "STREAM_EVENTS",
     "ActivationOut",
+    "AdminPoolOut",
+    "AdminPoolsOut",
     "AlertOut",
     "AlertsOut",
     "CycleOut",
@@ -36,7 +38,11 @@ __all__ = [
     "FlexibilityNow",
     "FlexibilityOut",
     "ForecastSlotOut",
-    "HealthOut",
+    "KeyCreatedOut",
+    "KeyIn",
+    "KeyOut",
+    "KeyRole",
+    "KeysOut",
     "PerformanceOut",
     "PoolOut",
     "PoolsOut",
@@ -109,16 +115,6 @@ ERROR_W_DOC = (
     "target_w - measured_w, W, the same on every endpoint (stream, delivery, performance): "
     "positive when the pool's grid power is below its target, negative when above."
 )
-
-
-class HealthOut(BaseModel):
-    status: str = Field(
-        description="`ok` when the API can reach Redis and the registry, else `degraded`."
-    )
-    time: DateTimeText = Field(description="The API's clock, ISO 8601.")
-    redis: bool
-    registry: bool
-    version: str = Field(description="The release of vpp that answers (the package version).")
 
 
 class SiteCounts(BaseModel):
@@ -630,3 +626,73 @@ class PerformanceOut(BaseModel):
     error_max_w: float | None
     energy_target_wh: float | None
     energy_measured_wh: float | None
+
+
+# --- the operator's endpoints (/v1/admin) ---------------------------------------------------
+
+
+class KeyRole(StrEnum):
+    """``trader``: the trading endpoints of its pools. ``admin``: the operator's endpoints
+    (``/v1/admin/...``), scoped to no pool, and never the trading endpoints."""
+
+    TRADER = "trader"
+    ADMIN = "admin"
+
+
+class KeyOut(BaseModel):
+    """An API key as an operator sees it: never its token (the registry keeps only a hash)."""
+
+    key_id: str = Field(description="The key's public id, the second part of its token.")
+    label: str
+    role: KeyRole
+    pools: list[str] = Field(description="The pools a trader key may use; empty for admin.")
+    created: DateTimeText
+    last_used: DateTimeText | None = Field(
+        description="Last authenticated use (to the minute); null if never used."
+    )
+    revoked: DateTimeText | None = Field(description="When it was revoked; null while active.")
+
+
+class KeysOut(BaseModel):
+    keys: list[KeyOut] = Field(description="Every key, revoked ones too, oldest first.")
+
+
+class KeyIn(BaseModel):
+    """A new key: a trader key with its pools, or an admin key with none."""
+
+    role: KeyRole = KeyRole.TRADER
+    pools: list[str] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Pools the trader key may use (at least one); none for an admin key.",
+    )
+    label: str = Field("", max_length=200, description="Who or what the key is for.")
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"role": "trader", "pools": ["north"], "label": "desk"}]}
+    )
+
+
+class KeyCreatedOut(BaseModel):
+    key: KeyOut
+    token: str = Field(
+        description="The bearer token, shown this once: the registry keeps only its hash."
+    )
+
+
+class AdminPoolOut(BaseModel):
+    pool_id: str
+    name: str
+    created: DateTimeText
+    sites: int = Field(description="Sites registered in the pool.")
+    state: Literal["live", "no_fresh_data"] = Field(
+        description="`live` while a partition of the pool reported recently (then `counts` "
+        "says how its sites are), else `no_fresh_data`."
+    )
+    counts: SiteCounts | None = Field(
+        description="The pool's sites by state from its fresh partitions; null without any."
+    )
+
+
+class AdminPoolsOut(BaseModel):
+    pools: list[AdminPoolOut] = Field(description="Every pool, in `pool_id` order.")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +23,8 @@ from cloud.api.schemas import (
     PowerOnlyBoundsOut,
     ScheduleOut,
     SiteCounts,
+    SiteOut,
+    SitesOut,
     StorageBoundsOut,
 )
 from cloud.api.validation import RangeSlot, committed_storage, format_duration
@@ -35,8 +39,10 @@ from cloud.hotstate import (
     PlanRecord,
     PoolAggregate,
     PoolEnvelopeRecord,
+    SiteSummary,
     hold_key,
     plan_key,
+    sites_key,
 )
 from protocols.units import to_iso8601
 
@@ -49,8 +55,10 @@ __all__ = [
     "flexibility_out",
     "now_out",
     "now_range",
+    "pool_site_counts",
     "refuse_while_held",
     "schedule_out",
+    "sites_page",
 ]
 
 
@@ -287,4 +295,71 @@ def schedule_out(schedule: Any, delivery: list[Any] | None = None) -> ScheduleOu
             )
             for p in (delivery or [])
         ],
+    )
+
+
+async def sites_page(ctx: ApiContext, pool_id: str, offset: int, limit: int) -> SitesOut:
+    """A page of the pool's sites in ``site_id`` order, each with its status from the hot
+    state (one pipelined HMGET per partition of the page); ``unknown`` for a site the cloud
+    has not heard from, or whose record this reader cannot read (never a 500)."""
+    sites = sorted(await ctx.db(ctx.registry.sites_of_pool, pool_id), key=lambda s: s.site_id)
+    page = sites[offset : offset + limit]
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for site in page:
+        by_partition[site.partition].append(site.site_id)
+    summaries: dict[str, SiteSummary] = {}
+    if by_partition:
+        redis = ctx.get_redis()
+        async with redis.pipeline(transaction=False) as pipe:
+            for partition, ids in by_partition.items():
+                pipe.hmget(sites_key(partition), ids)
+            replies = await pipe.execute()
+        for ids, values in zip(by_partition.values(), replies, strict=True):
+            for site_id, raw in zip(ids, values, strict=True):
+                # A record this reader cannot read is shown as unknown, never a 500.
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    if raw:
+                        summaries[site_id] = SiteSummary.from_json(raw)
+    out = []
+    for site in page:
+        s = summaries.get(site.site_id)
+        out.append(
+            SiteOut(site_id=site.site_id, partition=site.partition, status="unknown")
+            if s is None
+            else SiteOut(
+                site_id=site.site_id,
+                partition=site.partition,
+                status=str(s.status),
+                mode=s.mode,
+                last_seen=iso(s.ts),
+                grid_w=s.grid_w,
+                baseline_w=s.baseline_w,
+                p_min_w=s.p_min_w,
+                p_max_w=s.p_max_w,
+                soc_pct=s.soc_pct,
+            )
+        )
+    end = offset + len(page)
+    return SitesOut(
+        pool_id=pool_id,
+        total=len(sites),
+        offset=offset,
+        limit=limit,
+        next_offset=end if end < len(sites) else None,
+        sites=out,
+    )
+
+
+async def pool_site_counts(ctx: ApiContext, pool_id: str, now: float) -> SiteCounts | None:
+    """The pool's sites by state from its fresh partition aggregates (a set read and one MGET);
+    None when no partition of the pool reported recently."""
+    agg = await read_pool_aggregate(ctx.get_redis(), pool_id, now, max_age_s=ctx.settings.max_age_s)
+    if agg is None:
+        return None
+    return SiteCounts(
+        total=agg.sites_total,
+        fresh=agg.sites_fresh,
+        stale=agg.sites_stale,
+        offline=agg.sites_offline,
+        degraded=agg.sites_degraded,
     )

@@ -39,6 +39,7 @@ from cloud.registry import keys
 from cloud.registry.migrations import (
     BACKFILL_SCHEDULE_ENDS_SQL,
     EFFECTIVE_END_SQL,
+    KEY_ROLES,
     MIGRATIONS,
     SCHEDULE_CUT_SQL,
 )
@@ -352,26 +353,36 @@ class Registry:
 
     # --- API keys ------------------------------------------------------------------------
 
-    def create_api_key(self, pool_ids: Sequence[str], label: str = "") -> tuple[ApiKey, str]:
-        """A new key for ``pool_ids``: ``(record, token)``. The token exists only in the
-        return value (the registry keeps its hash, see :mod:`cloud.registry.keys`)."""
+    def create_api_key(
+        self, pool_ids: Sequence[str], label: str = "", *, role: str = "trader"
+    ) -> tuple[ApiKey, str]:
+        """A new key: ``(record, token)``. The token exists only in the return value (the
+        registry keeps its hash, see :mod:`cloud.registry.keys`).
+
+        A ``trader`` key needs at least one pool; an ``admin`` key takes none (it is for the
+        operator's endpoints, never for a pool's)."""
+        if role not in KEY_ROLES:
+            raise ValueError(f"role {role!r} is unknown; expected one of {list(KEY_ROLES)}")
         pools = tuple(dict.fromkeys(pool_ids))  # de-duplicated, order kept
-        if not pools:
-            raise ValueError("an API key needs at least one pool")
+        if role == "trader" and not pools:
+            raise ValueError("a trader key needs at least one pool")
+        if role == "admin" and pools:
+            raise ValueError("an admin key is scoped to no pool: give no pools")
         now = self.clock.time()
         key_id, token = keys.new_token()
         with self._write() as conn:
             for pool_id in pools:
                 self._require_pool(conn, pool_id)
             conn.execute(
-                "INSERT INTO api_keys (key_id, label, token_hash, created_ts) VALUES (?, ?, ?, ?)",
-                (key_id, label, keys.hash_token(token), now),
+                "INSERT INTO api_keys (key_id, label, token_hash, created_ts, role)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (key_id, label, keys.hash_token(token), now, role),
             )
             conn.executemany(
                 "INSERT INTO api_key_pools (key_id, pool_id) VALUES (?, ?)",
                 [(key_id, p) for p in pools],
             )
-        return ApiKey(key_id, label, tuple(sorted(pools)), now, None, None), token
+        return ApiKey(key_id, label, tuple(sorted(pools)), now, None, None, role), token
 
     def authenticate(self, token: str) -> ApiKey | None:
         """The key a bearer token belongs to; None for malformed, unknown or revoked tokens.
@@ -827,7 +838,7 @@ class Registry:
     @staticmethod
     def _api_key(conn: sqlite3.Connection, key_id: str) -> ApiKey | None:
         row = conn.execute(
-            "SELECT key_id, label, created_ts, revoked_ts, last_used_ts FROM api_keys"
+            "SELECT key_id, label, created_ts, revoked_ts, last_used_ts, role FROM api_keys"
             " WHERE key_id = ?",
             (key_id,),
         ).fetchone()
@@ -839,7 +850,7 @@ class Registry:
                 "SELECT pool_id FROM api_key_pools WHERE key_id = ? ORDER BY pool_id", (key_id,)
             )
         )
-        return ApiKey(row[0], row[1], pools, row[2], row[3], row[4])
+        return ApiKey(row[0], row[1], pools, row[2], row[3], row[4], row[5])
 
     def _schedule(self, row: Sequence[Any]) -> Schedule:
         (

@@ -31,15 +31,32 @@ Contract step that follows m002 (a later release, once no release-1 process runs
 remaining NULLs with :data:`BACKFILL_SCHEDULE_ENDS_SQL`, then make ``effective_end_ts``
 NOT NULL (``db["schedules"].transform(not_null={"effective_end_ts"})``, a table rebuild in
 SQLite) and drop the COALESCE fallback from the code.
+
+``m003_key_roles`` (release 3, expand): ``api_keys.role``, ``trader`` (the default, so every
+existing key and every key a release-2 process creates stays a trader key) or ``admin`` (an
+operator's key for ``/v1/admin/...``, scoped to no pool). A release-2 process ignores the
+column: it would treat an admin key as a trader key with no pool, which sees nothing (every
+pool answers 404), so a rolling update opens no door. No contract step follows: the column
+stays.
 """
 
 from __future__ import annotations
 
 import sqlite_utils
 
-__all__ = ["BACKFILL_SCHEDULE_ENDS_SQL", "EFFECTIVE_END_SQL", "MIGRATIONS", "SCHEDULE_CUT_SQL"]
+__all__ = [
+    "BACKFILL_SCHEDULE_ENDS_SQL",
+    "EFFECTIVE_END_SQL",
+    "KEY_ROLES",
+    "MIGRATIONS",
+    "SCHEDULE_CUT_SQL",
+]
 
 MIGRATIONS = sqlite_utils.Migrations("vpp-registry")
+
+KEY_ROLES = ("trader", "admin")
+"""The roles an API key may have (``api_keys.role``; m003). Checked by the registry, not by a
+CHECK constraint: adding a role later is then code, not a table rebuild."""
 
 SCHEDULE_CUT_SQL = (
     "(SELECT min(max(s.start_ts, later.start_ts)) FROM schedules AS later"
@@ -181,3 +198,9 @@ def m002_key_use_and_schedule_ends(db: sqlite_utils.Database) -> None:
     db.execute(BACKFILL_SCHEDULE_ENDS_SQL)
     # Listing a pool's schedules that still matter ("since" a time) without a scan.
     db.execute("CREATE INDEX schedules_pool_effective_end ON schedules(pool_id, effective_end_ts)")
+
+
+@MIGRATIONS()
+def m003_key_roles(db: sqlite_utils.Database) -> None:
+    """Release 3, expand: a role per API key (``trader`` for every existing key)."""
+    db.execute("ALTER TABLE api_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'trader'")

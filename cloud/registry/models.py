@@ -75,7 +75,11 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class ApiKey:
-    """An API key as stored: never the token itself (only its hash, which is not exposed)."""
+    """An API key as stored: never the token itself (only its hash, which is not exposed).
+
+    ``role``: ``trader`` (scoped to ``pool_ids``: the trading endpoints) or ``admin`` (an
+    operator's key: ``/v1/admin/...`` only, no pool).
+    """
 
     key_id: str
     label: str
@@ -83,14 +87,20 @@ class ApiKey:
     created_ts: float
     revoked_ts: float | None
     last_used_ts: float | None = None
+    role: str = "trader"
 
     @property
     def revoked(self) -> bool:
         return self.revoked_ts is not None
 
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
     def allows(self, pool_id: str) -> bool:
-        """True when this key may see and act on ``pool_id``."""
-        return self.revoked_ts is None and pool_id in self.pool_ids
+        """True when this key may see and act on ``pool_id`` (never an admin key: admin keys
+        are scoped to no pool)."""
+        return self.revoked_ts is None and self.role == "trader" and pool_id in self.pool_ids
 
 
 @dataclass(frozen=True, slots=True)

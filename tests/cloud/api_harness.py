@@ -176,7 +176,7 @@ class Api:
     registry: Registry
     redis: redis.Redis
     clock: SimClock
-    tokens: dict[str, str]  # "north", "both", "south", "revoked"
+    tokens: dict[str, str]  # trader keys "north", "both", "south", "revoked"; "admin"
     sites: dict[str, Any]
 
     @property
@@ -220,7 +220,11 @@ class Api:
         return sum(r["count"] for r in self.metrics()["rejected"] if r["reason"] == reason)
 
 
-TEST_SETTINGS = ApiSettings(stream_poll_s=0.05, heartbeat_s=0.3)
+#: Writes are not limited in practice here (tests post schedules back to back); the limit's
+#: own tests set theirs.
+TEST_SETTINGS = ApiSettings(
+    stream_poll_s=0.05, heartbeat_s=0.3, write_rate_per_s=1000.0, write_burst=1000
+)
 
 
 @contextlib.asynccontextmanager
@@ -242,6 +246,7 @@ async def running_api(
         "south": registry.create_api_key(["south"], "south trader")[1],
         "both": registry.create_api_key(["north", "south"], "both")[1],
     }
+    tokens["admin"] = registry.create_api_key([], "operator", role="admin")[1]
     revoked, tokens["revoked"] = registry.create_api_key(["north"], "revoked")
     registry.revoke_api_key(revoked.key_id)
     app = create_app(registry, redis_url, clock, settings=replace(settings))

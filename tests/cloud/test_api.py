@@ -1,5 +1,5 @@
 """Trader API against the running server (uvicorn on a loopback port, real Redis, registry on
-a temp file): health, docs, auth failures, scoping, pools, flexibility, sites, metrics."""
+a temp file): docs, auth failures, scoping, pools, flexibility, sites, metrics."""
 
 from __future__ import annotations
 
@@ -53,18 +53,16 @@ def endpoints(schedule_id: str = "0" * 32) -> list[tuple[str, str, dict | None]]
     ]
 
 
-async def test_health_needs_no_key_and_reports_dependencies(api: Api) -> None:
-    r = await api.client.get("/v1/health")
-    assert r.status_code == 200
-    body = r.json()
-    assert body["status"] == "ok"
-    assert body["redis"]
-    assert body["registry"]
-    assert has_tz(body["time"])
-    assert abs(datetime.fromisoformat(body["time"]).timestamp() - T0) < 60
-    assert body["version"] == VERSION
+async def test_health_is_on_the_operator_port_only(api: Api) -> None:
+    """The trader API has no health endpoint: /livez and /readyz are on the operator port."""
+    assert (await api.client.get("/v1/health")).status_code == 404
+    async with httpx.AsyncClient(base_url=api.operator.url) as operator:
+        ready = await operator.get("/readyz")
+    checks = ready.json()["checks"]  # (the harness starts no roles: "started" stays false)
+    assert (checks["api.redis"]["ok"], checks["api.registry"]["ok"]) == (True, True)
     spec = (await api.client.get("/openapi.json")).json()
     assert spec["info"]["version"] == VERSION
+    assert not [p for p in spec["paths"] if "health" in p or "metrics" in p]
 
 
 async def test_docs_and_openapi_are_served(api: Api) -> None:
@@ -74,7 +72,6 @@ async def test_docs_and_openapi_are_served(api: Api) -> None:
     spec = (await api.client.get("/openapi.json")).json()
     paths = spec["paths"]
     for path in (
-        "/v1/health",
         "/v1/pools",
         "/v1/pools/{pool_id}",
         "/v1/pools/{pool_id}/flexibility",
@@ -321,7 +318,7 @@ async def test_bad_input_is_answered_not_crashed_and_counted(api: Api) -> None:
     r = await api.client.post(post, content=chunked(), headers=hdrs)
     assert r.status_code == 413
     assert r.json()["reason"] == "body_too_large"
-    assert (await api.client.get("/v1/health")).status_code == 200  # still serving
+    assert (await api.client.get("/v1/pools", headers=api.auth())).status_code == 200  # serving
 
 
 async def test_metrics_count_requests_by_route_and_refusals_by_reason(api: Api) -> None:
@@ -351,16 +348,14 @@ async def test_metrics_count_requests_by_route_and_refusals_by_reason(api: Api) 
 
 
 async def test_redis_unreachable_is_503_not_500(tmp_path: Path) -> None:
-    """The hot state gone: health says so, data endpoints answer 503, the stream says why."""
+    """The hot state gone: /readyz says so, data endpoints answer 503, the stream says why."""
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     async with running_api(tmp_path, dead) as api:
-        r = await api.client.get("/v1/health")
+        async with httpx.AsyncClient(base_url=api.operator.url) as operator:
+            r = await operator.get("/readyz")
         assert r.status_code == 503
-        assert (r.json()["status"], r.json()["redis"], r.json()["registry"]) == (
-            "degraded",
-            False,
-            True,
-        )
+        checks = r.json()["checks"]
+        assert (checks["api.redis"]["ok"], checks["api.registry"]["ok"]) == (False, True)
         r = await api.client.get("/v1/pools/north/flexibility", headers=api.auth())
         assert r.status_code == 503
         assert r.json()["reason"] == "hot_state_unavailable"
@@ -392,7 +387,7 @@ async def test_serve_api_runs_in_the_loop_until_cancelled(tmp_path: Path, redis_
             async with asyncio.timeout(10):
                 while True:
                     try:
-                        r = await client.get("/v1/health")
+                        r = await client.get("/openapi.json")
                         break
                     except httpx.ConnectError:
                         await asyncio.sleep(0.05)
@@ -401,7 +396,7 @@ async def test_serve_api_runs_in_the_loop_until_cancelled(tmp_path: Path, redis_
             with pytest.raises(asyncio.CancelledError):
                 await task
             with pytest.raises(httpx.ConnectError):
-                await client.get("/v1/health")
+                await client.get("/openapi.json")
     finally:
         task.cancel()
         registry.close()

@@ -51,8 +51,8 @@ def test_every_refusal_in_the_document_is_the_error_body(spec: dict[str, Any]) -
     seen = 0
     for method, path, op in operations(spec):
         for status, response in op["responses"].items():
-            if not status.startswith(("4", "5")) or path == "/v1/health":
-                continue  # /v1/health answers 503 with its own body: which check failed
+            if not status.startswith(("4", "5")):
+                continue
             assert response["content"] == {"application/json": {"schema": {"$ref": ERROR_REF}}}, (
                 method,
                 path,
@@ -69,20 +69,28 @@ def test_every_refusal_in_the_document_is_the_error_body(spec: dict[str, Any]) -
 # What each operation answers, as the routes implement it: a 422 only where a parameter or
 # the body can be invalid, 503 where the route reads the live pool data in Redis.
 EXPECTED: dict[tuple[str, str], set[str]] = {
-    ("GET", "/v1/pools"): {"200", "401"},
-    ("GET", "/v1/pools/{pool_id}"): {"200", "401", "404"},
-    ("GET", "/v1/pools/{pool_id}/flexibility"): {"200", "401", "404", "422", "503"},
-    ("GET", "/v1/pools/{pool_id}/sites"): {"200", "401", "404", "422", "503"},
-    ("POST", "/v1/pools/{pool_id}/schedules"): {"201", "400", "401", "404", "413", "422", "503"},
-    ("GET", "/v1/pools/{pool_id}/schedules"): {"200", "401", "404", "422"},
-    ("GET", "/v1/schedules/{schedule_id}"): {"200", "401", "404"},
-    ("POST", "/v1/schedules/{schedule_id}/cancel"): {"200", "401", "404"},
-    ("POST", "/v1/pools/{pool_id}/setpoint"): {"201", "400", "401", "404", "413", "422", "503"},
-    ("GET", "/v1/pools/{pool_id}/stream"): {"200", "401", "404"},
-    ("GET", "/v1/pools/{pool_id}/delivery"): {"200", "401", "404", "503"},
-    ("GET", "/v1/pools/{pool_id}/alerts"): {"200", "401", "404", "503"},
-    ("GET", "/v1/pools/{pool_id}/performance"): {"200", "401", "404", "422"},
-    ("GET", "/v1/health"): {"200", "503"},
+    ("GET", "/v1/pools"): {"200", "401", "403"},
+    ("GET", "/v1/pools/{pool_id}"): {"200", "401", "403", "404"},
+    ("GET", "/v1/pools/{pool_id}/flexibility"): {"200", "401", "403", "404", "422", "503"},
+    ("GET", "/v1/pools/{pool_id}/sites"): {"200", "401", "403", "404", "422", "503"},
+    ("POST", "/v1/pools/{pool_id}/schedules"): {
+        *("201", "400", "401", "403", "404", "413", "422", "429", "503"),
+    },
+    ("GET", "/v1/pools/{pool_id}/schedules"): {"200", "401", "403", "404", "422"},
+    ("GET", "/v1/schedules/{schedule_id}"): {"200", "401", "403", "404"},
+    ("POST", "/v1/schedules/{schedule_id}/cancel"): {"200", "401", "403", "404", "429"},
+    ("POST", "/v1/pools/{pool_id}/setpoint"): {
+        *("201", "400", "401", "403", "404", "413", "422", "429", "503"),
+    },
+    ("GET", "/v1/pools/{pool_id}/stream"): {"200", "401", "403", "404"},
+    ("GET", "/v1/pools/{pool_id}/delivery"): {"200", "401", "403", "404", "503"},
+    ("GET", "/v1/pools/{pool_id}/alerts"): {"200", "401", "403", "404", "503"},
+    ("GET", "/v1/pools/{pool_id}/performance"): {"200", "401", "403", "404", "422"},
+    ("GET", "/v1/admin/keys"): {"200", "401", "403"},
+    ("POST", "/v1/admin/keys"): {"201", "400", "401", "403", "413", "422", "429"},
+    ("POST", "/v1/admin/keys/{key_id}/revoke"): {"200", "401", "403", "404", "429"},
+    ("GET", "/v1/admin/pools"): {"200", "401", "403", "503"},
+    ("GET", "/v1/admin/pools/{pool_id}/sites"): {"200", "401", "403", "404", "422", "503"},
 }
 
 
@@ -94,8 +102,9 @@ def test_each_operation_lists_the_statuses_it_answers(spec: dict[str, Any]) -> N
         if "401" in statuses:  # the challenge and the wait come with every such answer
             op = spec["paths"][path][method.lower()]
             assert op["responses"]["401"]["headers"]["WWW-Authenticate"]["required"]
-            if "503" in statuses:
-                assert op["responses"]["503"]["headers"]["Retry-After"]["required"]
+            for waits in ("429", "503"):
+                if waits in statuses:
+                    assert op["responses"][waits]["headers"]["Retry-After"]["required"]
     post = spec["paths"]["/v1/pools/{pool_id}/schedules"]["post"]["responses"]["201"]
     assert post["headers"]["Location"]["required"]
 
@@ -166,6 +175,7 @@ async def test_a_method_a_path_lacks_is_405_with_the_methods_it_has(api: Api) ->
     checked = 0
     for template, ops in spec["paths"].items():
         path = template.replace("{pool_id}", "north").replace("{schedule_id}", "0" * 32)
+        path = path.replace("{key_id}", "0" * 12)
         allowed = sorted(m.upper() for m in ops if m in METHODS)
         for method in (m.upper() for m in METHODS if m not in ops):
             if method == "TRACE":

@@ -125,7 +125,7 @@ async def test_stream_flexibility_and_delivery_each_cycle(api: Api) -> None:
             assert api.server.app.state.ctx.streams_open == 1
     # The client went away: the server's generator stops.
     await wait_streams_closed(api)
-    assert (await api.client.get("/v1/health")).status_code == 200
+    assert (await api.client.get("/v1/pools", headers=api.auth())).status_code == 200
 
 
 async def test_stream_of_a_pool_without_data_starts_with_unavailable(api: Api) -> None:

@@ -191,7 +191,7 @@ def test_vpp_cloud_run_serves_and_stops_cleanly_on_sigterm(tmp_path, mosquitto, 
     import time
     from pathlib import Path
 
-    port = free_port()
+    port, operator_port = free_port(), free_port()
     vpp = str(Path(sys.executable).parent / "vpp")
     env_args = [
         "--mqtt-url",
@@ -203,21 +203,24 @@ def test_vpp_cloud_run_serves_and_stops_cleanly_on_sigterm(tmp_path, mosquitto, 
         "--api-port",
         str(port),
         "--operator-port",
-        "0",
+        str(operator_port),
     ]
     proc = subprocess.Popen([vpp, "cloud", "run", *env_args], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                health = httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1)
-                break
+                ready = httpx.get(f"http://127.0.0.1:{operator_port}/readyz", timeout=1)
+                if ready.status_code == 200:
+                    break
             except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "the API did not come up"
-                time.sleep(0.2)
-        assert health.status_code == 200
-        assert health.json()["redis"] is True
+                pass
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the cloud did not become ready"
+            time.sleep(0.2)
+        assert ready.json()["checks"]["api.redis"]["ok"] is True
+        # the trader API serves, and has no health of its own (the operator port has it)
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 404
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         assert (tmp_path / "r.sqlite").exists()  # migrated at start

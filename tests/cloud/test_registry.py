@@ -9,8 +9,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from cloud.registry import (
+    MIGRATIONS,
     CyclePerformance,
     IntervalPerformance,
     Registry,
@@ -80,8 +82,9 @@ def test_processes_opening_a_new_file_together_apply_each_migration_once(tmp_pat
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(len(r) for r in results)[-1] == 2
-    assert sum(len(r) for r in results) == 2  # one opener applied both, the others none
+    every = len(MIGRATIONS.pending(sqlite_utils.Database(memory=True)))
+    assert sorted(len(r) for r in results)[-1] == every
+    assert sum(len(r) for r in results) == every  # one opener applied them all, the others none
 
 
 def test_calls_after_close_fail(reg):
@@ -284,11 +287,32 @@ def test_last_used_is_updated_lazily(reg, clock):
     assert reg.get_api_key(key.key_id).last_used_ts == T0 + 61
 
 
-@pytest.mark.parametrize(("pools", "message"), [([], "at least one pool"), (["A", "C"], "'C'")])
-def test_create_key_refuses(reg, pools, message):
+@pytest.mark.parametrize(
+    ("pools", "role", "message"),
+    [
+        ([], "trader", "at least one pool"),
+        (["A", "C"], "trader", "'C'"),
+        (["A"], "admin", "scoped to no pool"),
+        ([], "root", "role 'root' is unknown"),
+    ],
+)
+def test_create_key_refuses(reg, pools, role, message):
     with pytest.raises(ValueError, match=message):
-        reg.create_api_key(pools)
+        reg.create_api_key(pools, role=role)
     assert reg.list_api_keys() == []
+
+
+def test_an_admin_key_is_scoped_to_no_pool_and_keeps_its_role(reg):
+    admin, token = reg.create_api_key([], "ops", role="admin")
+    trader, _ = reg.create_api_key(["A"], "desk")
+    assert (admin.role, admin.pool_ids, admin.is_admin) == ("admin", (), True)
+    assert [(k.key_id, k.role) for k in reg.list_api_keys()] == [
+        (admin.key_id, "admin"),
+        (trader.key_id, "trader"),
+    ]
+    assert reg.authenticate(token).role == "admin"
+    assert [admin.allows(p) for p in ("A", "B")] == [False, False]
+    assert (trader.allows("A"), trader.is_admin) == (True, False)
 
 
 # --- schedules -------------------------------------------------------------------------------

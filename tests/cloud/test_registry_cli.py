@@ -76,7 +76,7 @@ def test_keys_create_prints_the_token_once_on_the_last_line(runner, db):
         assert key.label == "desk"
     listing = _ok(runner, "keys", "list", *d).stdout
     assert key.key_id in listing
-    assert "P,Q\tactive" in listing
+    assert "trader\tP,Q\tactive" in listing
     assert token.split("_", 2)[2] not in listing
     assert f"key {key.key_id} revoked" in _ok(runner, "keys", "revoke", key.key_id, *d).stdout
     assert "revoked" in _ok(runner, "keys", "list", *d).stdout
@@ -84,10 +84,24 @@ def test_keys_create_prints_the_token_once_on_the_last_line(runner, db):
         assert reg.authenticate(token) is None
 
 
+def test_keys_create_admin_makes_a_key_for_no_pool(runner, db):
+    d = ["--db", str(db)]
+    result = _ok(runner, "keys", "create", "--role", "admin", "--label", "ops", *d)
+    head, token = result.stdout.strip().splitlines()
+    assert head.startswith("admin key ")
+    assert head.endswith("for no pool; the token is shown once:")
+    with Registry(db, ManualClock()) as reg:
+        key = reg.authenticate(token)
+    assert (key.role, key.pool_ids, key.label) == ("admin", (), "ops")
+    assert f"{key.key_id}\tadmin\t-\tactive" in _ok(runner, "keys", "list", *d).stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["keys", "create", "--pool", "nope"], "error: pool 'nope' does not exist"),
+        (["keys", "create"], "error: a trader key needs at least one pool"),
+        (["keys", "create", "--role", "admin", "--pool", "P"], "error: an admin key is scoped"),
         (["keys", "revoke", "0123456789ab"], "error: no active key '0123456789ab'"),
         (["pools", "create", "P"], "error: pool 'P' exists already"),
         (["pools", "create", "bad id"], "error: pool id 'bad id' is invalid"),
@@ -156,6 +170,8 @@ BAD_SETTINGS = [
     (["--mqtt-url", "http://broker:1883"], "scheme must be mqtt:// or mqtts://"),
     (["--mqtt-url", "mqtt://"], "has no host"),
     (["--redis-url", "http://cache:6379"], "scheme must be redis://"),
+    (["--redis-url", "http://:hunter2@cache:6379"], "Redis url 'http://:***@cache:6379'"),
+    (["--mqtt-url", "http://cloud:hunter2@b:1883"], "MQTT url 'http://cloud:***@b:1883'"),
     (["--retention-cycles-days", "-1"], "retention days must be >= 0"),
     (
         ["--mqtt-url", "mqtts://broker", "--mqtt-ca-file", "/nonexistent/ca.pem"],
@@ -182,6 +198,23 @@ def test_cloud_run_refuses_a_setting_that_cannot_work(runner, db, args, message)
     assert result.exit_code == 2
     assert message in result.stderr
     assert "Traceback" not in result.output
+    assert "hunter2" not in result.output  # a password in a URL is never echoed
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("api_write_rate_per_s = 0", "the write rate must be > 0 per second"),
+        ("api_write_burst = 0", "the write burst must be a whole number >= 1"),
+    ],
+)
+def test_cloud_run_refuses_a_write_limit_that_cannot_work(runner, db, tmp_path, line, message):
+    config = tmp_path / "cloud.toml"
+    config.write_text(f"[cloud]\n{line}\n")
+    args = ["cloud", "run", "--role", "api", "--db", str(db), "--config", str(config)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.stderr
 
 
 @pytest.mark.integration

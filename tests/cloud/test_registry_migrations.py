@@ -239,7 +239,90 @@ RELEASE_1_QUERIES: list[Query] = [
     ),
 ]
 
-PREVIOUS_RELEASE_QUERIES = RELEASE_1_QUERIES
+# --- release 2's queries: release 1's, with the statements release 2 changed (frozen too) ---
+
+_RELEASE_2_CHANGED = {
+    "authenticate",
+    "api_key",
+    "list_api_keys",
+    "add_schedule",
+    "cancel_schedule",
+    "get_schedule",
+    "list_schedules",
+}
+_R2_BACKFILL = (
+    "UPDATE schedules AS s SET superseded_from_ts = (SELECT min(max(s.start_ts,"
+    " later.start_ts)) FROM schedules AS later WHERE later.pool_id = s.pool_id AND later.seq >"
+    " s.seq AND later.start_ts < s.end_ts), effective_end_ts = min(s.end_ts,"
+    " coalesce(s.cancelled_from_ts, s.end_ts), coalesce((SELECT min(max(s.start_ts,"
+    " later.start_ts)) FROM schedules AS later WHERE later.pool_id = s.pool_id AND later.seq >"
+    " s.seq AND later.start_ts < s.end_ts), s.end_ts)) WHERE s.pool_id = ?"
+    " AND s.effective_end_ts IS NULL"
+)
+
+
+def _release_2_schedule(sid: str, start_h: float, n: int) -> list[Query]:
+    start, end = T0 + start_h * H, T0 + start_h * H + n * 900.0
+    values = json.dumps([float(100 * (i + 1)) for i in range(n)])
+    return [
+        ("add_schedule", _R2_BACKFILL, ("P1",)),
+        (
+            "add_schedule",
+            "UPDATE schedules SET superseded_from_ts = max(start_ts, ?),"
+            " effective_end_ts = max(start_ts, ?) WHERE pool_id = ? AND effective_end_ts > ?",
+            (start, start, "P1", start),
+        ),
+        (
+            "add_schedule",
+            "INSERT INTO schedules (schedule_id, pool_id, start_ts, resolution_s, end_ts,"
+            " values_json, kind, created_ts, effective_end_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sid, "P1", start, 900.0, end, values, "absolute", T0, end),
+        ),
+    ]
+
+
+RELEASE_2_QUERIES: list[Query] = [
+    *[q for q in RELEASE_1_QUERIES if q[0] not in _RELEASE_2_CHANGED],
+    *[
+        q
+        for sid, h, n in [("sA", 0, 8), ("sB", 1, 2), ("sC", 3, 4)]
+        for q in _release_2_schedule(sid, h, n)
+    ],
+    ("cancel_schedule", _R2_BACKFILL, ("P1",)),
+    (
+        "cancel_schedule",
+        "UPDATE schedules SET cancelled_from_ts = max(start_ts, ?),"
+        " effective_end_ts = max(start_ts, ?)"
+        " WHERE schedule_id = ? AND effective_end_ts > max(start_ts, ?)",
+        (T0 + 3.5 * H, T0 + 3.5 * H, "sC", T0 + 3.5 * H),
+    ),
+    (
+        "get_schedule",
+        "SELECT schedule_id, start_ts, end_ts, cancelled_from_ts, superseded_from_ts,"
+        " effective_end_ts FROM schedules WHERE schedule_id = ?",
+        ("sA",),
+    ),
+    (
+        "list_schedules",
+        "SELECT schedule_id FROM schedules WHERE pool_id = ? AND end_ts > ?"
+        " ORDER BY seq DESC LIMIT ?",
+        ("P1", T0, 100),
+    ),
+    (
+        "authenticate",
+        "SELECT token_hash, revoked_ts, last_used_ts FROM api_keys WHERE key_id = ?",
+        (KEY_ID,),
+    ),
+    ("touch_key", "UPDATE api_keys SET last_used_ts = ? WHERE key_id = ?", (T0 + 5, KEY_ID)),
+    (
+        "api_key",
+        "SELECT key_id, label, created_ts, revoked_ts, last_used_ts FROM api_keys WHERE key_id = ?",
+        (KEY_ID,),
+    ),
+    ("list_api_keys", "SELECT key_id FROM api_keys ORDER BY created_ts", ()),
+]
+
+PREVIOUS_RELEASE_QUERIES = RELEASE_2_QUERIES
 """The release before the newest: its processes still run during a rolling update."""
 
 
@@ -254,6 +337,7 @@ def run_queries(conn: sqlite3.Connection, queries: list[Query]) -> list[list[tup
 
 SHAPE_WRITERS: dict[str, Callable[[sqlite3.Connection], object]] = {
     "m001_initial": lambda conn: run_queries(conn, RELEASE_1_QUERIES),
+    "m002_key_use_and_schedule_ends": lambda conn: run_queries(conn, RELEASE_2_QUERIES),
 }
 """For each migration but the newest: writes data as the release ending with it did."""
 
@@ -296,6 +380,7 @@ def _check_release_1_data(reg: Registry) -> None:
     key = reg.authenticate(TOKEN)
     assert key is not None
     assert key.pool_ids == ("P1",)
+    assert key.role == "trader"  # keys made before m003 are trader keys
     assert reg.authenticate(REVOKED_TOKEN) is None
     a, b, c = (reg.get_schedule(s) for s in ("sA", "sB", "sC"))
     assert (a.status, a.superseded_from_ts, a.effective_end_ts) == ("superseded", T0 + H, T0 + H)

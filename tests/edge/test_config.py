@@ -80,6 +80,22 @@ BROKEN = [
 ]
 
 
+# a secret in a broken field is never echoed: field edit -> what the error says instead
+SECRET_KEPT = [
+    ("mqtt.url", "http://site:hunter2@broker:1883", "url 'http://site:***@broker:1883'"),
+    ("mqtt.url", "mqtt://site:hunter2@broker:99999", "url 'mqtt://site:***@broker:99999'"),
+    ("mqtt.password", ["hunter2"], "mqtt.password: Input should be a valid string"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), SECRET_KEPT)
+def test_a_broken_config_never_echoes_a_secret(path, value, message):
+    with pytest.raises(ConfigError) as caught:
+        EdgeConfig.from_dict(edit(path, value), source="edge.toml")
+    assert message in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
 @pytest.mark.parametrize(("path", "value", "message"), BROKEN)
 def test_broken_config_names_the_field(path, value, message):
     with pytest.raises(ConfigError) as caught:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -37,7 +37,7 @@ def sites_app() -> None:
 
 @app.group("keys")
 def keys_app() -> None:
-    """Trader API keys, each scoped to pools."""
+    """API keys: trader keys scoped to pools, admin keys for the operator's endpoints."""
 
 
 db_option = click.option(
@@ -136,24 +136,142 @@ def sites_list(db: Path, pool: str) -> None:
         click.echo(f"{site.site_id}\tpartition {site.partition}")
 
 
+@sites_app.group("credentials")
+def credentials_app() -> None:
+    """A site's broker account (Mosquitto dynamic-security), set through the broker's
+    control topic as its admin account (``--mqtt-username``, ``--mqtt-password-file``)."""
+
+
+def _admin_broker_options(command: Any) -> Any:
+    """The broker flags of ``run``, for commands that speak to the broker as its admin."""
+    options = [
+        click.option("--mqtt-url", envvar="VPP_MQTT_URL", show_envvar=True, required=True),
+        click.option(
+            "--mqtt-username",
+            envvar="VPP_MQTT_ADMIN_USERNAME",
+            show_envvar=True,
+            default="cloud:admin",
+            show_default=True,
+            help="The broker's admin account.",
+        ),
+        click.option(
+            "--mqtt-password-file",
+            type=PathType,
+            envvar="VPP_MQTT_ADMIN_PASSWORD_FILE",
+            show_envvar=True,
+            required=True,
+            help="File holding the admin account's password.",
+        ),
+        click.option(
+            "--mqtt-ca-file",
+            type=PathType,
+            envvar="VPP_MQTT_CA_FILE",
+            show_envvar=True,
+            help="CA of the broker's certificate (mqtts).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _admin_endpoint(url: str, username: str, password_file: Path, ca_file: Path | None) -> Any:
+    from protocols.mqtt_endpoint import MqttEndpoint, MqttSettingsError
+
+    try:
+        return MqttEndpoint.from_url(
+            url, username=username, password_file=password_file, ca_file=ca_file
+        )
+    except MqttSettingsError as exc:
+        raise _fail(str(exc)) from None
+
+
+@credentials_app.command("add")
+@click.argument("site_id")
+@click.option("--partition", type=int, required=True, help="The site's partition.")
+@click.option(
+    "--password-file",
+    "site_password_file",
+    type=PathType,
+    required=True,
+    help="File holding the site's new broker password.",
+)
+@_admin_broker_options
+def credentials_add(
+    site_id: str,
+    partition: int,
+    site_password_file: Path,
+    mqtt_url: str,
+    mqtt_username: str,
+    mqtt_password_file: Path,
+    mqtt_ca_file: Path | None,
+) -> None:
+    """Give SITE_ID its broker account, or a new password and ACLs if it has one."""
+    from cloud.broker_accounts import BrokerAccountError
+    from cloud.broker_control import add_site_credentials
+    from protocols.errors import ProtocolError
+
+    admin = _admin_endpoint(mqtt_url, mqtt_username, mqtt_password_file, mqtt_ca_file)
+    try:
+        password = site_password_file.read_text().strip()
+    except OSError as exc:
+        raise _fail(f"site password file {site_password_file}: {exc.strerror}") from None
+    if not password:
+        raise _fail(f"site password file {site_password_file} is empty")
+    try:
+        add_site_credentials(admin, site_id, partition, password)
+    except (BrokerAccountError, ProtocolError) as exc:
+        raise _fail(str(exc)) from None
+    click.echo(f"site {site_id}: broker account set (partition {partition})")
+
+
+@credentials_app.command("remove")
+@click.argument("site_id")
+@_admin_broker_options
+def credentials_remove(
+    site_id: str,
+    mqtt_url: str,
+    mqtt_username: str,
+    mqtt_password_file: Path,
+    mqtt_ca_file: Path | None,
+) -> None:
+    """Delete SITE_ID's broker account (it is disconnected); no account is not an error."""
+    from cloud.broker_accounts import BrokerAccountError
+    from cloud.broker_control import remove_site_credentials
+    from protocols.errors import ProtocolError
+
+    admin = _admin_endpoint(mqtt_url, mqtt_username, mqtt_password_file, mqtt_ca_file)
+    try:
+        remove_site_credentials(admin, site_id)
+    except (BrokerAccountError, ProtocolError) as exc:
+        raise _fail(str(exc)) from None
+    click.echo(f"site {site_id}: broker account removed")
+
+
 @keys_app.command("create")
 @db_option
+@click.option("--pool", multiple=True, help="Pool the key may use; repeat for several (trader).")
 @click.option(
-    "--pool", multiple=True, required=True, help="Pool the key may use; repeat for several."
+    "--role",
+    type=click.Choice(["trader", "admin"]),
+    default="trader",
+    show_default=True,
+    help="trader: the trading endpoints of its pools; admin: /v1/admin/... only, no pool.",
 )
 @click.option("--label", default="", help="Who or what the key is for.")
-def keys_create(db: Path, pool: tuple[str, ...], label: str) -> None:
+def keys_create(db: Path, pool: tuple[str, ...], role: str, label: str) -> None:
     """Create an API key. The token is printed once, alone on the last line: store it now."""
     with _registry(db) as reg:
-        key, token = reg.create_api_key(list(pool), label)
-    click.echo(f"key {key.key_id} for pools {', '.join(key.pool_ids)}; the token is shown once:")
+        key, token = reg.create_api_key(list(pool), label, role=role)
+    scope = f"pools {', '.join(key.pool_ids)}" if key.pool_ids else "no pool"
+    click.echo(f"{key.role} key {key.key_id} for {scope}; the token is shown once:")
     click.echo(token)
 
 
 @keys_app.command("list")
 @db_option
 def keys_list(db: Path) -> None:
-    """List keys (ids, pools, state); tokens are never stored, so never shown."""
+    """List keys (ids, role, pools, state); tokens are never stored, so never shown."""
     from protocols.units import to_iso8601
 
     with _registry(db) as reg:
@@ -161,9 +279,8 @@ def keys_list(db: Path) -> None:
     for key in keys:
         state = "active" if key.revoked_ts is None else f"revoked {to_iso8601(key.revoked_ts)}"
         used = "never" if key.last_used_ts is None else to_iso8601(key.last_used_ts)
-        click.echo(
-            f"{key.key_id}\t{','.join(key.pool_ids)}\t{state}\tlast used {used}\t{key.label}"
-        )
+        pools = ",".join(key.pool_ids) or "-"
+        click.echo(f"{key.key_id}\t{key.role}\t{pools}\t{state}\tlast used {used}\t{key.label}")
 
 
 @keys_app.command("revoke")
@@ -221,6 +338,16 @@ def keys_revoke(key_id: str, db: Path) -> None:
     help="Client certificate's key.",
 )
 @click.option("--redis-url", envvar="VPP_REDIS_URL", show_envvar=True, help="Redis.")
+@click.option(
+    "--redis-username", envvar="VPP_REDIS_USERNAME", show_envvar=True, help="Redis ACL user."
+)
+@click.option(
+    "--redis-password-file",
+    type=PathType,
+    envvar="VPP_REDIS_PASSWORD_FILE",
+    show_envvar=True,
+    help="File holding the Redis user's password.",
+)
 @click.option("--db", type=PathType, envvar="VPP_DB", show_envvar=True, help="Registry file.")
 @click.option("--api-host", envvar="VPP_API_HOST", show_envvar=True)
 @click.option("--api-port", type=int, envvar="VPP_API_PORT", show_envvar=True)
@@ -266,7 +393,9 @@ def keys_revoke(key_id: str, db: Path) -> None:
     show_envvar=True,
     help="Days of expired setpoints kept (0: for ever; default 30).",
 )
-@click.option("--verbose", "-v", is_flag=True)
+@click.option(
+    "--verbose", "-v", is_flag=True, envvar="VPP_VERBOSE", help="Log at INFO (default WARNING)."
+)
 def run(
     role: str,
     mqtt_url: str | None,
@@ -276,6 +405,8 @@ def run(
     mqtt_cert_file: Path | None,
     mqtt_key_file: Path | None,
     redis_url: str | None,
+    redis_username: str | None,
+    redis_password_file: Path | None,
     db: Path | None,
     api_host: str | None,
     api_port: int | None,
@@ -297,13 +428,11 @@ def run(
     from cloud.runner import ROLES, load_settings, run_cloud
     from protocols.clock import clock_from_spec
     from protocols.http_server import ServerStartError
+    from protocols.logs import configure_logging
     from protocols.supervise import RoleDiedError
     from vpp.commands.preflight import check_brokers
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose)  # secrets redacted (protocols.logs)
     logging.getLogger("vpp.operator").setLevel(logging.INFO)  # the operator port's line
     roles = ROLES if role == "all" else (role,)
     if role != "all" and role not in ROLES:
@@ -316,6 +445,8 @@ def run(
         "mqtt_cert_file": mqtt_cert_file,
         "mqtt_key_file": mqtt_key_file,
         "redis_url": redis_url,
+        "redis_username": redis_username,
+        "redis_password_file": redis_password_file,
         "db": db,
         "api_host": api_host,
         "api_port": api_port,

@@ -77,13 +77,11 @@ def demo(
 ) -> None:
     """Run the whole system on one machine on an accelerated clock: fleet, edge agents,
     cloud, virtual trader; write kpis.json and report.html to --out."""
+    from protocols.logs import configure_logging
     from protocols.units import from_iso8601
     from vpp.demo import DemoOptions, run_demo
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose)  # secrets redacted (protocols.logs)
     if not verbose:
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:

@@ -85,14 +85,12 @@ def run(
     from edge.runner import run_agents
     from protocols.clock import clock_from_spec
     from protocols.http_server import ServerStartError
+    from protocols.logs import configure_logging
     from protocols.operator import OperatorServer
     from protocols.supervise import RoleDiedError
     from vpp.commands.preflight import check_brokers
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose)  # secrets redacted (protocols.logs)
     logging.getLogger("vpp.operator").setLevel(logging.INFO)  # the operator port's line
     # The drivers report every Modbus failure with its site and device; pymodbus's own
     # context-free lines for the same events would only double the noise.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -62,12 +61,10 @@ def fleet(
     """Start SITES sites (inverter, battery, meter, heat pump each) on Modbus TCP."""
     from firmware_sim.runner import run_fleet
     from protocols.clock import SimClock, clock_from_spec
+    from protocols.logs import configure_logging
     from protocols.units import from_iso8601
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose)  # secrets redacted (protocols.logs)
     if clock:
         clk = clock_from_spec(clock)
     else:

@@ -355,17 +355,20 @@ class System:
         await self._wait_api()
 
     async def _wait_api(self, timeout_s: float = 60.0) -> None:
+        """Until the API process's operator port says ready (it reaches Redis and the registry,
+        and has copied the site map): the trader API itself has no health endpoint."""
+        api = next(p for p in self.processes if p.role == "api")
         deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(base_url=self.api_url, timeout=2.0) as http:
+        async with httpx.AsyncClient(base_url=api.url, timeout=2.0) as op:
             while time.monotonic() < deadline:
                 for proc in self.processes:
                     if not proc.running:
                         raise RuntimeError(f"cloud {proc.name} exited:\n{proc.log_tail(20)}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get("/v1/health")).status_code == 200:
+                    if (await op.get("/readyz")).status_code == 200:
                         return
                 await asyncio.sleep(0.2)
-        raise RuntimeError(f"the cloud API did not become healthy within {timeout_s:g} s")
+        raise RuntimeError(f"the cloud API did not become ready within {timeout_s:g} s")
 
     async def _stop_agents(self) -> None:
         pending = await _cancel(self.runs)

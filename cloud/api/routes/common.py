@@ -14,6 +14,7 @@ from typing import Any
 from cloud.api.schemas import ErrorOut
 
 __all__ = [
+    "ADMIN_KEY",
     "AUTH",
     "BAD_JSON",
     "HOT_STATE",
@@ -21,7 +22,9 @@ __all__ = [
     "NOT_FOUND",
     "NO_DATA",
     "NO_ENVELOPE",
+    "RATE_LIMITED",
     "TOO_LARGE",
+    "TRADER_KEY",
     "UNREACHABLE",
     "Refusal",
     "refusals",
@@ -40,6 +43,17 @@ AUTH = Refusal(
     401,
     "Missing, malformed, unknown or revoked API key (`missing_key`, `malformed_key`, "
     "`invalid_key`).",
+)
+ADMIN_KEY = Refusal(
+    403,
+    "An admin key: the trading endpoints take trader keys only, by separation of duties "
+    "(`forbidden`).",
+)
+TRADER_KEY = Refusal(403, "Not an admin key: operator endpoints take admin keys (`forbidden`).")
+RATE_LIMITED = Refusal(
+    429,
+    "Too many writes with this key (`rate_limited`): retry after `Retry-After` seconds. Each "
+    "key may write in bursts, then at a steady rate; reads are not limited.",
 )
 NOT_FOUND = Refusal(
     404,
@@ -63,6 +77,13 @@ _HEADERS: dict[int, dict[str, Any]] = {
             "description": 'The challenge, e.g. `Bearer realm="vpp", error="invalid_token"`.',
             "required": True,
             "schema": {"type": "string"},
+        }
+    },
+    429: {
+        "Retry-After": {
+            "description": "Seconds until the key may write again.",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
         }
     },
     503: {

@@ -13,7 +13,7 @@ from cloud.alerts import Alert, active_alerts
 from cloud.api.auth import PoolDep
 from cloud.api.context import CtxDep
 from cloud.api.errors import ApiError
-from cloud.api.routes.common import AUTH, HOT_STATE, INVALID, NOT_FOUND, refusals
+from cloud.api.routes.common import ADMIN_KEY, AUTH, HOT_STATE, INVALID, NOT_FOUND, refusals
 from cloud.api.schemas import (
     DATE_TIME,
     AlertOut,
@@ -48,7 +48,7 @@ def alert_out(a: Alert) -> AlertOut:
 @router.get(
     "/pools/{pool_id}/delivery",
     response_model=DeliveryOut,
-    responses=refusals(AUTH, NOT_FOUND, HOT_STATE),
+    responses=refusals(AUTH, ADMIN_KEY, NOT_FOUND, HOT_STATE),
     summary="The dispatcher's latest cycle for the pool: target, measured, shortfall, alerts",
 )
 async def get_delivery(pool: PoolDep, ctx: CtxDep) -> DeliveryOut:
@@ -89,7 +89,7 @@ DELIVERY_FIELDS = (
 @router.get(
     "/pools/{pool_id}/alerts",
     response_model=AlertsOut,
-    responses=refusals(AUTH, NOT_FOUND, HOT_STATE),
+    responses=refusals(AUTH, ADMIN_KEY, NOT_FOUND, HOT_STATE),
     summary="The pool's active alerts (e.g. `pool_shortfall`)",
 )
 async def get_alerts(pool: PoolDep, ctx: CtxDep) -> AlertsOut:
@@ -100,7 +100,7 @@ async def get_alerts(pool: PoolDep, ctx: CtxDep) -> AlertsOut:
 @router.get(
     "/pools/{pool_id}/performance",
     response_model=PerformanceOut,
-    responses=refusals(AUTH, NOT_FOUND, INVALID),
+    responses=refusals(AUTH, ADMIN_KEY, NOT_FOUND, INVALID),
     summary="The dispatcher's recorded cycles in a range, with RMS and max tracking error",
     description="`since`/`until`: ISO 8601 with a time zone; at most one day apart.",
 )

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections import defaultdict
 from typing import Any
 
 from fastapi import APIRouter, Query
 
 from cloud.api.auth import KeyDep, PoolDep
 from cloud.api.context import ApiContext, CtxDep
-from cloud.api.routes.common import AUTH, HOT_STATE, INVALID, NO_DATA, NOT_FOUND, refusals
-from cloud.api.schemas import FlexibilityOut, PoolOut, PoolsOut, SiteOut, SitesOut
-from cloud.api.views import Commitments, commitments, current_flexibility, flexibility_out, iso
-from cloud.hotstate import SiteSummary, sites_key
+from cloud.api.routes.common import (
+    ADMIN_KEY,
+    AUTH,
+    HOT_STATE,
+    INVALID,
+    NO_DATA,
+    NOT_FOUND,
+    refusals,
+)
+from cloud.api.schemas import FlexibilityOut, PoolOut, PoolsOut, SitesOut
+from cloud.api.views import (
+    Commitments,
+    commitments,
+    current_flexibility,
+    flexibility_out,
+    sites_page,
+)
 
 router = APIRouter(prefix="/v1", tags=["pools"])
 
@@ -29,7 +40,7 @@ async def _pool_out(pool: Any, ctx: ApiContext) -> PoolOut:
 @router.get(
     "/pools",
     response_model=PoolsOut,
-    responses=refusals(AUTH),
+    responses=refusals(AUTH, ADMIN_KEY),
     summary="The pools this key may use",
 )
 async def list_pools(key: KeyDep, ctx: CtxDep) -> PoolsOut:
@@ -40,7 +51,7 @@ async def list_pools(key: KeyDep, ctx: CtxDep) -> PoolsOut:
 @router.get(
     "/pools/{pool_id}",
     response_model=PoolOut,
-    responses=refusals(AUTH, NOT_FOUND),
+    responses=refusals(AUTH, ADMIN_KEY, NOT_FOUND),
     summary="One pool",
 )
 async def get_pool(pool: PoolDep, ctx: CtxDep) -> PoolOut:
@@ -50,7 +61,7 @@ async def get_pool(pool: PoolDep, ctx: CtxDep) -> PoolOut:
 @router.get(
     "/pools/{pool_id}/flexibility",
     response_model=FlexibilityOut,
-    responses=refusals(AUTH, NOT_FOUND, INVALID, NO_DATA, HOT_STATE),
+    responses=refusals(AUTH, ADMIN_KEY, NOT_FOUND, INVALID, NO_DATA, HOT_STATE),
     summary="The pool's flexibility: now, for how long, and ahead",
     description=(
         "**now**: measured grid power, baseline, the range [p_min_w, p_max_w] the pool can "
@@ -86,7 +97,7 @@ async def get_flexibility(
 @router.get(
     "/pools/{pool_id}/sites",
     response_model=SitesOut,
-    responses=refusals(AUTH, NOT_FOUND, INVALID, HOT_STATE),
+    responses=refusals(AUTH, ADMIN_KEY, NOT_FOUND, INVALID, HOT_STATE),
     summary="The pool's sites with their status, paged",
     description="Sites in registry order of `site_id`. `status` is `unknown` for a site the "
     "cloud has not heard from yet.",
@@ -97,49 +108,4 @@ async def list_sites(
     offset: int = Query(0, ge=0),
     limit: int = Query(100, ge=1, le=1000),
 ) -> SitesOut:
-    sites = sorted(await ctx.db(ctx.registry.sites_of_pool, pool.pool_id), key=lambda s: s.site_id)
-    page = sites[offset : offset + limit]
-    by_partition: dict[int, list[str]] = defaultdict(list)
-    for site in page:
-        by_partition[site.partition].append(site.site_id)
-    summaries: dict[str, SiteSummary] = {}
-    if by_partition:
-        redis = ctx.get_redis()
-        async with redis.pipeline(transaction=False) as pipe:
-            for partition, ids in by_partition.items():
-                pipe.hmget(sites_key(partition), ids)
-            replies = await pipe.execute()
-        for ids, values in zip(by_partition.values(), replies, strict=True):
-            for site_id, raw in zip(ids, values, strict=True):
-                # A record this reader cannot read is shown as unknown, never a 500.
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    if raw:
-                        summaries[site_id] = SiteSummary.from_json(raw)
-    out = []
-    for site in page:
-        s = summaries.get(site.site_id)
-        out.append(
-            SiteOut(site_id=site.site_id, partition=site.partition, status="unknown")
-            if s is None
-            else SiteOut(
-                site_id=site.site_id,
-                partition=site.partition,
-                status=str(s.status),
-                mode=s.mode,
-                last_seen=iso(s.ts),
-                grid_w=s.grid_w,
-                baseline_w=s.baseline_w,
-                p_min_w=s.p_min_w,
-                p_max_w=s.p_max_w,
-                soc_pct=s.soc_pct,
-            )
-        )
-    end = offset + len(page)
-    return SitesOut(
-        pool_id=pool.pool_id,
-        total=len(sites),
-        offset=offset,
-        limit=limit,
-        next_offset=end if end < len(sites) else None,
-        sites=out,
-    )
+    return await sites_page(ctx, pool.pool_id, offset, limit)

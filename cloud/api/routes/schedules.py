@@ -7,10 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Response
 
-from cloud.api.auth import KeyDep, PoolDep, not_found
+from cloud.api.auth import TRADER_WRITE, KeyDep, PoolDep, not_found
 from cloud.api.context import ApiContext, CtxDep
 from cloud.api.errors import ApiError
 from cloud.api.routes.common import (
+    ADMIN_KEY,
     AUTH,
     BAD_JSON,
     HOT_STATE,
@@ -18,6 +19,7 @@ from cloud.api.routes.common import (
     NO_DATA,
     NO_ENVELOPE,
     NOT_FOUND,
+    RATE_LIMITED,
     TOO_LARGE,
     UNREACHABLE,
     refusals,
@@ -69,10 +71,12 @@ async def _scoped_schedule(ctx: ApiContext, key: Any, schedule_id: str) -> Any:
     "/pools/{pool_id}/schedules",
     response_model=ScheduleOut,
     status_code=201,
+    dependencies=[TRADER_WRITE],
     responses={
         **refusals(
             BAD_JSON,
             AUTH,
+            ADMIN_KEY,
             NOT_FOUND,
             TOO_LARGE,
             INVALID,
@@ -80,6 +84,7 @@ async def _scoped_schedule(ctx: ApiContext, key: Any, schedule_id: str) -> Any:
             NO_ENVELOPE,
             UNREACHABLE,
             HOT_STATE,
+            RATE_LIMITED,
         ),
         201: {"headers": {"Location": LOCATION}},
     },
@@ -146,7 +151,7 @@ async def post_schedule(
 @router.get(
     "/pools/{pool_id}/schedules",
     response_model=SchedulesOut,
-    responses=refusals(AUTH, NOT_FOUND, INVALID),
+    responses=refusals(AUTH, ADMIN_KEY, NOT_FOUND, INVALID),
     summary="The pool's schedules, newest first (without delivery)",
 )
 async def list_schedules(
@@ -169,7 +174,7 @@ async def list_schedules(
 @router.get(
     "/schedules/{schedule_id}",
     response_model=ScheduleOut,
-    responses=refusals(AUTH, NOT_FOUND),
+    responses=refusals(AUTH, ADMIN_KEY, NOT_FOUND),
     summary="A schedule with its status and per-interval delivery",
 )
 async def get_schedule(schedule_id: str, key: KeyDep, ctx: CtxDep) -> ScheduleOut:
@@ -182,7 +187,8 @@ async def get_schedule(schedule_id: str, key: KeyDep, ctx: CtxDep) -> ScheduleOu
 @router.post(
     "/schedules/{schedule_id}/cancel",
     response_model=ScheduleOut,
-    responses=refusals(AUTH, NOT_FOUND),
+    dependencies=[TRADER_WRITE],
+    responses=refusals(AUTH, ADMIN_KEY, NOT_FOUND, RATE_LIMITED),
     summary="Cancel a schedule from now on (intervals already delivered stay recorded)",
     description="The schedule stays readable, `cancelled` from now on (all of it when it "
     "has not started). Cancelling a schedule that has nothing left from now on (ended, "

@@ -6,16 +6,18 @@ import math
 
 from fastapi import APIRouter
 
-from cloud.api.auth import PoolDep
+from cloud.api.auth import TRADER_WRITE, PoolDep
 from cloud.api.context import CtxDep
 from cloud.api.errors import ApiError
 from cloud.api.routes.common import (
+    ADMIN_KEY,
     AUTH,
     BAD_JSON,
     HOT_STATE,
     INVALID,
     NO_DATA,
     NOT_FOUND,
+    RATE_LIMITED,
     TOO_LARGE,
     UNREACHABLE,
     refusals,
@@ -32,8 +34,18 @@ router = APIRouter(prefix="/v1", tags=["setpoint"])
     "/pools/{pool_id}/setpoint",
     response_model=ActivationOut,
     status_code=201,
+    dependencies=[TRADER_WRITE],
     responses=refusals(
-        BAD_JSON, AUTH, NOT_FOUND, TOO_LARGE, INVALID, UNREACHABLE, NO_DATA, HOT_STATE
+        BAD_JSON,
+        AUTH,
+        ADMIN_KEY,
+        NOT_FOUND,
+        TOO_LARGE,
+        INVALID,
+        UNREACHABLE,
+        NO_DATA,
+        HOT_STATE,
+        RATE_LIMITED,
     ),
     summary="Set a real-time power target (balancing activation), valid for a short time",
     description=(

@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 from cloud.api.auth import PoolDep
 from cloud.api.context import ApiContext, CtxDep
 from cloud.api.openapi import sse_content
-from cloud.api.routes.common import AUTH, NOT_FOUND, refusals
+from cloud.api.routes.common import ADMIN_KEY, AUTH, NOT_FOUND, refusals
 from cloud.api.schemas import (
     STREAM_EVENTS,
     ShortfallSlotOut,
@@ -207,7 +207,7 @@ async def _events(ctx: ApiContext, pool_id: str) -> AsyncIterator[bytes]:
     ),
     response_class=Response,  # not EventSourceResponse: that makes FastAPI expect a generator
     responses={
-        **refusals(AUTH, NOT_FOUND),
+        **refusals(AUTH, ADMIN_KEY, NOT_FOUND),
         200: {"description": "The event stream.", "content": sse_content()},
     },
 )

@@ -1,0 +1,61 @@
+"""Write rate limits per API key: a token bucket per key id, driven by the time it is given.
+
+Each key may write (post a schedule or a setpoint, cancel, an admin write) ``burst`` times at
+once, then ``rate_per_s`` times per second; a write over that is refused with the seconds to
+wait until the next token. Reads are not limited (they cost a local SQLite read and a few
+Redis GETs; a write costs a SQLite write lock and, for a schedule, an envelope check).
+
+Pure: no I/O, no clock of its own (the API passes its clock's ``monotonic()``), so a table of
+``(time, key) -> allowed / wait`` tests it exactly.
+
+State lives in the API process: N API processes behind a load balancer give a key N times the
+rate. Acceptable: the limit is there to stop a runaway client from monopolising the registry's
+writer, not to meter an exact quota. (Sharing it through Redis would cost a round trip on
+every write; do it when a deployment needs an exact quota.) One entry per key id that wrote:
+bounded by the registry's keys, since only authenticated keys reach the limiter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["TokenBucket"]
+
+
+@dataclass(slots=True)
+class _State:
+    tokens: float
+    at: float
+
+
+class TokenBucket:
+    """``take(key, now)``: 0.0 and one token taken when ``key`` may write now, else the seconds
+    until it may (nothing taken). ``now`` is monotonic seconds; a clock going back refills
+    nothing."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        if not (math.isfinite(rate_per_s) and rate_per_s > 0):
+            raise ValueError(f"the write rate must be > 0 per second, got {rate_per_s!r}")
+        if int(burst) != burst or burst < 1:
+            raise ValueError(f"the write burst must be a whole number >= 1, got {burst!r}")
+        self.rate_per_s = float(rate_per_s)
+        self.burst = int(burst)
+        self._keys: dict[str, _State] = {}
+
+    def take(self, key: str, now: float) -> float:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _State(float(self.burst), now)
+        elapsed = max(0.0, now - state.at)
+        state.tokens = min(float(self.burst), state.tokens + elapsed * self.rate_per_s)
+        state.at = max(state.at, now)
+        if state.tokens >= 1.0:
+            state.tokens -= 1.0
+            return 0.0
+        return (1.0 - state.tokens) / self.rate_per_s
+
+    def tokens(self, key: str) -> float:
+        """Tokens left for ``key`` as of its last take (``burst`` for a key never seen)."""
+        state = self._keys.get(key)
+        return float(self.burst) if state is None else state.tokens

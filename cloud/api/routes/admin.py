@@ -1,0 +1,144 @@
+"""The operator's endpoints (tag ``admin``): API keys, and pools and sites with their state.
+
+They take an admin key only; a trader key gets 403 (:mod:`cloud.api.auth`). What they do
+is what ``vpp cloud keys ...`` does on the registry file, for an operator who reaches the
+API and not the server. Writes are rate limited like the trader's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from cloud.api.auth import ADMIN_WRITE, AdminDep
+from cloud.api.context import CtxDep
+from cloud.api.errors import ApiError
+from cloud.api.routes.common import (
+    AUTH,
+    BAD_JSON,
+    HOT_STATE,
+    INVALID,
+    NOT_FOUND,
+    RATE_LIMITED,
+    TOO_LARGE,
+    TRADER_KEY,
+    refusals,
+)
+from cloud.api.schemas import (
+    AdminPoolOut,
+    AdminPoolsOut,
+    KeyCreatedOut,
+    KeyIn,
+    KeyOut,
+    KeysOut,
+    SitesOut,
+)
+from cloud.api.views import iso, pool_site_counts, sites_page
+from protocols.units import to_iso8601
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+def key_out(key: Any) -> KeyOut:
+    return KeyOut(
+        key_id=key.key_id,
+        label=key.label,
+        role=key.role,
+        pools=list(key.pool_ids),
+        created=to_iso8601(key.created_ts),
+        last_used=iso(key.last_used_ts),
+        revoked=iso(key.revoked_ts),
+    )
+
+
+@router.get(
+    "/keys",
+    response_model=KeysOut,
+    responses=refusals(AUTH, TRADER_KEY),
+    summary="Every API key (ids, role, pools, use; never a token)",
+)
+async def list_keys(_: AdminDep, ctx: CtxDep) -> KeysOut:
+    return KeysOut(keys=[key_out(k) for k in await ctx.db(ctx.registry.list_api_keys)])
+
+
+@router.post(
+    "/keys",
+    response_model=KeyCreatedOut,
+    status_code=201,
+    dependencies=[ADMIN_WRITE],
+    responses=refusals(BAD_JSON, AUTH, TRADER_KEY, TOO_LARGE, INVALID, RATE_LIMITED),
+    summary="Create an API key; its token is in this answer only",
+    description="A trader key needs at least one existing pool; an admin key takes none. "
+    "Refused with 422 `schema` (body not of the model) or `registry` (an unknown pool, a "
+    "trader key without pools, an admin key with some), `field` `pools`.",
+)
+async def create_key(body: KeyIn, _: AdminDep, ctx: CtxDep) -> KeyCreatedOut:
+    try:
+        key, token = await ctx.db(
+            ctx.registry.create_api_key, body.pools, body.label, role=body.role.value
+        )
+    except ValueError as exc:
+        raise ApiError(422, "registry", str(exc), field="pools") from None
+    return KeyCreatedOut(key=key_out(key), token=token)
+
+
+@router.post(
+    "/keys/{key_id}/revoke",
+    response_model=KeyOut,
+    dependencies=[ADMIN_WRITE],
+    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND, RATE_LIMITED),
+    summary="Revoke an API key from now on (it stays listed, revoked)",
+    description="Requests with the key are refused (401) from this answer on. Revoking a "
+    "revoked key answers it unchanged. Why not `DELETE`: the key's record stays for audit.",
+)
+async def revoke_key(key_id: str, _: AdminDep, ctx: CtxDep) -> KeyOut:
+    if await ctx.db(ctx.registry.get_api_key, key_id) is None:
+        raise ApiError(404, "not_found", f"key {key_id!r} not found")
+    await ctx.db(ctx.registry.revoke_api_key, key_id)
+    key = await ctx.db(ctx.registry.get_api_key, key_id)
+    return key_out(key)
+
+
+@router.get(
+    "/pools",
+    response_model=AdminPoolsOut,
+    responses=refusals(AUTH, TRADER_KEY, HOT_STATE),
+    summary="Every pool with its site count and state",
+)
+async def list_pools(_: AdminDep, ctx: CtxDep) -> AdminPoolsOut:
+    now = ctx.clock.time()
+    out = []
+    for pool in await ctx.db(ctx.registry.list_pools):
+        sites = len(await ctx.db(ctx.registry.sites_of_pool, pool.pool_id))
+        counts = await pool_site_counts(ctx, pool.pool_id, now)
+        out.append(
+            AdminPoolOut(
+                pool_id=pool.pool_id,
+                name=pool.name,
+                created=to_iso8601(pool.created_ts),
+                sites=sites,
+                state="no_fresh_data" if counts is None else "live",
+                counts=counts,
+            )
+        )
+    return AdminPoolsOut(pools=out)
+
+
+@router.get(
+    "/pools/{pool_id}/sites",
+    response_model=SitesOut,
+    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND, INVALID, HOT_STATE),
+    summary="Any pool's sites with their status, paged",
+    description="As the trader's `GET /v1/pools/{pool_id}/sites`, for every pool.",
+)
+async def list_sites(
+    pool_id: str,
+    _: AdminDep,
+    ctx: CtxDep,
+    offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+) -> SitesOut:
+    if await ctx.db(ctx.registry.get_pool, pool_id) is None:
+        raise ApiError(404, "not_found", f"pool {pool_id!r} not found")
+    return await sites_page(ctx, pool_id, offset, limit)

@@ -1,0 +1,50 @@
+"""The write limiter's token bucket, tick by tick: (time, key) -> wait (0 = allowed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloud.api.ratelimit import TokenBucket
+
+# rate 2/s, burst 3: three writes at once, then one every 0.5 s
+TICKS = [
+    # (now, key, expected wait s, tokens left after)
+    (0.0, "a", 0.0, 2.0),
+    (0.0, "a", 0.0, 1.0),
+    (0.0, "a", 0.0, 0.0),
+    (0.0, "a", 0.5, 0.0),  # empty: next token in 0.5 s
+    (0.0, "b", 0.0, 2.0),  # another key has its own bucket
+    (0.25, "a", 0.25, 0.5),  # half a token back: 0.25 s to go
+    (0.5, "a", 0.0, 0.0),  # a whole token: allowed
+    (0.5, "a", 0.5, 0.0),
+    (0.4, "a", 0.5, 0.0),  # the clock went back: nothing refilled, nothing lost
+    (10.0, "a", 0.0, 2.0),  # refilled to the burst, never beyond
+    (10.0, "b", 0.0, 2.0),
+]
+
+
+def test_the_bucket_tick_by_tick():
+    bucket = TokenBucket(rate_per_s=2.0, burst=3)
+    for i, (now, key, wait, left) in enumerate(TICKS):
+        assert bucket.take(key, now) == pytest.approx(wait), i
+        assert bucket.tokens(key) == pytest.approx(left), i
+
+
+def test_a_steady_client_at_the_rate_is_never_refused():
+    bucket = TokenBucket(rate_per_s=1.0, burst=1)
+    assert [bucket.take("k", t * 1.0) for t in range(100)] == [0.0] * 100
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "message"),
+    [
+        (0.0, 5, "rate must be > 0"),
+        (float("inf"), 5, "rate must be > 0"),
+        (float("nan"), 5, "rate must be > 0"),
+        (1.0, 0, "burst must be a whole number >= 1"),
+        (1.0, 2.5, "burst must be a whole number >= 1"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(rate, burst, message):
+    with pytest.raises(ValueError, match=message):
+        TokenBucket(rate, burst)
