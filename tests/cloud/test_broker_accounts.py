@@ -5,6 +5,7 @@ added and removed through the plugin's control topic (``vpp cloud sites credenti
 from __future__ import annotations
 
 import dataclasses
+import json
 import queue
 import socket
 import threading
@@ -358,3 +359,43 @@ def test_the_cli_adds_and_removes_credentials(prod_broker: MosquittoServer, tmp_
         assert result.exit_code == code, result.output
         assert "admin-pw-1" not in result.output
         assert "site-c-pw" not in result.output
+
+
+def test_broker_init_writes_the_cloud_accounts_a_new_broker_admits(tmp_path: Path) -> None:
+    """`vpp cloud broker init`: the plugin's file and one 0600 password file per cloud
+    account; a second run refuses to replace the file (it holds the sites), and --force
+    keeps the passwords already made."""
+    secrets_dir, out = tmp_path / "secrets", tmp_path / "dynamic-security.json"
+    init = ["cloud", "broker", "init", "--secrets-dir", str(secrets_dir), "--out", str(out)]
+    first = CliRunner().invoke(app, init)
+    assert first.exit_code == 0, first.output
+    files = {p.name: p for p in secrets_dir.iterdir()}
+    assert sorted(files) == [
+        "mqtt-admin.password",
+        "mqtt-dispatcher.password",
+        "mqtt-worker.password",
+    ]
+    passwords = {name: p.read_text().strip() for name, p in files.items()}
+    assert all(len(pw) >= 32 for pw in passwords.values())
+    assert {p.stat().st_mode & 0o777 for p in [*files.values(), out]} == {0o600}
+    for pw in passwords.values():
+        assert pw not in first.output
+        assert pw not in out.read_text()  # only its hash
+
+    again = CliRunner().invoke(app, init)
+    assert again.exit_code == 1
+    assert "--force" in again.output
+    forced = CliRunner().invoke(app, [*init, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert {n: p.read_text().strip() for n, p in files.items()} == passwords
+
+    tls = make_broker_tls(tmp_path / "tls")
+    users = {"cloud:worker": passwords["mqtt-worker.password"]}
+    dynsec = json.loads(out.read_text())
+    with MosquittoServer(tls=tls, users=users, config_template=PACKAGED, dynsec=dynsec) as broker:
+        for password, accepted in [(passwords["mqtt-worker.password"], True), ("wrong", False)]:
+            client = Client(as_user(broker, "cloud:worker", password))
+            try:
+                assert client.connack.is_failure is not accepted, client.connack
+            finally:
+                client.close()

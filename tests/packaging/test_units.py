@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from cloud.broker_accounts import CLOUD_ROLES, cloud_username
+
 from .conftest import ROOT
 
 UNITS = ROOT / "packaging" / "systemd"
@@ -102,34 +104,49 @@ def test_the_command_line_holds_no_secret(unit: str, command: str) -> None:
     assert settings(UNITS / unit)["ExecStart"] == [command]
 
 
+REDIS_ACL = ROOT / "packaging" / "redis" / "users.acl"
+
+
 @pytest.mark.parametrize(
-    ("unit", "credentials"),
+    ("unit", "role", "credentials"),
     [
         (
             "vpp-worker@.service",
+            "worker",
             [
                 "mqtt-password:/etc/vpp/secrets/mqtt-worker.password",
-                "redis.toml:/etc/vpp/secrets/redis-worker.toml",
+                "redis-password:/etc/vpp/secrets/redis-vpp-worker",
             ],
         ),
         (
             "vpp-dispatcher.service",
+            "dispatcher",
             [
                 "mqtt-password:/etc/vpp/secrets/mqtt-dispatcher.password",
-                "redis.toml:/etc/vpp/secrets/redis-dispatcher.toml",
+                "redis-password:/etc/vpp/secrets/redis-vpp-dispatcher",
             ],
         ),
-        ("vpp-api.service", ["redis.toml:/etc/vpp/secrets/redis-api.toml"]),
+        ("vpp-api.service", "api", ["redis-password:/etc/vpp/secrets/redis-vpp-api"]),
     ],
 )
-def test_cloud_secrets_come_from_credential_files(unit: str, credentials: list[str]) -> None:
+def test_cloud_secrets_come_from_credential_files(
+    unit: str, role: str, credentials: list[str]
+) -> None:
+    """Each role's passwords come from its credentials directory, for the accounts that the
+    packaged broker (`cloud.broker_accounts`) and Redis ACL (`packaging/redis`) define."""
     found = settings(UNITS / unit)
     assert found["LoadCredential"] == credentials
     assert found["EnvironmentFile"] == ["/etc/vpp/cloud.env"]
     env = dict(e.split("=", 1) for e in found["Environment"])
-    assert env["VPP_CLOUD_CONFIG"] == "%d/redis.toml"  # the credentials directory
-    if "mqtt-password" in credentials[0]:
+    assert env["VPP_REDIS_PASSWORD_FILE"] == "%d/redis-password"  # the credentials directory
+    redis_users = [line.split()[1] for line in REDIS_ACL.read_text().splitlines()]
+    assert env["VPP_REDIS_USERNAME"] == f"vpp-{role}"
+    assert env["VPP_REDIS_USERNAME"] in redis_users
+    if role in CLOUD_ROLES:
+        assert env["VPP_MQTT_USERNAME"] == cloud_username(role)
         assert env["VPP_MQTT_PASSWORD_FILE"] == "%d/mqtt-password"
+    else:
+        assert "VPP_MQTT_USERNAME" not in env  # the API uses no MQTT
 
 
 def test_the_env_file_holds_no_secret_and_no_per_role_setting() -> None:
@@ -140,7 +157,8 @@ def test_the_env_file_holds_no_secret_and_no_per_role_setting() -> None:
             env[key] = value
     assert all(key.startswith("VPP_") for key in env)
     assert not [k for k in env if re.search(r"PASSWORD(?!_FILE)|SECRET|TOKEN|KEY$", k)]
-    per_role = {"VPP_MQTT_USERNAME", "VPP_MQTT_PASSWORD_FILE", "VPP_CLOUD_CONFIG"}
+    per_role = {"VPP_MQTT_USERNAME", "VPP_MQTT_PASSWORD_FILE", "VPP_REDIS_USERNAME"}
+    per_role |= {"VPP_REDIS_PASSWORD_FILE"}
     per_role |= {"VPP_INSTANCE_ID", "VPP_OPERATOR_PORT"}
     assert per_role & set(env) == set()  # the units set these; the file would override them
     assert "@" not in env.get("VPP_MQTT_URL", "")  # no user:password@ in a URL

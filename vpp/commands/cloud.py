@@ -248,6 +248,80 @@ def credentials_remove(
     click.echo(f"site {site_id}: broker account removed")
 
 
+@app.group("broker")
+def broker_app() -> None:
+    """The production broker's accounts (Mosquitto dynamic-security, packaging/mosquitto)."""
+
+
+def _secret_file(path: Path) -> tuple[str, bool]:
+    """The secret in ``path``, made (random, mode 0600) when the file is missing or empty;
+    (secret, made)."""
+    import secrets
+
+    try:
+        kept = path.read_text().strip() if path.exists() else ""
+    except OSError as exc:
+        raise _fail(f"{path}: {exc.strerror or exc}") from None
+    if kept:
+        return kept, False
+    secret = secrets.token_urlsafe(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(secret + "\n")
+    except OSError as exc:
+        raise _fail(f"{path}: {exc.strerror or exc}") from None
+    return secret, True
+
+
+@broker_app.command("init")
+@click.option(
+    "--secrets-dir",
+    type=PathType,
+    default=Path("/etc/vpp/secrets"),
+    show_default=True,
+    help="Where each cloud account's password lives, as mqtt-ROLE.password (0600); "
+    "existing ones are kept.",
+)
+@click.option(
+    "--out",
+    type=PathType,
+    default=Path("/var/lib/mosquitto/dynamic-security.json"),
+    show_default=True,
+    help="The plugin's file to write (0600).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing plugin file (and its sites).")
+def broker_init(secrets_dir: Path, out: Path, force: bool) -> None:
+    """Write a new broker's dynamic-security file with the cloud accounts (cloud:admin,
+    cloud:worker, cloud:dispatcher) and their passwords; sites are added later with
+    `vpp cloud sites credentials add`. Run as root before Mosquitto's first start, then
+    give the file to the mosquitto user."""
+    import json
+
+    from cloud.broker_accounts import CLOUD_ROLES, bootstrap_config, cloud_username
+
+    if out.exists() and not force:
+        raise _fail(
+            f"{out} exists and holds the broker's accounts, sites' included; "
+            "--force replaces it (every site then needs its account again)"
+        )
+    accounts = {}
+    for role in CLOUD_ROLES:
+        path = secrets_dir / f"mqtt-{role}.password"
+        password, made = _secret_file(path)
+        accounts[role] = (cloud_username(role), password)
+        click.echo(f"{cloud_username(role)}: password {'made in' if made else 'kept from'} {path}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.touch(mode=0o600)
+        out.chmod(0o600)
+        out.write_text(json.dumps(bootstrap_config(accounts), indent=1) + "\n")
+    except OSError as exc:
+        raise _fail(f"{out}: {exc.strerror or exc}") from None
+    click.echo(f"wrote {out} ({len(accounts)} cloud accounts, no site yet)")
+
+
 @keys_app.command("create")
 @db_option
 @click.option("--pool", multiple=True, help="Pool the key may use; repeat for several (trader).")
