@@ -87,13 +87,18 @@ def test_edge_check_config_accepts_the_example(tmp_path):
     assert "OK site site-000042 partition 19" in result.output
 
 
-def test_edge_check_config_finds_the_files_the_example_names_missing():
-    """The example names files of a gateway (/etc/vpp/...): on this machine they are not
-    there, and check-config says so rather than letting the agent find out at start."""
-    result = runner.invoke(app, ["edge", "check-config", "--config", str(EXAMPLE_CONFIG)])
+def test_edge_check_config_finds_the_files_the_example_names_missing(tmp_path):
+    """The example names files of a gateway (/etc/vpp/...); where they are not there,
+    check-config says so rather than letting the agent find out at start. (The example is
+    moved under a folder of its own: the package test may install /etc/vpp meanwhile.)"""
+    gateway = tmp_path / "gateway"
+    config = tmp_path / "edge.toml"
+    config.write_text(EXAMPLE_CONFIG.read_text().replace("/etc/vpp/", f"{gateway}/etc/vpp/"))
+    result = runner.invoke(app, ["edge", "check-config", "--config", str(config)])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        "config error: mqtt: MQTT password file /etc/vpp/mqtt-password: No such file or directory"
+        f"config error: mqtt: MQTT password file {gateway}/etc/vpp/mqtt-password: "
+        "No such file or directory"
     ]
 
 

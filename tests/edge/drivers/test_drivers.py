@@ -184,14 +184,16 @@ async def test_sg_ready_takes_effect(fleet, drivers, clock):
 
 
 async def test_deadband_rate_limit_and_counts(fleet, drivers, clock):
-    d = drivers("battery", deadband_w=50.0)
+    # a write interval of 20 simulated seconds (1 s of wall time at 20x): three Modbus round
+    # trips fit in it however loaded the machine is
+    d = drivers("battery", deadband_w=50.0, min_write_interval_s=20.0)
     assert (await d.set_power(1000.0)).status is WriteStatus.WRITTEN
     assert (await d.set_power(1030.0)).status is WriteStatus.SKIPPED_DEADBAND
     assert (await d.set_power(1300.0)).status is WriteStatus.RATE_LIMITED
     assert controls(fleet, "battery")["out_w_rte_pct"] == pytest.approx(
         1000.0 / truth(fleet)["battery_max_w"] * 100, abs=0.01
     )
-    await clock.sleep(1.05)
+    await clock.sleep(20.05)
     assert (await d.set_power(1300.0)).status is WriteStatus.WRITTEN
     s = d.stats
     assert (s.writes, s.writes_skipped_deadband, s.writes_rate_limited) == (2, 1, 1)
