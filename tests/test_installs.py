@@ -244,8 +244,8 @@ def _installed_as(monkeypatch: pytest.MonkeyPatch, extras: tuple[str, ...] | Non
         ),
         (
             ["demo"],
-            "error: `vpp demo` needs the demo extra (fastapi, httpx, matplotlib, redis, rich, "
-            "scipy not installed): pip install 'vpp[demo]'",
+            "error: `vpp demo` needs the demo extra (cryptography, fastapi, httpx, matplotlib, "
+            "redis, rich, scipy not installed): pip install 'vpp[demo]'",
         ),
     ],
 )
