@@ -40,6 +40,7 @@ async def test_the_cloud_as_processes_through_a_secure_broker(tmp_path):
         dispatchers=2,
         settings=timing,
         agent={"modbus_timeout_s": 1.0},
+        gated=(1,),  # over TLS through the fault drills' link, as the network-outage demo
         secure=True,
     )
     async with System(spec, tmp_path) as system:
@@ -62,6 +63,8 @@ async def test_the_cloud_as_processes_through_a_secure_broker(tmp_path):
         sites = {c["mqtt"]["username"]: c["mqtt"] for c in system.configs.values()}
         assert set(sites) == set(system.site_ids)
         assert {m["url"].split(":")[0] for m in sites.values()} == {"mqtts"}
+        assert system.gate is not None
+        assert system.gate.connections >= 1  # the gated site is connected through it
         assert all(m["password_file"] and m["ca_file"] for m in sites.values())
         # no password in any command line or environment `ps` shows
         pids = {p.name: p.pid for p in system.processes}
