@@ -24,9 +24,8 @@ from types import FrameType
 import pytest
 import redis
 
+from vpp.pki import make_broker_tls
 from vpp.services import MosquittoServer, RedisServer
-
-from .tls_files import make_broker_tls
 
 # A process a test starts (`vpp cloud run`, `vpp edge run`, the demo's children) serves its
 # operator port on a free port unless the test says otherwise: the default ports (9180,

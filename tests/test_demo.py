@@ -1,8 +1,9 @@
 """`vpp demo` end to end, as the suite's strongest test: firmware-sim devices on Modbus TCP,
 an edge agent per site, the cloud as child processes (API, worker, dispatcher), real
-Mosquitto and Redis, and the virtual trader trading real Belgian prices, through a network
-outage of a fifth of the sites. Judged on the run's KPIs (``kpis.json``) as an operator
-reads them.
+Mosquitto and Redis on their production configs (``--secure``: TLS, a broker account per site
+and per cloud role, Redis ACL users), and the virtual trader trading real Belgian prices,
+through a network outage of a fifth of the sites. Judged on the run's KPIs (``kpis.json``) as
+an operator reads them, and on its logs: no password of the run in any of them.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import json
 import pytest
 
 from vpp.demo import DemoOptions, run_demo
+from vpp.system.secure import SecretFiles
+
+from .secret_search import log_files, secrets_found
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
-def test_a_trading_morning_through_a_network_outage(tmp_path, broker, redis_url):
+def test_a_trading_morning_through_a_network_outage(tmp_path, capfd):
     options = DemoOptions(
         sites=10,
         seed=3,
@@ -24,9 +28,8 @@ def test_a_trading_morning_through_a_network_outage(tmp_path, broker, redis_url)
         speed=20.0,
         scenario="network-outage",
         out=tmp_path,
-        mqtt_url=broker.url,
-        redis_url=redis_url,
         live=False,
+        secure=True,
     )
     [result] = run_demo(options)
     kpis = result["kpis"]
@@ -76,3 +79,13 @@ def test_a_trading_morning_through_a_network_outage(tmp_path, broker, redis_url)
     assert last_online == options.sites
     report = (tmp_path / "report.html").read_text()
     assert "<svg" in report or "data:image/png" in report
+    # the run was on the production configs, and none of its passwords (10 sites', the
+    # cloud's 3 broker accounts', the 4 Redis users') is in any log it wrote or printed
+    assert json.loads((tmp_path / "run.json").read_text())["secure"] is True
+    assert "secure: production broker and Redis configs" in report
+    passwords = SecretFiles(tmp_path / "secrets").values()
+    assert len(passwords) == options.sites + 3 + 4
+    captured = capfd.readouterr()
+    logs = log_files(tmp_path) | {"stdout": captured.out, "stderr": captured.err}
+    assert {"logs/api.log", "services/mosquitto/mosquitto.log"} <= set(logs)
+    assert secrets_found(logs, passwords) == []

@@ -186,6 +186,9 @@ def test_the_forbidden_sets_are_what_the_tiers_say():
     assert not {"numpy", "pymodbus", "sqlite_utils", "paho", "pydantic", "click"} & edge
     assert {"pymodbus", "sqlite_utils"} <= forbidden_libraries(())
     assert "pytest" in forbidden_libraries(("demo",))
+    # the certificates of `vpp demo --secure` are made on the demo's machine, never a gateway's
+    assert "cryptography" in edge
+    assert "cryptography" not in forbidden_libraries(("demo",))
     assert forbidden_libraries(("dev",)) == set()
 
 
@@ -241,8 +244,8 @@ def _installed_as(monkeypatch: pytest.MonkeyPatch, extras: tuple[str, ...] | Non
         ),
         (
             ["demo"],
-            "error: `vpp demo` needs the demo extra (fastapi, httpx, matplotlib, redis, rich, "
-            "scipy not installed): pip install 'vpp[demo]'",
+            "error: `vpp demo` needs the demo extra (cryptography, fastapi, httpx, matplotlib, "
+            "redis, rich, scipy not installed): pip install 'vpp[demo]'",
         ),
     ],
 )

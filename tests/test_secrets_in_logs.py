@@ -1,14 +1,17 @@
 """No secret of a whole run appears in any log it wrote.
 
 A real multi-process cloud (one `vpp cloud run --role` per role, logging at INFO) and a site
-agent, through the TLS and password broker (``secure_broker``), built by the system builder as
-the demo builds it. An operator makes an admin key with the CLI; the admin key makes a trader
-key through the API; the trader calls the API, also with a wrong token, a token in a query
-string and bad bodies; the operator revokes the key and the trader tries it again. Then every
-log file the run wrote, the broker's log, everything this process logged (through the
-project's logging setup, :func:`protocols.logs.install_redaction`) and the captured
-stdout/stderr are searched for every secret the run used: the API tokens, the broker
-passwords, the Redis password if the URL has one. None may be there.
+agent on the production broker and Redis configs (``SystemSpec(secure=True)``: TLS, the site's
+own account added through the dynamic-security plugin, each role on its own broker and Redis
+accounts), built by the system builder as `vpp demo --secure` builds it. An operator makes an
+admin key with the CLI; the admin key makes a trader key through the API; the trader calls the
+API, also with a wrong token, a token in a query string and bad bodies; the operator revokes
+the key and the trader tries it again. Then every log file the run wrote (the cloud's, the
+broker's, Redis's), everything this process logged (through the project's logging setup,
+:func:`protocols.logs.install_redaction`) and the captured stdout/stderr are searched for
+every secret the run used: the API tokens, and every password of its ``secrets/`` folder (the
+cloud's and the site's broker accounts, the Redis users). None may be there, nor in the
+command line or environment of any process it started.
 """
 
 from __future__ import annotations
@@ -19,16 +22,14 @@ import logging
 import secrets
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from protocols.logs import LOG_FORMAT, install_redaction
-from vpp.services import MosquittoServer
 from vpp.system import System, SystemSpec
 
-from .conftest import SECURE_USERS
+from .secret_search import log_files, process_views, secrets_found
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -44,13 +45,6 @@ async def _vpp(*args: str) -> str:
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     return out.decode()
-
-
-def _log_files(folder: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(folder)): path.read_text(errors="replace")
-        for path in sorted(folder.rglob("*.log"))
-    }
 
 
 async def _trade_and_misbehave(api: httpx.AsyncClient, admin_token: str) -> dict[str, str]:
@@ -90,8 +84,6 @@ async def _trade_and_misbehave(api: httpx.AsyncClient, admin_token: str) -> dict
 
 async def test_no_secret_of_a_whole_run_appears_in_any_log(
     tmp_path: Path,
-    secure_broker: MosquittoServer,
-    redis_url: str,
     capfd: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -105,42 +97,43 @@ async def test_no_secret_of_a_whole_run_appears_in_any_log(
     level = root.level
     root.setLevel(logging.INFO)
     timing = {"lease_ttl_s": 15.0, "stale_intervals": 7.5, "dispatch_lock_ttl_s": 15.0}
-    spec = SystemSpec(sites=1, cloud="processes", settings=timing, agent={"modbus_timeout_s": 1.0})
+    spec = SystemSpec(
+        sites=1, cloud="processes", settings=timing, agent={"modbus_timeout_s": 1.0}, secure=True
+    )
     try:
-        async with System(spec, tmp_path, secure_broker, redis_url) as system:
+        async with System(spec, tmp_path) as system:
             db = str(system.settings.db)
             created = await _vpp("cloud", "keys", "create", "--role", "admin", "--db", db)
             admin_token = created.splitlines()[-1]
             tokens = await _trade_and_misbehave(system.api, admin_token)
             tokens |= {"admin": admin_token, "builder": system.token}
+            pids = {p.name: p.pid for p in system.processes}
+            pids |= {"mosquitto": system.broker.pid, "redis": system.secure.redis.pid}
+            processes = process_views(pids)
+            passwords = system.secure.secrets.values()
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
 
+    # the cloud's 3 broker accounts, the 4 Redis users, the site's broker account
+    assert len(passwords) == 8, sorted(passwords)
     secret_values = {
         **{f"token {name}": value for name, value in tokens.items()},
-        **{f"broker password of {user}": pw for user, pw in SECURE_USERS.items()},
+        **{f"password {name}": value for name, value in passwords.items()},
     }
-    if (redis_password := urlsplit(redis_url).password) is not None:
-        secret_values["redis password"] = redis_password
     for name, value in tokens.items():  # a token's secret part alone is a secret too
         secret_values[f"secret of token {name}"] = value.split("_", 2)[2]
 
     captured = capfd.readouterr()
-    logs = await asyncio.to_thread(_log_files, tmp_path)
-    assert {"logs/api.log", "logs/worker-1.log", "logs/dispatcher-1.log"} <= set(logs)
+    logs = await asyncio.to_thread(log_files, tmp_path)
+    servers = {"services/mosquitto/mosquitto.log", "services/redis/redis.log"}
+    assert {"logs/api.log", "logs/worker-1.log", "logs/dispatcher-1.log"} | servers <= set(logs)
+    assert "cloud:worker" in logs["services/mosquitto/mosquitto.log"]  # the role logged in
     assert "operator port on" in logs["logs/api.log"]  # INFO lines were written
     assert "refused GET /v1/pools/north/schedules" in logs["logs/api.log"]  # the bad request
     logs |= {
-        "broker log": secure_broker.log_path.read_text(errors="replace"),
         "this process's log records": here.getvalue(),
         "captured stdout": captured.out,
         "captured stderr": captured.err,
     }
-    found = [
-        f"{what} in {where}"
-        for where, text in logs.items()
-        for what, value in secret_values.items()
-        if value in text
-    ]
-    assert found == []
+    assert secrets_found(logs | processes, secret_values) == []

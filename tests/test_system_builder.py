@@ -1,6 +1,7 @@
 """The system builder's other way of running the cloud (one supervised `vpp cloud run --role`
-process per role, as the demo runs it) through a broker as in production, and what a spec
-refuses. The in-process way is what the system tests run on."""
+process per role, as the demo runs it) on the production broker and Redis configs (secure:
+TLS, the dynamic-security plugin, Redis ACL users, an account per site and per role), and what
+a spec refuses. The in-process way is what the system tests run on."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 
 from cloud.dispatch.dispatcher import delivery_key
 from vpp.system import System, SystemSpec
+
+from .secret_search import process_views, secrets_found
 
 
 @pytest.mark.parametrize(
@@ -28,7 +31,7 @@ def test_a_spec_that_cannot_be_built_is_refused(kwargs, message):
 @pytest.mark.integration
 @pytest.mark.e2e
 @pytest.mark.timeout(240)
-async def test_the_cloud_as_processes_through_a_secure_broker(tmp_path, secure_broker, redis_url):
+async def test_the_cloud_as_processes_through_a_secure_broker(tmp_path):
     # time-outs stretched as the demo does at this speed: 1.5 s of wall time at least
     timing = {"lease_ttl_s": 15.0, "stale_intervals": 7.5, "dispatch_lock_ttl_s": 15.0}
     spec = SystemSpec(
@@ -37,15 +40,38 @@ async def test_the_cloud_as_processes_through_a_secure_broker(tmp_path, secure_b
         dispatchers=2,
         settings=timing,
         agent={"modbus_timeout_s": 1.0},
+        gated=(1,),  # over TLS through the fault drills' link, as the network-outage demo
+        secure=True,
     )
-    async with System(spec, tmp_path, secure_broker, redis_url) as system:
+    async with System(spec, tmp_path) as system:
         await system.wait_ready(timeout_s=60.0)
         names = [p.name for p in system.processes]
         assert names == ["api", "worker-1", "dispatcher-1", "dispatcher-2"]
-        # every process and site authenticated with its own account, over TLS
-        assert "--mqtt-password-file" in system.processes[0].args
-        assert {c["mqtt"]["username"] for c in system.configs.values()} == {"vpp-site"}
-        assert system.settings.mqtt_username == "vpp-cloud"
+        # every process and site authenticated with its own accounts, over TLS; the API
+        # has no broker account (it uses no MQTT)
+        accounts = {
+            p.name: (_flag(p.args, "--mqtt-username"), _flag(p.args, "--redis-username"))
+            for p in system.processes
+        }
+        assert accounts == {
+            "api": (None, "vpp-api"),
+            "worker-1": ("cloud:worker", "vpp-worker"),
+            "dispatcher-1": ("cloud:dispatcher", "vpp-dispatcher"),
+            "dispatcher-2": ("cloud:dispatcher", "vpp-dispatcher"),
+        }
+        assert all(_flag(p.args, "--redis-password-file") for p in system.processes)
+        sites = {c["mqtt"]["username"]: c["mqtt"] for c in system.configs.values()}
+        assert set(sites) == set(system.site_ids)
+        assert {m["url"].split(":")[0] for m in sites.values()} == {"mqtts"}
+        assert system.gate is not None
+        assert system.gate.connections >= 1  # the gated site is connected through it
+        assert all(m["password_file"] and m["ca_file"] for m in sites.values())
+        # no password in any command line or environment `ps` shows
+        pids = {p.name: p.pid for p in system.processes}
+        pids |= {"mosquitto": system.broker.pid, "redis": system.secure.redis.pid}
+        secret_values = system.secure.secrets.values()
+        assert len(secret_values) == 3 + 4 + spec.sites  # cloud accounts, Redis users, sites
+        assert secrets_found(process_views(pids), secret_values) == []
         assert system.tap.received(system.telemetry_produced())[1] > 0
         metrics = await system.scrape()  # the API process's operator port
         assert any(name == "vpp_build_info" for name, _ in metrics)
@@ -71,3 +97,8 @@ async def test_the_cloud_as_processes_through_a_secure_broker(tmp_path, secure_b
         while not system.supervisor.restarts and system.clock.time() < deadline:
             await system.clock.sleep(1.0)
         assert [r.name for r in system.supervisor.restarts] == ["dispatcher-1"]
+
+
+def _flag(args: list[str], flag: str) -> str | None:
+    """The value given to ``flag`` in ``args`` (None: not given)."""
+    return args[args.index(flag) + 1] if flag in args else None

@@ -47,7 +47,7 @@ class ApiSettings:
 @dataclass
 class ApiContext:
     registry: Any  # cloud.registry.Registry (sync SQLite; called from the loop's thread)
-    redis_url: str
+    redis_url: str = field(repr=False)  # may hold the Redis password: never shown
     clock: Clock
     settings: ApiSettings
     metrics: Metrics = field(default_factory=Metrics)

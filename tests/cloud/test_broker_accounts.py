@@ -27,9 +27,8 @@ from cloud.broker_accounts import (
 from cloud.broker_control import add_site_credentials, remove_site_credentials
 from protocols.mqtt_endpoint import MqttEndpoint, threaded_client
 from vpp.cli import app
+from vpp.pki import make_broker_tls
 from vpp.services import MosquittoServer
-
-from ..tls_files import make_broker_tls
 
 PACKAGED = Path(__file__).parents[2] / "packaging" / "mosquitto" / "mosquitto.conf"
 ACCOUNTS = {

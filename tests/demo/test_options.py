@@ -30,6 +30,9 @@ def test_a_relative_output_folder_is_made_absolute(tmp_path, monkeypatch):
         ({"sites": 0}, "--sites must be at least 1"),
         ({"hours": 0.0}, "--hours must be positive"),
         ({"speed": 0.5}, "--speed must be 1..1000"),
+        ({"scenario": "broker-restart", "mqtt_url": "mqtt://h:1"}, "drop --mqtt-url"),
+        ({"secure": True, "mqtt_url": "mqtt://h:1"}, "--secure starts its own broker"),
+        ({"secure": True, "redis_url": "redis://h:1/0"}, "drop --mqtt-url and --redis-url"),
     ],
 )
 def test_bad_options_are_refused_with_the_reason(kwargs, message):

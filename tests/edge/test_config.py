@@ -9,7 +9,7 @@ import pytest
 
 from edge.config import ConfigError, EdgeConfig, load_config
 from protocols.messages import DeviceKind
-from tests.tls_files import make_broker_tls
+from vpp.pki import make_broker_tls
 
 EXAMPLE = Path(__file__).parents[2] / "edge" / "config.example.toml"
 

@@ -48,6 +48,12 @@ PathType = click.Path(path_type=Path)
 @click.option(
     "--redis-url", envvar="VPP_REDIS_URL", show_envvar=True, help="Use this Redis (flushed!)."
 )
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="On the production broker and Redis configs (packaging/): TLS, an account per site "
+    "and per cloud role, Redis ACL users; passwords in OUT/secrets/.",
+)
 @click.option("--no-live", is_flag=True, help="No progress line.")
 @click.option(
     "--history-days",
@@ -71,6 +77,7 @@ def demo(
     imbalance_prices: Path | None,
     mqtt_url: str | None,
     redis_url: str | None,
+    secure: bool,
     no_live: bool,
     history_days: float,
     verbose: bool,
@@ -102,6 +109,7 @@ def demo(
             redis_url=redis_url,
             live=not no_live,
             history_days=history_days,
+            secure=secure,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

@@ -1,11 +1,13 @@
 """`vpp demo`: the whole system on one machine, on one accelerated clock, judged from outside.
 
 What runs: Mosquitto and Redis (private child processes on free loopback ports, or the ones
-given), the cloud as child processes with one role each (API, partition worker(s), pool
-dispatcher(s)), a firmware-sim fleet serving every site's devices on Modbus TCP, a real edge
-agent per site (all in this process, each with its own SQLite store and MQTT connection),
-and the virtual trader: an HTTP client of the trader API optimising a schedule on day-ahead
-prices on a rolling horizon. A fault scenario (:mod:`vpp.demo.scenarios`) fires mid-run.
+given; with ``secure``, the production configs of ``packaging/``: TLS, a broker account per
+site and per cloud role, Redis ACL users, see :mod:`vpp.system.secure`), the cloud as child
+processes with one role each (API, partition worker(s), pool dispatcher(s)), a firmware-sim
+fleet serving every site's devices on Modbus TCP, a real edge agent per site (all in this
+process, each with its own SQLite store and MQTT connection), and the virtual trader: an
+HTTP client of the trader API optimising a schedule on day-ahead prices on a rolling
+horizon. A fault scenario (:mod:`vpp.demo.scenarios`) fires mid-run.
 
 What is recorded (:class:`vpp.e2e.RunRecorder`, file formats in :mod:`vpp.e2e.records`):
 every dispatcher cycle (target, measured, band, sites online, SoC spread, and the devices'
@@ -78,6 +80,7 @@ from vpp.e2e import (
 )
 from vpp.services import MosquittoServer, RedisServer, Restart
 from vpp.system import System, SystemSpec
+from vpp.system.secure import check_packaged_configs
 from vpp.trader.client import Decision, TraderOptions, VirtualTrader
 from vpp.trader.prices import PriceSeries, default_prices, packaged_prices, read_prices
 
@@ -115,6 +118,7 @@ class DemoOptions:
     max_periods: int | None = None  # continuous mode: stop after this many (None: never)
     live: bool = True  # the progress line
     history_days: float = 10.0  # the sites' simulated past before the run (0: none)
+    secure: bool = False  # the production broker and Redis configs (vpp.system.secure)
 
     def __post_init__(self) -> None:
         # absolute: the services (Mosquitto, Redis) run with their own work dirs as cwd
@@ -131,6 +135,16 @@ class DemoOptions:
             raise ValueError(
                 f"scenario {self.scenario} needs the demo's own broker: drop --mqtt-url"
             )
+        if self.secure and (self.mqtt_url or self.redis_url):
+            raise ValueError(
+                "--secure starts its own broker and Redis from the packaged configs: "
+                "drop --mqtt-url and --redis-url"
+            )
+        if self.secure:
+            try:
+                check_packaged_configs()
+            except FileNotFoundError as exc:
+                raise ValueError(f"--secure: {exc}") from None
 
 
 @dataclass
@@ -233,9 +247,12 @@ class Demo:
         return day if o.full_day else day + o.start_hour * 3600.0
 
     @contextlib.contextmanager
-    def services(self) -> Iterator[tuple[MosquittoServer | str, str]]:
+    def services(self) -> Iterator[tuple[MosquittoServer | str | None, str | None]]:
         """Our own Mosquitto and Redis unless URLs were given (the broker, Redis's URL);
-        stopped on the way out."""
+        stopped on the way out. Secure: none (the system starts the production ones)."""
+        if self.options.secure:
+            yield None, None
+            return
         work = self.out / "services"
         broker: MosquittoServer | None = None
         redis_server: RedisServer | None = None
@@ -270,6 +287,7 @@ class Demo:
             dispatchers=self.scenario.dispatchers,
             settings=self.timing,
             gated=tuple(self.faults.affected()) if gated else (),
+            secure=o.secure,
         )
 
     def _timing(self) -> dict[str, float]:
@@ -371,6 +389,7 @@ class Demo:
                         prices=self.prices.day_ahead.source,
                         imbalance_prices=self.prices.imbalance.source,
                         scenario_description=self.scenario.description,
+                        secure=o.secure,
                     )
                     self.trader = VirtualTrader(
                         system.api_url,
@@ -779,6 +798,11 @@ def run_demo(options: DemoOptions) -> list[dict[str, Any]]:
     for result in results:
         kpis = result["kpis"]
         console.print(f"report: {result['report']}")
+        if options.secure:
+            console.print(
+                "  secure: TLS, a broker account per site and per cloud role (dynamic "
+                f"security), Redis ACL users; passwords in {options.out / 'secrets'}"
+            )
         keys = (
             "telemetry_completeness",
             "availability",

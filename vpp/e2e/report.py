@@ -591,6 +591,8 @@ def _header(analysis: RunAnalysis) -> str:
         f"seed {_fmt(run.get('seed'))}",
         f"vpp {_fmt(run.get('version'))}",
     ]
+    if run.get("secure"):
+        parts.append("secure: production broker and Redis configs (TLS, ACLs, own accounts)")
     fail = ""
     if analysis.failing:
         fail = f'<p class="failing">failing: {_e(", ".join(analysis.failing))}</p>'

@@ -9,6 +9,14 @@ build it here.
         await system.wait_ready()
         ...
 
+With ``SystemSpec(secure=True)`` it runs on the production configs instead of a given broker
+and Redis (:mod:`vpp.system.secure`): the packaged Mosquitto (TLS, dynamic security) and Redis
+(ACL users), every site on its own broker account added through the plugin, every cloud role
+on its own broker and Redis accounts, passwords only in files under ``workdir/secrets/``.
+
+No password is ever put in a child's command line or environment, nor in a URL given to one:
+a child gets the files' paths (a Redis URL given with a password is split the same way).
+
 Everything started is stopped on the way out, last started first.
 """
 
@@ -23,6 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import redis.asyncio as aioredis
@@ -41,6 +50,7 @@ from protocols.operator import OperatorServer
 from vpp.services import MosquittoServer, ProcessSupervisor, Restart, RoleProcess, free_port
 from vpp.sitecfg import site_configs
 from vpp.system.gate import NetworkGate
+from vpp.system.secure import SecureServices
 from vpp.system.tap import TelemetryTap
 from vpp.system.truth import TruthRecorder
 
@@ -75,10 +85,16 @@ class SystemSpec:
     truth_window: int | None = 4096  # fleet ticks of truth kept (None: every one)
     cloud_user: str = "vpp-cloud"  # the accounts used on a broker that admits only its users
     site_user: str = "vpp-site"
+    # the production configs (vpp.system.secure) instead of a given broker and Redis: TLS, an
+    # account per site and per cloud role, Redis ACL users; needs the cloud as processes
+    # (one process, one role, one set of accounts)
+    secure: bool = False
 
     def __post_init__(self) -> None:
         if self.cloud not in ("in-process", "processes"):
             raise ValueError(f"cloud must be in-process or processes, got {self.cloud!r}")
+        if self.secure and self.cloud != "processes":
+            raise ValueError("a secure system runs the cloud as processes, a role each")
         if self.workers < 1 or self.dispatchers < 0:
             raise ValueError("at least one worker, and no negative number of dispatchers")
         if any(not 0 <= i < self.sites for i in self.gated):
@@ -90,8 +106,10 @@ class System:
     ``site_ids`` exist from the start, the rest once entered (``hot``, ``api``, ``tap``
     from then on).
 
-    ``workdir``: its ``state/`` (registry, cloud config, password files) and ``edge/`` (the
-    agents' stores) are made afresh, ``logs/`` gets the cloud processes' output.
+    ``workdir``: its ``state/`` (registry, cloud config), ``secrets/`` (password files) and
+    ``edge/`` (the agents' stores) are made afresh, ``logs/`` gets the cloud processes'
+    output; a secure system's servers live in ``services/``. ``broker`` and ``redis_url``: the
+    ones to use (a secure system starts its own: give neither).
     ``before_agents(configs)``: awaited with every site's edge config before any agent starts
     (the demo lives the sites' past into their stores); ``on_agent(agent)``: told of each
     agent before it starts; ``on_restart``: told of each cloud process the supervisor
@@ -105,16 +123,23 @@ class System:
         self,
         spec: SystemSpec,
         workdir: Path,
-        broker: MosquittoServer | MqttEndpoint | str,
-        redis_url: str,
+        broker: MosquittoServer | MqttEndpoint | str | None = None,
+        redis_url: str | None = None,
         *,
         before_agents: Callable[[Configs], Awaitable[None]] | None = None,
         on_agent: Callable[[SiteAgent], None] | None = None,
         on_restart: Callable[[Restart], None] | None = None,
     ) -> None:
-        self.spec, self.workdir, self.redis_url = spec, Path(workdir), redis_url
+        if spec.secure and (broker is not None or redis_url is not None):
+            raise ValueError("a secure system starts its own broker and Redis: give neither")
+        if not spec.secure and (broker is None or redis_url is None):
+            raise ValueError("give the broker and Redis to use (or build a secure system)")
+        self.spec, self.workdir, self.redis_url = spec, Path(workdir), redis_url or ""
         self.broker = broker if isinstance(broker, MosquittoServer) else None
         self._broker = broker
+        self.secrets = self.workdir / "secrets"
+        # secure: the packaged broker and Redis, and the accounts in them
+        self.secure = SecureServices(self.workdir) if spec.secure else None
         self._before_agents, self._on_agent = before_agents, on_agent
         self.clock = SimClock(speed=spec.speed, start=spec.t0)
         tick_s = max(spec.sim_tick_s / spec.speed, 0.01)
@@ -154,25 +179,31 @@ class System:
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         spec = self.spec
         state = self.workdir / "state"
-        for folder in (state, self.workdir / "edge"):
+        for folder in (state, self.secrets, self.workdir / "edge"):
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-        cloud_account, site_account, url = self._accounts(state)
+        self.secrets.chmod(0o700)
+        if self.secure is not None:
+            await asyncio.to_thread(self.secure.start)
+            stack.callback(self.secure.stop)
+            self.broker = self._broker = self.secure.broker
+            self.redis_url = self.secure.redis.url  # no password in it
+        cloud_account, site_account, url = self._accounts()
         db = state / "registry.sqlite"
         self.token = await asyncio.to_thread(self._registry, db)
         self.settings = replace(
             CloudSettings(
                 mqtt_url=url,
-                redis_url=self.redis_url,
                 db=db,
                 api_port=free_port(),
                 partitions=spec.partitions,
                 **{f"mqtt_{k}": v for k, v in cloud_account.items()},
+                **self._redis_account(),
             ),
             **spec.settings,
         )
         self.api_url = f"http://127.0.0.1:{self.settings.api_port}"
-        self.hot = aioredis.Redis.from_url(self.redis_url)
+        self.hot = self._operator_redis()
         stack.push_async_callback(self.hot.aclose)
         await self.hot.flushdb()  # no leases, locks or state of an older run
         await self.fleet.start()
@@ -181,7 +212,8 @@ class System:
             await self._start_in_process(stack, db)
         else:
             await self._start_processes(stack, state)
-        self.tap = TelemetryTap(self.settings.mqtt_endpoint())
+        # the tap reads as the worker: an account that may only subscribe to what sites send
+        self.tap = TelemetryTap(self.role_settings("worker").mqtt_endpoint())
         stack.callback(self.tap.close)
         if not await asyncio.to_thread(self.tap.wait_subscribed):
             raise RuntimeError("the telemetry tap could not subscribe within 10 s")
@@ -197,6 +229,8 @@ class System:
             mqtt=site_account,
             agent=dict(spec.agent),
         )
+        if self.secure is not None:
+            await self._add_site_accounts()
         if self._before_agents is not None:
             await self._before_agents(self.configs)
         if spec.gated:
@@ -220,11 +254,16 @@ class System:
             asyncio.create_task(a.run(), name=f"agent {a.site_id}") for a in self.agents
         )
 
-    def _accounts(self, folder: Path) -> tuple[dict[str, Any], dict[str, Any], str]:
+    def _accounts(self) -> tuple[dict[str, Any], dict[str, Any], str]:
         """The cloud's account (as CloudSettings' ``mqtt_*`` fields, unprefixed), the sites'
         (their ``[mqtt]`` settings), and the broker's URL. A broker that admits only its
-        users is used as ``cloud_user`` and ``site_user``."""
-        broker = self._broker
+        users is used as ``cloud_user`` and ``site_user``. Secure: the CA only (each role and
+        site gets its own account, :meth:`role_settings` and :meth:`_add_site_accounts`)."""
+        broker, folder = self._broker, self.secrets
+        if self.secure is not None:
+            tls = self.secure.broker.tls
+            assert tls is not None  # the packaged broker listens on TLS only
+            return {"ca_file": tls.ca_file}, {"ca_file": str(tls.ca_file)}, self.secure.broker.url
         if isinstance(broker, MosquittoServer):
             users = bool(broker.users)
             cloud = broker.endpoint(self.spec.cloud_user if users else None)
@@ -237,6 +276,46 @@ class System:
             k: Path(v) if k.endswith("_file") else v for k, v in _account(cloud, folder).items()
         }
         return cloud_account, _account(site, folder), url
+
+    def _redis_account(self) -> dict[str, Any]:
+        """CloudSettings' ``redis_*`` fields: the URL without a password, and the user and
+        password file if the given URL had them (a child sees the file's path only)."""
+        parts = urlsplit(self.redis_url)
+        if not parts.password or parts.scheme == "unix":
+            return {"redis_url": self.redis_url}
+        path = self.secrets / "redis.password"
+        path.touch(mode=0o600)
+        path.write_text(unquote(parts.password))
+        return {
+            "redis_url": urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])),
+            "redis_username": unquote(parts.username) if parts.username else None,
+            "redis_password_file": path,
+        }
+
+    def _operator_redis(self) -> aioredis.Redis:
+        """The builder's own Redis client (flush, reads): Redis's operator user when secure."""
+        if self.secure is None:
+            return aioredis.Redis.from_url(self.settings.redis_connect_url())
+        user, password = self.secure.operator_redis()
+        return aioredis.Redis.from_url(self.redis_url, username=user, password=password)
+
+    def role_settings(self, role: str) -> CloudSettings:
+        """The settings a cloud role runs with: secure, its own broker and Redis accounts
+        (the API has no broker account); otherwise the cloud's one account."""
+        if self.secure is None:
+            return self.settings
+        return replace(self.settings, **self.secure.cloud_settings(role))
+
+    async def _add_site_accounts(self) -> None:
+        """Secure: every site's own broker account, through the dynamic-security plugin as
+        provisioning adds it, its password in its own file; into the sites' configs."""
+        assert self.secure is not None
+        secure, partitions = self.secure, self.spec.partitions
+        accounts = await asyncio.gather(
+            *(asyncio.to_thread(secure.add_site, s, partitions) for s in self.site_ids)
+        )
+        for site_id, account in zip(self.site_ids, accounts, strict=True):
+            self.configs[site_id]["mqtt"].update(account)
 
     def _registry(self, db: Path) -> str:
         """The pool, its sites, and an API key for it: the key's token."""
@@ -290,7 +369,7 @@ class System:
         for i in range(self.spec.dispatchers):
             dispatcher = PoolDispatcher(
                 broker=s.mqtt_endpoint(),
-                redis_url=s.redis_url,
+                redis_url=s.redis_connect_url(),
                 registry=registry,
                 clock=self.clock,
                 partition_count=s.partitions,
@@ -316,15 +395,6 @@ class System:
         )
         common = ["--mqtt-url", s.mqtt_url, "--redis-url", s.redis_url, "--db", str(s.db)]
         common += ["--partitions", str(s.partitions), "--config", str(config)]
-        for flag, value in (
-            ("--mqtt-username", s.mqtt_username),
-            ("--mqtt-password-file", s.mqtt_password_file),
-            ("--mqtt-ca-file", s.mqtt_ca_file),
-            ("--mqtt-cert-file", s.mqtt_cert_file),
-            ("--mqtt-key-file", s.mqtt_key_file),
-        ):
-            if value is not None:
-                common += [flag, str(value)]
         env = {"VPP_CLOCK": self.clock.spec()}
         logs = self.workdir / "logs"
         roles = [("api", "api", ["--api-port", str(s.api_port)])]
@@ -338,7 +408,8 @@ class System:
         stack.push_async_callback(stop_processes)
         for name, role, extra in roles:
             ident = [] if role == "api" else ["--instance-id", name]
-            proc = RoleProcess(name, role, [*common, *extra, *ident], env, logs)
+            accounts = _account_args(self.role_settings(role))
+            proc = RoleProcess(name, role, [*common, *accounts, *extra, *ident], env, logs)
             proc.start()  # each with its operator port, free and logged
             self.processes.append(proc)
             self.supervisor.watch(proc)
@@ -519,6 +590,23 @@ class System:
     def truth_series(self, since: float, until: float) -> list[tuple[float, float]]:
         """``(t, true pool grid power)`` at each fleet tick with ``since <= t < until``."""
         return [(t, float(grid.sum())) for t, grid in self.truth.between(since, until)]
+
+
+def _account_args(settings: CloudSettings) -> list[str]:
+    """`vpp cloud run` flags of the accounts in ``settings``: names and file paths only."""
+    args: list[str] = []
+    for flag, value in (
+        ("--mqtt-username", settings.mqtt_username),
+        ("--mqtt-password-file", settings.mqtt_password_file),
+        ("--mqtt-ca-file", settings.mqtt_ca_file),
+        ("--mqtt-cert-file", settings.mqtt_cert_file),
+        ("--mqtt-key-file", settings.mqtt_key_file),
+        ("--redis-username", settings.redis_username),
+        ("--redis-password-file", settings.redis_password_file),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    return args
 
 
 def _account(endpoint: MqttEndpoint, folder: Path) -> dict[str, Any]:

@@ -6,6 +6,12 @@ closes every open connection (both ways, abruptly: the broker sees the sockets d
 the sites' wills) and refuses new ones until :meth:`NetworkGate.restore`. Nothing is
 simulated inside the agents: they meet a dead link exactly as in the field, keep control
 locally and buffer telemetry.
+
+The gate runs in a thread of its own, on its own event loop: a link lies outside the processes
+it joins, so it must keep forwarding while the agents' loop is busy. (paho does a TLS
+handshake as a blocking call, up to its connect timeout, on the agents' loop: a gate on that
+same loop could not forward the handshake it waits for, and no ``mqtts://`` site behind the
+gate would ever connect.)
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+from collections.abc import Coroutine
+from typing import Any
 
 log = logging.getLogger("vpp.system.gate")
 
@@ -20,7 +29,8 @@ _CHUNK = 65536
 
 
 class NetworkGate:
-    """Forward ``127.0.0.1:<port>`` to ``upstream`` until cut."""
+    """Forward ``127.0.0.1:<port>`` to ``upstream`` until cut. ``start``/``stop`` from the
+    caller's loop, ``cut``/``restore`` from its thread; the forwarding runs in the gate's."""
 
     def __init__(self, upstream_host: str, upstream_port: int, name: str = "gate") -> None:
         self.upstream = (upstream_host, upstream_port)
@@ -32,17 +42,62 @@ class NetworkGate:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the gate's own
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        """The gate's thread and loop, listening on a free port (``port``)."""
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=loop.run_forever, name=f"gate {self.name}", daemon=True
+        )
+        self._thread.start()
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._listen(), loop))
+
+    async def stop(self) -> None:
+        """Cut every connection, stop listening, end the gate's thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close(), loop))
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            await asyncio.to_thread(thread.join, 10.0)
+            if not thread.is_alive():
+                loop.close()
+            self._loop = self._thread = None
+
+    def cut(self) -> None:
+        """The link fails: drop every connection now and refuse new ones (done when this
+        returns)."""
+        self.open = False
+        self._in_gate(self._abort_all())
+        log.info("gate %s: cut", self.name)
+
+    def restore(self) -> None:
+        self.open = True
+        log.info("gate %s: restored", self.name)
+
+    def _in_gate(self, work: Coroutine[Any, Any, None], timeout_s: float = 10.0) -> None:
+        """Run ``work`` on the gate's loop and wait for it (a stopped gate: nothing to do)."""
+        if self._loop is None:
+            work.close()
+            return
+        asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout_s)
+
+    async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
-        self.cut()
+    async def _close(self) -> None:
+        self.open = False
+        await self._abort_all()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -50,19 +105,12 @@ class NetworkGate:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def cut(self) -> None:
-        """The link fails: drop every connection now and refuse new ones."""
-        self.open = False
+    async def _abort_all(self) -> None:
         for writer in list(self._writers):
             transport = writer.transport
             if transport is not None:
                 transport.abort()  # no FIN handshake: a dead link, not a polite close
         self._writers.clear()
-        log.info("gate %s: cut", self.name)
-
-    def restore(self) -> None:
-        self.open = True
-        log.info("gate %s: restored", self.name)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.open:
