@@ -2,7 +2,7 @@
 # quick when nothing changed (packaging/setup-dev.sh keeps a stamp).
 #
 #   make demo   [DEMO_ARGS=...]     set up, then run the demo
-#   make test   [PYTEST_ARGS=...]   set up, then run the whole test suite
+#   make test   [PYTEST_ARGS=...] [TEST_WORKERS=2]   set up, then run the whole test suite
 #   make bench                      set up, then run every bench/*.py
 #   make deb                        set up, then build the gateway's .deb into build/
 #   make lint | format | clean | distclean
@@ -14,6 +14,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test` (the end-to-end tests run one at a time on one of them)
+TEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
 .PHONY: help setup test demo bench deb lint format clean distclean
@@ -32,7 +34,7 @@ setup:
 	@bash packaging/setup-dev.sh
 
 test: setup
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/vpp demo $(DEMO_ARGS)

@@ -46,6 +46,16 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`), the end-to-end
+    tests share one group: they run one after another on one worker while the other worker
+    takes the rest. Each runs a whole system against the wall clock on about one core, so two
+    at once would starve each other's control loops."""
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
 @pytest.fixture(scope="session")
 def mosquitto() -> Iterator[MosquittoServer]:
     """Session-wide Mosquitto broker; ``mosquitto.url`` is ``mqtt://127.0.0.1:PORT``."""
