@@ -48,6 +48,7 @@ from protocols.mqtt_endpoint import MqttEndpoint
 from protocols.operator import OperatorServer
 from protocols.partitions import DEFAULT_PARTITION_COUNT
 from protocols.sd_notify import Notifier, feed_watchdog, watchdog_interval_s
+from protocols.secret_file import read_secret_file
 from protocols.supervise import supervise
 
 __all__ = ["ROLES", "CloudSettings", "load_settings", "run_cloud"]
@@ -122,20 +123,10 @@ class CloudSettings:
         user = self.redis_username if self.redis_username is not None else parts.username
         password = parts.password
         if self.redis_password_file is not None:
-            password = _read_redis_secret(self.redis_password_file)
+            password = read_secret_file(self.redis_password_file, "Redis password")
         auth = quote(user or "", safe="") + (f":{quote(password, safe='')}" if password else "")
         host = parts.netloc.rpartition("@")[2]
         return urlunsplit(parts._replace(netloc=f"{auth}@{host}"))
-
-
-def _read_redis_secret(path: Path) -> str:
-    try:
-        secret = path.read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"Redis password file {path}: {exc.strerror or exc}") from None
-    if not secret:
-        raise ValueError(f"Redis password file {path} is empty")
-    return secret
 
 
 _PATH_SETTINGS = (

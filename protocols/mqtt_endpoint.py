@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from protocols.logs import redact_url
+from protocols.secret_file import SecretFileError, read_secret_file
 
 __all__ = ["MqttEndpoint", "MqttSettingsError", "endpoint_of", "threaded_client"]
 
@@ -145,12 +146,9 @@ def threaded_client(broker: MqttEndpoint | str, client_id: str = "") -> mqtt.Cli
 
 def _read_secret(path: Path) -> str:
     try:
-        secret = path.read_text().strip()
-    except OSError as exc:
-        raise MqttSettingsError(f"MQTT password file {path}: {exc.strerror or exc}") from None
-    if not secret:
-        raise MqttSettingsError(f"MQTT password file {path} is empty")
-    return secret
+        return read_secret_file(path, "MQTT password")
+    except SecretFileError as exc:
+        raise MqttSettingsError(str(exc)) from None
 
 
 def _unquoted(text: str | None) -> str | None:

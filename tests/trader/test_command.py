@@ -51,7 +51,7 @@ async def test_the_command_trades_a_pool_over_the_api(api: Api, tmp_path: Path) 
 
 # what is wrong -> the one line that says so
 BAD = [
-    ("no key file", "cannot read the API key file"),
+    ("no key file", "API key file"),
     ("empty key", "is empty"),
     ("prices of another day", "the prices cover"),
     ("unknown clock", "unknown clock kind"),

@@ -210,14 +210,13 @@ def credentials_add(
     from cloud.broker_accounts import BrokerAccountError
     from cloud.broker_control import add_site_credentials
     from protocols.errors import ProtocolError
+    from protocols.secret_file import SecretFileError, read_secret_file
 
     admin = _admin_endpoint(mqtt_url, mqtt_username, mqtt_password_file, mqtt_ca_file)
     try:
-        password = site_password_file.read_text().strip()
-    except OSError as exc:
-        raise _fail(f"site password file {site_password_file}: {exc.strerror}") from None
-    if not password:
-        raise _fail(f"site password file {site_password_file} is empty")
+        password = read_secret_file(site_password_file, "site password")
+    except SecretFileError as exc:
+        raise _fail(str(exc)) from None
     try:
         add_site_credentials(admin, site_id, partition, password)
     except (BrokerAccountError, ProtocolError) as exc:
@@ -254,25 +253,16 @@ def broker_app() -> None:
 
 
 def _secret_file(path: Path) -> tuple[str, bool]:
-    """The secret in ``path``, made (random, mode 0600) when the file is missing or empty;
+    """The secret in ``path``, made (random, 0600) when the file is missing or empty;
     (secret, made)."""
-    import secrets
+    from protocols.secret_file import SecretFileError, new_secret_file, read_secret_file
 
     try:
-        kept = path.read_text().strip() if path.exists() else ""
-    except OSError as exc:
-        raise _fail(f"{path}: {exc.strerror or exc}") from None
-    if kept:
-        return kept, False
-    secret = secrets.token_urlsafe(32)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.chmod(0o600)
-        path.write_text(secret + "\n")
-    except OSError as exc:
-        raise _fail(f"{path}: {exc.strerror or exc}") from None
-    return secret, True
+        if path.exists() and path.read_text().strip():
+            return read_secret_file(path, "password"), False
+        return new_secret_file(path), True
+    except (OSError, SecretFileError) as exc:
+        raise _fail(str(exc) if isinstance(exc, SecretFileError) else f"{path}: {exc}") from None
 
 
 @broker_app.command("init")

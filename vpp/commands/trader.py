@@ -83,16 +83,15 @@ def run(
 ) -> None:
     """Trade POOL until SIGINT/SIGTERM (or --hours), then print what was decided as JSON."""
     from protocols.clock import clock_from_spec, wait_until
+    from protocols.secret_file import SecretFileError, read_secret_file
     from protocols.units import to_iso8601
     from vpp.trader.client import TraderOptions, VirtualTrader
     from vpp.trader.prices import default_prices, read_prices
 
     try:
-        key = key_file.read_text().strip()
-    except OSError as exc:
-        raise _fail(f"cannot read the API key file {key_file}: {exc.strerror}") from None
-    if not key:
-        raise _fail(f"the API key file {key_file} is empty")
+        key = read_secret_file(key_file, "API key")
+    except SecretFileError as exc:
+        raise _fail(str(exc)) from None
     try:
         the_clock = clock_from_spec(clock)
         day_ahead = read_prices(prices) if prices is not None else default_prices()[0]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from cloud.broker_accounts import bootstrap_config, cloud_username
 from cloud.broker_control import add_site_credentials
 from protocols.mqtt_endpoint import MqttEndpoint
 from protocols.partitions import partition_of
+from protocols.secret_file import new_secret_file, read_secret_file
 from vpp.pki import make_broker_tls
 from vpp.services import MosquittoServer, RedisServer
 
@@ -62,13 +62,11 @@ class SecretFiles:
     def new(self, name: str) -> Path:
         """A fresh random secret in ``<folder>/<name>``; its path."""
         path = self.folder / name
-        path.touch(mode=0o600)
-        path.chmod(0o600)  # whatever the umask said
-        path.write_text(secrets.token_urlsafe(24))
+        new_secret_file(path, nbytes=24)
         return path
 
     def read(self, path: Path) -> str:
-        return path.read_text().strip()
+        return read_secret_file(path, "secret")
 
     def values(self) -> dict[str, str]:
         """Every secret of the folder by file name (the tests search the logs for them)."""
