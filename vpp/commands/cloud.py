@@ -215,11 +215,8 @@ def credentials_add(
     admin = _admin_endpoint(mqtt_url, mqtt_username, mqtt_password_file, mqtt_ca_file)
     try:
         password = read_secret_file(site_password_file, "site password")
-    except SecretFileError as exc:
-        raise _fail(str(exc)) from None
-    try:
         add_site_credentials(admin, site_id, partition, password)
-    except (BrokerAccountError, ProtocolError) as exc:
+    except (SecretFileError, BrokerAccountError, ProtocolError) as exc:
         raise _fail(str(exc)) from None
     click.echo(f"site {site_id}: broker account set (partition {partition})")
 
