@@ -179,3 +179,8 @@ def configs_from_manifest(manifest: Path, mqtt_url: str, out: Path, db_dir: Path
         raise click.BadParameter(f"cannot read manifest: {exc}", param_hint="--manifest") from None
     paths = write_site_configs(site_configs(data, mqtt_url, db_dir or out), out)
     click.echo(f"wrote {len(paths)} config(s) to {out}")
+
+
+from vpp.commands.provision import provision  # noqa: E402 - the group's subcommands
+
+app.add_command(provision)
