@@ -27,8 +27,11 @@ __all__ = [
     "EdgeConfig",
     "ForecastSection",
     "OperatorSection",
+    "StatusPageSection",
+    "TariffSection",
     "load_config",
     "operator_address",
+    "status_page_addresses",
 ]
 
 
@@ -185,6 +188,30 @@ class OperatorSection(_Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 9181  # 0: a free port (the log tells which)
 
 
+class TariffSection(_Section):
+    """What a kWh costs from the grid and earns when exported, for the status page's money
+    figures of the day (a flat tariff; a time-of-use tariff is not modelled)."""
+
+    import_per_kwh: Annotated[float, Field(ge=0, le=100)]
+    export_per_kwh: Annotated[float, Field(ge=-100, le=100)] = 0.0
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "EUR"
+
+
+class StatusPageSection(_Section):
+    """The homeowner's status page (:mod:`edge.status_page`), served on the LAN. Off by
+    default: the demo runs many agents in one process; provisioning turns it on. Agents run in
+    one process each need a port of their own."""
+
+    enabled: bool = False
+    host: Annotated[str, Field(min_length=1, max_length=253)] = "0.0.0.0"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: a free port (the log tells which)
+    # the installer password's hash (`vpp edge installer-password set`); none: no installer
+    # actions on this gateway
+    installer_password_file: Path | None = None
+    refresh_s: Annotated[float, Field(ge=1, le=60)] = 3.0  # how often the page polls
+    tariff: TariffSection | None = None
+
+
 class DeviceConfig(_Section):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")]
     host: Annotated[str, Field(min_length=1, max_length=253)]
@@ -201,6 +228,7 @@ class EdgeConfig(_Section):
     control: ControlSection = ControlSection()
     forecast: ForecastSection = ForecastSection()
     operator: OperatorSection = OperatorSection()
+    status_page: StatusPageSection = StatusPageSection()
     devices: Annotated[list[DeviceConfig], Field(min_length=1, max_length=32)]
 
     @model_validator(mode="after")
@@ -253,6 +281,44 @@ def operator_address(configs: list[EdgeConfig]) -> tuple[str, int]:
         listed = ", ".join(f"{h}:{p}" for h, p in sorted(found))
         raise ConfigError(f"the configs give different operator ports ({listed}); give one")
     return found.pop() if found else (OperatorSection().host, OperatorSection().port)
+
+
+_ANY_HOST = {"0.0.0.0", "::", ""}
+
+
+def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Would two listeners clash? Same port on the same address, or either on every address
+    (port 0 asks the kernel for a free one and never clashes)."""
+    if a[1] == 0 or b[1] == 0 or a[1] != b[1]:
+        return False
+    return a[0] == b[0] or a[0] in _ANY_HOST or b[0] in _ANY_HOST
+
+
+def status_page_addresses(configs: list[EdgeConfig]) -> dict[str, tuple[str, int]]:
+    """Each enabled status page's (host, port) by site id; ConfigError naming both sites
+    when two pages, or a page and the process's operator port, would share a port."""
+    pages = {
+        c.site.id: (c.status_page.host, c.status_page.port)
+        for c in configs
+        if c.status_page.enabled
+    }
+    sites = sorted(pages)
+    for i, a in enumerate(sites):
+        for b in sites[i + 1 :]:
+            if _same_socket(pages[a], pages[b]):
+                raise ConfigError(
+                    f"status_page.port: sites {a} and {b} both want port {pages[a][1]}; "
+                    "give each site's page a port of its own"
+                )
+    if configs:
+        operator = operator_address(configs)
+        for site in sites:
+            if _same_socket(pages[site], operator):
+                raise ConfigError(
+                    f"status_page.port: site {site}'s page wants port {operator[1]}, the "
+                    "operator port's; give the page another port"
+                )
+    return pages
 
 
 def load_config(path: str | Path) -> EdgeConfig:
