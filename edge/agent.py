@@ -62,6 +62,7 @@ from edge.drivers import (
 )
 from edge.forecast import Forecaster, ForecastSettings, HeatPumpNow, SiteNow
 from edge.slot_account import SlotAccount
+from edge.status_page.history import PowerMinutes, Sample
 from edge.store import EdgeStore, OutboxRecord
 from edge.uplink import Uplink
 from protocols.clock import Clock, Ticker
@@ -235,6 +236,9 @@ class SiteAgent:
         # counter starts lower (e.g. after a Redis restart) must still be obeyed at once.
         self._last_signal_key: tuple[float, int] = (float("-inf"), -1)
         self._held_back = 0  # telemetry held back since the meter was lost
+        # the status page's per-minute power flows (stored) and when the broker was last seen
+        self.power_minutes = PowerMinutes(max_gap_s=5 * self.poll_s)
+        self.cloud_seen_ts: float | None = None
         self.counters: dict[str, int] = {
             "cycles": 0,
             "cycle_slips": 0,
@@ -405,9 +409,30 @@ class SiteAgent:
         await self._apply(state)
         self.state = state
         self.counters["cycles"] += 1
+        self._record_flows(now, state)
         self._observe(now, state, fresh)
         self._maybe_publish_envelope(now, state, fresh)
         return state
+
+    def _record_flows(self, now: float, state: CycleState) -> None:
+        """The status page's history: this cycle's flows into the minute under way, a closed
+        minute into the store; and whether the broker is there now."""
+        if self.uplink is not None and self.uplink.connected:
+            self.cloud_seen_ts = now
+        closed = self.power_minutes.add(
+            Sample(
+                ts=now,
+                grid_w=_finite(state.grid_w),
+                pv_w=_finite(state.pv_w),
+                battery_w=_finite(state.battery_w),
+                heat_pump_w=_finite(state.heat_pump_w),
+                load_w=None if state.inputs is None else state.inputs.load_w,
+                soc_pct=_finite(state.soc_pct),
+                mode=state.mode.value,
+            )
+        )
+        if closed is not None and self.store is not None:
+            self.store.append_power_minute(*closed)
 
     # --- forecast and envelope ---------------------------------------------------------------
 

@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_SENT_KEEP_S",
     "FORECAST_SLOT_FIELDS",
     "MIGRATIONS",
+    "POWER_MINUTE_FIELDS",
     "EdgeStore",
     "OutboxRecord",
     "OutboxStats",
@@ -88,6 +89,27 @@ FORECAST_SLOT_FIELDS = (
 ``open_loop_share``: the fraction of cycles that followed that share with no signal, i.e.
 with the broker or the cloud away). The last two tell afterwards what a site was asked and
 what it did while nobody could correct it."""
+
+
+POWER_MINUTE_FIELDS = (
+    "pv_w",
+    "import_w",
+    "export_w",
+    "charge_w",
+    "discharge_w",
+    "heat_pump_w",
+    "load_w",
+    "soc_pct",
+    "cloud_share",
+    "degraded_share",
+)
+"""Per-minute means kept for the status page (:mod:`edge.status_page.history`): the flows with
+each direction apart (grid import/export, battery charge/discharge, all >= 0), so a minute's
+energies are its means times ``covered_s``; the shares of the minute the site followed the
+cloud or ran degraded."""
+
+DEFAULT_POWER_MINUTES_KEEP_S = 2 * 86400.0
+"""Per-minute power flows are kept this long: a 24 h chart and today's totals need 1-2 days."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +204,19 @@ def m004_forecast_slot_plan(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE forecast_slot ADD COLUMN open_loop_share REAL")
 
 
+@MIGRATIONS()
+def m005_power_minute(db: sqlite_utils.Database) -> None:
+    """Expand: the status page's per-minute power flows (``minute_ts``: the minute's start,
+    Unix s; ``covered_s``: how much of it was measured). Pruned after two days."""
+    columns = ", ".join(f"{name} REAL" for name in POWER_MINUTE_FIELDS)
+    db.execute(
+        "CREATE TABLE power_minute ("
+        " minute_ts INTEGER PRIMARY KEY,"
+        " covered_s REAL NOT NULL,"
+        f" {columns})"
+    )
+
+
 # --- the store ----------------------------------------------------------------------------
 
 
@@ -196,6 +231,7 @@ class EdgeStore:
         retention_s: float = DEFAULT_RETENTION_S,
         max_records: int | None = None,
         sent_keep_s: float = DEFAULT_SENT_KEEP_S,
+        power_minutes_keep_s: float = DEFAULT_POWER_MINUTES_KEEP_S,
     ) -> None:
         """Open (creating if needed) the file at ``path`` and apply pending migrations.
 
@@ -203,6 +239,7 @@ class EdgeStore:
             dropped by :meth:`enforce_retention`.
         max_records: optional cap on unsent rows (disk budget); beyond it the oldest go.
         sent_keep_s: acknowledged rows are deleted this long after their PUBACK.
+        power_minutes_keep_s: per-minute power flows older than this are deleted.
         """
         if retention_s <= 0:
             raise ValueError(f"retention_s must be > 0, got {retention_s!r}")
@@ -213,6 +250,7 @@ class EdgeStore:
         self.retention_s = float(retention_s)
         self.max_records = max_records
         self.sent_keep_s = float(sent_keep_s)
+        self.power_minutes_keep_s = float(power_minutes_keep_s)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite_utils.Database(self.path, execute_plugins=False)
         self._conn = self._db.conn
@@ -298,7 +336,8 @@ class EdgeStore:
         Drops unsent records older than ``retention_s`` and, with ``max_records``, the
         oldest beyond that count; both are counted in the persisted ``dropped_total`` and
         logged as a warning. Also deletes sent records older than ``sent_keep_s`` and
-        dispatch log entries older than ``retention_s`` (housekeeping, not counted).
+        dispatch log entries older than ``retention_s`` and power minutes older than
+        ``power_minutes_keep_s`` (housekeeping, not counted).
         Cheap when there is nothing to do: the agent can call it every minute.
         """
         now = self.clock.time()
@@ -347,6 +386,9 @@ class EdgeStore:
                 (now - self.sent_keep_s,),
             )
             self._conn.execute("DELETE FROM dispatch_log WHERE received_ts < ?", (cutoff,))
+            self._conn.execute(
+                "DELETE FROM power_minute WHERE minute_ts < ?", (now - self.power_minutes_keep_s,)
+            )
         if dropped:
             log.warning(
                 "edge store %s: retention dropped %d unsent telemetry records "
@@ -459,6 +501,36 @@ class EdgeStore:
             a = self._conn.execute("DELETE FROM forecast_slot WHERE slot_ts < ?", (before_ts,))
             b = self._conn.execute("DELETE FROM forecast_issued WHERE issue_ts < ?", (before_ts,))
         return a.rowcount + b.rowcount
+
+    # --- the status page's power flows ---------------------------------------------------
+
+    def append_power_minute(
+        self, minute_ts: int, covered_s: float, values: dict[str, float | None]
+    ) -> None:
+        """Store one closed minute of power flows (replaces a row of the same minute: a
+        restart inside a minute writes what it saw of it). Unknown keys are refused."""
+        unknown = set(values) - set(POWER_MINUTE_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown power minute fields: {', '.join(sorted(unknown))}")
+        row = [None if values.get(k) is None else float(values[k]) for k in POWER_MINUTE_FIELDS]
+        marks = ", ".join("?" * (2 + len(POWER_MINUTE_FIELDS)))
+        with self._db.atomic():
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO power_minute (minute_ts, covered_s,"
+                f" {', '.join(POWER_MINUTE_FIELDS)}) VALUES ({marks})",
+                (int(minute_ts), float(covered_s), *row),
+            )
+
+    def power_minutes(self, since_ts: float, until_ts: float | None = None) -> list[dict[str, Any]]:
+        """Stored minutes from ``since_ts`` (to ``until_ts``), oldest first; each a dict with
+        ``minute_ts``, ``covered_s`` and every field of POWER_MINUTE_FIELDS."""
+        cols = ("minute_ts", "covered_s", *POWER_MINUTE_FIELDS)
+        rows = self._conn.execute(
+            f"SELECT {', '.join(cols)} FROM power_minute WHERE minute_ts >= ? AND minute_ts < ?"
+            " ORDER BY minute_ts",
+            (int(since_ts), 2**62 if until_ts is None else int(until_ts)),
+        ).fetchall()
+        return [dict(zip(cols, row, strict=True)) for row in rows]
 
     # --- lifecycle ------------------------------------------------------------------------
 
