@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-__all__ = ["SecretFileError", "new_secret_file", "read_secret_file"]
+__all__ = ["SecretFileError", "new_secret_file", "read_secret_file", "write_secret_file"]
 
 
 class SecretFileError(ValueError):
@@ -25,12 +25,21 @@ def read_secret_file(path: Path, what: str) -> str:
     return secret
 
 
-def new_secret_file(path: Path, nbytes: int = 32) -> str:
-    """Write a new random secret to ``path``, readable by its owner only (0600 whatever the
-    umask), and return it. The folder is made if missing."""
-    secret = secrets.token_urlsafe(nbytes)
+def write_secret_file(path: Path, secret: str) -> None:
+    """Write ``secret`` to ``path``, readable by its owner only (0600 whatever the umask),
+    replacing the file whole (a reader never sees half of it). The folder is made if
+    missing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text(secret)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.touch(mode=0o600)
+    tmp.chmod(0o600)
+    tmp.write_text(secret)
+    tmp.replace(path)
+
+
+def new_secret_file(path: Path, nbytes: int = 32) -> str:
+    """Write a new random secret to ``path`` (as :func:`write_secret_file`) and return it."""
+    secret = secrets.token_urlsafe(nbytes)
+    write_secret_file(path, secret)
     return secret
