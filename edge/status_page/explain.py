@@ -1,0 +1,144 @@
+"""Who is in control of the house right now and why, in plain words (pure).
+
+The homeowner reads one title (cloud dispatch, local fallback, degraded, starting) and one
+sentence with the reason and the time it holds until, e.g. "The cloud asked for 2.0 kW of
+export at the grid connection until 14:15: the battery discharges 3.1 kW to deliver it." or
+"No contact with the cloud since 13:02: the gateway is running the house on its own
+(self-consumption)." Notes add the hard limits that hold a setpoint back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["ControlFacts", "Explanation", "explain", "kw_text"]
+
+DEVICE_NAMES = {
+    "pv_inverter": "PV inverter",
+    "battery": "battery",
+    "meter": "grid meter",
+    "heat_pump": "heat pump",
+}
+
+LIMIT_NOTES = {
+    "device_rating": "A device is at its rated power.",
+    "soc_window": "The battery is at the edge of its allowed charge window.",
+    "grid_limit": "The house is at the grid connection's import limit.",
+    "export_limit": "The house is at its export limit.",
+    "comfort_band": "The heat pump keeps the house within its comfort temperatures.",
+    "device_unavailable": "A device the request needs is not available.",
+}
+
+TITLES = {
+    "cloud": "Cloud dispatch",
+    "fallback": "Local fallback",
+    "degraded": "Degraded",
+    None: "Starting",
+}
+
+SELF_CONSUMPTION = "self-consumption: the battery stores surplus PV and covers the house"
+
+
+@dataclass(frozen=True, slots=True)
+class ControlFacts:
+    """What the agent's last cycle decided, as the explanation needs it."""
+
+    mode: str | None  # cloud | fallback | degraded; None: no cycle yet
+    lost: tuple[str, ...] = ()  # kinds of the devices not answering
+    command_kind: str | None = None  # dispatch | signal: the cloud command followed
+    target_w: float | None = None  # a dispatch's grid power (+ import)
+    level: float | None = None  # a partition signal's level, -1..1
+    valid_until: float | None = None  # the command's end
+    battery_w: float | None = None  # the battery's setpoint now (+ discharge)
+    open_loop: bool = False  # following the cloud's plan with no signal
+    plan_until: float | None = None  # that plan's end
+    cloud_connected: bool = False
+    cloud_seen_ts: float | None = None  # last cycle with the broker connected
+    clamped_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    mode: str  # cloud | fallback | degraded | starting
+    title: str
+    reason: str
+    notes: tuple[str, ...] = ()
+
+
+def kw_text(watts: float) -> str:
+    """``2.0 kW`` (magnitude, one decimal; the direction is in the words around it)."""
+    return f"{abs(watts) / 1000:.1f} kW"
+
+
+def _battery_words(battery_w: float | None) -> str:
+    if battery_w is None or abs(battery_w) < 50:
+        return ""
+    verb = "discharges" if battery_w > 0 else "charges"
+    return f": the battery {verb} {kw_text(battery_w)} to deliver it"
+
+
+def _contact(facts: ControlFacts, at: Callable[[float], str]) -> str:
+    if facts.cloud_seen_ts is None:
+        return "No contact with the cloud yet"
+    return f"No contact with the cloud since {at(facts.cloud_seen_ts)}"
+
+
+def explain(facts: ControlFacts, at: Callable[[float], str]) -> Explanation:
+    """Title and reason for ``facts``; ``at`` formats a Unix time as the homeowner's clock
+    time ("14:15")."""
+    notes = tuple(LIMIT_NOTES[c] for c in facts.clamped_by if c in LIMIT_NOTES)
+    if facts.mode is None:
+        reason = "The gateway is starting: it has not read the devices yet."
+        return Explanation("starting", TITLES[None], reason)
+    if facts.mode == "degraded":
+        if "meter" in facts.lost:
+            reason = (
+                "The grid meter is not answering: the gateway cannot see the house's use, so "
+                "it hands the battery back to its own control and keeps PV within the export "
+                "limit. The cloud's requests wait until the meter is back."
+            )
+        else:
+            names = [DEVICE_NAMES.get(k, k) for k in facts.lost] or ["a device"]
+            verb = "is" if len(names) == 1 else "are"
+            reason = (
+                f"The {' and the '.join(names)} {verb} not answering: the gateway keeps the "
+                "house within its limits with what is left and takes no requests from the "
+                "cloud until it is back."
+            )
+        return Explanation("degraded", TITLES["degraded"], reason, notes)
+    if facts.mode == "cloud":
+        until = "" if facts.valid_until is None else f" until {at(facts.valid_until)}"
+        if facts.command_kind == "dispatch" and facts.target_w is not None:
+            if abs(facts.target_w) < 50:
+                ask = "asked the house to draw nothing from the grid"
+            else:
+                flow = "import" if facts.target_w > 0 else "export"
+                ask = f"asked for {kw_text(facts.target_w)} of {flow} at the grid connection"
+            reason = f"The cloud {ask}{until}{_battery_words(facts.battery_w)}."
+        elif facts.command_kind == "signal" and facts.level is not None:
+            way = "use more" if facts.level > 0 else "use less" if facts.level < 0 else "hold"
+            reason = (
+                f"The cloud asked the homes of this area to {way} power "
+                f"({facts.level * 100:+.0f} % of what they can shift){until}"
+                f"{_battery_words(facts.battery_w)}."
+            )
+        else:
+            plan_until = "" if facts.plan_until is None else f" until {at(facts.plan_until)}"
+            if facts.cloud_connected:
+                lead = "The gateway follows the cloud's plan for today"
+            else:
+                lead = f"{_contact(facts, at)}: the gateway follows the plan the cloud sent"
+            reason = f"{lead}{plan_until}{_battery_words(facts.battery_w)}."
+        return Explanation("cloud", TITLES["cloud"], reason, notes)
+    if facts.cloud_connected:
+        reason = (
+            "The cloud asks nothing of the house now: the gateway runs it on its own "
+            f"({SELF_CONSUMPTION})."
+        )
+    else:
+        reason = (
+            f"{_contact(facts, at)}: the gateway is running the house on its own "
+            f"({SELF_CONSUMPTION})."
+        )
+    return Explanation("fallback", TITLES["fallback"], reason, notes)
