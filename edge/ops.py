@@ -67,6 +67,7 @@ def watch_agents(op: OperatorServer, agents: Sequence[SiteAgent]) -> None:
         modes: Counter[tuple[str, ...]] = Counter({(m.value,): 0 for m in Mode})
         sent: Counter[tuple[str, ...]] = Counter({("live",): 0, ("backlog",): 0})
         pending = dropped = connected = cycles = cycle_errors = held_back = 0
+        auth_failures: Counter[tuple[str, ...]] = Counter({("wrong",): 0, ("limited",): 0})
         for a in agents:
             for d in a.drivers:
                 kind, st = d.kind.value, d.stats
@@ -90,6 +91,8 @@ def watch_agents(op: OperatorServer, agents: Sequence[SiteAgent]) -> None:
             cycles += a.counters["cycles"]
             cycle_errors += a.counters["errors"]
             held_back += a.counters["telemetry_held_back"]
+            auth_failures[("wrong",)] += a.counters.get("installer_auth_failures", 0)
+            auth_failures[("limited",)] += a.counters.get("installer_auth_limited", 0)
         yield gauge("vpp_edge_sites", "Site agents in this process.", len(agents))
         yield counter(
             "vpp_edge_modbus_reads_total",
@@ -137,5 +140,12 @@ def watch_agents(op: OperatorServer, agents: Sequence[SiteAgent]) -> None:
         yield gauge("vpp_edge_mqtt_connected", "Site agents connected to the broker.", connected)
         yield counter("vpp_edge_cycles_total", "Control cycles run.", cycles)
         yield counter("vpp_edge_cycle_errors_total", "Control cycles that failed.", cycle_errors)
+        yield counter(
+            "vpp_edge_installer_auth_failures_total",
+            "Installer actions on the status page refused: a wrong password, or a client "
+            "refused while locked out after too many (limited).",
+            auth_failures,
+            ["reason"],
+        )
 
     op.registry.register(FnCollector(collect))

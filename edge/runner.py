@@ -3,7 +3,9 @@
 A gateway runs one agent; the demo and the end-to-end test run hundreds per process. An
 agent whose devices cannot be reached at start keeps retrying with backoff while the others
 run: one broken site must not hold the rest back. The process serves its operator port
-(``[operator]`` of the configs, or the one given): ``/livez``, ``/readyz``, ``/metrics``.
+(``[operator]`` of the configs, or the one given): ``/livez``, ``/readyz``, ``/metrics``, and
+each agent whose ``[status_page]`` is enabled serves its homeowner's page on its own port
+(:mod:`edge.status_page`, loaded only then: FastAPI stays out of a process without a page).
 
 Under systemd (``Type=notify``) it says ``READY=1`` once its operator port and agents run,
 ``STOPPING=1`` on the way out, and feeds ``WatchdogSec`` while every started agent's control
@@ -16,11 +18,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from edge.agent import SiteAgent
 from edge.config import EdgeConfig, operator_address
 from edge.ops import watch_agents
 from protocols.clock import Clock, wait_until
+from protocols.http_server import AsgiServer
 from protocols.operator import OperatorServer
 from protocols.sd_notify import Notifier, feed_watchdog, watchdog_interval_s
 from protocols.supervise import supervise
@@ -28,6 +33,22 @@ from protocols.supervise import supervise
 log = logging.getLogger("edge.runner")
 
 START_RETRY_MAX_S = 60.0
+
+#: re-runs commissioning for a site's page (``POST /api/installer/commission``)
+CommissionFor = Callable[[SiteAgent], Callable[[], Awaitable[Mapping[str, Any]]]]
+
+
+def status_pages(agents: list[SiteAgent], commission_for: CommissionFor | None) -> list[AsgiServer]:
+    """A status page server for each agent whose config enables one."""
+    enabled = [a for a in agents if a.config.status_page.enabled]
+    if not enabled:
+        return []
+    from edge.status_page.server import StatusPageServer  # FastAPI: only with a page
+
+    return [
+        StatusPageServer(a, commission=None if commission_for is None else commission_for(a))
+        for a in enabled
+    ]
 
 
 async def _start_and_run(agent: SiteAgent, clock: Clock, stop: asyncio.Event) -> None:
@@ -55,12 +76,15 @@ async def run_agents(
     stop: asyncio.Event | None = None,
     operator: OperatorServer | None = None,
     notifier: Notifier | None = None,
+    commission_for: CommissionFor | None = None,
 ) -> list[SiteAgent]:
     """Run every config's agent until ``stop`` is set (or SIGINT/SIGTERM); stop them cleanly.
     An agent whose loop ends on its own stops them all and raises
     :class:`~protocols.supervise.RoleDiedError`. ``operator``: the operator port to serve
     (default: the configs' ``[operator]``); started first, stopped last. ``notifier``:
-    systemd's notify socket (default: ``$NOTIFY_SOCKET``, a no-op without it)."""
+    systemd's notify socket (default: ``$NOTIFY_SOCKET``, a no-op without it).
+    ``commission_for``: what a site's status page runs for "re-run commissioning" (none:
+    the page answers that it is not available)."""
     stop = stop or asyncio.Event()
     notifier = notifier or Notifier.from_env()
     loop = asyncio.get_running_loop()
@@ -71,7 +95,17 @@ async def run_agents(
         operator = OperatorServer(*operator_address(configs))
     agents = [SiteAgent(config, clock) for config in configs]
     watch_agents(operator, agents)
+    pages = status_pages(agents, commission_for)
     await operator.start()
+    started: list[AsgiServer] = []
+    try:
+        for page in pages:  # a port in use: ServerStartError, nothing left running
+            await page.start()
+            started.append(page)
+    except BaseException:
+        await asyncio.gather(*(p.stop() for p in started), return_exceptions=True)
+        await operator.stop()
+        raise
     tasks = [asyncio.create_task(_start_and_run(a, clock, stop), name=a.site_id) for a in agents]
     log.info("%d agent(s) running", len(agents))
     try:
@@ -81,6 +115,9 @@ async def run_agents(
         labels = dict.fromkeys(roles, "agent")
         assert operator.task is not None
         roles["operator"], labels["operator"] = operator.task, "operator"
+        for page in pages:
+            assert page.task is not None
+            roles[page.name], labels[page.name] = page.task, "status_page"
         interval_s = watchdog_interval_s()
         if notifier.enabled and interval_s is not None:
             feeder = feed_watchdog(notifier, lambda: _cycles(agents), clock, stop, interval_s)
@@ -99,5 +136,6 @@ async def run_agents(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(p.stop() for p in pages), return_exceptions=True)
         await operator.stop()
     return agents

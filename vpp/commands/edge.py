@@ -81,7 +81,7 @@ def run(
     """Run the agent(s) until SIGINT/SIGTERM; a broken config stops before any device is touched."""
     import os
 
-    from edge.config import ConfigError, operator_address
+    from edge.config import ConfigError, operator_address, status_page_addresses
     from edge.runner import run_agents
     from protocols.clock import clock_from_spec
     from protocols.http_server import ServerStartError
@@ -98,6 +98,7 @@ def run(
     configs = _load(config, config_dir)
     try:
         host, port = operator_address(configs)
+        status_page_addresses(configs)
     except ConfigError as exc:
         click.echo(f"config error: {exc}", err=True)
         raise SystemExit(2) from None
@@ -124,9 +125,20 @@ def run(
 @config_option
 def check_config(config: tuple[Path, ...]) -> None:
     """Check config file(s) and print what the agent would run; exit 2 naming each problem."""
-    for cfg in _load(config, None):
+    from edge.config import ConfigError, status_page_addresses
+
+    configs = _load(config, None)
+    try:
+        pages = status_page_addresses(configs)
+    except ConfigError as exc:
+        click.echo(f"config error: {exc}", err=True)
+        raise SystemExit(2) from None
+    for cfg in configs:
         devices = ", ".join(f"{d.id}@{d.host}:{d.port}/{d.unit_id}" for d in cfg.devices)
         click.echo(f"OK site {cfg.site.id} partition {cfg.site.resolved_partition}: {devices}")
+        if cfg.site.id in pages:
+            host, port = pages[cfg.site.id]
+            click.echo(f"   status page on http://{host}:{port}/")
 
 
 @app.command()
@@ -179,6 +191,60 @@ def configs_from_manifest(manifest: Path, mqtt_url: str, out: Path, db_dir: Path
         raise click.BadParameter(f"cannot read manifest: {exc}", param_hint="--manifest") from None
     paths = write_site_configs(site_configs(data, mqtt_url, db_dir or out), out)
     click.echo(f"wrote {len(paths)} config(s) to {out}")
+
+
+@app.group("installer-password")
+def installer_password() -> None:
+    """The local installer password of the status page (installer actions: logs,
+    re-commissioning)."""
+
+
+@installer_password.command("set")
+@click.option("--config", "-c", "config", type=PathType, required=True, help="Agent config (TOML).")
+@click.option(
+    "--password-file",
+    type=PathType,
+    help="Read the new password from this file (default: ask twice on the terminal).",
+)
+def installer_password_set(config: Path, password_file: Path | None) -> None:
+    """Set the installer password: its scrypt hash goes to the config's
+    ``[status_page] installer_password_file`` (mode 0600). Exit 2 on a config error, 1 when
+    the password or the file cannot be used; nothing is written then."""
+    from edge.config import ConfigError, load_config
+    from edge.status_page.auth import MIN_PASSWORD_LENGTH, write_password_hash
+    from protocols.secret_file import SecretFileError, read_secret_file
+
+    try:
+        target = load_config(config).status_page.installer_password_file
+    except ConfigError as exc:
+        click.echo(f"config error: {exc}", err=True)
+        raise SystemExit(2) from None
+    if target is None:
+        click.echo(
+            f"config error: {config}: [status_page] installer_password_file is not set; "
+            "add where the password's hash goes, e.g. /etc/vpp/installer-password",
+            err=True,
+        )
+        raise SystemExit(2)
+    if password_file is not None:
+        try:
+            password = read_secret_file(password_file, "installer password")
+        except SecretFileError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(1) from None
+    else:
+        password = click.prompt("New installer password", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        click.echo(
+            f"error: the password must have at least {MIN_PASSWORD_LENGTH} characters", err=True
+        )
+        raise SystemExit(1)
+    try:
+        write_password_hash(target, password)
+    except OSError as exc:
+        click.echo(f"error: cannot write {target}: {exc.strerror or exc}", err=True)
+        raise SystemExit(1) from None
+    click.echo(f"installer password set: its hash is in {target} (mode 0600)")
 
 
 from vpp.commands.provision import provision  # noqa: E402 - the group's subcommands
