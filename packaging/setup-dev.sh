@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a development/CI machine for vpp: Debian packages (mosquitto, mosquitto-clients,
-# redis-server, the packaging tools, and Python venv support if needed) and the project venv in .venv with
+# redis-server, chromium and chromium-driver, the packaging tools, and Python venv support if
+# needed) and the project venv in .venv with
 # `pip install -e '.[dev]'` (every tier, `.[demo]`, plus the test tools; see pyproject.toml).
 #
 # Idempotent and quick when already done: packages are installed only if missing, and
@@ -85,6 +86,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
     done
 fi
 say "servers: mosquitto, mosquitto_sub and redis-server present"
+
+# ---- browser -------------------------------------------------------------------------
+# The status page's tests drive Debian's headless Chromium through chromium-driver (Selenium,
+# tests/edge/status_page/test_browser.py); the fixture fails, naming this script, without them.
+missing=()
+have_binary chromium || missing+=(chromium)
+have_binary chromedriver || missing+=(chromium-driver)
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
+    for b in chromium chromedriver; do
+        have_binary "$b" || die "$b still not found after apt-get install"
+    done
+fi
+say "browser: chromium and chromedriver present"
 
 # ---- packaging -----------------------------------------------------------------------
 # `make deb` and tests/packaging: dpkg-dev and lintian build and check the gateway's
