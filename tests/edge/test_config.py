@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import ConfigError, EdgeConfig, load_config
+from edge.config import ConfigError, EdgeConfig, load_config, status_page_addresses
 from protocols.messages import DeviceKind
 from vpp.pki import make_broker_tls
 
@@ -77,6 +77,16 @@ BROKEN = [
     ("forecast.guarantee_quantile", 0.4, "forecast.guarantee_quantile"),
     ("forecast.pv_peak_w", 0, "forecast.pv_peak_w"),
     ("forecast.horizon", 24, "forecast.horizon: unknown field"),
+    ("status_page.port", 70_000, "status_page.port"),
+    ("status_page.refresh_s", 0.1, "status_page.refresh_s"),
+    ("status_page.tariff", {"export_per_kwh": 0.1}, "status_page.tariff.import_per_kwh: required"),
+    ("status_page.tariff", {"import_per_kwh": -1}, "status_page.tariff.import_per_kwh"),
+    (
+        "status_page.tariff",
+        {"import_per_kwh": 0.3, "currency": "euro"},
+        "status_page.tariff.currency",
+    ),
+    ("status_page.theme", "dark", "status_page.theme: unknown field"),
 ]
 
 
@@ -191,3 +201,63 @@ def test_site_configs_take_the_location_from_the_fleet_manifest():
     assert (loaded.site.latitude, loaded.site.longitude) == (50.5, 4.25)
     del manifest["locations"]  # a manifest from before the locations map
     assert "latitude" not in site_configs(manifest, "mqtt://h:1", Path("/tmp"))["s-1"]["site"]
+
+
+def test_the_status_page_is_off_unless_the_config_turns_it_on():
+    data = example()
+    del data["status_page"]
+    page = EdgeConfig.from_dict(data).status_page
+    assert (page.enabled, page.host, page.port, page.tariff) == (False, "0.0.0.0", 8080, None)
+    assert load_config(EXAMPLE).status_page.tariff.import_per_kwh == 0.32
+
+
+def site(site_id: str, page: dict | None, operator_port: int = 9181) -> EdgeConfig:
+    data = edit("site.id", site_id)
+    data["site"].pop("partition", None)
+    data["operator"]["port"] = operator_port
+    data["status_page"] = {"enabled": page is not None, **(page or {})}
+    return EdgeConfig.from_dict(data)
+
+
+# pages of the agents run in one process -> each page's address, or the clash
+@pytest.mark.parametrize(
+    ("configs", "expected"),
+    [
+        ([site("a", {"port": 8080})], {"a": ("0.0.0.0", 8080)}),
+        ([site("a", {"port": 8080}), site("b", None)], {"a": ("0.0.0.0", 8080)}),
+        (
+            [site("a", {"port": 8080}), site("b", {"port": 8081})],
+            {"a": ("0.0.0.0", 8080), "b": ("0.0.0.0", 8081)},
+        ),
+        (
+            [site("a", {"host": "10.0.0.2"}), site("b", {"host": "10.0.0.3"})],
+            {"a": ("10.0.0.2", 8080), "b": ("10.0.0.3", 8080)},
+        ),
+        (
+            [site("a", {"port": 0}), site("b", {"port": 0})],
+            {"a": ("0.0.0.0", 0), "b": ("0.0.0.0", 0)},
+        ),
+        (
+            [site("a", {"port": 8080}), site("b", {"port": 8080})],
+            "status_page.port: sites a and b both want port 8080; give each site's page a port "
+            "of its own",
+        ),
+        (
+            [site("a", {"host": "10.0.0.2"}), site("b", {"host": "0.0.0.0"})],
+            "status_page.port: sites a and b both want port 8080",
+        ),
+        (
+            [site("a", {"port": 9181})],
+            "status_page.port: site a's page wants port 9181, the operator port's; give the "
+            "page another port",
+        ),
+    ],
+    ids=["one", "one-of-two", "two-ports", "two-hosts", "free-ports", "clash", "any-host", "op"],
+)
+def test_each_status_page_needs_a_port_of_its_own(configs, expected):
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError) as caught:
+            status_page_addresses(configs)
+        assert str(caught.value).startswith(expected)
+    else:
+        assert status_page_addresses(configs) == expected

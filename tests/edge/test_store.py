@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from edge.store import FORECAST_SLOT_FIELDS, MIGRATIONS, EdgeStore, OutboxRecord
+from edge.store import (
+    FORECAST_SLOT_FIELDS,
+    MIGRATIONS,
+    POWER_MINUTE_FIELDS,
+    EdgeStore,
+    OutboxRecord,
+)
 from protocols.clock import ManualClock
 
 REPO = Path(__file__).resolve().parents[2]
@@ -315,3 +321,52 @@ def test_forecast_slots_round_trip_replace_and_prune(db_path, clock):
 def test_forecast_slot_refuses_unknown_fields(db_path, clock):
     with EdgeStore(db_path, clock) as store, pytest.raises(ValueError, match="load_kw"):
         store.append_forecast_slot(0, 1, 1.0, {"load_kw": 1.0})
+
+
+# --- the status page's power minutes (m005) -------------------------------------------------
+
+
+def test_a_file_before_the_status_page_gains_its_minutes_and_keeps_its_data(db_path, clock):
+    """Expand step: a file of an agent that knew m001-m004 gains ``power_minute``."""
+    db_path.parent.mkdir(parents=True)
+    db = sqlite_utils.Database(db_path)
+    MIGRATIONS.apply(db, stop_before="m005_power_minute")
+    db.execute("INSERT INTO kv (key, value) VALUES ('config_rev', '7')")
+    db.close()
+    with EdgeStore(db_path, clock) as store:
+        assert store.migrated == ["m005_power_minute"]
+        assert store.get_state("config_rev") == 7
+        assert store.power_minutes(0) == []
+
+
+# minute rows written (minute_ts, covered_s, values), then a read: (since, until) -> minutes
+@pytest.mark.parametrize(
+    ("since", "until", "expected"),
+    [
+        (0, None, [0, 60, 120, 180]),
+        (60, None, [60, 120, 180]),
+        (60, 180, [60, 120]),
+        (240, None, []),
+    ],
+)
+def test_power_minutes_round_trip_and_replace(db_path, clock, since, until, expected):
+    with EdgeStore(db_path, clock) as store:
+        for k in range(4):
+            store.append_power_minute(60 * k, 60.0, {"pv_w": 1000.0 + k, "import_w": 5.0})
+        store.append_power_minute(180, 12.0, {"pv_w": 7.0})  # a restart inside the minute
+        rows = store.power_minutes(since, until)
+    assert [r["minute_ts"] for r in rows] == expected
+    if expected and expected[-1] == 180:
+        assert (rows[-1]["pv_w"], rows[-1]["covered_s"], rows[-1]["import_w"]) == (7.0, 12.0, None)
+    assert all(set(r) == {"minute_ts", "covered_s", *POWER_MINUTE_FIELDS} for r in rows)
+
+
+def test_power_minutes_are_pruned_after_two_days_and_refuse_unknown_fields(db_path, clock):
+    with EdgeStore(db_path, clock) as store:
+        now = clock.time()
+        for age_h in (49, 47, 1):
+            store.append_power_minute(int(now - age_h * 3600), 60.0, {"pv_w": float(age_h)})
+        assert store.enforce_retention() == 0  # housekeeping: no telemetry counted
+        assert [r["pv_w"] for r in store.power_minutes(0)] == [47.0, 1.0]
+        with pytest.raises(ValueError, match="unknown power minute fields: pv_kw"):
+            store.append_power_minute(0, 1.0, {"pv_kw": 1.0})
