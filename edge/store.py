@@ -457,17 +457,13 @@ class EdgeStore:
     ) -> None:
         """Store one closed 15-min slot of the forecast's history (replaces a row of the same
         slot: a restart inside a slot writes what it saw of it). Unknown keys are refused."""
-        unknown = set(values) - set(FORECAST_SLOT_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown forecast slot fields: {', '.join(sorted(unknown))}")
-        row = [None if values.get(k) is None else float(values[k]) for k in FORECAST_SLOT_FIELDS]
-        marks = ", ".join("?" * (3 + len(FORECAST_SLOT_FIELDS)))
-        with self._db.atomic():
-            self._conn.execute(
-                f"INSERT OR REPLACE INTO forecast_slot (slot_ts, samples, covered_s,"
-                f" {', '.join(FORECAST_SLOT_FIELDS)}) VALUES ({marks})",
-                (int(slot_ts), int(samples), float(covered_s), *row),
-            )
+        self._replace_row(
+            "forecast_slot",
+            "forecast slot",
+            {"slot_ts": int(slot_ts), "samples": int(samples), "covered_s": float(covered_s)},
+            FORECAST_SLOT_FIELDS,
+            values,
+        )
 
     def forecast_slots(self, since_ts: float | None = None) -> list[dict[str, Any]]:
         """Stored slots from ``since_ts`` on (all without it), oldest first; each a dict with
@@ -509,17 +505,13 @@ class EdgeStore:
     ) -> None:
         """Store one closed minute of power flows (replaces a row of the same minute: a
         restart inside a minute writes what it saw of it). Unknown keys are refused."""
-        unknown = set(values) - set(POWER_MINUTE_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown power minute fields: {', '.join(sorted(unknown))}")
-        row = [None if values.get(k) is None else float(values[k]) for k in POWER_MINUTE_FIELDS]
-        marks = ", ".join("?" * (2 + len(POWER_MINUTE_FIELDS)))
-        with self._db.atomic():
-            self._conn.execute(
-                f"INSERT OR REPLACE INTO power_minute (minute_ts, covered_s,"
-                f" {', '.join(POWER_MINUTE_FIELDS)}) VALUES ({marks})",
-                (int(minute_ts), float(covered_s), *row),
-            )
+        self._replace_row(
+            "power_minute",
+            "power minute",
+            {"minute_ts": int(minute_ts), "covered_s": float(covered_s)},
+            POWER_MINUTE_FIELDS,
+            values,
+        )
 
     def power_minutes(self, since_ts: float, until_ts: float | None = None) -> list[dict[str, Any]]:
         """Stored minutes from ``since_ts`` (to ``until_ts``), oldest first; each a dict with
@@ -559,6 +551,28 @@ class EdgeStore:
         return int(
             self._conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
         )
+
+    def _replace_row(
+        self,
+        table: str,
+        what: str,
+        keys: dict[str, int | float],
+        fields: tuple[str, ...],
+        values: dict[str, float | None],
+    ) -> None:
+        """Insert or replace one row of ``keys`` and the REAL ``fields`` (missing: NULL);
+        a key of ``values`` that is not a field is refused, naming ``what``."""
+        unknown = set(values) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown {what} fields: {', '.join(sorted(unknown))}")
+        row = [None if values.get(k) is None else float(values[k]) for k in fields]
+        columns = ", ".join((*keys, *fields))
+        marks = ", ".join("?" * (len(keys) + len(fields)))
+        with self._db.atomic():
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO {table} ({columns}) VALUES ({marks})",
+                (*keys.values(), *row),
+            )
 
     def _set_state_raw(self, key: str, value: Any) -> None:
         self._conn.execute(

@@ -24,6 +24,7 @@ __all__ = [
     "Sample",
     "day_start",
     "energy_totals",
+    "finite",
 ]
 
 MINUTE_S = 60
@@ -55,16 +56,16 @@ class Sample:
 
     def split(self) -> dict[str, float | None]:
         """The flows as the minute table keeps them: one non-negative value per direction."""
-        grid, bat = _num(self.grid_w), _num(self.battery_w)
+        grid, bat = finite(self.grid_w), finite(self.battery_w)
         return {
-            "pv_w": _num(self.pv_w),
+            "pv_w": finite(self.pv_w),
             "import_w": None if grid is None else max(grid, 0.0),
             "export_w": None if grid is None else max(-grid, 0.0),
             "charge_w": None if bat is None else max(-bat, 0.0),
             "discharge_w": None if bat is None else max(bat, 0.0),
-            "heat_pump_w": _num(self.heat_pump_w),
-            "load_w": _num(self.load_w),
-            "soc_pct": _num(self.soc_pct),
+            "heat_pump_w": finite(self.heat_pump_w),
+            "load_w": finite(self.load_w),
+            "soc_pct": finite(self.soc_pct),
             "cloud_share": 1.0 if self.mode == "cloud" else 0.0,
             "degraded_share": 1.0 if self.mode == "degraded" else 0.0,
         }
@@ -102,7 +103,7 @@ class PowerMinutes:
         return closed
 
     def _accumulate(self, sample: Sample, dt: float) -> None:
-        if dt <= 0 or _num(sample.grid_w) is None:  # no meter: nothing is known of the flows
+        if dt <= 0 or finite(sample.grid_w) is None:  # no meter: nothing is known of the flows
             return
         self._covered += dt
         for key, value in sample.split().items():
@@ -172,5 +173,6 @@ def day_start(ts: float, tz: tzinfo | None) -> float:
     return midnight.timestamp()
 
 
-def _num(value: float | None) -> float | None:
+def finite(value: float | None) -> float | None:
+    """``value`` as a float, None for None, NaN or infinity (an unknown reading)."""
     return None if value is None or not math.isfinite(value) else float(value)

@@ -9,7 +9,6 @@ every vpp HTTP API, with the homeowner's clock time beside them for display.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from edge.status_page.explain import ControlFacts, explain
-from edge.status_page.history import EnergyTotals
+from edge.status_page.history import EnergyTotals, finite
 from protocols.version import VERSION
 
 if TYPE_CHECKING:
@@ -306,10 +305,6 @@ def build_status(
 # --- the thin read of a running agent ---------------------------------------------------------
 
 
-def _finite(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
 def _last_dispatch(agent: SiteAgent) -> DispatchRecord | None:
     if agent.store is None:
         return None
@@ -324,8 +319,8 @@ def _last_dispatch(agent: SiteAgent) -> DispatchRecord | None:
     return DispatchRecord(
         dispatch_id=row["dispatch_id"],
         received_ts=float(row["received_ts"]),
-        target_w=_finite(body.get("target_w")),
-        valid_until=_finite(body.get("valid_until")),
+        target_w=finite(body.get("target_w")),
+        valid_until=finite(body.get("valid_until")),
         outcome=row["outcome"],
     )
 
@@ -352,7 +347,7 @@ def view_of(agent: SiteAgent) -> AgentView:
         target_w=None if command is None else command.target_w,
         level=None if command is None else command.level,
         valid_until=None if command is None else command.valid_until,
-        battery_w=None if plan is None else _finite(plan.battery_w),
+        battery_w=None if plan is None else finite(plan.battery_w),
         open_loop=state.open_loop,
         plan_until=None if share is None else share.valid_until,
         cloud_connected=connected,
@@ -364,12 +359,12 @@ def view_of(agent: SiteAgent) -> AgentView:
         version=VERSION,
         now=now,
         measured_ts=state.ts,
-        grid_w=_finite(state.grid_w),
-        pv_w=_finite(state.pv_w),
-        battery_w=_finite(state.battery_w),
-        soc_pct=_finite(state.soc_pct),
-        heat_pump_w=_finite(state.heat_pump_w),
-        load_w=None if state.inputs is None else _finite(state.inputs.load_w),
+        grid_w=finite(state.grid_w),
+        pv_w=finite(state.pv_w),
+        battery_w=finite(state.battery_w),
+        soc_pct=finite(state.soc_pct),
+        heat_pump_w=finite(state.heat_pump_w),
+        load_w=None if state.inputs is None else finite(state.inputs.load_w),
         devices=devices,
         facts=facts,
         command_id=None if command is None else command.command_id,
