@@ -15,6 +15,8 @@ inverter), the broker a private Mosquitto.
 
 --agent-vpp runs the agents with another install's `vpp`, e.g. a gateway's lean one
 (`pip install '.[edge]'` in a venv of its own); --max-agents 0 measures only the one agent.
+--status-page turns each agent's status page on (its own loopback port) and has a browser's
+worth of requests read it during the run: the page's and /api/status once every 3 s.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from itertools import pairwise
 from pathlib import Path
 
 from protocols.mqtt_endpoint import endpoint_of, threaded_client
-from vpp.services import MosquittoServer
+from vpp.services import MosquittoServer, free_port
 from vpp.sitecfg import site_configs, write_site_configs
 
 VPP = str(Path(sys.executable).parent / "vpp")
@@ -112,10 +115,12 @@ class TelemetryClock:
 
 
 def run_agents(
-    manifest: dict, url: str, workdir: Path, tag: str, vpp: str = VPP
+    manifest: dict, url: str, workdir: Path, tag: str, vpp: str = VPP, pages: list[int] = ()
 ) -> subprocess.Popen:
     cfg_dir = workdir / f"configs-{tag}"
     configs = site_configs(manifest, url, cfg_dir, agent={"backlog_delay_max_s": 0.0})
+    for config, port in zip(configs.values(), pages, strict=False):
+        config["status_page"] = {"enabled": True, "host": "127.0.0.1", "port": port}
     write_site_configs(configs, cfg_dir)
     return subprocess.Popen(
         [vpp, "edge", "run", "--config-dir", str(cfg_dir), "--operator-port", "0"],
@@ -123,10 +128,34 @@ def run_agents(
     )
 
 
-def measure(k: int, seconds: float, broker: MosquittoServer, workdir: Path, vpp: str = VPP) -> dict:
+def read_pages(ports: list[int], stop: threading.Event, reads: dict[str, int]) -> None:
+    """What an open page does: the status every 3 s (and the whole page with it here)."""
+    while not stop.wait(3.0):
+        for port in ports:
+            for path in ("/", "/api/status"):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read()
+                    reads["ok"] += 1
+                except OSError:
+                    reads["failed"] += 1
+
+
+def measure(
+    k: int,
+    seconds: float,
+    broker: MosquittoServer,
+    workdir: Path,
+    vpp: str = VPP,
+    pages: bool = False,
+) -> dict:
     fleet, manifest = start_fleet(k, workdir)
     observer = TelemetryClock(broker.url)
-    agents = run_agents(manifest, broker.url, workdir, str(k), vpp)
+    ports = [free_port() for _ in range(k)] if pages else []
+    agents = run_agents(manifest, broker.url, workdir, str(k), vpp, ports)
+    stop_reading = threading.Event()
+    reads = {"ok": 0, "failed": 0}
+    reader = threading.Thread(target=read_pages, args=(ports, stop_reading, reads), daemon=True)
+    reader.start()
     try:
         time.sleep(min(15.0, 3.0 + k * 0.05))  # connect and settle
         rss0, cpu0 = proc_usage(agents.pid)
@@ -135,6 +164,7 @@ def measure(k: int, seconds: float, broker: MosquittoServer, workdir: Path, vpp:
         rss1, cpu1 = proc_usage(agents.pid)
         gaps = sorted(observer.gaps(t0))
     finally:
+        stop_reading.set()
         agents.terminate()
         agents.wait(30)
         fleet.terminate()
@@ -150,6 +180,7 @@ def measure(k: int, seconds: float, broker: MosquittoServer, workdir: Path, vpp:
         "gap_p99_s": gaps[int(len(gaps) * 0.99)] if gaps else None,
         "slipped_pct": 100 * slipped / max(1, len(gaps)),
         "rss0": rss0,
+        "page_reads": reads,
     }
 
 
@@ -158,21 +189,29 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--max-agents", type=int, default=400)
     parser.add_argument("--agent-vpp", default=VPP, help="the vpp command that runs the agents")
+    parser.add_argument(
+        "--status-page", action="store_true", help="serve and read each agent's status page"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, MosquittoServer() as broker:
         workdir = Path(tmp)
-        one = measure(1, args.seconds, broker, workdir, args.agent_vpp)
-        print("one agent, 4 devices, 1 s poll, 2 s telemetry, wall clock:")
+        one = measure(1, args.seconds, broker, workdir, args.agent_vpp, args.status_page)
+        page = ", status page on and read every 3 s" if args.status_page else ""
+        print(f"one agent, 4 devices, 1 s poll, 2 s telemetry, wall clock{page}:")
         print(
             f"  RSS {one['rss_mib']:.1f} MiB   CPU {one['cpu_pct_of_one_core']:.2f} % of one core"
             f"   telemetry gap p50 {one['gap_p50_s']:.2f} s"
         )
+        if args.status_page:
+            print(
+                f"  page reads: {one['page_reads']['ok']} ok, {one['page_reads']['failed']} failed"
+            )
         print("agents per process (2 s telemetry; slipped = gap > 3 s):")
         header = ("agents", "RSS MiB", "CPU %", "gap p50", "gap p99", "slipped")
         print("  " + " ".join(f"{h:>8}" for h in header))
         k = 25
         while k <= args.max_agents:
-            r = measure(k, args.seconds, broker, workdir, args.agent_vpp)
+            r = measure(k, args.seconds, broker, workdir, args.agent_vpp, args.status_page)
             print(
                 f"  {k:>6} {r['rss_mib']:>8.1f} {r['cpu_pct_of_one_core']:>7.1f} "
                 f"{r['gap_p50_s']:>8.2f} {r['gap_p99_s']:>8.2f} {r['slipped_pct']:>7.2f}%",

@@ -122,7 +122,7 @@ def test_edge_migrate_creates_then_finds_the_store_up_to_date(tmp_path):
     outputs = [runner.invoke(app, ["edge", "migrate", "--config", str(config)]) for _ in "12"]
     assert [r.exit_code for r in outputs] == [0, 0]
     applied = "m001_outbox_and_state, m002_dispatch_log, m003_forecast_history, "
-    applied += "m004_forecast_slot_plan"
+    applied += "m004_forecast_slot_plan, m005_power_minute"
     assert [r.output for r in outputs] == [
         f"edge store {db}: applied {applied}\n",
         f"edge store {db}: up to date\n",
