@@ -168,6 +168,10 @@ def create_app(
     async def installer(request: Request) -> None:
         """Let the request through with the right installer password, else raise."""
         client = request.client.host if request.client else "unknown"
+        # A browser answers a 401 with WWW-Authenticate by its own login dialog, also for the
+        # page's fetch(); the page says it asks itself, and gets the reason in the body only.
+        from_page = request.headers.get("x-requested-with") == "vpp-status-page"
+        challenge = {} if from_page else {"WWW-Authenticate": 'Basic realm="vpp installer"'}
         now = source.clock.time()
         wait = limiter.retry_after(client, now)
         if wait > 0:
@@ -190,11 +194,7 @@ def create_app(
             )
         password = _password_of(request)
         if password is None:
-            raise InstallerAuthError(
-                401,
-                "the installer password is required",
-                {"WWW-Authenticate": 'Basic realm="vpp installer"'},
-            )
+            raise InstallerAuthError(401, "the installer password is required", challenge)
         # scrypt takes tens of ms: off the loop that runs the site's control
         if await asyncio.to_thread(verify_password, password, record):
             limiter.succeeded(client)
@@ -205,7 +205,7 @@ def create_app(
         detail = "wrong installer password"
         if lockout:
             detail += f"; too many in a row: the next tries are refused for {lockout:.0f} s"
-        raise InstallerAuthError(401, detail, {"WWW-Authenticate": 'Basic realm="vpp installer"'})
+        raise InstallerAuthError(401, detail, challenge)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:

@@ -140,7 +140,11 @@
     event.preventDefault();
     const action = event.submitter ? event.submitter.value : "logs";
     const password = document.getElementById("installer-password").value;
-    const headers = { Authorization: "Basic " + btoa("installer:" + password) };
+    // X-Requested-With: the gateway answers a wrong password without a login dialog
+    const headers = {
+      Authorization: "Basic " + btoa("installer:" + password),
+      "X-Requested-With": "vpp-status-page",
+    };
     const request = action === "commission"
       ? fetch("/api/installer/commission", { method: "POST", headers })
       : fetch("/api/installer/logs", { headers });

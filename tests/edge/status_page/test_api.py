@@ -308,6 +308,16 @@ async def test_installer_logs_need_the_password(store, password, status, detail)
     assert source.counters["installer_auth_failures"] == (status == 401 and password is not None)
 
 
+async def test_the_page_itself_gets_no_login_dialog(store):
+    """A 401 with WWW-Authenticate makes a browser open its own login dialog, also for the
+    page's fetch(): the page's requests say who they are and get the reason only."""
+    client, _, _ = client_for(store, view())
+    headers = basic("wrong password") | {"X-Requested-With": "vpp-status-page"}
+    response = await client.get("/api/installer/logs", headers=headers)
+    assert (response.status_code, response.json()) == (401, {"detail": "wrong installer password"})
+    assert "www-authenticate" not in response.headers
+
+
 async def test_wrong_passwords_are_rate_limited_per_client_on_the_clock(store):
     client, source, clock = client_for(store, view(), limiter=FailureLimiter(5, 300, 60))
     codes = []

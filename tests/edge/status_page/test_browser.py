@@ -23,6 +23,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
 from edge.config import StatusPageSection, TariffSection
+from edge.status_page.auth import write_password_hash
 from edge.status_page.server import StatusPageServer
 from firmware_sim.fleet import Fleet
 from protocols.clock import SimClock
@@ -57,6 +58,7 @@ FLAGS = (
     "--disable-dev-shm-usage",
     "--window-size=1280,1000",
 )
+INSTALLER_PASSWORD = "the installer's password"
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
 
 # What the page shows against the devices' ground truth: powers in kW with two decimals
@@ -124,7 +126,9 @@ async def site_with_page(tmp_path: Path, mqtt_url: str) -> AsyncIterator[tuple[S
     await fleet.start()
     writes = record_writes(fleet)
     config = make_config(fleet, mqtt_url, tmp_path)
+    write_password_hash(tmp_path / "installer-pw", INSTALLER_PASSWORD)
     page_section = StatusPageSection(
+        installer_password_file=tmp_path / "installer-pw",
         enabled=True,
         host="127.0.0.1",
         port=0,
@@ -158,6 +162,17 @@ async def wait_page(driver: webdriver.Chrome, predicate: Any, wall_s: float, wha
             return shown
         await asyncio.sleep(0.05)
     raise AssertionError(f"the page did not show {what} within {wall_s} s: {shown}")
+
+
+async def wait_text(element: Any, text: str) -> str:
+    """Until ``element`` shows ``text``."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        shown = await in_browser(lambda: element.text)
+        if text in shown:
+            return shown
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the element never showed {text!r}: {shown!r}")
 
 
 def shown_w(flow: dict[str, str], negative: str) -> float:
@@ -224,6 +239,28 @@ async def test_the_page_shows_the_devices_ground_truth_and_fits_a_phone(
             soc = float(flows["battery"]["soc"].split()[0])
             assert min(abs(s["soc_pct"] - soc) for s in truth) <= SOC_TOLERANCE_PCT
             checked += 1
+
+        # everything the page loaded came from the gateway
+        origin = url.rstrip("/")
+        loaded = await in_browser(
+            browser.execute_script,
+            "return performance.getEntriesByType('resource').map((e) => e.name);",
+        )
+        assert loaded, "the page loaded no resources"
+        assert all(name.startswith(origin + "/") for name in loaded), loaded
+
+        # the installer's form: a wrong password is refused, the right one shows the log
+        field = await in_browser(browser.find_element, "id", "installer-password")
+        await in_browser(field.send_keys, "not the password")
+        button = await in_browser(browser.find_element, "css selector", 'button[value="logs"]')
+        await in_browser(button.click)
+        output = await in_browser(browser.find_element, "id", "installer-output")
+        await wait_text(output, "wrong installer password")
+        await in_browser(field.clear)
+        await in_browser(field.send_keys, INSTALLER_PASSWORD)
+        await in_browser(button.click)
+        # the log holds the refusal, with its site
+        await wait_text(output, f"site={site.site_id} wrong installer password from 127.0.0.1")
 
         # the chart, once a few minutes of history are stored
         await site.wait_for(
