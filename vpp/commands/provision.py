@@ -185,3 +185,174 @@ def scan_cmd(
             err=True,
         )
         raise SystemExit(1)
+
+
+# --- configure ---------------------------------------------------------------------------------
+
+
+def _interactive() -> bool:
+    """Ask on a terminal only; a script (no TTY) gets a clear error for what is missing."""
+    return sys.stdin.isatty()
+
+
+def _load_scan(scan_file: Path):
+    from edge.provision.scan import ScanError, ScanResult
+
+    try:
+        data = json.loads(scan_file.read_text())
+    except OSError as exc:
+        _fail(f"--scan-file {scan_file}: cannot read it: {exc.strerror}")
+    except ValueError as exc:
+        _fail(f"--scan-file {scan_file}: not JSON ({exc})")
+    try:
+        return ScanResult.from_dict(data, source=str(scan_file))
+    except ScanError as exc:
+        _fail(str(exc))
+
+
+@provision.command("configure")
+@click.argument("targets", nargs=-1)
+@click.option(
+    "--scan-file", type=PathType, help="A `scan --json` result (else TARGETS are scanned now)."
+)
+@scan_options
+@click.option(
+    "--out",
+    "-o",
+    type=PathType,
+    default=Path("/etc/vpp/edge.toml"),
+    show_default=True,
+    help="The config file to write.",
+)
+@click.option(
+    "--grid-import-w",
+    type=click.FloatRange(0, 1_000_000, min_open=True),
+    help="Grid connection (fuse) limit, W.",
+)
+@click.option("--grid-export-w", type=click.FloatRange(0, 1_000_000), help="Export limit, W.")
+@click.option(
+    "--site-id", help="Site id; default a provisional local-... id that `register` replaces."
+)
+@click.option(
+    "--mqtt-url",
+    help="Broker URL; default mqtt://127.0.0.1:1883 until `register` sets the cloud's.",
+)
+@click.option("--db-path", help="The agent's SQLite file (default /var/lib/vpp/edge.sqlite).")
+@click.option(
+    "--latitude", type=click.FloatRange(-90, 90), help="Site latitude (for the PV forecast)."
+)
+@click.option("--longitude", type=click.FloatRange(-180, 180), help="Site longitude.")
+@click.option("--skip", multiple=True, help="Leave out a found device: HOST:PORT/UNIT (repeat).")
+@click.option("--force", is_flag=True, help="Replace an existing, different config.")
+@click.option("--verbose", "-v", is_flag=True)
+def configure_cmd(
+    targets: tuple[str, ...],
+    scan_file: Path | None,
+    ports: str,
+    unit_ids: str,
+    timeout: float,
+    concurrency: int,
+    out: Path,
+    grid_import_w: float | None,
+    grid_export_w: float | None,
+    site_id: str | None,
+    mqtt_url: str | None,
+    db_path: str | None,
+    latitude: float | None,
+    longitude: float | None,
+    skip: tuple[str, ...],
+    force: bool,
+    verbose: bool,
+) -> None:
+    """Write the agent's config for the devices of a scan, asking only for what cannot be
+    found: the grid connection limit and the export limit (and, on a terminal, the site id
+    and broker). Checked like `vpp edge check-config` before it is written; written
+    atomically; the same inputs again leave the file unchanged. Exit 2 on bad input."""
+    from edge.config import ConfigError
+    from edge.provision.configure import ConfigureError, write_config
+    from edge.provision.render import (
+        DEFAULT_DB_PATH,
+        DEFAULT_MQTT_URL,
+        RenderError,
+        SiteAnswers,
+        config_dict,
+        device_entries,
+        render_config,
+    )
+
+    _quiet_logs(verbose)
+    if (scan_file is None) == (not targets):
+        _fail("give either --scan-file FILE (from `scan --json`) or TARGETS to scan now")
+    if scan_file is not None:
+        result = _load_scan(scan_file)
+        source = f"scan file {scan_file.name}"
+    else:
+        result = run_scan(targets, ports, unit_ids, timeout, concurrency)
+        source = f"a scan of {' '.join(targets)}"
+    found = result.devices
+    skipped_by_flag = {s.strip() for s in skip}
+    devices = [d for d in found if f"{d.host}:{d.port}/{d.unit_id}" not in skipped_by_flag]
+    unknown_skips = skipped_by_flag - {f"{d.host}:{d.port}/{d.unit_id}" for d in found}
+    if unknown_skips:
+        _fail(f"--skip {', '.join(sorted(unknown_skips))}: no such device in the scan")
+    try:
+        _entries, left_out = device_entries(devices)
+    except RenderError as exc:
+        _fail(str(exc), 1 if not found else 2)
+    for why in left_out:
+        click.echo(f"left out: {why}", err=True)
+
+    ask = _interactive()
+    missing = [
+        flag
+        for flag, value in (("--grid-import-w", grid_import_w), ("--grid-export-w", grid_export_w))
+        if value is None
+    ]
+    if missing and not ask:
+        _fail(
+            f"missing {' and '.join(missing)} (the grid connection limit and the export limit, "
+            "in W: they cannot be read from the devices); give them as flags"
+        )
+    if grid_import_w is None:
+        grid_import_w = click.prompt(
+            "Grid connection (fuse) limit, W (e.g. 3 x 25 A x 230 V = 17250)",
+            type=click.FloatRange(0, 1_000_000, min_open=True),
+        )
+    if grid_export_w is None:
+        grid_export_w = click.prompt(
+            "Export limit of the grid connection agreement, W", type=click.FloatRange(0, 1_000_000)
+        )
+    if ask and site_id is None:
+        site_id = (
+            click.prompt(
+                "Site id (Enter: a provisional local id that `register` replaces)",
+                default="",
+                show_default=False,
+            )
+            or None
+        )
+    if ask and mqtt_url is None:
+        mqtt_url = click.prompt(
+            "Broker URL (until `register` sets the cloud's)", default=DEFAULT_MQTT_URL
+        )
+    answers = SiteAnswers(
+        grid_import_w=grid_import_w,
+        grid_export_w=grid_export_w,
+        site_id=site_id,
+        mqtt_url=mqtt_url or DEFAULT_MQTT_URL,
+        db_path=db_path or DEFAULT_DB_PATH,
+        latitude=latitude,
+        longitude=longitude,
+    )
+    config = config_dict(devices, answers)
+    text = render_config(config, devices, source)
+    try:
+        outcome, cfg = write_config(out, text, force=force)
+    except ConfigError as exc:
+        _fail(f"config error (nothing written): {exc}")
+    except ConfigureError as exc:
+        _fail(str(exc))
+    kinds = ", ".join(f"{d.id} ({d.kind})" for d in cfg.devices)
+    click.echo(f"{out}: {outcome}: site {cfg.site.id}, {len(cfg.devices)} device(s): {kinds}")
+    if cfg.site.id.startswith("local-"):
+        click.echo("site id is provisional: `vpp edge provision register` assigns the cloud's")
