@@ -19,6 +19,8 @@ from pathlib import Path
 import click
 
 PathType = click.Path(path_type=Path)
+#: open ports without a device listed after a scan (all of them with --verbose)
+QUIET_SHOWN = 10
 
 
 @click.group(help="Bring a gateway into service: scan, configure, commission, register.")
@@ -174,8 +176,12 @@ def scan_cmd(
     else:
         if result.devices:
             click.echo(scan_table(result))
-        for ep, why in sorted(result.quiet.items()):
+        quiet = sorted(result.quiet.items())
+        shown = quiet if verbose else quiet[:QUIET_SHOWN]
+        for ep, why in shown:
             click.echo(f"{ep}: {why}", err=True)
+        if len(quiet) > len(shown):
+            click.echo(f"... and {len(quiet) - len(shown)} more open ports (--verbose)", err=True)
         click.echo(scan_summary(result), err=True)
     if not result.devices:
         click.echo(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -326,3 +327,49 @@ async def test_configure_bad_input_writes_nothing(
 async def scan_site(port: int, clock) -> dict:
     result = await scan([Endpoint("127.0.0.1", port)], [1, 2, 3, 4], clock, timeout_s=0.5)
     return result.to_dict()
+
+
+async def test_an_open_port_that_never_answers_costs_two_timeouts_not_one_per_unit_id(clock):
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accept, read, never answer
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        t0 = clock.monotonic()
+        result = await scan([Endpoint("127.0.0.1", port)], list(range(1, 11)), clock, timeout_s=0.2)
+        took = clock.monotonic() - t0
+    finally:
+        server.close()
+    assert result.devices == []
+    assert result.quiet == {
+        Endpoint("127.0.0.1", port): "port open, but no Modbus answer within 0.2 s"
+    }
+    assert took < 1.0  # SILENT_AFTER (2) timeouts of 0.2 s, not 10
+
+
+async def test_configure_asks_on_a_terminal_for_what_it_cannot_find(
+    fleet: Fleet, clock, tmp_path, monkeypatch
+):
+    import vpp.commands.provision as prov
+
+    monkeypatch.setattr(prov, "_interactive", lambda: True)
+    scan_file = tmp_path / "scan.json"
+    scan_file.write_text(json.dumps(await scan_site(fleet.sites[0].port, clock)))
+    out = tmp_path / "edge.toml"
+    answers = "0\n17250\n10000\nsite-000042\n\n"  # 0 W is refused and asked again
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        app,
+        ["edge", "provision", "configure", "--scan-file", str(scan_file), "-o", str(out)],
+        input=answers,
+    )
+    assert result.exit_code == 0, result.output
+    assert "Error: 0.0 is not in the range 0<x<=1000000." in result.output
+    config = EdgeConfig.from_dict(tomllib.loads(out.read_text()))
+    assert (config.site.id, config.limits.grid_import_w, config.limits.grid_export_w) == (
+        "site-000042",
+        17250,
+        10000,
+    )
+    assert config.mqtt.url == "mqtt://127.0.0.1:1883"
