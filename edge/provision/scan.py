@@ -53,6 +53,9 @@ class ScanResult:
     duration_s: float = 0.0
     unit_ids: list[int] = field(default_factory=list)
 
+    def quiet_sorted(self) -> list[tuple[Endpoint, str]]:
+        return sorted(self.quiet.items(), key=lambda item: item[0].sort_key)
+
     @property
     def counts(self) -> dict[str, int]:
         return dict(Counter(self.tcp.values()))
@@ -66,7 +69,7 @@ class ScanResult:
             "tcp": self.counts,
             "unit_ids": self.unit_ids,
             "devices": [d.to_dict() for d in self.devices],
-            "quiet": {str(e): why for e, why in sorted(self.quiet.items())},
+            "quiet": {str(e): why for e, why in self.quiet_sorted()},
         }
 
     @classmethod

@@ -42,13 +42,22 @@ class TargetError(ValueError):
     """A target, port or unit id list that cannot be scanned; the message says why."""
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     host: str
     port: int
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def sort_key(self) -> tuple[int, int, str, int]:
+        """Addresses in numeric order (10.0.0.9 before 10.0.0.10), then names."""
+        try:
+            ip = ipaddress.ip_address(self.host)
+        except ValueError:
+            return (1, 0, self.host, self.port)
+        return (0, int(ip) + (ip.version - 4) * 2**32, "", self.port)
 
 
 def parse_int_list(text: str, what: str, lo: int, hi: int) -> list[int]:

@@ -176,7 +176,7 @@ def scan_cmd(
     else:
         if result.devices:
             click.echo(scan_table(result))
-        quiet = sorted(result.quiet.items())
+        quiet = result.quiet_sorted()
         shown = quiet if verbose else quiet[:QUIET_SHOWN]
         for ep, why in shown:
             click.echo(f"{ep}: {why}", err=True)

@@ -135,3 +135,14 @@ def test_endpoints_refuse_nothing_or_too_much(targets, ports, message):
 )
 def test_endpoint_text(ep, text):
     assert str(ep) == text
+
+
+def test_endpoints_sort_by_address_then_name():
+    eps = [Endpoint(h, 502) for h in ("b.local", "10.0.0.10", "fd00::1", "10.0.0.9", "a.local")]
+    assert [e.host for e in sorted(eps, key=lambda e: e.sort_key)] == [
+        "10.0.0.9",
+        "10.0.0.10",
+        "fd00::1",
+        "a.local",
+        "b.local",
+    ]
