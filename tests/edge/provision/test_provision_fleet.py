@@ -373,3 +373,37 @@ async def test_configure_asks_on_a_terminal_for_what_it_cannot_find(
         10000,
     )
     assert config.mqtt.url == "mqtt://127.0.0.1:1883"
+
+
+async def test_configure_can_scan_first_and_commission_detects_kinds_left_out(
+    fleet: Fleet, clock, tmp_path
+):
+    site = fleet.sites[1]
+    out = tmp_path / "edge.toml"
+    code, stdout, err = await cli(
+        "edge",
+        "provision",
+        "configure",
+        f"127.0.0.1:{site.port}",
+        "--unit-ids",
+        "1-4",
+        "--grid-import-w",
+        "11000",
+        "--grid-export-w",
+        "0",
+        "--site-id",
+        "site-7",
+        "--db-path",
+        str(tmp_path / "e.sqlite"),
+        "-o",
+        str(out),
+    )
+    assert code == 0, err
+    assert stdout.startswith(f"{out}: written: site site-7, 4 device(s)")
+    # an installer's hand-written config without kinds: commissioning detects them
+    data = tomllib.loads(out.read_text())
+    for device in data["devices"]:
+        del device["kind"]
+    report = await commission_site(EdgeConfig.from_dict(data), clock=clock, timeout_s=0.5)
+    assert report.passed
+    assert [d.kind for d in report.devices] == ["pv_inverter", "battery", "meter", "heat_pump"]
