@@ -55,6 +55,15 @@ class TokenBucket:
             return 0.0
         return (1.0 - state.tokens) / self.rate_per_s
 
+    def wait(self, key: str, now: float) -> float:
+        """Seconds until ``key`` could take a token (0.0: now), taking nothing: for limits
+        that charge only failures (a claim redemption checks first, takes on a failure)."""
+        state = self._keys.get(key)
+        if state is None:
+            return 0.0
+        tokens = min(float(self.burst), state.tokens + max(0.0, now - state.at) * self.rate_per_s)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
+
     def tokens(self, key: str) -> float:
         """Tokens left for ``key`` as of its last take (``burst`` for a key never seen)."""
         state = self._keys.get(key)
