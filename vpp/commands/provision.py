@@ -10,3 +10,8 @@ import click
 @click.group(help="Bring a gateway into service: scan, configure, commission, register.")
 def provision() -> None:
     pass
+
+
+from vpp.commands.provision_register import register  # noqa: E402 - the group's subcommand
+
+provision.add_command(register)

@@ -1,0 +1,1 @@
+"""The installer's provisioning of a gateway: find devices, configure, commission, register."""
