@@ -48,3 +48,22 @@ def test_a_steady_client_at_the_rate_is_never_refused():
 def test_settings_that_cannot_work_are_refused(rate, burst, message):
     with pytest.raises(ValueError, match=message):
         TokenBucket(rate, burst)
+
+
+@pytest.mark.parametrize(
+    ("takes", "now", "wait"),
+    [
+        ([], 0.0, 0.0),  # never seen: may go
+        ([0.0], 0.0, 0.0),  # one of two left
+        ([0.0, 0.0], 0.0, 2.0),  # spent: a token per 2 s
+        ([0.0, 0.0], 1.5, 0.5),  # refilling
+        ([0.0, 0.0], 2.0, 0.0),
+    ],
+)
+def test_wait_peeks_without_taking(takes, now, wait):
+    """The claim route charges failures only: it asks first, takes on a failure."""
+    bucket = TokenBucket(rate_per_s=0.5, burst=2)
+    for t in takes:
+        bucket.take("10.0.0.9", t)
+    assert bucket.wait("10.0.0.9", now) == pytest.approx(wait)
+    assert bucket.wait("10.0.0.9", now) == pytest.approx(wait)  # asking took nothing
