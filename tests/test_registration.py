@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from cloud.api import ApiServer, ApiSettings, create_app
 from cloud.api.context import Provisioning
 from cloud.registry import Registry
+from cloud.runner import load_settings
 from edge.config import load_config
 from protocols.clock import ManualClock
 from protocols.partitions import partition_of
@@ -185,6 +186,52 @@ async def test_a_broker_that_cannot_be_reached_leaves_the_claim_open(
         assert cloud.registry.sites_of_pool("north") == []  # no site without an account
 
 
+async def test_an_api_without_the_broker_admin_registers_nobody(
+    services: SecureServices, tmp_path: Path
+) -> None:
+    registry = Registry(tmp_path / "registry.db", ManualClock(start=T0))
+    registry.create_pool("north")
+    [(_, token)] = registry.create_claims("north", 3600)
+    app_ = create_app(registry, "redis://127.0.0.1:1/0", registry.clock)  # no provisioning
+    server = ApiServer(app_)
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as client:  # plain HTTP still works
+            body = {"token": token, "gateway_id": GW_A}
+            answer = await client.post("/v1/claims/redeem", json=body)
+        assert answer.status_code == 503
+        assert answer.json()["reason"] == "provisioning_disabled"
+        assert registry.list_claims()[0].gateway_id is None
+    finally:
+        await server.stop()
+        registry.close()
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"api_tls_cert_file": "cert.pem"}, "give both api_tls_cert_file and api_tls_key_file"),
+        (
+            {"api_tls_cert_file": "missing.pem", "api_tls_key_file": "key.pem"},
+            "API TLS file missing.pem cannot be read",
+        ),
+        ({"mqtt_admin_password_file": "missing"}, "password file missing"),
+        (
+            {"mqtt_admin_password_file": "admin.pw", "sites_mqtt_url": "http://x"},
+            "mqtt://",
+        ),
+    ],
+)
+def test_registration_settings_that_cannot_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: dict[str, str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("cert.pem", "key.pem", "admin.pw"):
+        (tmp_path / name).write_text("x\n")
+    with pytest.raises(ValueError, match=message):
+        load_settings(None, given)
+
+
 async def test_failures_are_limited_per_address(services: SecureServices, tmp_path: Path) -> None:
     settings = ApiSettings(claim_failure_burst=3)
     async with running_cloud(services, tmp_path, settings=settings) as cloud:
@@ -200,6 +247,21 @@ async def test_failures_are_limited_per_address(services: SecureServices, tmp_pa
 
 
 # --- the gateway's command ------------------------------------------------------------------
+
+
+async def test_a_config_that_does_not_load_is_refused_before_the_cloud(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    config_path = edge_config(tmp_path)
+    config_path.write_text(config_path.read_text().replace("[limits]", "[limitz]"))
+    claim_id, token = cloud.claim()
+    before = snapshot(config_path.parent)
+    result = await register(cloud.server.url, config_path, token, "--ca-file", str(cloud.ca_file))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {config_path}: 2 problem(s):")
+    assert "limitz: unknown field (misspelt?)" in result.stderr
+    assert snapshot(config_path.parent) == before
+    assert cloud.registry.get_claim(claim_id).gateway_id is None  # the cloud saw nothing
 
 
 def edge_config(folder: Path) -> Path:
@@ -292,6 +354,7 @@ async def test_after_a_lost_answer_the_gateway_gets_the_same_site(
             "the cloud refused the registration: the claim token is not known (unknown_claim)",
         ),
         ("unreachable", "cannot reach the cloud at https://127.0.0.1:1: Connection refused"),
+        ("not https", "cloud URL 'ftp://127.0.0.1' must look like https://host"),
         (
             "untrusted",
             "the cloud at {url} has a certificate that does not verify "
@@ -313,6 +376,8 @@ async def test_bad_registrations_change_nothing(
         token = token[:-3] + ("xyz" if not token.endswith("xyz") else "abc")
     elif case == "unreachable":
         url = "https://127.0.0.1:1"
+    elif case == "not https":
+        url = "ftp://127.0.0.1"
     else:
         ca = []
     before = snapshot(config_path.parent)
