@@ -385,3 +385,20 @@ async def test_bad_registrations_change_nothing(
     assert result.exit_code == 1
     assert result.stderr == f"error: {message.format(id=claim_id, url=url)}\n"
     assert snapshot(config_path.parent) == before
+
+
+async def test_a_relative_config_path_gets_absolute_file_names(
+    cloud: Cloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent runs from / under systemd: the files the config names must not depend on
+    where the installer stood."""
+    config_path = edge_config(tmp_path)
+    monkeypatch.chdir(config_path.parent)
+    _, token = cloud.claim()
+    done = await register(
+        cloud.server.url, Path("edge.toml"), token, "--ca-file", str(cloud.ca_file)
+    )
+    assert done.exit_code == 0, done.stderr
+    mqtt = load_config(config_path).mqtt
+    assert mqtt.password_file == config_path.parent / "edge.mqtt-password"
+    assert mqtt.ca_file == config_path.parent / "edge.broker-ca.pem"

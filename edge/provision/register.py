@@ -291,8 +291,10 @@ def register(
     ``render``: config dict -> TOML text (the edge reads TOML but writes none of its own).
     Raises :class:`RegisterError` or :class:`~edge.config.ConfigError`, with nothing on
     disk changed."""
-    files = SiteFiles(config_path)
     config = load_config(config_path)
+    # absolute: the agent may run from another directory than this command
+    config_path = config_path.absolute()
+    files = SiteFiles(config_path)
     try:
         record = json.loads(files.record.read_text())
     except (OSError, ValueError):
