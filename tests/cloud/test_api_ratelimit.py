@@ -67,3 +67,20 @@ def test_wait_peeks_without_taking(takes, now, wait):
         bucket.take("10.0.0.9", t)
     assert bucket.wait("10.0.0.9", now) == pytest.approx(wait)
     assert bucket.wait("10.0.0.9", now) == pytest.approx(wait)  # asking took nothing
+
+
+@pytest.mark.parametrize(
+    ("now", "forgotten", "left"),
+    [
+        (0.0, 0, 2),  # both spent something just now
+        (2.0, 1, 1),  # "a" took one token: refilled after 2 s
+        (4.0, 2, 0),  # "b" took both: refilled after 4 s
+    ],
+)
+def test_refilled_keys_are_forgotten(now, forgotten, left):
+    bucket = TokenBucket(rate_per_s=0.5, burst=2)
+    bucket.take("a", 0.0)
+    bucket.take("b", 0.0)
+    bucket.take("b", 0.0)
+    assert bucket.forget_full(now) == forgotten
+    assert len(bucket) == left
