@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import ssl
 import stat
 from collections.abc import AsyncIterator, Iterator
@@ -402,3 +403,26 @@ async def test_a_relative_config_path_gets_absolute_file_names(
     mqtt = load_config(config_path).mqtt
     assert mqtt.password_file == config_path.parent / "edge.mqtt-password"
     assert mqtt.ca_file == config_path.parent / "edge.broker-ca.pem"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives files away (a gateway's installer)")
+async def test_as_root_the_secrets_belong_to_the_agents_user(cloud: Cloud, tmp_path: Path) -> None:
+    """The package's agent runs as `vpp`, owner of its state folder; the installer registers
+    as root. The password (0600) and the gateway id must be the agent's, the config stays
+    as it was owned."""
+    config_path = edge_config(tmp_path)
+    state = Path(load_config(config_path).agent.db_path).parent
+    state.mkdir(exist_ok=True)
+    os.chown(state, 65534, 65534)  # nobody: any user but root
+    _, token = cloud.claim()
+    done = await register(cloud.server.url, config_path, token, "--ca-file", str(cloud.ca_file))
+    assert done.exit_code == 0, done.stderr
+    owners = {
+        name: ((p := config_path.parent / name).stat().st_uid, stat.S_IMODE(p.stat().st_mode))
+        for name in ("edge.mqtt-password", "edge.gateway-id", "edge.toml")
+    }
+    assert owners == {
+        "edge.mqtt-password": (65534, 0o600),
+        "edge.gateway-id": (65534, 0o600),
+        "edge.toml": (0, 0o644),
+    }

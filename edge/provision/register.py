@@ -7,7 +7,8 @@
    site back;
 2. redeems the token over HTTPS (``POST /v1/claims/redeem``), verifying the cloud's
    certificate against ``--ca-file`` or the system's store;
-3. writes the broker password (``<config>.mqtt-password``, 0600), the broker's CA
+3. writes the broker password (``<config>.mqtt-password``, 0600; run as root, owned by the
+   agent's user, :func:`agent_owner`), the broker's CA
    (``<config>.broker-ca.pem``) and the config with the new ``[site]`` id and partitions and
    ``[mqtt]`` url, username, password_file and ca_file, each to a temporary file first; the
    new config is checked with :func:`edge.config.load_config`; then all are renamed into place
@@ -50,6 +51,7 @@ __all__ = [
     "RegisterResult",
     "Registration",
     "SiteFiles",
+    "agent_owner",
     "gateway_facts",
     "is_registered",
     "redeem",
@@ -258,15 +260,33 @@ def _read_gateway_id(path: Path) -> str | None:
     return text or None
 
 
-def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write ``text`` to a new ``path`` with ``mode`` (whatever the umask), fsynced."""
+def _write_private(
+    path: Path, text: str, mode: int = 0o600, owner: tuple[int, int] | None = None
+) -> None:
+    """Write ``text`` to a new ``path`` with ``mode`` (whatever the umask) and ``owner``
+    (uid, gid; None: whoever runs this), fsynced."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         os.fchmod(fd, mode)
         os.write(fd, text.encode())
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def agent_owner(config: EdgeConfig) -> tuple[int, int] | None:
+    """Who must read the secrets when this runs as root: the owner of the agent's state
+    directory (``agent.db_path``'s folder; ``/var/lib/vpp``, user ``vpp``, in the package),
+    if that is not root. None otherwise (the files belong to whoever runs this)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        found = config.agent.db_path.absolute().parent.stat()
+    except OSError:
+        return None
+    return None if found.st_uid == 0 else (found.st_uid, found.st_gid)
 
 
 def _temp_path(final: Path) -> Path:
@@ -309,10 +329,11 @@ def register(
         )
     gateway_id = _read_gateway_id(files.gateway_id)
     made_id = gateway_id is None
+    owner = agent_owner(config)
     if gateway_id is None:
         gateway_id = secrets.token_urlsafe(24)
         try:
-            _write_private(files.gateway_id, gateway_id + "\n")
+            _write_private(files.gateway_id, gateway_id + "\n", owner=owner)
         except OSError as exc:
             raise RegisterError(
                 f"gateway id file {files.gateway_id}: {exc.strerror or exc}"
@@ -330,7 +351,7 @@ def register(
         if made_id and not exc.sent:  # the cloud never acted on it: leave no trace
             files.gateway_id.unlink(missing_ok=True)
         raise
-    _install(config_path, files, reg, render, cloud_url)
+    _install(config_path, files, reg, render, cloud_url, owner)
     return RegisterResult(reg.site_id, reg.pool_id, reg.partition, reg.mqtt_url)
 
 
@@ -340,8 +361,11 @@ def _install(
     reg: Registration,
     render: Callable[[dict[str, Any]], str],
     cloud_url: str,
+    owner: tuple[int, int] | None,
 ) -> None:
-    """Write every file to a temporary name, check the config, then rename into place."""
+    """Write every file to a temporary name, check the config, then rename into place. The
+    password file belongs to ``owner`` (the agent's user, :func:`agent_owner`); the config
+    keeps its owner and mode."""
     data = tomllib.loads(config_path.read_text())
     ca_final = files.ca if reg.ca_pem else None
     new_data = registered_config(data, reg, files.password, ca_final)
@@ -352,18 +376,20 @@ def _install(
         "cloud_url": redact_url(cloud_url),
         "mqtt_url": reg.mqtt_url,
     }
-    mode = config_path.stat().st_mode & 0o777
+    found = config_path.stat()
+    mode, same = found.st_mode & 0o777, (found.st_uid, found.st_gid)
+    keep = same if os.geteuid() == 0 else None
     plan: list[tuple[Path, Path]] = []  # (temporary, final), in rename order
     try:
-        for final, text, file_mode in (
-            (files.password, reg.password + "\n", 0o600),
-            *(((ca_final, reg.ca_pem, 0o644),) if ca_final and reg.ca_pem else ()),
-            (config_path, render(new_data), mode),
-            (files.record, json.dumps(record, indent=1) + "\n", 0o644),
+        for final, text, file_mode, file_owner in (
+            (files.password, reg.password + "\n", 0o600, owner),
+            *(((ca_final, reg.ca_pem, 0o644, keep),) if ca_final and reg.ca_pem else ()),
+            (config_path, render(new_data), mode, keep),
+            (files.record, json.dumps(record, indent=1) + "\n", 0o644, keep),
         ):
             temp = _temp_path(final)
             plan.append((temp, final))
-            _write_private(temp, text, file_mode)
+            _write_private(temp, text, file_mode, file_owner)
         checked = load_config(plan[-2][0])  # the new config, as the agent will read it
         if checked.site.id != reg.site_id:
             raise ConfigError(f"{config_path}: the written config lost the site id")
