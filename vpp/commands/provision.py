@@ -419,3 +419,8 @@ def commission_cmd(config: Path, timeout: float | None, as_json: bool, verbose: 
         click.echo(f"site {report.site_id}: commissioning {verdict} in {report.duration_s:.1f} s")
     if not report.passed:
         raise SystemExit(1)
+
+
+from vpp.commands.provision_register import register  # noqa: E402 - the group's subcommand
+
+provision.add_command(register)
