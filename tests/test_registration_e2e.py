@@ -1,9 +1,9 @@
-"""Done-when of gateway registration: a production-like cloud (TLS + dynamic-security Mosquitto,
-Redis with an ACL user per role, the registry, the API over HTTPS and a partition worker, each
-a `vpp cloud run` process on its own accounts), a firmware-sim site, its config written with
-no credentials; `vpp cloud claims create`, `vpp edge provision register`, `vpp edge run`: the
-site comes online in the cloud on its own broker account, which cannot publish as another
-site."""
+"""Done-when of provisioning: a production-like cloud (TLS + dynamic-security Mosquitto, Redis
+with an ACL user per role, the registry, the API over HTTPS and a partition worker, each a `vpp
+cloud run` process on its own accounts) and a firmware-sim site. The installer runs `vpp edge
+provision scan`, `configure` (no account, a provisional site id) and `commission`; then `vpp
+cloud claims create`, `vpp edge provision register` and `vpp edge run`: the site comes online in
+the cloud on its own broker account, which cannot publish as another site."""
 
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from protocols.clock import WallClock
 from protocols.topics import SiteKind, site_topic
 from vpp.cli import app
 from vpp.services import free_port
-from vpp.sitecfg import site_configs, write_site_configs
 from vpp.system.secure import SecureServices
 
 from .cloud.test_broker_accounts import Client
@@ -149,11 +148,25 @@ async def test_a_registered_gateway_comes_online_with_its_own_account(
 
                 await until("the API over HTTPS", api_up, 60, [api, worker], logs)
 
-                # the installer's config: the site's devices, no account, no site id of its own
-                configs = site_configs(
-                    fleet.manifest(), "mqtts://broker.invalid:8883", tmp_path / "state"
+                # the installer's whole flow: scan, configure, commission, then register
+                scan = await asyncio.to_thread(
+                    cli, "edge", "provision", "scan", f"127.0.0.1:{fleet.sites[0].port}", "--json"
                 )
-                [config] = write_site_configs(configs, tmp_path / "gateway")
+                scan_file = tmp_path / "scan.json"
+                scan_file.write_text(scan)
+                config = tmp_path / "gateway" / "edge.toml"
+                config.parent.mkdir()
+                configured = await asyncio.to_thread(
+                    cli,
+                    *("edge", "provision", "configure", "--scan-file", str(scan_file)),
+                    *("-o", str(config), "--grid-import-w", "17250", "--grid-export-w", "10000"),
+                    *("--db-path", str(tmp_path / "state" / "edge.sqlite")),
+                )
+                assert "written: site local-" in configured
+                commissioned = await asyncio.to_thread(
+                    cli, "edge", "provision", "commission", "-c", str(config)
+                )
+                assert "commissioning PASSED" in commissioned
                 token = cli("cloud", "claims", "create", "--pool", "north", "--db", str(db))
                 token = token.splitlines()[-1]
 
