@@ -26,16 +26,16 @@ HTTP client), and the stdlib verifies certificates and host names by default.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import secrets
 import socket
 import ssl
 import tempfile
-import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,16 +149,19 @@ def gateway_facts(config: EdgeConfig) -> dict[str, Any]:
 
 
 def registered_config(
-    data: dict[str, Any], reg: Registration, password_file: Path, ca_file: Path | None
-) -> dict[str, Any]:
-    """The config ``data`` (as read from TOML) with the registration put in: ``[site]`` id
-    and partitions (a stale ``partition`` dropped), ``[mqtt]`` url, username, password_file,
-    ca_file (an inline ``password`` dropped). Everything else is kept."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    site = out.setdefault("site", {})
+    data: MutableMapping[str, Any], reg: Registration, password_file: Path, ca_file: Path | None
+) -> MutableMapping[str, Any]:
+    """A copy of the config ``data`` with the registration put in: ``[site]`` id and
+    partitions (a stale ``partition`` dropped), ``[mqtt]`` url, username, password_file,
+    ca_file (an inline ``password`` dropped). Everything else is kept; given a tomlkit
+    document, so are the installer's comments and layout."""
+    out = copy.deepcopy(data)
+    out.setdefault("site", {})
+    site = out["site"]  # tomlkit turns an inserted dict into its own table
     site.pop("partition", None)
     site.update(id=reg.site_id, partitions=reg.partitions)
-    mqtt = out.setdefault("mqtt", {})
+    out.setdefault("mqtt", {})
+    mqtt = out["mqtt"]
     mqtt.pop("password", None)
     mqtt.update(url=reg.mqtt_url, username=reg.username, password_file=str(password_file))
     if ca_file is None:
@@ -301,14 +304,12 @@ def register(
     cloud_url: str,
     token: str,
     *,
-    render: Callable[[dict[str, Any]], str],
     ca_file: Path | None = None,
     force: bool = False,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> RegisterResult:
     """Register the gateway of ``config_path`` (the steps of the module docstring).
 
-    ``render``: config dict -> TOML text (the edge reads TOML but writes none of its own).
     Raises :class:`RegisterError` or :class:`~edge.config.ConfigError`, with nothing on
     disk changed."""
     config = load_config(config_path)
@@ -351,7 +352,7 @@ def register(
         if made_id and not exc.sent:  # the cloud never acted on it: leave no trace
             files.gateway_id.unlink(missing_ok=True)
         raise
-    _install(config_path, files, reg, render, cloud_url, owner)
+    _install(config_path, files, reg, cloud_url, owner)
     return RegisterResult(reg.site_id, reg.pool_id, reg.partition, reg.mqtt_url)
 
 
@@ -359,16 +360,20 @@ def _install(
     config_path: Path,
     files: SiteFiles,
     reg: Registration,
-    render: Callable[[dict[str, Any]], str],
     cloud_url: str,
     owner: tuple[int, int] | None,
 ) -> None:
     """Write every file to a temporary name, check the config, then rename into place. The
     password file belongs to ``owner`` (the agent's user, :func:`agent_owner`); the config
     keeps its owner and mode."""
-    data = tomllib.loads(config_path.read_text())
+    import tomlkit  # only here: the agent itself reads TOML with the stdlib
+
+    try:
+        data = tomlkit.parse(config_path.read_text())
+    except (OSError, tomlkit.exceptions.TOMLKitError) as exc:
+        raise RegisterError(f"cannot read {config_path}: {exc}", sent=True) from None
     ca_final = files.ca if reg.ca_pem else None
-    new_data = registered_config(data, reg, files.password, ca_final)
+    new_text = tomlkit.dumps(registered_config(data, reg, files.password, ca_final))
     record = {
         "site_id": reg.site_id,
         "pool_id": reg.pool_id,
@@ -384,7 +389,7 @@ def _install(
         for final, text, file_mode, file_owner in (
             (files.password, reg.password + "\n", 0o600, owner),
             *(((ca_final, reg.ca_pem, 0o644, keep),) if ca_final and reg.ca_pem else ()),
-            (config_path, render(new_data), mode, keep),
+            (config_path, new_text, mode, keep),
             (files.record, json.dumps(record, indent=1) + "\n", 0o644, keep),
         ):
             temp = _temp_path(final)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomlkit
 
 from edge.config import EdgeConfig
 from edge.provision.register import (
@@ -73,6 +74,36 @@ def test_the_answer_goes_into_the_config(before, ca, site, mqtt) -> None:
     assert (after["limits"], after["devices"]) == (LIMITS, DEVICES)
     assert before["site"]["id"] != "site-000007"  # the input is not changed
     EdgeConfig.from_dict(after)  # and the result is a valid config
+
+
+INSTALLERS_CONFIG = """\
+# the installer's note: gateway in the garage
+[site]
+id = "local-d8d26251a3"  # provisional
+partition = 19
+
+[limits]
+grid_import_w = 17250.0  # 3 x 25 A
+grid_export_w = 10000.0
+
+[[devices]]
+id = "battery"  # in the garage
+host = "10.0.0.5"
+port = 502
+kind = "battery"
+"""
+
+
+def test_the_installers_comments_and_layout_survive_registration() -> None:
+    doc = tomlkit.parse(INSTALLERS_CONFIG)
+    text = tomlkit.dumps(registered_config(doc, REG, Path("/etc/vpp/pw"), None))
+    assert text.startswith("# the installer's note: gateway in the garage\n[site]\n")
+    for kept in ("grid_import_w = 17250.0  # 3 x 25 A", 'id = "battery"  # in the garage'):
+        assert kept in text
+    assert 'id = "site-000007"' in text
+    assert "partition = 19" not in text
+    assert tomlkit.dumps(doc) == INSTALLERS_CONFIG  # the input is not changed
+    EdgeConfig.from_dict(tomlkit.parse(text).unwrap())
 
 
 @pytest.mark.parametrize(

@@ -54,14 +54,12 @@ def register(
     from edge.config import ConfigError
     from edge.provision.register import RegisterError
     from edge.provision.register import register as do_register
-    from vpp.sitecfg import render_toml
 
     try:
         result = do_register(
             config_path,
             cloud_url,
             token.strip(),
-            render=render_toml,
             ca_file=ca_file,
             force=force,
             timeout_s=timeout,
