@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -155,6 +156,22 @@ class CommissionReport:
 
 
 # --- pure parts --------------------------------------------------------------------------------
+
+
+def reading_summary(kind: DeviceKind, values: Mapping[str, float | None]) -> str:
+    """The installer's glance at what a device reads now (power, and SoC or room temperature),
+    so a commissioning report shows the numbers to compare with the device's own display."""
+
+    def kw(name: str) -> str | None:
+        v = values.get(name)
+        return None if v is None else f"{v / 1000:.2f} kW"
+
+    parts = [kw("power_w")]
+    if kind is DeviceKind.BATTERY and values.get("soc_pct") is not None:
+        parts.append(f"SoC {values['soc_pct']:.0f} %")
+    if kind is DeviceKind.HEAT_PUMP and values.get("indoor_c") is not None:
+        parts.append(f"indoor {values['indoor_c']:.1f} °C")
+    return ", ".join(p for p in parts if p) or "no values"
 
 
 def one_step(original: int, lo: int, hi: int) -> int:
@@ -333,9 +350,10 @@ async def _commission_device(
             )
         return fail(Verdict.READ_FAILED, f"{where}: reading failed: {driver.last_error}")
     result.values = dict(reading.values)
+    read = f"read {reading_summary(kind, reading.values)}"
     tp = test_point(kind, ident, getattr(driver, "raw", {}))
     if tp is None:
-        result.detail = f"{who}: read OK; read-only, nothing written"
+        result.detail = f"{who}: {read}; read-only, nothing written"
         return result
     try:
         verdict, detail, result.test_write = await _test_write(link, dev.unit_id, tp)
@@ -343,7 +361,7 @@ async def _commission_device(
         return fail(Verdict.READ_FAILED, f"{where}: reading {tp.name} failed: {exc}")
     if verdict is not Verdict.PASS:
         return fail(verdict, f"{where}: {detail}")
-    result.detail = f"{who}: read OK; {detail}"
+    result.detail = f"{who}: {read}; {detail}"
     return result
 
 

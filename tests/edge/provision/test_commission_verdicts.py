@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge.provision.commission import Verdict, judge_write, one_step
+from edge.provision.commission import Verdict, judge_write, one_step, reading_summary
+from protocols.messages import DeviceKind
 
 
 @pytest.mark.parametrize(
@@ -93,3 +94,17 @@ P = "123.WMaxLimPct"
 )
 def test_judge_write(test, read_back, refused, original, restored, verdict, detail):
     assert judge_write(P, test, read_back, refused, original, restored) == (verdict, detail)
+
+
+@pytest.mark.parametrize(
+    ("kind", "values", "summary"),
+    [
+        (DeviceKind.BATTERY, {"power_w": 2130.0, "soc_pct": 48.2}, "2.13 kW, SoC 48 %"),
+        (DeviceKind.BATTERY, {"power_w": -500.0, "soc_pct": None}, "-0.50 kW"),
+        (DeviceKind.PV_INVERTER, {"power_w": 0.0, "soc_pct": 12.0}, "0.00 kW"),
+        (DeviceKind.HEAT_PUMP, {"power_w": 1600.0, "indoor_c": 20.44}, "1.60 kW, indoor 20.4 °C"),
+        (DeviceKind.METER, {"power_w": None}, "no values"),
+    ],
+)
+def test_the_report_shows_what_each_device_reads(kind, values, summary):
+    assert reading_summary(kind, values) == summary
