@@ -24,6 +24,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import signal
 import tomllib
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 
 from cloud.api.app import ApiServer, ApiSettings, create_app
+from cloud.api.context import Provisioning
 from cloud.api.ratelimit import TokenBucket
 from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.dispatch.retention import Retention
@@ -94,6 +96,16 @@ class CloudSettings:
     # writes per API key (cloud.api.ratelimit): a steady rate and a burst, per API process
     api_write_rate_per_s: float = ApiSettings.write_rate_per_s
     api_write_burst: int = ApiSettings.write_burst
+    # HTTPS for the API (both or neither): a certificate (chain) and its key, PEM
+    api_tls_cert_file: Path | None = None
+    api_tls_key_file: Path | None = None
+    # Gateway registration (POST /v1/claims/redeem): the API sets each new site's broker
+    # account as the broker's dynamic-security admin (on mqtt_url, with mqtt_ca_file); no
+    # password file, no registration (503). Sites are told sites_mqtt_url (default:
+    # mqtt_url; set it when the sites reach the broker by another name) and mqtt_ca_file.
+    mqtt_admin_username: str = "cloud:admin"
+    mqtt_admin_password_file: Path | None = None
+    sites_mqtt_url: str | None = None
 
     def api_settings(self) -> ApiSettings:
         return ApiSettings(
@@ -111,6 +123,40 @@ class CloudSettings:
             cert_file=self.mqtt_cert_file,
             key_file=self.mqtt_key_file,
         )
+
+    def provisioning(self) -> Provisioning | None:
+        """What the API needs to register gateways, read and checked; None when registration
+        is off (no admin password file)."""
+        if self.mqtt_admin_password_file is None:
+            return None
+        admin = MqttEndpoint.from_url(
+            self.mqtt_url,
+            username=self.mqtt_admin_username,
+            password_file=self.mqtt_admin_password_file,
+            ca_file=self.mqtt_ca_file,
+        )
+        sites_url = self.sites_mqtt_url or self.mqtt_url
+        MqttEndpoint.from_url(sites_url)  # a URL a gateway can use
+        ca_pem = None
+        if self.mqtt_ca_file is not None:
+            try:
+                ca_pem = self.mqtt_ca_file.read_text()
+            except OSError as exc:
+                raise ValueError(f"CA file {self.mqtt_ca_file}: {exc.strerror or exc}") from None
+        return Provisioning(
+            admin=admin, sites_mqtt_url=sites_url, partitions=self.partitions, ca_pem=ca_pem
+        )
+
+    def api_tls(self) -> tuple[str | None, str | None]:
+        """The API's certificate and key files (both None: plain HTTP); ValueError when one
+        is missing or unreadable."""
+        cert, key = self.api_tls_cert_file, self.api_tls_key_file
+        if (cert is None) != (key is None):
+            raise ValueError("give both api_tls_cert_file and api_tls_key_file, or neither")
+        for path in (cert, key):
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"API TLS file {path} cannot be read")
+        return (None, None) if cert is None else (str(cert), str(key))
 
     def redis_connect_url(self) -> str:
         """``redis_url`` with the ACL user and the password file's secret put in: what the
@@ -135,6 +181,9 @@ _PATH_SETTINGS = (
     "mqtt_cert_file",
     "mqtt_key_file",
     "redis_password_file",
+    "api_tls_cert_file",
+    "api_tls_key_file",
+    "mqtt_admin_password_file",
 )
 
 
@@ -165,6 +214,8 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings
             "or unix://"
         )
     settings.redis_connect_url()  # the password file must be readable
+    settings.api_tls()
+    settings.provisioning()
     Retention(settings.retention_cycles_days, settings.retention_activations_days)
     TokenBucket(settings.api_write_rate_per_s, settings.api_write_burst)
     return settings
@@ -248,10 +299,19 @@ async def run_cloud(
             sync = asyncio.create_task(_sync_loop(registry, redis_url, clock, stop, sync_status))
             tasks.append(sync)
             roles_running["site-pool sync"] = sync
+            cert, key = settings.api_tls()
             server = ApiServer(
-                create_app(registry, redis_url, clock, settings=settings.api_settings()),
+                create_app(
+                    registry,
+                    redis_url,
+                    clock,
+                    settings=settings.api_settings(),
+                    provisioning=settings.provisioning(),
+                ),
                 settings.api_host,
                 settings.api_port,
+                tls_cert_file=cert,
+                tls_key_file=key,
             )
             watch_api(operator, server.app.state.ctx, sync_status, clock)
             await server.start()

@@ -8,6 +8,9 @@ handler reads the roles' state directly, and the host process keeps its signal h
     await server.start()        # returns once the socket listens; server.port is the port
     ...
     await server.stop()
+
+With ``ssl_certfile`` and ``ssl_keyfile`` it serves HTTPS (uvicorn's TLS): the trader API
+and gateway registration in production; plain HTTP stays for the demo and the operator port.
 """
 
 from __future__ import annotations
@@ -53,9 +56,14 @@ class AsgiServer:
         log_level: str = "warning",
         graceful_s: float = 3.0,
         lifespan: Literal["on", "off"] = "on",
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
+        if (ssl_certfile is None) != (ssl_keyfile is None):
+            raise ValueError(f"the {name} server needs both a TLS certificate and its key")
         self.app = app
         self.name = name
+        self.tls = ssl_certfile is not None
         config = uvicorn.Config(
             app,
             host=host,
@@ -69,6 +77,8 @@ class AsgiServer:
             lifespan=lifespan,
             interface="asgi3",  # a bound method looks like ASGI2 to the auto-detection
             timeout_graceful_shutdown=graceful_s,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
         )
         self.server = _EmbeddedServer(config)
         self.host = host
@@ -84,7 +94,7 @@ class AsgiServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def task(self) -> asyncio.Task[None] | None:

@@ -8,7 +8,8 @@ rewrites, in each record's text and traceback,
 
 * the password of any URL (``mqtt://user:pass@``, ``redis://:pass@``) to ``***``;
 * an API token (``vpp_<key id>_<secret>``) to ``vpp_<key id>_***`` (the key id stays: it is
-  what an operator quotes, see :mod:`cloud.registry.keys`);
+  what an operator quotes, see :mod:`cloud.registry.keys`), and a claim token
+  (``vppclaim_<claim id>_<secret>``) likewise;
 * a bearer credential (``Bearer <token>``) and a ``password=...``/``"password": ...`` value,
   as exceptions and validation errors print them (``password: <prose>`` is left alone: it is
   how an error names the field).
@@ -36,7 +37,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MASK = "***"
 
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*:)([^\s@/]+)(@)")
-_TOKEN = re.compile(r"\b(vpp_[0-9a-f]{12}_)[A-Za-z0-9_\-]{8,}")
+_TOKEN = re.compile(r"\b(vpp(?:claim)?_[0-9a-f]{12}_)[A-Za-z0-9_\-]{8,}")
 _BEARER = re.compile(r"(\bBearer\s+)(?!\*\*\*)\S+", re.IGNORECASE)
 _PASSWORD_VALUE = re.compile(
     r"""(\b\w*(?:password|passwd|secret)\w*(?:['"]\s*:|\s*=)\s*)(['"]?)(?!\*\*\*)[^\s'",}]+""",

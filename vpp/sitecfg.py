@@ -6,10 +6,10 @@ same config files an installer would, so the agents start exactly as they would 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from edge.provision.render import toml_value
 from protocols.partitions import DEFAULT_PARTITION_COUNT
 
 # firmware-sim device kinds -> the protocol's device kinds
@@ -21,14 +21,6 @@ KIND_OF = {
 }
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
 def render_toml(config: dict[str, Any]) -> str:
     """TOML for the edge config's shape: tables of scalars plus an array of device tables."""
     lines: list[str] = []
@@ -36,11 +28,11 @@ def render_toml(config: dict[str, Any]) -> str:
         if isinstance(body, list):
             for item in body:
                 lines.append(f"[[{section}]]")
-                lines += [f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None]
+                lines += [f"{k} = {toml_value(v)}" for k, v in item.items() if v is not None]
                 lines.append("")
         else:
             lines.append(f"[{section}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in body.items() if v is not None]
+            lines += [f"{k} = {toml_value(v)}" for k, v in body.items() if v is not None]
             lines.append("")
     return "\n".join(lines)
 

@@ -23,10 +23,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from cloud.api.context import ApiContext, ApiSettings
+from cloud.api.context import ApiContext, ApiSettings, Provisioning
 from cloud.api.errors import BodyLimit, MetricsMiddleware, install_error_handlers
 from cloud.api.openapi import install_openapi
-from cloud.api.routes import admin, delivery, pools, schedules, setpoint, stream
+from cloud.api.routes import admin, claims, delivery, pools, schedules, setpoint, stream
 from protocols.clock import Clock
 from protocols.http_server import AsgiServer
 from protocols.version import VERSION
@@ -56,6 +56,8 @@ setpoints and a live stream.
   lists the ones it answers: 400 for a body that is not JSON, 422 for an invalid parameter or
   body, 401/403/404/429 as above, 413, and 503 (with `Retry-After`) while the live data is
   missing. A method a path does not have is 405, with `Allow` listing the ones it has.
+* **Gateways** register with `POST /v1/claims/redeem` (tag `claims`): the one-time claim
+  token in the body is the credential, no API key.
 """
 
 
@@ -66,17 +68,25 @@ def create_app(
     *,
     horizon_s: float | None = None,
     settings: ApiSettings | None = None,
+    provisioning: Provisioning | None = None,
 ) -> FastAPI:
     """The API app on a registry (``cloud.registry.Registry``), a Redis URL and a clock.
 
     The Redis client is made in the app's lifespan (it belongs to the serving loop). The
     registry is called from the loop's thread: its SQLite connection stays in one thread,
-    and each call is a local indexed query.
+    and each call is a local indexed query. ``provisioning``: the broker admin account and
+    what sites are told, for gateway registration (``POST /v1/claims/redeem``; 503 without).
     """
     settings = settings or ApiSettings()
     if horizon_s is not None:
         settings = replace(settings, horizon_s=horizon_s)
-    ctx = ApiContext(registry=registry, redis_url=redis_url, clock=clock, settings=settings)
+    ctx = ApiContext(
+        registry=registry,
+        redis_url=redis_url,
+        clock=clock,
+        settings=settings,
+        provisioning=provisioning,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,7 +112,7 @@ def create_app(
     install_error_handlers(app, ctx.metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=ctx.metrics)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)  # outermost: counts the 413s
-    for module in (pools, schedules, setpoint, stream, delivery, admin):
+    for module in (pools, schedules, setpoint, stream, delivery, admin, claims):
         app.include_router(module.router)
     install_openapi(app)
     return app
@@ -120,8 +130,19 @@ class ApiServer(AsgiServer):
         *,
         log_level: str = "warning",
         graceful_s: float = 3.0,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
     ) -> None:
-        super().__init__(app, host, port, name="API", log_level=log_level, graceful_s=graceful_s)
+        super().__init__(
+            app,
+            host,
+            port,
+            name="API",
+            log_level=log_level,
+            graceful_s=graceful_s,
+            ssl_certfile=tls_cert_file,
+            ssl_keyfile=tls_key_file,
+        )
 
     async def stop(self) -> None:
         """End open streams, stop accepting, wait for the server task."""

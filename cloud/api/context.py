@@ -20,7 +20,7 @@ from cloud.api.errors import Metrics
 from cloud.api.ratelimit import TokenBucket
 from protocols.clock import Clock
 
-__all__ = ["ApiContext", "ApiSettings", "CtxDep", "get_ctx"]
+__all__ = ["ApiContext", "ApiSettings", "CtxDep", "Provisioning", "get_ctx"]
 
 T = TypeVar("T")
 
@@ -42,6 +42,22 @@ class ApiSettings:
     # stops a runaway client from holding the registry's writer.
     write_rate_per_s: float = 5.0
     write_burst: int = 20
+    # Failed claim redemptions per client address (cloud.api.routes.claims): an installer
+    # who mistypes a token a few times is not stopped; guessing is (tokens have 256 bits).
+    claim_failures_per_s: float = 1 / 60
+    claim_failure_burst: int = 10
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    """What the API needs to register gateways (``POST /v1/claims/redeem``): the broker as
+    its dynamic-security admin, the broker URL and CA that sites use, the partition count.
+    Without it (no admin password file given), redemptions answer 503."""
+
+    admin: Any = field(repr=False)  # protocols.mqtt_endpoint.MqttEndpoint (has a password)
+    sites_mqtt_url: str
+    partitions: int
+    ca_pem: str | None = None
 
 
 @dataclass
@@ -54,10 +70,15 @@ class ApiContext:
     redis: aioredis.Redis | None = None
     stopping: asyncio.Event | None = None  # set when the server shuts down: streams end
     streams_open: int = 0
+    provisioning: Provisioning | None = None
     writes: TokenBucket = field(init=False)  # the write limiter, per key id
+    claim_failures: TokenBucket = field(init=False)  # failed redemptions, per client address
 
     def __post_init__(self) -> None:
         self.writes = TokenBucket(self.settings.write_rate_per_s, self.settings.write_burst)
+        self.claim_failures = TokenBucket(
+            self.settings.claim_failures_per_s, self.settings.claim_failure_burst
+        )
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a registry call in a worker thread.

@@ -55,6 +55,31 @@ class TokenBucket:
             return 0.0
         return (1.0 - state.tokens) / self.rate_per_s
 
+    def wait(self, key: str, now: float) -> float:
+        """Seconds until ``key`` could take a token (0.0: now), taking nothing: for limits
+        that charge only failures (a claim redemption checks first, takes on a failure)."""
+        state = self._keys.get(key)
+        if state is None:
+            return 0.0
+        tokens = min(float(self.burst), state.tokens + max(0.0, now - state.at) * self.rate_per_s)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
+
+    def forget_full(self, now: float) -> int:
+        """Drop the keys whose bucket has refilled by ``now`` (they are as if never seen);
+        how many. Bounds the state of a limiter keyed by something unbounded (client
+        addresses)."""
+        full = [
+            key
+            for key, state in self._keys.items()
+            if state.tokens + max(0.0, now - state.at) * self.rate_per_s >= self.burst
+        ]
+        for key in full:
+            del self._keys[key]
+        return len(full)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
     def tokens(self, key: str) -> float:
         """Tokens left for ``key`` as of its last take (``burst`` for a key never seen)."""
         state = self._keys.get(key)

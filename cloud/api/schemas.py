@@ -29,6 +29,8 @@ __all__ = [
     "AdminPoolsOut",
     "AlertOut",
     "AlertsOut",
+    "ClaimRedeemIn",
+    "ClaimRedeemOut",
     "CycleOut",
     "DeliveryInterval",
     "DeliveryOut",
@@ -696,3 +698,58 @@ class AdminPoolOut(BaseModel):
 
 class AdminPoolsOut(BaseModel):
     pools: list[AdminPoolOut] = Field(description="Every pool, in `pool_id` order.")
+
+
+class GatewayFacts(BaseModel):
+    """What the gateway tells about itself (kept with the site, for the operator)."""
+
+    software_version: str | None = Field(None, max_length=64)
+    devices: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="A summary of the site's devices, e.g. `pv_inverter SMA STP10 1234`.",
+    )
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ClaimRedeemIn(BaseModel):
+    """A gateway redeems its claim token (the token is the credential: no API key)."""
+
+    token: str = Field(min_length=1, max_length=200, description="The claim token.")
+    gateway_id: str = Field(
+        pattern=r"^[A-Za-z0-9_\-]{16,128}$",
+        description="The gateway's own random id, made once and kept: the same gateway may "
+        "redeem its token again (its first answer lost) and gets the same site.",
+    )
+    gateway: GatewayFacts = Field(default_factory=GatewayFacts)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "token": "vppclaim_0a1b2c3d4e5f_...",
+                    "gateway_id": "Zq9f3kP0x2VbLw8R",
+                    "gateway": {"software_version": "0.1.0", "devices": ["battery"]},
+                }
+            ]
+        }
+    )
+
+
+class ClaimRedeemOut(BaseModel):
+    """The site the claim made, and how its gateway reaches the broker as itself."""
+
+    site_id: str
+    partition: int = Field(ge=0)
+    partitions: int = Field(ge=1, description="The deployment's partition count.")
+    pool_id: str
+    mqtt_url: str = Field(description="The broker for sites (`mqtts://host:port`).")
+    username: str = Field(description="The site's broker account (its site id).")
+    password: str = Field(
+        description="The account's new password, in this answer only; a later redemption "
+        "by the same gateway sets a new one (the old stops working)."
+    )
+    ca_pem: str | None = Field(
+        None, description="The CA certificate (PEM) the broker's certificate is signed by."
+    )

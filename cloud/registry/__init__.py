@@ -1,10 +1,12 @@
 """The cloud registry: SQLite (sqlite-utils) with expand/contract migrations.
 
-Pools, sites (with their partition), devices, API keys (stored hashed), schedules,
+Pools, sites (with their partition), devices, API keys and claim tokens (stored hashed),
+schedules,
 real-time activations and performance records. See :mod:`cloud.registry.db` for the
 :class:`Registry` and its threading rules, :mod:`cloud.registry.migrations` for the releases.
 """
 
+from cloud.registry.claims import Claim, ClaimRefusedError, ClaimState
 from cloud.registry.db import MAX_SCHEDULE_INTERVALS, Registry, SchemaBehindError
 from cloud.registry.migrations import MIGRATIONS
 from cloud.registry.models import (
@@ -26,6 +28,9 @@ __all__ = [
     "MIGRATIONS",
     "Activation",
     "ApiKey",
+    "Claim",
+    "ClaimRefusedError",
+    "ClaimState",
     "CyclePerformance",
     "Device",
     "IntervalPerformance",

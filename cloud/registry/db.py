@@ -36,6 +36,13 @@ from typing import Any
 import sqlite_utils
 
 from cloud.registry import keys
+from cloud.registry.claims import (
+    MAX_CLAIMS_AT_ONCE,
+    Claim,
+    ClaimRefusedError,
+    check_redemption,
+    site_id_for,
+)
 from cloud.registry.migrations import (
     BACKFILL_SCHEDULE_ENDS_SQL,
     EFFECTIVE_END_SQL,
@@ -74,6 +81,7 @@ read on the hot path, and a minute is precise enough to find unused keys."""
 _BUSY_TIMEOUT_S = 10.0
 _KEY_PARTITIONS = "partition_count"
 _KEY_SITE_POOLS_REV = "site_pools_rev"
+_KEY_CLAIM_SITE_SEQ = "claim_site_seq"
 _DUMMY_HASH = "0" * 64
 
 _SCHEDULE_COLS = (
@@ -430,6 +438,177 @@ class Registry:
                 (self.clock.time(), key_id),
             )
         return cur.rowcount == 1
+
+    # --- claims (gateway registration, cloud.registry.claims) -----------------------------
+
+    def create_claims(
+        self,
+        pool_id: str,
+        ttl_s: float,
+        *,
+        count: int = 1,
+        site_id: str | None = None,
+        created_by: str = "",
+    ) -> list[tuple[Claim, str]]:
+        """``count`` new claims for ``pool_id``, each ``(record, token)``; the tokens exist
+        only in the return value. ``site_id``: the site the (one) claim registers, e.g. a
+        replaced gateway's; refused while another open claim names it."""
+        if int(count) != count or not 1 <= count <= MAX_CLAIMS_AT_ONCE:
+            raise ValueError(f"count must be 1..{MAX_CLAIMS_AT_ONCE}, got {count!r}")
+        if site_id is not None:
+            _check_id(site_id, "site id")
+            if count != 1:
+                raise ValueError("a fixed site id goes with one claim: give --count 1")
+        ttl_s = _check_finite(ttl_s, "ttl")
+        if ttl_s <= 0:
+            raise ValueError(f"ttl must be over 0 s, got {ttl_s:g}")
+        now = self.clock.time()
+        made = []
+        with self._write() as conn:
+            self._require_pool(conn, pool_id)
+            if site_id is not None:
+                taken = conn.execute(
+                    "SELECT claim_id FROM claims WHERE site_id = ? AND revoked_ts IS NULL"
+                    " AND redeemed_ts IS NULL AND expires_ts > ?",
+                    (site_id, now),
+                ).fetchone()
+                if taken is not None:
+                    raise ValueError(
+                        f"site {site_id!r} is named by open claim {taken[0]}; revoke it first"
+                    )
+            for _ in range(count):
+                claim_id, token = keys.new_token(keys.CLAIM_PREFIX)
+                conn.execute(
+                    "INSERT INTO claims (claim_id, token_hash, pool_id, site_id, created_by,"
+                    " created_ts, expires_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        claim_id,
+                        keys.hash_token(token),
+                        pool_id,
+                        site_id,
+                        created_by,
+                        now,
+                        now + ttl_s,
+                    ),
+                )
+                made.append(
+                    (Claim(claim_id, pool_id, site_id, created_by, now, now + ttl_s), token)
+                )
+        return made
+
+    def get_claim(self, claim_id: str) -> Claim | None:
+        row = self._reader().execute(f"{_CLAIM_SELECT} WHERE claim_id = ?", (claim_id,)).fetchone()
+        return None if row is None else _claim(row)
+
+    def list_claims(self, pool_id: str | None = None) -> list[Claim]:
+        """Every claim (of ``pool_id``), oldest first; ValueError for an unknown pool."""
+        conn = self._reader()
+        if pool_id is None:
+            return [_claim(r) for r in conn.execute(f"{_CLAIM_SELECT} ORDER BY created_ts")]
+        if self.get_pool(pool_id) is None:
+            raise ValueError(f"pool {pool_id!r} does not exist")
+        rows = conn.execute(
+            f"{_CLAIM_SELECT} WHERE pool_id = ? ORDER BY created_ts, claim_id", (pool_id,)
+        )
+        return [_claim(r) for r in rows]
+
+    def revoke_claim(self, claim_id: str) -> bool:
+        """Revoke a claim from now on (a redeemed one can then not be redeemed again); False
+        when there is no such unrevoked claim. The site it made stays."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE claims SET revoked_ts = ? WHERE claim_id = ? AND revoked_ts IS NULL",
+                (self.clock.time(), claim_id),
+            )
+        return cur.rowcount == 1
+
+    def begin_redemption(self, token: str, gateway_id: str) -> Claim:
+        """Step 1 of a redemption: check the token (:func:`~cloud.registry.claims.
+        check_redemption`), bind the claim to ``gateway_id`` and give it its site id (a new
+        one when it names none), in one transaction; the claim as bound. Raises
+        :class:`~cloud.registry.claims.ClaimRefusedError`. A second gateway racing this one is
+        refused from here on; :meth:`abort_redemption` unbinds when the next step fails."""
+        claim_id = keys.parse_token(token, keys.CLAIM_PREFIX)
+        given = keys.hash_token(token) if isinstance(token, str) else ""
+        now = self.clock.time()
+        with self._write() as conn:
+            row = None
+            if claim_id is not None:
+                row = conn.execute(
+                    f"SELECT {_CLAIM_COLS}, token_hash FROM claims WHERE claim_id = ?",
+                    (claim_id,),
+                ).fetchone()
+            ok = keys.same_hash(given, _DUMMY_HASH if row is None else row[-1])
+            claim = _claim(row[:-1]) if row is not None and ok else None
+            check_redemption(claim, gateway_id, now)
+            assert claim is not None
+            site_id = claim.site_id or self._next_site_id(conn)
+            conn.execute(
+                "UPDATE claims SET gateway_id = ?, site_id = ? WHERE claim_id = ?",
+                (gateway_id, site_id, claim.claim_id),
+            )
+            return _claim(
+                conn.execute(f"{_CLAIM_SELECT} WHERE claim_id = ?", (claim.claim_id,)).fetchone()
+            )
+
+    def finish_redemption(
+        self, claim: Claim, *, partitions: int, gateway: dict[str, Any] | None = None
+    ) -> Site:
+        """Step 3 (after the broker account is set): the site joins the claim's pool and the
+        claim is marked redeemed, in one transaction; the site. ``gateway``: the facts the
+        gateway sent, kept on the claim and in the site's meta."""
+        if claim.site_id is None or claim.gateway_id is None:
+            raise ValueError(f"claim {claim.claim_id} was not begun (no site or gateway bound)")
+        facts = dict(gateway or {})
+        with self._write() as conn:
+            bound = conn.execute(
+                "SELECT gateway_id, revoked_ts FROM claims WHERE claim_id = ?", (claim.claim_id,)
+            ).fetchone()
+            if bound is None or bound[0] != claim.gateway_id or bound[1] is not None:
+                raise ClaimRefusedError(
+                    "claim_used", f"claim {claim.claim_id} changed during the redemption"
+                )
+            site = self.add_site(
+                claim.site_id,
+                claim.pool_id,
+                partitions=partitions,
+                meta={"gateway_id": claim.gateway_id, "claim_id": claim.claim_id, **facts},
+            )
+            conn.execute(
+                "UPDATE claims SET redeemed_ts = coalesce(redeemed_ts, ?),"
+                " redemptions = redemptions + 1, gateway_json = ? WHERE claim_id = ?",
+                (self.clock.time(), json.dumps(facts, sort_keys=True), claim.claim_id),
+            )
+        return site
+
+    def abort_redemption(self, claim: Claim) -> None:
+        """Undo :meth:`begin_redemption` of a claim never redeemed (the broker step failed):
+        the gateway is unbound, so the claim is open again. A claim redeemed before keeps its
+        gateway (its site and account exist)."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE claims SET gateway_id = NULL WHERE claim_id = ? AND gateway_id = ?"
+                " AND redeemed_ts IS NULL",
+                (claim.claim_id, claim.gateway_id),
+            )
+
+    def _next_site_id(self, conn: sqlite3.Connection) -> str:
+        """The next generated site id free in both sites and claims (counter in settings)."""
+        row = conn.execute(
+            "SELECT value FROM settings WHERE key = ?", (_KEY_CLAIM_SITE_SEQ,)
+        ).fetchone()
+        number = 0 if row is None else int(json.loads(row[0]))
+        while True:
+            number += 1
+            site_id = site_id_for(number)
+            used = conn.execute(
+                "SELECT 1 FROM sites WHERE site_id = ? UNION ALL"
+                " SELECT 1 FROM claims WHERE site_id = ?",
+                (site_id, site_id),
+            ).fetchone()
+            if used is None:
+                self._set(conn, _KEY_CLAIM_SITE_SEQ, number)
+                return site_id
 
     # --- schedules -----------------------------------------------------------------------
 
@@ -893,6 +1072,11 @@ class Registry:
 
 
 _SITE_SELECT = "SELECT site_id, pool_id, partition, meta, created_ts, updated_ts FROM sites"
+_CLAIM_COLS = (
+    "claim_id, pool_id, site_id, created_by, created_ts, expires_ts, gateway_id,"
+    " redeemed_ts, revoked_ts, redemptions, gateway_json"
+)
+_CLAIM_SELECT = f"SELECT {_CLAIM_COLS} FROM claims"
 _INTERVAL_SELECT = (
     "SELECT pool_id, schedule_id, interval_start_ts, interval_s, energy_target_wh,"
     " energy_delivered_wh, error_rms_w, error_max_w, imbalance_wh FROM interval_performance"
@@ -902,3 +1086,8 @@ _INTERVAL_SELECT = (
 def _site(row: Sequence[Any]) -> Site:
     site_id, pool_id, partition, meta, created, updated = row
     return Site(site_id, pool_id, partition, json.loads(meta), created, updated)
+
+
+def _claim(row: Sequence[Any]) -> Claim:
+    *head, gateway_json = row
+    return Claim(*head, gateway=json.loads(gateway_json))

@@ -38,6 +38,12 @@ operator's key for ``/v1/admin/...``, scoped to no pool). A release-2 process ig
 column: it would treat an admin key as a trader key with no pool, which sees nothing (every
 pool answers 404), so a rolling update opens no door. No contract step follows: the column
 stays.
+
+``m004_claims`` (release 4, expand): ``claims``, the one-time tokens an installer's gateway
+redeems to register a site (``vpp cloud claims create``, ``POST /v1/claims/redeem``). A new
+table only: a release-3 process never reads it. The token is stored as its SHA-256 (as API
+keys are); ``gateway_id`` binds the claim to the first gateway that redeems it (single use),
+``site_id`` is the site it names (fixed at creation, or given at the first redemption).
 """
 
 from __future__ import annotations
@@ -204,3 +210,32 @@ def m002_key_use_and_schedule_ends(db: sqlite_utils.Database) -> None:
 def m003_key_roles(db: sqlite_utils.Database) -> None:
     """Release 3, expand: a role per API key (``trader`` for every existing key)."""
     db.execute("ALTER TABLE api_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'trader'")
+
+
+@MIGRATIONS()
+def m004_claims(db: sqlite_utils.Database) -> None:
+    """Release 4, expand: claim tokens for gateway registration (a new table).
+
+    * ``site_id`` is set at creation (a fixed site) or when a redemption starts;
+      ``gateway_id`` is bound when a redemption starts, so a second gateway racing the first
+      is refused at once; ``redeemed_ts`` is set only once the site has its broker account
+      and is in the pool (both in one transaction). A redemption whose broker step fails
+      unbinds the gateway again: the claim stays open.
+    """
+    db.execute(
+        "CREATE TABLE claims ("
+        " claim_id TEXT PRIMARY KEY,"
+        " token_hash TEXT NOT NULL,"
+        " pool_id TEXT NOT NULL REFERENCES pools(pool_id),"
+        " site_id TEXT,"
+        " created_by TEXT NOT NULL DEFAULT '',"
+        " created_ts REAL NOT NULL,"
+        " expires_ts REAL NOT NULL,"
+        " gateway_id TEXT,"
+        " redeemed_ts REAL,"
+        " redemptions INTEGER NOT NULL DEFAULT 0,"
+        " gateway_json TEXT NOT NULL DEFAULT '{}',"
+        " revoked_ts REAL)"
+    )
+    db.execute("CREATE INDEX claims_pool ON claims(pool_id, created_ts)")
+    db.execute("CREATE INDEX claims_site ON claims(site_id)")

@@ -19,7 +19,8 @@ from protocols.registers import heat_pump as hpmap
 
 __all__ = ["HeatPumpDriver"]
 
-_MEAS = [p for p in hpmap.HP_POINTS if not p.writable]
+# the identity text (200..) is read once by provisioning, not every poll
+_MEAS = [p for p in hpmap.HP_POINTS if not p.writable and p not in hpmap.IDENTITY_POINTS]
 _CTRL = [p for p in hpmap.HP_POINTS if p.writable]
 _MEAS_ADDR = min(p.address for p in _MEAS)
 _MEAS_COUNT = max(p.address + p.size for p in _MEAS) - _MEAS_ADDR

@@ -17,6 +17,8 @@ reboot     the device is unreachable (no answer, connections dropped) for the fa
 slow       answers come after ``latency_s`` (default 1.5 s wall time) instead of the normal
            latency.
 garbage    measurement registers hold nonsense: 0xFFFF / 0x8000 patterns and random words.
+refuse_    reads answer as usual, every write answers a Modbus exception (``exception_code``,
+writes     default 1 = illegal function: a device whose Modbus write access is switched off).
 ========== ==================================================================================
 
 Durations (``duration_s``) are clock (simulated) seconds, as scenarios are written in
@@ -38,10 +40,12 @@ FAULT_KINDS: tuple[str, ...] = (
     "reboot",
     "slow",
     "garbage",
+    "refuse_writes",
 )
 DEFAULT_REBOOT_S = 20.0
 DEFAULT_SLOW_S = 1.5
 DEFAULT_EXCEPTION_CODE = 6
+DEFAULT_REFUSE_WRITES_CODE = 1
 #: Exception codes a device may be told to answer with.
 ALLOWED_EXCEPTION_CODES = frozenset({1, 2, 3, 4, 5, 6, 8, 10, 11})
 
@@ -98,6 +102,8 @@ class DeviceFaults:
             latency_s = DEFAULT_SLOW_S
         if kind == "exception" and exception_code is None:
             exception_code = DEFAULT_EXCEPTION_CODE
+        if kind == "refuse_writes" and exception_code is None:
+            exception_code = DEFAULT_REFUSE_WRITES_CODE
         fault = Fault(
             kind,
             since=now,

@@ -24,6 +24,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 
 from firmware_sim.devices import DEVICE_CLASSES
+from firmware_sim.devices.base import WRITE_FUNCTION_CODES
 from protocols.registers import DEVICE_KINDS, UNIT_IDS
 
 if TYPE_CHECKING:
@@ -79,6 +80,9 @@ class SiteRequestHandler(ServerRequestHandler):
             if slow is not None and slow.latency_s is not None:
                 latency = slow.latency_s
             exc = faults.get("exception")
+            refuse = faults.get("refuse_writes")
+            if exc is None and refuse is not None and pdu.function_code in WRITE_FUNCTION_CODES:
+                exc = refuse  # reads go on as usual
             if exc is not None:
                 if latency > 0:
                     await asyncio.sleep(latency)

@@ -5,7 +5,9 @@ and a vendor Modbus map (Stiebel Eltron ISG, Nibe S-series, Vaillant, ...). This
 what those offer, on its own Modbus unit id (see :data:`protocols.registers.UNIT_IDS`).
 
 * One address space of 16-bit registers, readable with function 3 (holding) or 4 (input):
-  measurements at 0..15 are read-only, controls at 100..105 are read/write (functions 6/16).
+  measurements at 0..15 are read-only, controls at 100..105 are read/write (functions 6/16),
+  identity at 200..255 is read-only text (maker, model, serial, firmware version: what an
+  installer's scan shows, like SunSpec's common model 1).
 * Writing a read-only or undefined register answers Modbus exception 2 (illegal data address);
   a value outside a point's range answers exception 3 (illegal data value) and changes nothing.
 * Physical value = raw * ``scale``; signed points are two's complement.
@@ -28,11 +30,13 @@ __all__ = [
     "CONTROL_DEFAULTS",
     "HP_MAP_VERSION",
     "HP_POINTS",
+    "IDENTITY_POINTS",
     "MAX_OVERHEAT_K",
     "OPERATING_STATES",
     "SG_READY_STATES",
     "HpPoint",
     "decode",
+    "decode_text",
     "encode",
     "point",
 ]
@@ -61,16 +65,19 @@ class HpPoint:
 
     address: int
     name: str
-    type: str  # "uint16" | "int16" | "uint32"
+    type: str  # "uint16" | "int16" | "uint32" | "string"
     scale: float  # physical = raw * scale
     unit: str
     access: str  # "r" | "rw"
     minimum: float | None  # physical range accepted on write (rw points)
     maximum: float | None
     doc: str
+    length: int = 1  # registers of a "string" point (two characters each)
 
     @property
     def size(self) -> int:
+        if self.type == "string":
+            return self.length
         return 2 if self.type == "uint32" else 1
 
     @property
@@ -187,7 +194,15 @@ HP_POINTS: tuple[HpPoint, ...] = (
         "write any value to restart the watchdog",
     ),
     HpPoint(105, "boost_k", "uint16", 0.1, "K", "rw", 0.0, 5.0, "setpoint raise under SG-Ready 3"),
+    # --- identity (read-only text, UTF-8, NUL-padded; map version 1 from 2026-11) ---
+    HpPoint(200, "manufacturer", "string", 1, "", "r", None, None, "maker", 16),
+    HpPoint(216, "model", "string", 1, "", "r", None, None, "model name", 16),
+    HpPoint(232, "serial_number", "string", 1, "", "r", None, None, "serial number", 16),
+    HpPoint(248, "firmware_version", "string", 1, "", "r", None, None, "firmware version", 8),
 )
+
+#: The identity block (text), read once by a scan; the numeric points are the rest.
+IDENTITY_POINTS: tuple[HpPoint, ...] = tuple(p for p in HP_POINTS if p.type == "string")
 
 _BY_NAME = {p.name: p for p in HP_POINTS}
 
@@ -212,8 +227,12 @@ def point(name: str) -> HpPoint:
         raise KeyError(f"heat pump map has no point {name!r}") from None
 
 
-def encode(p: HpPoint, value: float) -> list[int]:
-    """Physical value -> registers (saturated to the type's range)."""
+def encode(p: HpPoint, value: float | str) -> list[int]:
+    """Physical value (text for a string point) -> registers (saturated to the type's range)."""
+    if p.type == "string":
+        data = str(value).encode("utf-8")[: 2 * p.size].ljust(2 * p.size, b"\0")
+        return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+    assert not isinstance(value, str)
     raw = round(value / p.scale)
     if p.type == "int16":
         raw = min(32767, max(-32768, raw))
@@ -225,7 +244,9 @@ def encode(p: HpPoint, value: float) -> list[int]:
 
 
 def decode(p: HpPoint, regs: list[int]) -> float:
-    """Registers -> physical value."""
+    """Registers -> physical value (numeric points; text: :func:`decode_text`)."""
+    if p.type == "string":
+        raise ValueError(f"{p.name} is text: use decode_text")
     if p.type == "int16":
         raw = regs[0] - 0x10000 if regs[0] & 0x8000 else regs[0]
     elif p.type == "uint16":
@@ -234,3 +255,10 @@ def decode(p: HpPoint, regs: list[int]) -> float:
         raw = (regs[0] << 16) | regs[1]
     value = raw * p.scale
     return round(value, 2) if p.scale != 1 else value
+
+
+def decode_text(p: HpPoint, regs: list[int]) -> str | None:
+    """Registers of a string point -> text (None when empty: not set by the maker)."""
+    data = b"".join((r & 0xFFFF).to_bytes(2, "big") for r in regs[: p.size])
+    text = data.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+    return text or None

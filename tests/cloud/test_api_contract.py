@@ -91,6 +91,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/admin/keys/{key_id}/revoke"): {"200", "401", "403", "404", "429"},
     ("GET", "/v1/admin/pools"): {"200", "401", "403", "503"},
     ("GET", "/v1/admin/pools/{pool_id}/sites"): {"200", "401", "403", "404", "422", "503"},
+    ("POST", "/v1/claims/redeem"): {"200", "400", "404", "409", "410", "413", "422", "429", "503"},
 }
 
 

@@ -48,3 +48,39 @@ def test_a_steady_client_at_the_rate_is_never_refused():
 def test_settings_that_cannot_work_are_refused(rate, burst, message):
     with pytest.raises(ValueError, match=message):
         TokenBucket(rate, burst)
+
+
+@pytest.mark.parametrize(
+    ("takes", "now", "wait"),
+    [
+        ([], 0.0, 0.0),  # never seen: may go
+        ([0.0], 0.0, 0.0),  # one of two left
+        ([0.0, 0.0], 0.0, 2.0),  # spent: a token per 2 s
+        ([0.0, 0.0], 1.5, 0.5),  # refilling
+        ([0.0, 0.0], 2.0, 0.0),
+    ],
+)
+def test_wait_peeks_without_taking(takes, now, wait):
+    """The claim route charges failures only: it asks first, takes on a failure."""
+    bucket = TokenBucket(rate_per_s=0.5, burst=2)
+    for t in takes:
+        bucket.take("10.0.0.9", t)
+    assert bucket.wait("10.0.0.9", now) == pytest.approx(wait)
+    assert bucket.wait("10.0.0.9", now) == pytest.approx(wait)  # asking took nothing
+
+
+@pytest.mark.parametrize(
+    ("now", "forgotten", "left"),
+    [
+        (0.0, 0, 2),  # both spent something just now
+        (2.0, 1, 1),  # "a" took one token: refilled after 2 s
+        (4.0, 2, 0),  # "b" took both: refilled after 4 s
+    ],
+)
+def test_refilled_keys_are_forgotten(now, forgotten, left):
+    bucket = TokenBucket(rate_per_s=0.5, burst=2)
+    bucket.take("a", 0.0)
+    bucket.take("b", 0.0)
+    bucket.take("b", 0.0)
+    assert bucket.forget_full(now) == forgotten
+    assert len(bucket) == left

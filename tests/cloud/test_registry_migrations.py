@@ -322,7 +322,17 @@ RELEASE_2_QUERIES: list[Query] = [
     ("list_api_keys", "SELECT key_id FROM api_keys ORDER BY created_ts", ()),
 ]
 
-PREVIOUS_RELEASE_QUERIES = RELEASE_2_QUERIES
+RELEASE_3_QUERIES: list[Query] = [
+    *[q for q in RELEASE_2_QUERIES if q[0] != "api_key"],
+    (
+        "api_key",
+        "SELECT key_id, label, created_ts, revoked_ts, last_used_ts, role FROM api_keys"
+        " WHERE key_id = ?",
+        (KEY_ID,),
+    ),
+]
+
+PREVIOUS_RELEASE_QUERIES = RELEASE_3_QUERIES
 """The release before the newest: its processes still run during a rolling update."""
 
 
@@ -338,6 +348,7 @@ def run_queries(conn: sqlite3.Connection, queries: list[Query]) -> list[list[tup
 SHAPE_WRITERS: dict[str, Callable[[sqlite3.Connection], object]] = {
     "m001_initial": lambda conn: run_queries(conn, RELEASE_1_QUERIES),
     "m002_key_use_and_schedule_ends": lambda conn: run_queries(conn, RELEASE_2_QUERIES),
+    "m003_key_roles": lambda conn: run_queries(conn, RELEASE_3_QUERIES),
 }
 """For each migration but the newest: writes data as the release ending with it did."""
 

@@ -14,6 +14,7 @@ from pymodbus.exceptions import ModbusException
 from firmware_sim.control_api import ControlApi
 from firmware_sim.fleet import Fleet
 from protocols.registers import UNIT_IDS
+from protocols.registers import heat_pump as hpmap
 from protocols.registers.sunspec import BASE_ADDR, SUNS_MARKER, DeviceLayout
 
 from .conftest import advance, modbus
@@ -139,6 +140,60 @@ async def test_garbage_fault_serves_nonsense(fleet: Fleet, clock):
     assert differing > 25
     fleet.clear_fault(site.site_id, "inverter")
     assert (await read(site.port, INV_103, 52, INV)).registers == good
+
+
+@pytest.mark.parametrize(
+    ("kind", "code", "answered"),
+    [
+        ("inverter", None, 1),  # default: illegal function (write access switched off)
+        ("battery", 4, 4),
+        ("heat_pump", 2, 2),
+    ],
+)
+async def test_refuse_writes_fault_answers_writes_with_an_exception_reads_as_usual(
+    fleet: Fleet, kind, code, answered
+):
+    site = fleet.sites[0]
+    unit = UNIT_IDS[kind]
+    addr = {
+        "inverter": DeviceLayout.for_kind("inverter").point(123, "WMaxLimPct").addr,
+        "battery": DeviceLayout.for_kind("battery").point(124, "OutWRte").addr,
+        "heat_pump": hpmap.point("watchdog_heartbeat").address,
+    }[kind]
+    before = (await read(site.port, addr, 1, unit)).registers
+    fleet.set_fault(site.site_id, kind, "refuse_writes", exception_code=code)
+    client = await modbus(site.port)
+    try:
+        rr = await client.write_registers(addr, [(before[0] + 1) % 100], device_id=unit)
+    finally:
+        client.close()
+    assert rr.isError()
+    assert rr.exception_code == answered
+    assert (await read(site.port, addr, 1, unit)).registers == before  # nothing changed
+    fleet.clear_fault(site.site_id, kind, "refuse_writes")
+    client = await modbus(site.port)
+    try:
+        assert not (await client.write_registers(addr, before, device_id=unit)).isError()
+    finally:
+        client.close()
+
+
+async def test_heat_pump_identity_survives_garbage(fleet: Fleet, clock):
+    site = fleet.sites[0]
+    unit = UNIT_IDS["heat_pump"]
+    fleet.set_fault(site.site_id, "heat_pump", "garbage")
+    await advance(clock, fleet, 1)
+    rr = await read(site.port, 200, 56, unit)
+    ident = {
+        p.name: hpmap.decode_text(p, rr.registers[p.address - 200 : p.address - 200 + p.size])
+        for p in hpmap.IDENTITY_POINTS
+    }
+    assert ident == {
+        "manufacturer": "vpp-sim",
+        "model": site.by_kind["heat_pump"].identity()["model"],
+        "serial_number": f"{site.site_id}-HP",
+        "firmware_version": "1.0.0",
+    }
 
 
 async def test_fault_expires_after_its_duration(fleet: Fleet, clock):

@@ -126,7 +126,14 @@ REDIS_ACL = ROOT / "packaging" / "redis" / "users.acl"
                 "redis-password:/etc/vpp/secrets/redis-vpp-dispatcher",
             ],
         ),
-        ("vpp-api.service", "api", ["redis-password:/etc/vpp/secrets/redis-vpp-api"]),
+        (
+            "vpp-api.service",
+            "api",
+            [
+                "redis-password:/etc/vpp/secrets/redis-vpp-api",
+                "mqtt-admin-password:/etc/vpp/secrets/mqtt-admin.password",
+            ],
+        ),
     ],
 )
 def test_cloud_secrets_come_from_credential_files(
@@ -145,8 +152,9 @@ def test_cloud_secrets_come_from_credential_files(
     if role in CLOUD_ROLES:
         assert env["VPP_MQTT_USERNAME"] == cloud_username(role)
         assert env["VPP_MQTT_PASSWORD_FILE"] == "%d/mqtt-password"
-    else:
-        assert "VPP_MQTT_USERNAME" not in env  # the API uses no MQTT
+    else:  # the API publishes nothing; it registers gateways as the broker's admin
+        assert "VPP_MQTT_USERNAME" not in env
+        assert env["VPP_MQTT_ADMIN_PASSWORD_FILE"] == "%d/mqtt-admin-password"
 
 
 def test_the_env_file_holds_no_secret_and_no_per_role_setting() -> None:

@@ -22,6 +22,7 @@ TOKEN = "vpp_0123456789ab_" + "Zq9-" * 11  # the shape cloud.registry.keys makes
             "redis://vpp-api:***@h/1 and mqtt://u:***@b",
         ),
         (f"key {TOKEN} refused", "key vpp_0123456789ab_*** refused"),
+        (f"--token vppclaim_{TOKEN[4:]}", "--token vppclaim_0123456789ab_***"),
         (f"Authorization: Bearer {TOKEN}", "Authorization: Bearer ***"),
         ("Authorization: bearer abc.def", "Authorization: bearer ***"),
         ("password='hunter2', user='x'", "password='***', user='x'"),

@@ -35,6 +35,12 @@ def sites_app() -> None:
     """Sites: which pool each site belongs to."""
 
 
+@app.group("claims")
+def claims_app() -> None:
+    """Claim tokens: one-time, expiring tokens an installer's gateway redeems to register
+    its site (`vpp edge provision register`)."""
+
+
 @app.group("keys")
 def keys_app() -> None:
     """API keys: trader keys scoped to pools, admin keys for the operator's endpoints."""
@@ -355,6 +361,114 @@ def keys_revoke(key_id: str, db: Path) -> None:
     click.echo(f"key {key_id} revoked")
 
 
+@contextmanager
+def _claims_registry(db: Path) -> Iterator[Registry]:
+    """The registry for the claims commands: a refusal (unknown pool, bad ttl) is one line
+    and exit 2, as a bad argument is."""
+    try:
+        with _registry(db) as reg:
+            yield reg
+    except SystemExit as exc:
+        raise SystemExit(2 if exc.code == 1 else exc.code) from None
+
+
+def _claim_json(claim: Any, now: float, token: str | None = None) -> dict[str, Any]:
+    from protocols.units import to_iso8601
+
+    out = {
+        "claim_id": claim.claim_id,
+        "pool_id": claim.pool_id,
+        "site_id": claim.site_id,
+        "state": claim.state(now).value,
+        "created": to_iso8601(claim.created_ts),
+        "created_by": claim.created_by,
+        "expires": to_iso8601(claim.expires_ts),
+        "redeemed": None if claim.redeemed_ts is None else to_iso8601(claim.redeemed_ts),
+        "gateway_id": claim.gateway_id,
+        "revoked": None if claim.revoked_ts is None else to_iso8601(claim.revoked_ts),
+    }
+    if token is not None:
+        out["token"] = token
+    return out
+
+
+@claims_app.command("create")
+@db_option
+@click.option("--pool", required=True, help="The pool the registered site joins.")
+@click.option(
+    "--ttl", default="72h", show_default=True, help="Valid for: e.g. 72h, 30m, 3d (at most 90d)."
+)
+@click.option("--site-id", help="The site the claim registers (default: the next free id).")
+@click.option("--count", type=click.IntRange(1, 1000), default=1, show_default=True)
+@click.option("--created-by", help="Who asked for it (default: the user running this).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, tokens included.")
+def claims_create(
+    db: Path,
+    pool: str,
+    ttl: str,
+    site_id: str | None,
+    count: int,
+    created_by: str | None,
+    as_json: bool,
+) -> None:
+    """Create claim tokens for a pool. Each token is printed once (the registry keeps its
+    hash only): hand it to the installer now."""
+    import getpass
+    import json
+
+    from cloud.registry.claims import parse_ttl
+    from protocols.units import to_iso8601
+
+    who = created_by if created_by is not None else getpass.getuser()
+    with _claims_registry(db) as reg:
+        made = reg.create_claims(pool, parse_ttl(ttl), count=count, site_id=site_id, created_by=who)
+        now = reg.clock.time()
+    if as_json:
+        click.echo(json.dumps({"claims": [_claim_json(c, now, t) for c, t in made]}, indent=1))
+        return
+    for claim, token in made:
+        site = f", site {claim.site_id}" if claim.site_id else ""
+        click.echo(
+            f"claim {claim.claim_id} for pool {claim.pool_id}{site}, "
+            f"expires {to_iso8601(claim.expires_ts)}; the token is shown once:"
+        )
+        click.echo(token)
+
+
+@claims_app.command("list")
+@db_option
+@click.option("--pool", help="Only this pool's claims.")
+@click.option("--json", "as_json", is_flag=True)
+def claims_list(db: Path, pool: str | None, as_json: bool) -> None:
+    """List claims with their state (open, redeemed, expired, revoked); never a token."""
+    import json
+
+    with _claims_registry(db) as reg:
+        claims = reg.list_claims(pool)
+        now = reg.clock.time()
+    rows = [_claim_json(c, now) for c in claims]
+    if as_json:
+        click.echo(json.dumps({"claims": rows}, indent=1))
+        return
+    for row in rows:
+        click.echo(
+            f"{row['claim_id']}\t{row['pool_id']}\t{row['state']}\t"
+            f"site {row['site_id'] or '-'}\texpires {row['expires']}\tby {row['created_by']}"
+        )
+
+
+@claims_app.command("revoke")
+@click.argument("claim_id")
+@db_option
+def claims_revoke(claim_id: str, db: Path) -> None:
+    """Revoke claim CLAIM_ID (from `claims list`): it cannot be redeemed from now on; a site
+    it registered stays."""
+    with _claims_registry(db) as reg:
+        if not reg.revoke_claim(claim_id):
+            raise ValueError(f"no unrevoked claim {claim_id!r}")
+    click.echo(f"claim {claim_id} revoked")
+
+
 @app.command()
 @click.option(
     "--role",
@@ -425,6 +539,41 @@ def keys_revoke(key_id: str, db: Path) -> None:
     show_envvar=True,
     help="Port of /livez, /readyz, /metrics (default 9180; 0: a free one, logged).",
 )
+@click.option(
+    "--api-tls-cert-file",
+    type=PathType,
+    envvar="VPP_API_TLS_CERT_FILE",
+    show_envvar=True,
+    help="The API's TLS certificate (PEM): serve HTTPS (with --api-tls-key-file).",
+)
+@click.option(
+    "--api-tls-key-file",
+    type=PathType,
+    envvar="VPP_API_TLS_KEY_FILE",
+    show_envvar=True,
+    help="The key of --api-tls-cert-file (PEM).",
+)
+@click.option(
+    "--mqtt-admin-username",
+    envvar="VPP_MQTT_ADMIN_USERNAME",
+    show_envvar=True,
+    help="The broker's dynamic-security admin account the API registers gateways with "
+    "(default cloud:admin).",
+)
+@click.option(
+    "--mqtt-admin-password-file",
+    type=PathType,
+    envvar="VPP_MQTT_ADMIN_PASSWORD_FILE",
+    show_envvar=True,
+    help="File holding the admin account's password; without it the API registers no "
+    "gateways (POST /v1/claims/redeem answers 503).",
+)
+@click.option(
+    "--sites-mqtt-url",
+    envvar="VPP_SITES_MQTT_URL",
+    show_envvar=True,
+    help="The broker URL registered gateways are given (default: --mqtt-url).",
+)
 @click.option("--partitions", type=int, envvar="VPP_PARTITIONS", show_envvar=True)
 @click.option(
     "--config",
@@ -473,6 +622,11 @@ def run(
     api_port: int | None,
     operator_host: str | None,
     operator_port: int | None,
+    api_tls_cert_file: Path | None,
+    api_tls_key_file: Path | None,
+    mqtt_admin_username: str | None,
+    mqtt_admin_password_file: Path | None,
+    sites_mqtt_url: str | None,
     partitions: int | None,
     config: Path | None,
     clock: str | None,
@@ -513,6 +667,11 @@ def run(
         "api_port": api_port,
         "operator_host": operator_host,
         "operator_port": operator_port,
+        "api_tls_cert_file": api_tls_cert_file,
+        "api_tls_key_file": api_tls_key_file,
+        "mqtt_admin_username": mqtt_admin_username,
+        "mqtt_admin_password_file": mqtt_admin_password_file,
+        "sites_mqtt_url": sites_mqtt_url,
         "partitions": partitions,
         "instance_id": instance_id,
         "retention_cycles_days": retention_cycles_days,
@@ -526,8 +685,9 @@ def run(
         raise SystemExit(2) from None
     if "worker" in roles or "dispatcher" in roles:
         check_brokers([settings.mqtt_endpoint()], f"vpp-cloud-check-{os.getpid()}")
+    scheme = "https" if settings.api_tls_cert_file is not None else "http"
     click.echo(
-        f"cloud: roles {', '.join(roles)}; api http://{settings.api_host}:{settings.api_port}"
+        f"cloud: roles {', '.join(roles)}; api {scheme}://{settings.api_host}:{settings.api_port}"
     )
     try:
         asyncio.run(run_cloud(settings, clk, roles))

@@ -118,10 +118,12 @@ def _call(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> 
 @app.command()
 @click.option("--site", required=True, help="Site id (see the manifest).")
 @click.option("--device", required=True, help="inverter|battery|meter|heat_pump")
-@click.option("--kind", help="timeout|disconnect|exception|freeze|reboot|slow|garbage")
+@click.option(
+    "--kind", help="timeout|disconnect|exception|freeze|reboot|slow|garbage|refuse_writes"
+)
 @click.option("--duration", type=float, help="Clock seconds; default until cleared.")
 @click.option("--latency", type=float, help="slow: wall s.")
-@click.option("--code", type=int, help="exception: Modbus code.")
+@click.option("--code", type=int, help="exception, refuse_writes: Modbus code.")
 @click.option("--clear", is_flag=True, help="Clear (KIND or all) instead.")
 @manifest_option
 @api_option

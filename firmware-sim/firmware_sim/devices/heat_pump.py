@@ -32,13 +32,18 @@ class HeatPump(Device):
         for addr, p in _AT.items():
             dev.defined[addr] = True
             dev.writable[addr] = p.writable
-        dev.structural = {0}
+        # the map version and the identity stay readable even in garbage: they name the device
+        dev.structural = {0} | {
+            a for p in hpmap.IDENTITY_POINTS for a in range(p.address, p.address + p.size)
+        }
         dev.rated_w = float(phys.p.hp_rated_w[index])
         dev.watchdog_deadline = None
         dev.watchdog_expired = False
         dev.online = True
         dev.set("map_version", hpmap.HP_MAP_VERSION)
         dev.set("rated_power_w", dev.rated_w)
+        for name, text in dev.identity().items():
+            dev.set(name, text)
         dev.reset_controls()
         dev.refresh(clock.time())
         return dev
@@ -48,7 +53,16 @@ class HeatPump(Device):
     watchdog_expired: bool
     online: bool
 
-    def set(self, name: str, value: float) -> None:
+    def identity(self) -> dict[str, str]:
+        """Maker, model, serial, firmware: the same style as the SunSpec devices' model 1."""
+        return {
+            "manufacturer": "vpp-sim",
+            "model": f"Heat pump {self.rated_w / 1000:.1f} kW",
+            "serial_number": f"{self.site_id}-HP",
+            "firmware_version": "1.0.0",
+        }
+
+    def set(self, name: str, value: float | str) -> None:
         p = hpmap.point(name)
         self.good[p.address : p.address + p.size] = hpmap.encode(p, value)
 
