@@ -38,17 +38,31 @@ START_RETRY_MAX_S = 60.0
 CommissionFor = Callable[[SiteAgent], Callable[[], Awaitable[Mapping[str, Any]]]]
 
 
+def commission_agent_site(agent: SiteAgent) -> Callable[[], Awaitable[Mapping[str, Any]]]:
+    """Re-run commissioning of ``agent``'s devices (:func:`edge.provision.commission.
+    commission_site` on its config and clock); the report as a dict."""
+
+    async def commission() -> Mapping[str, Any]:
+        from edge.provision.commission import commission_site
+
+        agent.log.info("re-commissioning asked on the status page")
+        report = await commission_site(agent.config, clock=agent.clock)
+        agent.log.info("re-commissioning %s", "passed" if report.passed else "failed")
+        return report.to_dict()
+
+    return commission
+
+
 def status_pages(agents: list[SiteAgent], commission_for: CommissionFor | None) -> list[AsgiServer]:
-    """A status page server for each agent whose config enables one."""
+    """A status page server for each agent whose config enables one; its installer's "re-run
+    commissioning" runs ``commission_for(agent)`` (default: :func:`commission_agent_site`)."""
     enabled = [a for a in agents if a.config.status_page.enabled]
     if not enabled:
         return []
     from edge.status_page.server import StatusPageServer  # FastAPI: only with a page
 
-    return [
-        StatusPageServer(a, commission=None if commission_for is None else commission_for(a))
-        for a in enabled
-    ]
+    make = commission_for or commission_agent_site
+    return [StatusPageServer(a, commission=make(a)) for a in enabled]
 
 
 async def _start_and_run(agent: SiteAgent, clock: Clock, stop: asyncio.Event) -> None:
@@ -83,8 +97,8 @@ async def run_agents(
     :class:`~protocols.supervise.RoleDiedError`. ``operator``: the operator port to serve
     (default: the configs' ``[operator]``); started first, stopped last. ``notifier``:
     systemd's notify socket (default: ``$NOTIFY_SOCKET``, a no-op without it).
-    ``commission_for``: what a site's status page runs for "re-run commissioning" (none:
-    the page answers that it is not available)."""
+    ``commission_for``: what a site's status page runs for "re-run commissioning" (default:
+    the provisioning's commissioning of the site's devices)."""
     stop = stop or asyncio.Event()
     notifier = notifier or Notifier.from_env()
     loop = asyncio.get_running_loop()

@@ -1,6 +1,7 @@
 """Status pages in the agent process (``run_agents``): each enabled site serves its own page
-on its own port, wrong installer passwords show on the process's /metrics, and a page whose
-port is taken stops the start with nothing left listening."""
+on its own port, re-commissioning runs on the site's devices, wrong installer passwords show on
+the process's /metrics, and a page whose port is taken stops the start with nothing left
+listening."""
 
 from __future__ import annotations
 
@@ -85,8 +86,24 @@ async def test_each_site_serves_its_own_page_and_wrong_passwords_are_counted(tmp
                 auth=("installer", "the installer's password"),
             )
             metrics = (await client.get(op.url + "/metrics")).text
+            commissioned = await client.post(
+                f"http://127.0.0.1:{ports[1]}/api/installer/commission",
+                auth=("installer", "the installer's password"),
+                timeout=30,
+            )
         assert wrong.status_code == 401
         assert right.status_code == 200
+        # re-commissioning from the page: provisioning's commission_site on the site's devices
+        report = commissioned.json()
+        assert commissioned.status_code == 200, report
+        assert report["site_id"] == configs[1].site.id
+        assert report["passed"] is True, report
+        assert {d["kind"] for d in report["devices"]} == {
+            "pv_inverter",
+            "battery",
+            "meter",
+            "heat_pump",
+        }
         assert isinstance(right.json()["lines"], list)
         values = {
             (s.name, s.labels.get("reason"), s.labels.get("role")): s.value
