@@ -199,8 +199,8 @@ class TariffSection(_Section):
 
 class StatusPageSection(_Section):
     """The homeowner's status page (:mod:`edge.status_page`), served on the LAN. Off by
-    default: the demo runs many agents in one process; provisioning turns it on. Agents run in
-    one process each need a port of their own."""
+    default: the demo runs many agents in one process; a provisioned gateway turns it on.
+    Agents run in one process each need a port of their own."""
 
     enabled: bool = False
     host: Annotated[str, Field(min_length=1, max_length=253)] = "0.0.0.0"
