@@ -161,6 +161,7 @@ async def test_a_registered_gateway_comes_online_with_its_own_account(
                     *("edge", "provision", "configure", "--scan-file", str(scan_file)),
                     *("-o", str(config), "--grid-import-w", "17250", "--grid-export-w", "10000"),
                     *("--db-path", str(tmp_path / "state" / "edge.sqlite")),
+                    *("--status-page-port", str(page_port := free_port())),
                 )
                 assert "written: site local-" in configured
                 commissioned = await asyncio.to_thread(
@@ -191,6 +192,17 @@ async def test_a_registered_gateway_comes_online_with_its_own_account(
                 online_s = time.monotonic() - started
                 assert seen["partition"] == load_config(config).site.resolved_partition
                 print(f"\nregister took {registered_s:.2f} s; online {online_s:.1f} s after it")
+
+                # the homeowner's page, turned on by configure, names the registered site
+                async with httpx.AsyncClient(timeout=5) as lan:
+
+                    async def page() -> dict[str, Any] | None:
+                        got = await lan.get(f"http://127.0.0.1:{page_port}/api/status")
+                        status = got.json()
+                        return status if status["control"]["cloud_connected"] else None
+
+                    status = await until("the status page", page, 30, [edge], logs)
+                assert status["site_id"] == site_id
 
                 # its own account: its topics, and never another site's
                 settings = load_config(config).mqtt

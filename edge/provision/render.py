@@ -23,6 +23,7 @@ from protocols.partitions import DEFAULT_PARTITION_COUNT
 __all__ = [
     "DEFAULT_DB_PATH",
     "DEFAULT_MQTT_URL",
+    "DEFAULT_STATUS_PAGE_PORT",
     "PROVISIONAL_PREFIX",
     "RenderError",
     "SiteAnswers",
@@ -38,6 +39,7 @@ DEFAULT_DB_PATH = "/var/lib/vpp/edge.sqlite"
 #: until ``register`` gives the cloud's broker: a broker on the gateway itself (the agent
 #: buffers telemetry in SQLite while no broker answers)
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+DEFAULT_STATUS_PAGE_PORT = 8080
 #: device id per kind, as in ``edge/config.example.toml``
 DEVICE_IDS = {
     DeviceKind.PV_INVERTER.value: "inverter",
@@ -64,6 +66,10 @@ class SiteAnswers:
     partitions: int = DEFAULT_PARTITION_COUNT
     latitude: float | None = None
     longitude: float | None = None
+    #: the homeowner's status page on the LAN (None: not served)
+    status_page_port: int | None = DEFAULT_STATUS_PAGE_PORT
+    #: the scrypt hash of the installer's password (the page's installer actions)
+    installer_password_file: str | None = None
 
 
 def provisional_site_id(devices: list[Identified]) -> str:
@@ -126,7 +132,7 @@ def config_dict(devices: list[Identified], answers: SiteAnswers) -> dict[str, An
     if answers.latitude is not None or answers.longitude is not None:
         site["latitude"] = answers.latitude
         site["longitude"] = answers.longitude
-    return {
+    config: dict[str, Any] = {
         "site": site,
         "mqtt": {"url": answers.mqtt_url},
         "agent": {"db_path": answers.db_path},
@@ -134,8 +140,15 @@ def config_dict(devices: list[Identified], answers: SiteAnswers) -> dict[str, An
             "grid_import_w": float(answers.grid_import_w),
             "grid_export_w": float(answers.grid_export_w),
         },
-        "devices": [e for e, _d in entries],
     }
+    if answers.status_page_port is not None:
+        config["status_page"] = {
+            "enabled": True,
+            "port": answers.status_page_port,
+            "installer_password_file": answers.installer_password_file,
+        }
+    config["devices"] = [e for e, _d in entries]
+    return config
 
 
 def toml_value(value: Any) -> str:
@@ -155,6 +168,8 @@ _COMMENTS = {
     ("agent", "db_path"): "telemetry buffer, dispatch log, state",
     ("limits", "grid_import_w"): "grid connection (fuse) limit, W: never exceeded",
     ("limits", "grid_export_w"): "export limit of the grid connection agreement, W",
+    ("status_page", "enabled"): "the homeowner's page on the LAN: http://GATEWAY:PORT/",
+    ("status_page", "installer_password_file"): "vpp edge installer-password set writes it",
 }
 
 
@@ -177,7 +192,7 @@ def render_config(config: dict[str, Any], devices: list[Identified], source: str
                 continue
             line = f"{key} = {toml_value(value)}"
             note = _COMMENTS.get((section, key))
-            lines.append(f"{line:<40}# {note}" if note else line)
+            lines.append(f"{line:<38}  # {note}" if note else line)
         lines.append("")
     lines.append("# Devices found by the scan (kind: their SunSpec models or the heat pump map).")
     for entry in config["devices"]:

@@ -248,6 +248,14 @@ def _load_scan(scan_file: Path):
     "--latitude", type=click.FloatRange(-90, 90), help="Site latitude (for the PV forecast)."
 )
 @click.option("--longitude", type=click.FloatRange(-180, 180), help="Site longitude.")
+@click.option(
+    "--status-page-port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port of the homeowner's status page on the LAN (0: a free one).",
+)
+@click.option("--no-status-page", is_flag=True, help="Do not serve the homeowner's status page.")
 @click.option("--skip", multiple=True, help="Leave out a found device: HOST:PORT/UNIT (repeat).")
 @click.option("--force", is_flag=True, help="Replace an existing, different config.")
 @click.option("--verbose", "-v", is_flag=True)
@@ -266,6 +274,8 @@ def configure_cmd(
     db_path: str | None,
     latitude: float | None,
     longitude: float | None,
+    status_page_port: int,
+    no_status_page: bool,
     skip: tuple[str, ...],
     force: bool,
     verbose: bool,
@@ -349,6 +359,9 @@ def configure_cmd(
         db_path=db_path or DEFAULT_DB_PATH,
         latitude=latitude,
         longitude=longitude,
+        status_page_port=None if no_status_page else status_page_port,
+        # next to the config; written by `vpp edge installer-password set`
+        installer_password_file=str(out.absolute().parent / "installer-password"),
     )
     config = config_dict(devices, answers)
     text = render_config(config, devices, source)
@@ -362,6 +375,14 @@ def configure_cmd(
     click.echo(f"{out}: {outcome}: site {cfg.site.id}, {len(cfg.devices)} device(s): {kinds}")
     if cfg.site.id.startswith("local-"):
         click.echo("site id is provisional: `vpp edge provision register` assigns the cloud's")
+    page = cfg.status_page
+    if page.enabled and not (
+        page.installer_password_file and page.installer_password_file.exists()
+    ):
+        click.echo(
+            f"status page on port {page.port}: set the installer password with "
+            f"`vpp edge installer-password set --config {out}`"
+        )
 
 
 # --- commission --------------------------------------------------------------------------------

@@ -133,7 +133,9 @@ async def test_scan_configure_commission_a_site_from_the_command_line(fleet: Fle
         for k, u in [("inverter", 1), ("battery", 2), ("meter", 3), ("heatpump", 4)]
     )
     assert out.startswith("OK site local-")
-    assert out.rstrip().endswith(devices)
+    first, page = out.splitlines()
+    assert first.endswith(devices)
+    assert page.strip() == "status page on http://0.0.0.0:8080/"  # for the homeowner
     code, out, err = await cli(*args)  # the same inputs again: the file is not touched
     assert (code, f"{config}: unchanged: site local-" in out) == (0, True)
 

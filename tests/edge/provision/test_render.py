@@ -89,6 +89,21 @@ def test_config_dict_site(answers, site):
 
 
 @pytest.mark.parametrize(
+    ("port", "page"),
+    [
+        (8080, ("0.0.0.0", 8080)),  # the default: the homeowner's page on the LAN
+        (0, ("0.0.0.0", 0)),
+        (None, None),  # --no-status-page
+    ],
+)
+def test_config_dict_turns_the_status_page_on(port, page):
+    answers = SiteAnswers(17250, 10000, status_page_port=port)
+    loaded = EdgeConfig.from_dict(config_dict(SITE, answers))
+    sp = loaded.status_page
+    assert ((sp.host, sp.port) if sp.enabled else None) == page
+
+
+@pytest.mark.parametrize(
     ("a", "b", "same"),
     [
         (SITE, list(reversed(SITE)), True),  # the order of the scan does not matter
