@@ -1,7 +1,7 @@
 """Who is in control of the house right now and why, in plain words (pure).
 
-The homeowner reads one title (cloud dispatch, local fallback, degraded, starting) and one
-sentence with the reason and the time it holds until, e.g. "The cloud asked for 2.0 kW of
+The homeowner reads one title (cloud dispatch, local control or fallback, degraded, starting)
+and one sentence with the reason and the time it holds until, e.g. "The cloud asked for 2.0 kW of
 export at the grid connection until 14:15: the battery discharges 3.1 kW to deliver it." or
 "No contact with the cloud since 13:02: the gateway is running the house on its own
 (self-consumption)." Notes add the hard limits that hold a setpoint back.
@@ -32,7 +32,8 @@ LIMIT_NOTES = {
 
 TITLES = {
     "cloud": "Cloud dispatch",
-    "fallback": "Local fallback",
+    "fallback": "Local fallback",  # no contact with the cloud
+    "local": "Local control",  # the cloud is there and asks nothing
     "degraded": "Degraded",
     None: "Starting",
 }
@@ -141,4 +142,5 @@ def explain(facts: ControlFacts, at: Callable[[float], str]) -> Explanation:
             f"{_contact(facts, at)}: the gateway is running the house on its own "
             f"({SELF_CONSUMPTION})."
         )
-    return Explanation("fallback", TITLES["fallback"], reason, notes)
+    title = TITLES["local" if facts.cloud_connected else "fallback"]
+    return Explanation("fallback", title, reason, notes)

@@ -271,7 +271,7 @@ async def test_the_first_view_is_complete_without_javascript(store):
     for text in (
         "4.10 kW",
         "56 %",
-        "Local fallback",
+        "Local control",
         "the gateway runs it on its own",
         "0.12 EUR spent",
         '<path class="series" data-series="pv"',

@@ -91,7 +91,7 @@ def at(ts: float) -> str:
         (
             ControlFacts(mode="fallback", cloud_connected=True, cloud_seen_ts=T),
             "fallback",
-            "Local fallback",
+            "Local control",  # not a fallback: the cloud is there and asks nothing
             "The cloud asks nothing of the house now: the gateway runs it on its own "
             "(self-consumption: the battery stores surplus PV and covers the house).",
         ),
