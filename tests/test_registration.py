@@ -200,9 +200,13 @@ async def test_an_api_without_the_broker_admin_registers_nobody(
         async with httpx.AsyncClient(base_url=server.url) as client:  # plain HTTP still works
             body = {"token": token, "gateway_id": GW_A}
             answer = await client.post("/v1/claims/redeem", json=body)
+            unknown = {"token": token[:-4] + "AAAA", "gateway_id": GW_A}
+            refused = await client.post("/v1/claims/redeem", json=unknown)
         assert answer.status_code == 503
         assert answer.json()["reason"] == "provisioning_disabled"
         assert registry.list_claims()[0].gateway_id is None
+        # a bad token is refused as such (and counted against the address) on any API
+        assert (refused.status_code, refused.json()["reason"]) == (404, "unknown_claim")
     finally:
         await server.stop()
         registry.close()

@@ -522,26 +522,20 @@ class Registry:
             )
         return cur.rowcount == 1
 
+    def check_claim(self, token: str, gateway_id: str) -> Claim:
+        """The claim ``token`` opens, if ``gateway_id`` may redeem it now (the checks of
+        :meth:`begin_redemption`, binding nothing). Raises
+        :class:`~cloud.registry.claims.ClaimRefusedError`."""
+        return self._checked_claim(self._reader(), token, gateway_id)
+
     def begin_redemption(self, token: str, gateway_id: str) -> Claim:
         """Step 1 of a redemption: check the token (:func:`~cloud.registry.claims.
         check_redemption`), bind the claim to ``gateway_id`` and give it its site id (a new
         one when it names none), in one transaction; the claim as bound. Raises
         :class:`~cloud.registry.claims.ClaimRefusedError`. A second gateway racing this one is
         refused from here on; :meth:`abort_redemption` unbinds when the next step fails."""
-        claim_id = keys.parse_token(token, keys.CLAIM_PREFIX)
-        given = keys.hash_token(token) if isinstance(token, str) else ""
-        now = self.clock.time()
         with self._write() as conn:
-            row = None
-            if claim_id is not None:
-                row = conn.execute(
-                    f"SELECT {_CLAIM_COLS}, token_hash FROM claims WHERE claim_id = ?",
-                    (claim_id,),
-                ).fetchone()
-            ok = keys.same_hash(given, _DUMMY_HASH if row is None else row[-1])
-            claim = _claim(row[:-1]) if row is not None and ok else None
-            check_redemption(claim, gateway_id, now)
-            assert claim is not None
+            claim = self._checked_claim(conn, token, gateway_id)
             site_id = claim.site_id or self._next_site_id(conn)
             conn.execute(
                 "UPDATE claims SET gateway_id = ?, site_id = ? WHERE claim_id = ?",
@@ -550,6 +544,23 @@ class Registry:
             return _claim(
                 conn.execute(f"{_CLAIM_SELECT} WHERE claim_id = ?", (claim.claim_id,)).fetchone()
             )
+
+    def _checked_claim(self, conn: sqlite3.Connection, token: str, gateway_id: str) -> Claim:
+        """The claim of ``token`` if ``gateway_id`` may redeem it now; the hash is compared
+        in constant time, against a dummy when no claim has the token's id."""
+        claim_id = keys.parse_token(token, keys.CLAIM_PREFIX)
+        given = keys.hash_token(token) if isinstance(token, str) else ""
+        row = None
+        if claim_id is not None:
+            row = conn.execute(
+                f"SELECT {_CLAIM_COLS}, token_hash FROM claims WHERE claim_id = ?",
+                (claim_id,),
+            ).fetchone()
+        ok = keys.same_hash(given, _DUMMY_HASH if row is None else row[-1])
+        claim = _claim(row[:-1]) if row is not None and ok else None
+        check_redemption(claim, gateway_id, self.clock.time())
+        assert claim is not None
+        return claim
 
     def finish_redemption(
         self, claim: Claim, *, partitions: int, gateway: dict[str, Any] | None = None

@@ -84,14 +84,15 @@ async def redeem(body: ClaimRedeemIn, request: Request, ctx: CtxDep) -> ClaimRed
             headers={"Retry-After": str(retry)},
         )
     prov = ctx.provisioning
-    if prov is None:
-        raise ApiError(
-            503,
-            "provisioning_disabled",
-            "this API registers no gateways: it has no broker admin account configured",
-            headers={"Retry-After": "60"},
-        )
     try:
+        if prov is None:  # a bad token is refused as such, whatever this API can do
+            await ctx.db(ctx.registry.check_claim, body.token, body.gateway_id)
+            raise ApiError(
+                503,
+                "provisioning_disabled",
+                "this API registers no gateways: it has no broker admin account configured",
+                headers={"Retry-After": "60"},
+            )
         claim = await ctx.db(ctx.registry.begin_redemption, body.token, body.gateway_id)
     except ClaimRefusedError as exc:
         if len(ctx.claim_failures) >= MAX_TRACKED_ADDRESSES:
