@@ -730,7 +730,7 @@ class ClaimRedeemIn(BaseModel):
                 {
                     "token": "vppclaim_0a1b2c3d4e5f_...",
                     "gateway_id": "Zq9f3kP0x2VbLw8R",
-                    "gateway": {"software_version": "0.1.0", "devices": ["battery"]},
+                    "gateway": {"software_version": "1.4.2", "devices": ["battery"]},
                 }
             ]
         }

@@ -753,11 +753,14 @@ class PoolDispatcher:
                 pool_id=pool_id,
                 basis=basis,
             )
-            # A signal is worth nothing after valid_until: the broker drops it from an offline
-            # site's session queue by then, instead of queueing one every cycle for days. The
-            # expiry is in wall seconds, so under an accelerated clock it errs long, never short.
+            # A level is worth nothing after valid_until: the broker drops it from an offline
+            # site's session queue by then, instead of queueing one every cycle for days. A
+            # release is worth as much as the level it ends, which may hold that long: it must
+            # not expire sooner (1 s let a busy broker drop it, leaving sites on the cloud's
+            # last level). The expiry is in wall seconds: under an accelerated clock it errs
+            # long, never short.
             self._mqtt.publish(
-                partition_topic(partition), encode(message), qos=1, expiry_s=validity
+                partition_topic(partition), encode(message), qos=1, expiry_s=self.validity_s
             )
         if release:
             self.stats["releases"] += 1
