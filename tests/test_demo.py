@@ -25,7 +25,7 @@ def test_a_trading_morning_through_a_network_outage(tmp_path, capfd):
         sites=10,
         seed=3,
         hours=1.25,
-        speed=14.0,
+        speed=12.0,
         scenario="network-outage",
         out=tmp_path,
         live=False,

@@ -39,7 +39,8 @@ from ..agent_harness import (
     record_writes,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# e2e: the xdist group of the wall-clock-bound system tests, so Chromium never competes with them
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[3]
 ARTIFACTS = ROOT / "build" / "test-artifacts"
