@@ -41,6 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """Turn SIGTERM (a CI timeout, `kill`) into KeyboardInterrupt, so fixtures tear down
     and the servers stop and their temp dirs are removed. (The servers die with pytest
     anyway, by their parent-death signal; this also cleans up after them.)"""
+    config.addinivalue_line(
+        "markers", "runs_last: a long wall-clock-bound test, run after the others"
+    )
     in_main = threading.current_thread() is threading.main_thread()
     if in_main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -50,10 +53,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`), the end-to-end
     tests share one group: they run one after another on one worker while the other worker
     takes the rest. Each runs a whole system against the wall clock on about one core, so two
-    at once would starve each other's control loops."""
+    at once would starve each other's control loops.
+
+    The demo's end-to-end test, the longest (several minutes of a whole demo against the wall
+    clock), goes last: by then the other worker has mostly finished, and its system has the
+    machine to itself (beside the other worker's heavy tests it lost meters and the trader's
+    LP its envelope)."""
     for item in items:
         if item.get_closest_marker("e2e") is not None:
             item.add_marker(pytest.mark.xdist_group("e2e"))
+    items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,12 @@ from vpp.system.secure import SecretFiles
 
 from .secret_search import log_files, secrets_found
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.e2e,
+    pytest.mark.runs_last,
+    pytest.mark.timeout(900),
+]
 
 
 def test_a_trading_morning_through_a_network_outage(tmp_path, capfd):

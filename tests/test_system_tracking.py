@@ -134,9 +134,7 @@ def schedule_values(envelope: dict, start: float) -> list[float]:
 
 async def test_a_schedule_with_steps_and_ramps_is_tracked(tmp_path, broker, redis_url):
     start = 1_717_236_900.0  # 10:15 UTC; the system starts at 10:14
-    async with running_system(
-        tmp_path, broker, redis_url, sites=SITES, t0=start - 60.0
-    ) as system:
+    async with running_system(tmp_path, broker, redis_url, sites=SITES, t0=start - 60.0) as system:
         flex = await system.flexibility()
         now = flex["now"]
         values = schedule_values(flex["envelope"], start)
