@@ -82,7 +82,7 @@ from protocols.messages import (
     decode,
     encode,
 )
-from protocols.units import SETTLEMENT_INTERVAL_S
+from protocols.units import SETTLEMENT_INTERVAL_S, finite_or_none
 from protocols.version import VERSION
 
 __all__ = ["ActiveCommand", "CycleState", "SiteAgent"]
@@ -422,12 +422,12 @@ class SiteAgent:
         closed = self.power_minutes.add(
             Sample(
                 ts=now,
-                grid_w=_finite(state.grid_w),
-                pv_w=_finite(state.pv_w),
-                battery_w=_finite(state.battery_w),
-                heat_pump_w=_finite(state.heat_pump_w),
+                grid_w=finite_or_none(state.grid_w),
+                pv_w=finite_or_none(state.pv_w),
+                battery_w=finite_or_none(state.battery_w),
+                heat_pump_w=finite_or_none(state.heat_pump_w),
                 load_w=None if state.inputs is None else state.inputs.load_w,
-                soc_pct=_finite(state.soc_pct),
+                soc_pct=finite_or_none(state.soc_pct),
                 mode=state.mode.value,
             )
         )
@@ -453,12 +453,12 @@ class SiteAgent:
             indoor_c=state.indoor_c,
             battery_w=state.battery_w,
             soc_pct=state.soc_pct,
-            grid_w=_finite(state.grid_w) or 0.0,  # known: send_telemetry checked
+            grid_w=finite_or_none(state.grid_w) or 0.0,  # known: send_telemetry checked
             baseline_grid_w=None if state.baseline is None else state.baseline.grid_w,
             following_cloud=state.mode is Mode.CLOUD,
             planned_w=state.planned_w,
             open_loop=state.open_loop,
-            battery_setpoint_w=None if state.plan is None else _finite(state.plan.battery_w),
+            battery_setpoint_w=None if state.plan is None else finite_or_none(state.plan.battery_w),
             max_charge_w=None if battery is None else battery.max_charge_w,
             max_discharge_w=None if battery is None else battery.max_discharge_w,
         )
@@ -699,7 +699,7 @@ class SiteAgent:
                     id=d.device_id,
                     kind=d.kind,
                     health=d.health,
-                    power_w=None if last is None else _finite(last.values.get("power_w")),
+                    power_w=None if last is None else finite_or_none(last.values.get("power_w")),
                     ts=None if last is None else last.ts,
                 )
             )
@@ -713,13 +713,13 @@ class SiteAgent:
             interval_s=self.telemetry_s,
             mode=state.mode,
             grid_w=state.grid_w,
-            pv_w=_finite(state.pv_w),
-            battery_w=_finite(state.battery_w),
-            soc_pct=_finite(state.soc_pct),
-            heat_pump_w=_finite(state.heat_pump_w),
+            pv_w=finite_or_none(state.pv_w),
+            battery_w=finite_or_none(state.battery_w),
+            soc_pct=finite_or_none(state.soc_pct),
+            heat_pump_w=finite_or_none(state.heat_pump_w),
             load_w=None if state.inputs is None else state.inputs.load_w,
-            indoor_c=_finite(state.indoor_c),
-            baseline_w=_finite(baseline_w) or 0.0,
+            indoor_c=finite_or_none(state.indoor_c),
+            baseline_w=finite_or_none(baseline_w) or 0.0,
             flex=state.flex.to_message(),
             dispatch_id=None if state.command is None else state.command.command_id,
             devices=devices,
@@ -728,9 +728,9 @@ class SiteAgent:
             outbox_dropped=outbox.dropped_total,
             slot_energy=self.slot_account.add(
                 state.ts,
-                _finite(state.grid_w) or 0.0,
-                _finite(baseline_w) or 0.0,
-                _finite(state.grid_energy_wh),
+                finite_or_none(state.grid_w) or 0.0,
+                finite_or_none(baseline_w) or 0.0,
+                finite_or_none(state.grid_energy_wh),
             ),
         )
 
@@ -741,7 +741,7 @@ class SiteAgent:
         account; the cloud sees the site go stale instead."""
         if self.state is None or self.store is None:
             return None
-        if _finite(self.state.grid_w) is None:
+        if finite_or_none(self.state.grid_w) is None:
             if not self._held_back:
                 self.log.warning("no grid reading (meter lost): telemetry held back")
             self._held_back += 1
@@ -814,7 +814,7 @@ class SiteAgent:
                 accepted=accepted,
                 reason=reason,
                 target_w=message.target_w,
-                applied_w=None if plan is None else _finite(plan.grid_w),
+                applied_w=None if plan is None else finite_or_none(plan.grid_w),
                 clamped_by=[] if plan is None else list(plan.clamped_by),
             )
 
@@ -978,10 +978,6 @@ def _net_energy(meter: Reading | None) -> float | None:
     """The meter's net energy register, import less export (Wh), if it has both."""
     imported, exported = _value(meter, "energy_import_wh"), _value(meter, "energy_export_wh")
     return None if imported is None or exported is None else imported - exported
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _battery(reading: Reading | None) -> Battery | None:

@@ -37,6 +37,7 @@ __all__ = [
     "battery_w_from_balance",
     "eur_for_energy",
     "export_w",
+    "finite_or_none",
     "from_iso8601",
     "grid_w",
     "import_w",
@@ -101,6 +102,11 @@ def eur_for_energy(energy_wh: float, price_eur_mwh: float) -> float:
 def is_finite(*values: float) -> bool:
     """True when every value is a finite number (no NaN, no +-inf)."""
     return all(math.isfinite(v) for v in values)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """``value`` as a float, None for None, NaN or infinity (an unknown reading)."""
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def to_iso8601(unix_s: float) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
 from edge.store import POWER_MINUTE_FIELDS
+from protocols.units import finite_or_none
 
 __all__ = [
     "MINUTE_S",
@@ -24,7 +25,6 @@ __all__ = [
     "Sample",
     "day_start",
     "energy_totals",
-    "finite",
 ]
 
 MINUTE_S = 60
@@ -56,16 +56,16 @@ class Sample:
 
     def split(self) -> dict[str, float | None]:
         """The flows as the minute table keeps them: one non-negative value per direction."""
-        grid, bat = finite(self.grid_w), finite(self.battery_w)
+        grid, bat = finite_or_none(self.grid_w), finite_or_none(self.battery_w)
         return {
-            "pv_w": finite(self.pv_w),
+            "pv_w": finite_or_none(self.pv_w),
             "import_w": None if grid is None else max(grid, 0.0),
             "export_w": None if grid is None else max(-grid, 0.0),
             "charge_w": None if bat is None else max(-bat, 0.0),
             "discharge_w": None if bat is None else max(bat, 0.0),
-            "heat_pump_w": finite(self.heat_pump_w),
-            "load_w": finite(self.load_w),
-            "soc_pct": finite(self.soc_pct),
+            "heat_pump_w": finite_or_none(self.heat_pump_w),
+            "load_w": finite_or_none(self.load_w),
+            "soc_pct": finite_or_none(self.soc_pct),
             "cloud_share": 1.0 if self.mode == "cloud" else 0.0,
             "degraded_share": 1.0 if self.mode == "degraded" else 0.0,
         }
@@ -103,7 +103,8 @@ class PowerMinutes:
         return closed
 
     def _accumulate(self, sample: Sample, dt: float) -> None:
-        if dt <= 0 or finite(sample.grid_w) is None:  # no meter: nothing is known of the flows
+        # no meter: nothing is known of the flows
+        if dt <= 0 or finite_or_none(sample.grid_w) is None:
             return
         self._covered += dt
         for key, value in sample.split().items():
@@ -171,8 +172,3 @@ def day_start(ts: float, tz: tzinfo | None) -> float:
     local = datetime.fromtimestamp(ts, tz) if tz is not None else datetime.fromtimestamp(ts)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
     return midnight.timestamp()
-
-
-def finite(value: float | None) -> float | None:
-    """``value`` as a float, None for None, NaN or infinity (an unknown reading)."""
-    return None if value is None or not math.isfinite(value) else float(value)

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from edge.status_page.explain import ControlFacts, explain
-from edge.status_page.history import EnergyTotals, finite
+from edge.status_page.history import EnergyTotals
+from protocols.units import finite_or_none
 from protocols.version import VERSION
 
 if TYPE_CHECKING:
@@ -319,8 +320,8 @@ def _last_dispatch(agent: SiteAgent) -> DispatchRecord | None:
     return DispatchRecord(
         dispatch_id=row["dispatch_id"],
         received_ts=float(row["received_ts"]),
-        target_w=finite(body.get("target_w")),
-        valid_until=finite(body.get("valid_until")),
+        target_w=finite_or_none(body.get("target_w")),
+        valid_until=finite_or_none(body.get("valid_until")),
         outcome=row["outcome"],
     )
 
@@ -347,7 +348,7 @@ def view_of(agent: SiteAgent) -> AgentView:
         target_w=None if command is None else command.target_w,
         level=None if command is None else command.level,
         valid_until=None if command is None else command.valid_until,
-        battery_w=None if plan is None else finite(plan.battery_w),
+        battery_w=None if plan is None else finite_or_none(plan.battery_w),
         open_loop=state.open_loop,
         plan_until=None if share is None else share.valid_until,
         cloud_connected=connected,
@@ -359,12 +360,12 @@ def view_of(agent: SiteAgent) -> AgentView:
         version=VERSION,
         now=now,
         measured_ts=state.ts,
-        grid_w=finite(state.grid_w),
-        pv_w=finite(state.pv_w),
-        battery_w=finite(state.battery_w),
-        soc_pct=finite(state.soc_pct),
-        heat_pump_w=finite(state.heat_pump_w),
-        load_w=None if state.inputs is None else finite(state.inputs.load_w),
+        grid_w=finite_or_none(state.grid_w),
+        pv_w=finite_or_none(state.pv_w),
+        battery_w=finite_or_none(state.battery_w),
+        soc_pct=finite_or_none(state.soc_pct),
+        heat_pump_w=finite_or_none(state.heat_pump_w),
+        load_w=None if state.inputs is None else finite_or_none(state.inputs.load_w),
         devices=devices,
         facts=facts,
         command_id=None if command is None else command.command_id,
