@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edge.provision.render import toml_value
+from edge.provision.text import toml_value
 from protocols.partitions import DEFAULT_PARTITION_COUNT
 
 # firmware-sim device kinds -> the protocol's device kinds

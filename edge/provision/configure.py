@@ -33,7 +33,7 @@ def write_config(path: Path, text: str, *, force: bool = False) -> tuple[str, Ed
             existing = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigureError(f"{path}: cannot read the existing file: {exc}") from None
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     if not parent.is_dir():
         raise ConfigureError(f"{path}: folder {parent} does not exist")
     fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")

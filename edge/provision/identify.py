@@ -21,7 +21,7 @@ from edge.drivers.link import MAX_READ_REGISTERS
 from edge.drivers.sunspec import walk_models
 from protocols.messages import DeviceKind
 from protocols.registers import heat_pump as hpmap
-from protocols.registers.sunspec import BASE_ADDR, decode_raw, model_points
+from protocols.registers.sunspec import decode_raw, model_points
 
 __all__ = [
     "HP_PROTOCOL",
@@ -113,15 +113,19 @@ def identity_from_common(regs: list[int]) -> dict[str, str | None]:
 
 
 async def _sunspec(read: Read) -> dict[int, tuple[int, int]] | None:
+    """The SunSpec model chain, or None if there is none; NoDevice when a gateway says no
+    device answers at this unit id (Modbus exception 10 or 11)."""
+
+    async def read_or_no_device(address: int, count: int) -> list[int]:
+        try:
+            return await read(address, count)
+        except DeviceException as exc:
+            if exc.code in _NO_TARGET:
+                raise NoDevice(f"no device at this unit id (Modbus exception {exc.code})") from None
+            raise
+
     try:
-        first = await read(BASE_ADDR, 2)
-    except DeviceException as exc:
-        if exc.code in _NO_TARGET:
-            raise NoDevice(f"no device at this unit id (Modbus exception {exc.code})") from None
-        first = None
-    del first  # walk_models reads it again: one request, and one way to find SunS
-    try:
-        return await walk_models(read)
+        return await walk_models(read_or_no_device)
     except BadValues:
         return None
 

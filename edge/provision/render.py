@@ -12,11 +12,11 @@ the config passes ``check-config`` and the agent can run (offline) before regist
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from edge.provision.identify import Identified
+from edge.provision.text import toml_value
 from protocols.messages import DeviceKind
 from protocols.partitions import DEFAULT_PARTITION_COUNT
 
@@ -31,7 +31,6 @@ __all__ = [
     "device_entries",
     "provisional_site_id",
     "render_config",
-    "toml_value",
 ]
 
 PROVISIONAL_PREFIX = "local-"
@@ -149,15 +148,6 @@ def config_dict(devices: list[Identified], answers: SiteAnswers) -> dict[str, An
         }
     config["devices"] = [e for e, _d in entries]
     return config
-
-
-def toml_value(value: Any) -> str:
-    """A TOML scalar: booleans, numbers, and strings as JSON strings (valid TOML strings)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))
 
 
 _COMMENTS = {

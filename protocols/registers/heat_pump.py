@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocols.registers.sunspec import decode_raw, encode_raw
+
 __all__ = [
     "CONTROL_DEFAULTS",
     "HP_MAP_VERSION",
@@ -229,9 +231,8 @@ def point(name: str) -> HpPoint:
 
 def encode(p: HpPoint, value: float | str) -> list[int]:
     """Physical value (text for a string point) -> registers (saturated to the type's range)."""
-    if p.type == "string":
-        data = str(value).encode("utf-8")[: 2 * p.size].ljust(2 * p.size, b"\0")
-        return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+    if p.type == "string":  # the same text encoding as SunSpec's (model 1's maker, serial)
+        return encode_raw("string", str(value), p.size)
     assert not isinstance(value, str)
     raw = round(value / p.scale)
     if p.type == "int16":
@@ -259,6 +260,5 @@ def decode(p: HpPoint, regs: list[int]) -> float:
 
 def decode_text(p: HpPoint, regs: list[int]) -> str | None:
     """Registers of a string point -> text (None when empty: not set by the maker)."""
-    data = b"".join((r & 0xFFFF).to_bytes(2, "big") for r in regs[: p.size])
-    text = data.split(b"\0", 1)[0].decode("utf-8", "replace").strip()
-    return text or None
+    text = decode_raw("string", [r & 0xFFFF for r in regs[: p.size]])
+    return (text or "").strip() or None

@@ -91,8 +91,6 @@ def run_scan(
     unit_ids: str,
     timeout: float,
     concurrency: int,
-    *,
-    show_progress: bool = True,
 ):
     """Parse the targets (exit 2 on a typo) and scan them, with a progress bar on stderr."""
     from edge.provision.scan import scan
@@ -105,7 +103,7 @@ def run_scan(
         eps = endpoints(list(targets), port_list)
     except TargetError as exc:
         _fail(str(exc))
-    if not show_progress or len(eps) < 8:
+    if len(eps) < 8:
         return asyncio.run(
             scan(eps, unit_list, WallClock(), timeout_s=timeout, concurrency=concurrency)
         )
@@ -289,6 +287,7 @@ def configure_cmd(
     from edge.provision.render import (
         DEFAULT_DB_PATH,
         DEFAULT_MQTT_URL,
+        PROVISIONAL_PREFIX,
         RenderError,
         SiteAnswers,
         config_dict,
@@ -373,7 +372,7 @@ def configure_cmd(
         _fail(str(exc))
     kinds = ", ".join(f"{d.id} ({d.kind})" for d in cfg.devices)
     click.echo(f"{out}: {outcome}: site {cfg.site.id}, {len(cfg.devices)} device(s): {kinds}")
-    if cfg.site.id.startswith("local-"):
+    if cfg.site.id.startswith(PROVISIONAL_PREFIX):
         click.echo("site id is provisional: `vpp edge provision register` assigns the cloud's")
     page = cfg.status_page
     if page.enabled and not (
