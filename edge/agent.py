@@ -237,7 +237,10 @@ class SiteAgent:
         self._last_signal_key: tuple[float, int] = (float("-inf"), -1)
         self._held_back = 0  # telemetry held back since the meter was lost
         # the status page's per-minute power flows (stored) and when the broker was last seen
-        self.power_minutes = PowerMinutes(max_gap_s=5 * self.poll_s)
+        # (kept only when the page is on: hundreds of agents per process run without one)
+        self.power_minutes = (
+            PowerMinutes(max_gap_s=5 * self.poll_s) if config.status_page.enabled else None
+        )
         self.cloud_seen_ts: float | None = None
         self.counters: dict[str, int] = {
             "cycles": 0,
@@ -419,15 +422,17 @@ class SiteAgent:
         minute into the store; and whether the broker is there now."""
         if self.uplink is not None and self.uplink.connected:
             self.cloud_seen_ts = now
-        closed = self.power_minutes.add(
+        if self.power_minutes is None:
+            return
+        closed = self.power_minutes.add(  # Sample.split drops unknown (NaN) values
             Sample(
                 ts=now,
-                grid_w=finite_or_none(state.grid_w),
-                pv_w=finite_or_none(state.pv_w),
-                battery_w=finite_or_none(state.battery_w),
-                heat_pump_w=finite_or_none(state.heat_pump_w),
+                grid_w=state.grid_w,
+                pv_w=state.pv_w,
+                battery_w=state.battery_w,
+                heat_pump_w=state.heat_pump_w,
                 load_w=None if state.inputs is None else state.inputs.load_w,
-                soc_pct=finite_or_none(state.soc_pct),
+                soc_pct=state.soc_pct,
                 mode=state.mode.value,
             )
         )

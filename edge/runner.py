@@ -34,9 +34,6 @@ log = logging.getLogger("edge.runner")
 
 START_RETRY_MAX_S = 60.0
 
-#: re-runs commissioning for a site's page (``POST /api/installer/commission``)
-CommissionFor = Callable[[SiteAgent], Callable[[], Awaitable[Mapping[str, Any]]]]
-
 
 def commission_agent_site(agent: SiteAgent) -> Callable[[], Awaitable[Mapping[str, Any]]]:
     """Re-run commissioning of ``agent``'s devices (:func:`edge.provision.commission.
@@ -53,16 +50,15 @@ def commission_agent_site(agent: SiteAgent) -> Callable[[], Awaitable[Mapping[st
     return commission
 
 
-def status_pages(agents: list[SiteAgent], commission_for: CommissionFor | None) -> list[AsgiServer]:
+def status_pages(agents: list[SiteAgent]) -> list[AsgiServer]:
     """A status page server for each agent whose config enables one; its installer's "re-run
-    commissioning" runs ``commission_for(agent)`` (default: :func:`commission_agent_site`)."""
+    commissioning" runs :func:`commission_agent_site`."""
     enabled = [a for a in agents if a.config.status_page.enabled]
     if not enabled:
         return []
     from edge.status_page.server import StatusPageServer  # FastAPI: only with a page
 
-    make = commission_for or commission_agent_site
-    return [StatusPageServer(a, commission=make(a)) for a in enabled]
+    return [StatusPageServer(a, commission=commission_agent_site(a)) for a in enabled]
 
 
 async def _start_and_run(agent: SiteAgent, clock: Clock, stop: asyncio.Event) -> None:
@@ -90,15 +86,12 @@ async def run_agents(
     stop: asyncio.Event | None = None,
     operator: OperatorServer | None = None,
     notifier: Notifier | None = None,
-    commission_for: CommissionFor | None = None,
 ) -> list[SiteAgent]:
     """Run every config's agent until ``stop`` is set (or SIGINT/SIGTERM); stop them cleanly.
     An agent whose loop ends on its own stops them all and raises
     :class:`~protocols.supervise.RoleDiedError`. ``operator``: the operator port to serve
     (default: the configs' ``[operator]``); started first, stopped last. ``notifier``:
-    systemd's notify socket (default: ``$NOTIFY_SOCKET``, a no-op without it).
-    ``commission_for``: what a site's status page runs for "re-run commissioning" (default:
-    the provisioning's commissioning of the site's devices)."""
+    systemd's notify socket (default: ``$NOTIFY_SOCKET``, a no-op without it)."""
     stop = stop or asyncio.Event()
     notifier = notifier or Notifier.from_env()
     loop = asyncio.get_running_loop()
@@ -109,7 +102,7 @@ async def run_agents(
         operator = OperatorServer(*operator_address(configs))
     agents = [SiteAgent(config, clock) for config in configs]
     watch_agents(operator, agents)
-    pages = status_pages(agents, commission_for)
+    pages = status_pages(agents)
     await operator.start()
     started: list[AsgiServer] = []
     try:

@@ -261,9 +261,7 @@ def build_status(
                 power_w=None if watts is None else round(watts, 1),
                 direction=_direction(key, watts),
                 text=power_text(watts),
-                soc_pct=None
-                if key != "battery" or view.soc_pct is None
-                else round(view.soc_pct, 1),
+                soc_pct=_soc(key, view.soc_pct),
                 health=None if device is None else health[device],
             )
         )

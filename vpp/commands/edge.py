@@ -211,7 +211,7 @@ def installer_password_set(config: Path, password_file: Path | None) -> None:
     ``[status_page] installer_password_file`` (mode 0600). Exit 2 on a config error, 1 when
     the password or the file cannot be used; nothing is written then."""
     from edge.config import ConfigError, load_config
-    from edge.status_page.auth import MIN_PASSWORD_LENGTH, write_password_hash
+    from edge.status_page.auth import write_password_hash
     from protocols.secret_file import SecretFileError, read_secret_file
 
     try:
@@ -234,13 +234,11 @@ def installer_password_set(config: Path, password_file: Path | None) -> None:
             raise SystemExit(1) from None
     else:
         password = click.prompt("New installer password", hide_input=True, confirmation_prompt=True)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        click.echo(
-            f"error: the password must have at least {MIN_PASSWORD_LENGTH} characters", err=True
-        )
-        raise SystemExit(1)
     try:
-        write_password_hash(target, password)
+        write_password_hash(target, password)  # ValueError: too short, nothing written
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
     except OSError as exc:
         click.echo(f"error: cannot write {target}: {exc.strerror or exc}", err=True)
         raise SystemExit(1) from None
