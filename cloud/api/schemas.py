@@ -21,6 +21,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud.registry.claims import GATEWAY_ID_PATTERN
+
 __all__ = [
     "DATE_TIME",
     "STREAM_EVENTS",
@@ -718,7 +720,7 @@ class ClaimRedeemIn(BaseModel):
 
     token: str = Field(min_length=1, max_length=200, description="The claim token.")
     gateway_id: str = Field(
-        pattern=r"^[A-Za-z0-9_\-]{16,128}$",
+        pattern=GATEWAY_ID_PATTERN.pattern,
         description="The gateway's own random id, made once and kept: the same gateway may "
         "redeem its token again (its first answer lost) and gets the same site.",
     )

@@ -30,7 +30,6 @@ import copy
 import json
 import os
 import secrets
-import socket
 import ssl
 import tempfile
 import urllib.error
@@ -238,13 +237,13 @@ def redeem(
             ) from None
         if isinstance(reason, ssl.SSLError):
             raise RegisterError(f"TLS with the cloud at {where} failed: {reason}") from None
-        if isinstance(reason, TimeoutError | socket.timeout):
+        if isinstance(reason, TimeoutError):  # socket.timeout is TimeoutError
             raise RegisterError(
                 f"the cloud at {where} did not answer: {reason}", sent=True
             ) from None
         text = getattr(reason, "strerror", None) or reason
         raise RegisterError(f"cannot reach the cloud at {where}: {text}") from None
-    except (TimeoutError, ConnectionError, OSError) as exc:  # during the answer: it may be done
+    except OSError as exc:  # during the answer (a timeout too): it may be done
         raise RegisterError(f"the cloud at {where} did not answer: {exc}", sent=True) from None
     try:
         data = json.loads(raw)

@@ -293,6 +293,7 @@ def broker_init(secrets_dir: Path, out: Path, force: bool) -> None:
     import json
 
     from cloud.broker_accounts import CLOUD_ROLES, bootstrap_config, cloud_username
+    from protocols.secret_file import write_secret_file
 
     if out.exists() and not force:
         raise _fail(
@@ -305,11 +306,8 @@ def broker_init(secrets_dir: Path, out: Path, force: bool) -> None:
         password, made = _secret_file(path)
         accounts[role] = (cloud_username(role), password)
         click.echo(f"{cloud_username(role)}: password {'made in' if made else 'kept from'} {path}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.touch(mode=0o600)
-        out.chmod(0o600)
-        out.write_text(json.dumps(bootstrap_config(accounts), indent=1) + "\n")
+    try:  # 0600 and replaced whole: a crash never leaves half an accounts file
+        write_secret_file(out, json.dumps(bootstrap_config(accounts), indent=1) + "\n")
     except OSError as exc:
         raise _fail(f"{out}: {exc.strerror or exc}") from None
     click.echo(f"wrote {out} ({len(accounts)} cloud accounts, no site yet)")

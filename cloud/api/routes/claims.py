@@ -122,7 +122,10 @@ async def redeem(body: ClaimRedeemIn, request: Request, ctx: CtxDep) -> ClaimRed
         )
     except (ClaimRefusedError, ValueError) as exc:
         if first:  # no site may keep an account it was not given
-            await asyncio.to_thread(remove_site_credentials, prov.admin, site_id)
+            try:
+                await asyncio.to_thread(remove_site_credentials, prov.admin, site_id)
+            except (BrokerAccountError, ProtocolError, OSError) as gone:  # unbind all the same
+                log.warning("site=%s: its broker account not removed: %s", site_id, gone)
         await ctx.db(ctx.registry.abort_redemption, claim)
         log.warning("site=%s claim %s: registration undone: %s", site_id, claim.claim_id, exc)
         if isinstance(exc, ClaimRefusedError):
