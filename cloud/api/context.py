@@ -22,6 +22,9 @@ from protocols.clock import Clock
 
 __all__ = ["ApiContext", "ApiSettings", "CtxDep", "Provisioning", "get_ctx"]
 
+#: client addresses whose failed claim redemptions are remembered (bounded memory)
+CLAIM_FAILURE_ADDRESSES = 10_000
+
 T = TypeVar("T")
 
 
@@ -77,7 +80,9 @@ class ApiContext:
     def __post_init__(self) -> None:
         self.writes = TokenBucket(self.settings.write_rate_per_s, self.settings.write_burst)
         self.claim_failures = TokenBucket(
-            self.settings.claim_failures_per_s, self.settings.claim_failure_burst
+            self.settings.claim_failures_per_s,
+            self.settings.claim_failure_burst,
+            max_keys=CLAIM_FAILURE_ADDRESSES,
         )
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

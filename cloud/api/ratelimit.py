@@ -12,7 +12,8 @@ State lives in the API process: N API processes behind a load balancer give a ke
 rate. Acceptable: the limit is there to stop a runaway client from monopolising the registry's
 writer, not to meter an exact quota. (Sharing it through Redis would cost a round trip on
 every write; do it when a deployment needs an exact quota.) One entry per key id that wrote:
-bounded by the registry's keys, since only authenticated keys reach the limiter.
+bounded by the registry's keys, since only authenticated keys reach the limiter. A limiter
+keyed by something unbounded (client addresses) gives ``max_keys``.
 """
 
 from __future__ import annotations
@@ -34,21 +35,31 @@ class TokenBucket:
     until it may (nothing taken). ``now`` is monotonic seconds; a clock going back refills
     nothing."""
 
-    def __init__(self, rate_per_s: float, burst: int) -> None:
+    def __init__(self, rate_per_s: float, burst: int, max_keys: int | None = None) -> None:
+        """``max_keys``: at most this many keys are kept; a new key past it first forgets the
+        refilled ones, then the oldest (its client starts afresh: memory stays bounded
+        whatever the number of clients)."""
         if not (math.isfinite(rate_per_s) and rate_per_s > 0):
             raise ValueError(f"the write rate must be > 0 per second, got {rate_per_s!r}")
         if int(burst) != burst or burst < 1:
             raise ValueError(f"the write burst must be a whole number >= 1, got {burst!r}")
         self.rate_per_s = float(rate_per_s)
         self.burst = int(burst)
+        self.max_keys = max_keys
         self._keys: dict[str, _State] = {}
+
+    def _refilled(self, state: _State, now: float) -> float:
+        """The tokens ``state`` holds at ``now`` (a clock going back refills nothing)."""
+        return min(float(self.burst), state.tokens + max(0.0, now - state.at) * self.rate_per_s)
 
     def take(self, key: str, now: float) -> float:
         state = self._keys.get(key)
         if state is None:
+            full = self.max_keys is not None and len(self._keys) >= self.max_keys
+            if full and not self.forget_full(now):
+                del self._keys[next(iter(self._keys))]
             state = self._keys[key] = _State(float(self.burst), now)
-        elapsed = max(0.0, now - state.at)
-        state.tokens = min(float(self.burst), state.tokens + elapsed * self.rate_per_s)
+        state.tokens = self._refilled(state, now)
         state.at = max(state.at, now)
         if state.tokens >= 1.0:
             state.tokens -= 1.0
@@ -61,18 +72,14 @@ class TokenBucket:
         state = self._keys.get(key)
         if state is None:
             return 0.0
-        tokens = min(float(self.burst), state.tokens + max(0.0, now - state.at) * self.rate_per_s)
+        tokens = self._refilled(state, now)
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
 
     def forget_full(self, now: float) -> int:
         """Drop the keys whose bucket has refilled by ``now`` (they are as if never seen);
         how many. Bounds the state of a limiter keyed by something unbounded (client
         addresses)."""
-        full = [
-            key
-            for key, state in self._keys.items()
-            if state.tokens + max(0.0, now - state.at) * self.rate_per_s >= self.burst
-        ]
+        full = [k for k, state in self._keys.items() if self._refilled(state, now) >= self.burst]
         for key in full:
             del self._keys[key]
         return len(full)

@@ -84,3 +84,21 @@ def test_refilled_keys_are_forgotten(now, forgotten, left):
     bucket.take("b", 0.0)
     assert bucket.forget_full(now) == forgotten
     assert len(bucket) == left
+
+
+@pytest.mark.parametrize(
+    ("now", "kept"),
+    [
+        (0.0, ["b", "c"]),  # nobody has refilled: the oldest ("a") goes
+        (2.0, ["b", "c"]),  # "a" has refilled: it goes, "b" stays (still spent)
+        (4.0, ["c"]),  # both refilled: both go, the new one is kept
+    ],
+)
+def test_at_most_max_keys_are_kept(now, kept):
+    bucket = TokenBucket(rate_per_s=0.5, burst=2, max_keys=2)
+    bucket.take("a", 0.0)
+    bucket.take("b", 0.0)
+    bucket.take("b", 0.0)
+    bucket.take("c", now)
+    assert len(bucket) == len(kept)
+    assert [k for k in ("a", "b", "c") if bucket.tokens(k) < 2] == kept

@@ -37,8 +37,6 @@ from protocols.partitions import partition_of
 router = APIRouter(prefix="/v1/claims", tags=["claims"])
 log = logging.getLogger("cloud.api.claims")
 
-#: addresses with failures kept before the refilled ones are forgotten (bounded memory)
-MAX_TRACKED_ADDRESSES = 10_000
 #: the status of each refusal of the registry
 STATUS_OF = {"unknown_claim": 404, "claim_used": 409, "claim_expired": 410, "claim_revoked": 410}
 
@@ -95,8 +93,6 @@ async def redeem(body: ClaimRedeemIn, request: Request, ctx: CtxDep) -> ClaimRed
             )
         claim = await ctx.db(ctx.registry.begin_redemption, body.token, body.gateway_id)
     except ClaimRefusedError as exc:
-        if len(ctx.claim_failures) >= MAX_TRACKED_ADDRESSES:
-            ctx.claim_failures.forget_full(ctx.clock.monotonic())
         ctx.claim_failures.take(client, ctx.clock.monotonic())
         log.info("claim redemption refused from %s: %s", client, exc.reason)
         raise ApiError(STATUS_OF[exc.reason], exc.reason, str(exc), field="token") from None
