@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,54 +26,15 @@ import pytest
 from cloud.alert_notify import ZERO_TIME
 from cloud.registry import Registry
 from firmware_sim.fleet import site_id_for
-from protocols.http_server import AsgiServer
 from protocols.partitions import partition_of
 from vpp.services import MosquittoServer, RedisServer
 from vpp.system import T0, System, SystemSpec
 
+from .alert_receiver import Receiver
+
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]
 
 SITES, SEED, PARTITIONS, SPEED = 8, 21, 4, 8.0
-
-
-class Receiver:
-    """A webhook receiver: keeps every JSON body POSTed to it; answers 503 to the first
-    ``fail_first`` requests (the sender must retry)."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.payloads: list[dict[str, Any]] = []
-        self.requests = 0
-        self.fail_first = fail_first
-        self.arrived = asyncio.Event()
-        self.server = AsgiServer(self._app, port=0, name="webhook", lifespan="off")
-
-    async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        self.requests += 1
-        status = 503 if self.requests <= self.fail_first else 200
-        if status == 200:
-            self.payloads.append(json.loads(body))
-            self.arrived.set()
-        await send({"type": "http.response.start", "status": status, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-
-    async def wait_for(self, n: int, timeout_s: float) -> None:
-        """Until ``n`` payloads arrived, or ``timeout_s`` (the checks then say what is missing)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                while len(self.payloads) < n:
-                    self.arrived.clear()
-                    await self.arrived.wait()
-
-    def of(self, alertname: str) -> list[dict[str, Any]]:
-        return [p for p in self.payloads if p["groupLabels"].get("alertname") == alertname]
 
 
 @contextlib.asynccontextmanager

@@ -787,9 +787,9 @@ class AdminAlertOut(BaseModel):
     labels: dict[str, str] = Field(description="The series' labels, `alertname`, `severity`.")
     annotations: dict[str, str] = Field(description="`summary` and `description`.")
     value: float = Field(description="The expression's value at the last evaluation.")
-    active_at: str = Field(description="When the condition began (ISO 8601).")
-    fired_at: str | None = Field(None, description="When it began to fire.")
-    resolved_at: str | None = Field(None, description="When it resolved.")
+    active_at: DateTimeText = Field(description="When the condition began.")
+    fired_at: DateTimeText | None = Field(None, description="When it began to fire.")
+    resolved_at: DateTimeText | None = Field(None, description="When it resolved.")
     fingerprint: str = Field(description="The label set's identity, as Alertmanager's.")
 
 
@@ -797,7 +797,7 @@ class AdminAlertsOut(BaseModel):
     evaluator: str | None = Field(
         description="The API process that evaluates the alerts; null: none did lately."
     )
-    evaluated_at: str | None = Field(description="Its last evaluation (ISO 8601).")
+    evaluated_at: DateTimeText | None = Field(description="Its last evaluation.")
     alerts: list[AdminAlertOut] = Field(
         description="Pending and firing alerts, and those resolved in the last 15 min; "
         "oldest first."

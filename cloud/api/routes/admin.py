@@ -154,7 +154,7 @@ async def list_sites(
 @router.get(
     "/alerts",
     response_model=AdminAlertsOut,
-    responses=refusals(AUTH, TRADER_KEY, HOT_STATE),
+    responses=refusals(AUTH, TRADER_KEY, INVALID, HOT_STATE),
     summary="The alerts: pending, firing and lately resolved, and the rules",
     description="As the evaluating API process has them (this one, or another one's through "
     "Redis). `state` keeps the alerts in that state only. While Redis is away, only the "
