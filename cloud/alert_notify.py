@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -114,6 +115,8 @@ class WebhookNotifier:
         self.timeout_s = timeout_s
         self._queue: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_queue)
         self._ready = asyncio.Event()
+        self._idle = asyncio.Event()  # nothing queued, nothing being sent
+        self._idle.set()
         self.stats = dict.fromkeys(("sent", "failed_attempts", "gave_up", "dropped"), 0)
 
     @property
@@ -126,12 +129,22 @@ class WebhookNotifier:
             self.stats["dropped"] += 1
             log.warning("alert webhook queue full: oldest notification dropped")
         self._queue.append(payload)
+        self._idle.clear()
         self._ready.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s`` of wall time) until every queued payload is sent or
+        given up; whether it was."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        return self._idle.is_set()
 
     async def run(self, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
             while not stop.is_set():
                 if not self._queue:
+                    self._idle.set()
                     self._ready.clear()
                     waiter = asyncio.ensure_future(self._ready.wait())
                     stopper = asyncio.ensure_future(stop.wait())

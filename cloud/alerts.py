@@ -162,17 +162,22 @@ class Rule:
         return self.promql.format(**{k: f"{v:g}" for k, v in self.params.items()})
 
     def annotate(self, labels: Mapping[str, str], value: float) -> dict[str, str]:
-        values = {**self.params, **labels, "value": value}
+        values = {**self.params, **labels, "value": _number(value)}
         return {
             "summary": _format(self.summary, values),
             "description": _format(self.description, values),
         }
 
 
+def _number(value: float) -> float | int:
+    """A whole number as an int, so ``{value}`` reads 3, not 3.0."""
+    return int(value) if float(value).is_integer() else value
+
+
 def _format(template: str, values: Mapping[str, Any]) -> str:
     try:
         return template.format(**values)
-    except (KeyError, ValueError, IndexError):
+    except (KeyError, ValueError, IndexError, TypeError):
         return template
 
 

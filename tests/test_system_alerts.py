@@ -29,8 +29,7 @@ from firmware_sim.fleet import site_id_for
 from protocols.partitions import partition_of
 from vpp.services import MosquittoServer, RedisServer
 from vpp.system import T0, System, SystemSpec
-
-from .alert_receiver import Receiver
+from vpp.system.alert_sink import AlertSink
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -39,7 +38,7 @@ SITES, SEED, PARTITIONS, SPEED = 8, 21, 4, 8.0
 
 @contextlib.asynccontextmanager
 async def alerting_system(
-    tmp_path: Path, broker: MosquittoServer, redis: RedisServer, receiver: Receiver
+    tmp_path: Path, broker: MosquittoServer, redis: RedisServer, receiver: AlertSink
 ) -> AsyncIterator[System]:
     silenced = [i for i in range(SITES) if partition_of(site_id_for(SEED, i), PARTITIONS) == 0]
     spec = SystemSpec(
@@ -56,7 +55,7 @@ async def alerting_system(
             "dispatch_cycle_s": 2.0,
             "lease_ttl_s": 2 * SPEED,
             "alert_eval_s": 1.0,
-            "alert_webhook_url": f"{receiver.server.url}/hook",
+            "alert_webhook_url": receiver.url,
         },
         agent={"modbus_timeout_s": 1.0, "backlog_delay_max_s": 1.0},
         truth_window=64,
@@ -98,7 +97,7 @@ class Watch:
         raise AssertionError(f"{alertname} never {state}; seen {self.seen}")
 
 
-def check_payloads(receiver: Receiver, alertname: str, labels: dict[str, str]) -> None:
+def check_payloads(receiver: AlertSink, alertname: str, labels: dict[str, str]) -> None:
     """A firing then a resolved notification of ``alertname``, in Alertmanager's format."""
     payloads = receiver.of(alertname)
     assert [p["status"] for p in payloads] == ["firing", "resolved"], payloads
@@ -120,8 +119,8 @@ def check_payloads(receiver: Receiver, alertname: str, labels: dict[str, str]) -
 async def test_faults_raise_the_right_alerts_and_the_webhook_gets_them(
     tmp_path: Path, broker: MosquittoServer
 ) -> None:
-    receiver = Receiver(fail_first=1)  # the first notification is retried
-    await receiver.server.start()
+    receiver = AlertSink(refuse_first=1)  # the first notification is retried
+    await receiver.start()
     redis = RedisServer()  # private: this test stops it
     redis.start()
     try:
@@ -173,5 +172,5 @@ async def test_faults_raise_the_right_alerts_and_the_webhook_gets_them(
         others = {p["groupLabels"]["alertname"] for p in receiver.payloads}
         assert others == {"partitions_stale", "no_dispatcher_leader", "redis_unreachable"}
     finally:
-        await receiver.server.stop()
+        await receiver.stop()
         redis.close()

@@ -17,8 +17,8 @@ from cloud.alerting import LOCK_KEY, AlertEvaluator
 from cloud.alerts import STATE_KEY, Labels, Query, Rule, RuleEngine, Sample, labels_of
 from cloud.runner import load_settings
 from protocols.clock import SimClock
+from vpp.system.alert_sink import AlertSink
 
-from ..alert_receiver import Receiver
 from .api_harness import Api, running_api
 
 pytestmark = pytest.mark.integration
@@ -78,14 +78,14 @@ def test_group_key(labels: dict[str, str], expected: str) -> None:
 
 
 @pytest.fixture
-async def receiver(request: pytest.FixtureRequest) -> AsyncIterator[Receiver]:
+async def receiver(request: pytest.FixtureRequest) -> AsyncIterator[AlertSink]:
     fail_first, status = getattr(request, "param", (0, 503))
-    r = Receiver(fail_first=fail_first, status=status)
-    await r.server.start()
+    r = AlertSink(refuse_first=fail_first, refuse_status=status)
+    await r.start()
     try:
         yield r
     finally:
-        await r.server.stop()
+        await r.stop()
 
 
 # fail_first, status -> requests made, payloads received, stats
@@ -102,10 +102,10 @@ SENDS = [
     ("receiver", "requests", "received", "stats"), SENDS, indirect=["receiver"]
 )
 async def test_the_sender_retries_with_backoff_then_gives_up(
-    receiver: Receiver, requests: int, received: int, stats: dict[str, int]
+    receiver: AlertSink, requests: int, received: int, stats: dict[str, int]
 ) -> None:
     clock = SimClock(speed=100.0)
-    notifier = WebhookNotifier(f"{receiver.server.url}/hook", clock, attempts=3, backoff_s=1.0)
+    notifier = WebhookNotifier(receiver.url, clock, attempts=3, backoff_s=1.0)
     stop = asyncio.Event()
     task = asyncio.create_task(notifier.run(stop))
     t0 = clock.time()
@@ -167,7 +167,7 @@ async def api(tmp_path: Path, redis_url: str) -> AsyncIterator[Api]:
 
 
 async def test_the_evaluator_leads_alone_serves_and_notifies(
-    api: Api, redis_url: str, receiver: Receiver
+    api: Api, redis_url: str, receiver: AlertSink
 ) -> None:
     def evaluator(name: str) -> AlertEvaluator:
         return AlertEvaluator(
@@ -176,7 +176,7 @@ async def test_the_evaluator_leads_alone_serves_and_notifies(
             targets=[f"{api.operator.url}/metrics"],
             every_s=0.2,
             rules=[REDIS_UP],
-            notifier=WebhookNotifier(f"{receiver.server.url}/hook", api.clock),
+            notifier=WebhookNotifier(receiver.url, api.clock),
             instance_id=name,
             lock_ttl_s=1.0,
         )
