@@ -62,15 +62,21 @@ def _tracking(q: Query, p: P) -> dict[Labels, float]:
     return out
 
 
+def _share_above(
+    part: dict[Labels, list[float]], whole: dict[Labels, list[float]], ratio: float
+) -> dict[Labels, float]:
+    """``sum(part) / sum(whole) > ratio`` per group (PromQL's division of two ``sum by``)."""
+    out = {}
+    for group, values in part.items():
+        total = sum(whole.get(group, []))
+        if total > 0 and sum(values) / total > ratio:
+            out[group] = sum(values) / total
+    return out
+
+
 def _offline(q: Query, p: P) -> dict[Labels, float]:
     offline = by(q.vector("vpp_dispatch_pool_sites", state="offline"), "pool")
-    total = by(q.vector("vpp_dispatch_pool_sites"), "pool")
-    out = {}
-    for pool, values in offline.items():
-        whole = sum(total.get(pool, []))
-        if whole > 0 and sum(values) / whole > p["ratio"]:
-            out[pool] = sum(values) / whole
-    return out
+    return _share_above(offline, by(q.vector("vpp_dispatch_pool_sites"), "pool"), p["ratio"])
 
 
 def _stale(q: Query, p: P) -> dict[Labels, float]:
@@ -95,12 +101,7 @@ def _bad(q: Query, p: P) -> dict[Labels, float]:
     w = p["window_s"]
     rejected = by(q.rate("vpp_ingest_messages_total", w, result="rejected"), "instance")
     every = by(q.rate("vpp_ingest_messages_total", w), "instance")
-    out = {}
-    for instance, values in rejected.items():
-        whole = sum(every.get(instance, []))
-        if whole > 0 and sum(values) / whole > p["ratio"]:
-            out[instance] = sum(values) / whole
-    return out
+    return _share_above(rejected, every, p["ratio"])
 
 
 def _check_failing(check: str) -> Any:
