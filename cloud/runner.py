@@ -114,7 +114,7 @@ class CloudSettings:
     # process's metrics and on alert_scrape_urls (the other processes' /metrics); sent to
     # alert_webhook_url (Alertmanager's webhook payload), with retries.
     alerts: bool = True
-    alert_eval_s: float = 2.0
+    alert_eval_s: float = 5.0
     alert_scrape_urls: tuple[str, ...] = ()
     alert_webhook_url: str | None = None
     alert_webhook_attempts: int = 5
