@@ -445,10 +445,10 @@ class System:
         operator_ports = iter(ports)
         for name, role, extra in roles:
             ident = [] if role == "api" else ["--instance-id", name]
-            if role != "api":
-                extra = [*extra, "--operator-port", str(next(operator_ports))]
+            port = None if role == "api" else next(operator_ports)
             accounts = _account_args(self.role_settings(role))
-            proc = RoleProcess(name, role, [*common, *accounts, *extra, *ident], env, logs)
+            args = [*common, *accounts, *extra, *ident]
+            proc = RoleProcess(name, role, args, env, logs, port=port)
             proc.start()  # each with its operator port, free and logged
             self.processes.append(proc)
             self.supervisor.watch(proc)
