@@ -10,7 +10,8 @@ Every rule, and the fault that should fire it:
 
 * ``no_dispatcher_leader`` - no dispatcher leads (all dead, or Redis away);
 * ``pool_shortfall`` - a pool's target is out of its reach (sites lost, a schedule too big);
-* ``tracking_error`` - the pool's measured power off its target for N cycles;
+* ``tracking_error`` - the pool's measured power off its target for N cycles, beyond what
+  its shortfall explains (a shortfall alone pages as ``pool_shortfall``, not twice);
 * ``pool_sites_offline`` - a share of a pool's sites is offline;
 * ``partitions_stale`` - partitions with no fresh aggregate or no fresh site (their worker
   died, or their sites fell silent);
@@ -52,11 +53,13 @@ def _shortfall(q: Query, p: P) -> dict[Labels, float]:
 
 def _tracking(q: Query, p: P) -> dict[Labels, float]:
     measured = q.vector("vpp_dispatch_measured_watts")
+    shortfall = q.vector("vpp_dispatch_shortfall_watts")
     out = {}
     for labels, target in q.vector("vpp_dispatch_target_watts").items():
-        if labels not in measured:
+        if labels not in measured or labels not in shortfall:
             continue
-        error = abs(measured[labels] - target) / max(abs(target), p["floor_w"])
+        off = abs(measured[labels] - target) - abs(shortfall[labels])
+        error = off / max(abs(target), p["floor_w"])
         if error > p["ratio"]:
             out[labels] = error
     return out
@@ -143,11 +146,13 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         "tracking_error",
         "warning",
         _tracking,
-        "abs(vpp_dispatch_measured_watts - vpp_dispatch_target_watts)"
+        "(abs(vpp_dispatch_measured_watts - vpp_dispatch_target_watts)"
+        " - abs(vpp_dispatch_shortfall_watts))"
         " / clamp_min(abs(vpp_dispatch_target_watts), {floor_w}) > {ratio}",
-        "pool {pool} is {value:.0%} off its target",
-        "The pool's measured power has been more than {ratio:.0%} off its target for 10 "
-        "dispatch cycles: the closed loop does not track.",
+        "pool {pool} is {value:.0%} off the target it can reach",
+        "The pool's measured power has been more than {ratio:.0%} off its target, beyond "
+        "the part out of its reach (pool_shortfall says that one), for 10 dispatch cycles: "
+        "the closed loop does not track.",
         # N = 10 cycles: a step of the schedule settles within about 4 (the loop's latency)
         for_s=10 * DISPATCH_CYCLE_S,
         keep_firing_for_s=5 * DISPATCH_CYCLE_S,

@@ -192,6 +192,8 @@ RULE_CASES = [
     ("pool_shortfall", dispatcher(None, -6_000, -4_000), []),  # nothing to follow
     ("tracking_error", dispatcher(-10_000, -8_000, 0), [{"instance": W, "pool": "north"}]),
     ("tracking_error", dispatcher(-10_000, -9_500, 0), []),  # 5 %
+    ("tracking_error", dispatcher(-10_000, -6_000, -4_000), []),  # all of it out of reach
+    ("tracking_error", dispatcher(-10_000, -6_000, -1_000), [{"instance": W, "pool": "north"}]),
     ("tracking_error", dispatcher(0, 80, 0), []),  # near zero: 80 W is 8 % of the 1 kW floor
     ("pool_sites_offline", sites(8, 0, 2), [{"pool": "north"}]),  # 20 %
     ("pool_sites_offline", sites(95, 0, 5), []),  # 5 %
