@@ -78,7 +78,9 @@ class AlertEvaluator:
         lock_ttl_s: float = 6.0,
         history_s: float = 120.0,
         external_url: str = "",
-        scrape_timeout_s: float = 2.0,
+        # longer than a scrape's own readiness checks (2 s each, at most): a Redis that hangs
+        # must show as a failing check, not as a target that did not answer
+        scrape_timeout_s: float = 5.0,
     ) -> None:
         if every_s <= 0:
             raise ValueError(f"alert_eval_s must be positive, got {every_s}")
