@@ -48,7 +48,9 @@ __all__ = [
     "Sample",
     "Transition",
     "active_alerts",
+    "by",
     "fingerprint",
+    "labels_of",
     "store_transition",
 ]
 

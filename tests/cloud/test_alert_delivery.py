@@ -178,16 +178,17 @@ async def test_the_evaluator_leads_alone_serves_and_notifies(
             rules=[REDIS_UP],
             notifier=WebhookNotifier(receiver.url, api.clock),
             instance_id=name,
-            lock_ttl_s=1.0,
+            lock_ttl_s=10.0,  # no take-over while a busy machine holds the loop up
         )
 
     first, second = evaluator("api-1"), evaluator("api-2")
     api.server.app.state.ctx.alerting = second  # this process's evaluator is the standby
     stop = asyncio.Event()
-    runs = [asyncio.create_task(e.run(stop)) for e in (first, second)]
+    runs = [asyncio.create_task(first.run(stop))]
     try:
-        await receiver.wait_for(1, 10.0)
-        await asyncio.sleep(0.5)
+        await receiver.wait_for(1, 10.0)  # the first leads and has notified
+        runs.append(asyncio.create_task(second.run(stop)))
+        await asyncio.sleep(1.0)  # the second has ticked several times: it stands by
         assert [first.leading, second.leading] == [True, False]
         hot = aioredis.Redis.from_url(redis_url)
         assert await hot.get(LOCK_KEY) == b"api-1"
