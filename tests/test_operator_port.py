@@ -66,7 +66,8 @@ CLOUD_NAMES = {
     "vpp_dispatch_signals_unsent_total",
     "vpp_dispatch_acks_total",
     "vpp_dispatch_latency_seconds",
-    "vpp_dispatch_alerts_total",
+    "vpp_dispatch_partitions_stale",
+    "vpp_dispatch_pool_sites",
     "vpp_dispatch_planning_errors_total",
     "vpp_dispatch_mqtt_connected",
     # api and site-pool sync
@@ -75,6 +76,13 @@ CLOUD_NAMES = {
     "vpp_api_streams_open",
     "vpp_alerts_active",
     "vpp_site_pool_syncs_total",
+    "vpp_readiness_check",
+    # the alert evaluator (api role)
+    "vpp_alerts",
+    "vpp_alert_evaluator_leader",
+    "vpp_alert_evaluations_total",
+    "vpp_alert_scrape_errors_total",
+    "vpp_alert_store_errors_total",
 }
 EDGE_NAMES = {
     "vpp_build_info",

@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aioredis
 
-from cloud.alerts import AlertBook, active_alerts, store_transition
 from cloud.dispatch.allocation import allocate
 from cloud.dispatch.catch_up import CatchUpConfig, catch_up_w, sites_slot_energy
 from cloud.dispatch.controller import ControllerConfig, ControllerState, step
@@ -143,6 +142,17 @@ class PoolView:
     partitions_unresponsive: int
 
 
+@dataclass(frozen=True, slots=True)
+class PoolHealth:
+    """A pool's partitions and sites as the leader's last read of the aggregates saw them
+    (for the alerts on the operator port: stale partitions, offline sites)."""
+
+    partitions_stale: int
+    sites_fresh: int
+    sites_stale: int
+    sites_offline: int
+
+
 class PoolDispatcher:
     """Runs the closed loop for every pool of the registry (when it leads)."""
 
@@ -162,7 +172,6 @@ class PoolDispatcher:
         controller: ControllerConfig | None = None,
         ack_timeout_cycles: int = 4,
         loop_latency_s: float = 4.0,
-        shortfall_alert_s: float | None = None,
         schedule_lead_s: float | None = None,
         catch_up: CatchUpConfig | None = None,
         retention: Retention | None = None,
@@ -182,11 +191,6 @@ class PoolDispatcher:
         # cycles of signalling is treated as uncontrolled (its range is not counted on).
         self.ack_timeout_s = ack_timeout_cycles * cycle_s
         self._signalled_since: dict[tuple[str, int], float] = {}
-        self.alerts = AlertBook(
-            raise_after_s=shortfall_alert_s if shortfall_alert_s is not None else 3 * cycle_s,
-            clear_after_s=5 * cycle_s,
-        )
-        self._alerts_adopted = False
         self.max_age_s = max_aggregate_age_s or 3 * cycle_s
         # A command shows in the measured pool power after the loop's round trip: signal to
         # the sites, their next poll (1 s), the devices' ramp, telemetry (every 2 s), the
@@ -226,8 +230,6 @@ class PoolDispatcher:
                 "errors",
                 "no_data",
                 "configs_published",
-                "alerts_raised",
-                "alerts_resolved",
                 "partitions_unresponsive",
                 "releases",
                 "planning_errors",
@@ -240,6 +242,8 @@ class PoolDispatcher:
         )
         # for the operator port (cloud.ops), all kept while leading and cleared when not
         self.pools: dict[str, PoolView] = {}
+        self.pool_health: dict[str, PoolHealth] = {}  # the leader's last read, by pool
+        self._seen_fresh: set[tuple[str, int]] = set()  # partitions seen with a fresh site
         self.signals_by_pool: Counter[str] = Counter()
         self.acks_by_pool: Counter[str] = Counter()
         self.cycle_seconds = LoopHistogram(
@@ -339,8 +343,9 @@ class PoolDispatcher:
         self.stats["cycles"] += 1
         if not await self.lock.tick():
             self._states.clear()  # a standby re-reads the leader's state when it takes over
-            self._alerts_adopted = False
             self.pools.clear()
+            self.pool_health.clear()
+            self._seen_fresh.clear()
             self._ack_wait.clear()
             self._acked.clear()
             return
@@ -355,11 +360,6 @@ class PoolDispatcher:
     async def _lead(self) -> None:
         """One cycle as the leader: configs, plans, every pool's closed loop, pruning."""
         assert self.lock is not None
-        if not self._alerts_adopted:
-            assert self.redis is not None
-            self.alerts = AlertBook(self.alerts.raise_after_s, self.alerts.clear_after_s)
-            self.alerts.adopt(await active_alerts(self.redis))
-            self._alerts_adopted = True
         await self._publish_site_configs()
         if self._republish_plans and self._linked:
             self._republish_plans = False
@@ -370,6 +370,8 @@ class PoolDispatcher:
         pools = await asyncio.to_thread(self.registry.list_pools)
         for gone in set(self.pools) - {pool.pool_id for pool in pools}:
             del self.pools[gone]
+        for gone in set(self.pool_health) - {pool.pool_id for pool in pools}:
+            del self.pool_health[gone]
         for pool in pools:
             if not self.lock.valid():
                 return
@@ -401,7 +403,23 @@ class PoolDispatcher:
             return []
         values = await self.redis.mget([agg_key(pool_id, p) for p in parts])
         aggs = [PartitionAggregate.from_json(v) for v in values if v]
-        return [a for a in aggs if now - a.ts <= self.max_age_s]
+        fresh = [a for a in aggs if now - a.ts <= self.max_age_s]
+        # for the alerts (cloud.alert_rules): a partition without a fresh aggregate, or
+        # whose sites all fell silent, is stale. Silent: none fresh where this leader saw
+        # fresh ones before (a starting fleet, whose sites have yet to report, is not).
+        for a in fresh:
+            if a.sites_fresh > 0:
+                self._seen_fresh.add((pool_id, a.partition))
+        silent = sum(
+            a.sites_fresh == 0 and (pool_id, a.partition) in self._seen_fresh for a in fresh
+        )
+        self.pool_health[pool_id] = PoolHealth(
+            partitions_stale=len(parts) - len(fresh) + silent,
+            sites_fresh=sum(a.sites_fresh for a in fresh),
+            sites_stale=sum(a.sites_stale for a in fresh),
+            sites_offline=sum(a.sites_offline for a in fresh),
+        )
+        return fresh
 
     def _target(self, pool_id: str, now: float, baseline_w: float) -> Target | None:
         activation = self.registry.active_activation(pool_id, now)
@@ -538,7 +556,6 @@ class PoolDispatcher:
         if not parts:
             self.stats["no_data"] += 1
             self.pools.pop(pool_id, None)
-            await self._alert_shortfall(pool_id, now, None, 0.0)
             return
         baseline = np.array([a.baseline_w for a in parts])
         measured_w = float(sum(a.measured_w for a in parts))
@@ -565,7 +582,6 @@ class PoolDispatcher:
                 self._ack_wait.pop((pool_id, a.partition), None)
                 self._acked.discard((pool_id, a.partition))
             self.pools[pool_id] = PoolView(None, measured_w, 0.0, 0)
-            await self._alert_shortfall(pool_id, now, None, 0.0)
             return
         state = self._states.get(pool_id) or await self._restore(pool_id)
         responsive = self._responsive(pool_id, now, parts)
@@ -654,43 +670,6 @@ class PoolDispatcher:
             target.schedule_id if target else None,
         )
         self.pools[pool_id] = PoolView(target_w, measured_w, result.shortfall_w, unresponsive)
-        await self._alert_shortfall(pool_id, now, target_w, result.shortfall_w)
-
-    async def _alert_shortfall(
-        self, pool_id: str, now: float, target_w: float | None, shortfall_w: float
-    ) -> None:
-        """Raise (after a few cycles) and resolve the pool's shortfall alert.
-
-        Significant: more than 1 % of the target and more than 100 W, so rounding at the
-        range's edge never alerts."""
-        significant = target_w is not None and abs(shortfall_w) > max(100.0, 0.01 * abs(target_w))
-        message = (
-            f"pool {pool_id} cannot reach its target {target_w:.0f} W: "
-            f"{abs(shortfall_w):.0f} W {'short' if shortfall_w < 0 else 'over'} "
-            "(not enough flexibility left)"
-            if significant and target_w is not None
-            else ""
-        )
-        change = self.alerts.sample(
-            f"pool_shortfall:{pool_id}",
-            significant,
-            now,
-            rule="pool_shortfall",
-            severity="critical",
-            pool_id=pool_id,
-            value=shortfall_w,
-            message=message,
-        )
-        if change is None:
-            return
-        transition, alert = change
-        assert self.redis is not None
-        await store_transition(self.redis, transition, alert)
-        self.stats[f"alerts_{transition}"] += 1
-        if transition == "raised":
-            log.warning("ALERT pool=%s %s", pool_id, alert.message)
-        else:
-            log.info("alert resolved pool=%s %s", pool_id, alert.rule)
 
     async def _restore(self, pool_id: str) -> ControllerState:
         """Continue from the last leader's state (bumpless take-over), or start fresh."""
