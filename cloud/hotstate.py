@@ -19,6 +19,8 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
     vpp:env:{pool}:rev           string  integer, bumped whenever a pool's envelopes change
     vpp:envelope:{pool}          string  the pool envelope and its certificate (dispatcher)
     vpp:plan:{pool}              string  the pool's plan in force (dispatcher)
+    vpp:flags:{pool}             string  the pool's evaluated flags, JSON {"hash", "values"}
+    vpp:flags:{pool}:{p}         string  partition p's evaluated flags (same shape)
 
 Aggregates carry their own timestamps; a reader treats an aggregate older than a few worker
 cycles as missing (its worker died and nobody has picked the partition up yet).
@@ -54,6 +56,7 @@ __all__ = [
     "env_parts_key",
     "env_rev_key",
     "envelope_key",
+    "flags_key",
     "hold_key",
     "lease_key",
     "plan_key",
@@ -118,6 +121,13 @@ def envelope_key(pool_id: str) -> str:
 def plan_key(pool_id: str) -> str:
     """The pool's plan in force: the schedule split, its shares, its expected shortfall."""
     return f"{PREFIX}:plan:{pool_id}"
+
+
+def flags_key(pool_id: str, partition: int | None = None) -> str:
+    """A pool's (or one of its partitions') evaluated feature flags, written by the flags
+    service; the dispatcher reads them every cycle (missing: the flags' defaults)."""
+    base = f"{PREFIX}:flags:{pool_id}"
+    return base if partition is None else f"{base}:{partition}"
 
 
 def hold_key(pool_id: str) -> str:
@@ -204,6 +214,9 @@ class PartitionAggregate:
     uncontrolled_w: float = 0.0  # measured power of fresh *degraded* sites: no command moves it
     sites_following: int = 0  # fresh flexible sites whose telemetry says mode "cloud"
     sites_planned: int = 0  # fresh flexible sites whose telemetry names a plan they follow
+    # fresh sites in local autonomy (the kill switch): no flexibility offered, not a fault;
+    # their measured power is in uncontrolled_w
+    sites_autonomous: int = 0
     # The quarter hour under way (``slot_start_ts``) as the sites integrated it: their energy
     # away from the baseline so far (Wh), the seconds of it they saw (summed over sites), and
     # how many sites reported on it; the outage's part included once they are back.
@@ -211,6 +224,11 @@ class PartitionAggregate:
     slot_sites: int = 0
     slot_deviation_wh: float = 0.0
     slot_covered_s: float = 0.0
+
+    @property
+    def sites_flexible(self) -> int:
+        """Fresh sites that offer flexibility: neither degraded nor in local autonomy."""
+        return self.sites_fresh - self.sites_degraded - self.sites_autonomous
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -238,6 +256,7 @@ _SUMMED = (
     "uncontrolled_w",
     "sites_following",
     "sites_planned",
+    "sites_autonomous",
 )
 
 
@@ -265,6 +284,7 @@ class PoolAggregate:
     uncontrolled_w: float = 0.0
     sites_following: int = 0
     sites_planned: int = 0
+    sites_autonomous: int = 0
     sustain_absorb_w: tuple[float, ...] = ()
     sustain_deliver_w: tuple[float, ...] = ()
 
