@@ -74,5 +74,6 @@ def test_bad_documents_say_why(raw, message):
 
 
 def test_a_bad_value_says_why():
-    with pytest.raises(ValueError, match=r"dispatch.allocation='fair': not one of energy, headroom"):
+    message = r"dispatch.allocation='fair': not one of energy, headroom"
+    with pytest.raises(ValueError, match=message):
         allocation_of({"dispatch.allocation": "fair"})
