@@ -57,9 +57,10 @@ CASES = [
     ("heartbeat not yet due", {"ts": T + 10 + 55}, None),
     # due two intervals early, so it lands before the cloud's deadline (ts + 60 s)
     ("heartbeat due", {"ts": T + 10 + 56}, "heartbeat"),
-    # the cloud projects 0 Wh + (500 - 500) W * 30 s = 0 Wh; the site measured 0.05 Wh
-    ("energy inside one interval at the deadband", {"ts": T + 40, "slot_deviation_wh": 0.05}, None),
-    ("energy drifted", {"ts": T + 40, "slot_deviation_wh": 0.06}, "energy"),
+    # the cloud projects 0 Wh + (500 - 500) W * 30 s = 0 Wh; the tolerance is 100 W for 30 s
+    ("energy within 100 W for 30 s", {"ts": T + 40, "slot_deviation_wh": 0.83}, None),
+    ("energy drifted", {"ts": T + 40, "slot_deviation_wh": 0.84}, "energy"),
+    ("energy drifted the other way", {"ts": T + 40, "slot_deviation_wh": -0.84}, "energy"),
 ]
 
 
