@@ -613,21 +613,12 @@ class SiteAgent:
             heat_pump=self._heat_pump(now, hp),
         )
         baseline = self._local(inputs)
-        if lost:
+        if lost or self._behaviour.local_autonomy:
+            # a device lost, or the kill switch (the cloud's commands and plans ignored; not
+            # a fault: the cloud counts the site out, not as lost): the site's own control,
+            # no flexibility offered
             return CycleState(
-                mode=Mode.DEGRADED,
-                inputs=inputs,
-                baseline=baseline,
-                plan=baseline,
-                flex=_no_flex(baseline.grid_w),
-                command=None,
-                **measured,
-            )
-        if self._behaviour.local_autonomy:
-            # the kill switch: the site's own control, no flexibility offered, the cloud's
-            # commands and plans ignored (not a fault: the cloud counts it out, not as lost)
-            return CycleState(
-                mode=Mode.LOCAL_AUTONOMY,
+                mode=Mode.DEGRADED if lost else Mode.LOCAL_AUTONOMY,
                 inputs=inputs,
                 baseline=baseline,
                 plan=baseline,

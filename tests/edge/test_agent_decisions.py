@@ -21,6 +21,22 @@ from protocols.messages import DeviceKind, Dispatch, Mode, PartitionSignal
 
 T = 1_717_200_000.0
 
+
+def _agent(tmp_path) -> SiteAgent:
+    config = EdgeConfig.from_dict(
+        {
+            "site": {"id": "site-1"},
+            "mqtt": {"url": "mqtt://127.0.0.1:1883"},
+            "agent": {"db_path": str(tmp_path / "site.sqlite")},
+            "limits": {"grid_import_w": 17250, "grid_export_w": 10000},
+            "devices": [{"id": "meter", "host": "127.0.0.1", "port": 502, "unit_id": 3}],
+        }
+    )
+    agent = SiteAgent(config, ManualClock(T))  # never started: the decisions are pure
+    agent.pool_id = "north"
+    return agent
+
+
 #: (issued_ts offset s, seq, pool_id) -> is it the command afterwards?
 CASES = [
     ("in order", [(0, 1, "north"), (2, 2, "north")], [True, True]),
@@ -35,18 +51,7 @@ CASES = [
 
 @pytest.mark.parametrize(("name", "signals", "followed"), CASES, ids=[c[0] for c in CASES])
 def test_signal_ordering(tmp_path, name, signals, followed):
-    clock = ManualClock(T)
-    config = EdgeConfig.from_dict(
-        {
-            "site": {"id": "site-1"},
-            "mqtt": {"url": "mqtt://127.0.0.1:1883"},
-            "agent": {"db_path": str(tmp_path / "site.sqlite")},
-            "limits": {"grid_import_w": 17250, "grid_export_w": 10000},
-            "devices": [{"id": "meter", "host": "127.0.0.1", "port": 502, "unit_id": 3}],
-        }
-    )
-    agent = SiteAgent(config, clock)  # never started: on_signal is pure bookkeeping
-    agent.pool_id = "north"
+    agent = _agent(tmp_path)  # never started: on_signal is pure bookkeeping
     got = []
     for i, (offset, seq, pool) in enumerate(signals):
         signal = PartitionSignal(
@@ -91,21 +96,6 @@ def test_boost_counts_only_when_it_starts_the_compressor(
 
 
 # --- the flags' behaviours: fallback mode and the kill switch, one cycle's decision --------
-
-
-def _agent(tmp_path) -> SiteAgent:
-    config = EdgeConfig.from_dict(
-        {
-            "site": {"id": "site-1"},
-            "mqtt": {"url": "mqtt://127.0.0.1:1883"},
-            "agent": {"db_path": str(tmp_path / "site.sqlite")},
-            "limits": {"grid_import_w": 17250, "grid_export_w": 10000},
-            "devices": [{"id": "meter", "host": "127.0.0.1", "port": 502, "unit_id": 3}],
-        }
-    )
-    agent = SiteAgent(config, ManualClock(T))  # never started: the decisions are pure
-    agent.pool_id = "north"
-    return agent
 
 
 def _signal(seq: int, level: float = 0.5) -> PartitionSignal:
