@@ -38,7 +38,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.behaviour import Behaviour, FallbackMode
+from edge.behaviour import Behaviour
 from edge.config import EdgeConfig
 from edge.control.flexibility import SiteFlexibility, flexibility
 from edge.control.plan import (
@@ -48,9 +48,7 @@ from edge.control.plan import (
     SgReady,
     SiteInputs,
     SiteLimits,
-    fallback,
     follow,
-    peak_shaving,
 )
 from edge.control.thermal import ThermalLearner
 from edge.drivers import (
@@ -307,10 +305,7 @@ class SiteAgent:
 
     def _local(self, inputs: SiteInputs) -> Plan:
         """The site's own control this cycle, in its fallback mode (its baseline)."""
-        b = self._behaviour
-        if b.fallback_mode is FallbackMode.PEAK_SHAVING:
-            return peak_shaving(inputs, self.limits, b.peak_shaving_limit_w, self.poll_s)
-        return fallback(inputs, self.limits, self.poll_s)
+        return self._behaviour.local_control()(inputs, self.limits, self.poll_s)
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -524,6 +519,8 @@ class SiteAgent:
         slot = int(now // SLOT_S)
         capability = (
             state.mode.value if state.mode in (Mode.DEGRADED, Mode.LOCAL_AUTONOMY) else "ok",
+            self._behaviour.fallback_mode.value,  # the baseline the envelope is made of
+            str(self._behaviour.peak_shaving_limit_w),
             *sorted(state.lost),
         )
         last = self._envelope_slot
@@ -561,7 +558,14 @@ class SiteAgent:
         seq = max(self.envelopes, default=-1) + 1
         try:
             # an agent that just started followed its baseline since the boundary
-            envelope = self.forecaster.envelope(now, site, self.limits, seq, current_slot=first)
+            envelope = self.forecaster.envelope(
+                now,
+                site,
+                self.limits,
+                seq,
+                current_slot=first,
+                local_control=self._behaviour.local_control(),
+            )
         except Exception:  # a forecast bug must not stop control: no envelope, counted
             self.counters["envelope_errors"] += 1
             self.log.exception("envelope failed")

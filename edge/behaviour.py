@@ -20,8 +20,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 
-from edge.control.plan import SiteLimits
+from edge.control.plan import LocalControl, Plan, SiteInputs, SiteLimits, fallback, peak_shaving
 
 __all__ = ["FLAG_BOUNDS", "Behaviour", "FallbackMode"]
 
@@ -65,6 +66,14 @@ class Behaviour:
     heartbeat_s: float = 60.0
     local_autonomy: bool = False
     ignored: tuple[str, ...] = field(default=(), compare=False)
+
+    def local_control(self) -> LocalControl:
+        """The site's own control in its fallback mode, as the control loop runs it each
+        cycle and the forecaster simulates it ahead (so the envelope's baseline is the one
+        the site will follow)."""
+        if self.fallback_mode is FallbackMode.PEAK_SHAVING:
+            return partial(_peak_shaving, limit_w=self.peak_shaving_limit_w)
+        return fallback
 
     @classmethod
     def from_flags(cls, values: Mapping[str, object], limits: SiteLimits) -> Behaviour:
@@ -121,3 +130,9 @@ class Behaviour:
             local_autonomy=boolean(LOCAL_AUTONOMY, False),
             ignored=tuple(ignored),
         )
+
+
+def _peak_shaving(
+    inputs: SiteInputs, limits: SiteLimits, cycle_s: float, *, limit_w: float
+) -> Plan:
+    return peak_shaving(inputs, limits, limit_w, cycle_s)

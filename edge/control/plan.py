@@ -26,6 +26,7 @@ All powers in W with the sign convention of :mod:`protocols.units`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -35,6 +36,7 @@ __all__ = [
     "SOC_EDGE_TAPER_S",
     "Battery",
     "HeatPump",
+    "LocalControl",
     "Plan",
     "SgReady",
     "SiteInputs",
@@ -128,6 +130,10 @@ class Plan:
     grid_w: float
     clamped_by: tuple[Limit, ...] = field(default=())
 
+
+#: a local control policy: (inputs, limits, cycle_s) -> plan; :func:`fallback` or a
+#: :func:`peak_shaving` with its limit bound (the forecaster simulates the same one)
+LocalControl = Callable[["SiteInputs", SiteLimits, float], Plan]
 
 SOC_EDGE_TAPER_S = 120.0
 """Shortest time over which the energy left before a SoC edge may be spent (see battery_window)."""
