@@ -342,7 +342,7 @@ def site_msgs(draw: st.DrawFn, i: int) -> dict:
         "age": draw(st.floats(0.0, 400.0)),  # seconds before `now` it was measured
         "interval": draw(st.sampled_from([1.0, 2.0, 5.0, 60.0])),
         "heartbeat": draw(st.none() | st.sampled_from([10.0, 300.0])),
-        "mode": draw(st.sampled_from(["cloud", "fallback", "degraded"])),
+        "mode": draw(st.sampled_from(["cloud", "fallback", "degraded", "local_autonomy"])),
         "grid": draw(powers),
         "baseline": draw(powers),
         "p_min": lo,
@@ -381,6 +381,7 @@ def brute_force(sites: list[dict], now: float, stale_n: float, offline_s: float)
                 "pv": 0.0,
                 "uncontrolled": 0.0,
                 "following": 0,
+                "autonomous": 0,
                 "absorb": [0.0] * len(DURATIONS_S),
                 "deliver": [0.0] * len(DURATIONS_S),
             },
@@ -397,8 +398,9 @@ def brute_force(sites: list[dict], now: float, stale_n: float, offline_s: float)
         a["fresh"] += 1
         a["measured"] += s["grid"]
         a["pv"] += s["pv"] or 0.0
-        if s["mode"] == "degraded":
+        if s["mode"] in ("degraded", "local_autonomy"):
             a["uncontrolled"] += s["grid"]
+            a["autonomous"] += s["mode"] == "local_autonomy"
             continue
         a["following"] += s["mode"] == "cloud"
         for k, f in (
@@ -450,6 +452,7 @@ def test_aggregate_equals_brute_force_sum(sites: list[dict], stale_n: float, off
         a = got[pool]
         counts = (a.sites_total, a.sites_fresh, a.sites_stale, a.sites_offline, a.sites_following)
         assert counts == (e["total"], e["fresh"], e["stale"], e["offline"], e["following"])
+        assert a.sites_autonomous == e["autonomous"]
         pairs = [
             (a.measured_w, e["measured"]),
             (a.baseline_w, e["baseline"]),
