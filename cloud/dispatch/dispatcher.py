@@ -103,13 +103,18 @@ class _Interval:
     measured_w: list[float] = field(default_factory=list)
     deviation_w: list[float] = field(default_factory=list)
     errors_w: list[float] = field(default_factory=list)
+    baseline_w: list[float] = field(default_factory=list)
     last_ts: float | None = None  # the last cycle's time
+    #: the sites' own account of the interval: (when, their deviation from their baselines
+    #: from the start until then, Wh), as the catch-up last read it
+    sites: tuple[float, float] | None = None
 
     def add(self, now: float, target_w: float, measured_w: float, baseline_w: float) -> None:
         self.ts.append(self.start_ts if self.last_ts is None else self.last_ts)
         self.last_ts = now
         self.target_w.append(target_w)
         self.measured_w.append(measured_w)
+        self.baseline_w.append(baseline_w)
         self.deviation_w.append(target_w - baseline_w)
         self.errors_w.append(target_w - measured_w)
 
@@ -125,6 +130,26 @@ class _Interval:
             held_energy(self.ts, self.measured_w, **measured).wh,
             held_energy(self.ts, self.deviation_w, self.start_ts, until).wh,
         )
+
+    def delivered_wh(self, until: float, cycle_s: float) -> float:
+        """Delivered Wh from the start until ``until``, as exact as the sites make it.
+
+        The dispatcher's cycles sample the pool's power (each site's last reported value,
+        held); the sites integrate their own energy from their meters every interval, also
+        while they send by exception or not at all. Where their account of the interval is
+        known (:attr:`sites`), it replaces the cycles' deviation from the baselines up to
+        then; the tail after it stays sampled. Only when the cycles cover that whole span: a
+        gap is left out of the target, so it must be left out of the delivered energy too."""
+        _, delivered, _ = self.energies(until, cycle_s)
+        if self.sites is None:
+            return delivered
+        at, sites_wh = self.sites
+        span = {"start": self.start_ts, "end": at, "max_hold_s": 2 * cycle_s}
+        measured = held_energy(self.ts, self.measured_w, **span)
+        baseline = held_energy(self.ts, self.baseline_w, **span)
+        if measured.covered_s < at - self.start_ts - 1e-6:
+            return delivered
+        return delivered + sites_wh - (measured.wh - baseline.wh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -851,6 +876,7 @@ class PoolDispatcher:
         if from_sites is not None and current.end_ts - current.start_ts == SETTLEMENT_INTERVAL_S:
             delivered_wh = from_sites
             target_wh = deviation_wh
+            current.sites = (now, from_sites)  # for the interval's record at its end
         return catch_up_w(
             self.catch_up,
             target_wh=target_wh,
@@ -865,7 +891,8 @@ class PoolDispatcher:
         if not interval.errors_w:
             return
         errors = np.array(interval.errors_w)
-        target_wh, delivered_wh, _ = interval.energies(until, self.cycle_s)
+        target_wh, _, _ = interval.energies(until, self.cycle_s)
+        delivered_wh = interval.delivered_wh(until, self.cycle_s)
         self.registry.record_interval(
             pool_id,
             interval.schedule_id,
