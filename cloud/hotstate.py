@@ -123,13 +123,6 @@ def plan_key(pool_id: str) -> str:
     return f"{PREFIX}:plan:{pool_id}"
 
 
-def flags_key(pool_id: str, partition: int | None = None) -> str:
-    """A pool's (or one of its partitions') evaluated feature flags, written by the flags
-    service; the dispatcher reads them every cycle (missing: the flags' defaults)."""
-    base = f"{PREFIX}:flags:{pool_id}"
-    return base if partition is None else f"{base}:{partition}"
-
-
 def hold_key(pool_id: str) -> str:
     """Set while the pool's envelope and plan hold (:mod:`cloud.dispatch.link_hold`)."""
     return f"{PREFIX}:dispatch:{pool_id}:hold"
@@ -137,6 +130,15 @@ def hold_key(pool_id: str) -> str:
 
 def sites_key(partition: int) -> str:
     return f"{PREFIX}:sites:p:{partition}"
+
+
+def flags_key(pool_id: str, partition: int | None = None) -> str:
+    """A pool's (or a pool partition's) evaluated feature flags, written by the leading
+    dispatcher: JSON ``{"hash": ..., "values": {...}}``; missing means every flag at its
+    default (:mod:`protocols.flags`)."""
+    if partition is None:
+        return f"{PREFIX}:flags:{pool_id}"
+    return f"{PREFIX}:flags:{pool_id}:{partition}"
 
 
 def rejected_key(partition: int) -> str:
