@@ -24,10 +24,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)
 WINDOW_S = 120.0  # simulated seconds over which the telemetry rate is counted
 
 
-def _rate(system, since: float, until: float) -> float:
+def _rate(system, since: float, until: float, sites: list[int] | None = None) -> float:
     """Telemetry messages per simulated second the tap (a plain subscriber) received whose
-    source time falls in ``[since, until)``, all sites together."""
-    return sum(since <= ts < until for ts, *_ in system.tap.records(since)) / (until - since)
+    source time falls in ``[since, until)``, of ``sites`` (indices; all when None)."""
+    ids = None if sites is None else {system.site_ids[i] for i in sites}
+    n = sum(
+        since <= ts < until and (ids is None or site in ids)
+        for ts, site, *_ in system.tap.records(since)
+    )
+    return n / (until - since)
 
 
 async def test_flags_change_one_partition_and_telemetry_by_exception_cuts_the_rate(
@@ -39,18 +44,20 @@ async def test_flags_change_one_partition_and_telemetry_by_exception_cuts_the_ra
         for i, agent in enumerate(system.agents):
             parts[agent.partition].append(i)
         ordered = sorted(parts, key=lambda p: -len(parts[p]))
-        kill, headroom = ordered[0], ordered[1]
+        kill, headroom, untouched = ordered[0], ordered[1], ordered[-1]
+        exception = [i for i in range(len(system.agents)) if i not in parts[untouched]]
 
-        # --- telemetry by exception: the rate before and after, on the same sites --------
+        # --- telemetry by exception everywhere but one partition: the rates before/after --
         t0 = clock.time()
         await clock.sleep(WINDOW_S)
-        before = _rate(system, t0, clock.time())
-        for agent in system.agents:
-            agent.behaviour = Behaviour(telemetry_by_exception=True, heartbeat_s=60.0)
+        before = _rate(system, t0, clock.time(), exception)
+        for i in exception:
+            system.agents[i].behaviour = Behaviour(telemetry_by_exception=True, heartbeat_s=60.0)
         await clock.sleep(10.0)
         t1 = clock.time()
         await clock.sleep(WINDOW_S)
-        after = _rate(system, t1, clock.time())
+        after = _rate(system, t1, clock.time(), exception)
+        unchanged = _rate(system, t1, clock.time(), parts[untouched]) / len(parts[untouched])
         flex = (await system.flexibility())["now"]
         reasons: dict[str, int] = defaultdict(int)
         for agent in system.agents:
@@ -58,9 +65,11 @@ async def test_flags_change_one_partition_and_telemetry_by_exception_cuts_the_ra
                 reasons[reason] += n
         print(
             f"telemetry: {before:.2f} msg/s before, {after:.2f} msg/s by exception "
-            f"({before / after:.1f}x fewer), {len(system.agents)} sites; reasons {dict(reasons)}"
+            f"({before / after:.1f}x fewer), {len(exception)} sites; reasons {dict(reasons)}; "
+            f"the untouched partition {unchanged:.2f} msg/s a site"
         )
         assert before / after >= 3.0
+        assert unchanged == pytest.approx(0.5, abs=0.05)  # every 2 s, as before
         assert flex["sites"]["fresh"] == len(system.agents)  # held fresh by the heartbeat
         expected, received = system.tap.received(system.telemetry_produced())
         assert received == expected  # complete: every sequence number arrived
