@@ -118,7 +118,7 @@ def watch_agents(op: OperatorServer, agents: Sequence[SiteAgent]) -> None:
         )
         yield gauge(
             "vpp_edge_control_mode",
-            "Sites whose control follows this mode (cloud, fallback, degraded).",
+            "Sites whose control follows this mode (cloud, fallback, degraded, local_autonomy).",
             modes,
             ["mode"],
         )
