@@ -19,6 +19,8 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
     vpp:env:{pool}:rev           string  integer, bumped whenever a pool's envelopes change
     vpp:envelope:{pool}          string  the pool envelope and its certificate (dispatcher)
     vpp:plan:{pool}              string  the pool's plan in force (dispatcher)
+    vpp:flags:{pool}             string  the pool's evaluated flags, JSON {"hash", "values"}
+    vpp:flags:{pool}:{p}         string  partition p's evaluated flags (same shape)
 
 Aggregates carry their own timestamps; a reader treats an aggregate older than a few worker
 cycles as missing (its worker died and nobody has picked the partition up yet).
@@ -54,6 +56,7 @@ __all__ = [
     "env_parts_key",
     "env_rev_key",
     "envelope_key",
+    "flags_key",
     "hold_key",
     "lease_key",
     "plan_key",
@@ -127,6 +130,15 @@ def hold_key(pool_id: str) -> str:
 
 def sites_key(partition: int) -> str:
     return f"{PREFIX}:sites:p:{partition}"
+
+
+def flags_key(pool_id: str, partition: int | None = None) -> str:
+    """A pool's (or a pool partition's) evaluated feature flags, written by the leading
+    dispatcher: JSON ``{"hash": ..., "values": {...}}``; missing means every flag at its
+    default (:mod:`protocols.flags`)."""
+    if partition is None:
+        return f"{PREFIX}:flags:{pool_id}"
+    return f"{PREFIX}:flags:{pool_id}:{partition}"
 
 
 def rejected_key(partition: int) -> str:
@@ -204,6 +216,9 @@ class PartitionAggregate:
     uncontrolled_w: float = 0.0  # measured power of fresh *degraded* sites: no command moves it
     sites_following: int = 0  # fresh flexible sites whose telemetry says mode "cloud"
     sites_planned: int = 0  # fresh flexible sites whose telemetry names a plan they follow
+    # fresh sites in local autonomy (the kill switch): no flexibility offered, not a fault;
+    # their measured power is in uncontrolled_w
+    sites_autonomous: int = 0
     # The quarter hour under way (``slot_start_ts``) as the sites integrated it: their energy
     # away from the baseline so far (Wh), the seconds of it they saw (summed over sites), and
     # how many sites reported on it; the outage's part included once they are back.
@@ -211,6 +226,11 @@ class PartitionAggregate:
     slot_sites: int = 0
     slot_deviation_wh: float = 0.0
     slot_covered_s: float = 0.0
+
+    @property
+    def sites_flexible(self) -> int:
+        """Fresh sites that offer flexibility: neither degraded nor in local autonomy."""
+        return self.sites_fresh - self.sites_degraded - self.sites_autonomous
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -238,6 +258,7 @@ _SUMMED = (
     "uncontrolled_w",
     "sites_following",
     "sites_planned",
+    "sites_autonomous",
 )
 
 
@@ -265,6 +286,7 @@ class PoolAggregate:
     uncontrolled_w: float = 0.0
     sites_following: int = 0
     sites_planned: int = 0
+    sites_autonomous: int = 0
     sustain_absorb_w: tuple[float, ...] = ()
     sustain_deliver_w: tuple[float, ...] = ()
 

@@ -130,6 +130,11 @@ class SiteCounts(BaseModel):
     stale: int = Field(description="Deadline missed: left out of power and flexibility.")
     offline: int = Field(description="Gone (last will, or silent far past the deadline).")
     degraded: int = Field(description="Fresh but in degraded mode: measured, not dispatched.")
+    autonomous: int = Field(
+        0,
+        description="Fresh, in local autonomy (the kill switch, flag `edge.local_autonomy`): "
+        "measured, running on their own, not dispatched; not a fault.",
+    )
 
 
 class PoolOut(BaseModel):

@@ -9,7 +9,9 @@ only once they hold the lock. Every cycle (default 2 s) the leader, for each poo
    out and the others take its share);
 3. runs the PI controller (:mod:`cloud.dispatch.controller`): feed-forward of the target
    plus feedback on the measured error, within the pool's range;
-4. splits the command across partitions (:mod:`cloud.dispatch.allocation`) and publishes
+4. splits the command across partitions (:mod:`cloud.dispatch.allocation`; by energy, or by
+   headroom where the ``dispatch.allocation`` flag says so for the pool or the partition,
+   read from Redis each cycle: :mod:`cloud.dispatch.flags`) and publishes
    one :class:`~protocols.messages.PartitionSignal` per partition, scoped to the pool: every
    site applies the level to its own range, so the message count grows with partitions,
    not sites. Where a plan is in force and every flexible site of a partition follows it,
@@ -49,6 +51,7 @@ import redis.asyncio as aioredis
 from cloud.dispatch.allocation import allocate
 from cloud.dispatch.catch_up import CatchUpConfig, catch_up_w, sites_slot_energy
 from cloud.dispatch.controller import ControllerConfig, ControllerState, step
+from cloud.dispatch.flags import FlagReader
 from cloud.dispatch.link_hold import hold_reason
 from cloud.dispatch.planning import PoolPlanner
 from cloud.dispatch.retention import Pruned, Retention, prune
@@ -99,13 +102,18 @@ class _Interval:
     measured_w: list[float] = field(default_factory=list)
     deviation_w: list[float] = field(default_factory=list)
     errors_w: list[float] = field(default_factory=list)
+    baseline_w: list[float] = field(default_factory=list)
     last_ts: float | None = None  # the last cycle's time
+    #: the sites' own account of the interval: (when, their deviation from their baselines
+    #: from the start until then, Wh), as the catch-up last read it
+    sites: tuple[float, float] | None = None
 
     def add(self, now: float, target_w: float, measured_w: float, baseline_w: float) -> None:
         self.ts.append(self.start_ts if self.last_ts is None else self.last_ts)
         self.last_ts = now
         self.target_w.append(target_w)
         self.measured_w.append(measured_w)
+        self.baseline_w.append(baseline_w)
         self.deviation_w.append(target_w - baseline_w)
         self.errors_w.append(target_w - measured_w)
 
@@ -121,6 +129,26 @@ class _Interval:
             held_energy(self.ts, self.measured_w, **measured).wh,
             held_energy(self.ts, self.deviation_w, self.start_ts, until).wh,
         )
+
+    def delivered_wh(self, until: float, cycle_s: float) -> float:
+        """Delivered Wh from the start until ``until``, as exact as the sites make it.
+
+        The dispatcher's cycles sample the pool's power (each site's last reported value,
+        held); the sites integrate their own energy from their meters every interval, also
+        while they send by exception or not at all. Where their account of the interval is
+        known (:attr:`sites`), it replaces the cycles' deviation from the baselines up to
+        then; the tail after it stays sampled. Only when the cycles cover that whole span: a
+        gap is left out of the target, so it must be left out of the delivered energy too."""
+        _, delivered, _ = self.energies(until, cycle_s)
+        if self.sites is None:
+            return delivered
+        at, sites_wh = self.sites
+        span = {"start": self.start_ts, "end": at, "max_hold_s": 2 * cycle_s}
+        measured = held_energy(self.ts, self.measured_w, **span)
+        baseline = held_energy(self.ts, self.baseline_w, **span)
+        if measured.covered_s < at - self.start_ts - 1e-6:
+            return delivered
+        return delivered + sites_wh - (measured.wh - baseline.wh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +287,9 @@ class PoolDispatcher:
         self.last_led_cycle_at: float | None = None  # clock time a leading cycle completed
         self._ack_wait: dict[tuple[str, int], float] = {}  # signalled, not yet followed
         self._acked: set[tuple[str, int]] = set()
+        self.flags = FlagReader()
+        #: pool -> partition -> the allocation strategy of its last split (status, tests)
+        self.allocations: dict[str, dict[int, str]] = {}
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -461,7 +492,7 @@ class PoolDispatcher:
         out = np.ones(len(parts), dtype=bool)
         for i, a in enumerate(parts):
             since = self._signalled_since.get((pool_id, a.partition))
-            flexible = a.sites_fresh - a.sites_degraded
+            flexible = a.sites_flexible
             if (
                 since is not None
                 and now - since > self.ack_timeout_s
@@ -503,7 +534,7 @@ class PoolDispatcher:
             now=now,
             link_down_since=self._link_down_since,
             link_up_since=self._link_up_since,
-            sites_fresh=sum(a.sites_fresh - a.sites_degraded for a in parts),
+            sites_fresh=sum(a.sites_flexible for a in parts),
             envelope_sites=0 if envelope is None else len(envelope.sites),
         )
         if reason is None:
@@ -608,6 +639,8 @@ class PoolDispatcher:
         )
         # Around each partition's planned point where all its flexible sites follow the plan
         # (their level then reads around that point too), around its baseline elsewhere.
+        strategies = await self.flags.allocations(self.redis, pool_id, [a.partition for a in parts])
+        self.allocations[pool_id] = {a.partition: s for a, s in zip(parts, strategies, strict=True)}
         bases = [self._basis(a, plan) for a in parts]
         centre = baseline + np.array(
             [
@@ -622,16 +655,17 @@ class PoolDispatcher:
             p_max,
             np.array([a.e_absorb_wh for a in parts]),
             np.array([a.e_deliver_wh for a in parts]),
-            np.array([a.sites_fresh - a.sites_degraded > 0 for a in parts]) & responsive,
+            np.array([a.sites_flexible > 0 for a in parts]) & responsive,
             # the allocation weighs by energy over its 4 h horizon: the matching durations
             weights_up=np.array([a.sustain_absorb_w[-1] for a in parts]),
             weights_down=np.array([a.sustain_deliver_w[-1] for a in parts]),
+            by_headroom=np.array([s == "headroom" for s in strategies]),
         )
         await self._publish_signals(
             pool_id, now, [a.partition for a in parts], allocation.levels, bases=bases
         )
         self._states[pool_id] = result.state
-        flexible = sum(a.sites_fresh - a.sites_degraded for a in parts)
+        flexible = sum(a.sites_flexible for a in parts)
         # Reported against the target in force now (the aim may lead it by the schedule lead).
         target_w = target.value_w if target is not None else None
         error_w = None if target_w is None else target_w - measured_w
@@ -684,7 +718,7 @@ class PoolDispatcher:
     def _basis(agg: PartitionAggregate, plan: PlanRecord | None) -> PlanBasis:
         """``plan`` where a plan covers the partition and every flexible site there reports
         following one (an older agent never gets a level to read around a plan it lacks)."""
-        flexible = agg.sites_fresh - agg.sites_degraded
+        flexible = agg.sites_flexible
         covered = plan is not None and str(agg.partition) in plan.partitions
         if covered and flexible > 0 and agg.sites_planned >= flexible:
             return PlanBasis.PLAN
@@ -821,6 +855,7 @@ class PoolDispatcher:
         if from_sites is not None and current.end_ts - current.start_ts == SETTLEMENT_INTERVAL_S:
             delivered_wh = from_sites
             target_wh = deviation_wh
+            current.sites = (now, from_sites)  # for the interval's record at its end
         return catch_up_w(
             self.catch_up,
             target_wh=target_wh,
@@ -835,7 +870,8 @@ class PoolDispatcher:
         if not interval.errors_w:
             return
         errors = np.array(interval.errors_w)
-        target_wh, delivered_wh, _ = interval.energies(until, self.cycle_s)
+        target_wh, _, _ = interval.energies(until, self.cycle_s)
+        delivered_wh = interval.delivered_wh(until, self.cycle_s)
         self.registry.record_interval(
             pool_id,
             interval.schedule_id,
@@ -849,4 +885,13 @@ class PoolDispatcher:
         )
 
     def status(self) -> dict[str, Any]:
-        return {"id": self.id, "leader": bool(self.lock and self.lock.valid()), **self.stats}
+        return {
+            "id": self.id,
+            "leader": bool(self.lock and self.lock.valid()),
+            **self.stats,
+            "flag_errors": sum(self.flags.errors.values()),
+            "allocations": {
+                pool: {str(p): s for p, s in parts.items()}
+                for pool, parts in self.allocations.items()
+            },
+        }
