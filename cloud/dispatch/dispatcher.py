@@ -372,7 +372,7 @@ class PoolDispatcher:
     async def cycle(self) -> None:
         assert self.lock is not None
         self.stats["cycles"] += 1
-        if not await self.lock.tick():
+        if not await self.lock.tick() and not await self.lock.take_at_expiry(self.cycle_s):
             self._states.clear()  # a standby re-reads the leader's state when it takes over
             self.pools.clear()
             self.pool_health.clear()

@@ -56,3 +56,28 @@ async def test_a_redis_outage_means_not_leader(redis_url):
         assert not lock.valid()
     finally:
         await client.aclose()
+
+
+async def test_a_standby_takes_over_at_the_expiry_not_at_its_next_tick(redis_url):
+    clock = SimClock(speed=10.0)
+    client = aioredis.Redis.from_url(redis_url)
+    key = KEY + ":expiry"
+    try:
+        a = LeaderLock(client, key, "a", clock, ttl_s=6.0)
+        b = LeaderLock(client, key, "b", clock, ttl_s=6.0)
+        assert await a.tick()
+        renewed = clock.time()
+        # the leader dies now: its lock expires 6 s after its last renewal
+        assert not await b.take_at_expiry(within_s=2.0)  # not due within 2 s: no wait
+        await clock.sleep(4.5)
+        assert await b.take_at_expiry(within_s=2.0)
+        took = clock.time() - renewed
+        assert 6.0 <= took <= 6.5, took
+        assert await b.holder() == "b"
+        # a leader asks: it leads already, no wait
+        assert await b.take_at_expiry(within_s=2.0)
+        # a lock with no holder is taken at once
+        await b.release()
+        assert await a.take_at_expiry(within_s=2.0)
+    finally:
+        await client.aclose()
