@@ -91,6 +91,7 @@ LEADER_KEY = "vpp:leader:dispatcher"
 SIGNAL_SEQ_KEY = "vpp:dispatch:signal-seq"
 CONFIG_REV_KEY = "vpp:dispatch:site-config-rev"
 FLAGS_KEY_PREFIX = "vpp:flags"
+FLAGS_REFRESH_S = 60.0  # the pools' flags are rewritten to Redis at least this often
 
 
 def flags_key(pool_id: str, partition: int | None = None) -> str:
@@ -230,6 +231,7 @@ class PoolDispatcher:
         self._intervals: dict[str, _Interval] = {}
         self._published_rev: tuple[int, int] | None = None  # (site map, flags) revisions
         self._site_configs: dict[str, tuple[str, str]] = {}  # site -> (pool, flags hash) sent
+        self._flags_written_at = -math.inf  # when the pools' flags last went to Redis
         # the broker link's history, for the hold (:mod:`cloud.dispatch.link_hold`)
         self._link_down_since: float | None = None
         self._link_up_since: float | None = None
@@ -794,6 +796,10 @@ class PoolDispatcher:
         site_rev = await asyncio.to_thread(self.registry.site_pools_rev)
         flags = await asyncio.to_thread(self.registry.flag_snapshot)
         rev = (site_rev, flags.rev)
+        now = self.clock.time()
+        if rev == self._published_rev and now - self._flags_written_at >= FLAGS_REFRESH_S:
+            # unchanged, but Redis may have lost its keys (a restart without persistence)
+            await self._write_pool_flags(flags, set())
         if rev == self._published_rev or not self._linked or self._mqtt is None:
             return  # a message published while disconnected would be lost: try next cycle
         if self._published_rev is None:
@@ -809,7 +815,6 @@ class PoolDispatcher:
         if changed:
             # Config revs must only grow, also across leaders: one counter in Redis.
             config_rev = int(await self.redis.incr(CONFIG_REV_KEY))
-            now = self.clock.time()
             for site_id, (pool_id, flags_hash) in changed.items():
                 message = Config(
                     site_id=site_id,
@@ -856,6 +861,7 @@ class PoolDispatcher:
                 doc = flags.document(pool_id=pool_id, partition=partition)
                 pipe.set(flags_key(pool_id, partition), json.dumps(doc))
         await pipe.execute()
+        self._flags_written_at = self.clock.time()
 
     # --- performance accounting ---------------------------------------------------------------
 
