@@ -1,0 +1,121 @@
+"""The operator's flag endpoints against the running API (uvicorn, real Redis, registry on a
+temp file): set, show, evaluate for a site, unset, history with the admin key as the actor,
+and bad input refused with a clear problem body and nothing changed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from .api_harness import Api, running_api
+
+FLAG = "/v1/admin/flags/edge.local_autonomy"
+
+
+@pytest.fixture
+async def api(tmp_path: Path, redis_url: str) -> AsyncIterator[Api]:
+    async with running_api(tmp_path, redis_url) as running:
+        yield running
+
+
+async def test_set_show_evaluate_unset_and_history(api: Api) -> None:
+    admin = api.auth("admin")
+    r = await api.client.put(
+        f"{FLAG}/overrides/pool/north", json={"value": True, "reason": "storm"}, headers=admin
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["actor"], r.json()["new"]) == ("operator", {"value": True, "percent": None})
+    shown = (await api.client.get(FLAG, params={"site": "n-1"}, headers=admin)).json()
+    assert shown["overrides"] == [
+        {"scope": "pool", "target": "north", "value": True, "percent": None}
+    ]
+    assert shown["evaluated"] == {"site_id": "n-1", "pool_id": "north", "value": True}
+    other = (await api.client.get(FLAG, params={"site": "s-1"}, headers=admin)).json()
+    assert other["evaluated"]["value"] is False
+    listing = (await api.client.get("/v1/admin/flags", headers=admin)).json()
+    assert listing["environment"] == "production"
+    assert {f["name"] for f in listing["flags"]} >= {"edge.local_autonomy", "dispatch.allocation"}
+    r = await api.client.delete(
+        f"{FLAG}/overrides/pool/north", params={"reason": "over"}, headers=admin
+    )
+    assert r.status_code == 200, r.text
+    history = (await api.client.get("/v1/admin/flags/history", headers=admin)).json()["changes"]
+    assert [(c["actor"], c["action"], c["old"], c["new"], c["reason"]) for c in history] == [
+        ("operator", "unset", {"value": True, "percent": None}, None, "over"),
+        ("operator", "set", None, {"value": True, "percent": None}, "storm"),
+    ]
+
+
+BAD = [
+    (
+        "PUT",
+        "/v1/admin/flags/edge.nope/overrides/pool/north",
+        {"value": True},
+        404,
+        "not_found",
+        "flag 'edge.nope' not found",
+    ),
+    (
+        "PUT",
+        f"{FLAG}/overrides/pool/north",
+        {"value": "yes"},
+        422,
+        "flag_refused",
+        "flag edge.local_autonomy takes true or false, not 'yes'",
+    ),
+    (
+        "PUT",
+        "/v1/admin/flags/edge.heartbeat_s/overrides/pool/north",
+        {"value": 1},
+        422,
+        "flag_refused",
+        "flag edge.heartbeat_s takes a number 5..900 s, not 1",
+    ),
+    (
+        "PUT",
+        f"{FLAG}/overrides/region/north",
+        {"value": True},
+        422,
+        "flag_refused",
+        "scope 'region' is unknown",
+    ),
+    (
+        "PUT",
+        f"{FLAG}/overrides/pool/east",
+        {"value": True},
+        422,
+        "flag_refused",
+        "pool 'east' does not exist",
+    ),
+    (
+        "PUT",
+        f"{FLAG}/overrides/pool/north",
+        {"value": True, "percent": 150},
+        422,
+        "flag_refused",
+        "percent must be 0..100, not 150",
+    ),
+    ("PUT", f"{FLAG}/overrides/pool/north", {"percent": 5}, 422, "schema", "value"),
+    (
+        "DELETE",
+        f"{FLAG}/overrides/pool/north",
+        None,
+        404,
+        "not_found",
+        "flag edge.local_autonomy has no override for pool 'north'",
+    ),
+    ("GET", "/v1/admin/flags/edge.nope", None, 404, "not_found", "flag 'edge.nope' not found"),
+]  # method, path, body -> status, reason, detail contains
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "reason", "detail"), BAD)
+async def test_bad_input_gets_a_clear_problem_and_changes_nothing(
+    api: Api, method, path, body, status, reason, detail
+) -> None:
+    r = await api.client.request(method, path, json=body, headers=api.auth("admin"))
+    assert r.status_code == status, r.text
+    assert r.json()["reason"] == reason
+    assert detail in (r.json()["detail"] + str(r.json().get("field")))
+    assert api.registry.flag_history() == []
