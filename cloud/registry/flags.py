@@ -30,6 +30,7 @@ from protocols.flags import (
     values_hash,
 )
 from protocols.topics import SITE_ID_PATTERN
+from protocols.units import to_iso8601
 
 __all__ = [
     "DEFAULT_ENVIRONMENT",
@@ -129,6 +130,21 @@ class FlagChange:
     old: dict[str, Any] | None
     new: dict[str, Any] | None
     reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The change as JSON (time in ISO 8601): `vpp cloud flags history --json`, the API."""
+        return {
+            "seq": self.seq,
+            "ts": to_iso8601(self.ts),
+            "actor": self.actor,
+            "action": self.action,
+            "flag": self.flag,
+            "scope": self.scope,
+            "target": self.target,
+            "old": self.old,
+            "new": self.new,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True, slots=True)

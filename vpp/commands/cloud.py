@@ -514,23 +514,6 @@ def _actor(actor: str | None) -> str:
     return actor if actor else getpass.getuser()
 
 
-def _change_json(change: Any) -> dict[str, Any]:
-    from protocols.units import to_iso8601
-
-    return {
-        "seq": change.seq,
-        "ts": to_iso8601(change.ts),
-        "actor": change.actor,
-        "action": change.action,
-        "flag": change.flag,
-        "scope": change.scope,
-        "target": change.target,
-        "old": change.old,
-        "new": change.new,
-        "reason": change.reason,
-    }
-
-
 def _override_text(o: Any) -> str:
     share = "" if o.percent is None else f" for {o.percent:g} % of its sites"
     return f"{o.scope.value} {o.target}: {json.dumps(o.value)}{share}"
@@ -658,7 +641,7 @@ def flags_set(
             reason=reason,
         )
     if as_json:
-        click.echo(json.dumps(_change_json(change), indent=1))
+        click.echo(json.dumps(change.as_dict(), indent=1))
         return
     share = "" if percent is None else f" for {percent:g} % of its sites"
     click.echo(f"flag {name} = {json.dumps(change.new['value'])} for {scope} {target}{share}")
@@ -699,7 +682,7 @@ def flags_history(name: str | None, db: Path, limit: int, as_json: bool) -> None
         _known_flag(name)
     with _input_registry(db) as reg:
         changes = reg.flag_history(name, limit=limit)
-    rows = [_change_json(c) for c in changes]
+    rows = [c.as_dict() for c in changes]
     if as_json:
         click.echo(json.dumps({"changes": rows}, indent=1))
         return

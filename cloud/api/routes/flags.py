@@ -32,7 +32,6 @@ from cloud.api.schemas import DateTimeText, StrictNumber
 from cloud.registry.flags import check_scope
 from protocols.flags import CATALOGUE, SCOPE_ORDER, Flag, Scope
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
-from protocols.units import to_iso8601
 
 router = APIRouter(prefix="/v1/admin/flags", tags=["admin"])
 
@@ -122,18 +121,7 @@ def _flag_out(definition: Flag, overrides: list[Any], evaluated: Any = None) -> 
 
 
 def _change_out(change: Any) -> FlagChangeOut:
-    return FlagChangeOut(
-        seq=change.seq,
-        ts=to_iso8601(change.ts),
-        actor=change.actor,
-        action=change.action,
-        flag=change.flag,
-        scope=change.scope,
-        target=change.target,
-        old=change.old,
-        new=change.new,
-        reason=change.reason,
-    )
+    return FlagChangeOut(**change.as_dict())
 
 
 @router.get(
