@@ -54,10 +54,12 @@ __all__ = [
     "env_parts_key",
     "env_rev_key",
     "envelope_key",
+    "flags_key",
     "hold_key",
     "lease_key",
     "plan_key",
     "rejected_key",
+    "reported_flags_key",
     "sites_key",
     "state_key",
     "worker_key",
@@ -127,6 +129,21 @@ def hold_key(pool_id: str) -> str:
 
 def sites_key(partition: int) -> str:
     return f"{PREFIX}:sites:p:{partition}"
+
+
+def flags_key(pool_id: str, partition: int | None = None) -> str:
+    """A pool's (or a pool partition's) evaluated feature flags, written by the leading
+    dispatcher: JSON ``{"hash": ..., "values": {...}}``; missing means every flag at its
+    default (:mod:`protocols.flags`)."""
+    if partition is None:
+        return f"{PREFIX}:flags:{pool_id}"
+    return f"{PREFIX}:flags:{pool_id}:{partition}"
+
+
+def reported_flags_key(partition: int) -> str:
+    """Hash site id -> JSON ``{"hash", "stale", "ts"}``: the flag set each site of the
+    partition says it runs with (its status), written by the partition's worker."""
+    return f"{PREFIX}:flags:reported:p:{partition}"
 
 
 def rejected_key(partition: int) -> str:

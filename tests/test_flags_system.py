@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 import redis
 
-from cloud.dispatch.dispatcher import PoolDispatcher, flags_key
+from cloud.dispatch.dispatcher import PoolDispatcher
+from cloud.hotstate import flags_key, reported_flags_key
+from cloud.ingest.worker import PartitionWorker
 from cloud.registry import Registry
 from edge.agent import SiteAgent
 from edge.flags import STALE_AFTER_S
@@ -171,7 +173,7 @@ def retained_status(observer: Observer, site_id: str) -> Status | None:
 
 
 async def test_the_edge_keeps_its_flags_through_a_broker_outage_and_a_restart(
-    tmp_path: Path, broker
+    tmp_path: Path, broker, redis_url: str
 ) -> None:
     clock = SimClock(speed=SPEED, start=T0)
     fleet = Fleet(1, seed=11, clock=clock, latency_s=0.0, tick_s=0.025)
@@ -179,83 +181,110 @@ async def test_the_edge_keeps_its_flags_through_a_broker_outage_and_a_restart(
     await fleet.start()
     writes = record_writes(fleet)
     config = make_config(fleet, broker.url, tmp_path)
-    async with agent_running(clock, fleet, config, writes, truth, broker.url) as site:
-        values = {
-            **defaults(),
-            "edge.fallback_mode": "peak_shaving",
-            "edge.peak_shaving_limit_w": 1_000_000.0,  # the most the catalogue allows
-            "edge.local_autonomy": True,
-            "edge.from_a_newer_cloud": "x",
-        }
-        message = Config(
-            site_id=site.site_id,
-            rev=3,
-            ts=clock.time(),
-            pool_id="north",
-            flag_values=values,
-            flags_hash=values_hash(values),
-        )
-        site.observer.publish(site.topic("config"), encode(message), retain=True)
-        await site.wait_for(lambda: site.agent.flags_hash == values_hash(values), 60, "flags")
-        fuse = site.config.limits.grid_import_w
-        expected = {**defaults(), **{k: values[k] for k in ("edge.fallback_mode",)}}
-        expected |= {"edge.local_autonomy": True, "edge.peak_shaving_limit_w": fuse}
-        assert site.agent.flag_values == expected  # clamped at the fuse, unknown name ignored
-        assert site.agent.counters["flags_unknown"] == 1
-        assert site.agent.counters["flags_clamped"] == 1
-        status = await site.wait_for(
-            lambda: (
-                (s := retained_status(site.observer, site.site_id))
-                and s.flags_hash == values_hash(values)
-                and s
-            ),
-            30,
-            "the status with the flags",
-        )
-        assert (status.flags_hash, status.flag_values, status.flags_stale) == (
-            values_hash(values),
-            expected,
-            False,
-        )
+    # the partition worker that writes what each site reports (vpp:flags:reported:p:{p})
+    worker = PartitionWorker(
+        broker=MqttEndpoint.from_url(broker.url),
+        redis_url=redis_url,
+        clock=clock,
+        partition_count=config.site.partitions,
+    )
+    r = redis.Redis.from_url(redis_url)
 
-        # the broker goes away: the flags stay, and turn stale after STALE_AFTER_S
-        broker.stop()
-        await site.sim_sleep(STALE_AFTER_S / 2)
-        assert site.agent.status()["flags"] == {
-            "hash": values_hash(values),
-            "values": expected,
-            "stale": False,
-        }
-        await site.sim_sleep(STALE_AFTER_S)
-        assert site.agent.status()["flags"]["stale"] is True
-        assert site.agent.flag_values == expected
+    def reported() -> dict[str, Any] | None:
+        raw = r.hget(reported_flags_key(config.site.resolved_partition), config.site.id)
+        return None if raw is None else json.loads(raw)
 
-        # the agent restarts while the broker is still away: flags from its SQLite, stale
-        await site.agent.stop()
-        await site.task
-        site.agent = SiteAgent(site.config, site.clock)
-        await site.agent.start()
-        site.task = asyncio.create_task(site.agent.run())
-        await site.sim_sleep(10)
-        assert site.agent.flag_values == expected
-        assert site.agent.flags_hash == values_hash(values)
-        assert site.agent.status()["flags"]["stale"] is True
+    await worker.start()
+    worker_task = asyncio.create_task(worker.run())
+    try:
+        async with agent_running(clock, fleet, config, writes, truth, broker.url) as site:
+            values = {
+                **defaults(),
+                "edge.fallback_mode": "peak_shaving",
+                "edge.peak_shaving_limit_w": 1_000_000.0,  # the most the catalogue allows
+                "edge.local_autonomy": True,
+                "edge.from_a_newer_cloud": "x",
+            }
+            message = Config(
+                site_id=site.site_id,
+                rev=3,
+                ts=clock.time(),
+                pool_id="north",
+                flag_values=values,
+                flags_hash=values_hash(values),
+            )
+            site.observer.publish(site.topic("config"), encode(message), retain=True)
+            await site.wait_for(lambda: site.agent.flags_hash == values_hash(values), 60, "flags")
+            fuse = site.config.limits.grid_import_w
+            expected = {**defaults(), **{k: values[k] for k in ("edge.fallback_mode",)}}
+            expected |= {"edge.local_autonomy": True, "edge.peak_shaving_limit_w": fuse}
+            assert site.agent.flag_values == expected  # clamped at the fuse, unknown name ignored
+            assert site.agent.counters["flags_unknown"] == 1
+            assert site.agent.counters["flags_clamped"] == 1
+            status = await site.wait_for(
+                lambda: (
+                    (s := retained_status(site.observer, site.site_id))
+                    and s.flags_hash == values_hash(values)
+                    and s
+                ),
+                30,
+                "the status with the flags",
+            )
+            assert (status.flags_hash, status.flag_values, status.flags_stale) == (
+                values_hash(values),
+                expected,
+                False,
+            )
+            got = await site.wait_for(
+                lambda: (rep := reported()) and rep["hash"] == values_hash(values) and rep,
+                60,
+                "the worker to write what the site reports",
+            )
+            assert got["stale"] is False
 
-        # the broker is back: the retained config is heard again (same rev: nothing to
-        # apply) and the flags are confirmed, in the agent and in its retained status
-        broker.start()
-        await site.wait_for(
-            lambda: not site.agent.status()["flags"]["stale"], 120, "the flags confirmed"
-        )
-        assert site.agent.counters["config_ignored"] >= 1
-        assert site.agent.flag_values == expected
-        site.observer.close()
-        site.observer = Observer(broker.url, [site.topic("status")])
-        status = await site.wait_for(
-            lambda: retained_status(site.observer, site.site_id), 30, "the retained status"
-        )
-        assert (status.state, status.flags_hash, status.flags_stale) == (
-            "online",
-            values_hash(values),
-            False,
-        )
+            # the broker goes away: the flags stay, and turn stale after STALE_AFTER_S
+            broker.stop()
+            await site.sim_sleep(STALE_AFTER_S / 2)
+            assert site.agent.status()["flags"] == {
+                "hash": values_hash(values),
+                "values": expected,
+                "stale": False,
+            }
+            await site.sim_sleep(STALE_AFTER_S)
+            assert site.agent.status()["flags"]["stale"] is True
+            assert site.agent.flag_values == expected
+
+            # the agent restarts while the broker is still away: flags from its SQLite, stale
+            await site.agent.stop()
+            await site.task
+            site.agent = SiteAgent(site.config, site.clock)
+            await site.agent.start()
+            site.task = asyncio.create_task(site.agent.run())
+            await site.sim_sleep(10)
+            assert site.agent.flag_values == expected
+            assert site.agent.flags_hash == values_hash(values)
+            assert site.agent.status()["flags"]["stale"] is True
+
+            # the broker is back: the retained config is heard again (same rev: nothing to
+            # apply) and the flags are confirmed, in the agent and in its retained status
+            broker.start()
+            await site.wait_for(
+                lambda: not site.agent.status()["flags"]["stale"], 120, "the flags confirmed"
+            )
+            assert site.agent.counters["config_ignored"] >= 1
+            assert site.agent.flag_values == expected
+            site.observer.close()
+            site.observer = Observer(broker.url, [site.topic("status")])
+            status = await site.wait_for(
+                lambda: retained_status(site.observer, site.site_id), 30, "the retained status"
+            )
+            assert (status.state, status.flags_hash, status.flags_stale) == (
+                "online",
+                values_hash(values),
+                False,
+            )
+    finally:
+        if not worker_task.done():
+            await worker.stop()
+            await asyncio.wait_for(worker_task, 10)
+        r.close()

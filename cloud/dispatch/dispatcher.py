@@ -67,6 +67,7 @@ from cloud.hotstate import (
     agg_key,
     agg_parts_key,
     delivery_key,
+    flags_key,
     hold_key,
     state_key,
 )
@@ -90,16 +91,7 @@ log = logging.getLogger("cloud.dispatch")
 LEADER_KEY = "vpp:leader:dispatcher"
 SIGNAL_SEQ_KEY = "vpp:dispatch:signal-seq"
 CONFIG_REV_KEY = "vpp:dispatch:site-config-rev"
-FLAGS_KEY_PREFIX = "vpp:flags"
 FLAGS_REFRESH_S = 60.0  # the pools' flags are rewritten to Redis at least this often
-
-
-def flags_key(pool_id: str, partition: int | None = None) -> str:
-    """Redis key of a pool's (or a pool partition's) evaluated flags: a JSON string
-    ``{"hash": ..., "values": {...}}``; a missing key means every flag at its default."""
-    if partition is None:
-        return f"{FLAGS_KEY_PREFIX}:{pool_id}"
-    return f"{FLAGS_KEY_PREFIX}:{pool_id}:{partition}"
 
 
 @dataclass

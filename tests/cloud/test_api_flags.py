@@ -4,10 +4,13 @@ and bad input refused with a clear problem body and nothing changed."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from cloud.hotstate import reported_flags_key
 
 from .api_harness import Api, running_api
 
@@ -119,3 +122,39 @@ async def test_bad_input_gets_a_clear_problem_and_changes_nothing(
     assert r.json()["reason"] == reason
     assert detail in (r.json()["detail"] + str(r.json().get("field")))
     assert api.registry.flag_history() == []
+
+
+# site -> what its status reported (None: nothing) -> in sync
+REPORTS = [
+    ("n-1", "expected", False, True),
+    ("n-2", "0123456789abcdef", False, False),  # an older set
+    ("n-3", "expected", True, False),  # the right set, but stale
+]
+
+
+async def test_which_sites_run_the_set_they_should(api: Api) -> None:
+    admin = api.auth("admin")
+    r = await api.client.put(f"{FLAG}/overrides/site/n-2", json={"value": True}, headers=admin)
+    assert r.status_code == 200, r.text
+    snapshot = api.registry.flag_snapshot()
+    for site_id, reported, stale, _ in REPORTS:  # what the partition workers write
+        site = api.sites[site_id]
+        expected = snapshot.document(pool_id="north", partition=site.partition, site_id=site_id)
+        report = {"hash": expected["hash"] if reported == "expected" else reported}
+        api.redis.hset(
+            reported_flags_key(site.partition),
+            site_id,
+            json.dumps({**report, "stale": stale, "ts": api.now()}),
+        )
+    page = (
+        await api.client.get("/v1/admin/flags/sites", params={"pool": "north"}, headers=admin)
+    ).json()
+    assert (page["total"], page["in_sync"]) == (3, 1)
+    assert [(s["site_id"], s["stale"], s["in_sync"]) for s in page["sites"]] == [
+        (site_id, stale, in_sync) for site_id, _, stale, in_sync in REPORTS
+    ]
+    assert page["sites"][1]["expected_hash"] != page["sites"][0]["expected_hash"]  # n-2's own
+    south = await api.client.get("/v1/admin/flags/sites", params={"pool": "south"}, headers=admin)
+    assert [(s["reported_hash"], s["in_sync"]) for s in south.json()["sites"]] == [(None, False)]
+    gone = await api.client.get("/v1/admin/flags/sites", params={"pool": "east"}, headers=admin)
+    assert (gone.status_code, gone.json()["detail"]) == (404, "pool 'east' not found")

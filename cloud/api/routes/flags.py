@@ -10,6 +10,8 @@ exist is 404.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
 
 from fastapi import APIRouter, Query
@@ -21,6 +23,7 @@ from cloud.api.errors import ApiError
 from cloud.api.routes.common import (
     AUTH,
     BAD_JSON,
+    HOT_STATE,
     INVALID,
     NOT_FOUND,
     RATE_LIMITED,
@@ -29,6 +32,8 @@ from cloud.api.routes.common import (
     refusals,
 )
 from cloud.api.schemas import DateTimeText, StrictNumber
+from cloud.api.views import iso, site_records
+from cloud.hotstate import reported_flags_key
 from cloud.registry.flags import check_scope
 from protocols.flags import CATALOGUE, SCOPE_ORDER, Flag, Scope
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
@@ -96,6 +101,28 @@ class FlagChangeOut(BaseModel):
     reason: str
 
 
+class SiteFlagsOut(BaseModel):
+    site_id: str
+    partition: int
+    expected_hash: str = Field(description="The hash of the set the cloud evaluates for it.")
+    reported_hash: str | None = Field(
+        None, description="The hash the site's status says it runs with; null: not reported."
+    )
+    stale: bool | None = Field(
+        None, description="The site says it has not heard the cloud's config for a while."
+    )
+    reported: DateTimeText | None = Field(None, description="When the site said so.")
+    in_sync: bool = Field(description="Reported equals expected, and not stale.")
+
+
+class SiteFlagsPageOut(BaseModel):
+    pool_id: str
+    total: int = Field(description="Sites of the pool.")
+    offset: int
+    in_sync: int = Field(description="Sites of this page in sync.")
+    sites: list[SiteFlagsOut]
+
+
 class FlagHistoryOut(BaseModel):
     changes: list[FlagChangeOut] = Field(description="Newest first.")
 
@@ -154,6 +181,61 @@ async def flag_history(
         _definition(flag)
     changes = await ctx.db(ctx.registry.flag_history, flag, limit=limit)
     return FlagHistoryOut(changes=[_change_out(c) for c in changes])
+
+
+@router.get(
+    "/sites",
+    response_model=SiteFlagsPageOut,
+    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND, INVALID, HOT_STATE),
+    summary="Which flag set each site of a pool runs, against what it should run, paged",
+    description="Each site reports the hash of the flag set it runs with in its status; a "
+    "site out of sync has not received its config yet, runs an older one, or is stale.",
+)
+async def site_flags(
+    _: AdminDep,
+    ctx: CtxDep,
+    pool: str = Query(description="A pool id."),
+    offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+) -> SiteFlagsPageOut:
+    if await ctx.db(ctx.registry.get_pool, pool) is None:
+        raise ApiError(404, "not_found", f"pool {pool!r} not found")
+    sites = sorted(await ctx.db(ctx.registry.sites_of_pool, pool), key=lambda s: s.site_id)
+    page = sites[offset : offset + limit]
+    snapshot = await ctx.db(ctx.registry.flag_snapshot)
+    reports = await _reported(ctx, page)
+    out = []
+    for site in page:
+        expected = snapshot.document(pool_id=pool, partition=site.partition, site_id=site.site_id)
+        report = reports.get(site.site_id, {})
+        out.append(
+            SiteFlagsOut(
+                site_id=site.site_id,
+                partition=site.partition,
+                expected_hash=expected["hash"],
+                reported_hash=report.get("hash"),
+                stale=report.get("stale"),
+                reported=iso(report.get("ts")),
+                in_sync=report.get("hash") == expected["hash"] and not report.get("stale"),
+            )
+        )
+    return SiteFlagsPageOut(
+        pool_id=pool,
+        total=len(sites),
+        offset=offset,
+        in_sync=sum(s.in_sync for s in out),
+        sites=out,
+    )
+
+
+async def _reported(ctx: Any, page: list[Any]) -> dict[str, dict[str, Any]]:
+    """What the sites of ``page`` report (the workers' records); a record this reader cannot
+    read counts as not reported."""
+    out: dict[str, dict[str, Any]] = {}
+    for site_id, raw in (await site_records(ctx, reported_flags_key, page)).items():
+        with contextlib.suppress(ValueError, TypeError):
+            out[site_id] = dict(json.loads(raw))
+    return out
 
 
 @router.get(
