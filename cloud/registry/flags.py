@@ -155,6 +155,9 @@ class FlagSnapshot:
     environment: str
     overrides: tuple[Override, ...]
     index: OverrideIndex = field(init=False, repr=False, compare=False)
+    hashes: dict[tuple[Any, ...], str] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", OverrideIndex.of(self.overrides))
@@ -170,9 +173,14 @@ class FlagSnapshot:
         return evaluate_all(self.index, context)
 
     def document(self, **context: Any) -> dict[str, Any]:
-        """``{"hash", "values"}``: the shape of the Redis keys and of the site's config."""
+        """``{"hash", "values"}``: the shape of the Redis keys and of the site's config (the
+        hash is computed once per distinct set: a fleet has few)."""
         values = self.values(**context)
-        return {"hash": values_hash(values), "values": values}
+        key = tuple(values.items())
+        found = self.hashes.get(key)
+        if found is None:
+            found = self.hashes[key] = values_hash(values)
+        return {"hash": found, "values": values}
 
     def overrides_of(self, name: str) -> list[Override]:
         return [o for o in self.overrides if o.flag == name]
