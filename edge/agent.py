@@ -229,7 +229,7 @@ class SiteAgent:
         self.flag_values: dict[str, FlagValue] = defaults()
         self.flags_hash: str | None = None
         self._started_ts = clock.time()
-        self._flags_confirmed_ts: float | None = None  # as persisted (before this start)
+        self._flags_confirmed_ts: float | None = None  # before this start (the store's)
         self._last_config_rev = -1
         self._flags_reported: tuple[Any, ...] | None = None
         self.pool_id: str | None = None  # from the cloud's config; scopes partition signals
@@ -997,7 +997,8 @@ class SiteAgent:
     def _load_flags(self) -> None:
         """The last known flags from the store (checked against today's limits again)."""
         assert self.store is not None
-        self._flags_confirmed_ts = self.store.get_state("flags_confirmed_ts")
+        # the link worked then, and a working link hands the agent its retained config
+        self._flags_confirmed_ts = self.store.last_sent_ts()
         saved = self.store.get_state("flags")
         if not saved:
             return
@@ -1026,11 +1027,7 @@ class SiteAgent:
         return self.flags_hash, dict(self.flag_values), self.flags_stale()
 
     def _report_flags(self) -> None:
-        """Note that the cloud confirmed the flags now (kept across restarts, so a restart
-        while the broker is away stays stale) and republish the retained status when what it
-        says of the flags changed."""
-        if self.store is not None:
-            self.store.set_state("flags_confirmed_ts", self.clock.time())
+        """Republish the retained status when what it says of the flags changed."""
         report = self.flags_report()
         key = (report[0], tuple(sorted(report[1].items())), report[2])
         if key != self._flags_reported and self.uplink is not None:
