@@ -19,6 +19,9 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
     vpp:env:{pool}:rev           string  integer, bumped whenever a pool's envelopes change
     vpp:envelope:{pool}          string  the pool envelope and its certificate (dispatcher)
     vpp:plan:{pool}              string  the pool's plan in force (dispatcher)
+    vpp:flags:{pool}             string  the pool's evaluated flags, JSON {"hash", "values"}
+    vpp:flags:{pool}:{p}         string  partition p's evaluated flags (same shape)
+    vpp:flags:reported:p:{p}     hash    site id -> the flag set it reports, JSON {"hash", ...}
 
 Aggregates carry their own timestamps; a reader treats an aggregate older than a few worker
 cycles as missing (its worker died and nobody has picked the partition up yet).
