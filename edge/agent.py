@@ -989,7 +989,8 @@ class SiteAgent:
         self.flag_values = result.values
         self.flags_hash = flags_hash or values_hash(received)
         if self.store is not None:
-            self.store.set_state("flags", {"hash": self.flags_hash, "values": received})
+            saved = {"hash": self.flags_hash, "values": received, "at": self.clock.time()}
+            self.store.set_state("flags", saved)
         if changed:
             self.log.info("flags %s applied: %s", self.flags_hash, self.flag_values)
             self._flags_changed()
@@ -997,9 +998,11 @@ class SiteAgent:
     def _load_flags(self) -> None:
         """The last known flags from the store (checked against today's limits again)."""
         assert self.store is not None
-        # the link worked then, and a working link hands the agent its retained config
-        self._flags_confirmed_ts = self.store.last_sent_ts()
         saved = self.store.get_state("flags")
+        # Confirmed last: when the flags came, or when the broker last acknowledged telemetry
+        # (a working link hands the agent its retained config), whichever is later.
+        known = [t for t in (self.store.last_sent_ts(), (saved or {}).get("at")) if t is not None]
+        self._flags_confirmed_ts = max(known, default=None)
         if not saved:
             return
         result = applied(saved.get("values", {}), defaults(), self._limit_map())

@@ -17,9 +17,10 @@ follow). Once that is no longer so, the agent keeps its last known values (persi
 SQLite) and calls them stale after :data:`STALE_AFTER_S`. Why 120 s: it is the cloud's own
 "offline" threshold (``offline_after_s``), so the site says "stale" about when the cloud stops
 counting on it; a shorter blip - a reconnect with backoff (up to 60 s) - does not flap it.
-After a restart, the last confirmation is taken as the broker's last acknowledgement of a
-telemetry record (kept in the store): a working link hands the agent its retained config on
-subscribe. So a restart while the broker is away stays stale, at no extra write per message.
+After a restart, the last confirmation is the later of when the flags came and the broker's
+last acknowledgement of a telemetry record (both kept in the store): a working link hands the
+agent its retained config on subscribe. So a restart while the broker is away stays stale, at
+no extra write per message.
 """
 
 from __future__ import annotations

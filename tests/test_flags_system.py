@@ -263,7 +263,8 @@ async def test_the_edge_keeps_its_flags_through_a_broker_outage_and_a_restart(
             await site.sim_sleep(10)
             assert site.agent.flag_values == expected
             assert site.agent.flags_hash == values_hash(values)
-            assert site.agent.status()["flags"]["stale"] is True
+            last_ack = site.agent.store.last_sent_ts()
+            assert site.agent.status()["flags"]["stale"] is True, (last_ack, clock.time())
 
             # the broker is back: the retained config is heard again (same rev: nothing to
             # apply) and the flags are confirmed, in the agent and in its retained status

@@ -143,13 +143,17 @@ def test_a_numeric_flag_cannot_break_the_hard_limit(tmp_path, limit_w, asked_w, 
     assert agent.status()["flags"]["values"]["edge.peak_shaving_limit_w"] == runs_w
 
 
-def test_flags_are_persisted_and_reloaded(tmp_path):
+@pytest.mark.parametrize(("down_s", "stale"), [(60.0, False), (STALE_AFTER_S + 80, True)])
+def test_flags_are_persisted_and_reloaded(tmp_path, down_s, stale):
+    """A restart ``down_s`` after the flags came, with the broker away since: the values
+    come back from SQLite, and stale only once the cloud was silent long enough."""
     clock = ManualClock(T)
     first = make_agent(tmp_path, clock=clock)
     first.store = EdgeStore(tmp_path / "site-a.sqlite", clock)
     values = {**defaults(), "edge.fallback_mode": "peak_shaving", "edge.future_flag": 3.0}
     first.on_config(config_of("site-a", 4, values))
     first.store.close()
+    clock.advance(down_s)
     second = make_agent(tmp_path, clock=clock)
     second.store = EdgeStore(tmp_path / "site-a.sqlite", clock)
     calls = []
@@ -160,6 +164,7 @@ def test_flags_are_persisted_and_reloaded(tmp_path):
     assert "edge.future_flag" not in second.flag_values
     assert second.flags_hash == values_hash(values)
     assert calls == [True]
+    assert second.flags_stale() is stale
 
 
 def test_an_old_rev_does_not_change_the_flags(tmp_path):
