@@ -224,6 +224,9 @@ class PartitionAggregate:
     uncontrolled_w: float = 0.0  # measured power of fresh *degraded* sites: no command moves it
     sites_following: int = 0  # fresh flexible sites whose telemetry says mode "cloud"
     sites_planned: int = 0  # fresh flexible sites whose telemetry names a plan they follow
+    # fresh sites in local autonomy (the kill switch): no flexibility offered, not a fault;
+    # their measured power is in uncontrolled_w
+    sites_autonomous: int = 0
     # The quarter hour under way (``slot_start_ts``) as the sites integrated it: their energy
     # away from the baseline so far (Wh), the seconds of it they saw (summed over sites), and
     # how many sites reported on it; the outage's part included once they are back.
@@ -231,6 +234,11 @@ class PartitionAggregate:
     slot_sites: int = 0
     slot_deviation_wh: float = 0.0
     slot_covered_s: float = 0.0
+
+    @property
+    def sites_flexible(self) -> int:
+        """Fresh sites that offer flexibility: neither degraded nor in local autonomy."""
+        return self.sites_fresh - self.sites_degraded - self.sites_autonomous
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -258,6 +266,7 @@ _SUMMED = (
     "uncontrolled_w",
     "sites_following",
     "sites_planned",
+    "sites_autonomous",
 )
 
 
@@ -285,6 +294,7 @@ class PoolAggregate:
     uncontrolled_w: float = 0.0
     sites_following: int = 0
     sites_planned: int = 0
+    sites_autonomous: int = 0
     sustain_absorb_w: tuple[float, ...] = ()
     sustain_deliver_w: tuple[float, ...] = ()
 

@@ -32,11 +32,19 @@ from protocols.operator import CheckResult, FnCollector, OperatorServer, counter
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
+    from cloud.alerting import AlertEvaluator
     from cloud.api.context import ApiContext
     from cloud.dispatch.dispatcher import PoolDispatcher
     from cloud.ingest.worker import PartitionWorker
 
-__all__ = ["READY_INTERVALS", "SyncStatus", "watch_api", "watch_dispatcher", "watch_worker"]
+__all__ = [
+    "READY_INTERVALS",
+    "SyncStatus",
+    "watch_alerts",
+    "watch_api",
+    "watch_dispatcher",
+    "watch_worker",
+]
 
 log = logging.getLogger("cloud.ops")
 
@@ -309,11 +317,26 @@ def watch_dispatcher(
             ["pool"],
         )
         yield d.latency.family()
-        yield counter(
-            "vpp_dispatch_alerts_total",
-            "Alert transitions, by transition.",
-            {("raised",): stats["alerts_raised"], ("resolved",): stats["alerts_resolved"]},
-            ["transition"],
+        health = d.pool_health
+        yield gauge(
+            "vpp_dispatch_partitions_stale",
+            "The pool's partitions without a fresh aggregate or without a fresh site.",
+            {(p,): h.partitions_stale for p, h in health.items()},
+            ["pool"],
+        )
+        yield gauge(
+            "vpp_dispatch_pool_sites",
+            "The pool's sites by state, in its fresh partitions' aggregates.",
+            {
+                (p, state): n
+                for p, h in health.items()
+                for state, n in (
+                    ("fresh", h.sites_fresh),
+                    ("stale", h.sites_stale),
+                    ("offline", h.sites_offline),
+                )
+            },
+            ["pool", "state"],
         )
         yield counter(
             "vpp_dispatch_planning_errors_total",
@@ -325,5 +348,59 @@ def watch_dispatcher(
             "1 while connected to the broker.",
             float(d.connected),
         )
+
+    op.registry.register(FnCollector(collect))
+
+
+# --- alert evaluator ------------------------------------------------------------------------
+
+
+def watch_alerts(op: OperatorServer, evaluator: AlertEvaluator) -> None:
+    """The evaluator's metrics: its alerts by rule and state (Prometheus' ``ALERTS``), its
+    evaluations, scrapes and the webhook's outcomes."""
+
+    def collect() -> Iterator[Metric]:
+        e = evaluator
+        yield gauge(
+            "vpp_alert_evaluator_leader",
+            "1 while this process evaluates the alerts.",
+            float(e.leading),
+        )
+        states: Counter[tuple[str, str, str]] = Counter(
+            (a.rule, a.state, a.severity) for a in e.engine.alerts() if a.state != "resolved"
+        )
+        yield gauge(
+            "vpp_alerts",
+            "Alerts pending or firing, by rule, state and severity (as Prometheus' ALERTS).",
+            {key: float(n) for key, n in states.items()},
+            ["alertname", "alertstate", "severity"],
+        )
+        yield counter(
+            "vpp_alert_evaluations_total", "Rule evaluations run.", e.stats["evaluations"]
+        )
+        yield counter(
+            "vpp_alert_scrape_errors_total",
+            "Scrapes of a target that failed (the target's up is 0).",
+            e.stats["scrape_errors"],
+        )
+        yield counter(
+            "vpp_alert_store_errors_total",
+            "Writes of the alerts to Redis that failed.",
+            e.stats["store_errors"],
+        )
+        if e.notifier is not None:
+            n = e.notifier.stats
+            yield counter(
+                "vpp_alert_notifications_total",
+                "Webhook notifications by result: sent, failed_attempts (retried), gave_up "
+                "(after the last attempt), dropped (queue full).",
+                {(k,): v for k, v in n.items()},
+                ["result"],
+            )
+            yield gauge(
+                "vpp_alert_notifications_queued",
+                "Notifications waiting to be sent.",
+                e.notifier.queued,
+            )
 
     op.registry.register(FnCollector(collect))

@@ -4,7 +4,8 @@ Roles:
 
 * ``worker`` - a partition worker: takes leases on its share of the partitions, ingests their
   telemetry, writes aggregates to Redis. Run several (one per core, per machine) to scale.
-* ``api`` - the trader API (uvicorn), plus the registry -> Redis site-pool sync.
+* ``api`` - the trader API (uvicorn), plus the registry -> Redis site-pool sync, and the
+  alert evaluator (:mod:`cloud.alerting`: one API process evaluates, under a lease).
 * ``dispatcher`` - the pool dispatcher (closed loop); run two for a standby: one leads.
 
 ``all`` (the default) runs every role available in one process: the demo and a small
@@ -27,6 +28,7 @@ import math
 import os
 import signal
 import tomllib
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -35,16 +37,18 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
+from cloud.alert_notify import WebhookNotifier
+from cloud.alerting import AlertEvaluator
 from cloud.api.app import ApiServer, ApiSettings, create_app
 from cloud.api.context import Provisioning
 from cloud.api.ratelimit import TokenBucket
 from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.dispatch.retention import Retention
 from cloud.ingest.worker import PartitionWorker
-from cloud.ops import SyncStatus, watch_api, watch_dispatcher, watch_worker
+from cloud.ops import SyncStatus, watch_alerts, watch_api, watch_dispatcher, watch_worker
 from cloud.registry import Registry
 from cloud.sync import sync_site_pools
-from protocols.clock import Clock, Ticker
+from protocols.clock import Clock, Ticker, WallClock
 from protocols.logs import redact_url
 from protocols.mqtt_endpoint import MqttEndpoint
 from protocols.operator import OperatorServer
@@ -106,6 +110,29 @@ class CloudSettings:
     mqtt_admin_username: str = "cloud:admin"
     mqtt_admin_password_file: Path | None = None
     sites_mqtt_url: str | None = None
+    # Alerts (cloud.alerting, in the api role): rules evaluated every alert_eval_s on this
+    # process's metrics and on alert_scrape_urls (the other processes' /metrics); sent to
+    # alert_webhook_url (Alertmanager's webhook payload), with retries.
+    alerts: bool = True
+    alert_eval_s: float = 5.0
+    alert_scrape_urls: tuple[str, ...] = ()
+    alert_webhook_url: str | None = None
+    alert_webhook_attempts: int = 5
+    alert_external_url: str = ""  # this API's public URL, for the payload's links
+
+    def alert_notifier(self, clock: Clock) -> WebhookNotifier | None:
+        """The webhook sender, checked (ValueError names what is wrong); None without one."""
+        if self.alert_webhook_url is None:
+            return None
+        return WebhookNotifier(self.alert_webhook_url, clock, attempts=self.alert_webhook_attempts)
+
+    def check_alerts(self) -> None:
+        if self.alert_eval_s <= 0:
+            raise ValueError(f"alert_eval_s must be positive, got {self.alert_eval_s:g}")
+        for url in self.alert_scrape_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"alert scrape URL {url!r}: must be an http(s) URL")
+        self.alert_notifier(WallClock())
 
     def api_settings(self) -> ApiSettings:
         return ApiSettings(
@@ -205,6 +232,8 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings
     for name in ("db", *_PATH_SETTINGS):
         if values.get(name) is not None:
             values[name] = Path(values[name])
+    if isinstance(values.get("alert_scrape_urls"), (list, tuple)):
+        values["alert_scrape_urls"] = tuple(str(u) for u in values["alert_scrape_urls"])
     settings = replace(settings, **values)
     # what would fail only once a role starts fails here, in one line
     settings.mqtt_endpoint()
@@ -216,6 +245,7 @@ def load_settings(path: Path | None, overrides: dict[str, Any]) -> CloudSettings
     settings.redis_connect_url()  # the password file must be readable
     settings.api_tls()
     settings.provisioning()
+    settings.check_alerts()
     Retention(settings.retention_cycles_days, settings.retention_activations_days)
     TokenBucket(settings.api_write_rate_per_s, settings.api_write_burst)
     return settings
@@ -319,6 +349,21 @@ async def run_cloud(
             assert server.task is not None
             roles_running["api"] = server.task
             log.info("api on %s", server.url)
+            if settings.alerts:
+                evaluator = AlertEvaluator(
+                    redis_url=redis_url,
+                    clock=clock,
+                    targets=[f"{operator.url}/metrics", *settings.alert_scrape_urls],
+                    every_s=settings.alert_eval_s,
+                    notifier=settings.alert_notifier(clock),
+                    instance_id=f"api-{settings.instance_id or uuid.uuid4().hex[:8]}",
+                    lock_ttl_s=max(settings.dispatch_lock_ttl_s, 4 * settings.alert_eval_s),
+                    external_url=settings.alert_external_url,
+                )
+                server.app.state.ctx.alerting = evaluator
+                watch_alerts(operator, evaluator)
+                tasks.append(asyncio.create_task(evaluator.run(stop), name="alerts"))
+                roles_running["alerts"] = tasks[-1]
         if "worker" in roles:
             worker = PartitionWorker(
                 broker=broker,

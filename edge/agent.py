@@ -34,9 +34,11 @@ import contextlib
 import logging
 import math
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from edge.behaviour import Behaviour
 from edge.config import EdgeConfig
 from edge.control.flexibility import SiteFlexibility, flexibility
 from edge.control.plan import (
@@ -46,7 +48,6 @@ from edge.control.plan import (
     SgReady,
     SiteInputs,
     SiteLimits,
-    fallback,
     follow,
 )
 from edge.control.thermal import ThermalLearner
@@ -65,6 +66,7 @@ from edge.forecast import Forecaster, ForecastSettings, HeatPumpNow, SiteNow
 from edge.slot_account import SlotAccount
 from edge.status_page.history import PowerMinutes, Sample
 from edge.store import EdgeStore, OutboxRecord
+from edge.telemetry_gate import Snapshot, why_send
 from edge.uplink import Uplink
 from protocols.clock import Clock, Ticker
 from protocols.flags import FlagValue, defaults, values_hash
@@ -80,6 +82,7 @@ from protocols.messages import (
     PartitionPlan,
     PartitionSignal,
     PlanBasis,
+    SlotEnergy,
     Telemetry,
     decode,
     encode,
@@ -232,6 +235,9 @@ class SiteAgent:
         self._flags_confirmed_ts: float | None = None  # before this start (the store's)
         self._last_config_rev = -1
         self._flags_reported: tuple[Any, ...] | None = None
+        self._behaviour = Behaviour()  # what the flags ask of the site (see the property)
+        self._last_sent: Snapshot | None = None  # what the cloud last heard (telemetry gate)
+        self.telemetry_reasons: Counter[str] = Counter()  # why each telemetry message went
         self.pool_id: str | None = None  # from the cloud's config; scopes partition signals
         self.plan: PartitionPlan | None = None  # the newest plan of our pool and partition
         self.share: PlanShare | None = None  # our share of it (None: not in it, or unknown)
@@ -257,6 +263,7 @@ class SiteAgent:
             "cycle_slips": 0,
             "telemetry": 0,
             "telemetry_held_back": 0,  # for want of a grid reading (the meter lost)
+            "telemetry_unchanged": 0,  # by exception: nothing moved beyond the deadband
             "dispatches": 0,
             "dispatch_duplicates": 0,
             "dispatch_out_of_order": 0,
@@ -264,7 +271,9 @@ class SiteAgent:
             "signals": 0,
             "signals_other_pool": 0,
             "signals_out_of_order": 0,
+            "signals_ignored_autonomy": 0,  # the kill switch is on: the site runs on its own
             "configs": 0,
+            "flags_ignored": 0,  # flag values of a wrong type (Behaviour.ignored)
             "config_ignored": 0,
             "flags_unknown": 0,  # flag names this release does not know (ignored)
             "flags_refused": 0,  # values of the wrong type or out of bounds (kept the last)
@@ -279,6 +288,37 @@ class SiteAgent:
             "envelope_errors": 0,
             "errors": 0,
         }
+
+    # --- behaviour (the flags) ------------------------------------------------------------------
+
+    @property
+    def behaviour(self) -> Behaviour:
+        """What the flags ask of the site: its fallback mode, telemetry by exception, the
+        kill switch. Default: the behaviour before flags existed."""
+        return self._behaviour
+
+    @behaviour.setter
+    def behaviour(self, new: Behaviour) -> None:
+        """Take a new behaviour at the next cycle; log what changed and the flag values that
+        could not be used. Turning the kill switch on drops the cloud command being followed
+        (the site returns to its own control at once, not when the command expires)."""
+        old, self._behaviour = self._behaviour, new
+        for reason in new.ignored:
+            self.counters["flags_ignored"] += 1
+            self.log.warning("flag value ignored: %s", reason)
+        if new == old:
+            return
+        self.log.info("behaviour: %s", new)
+        self._last_sent = None  # the next telemetry goes out, with the new heartbeat
+        if new.local_autonomy and not old.local_autonomy:
+            self.command = None
+            self.log.warning("local autonomy on: cloud dispatch, signals and plans ignored")
+        elif old.local_autonomy and not new.local_autonomy:
+            self.log.warning("local autonomy off: back under cloud control")
+
+    def _local(self, inputs: SiteInputs) -> Plan:
+        """The site's own control this cycle, in its fallback mode (its baseline)."""
+        return self._behaviour.local_control()(inputs, self.limits, self.poll_s)
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -493,7 +533,9 @@ class SiteAgent:
             return
         slot = int(now // SLOT_S)
         capability = (
-            state.mode.value if state.mode is Mode.DEGRADED else "ok",
+            state.mode.value if state.mode in (Mode.DEGRADED, Mode.LOCAL_AUTONOMY) else "ok",
+            self._behaviour.fallback_mode.value,  # the baseline the envelope is made of
+            str(self._behaviour.peak_shaving_limit_w),
             *sorted(state.lost),
         )
         last = self._envelope_slot
@@ -524,12 +566,21 @@ class SiteAgent:
             thermal=self.thermal.model,
             degraded=(f"lost: {', '.join(state.lost)}" if state.lost else None)
             if state.mode is Mode.DEGRADED
+            else "local autonomy (edge.local_autonomy)"
+            if state.mode is Mode.LOCAL_AUTONOMY
             else None,
         )
         seq = max(self.envelopes, default=-1) + 1
         try:
             # an agent that just started followed its baseline since the boundary
-            envelope = self.forecaster.envelope(now, site, self.limits, seq, current_slot=first)
+            envelope = self.forecaster.envelope(
+                now,
+                site,
+                self.limits,
+                seq,
+                current_slot=first,
+                local_control=self._behaviour.local_control(),
+            )
         except Exception:  # a forecast bug must not stop control: no envelope, counted
             self.counters["envelope_errors"] += 1
             self.log.exception("envelope failed")
@@ -580,10 +631,13 @@ class SiteAgent:
             battery=_battery(bat),
             heat_pump=self._heat_pump(now, hp),
         )
-        baseline = fallback(inputs, self.limits, self.poll_s)
-        if lost:
+        baseline = self._local(inputs)
+        if lost or self._behaviour.local_autonomy:
+            # a device lost, or the kill switch (the cloud's commands and plans ignored; not
+            # a fault: the cloud counts the site out, not as lost): the site's own control,
+            # no flexibility offered
             return CycleState(
-                mode=Mode.DEGRADED,
+                mode=Mode.DEGRADED if lost else Mode.LOCAL_AUTONOMY,
                 inputs=inputs,
                 baseline=baseline,
                 plan=baseline,
@@ -708,7 +762,9 @@ class SiteAgent:
 
     # --- telemetry ---------------------------------------------------------------------------
 
-    def build_telemetry(self, seq: int) -> Telemetry:
+    def build_telemetry(self, seq: int, slot_energy: SlotEnergy | None = None) -> Telemetry:
+        """The telemetry message of the last cycle. ``slot_energy``: the quarter hour's
+        account as :meth:`send_telemetry` took it (taken here when not given)."""
         state = self.state
         assert state is not None
         devices = []
@@ -723,15 +779,22 @@ class SiteAgent:
                     ts=None if last is None else last.ts,
                 )
             )
-        baseline_w = state.baseline.grid_w if state.baseline is not None else state.grid_w
+        if slot_energy is None:
+            slot_energy = self._account(state)
         assert self.store is not None
         outbox = self.store.stats()
+        autonomy = state.mode is Mode.LOCAL_AUTONOMY
+        by_exception = self._behaviour.telemetry_by_exception
         return Telemetry(
             site_id=self.site_id,
             seq=seq,
             ts=state.ts,
             interval_s=self.telemetry_s,
-            mode=state.mode,
+            # the longest it stays silent: the cloud holds the site fresh until then
+            heartbeat_s=self._behaviour.heartbeat_s if by_exception else None,
+            # an older cloud reads local autonomy as fallback (with no flexibility offered)
+            mode=Mode.FALLBACK if autonomy else state.mode,
+            local_autonomy=True if autonomy else None,
             grid_w=state.grid_w,
             pv_w=finite_or_none(state.pv_w),
             battery_w=finite_or_none(state.battery_w),
@@ -739,26 +802,60 @@ class SiteAgent:
             heat_pump_w=finite_or_none(state.heat_pump_w),
             load_w=None if state.inputs is None else state.inputs.load_w,
             indoor_c=finite_or_none(state.indoor_c),
-            baseline_w=finite_or_none(baseline_w) or 0.0,
+            baseline_w=finite_or_none(self._baseline_w(state)) or 0.0,
             flex=state.flex.to_message(),
             dispatch_id=None if state.command is None else state.command.command_id,
             devices=devices,
             plan_id=state.plan_id,
             outbox_pending=outbox.pending,
             outbox_dropped=outbox.dropped_total,
-            slot_energy=self.slot_account.add(
-                state.ts,
-                finite_or_none(state.grid_w) or 0.0,
-                finite_or_none(baseline_w) or 0.0,
-                finite_or_none(state.grid_energy_wh),
-            ),
+            slot_energy=slot_energy,
+        )
+
+    @staticmethod
+    def _baseline_w(state: CycleState) -> float | None:
+        return state.baseline.grid_w if state.baseline is not None else state.grid_w
+
+    def _account(self, state: CycleState) -> SlotEnergy:
+        """The quarter hour's deviation energy up to this cycle (every telemetry interval,
+        sent or not: the site integrates its energy, the cloud never samples it)."""
+        return self.slot_account.add(
+            state.ts,
+            finite_or_none(state.grid_w) or 0.0,
+            finite_or_none(self._baseline_w(state)) or 0.0,
+            finite_or_none(state.grid_energy_wh),
+        )
+
+    def _snapshot(self, state: CycleState, slot: SlotEnergy) -> Snapshot:
+        """What this interval's message would tell the cloud (for the telemetry gate)."""
+        return Snapshot(
+            ts=state.ts,
+            mode=state.mode.value,
+            command_id=None if state.command is None else state.command.command_id,
+            plan_id=state.plan_id,
+            health=tuple(d.health.value for d in self.drivers),
+            grid_w=finite_or_none(state.grid_w) or 0.0,
+            battery_w=finite_or_none(state.battery_w),
+            pv_w=finite_or_none(state.pv_w),
+            load_w=None if state.inputs is None else state.inputs.load_w,
+            heat_pump_w=finite_or_none(state.heat_pump_w),
+            baseline_w=finite_or_none(self._baseline_w(state)) or 0.0,
+            p_min_w=state.flex.p_min_w,
+            p_max_w=state.flex.p_max_w,
+            soc_pct=finite_or_none(state.soc_pct),
+            slot_start_ts=slot.start_ts,
+            slot_deviation_wh=slot.deviation_wh,
         )
 
     def send_telemetry(self) -> OutboxRecord | None:
         """Store one telemetry record durably, then hand it to the uplink. Nothing while
         the meter is lost: telemetry is a measurement of the grid connection, and a made-up
         value (it was 0 W) would enter the pool's measured power and the site's own energy
-        account; the cloud sees the site go stale instead."""
+        account; the cloud sees the site go stale instead.
+
+        With telemetry by exception (:attr:`behaviour`), the interval's energy is still
+        integrated, but the message goes out only when :func:`edge.telemetry_gate.why_send`
+        finds a reason; its seq is taken only then, so the cloud sees no gap."""
         if self.state is None or self.store is None:
             return None
         if finite_or_none(self.state.grid_w) is None:
@@ -770,8 +867,17 @@ class SiteAgent:
         if self._held_back:
             self.log.info("grid reading back: telemetry resumes (%d held back)", self._held_back)
             self._held_back = 0
+            self._last_sent = None  # the cloud saw the site go stale: say everything again
+        slot = self._account(self.state)
+        snapshot = self._snapshot(self.state, slot)
+        reason = why_send(snapshot, self._last_sent, self._behaviour, self.telemetry_s)
+        if reason is None:
+            self.counters["telemetry_unchanged"] += 1
+            return None
+        self._last_sent = snapshot
+        self.telemetry_reasons[reason] += 1
         seq = self.store.next_seq()
-        telemetry = self.build_telemetry(seq)
+        telemetry = self.build_telemetry(seq, slot)
         record = OutboxRecord(seq=seq, ts=telemetry.ts, payload=encode(telemetry))
         self.store.append_telemetry(record.seq, record.ts, record.payload)
         self.telemetry_seq = seq
@@ -838,6 +944,8 @@ class SiteAgent:
                 clamped_by=[] if plan is None else list(plan.clamped_by),
             )
 
+        if self._behaviour.local_autonomy:
+            return ack(False, "local autonomy: the site runs on its own (edge.local_autonomy)")
         if message.valid_until <= now:
             return ack(False, f"expired {now - message.valid_until:.1f} s before it arrived")
         state = self.state
@@ -859,6 +967,9 @@ class SiteAgent:
             return
         self._last_signal_key = key
         self.counters["signals"] += 1
+        if self._behaviour.local_autonomy:
+            self.counters["signals_ignored_autonomy"] += 1
+            return
         current = self.command
         # A per-site dispatch that is still valid and newer wins over a partition level.
         if (
@@ -1012,7 +1123,9 @@ class SiteAgent:
         self._flags_changed()
 
     def _flags_changed(self) -> None:
-        """Called whenever ``flag_values`` changed (live, or restored at start)."""
+        """Called whenever ``flag_values`` changed (live, or restored at start): the site's
+        behaviour follows them."""
+        self.behaviour = Behaviour.from_flags(self.flag_values, self.limits)
 
     def flags_stale(self) -> bool:
         """No config confirmed by the cloud for :data:`edge.flags.STALE_AFTER_S`."""
@@ -1069,6 +1182,15 @@ class SiteAgent:
                 "values": dict(self.flag_values),
                 "stale": self.flags_stale(),
             },
+            "behaviour": {
+                "fallback_mode": self._behaviour.fallback_mode.value,
+                "peak_shaving_limit_w": self._behaviour.peak_shaving_limit_w,
+                "telemetry_by_exception": self._behaviour.telemetry_by_exception,
+                "telemetry_deadband_w": self._behaviour.telemetry_deadband_w,
+                "heartbeat_s": self._behaviour.heartbeat_s,
+                "local_autonomy": self._behaviour.local_autonomy,
+            },
+            "telemetry_reasons": dict(self.telemetry_reasons),
             "outbox": None if self.store is None else self.store.stats().__dict__,
             "uplink": None if self.uplink is None else self.uplink.stats,
         }

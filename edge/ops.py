@@ -66,7 +66,8 @@ def watch_agents(op: OperatorServer, agents: Sequence[SiteAgent]) -> None:
             reads[(kind.value,)] += 0
         modes: Counter[tuple[str, ...]] = Counter({(m.value,): 0 for m in Mode})
         sent: Counter[tuple[str, ...]] = Counter({("live",): 0, ("backlog",): 0})
-        pending = dropped = connected = cycles = cycle_errors = held_back = 0
+        why: Counter[tuple[str, ...]] = Counter({("interval",): 0})
+        pending = dropped = connected = cycles = cycle_errors = held_back = unchanged = 0
         auth_failures: Counter[tuple[str, ...]] = Counter({("wrong",): 0, ("limited",): 0})
         for a in agents:
             for d in a.drivers:
@@ -91,6 +92,9 @@ def watch_agents(op: OperatorServer, agents: Sequence[SiteAgent]) -> None:
             cycles += a.counters["cycles"]
             cycle_errors += a.counters["errors"]
             held_back += a.counters["telemetry_held_back"]
+            unchanged += a.counters["telemetry_unchanged"]
+            for reason, n in a.telemetry_reasons.items():
+                why[(reason,)] += n
             auth_failures[("wrong",)] += a.counters.get("installer_auth_failures", 0)
             auth_failures[("limited",)] += a.counters.get("installer_auth_limited", 0)
         yield gauge("vpp_edge_sites", "Site agents in this process.", len(agents))
@@ -118,7 +122,7 @@ def watch_agents(op: OperatorServer, agents: Sequence[SiteAgent]) -> None:
         )
         yield gauge(
             "vpp_edge_control_mode",
-            "Sites whose control follows this mode (cloud, fallback, degraded).",
+            "Sites whose control follows this mode (cloud, fallback, degraded, local_autonomy).",
             modes,
             ["mode"],
         )
@@ -136,6 +140,19 @@ def watch_agents(op: OperatorServer, agents: Sequence[SiteAgent]) -> None:
             "vpp_edge_telemetry_held_back_total",
             "Telemetry not sent for want of a grid reading (the meter lost).",
             held_back,
+        )
+        yield counter(
+            "vpp_edge_telemetry_built_total",
+            "Telemetry messages stored for sending, by why (interval: every one; by exception: "
+            "first, heartbeat, slot, mode, command, plan, health, grid, battery, pv, load, "
+            "heat_pump, baseline, flex, soc, energy).",
+            why,
+            ["reason"],
+        )
+        yield counter(
+            "vpp_edge_telemetry_unchanged_total",
+            "Telemetry intervals not sent by exception: nothing moved beyond the deadband.",
+            unchanged,
         )
         yield gauge("vpp_edge_mqtt_connected", "Site agents connected to the broker.", connected)
         yield counter("vpp_edge_cycles_total", "Control cycles run.", cycles)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a development/CI machine for vpp: Debian packages (mosquitto, mosquitto-clients,
-# redis-server, chromium and chromium-driver, the packaging tools, and Python venv support if
-# needed) and the project venv in .venv with
+# redis-server, chromium and chromium-driver, prometheus for promtool, the packaging tools,
+# and Python venv support if needed) and the project venv in .venv with
 # `pip install -e '.[dev]'` (every tier, `.[demo]`, plus the test tools; see pyproject.toml).
 #
 # Idempotent and quick when already done: packages are installed only if missing, and
@@ -100,6 +100,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
     done
 fi
 say "browser: chromium and chromedriver present"
+
+# ---- alerting rules ----------------------------------------------------------------
+# promtool (Debian's prometheus package; no server is used) checks and unit-tests
+# packaging/prometheus/ (tests/packaging/test_prometheus_rules.py fails without it).
+if ! have_binary promtool; then
+    apt_install prometheus
+    have_binary promtool || die "promtool still not found after apt-get install prometheus"
+fi
+say "alerting: promtool present"
 
 # ---- packaging -----------------------------------------------------------------------
 # `make deb` and tests/packaging: dpkg-dev and lintian build and check the gateway's

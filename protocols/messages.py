@@ -102,6 +102,11 @@ class Mode(StrEnum):
     CLOUD = "cloud"  # a valid cloud dispatch
     FALLBACK = "fallback"  # local control (no valid dispatch)
     DEGRADED = "degraded"  # a device is lost or stale: safety only, no flexibility offered
+    # the site's kill switch (flag edge.local_autonomy): it ignores the cloud's dispatch and
+    # plans, keeps its own safe control and offers no flexibility; not a fault. On the wire a
+    # telemetry message says it with mode "fallback" and ``local_autonomy`` true, so a reader
+    # that predates this value still parses it (and sees a site with no flexibility).
+    LOCAL_AUTONOMY = "local_autonomy"
 
 
 class DeviceKind(StrEnum):
@@ -277,6 +282,14 @@ class Telemetry(Message):
     outbox_dropped: Annotated[int, Field(ge=0, le=MAX_SEQ)] | None = None
     # the quarter hour's deviation energy so far (optional: added in v1 as an expand step)
     slot_energy: SlotEnergy | None = None
+    # the site's kill switch is on (optional: added in v1 as an expand step; see Mode)
+    local_autonomy: bool | None = None
+
+    @property
+    def effective_mode(self) -> Mode:
+        """The mode the site is in: :attr:`Mode.LOCAL_AUTONOMY` when it says so, whatever
+        ``mode`` an older reader is given."""
+        return Mode.LOCAL_AUTONOMY if self.local_autonomy else self.mode
 
 
 # --- status -----------------------------------------------------------------------------

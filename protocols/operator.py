@@ -10,7 +10,8 @@ read the roles' state directly, without locks.
   ``{"ready": false, "checks": {"api.redis": {"ok": false, "detail": ...}}}``.
 * ``/metrics``: the process's own :class:`~prometheus_client.CollectorRegistry` (never the
   global one, so several roles or processes in one test never collide), in the Prometheus
-  text format, or OpenMetrics when the scraper asks for it.
+  text format, or OpenMetrics when the scraper asks for it. Each scrape runs the readiness
+  checks too and exports them (``vpp_readiness_check{check}``), so alerting rules see them.
 
 Roles keep their counters in plain ``stats`` dicts; collectors read them at scrape time (no
 double bookkeeping). :class:`LoopHistogram` is a histogram for the loop's thread without the
@@ -235,6 +236,7 @@ class OperatorServer(AsgiServer):
         self._last_lag_s = 0.0
         self._watch: asyncio.Task[None] | None = None
         self._was_ready: bool | None = None
+        self._checks_seen: dict[str, CheckResult] = {}  # the readiness checks at the last scrape
         self.ready.add("started", self._started_check)
         self.live.add("loop", self._loop_check)
         self.live.add("roles", self._roles_check)
@@ -326,6 +328,13 @@ class OperatorServer(AsgiServer):
             ["role"],
         )
         yield self.loop_lag.family()
+        yield gauge(
+            "vpp_readiness_check",
+            "1 while the named readiness check passes, 0 when it fails (at scrape time): "
+            "what alerting rules read, e.g. api.redis.",
+            {(name,): float(r.ok) for name, r in self._checks_seen.items()},
+            ["check"],
+        )
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -355,6 +364,7 @@ class OperatorServer(AsgiServer):
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
     async def _metrics(self, headers: dict[bytes, bytes]) -> tuple[bytes, str]:
+        _, self._checks_seen = await self.ready.run()
         for hook in self._scrape_hooks:
             try:
                 async with asyncio.timeout(self.ready.timeout_s):

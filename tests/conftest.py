@@ -49,6 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`), the end-to-end
     tests share one group: they run one after another on one worker while the other worker
@@ -63,6 +64,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if item.get_closest_marker("e2e") is not None:
             item.add_marker(pytest.mark.xdist_group("e2e"))
     items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Refuse a run in which xdist would not keep the e2e group together: xdist marks a
+    grouped test by a ``@group`` suffix of its node id, which some pytest releases drop
+    silently (pytest-xdist#1386), and then two whole systems starve each other."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    loose = [i.nodeid for i in session.items if i.get_closest_marker("e2e") and "@" not in i.nodeid]
+    if loose:
+        raise pytest.UsageError(
+            f"--dist loadgroup lost the e2e group of {len(loose)} tests (e.g. {loose[0]}):"
+            " this pytest and pytest-xdist do not work together; see pyproject.toml"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -232,12 +232,12 @@ def _installed_as(monkeypatch: pytest.MonkeyPatch, extras: tuple[str, ...] | Non
     [
         (
             ["cloud", "run", "--mqtt-url", "mqtt://broker"],
-            "error: `vpp cloud` needs the cloud extra (redis, scipy not installed): "
+            "error: `vpp cloud` needs the cloud extra (httpx, redis, scipy not installed): "
             "pip install 'vpp[cloud]'",
         ),
         (
             ["cloud", "--help"],
-            "error: `vpp cloud` needs the cloud extra (redis, scipy not installed): "
+            "error: `vpp cloud` needs the cloud extra (httpx, redis, scipy not installed): "
             "pip install 'vpp[cloud]'",
         ),
         (

@@ -66,7 +66,8 @@ CLOUD_NAMES = {
     "vpp_dispatch_signals_unsent_total",
     "vpp_dispatch_acks_total",
     "vpp_dispatch_latency_seconds",
-    "vpp_dispatch_alerts_total",
+    "vpp_dispatch_partitions_stale",
+    "vpp_dispatch_pool_sites",
     "vpp_dispatch_planning_errors_total",
     "vpp_dispatch_mqtt_connected",
     # api and site-pool sync
@@ -75,6 +76,13 @@ CLOUD_NAMES = {
     "vpp_api_streams_open",
     "vpp_alerts_active",
     "vpp_site_pool_syncs_total",
+    "vpp_readiness_check",
+    # the alert evaluator (api role)
+    "vpp_alerts",
+    "vpp_alert_evaluator_leader",
+    "vpp_alert_evaluations_total",
+    "vpp_alert_scrape_errors_total",
+    "vpp_alert_store_errors_total",
 }
 EDGE_NAMES = {
     "vpp_build_info",
@@ -89,6 +97,8 @@ EDGE_NAMES = {
     "vpp_edge_outbox_pending",
     "vpp_edge_outbox_dropped_total",
     "vpp_edge_telemetry_sent_total",
+    "vpp_edge_telemetry_built_total",
+    "vpp_edge_telemetry_unchanged_total",
     "vpp_edge_mqtt_connected",
     "vpp_edge_cycles_total",
     "vpp_edge_cycle_errors_total",
@@ -338,6 +348,9 @@ async def test_the_edge_agents_metrics_parse_and_ready_follows_the_devices(
         assert len(read) == len(fleet.manifest()["devices"])  # every device, by its kind
         assert total(m, "vpp_role_up", role="agent") == 1
         assert total(m, "vpp_edge_control_mode", mode="fallback") == 1  # no cloud dispatch
+        # every interval, as before flags: none held back by exception
+        assert total(m, "vpp_edge_telemetry_built_total", reason="interval") >= 2
+        assert total(m, "vpp_edge_telemetry_unchanged_total") == 0
         assert total(m, "vpp_edge_sites") == 1
         assert total(m, "vpp_edge_mqtt_connected") == 1
         # the devices go away: not ready, and the body says which

@@ -5,6 +5,7 @@ a spec refuses. The in-process way is what the system tests run on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -75,6 +76,16 @@ async def test_the_cloud_as_processes_through_a_secure_broker(tmp_path):
         assert system.tap.received(system.telemetry_produced())[1] > 0
         metrics = await system.scrape()  # the API process's operator port
         assert any(name == "vpp_build_info" for name, _ in metrics)
+        # its alert evaluator leads (its Redis user may take the lease) and, within an
+        # evaluation or two of the others' start, reads every process: a dispatcher leads,
+        # so no_dispatcher_leader is not even pending
+        assert metrics[("vpp_alert_evaluator_leader", ())] == 1
+        for _ in range(40):
+            alerts = [k for k, v in (await system.scrape()).items() if k[0] == "vpp_alerts" and v]
+            if not alerts:
+                break
+            await asyncio.sleep(0.25)
+        assert alerts == []
         assert await system.leader_id() == "dispatcher-1"
         now = (await system.flexibility())["now"]
         activation = await system.hold_setpoint(-0.3 * (now["baseline_w"] - now["p_min_w"]))

@@ -856,9 +856,15 @@ class RoleProcess(ManagedProcess):
     append_output = True
 
     def __init__(
-        self, name: str, role: str, args: Sequence[str], env: Mapping[str, str], logs: Path
+        self,
+        name: str,
+        role: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        logs: Path,
+        port: int | None = None,  # the operator port (default: a free one at start)
     ) -> None:
-        super().__init__(binary=sys.executable, workdir=logs, keep_workdir=True)
+        super().__init__(binary=sys.executable, workdir=logs, keep_workdir=True, port=port)
         self.kind = name
         self.name, self.role = name, role
         self.args, self.env = list(args), dict(env)

@@ -74,6 +74,7 @@ class ApiContext:
     stopping: asyncio.Event | None = None  # set when the server shuts down: streams end
     streams_open: int = 0
     provisioning: Provisioning | None = None
+    alerting: Any = None  # cloud.alerting.AlertEvaluator, when this process evaluates alerts
     writes: TokenBucket = field(init=False)  # the write limiter, per key id
     claim_failures: TokenBucket = field(init=False)  # failed redemptions, per client address
 

@@ -130,6 +130,11 @@ class SiteCounts(BaseModel):
     stale: int = Field(description="Deadline missed: left out of power and flexibility.")
     offline: int = Field(description="Gone (last will, or silent far past the deadline).")
     degraded: int = Field(description="Fresh but in degraded mode: measured, not dispatched.")
+    autonomous: int = Field(
+        0,
+        description="Fresh, in local autonomy (the kill switch, flag `edge.local_autonomy`): "
+        "measured, running on their own, not dispatched; not a fault.",
+    )
 
 
 class PoolOut(BaseModel):
@@ -755,3 +760,51 @@ class ClaimRedeemOut(BaseModel):
     ca_pem: str | None = Field(
         None, description="The CA certificate (PEM) the broker's certificate is signed by."
     )
+
+
+# --- alerts (admin) -------------------------------------------------------------------------
+
+
+class AlertStateName(StrEnum):
+    pending = "pending"
+    firing = "firing"
+    resolved = "resolved"
+
+
+class AlertRuleOut(BaseModel):
+    """One alerting rule, as the cloud evaluates it and `packaging/prometheus/` mirrors it."""
+
+    name: str = Field(description="The rule's name, the alerts' `alertname` label.")
+    severity: str = Field(description="`warning` or `critical`.")
+    expr: str = Field(description="The rule as PromQL on the exported metrics.")
+    for_s: float = Field(description="How long the condition holds before the alert fires.")
+    keep_firing_for_s: float = Field(
+        description="How long a firing alert keeps firing after its condition is gone."
+    )
+
+
+class AdminAlertOut(BaseModel):
+    """One alert: a rule and a label set, in its state."""
+
+    alertname: str
+    state: AlertStateName
+    severity: str
+    labels: dict[str, str] = Field(description="The series' labels, `alertname`, `severity`.")
+    annotations: dict[str, str] = Field(description="`summary` and `description`.")
+    value: float = Field(description="The expression's value at the last evaluation.")
+    active_at: DateTimeText = Field(description="When the condition began.")
+    fired_at: DateTimeText | None = Field(None, description="When it began to fire.")
+    resolved_at: DateTimeText | None = Field(None, description="When it resolved.")
+    fingerprint: str = Field(description="The label set's identity, as Alertmanager's.")
+
+
+class AdminAlertsOut(BaseModel):
+    evaluator: str | None = Field(
+        description="The API process that evaluates the alerts; null: none did lately."
+    )
+    evaluated_at: DateTimeText | None = Field(description="Its last evaluation.")
+    alerts: list[AdminAlertOut] = Field(
+        description="Pending and firing alerts, and those resolved in the last 15 min; "
+        "oldest first."
+    )
+    rules: list[AlertRuleOut]

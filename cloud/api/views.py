@@ -181,6 +181,7 @@ def now_out(agg: PoolAggregate) -> FlexibilityNow:
             stale=agg.sites_stale,
             offline=agg.sites_offline,
             degraded=agg.sites_degraded,
+            autonomous=agg.sites_autonomous,
         ),
     )
 
@@ -374,4 +375,5 @@ async def pool_site_counts(ctx: ApiContext, pool_id: str, now: float) -> SiteCou
         stale=agg.sites_stale,
         offline=agg.sites_offline,
         degraded=agg.sites_degraded,
+        autonomous=agg.sites_autonomous,
     )

@@ -57,6 +57,17 @@ How the split works
 
 Unavailable units (stale, degraded) are held at their baseline with level 0 and take no part in
 the sums: the command is what the *available* units together should draw.
+
+Strategies (flag ``dispatch.allocation``, per pool and per partition)
+--------------------------------------------------------------------
+``energy`` (the default) is the weighting above. ``headroom`` weighs a unit by its headroom
+alone (``w = headroom``): every unit at the same level, whatever energy it has left; simpler
+to explain, and what a partition's own sites do with one signal level. The choice is per
+unit (``by_headroom``), so one partition can run it while the rest of its pool does not.
+Where the split happens: the dispatcher splits across partitions here; inside a partition
+each site applies the partition's level to its own range, which *is* a split by headroom
+whichever strategy is chosen. So the flag acts at the partition level (and per partition:
+a partition flagged ``headroom`` is weighted by its headroom among its pool's partitions).
 """
 
 from __future__ import annotations
@@ -69,7 +80,10 @@ from numpy.typing import ArrayLike, NDArray
 
 from cloud.hotstate import DURATIONS_S
 
-__all__ = ["DEFAULT_HORIZON_S", "Allocation", "allocate", "water_fill"]
+__all__ = ["ALLOCATIONS", "DEFAULT_HORIZON_S", "Allocation", "allocate", "water_fill"]
+
+#: the values of the ``dispatch.allocation`` flag; the first is the default
+ALLOCATIONS = ("energy", "headroom")
 
 #: Horizon of the energy weighting: the longest duration the aggregates report (4 h).
 DEFAULT_HORIZON_S = float(DURATIONS_S[-1])
@@ -164,12 +178,15 @@ def allocate(
     *,
     weights_up: ArrayLike | None = None,
     weights_down: ArrayLike | None = None,
+    by_headroom: ArrayLike | None = None,
 ) -> Allocation:
     """Split ``command_w`` (total grid power of the available units) across units.
 
     Arrays are one value per unit (W, Wh, bool). ``weights_up`` / ``weights_down`` override
     the energy weights (pass partition aggregates' ``sustain_absorb_w[0]`` /
-    ``sustain_deliver_w[0]`` so the two-level split matches a flat one). A unit whose numbers
+    ``sustain_deliver_w[0]`` so the two-level split matches a flat one). ``by_headroom``
+    (bool per unit): those units are weighted by their headroom alone, energy ignored (the
+    ``headroom`` strategy; see the module docstring). A unit whose numbers
     are not finite or whose range is inverted (``p_min > p_max``) is treated as unavailable:
     bad input never reaches a target. Energies that are NaN or negative count as 0; an
     infinite energy (an unbounded resource) is fine.
@@ -202,6 +219,8 @@ def allocate(
     else:
         w = np.nan_to_num(np.asarray(override, dtype=np.float64), nan=0.0, posinf=0.0)
         weights = np.clip(w, 0.0, None)
+    if by_headroom is not None:
+        weights = np.where(np.asarray(by_headroom, dtype=bool), headroom, weights)
     weights = np.where(avail, weights, 0.0)
 
     capacity = float(headroom.sum())

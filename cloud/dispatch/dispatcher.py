@@ -9,7 +9,9 @@ only once they hold the lock. Every cycle (default 2 s) the leader, for each poo
    out and the others take its share);
 3. runs the PI controller (:mod:`cloud.dispatch.controller`): feed-forward of the target
    plus feedback on the measured error, within the pool's range;
-4. splits the command across partitions (:mod:`cloud.dispatch.allocation`) and publishes
+4. splits the command across partitions (:mod:`cloud.dispatch.allocation`; by energy, or by
+   headroom where the ``dispatch.allocation`` flag says so for the pool or the partition,
+   read from Redis each cycle: :mod:`cloud.dispatch.flags`) and publishes
    one :class:`~protocols.messages.PartitionSignal` per partition, scoped to the pool: every
    site applies the level to its own range, so the message count grows with partitions,
    not sites. Where a plan is in force and every flexible site of a partition follows it,
@@ -52,10 +54,10 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aioredis
 
-from cloud.alerts import AlertBook, active_alerts, store_transition
 from cloud.dispatch.allocation import allocate
 from cloud.dispatch.catch_up import CatchUpConfig, catch_up_w, sites_slot_energy
 from cloud.dispatch.controller import ControllerConfig, ControllerState, step
+from cloud.dispatch.flags import FlagReader
 from cloud.dispatch.link_hold import hold_reason
 from cloud.dispatch.planning import PoolPlanner
 from cloud.dispatch.retention import Pruned, Retention, prune
@@ -91,7 +93,7 @@ log = logging.getLogger("cloud.dispatch")
 LEADER_KEY = "vpp:leader:dispatcher"
 SIGNAL_SEQ_KEY = "vpp:dispatch:signal-seq"
 CONFIG_REV_KEY = "vpp:dispatch:site-config-rev"
-FLAGS_REFRESH_S = 60.0  # the pools' flags are rewritten to Redis at least this often
+FLAGS_REFRESH_S = 60.0  # how often the pools' flag keys are restored if Redis lost them
 
 
 @dataclass
@@ -109,13 +111,18 @@ class _Interval:
     measured_w: list[float] = field(default_factory=list)
     deviation_w: list[float] = field(default_factory=list)
     errors_w: list[float] = field(default_factory=list)
+    baseline_w: list[float] = field(default_factory=list)
     last_ts: float | None = None  # the last cycle's time
+    #: the sites' own account of the interval: (when, their deviation from their baselines
+    #: from the start until then, Wh), as the catch-up last read it
+    sites: tuple[float, float] | None = None
 
     def add(self, now: float, target_w: float, measured_w: float, baseline_w: float) -> None:
         self.ts.append(self.start_ts if self.last_ts is None else self.last_ts)
         self.last_ts = now
         self.target_w.append(target_w)
         self.measured_w.append(measured_w)
+        self.baseline_w.append(baseline_w)
         self.deviation_w.append(target_w - baseline_w)
         self.errors_w.append(target_w - measured_w)
 
@@ -131,6 +138,26 @@ class _Interval:
             held_energy(self.ts, self.measured_w, **measured).wh,
             held_energy(self.ts, self.deviation_w, self.start_ts, until).wh,
         )
+
+    def delivered_wh(self, until: float, cycle_s: float) -> float:
+        """Delivered Wh from the start until ``until``, as exact as the sites make it.
+
+        The dispatcher's cycles sample the pool's power (each site's last reported value,
+        held); the sites integrate their own energy from their meters every interval, also
+        while they send by exception or not at all. Where their account of the interval is
+        known (:attr:`sites`), it replaces the cycles' deviation from the baselines up to
+        then; the tail after it stays sampled. Only when the cycles cover that whole span: a
+        gap is left out of the target, so it must be left out of the delivered energy too."""
+        _, delivered, _ = self.energies(until, cycle_s)
+        if self.sites is None:
+            return delivered
+        at, sites_wh = self.sites
+        span = {"start": self.start_ts, "end": at, "max_hold_s": 2 * cycle_s}
+        measured = held_energy(self.ts, self.measured_w, **span)
+        baseline = held_energy(self.ts, self.baseline_w, **span)
+        if measured.covered_s < at - self.start_ts - 1e-6:
+            return delivered
+        return delivered + sites_wh - (measured.wh - baseline.wh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +179,17 @@ class PoolView:
     partitions_unresponsive: int
 
 
+@dataclass(frozen=True, slots=True)
+class PoolHealth:
+    """A pool's partitions and sites as the leader's last read of the aggregates saw them
+    (for the alerts on the operator port: stale partitions, offline sites)."""
+
+    partitions_stale: int
+    sites_fresh: int
+    sites_stale: int
+    sites_offline: int
+
+
 class PoolDispatcher:
     """Runs the closed loop for every pool of the registry (when it leads)."""
 
@@ -171,7 +209,6 @@ class PoolDispatcher:
         controller: ControllerConfig | None = None,
         ack_timeout_cycles: int = 4,
         loop_latency_s: float = 4.0,
-        shortfall_alert_s: float | None = None,
         schedule_lead_s: float | None = None,
         catch_up: CatchUpConfig | None = None,
         retention: Retention | None = None,
@@ -191,11 +228,6 @@ class PoolDispatcher:
         # cycles of signalling is treated as uncontrolled (its range is not counted on).
         self.ack_timeout_s = ack_timeout_cycles * cycle_s
         self._signalled_since: dict[tuple[str, int], float] = {}
-        self.alerts = AlertBook(
-            raise_after_s=shortfall_alert_s if shortfall_alert_s is not None else 3 * cycle_s,
-            clear_after_s=5 * cycle_s,
-        )
-        self._alerts_adopted = False
         self.max_age_s = max_aggregate_age_s or 3 * cycle_s
         # A command shows in the measured pool power after the loop's round trip: signal to
         # the sites, their next poll (1 s), the devices' ramp, telemetry (every 2 s), the
@@ -237,8 +269,6 @@ class PoolDispatcher:
                 "errors",
                 "no_data",
                 "configs_published",
-                "alerts_raised",
-                "alerts_resolved",
                 "partitions_unresponsive",
                 "releases",
                 "planning_errors",
@@ -251,6 +281,8 @@ class PoolDispatcher:
         )
         # for the operator port (cloud.ops), all kept while leading and cleared when not
         self.pools: dict[str, PoolView] = {}
+        self.pool_health: dict[str, PoolHealth] = {}  # the leader's last read, by pool
+        self._seen_fresh: set[tuple[str, int]] = set()  # partitions seen with a fresh site
         self.signals_by_pool: Counter[str] = Counter()
         self.acks_by_pool: Counter[str] = Counter()
         self.cycle_seconds = LoopHistogram(
@@ -266,6 +298,9 @@ class PoolDispatcher:
         self.last_led_cycle_at: float | None = None  # clock time a leading cycle completed
         self._ack_wait: dict[tuple[str, int], float] = {}  # signalled, not yet followed
         self._acked: set[tuple[str, int]] = set()
+        self.flags = FlagReader()
+        #: pool -> partition -> the allocation strategy of its last split (status, tests)
+        self.allocations: dict[str, dict[int, str]] = {}
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -350,8 +385,9 @@ class PoolDispatcher:
         self.stats["cycles"] += 1
         if not await self.lock.tick():
             self._states.clear()  # a standby re-reads the leader's state when it takes over
-            self._alerts_adopted = False
             self.pools.clear()
+            self.pool_health.clear()
+            self._seen_fresh.clear()
             self._ack_wait.clear()
             self._acked.clear()
             return
@@ -366,11 +402,6 @@ class PoolDispatcher:
     async def _lead(self) -> None:
         """One cycle as the leader: configs, plans, every pool's closed loop, pruning."""
         assert self.lock is not None
-        if not self._alerts_adopted:
-            assert self.redis is not None
-            self.alerts = AlertBook(self.alerts.raise_after_s, self.alerts.clear_after_s)
-            self.alerts.adopt(await active_alerts(self.redis))
-            self._alerts_adopted = True
         await self._publish_site_configs()
         if self._republish_plans and self._linked:
             self._republish_plans = False
@@ -381,6 +412,8 @@ class PoolDispatcher:
         pools = await asyncio.to_thread(self.registry.list_pools)
         for gone in set(self.pools) - {pool.pool_id for pool in pools}:
             del self.pools[gone]
+        for gone in set(self.pool_health) - {pool.pool_id for pool in pools}:
+            del self.pool_health[gone]
         for pool in pools:
             if not self.lock.valid():
                 return
@@ -412,7 +445,23 @@ class PoolDispatcher:
             return []
         values = await self.redis.mget([agg_key(pool_id, p) for p in parts])
         aggs = [PartitionAggregate.from_json(v) for v in values if v]
-        return [a for a in aggs if now - a.ts <= self.max_age_s]
+        fresh = [a for a in aggs if now - a.ts <= self.max_age_s]
+        # for the alerts (cloud.alert_rules): a partition without a fresh aggregate, or
+        # whose sites all fell silent, is stale. Silent: none fresh where this leader saw
+        # fresh ones before (a starting fleet, whose sites have yet to report, is not).
+        for a in fresh:
+            if a.sites_fresh > 0:
+                self._seen_fresh.add((pool_id, a.partition))
+        silent = sum(
+            a.sites_fresh == 0 and (pool_id, a.partition) in self._seen_fresh for a in fresh
+        )
+        self.pool_health[pool_id] = PoolHealth(
+            partitions_stale=len(parts) - len(fresh) + silent,
+            sites_fresh=sum(a.sites_fresh for a in fresh),
+            sites_stale=sum(a.sites_stale for a in fresh),
+            sites_offline=sum(a.sites_offline for a in fresh),
+        )
+        return fresh
 
     def _target(self, pool_id: str, now: float, baseline_w: float) -> Target | None:
         activation = self.registry.active_activation(pool_id, now)
@@ -454,7 +503,7 @@ class PoolDispatcher:
         out = np.ones(len(parts), dtype=bool)
         for i, a in enumerate(parts):
             since = self._signalled_since.get((pool_id, a.partition))
-            flexible = a.sites_fresh - a.sites_degraded
+            flexible = a.sites_flexible
             if (
                 since is not None
                 and now - since > self.ack_timeout_s
@@ -496,7 +545,7 @@ class PoolDispatcher:
             now=now,
             link_down_since=self._link_down_since,
             link_up_since=self._link_up_since,
-            sites_fresh=sum(a.sites_fresh - a.sites_degraded for a in parts),
+            sites_fresh=sum(a.sites_flexible for a in parts),
             envelope_sites=0 if envelope is None else len(envelope.sites),
         )
         if reason is None:
@@ -549,7 +598,6 @@ class PoolDispatcher:
         if not parts:
             self.stats["no_data"] += 1
             self.pools.pop(pool_id, None)
-            await self._alert_shortfall(pool_id, now, None, 0.0)
             return
         baseline = np.array([a.baseline_w for a in parts])
         measured_w = float(sum(a.measured_w for a in parts))
@@ -576,7 +624,6 @@ class PoolDispatcher:
                 self._ack_wait.pop((pool_id, a.partition), None)
                 self._acked.discard((pool_id, a.partition))
             self.pools[pool_id] = PoolView(None, measured_w, 0.0, 0)
-            await self._alert_shortfall(pool_id, now, None, 0.0)
             return
         state = self._states.get(pool_id) or await self._restore(pool_id)
         responsive = self._responsive(pool_id, now, parts)
@@ -603,6 +650,8 @@ class PoolDispatcher:
         )
         # Around each partition's planned point where all its flexible sites follow the plan
         # (their level then reads around that point too), around its baseline elsewhere.
+        strategies = await self.flags.allocations(self.redis, pool_id, [a.partition for a in parts])
+        self.allocations[pool_id] = {a.partition: s for a, s in zip(parts, strategies, strict=True)}
         bases = [self._basis(a, plan) for a in parts]
         centre = baseline + np.array(
             [
@@ -617,16 +666,17 @@ class PoolDispatcher:
             p_max,
             np.array([a.e_absorb_wh for a in parts]),
             np.array([a.e_deliver_wh for a in parts]),
-            np.array([a.sites_fresh - a.sites_degraded > 0 for a in parts]) & responsive,
+            np.array([a.sites_flexible > 0 for a in parts]) & responsive,
             # the allocation weighs by energy over its 4 h horizon: the matching durations
             weights_up=np.array([a.sustain_absorb_w[-1] for a in parts]),
             weights_down=np.array([a.sustain_deliver_w[-1] for a in parts]),
+            by_headroom=np.array([s == "headroom" for s in strategies]),
         )
         await self._publish_signals(
             pool_id, now, [a.partition for a in parts], allocation.levels, bases=bases
         )
         self._states[pool_id] = result.state
-        flexible = sum(a.sites_fresh - a.sites_degraded for a in parts)
+        flexible = sum(a.sites_flexible for a in parts)
         # Reported against the target in force now (the aim may lead it by the schedule lead).
         target_w = target.value_w if target is not None else None
         error_w = None if target_w is None else target_w - measured_w
@@ -665,43 +715,6 @@ class PoolDispatcher:
             target.schedule_id if target else None,
         )
         self.pools[pool_id] = PoolView(target_w, measured_w, result.shortfall_w, unresponsive)
-        await self._alert_shortfall(pool_id, now, target_w, result.shortfall_w)
-
-    async def _alert_shortfall(
-        self, pool_id: str, now: float, target_w: float | None, shortfall_w: float
-    ) -> None:
-        """Raise (after a few cycles) and resolve the pool's shortfall alert.
-
-        Significant: more than 1 % of the target and more than 100 W, so rounding at the
-        range's edge never alerts."""
-        significant = target_w is not None and abs(shortfall_w) > max(100.0, 0.01 * abs(target_w))
-        message = (
-            f"pool {pool_id} cannot reach its target {target_w:.0f} W: "
-            f"{abs(shortfall_w):.0f} W {'short' if shortfall_w < 0 else 'over'} "
-            "(not enough flexibility left)"
-            if significant and target_w is not None
-            else ""
-        )
-        change = self.alerts.sample(
-            f"pool_shortfall:{pool_id}",
-            significant,
-            now,
-            rule="pool_shortfall",
-            severity="critical",
-            pool_id=pool_id,
-            value=shortfall_w,
-            message=message,
-        )
-        if change is None:
-            return
-        transition, alert = change
-        assert self.redis is not None
-        await store_transition(self.redis, transition, alert)
-        self.stats[f"alerts_{transition}"] += 1
-        if transition == "raised":
-            log.warning("ALERT pool=%s %s", pool_id, alert.message)
-        else:
-            log.info("alert resolved pool=%s %s", pool_id, alert.rule)
 
     async def _restore(self, pool_id: str) -> ControllerState:
         """Continue from the last leader's state (bumpless take-over), or start fresh."""
@@ -716,7 +729,7 @@ class PoolDispatcher:
     def _basis(agg: PartitionAggregate, plan: PlanRecord | None) -> PlanBasis:
         """``plan`` where a plan covers the partition and every flexible site there reports
         following one (an older agent never gets a level to read around a plan it lacks)."""
-        flexible = agg.sites_fresh - agg.sites_degraded
+        flexible = agg.sites_flexible
         covered = plan is not None and str(agg.partition) in plan.partitions
         if covered and flexible > 0 and agg.sites_planned >= flexible:
             return PlanBasis.PLAN
@@ -791,7 +804,7 @@ class PoolDispatcher:
         now = self.clock.time()
         if rev == self._published_rev and now - self._flags_written_at >= FLAGS_REFRESH_S:
             # unchanged, but Redis may have lost its keys (a restart without persistence)
-            await self._write_pool_flags(flags, set())
+            await self._write_pool_flags(flags, set(), only_missing=True)
         if rev == self._published_rev or not self._linked or self._mqtt is None:
             return  # a message published while disconnected would be lost: try next cycle
         if self._published_rev is None:
@@ -842,16 +855,21 @@ class PoolDispatcher:
             for site_id, pool_id in mapping.items()
         }
 
-    async def _write_pool_flags(self, flags: FlagSnapshot, pool_ids: set[str]) -> None:
-        """Each pool's and pool partition's own flag values into Redis (:func:`flags_key`)."""
+    async def _write_pool_flags(
+        self, flags: FlagSnapshot, pool_ids: set[str], *, only_missing: bool = False
+    ) -> None:
+        """Each pool's and pool partition's own flag values into Redis (:func:`flags_key`);
+        with ``only_missing``, only keys Redis lost (SET NX: a refresh never fights a
+        newer write)."""
         assert self.redis is not None
         pools = {p.pool_id for p in await asyncio.to_thread(self.registry.list_pools)}
         pipe = self.redis.pipeline(transaction=False)
         for pool_id in sorted(pools | pool_ids):
-            pipe.set(flags_key(pool_id), json.dumps(flags.document(pool_id=pool_id)))
+            doc = flags.document(pool_id=pool_id)
+            pipe.set(flags_key(pool_id), json.dumps(doc), nx=only_missing)
             for partition in range(self.partition_count):
                 doc = flags.document(pool_id=pool_id, partition=partition)
-                pipe.set(flags_key(pool_id, partition), json.dumps(doc))
+                pipe.set(flags_key(pool_id, partition), json.dumps(doc), nx=only_missing)
         await pipe.execute()
         self._flags_written_at = self.clock.time()
 
@@ -905,6 +923,7 @@ class PoolDispatcher:
         if from_sites is not None and current.end_ts - current.start_ts == SETTLEMENT_INTERVAL_S:
             delivered_wh = from_sites
             target_wh = deviation_wh
+            current.sites = (now, from_sites)  # for the interval's record at its end
         return catch_up_w(
             self.catch_up,
             target_wh=target_wh,
@@ -919,7 +938,8 @@ class PoolDispatcher:
         if not interval.errors_w:
             return
         errors = np.array(interval.errors_w)
-        target_wh, delivered_wh, _ = interval.energies(until, self.cycle_s)
+        target_wh, _, _ = interval.energies(until, self.cycle_s)
+        delivered_wh = interval.delivered_wh(until, self.cycle_s)
         self.registry.record_interval(
             pool_id,
             interval.schedule_id,
@@ -933,4 +953,13 @@ class PoolDispatcher:
         )
 
     def status(self) -> dict[str, Any]:
-        return {"id": self.id, "leader": bool(self.lock and self.lock.valid()), **self.stats}
+        return {
+            "id": self.id,
+            "leader": bool(self.lock and self.lock.valid()),
+            **self.stats,
+            "flag_errors": sum(self.flags.errors.values()),
+            "allocations": {
+                pool: {str(p): s for p, s in parts.items()}
+                for pool, parts in self.allocations.items()
+            },
+        }

@@ -69,11 +69,12 @@ _SLOT_START, _SLOT_DEV, _SLOT_COV = 16, 17, 18  # the message's slot_energy (NaN
 _NCOLS = 19
 SLOT_S = SETTLEMENT_INTERVAL_S  # the quarter hours of the sites' slot energy
 
-_MODE_CODE = {Mode.CLOUD: 0, Mode.FALLBACK: 1, Mode.DEGRADED: 2}
+_MODE_CODE = {Mode.CLOUD: 0, Mode.FALLBACK: 1, Mode.DEGRADED: 2, Mode.LOCAL_AUTONOMY: 3}
 _MODE_NAME = {code: mode.value for mode, code in _MODE_CODE.items()}
 _MODE_JSON = {code: f'"{name}"' for code, name in _MODE_NAME.items()}
 _DEGRADED = _MODE_CODE[Mode.DEGRADED]
 _CLOUD = _MODE_CODE[Mode.CLOUD]
+_AUTONOMY = _MODE_CODE[Mode.LOCAL_AUTONOMY]
 _NO_MODE = -1
 
 # status codes (site_summaries change detection)
@@ -268,7 +269,7 @@ class PartitionState:
             else (slot.start_ts, slot.deviation_wh, slot.covered_s)
         )
         self._seq[i] = seq
-        self._mode[i] = _MODE_CODE[t.mode]
+        self._mode[i] = _MODE_CODE[t.effective_mode]
         self._planned[i] = t.plan_id is not None
         self._has[i] = True
         self._changed[i] = True
@@ -324,11 +325,13 @@ class PartitionState:
         """One :class:`PartitionAggregate` per pool with sites in this partition.
 
         ``measured_w``, ``pv_w``, ``load_w``, ``battery_w``: every fresh site;
-        ``uncontrolled_w``: the part of ``measured_w`` from degraded sites (the dispatcher
-        subtracts it from what it asks of the others); ``sites_following``: flexible sites
-        whose latest telemetry says they follow a cloud command (the signals' acknowledgement).
-        Baseline, range, energies and the sustainable powers: fresh sites not in degraded mode (a
-        degraded site offers no flexibility). ``sustain_absorb_w[d]`` sums per site
+        ``uncontrolled_w``: the part of ``measured_w`` from degraded sites and sites in local
+        autonomy (the dispatcher subtracts it from what it asks of the others);
+        ``sites_following``: flexible sites whose latest telemetry says they follow a cloud
+        command (the signals' acknowledgement). Baseline, range, energies and the sustainable
+        powers: fresh sites neither degraded nor in local autonomy (neither offers
+        flexibility; a site in local autonomy is no fault, so it counts in
+        ``sites_autonomous``, not ``sites_degraded``). ``sustain_absorb_w[d]`` sums per site
         ``min(p_max - baseline, e_absorb_wh * 3600 / D)`` clipped at 0; deliver likewise
         with ``baseline - p_min`` and ``e_deliver_wh``.
         """
@@ -342,7 +345,8 @@ class PartitionState:
         num = self._num[:n]
         fresh = (codes == _FRESH) & in_pool
         degraded = fresh & (self._mode[:n] == _DEGRADED)
-        flex = fresh & ~degraded
+        autonomous = fresh & (self._mode[:n] == _AUTONOMY)
+        flex = fresh & ~degraded & ~autonomous
 
         def count(mask: np.ndarray) -> np.ndarray:
             return np.bincount(pool[mask], minlength=n_pools)
@@ -358,10 +362,11 @@ class PartitionState:
         sites_stale = count((codes == _STALE) & in_pool)
         sites_offline = count((codes == _OFFLINE) & in_pool)
         sites_degraded = count(degraded)
+        sites_autonomous = count(autonomous)
         sites_following = count(flex & (self._mode[:n] == _CLOUD))
         sites_planned = count(flex & self._planned[:n])
         measured = total(fresh, col(_GRID))
-        uncontrolled = total(degraded, col(_GRID))
+        uncontrolled = total(degraded | autonomous, col(_GRID))
         pv, load, batt = total(fresh, col(_PV)), total(fresh, col(_LOAD)), total(fresh, col(_BATT))
         baseline = col(_BASELINE)
         p_min, p_max = col(_PMIN), col(_PMAX)
@@ -404,6 +409,7 @@ class PartitionState:
                     sites_stale=int(sites_stale[k]),
                     sites_offline=int(sites_offline[k]),
                     sites_degraded=int(sites_degraded[k]),
+                    sites_autonomous=int(sites_autonomous[k]),
                     measured_w=float(measured[k]),
                     baseline_w=float(sums[0][k]),
                     p_min_w=float(sums[1][k]),
@@ -429,10 +435,11 @@ class PartitionState:
 
     def flexible_sites(self, now: float) -> dict[str, list[str]]:
         """Pool id -> the sites whose flexibility (and so whose envelopes) the pool may count
-        on now: fresh sites not in degraded mode, and stale ones whose latest telemetry said
-        they follow a plan, for :attr:`plan_grace_s` past their fresh window. Those deliver
-        their share open loop until the plan expires: a few telemetry messages late (a loaded
-        gateway, a slow uplink) is no reason to shrink the promise and re-plan the others;
+        on now: fresh sites neither degraded nor in local autonomy, and stale ones whose latest
+        telemetry said they follow a plan, for :attr:`plan_grace_s` past their fresh window.
+        Those deliver their share open loop until the plan expires: a few telemetry messages
+        late (a loaded gateway, a slow uplink) is no reason to shrink the promise and re-plan
+        the others;
         a site silent longer is taken as lost, and the early warning goes out."""
         n = self._n
         if n == 0:
@@ -442,7 +449,8 @@ class PartitionState:
         heard, window = self._heard()
         late = (codes == _STALE) & self._planned[:n] & (now <= heard + window + self.plan_grace_s)
         counted = (codes == _FRESH) | late
-        flex = counted & (pool >= 0) & (self._mode[:n] != _DEGRADED)
+        mode = self._mode[:n]
+        flex = counted & (pool >= 0) & (mode != _DEGRADED) & (mode != _AUTONOMY)
         out: dict[str, list[str]] = {}
         for i in np.flatnonzero(flex).tolist():
             out.setdefault(self._pool_ids[int(pool[i])], []).append(self._site_ids[i])

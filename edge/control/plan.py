@@ -7,7 +7,9 @@ Order of authority (DESIGN.md, "Control priorities at the site"):
    the export limit, and the heat pump's comfort band.
 2. **The cloud's dispatch** (a grid power target) while it is valid: :func:`follow`.
 3. **Local fallback** otherwise: :func:`fallback` (self-consumption, peak shaving at the
-   grid limit, PV curtailment at the export limit, SG-Ready boost on surplus).
+   grid limit, PV curtailment at the export limit, SG-Ready boost on surplus), or, when the
+   site's ``edge.fallback_mode`` flag says so, :func:`peak_shaving` (the battery only caps
+   the grid import at a set limit and keeps the export within the export limit).
 
 Every cycle the agent also computes the fallback plan (its grid power is the site's
 *baseline*) and :func:`flexibility`, whatever it follows.
@@ -24,6 +26,7 @@ All powers in W with the sign convention of :mod:`protocols.units`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -33,6 +36,7 @@ __all__ = [
     "SOC_EDGE_TAPER_S",
     "Battery",
     "HeatPump",
+    "LocalControl",
     "Plan",
     "SgReady",
     "SiteInputs",
@@ -42,6 +46,7 @@ __all__ = [
     "follow",
     "heat_pump_options",
     "heat_pump_power",
+    "peak_shaving",
 ]
 
 BOOST_MIN_SURPLUS_FRACTION = 1.0
@@ -125,6 +130,10 @@ class Plan:
     grid_w: float
     clamped_by: tuple[Limit, ...] = field(default=())
 
+
+#: a local control policy: (inputs, limits, cycle_s) -> plan; :func:`fallback` or a
+#: :func:`peak_shaving` with its limit bound (the forecaster simulates the same one)
+LocalControl = Callable[["SiteInputs", SiteLimits, float], Plan]
 
 SOC_EDGE_TAPER_S = 120.0
 """Shortest time over which the energy left before a SoC edge may be spent (see battery_window)."""
@@ -269,6 +278,49 @@ def fallback(inputs: SiteInputs, limits: SiteLimits, cycle_s: float = 1.0) -> Pl
         elif plan.grid_w > limits.grid_import_w and SgReady.BLOCKED in options:
             plan, _ = _solve(inputs, limits, cycle_s, 0.0, SgReady.BLOCKED, curtail=False)
     return _within_export_limit(plan, inputs, limits)
+
+
+def peak_shaving(
+    inputs: SiteInputs, limits: SiteLimits, limit_w: float, cycle_s: float = 1.0
+) -> Plan:
+    """Local control that keeps the battery for the peaks: import held at ``limit_w``.
+
+    * above ``limit_w`` (never above the grid connection's import limit) the battery
+      discharges the excess, and the heat pump is blocked if that is not enough (comfort
+      permitting);
+    * below it the battery does not cover the load: its energy waits for the next peak;
+    * a PV surplus (the site exporting) charges it, so it is full again for the next peak;
+      what it cannot take is exported, and PV is curtailed only for the export limit;
+    * the heat pump runs on its own thermostat otherwise (no boost: the surplus is the
+      battery's).
+
+    Why recharge from surplus: a battery that only ever discharges is empty after the first
+    evening peak, and peak shaving with an empty battery shaves nothing (OpenEMS's peak
+    shaving controller recharges below its limit for the same reason). It never charges from
+    the grid, so it never adds import.
+    """
+    cap = max(0.0, min(limit_w, limits.grid_import_w))
+    hp = inputs.heat_pump
+    plan = _shave(inputs, limits, cycle_s, cap, SgReady.NORMAL if hp is not None else None)
+    if plan.grid_w > cap + 1e-9 and SgReady.BLOCKED in heat_pump_options(hp, limits):
+        plan = _shave(inputs, limits, cycle_s, cap, SgReady.BLOCKED)
+    return _within_export_limit(plan, inputs, limits)
+
+
+def _shave(
+    inputs: SiteInputs, limits: SiteLimits, cycle_s: float, cap_w: float, state: SgReady | None
+) -> Plan:
+    """The battery for one heat pump state: discharge above ``cap_w``, charge from a surplus,
+    idle in between."""
+    lo, hi, _, _ = battery_window(inputs.battery, limits, cycle_s)
+    net = inputs.load_w + heat_pump_power(inputs.heat_pump, state) - max(0.0, inputs.pv_available_w)
+    if net > cap_w:
+        battery_w = _clamp(net - cap_w, 0.0, hi)
+    elif net < 0.0:
+        battery_w = _clamp(net, lo, 0.0)
+    else:
+        battery_w = 0.0
+    return Plan(battery_w=battery_w, pv_limit_w=None, sg_ready=state, grid_w=net - battery_w)
 
 
 def _within_export_limit(plan: Plan, inputs: SiteInputs, limits: SiteLimits) -> Plan:

@@ -31,6 +31,7 @@ import numpy as np
 from edge.control.plan import (
     Battery,
     HeatPump,
+    LocalControl,
     SgReady,
     SiteInputs,
     SiteLimits,
@@ -99,6 +100,7 @@ def simulate(
     given_hp: GivenHeatPump | None = None,
     error_wh: np.ndarray | None = None,
     pv_potential_sub_w: np.ndarray | None = None,
+    local_control: LocalControl = fallback,
 ) -> PathResult:
     """Run the fallback policy over slots of ``durations_s`` (n,), each cut in the ``m``
     sub-steps of ``pv_sub_w`` / ``outdoor_sub_c`` (n, m); ``load_w`` is per slot.
@@ -115,6 +117,9 @@ def simulate(
     what makes the pessimistic and optimistic paths bound the stored energy, not merely
     the demand. Less demand is released only as far as it can physically go: no load and
     no heat pump, and PV at ``pv_potential_sub_w`` (n, m; the forecast PV without it).
+
+    ``local_control``: the policy the site runs on its own (:func:`fallback` or peak shaving,
+    its fallback mode).
     """
     if house is not None and given_hp is not None:
         raise ValueError("give the heat pump as a house or as given power, not both")
@@ -182,7 +187,7 @@ def simulate(
                 hp_in = HeatPump(
                     normal_w=normal_w, boost_w=on_w if starts else normal_w, indoor_c=t_in
                 )
-            plan = fallback(SiteInputs(load, pv, b_in, hp_in), limits, dt)
+            plan = local_control(SiteInputs(load, pv, b_in, hp_in), limits, dt)
             grid = plan.grid_w
             hp_w = 0.0
             if hp_in is not None:

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.control.plan import Battery, SiteLimits
+from edge.control.plan import Battery, LocalControl, SiteLimits, fallback
 from edge.control.thermal import ThermalModel
 from edge.forecast.baseline import BatteryParams, GivenHeatPump, PathResult, simulate
 from edge.forecast.battery import BatteryLearner
@@ -287,12 +287,15 @@ class Forecaster:
         seq: int,
         *,
         current_slot: bool = False,
+        local_control: LocalControl = fallback,
     ) -> FlexEnvelope:
         """The site's envelope from the slot boundary at (or next after) ``now``.
 
         ``current_slot``: from the boundary of the slot under way, however far into it:
         right when the site has followed its own baseline since that boundary (an agent that
-        just started), so its state now is its state then plus its baseline's own path."""
+        just started), so its state now is its state then plus its baseline's own path.
+        ``local_control``: the site's own control policy (its fallback mode), simulated
+        ahead as the baseline."""
         s = self.settings
         m = s.sub_steps
         n = round(s.horizon_h * 3600 / SLOT_S)
@@ -353,6 +356,7 @@ class Forecaster:
             "outdoor_sub_c": outdoor_sub,
             "battery": battery,
             "soc_pct": None if site.battery is None else site.battery.soc_pct,
+            "local_control": local_control,
         }
         # the thermostat on the house model (its phase, the indoor path, where boosts start),
         # then the paths with the heat pump's expected draw (its phase hours ahead is a guess)

@@ -35,10 +35,12 @@ TITLES = {
     "fallback": "Local fallback",  # no contact with the cloud
     "local": "Local control",  # the cloud is there and asks nothing
     "degraded": "Degraded",
+    "local_autonomy": "Local autonomy",  # the operator's kill switch: on its own by choice
     None: "Starting",
 }
 
 SELF_CONSUMPTION = "self-consumption: the battery stores surplus PV and covers the house"
+PEAK_SHAVING = "peak shaving: the battery keeps the grid import under {limit}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,15 @@ class ControlFacts:
     cloud_connected: bool = False
     cloud_seen_ts: float | None = None  # last cycle with the broker connected
     clamped_by: tuple[str, ...] = ()
+    fallback_mode: str = "self_consumption"  # the site's own control: or peak_shaving
+    peak_shaving_limit_w: float | None = None  # that mode's import limit
+
+
+def _local_words(facts: ControlFacts) -> str:
+    """What the gateway's own control does, in the site's fallback mode."""
+    if facts.fallback_mode == "peak_shaving" and facts.peak_shaving_limit_w is not None:
+        return PEAK_SHAVING.format(limit=kw_text(facts.peak_shaving_limit_w))
+    return SELF_CONSUMPTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +143,21 @@ def explain(facts: ControlFacts, at: Callable[[float], str]) -> Explanation:
                 lead = f"{_contact(facts, at)}: the gateway follows the plan the cloud sent"
             reason = f"{lead}{plan_until}{_battery_words(facts.battery_w)}."
         return Explanation("cloud", TITLES["cloud"], reason, notes)
+    if facts.mode == "local_autonomy":
+        reason = (
+            "The operator has set this home to run on its own for now: the gateway takes no "
+            f"requests from the cloud and runs the house itself ({_local_words(facts)})."
+        )
+        return Explanation("local_autonomy", TITLES["local_autonomy"], reason, notes)
     if facts.cloud_connected:
         reason = (
             "The cloud asks nothing of the house now: the gateway runs it on its own "
-            f"({SELF_CONSUMPTION})."
+            f"({_local_words(facts)})."
         )
     else:
         reason = (
             f"{_contact(facts, at)}: the gateway is running the house on its own "
-            f"({SELF_CONSUMPTION})."
+            f"({_local_words(facts)})."
         )
     title = TITLES["local" if facts.cloud_connected else "fallback"]
     return Explanation("fallback", title, reason, notes)

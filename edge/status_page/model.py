@@ -55,7 +55,7 @@ class Flow(BaseModel):
 class Control(BaseModel):
     """Who is in control, and why."""
 
-    mode: str = Field(description="cloud, fallback, degraded or starting")
+    mode: str = Field(description="cloud, fallback, degraded, local_autonomy or starting")
     title: str
     reason: str
     notes: list[str] = []
@@ -352,6 +352,8 @@ def view_of(agent: SiteAgent) -> AgentView:
         cloud_connected=connected,
         cloud_seen_ts=agent.cloud_seen_ts,
         clamped_by=() if plan is None else tuple(str(c) for c in plan.clamped_by),
+        fallback_mode=agent.behaviour.fallback_mode.value,
+        peak_shaving_limit_w=agent.behaviour.peak_shaving_limit_w,
     )
     return AgentView(
         site_id=agent.site_id,

@@ -191,7 +191,14 @@ async def test_flexibility_now_durations_and_forecast(api: Api) -> None:
     assert now["baseline_w"] == 10_000
     assert (now["p_min_w"], now["p_max_w"]) == (-40_000, 30_000)
     assert (now["e_absorb_wh"], now["e_deliver_wh"]) == (40_000, 50_000)
-    assert now["sites"] == {"total": 6, "fresh": 4, "stale": 2, "offline": 0, "degraded": 0}
+    assert now["sites"] == {
+        "total": 6,
+        "fresh": 4,
+        "stale": 2,
+        "offline": 0,
+        "degraded": 0,
+        "autonomous": 0,
+    }
     assert [
         (d["duration"], d["duration_s"], d["absorb_w"], d["deliver_w"]) for d in body["durations"]
     ] == [

@@ -89,6 +89,7 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/v1/admin/keys"): {"200", "401", "403"},
     ("POST", "/v1/admin/keys"): {"201", "400", "401", "403", "413", "422", "429"},
     ("POST", "/v1/admin/keys/{key_id}/revoke"): {"200", "401", "403", "404", "429"},
+    ("GET", "/v1/admin/alerts"): {"200", "401", "403", "422", "503"},
     ("GET", "/v1/admin/pools"): {"200", "401", "403", "503"},
     ("GET", "/v1/admin/pools/{pool_id}/sites"): {"200", "401", "403", "404", "422", "503"},
     ("POST", "/v1/claims/redeem"): {"200", "400", "404", "409", "410", "413", "422", "429", "503"},
@@ -112,6 +113,7 @@ def test_each_operation_lists_the_statuses_it_answers(spec: dict[str, Any]) -> N
 
 TIME_FIELDS = {"start", "end", "as_of", "generated_at", "time", "last_seen", "created", "since"}
 TIME_FIELDS |= {"until", "ts", "valid_until", "effective_end", "superseded_from", "cancelled_from"}
+TIME_FIELDS |= {"active_at", "fired_at", "resolved_at", "evaluated_at"}
 
 
 def test_every_time_is_a_date_time(spec: dict[str, Any]) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from cloud.alerts import AlertBook, store_transition
+from cloud.alert_rules import DEFAULT_RULES
+from cloud.alerts import Alert, Query, RuleEngine, Sample, labels_of, store_transition
 from cloud.hotstate import DeliveryRecord, delivery_key
 from protocols.units import to_iso8601
 
@@ -56,29 +57,34 @@ async def test_delivery_reports_the_shortfall_and_the_raised_alert(api: Api, red
     assert r.json()["as_of"] is None
 
     record(api, api.now())
-    book = AlertBook(raise_after_s=4.0)
+    (rule,) = [r for r in DEFAULT_RULES if r.name == "pool_shortfall"]  # for 6 s, kept 10 s
+    engine = RuleEngine([rule])
     hot = aioredis.Redis.from_url(redis_url)
+
+    async def evaluate(dt: float, shortfall_w: float) -> list[str]:
+        """One evaluation on the dispatcher's metrics; the transitions stored as the
+        evaluator stores them."""
+        t = api.now() + dt
+        samples = [
+            Sample("vpp_dispatch_target_watts", labels_of({"pool": "north"}), -30_000.0),
+            Sample("vpp_dispatch_shortfall_watts", labels_of({"pool": "north"}), shortfall_w),
+        ]
+        moves = engine.evaluate(t, Query([(t, samples)]))
+        for m in moves:
+            if m.to in ("firing", "resolved"):
+                kind = "raised" if m.to == "firing" else "resolved"
+                await store_transition(hot, kind, Alert.of(m.alert))
+        return [m.to for m in moves]
+
     try:
-        # table: (seconds after start, short?) -> transition
-        for dt, short, expected in (
-            (0, True, None),
-            (2, True, None),
-            (4, True, "raised"),
-            (6, True, None),
+        # table: (seconds after start, shortfall) -> transitions
+        for dt, shortfall, expected in (
+            (0, -4_000.0, ["pending"]),
+            (2, -4_000.0, []),
+            (6, -4_000.0, ["firing"]),
+            (8, -4_000.0, []),
         ):
-            change = book.sample(
-                "pool_shortfall:north",
-                short,
-                api.now() + dt,
-                rule="pool_shortfall",
-                severity="critical",
-                pool_id="north",
-                value=-4_000.0,
-                message="pool north 4000 W short",
-            )
-            assert (change and change[0]) == expected
-            if change:
-                await store_transition(hot, *change)
+            assert await evaluate(dt, shortfall) == expected
         body = (await api.client.get("/v1/pools/north/delivery", headers=api.auth())).json()
         assert body["active"] is True
         assert body["shortfall_w"] == -4_000.0
@@ -88,18 +94,17 @@ async def test_delivery_reports_the_shortfall_and_the_raised_alert(api: Api, red
         assert body["sites_following"] == 3
         assert [a["rule"] for a in body["alerts"]] == ["pool_shortfall"]
         alerts = (await api.client.get("/v1/pools/north/alerts", headers=api.auth())).json()
-        assert alerts["alerts"][0]["message"] == "pool north 4000 W short"
+        assert alerts["alerts"][0]["message"] == (
+            "pool north cannot reach its target: 4000 W out of reach"
+        )
         # another pool's key sees neither the pool nor its alerts
         other = await api.client.get("/v1/pools/north/alerts", headers=api.auth("south"))
         assert other.status_code == 404
         metrics = await api.scrape()
         assert metrics[("vpp_alerts_active", (("pool", "north"), ("rule", "pool_shortfall")))] == 1
-        # resolved after the condition has been gone long enough
-        assert book.sample("pool_shortfall:north", False, api.now() + 10, rule="x") is None
-        change = book.sample("pool_shortfall:north", False, api.now() + 17, rule="x")
-        assert change is not None
-        assert change[0] == "resolved"
-        await store_transition(hot, *change)
+        # resolved after the condition has been gone for keep_firing_for (10 s)
+        assert await evaluate(10, 0.0) == []
+        assert await evaluate(20, 0.0) == ["resolved"]
         body = (await api.client.get("/v1/pools/north/delivery", headers=api.auth())).json()
         assert body["alerts"] == []
         assert await hot.xlen("vpp:alerts:log") == 2

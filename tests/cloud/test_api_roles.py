@@ -27,6 +27,7 @@ ADMIN = [
     ("POST", "/v1/admin/keys", {"role": "trader", "pools": ["north"], "label": "x"}),
     ("POST", "/v1/admin/keys/0123456789ab/revoke", None),
     ("GET", "/v1/admin/pools", None),
+    ("GET", "/v1/admin/alerts", None),
     ("GET", "/v1/admin/pools/north/sites", None),
     ("GET", "/v1/admin/flags", None),
     ("GET", "/v1/admin/flags/history", None),

@@ -117,6 +117,60 @@ def test_table(
     assert a.achieved_w == pytest.approx(command - shortfall, abs=1e-6)
 
 
+# The "headroom" strategy (flag dispatch.allocation), per unit: command, units, which units
+# split by headroom -> targets, levels, shortfall. The energy rows above hold for "energy".
+ALL, NONE = [True] * 3, [False] * 3
+HEADROOM = [
+    # energy ignored: every unit at the same level, also the one with no energy left
+    (700, LIMITED, ALL, [175, 350, 175], [0.175, 0.175, 0.175], 0),
+    (700, LIMITED, NONE, [500, 200, 0], [0.5, 0.1, 0], 0),  # "energy", as above
+    (-640, LIMITED, ALL, [-160, -320, -160], [-0.16, -0.16, -0.16], 0),
+    # per partition: the third by headroom (weight 1000), the others by energy (1000, 400)
+    (700, LIMITED, [False, False, True], [875 / 3, 350 / 3, 875 / 3], [0.2917, 0.0583, 0.2917], 0),
+    # with plenty of energy both strategies agree
+    (2000, PLENTY, ALL, [500, 1000, 500], [0.5, 0.5, 0.5], 0),
+    # beyond the ranges: every unit at its bound, the rest is shortfall, as with energy
+    (5000, LIMITED, ALL, [1000, 2000, 1000], [1, 1, 1], 1000),
+    # an unavailable unit stays at its baseline whatever its strategy
+    (
+        900,
+        [
+            (100, -1000, 1000, INF, INF, False),
+            (0, -500, 500, 0, 0, True),
+            (0, -1000, 1000, 0, 0, True),
+        ],
+        ALL,
+        [100, 300, 600],
+        [0, 0.6, 0.6],
+        0,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "units", "by_headroom", "targets", "levels", "shortfall"), HEADROOM
+)
+def test_headroom_strategy(
+    command: float,
+    units: list[tuple],
+    by_headroom: list[bool],
+    targets: list[float],
+    levels: list[float],
+    shortfall: float,
+) -> None:
+    cols = list(zip(*units, strict=True))
+    a = allocate(
+        command,
+        *(np.array(c, dtype=float) for c in cols[:5]),
+        np.array(cols[5], dtype=bool),
+        900.0,
+        by_headroom=by_headroom,
+    )
+    np.testing.assert_allclose(a.targets_w, targets, atol=1e-6)
+    np.testing.assert_allclose(a.levels, levels, atol=1e-4)
+    assert a.shortfall_w == pytest.approx(shortfall, abs=1e-9)
+
+
 def test_empty_and_bad_arguments() -> None:
     empty = np.zeros(0)
     a = allocate(100.0, empty, empty, empty, empty, empty, np.zeros(0, dtype=bool))

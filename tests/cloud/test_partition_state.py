@@ -155,6 +155,55 @@ def test_degraded_site_measured_but_no_flexibility() -> None:
     assert agg.p_max_w == 4000.0
 
 
+# s1's telemetry (s2 follows the cloud at 100 W) -> fresh, degraded, autonomous, measured,
+# uncontrolled, p_max summed, following, s1's mode as the cloud shows it
+MODES = [
+    ({"mode": "cloud"}, (2, 0, 0, 800.0, 0.0, 8000.0, 2, "cloud")),
+    ({"mode": "fallback"}, (2, 0, 0, 800.0, 0.0, 8000.0, 1, "fallback")),
+    ({"mode": "degraded"}, (2, 1, 0, 800.0, 700.0, 4000.0, 1, "degraded")),
+    # the kill switch as an agent sends it: mode fallback (older readers) + local_autonomy;
+    # measured, its power uncontrolled, no flexibility counted, and no fault (not degraded)
+    (
+        {"mode": "fallback", "local_autonomy": True},
+        (2, 0, 1, 800.0, 700.0, 4000.0, 1, "local_autonomy"),
+    ),
+    ({"mode": "local_autonomy"}, (2, 0, 1, 800.0, 700.0, 4000.0, 1, "local_autonomy")),
+    ({"mode": "fallback", "local_autonomy": False}, (2, 0, 0, 800.0, 0.0, 8000.0, 1, "fallback")),
+]
+
+
+@pytest.mark.parametrize(("telemetry", "expected"), MODES)
+def test_modes_in_the_aggregate(telemetry: dict, expected: tuple) -> None:
+    s = state()
+    s.apply(tel("s1", grid_w=700.0, **telemetry), T0)
+    s.apply(tel("s2", grid_w=100.0, mode="cloud"), T0)
+    agg = only(s, T0)
+    summary = {x.site_id: x for x in s.site_summaries(T0, changed_only=False)}["s1"]
+    got = (
+        agg.sites_fresh,
+        agg.sites_degraded,
+        agg.sites_autonomous,
+        agg.measured_w,
+        agg.uncontrolled_w,
+        agg.p_max_w,
+        agg.sites_following,
+        summary.mode,
+    )
+    assert got == expected
+    flexible = "s1" in s.flexible_sites(T0).get("pool-a", [])
+    assert flexible == (expected[1] + expected[2] == 0)
+
+
+def test_a_site_sending_by_exception_counts_at_its_last_values_until_its_heartbeat() -> None:
+    s = state(stale_intervals=3)
+    s.apply(tel("s1", ts=T0, grid_w=700.0, heartbeat_s=60.0), T0)
+    s.apply(tel("s2", ts=T0 + 58, grid_w=100.0), T0 + 58)
+    agg = only(s, T0 + 59)
+    assert (agg.sites_fresh, agg.measured_w, agg.p_max_w) == (2, 800.0, 8000.0)
+    agg = only(s, T0 + 61)
+    assert (agg.sites_fresh, agg.sites_stale, agg.measured_w) == (1, 1, 100.0)
+
+
 @pytest.mark.parametrize(
     ("telemetry", "status_offline", "at", "counted"),
     [
@@ -293,7 +342,7 @@ def site_msgs(draw: st.DrawFn, i: int) -> dict:
         "age": draw(st.floats(0.0, 400.0)),  # seconds before `now` it was measured
         "interval": draw(st.sampled_from([1.0, 2.0, 5.0, 60.0])),
         "heartbeat": draw(st.none() | st.sampled_from([10.0, 300.0])),
-        "mode": draw(st.sampled_from(["cloud", "fallback", "degraded"])),
+        "mode": draw(st.sampled_from(["cloud", "fallback", "degraded", "local_autonomy"])),
         "grid": draw(powers),
         "baseline": draw(powers),
         "p_min": lo,
@@ -332,6 +381,7 @@ def brute_force(sites: list[dict], now: float, stale_n: float, offline_s: float)
                 "pv": 0.0,
                 "uncontrolled": 0.0,
                 "following": 0,
+                "autonomous": 0,
                 "absorb": [0.0] * len(DURATIONS_S),
                 "deliver": [0.0] * len(DURATIONS_S),
             },
@@ -348,8 +398,9 @@ def brute_force(sites: list[dict], now: float, stale_n: float, offline_s: float)
         a["fresh"] += 1
         a["measured"] += s["grid"]
         a["pv"] += s["pv"] or 0.0
-        if s["mode"] == "degraded":
+        if s["mode"] in ("degraded", "local_autonomy"):
             a["uncontrolled"] += s["grid"]
+            a["autonomous"] += s["mode"] == "local_autonomy"
             continue
         a["following"] += s["mode"] == "cloud"
         for k, f in (
@@ -401,6 +452,7 @@ def test_aggregate_equals_brute_force_sum(sites: list[dict], stale_n: float, off
         a = got[pool]
         counts = (a.sites_total, a.sites_fresh, a.sites_stale, a.sites_offline, a.sites_following)
         assert counts == (e["total"], e["fresh"], e["stale"], e["offline"], e["following"])
+        assert a.sites_autonomous == e["autonomous"]
         pairs = [
             (a.measured_w, e["measured"]),
             (a.baseline_w, e["baseline"]),

@@ -99,13 +99,16 @@ def test_who_may_log_in(
         ("vpp-worker", ("SET", "other:key", "1"), False),
         ("vpp-worker", ("FLUSHDB",), False),
         ("vpp-dispatcher", ("SET", "vpp:leader:dispatcher", "d1"), True),
-        ("vpp-dispatcher", ("XADD", "vpp:alerts:log", "*", "a", "1"), True),
+        ("vpp-dispatcher", ("XADD", "vpp:alerts:log", "*", "a", "1"), False),  # the api's
         ("vpp-dispatcher", ("HGETALL", "vpp:agg:pool:p:1"), True),
         ("vpp-dispatcher", ("DEL", "vpp:agg:pool:p:1"), False),  # the worker's key
         ("vpp-dispatcher", ("KEYS", "*"), False),
         ("vpp-api", ("HSET", "vpp:site-pools", "s1", "pool"), True),
         ("vpp-api", ("GET", "vpp:dispatch:pool:delivery"), True),
         ("vpp-api", ("SET", "vpp:sites:p:1", "x"), False),  # ingest's key
+        ("vpp-api", ("XADD", "vpp:alerts:log", "*", "a", "1"), True),  # the alert evaluator
+        ("vpp-api", ("SET", "vpp:leader:alerts", "api-1"), True),
+        ("vpp-api", ("SET", "vpp:leader:dispatcher", "api-1"), False),
         ("vpp-api", ("FLUSHALL",), False),
         ("vpp-api", ("CONFIG", "SET", "appendonly", "no"), False),
         ("vpp-api", ("PUBLISH", "vpp", "x"), False),

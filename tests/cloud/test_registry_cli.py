@@ -189,6 +189,14 @@ BAD_SETTINGS = [
         ["--mqtt-url", "mqtts://b", "--mqtt-cert-file", __file__],
         "give both the MQTT client certificate and its key",
     ),
+    (
+        ["--mqtt-url", "mqtt://b", "--alert-webhook-url", "ftp://hooks"],
+        "alert webhook 'ftp://hooks': must be an http(s) URL",
+    ),
+    (
+        ["--mqtt-url", "mqtt://b", "--alert-scrape-url", "worker-1:9201"],
+        "alert scrape URL 'worker-1:9201': must be an http(s) URL",
+    ),
 ]
 
 
@@ -206,6 +214,7 @@ def test_cloud_run_refuses_a_setting_that_cannot_work(runner, db, args, message)
     [
         ("api_write_rate_per_s = 0", "the write rate must be > 0 per second"),
         ("api_write_burst = 0", "the write burst must be a whole number >= 1"),
+        ("alert_eval_s = 0", "alert_eval_s must be positive, got 0"),
     ],
 )
 def test_cloud_run_refuses_a_write_limit_that_cannot_work(runner, db, tmp_path, line, message):

@@ -33,6 +33,7 @@ def test_a_relative_output_folder_is_made_absolute(tmp_path, monkeypatch):
         ({"scenario": "broker-restart", "mqtt_url": "mqtt://h:1"}, "drop --mqtt-url"),
         ({"secure": True, "mqtt_url": "mqtt://h:1"}, "--secure starts its own broker"),
         ({"secure": True, "redis_url": "redis://h:1/0"}, "drop --mqtt-url and --redis-url"),
+        ({"alert_webhook_url": "hooks.example"}, "--alert-webhook-url 'hooks.example': must"),
     ],
 )
 def test_bad_options_are_refused_with_the_reason(kwargs, message):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from edge.agent import SiteAgent
+from edge.behaviour import Behaviour
 from firmware_sim.fleet import Fleet
 from protocols.clock import SimClock
 from protocols.messages import Mode
@@ -477,3 +478,44 @@ async def test_partition_signal_is_followed_by_its_pool_only(tmp_path, mosquitto
         await site.wait_for(
             lambda: site.telemetry()[-1].mode is Mode.FALLBACK, 60, "fallback after expiry"
         )
+
+
+async def test_kill_switch_and_telemetry_by_exception_over_the_broker(tmp_path, mosquitto):
+    """The kill switch as the cloud sees it: a dispatch refused with the reason, telemetry
+    that an older reader parses (mode fallback) and a newer one reads as local autonomy,
+    sent by exception with its heartbeat; off again, the next dispatch is followed."""
+    async with running_site(tmp_path, mosquitto.url) as site:
+        first = await site.wait_for(lambda: site.telemetry()[3:], 60, "telemetry")
+        target = first[0].baseline_w - 1500.0
+        site.agent.behaviour = Behaviour(
+            local_autonomy=True, telemetry_by_exception=True, heartbeat_s=30.0
+        )
+        await site.sim_sleep(3)
+        site.observer.publish(site.topic("dispatch"), dispatch_payload(site, 1, target, 60.0))
+        acks = await site.wait_for(site.acks, 30, "an ack")
+        assert (acks[0].accepted, acks[0].reason) == (
+            False,
+            "local autonomy: the site runs on its own (edge.local_autonomy)",
+        )
+        await site.sim_sleep(40)
+        autonomous = [m for m in site.telemetry() if m.local_autonomy]
+        assert autonomous
+        assert {m.mode for m in autonomous} == {Mode.FALLBACK}  # what an older reader sees
+        assert {m.effective_mode for m in autonomous} == {Mode.LOCAL_AUTONOMY}
+        assert {m.heartbeat_s for m in autonomous} == {30.0}
+        assert {(m.flex.p_min_w == m.flex.p_max_w) for m in autonomous} == {True}
+        # by exception: far fewer than one every 2 s, never more than 30 s apart
+        times = [m.ts for m in autonomous]
+        assert len(times) < 40 / 2 / 2
+        assert max(b - a for a, b in pairwise(times)) <= 30.0
+        # the dispatch was not followed: the site stays at its own control
+        assert site.agent.state.mode is Mode.LOCAL_AUTONOMY
+        site.agent.behaviour = Behaviour()
+        site.observer.publish(site.topic("dispatch"), dispatch_payload(site, 2, target, 60.0))
+        acks = await site.wait_for(lambda: site.acks()[1:], 30, "a second ack")
+        assert acks[0].accepted
+        await site.wait_for(
+            lambda: site.telemetry()[-1].mode is Mode.CLOUD, 30, "cloud control again"
+        )
+        seqs = [m.seq for m in site.telemetry()]
+        assert seqs == list(range(len(seqs)))  # sparse, but no gap in the sequence

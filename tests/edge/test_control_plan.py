@@ -21,6 +21,7 @@ from edge.control.plan import (
     battery_window,
     fallback,
     follow,
+    peak_shaving,
 )
 from protocols.messages import Limit
 
@@ -112,6 +113,68 @@ def test_fallback(load, pv, battery, heat_pump, battery_w, pv_limit, sg, grid):
     assert plan.pv_limit_w == (None if pv_limit is None else pytest.approx(pv_limit))
     assert plan.sg_ready == sg
     assert plan.grid_w == pytest.approx(grid)
+
+
+# --- fallback mode "peak shaving": the battery only caps the import (and export) --------
+# load, pv, battery, heat pump, limit -> battery_w, pv_limit_w, sg_ready, grid_w
+PEAK_SHAVING = [
+    # below the limit the battery waits for the peak: the load comes from the grid
+    (800, 0, bat(50), None, 4000, 0, None, None, 800),
+    (3999, 0, bat(50), None, 4000, 0, None, None, 3999),
+    # above the limit it discharges the excess only
+    (6000, 0, bat(50), None, 4000, 2000, None, None, 4000),
+    # beyond its rating: the rest is imported
+    (12_000, 0, bat(50), None, 4000, 5000, None, None, 7000),
+    # at its SoC floor it has nothing to give
+    (6000, 0, bat(10), None, 4000, 0, None, None, 6000),
+    # battery at its rating and still above: the heat pump is blocked (comfort allows)
+    (8000, 0, bat(50), hp(normal=2000), 4000, 4000, None, SgReady.BLOCKED, 4000),
+    # ... not at the bottom of the comfort band
+    (8000, 0, bat(50), hp(normal=2000, indoor=19.5), 4000, 5000, None, SgReady.NORMAL, 5000),
+    # below the limit the heat pump runs on its thermostat
+    (1000, 0, bat(50), hp(normal=2000), 4000, 0, None, SgReady.NORMAL, 3000),
+    # a PV surplus recharges it for the next peak (never the grid)
+    (500, 3000, bat(50), None, 4000, -2500, None, None, 0),
+    (0, 7000, bat(50), None, 4000, -5000, None, None, -2000),
+    # full, and a surplus beyond the export limit: PV curtailed to the export limit
+    (500, 8000, bat(90), None, 4000, 0, 5500, None, -5000),
+    # a limit above the grid connection is held at the connection's import limit
+    (12_000, 0, bat(50), None, 50_000, 2000, None, None, 10_000),
+    # a limit of 0 W: no import at all while the battery lasts
+    (800, 0, bat(50), None, 0, 800, None, None, 0),
+    # no battery: nothing to shave with
+    (6000, 0, None, None, 4000, 0, None, None, 6000),
+]
+
+
+@pytest.mark.parametrize(
+    ("load", "pv", "battery", "heat_pump", "limit", "battery_w", "pv_limit", "sg", "grid"),
+    PEAK_SHAVING,
+)
+def test_peak_shaving(load, pv, battery, heat_pump, limit, battery_w, pv_limit, sg, grid):
+    plan = peak_shaving(SiteInputs(load, pv, battery, heat_pump), LIM, limit, cycle_s=1.0)
+    assert plan.battery_w == pytest.approx(battery_w)
+    assert plan.pv_limit_w == (None if pv_limit is None else pytest.approx(pv_limit))
+    assert plan.sg_ready == sg
+    assert plan.grid_w == pytest.approx(grid)
+
+
+# One evening, cycle by cycle: load, pv -> battery under self-consumption, under peak shaving
+# (4 kW limit). Self-consumption spends the battery on every watt; peak shaving only on peaks.
+EVENING = [
+    (300, 2500, -2200, -2200),  # afternoon surplus: both charge
+    (1500, 0, 1500, 0),  # evening base load: only self-consumption discharges
+    (5500, 0, 5000, 1500),  # the cooker and the car: peak shaving caps the import at 4 kW
+    (9000, 0, 5000, 5000),  # beyond the battery's rating: both at the rating
+    (700, 0, 700, 0),  # night
+]
+
+
+@pytest.mark.parametrize(("load", "pv", "self_consumption_w", "peak_shaving_w"), EVENING)
+def test_fallback_modes_per_cycle(load, pv, self_consumption_w, peak_shaving_w):
+    inputs = SiteInputs(load, pv, bat(50))
+    assert fallback(inputs, LIM).battery_w == pytest.approx(self_consumption_w)
+    assert peak_shaving(inputs, LIM, 4000).battery_w == pytest.approx(peak_shaving_w)
 
 
 # --- following a cloud target ------------------------------------------------------------
@@ -261,3 +324,11 @@ def test_follow_never_breaks_a_hard_limit(inputs, target, cycle_s):
 @given(inputs=sites, cycle_s=st.sampled_from([1.0, 60.0, H]))
 def test_fallback_never_breaks_a_hard_limit(inputs, cycle_s):
     assert_within_hard_limits(fallback(inputs, LIM, cycle_s), inputs, cycle_s)
+
+
+@given(inputs=sites, limit=st.floats(0, 20_000), cycle_s=st.sampled_from([1.0, 60.0, H]))
+def test_peak_shaving_never_breaks_a_hard_limit(inputs, limit, cycle_s):
+    plan = peak_shaving(inputs, LIM, limit, cycle_s)
+    assert_within_hard_limits(plan, inputs, cycle_s)
+    assert plan.battery_w <= 0 or plan.grid_w >= min(limit, LIM.grid_import_w) - 1e-6
+    assert plan.battery_w >= 0 or plan.grid_w <= 1e-6  # charges from a surplus, not the grid

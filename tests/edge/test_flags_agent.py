@@ -224,3 +224,20 @@ def test_an_older_agent_reads_a_new_config():
     new = config_of("site-a", 7, {**defaults(), "edge.peak_shaving_limit_w": 4500.0})
     old = ConfigRelease4.model_validate_json(encode(new))
     assert (old.rev, old.pool_id, old.flags) == (7, "P1", {})
+
+
+# flags received -> the behaviour the site runs (fallback mode, peak-shaving limit, autonomy)
+BEHAVIOURS = [
+    ({}, ("self_consumption", 4000.0, False)),
+    ({"edge.fallback_mode": "peak_shaving"}, ("peak_shaving", 4000.0, False)),
+    ({"edge.peak_shaving_limit_w": 1_000_000.0}, ("self_consumption", IMPORT_LIMIT_W, False)),
+    ({"edge.local_autonomy": True}, ("self_consumption", 4000.0, True)),
+]
+
+
+@pytest.mark.parametrize(("received", "runs"), BEHAVIOURS)
+def test_the_behaviour_follows_the_flags_live(tmp_path, received, runs):
+    agent = make_agent(tmp_path)
+    agent.on_config(config_of("site-a", 1, {**defaults(), **received}))
+    b = agent.behaviour
+    assert (b.fallback_mode.value, b.peak_shaving_limit_w, b.local_autonomy) == runs

@@ -436,3 +436,25 @@ def test_a_plan_beyond_the_limits_is_refused(change, mentions):
         decode(json.dumps(data))
     assert caught.value.reason is Reason.INVALID_VALUE
     assert mentions in str(caught.value)
+
+
+# The kill switch on the wire (an expand step): wire fields -> the mode this release reads.
+# A reader of the previous release knows only modes cloud/fallback/degraded and ignores the
+# unknown field, so an agent in local autonomy writes mode "fallback" + local_autonomy true
+# (tests/edge/test_agent.py checks what it writes).
+
+
+@pytest.mark.parametrize(
+    ("fields", "effective"),
+    [
+        ({"mode": "fallback"}, Mode.FALLBACK),
+        ({"mode": "fallback", "local_autonomy": True}, Mode.LOCAL_AUTONOMY),
+        ({"mode": "fallback", "local_autonomy": False}, Mode.FALLBACK),
+        ({"mode": "cloud", "local_autonomy": None}, Mode.CLOUD),
+        ({"mode": "local_autonomy"}, Mode.LOCAL_AUTONOMY),  # read, though no agent writes it
+    ],
+)
+def test_local_autonomy_reads_as_its_own_mode(fields, effective):
+    message = decode(json.dumps(load("telemetry") | fields))
+    assert isinstance(message, Telemetry)
+    assert message.effective_mode is effective

@@ -842,6 +842,21 @@ def flags_environment(name: str | None, db: Path, reason: str, actor: str | None
     help="Days of expired setpoints kept (0: for ever; default 30).",
 )
 @click.option(
+    "--alert-webhook-url",
+    envvar="VPP_ALERT_WEBHOOK_URL",
+    show_envvar=True,
+    help="Where the api role POSTs firing and resolved alerts (Alertmanager's webhook format).",
+)
+@click.option(
+    "--alert-scrape-url",
+    "alert_scrape_urls",
+    multiple=True,
+    envvar="VPP_ALERT_SCRAPE_URLS",
+    show_envvar=True,
+    help="Another cloud process's /metrics the alert rules read (repeat; the api role's own "
+    "process is always read).",
+)
+@click.option(
     "--verbose", "-v", is_flag=True, envvar="VPP_VERBOSE", help="Log at INFO (default WARNING)."
 )
 def run(
@@ -871,6 +886,8 @@ def run(
     instance_id: str | None,
     retention_cycles_days: float | None,
     retention_activations_days: float | None,
+    alert_webhook_url: str | None,
+    alert_scrape_urls: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Run the cloud's roles until SIGINT/SIGTERM (flags > environment > config file)."""
@@ -914,6 +931,8 @@ def run(
         "instance_id": instance_id,
         "retention_cycles_days": retention_cycles_days,
         "retention_activations_days": retention_activations_days,
+        "alert_webhook_url": alert_webhook_url,
+        "alert_scrape_urls": alert_scrape_urls or None,
     }
     try:
         settings = load_settings(config, overrides)

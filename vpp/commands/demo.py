@@ -54,6 +54,13 @@ PathType = click.Path(path_type=Path)
     help="On the production broker and Redis configs (packaging/): TLS, an account per site "
     "and per cloud role, Redis ACL users; passwords in OUT/secrets/.",
 )
+@click.option(
+    "--alert-webhook-url",
+    envvar="VPP_ALERT_WEBHOOK_URL",
+    show_envvar=True,
+    help="Also send the cloud's alerts and the regression watch's (Alertmanager's webhook "
+    "format) here.",
+)
 @click.option("--no-live", is_flag=True, help="No progress line.")
 @click.option(
     "--history-days",
@@ -78,6 +85,7 @@ def demo(
     mqtt_url: str | None,
     redis_url: str | None,
     secure: bool,
+    alert_webhook_url: str | None,
     no_live: bool,
     history_days: float,
     verbose: bool,
@@ -110,6 +118,7 @@ def demo(
             live=not no_live,
             history_days=history_days,
             secure=secure,
+            alert_webhook_url=alert_webhook_url,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

@@ -14,12 +14,15 @@ every dispatcher cycle (target, measured, band, sites online, SoC spread, and th
 ground truth at the instants the measurement refers to), every quarter-hour interval
 (energy target vs delivered, the prices), every trader decision, every partition signal's
 latency at the sites, telemetry produced vs received by a plain MQTT subscriber, the cloud's
-own alerts, and the scenario's events. At the end the folder gets ``kpis.json``,
+own alerts (the same rules operators get, :mod:`cloud.alert_rules`, received on the cloud's
+alert webhook, which the demo serves; ``--alert-webhook-url`` forwards them), and the
+scenario's events. At the end the folder gets ``kpis.json``,
 ``alerts.json`` and ``report.html`` (:func:`vpp.e2e.write_report`).
 
 Continuous mode runs day after day: after each quarter hour the alert rules are evaluated
 on the KPIs so far and, after each day, a :class:`vpp.e2e.RegressionWatch` compares the
-day's KPIs with the previous days'. Each day gets its own folder.
+day's KPIs with the previous days' and raises its alerts through the same webhook as the
+cloud's. Each day gets its own folder.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from cloud.alerts import LOG_KEY as CLOUD_ALERT_LOG
+from cloud.alert_notify import WebhookNotifier
+from cloud.alerts import Query, RuleEngine
 from cloud.hotstate import (
     DeliveryRecord,
     PartitionAggregate,
@@ -61,7 +65,7 @@ from cloud.hotstate import (
 from edge.agent import SiteAgent
 from edge.store import EdgeStore
 from firmware_sim.fleet import site_id_for
-from protocols.clock import SimClock
+from protocols.clock import SimClock, WallClock
 from protocols.messages import PartitionSignal
 from protocols.units import SETTLEMENT_INTERVAL_S, to_iso8601
 from vpp.demo.faults import FaultDriver, check_fault, check_steps
@@ -74,12 +78,15 @@ from vpp.e2e import (
     RegressionWatch,
     RunRecorder,
     compute_kpis,
-    evaluate,
     failing,
+    kpi_samples,
+    payload_of,
+    regression_payload,
     write_report,
 )
 from vpp.services import MosquittoServer, RedisServer, Restart
 from vpp.system import System, SystemSpec
+from vpp.system.alert_sink import AlertSink
 from vpp.system.secure import check_packaged_configs
 from vpp.trader.client import Decision, TraderOptions, VirtualTrader
 from vpp.trader.prices import PriceSeries, default_prices, packaged_prices, read_prices
@@ -119,6 +126,8 @@ class DemoOptions:
     live: bool = True  # the progress line
     history_days: float = 10.0  # the sites' simulated past before the run (0: none)
     secure: bool = False  # the production broker and Redis configs (vpp.system.secure)
+    # the operator's webhook: the cloud's alerts and the regression watch's go there too
+    alert_webhook_url: str | None = None
 
     def __post_init__(self) -> None:
         # absolute: the services (Mosquitto, Redis) run with their own work dirs as cwd
@@ -127,6 +136,12 @@ class DemoOptions:
         check_steps(scenario(self.scenario))
         if self.sites < 1:
             raise ValueError(f"--sites must be at least 1, got {self.sites}")
+        if self.alert_webhook_url is not None and not self.alert_webhook_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(
+                f"--alert-webhook-url {self.alert_webhook_url!r}: must be an http(s) URL"
+            )
         if not (self.hours > 0 and math.isfinite(self.hours)):
             raise ValueError(f"--hours must be positive, got {self.hours}")
         if not (1.0 <= self.speed <= 1000.0):
@@ -207,8 +222,19 @@ class LiveView:
 class Demo:
     """One run (a day in continuous mode) of the whole system; see the module docstring."""
 
-    def __init__(self, options: DemoOptions, out: Path, console: Console) -> None:
+    def __init__(
+        self,
+        options: DemoOptions,
+        out: Path,
+        console: Console,
+        forward: WebhookNotifier | None = None,
+    ) -> None:
         self.options = options
+        # the cloud's alerts arrive here (its webhook), are recorded in the run, and go on to
+        # the operator's webhook (``forward``) when there is one
+        self.sink = AlertSink(self._cloud_alerts)
+        self.forward = forward
+        self._firing: set[str] = set()  # fingerprints of the cloud's alerts firing now
         self.out = out
         self.console = console
         self.scenario: Scenario = scenario(options.scenario)
@@ -230,7 +256,8 @@ class Demo:
         self._sample_online: list[float] = []
         self._sample_baseline: list[float] = []
         self._judged_until = -math.inf  # continuous mode: intervals already evaluated live
-        self.watch_rules_fired: set[str] = set()
+        # continuous mode: the run's rules on its KPIs so far, with pending/firing/resolved
+        self.kpi_rules = RuleEngine([r.rule for r in DEFAULT_RULES])
 
     @property
     def clock(self) -> SimClock:
@@ -285,7 +312,7 @@ class Demo:
             cloud="processes",
             workers=self.scenario.workers,
             dispatchers=self.scenario.dispatchers,
-            settings=self.timing,
+            settings={**self.timing, "alert_webhook_url": self.sink.url},
             gated=tuple(self.faults.affected()) if gated else (),
             secure=o.secure,
         )
@@ -362,56 +389,60 @@ class Demo:
         o = self.options
         wall0 = time.monotonic()
         interrupted = False
-        with self.services() as (broker, redis_url):
-            self.system = System(
-                self._spec(),
-                self.out,
-                broker,
-                redis_url,
-                before_agents=self._warm_up,
-                on_agent=self._watch_latency,
-                on_restart=self._restarted,
-            )
-            async with self.system as system:
-                try:
-                    # the trader's first look at the pool must find its envelope
-                    await system.wait_ready(envelope=True, timeout_s=90.0)
-                    self.run_start = self.clock.time()
-                    self._schedule_steps()
-                    self.recorder.set_run(
-                        sites=o.sites,
-                        seed=o.seed,
-                        scenario=o.scenario,
-                        speed=o.speed,
-                        sim_start=self.run_start,
-                        hours=o.hours,
-                        pool_id=POOL,
-                        prices=self.prices.day_ahead.source,
-                        imbalance_prices=self.prices.imbalance.source,
-                        scenario_description=self.scenario.description,
-                        secure=o.secure,
-                    )
-                    self.trader = VirtualTrader(
-                        system.api_url,
-                        system.token,
-                        POOL,
-                        self.clock,
-                        self.prices.day_ahead,
-                        TraderOptions(reoptimise_min=15.0),
-                    )
-                    trading = self.trader.run(self.stop)
-                    watching = self.trader.watch(self.stop)  # early warnings on the stream
-                    trader_tasks = [asyncio.create_task(trading), asyncio.create_task(watching)]
+        await self.sink.start()
+        try:
+            with self.services() as (broker, redis_url):
+                self.system = System(
+                    self._spec(),
+                    self.out,
+                    broker,
+                    redis_url,
+                    before_agents=self._warm_up,
+                    on_agent=self._watch_latency,
+                    on_restart=self._restarted,
+                )
+                async with self.system as system:
                     try:
-                        await self._loop()
-                    except asyncio.CancelledError:
-                        interrupted = True
+                        # the trader's first look at the pool must find its envelope
+                        await system.wait_ready(envelope=True, timeout_s=90.0)
+                        self.run_start = self.clock.time()
+                        self._schedule_steps()
+                        self.recorder.set_run(
+                            sites=o.sites,
+                            seed=o.seed,
+                            scenario=o.scenario,
+                            speed=o.speed,
+                            sim_start=self.run_start,
+                            hours=o.hours,
+                            pool_id=POOL,
+                            prices=self.prices.day_ahead.source,
+                            imbalance_prices=self.prices.imbalance.source,
+                            scenario_description=self.scenario.description,
+                            secure=o.secure,
+                        )
+                        self.trader = VirtualTrader(
+                            system.api_url,
+                            system.token,
+                            POOL,
+                            self.clock,
+                            self.prices.day_ahead,
+                            TraderOptions(reoptimise_min=15.0),
+                        )
+                        trading = self.trader.run(self.stop)
+                        watching = self.trader.watch(self.stop)  # early warnings on the stream
+                        trader_tasks = [asyncio.create_task(trading), asyncio.create_task(watching)]
+                        try:
+                            await self._loop()
+                        except asyncio.CancelledError:
+                            interrupted = True
+                        finally:
+                            self.stop.set()
+                            await asyncio.gather(*trader_tasks, return_exceptions=True)
+                        await self._drain_telemetry()
                     finally:
-                        self.stop.set()
-                        await asyncio.gather(*trader_tasks, return_exceptions=True)
-                    await self._drain_telemetry()
-                finally:
-                    await self._wind_down()
+                        await self._wind_down()
+        finally:
+            await self.sink.stop()
         return self._finish(wall0, interrupted)
 
     def _schedule_steps(self) -> None:
@@ -617,12 +648,19 @@ class Demo:
             self.system.truth.forget_before(self._judged_until - SLOT_S)
             self.system.tap.forget_before(self._judged_until - SLOT_S)
         kpis = compute_kpis(self.recorder.record())
-        firing = {a.rule: a for a in evaluate(kpis, DEFAULT_RULES, t)}
-        for rule, alert in firing.items():
-            if rule not in self.watch_rules_fired and rule != "no-intervals":
-                self.recorder.alert(alert)
-                log.warning("ALERT %s: %s", rule, alert.message)
-        self.watch_rules_fired = set(firing)
+        rules = {r.name: r for r in DEFAULT_RULES}
+        moves = self.kpi_rules.evaluate(t, Query([(t, kpi_samples(kpis))]))
+        changed = [m.alert for m in moves if m.to in ("firing", "resolved")]
+        changed = [a for a in changed if a.rule != "no-intervals"]
+        for a in changed:
+            if a.state == "firing":
+                rule, summary = rules[a.rule], a.annotations["summary"]
+                value = kpis.get(rule.kpi)
+                self.recorder.alert(Alert(t, a.rule, a.severity, summary, value, rule.threshold))
+                log.warning("ALERT %s: %s", a.rule, summary)
+        if changed and self.forward is not None:  # through the same webhook as the cloud's
+            for name in sorted({a.rule for a in changed}):
+                self.forward.submit(payload_of([a for a in changed if a.rule == name]))
 
     async def _drain_telemetry(self, wall_timeout_s: float = 20.0) -> None:
         """Give buffered telemetry (a site back from an outage) time to arrive."""
@@ -648,30 +686,30 @@ class Demo:
         self.recorder.telemetry(expected, received)
         if self.trader is not None:
             await self.trader.aclose()
-        await self._copy_cloud_alerts()
+        # the evaluator's last notifications: it evaluates every second or so
+        await self.sink.wait_for(len(self.sink.payloads) + 1, 1.0)
 
-    async def _copy_cloud_alerts(self) -> None:
-        """The cloud's own alerts (pool shortfall), as raised during the run."""
-        assert self.system is not None
-        try:
-            entries = await self.system.hot.xrange(CLOUD_ALERT_LOG)
-        except Exception:  # the report still gets written, without the cloud's alerts
-            log.exception("cannot read the cloud's alert log %s", CLOUD_ALERT_LOG)
-            return
-        for _, entry in entries:
-            if entry.get(b"transition") != b"raised":
-                continue
-            a = json.loads(entry[b"alert"])
-            self.recorder.alert(
-                Alert(
-                    float(a["since"]),
-                    f"cloud:{a['rule']}",
-                    a["severity"],
-                    a["message"],
-                    a["value"],
-                    None,
-                )
-            )
+    def _cloud_alerts(self, payload: dict[str, Any]) -> None:
+        """A notification of the cloud's alert evaluator (Alertmanager's webhook payload):
+        each alert that starts firing, and each that resolves, into the run's alerts (as
+        ``cloud:<rule>``); the payload on to the operator's webhook."""
+        t = self.clock.time() if self.system is not None else 0.0
+        for a in payload.get("alerts", []):
+            name, fp = a["labels"].get("alertname", "?"), a["fingerprint"]
+            summary = a["annotations"].get("summary", "")
+            if a["status"] == "firing" and fp not in self._firing:
+                self._firing.add(fp)
+                severity = a["labels"].get("severity", "warning")
+                alert = Alert(t, f"cloud:{name}", severity, summary, None, None, "cloud")
+                self.recorder.alert(alert)
+                log.warning("ALERT cloud:%s %s", name, summary)
+            elif a["status"] == "resolved" and fp in self._firing:
+                self._firing.discard(fp)
+                message = f"resolved: {summary}"
+                alert = Alert(t, f"cloud:{name}", "resolved", message, None, None, "cloud")
+                self.recorder.alert(alert)
+        if self.forward is not None:
+            self.forward.submit(payload)
 
     def _finish(self, wall0: float, interrupted: bool) -> dict[str, Any]:
         self._judge_intervals(self.clock.time())
@@ -744,20 +782,41 @@ async def _run_days(options: DemoOptions, console: Console) -> list[dict[str, An
     """One run, or in continuous mode one period after another (each ``--hours`` long, a
     whole day with ``--full-day``; each on the next price day, in ``out/day-NNN``), with a
     :class:`RegressionWatch` comparing each period's KPIs with the previous periods'."""
-    if not options.continuous:
-        return [await Demo(options, options.out, console).run()]
+    stop = asyncio.Event()
+    forward, sending = None, None
+    if options.alert_webhook_url is not None:
+        forward = WebhookNotifier(options.alert_webhook_url, WallClock())
+        sending = asyncio.create_task(forward.run(stop), name="alert webhook")
+    try:
+        if not options.continuous:
+            return [await Demo(options, options.out, console, forward).run()]
+        return await _watch_days(options, console, forward)
+    finally:
+        if forward is not None and sending is not None:
+            await forward.drain(10.0)  # the last notifications (a receiver down: not longer)
+            stop.set()
+            await sending
+
+
+async def _watch_days(
+    options: DemoOptions, console: Console, forward: WebhookNotifier | None
+) -> list[dict[str, Any]]:
     watch = RegressionWatch()
     results: list[dict[str, Any]] = []
     period = 0
     while options.max_periods is None or period < options.max_periods:
         day_options = DemoOptions(**{**options.__dict__, "seed": options.seed + period})
-        demo = Demo(day_options, options.out / f"day-{period:03d}", console)
+        demo = Demo(day_options, options.out / f"day-{period:03d}", console, forward)
         result = await demo.run()
         update = watch.observe(result["kpis"], demo.clock.time())
         for alert in update.raised:
             console.print(f"[red]REGRESSION[/red] day {period}: {alert.message}")
         for alert in update.resolved:
             console.print(f"[green]resolved[/green] day {period}: {alert.message}")
+        # raised through the same webhook as the cloud's alerts, in the same format
+        payload = regression_payload(watch, update)
+        if payload is not None and forward is not None:
+            forward.submit(payload)
         result["regressions"] = [a.to_dict() for a in update.raised]
         (demo.out / "regressions.json").write_text(json.dumps(result["regressions"]))
         results.append(result)

@@ -18,6 +18,9 @@ from vpp.e2e.alerts import (
     WatchUpdate,
     evaluate,
     failing,
+    kpi_samples,
+    payload_of,
+    regression_payload,
 )
 from vpp.e2e.kpis import KPI_DOCS, IntervalScores, compute_kpis, score_intervals
 from vpp.e2e.records import RunRecord, RunRecorder, load
@@ -40,7 +43,10 @@ __all__ = [
     "compute_kpis",
     "evaluate",
     "failing",
+    "kpi_samples",
     "load",
+    "payload_of",
+    "regression_payload",
     "score_intervals",
     "write_report",
 ]

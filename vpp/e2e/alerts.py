@@ -1,10 +1,18 @@
-"""Alert rules over the run's KPIs, and regression watching for continuous runs.
+"""The run's acceptance rules over its KPIs, and regression watching for continuous runs.
 
-Rules are data (:class:`AlertRule`), so the demo, CI and an operator's continuous run can
-use different thresholds without code: :func:`evaluate` applies a list of rules to one KPI
-dict (from :func:`vpp.e2e.kpis.compute_kpis`). A rule whose KPI is missing or None does not
-fire: "no data" is caught by rules on the KPIs that count data (``intervals_scored < 1``).
-Rules must not read ``alerts_raised``: that KPI counts the alerts the rules produce.
+The demo is alerted like an operator: by the cloud's own rules (:mod:`cloud.alert_rules`,
+evaluated by the cloud while the run goes, received on its webhook). What is here judges the
+run itself, on its KPIs, with the same machinery: each :class:`AlertRule` row is a
+:class:`cloud.alerts.Rule` on the gauge ``vpp_run_kpi{kpi=...}``, evaluated by
+:class:`cloud.alerts.RuleEngine` (once after the run by :func:`evaluate`; every quarter hour,
+with pending/firing/resolved, in continuous mode), and its alerts and the regression watch's
+go out in Alertmanager's payload (:func:`payload_of`, :func:`regression_payload`) through the
+same webhook as the cloud's.
+
+Rules are data, so the demo, CI and an operator's continuous run can use different
+thresholds without code. A rule whose KPI is missing or None does not fire: "no data" is
+caught by rules on the KPIs that count data (``intervals_scored < 1``). Rules must not read
+``alerts_raised``: that KPI counts the alerts the rules produce.
 
 Severities: ``"critical"`` alerts fail the run (verdict FAIL); ``"warning"`` alerts are
 reported but do not fail it.
@@ -31,7 +39,11 @@ import statistics
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Literal
+
+from cloud.alert_notify import webhook_payload
+from cloud.alerts import AlertState, Labels, Query, Rule, RuleEngine, Sample, labels_of
 
 __all__ = [
     "DEFAULT_REGRESSION_RULES",
@@ -43,7 +55,12 @@ __all__ = [
     "WatchUpdate",
     "evaluate",
     "failing",
+    "kpi_samples",
+    "payload_of",
+    "regression_payload",
 ]
+
+KPI_METRIC = "vpp_run_kpi"
 
 Severity = Literal["critical", "warning"]
 Op = Literal["<", "<=", ">", ">=", "==", "!="]
@@ -77,9 +94,27 @@ class AlertRule:
             raise ValueError(f"rule {self.name!r}: unknown operator {self.op!r}")
         if self.severity not in ("critical", "warning"):
             raise ValueError(f"rule {self.name!r}: unknown severity {self.severity!r}")
+        if not isinstance(self.threshold, (bool, int, float)):
+            raise ValueError(f"rule {self.name!r}: the threshold must be a number or a bool")
 
-    def fires(self, value: Any) -> bool:
-        return value is not None and bool(_OPS[self.op](value, self.threshold))
+    @cached_property
+    def rule(self) -> Rule:
+        """This row as a rule of the engine: its KPI's gauge compared with the threshold."""
+        compare, kpi = _OPS[self.op], self.kpi
+
+        def expr(q: Query, p: Mapping[str, float]) -> dict[Labels, float]:
+            found = q.vector(KPI_METRIC, kpi=kpi)
+            return {k: v for k, v in found.items() if compare(v, p["threshold"])}
+
+        return Rule(
+            self.name,
+            self.severity,
+            expr,
+            f'{KPI_METRIC}{{{{kpi="{kpi}"}}}} {self.op} {{threshold}}',
+            self.message,
+            f"{self.kpi} {self.op} {self.threshold}",
+            params={"threshold": self.threshold},
+        )
 
 
 @dataclass(frozen=True)
@@ -236,32 +271,52 @@ DEFAULT_RULES: tuple[AlertRule, ...] = (
 )
 
 
-def _message(template: str, kpi: str, value: Any, threshold: Any) -> str:
-    """Format a rule's message; a template that does not fit the value is shown raw."""
-    try:
-        return template.format(value=value, threshold=threshold, kpi=kpi)
-    except (ValueError, TypeError, KeyError, IndexError):
-        return f"{template} ({kpi}={value!r}, threshold {threshold!r})"
+def kpi_samples(kpis: Mapping[str, Any]) -> list[Sample]:
+    """The KPIs as gauges ``vpp_run_kpi{kpi=...}`` (booleans as 1/0; None and text left out)."""
+    out = []
+    for name, value in kpis.items():
+        if isinstance(value, (bool, int, float)) and value == value:
+            out.append(Sample(KPI_METRIC, labels_of({"kpi": name}), float(value)))
+    return out
 
 
 def evaluate(
     kpis: Mapping[str, Any], rules: Iterable[AlertRule] = DEFAULT_RULES, t: float = 0.0
 ) -> list[Alert]:
     """The alerts that ``rules`` raise on ``kpis``, at (simulated) time ``t``, in rule order."""
-    alerts = []
-    for rule in rules:
-        value = kpis.get(rule.kpi)
-        if rule.fires(value):
-            message = _message(rule.message, rule.kpi, value, rule.threshold)
-            alerts.append(Alert(t, rule.name, rule.severity, message, value, rule.threshold))
-    return alerts
+    rules = list(rules)
+    engine = RuleEngine([r.rule for r in rules])
+    engine.evaluate(t, Query([(t, kpi_samples(kpis))]))
+    firing = {a.rule: a for a in engine.alerts() if a.state == "firing"}
+    return [
+        Alert(
+            t,
+            r.name,
+            r.severity,
+            firing[r.name].annotations["summary"],
+            kpis.get(r.kpi),
+            r.threshold,
+        )
+        for r in rules
+        if r.name in firing
+    ]
+
+
+def payload_of(alerts: Sequence[AlertState]) -> dict[str, Any]:
+    """Alerts of one rule as the webhook sends them (Alertmanager's payload)."""
+    return webhook_payload(alerts, receiver="vpp-demo")
 
 
 def failing(alerts: Iterable[Alert | Mapping[str, Any]]) -> list[str]:
-    """Names of the rules whose critical alerts fail a run (order kept, no repeats)."""
+    """Names of the rules whose critical alerts fail a run (order kept, no repeats). The
+    cloud's own alerts (``source`` ``cloud``) are what an operator would have been paged
+    with: a fault drill is meant to page, so they are reported, and the run's verdict rests
+    on its KPIs."""
     names: list[str] = []
     for alert in alerts:
         data = alert.to_dict() if isinstance(alert, Alert) else alert
+        if data.get("source") == "cloud":
+            continue
         if data.get("severity") == "critical" and data.get("rule") not in names:
             names.append(str(data.get("rule")))
     return names
@@ -406,3 +461,34 @@ class RegressionWatch:
                 Alert(t, active.rule, "resolved", message, value, active.threshold, source="live")
             )
         self._history[rule.kpi].append(value)
+
+
+def regression_payload(watch: RegressionWatch, update: WatchUpdate) -> dict[str, Any] | None:
+    """The regressions ``update`` raised and resolved, as one webhook payload (alertname
+    ``kpi_regression``, one alert per KPI); None when nothing changed."""
+    severities = {r.kpi: r.severity for r in watch.rules}
+    states = []
+    changes = [(a, "firing") for a in update.raised] + [(a, "resolved") for a in update.resolved]
+    for alert, state in changes:
+        kpi = alert.rule.removeprefix("regression:")
+        severity = severities.get(kpi, "warning")
+        labels = {"alertname": "kpi_regression", "kpi": kpi, "severity": severity}
+        annotations = {
+            "summary": alert.message,
+            "description": f"{kpi} against the median of its recent periods (continuous run)",
+        }
+        states.append(
+            AlertState(
+                "kpi_regression",
+                severity,
+                labels,
+                annotations,
+                "firing" if state == "firing" else "resolved",
+                alert.t,
+                float(alert.value),
+                alert.t,
+                fired_at=alert.t,
+                resolved_at=alert.t if state == "resolved" else None,
+            )
+        )
+    return payload_of(states) if states else None

@@ -83,7 +83,8 @@ Files (all in one output folder)
 
 ``alerts.json``
     List of alerts ``{"t", "rule", "severity", "message", "value", "threshold", "source"}``
-    (see :mod:`vpp.e2e.alerts`). ``source`` is ``"live"`` for alerts raised while the run
+    (see :mod:`vpp.e2e.alerts`). ``source`` is ``"cloud"`` for the cloud's own alerts (its
+    webhook), ``"live"`` for alerts raised while the run
     was going (e.g. by a :class:`~vpp.e2e.alerts.RegressionWatch`) and ``"rules"`` for the
     final evaluation of the alert rules over the run's KPIs.
 
@@ -498,8 +499,10 @@ class RunRecorder:
         self._telemetry = {"expected": int(expected), "received": int(received)}
 
     def alert(self, alert: Alert) -> None:
-        """Record an alert raised while the run was going (stored with ``source="live"``)."""
-        self._alerts.append({**alert.to_dict(), "source": "live"})
+        """Record an alert raised while the run was going (stored with ``source="live"``,
+        or ``"cloud"`` for the cloud's own)."""
+        source = "cloud" if alert.source == "cloud" else "live"
+        self._alerts.append({**alert.to_dict(), "source": source})
 
     def record(self) -> RunRecord:
         """A snapshot of everything so far, e.g. for live KPIs, without touching disk."""

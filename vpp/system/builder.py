@@ -39,6 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cloud.dispatch.dispatcher import LEADER_KEY, PoolDispatcher, delivery_key
 from cloud.dispatch.retention import Retention
+from cloud.ops import watch_dispatcher
 from cloud.registry import Registry
 from cloud.runner import CloudSettings, run_cloud
 from edge.agent import SiteAgent
@@ -158,6 +159,11 @@ class System:
         self.gone: dict[int, int] = {}  # stopped or killed site -> its last telemetry seq
         self.operator: OperatorServer | None = None  # in-process: the worker and API roles'
         self.dispatchers: list[PoolDispatcher] = []  # in-process
+        # in-process: each dispatcher's own operator port, as its process would have (the
+        # alert evaluator scrapes it; a killed dispatcher's goes away with it)
+        self.dispatcher_operators: list[OperatorServer] = []
+        self._dispatcher_ports: list[int] = []
+        self._registry_handle: Registry | None = None
         self.dispatch_runs: list[asyncio.Task[None]] = []
         self.processes: list[RoleProcess] = []  # processes: api, workers, dispatchers
         self.supervisor = ProcessSupervisor(on_restart=on_restart)
@@ -342,9 +348,14 @@ class System:
                     raise error
 
         stack.push_async_callback(stop_cloud)
+        self._dispatcher_ports = [free_port() for _ in range(self.spec.dispatchers)]
+        scrape = tuple(f"http://127.0.0.1:{p}/metrics" for p in self._dispatcher_ports)
         for k in range(self.spec.workers):
             roles = ("worker", "api") if k == 0 else ("worker",)
             settings = replace(self.settings, instance_id=f"worker-{k + 1}")
+            if k == 0:  # the API's alert evaluator reads the dispatchers' metrics too
+                scrape_urls = (*settings.alert_scrape_urls, *scrape)
+                settings = replace(settings, alert_scrape_urls=scrape_urls)
             operator = OperatorServer(port=0)
             self.operator = self.operator or operator
             readies.append(asyncio.Event())
@@ -362,36 +373,61 @@ class System:
                 if task.done():
                     task.result()  # the role's error
             raise RuntimeError("the cloud's roles did not start within 30 s")
-        registry = Registry(db, self.clock)
-        stack.callback(registry.close)
+        self._registry_handle = Registry(db, self.clock)
+        stack.callback(self._registry_handle.close)
         stack.push_async_callback(self._stop_dispatchers)
-        s = self.settings
         for i in range(self.spec.dispatchers):
-            dispatcher = PoolDispatcher(
-                broker=s.mqtt_endpoint(),
-                redis_url=s.redis_connect_url(),
-                registry=registry,
-                clock=self.clock,
-                partition_count=s.partitions,
-                cycle_s=s.dispatch_cycle_s,
-                dispatcher_id=f"dispatcher-{i + 1}",
-                lock_ttl_s=s.dispatch_lock_ttl_s,
-                max_aggregate_age_s=s.dispatch_max_age_s,
-                retention=Retention(s.retention_cycles_days, s.retention_activations_days),
-            )
-            await dispatcher.start()
-            self.dispatchers.append(dispatcher)
-            self.dispatch_runs.append(asyncio.create_task(dispatcher.run(), name=dispatcher.id))
+            await self.start_dispatcher(i)
             if i == 0:
-                await self.clock.sleep(s.dispatch_cycle_s)
+                await self.clock.sleep(self.settings.dispatch_cycle_s)
+
+    async def start_dispatcher(self, i: int) -> PoolDispatcher:
+        """In-process: start dispatcher ``i`` (again, after :meth:`kill_dispatcher`, as its
+        supervisor would), with its operator port on the same address."""
+        s, registry = self.settings, self._registry_handle
+        assert registry is not None, "in-process systems only"
+        dispatcher = PoolDispatcher(
+            broker=s.mqtt_endpoint(),
+            redis_url=s.redis_connect_url(),
+            registry=registry,
+            clock=self.clock,
+            partition_count=s.partitions,
+            cycle_s=s.dispatch_cycle_s,
+            dispatcher_id=f"dispatcher-{i + 1}",
+            lock_ttl_s=s.dispatch_lock_ttl_s,
+            max_aggregate_age_s=s.dispatch_max_age_s,
+            retention=Retention(s.retention_cycles_days, s.retention_activations_days),
+        )
+        operator = OperatorServer(port=self._dispatcher_ports[i])
+        watch_dispatcher(operator, dispatcher)
+        await operator.start()
+        await dispatcher.start()
+        run = asyncio.create_task(dispatcher.run(), name=dispatcher.id)
+        if i < len(self.dispatchers):
+            self.dispatchers[i], self.dispatch_runs[i] = dispatcher, run
+            self.dispatcher_operators[i] = operator
+        else:
+            self.dispatchers.append(dispatcher)
+            self.dispatch_runs.append(run)
+            self.dispatcher_operators.append(operator)
+        return dispatcher
 
     async def _start_processes(self, stack: contextlib.AsyncExitStack, state: Path) -> None:
         """A supervised `vpp cloud run --role` child per role: the API, the workers, the
         dispatchers (each dispatcher half a wall second after the one before)."""
         s = self.settings
         config = state / "cloud.toml"
+        # the workers' and dispatchers' operator ports, fixed: the API's alert evaluator
+        # scrapes them (in production, the operator lists them in alert_scrape_urls)
+        others = self.spec.workers + self.spec.dispatchers
+        ports = [free_port() for _ in range(others)]
+        scrape = [*s.alert_scrape_urls, *(f"http://127.0.0.1:{p}/metrics" for p in ports)]
         config.write_text(
-            "[cloud]\n" + "".join(f"{k} = {v!r}\n" for k, v in self.spec.settings.items())
+            "[cloud]\n"
+            + "".join(
+                f"{k} = {v!r}\n" for k, v in self.spec.settings.items() if k != "alert_scrape_urls"
+            )
+            + f"alert_scrape_urls = {json.dumps(scrape)}\n"
         )
         common = ["--mqtt-url", s.mqtt_url, "--redis-url", s.redis_url, "--db", str(s.db)]
         common += ["--partitions", str(s.partitions), "--config", str(config)]
@@ -406,10 +442,13 @@ class System:
                 await asyncio.to_thread(proc.stop)
 
         stack.push_async_callback(stop_processes)
+        operator_ports = iter(ports)
         for name, role, extra in roles:
             ident = [] if role == "api" else ["--instance-id", name]
+            port = None if role == "api" else next(operator_ports)
             accounts = _account_args(self.role_settings(role))
-            proc = RoleProcess(name, role, [*common, *accounts, *extra, *ident], env, logs)
+            args = [*common, *accounts, *extra, *ident]
+            proc = RoleProcess(name, role, args, env, logs, port=port)
             proc.start()  # each with its operator port, free and logged
             self.processes.append(proc)
             self.supervisor.watch(proc)
@@ -455,6 +494,9 @@ class System:
         for dispatcher in self.dispatchers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(dispatcher.stop(), 10)
+        for operator in self.dispatcher_operators:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(operator.stop(), 10)
         if pending:
             raise RuntimeError(f"dispatcher loops still running 30 s after cancel: {pending}")
 
@@ -538,6 +580,7 @@ class System:
         self.dispatch_runs[i].cancel()
         await asyncio.gather(self.dispatch_runs[i], return_exceptions=True)
         await self.dispatchers[i].abandon()
+        await self.dispatcher_operators[i].stop()  # its process is gone: so is its port
 
     @property
     def operator_url(self) -> str:

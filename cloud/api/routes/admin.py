@@ -1,4 +1,5 @@
-"""The operator's endpoints (tag ``admin``): API keys, and pools and sites with their state.
+"""The operator's endpoints (tag ``admin``): API keys, pools and sites with their state, and
+the alerts (:mod:`cloud.alerting`).
 
 They take an admin key only; a trader key gets 403 (:mod:`cloud.api.auth`). What they do
 is what ``vpp cloud keys ...`` does on the registry file, for an operator who reaches the
@@ -11,6 +12,8 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
+from cloud.alert_rules import DEFAULT_RULES
+from cloud.alerting import stored_view
 from cloud.api.auth import ADMIN_WRITE, AdminDep
 from cloud.api.context import CtxDep
 from cloud.api.errors import ApiError
@@ -26,8 +29,12 @@ from cloud.api.routes.common import (
     refusals,
 )
 from cloud.api.schemas import (
+    AdminAlertOut,
+    AdminAlertsOut,
     AdminPoolOut,
     AdminPoolsOut,
+    AlertRuleOut,
+    AlertStateName,
     KeyCreatedOut,
     KeyIn,
     KeyOut,
@@ -142,3 +149,54 @@ async def list_sites(
     if await ctx.db(ctx.registry.get_pool, pool_id) is None:
         raise ApiError(404, "not_found", f"pool {pool_id!r} not found")
     return await sites_page(ctx, pool_id, offset, limit)
+
+
+@router.get(
+    "/alerts",
+    response_model=AdminAlertsOut,
+    responses=refusals(AUTH, TRADER_KEY, INVALID, HOT_STATE),
+    summary="The alerts: pending, firing and lately resolved, and the rules",
+    description="As the evaluating API process has them (this one, or another one's through "
+    "Redis). `state` keeps the alerts in that state only. While Redis is away, only the "
+    "evaluating process can answer (503 `hot_state_unavailable` elsewhere).",
+)
+async def list_alerts(
+    _: AdminDep, ctx: CtxDep, state: AlertStateName | None = None
+) -> AdminAlertsOut:
+    local = ctx.alerting
+    if local is not None and local.leading:
+        view = local.view()
+    else:
+        view = await stored_view(ctx.get_redis())
+    rules = local.engine.rules if local is not None else DEFAULT_RULES
+    alerts = [] if view is None else view["alerts"]
+    return AdminAlertsOut(
+        evaluator=None if view is None else view["evaluator"],
+        evaluated_at=None if view is None else iso(view["evaluated_at"]),
+        alerts=[
+            AdminAlertOut(
+                alertname=a["rule"],
+                state=a["state"],
+                severity=a["severity"],
+                labels=a["labels"],
+                annotations=a["annotations"],
+                value=a["value"],
+                active_at=to_iso8601(a["active_at"]),
+                fired_at=iso(a["fired_at"]),
+                resolved_at=iso(a["resolved_at"]),
+                fingerprint=a["fingerprint"],
+            )
+            for a in alerts
+            if state is None or a["state"] == state
+        ],
+        rules=[
+            AlertRuleOut(
+                name=r.name,
+                severity=r.severity,
+                expr=r.expression,
+                for_s=r.for_s,
+                keep_firing_for_s=r.keep_firing_for_s,
+            )
+            for r in rules
+        ],
+    )

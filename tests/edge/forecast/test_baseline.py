@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge.behaviour import Behaviour, FallbackMode
 from edge.control.plan import SiteLimits
 from edge.forecast.baseline import BatteryParams, GivenHeatPump, simulate
 from edge.forecast.history import SLOT_S
@@ -13,7 +14,17 @@ LIM = SiteLimits(grid_import_w=17_250, grid_export_w=10_000, soc_min_pct=10, soc
 BAT = BatteryParams(capacity_wh=10_000, rated_charge_w=5000, rated_discharge_w=5000)
 
 
-def run(load, pv, hours: float, soc: float, battery=BAT, hp=None, error=None, potential=None):
+def run(
+    load,
+    pv,
+    hours: float,
+    soc: float,
+    battery=BAT,
+    hp=None,
+    error=None,
+    potential=None,
+    local_control=None,
+):
     """``hours`` of constant (or per-slot) load and PV."""
     n = round(hours * 4)
     load = np.broadcast_to(np.asarray(load, dtype=float), (n,)).copy()
@@ -33,6 +44,7 @@ def run(load, pv, hours: float, soc: float, battery=BAT, hp=None, error=None, po
         given_hp=given,
         error_wh=None if error is None else np.asarray(error, dtype=float),
         pv_potential_sub_w=potential,
+        **({} if local_control is None else {"local_control": local_control}),
     )
 
 
@@ -155,3 +167,28 @@ def test_less_demand_is_banked_until_it_can_physically_happen():
     sun = np.r_[np.zeros(24), np.full(8, 5000.0)]  # a brighter sun could give 5 kW by day
     brighter = run(load, pv, 8, 10, error=error, potential=np.repeat(sun[:, None], 3, axis=1))
     assert brighter.stored_wh[-1] - nominal.stored_wh[-1] == pytest.approx(2000 * 0.95, abs=2)
+
+
+SHAVE = Behaviour(fallback_mode=FallbackMode.PEAK_SHAVING, peak_shaving_limit_w=4000.0)
+
+
+# The baseline ahead in the site's fallback mode: (name, load, pv, hours, soc) -> first slot's
+# battery and grid, stored Wh at the end, under peak shaving (4 kW)
+SHAVED_DAYS = [
+    # the evening below the limit: the battery keeps its energy for a peak
+    ("evening", 1500, 0, 8, 60, 0, 1500, 6000),
+    # a peak: the battery covers what is above 4 kW until it reaches its floor
+    ("peak", 6000, 0, 2, 60, 2000, 4000, 6000 - 2 * 2000 / 0.95),
+    # the afternoon surplus still charges it
+    ("surplus", 500, 4000, 8, 50, -3500, 0, 9500),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "load", "pv", "hours", "soc", "bat0", "grid0", "stored"), SHAVED_DAYS
+)
+def test_a_crafted_day_peak_shaving(name, load, pv, hours, soc, bat0, grid0, stored):
+    path = run(load, pv, hours, soc, local_control=SHAVE.local_control())
+    assert path.battery_w[0] == pytest.approx(bat0, abs=1)
+    assert path.grid_w[0] == pytest.approx(grid0, abs=1)
+    assert path.stored_wh[-1] == pytest.approx(stored, abs=5)

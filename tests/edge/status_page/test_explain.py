@@ -118,6 +118,26 @@ def at(ts: float) -> str:
             "hands the battery back to its own control and keeps PV within the export limit. "
             "The cloud's requests wait until the meter is back.",
         ),
+        (
+            ControlFacts(
+                mode="fallback",
+                cloud_connected=True,
+                fallback_mode="peak_shaving",
+                peak_shaving_limit_w=4000.0,
+            ),
+            "fallback",
+            "Local control",
+            "The cloud asks nothing of the house now: the gateway runs it on its own "
+            "(peak shaving: the battery keeps the grid import under 4.0 kW).",
+        ),
+        (
+            ControlFacts(mode="local_autonomy", cloud_connected=True),
+            "local_autonomy",
+            "Local autonomy",
+            "The operator has set this home to run on its own for now: the gateway takes no "
+            "requests from the cloud and runs the house itself (self-consumption: the battery "
+            "stores surplus PV and covers the house).",
+        ),
     ],
     ids=[
         "starting",
@@ -131,6 +151,8 @@ def at(ts: float) -> str:
         "battery-lost",
         "two-lost",
         "meter-lost",
+        "peak-shaving-online",
+        "local-autonomy",
     ],
 )
 def test_the_reason_in_plain_words(facts, mode, title, reason):
