@@ -21,6 +21,7 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
     vpp:plan:{pool}              string  the pool's plan in force (dispatcher)
     vpp:flags:{pool}             string  the pool's evaluated flags, JSON {"hash", "values"}
     vpp:flags:{pool}:{p}         string  partition p's evaluated flags (same shape)
+    vpp:flags:reported:p:{p}     hash    site id -> the flag set it reports, JSON {"hash", ...}
 
 Aggregates carry their own timestamps; a reader treats an aggregate older than a few worker
 cycles as missing (its worker died and nobody has picked the partition up yet).
@@ -61,6 +62,7 @@ __all__ = [
     "lease_key",
     "plan_key",
     "rejected_key",
+    "reported_flags_key",
     "sites_key",
     "state_key",
     "worker_key",
@@ -139,6 +141,12 @@ def flags_key(pool_id: str, partition: int | None = None) -> str:
     if partition is None:
         return f"{PREFIX}:flags:{pool_id}"
     return f"{PREFIX}:flags:{pool_id}:{partition}"
+
+
+def reported_flags_key(partition: int) -> str:
+    """Hash site id -> JSON ``{"hash", "stale", "ts"}``: the flag set each site of the
+    partition says it runs with (its status), written by the partition's worker."""
+    return f"{PREFIX}:flags:reported:p:{partition}"
 
 
 def rejected_key(partition: int) -> str:

@@ -35,7 +35,7 @@ import logging
 import math
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from edge.behaviour import Behaviour
@@ -61,6 +61,7 @@ from edge.drivers import (
     detect_kind,
     make_driver,
 )
+from edge.flags import applied, is_stale
 from edge.forecast import Forecaster, ForecastSettings, HeatPumpNow, SiteNow
 from edge.slot_account import SlotAccount
 from edge.status_page.history import PowerMinutes, Sample
@@ -68,6 +69,7 @@ from edge.store import EdgeStore, OutboxRecord
 from edge.telemetry_gate import Snapshot, why_send
 from edge.uplink import Uplink
 from protocols.clock import Clock, Ticker
+from protocols.flags import FlagValue, defaults, values_hash
 from protocols.flexplan import site_share
 from protocols.messages import (
     Ack,
@@ -225,6 +227,14 @@ class SiteAgent:
         self._pv_estimate: tuple[float, float] | None = None  # (watts, when)
         self._hp_normal_w = 0.0
         self.flags: dict[str, bool] = {}
+        # feature flags (edge.flags): the values it runs with (checked, clamped), the hash of
+        # the set the cloud sent, and when the flags were last confirmed by the cloud
+        self.flag_values: dict[str, FlagValue] = defaults()
+        self.flags_hash: str | None = None
+        self._started_ts = clock.time()
+        self._flags_confirmed_ts: float | None = None  # before this start (the store's)
+        self._last_config_rev = -1
+        self._flags_reported: tuple[Any, ...] | None = None
         self._behaviour = Behaviour()  # what the flags ask of the site (see the property)
         self._last_sent: Snapshot | None = None  # what the cloud last heard (telemetry gate)
         self.telemetry_reasons: Counter[str] = Counter()  # why each telemetry message went
@@ -265,6 +275,9 @@ class SiteAgent:
             "configs": 0,
             "flags_ignored": 0,  # flag values of a wrong type (Behaviour.ignored)
             "config_ignored": 0,
+            "flags_unknown": 0,  # flag names this release does not know (ignored)
+            "flags_refused": 0,  # values of the wrong type or out of bounds (kept the last)
+            "flags_clamped": 0,  # numbers held to a hard limit
             "plans": 0,
             "plans_other_pool": 0,
             "plans_out_of_order": 0,
@@ -331,6 +344,7 @@ class SiteAgent:
         saved = self.store.get_state("config") or {}
         self.flags = dict(saved.get("flags", {}))
         self.pool_id = saved.get("pool_id")
+        self._load_flags()
         self.forecaster = Forecaster(
             self.site_id, ForecastSettings.from_config(cfg), store=self.store
         )
@@ -376,6 +390,7 @@ class SiteAgent:
             agent_version=VERSION,
         )
         self._apply_params(saved.get("params", {}))
+        self.uplink.flags_report = self.flags_report
         await self.uplink.start()
         self.log.info("started with %d devices", len(self.drivers))
 
@@ -1036,6 +1051,7 @@ class SiteAgent:
     def on_config(self, message: Config) -> None:
         if message.rev <= self._last_config_rev:
             self.counters["config_ignored"] += 1
+            self._report_flags()  # heard again on this connection: the flags are confirmed
             return
         self.counters["configs"] += 1
         self._last_config_rev = message.rev
@@ -1050,6 +1066,89 @@ class SiteAgent:
             self.store.set_state(
                 "config", {"params": params, "flags": self.flags, "pool_id": self.pool_id}
             )
+        if message.flag_values is not None:
+            self._apply_flags(message.flag_values, message.flags_hash)
+        self._report_flags()
+
+    # --- feature flags (edge.flags) ------------------------------------------------------------
+
+    def _limit_map(self) -> dict[str, float]:
+        """The site's hard limits by name: what numeric flags are clamped by."""
+        return {f.name: float(getattr(self.limits, f.name)) for f in fields(self.limits)}
+
+    def _apply_flags(self, received: dict[str, Any], flags_hash: str | None) -> None:
+        """Apply the cloud's flag values live: unknown names ignored, bad values refused,
+        numbers clamped by the hard limits; persisted; the hook runs when they changed."""
+        result = applied(received, self.flag_values, self._limit_map())
+        self.counters["flags_unknown"] += len(result.unknown)
+        self.counters["flags_refused"] += len(result.refused)
+        self.counters["flags_clamped"] += len(result.clamped)
+        if result.unknown:
+            self.log.info("flags unknown to this release ignored: %s", ", ".join(result.unknown))
+        for name, why in result.refused.items():
+            self.log.warning(
+                "flag %s refused, keeping %r: %s", name, self.flag_values.get(name), why
+            )
+        for name, asked in result.clamped.items():
+            self.log.warning(
+                "flag %s=%r clamped to %r by the site's hard limit",
+                name,
+                asked,
+                result.values[name],
+            )
+        changed = result.values != self.flag_values
+        self.flag_values = result.values
+        self.flags_hash = flags_hash or values_hash(received)
+        if self.store is not None:
+            saved = {"hash": self.flags_hash, "values": received, "at": self.clock.time()}
+            self.store.set_state("flags", saved)
+        if changed:
+            self.log.info("flags %s applied: %s", self.flags_hash, self.flag_values)
+            self._flags_changed()
+
+    def _load_flags(self) -> None:
+        """The last known flags from the store (checked against today's limits again)."""
+        assert self.store is not None
+        saved = self.store.get_state("flags")
+        # Confirmed last: when the flags came, or when the broker last acknowledged telemetry
+        # (a working link hands the agent its retained config), whichever is later.
+        known = [t for t in (self.store.last_sent_ts(), (saved or {}).get("at")) if t is not None]
+        self._flags_confirmed_ts = max(known, default=None)
+        if not saved:
+            return
+        result = applied(saved.get("values", {}), defaults(), self._limit_map())
+        self.flag_values = result.values
+        self.flags_hash = saved.get("hash")
+        self.log.info("flags %s restored: %s", self.flags_hash, self.flag_values)
+        self._flags_changed()
+
+    def _flags_changed(self) -> None:
+        """Called whenever ``flag_values`` changed (live, or restored at start): the site's
+        behaviour follows them."""
+        self.behaviour = Behaviour.from_flags(self.flag_values, self.limits)
+
+    def flags_stale(self) -> bool:
+        """No config confirmed by the cloud for :data:`edge.flags.STALE_AFTER_S`."""
+        up = self.uplink
+        last = None if up is None else up.config_confirmed_ts
+        return is_stale(
+            self.clock.time(),
+            confirmed_now=up is not None and up.config_confirmed,
+            last_confirmed_ts=self._flags_confirmed_ts if last is None else last,
+            started_ts=self._started_ts,
+        )
+
+    def flags_report(self) -> tuple[str | None, dict[str, FlagValue], bool]:
+        """(hash of the cloud's set, values run with, stale): what the status carries."""
+        return self.flags_hash, dict(self.flag_values), self.flags_stale()
+
+    def _report_flags(self) -> None:
+        """Republish the retained status when what it says of the flags changed."""
+        report = self.flags_report()
+        key = (report[0], tuple(sorted(report[1].items())), report[2])
+        if key != self._flags_reported and self.uplink is not None:
+            self._flags_reported = key
+            self.uplink.publish_status()
 
     def _apply_params(self, params: dict[str, float]) -> None:
         """Cloud parameters override the local file's; telemetry never faster than polling."""
@@ -1078,6 +1177,11 @@ class SiteAgent:
                 for d in self.drivers
             },
             "counters": dict(self.counters),
+            "flags": {
+                "hash": self.flags_hash,
+                "values": dict(self.flag_values),
+                "stale": self.flags_stale(),
+            },
             "behaviour": {
                 "fallback_mode": self._behaviour.fallback_mode.value,
                 "peak_shaving_limit_w": self._behaviour.peak_shaving_limit_w,

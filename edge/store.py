@@ -415,6 +415,14 @@ class EdgeStore:
             oldest_pending_ts=oldest,
         )
 
+    def last_sent_ts(self) -> float | None:
+        """When the broker last acknowledged a record (clock time; None when no sent record
+        is kept): the last moment the link to the cloud is known to have worked."""
+        row = self._conn.execute(
+            "SELECT max(sent_at) FROM outbox WHERE sent_at IS NOT NULL"
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     # --- small persistent state -----------------------------------------------------------
 
     def get_state(self, key: str, default: Any = None) -> Any:

@@ -170,6 +170,11 @@ class Uplink:
         self.topic_signal = partition_topic(partition, PartitionKind.SIGNAL)
         self.topic_plan = partition_topic(partition, PartitionKind.PLAN)
         self._envelope: bytes | None = None  # the newest envelope, (re)published on connect
+        # feature flags: what the status says of them (set by the agent), and whether the
+        # cloud's retained config arrived on this connection (the flags are confirmed)
+        self.flags_report: Callable[[], tuple[str | None, dict[str, Any], bool]] | None = None
+        self._config_conn = -1
+        self.config_confirmed_ts: float | None = None
         self._ctx = f"site={site_id} partition={partition}"
 
         # Persistent session (clean_start False + expiry): the broker queues dispatches and
@@ -331,7 +336,21 @@ class Uplink:
 
     # --- connection events (from the MQTT client, on the event loop) -------------------------
 
+    @property
+    def config_confirmed(self) -> bool:
+        """Connected, and the cloud's config arrived on this connection."""
+        return self.connected and self._config_conn == self._conn
+
+    def publish_status(self) -> None:
+        """Publish the retained "online" status again (the flags it reports changed)."""
+        if self.connected:
+            self._mqtt.publish(self.topic_status, self._status("online"), qos=1, retain=True)
+
     def _status(self, state: str, reason: str | None = None) -> bytes:
+        flags: dict[str, Any] = {}
+        if self.flags_report is not None:
+            flags_hash, values, stale = self.flags_report()
+            flags = {"flags_hash": flags_hash, "flag_values": values, "flags_stale": stale}
         return encode(
             Status(
                 site_id=self.site_id,
@@ -339,6 +358,7 @@ class Uplink:
                 ts=self.clock.time(),
                 agent_version=self.agent_version,
                 reason=reason,
+                **flags,
             )
         )
 
@@ -362,6 +382,9 @@ class Uplink:
     def _on_link_down(self, why: str) -> None:
         """Forget everything tied to one connection (idempotent). In-flight records stay
         unsent in the store; the next connection's drain sends them again."""
+        if self._config_conn == self._conn:  # the flags were confirmed until now
+            self.config_confirmed_ts = self.clock.time()
+            self._config_conn = -1
         self._inflight.clear()
         self._inflight_seqs.clear()
         self._live.clear()
@@ -394,6 +417,9 @@ class Uplink:
         self._pump_live()
 
     def _on_message(self, topic_name: str, payload: bytes) -> None:
+        if topic_name == self.topic_config:  # heard from the cloud (even a config it clears)
+            self._config_conn = self._conn
+            self.config_confirmed_ts = self.clock.time()
         if not payload and topic_name.endswith(f"/{SiteKind.CONFIG.value}"):
             # An empty retained message is how MQTT deletes a retained config: not an error.
             # The agent keeps the config it has (the cloud sends a new rev to change it).

@@ -294,9 +294,19 @@ class Telemetry(Message):
 
 # --- status -----------------------------------------------------------------------------
 
+FlagName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$")]
+FlagValue = bool | Annotated[str, Field(max_length=64)] | float
+FlagValues = Annotated[dict[FlagName, FlagValue], Field(max_length=64)]
+FlagsHash = Annotated[str, Field(pattern=r"^[0-9a-f]{8,64}$")]
+
 
 class Status(Message):
-    """Retained online/offline state of a site's agent; the last will sets ``offline``."""
+    """Retained online/offline state of a site's agent; the last will sets ``offline``.
+
+    ``flags_hash`` / ``flag_values`` / ``flags_stale`` (optional, expand step): the flag set
+    the agent runs with (after its own checks and hard-limit clamps), the hash of the set the
+    cloud sent, and whether the values are stale (no config confirmed from the cloud lately).
+    """
 
     SCHEMA: ClassVar[str] = "vpp.status"
     VERSION: ClassVar[int] = 1
@@ -309,6 +319,10 @@ class Status(Message):
     ts: Timestamp
     agent_version: Annotated[str, Field(max_length=64)] | None = None
     reason: ShortText | None = None
+    # optional (added in v1 as an expand step): the flag set the agent runs with
+    flags_hash: FlagsHash | None = None
+    flag_values: FlagValues | None = None
+    flags_stale: bool | None = None
 
 
 # --- dispatch (cloud -> site) -----------------------------------------------------------
@@ -416,14 +430,17 @@ class ConfigParams(_Strict):
     backlog_rate_per_s: Annotated[float, Field(gt=0.0, le=10_000.0)] | None = None
 
 
-FlagName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.\-]{0,63}$")]
-
-
 class Config(Message):
     """Feature flags and parameters for one site. ``rev`` increases with every change.
 
     ``pool_id`` tells the site which pool it belongs to, so it follows only that pool's
     partition signals (optional: added in v1 as an expand step).
+
+    ``flag_values`` (optional, expand step) is every flag of the catalogue
+    (:mod:`protocols.flags`) as the cloud evaluated it for this site, typed (bool, enum text,
+    number), with ``flags_hash`` (:func:`protocols.flags.values_hash`) naming the set. The
+    older ``flags`` field takes booleans only, so typed values could not go there without
+    breaking an older agent's parse; absent (an older cloud) means "keep what you have".
     """
 
     SCHEMA: ClassVar[str] = "vpp.config"
@@ -438,6 +455,8 @@ class Config(Message):
     flags: Annotated[dict[FlagName, bool], Field(max_length=64)] = {}
     params: ConfigParams = ConfigParams()
     pool_id: SiteId | None = None
+    flag_values: FlagValues | None = None
+    flags_hash: FlagsHash | None = None
 
 
 # --- flexibility envelope (site -> cloud, retained) ------------------------------------

@@ -26,7 +26,16 @@ from fastapi import FastAPI
 from cloud.api.context import ApiContext, ApiSettings, Provisioning
 from cloud.api.errors import BodyLimit, MetricsMiddleware, install_error_handlers
 from cloud.api.openapi import install_openapi
-from cloud.api.routes import admin, claims, delivery, pools, schedules, setpoint, stream
+from cloud.api.routes import (
+    admin,
+    claims,
+    delivery,
+    flags,
+    pools,
+    schedules,
+    setpoint,
+    stream,
+)
 from protocols.clock import Clock
 from protocols.http_server import AsgiServer
 from protocols.version import VERSION
@@ -112,7 +121,7 @@ def create_app(
     install_error_handlers(app, ctx.metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=ctx.metrics)
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)  # outermost: counts the 413s
-    for module in (pools, schedules, setpoint, stream, delivery, admin, claims):
+    for module in (pools, schedules, setpoint, stream, delivery, admin, flags, claims):
         app.include_router(module.router)
     install_openapi(app)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -299,28 +300,39 @@ def schedule_out(schedule: Any, delivery: list[Any] | None = None) -> ScheduleOu
     )
 
 
+async def site_records(
+    ctx: ApiContext, key_of: Callable[[int], str], sites: Sequence[Any]
+) -> dict[str, bytes]:
+    """The raw records of ``sites`` in the per-partition hashes ``key_of(partition)`` (one
+    pipelined HMGET per partition), by site id; sites without one are absent."""
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    for site in sites:
+        by_partition[site.partition].append(site.site_id)
+    if not by_partition:
+        return {}
+    async with ctx.get_redis().pipeline(transaction=False) as pipe:
+        for partition, ids in by_partition.items():
+            pipe.hmget(key_of(partition), ids)
+        replies = await pipe.execute()
+    return {
+        site_id: raw
+        for ids, values in zip(by_partition.values(), replies, strict=True)
+        for site_id, raw in zip(ids, values, strict=True)
+        if raw
+    }
+
+
 async def sites_page(ctx: ApiContext, pool_id: str, offset: int, limit: int) -> SitesOut:
     """A page of the pool's sites in ``site_id`` order, each with its status from the hot
     state (one pipelined HMGET per partition of the page); ``unknown`` for a site the cloud
     has not heard from, or whose record this reader cannot read (never a 500)."""
     sites = sorted(await ctx.db(ctx.registry.sites_of_pool, pool_id), key=lambda s: s.site_id)
     page = sites[offset : offset + limit]
-    by_partition: dict[int, list[str]] = defaultdict(list)
-    for site in page:
-        by_partition[site.partition].append(site.site_id)
     summaries: dict[str, SiteSummary] = {}
-    if by_partition:
-        redis = ctx.get_redis()
-        async with redis.pipeline(transaction=False) as pipe:
-            for partition, ids in by_partition.items():
-                pipe.hmget(sites_key(partition), ids)
-            replies = await pipe.execute()
-        for ids, values in zip(by_partition.values(), replies, strict=True):
-            for site_id, raw in zip(ids, values, strict=True):
-                # A record this reader cannot read is shown as unknown, never a 500.
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    if raw:
-                        summaries[site_id] = SiteSummary.from_json(raw)
+    for site_id, raw in (await site_records(ctx, sites_key, page)).items():
+        # A record this reader cannot read is shown as unknown, never a 500.
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            summaries[site_id] = SiteSummary.from_json(raw)
     out = []
     for site in page:
         s = summaries.get(site.site_id)

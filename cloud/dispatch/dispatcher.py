@@ -29,6 +29,12 @@ loop through a broker or cloud outage.
 The controller state is written to Redis every cycle, so a standby that takes over
 continues from it without a jump in the output. Sites learn their pool from a retained
 config message the leader publishes whenever the registry's site map changes.
+
+The same config carries every feature flag as evaluated for the site (:mod:`protocols.flags`:
+environment > pool > partition > site, sticky percentages) and the hash of that set; the leader
+republishes when the registry's flags revision moves, to the sites whose values changed only.
+It also writes each pool's and each pool partition's own values to Redis
+(:func:`flags_key`), which the dispatcher's flagged behaviours read.
 """
 
 from __future__ import annotations
@@ -63,11 +69,13 @@ from cloud.hotstate import (
     agg_key,
     agg_parts_key,
     delivery_key,
+    flags_key,
     hold_key,
     state_key,
 )
 from cloud.locks import LeaderLock
 from cloud.registry import Registry
+from cloud.registry.flags import FlagSnapshot
 from protocols.clock import Clock, Ticker, wall_ms
 from protocols.energy import held_energy
 from protocols.messages import Config, PartitionPlan, PartitionSignal, PlanBasis, encode
@@ -78,13 +86,14 @@ from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
 from protocols.topics import PartitionKind, partition_topic, site_topic
 from protocols.units import SETTLEMENT_INTERVAL_S
 
-__all__ = ["LEADER_KEY", "PoolDispatcher", "delivery_key", "state_key"]
+__all__ = ["LEADER_KEY", "PoolDispatcher", "delivery_key", "flags_key", "state_key"]
 
 log = logging.getLogger("cloud.dispatch")
 
 LEADER_KEY = "vpp:leader:dispatcher"
 SIGNAL_SEQ_KEY = "vpp:dispatch:signal-seq"
 CONFIG_REV_KEY = "vpp:dispatch:site-config-rev"
+FLAGS_REFRESH_S = 60.0  # how often the pools' flag keys are restored if Redis lost them
 
 
 @dataclass
@@ -244,7 +253,9 @@ class PoolDispatcher:
         self._stop = asyncio.Event()
         self._states: dict[str, ControllerState] = {}
         self._intervals: dict[str, _Interval] = {}
-        self._published_rev: int | None = None
+        self._published_rev: tuple[int, int] | None = None  # (site map, flags) revisions
+        self._site_configs: dict[str, tuple[str, str]] = {}  # site -> (pool, flags hash) sent
+        self._flags_written_at = -math.inf  # when the pools' flags last went to Redis
         # the broker link's history, for the hold (:mod:`cloud.dispatch.link_hold`)
         self._link_down_since: float | None = None
         self._link_up_since: float | None = None
@@ -783,27 +794,84 @@ class PoolDispatcher:
         return True
 
     async def _publish_site_configs(self) -> None:
-        """Tell every site its pool (retained config) when the registry's site map changed."""
+        """Tell every site its pool and flags (retained config) when the registry's site map
+        or flags changed; only sites whose pool or flag set changed get a new message (all
+        of them after a reconnect or a change of leader)."""
         assert self.redis is not None
-        rev = await asyncio.to_thread(self.registry.site_pools_rev)
+        site_rev = await asyncio.to_thread(self.registry.site_pools_rev)
+        flags = await asyncio.to_thread(self.registry.flag_snapshot)
+        rev = (site_rev, flags.rev)
+        now = self.clock.time()
+        if rev == self._published_rev and now - self._flags_written_at >= FLAGS_REFRESH_S:
+            # unchanged, but Redis may have lost its keys (a restart without persistence)
+            await self._write_pool_flags(flags, set(), only_missing=True)
         if rev == self._published_rev or not self._linked or self._mqtt is None:
             return  # a message published while disconnected would be lost: try next cycle
-        # Config revs must only grow, also across leaders: one counter in Redis.
-        config_rev = int(await self.redis.incr(CONFIG_REV_KEY))
+        if self._published_rev is None:
+            self._site_configs.clear()  # a new connection or leader: send every site's
         mapping = await asyncio.to_thread(self.registry.site_pools)
-        now = self.clock.time()
-        for site_id, pool_id in mapping.items():
-            message = Config(site_id=site_id, rev=config_rev, ts=now, pool_id=pool_id)
-            topic = site_topic(partition_of(site_id, self.partition_count), site_id, "config")
-            self._mqtt.publish(topic, encode(message), qos=1, retain=True)
+        docs = await asyncio.to_thread(self._site_flags, flags, mapping)
+        changed = {
+            site_id: (pool_id, docs[site_id]["hash"])
+            for site_id, pool_id in mapping.items()
+            if self._site_configs.get(site_id) != (pool_id, docs[site_id]["hash"])
+        }
+        await self._write_pool_flags(flags, set(mapping.values()))
+        if changed:
+            # Config revs must only grow, also across leaders: one counter in Redis.
+            config_rev = int(await self.redis.incr(CONFIG_REV_KEY))
+            for site_id, (pool_id, flags_hash) in changed.items():
+                message = Config(
+                    site_id=site_id,
+                    rev=config_rev,
+                    ts=now,
+                    pool_id=pool_id,
+                    flag_values=docs[site_id]["values"],
+                    flags_hash=flags_hash,
+                )
+                topic = site_topic(partition_of(site_id, self.partition_count), site_id, "config")
+                self._mqtt.publish(topic, encode(message), qos=1, retain=True)
+                self._site_configs[site_id] = (pool_id, flags_hash)
+            self.stats["configs_published"] += len(changed)
+            log.info(
+                "dispatcher %s: site configs published (rev %d, %d of %d sites, flags rev %d)",
+                self.id,
+                config_rev,
+                len(changed),
+                len(mapping),
+                flags.rev,
+            )
         self._published_rev = rev
-        self.stats["configs_published"] += len(mapping)
-        log.info(
-            "dispatcher %s: site configs published (rev %d, %d sites)",
-            self.id,
-            config_rev,
-            len(mapping),
-        )
+
+    def _site_flags(self, flags: FlagSnapshot, mapping: dict[str, str]) -> dict[str, Any]:
+        """Every site's evaluated flags ``{"hash", "values"}`` (a thread: 100k sites take
+        about a second)."""
+        return {
+            site_id: flags.document(
+                pool_id=pool_id,
+                partition=partition_of(site_id, self.partition_count),
+                site_id=site_id,
+            )
+            for site_id, pool_id in mapping.items()
+        }
+
+    async def _write_pool_flags(
+        self, flags: FlagSnapshot, pool_ids: set[str], *, only_missing: bool = False
+    ) -> None:
+        """Each pool's and pool partition's own flag values into Redis (:func:`flags_key`);
+        with ``only_missing``, only keys Redis lost (SET NX: a refresh never fights a
+        newer write)."""
+        assert self.redis is not None
+        pools = {p.pool_id for p in await asyncio.to_thread(self.registry.list_pools)}
+        pipe = self.redis.pipeline(transaction=False)
+        for pool_id in sorted(pools | pool_ids):
+            doc = flags.document(pool_id=pool_id)
+            pipe.set(flags_key(pool_id), json.dumps(doc), nx=only_missing)
+            for partition in range(self.partition_count):
+                doc = flags.document(pool_id=pool_id, partition=partition)
+                pipe.set(flags_key(pool_id, partition), json.dumps(doc), nx=only_missing)
+        await pipe.execute()
+        self._flags_written_at = self.clock.time()
 
     # --- performance accounting ---------------------------------------------------------------
 

@@ -8,13 +8,16 @@ One worker process (one asyncio loop, no threads):
 * **Per message** (:mod:`cloud.ingest.mqtt_link` calls :meth:`PartitionWorker._on_message`
   on the loop): ``parse_message`` validates topic and payload together; a
   :class:`ProtocolError` is counted per reason and the message dropped; telemetry goes to
-  :meth:`PartitionState.apply` (dedupe, backlog, state), status to ``apply_status``, acks are
+  :meth:`PartitionState.apply` (dedupe, backlog, state), status to ``apply_status`` (and the
+  flag set it reports, if any, to the next cycle's write), acks are
   counted and the latest per site kept (for the dispatcher), flexibility envelopes are checked
   for their date and the newest per site kept. Nothing else happens per message: Redis is only
   touched once per cycle.
 * **Per cycle** (``cycle_s`` of clock time): for every partition whose lease is surely still
   held, the per-pool :class:`PartitionAggregate` (``agg_key`` + ``agg_parts_key``), the site
-  summaries that changed, the counters and rejections since the last cycle, and a read of
+  summaries that changed, the flag sets sites reported (``reported_flags_key``: the operator
+  compares them with what the cloud evaluates), the counters and rejections since the last
+  cycle, and a read of
   the registry's ``site-pools`` revision, all in one pipelined round trip. A new revision
   reloads the site -> pool mapping.
 * **Never dies on input.** Bad messages are counted; a handler bug is caught by the link; a
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -50,6 +54,7 @@ from cloud.hotstate import (
     env_parts_key,
     env_rev_key,
     rejected_key,
+    reported_flags_key,
     sites_key,
 )
 from cloud.ingest.leases import LeaseChanges, LeaseManager
@@ -139,6 +144,8 @@ class PartitionWorker:
         self._counts: dict[int, Counter[str]] = {}
         self._rejected: dict[int, Counter[str]] = {}
         self._acks: dict[int, dict[str, Ack]] = {}
+        # the flag set each site reports in its status (JSON), until the next cycle writes it
+        self._reported_flags: dict[int, dict[str, str]] = {}
         # newest envelope per site (message, normalised JSON), and what Redis holds per pool
         self._envelopes: dict[int, dict[str, tuple[FlexEnvelope, str]]] = {}
         self._env_written: dict[int, dict[str, dict[str, int]]] = {}
@@ -364,7 +371,11 @@ class PartitionWorker:
             self.last_telemetry_window_s = max(t.interval_s, t.heartbeat_s or 0.0)
         elif kind is Status:
             self._stats["statuses"] += 1
-            applied = state.apply_status(msg, now)  # type: ignore[arg-type]
+            st: Status = msg  # type: ignore[assignment]
+            applied = state.apply_status(st, now)
+            if applied and st.flags_hash is not None:
+                report = {"hash": st.flags_hash, "stale": st.flags_stale, "ts": st.ts}
+                self._reported_flags[p][st.site_id] = json.dumps(report, separators=(",", ":"))
             result = "status" if applied else "status_older"
             self._counts[p][result] += 1
             self.results[result] += 1
@@ -497,6 +508,7 @@ class PartitionWorker:
             self._rejected.pop(p, None)
             self._acks.pop(p, None)
             self._envelopes.pop(p, None)
+            self._reported_flags.pop(p, None)
             self._env_written.pop(p, None)
             self._env_reset.discard(p)
             self._owned_since.pop(p, None)
@@ -516,6 +528,7 @@ class PartitionWorker:
             self._counts[p] = Counter()
             self._rejected[p] = Counter()
             self._acks[p] = {}
+            self._reported_flags[p] = {}
             self._envelopes[p] = {}
             self._env_written[p] = {}
             self._env_reset.add(p)
@@ -575,6 +588,7 @@ class PartitionWorker:
         rejected: dict[int, Counter[str]] = {}
         written: dict[int, set[str]] = {}
         env_written: dict[int, dict[str, dict[str, int]]] = {}
+        reported: dict[int, dict[str, str]] = {}
         for p, state in self._states.items():
             if not self._leases.valid(p):
                 continue  # lease may be someone else's by now: write nothing
@@ -597,6 +611,9 @@ class PartitionWorker:
             summaries = state.site_summaries_json(now, changed_only=not resend)
             if summaries:
                 pipe.hset(sites_key(p), mapping=dict(summaries))
+            reported[p], self._reported_flags[p] = self._reported_flags[p], {}
+            if reported[p]:
+                pipe.hset(reported_flags_key(p), mapping=reported[p])
             counts[p], self._counts[p] = self._counts[p], Counter()
             rejected[p], self._rejected[p] = self._rejected[p], Counter()
             for name, n in counts[p].items():
@@ -619,6 +636,9 @@ class PartitionWorker:
                     self._counts[p].update(c)
                     self._rejected[p].update(rejected[p])
                     self._resend_summaries.add(p)
+            for p, sent in reported.items():  # unsent: again next cycle, newer ones kept
+                if p in self._reported_flags:
+                    self._reported_flags[p] = {**sent, **self._reported_flags[p]}
             self._env_reset.update(env_written)  # unsure what Redis holds: rewrite it all
             return
         finally:

@@ -43,6 +43,15 @@ from cloud.registry.claims import (
     check_redemption,
     site_id_for,
 )
+from cloud.registry.flags import (
+    DEFAULT_ENVIRONMENT,
+    FlagChange,
+    FlagSnapshot,
+    check_environment,
+    check_override,
+    check_reason,
+    check_scope,
+)
 from cloud.registry.migrations import (
     BACKFILL_SCHEDULE_ENDS_SQL,
     EFFECTIVE_END_SQL,
@@ -64,6 +73,7 @@ from cloud.registry.models import (
     Site,
 )
 from protocols.clock import Clock
+from protocols.flags import Override, Scope, flag
 from protocols.partitions import partition_of
 from protocols.topics import SITE_ID_PATTERN
 
@@ -82,6 +92,8 @@ _BUSY_TIMEOUT_S = 10.0
 _KEY_PARTITIONS = "partition_count"
 _KEY_SITE_POOLS_REV = "site_pools_rev"
 _KEY_CLAIM_SITE_SEQ = "claim_site_seq"
+_KEY_FLAGS_REV = "flags_rev"
+_KEY_ENVIRONMENT = "environment"
 _DUMMY_HASH = "0" * 64
 
 _SCHEDULE_COLS = (
@@ -621,6 +633,195 @@ class Registry:
                 self._set(conn, _KEY_CLAIM_SITE_SEQ, number)
                 return site_id
 
+    # --- feature flags (cloud.registry.flags, protocols.flags) ---------------------------
+
+    def environment(self) -> str:
+        """This deployment's name for ``environment`` overrides (``production`` when unset)."""
+        row = (
+            self._reader()
+            .execute("SELECT value FROM settings WHERE key = ?", (_KEY_ENVIRONMENT,))
+            .fetchone()
+        )
+        return DEFAULT_ENVIRONMENT if row is None else str(json.loads(row[0]))
+
+    def set_environment(self, name: str, *, actor: str, reason: str = "") -> str:
+        """Name this deployment (audited; the flags revision moves when it changes)."""
+        check_environment(name)
+        reason = check_reason(reason)
+        with self._write() as conn:
+            old = self._environment(conn)
+            if old != name:
+                self._set(conn, _KEY_ENVIRONMENT, name)
+                self._audit(conn, actor, "environment", "", "environment", "", old, name, reason)
+        return name
+
+    def flags_rev(self) -> int:
+        """A counter bumped by every flag change (0 before the first): the dispatcher
+        republishes the sites' configs when it moves."""
+        row = (
+            self._reader()
+            .execute("SELECT value FROM settings WHERE key = ?", (_KEY_FLAGS_REV,))
+            .fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    def flag_overrides(self, name: str | None = None) -> list[Override]:
+        """Every override (of flag ``name``), by flag, scope and target."""
+        sql = "SELECT flag, scope, target, value_json, percent FROM flag_overrides"
+        args: tuple[Any, ...] = ()
+        if name is not None:
+            sql += " WHERE flag = ?"
+            args = (name,)
+        rows = self._reader().execute(sql + " ORDER BY flag, scope, target", args)
+        return [_override(row) for row in rows]
+
+    def flag_snapshot(self) -> FlagSnapshot:
+        """Revision, environment and overrides read together (one read transaction)."""
+        conn = self._reader()
+        with self._snapshot(conn):
+            row = conn.execute(
+                "SELECT value FROM settings WHERE key = ?", (_KEY_FLAGS_REV,)
+            ).fetchone()
+            rev = 0 if row is None else int(row[0])
+            environment = self._environment(conn)
+            rows = conn.execute(
+                "SELECT flag, scope, target, value_json, percent FROM flag_overrides"
+                " ORDER BY flag, scope, target"
+            ).fetchall()
+        return FlagSnapshot(rev, environment, tuple(_override(r) for r in rows))
+
+    def set_flag(
+        self,
+        name: str,
+        scope: str,
+        target: Any,
+        value: Any,
+        *,
+        percent: float | None = None,
+        actor: str,
+        reason: str = "",
+    ) -> FlagChange:
+        """Set (or replace) flag ``name``'s override for a scope target; audited. ValueError
+        (one line) for an unknown flag, scope, pool or site, or a value out of type/bounds."""
+        override = check_override(
+            name, scope, target, value, percent, partition_count=self.partition_count()
+        )
+        reason = check_reason(reason)
+        if not actor:
+            raise ValueError("a flag change needs an actor (who makes it)")
+        with self._write() as conn:
+            if override.scope is Scope.POOL:
+                self._require_pool(conn, override.target)
+            elif (
+                override.scope is Scope.SITE
+                and (
+                    conn.execute("SELECT 1 FROM sites WHERE site_id = ?", (override.target,))
+                ).fetchone()
+                is None
+            ):
+                raise ValueError(f"site {override.target!r} is not registered")
+            key = (override.flag, override.scope.value, override.target)
+            old = self._override_state(conn, *key)
+            new = {"value": override.value, "percent": override.percent}
+            conn.execute(
+                "INSERT INTO flag_overrides (flag, scope, target, value_json, percent,"
+                " updated_ts, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(flag, scope, target) DO UPDATE SET value_json = excluded.value_json,"
+                " percent = excluded.percent, updated_ts = excluded.updated_ts,"
+                " updated_by = excluded.updated_by",
+                (*key, json.dumps(override.value), override.percent, self.clock.time(), actor),
+            )
+            return self._audit(conn, actor, "set", *key, old, new, reason)
+
+    def unset_flag(
+        self, name: str, scope: str, target: Any, *, actor: str, reason: str = ""
+    ) -> FlagChange:
+        """Remove an override (the next less specific scope applies again); audited.
+        ValueError when there is no such override."""
+        flag(name)
+        kind, text = check_scope(scope, target, self.partition_count())
+        reason = check_reason(reason)
+        if not actor:
+            raise ValueError("a flag change needs an actor (who makes it)")
+        with self._write() as conn:
+            key = (name, kind.value, text)
+            old = self._override_state(conn, *key)
+            if old is None:
+                raise ValueError(f"flag {name} has no override for {kind.value} {text!r}")
+            conn.execute(
+                "DELETE FROM flag_overrides WHERE flag = ? AND scope = ? AND target = ?", key
+            )
+            return self._audit(conn, actor, "unset", *key, old, None, reason)
+
+    def flag_history(self, name: str | None = None, *, limit: int = 100) -> list[FlagChange]:
+        """The audit log (of flag ``name``), newest first."""
+        sql = f"{_AUDIT_SELECT}"
+        args: list[Any] = []
+        if name is not None:
+            sql += " WHERE flag = ?"
+            args.append(name)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(max(0, int(limit)))
+        return [_change(row) for row in self._reader().execute(sql, args)]
+
+    @staticmethod
+    def _environment(conn: sqlite3.Connection) -> str:
+        row = conn.execute(
+            "SELECT value FROM settings WHERE key = ?", (_KEY_ENVIRONMENT,)
+        ).fetchone()
+        return DEFAULT_ENVIRONMENT if row is None else str(json.loads(row[0]))
+
+    @staticmethod
+    def _override_state(
+        conn: sqlite3.Connection, name: str, scope: str, target: str
+    ) -> dict[str, Any] | None:
+        row = conn.execute(
+            "SELECT value_json, percent FROM flag_overrides"
+            " WHERE flag = ? AND scope = ? AND target = ?",
+            (name, scope, target),
+        ).fetchone()
+        return None if row is None else {"value": json.loads(row[0]), "percent": row[1]}
+
+    def _audit(
+        self,
+        conn: sqlite3.Connection,
+        actor: str,
+        action: str,
+        name: str,
+        scope: str,
+        target: str,
+        old: Any,
+        new: Any,
+        reason: str,
+    ) -> FlagChange:
+        """Append the change to the audit log and move the flags revision (same transaction)."""
+        now = self.clock.time()
+        old_json = None if old is None else json.dumps(old, sort_keys=True)
+        new_json = None if new is None else json.dumps(new, sort_keys=True)
+        cur = conn.execute(
+            "INSERT INTO flag_audit (ts, actor, action, flag, scope, target, old_json, new_json,"
+            " reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (now, actor, action, name, scope, target, old_json, new_json, reason),
+        )
+        conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?, '1') ON CONFLICT(key)"
+            " DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            (_KEY_FLAGS_REV,),
+        )
+        log.info(
+            "flag %s %s %s=%s by %s: %s -> %s (%s)",
+            action,
+            name or "-",
+            scope,
+            target,
+            actor,
+            old_json,
+            new_json,
+            reason or "no reason given",
+        )
+        assert cur.lastrowid is not None
+        return FlagChange(cur.lastrowid, now, actor, action, name, scope, target, old, new, reason)
+
     # --- schedules -----------------------------------------------------------------------
 
     def add_schedule(
@@ -1092,6 +1293,23 @@ _INTERVAL_SELECT = (
     "SELECT pool_id, schedule_id, interval_start_ts, interval_s, energy_target_wh,"
     " energy_delivered_wh, error_rms_w, error_max_w, imbalance_wh FROM interval_performance"
 )
+
+
+_AUDIT_SELECT = (
+    "SELECT seq, ts, actor, action, flag, scope, target, old_json, new_json, reason FROM flag_audit"
+)
+
+
+def _override(row: Sequence[Any]) -> Override:
+    name, scope, target, value_json, percent = row
+    return Override(name, Scope(scope), target, json.loads(value_json), percent)
+
+
+def _change(row: Sequence[Any]) -> FlagChange:
+    seq, ts, actor, action, name, scope, target, old_json, new_json, reason = row
+    old = None if old_json is None else json.loads(old_json)
+    new = None if new_json is None else json.loads(new_json)
+    return FlagChange(seq, ts, actor, action, name, scope, target, old, new, reason)
 
 
 def _site(row: Sequence[Any]) -> Site:

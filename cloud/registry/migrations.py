@@ -44,6 +44,16 @@ redeems to register a site (``vpp cloud claims create``, ``POST /v1/claims/redee
 table only: a release-3 process never reads it. The token is stored as its SHA-256 (as API
 keys are); ``gateway_id`` binds the claim to the first gateway that redeems it (single use),
 ``site_id`` is the site it names (fixed at creation, or given at the first redemption).
+
+``m005_flags`` (release 5, expand): feature flags (:mod:`protocols.flags`). New tables only,
+so a release-4 process never reads them (it publishes configs without flag values, which an
+agent reads as "keep what you have"). ``flag_overrides``: one value per (flag, scope, target),
+``percent`` NULL for the whole scope; the flags themselves (type, bounds, default) are the
+code's catalogue, not rows: a flag needs code behind it anyway. ``flag_audit``: every change,
+append-only (who, when, flag, scope, target, old and new as JSON ``{"value", "percent"}``, NULL
+for none, and the reason). The settings ``flags_rev`` (bumped with every change: the
+dispatcher republishes configs when it moves) and ``environment`` (this deployment's name for
+``environment`` overrides; ``production`` when unset) live in ``settings``.
 """
 
 from __future__ import annotations
@@ -239,3 +249,33 @@ def m004_claims(db: sqlite_utils.Database) -> None:
     )
     db.execute("CREATE INDEX claims_pool ON claims(pool_id, created_ts)")
     db.execute("CREATE INDEX claims_site ON claims(site_id)")
+
+
+@MIGRATIONS()
+def m005_flags(db: sqlite_utils.Database) -> None:
+    """Release 5, expand: feature flag overrides and their audit log (new tables)."""
+    db.execute(
+        "CREATE TABLE flag_overrides ("
+        " flag TEXT NOT NULL,"
+        " scope TEXT NOT NULL,"
+        " target TEXT NOT NULL,"
+        " value_json TEXT NOT NULL,"
+        " percent REAL,"
+        " updated_ts REAL NOT NULL,"
+        " updated_by TEXT NOT NULL DEFAULT '',"
+        " PRIMARY KEY (flag, scope, target))"
+    )
+    db.execute(
+        "CREATE TABLE flag_audit ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " ts REAL NOT NULL,"
+        " actor TEXT NOT NULL,"
+        " action TEXT NOT NULL,"
+        " flag TEXT NOT NULL,"
+        " scope TEXT NOT NULL,"
+        " target TEXT NOT NULL,"
+        " old_json TEXT,"
+        " new_json TEXT,"
+        " reason TEXT NOT NULL DEFAULT '')"
+    )
+    db.execute("CREATE INDEX flag_audit_flag ON flag_audit(flag, seq)")

@@ -29,6 +29,12 @@ ADMIN = [
     ("GET", "/v1/admin/pools", None),
     ("GET", "/v1/admin/alerts", None),
     ("GET", "/v1/admin/pools/north/sites", None),
+    ("GET", "/v1/admin/flags", None),
+    ("GET", "/v1/admin/flags/history", None),
+    ("GET", "/v1/admin/flags/sites?pool=north", None),
+    ("GET", "/v1/admin/flags/edge.local_autonomy", None),
+    ("PUT", "/v1/admin/flags/edge.local_autonomy/overrides/pool/north", {"value": True}),
+    ("DELETE", "/v1/admin/flags/edge.local_autonomy/overrides/pool/north", None),
 ]
 
 

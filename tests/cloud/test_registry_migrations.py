@@ -39,6 +39,9 @@ TABLES = {
     "activations",
     "cycle_performance",
     "interval_performance",
+    "claims",
+    "flag_overrides",
+    "flag_audit",
 }
 
 # --- release 1's queries, as its code ran them (frozen here: never edit, only add releases) ---
@@ -332,7 +335,47 @@ RELEASE_3_QUERIES: list[Query] = [
     ),
 ]
 
-PREVIOUS_RELEASE_QUERIES = RELEASE_3_QUERIES
+_CLAIM_COLS = (
+    "claim_id, pool_id, site_id, created_by, created_ts, expires_ts, gateway_id,"
+    " redeemed_ts, revoked_ts, redemptions, gateway_json"
+)
+
+RELEASE_4_QUERIES: list[Query] = [
+    *RELEASE_3_QUERIES,
+    *[
+        (
+            "create_claims",
+            "INSERT INTO claims (claim_id, token_hash, pool_id, site_id, created_by,"
+            " created_ts, expires_ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (claim_id, hash_token(claim_id), "P1", site, "ops", T0, T0 + 72 * H),
+        )
+        for claim_id, site in [("c1", None), ("c2", "s9"), ("c3", None)]
+    ],
+    ("get_claim", f"SELECT {_CLAIM_COLS} FROM claims WHERE claim_id = ?", ("c1",)),
+    (
+        "list_claims",
+        f"SELECT {_CLAIM_COLS} FROM claims WHERE pool_id = ? ORDER BY created_ts, claim_id",
+        ("P1",),
+    ),
+    (
+        "begin_redemption",
+        "UPDATE claims SET gateway_id = ?, site_id = ? WHERE claim_id = ?",
+        ("gw-0123456789abcdef", "site-000001", "c1"),
+    ),
+    (
+        "finish_redemption",
+        "UPDATE claims SET redeemed_ts = coalesce(redeemed_ts, ?),"
+        " redemptions = redemptions + 1, gateway_json = ? WHERE claim_id = ?",
+        (T0 + 60, "{}", "c1"),
+    ),
+    (
+        "revoke_claim",
+        "UPDATE claims SET revoked_ts = ? WHERE claim_id = ? AND revoked_ts IS NULL",
+        (T0 + 120, "c3"),
+    ),
+]
+
+PREVIOUS_RELEASE_QUERIES = RELEASE_4_QUERIES
 """The release before the newest: its processes still run during a rolling update."""
 
 
@@ -349,6 +392,7 @@ SHAPE_WRITERS: dict[str, Callable[[sqlite3.Connection], object]] = {
     "m001_initial": lambda conn: run_queries(conn, RELEASE_1_QUERIES),
     "m002_key_use_and_schedule_ends": lambda conn: run_queries(conn, RELEASE_2_QUERIES),
     "m003_key_roles": lambda conn: run_queries(conn, RELEASE_3_QUERIES),
+    "m004_claims": lambda conn: run_queries(conn, RELEASE_4_QUERIES),
 }
 """For each migration but the newest: writes data as the release ending with it did."""
 

@@ -370,3 +370,24 @@ def test_power_minutes_are_pruned_after_two_days_and_refuse_unknown_fields(db_pa
         assert [r["pv_w"] for r in store.power_minutes(0)] == [47.0, 1.0]
         with pytest.raises(ValueError, match="unknown power minute fields: pv_kw"):
             store.append_power_minute(0, 1.0, {"pv_kw": 1.0})
+
+
+# (seqs acked, clock advance before each ack) -> last_sent_ts (s after the first record)
+LAST_SENT = [
+    ([], [], None),
+    ([[0]], [5.0], 25.0),
+    ([[0], [1, 2]], [5.0, 30.0], 55.0),
+    ([[0], [0]], [5.0, 30.0], 25.0),  # a second PUBACK for a sent record changes nothing
+]
+
+
+@pytest.mark.parametrize(("acks", "waits", "expected"), LAST_SENT)
+def test_last_sent_ts_is_the_last_broker_ack(db_path, clock, acks, waits, expected):
+    with EdgeStore(db_path, clock) as store:
+        start = clock.time()
+        _fill(store, clock, 10)  # 20 s of records
+        for seqs, wait in zip(acks, waits, strict=True):
+            clock.advance(wait)
+            store.mark_sent(seqs)
+        got = store.last_sent_ts()
+        assert (None if got is None else got - start) == expected

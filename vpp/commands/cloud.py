@@ -7,6 +7,7 @@ stderr and exit 1.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,13 @@ def sites_app() -> None:
 def claims_app() -> None:
     """Claim tokens: one-time, expiring tokens an installer's gateway redeems to register
     its site (`vpp edge provision register`)."""
+
+
+@app.group("flags")
+def flags_app() -> None:
+    """Feature flags: the catalogue, overrides by scope (environment, pool, partition, site,
+    with sticky percentages of sites) and the audit log of every change. The dispatcher
+    pushes each site's values in its retained config."""
 
 
 @app.group("keys")
@@ -360,9 +368,9 @@ def keys_revoke(key_id: str, db: Path) -> None:
 
 
 @contextmanager
-def _claims_registry(db: Path) -> Iterator[Registry]:
-    """The registry for the claims commands: a refusal (unknown pool, bad ttl) is one line
-    and exit 2, as a bad argument is."""
+def _input_registry(db: Path) -> Iterator[Registry]:
+    """The registry for the claims and flags commands: a refusal (unknown pool, bad ttl, a
+    flag value out of bounds) is one line and exit 2, as a bad argument is."""
     try:
         with _registry(db) as reg:
             yield reg
@@ -418,7 +426,7 @@ def claims_create(
     from protocols.units import to_iso8601
 
     who = created_by if created_by is not None else getpass.getuser()
-    with _claims_registry(db) as reg:
+    with _input_registry(db) as reg:
         made = reg.create_claims(pool, parse_ttl(ttl), count=count, site_id=site_id, created_by=who)
         now = reg.clock.time()
     if as_json:
@@ -441,7 +449,7 @@ def claims_list(db: Path, pool: str | None, as_json: bool) -> None:
     """List claims with their state (open, redeemed, expired, revoked); never a token."""
     import json
 
-    with _claims_registry(db) as reg:
+    with _input_registry(db) as reg:
         claims = reg.list_claims(pool)
         now = reg.clock.time()
     rows = [_claim_json(c, now) for c in claims]
@@ -461,10 +469,242 @@ def claims_list(db: Path, pool: str | None, as_json: bool) -> None:
 def claims_revoke(claim_id: str, db: Path) -> None:
     """Revoke claim CLAIM_ID (from `claims list`): it cannot be redeemed from now on; a site
     it registered stays."""
-    with _claims_registry(db) as reg:
+    with _input_registry(db) as reg:
         if not reg.revoke_claim(claim_id):
             raise ValueError(f"no unrevoked claim {claim_id!r}")
     click.echo(f"claim {claim_id} revoked")
+
+
+# --- flags -------------------------------------------------------------------------------
+
+
+def _scope_options(command: Any) -> Any:
+    """--env / --pool / --partition / --site: exactly one names the override's scope."""
+    for option in reversed(
+        [
+            click.option("--env", "env", help="An environment (this deployment's name)."),
+            click.option("--pool", help="A pool id."),
+            click.option("--partition", type=int, help="A partition number (every pool's)."),
+            click.option("--site", help="A site id."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _scope(env: str | None, pool: str | None, partition: int | None, site: str | None) -> Any:
+    given = [
+        (name, value)
+        for name, value in (
+            ("environment", env),
+            ("pool", pool),
+            ("partition", partition),
+            ("site", site),
+        )
+        if value is not None
+    ]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --env, --pool, --partition, --site")
+    return given[0]
+
+
+def _actor(actor: str | None) -> str:
+    import getpass
+
+    return actor if actor else getpass.getuser()
+
+
+def _override_text(o: Any) -> str:
+    share = "" if o.percent is None else f" for {o.percent:g} % of its sites"
+    return f"{o.scope.value} {o.target}: {json.dumps(o.value)}{share}"
+
+
+def _known_flag(name: str) -> Any:
+    from protocols.flags import flag
+
+    try:
+        return flag(name)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+
+
+@flags_app.command("list")
+@db_option
+@click.option("--json", "as_json", is_flag=True)
+def flags_list(db: Path, as_json: bool) -> None:
+    """Every flag: type, default, owner and how many overrides it has."""
+    from protocols.flags import CATALOGUE
+
+    with _input_registry(db) as reg:
+        overrides = reg.flag_overrides()
+        environment = reg.environment()
+    counts = {name: sum(o.flag == name for o in overrides) for name in CATALOGUE}
+    if as_json:
+        rows = [{**f.as_dict(), "overrides": counts[n]} for n, f in sorted(CATALOGUE.items())]
+        click.echo(json.dumps({"environment": environment, "flags": rows}, indent=1))
+        return
+    for name, f in sorted(CATALOGUE.items()):
+        click.echo(
+            f"{name}\t{f.type.value}\tdefault {json.dumps(f.default)}\t"
+            f"{counts[name]} overrides\t{f.owner}"
+        )
+
+
+@flags_app.command("show")
+@click.argument("name")
+@db_option
+@click.option("--site", "site_id", help="Also the value this site gets now.")
+@click.option("--json", "as_json", is_flag=True)
+def flags_show(name: str, db: Path, site_id: str | None, as_json: bool) -> None:
+    """A flag's definition and overrides (most specific first), and with --site the value
+    that site gets and why."""
+    from protocols.flags import SCOPE_ORDER
+    from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
+
+    definition = _known_flag(name)
+    with _input_registry(db) as reg:
+        snapshot = reg.flag_snapshot()
+        overrides = sorted(
+            snapshot.overrides_of(name), key=lambda o: (SCOPE_ORDER.index(o.scope), o.target)
+        )
+        evaluated = None
+        if site_id is not None:
+            site = reg.get_site(site_id)
+            if site is None:
+                raise ValueError(f"site {site_id!r} is not registered")
+            count = reg.partition_count() or DEFAULT_PARTITION_COUNT
+            values = snapshot.values(
+                pool_id=site.pool_id, partition=partition_of(site_id, count), site_id=site_id
+            )
+            evaluated = {"site_id": site_id, "pool_id": site.pool_id, "value": values[name]}
+    if as_json:
+        out = {
+            **definition.as_dict(),
+            "environment": snapshot.environment,
+            "overrides": [o.as_dict() for o in overrides],
+            "evaluated": evaluated,
+        }
+        click.echo(json.dumps(out, indent=1))
+        return
+    click.echo(f"{name} ({definition.type.value}, owner {definition.owner})")
+    click.echo(f"  {definition.description}")
+    click.echo(f"  takes {definition.allowed()}; default {json.dumps(definition.default)}")
+    if definition.hard_limit:
+        click.echo(f"  clamped on each site by its {definition.hard_limit}")
+    click.echo(f"  environment here: {snapshot.environment}")
+    for o in overrides:
+        click.echo(f"  override {_override_text(o)}")
+    if not overrides:
+        click.echo("  no overrides")
+    if evaluated is not None:
+        click.echo(
+            f"  site {site_id} (pool {evaluated['pool_id']}) gets {json.dumps(evaluated['value'])}"
+        )
+
+
+@flags_app.command("set")
+@click.argument("name")
+@click.argument("value")
+@db_option
+@_scope_options
+@click.option("--percent", type=float, help="Only this share (0..100) of the scope's sites.")
+@click.option("--reason", default="", help="Why (kept in the audit log).")
+@click.option("--actor", envvar="USER", help="Who (default: $USER).")
+@click.option("--json", "as_json", is_flag=True)
+def flags_set(
+    name: str,
+    value: str,
+    db: Path,
+    env: str | None,
+    pool: str | None,
+    partition: int | None,
+    site: str | None,
+    percent: float | None,
+    reason: str,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    """Set flag NAME to VALUE for one scope (replacing its override there); audited."""
+    from protocols.flags import parse_value
+
+    scope, target = _scope(env, pool, partition, site)
+    definition = _known_flag(name)
+    with _input_registry(db) as reg:
+        change = reg.set_flag(
+            name,
+            scope,
+            target,
+            parse_value(definition, value),
+            percent=percent,
+            actor=_actor(actor),
+            reason=reason,
+        )
+    if as_json:
+        click.echo(json.dumps(change.as_dict(), indent=1))
+        return
+    share = "" if percent is None else f" for {percent:g} % of its sites"
+    click.echo(f"flag {name} = {json.dumps(change.new['value'])} for {scope} {target}{share}")
+
+
+@flags_app.command("unset")
+@click.argument("name")
+@db_option
+@_scope_options
+@click.option("--reason", default="", help="Why (kept in the audit log).")
+@click.option("--actor", envvar="USER", help="Who (default: $USER).")
+def flags_unset(
+    name: str,
+    db: Path,
+    env: str | None,
+    pool: str | None,
+    partition: int | None,
+    site: str | None,
+    reason: str,
+    actor: str | None,
+) -> None:
+    """Remove flag NAME's override for one scope: the next less specific scope applies."""
+    scope, target = _scope(env, pool, partition, site)
+    _known_flag(name)
+    with _input_registry(db) as reg:
+        reg.unset_flag(name, scope, target, actor=_actor(actor), reason=reason)
+    click.echo(f"flag {name}: override for {scope} {target} removed")
+
+
+@flags_app.command("history")
+@click.argument("name", required=False)
+@db_option
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def flags_history(name: str | None, db: Path, limit: int, as_json: bool) -> None:
+    """The audit log (of flag NAME), newest first: who, when, what, old -> new, why."""
+    if name is not None:
+        _known_flag(name)
+    with _input_registry(db) as reg:
+        changes = reg.flag_history(name, limit=limit)
+    rows = [c.as_dict() for c in changes]
+    if as_json:
+        click.echo(json.dumps({"changes": rows}, indent=1))
+        return
+    for row in rows:
+        click.echo(
+            f"{row['ts']}\t{row['actor']}\t{row['action']}\t{row['flag'] or '-'}\t"
+            f"{row['scope']} {row['target']}\t{json.dumps(row['old'])} -> "
+            f"{json.dumps(row['new'])}\t{row['reason']}"
+        )
+
+
+@flags_app.command("environment")
+@click.argument("name", required=False)
+@db_option
+@click.option("--reason", default="", help="Why (kept in the audit log).")
+@click.option("--actor", envvar="USER", help="Who (default: $USER).")
+def flags_environment(name: str | None, db: Path, reason: str, actor: str | None) -> None:
+    """Show, or set to NAME, this deployment's environment (what `--env` overrides match)."""
+    with _input_registry(db) as reg:
+        if name is not None:
+            reg.set_environment(name, actor=_actor(actor), reason=reason)
+        click.echo(reg.environment())
 
 
 @app.command()
