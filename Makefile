@@ -13,7 +13,7 @@ SHELL := /bin/bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=30
 # pytest-xdist workers of `make test` (the end-to-end tests run one at a time on one of them)
 TEST_WORKERS ?= 2
 DEMO_ARGS ?=
