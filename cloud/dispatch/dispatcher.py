@@ -57,7 +57,7 @@ import redis.asyncio as aioredis
 from cloud.dispatch.allocation import allocate
 from cloud.dispatch.catch_up import CatchUpConfig, catch_up_w, sites_slot_energy
 from cloud.dispatch.controller import ControllerConfig, ControllerState, step
-from cloud.dispatch.flags import FlagReader
+from cloud.dispatch.flags import BY_HEADROOM, FlagReader
 from cloud.dispatch.link_hold import hold_reason
 from cloud.dispatch.planning import PoolPlanner
 from cloud.dispatch.retention import Pruned, Retention, prune
@@ -670,7 +670,7 @@ class PoolDispatcher:
             # the allocation weighs by energy over its 4 h horizon: the matching durations
             weights_up=np.array([a.sustain_absorb_w[-1] for a in parts]),
             weights_down=np.array([a.sustain_deliver_w[-1] for a in parts]),
-            by_headroom=np.array([s == "headroom" for s in strategies]),
+            by_headroom=np.array([s == BY_HEADROOM for s in strategies]),
         )
         await self._publish_signals(
             pool_id, now, [a.partition for a in parts], allocation.levels, bases=bases
