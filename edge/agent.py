@@ -469,6 +469,7 @@ class SiteAgent:
         self.state = state
         self.counters["cycles"] += 1
         self._record_flows(now, state)
+        self._watch_flags_stale()
         self._observe(now, state, fresh)
         self._maybe_publish_envelope(now, state, fresh)
         return state
@@ -1138,6 +1139,17 @@ class SiteAgent:
     def flags_report(self) -> tuple[str | None, dict[str, FlagValue], bool]:
         """(hash of the cloud's set, values run with, stale): what the status carries."""
         return self.flags_hash, dict(self.flag_values), self.flags_stale()
+
+    def _watch_flags_stale(self) -> None:
+        """Each cycle: republish the retained status when the flags turn stale (or fresh)
+        while nothing else would: connected, with no config heard on this connection for
+        :data:`~edge.flags.STALE_AFTER_S`. One comparison a cycle; the status is published
+        only on a flip (or at the first cycle, when nothing was reported yet)."""
+        if self.uplink is None:
+            return
+        reported = self._flags_reported
+        if reported is None or reported[2] != self.flags_stale():
+            self._report_flags()
 
     def _report_flags(self) -> None:
         """Republish the retained status when what it says of the flags changed."""
