@@ -499,17 +499,23 @@ class PoolDispatcher:
         sites in mode "cloud" (the signals do not reach them, or they reject them) is left
         out of the allocation and its power counted as uncontrolled, so the others make up
         for it instead of the integral slowly discovering the gap.
+
+        A partition with no flexible sites (all in local autonomy, the kill switch, or
+        degraded) has nothing to follow with: no acknowledgement is awaited there, so the
+        wait starts at its next signal once flexible sites are back, not at the first
+        signal it was sent while none were (a partition leaving local autonomy would
+        otherwise count as unresponsive at once).
         """
         out = np.ones(len(parts), dtype=bool)
         for i, a in enumerate(parts):
-            since = self._signalled_since.get((pool_id, a.partition))
+            key = (pool_id, a.partition)
             flexible = a.sites_flexible
-            if (
-                since is not None
-                and now - since > self.ack_timeout_s
-                and flexible > 0
-                and a.sites_following == 0
-            ):
+            if flexible == 0:
+                self._signalled_since.pop(key, None)
+                self._ack_wait.pop(key, None)
+                continue
+            since = self._signalled_since.get(key)
+            if since is not None and now - since > self.ack_timeout_s and a.sites_following == 0:
                 out[i] = False
         return out
 
