@@ -118,6 +118,7 @@ class System:
 
     hot: aioredis.Redis  # the cloud's Redis
     api: httpx.AsyncClient  # the trader API, with the pool's key
+    admin: httpx.AsyncClient  # the same API with an admin key (flags: /v1/admin/flags)
     tap: TelemetryTap
 
     def __init__(
@@ -151,6 +152,7 @@ class System:
         self.truth = TruthRecorder(self.fleet, window=spec.truth_window)
         self.settings = CloudSettings()
         self.token = ""
+        self.admin_token = ""
         self.api_url = ""
         self.gate: NetworkGate | None = None
         self.configs: Configs = {}
@@ -196,7 +198,7 @@ class System:
             self.redis_url = self.secure.redis.url  # no password in it
         cloud_account, site_account, url = self._accounts()
         db = state / "registry.sqlite"
-        self.token = await asyncio.to_thread(self._registry, db)
+        self.token, self.admin_token = await asyncio.to_thread(self._registry, db)
         self.settings = replace(
             CloudSettings(
                 mqtt_url=url,
@@ -227,6 +229,10 @@ class System:
             base_url=self.api_url, headers={"Authorization": f"Bearer {self.token}"}
         )
         stack.push_async_callback(self.api.aclose)
+        self.admin = httpx.AsyncClient(
+            base_url=self.api_url, headers={"Authorization": f"Bearer {self.admin_token}"}
+        )
+        stack.push_async_callback(self.admin.aclose)
         self.configs = site_configs(
             self.fleet.manifest(),
             url,
@@ -323,15 +329,16 @@ class System:
         for site_id, account in zip(self.site_ids, accounts, strict=True):
             self.configs[site_id]["mqtt"].update(account)
 
-    def _registry(self, db: Path) -> str:
-        """The pool, its sites, and an API key for it: the key's token."""
+    def _registry(self, db: Path) -> tuple[str, str]:
+        """The pool, its sites, an API key for it and an operator's admin key: the tokens."""
         spec = self.spec
         with Registry(db, self.clock) as registry:
             registry.create_pool(spec.pool, spec.pool_name)
             for site_id in self.site_ids:
                 registry.add_site(site_id, spec.pool, partitions=spec.partitions)
             _, token = registry.create_api_key([spec.pool], label=spec.key_label)
-        return token
+            _, admin = registry.create_api_key([], label="operator", role="admin")
+        return token, admin
 
     async def _start_in_process(self, stack: contextlib.AsyncExitStack, db: Path) -> None:
         """The worker(s) and the API through run_cloud (the first with the API), then the
