@@ -224,3 +224,15 @@ async def test_flags_change_one_partition_and_telemetry_by_exception_cuts_the_ra
         activation.cancel()
         assert all(system.agents[i].state.mode is Mode.CLOUD for i in parts[kill])
         assert (await system.flexibility())["now"]["sites"]["autonomous"] == 0
+
+        # --- every change is in the audit log, with who made it -----------------------------
+        history = (await system.admin.get("/v1/admin/flags/history")).json()["changes"]
+        assert [(c["action"], c["flag"], c["scope"], c["target"]) for c in reversed(history)] == [
+            ("set", "edge.telemetry_by_exception", "pool", "north"),
+            ("set", "edge.telemetry_by_exception", "partition", str(untouched)),
+            ("set", "edge.fallback_mode", "partition", str(headroom)),
+            ("set", "edge.local_autonomy", "partition", str(kill)),
+            ("set", "dispatch.allocation", "partition", str(headroom)),
+            ("unset", "edge.local_autonomy", "partition", str(kill)),
+        ]
+        assert {c["actor"] for c in history} == {"operator"}
