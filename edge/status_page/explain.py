@@ -62,13 +62,13 @@ class ControlFacts:
     cloud_connected: bool = False
     cloud_seen_ts: float | None = None  # last cycle with the broker connected
     clamped_by: tuple[str, ...] = ()
-    fallback_mode: str = "self_consumption"  # the site's own control: or peak_shaving
+    fallback_mode: str = FallbackMode.SELF_CONSUMPTION.value  # the site's own control
     peak_shaving_limit_w: float | None = None  # that mode's import limit
 
 
 def _local_words(facts: ControlFacts) -> str:
     """What the gateway's own control does, in the site's fallback mode."""
-    if facts.fallback_mode == "peak_shaving" and facts.peak_shaving_limit_w is not None:
+    if facts.fallback_mode == FallbackMode.PEAK_SHAVING and facts.peak_shaving_limit_w is not None:
         return PEAK_SHAVING.format(limit=kw_text(facts.peak_shaving_limit_w))
     return SELF_CONSUMPTION
 
