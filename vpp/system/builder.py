@@ -198,7 +198,8 @@ class System:
             self.redis_url = self.secure.redis.url  # no password in it
         cloud_account, site_account, url = self._accounts()
         db = state / "registry.sqlite"
-        self.token, self.admin_token = await asyncio.to_thread(self._registry, db)
+        self.token = await asyncio.to_thread(self._registry, db)
+        self.admin_token = await asyncio.to_thread(self._admin_key, db)
         self.settings = replace(
             CloudSettings(
                 mqtt_url=url,
@@ -266,6 +267,12 @@ class System:
             asyncio.create_task(a.run(), name=f"agent {a.site_id}") for a in self.agents
         )
 
+    def _admin_key(self, db: Path) -> str:
+        """An operator's admin key (the flags' admin API, audited as ``operator``): its token."""
+        with Registry(db, self.clock) as registry:
+            _, token = registry.create_api_key([], label="operator", role="admin")
+        return token
+
     def _accounts(self) -> tuple[dict[str, Any], dict[str, Any], str]:
         """The cloud's account (as CloudSettings' ``mqtt_*`` fields, unprefixed), the sites'
         (their ``[mqtt]`` settings), and the broker's URL. A broker that admits only its
@@ -329,16 +336,15 @@ class System:
         for site_id, account in zip(self.site_ids, accounts, strict=True):
             self.configs[site_id]["mqtt"].update(account)
 
-    def _registry(self, db: Path) -> tuple[str, str]:
-        """The pool, its sites, an API key for it and an operator's admin key: the tokens."""
+    def _registry(self, db: Path) -> str:
+        """The pool, its sites, and an API key for it: the key's token."""
         spec = self.spec
         with Registry(db, self.clock) as registry:
             registry.create_pool(spec.pool, spec.pool_name)
             for site_id in self.site_ids:
                 registry.add_site(site_id, spec.pool, partitions=spec.partitions)
             _, token = registry.create_api_key([spec.pool], label=spec.key_label)
-            _, admin = registry.create_api_key([], label="operator", role="admin")
-        return token, admin
+        return token
 
     async def _start_in_process(self, stack: contextlib.AsyncExitStack, db: Path) -> None:
         """The worker(s) and the API through run_cloud (the first with the API), then the
