@@ -35,7 +35,7 @@ import logging
 import math
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge.behaviour import Behaviour
@@ -61,7 +61,7 @@ from edge.drivers import (
     detect_kind,
     make_driver,
 )
-from edge.flags import applied, is_stale
+from edge.flags import applied, is_stale, limit_map
 from edge.forecast import Forecaster, ForecastSettings, HeatPumpNow, SiteNow
 from edge.slot_account import SlotAccount
 from edge.status_page.history import PowerMinutes, Sample
@@ -273,10 +273,11 @@ class SiteAgent:
             "signals_out_of_order": 0,
             "signals_ignored_autonomy": 0,  # the kill switch is on: the site runs on its own
             "configs": 0,
-            "flags_ignored": 0,  # flag values of a wrong type (Behaviour.ignored)
             "config_ignored": 0,
             "flags_unknown": 0,  # flag names this release does not know (ignored)
-            "flags_refused": 0,  # values of the wrong type or out of bounds (kept the last)
+            # flag values of the wrong type or out of bounds (edge.flags.applied; the last
+            # known value, or the default, holds)
+            "flags_refused": 0,
             "flags_clamped": 0,  # numbers held to a hard limit
             "plans": 0,
             "plans_other_pool": 0,
@@ -303,9 +304,9 @@ class SiteAgent:
         could not be used. Turning the kill switch on drops the cloud command being followed
         (the site returns to its own control at once, not when the command expires)."""
         old, self._behaviour = self._behaviour, new
-        for reason in new.ignored:
-            self.counters["flags_ignored"] += 1
-            self.log.warning("flag value ignored: %s", reason)
+        for reason in new.ignored:  # a behaviour made of unchecked values (the config
+            self.counters["flags_refused"] += 1  # path checks and counts them before)
+            self.log.warning("flag value refused, the default holds: %s", reason)
         if new == old:
             return
         self.log.info("behaviour: %s", new)
@@ -468,6 +469,7 @@ class SiteAgent:
         self.state = state
         self.counters["cycles"] += 1
         self._record_flows(now, state)
+        self._watch_flags_stale()
         self._observe(now, state, fresh)
         self._maybe_publish_envelope(now, state, fresh)
         return state
@@ -1072,14 +1074,10 @@ class SiteAgent:
 
     # --- feature flags (edge.flags) ------------------------------------------------------------
 
-    def _limit_map(self) -> dict[str, float]:
-        """The site's hard limits by name: what numeric flags are clamped by."""
-        return {f.name: float(getattr(self.limits, f.name)) for f in fields(self.limits)}
-
     def _apply_flags(self, received: dict[str, Any], flags_hash: str | None) -> None:
         """Apply the cloud's flag values live: unknown names ignored, bad values refused,
         numbers clamped by the hard limits; persisted; the hook runs when they changed."""
-        result = applied(received, self.flag_values, self._limit_map())
+        result = applied(received, self.flag_values, limit_map(self.limits))
         self.counters["flags_unknown"] += len(result.unknown)
         self.counters["flags_refused"] += len(result.refused)
         self.counters["flags_clamped"] += len(result.clamped)
@@ -1116,7 +1114,7 @@ class SiteAgent:
         self._flags_confirmed_ts = max(known, default=None)
         if not saved:
             return
-        result = applied(saved.get("values", {}), defaults(), self._limit_map())
+        result = applied(saved.get("values", {}), defaults(), limit_map(self.limits))
         self.flag_values = result.values
         self.flags_hash = saved.get("hash")
         self.log.info("flags %s restored: %s", self.flags_hash, self.flag_values)
@@ -1141,6 +1139,17 @@ class SiteAgent:
     def flags_report(self) -> tuple[str | None, dict[str, FlagValue], bool]:
         """(hash of the cloud's set, values run with, stale): what the status carries."""
         return self.flags_hash, dict(self.flag_values), self.flags_stale()
+
+    def _watch_flags_stale(self) -> None:
+        """Each cycle: republish the retained status when the flags turn stale (or fresh)
+        while nothing else would: connected, with no config heard on this connection for
+        :data:`~edge.flags.STALE_AFTER_S`. One comparison a cycle; the status is published
+        only on a flip (or at the first cycle, when nothing was reported yet)."""
+        if self.uplink is None:
+            return
+        reported = self._flags_reported
+        if reported is None or reported[2] != self.flags_stale():
+            self._report_flags()
 
     def _report_flags(self) -> None:
         """Republish the retained status when what it says of the flags changed."""

@@ -5,66 +5,80 @@ retained config; the agent keeps the last ones and turns them into a :class:`Beh
 :meth:`Behaviour.from_flags`. The control loop and the uplink read only the ``Behaviour``, so
 each behaviour is tested by setting it directly, without a cloud.
 
-Why a value and not the raw flags: a flag is data from the network. Here it is checked once
-(type, bounds), clamped by the site's own hard limits, and what could not be used is said
-(:attr:`Behaviour.ignored`), so a bad or unknown flag never reaches the control loop and a
-flag can never move a site past a hard limit.
+Why a value and not the raw flags: a flag is data from the network. The flags' names,
+defaults and bounds are the catalogue's (:data:`protocols.flags.CATALOGUE`), and values are
+checked in one place, :func:`edge.flags.applied` (type and bounds refused, numbers clamped by
+the site's hard limits); what it refused is said (:attr:`Behaviour.ignored`), so a bad or
+unknown flag never reaches the control loop and a flag can never move a site past a hard
+limit.
 
-``Behaviour()`` is the agent's behaviour before flags existed: self-consumption fallback,
-telemetry every interval, cloud control.
+``Behaviour()`` is the agent's behaviour before flags existed (the catalogue's defaults):
+self-consumption fallback, telemetry every interval, cloud control.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
+from typing import Any
 
 from edge.control.plan import LocalControl, Plan, SiteInputs, SiteLimits, fallback, peak_shaving
+from edge.flags import applied, limit_map
+from protocols.flags import CATALOGUE, defaults, flag
 
-__all__ = ["FLAG_BOUNDS", "Behaviour", "FallbackMode"]
+__all__ = ["FIELDS", "Behaviour", "FallbackMode"]
+
+# The edge flags' names, taken from the catalogue (an import error if one goes missing).
+FALLBACK_MODE = flag("edge.fallback_mode").name
+PEAK_SHAVING_LIMIT_W = flag("edge.peak_shaving_limit_w").name
+TELEMETRY_BY_EXCEPTION = flag("edge.telemetry_by_exception").name
+TELEMETRY_DEADBAND_W = flag("edge.telemetry_deadband_w").name
+HEARTBEAT_S = flag("edge.heartbeat_s").name
+LOCAL_AUTONOMY = flag("edge.local_autonomy").name
+
+#: Behaviour field -> the flag that sets it
+FIELDS: dict[str, str] = {
+    "fallback_mode": FALLBACK_MODE,
+    "peak_shaving_limit_w": PEAK_SHAVING_LIMIT_W,
+    "telemetry_by_exception": TELEMETRY_BY_EXCEPTION,
+    "telemetry_deadband_w": TELEMETRY_DEADBAND_W,
+    "heartbeat_s": HEARTBEAT_S,
+    "local_autonomy": LOCAL_AUTONOMY,
+}
 
 
 class FallbackMode(StrEnum):
-    """The site's own control when the cloud asks nothing (``edge.fallback_mode``)."""
+    """The site's own control when the cloud asks nothing (``edge.fallback_mode``; a test
+    keeps these equal to the catalogue's values)."""
 
     SELF_CONSUMPTION = "self_consumption"  # the battery takes PV surplus and covers the load
     PEAK_SHAVING = "peak_shaving"  # the battery only caps the grid import (and export)
 
 
-# The edge flags' names and physical bounds, as the flag catalogue states them. Numbers
-# outside are clamped to the bound (then by the site's hard limits in from_flags).
-FALLBACK_MODE = "edge.fallback_mode"
-PEAK_SHAVING_LIMIT_W = "edge.peak_shaving_limit_w"
-TELEMETRY_BY_EXCEPTION = "edge.telemetry_by_exception"
-TELEMETRY_DEADBAND_W = "edge.telemetry_deadband_w"
-HEARTBEAT_S = "edge.heartbeat_s"
-LOCAL_AUTONOMY = "edge.local_autonomy"
+def _default(name: str) -> Any:
+    return CATALOGUE[name].default
 
-FLAG_BOUNDS: dict[str, tuple[float, float]] = {
-    PEAK_SHAVING_LIMIT_W: (0.0, 1_000_000.0),
-    TELEMETRY_DEADBAND_W: (1.0, 10_000.0),
-    HEARTBEAT_S: (5.0, 900.0),
-}
+
+_DEFAULT_MODE = FallbackMode(_default(FALLBACK_MODE))
 
 
 @dataclass(frozen=True, slots=True)
 class Behaviour:
-    """The agent's flag-driven settings (defaults: today's behaviour exactly).
+    """The agent's flag-driven settings (defaults: the catalogue's, today's behaviour).
 
-    ``ignored`` lists, for the log and the counters, each flag value that could not be used
-    and why (a wrong type, an unknown enum value); it takes no part in equality, so a
-    re-sent config with the same bad value is no change.
+    ``ignored`` lists, for the log and the ``flags_refused`` counter, each flag value that
+    could not be used and why (:func:`edge.flags.applied`'s reasons); it takes no part in
+    equality, so a re-sent config with the same bad value is no change.
     """
 
-    fallback_mode: FallbackMode = FallbackMode.SELF_CONSUMPTION
-    peak_shaving_limit_w: float = 4000.0
-    telemetry_by_exception: bool = False
-    telemetry_deadband_w: float = 100.0
-    heartbeat_s: float = 60.0
-    local_autonomy: bool = False
+    fallback_mode: FallbackMode = _DEFAULT_MODE
+    peak_shaving_limit_w: float = float(_default(PEAK_SHAVING_LIMIT_W))
+    telemetry_by_exception: bool = bool(_default(TELEMETRY_BY_EXCEPTION))
+    telemetry_deadband_w: float = float(_default(TELEMETRY_DEADBAND_W))
+    heartbeat_s: float = float(_default(HEARTBEAT_S))
+    local_autonomy: bool = bool(_default(LOCAL_AUTONOMY))
     ignored: tuple[str, ...] = field(default=(), compare=False)
 
     def local_control(self) -> LocalControl:
@@ -79,56 +93,22 @@ class Behaviour:
     def from_flags(cls, values: Mapping[str, object], limits: SiteLimits) -> Behaviour:
         """The behaviour for evaluated flag ``values`` (name -> bool | str | float).
 
-        Unknown names are ignored (a newer cloud's flags); a value of the wrong type is
-        ignored and listed in ``ignored`` (the default holds); numbers are clamped into the
-        flag's bounds, then by the site's hard limits: the peak-shaving limit never above
-        the grid connection's import limit.
+        Through :func:`edge.flags.applied`: unknown names are ignored (a newer cloud's
+        flags); a value of the wrong type or out of the catalogue's bounds is refused and
+        listed in ``ignored`` (the default holds); numbers are clamped by the site's hard
+        limits (the peak-shaving limit never above the grid connection's import limit), the
+        defaults too.
         """
-        ignored: list[str] = []
-        default = cls()
-
-        def boolean(name: str, fallback: bool) -> bool:
-            value = values.get(name)
-            if value is None:
-                return fallback
-            if isinstance(value, bool):
-                return value
-            ignored.append(f"{name}={value!r}: not a bool")
-            return fallback
-
-        def number(name: str, fallback: float) -> float:
-            value = values.get(name)
-            if value is None:
-                return fallback
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                ignored.append(f"{name}={value!r}: not a number")
-                return fallback
-            if not math.isfinite(value):
-                ignored.append(f"{name}={value!r}: not finite")
-                return fallback
-            lo, hi = FLAG_BOUNDS[name]
-            return min(max(float(value), lo), hi)
-
-        mode = default.fallback_mode
-        raw_mode = values.get(FALLBACK_MODE)
-        if raw_mode is not None:
-            try:
-                mode = FallbackMode(raw_mode) if isinstance(raw_mode, str) else None
-            except ValueError:
-                mode = None
-            if mode is None:
-                choices = ", ".join(m.value for m in FallbackMode)
-                ignored.append(f"{FALLBACK_MODE}={raw_mode!r}: not one of {choices}")
-                mode = default.fallback_mode
-        limit = number(PEAK_SHAVING_LIMIT_W, default.peak_shaving_limit_w)
+        result = applied(values, defaults(), limit_map(limits))
+        run = result.values
         return cls(
-            fallback_mode=mode,
-            peak_shaving_limit_w=min(limit, limits.grid_import_w),
-            telemetry_by_exception=boolean(TELEMETRY_BY_EXCEPTION, False),
-            telemetry_deadband_w=number(TELEMETRY_DEADBAND_W, default.telemetry_deadband_w),
-            heartbeat_s=number(HEARTBEAT_S, default.heartbeat_s),
-            local_autonomy=boolean(LOCAL_AUTONOMY, False),
-            ignored=tuple(ignored),
+            fallback_mode=FallbackMode(run[FALLBACK_MODE]),
+            peak_shaving_limit_w=float(run[PEAK_SHAVING_LIMIT_W]),
+            telemetry_by_exception=bool(run[TELEMETRY_BY_EXCEPTION]),
+            telemetry_deadband_w=float(run[TELEMETRY_DEADBAND_W]),
+            heartbeat_s=float(run[HEARTBEAT_S]),
+            local_autonomy=bool(run[LOCAL_AUTONOMY]),
+            ignored=tuple(result.refused.values()),
         )
 
 

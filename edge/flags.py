@@ -1,8 +1,11 @@
 """The agent's side of feature flags: what it runs with, decided without I/O.
 
 The cloud evaluates every flag for the site and sends the values in the retained config
-(:class:`protocols.messages.Config` ``flag_values`` and ``flags_hash``). The agent
-(:func:`applied`):
+(:class:`protocols.messages.Config` ``flag_values`` and ``flags_hash``). :func:`applied` is the
+edge's one check of flag values (the agent's config path and
+:meth:`edge.behaviour.Behaviour.from_flags` both go through it, with the catalogue's own
+:func:`protocols.flags.check_value`); the agent counts what it refuses in one counter,
+``flags_refused``. It:
 
 * ignores names it does not know (a newer cloud may send flags this release lacks) and
   counts them;
@@ -26,12 +29,13 @@ no extra write per message.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from edge.control.plan import SiteLimits
 from protocols.flags import CATALOGUE, Flag, FlagValue, check_value, clamp_to_limits
 
-__all__ = ["STALE_AFTER_S", "Applied", "applied", "is_stale"]
+__all__ = ["STALE_AFTER_S", "Applied", "applied", "is_stale", "limit_map"]
 
 STALE_AFTER_S = 120.0
 
@@ -53,29 +57,34 @@ def applied(
     catalogue: Mapping[str, Flag] = CATALOGUE,
 ) -> Applied:
     """The values to run with after receiving ``received``: every known flag present, checked
-    and clamped; a refused one keeps its ``previous`` value; an absent one keeps its previous
-    value too (the cloud sends them all; an older cloud sends none)."""
+    (:func:`protocols.flags.check_value`) and clamped; a refused one keeps its ``previous``
+    value; an absent one keeps its previous value too (the cloud sends them all; an older
+    cloud sends none). Every value run with is held to today's ``limits``, a kept one too (a
+    gateway restarted with a smaller fuse); ``clamped`` names only the received ones."""
     values: dict[str, FlagValue] = {}
     refused: dict[str, str] = {}
     clamped: dict[str, FlagValue] = {}
     for name, definition in catalogue.items():
-        if name not in received:
-            if name in previous:
-                values[name] = previous[name]
-            continue
-        try:
-            value = check_value(definition, received[name])
-        except ValueError as exc:
-            refused[name] = str(exc)
-            if name in previous:
-                values[name] = previous[name]
-            continue
-        bounded = clamp_to_limits(definition, value, limits)
-        if bounded != value:
-            clamped[name] = value
-        values[name] = bounded
+        if name in received:
+            try:
+                value = check_value(definition, received[name])
+            except ValueError as exc:
+                refused[name] = str(exc)
+            else:
+                bounded = clamp_to_limits(definition, value, limits)
+                if bounded != value:
+                    clamped[name] = value
+                values[name] = bounded
+                continue
+        if name in previous:
+            values[name] = clamp_to_limits(definition, previous[name], limits)
     unknown = tuple(sorted(n for n in received if n not in catalogue))
     return Applied(dict(sorted(values.items())), unknown, refused, clamped)
+
+
+def limit_map(limits: SiteLimits) -> dict[str, float]:
+    """The site's hard limits by field name: what a flag's ``hard_limit`` names."""
+    return {f.name: float(getattr(limits, f.name)) for f in fields(limits)}
 
 
 def is_stale(

@@ -289,3 +289,56 @@ async def test_the_edge_keeps_its_flags_through_a_broker_outage_and_a_restart(
             await worker.stop()
             await asyncio.wait_for(worker_task, 10)
         r.close()
+
+
+# what happens (sim seconds waited, or a config from the cloud) -> the retained status's
+# flags_stale; the broker stays up throughout: the agent turns stale while connected
+STALE_WHILE_CONNECTED = [
+    ("connected, no config yet", 10.0, False),
+    ("no config for longer than the stale time", STALE_AFTER_S, True),
+    ("the cloud's config arrives", "config", False),
+]
+
+
+async def test_the_retained_status_says_stale_once_the_flags_turn_stale_while_connected(
+    tmp_path: Path, broker
+) -> None:
+    """No config reaches a connected agent (the cloud is away, its retained config gone): the
+    status retained on the broker turns stale when the agent's flags do, not only at the next
+    connect or config."""
+    clock = SimClock(speed=SPEED, start=T0)
+    fleet = Fleet(1, seed=12, clock=clock, latency_s=0.0, tick_s=0.025)
+    truth = record_truth(fleet)
+    await fleet.start()
+    writes = record_writes(fleet)
+    config = make_config(fleet, broker.url, tmp_path)
+    async with agent_running(clock, fleet, config, writes, truth, broker.url) as site:
+        for what, step, stale in STALE_WHILE_CONNECTED:
+            if step == "config":
+                message = Config(
+                    site_id=site.site_id,
+                    rev=1,
+                    ts=clock.time(),
+                    pool_id="north",
+                    flag_values=defaults(),
+                    flags_hash=values_hash(defaults()),
+                )
+                site.observer.publish(site.topic("config"), encode(message), retain=True)
+            else:
+                await site.sim_sleep(step)
+            await site.wait_for(lambda s=stale: site.agent.flags_stale() is s, 20, what)
+            assert site.agent.uplink is not None
+            assert site.agent.uplink.connected, what
+            # a new subscriber gets what the broker retains
+            observer = Observer(broker.url, [site.topic("status")])
+            try:
+                status = await site.wait_for(
+                    lambda o=observer, s=stale: (
+                        (m := retained_status(o, site.site_id)) and m.flags_stale is s and m
+                    ),
+                    20,
+                    f"the retained status after {what}",
+                )
+            finally:
+                observer.close()
+            assert (status.state, status.flags_stale) == ("online", stale), what

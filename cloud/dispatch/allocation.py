@@ -80,10 +80,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from cloud.hotstate import DURATIONS_S
 
-__all__ = ["ALLOCATIONS", "DEFAULT_HORIZON_S", "Allocation", "allocate", "water_fill"]
-
-#: the values of the ``dispatch.allocation`` flag; the first is the default
-ALLOCATIONS = ("energy", "headroom")
+__all__ = ["DEFAULT_HORIZON_S", "Allocation", "allocate", "water_fill"]
 
 #: Horizon of the energy weighting: the longest duration the aggregates report (4 h).
 DEFAULT_HORIZON_S = float(DURATIONS_S[-1])

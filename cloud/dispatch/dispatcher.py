@@ -57,7 +57,7 @@ import redis.asyncio as aioredis
 from cloud.dispatch.allocation import allocate
 from cloud.dispatch.catch_up import CatchUpConfig, catch_up_w, sites_slot_energy
 from cloud.dispatch.controller import ControllerConfig, ControllerState, step
-from cloud.dispatch.flags import FlagReader
+from cloud.dispatch.flags import BY_HEADROOM, FlagReader
 from cloud.dispatch.link_hold import hold_reason
 from cloud.dispatch.planning import PoolPlanner
 from cloud.dispatch.retention import Pruned, Retention, prune
@@ -499,17 +499,23 @@ class PoolDispatcher:
         sites in mode "cloud" (the signals do not reach them, or they reject them) is left
         out of the allocation and its power counted as uncontrolled, so the others make up
         for it instead of the integral slowly discovering the gap.
+
+        A partition with no flexible sites (all in local autonomy, the kill switch, or
+        degraded) has nothing to follow with: no acknowledgement is awaited there, so the
+        wait starts at its next signal once flexible sites are back, not at the first
+        signal it was sent while none were (a partition leaving local autonomy would
+        otherwise count as unresponsive at once).
         """
         out = np.ones(len(parts), dtype=bool)
         for i, a in enumerate(parts):
-            since = self._signalled_since.get((pool_id, a.partition))
+            key = (pool_id, a.partition)
             flexible = a.sites_flexible
-            if (
-                since is not None
-                and now - since > self.ack_timeout_s
-                and flexible > 0
-                and a.sites_following == 0
-            ):
+            if flexible == 0:
+                self._signalled_since.pop(key, None)
+                self._ack_wait.pop(key, None)
+                continue
+            since = self._signalled_since.get(key)
+            if since is not None and now - since > self.ack_timeout_s and a.sites_following == 0:
                 out[i] = False
         return out
 
@@ -670,7 +676,7 @@ class PoolDispatcher:
             # the allocation weighs by energy over its 4 h horizon: the matching durations
             weights_up=np.array([a.sustain_absorb_w[-1] for a in parts]),
             weights_down=np.array([a.sustain_deliver_w[-1] for a in parts]),
-            by_headroom=np.array([s == "headroom" for s in strategies]),
+            by_headroom=np.array([s == BY_HEADROOM for s in strategies]),
         )
         await self._publish_signals(
             pool_id, now, [a.partition for a in parts], allocation.levels, bases=bases

@@ -6,9 +6,11 @@ reads a pool's keys once a cycle with one ``MGET`` and parses a key only when it
 changed, so a cycle costs one round trip and no JSON work in the steady state.
 
 Precedence: a partition's own key (its evaluated values already include the pool's), else
-the pool's key, else the flag's default. A key that is not a valid document, or a value that
-is not one of the flag's values, counts as missing: it is counted and logged once, and the
-default holds (a bad flag never stops dispatching).
+the pool's key, else the flag's default (the catalogue's, :data:`protocols.flags.CATALOGUE`).
+A key that is not a valid document, or a value the catalogue refuses
+(:func:`protocols.flags.check_value`, the check the registry and the edge make too), counts
+as missing: it is counted and logged once, and the default holds (a bad flag never stops
+dispatching).
 """
 
 from __future__ import annotations
@@ -21,14 +23,25 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from cloud.dispatch.allocation import ALLOCATIONS
 from cloud.hotstate import flags_key
+from protocols.flags import check_value, flag
 
-__all__ = ["ALLOCATION_FLAG", "FlagReader", "allocation_of", "parse_flags"]
+__all__ = [
+    "ALLOCATION",
+    "ALLOCATION_FLAG",
+    "BY_HEADROOM",
+    "FlagReader",
+    "allocation_of",
+    "parse_flags",
+]
 
 log = logging.getLogger("cloud.dispatch")
 
-ALLOCATION_FLAG = "dispatch.allocation"
+ALLOCATION = flag("dispatch.allocation")
+ALLOCATION_FLAG = ALLOCATION.name
+#: the allocation by headroom alone (:func:`cloud.dispatch.allocation.allocate`'s
+#: ``by_headroom``); a test keeps it one of the flag's values
+BY_HEADROOM = "headroom"
 
 
 def parse_flags(raw: bytes | str | None) -> dict[str, Any] | None:
@@ -47,13 +60,10 @@ def parse_flags(raw: bytes | str | None) -> dict[str, Any] | None:
 
 def allocation_of(values: dict[str, Any] | None) -> str | None:
     """The ``dispatch.allocation`` value of a document, None when it has none. Raises
-    ValueError for a value that is not one of :data:`ALLOCATIONS`."""
+    ValueError (the catalogue's one line) for a value the flag does not take."""
     if values is None or ALLOCATION_FLAG not in values:
         return None
-    value = values[ALLOCATION_FLAG]
-    if value not in ALLOCATIONS:
-        raise ValueError(f"{ALLOCATION_FLAG}={value!r}: not one of {', '.join(ALLOCATIONS)}")
-    return value
+    return str(check_value(ALLOCATION, values[ALLOCATION_FLAG]))
 
 
 class FlagReader:
@@ -73,7 +83,7 @@ class FlagReader:
         raws = await redis.mget(keys)
         self.reads += 1
         pool_value, *part_values = (self._value(k, r) for k, r in zip(keys, raws, strict=True))
-        default = ALLOCATIONS[0]
+        default = str(ALLOCATION.default)
         return [v or pool_value or default for v in part_values]
 
     def _value(self, key: str, raw: bytes | None) -> str | None:

@@ -9,10 +9,13 @@ export at the grid connection until 14:15: the battery discharges 3.1 kW to deli
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
-__all__ = ["ControlFacts", "Explanation", "explain", "kw_text"]
+from edge.behaviour import Behaviour, FallbackMode
+from protocols.flags import FlagValue
+
+__all__ = ["ControlFacts", "Explanation", "FlagFacts", "explain", "flag_words", "kw_text"]
 
 DEVICE_NAMES = {
     "pv_inverter": "PV inverter",
@@ -59,13 +62,13 @@ class ControlFacts:
     cloud_connected: bool = False
     cloud_seen_ts: float | None = None  # last cycle with the broker connected
     clamped_by: tuple[str, ...] = ()
-    fallback_mode: str = "self_consumption"  # the site's own control: or peak_shaving
+    fallback_mode: str = FallbackMode.SELF_CONSUMPTION.value  # the site's own control
     peak_shaving_limit_w: float | None = None  # that mode's import limit
 
 
 def _local_words(facts: ControlFacts) -> str:
     """What the gateway's own control does, in the site's fallback mode."""
-    if facts.fallback_mode == "peak_shaving" and facts.peak_shaving_limit_w is not None:
+    if facts.fallback_mode == FallbackMode.PEAK_SHAVING and facts.peak_shaving_limit_w is not None:
         return PEAK_SHAVING.format(limit=kw_text(facts.peak_shaving_limit_w))
     return SELF_CONSUMPTION
 
@@ -161,3 +164,57 @@ def explain(facts: ControlFacts, at: Callable[[float], str]) -> Explanation:
         )
     title = TITLES["local" if facts.cloud_connected else "fallback"]
     return Explanation("fallback", title, reason, notes)
+
+
+@dataclass(frozen=True, slots=True)
+class FlagFacts:
+    """The feature-flag set the agent runs with: the hash of the cloud's set (None: none
+    heard yet), whether it is stale (no word from the cloud for a while), the values (checked
+    and clamped) and the behaviour they make."""
+
+    hash: str | None = None
+    stale: bool = False
+    values: Mapping[str, FlagValue] = field(default_factory=dict)
+    behaviour: Behaviour = field(default_factory=Behaviour)
+
+
+#: a flag set's hash as the page shows it (enough to tell sets apart)
+HASH_SHOWN = 8
+
+
+def flag_words(facts: FlagFacts) -> tuple[str, tuple[str, ...]]:
+    """(one sentence on the settings the gateway runs with, a note per behaviour away from
+    the standard one: the kill switch, peak shaving, telemetry by exception)."""
+    if facts.hash is None:
+        text = "The gateway runs with its standard settings: " + (
+            "it has not heard from the cloud yet." if facts.stale else "the cloud sent none yet."
+        )
+    elif facts.stale:
+        text = (
+            f"The gateway runs with the last settings the cloud sent (set "
+            f"{facts.hash[:HASH_SHOWN]}); it has not heard from the cloud for a while, so they "
+            "may be out of date."
+        )
+    else:
+        text = (
+            f"The gateway runs with the cloud's settings (set {facts.hash[:HASH_SHOWN]}), "
+            "confirmed by the cloud."
+        )
+    b = facts.behaviour
+    notes = []
+    if b.local_autonomy:
+        notes.append(
+            "Kill switch on: the operator has set this home to run on its own; the gateway "
+            "takes no requests from the cloud and keeps its own safe control."
+        )
+    if b.fallback_mode is FallbackMode.PEAK_SHAVING:
+        notes.append(
+            "Peak shaving: on its own, the battery only keeps the grid import under "
+            f"{kw_text(b.peak_shaving_limit_w)} and saves its energy for the peaks."
+        )
+    if b.telemetry_by_exception:
+        notes.append(
+            "Reports by exception: the gateway tells the cloud only of changes over "
+            f"{b.telemetry_deadband_w:.0f} W, and at least every {b.heartbeat_s:.0f} s."
+        )
+    return text, tuple(notes)

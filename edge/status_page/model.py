@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from edge.status_page.explain import ControlFacts, explain
+from edge.status_page.explain import ControlFacts, FlagFacts, explain, flag_words
 from edge.status_page.history import EnergyTotals
 from protocols.units import finite_or_none
 from protocols.version import VERSION
@@ -96,6 +96,21 @@ class Device(BaseModel):
     health: str
 
 
+class Flags(BaseModel):
+    """The feature-flag set the gateway runs with (the cloud's settings for this home)."""
+
+    hash: str | None = Field(description="the set's fingerprint as the cloud sent it; null: none")
+    stale: bool = Field(
+        description="no word from the cloud for a while: the last known values hold"
+    )
+    values: dict[str, bool | str | float] = Field(description="the values run with, by flag")
+    text: str = Field(description="the settings in one plain sentence")
+    notes: list[str] = Field(
+        description="a plain sentence per behaviour away from the standard one (kill switch, "
+        "peak shaving, telemetry by exception)"
+    )
+
+
 class Status(BaseModel):
     """What ``/api/status`` returns and the page shows."""
 
@@ -109,6 +124,7 @@ class Status(BaseModel):
     last_dispatch: LastDispatch | None
     today: Totals
     devices: list[Device]
+    flags: Flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +156,7 @@ class AgentView:
     facts: ControlFacts = field(default_factory=lambda: ControlFacts(mode=None))
     command_id: str | None = None
     last_dispatch: DispatchRecord | None = None
+    flags: FlagFacts = field(default_factory=FlagFacts)
 
 
 def iso(ts: float, *, ms: bool = False) -> str:
@@ -266,6 +283,7 @@ def build_status(
             )
         )
     said = explain(view.facts, at)
+    flags_text, flags_notes = flag_words(view.flags)
     seen = view.facts.cloud_seen_ts
     return Status(
         site_id=view.site_id,
@@ -298,6 +316,13 @@ def build_status(
             cost_text=_money(today),
         ),
         devices=[Device(id=i, kind=k, health=h) for i, k, h in view.devices],
+        flags=Flags(
+            hash=view.flags.hash,
+            stale=view.flags.stale,
+            values=dict(view.flags.values),
+            text=flags_text,
+            notes=list(flags_notes),
+        ),
     )
 
 
@@ -330,11 +355,13 @@ def view_of(agent: SiteAgent) -> AgentView:
     state = agent.state
     devices = tuple((d.device_id, d.kind.value, d.health.value) for d in agent.drivers)
     connected = agent.uplink is not None and agent.uplink.connected
+    flags_hash, values, stale = agent.flags_report()
+    flags = FlagFacts(flags_hash, stale, values, agent.behaviour)
     if state is None:
         facts = ControlFacts(
             mode=None, cloud_connected=connected, cloud_seen_ts=agent.cloud_seen_ts
         )
-        return AgentView(agent.site_id, VERSION, now, devices=devices, facts=facts)
+        return AgentView(agent.site_id, VERSION, now, devices=devices, facts=facts, flags=flags)
     kinds = {d.device_id: d.kind.value for d in agent.drivers}
     command = state.command
     share = agent.share
@@ -370,4 +397,5 @@ def view_of(agent: SiteAgent) -> AgentView:
         facts=facts,
         command_id=None if command is None else command.command_id,
         last_dispatch=_last_dispatch(agent),
+        flags=flags,
     )

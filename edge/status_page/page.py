@@ -70,6 +70,15 @@ def _dispatch(status: Status) -> str:
     )
 
 
+def _flags(status: Status) -> str:
+    f = status.flags
+    notes = "".join(f"<li>{escape(n)}</li>" for n in f.notes)
+    return (
+        f'<p class="flags-text{" stale" if f.stale else ""}" data-field="flags-text">'
+        f'{escape(f.text)}</p><ul class="notes" data-field="flags-notes">{notes}</ul>'
+    )
+
+
 def render_page(status: Status, svg: str, refresh_s: float, tariff_set: bool) -> str:
     """The whole page; ``svg`` is the chart (from :func:`~.chart.history_svg`)."""
     flows = "".join(_flow(f) for f in status.flows)
@@ -109,6 +118,10 @@ def render_page(status: Status, svg: str, refresh_s: float, tariff_set: bool) ->
 <p class="mode" data-field="mode" data-mode="{escape(control.mode)}">{escape(control.title)}</p>
 <p class="reason" data-field="reason">{escape(control.reason)}</p>
 <ul class="notes" data-field="notes">{notes}</ul>
+</section>
+<section aria-labelledby="flags-h" data-field="flags">
+<h2 id="flags-h">Settings from the cloud</h2>
+{_flags(status)}
 </section>
 <section aria-labelledby="dispatch-h">
 <h2 id="dispatch-h">Last request from the cloud</h2>

@@ -11,7 +11,8 @@ import json
 import pytest
 import redis.asyncio as aioredis
 
-from cloud.dispatch.flags import FlagReader, allocation_of, parse_flags
+from cloud.dispatch.flags import ALLOCATION, BY_HEADROOM, FlagReader, allocation_of, parse_flags
+from protocols.flags import CATALOGUE
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +75,12 @@ def test_bad_documents_say_why(raw, message):
 
 
 def test_a_bad_value_says_why():
-    message = r"dispatch.allocation='fair': not one of energy, headroom"
+    message = r"^flag dispatch.allocation takes one of energy, headroom, not 'fair'$"
     with pytest.raises(ValueError, match=message):
         allocation_of({"dispatch.allocation": "fair"})
+
+
+def test_the_strategies_are_the_catalogues():
+    assert ALLOCATION is CATALOGUE["dispatch.allocation"]
+    assert BY_HEADROOM in ALLOCATION.values
+    assert ALLOCATION.default != BY_HEADROOM  # headroom is the flagged one, energy the default

@@ -193,5 +193,5 @@ def test_bad_flag_values_are_counted(tmp_path):
     agent.behaviour = Behaviour.from_flags(
         {"edge.heartbeat_s": "soon", "edge.local_autonomy": 1}, agent.limits
     )
-    assert agent.counters["flags_ignored"] == 2
+    assert agent.counters["flags_refused"] == 2
     assert agent.behaviour == Behaviour(peak_shaving_limit_w=4000.0)

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from edge.agent import SiteAgent
 from edge.config import EdgeConfig
-from edge.flags import STALE_AFTER_S, is_stale
+from edge.flags import STALE_AFTER_S, applied, is_stale
 from edge.store import EdgeStore
 from protocols.clock import ManualClock
 from protocols.flags import Context, Override, Scope, defaults, evaluate_all, values_hash
@@ -128,6 +128,31 @@ def test_what_the_agent_applies(tmp_path, name, received, changed, counts):
         counters["flags_clamped"],
     ) == counts
     assert len(calls) == (1 if changed else 0)
+
+
+# received, previous -> values run with (peak-shaving limit, fallback mode), refused names
+KEPT = [
+    ("received within the fuse", {"edge.peak_shaving_limit_w": 9000.0}, {}, 9000.0, ()),
+    ("absent: the previous value", {}, {"edge.peak_shaving_limit_w": 9000.0}, 9000.0, ()),
+    # a gateway restarted with a smaller fuse: the kept value is held to today's limit
+    ("previous above the fuse", {}, {"edge.peak_shaving_limit_w": 90_000.0}, IMPORT_LIMIT_W, ()),
+    (
+        "refused: the previous value, held to the fuse",
+        {"edge.peak_shaving_limit_w": -1.0},
+        {"edge.peak_shaving_limit_w": 90_000.0},
+        IMPORT_LIMIT_W,
+        ("edge.peak_shaving_limit_w",),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "received", "previous", "runs_w", "refused"), KEPT, ids=[k[0] for k in KEPT]
+)
+def test_every_value_run_with_is_held_to_the_limits(name, received, previous, runs_w, refused):
+    result = applied(received, previous, {"grid_import_w": IMPORT_LIMIT_W})
+    assert result.values["edge.peak_shaving_limit_w"] == runs_w
+    assert tuple(result.refused) == refused
 
 
 @pytest.mark.parametrize(

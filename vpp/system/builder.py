@@ -118,6 +118,7 @@ class System:
 
     hot: aioredis.Redis  # the cloud's Redis
     api: httpx.AsyncClient  # the trader API, with the pool's key
+    admin: httpx.AsyncClient  # the same API with an admin key (flags: /v1/admin/flags)
     tap: TelemetryTap
 
     def __init__(
@@ -151,6 +152,7 @@ class System:
         self.truth = TruthRecorder(self.fleet, window=spec.truth_window)
         self.settings = CloudSettings()
         self.token = ""
+        self.admin_token = ""
         self.api_url = ""
         self.gate: NetworkGate | None = None
         self.configs: Configs = {}
@@ -197,6 +199,7 @@ class System:
         cloud_account, site_account, url = self._accounts()
         db = state / "registry.sqlite"
         self.token = await asyncio.to_thread(self._registry, db)
+        self.admin_token = await asyncio.to_thread(self._admin_key, db)
         self.settings = replace(
             CloudSettings(
                 mqtt_url=url,
@@ -227,6 +230,10 @@ class System:
             base_url=self.api_url, headers={"Authorization": f"Bearer {self.token}"}
         )
         stack.push_async_callback(self.api.aclose)
+        self.admin = httpx.AsyncClient(
+            base_url=self.api_url, headers={"Authorization": f"Bearer {self.admin_token}"}
+        )
+        stack.push_async_callback(self.admin.aclose)
         self.configs = site_configs(
             self.fleet.manifest(),
             url,
@@ -259,6 +266,12 @@ class System:
         self.runs.extend(
             asyncio.create_task(a.run(), name=f"agent {a.site_id}") for a in self.agents
         )
+
+    def _admin_key(self, db: Path) -> str:
+        """An operator's admin key (the flags' admin API, audited as ``operator``): its token."""
+        with Registry(db, self.clock) as registry:
+            _, token = registry.create_api_key([], label="operator", role="admin")
+        return token
 
     def _accounts(self) -> tuple[dict[str, Any], dict[str, Any], str]:
         """The cloud's account (as CloudSettings' ``mqtt_*`` fields, unprefixed), the sites'

@@ -64,6 +64,19 @@
     setText(field(document, "link"), c.cloud_connected ? "connected" : "not connected");
   }
 
+  function renderFlags(status) {
+    const f = status.flags;
+    const box = field(document, "flags");
+    const text = field(box, "flags-text");
+    text.className = "flags-text" + (f.stale ? " stale" : "");
+    setText(text, f.text);
+    field(box, "flags-notes").replaceChildren(...f.notes.map((n) => {
+      const li = document.createElement("li");
+      li.textContent = n;
+      return li;
+    }));
+  }
+
   function renderDispatch(status) {
     const box = field(document, "dispatch");
     const d = status.last_dispatch;
@@ -115,6 +128,7 @@
       const status = await response.json();
       renderFlows(status);
       renderControl(status);
+      renderFlags(status);
       renderDispatch(status);
       renderToday(status);
       const measured = field(document, "measured");

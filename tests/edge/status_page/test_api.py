@@ -7,18 +7,23 @@ from __future__ import annotations
 import base64
 import re
 from datetime import UTC
+from html import escape
 from pathlib import Path
 
 import httpx
 import pytest
 
+from edge.agent import SiteAgent
+from edge.config import EdgeConfig
 from edge.status_page.app import PageSource, Tariff, create_app
 from edge.status_page.auth import FailureLimiter, hash_password
 from edge.status_page.explain import ControlFacts
 from edge.status_page.history import PowerMinutes, Sample
-from edge.status_page.model import AgentView, DispatchRecord
+from edge.status_page.model import AgentView, DispatchRecord, view_of
 from edge.store import EdgeStore
 from protocols.clock import ManualClock
+from protocols.flags import defaults
+from protocols.messages import Config
 
 T0 = 1_717_200_000.0  # 2024-06-01 00:00 UTC
 NOW = T0 + 14 * 3600  # 14:00
@@ -29,6 +34,7 @@ DEVICES = (
     ("hp", "heat_pump", "ok"),
 )
 PASSWORD = "correct horse battery"
+HASH = "3f2a9c01d4e5f607"
 
 
 def view(**changes) -> AgentView:
@@ -155,6 +161,103 @@ async def test_api_status(store, the_view, flows, mode, dispatch_state):
     assert (body["last_dispatch"] or {}).get("state") == dispatch_state
     assert body["time"] == "2024-06-01T14:00:00Z"
     assert body["measured"] == "2024-06-01T13:59:59.600Z"  # ISO, to the millisecond
+
+
+SHAVING = "Peak shaving: on its own, the battery only keeps the grid import under {} kW and \
+saves its energy for the peaks."
+KILL = (
+    "Kill switch on: the operator has set this home to run on its own; the gateway takes no "
+    "requests from the cloud and keeps its own safe control."
+)
+BY_EXCEPTION = (
+    "Reports by exception: the gateway tells the cloud only of changes over 250 W, and at least "
+    "every 300 s."
+)
+CONFIRMED = "The gateway runs with the cloud's settings (set 3f2a9c01), confirmed by the cloud."
+
+
+# flags the agent received (None: no config yet), stale -> /api/status "flags": text, notes
+FLAG_CASES = [
+    (
+        "no config yet",
+        None,
+        False,
+        "The gateway runs with its standard settings: the cloud sent none yet.",
+        [],
+    ),
+    (
+        "never heard from the cloud",
+        None,
+        True,
+        "The gateway runs with its standard settings: it has not heard from the cloud yet.",
+        [],
+    ),
+    ("the cloud's defaults, confirmed", {}, False, CONFIRMED, []),
+    (
+        "stale",
+        {},
+        True,
+        "The gateway runs with the last settings the cloud sent (set 3f2a9c01); it has not "
+        "heard from the cloud for a while, so they may be out of date.",
+        [],
+    ),
+    ("kill switch", {"edge.local_autonomy": True}, False, CONFIRMED, [KILL]),
+    (
+        "peak shaving, held to the fuse (17.25 kW)",
+        {"edge.fallback_mode": "peak_shaving", "edge.peak_shaving_limit_w": 50_000.0},
+        False,
+        CONFIRMED,
+        [SHAVING.format("17.2")],
+    ),
+    (
+        "everything at once",
+        {
+            "edge.local_autonomy": True,
+            "edge.fallback_mode": "peak_shaving",
+            "edge.peak_shaving_limit_w": 3500,
+            "edge.telemetry_by_exception": True,
+            "edge.telemetry_deadband_w": 250,
+            "edge.heartbeat_s": 300,
+        },
+        False,
+        CONFIRMED,
+        [KILL, SHAVING.format("3.5"), BY_EXCEPTION],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "received", "stale", "text", "notes"), FLAG_CASES, ids=[c[0] for c in FLAG_CASES]
+)
+async def test_api_status_flags(store, tmp_path, name, received, stale, text, notes):
+    """The flag set a real agent runs with, read by the page (view_of) as /api/status says it."""
+    agent = SiteAgent(
+        EdgeConfig.from_dict(
+            {
+                "site": {"id": "site-7"},
+                "mqtt": {"url": "mqtt://127.0.0.1:1883"},
+                "agent": {"db_path": str(tmp_path / "agent.sqlite")},
+                "limits": {"grid_import_w": 17_250, "grid_export_w": 10_000},
+                "devices": [{"id": "meter", "host": "127.0.0.1", "port": 502, "unit_id": 3}],
+            }
+        ),
+        ManualClock(NOW - 600),
+    )  # never started: no devices, no broker
+    values = None if received is None else {**defaults(), **received}
+    if values is not None:
+        config = Config(
+            site_id="site-7", rev=1, ts=NOW, pool_id="P1", flag_values=values, flags_hash=HASH
+        )
+        agent.on_config(config)
+    agent.clock.advance(200.0 if stale else 60.0)  # no broker: stale after STALE_AFTER_S
+    client, _, _ = client_for(store, view_of(agent))
+    flags = (await client.get("/api/status")).json()["flags"]
+    assert (flags["text"], flags["notes"], flags["stale"]) == (text, notes, stale)
+    assert flags["hash"] == (None if received is None else HASH)
+    assert flags["values"] == agent.flag_values
+    html = (await client.get("/")).text
+    for sentence in (text, *notes):
+        assert escape(sentence) in html, sentence
 
 
 @pytest.mark.parametrize(
