@@ -894,7 +894,8 @@ def run_demo(options: DemoOptions) -> list[dict[str, Any]]:
             )
         keys = (
             "telemetry_completeness",
-            "availability",
+            "telemetry_messages_per_s_per_site",
+            "freshness",
             "intervals_total",
             "interval_energy_error_pct_max",
             "steps_within_5pct",
