@@ -633,6 +633,7 @@ class Demo:
             truth_seconds=seconds,
             truth_w=truth,
             baselines=self.system.tap.baseline_series(),
+            baseline_hold_s=self.system.tap.heartbeats(),
             decisions=list(self.trader.decisions) if self.trader is not None else [],
             sample_t=np.array(self._sample_t),
             sample_online=np.array(self._sample_online),

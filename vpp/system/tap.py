@@ -117,6 +117,7 @@ class TelemetryTap:
         self._rows: dict[str, _Rows] = {}
         self._grid: dict[str, OrderedDict[int, float]] = {}
         self._counts: dict[tuple[str, str], int] = {}  # (site, kind) -> messages
+        self._heartbeat_s: dict[str, float] = {}  # site -> its newest telemetry's heartbeat
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         client = threaded_client(endpoint, f"vpp-tap-{uuid.uuid4().hex[:6]}")
@@ -161,6 +162,10 @@ class TelemetryTap:
                 grid.popitem(last=False)
             if message.ts > self.latest_ts.get(site, -1.0):
                 self.latest_ts[site] = message.ts
+                if message.heartbeat_s is None:
+                    self._heartbeat_s.pop(site, None)
+                else:
+                    self._heartbeat_s[site] = float(message.heartbeat_s)
 
     def message_counts(self) -> dict[str, dict[str, int]]:
         """Messages received so far from each site, by kind (site id -> kind -> count)."""
@@ -169,6 +174,12 @@ class TelemetryTap:
             for (site, kind), n in self._counts.items():
                 out.setdefault(site, {})[kind] = n
         return out
+
+    def heartbeats(self) -> dict[str, float]:
+        """Each site sending by exception: the ``heartbeat_s`` of its newest telemetry (the
+        longest it stays silent; the cloud holds it fresh that long)."""
+        with self._lock:
+            return dict(self._heartbeat_s)
 
     def get(self, site_id: str, seq: int) -> float | None:
         """The grid power of the site's record ``seq`` (one of its last ``recent``)."""
