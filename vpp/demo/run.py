@@ -34,6 +34,7 @@ import logging
 import math
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -269,6 +270,7 @@ class Demo:
         # each site's uplink messages by kind when the run began (the tap counts from its
         # start, warm-up and the wait for readiness included)
         self._uplink_at_start: dict[str, dict[str, int]] = {}
+        self._reasons_at_start: Counter[str] = Counter()  # why the agents' telemetry went
         self._judged_until = -math.inf  # continuous mode: intervals already evaluated live
         # continuous mode: the run's rules on its KPIs so far, with pending/firing/resolved
         self.kpi_rules = RuleEngine([r.rule for r in DEFAULT_RULES])
@@ -423,6 +425,7 @@ class Demo:
                         await system.wait_ready(envelope=True, timeout_s=90.0)
                         self.run_start = self.clock.time()
                         self._uplink_at_start = system.tap.message_counts()
+                        self._reasons_at_start = self._telemetry_reasons()
                         self._schedule_steps()
                         self.recorder.set_run(
                             sites=o.sites,
@@ -718,7 +721,18 @@ class Demo:
             site: {kind: n - before.get(site, {}).get(kind, 0) for kind, n in kinds.items()}
             for site, kinds in self.system.tap.message_counts().items()
         }
-        self.recorder.uplink(self.clock.time() - self.run_start, sites)
+        reasons = self._telemetry_reasons()
+        reasons.subtract(self._reasons_at_start)
+        self.recorder.uplink(self.clock.time() - self.run_start, sites, reasons)
+
+    def _telemetry_reasons(self) -> Counter[str]:
+        """Why the agents' telemetry messages went, summed over the sites (each agent's own
+        count, :func:`edge.telemetry_gate.why_send`; every interval: ``interval``)."""
+        total: Counter[str] = Counter()
+        if self.system is not None:
+            for agent in self.system.agents:
+                total.update(agent.telemetry_reasons)
+        return total
 
     def _cloud_alerts(self, payload: dict[str, Any]) -> None:
         """A notification of the cloud's alert evaluator (Alertmanager's webhook payload):

@@ -69,11 +69,15 @@ Files (all in one output folder)
     at the cloud over the whole run (cumulative counts).
 
 ``uplink.json``
-    ``{"window_s": float, "sites": {site_id: {kind: int}}}``: the messages each site sent
-    the cloud during the run (``window_s`` simulated seconds, from the run's start to its
-    end), by kind (``telemetry``, ``status``, ``ack``, ``envelope``), as a plain MQTT
-    subscriber received them (:class:`vpp.system.tap.TelemetryTap`). A site that sent
-    nothing is absent (the KPIs divide by the run's ``sites``). Optional (older runs).
+    ``{"window_s": float, "sites": {site_id: {kind: int}}, "reasons": {reason: int}}``:
+    the messages each site sent the cloud during the run (``window_s`` simulated seconds,
+    from the run's start to its end), by kind (``telemetry``, ``status``, ``ack``,
+    ``envelope``), as a plain MQTT subscriber received them
+    (:class:`vpp.system.tap.TelemetryTap`). A site that sent nothing is absent (the KPIs
+    divide by the run's ``sites``). ``reasons``: why the agents sent their telemetry,
+    summed over sites (:func:`edge.telemetry_gate.why_send`: ``interval`` when not by
+    exception; ``heartbeat``, ``grid``, ``slot``... when by exception). Optional (older
+    runs).
 
 ``latency.json``
     ``{"dispatch_latency_ms": [float, ...]}``: one entry per dispatch, issued -> applied by
@@ -508,15 +512,22 @@ class RunRecorder:
         """Set the run's cumulative telemetry counts (each call replaces the previous)."""
         self._telemetry = {"expected": int(expected), "received": int(received)}
 
-    def uplink(self, window_s: float, sites: Mapping[str, Mapping[str, int]]) -> None:
+    def uplink(
+        self,
+        window_s: float,
+        sites: Mapping[str, Mapping[str, int]],
+        reasons: Mapping[str, int] | None = None,
+    ) -> None:
         """Set the messages each site sent the cloud over the run's ``window_s`` simulated
-        seconds, by kind (each call replaces the previous)."""
+        seconds, by kind, and why the sites' telemetry went (``reasons``, summed over sites;
+        each call replaces the previous)."""
         self._uplink = {
             "window_s": float(window_s),
             "sites": {
                 str(site): {str(k): int(n) for k, n in kinds.items()}
                 for site, kinds in sorted(sites.items())
             },
+            "reasons": {str(k): int(n) for k, n in sorted((reasons or {}).items()) if n},
         }
 
     def alert(self, alert: Alert) -> None:

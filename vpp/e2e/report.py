@@ -836,7 +836,17 @@ def _uplink_table(record: RunRecord) -> str:
         f"<p>Every message the {n_sites} sites sent the cloud over "
         f"{window / 3600:.2f} h simulated, as a plain MQTT subscriber received it.</p>"
     )
-    return text + _table(headers, rows, left=1)
+    reasons: Mapping[str, int] = record.uplink.get("reasons") or {}
+    why = ""
+    if reasons:
+        total = sum(reasons.values()) or 1
+        ranked = sorted(reasons.items(), key=lambda kv: -kv[1])
+        why = (
+            "<p>Why the telemetry went (the agents' own count): "
+            + _e(", ".join(f"{k} {100 * n / total:.0f} %" for k, n in ranked))
+            + "</p>"
+        )
+    return text + _table(headers, rows, left=1) + why
 
 
 def _events_table(events: Sequence[Mapping[str, Any]]) -> str:
