@@ -66,7 +66,7 @@ from edge.forecast import Forecaster, ForecastSettings, HeatPumpNow, SiteNow
 from edge.slot_account import SlotAccount
 from edge.status_page.history import PowerMinutes, Sample
 from edge.store import EdgeStore, OutboxRecord
-from edge.telemetry_gate import Snapshot, why_send
+from edge.telemetry_gate import Snapshot, command_key, why_send
 from edge.uplink import Uplink
 from protocols.clock import Clock, Ticker
 from protocols.flags import FlagValue, defaults, values_hash
@@ -833,7 +833,11 @@ class SiteAgent:
         return Snapshot(
             ts=state.ts,
             mode=state.mode.value,
-            command_id=None if state.command is None else state.command.command_id,
+            command_id=None
+            if state.command is None
+            else command_key(
+                state.command.kind, state.command.command_id, state.command.basis.value
+            ),
             plan_id=state.plan_id,
             health=tuple(d.health.value for d in self.drivers),
             grid_w=finite_or_none(state.grid_w) or 0.0,

@@ -13,7 +13,10 @@ What always sends (:func:`why_send` returns the reason, the counter's name):
   two intervals (one for the interval's granularity, one for delivery), so it arrives before
   the cloud's deadline;
 * ``mode``, ``command``, ``plan``, ``health``: what the site follows or whether a device is
-  lost changed: the cloud's dispatch and alerting read these at once;
+  lost changed: the cloud's dispatch and alerting read these at once. ``command`` compares
+  :func:`command_key`: a new per-site dispatch, or a change between following a partition's
+  signal and not; not each new signal, which the dispatcher sends every cycle of an
+  activation (a new id each time) and whose effect shows in the powers (the deadband);
 * ``slot``: a new quarter hour began: the cloud counts a site in a quarter hour's energy only
   from its first message of it;
 * ``grid``, ``battery``, ``pv``, ``load``, ``heat_pump``, ``baseline``, ``flex``: a power
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 
 from edge.behaviour import Behaviour
 
-__all__ = ["ENERGY_WINDOW_S", "Snapshot", "why_send"]
+__all__ = ["ENERGY_WINDOW_S", "Snapshot", "command_key", "why_send"]
 
 SOC_STEP_PCT = 1.0
 #: the energy tolerance is the deadband held this long (see ``energy`` above)
@@ -48,7 +51,7 @@ class Snapshot:
 
     ts: float
     mode: str
-    command_id: str | None
+    command_id: str | None  # :func:`command_key` of the command followed
     plan_id: str | None
     health: tuple[str, ...]  # per device, in a fixed order
     grid_w: float
@@ -62,6 +65,17 @@ class Snapshot:
     soc_pct: float | None
     slot_start_ts: float
     slot_deviation_wh: float
+
+
+def command_key(kind: str | None, command_id: str | None, basis: str | None = None) -> str | None:
+    """What the gate compares of the command a site follows: a per-site dispatch by its id
+    (each one is news), a partition signal by its kind and basis only (a new level every
+    cycle is not: its effect shows in the powers), None without a command."""
+    if kind is None:
+        return None
+    if kind == "signal":
+        return f"signal:{basis}" if basis else "signal"
+    return command_id
 
 
 def _moved(a: float | None, b: float | None, deadband: float) -> bool:

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from protocols.flags import Override
 from vpp.services import MosquittoServer
 from vpp.system import T0, System, SystemSpec
 
@@ -32,6 +33,7 @@ async def running_system(
     dispatchers: int = 1,
     seed: int = 21,
     sim_tick_s: float = 0.25,
+    flags: tuple[Override, ...] = (),
 ) -> AsyncIterator[System]:
     """The system of pool ``north``, once every site is fresh and in the pool's envelope.
 
@@ -49,7 +51,10 @@ async def running_system(
 
     ``broker``: as it is; when it admits only its users, the cloud connects as
     ``vpp-cloud`` and every site as ``vpp-site``, with password files and the broker's CA
-    as an operator and an installer would configure them."""
+    as an operator and an installer would configure them.
+
+    ``flags``: overrides written into the registry before the cloud starts (as `vpp cloud
+    flags set` does), so the sites start with them from their first config."""
     spec = SystemSpec(
         sites=sites,
         seed=seed,
@@ -68,6 +73,7 @@ async def running_system(
         # device failure (at 0.2 s, agents lost devices and degraded in CI).
         agent={"modbus_timeout_s": 1.0, "backlog_delay_max_s": 1.0},
         truth_window=None,  # every tick: tests judge whole activations
+        flags=flags,
     )
     async with System(spec, tmp_path, broker, redis_url) as system:
         await system.wait_ready(envelope=True, timeout_s=120.0 / speed)

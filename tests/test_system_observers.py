@@ -128,13 +128,21 @@ def test_the_truth_per_second_and_forgetting_the_judged_past(fleet):
 T = 1_717_236_000.0
 
 
-def telemetry(site: str, seq: int, ts: float, grid_w: float, baseline_w: float) -> bytes:
+def telemetry(
+    site: str,
+    seq: int,
+    ts: float,
+    grid_w: float,
+    baseline_w: float,
+    heartbeat_s: float | None = None,
+) -> bytes:
     flex = Flexibility(p_min_w=-5000.0, p_max_w=5000.0, e_absorb_wh=1000.0, e_deliver_wh=1000.0)
     message = Telemetry(
         site_id=site,
         seq=seq,
         ts=T + ts,
         interval_s=2.0,
+        heartbeat_s=heartbeat_s,
         mode=Mode.FALLBACK,
         grid_w=grid_w,
         baseline_w=baseline_w,
@@ -191,6 +199,16 @@ def test_the_tap_sees_every_sites_telemetry_as_published(mosquitto):
         tap.forget_before(T + 104.0)
         assert (tap.baseline_series()["a"][0] - T).tolist() == [104.0, 106.0, 108.0]
         assert tap.received({"a": 4, "b": 3}) == (9, 7)  # completeness is kept
+        # every message a site sent, by kind (the uplink's message rate): the duplicate and
+        # the bad payload count, as they cost the cloud a message too
+        assert tap.heartbeats() == {}
+        publisher.publish(site_topic(0, "b", SiteKind.STATUS), b"online", qos=1)
+        b4 = telemetry("b", 4, 110.0, -4.0, -5.0, heartbeat_s=60.0)  # by exception
+        publisher.publish(site_topic(0, "b", SiteKind.TELEMETRY), b4, qos=1)
+        wait_until(lambda: tap.message_counts().get("b", {}).get("telemetry") == 3)
+        wait_until(lambda: tap.message_counts()["b"].get("status") == 1)
+        assert tap.message_counts() == {"a": {"telemetry": 7}, "b": {"telemetry": 3, "status": 1}}
+        assert tap.heartbeats() == {"b": 60.0}
     finally:
         publisher.loop_stop()
         publisher.disconnect()

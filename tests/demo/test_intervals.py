@@ -47,11 +47,14 @@ def observed(
     windows: list[tuple[float, float]] | None = None,
     envelopes: list[tuple[float, PoolEnvelopeRecord]] | None = None,
     plans: list[tuple[float, PlanRecord]] | None = None,
+    every_s: float = 2.0,
+    hold_s: dict[str, float] | None = None,
 ) -> Observed:
     """Two sites over 10:00-10:45: each meter draws ``truth`` (W), each reports ``baseline``
-    every 2 s (``quiet_site`` reports nothing: a dead gateway)."""
+    every ``every_s`` (``quiet_site`` reports nothing: a dead gateway; ``hold_s``: the
+    heartbeat of sites sending by exception)."""
     seconds = np.arange(T0, T0 + 2700.0)
-    ts = np.arange(T0 - 10, T0 + 2700.0, 2.0)
+    ts = np.arange(T0 - 10, T0 + 2700.0, every_s)
     baselines = {site: (ts, np.full(ts.size, baseline)) for site in SITES if site != quiet_site}
     return Observed(
         site_ids=SITES,
@@ -65,6 +68,7 @@ def observed(
         fault_windows=windows or [],
         envelopes=envelopes or [],
         plans=plans or [],
+        baseline_hold_s=hold_s or {},
     )
 
 
@@ -114,6 +118,28 @@ def test_a_site_that_reports_nothing_counts_with_its_meter() -> None:
     (row,) = rows(obs)[:1]
     assert row["energy_target_wh"] == pytest.approx((1000 + 1300) * 0.25)
     assert row["energy_delivered_wh"] == pytest.approx(2600 * 0.25)
+
+
+@pytest.mark.parametrize(
+    ("every_s", "hold_s", "target_wh"),
+    [
+        (2.0, {}, 750.0),  # every interval
+        (50.0, {"a": 60.0, "b": 60.0}, 750.0),  # by exception: held to the heartbeat
+        (50.0, {"a": 60.0}, 750.0 + 500 * 0.25 * 39 / 50),  # b held 10 s: then its meter
+        (50.0, {}, 750.0 + 1000 * 0.25 * 39 / 50),  # both: their share counted twice
+    ],
+)
+def test_a_site_sending_by_exception_keeps_its_baseline_until_its_heartbeat(
+    every_s: float, hold_s: dict[str, float], target_wh: float
+) -> None:
+    """Both sites deliver their +500 W share of the +1 kW schedule, reporting their 1 kW
+    baseline every ``every_s``: the target is 1 kW above the baselines as long as each
+    report holds as the cloud holds it (its heartbeat); a report held 10 s only makes the
+    site count at its meter the rest of the time."""
+    obs = observed([decision(T0 - 300, T0, [1000.0])], truth=1500.0, every_s=every_s, hold_s=hold_s)
+    (row,) = rows(obs)[:1]
+    assert row["energy_target_wh"] == pytest.approx(target_wh, rel=1e-3)
+    assert row["energy_delivered_wh"] == pytest.approx(750.0)
 
 
 def test_inside_the_envelope_up_to_the_slot() -> None:

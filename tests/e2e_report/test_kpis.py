@@ -627,3 +627,57 @@ def test_readme_kpi_table_is_kpi_docs() -> None:
     table = readme[start:].split("\n\n", 1)[0].splitlines()[2:]
     expected = [f"| `{key}` | {doc.replace('|', chr(92) + '|')} |" for key, doc in KPI_DOCS.items()]
     assert table == expected
+
+
+# freshness: (samples as (t offset s, sites online) of 10 sites, run hours) -> share of
+# site-time fresh over the run's 4-s grid from sim_start to sim_start + hours
+FRESHNESS_CASES = [
+    ([(0, 10), (20, 10), (40, 10)], 60 / 3600, 1.0),  # every 20 s: all held fresh
+    ([(0, 10), (20, 5), (40, 10)], 60 / 3600, 5 / 6),  # half the sites for 20 of 60 s
+    ([(0, 10)], 60 / 3600, 0.4),  # silence after 20 s of hold counts as none fresh
+    ([(8, 10), (28, 10), (48, 10)], 60 / 3600, 13 / 15),  # nothing known before 8 s
+]
+
+
+@pytest.mark.parametrize(("samples", "hours", "expected"), FRESHNESS_CASES)
+def test_freshness_is_time_weighted_and_counts_gaps_as_not_fresh(
+    samples: list[tuple[float, int]], hours: float, expected: float
+) -> None:
+    recorder = RunRecorder(sim_start=T0, sim_end=T0 + 3600.0, hours=hours)
+    for dt, online in samples:
+        recorder.sample(T0 + dt, sites_online=online, sites_total=10)
+    assert compute_kpis(recorder.record())["freshness"] == pytest.approx(expected)
+
+
+# uplink: (window s, each site's messages by kind, sites in the run) -> (all msg/s,
+# telemetry msg/s, telemetry msg/s a site, busiest site's telemetry msg/s)
+UPLINK_CASES = [
+    (100.0, {"a": {"telemetry": 50}, "b": {"telemetry": 50}}, 2, (1.0, 1.0, 0.5, 0.5)),
+    (
+        100.0,
+        {"a": {"telemetry": 10, "envelope": 5, "status": 1}, "b": {"telemetry": 2, "ack": 2}},
+        4,  # two sites sent nothing: they count as 0
+        (0.2, 0.12, 0.03, 0.1),
+    ),
+    (0.0, {}, 2, (None, None, None, None)),  # not recorded: no figure, never 0
+]
+
+
+@pytest.mark.parametrize(("window_s", "sites", "n_sites", "expected"), UPLINK_CASES)
+def test_uplink_message_rates(
+    window_s: float,
+    sites: dict[str, dict[str, int]],
+    n_sites: int,
+    expected: tuple[float | None, ...],
+) -> None:
+    recorder = RunRecorder(sites=n_sites)
+    if window_s:
+        recorder.uplink(window_s, sites)
+    kpis = compute_kpis(recorder.record())
+    names = (
+        "uplink_messages_per_s",
+        "telemetry_messages_per_s",
+        "telemetry_messages_per_s_per_site",
+        "telemetry_messages_per_s_site_max",
+    )
+    assert tuple(kpis[n] for n in names) == pytest.approx(expected)

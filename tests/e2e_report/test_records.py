@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpp.e2e import RunRecorder, compute_kpis, evaluate, load
+from vpp.e2e import RunRecorder, compute_kpis, evaluate, load, write_report
 from vpp.e2e.records import FILES, INTERVAL_COLUMNS, SAMPLE_COLUMNS
 
 T0 = 1_717_221_600.0
@@ -104,6 +104,24 @@ def test_empty_run_round_trip(tmp_path: Path) -> None:
     kpis = compute_kpis(record)
     assert kpis["availability"] is None
     assert kpis["intervals_total"] == 0
+
+
+def test_uplink_counts_round_trip_and_reach_the_report(tmp_path: Path) -> None:
+    recorder = RunRecorder(sites=3)
+    sites = {"b": {"telemetry": 30, "envelope": 2}, "a": {"telemetry": 90, "status": 1}}
+    recorder.uplink(600.0, sites, {"heartbeat": 10, "grid": 20, "energy": 0})
+    recorder.write(tmp_path)
+    record = load(tmp_path)
+    assert record.uplink == {
+        "window_s": 600.0,
+        "sites": {"a": {"telemetry": 90, "status": 1}, "b": {"telemetry": 30, "envelope": 2}},
+        "reasons": {"grid": 20, "heartbeat": 10},  # none that never happened
+    }
+    assert compute_kpis(record)["telemetry_messages_per_s_per_site"] == pytest.approx(120 / 600 / 3)
+    html = write_report(tmp_path).read_text()
+    assert "<h2>Uplink messages</h2>" in html
+    assert "grid 67 %, heartbeat 33 %" in html
+    assert load(tmp_path / "older").uplink == {}  # a folder from before: no figures
 
 
 def test_missing_folder_reads_as_an_empty_run(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from edge.behaviour import Behaviour
-from edge.telemetry_gate import Snapshot, why_send
+from edge.telemetry_gate import Snapshot, command_key, why_send
 
 T = 1_717_200_000.0  # a quarter-hour boundary
 ON = Behaviour(telemetry_by_exception=True, telemetry_deadband_w=100.0, heartbeat_s=60.0)
@@ -82,3 +82,23 @@ def test_why_send(name, change, reason):
 )
 def test_off_first_and_short_heartbeat(behaviour, last, reason):
     assert why_send(replace(LAST, ts=LAST.ts + 2.0), last, behaviour, interval_s=2.0) == reason
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "reason"),
+    [
+        # each partition signal of an activation has a new id: not news by itself
+        (("signal", "demo-101", "baseline"), ("signal", "demo-102", "baseline"), None),
+        (("signal", "demo-101", "baseline"), ("signal", "demo-102", "plan"), "command"),
+        ((None, None, None), ("signal", "demo-7", "baseline"), "command"),
+        (("signal", "demo-7", "baseline"), (None, None, None), "command"),
+        (("signal", "demo-7", "baseline"), ("dispatch", "d-1", None), "command"),
+        # a per-site dispatch is one order for this site: each new one is news
+        (("dispatch", "d-1", None), ("dispatch", "d-2", None), "command"),
+        (("dispatch", "d-1", None), ("dispatch", "d-1", None), None),
+    ],
+)
+def test_a_new_signal_level_is_not_a_new_command(before, after, reason):
+    last = replace(LAST, command_id=command_key(*before))
+    now = replace(last, ts=last.ts + 2.0, command_id=command_key(*after))
+    assert why_send(now, last, ON, 2.0) == reason

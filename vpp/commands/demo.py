@@ -61,6 +61,15 @@ PathType = click.Path(path_type=Path)
     help="Also send the cloud's alerts and the regression watch's (Alertmanager's webhook "
     "format) here.",
 )
+@click.option(
+    "--flag",
+    "flags",
+    multiple=True,
+    metavar="[pool:|partition:N:]NAME=VALUE",
+    help="Set a feature flag for the run (repeatable): for the demo's pool, or one "
+    "partition (0..7); written into the registry as `vpp cloud flags set` does, actor "
+    "'demo'. E.g. --flag edge.telemetry_by_exception=true.",
+)
 @click.option("--no-live", is_flag=True, help="No progress line.")
 @click.option(
     "--history-days",
@@ -86,6 +95,7 @@ def demo(
     redis_url: str | None,
     secure: bool,
     alert_webhook_url: str | None,
+    flags: tuple[str, ...],
     no_live: bool,
     history_days: float,
     verbose: bool,
@@ -119,6 +129,7 @@ def demo(
             history_days=history_days,
             secure=secure,
             alert_webhook_url=alert_webhook_url,
+            flags=flags,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

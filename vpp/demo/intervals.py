@@ -7,10 +7,11 @@ scored (:mod:`vpp.e2e.kpis` classifies the short ones).
 
 * **Target**: the pool's planned baseline plus the schedule's delta, second by second. The
   planned baseline is each site's own reported baseline (held between its telemetry
-  messages; a site that reports nothing, its gateway dead, counts with what its meter truly
-  drew, so it neither helps nor hurts) plus the rebalancing residual of the plan in force
-  (:class:`cloud.hotstate.PlanRecord`): the reference of the pool's envelope, hence of the
-  trader's deltas.
+  messages as the cloud holds them: :data:`BASELINE_HOLD_S`, or the site's heartbeat when it
+  sends by exception; a site that reports nothing, its gateway dead, counts with what its
+  meter truly drew, so it neither helps nor hurts) plus the rebalancing residual of the
+  plan in force (:class:`cloud.hotstate.PlanRecord`): the reference of the pool's envelope,
+  hence of the trader's deltas.
 * **Delivered**: what the simulator's meters truly drew, summed over every site.
 * **Inside the envelope**: the schedule governing the slot, checked against the envelope the
   trader was shown when it posted it, up to and including the slot.
@@ -26,7 +27,7 @@ Pure: the demo collects the inputs; tests pass crafted ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,10 @@ from vpp.trader.client import Decision
 __all__ = ["BASELINE_HOLD_S", "Observed", "interval_rows"]
 
 #: A site's reported baseline holds this long after its telemetry (it reports every 2 s);
-#: past it the site counts as not reporting.
+#: past it the site counts as not reporting. A site that sends by exception says how long it
+#: may stay silent (``heartbeat_s``, :attr:`Observed.baseline_hold_s`): the cloud holds it
+#: fresh at its last values until then, and so does the judge (else a quiet site holding its
+#: share of a command would count at its meter, and its share twice in the target).
 BASELINE_HOLD_S = 10.0
 
 
@@ -57,6 +61,8 @@ class Observed:
     fault_windows: Sequence[tuple[float, float]]
     envelopes: Sequence[tuple[float, PoolEnvelopeRecord]]  # (seen at, record)
     plans: Sequence[tuple[float, PlanRecord]]  # (seen at, record)
+    # site -> its telemetry's heartbeat_s (sent by exception): its baseline holds that long
+    baseline_hold_s: Mapping[str, float] = field(default_factory=dict)
 
 
 def _governing(decisions: Sequence[Decision], start: float) -> tuple[Decision, int] | None:
@@ -82,13 +88,13 @@ def _inside(d: Decision, i: int) -> bool | None:
     return not any(int(v.split(":")[0].removeprefix("slot ")) <= i for v in bad)
 
 
-def _held(ts: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
-    """The latest value at or before each instant, NaN past ``BASELINE_HOLD_S`` or before."""
+def _held(ts: np.ndarray, values: np.ndarray, at: np.ndarray, hold_s: float) -> np.ndarray:
+    """The latest value at or before each instant, NaN past ``hold_s`` or before."""
     out = np.full(at.size, np.nan)
     if ts.size == 0:
         return out
     k = np.searchsorted(ts, at, side="right") - 1
-    ok = (k >= 0) & (at - ts[np.maximum(k, 0)] <= BASELINE_HOLD_S)
+    ok = (k >= 0) & (at - ts[np.maximum(k, 0)] <= hold_s)
     out[ok] = values[k[ok]]
     return out
 
@@ -142,7 +148,8 @@ def interval_rows(
             base = meters.copy()
             for j, site in enumerate(obs.site_ids):
                 ts, values = obs.baselines.get(site, (np.zeros(0), np.zeros(0)))
-                reported = _held(ts, values, t)
+                hold_s = max(BASELINE_HOLD_S, obs.baseline_hold_s.get(site, 0.0))
+                reported = _held(ts, values, t, hold_s)
                 base[:, j] = np.where(np.isnan(reported), meters[:, j], reported)
             pool_base = base.sum(axis=1) + _rebalancing(obs.plans, t)
             delivered = meters.sum(axis=1)

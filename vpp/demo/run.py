@@ -34,6 +34,7 @@ import logging
 import math
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -66,9 +67,11 @@ from edge.agent import SiteAgent
 from edge.store import EdgeStore
 from firmware_sim.fleet import site_id_for
 from protocols.clock import SimClock, WallClock
+from protocols.flags import Override
 from protocols.messages import PartitionSignal
 from protocols.units import SETTLEMENT_INTERVAL_S, to_iso8601
 from vpp.demo.faults import FaultDriver, check_fault, check_steps
+from vpp.demo.flags import parse_flags
 from vpp.demo.intervals import Observed, interval_rows
 from vpp.demo.scenarios import Scenario, scenario
 from vpp.demo.warmup import warm_up
@@ -128,6 +131,9 @@ class DemoOptions:
     secure: bool = False  # the production broker and Redis configs (vpp.system.secure)
     # the operator's webhook: the cloud's alerts and the regression watch's go there too
     alert_webhook_url: str | None = None
+    # feature flags for the run, as `--flag` gives them (vpp.demo.flags): set in the
+    # registry before the cloud starts, audited with the actor "demo"
+    flags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # absolute: the services (Mosquitto, Redis) run with their own work dirs as cwd
@@ -160,6 +166,12 @@ class DemoOptions:
                 check_packaged_configs()
             except FileNotFoundError as exc:
                 raise ValueError(f"--secure: {exc}") from None
+        self.flags = tuple(self.flags)
+        self.overrides()  # refuses an unknown flag or a bad value before anything starts
+
+    def overrides(self) -> tuple[Override, ...]:
+        """The run's flag overrides, checked (ValueError, one line, for a bad one)."""
+        return parse_flags(self.flags, POOL, PARTITIONS)
 
 
 @dataclass
@@ -255,6 +267,10 @@ class Demo:
         self._sample_t: list[float] = []
         self._sample_online: list[float] = []
         self._sample_baseline: list[float] = []
+        # each site's uplink messages by kind when the run began (the tap counts from its
+        # start, warm-up and the wait for readiness included)
+        self._uplink_at_start: dict[str, dict[str, int]] = {}
+        self._reasons_at_start: Counter[str] = Counter()  # why the agents' telemetry went
         self._judged_until = -math.inf  # continuous mode: intervals already evaluated live
         # continuous mode: the run's rules on its KPIs so far, with pending/firing/resolved
         self.kpi_rules = RuleEngine([r.rule for r in DEFAULT_RULES])
@@ -315,6 +331,8 @@ class Demo:
             settings={**self.timing, "alert_webhook_url": self.sink.url},
             gated=tuple(self.faults.affected()) if gated else (),
             secure=o.secure,
+            flags=o.overrides(),
+            flags_actor="demo",
         )
 
     def _timing(self) -> dict[str, float]:
@@ -406,6 +424,8 @@ class Demo:
                         # the trader's first look at the pool must find its envelope
                         await system.wait_ready(envelope=True, timeout_s=90.0)
                         self.run_start = self.clock.time()
+                        self._uplink_at_start = system.tap.message_counts()
+                        self._reasons_at_start = self._telemetry_reasons()
                         self._schedule_steps()
                         self.recorder.set_run(
                             sites=o.sites,
@@ -419,6 +439,7 @@ class Demo:
                             imbalance_prices=self.prices.imbalance.source,
                             scenario_description=self.scenario.description,
                             secure=o.secure,
+                            flags=list(o.flags),
                         )
                         self.trader = VirtualTrader(
                             system.api_url,
@@ -615,6 +636,7 @@ class Demo:
             truth_seconds=seconds,
             truth_w=truth,
             baselines=self.system.tap.baseline_series(),
+            baseline_hold_s=self.system.tap.heartbeats(),
             decisions=list(self.trader.decisions) if self.trader is not None else [],
             sample_t=np.array(self._sample_t),
             sample_online=np.array(self._sample_online),
@@ -684,10 +706,33 @@ class Demo:
         self.stop.set()
         expected, received = self._telemetry_counts()
         self.recorder.telemetry(expected, received)
+        self._record_uplink()
         if self.trader is not None:
             await self.trader.aclose()
         # the evaluator's last notifications: it evaluates every second or so
         await self.sink.wait_for(len(self.sink.payloads) + 1, 1.0)
+
+    def _record_uplink(self) -> None:
+        """The messages each site sent the cloud since the run began, by kind."""
+        if self.system is None or not self.run_start:
+            return
+        before = self._uplink_at_start
+        sites = {
+            site: {kind: n - before.get(site, {}).get(kind, 0) for kind, n in kinds.items()}
+            for site, kinds in self.system.tap.message_counts().items()
+        }
+        reasons = self._telemetry_reasons()
+        reasons.subtract(self._reasons_at_start)
+        self.recorder.uplink(self.clock.time() - self.run_start, sites, reasons)
+
+    def _telemetry_reasons(self) -> Counter[str]:
+        """Why the agents' telemetry messages went, summed over the sites (each agent's own
+        count, :func:`edge.telemetry_gate.why_send`; every interval: ``interval``)."""
+        total: Counter[str] = Counter()
+        if self.system is not None:
+            for agent in self.system.agents:
+                total.update(agent.telemetry_reasons)
+        return total
 
     def _cloud_alerts(self, payload: dict[str, Any]) -> None:
         """A notification of the cloud's alert evaluator (Alertmanager's webhook payload):
@@ -864,7 +909,8 @@ def run_demo(options: DemoOptions) -> list[dict[str, Any]]:
             )
         keys = (
             "telemetry_completeness",
-            "availability",
+            "telemetry_messages_per_s_per_site",
+            "freshness",
             "intervals_total",
             "interval_energy_error_pct_max",
             "steps_within_5pct",

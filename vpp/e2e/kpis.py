@@ -79,6 +79,7 @@ __all__ = [
     "IntervalScores",
     "compute_kpis",
     "error_floor_w",
+    "freshness",
     "interval_energy_error_pct",
     "relative_error_pct",
     "resample_hold",
@@ -102,6 +103,18 @@ KPI_DOCS: dict[str, str] = {
     "telemetry_completeness": "Telemetry messages received / expected by sequence number, "
     "0..1 (duplicates do not count twice).",
     "availability": "Mean over samples of sites_online / sites_total, 0..1.",
+    "freshness": "Share of site-time the cloud held fresh over the whole run: sites_online / "
+    "sites_total on the 4-s grid from the run's start to its end, a point with no sample in "
+    f"the {HOLD_MAX_S:g} s before it counting as no site fresh (outages included), 0..1.",
+    "uplink_messages_per_s": "Messages the sites sent the cloud (telemetry, status, ack, "
+    "envelope) per simulated second over the run, as a plain MQTT subscriber received them, "
+    "msg/s.",
+    "telemetry_messages_per_s": "Telemetry messages per simulated second over the run, every "
+    "site, msg/s.",
+    "telemetry_messages_per_s_per_site": "telemetry_messages_per_s / sites (a silent site "
+    "counts as 0), msg/s.",
+    "telemetry_messages_per_s_site_max": "The busiest site's telemetry messages per simulated "
+    "second, msg/s.",
     "intervals_total": "Schedule intervals (15 min) completed in the run, count.",
     "intervals_scored": "Intervals with a target, count: every one is judged, none left out "
     "(= intervals_delivered + intervals_outage + intervals_outside_envelope + "
@@ -486,11 +499,62 @@ def _sample_kpis(record: RunRecord) -> dict[str, Any]:
     beyond = error - METER_RESOLUTION_W / 2 * np.where(np.isfinite(online), online, 0.0)
     return {
         "availability": _num(np.mean(online[counted] / total[counted])) if counted.any() else None,
+        "freshness": freshness(record),
         "measurement_error_max_w": _num(error[known].max()) if known.any() else None,
         "measurement_error_beyond_resolution_w": _num(max(0.0, float(beyond[known].max())))
         if known.any()
         else None,
         "samples": record.n_samples,
+    }
+
+
+def freshness(record: RunRecord, step_s: float = STEP_S) -> float | None:
+    """Time-weighted share of site-time fresh from the run's start to its end (``sim_start``
+    plus ``hours``; the samples' span when unknown): sample-and-hold of ``sites_online /
+    sites_total`` on a regular grid, a point whose last sample is older than
+    :data:`HOLD_MAX_S` (or before the first) counting as 0. None without samples."""
+    s = record.samples
+    t, online, total = s["t"], s["sites_online"], s["sites_total"]
+    known = np.isfinite(t) & np.isfinite(online) & np.isfinite(total) & (total > 0)
+    if not known.any():
+        return None
+    order = np.argsort(t[known], kind="stable")
+    t, share = t[known][order], (online[known] / total[known])[order]
+    run = record.run
+    start = float(t[0]) if run.get("sim_start") is None else float(run["sim_start"])
+    end = float(t[-1]) if run.get("sim_end") is None else float(run["sim_end"])
+    if run.get("hours") is not None:  # the run's own span: not its teardown after it
+        end = min(end, start + float(run["hours"]) * 3600.0)
+    if end <= start:
+        return _num(share[-1])
+    grid = np.arange(start, end, step_s)
+    index = np.searchsorted(t, grid, side="right") - 1
+    held = np.where(index >= 0, share[np.maximum(index, 0)], 0.0)
+    stale = (index < 0) | (grid - t[np.maximum(index, 0)] > HOLD_MAX_S)
+    return _num(np.mean(np.where(stale, 0.0, held)))
+
+
+def _uplink_kpis(record: RunRecord) -> dict[str, Any]:
+    """Message rates from ``uplink.json`` (None for a run without one)."""
+    window = record.uplink.get("window_s")
+    sites: dict[str, dict[str, int]] = record.uplink.get("sites") or {}
+    if not window or float(window) <= 0:
+        return {
+            "uplink_messages_per_s": None,
+            "telemetry_messages_per_s": None,
+            "telemetry_messages_per_s_per_site": None,
+            "telemetry_messages_per_s_site_max": None,
+        }
+    window = float(window)
+    telemetry = [int(kinds.get("telemetry", 0)) for kinds in sites.values()]
+    every = sum(int(n) for kinds in sites.values() for n in kinds.values())
+    n_sites = int(record.run.get("sites") or len(sites) or 0)
+    rate = sum(telemetry) / window
+    return {
+        "uplink_messages_per_s": every / window,
+        "telemetry_messages_per_s": rate,
+        "telemetry_messages_per_s_per_site": rate / n_sites if n_sites else None,
+        "telemetry_messages_per_s_site_max": max(telemetry, default=0) / window,
     }
 
 
@@ -553,6 +617,7 @@ def compute_kpis(record: RunRecord) -> dict[str, Any]:
     floor_w = error_floor_w(record.samples)
     kpis: dict[str, Any] = {"error_floor_w": floor_w if record.n_samples else None}
     kpis.update(_telemetry_kpis(record))
+    kpis.update(_uplink_kpis(record))
     kpis.update(_sample_kpis(record))
     kpis.update(_interval_kpis(record, floor_w))
     kpis.update(_forecast_kpis(record, floor_w))

@@ -68,6 +68,17 @@ Files (all in one output folder)
     ``{"expected": int, "received": int}``: telemetry sequence numbers expected vs received
     at the cloud over the whole run (cumulative counts).
 
+``uplink.json``
+    ``{"window_s": float, "sites": {site_id: {kind: int}}, "reasons": {reason: int}}``:
+    the messages each site sent the cloud during the run (``window_s`` simulated seconds,
+    from the run's start to its end), by kind (``telemetry``, ``status``, ``ack``,
+    ``envelope``), as a plain MQTT subscriber received them
+    (:class:`vpp.system.tap.TelemetryTap`). A site that sent nothing is absent (the KPIs
+    divide by the run's ``sites``). ``reasons``: why the agents sent their telemetry,
+    summed over sites (:func:`edge.telemetry_gate.why_send`: ``interval`` when not by
+    exception; ``heartbeat``, ``grid``, ``slot``... when by exception). Optional (older
+    runs).
+
 ``latency.json``
     ``{"dispatch_latency_ms": [float, ...]}``: one entry per dispatch, issued -> applied by
     the site, ms.
@@ -232,6 +243,7 @@ FILES = {
     "timeseries": "timeseries.csv",
     "intervals": "intervals.csv",
     "telemetry": "telemetry.json",
+    "uplink": "uplink.json",
     "latency": "latency.json",
     "trader": "trader.json",
     "envelopes": "envelopes.json",
@@ -315,6 +327,7 @@ class RunRecord:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     run: dict[str, Any] = field(default_factory=dict)
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    uplink: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Every documented column exists, so consumers never need a key check.
@@ -348,6 +361,7 @@ class RunRecorder:
         self._intervals = _ColumnBuffer(INTERVAL_COLUMNS, capacity=128)
         self._latency = _ColumnBuffer(("ms",), capacity=1024)
         self._telemetry: dict[str, int] = {"expected": 0, "received": 0}
+        self._uplink: dict[str, Any] = {}
         self._trader: list[dict[str, Any]] = []
         self._envelopes: list[dict[str, Any]] = []
         self._warnings: list[dict[str, Any]] = []
@@ -498,6 +512,24 @@ class RunRecorder:
         """Set the run's cumulative telemetry counts (each call replaces the previous)."""
         self._telemetry = {"expected": int(expected), "received": int(received)}
 
+    def uplink(
+        self,
+        window_s: float,
+        sites: Mapping[str, Mapping[str, int]],
+        reasons: Mapping[str, int] | None = None,
+    ) -> None:
+        """Set the messages each site sent the cloud over the run's ``window_s`` simulated
+        seconds, by kind, and why the sites' telemetry went (``reasons``, summed over sites;
+        each call replaces the previous)."""
+        self._uplink = {
+            "window_s": float(window_s),
+            "sites": {
+                str(site): {str(k): int(n) for k, n in kinds.items()}
+                for site, kinds in sorted(sites.items())
+            },
+            "reasons": {str(k): int(n) for k, n in sorted((reasons or {}).items()) if n},
+        }
+
     def alert(self, alert: Alert) -> None:
         """Record an alert raised while the run was going (stored with ``source="live"``,
         or ``"cloud"`` for the cloud's own)."""
@@ -517,6 +549,7 @@ class RunRecorder:
             alerts=[dict(a) for a in self._alerts],
             run=dict(self._run),
             warnings=[dict(w) for w in self._warnings],
+            uplink=json.loads(json.dumps(self._uplink)),
         )
 
     def write(self, out_dir: Path | str) -> list[Path]:
@@ -530,6 +563,7 @@ def write_record(record: RunRecord, out_dir: Path | str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     documents: dict[str, Any] = {
         "telemetry": record.telemetry,
+        "uplink": record.uplink,
         "latency": {"dispatch_latency_ms": record.latency_ms.tolist()},
         "trader": record.trader,
         "envelopes": record.envelopes,
@@ -633,4 +667,5 @@ def load(out_dir: Path | str) -> RunRecord:
         events=list(_read_json(out / FILES["events"], [])),
         alerts=list(_read_json(out / FILES["alerts"], [])),
         run=dict(_read_json(out / FILES["run"], {})),
+        uplink=dict(_read_json(out / FILES["uplink"], {})),
     )

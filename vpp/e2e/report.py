@@ -569,6 +569,8 @@ _CARDS: tuple[tuple[str, str, str, float, str], ...] = (
     ("imbalance cost", "imbalance_cost_eur", ",.2f", 1.0, " EUR"),
     ("revenue", "revenue_eur", ",.2f", 1.0, " EUR"),
     ("availability", "availability", ".1f", 100.0, " %"),
+    ("freshness (site-time)", "freshness", ".1f", 100.0, " %"),
+    ("telemetry a site", "telemetry_messages_per_s_per_site", ".3f", 1.0, " msg/s"),
     ("dispatch latency p95", "dispatch_latency_ms_p95", ",.0f", 1.0, " ms"),
     ("tracking steps within 5 %", "steps_within_5pct", ".1f", 100.0, " %"),
 )
@@ -802,6 +804,51 @@ def _alerts_table(alerts: Sequence[Mapping[str, Any]]) -> str:
     return _table(headers, rows, left=4, row_classes=classes)
 
 
+def _uplink_table(record: RunRecord) -> str:
+    """The messages the sites sent the cloud, by kind: in all, per second, per site and
+    second (mean, least and most busy site)."""
+    window = float(record.uplink.get("window_s") or 0.0)
+    sites: Mapping[str, Mapping[str, int]] = record.uplink.get("sites") or {}
+    if window <= 0:
+        return '<p class="nodata">message counts not recorded</p>'
+    n_sites = int(record.run.get("sites") or len(sites) or 1)
+    kinds = sorted({k for counts in sites.values() for k in counts})
+    rows = []
+    for kind in [*kinds, "all"]:
+        per_site = [
+            sum(counts.values()) if kind == "all" else counts.get(kind, 0)
+            for counts in sites.values()
+        ]
+        per_site += [0] * (n_sites - len(per_site))  # a silent site sent none
+        total = sum(per_site)
+        rows.append(
+            (
+                kind,
+                f"{total:,}",
+                f"{total / window:.3f}",
+                f"{total / window / n_sites:.4f}",
+                f"{min(per_site) / window:.4f}",
+                f"{max(per_site) / window:.4f}",
+            )
+        )
+    headers = ("kind", "messages", "msg/s", "msg/s a site", "least busy site", "busiest site")
+    text = (
+        f"<p>Every message the {n_sites} sites sent the cloud over "
+        f"{window / 3600:.2f} h simulated, as a plain MQTT subscriber received it.</p>"
+    )
+    reasons: Mapping[str, int] = record.uplink.get("reasons") or {}
+    why = ""
+    if reasons:
+        total = sum(reasons.values()) or 1
+        ranked = sorted(reasons.items(), key=lambda kv: -kv[1])
+        why = (
+            "<p>Why the telemetry went (the agents' own count): "
+            + _e(", ".join(f"{k} {100 * n / total:.0f} %" for k, n in ranked))
+            + "</p>"
+        )
+    return text + _table(headers, rows, left=1) + why
+
+
 def _events_table(events: Sequence[Mapping[str, Any]]) -> str:
     if not events:
         return "<p>no scenario events</p>"
@@ -853,6 +900,8 @@ def render_html(analysis: RunAnalysis) -> str:
         _img(plot_soc(record), "battery state of charge"),
         "<h2>Sites online</h2>",
         _img(plot_sites(record), "sites online"),
+        "<h2>Uplink messages</h2>",
+        _uplink_table(record),
         "<h2>Alerts</h2>",
         _alerts_table(analysis.alerts),
         "<h2>Scenario events</h2>",

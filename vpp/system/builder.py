@@ -46,6 +46,7 @@ from edge.agent import SiteAgent
 from edge.config import EdgeConfig
 from firmware_sim.fleet import Fleet, site_id_for
 from protocols.clock import SimClock
+from protocols.flags import Override
 from protocols.mqtt_endpoint import MqttEndpoint, endpoint_of
 from protocols.operator import OperatorServer
 from vpp.services import MosquittoServer, ProcessSupervisor, Restart, RoleProcess, free_port
@@ -90,6 +91,10 @@ class SystemSpec:
     # account per site and per cloud role, Redis ACL users; needs the cloud as processes
     # (one process, one role, one set of accounts)
     secure: bool = False
+    # flag overrides written into the registry before the cloud starts (checked ones:
+    # cloud.registry.flags.check_override), audited as made by ``flags_actor``
+    flags: tuple[Override, ...] = ()
+    flags_actor: str = "vpp.system"
 
     def __post_init__(self) -> None:
         if self.cloud not in ("in-process", "processes"):
@@ -344,6 +349,16 @@ class System:
             for site_id in self.site_ids:
                 registry.add_site(site_id, spec.pool, partitions=spec.partitions)
             _, token = registry.create_api_key([spec.pool], label=spec.key_label)
+            for o in spec.flags:  # as `vpp cloud flags set` writes them
+                registry.set_flag(
+                    o.flag,
+                    o.scope.value,
+                    o.target,
+                    o.value,
+                    percent=o.percent,
+                    actor=spec.flags_actor,
+                    reason="set for this run",
+                )
         return token
 
     async def _start_in_process(self, stack: contextlib.AsyncExitStack, db: Path) -> None:

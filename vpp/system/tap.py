@@ -21,7 +21,13 @@ from protocols.topics import SiteKind, partition_filter
 
 __all__ = ["SeqRanges", "TelemetryTap"]
 
-TELEMETRY_FILTER = partition_filter(None, SiteKind.TELEMETRY)
+#: what a site sends to the cloud (counted per site and kind: the uplink's message rate)
+UPLINK_KINDS: tuple[SiteKind, ...] = (
+    SiteKind.TELEMETRY,
+    SiteKind.STATUS,
+    SiteKind.ACK,
+    SiteKind.ENVELOPE,
+)
 
 
 class SeqRanges:
@@ -96,7 +102,11 @@ class TelemetryTap:
     site's newest telemetry time (:meth:`latest`), its first copy of each record as
     ``(ts, grid_w, baseline_w)`` (:meth:`baseline_series`, :meth:`records`, until
     :meth:`forget_before`), the grid power of its last ``recent`` sequence numbers
-    (:meth:`get`), and how many payloads were not a valid message (``rejected``)."""
+    (:meth:`get`), and how many payloads were not a valid message (``rejected``).
+
+    It also counts every message each site sent the cloud, by kind (:data:`UPLINK_KINDS`,
+    :meth:`message_counts`): the uplink's message rate as the broker delivers it, a
+    redelivered duplicate included (it costs the cloud a message too)."""
 
     def __init__(self, broker: MqttEndpoint | str, recent: int = 1024) -> None:
         endpoint = endpoint_of(broker)
@@ -106,10 +116,13 @@ class TelemetryTap:
         self.latest_ts: dict[str, float] = {}
         self._rows: dict[str, _Rows] = {}
         self._grid: dict[str, OrderedDict[int, float]] = {}
+        self._counts: dict[tuple[str, str], int] = {}  # (site, kind) -> messages
+        self._heartbeat_s: dict[str, float] = {}  # site -> its newest telemetry's heartbeat
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         client = threaded_client(endpoint, f"vpp-tap-{uuid.uuid4().hex[:6]}")
-        client.on_connect = lambda c, *_: c.subscribe(TELEMETRY_FILTER, qos=1)
+        filters = [(partition_filter(None, kind), 1) for kind in UPLINK_KINDS]
+        client.on_connect = lambda c, *_: c.subscribe(filters)
         client.on_subscribe = lambda *_: self._subscribed.set()
         client.on_message = self._on_message
         client.reconnect_delay_set(0.1, 2.0)
@@ -123,6 +136,13 @@ class TelemetryTap:
         return self._subscribed.wait(timeout_s)
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        # vpp/v1/p/{partition}/s/{site}/{kind}: counted by the topic, only telemetry decoded
+        *_, site_of_topic, kind = msg.topic.split("/")
+        with self._lock:
+            key = (site_of_topic, kind)
+            self._counts[key] = self._counts.get(key, 0) + 1
+        if kind != SiteKind.TELEMETRY:
+            return
         try:
             message = decode(msg.payload)
         except ProtocolError:
@@ -142,6 +162,24 @@ class TelemetryTap:
                 grid.popitem(last=False)
             if message.ts > self.latest_ts.get(site, -1.0):
                 self.latest_ts[site] = message.ts
+                if message.heartbeat_s is None:
+                    self._heartbeat_s.pop(site, None)
+                else:
+                    self._heartbeat_s[site] = float(message.heartbeat_s)
+
+    def message_counts(self) -> dict[str, dict[str, int]]:
+        """Messages received so far from each site, by kind (site id -> kind -> count)."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for (site, kind), n in self._counts.items():
+                out.setdefault(site, {})[kind] = n
+        return out
+
+    def heartbeats(self) -> dict[str, float]:
+        """Each site sending by exception: the ``heartbeat_s`` of its newest telemetry (the
+        longest it stays silent; the cloud holds it fresh that long)."""
+        with self._lock:
+            return dict(self._heartbeat_s)
 
     def get(self, site_id: str, seq: int) -> float | None:
         """The grid power of the site's record ``seq`` (one of its last ``recent``)."""
