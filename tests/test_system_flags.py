@@ -25,8 +25,6 @@ from .system_harness import System, judge, running_system
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]
 
-WINDOW_S = 120.0  # simulated seconds over which the telemetry rate is counted
-
 
 def _rate(system, since: float, until: float, sites: list[int] | None = None) -> float:
     """Telemetry messages per simulated second the tap (a plain subscriber) received whose
@@ -80,9 +78,7 @@ def only_in(
     }
 
 
-async def test_flags_change_one_partition_and_telemetry_by_exception_cuts_the_rate(
-    tmp_path, broker, redis_url
-):
+async def test_flags_change_one_partition_and_nowhere_else(tmp_path, broker, redis_url):
     async with running_system(tmp_path, broker, redis_url) as system:
         clock = system.clock
         parts: dict[int, list[int]] = defaultdict(list)
@@ -92,11 +88,8 @@ async def test_flags_change_one_partition_and_telemetry_by_exception_cuts_the_ra
         kill, headroom, untouched = ordered[0], ordered[1], ordered[-1]
         exception = [i for i in range(len(system.agents)) if i not in parts[untouched]]
 
-        # --- telemetry by exception everywhere but one partition: the rates before/after --
-        t0 = clock.time()
-        await clock.sleep(WINDOW_S)
-        before = _rate(system, t0, clock.time(), exception)
-        # the pool by exception, the untouched partition not: the most specific scope wins
+        # --- telemetry by exception everywhere but one partition (its message rate is
+        # measured in test_system_telemetry_rate): the most specific scope wins
         await set_flag(system, "edge.telemetry_by_exception", "pool", "north", True)
         await set_flag(system, "edge.telemetry_by_exception", "partition", untouched, False)
         await until(
@@ -111,25 +104,7 @@ async def test_flags_change_one_partition_and_telemetry_by_exception_cuts_the_ra
         )
         assert {system.agents[i].behaviour.heartbeat_s for i in exception} == {60.0}
         await clock.sleep(10.0)
-        t1 = clock.time()
-        await clock.sleep(WINDOW_S)
-        after = _rate(system, t1, clock.time(), exception)
-        unchanged = _rate(system, t1, clock.time(), parts[untouched]) / len(parts[untouched])
         flex = (await system.flexibility())["now"]
-        reasons: dict[str, int] = defaultdict(int)
-        for agent in system.agents:
-            for reason, n in agent.telemetry_reasons.items():
-                reasons[reason] += n
-        print(
-            f"telemetry: {before:.2f} msg/s before, {after:.2f} msg/s by exception "
-            f"({before / after:.1f}x fewer), {len(exception)} sites; reasons {dict(reasons)}; "
-            f"the untouched partition {unchanged:.2f} msg/s a site"
-        )
-        assert before / after >= 3.0
-        assert unchanged >= 0.4  # every 2 s as before (0.5), a slipped cycle aside
-        assert flex["sites"]["fresh"] == len(system.agents)  # held fresh by the heartbeat
-        expected, received = system.tap.received(system.telemetry_produced())
-        assert received == expected  # complete: every sequence number arrived
 
         # --- tracking a setpoint by exception: as close as with every interval -----------
         delta = -0.4 * (flex["baseline_w"] - flex["p_min_w"])
@@ -145,6 +120,9 @@ async def test_flags_change_one_partition_and_telemetry_by_exception_cuts_the_ra
         )
         assert error <= 0.05
         assert within >= 0.9
+        assert (await system.flexibility())["now"]["sites"]["fresh"] == len(system.agents)
+        expected, received = system.tap.received(system.telemetry_produced())
+        assert received == expected  # complete: every sequence number arrived
 
         # --- peak shaving on one partition: its sites' own control (their baseline) only ---
         before = configs_heard(system)
