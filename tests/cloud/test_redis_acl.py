@@ -15,6 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cloud.registry import Registry
 from cloud.runner import CloudSettings, load_settings, run_cloud
 from protocols.clock import WallClock
 from vpp.services import MosquittoServer, RedisServer, free_port
@@ -103,6 +104,10 @@ def test_who_may_log_in(
         ("vpp-dispatcher", ("HGETALL", "vpp:agg:pool:p:1"), True),
         ("vpp-dispatcher", ("DEL", "vpp:agg:pool:p:1"), False),  # the worker's key
         ("vpp-dispatcher", ("KEYS", "*"), False),
+        ("vpp-dispatcher", ("SET", "vpp:flags:north:3", "{}"), True),  # evaluated flags
+        ("vpp-worker", ("HSET", "vpp:flags:reported:p:3", "s1", "{}"), True),  # sites' reports
+        ("vpp-worker", ("SET", "vpp:flags:north:3", "{}"), False),  # the dispatcher's
+        ("vpp-api", ("SET", "vpp:flags:north", "{}"), False),  # the dispatcher's
         ("vpp-api", ("HSET", "vpp:site-pools", "s1", "pool"), True),
         ("vpp-api", ("GET", "vpp:dispatch:pool:delivery"), True),
         ("vpp-api", ("SET", "vpp:sites:p:1", "x"), False),  # ingest's key
@@ -166,7 +171,8 @@ async def test_the_cloud_roles_run_against_the_acl_redis(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """worker, dispatcher and api, each its own process's settings and Redis user, do
-    their first work: partition leases, the leader lock, the site -> pool map."""
+    their first work: partition leases, the leader lock, the site -> pool map, the pool's
+    evaluated flags."""
     caplog.set_level(logging.WARNING)
     db = 3
     base = CloudSettings(
@@ -177,6 +183,9 @@ async def test_the_cloud_roles_run_against_the_acl_redis(
         operator_port=0,
         partitions=8,
     )
+    with Registry(base.db, WallClock()) as registry:  # a pool with a site: flags to write
+        registry.create_pool("north")
+        registry.add_site("site-1", "north")
     stop = asyncio.Event()
     runs = []
     for role in ("api", "worker", "dispatcher"):
@@ -205,7 +214,8 @@ async def test_the_cloud_roles_run_against_the_acl_redis(
                 leases = [k async for k in operator.scan_iter(match="vpp:lease:p:*")]
                 leader = await operator.get("vpp:leader:dispatcher")
                 rev = await operator.get("vpp:site-pools:rev")
-                if len(leases) == 8 and leader is not None and rev is not None:
+                flags = await operator.get("vpp:flags:north")  # the dispatcher's evaluation
+                if len(leases) == 8 and leader is not None and rev is not None and flags:
                     break
                 assert not any(t.done() for t in runs), [t.exception() for t in runs if t.done()]
                 await asyncio.sleep(0.2)
