@@ -41,9 +41,6 @@ def pytest_configure(config: pytest.Config) -> None:
     """Turn SIGTERM (a CI timeout, `kill`) into KeyboardInterrupt, so fixtures tear down
     and the servers stop and their temp dirs are removed. (The servers die with pytest
     anyway, by their parent-death signal; this also cleans up after them.)"""
-    config.addinivalue_line(
-        "markers", "runs_last: a long wall-clock-bound test, run after the others"
-    )
     in_main = threading.current_thread() is threading.main_thread()
     if in_main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -56,14 +53,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     takes the rest. Each runs a whole system against the wall clock on about one core, so two
     at once would starve each other's control loops.
 
-    The demo's end-to-end test, the longest (several minutes of a whole demo against the wall
-    clock), goes last: by then the other worker has mostly finished, and its system has the
-    machine to itself (beside the other worker's heavy tests it lost meters and the trader's
-    LP its envelope)."""
+    Tests marked ``alone`` (the demo's, the quarter-hour schedule) need the machine to
+    themselves even so: beside the other worker's tests they lost meters, and the trader's LP
+    its envelope. `make test` runs them in a second, serial pass (see the Makefile)."""
     for item in items:
         if item.get_closest_marker("e2e") is not None:
             item.add_marker(pytest.mark.xdist_group("e2e"))
-    items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -20,7 +20,7 @@ from .secret_search import log_files, secrets_found
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.e2e,
-    pytest.mark.runs_last,
+    pytest.mark.alone,
     pytest.mark.timeout(900),
 ]
 

@@ -61,7 +61,10 @@ async def wait_for(predicate: Callable[[], Any], wall_s: float, what: str) -> An
 
 
 def configs(observer: Observer) -> list[Config]:
-    return [m for m in observer.decoded("/config") if isinstance(m, Config)]
+    """The configs of this test's sites (the session's broker holds other tests' retained
+    configs, which reach the observer when it subscribes)."""
+    mine = set(SITES)
+    return [m for m in observer.decoded("/config") if isinstance(m, Config) and m.site_id in mine]
 
 
 async def publish_round(
