@@ -1,0 +1,223 @@
+"""Build a release: the `vpp` distribution at one source (a git ref or a tree), as a wheel,
+installed into its own virtual environment beside the other releases.
+
+    release = build_release("v0.1.0", root=Path("/var/lib/vpp/releases"), repo=Path("."))
+    release.python   # .../releases/0.1.0/venv/bin/python: run its roles with this
+
+A release's folder is ``root/VERSION/``: the wheel it was built from, ``venv/`` and
+``release.json`` (what it is and where it came from). Nothing else in ``root`` is touched,
+so every other release stays runnable: two versions side by side is the point.
+
+``share_deps=True`` installs only the wheel and points the environment at this
+interpreter's site-packages for the dependencies (a ``.pth`` line), with no index: the
+tests and a developer's machine build a release in seconds and offline. Production leaves
+it off, and pip resolves the dependencies the release's own metadata names. The shared
+site-packages' own ``.pth`` files are not processed (a path line adds a directory, not a
+site dir), so an editable install there never leaks the working tree's code into a release.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["BuildError", "Release", "build_release", "release_env", "source_tree"]
+
+MANIFEST = "release.json"
+SHARED_DEPS_PTH = "_vpp_shared_deps.pth"
+_VERSION_LINE = re.compile(r'^version\s*=\s*"[^"]*"\s*$', re.MULTILINE)
+_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+!-]*$")
+
+
+class BuildError(RuntimeError):
+    """A release could not be built: the message says which step failed and why."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One installed release: its version and folder, and where it came from."""
+
+    version: str
+    path: Path
+    source: str  # the git ref, or the tree's path
+    commit: str | None  # the commit the source resolved to (None: a tree)
+    built_at: float
+    shared_deps: bool
+
+    @property
+    def venv(self) -> Path:
+        return self.path / "venv"
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @classmethod
+    def load(cls, path: Path) -> Release:
+        data = json.loads((path / MANIFEST).read_text())
+        return cls(
+            version=data["version"],
+            path=path,
+            source=data["source"],
+            commit=data.get("commit"),
+            built_at=float(data["built_at"]),
+            shared_deps=bool(data.get("shared_deps", False)),
+        )
+
+    def write(self) -> None:
+        data = {k: v for k, v in asdict(self).items() if k != "path"}
+        tmp = self.path / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(self.path / MANIFEST)
+
+
+def release_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment to run a release's interpreter in: this process's, without anything
+    that would put another tree's code first (``PYTHONPATH``, a virtualenv's activation)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(extra or {})
+    return env
+
+
+def _run(cmd: list[str], step: str, cwd: Path | None = None) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=release_env())
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise BuildError(f"{step} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return proc.stdout
+
+
+def source_tree(ref: str, repo: Path, into: Path) -> str:
+    """Export ``ref`` of the git repository ``repo`` into ``into`` (``git archive``: only
+    committed files, no working-tree changes); returns the commit it resolved to."""
+    commit = _run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        f"resolving {ref!r}",
+    ).strip()
+    archive = into.parent / f"{into.name}.tar"
+    _run(
+        ["git", "-C", str(repo), "archive", "--format=tar", "-o", str(archive), commit],
+        "git archive",
+    )
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    archive.unlink()
+    return commit
+
+
+def _set_version(tree: Path, version: str) -> None:
+    pyproject = tree / "pyproject.toml"
+    text = pyproject.read_text()
+    new, n = _VERSION_LINE.subn(f'version = "{version}"', text, count=1)
+    if n != 1:
+        raise BuildError(f'{pyproject}: no `version = "..."` line to set to {version}')
+    pyproject.write_text(new)
+
+
+def _tree_version(tree: Path) -> str:
+    import tomllib
+
+    return str(tomllib.loads((tree / "pyproject.toml").read_text())["project"]["version"])
+
+
+def build_release(
+    source: str | Path,
+    root: Path,
+    *,
+    repo: Path | None = None,
+    version: str | None = None,
+    share_deps: bool = False,
+    extras: str = "demo",
+    replace: bool = False,
+) -> Release:
+    """Build ``source`` into ``root/VERSION``. ``source`` is a git ref of ``repo`` (a tag, a
+    commit) or a source tree's folder (a Path). ``version`` overrides the tree's own (a
+    candidate built from a branch, a test's broken copy). ``extras``: which of the
+    distribution's extras the environment installs (``demo``: every role). An existing
+    release of the same version is refused unless ``replace``."""
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if version is not None and not _VERSION.match(version):
+        raise BuildError(f"{version!r} is not a version (PEP 440, e.g. 0.2.0 or 0.2.0rc1)")
+    with tempfile.TemporaryDirectory(prefix="vpp-release-", dir=root) as tmp:
+        tree = Path(tmp) / "src"
+        if isinstance(source, Path):
+            if not (source / "pyproject.toml").is_file():
+                raise BuildError(f"{source}: not a source tree (no pyproject.toml)")
+            shutil.copytree(
+                source,
+                tree,
+                ignore=shutil.ignore_patterns(
+                    ".git", ".venv", "__pycache__", "build", "*.egg-info"
+                ),
+            )
+            commit, label = None, str(source)
+        else:
+            if repo is None:
+                raise BuildError(f"building {source!r} (a git ref) needs the repository")
+            commit, label = source_tree(source, Path(repo), tree), source
+        if version is not None:
+            _set_version(tree, version)
+        version = _tree_version(tree)
+        dest = root / version
+        if dest.exists():
+            if not replace:
+                raise BuildError(f"release {version} exists in {root}: remove it first")
+            shutil.rmtree(dest)
+        staging = Path(tmp) / version
+        staging.mkdir()
+        wheel_cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet"]
+        if importlib.util.find_spec("hatchling") is not None:
+            wheel_cmd.append("--no-build-isolation")  # offline; else pip fetches hatchling
+        _run([*wheel_cmd, "-w", str(staging), str(tree)], "building the wheel")
+        (wheel,) = staging.glob("vpp-*.whl")
+        _run([sys.executable, "-m", "venv", "--without-pip", str(staging / "venv")], "venv")
+        python = staging / "venv" / "bin" / "python"
+        pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet"]
+        if share_deps:
+            _run([*pip, "--no-deps", str(wheel)], "installing the wheel")
+            site = _run(
+                [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                "finding the release's site-packages",
+            ).strip()
+            (Path(site) / SHARED_DEPS_PTH).write_text(sysconfig.get_paths()["purelib"] + "\n")
+        else:
+            _run([*pip, f"{wheel}[{extras}]"], "installing the wheel and its dependencies")
+        release = Release(
+            version=version,
+            path=dest,
+            source=label,
+            commit=commit,
+            built_at=time.time(),
+            shared_deps=share_deps,
+        )
+        staging.rename(dest)  # a venv's scripts name their interpreter's path: fix them up
+        _relocate(dest / "venv", staging / "venv")
+        release.write()
+    return release
+
+
+def _relocate(venv: Path, old: Path) -> None:
+    """Point a moved venv's scripts and config at its new folder (built in a staging folder
+    so a failed build leaves no half release behind)."""
+    for path in [venv / "pyvenv.cfg", *(venv / "bin").iterdir()]:
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        if str(old) in text:
+            path.write_text(text.replace(str(old), str(venv)))
