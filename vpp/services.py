@@ -863,8 +863,11 @@ class RoleProcess(ManagedProcess):
         env: Mapping[str, str],
         logs: Path,
         port: int | None = None,  # the operator port (default: a free one at start)
+        python: Path | str | None = None,  # a release's interpreter (default: this one)
     ) -> None:
-        super().__init__(binary=sys.executable, workdir=logs, keep_workdir=True, port=port)
+        binary = str(python) if python is not None else sys.executable
+        super().__init__(binary=binary, workdir=logs, keep_workdir=True, port=port)
+        self.python = None if python is None else Path(python)
         self.kind = name
         self.name, self.role = name, role
         self.args, self.env = list(args), dict(env)
@@ -889,7 +892,11 @@ class RoleProcess(ManagedProcess):
         return None  # the caller's: relative paths in args mean what they meant there
 
     def _env(self) -> dict[str, str] | None:
-        return {**os.environ, **self.env}
+        if self.python is None:
+            return {**os.environ, **self.env}
+        # a release runs its own code: nothing may put another tree first on its path
+        base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        return {**base, **self.env}
 
     def _probe(self, timeout: float) -> None:
         """The operator port's ``/livez`` answers 200."""
