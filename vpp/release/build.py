@@ -32,7 +32,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["BuildError", "Release", "build_release", "release_env", "source_tree"]
+__all__ = [
+    "BuildError",
+    "Release",
+    "build_release",
+    "copy_release",
+    "release_env",
+    "source_tree",
+]
 
 MANIFEST = "release.json"
 SHARED_DEPS_PTH = "_vpp_shared_deps.pth"
@@ -207,6 +214,22 @@ def build_release(
         _relocate(dest / "venv", staging / "venv")
         release.write()
     return release
+
+
+def copy_release(release: Release, root: Path) -> Release:
+    """Copy an installed release into another releases folder (a test's own folder from a
+    session's build, a staging host's copy), its venv's scripts pointed at the new place."""
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / release.version
+    if dest.exists():
+        raise BuildError(f"release {release.version} exists in {root}: remove it first")
+    with tempfile.TemporaryDirectory(prefix="vpp-release-", dir=root) as tmp:
+        staging = Path(tmp) / release.version
+        shutil.copytree(release.path, staging, symlinks=True)
+        staging.rename(dest)
+    _relocate(dest / "venv", release.venv)
+    return Release.load(dest)
 
 
 def _relocate(venv: Path, old: Path) -> None:
