@@ -95,6 +95,9 @@ class SystemSpec:
     # cloud.registry.flags.check_override), audited as made by ``flags_actor``
     flags: tuple[Override, ...] = ()
     flags_actor: str = "vpp.system"
+    # the cloud's processes run from this interpreter (a release's venv: the staging gate
+    # soaks a candidate so); None: this one. The fleet and the edge agents stay in this process
+    cloud_python: Path | None = None
 
     def __post_init__(self) -> None:
         if self.cloud not in ("in-process", "processes"):
@@ -105,6 +108,8 @@ class SystemSpec:
             raise ValueError("at least one worker, and no negative number of dispatchers")
         if any(not 0 <= i < self.sites for i in self.gated):
             raise ValueError(f"gated sites {self.gated} outside 0..{self.sites - 1}")
+        if self.cloud_python is not None and self.cloud != "processes":
+            raise ValueError("cloud_python runs the cloud's processes: needs cloud='processes'")
 
 
 class System:
@@ -471,12 +476,13 @@ class System:
 
         stack.push_async_callback(stop_processes)
         operator_ports = iter(ports)
+        python = self.spec.cloud_python
         for name, role, extra in roles:
             ident = [] if role == "api" else ["--instance-id", name]
             port = None if role == "api" else next(operator_ports)
             accounts = _account_args(self.role_settings(role))
             args = [*common, *accounts, *extra, *ident]
-            proc = RoleProcess(name, role, args, env, logs, port=port)
+            proc = RoleProcess(name, role, args, env, logs, port=port, python=python)
             proc.start()  # each with its operator port, free and logged
             self.processes.append(proc)
             self.supervisor.watch(proc)
