@@ -53,6 +53,8 @@ def _state(root: Path) -> dict[str, object]:
         (["install", "nothing.whl"], 1, "no such wheel"),
         (["build"], 1, "error: give a git ref (tag, commit) or --tree PATH, not both"),
         (["soak", "0.2.0", "--runs", "0"], 2, "Invalid value for '--runs'"),
+        (["instance", "01", "7.0.0"], 1, "error: release 7.0.0 is not installed in"),
+        (["instance", "a/b", "0.2.0"], 1, "error: 'a/b' is not an instance name"),
     ],
 )
 def test_refusals(release_root: Path, args: list[str], code: int, message: str) -> None:
@@ -124,6 +126,16 @@ def test_promote_force_rollback_and_retire(release_root: Path, tmp_path: Path) -
     }
     assert listed["0.2.1"]["pointers"]["current"] == list(releases.ROLES)
     assert listed["0.2.0"]["pointers"]["previous"] == list(releases.ROLES)
+
+
+def test_instance_pointer(release_root: Path) -> None:
+    assert vpp_release(release_root, "instance", "01") == (0, "-\n")
+    assert vpp_release(release_root, "instance", "01", "0.2.0") == (
+        0,
+        "instance 01: none -> 0.2.0\n",
+    )
+    assert vpp_release(release_root, "instance", "01") == (0, "0.2.0\n")
+    assert store.pointers(release_root, "0.2.0").instances == ("01",)
 
 
 def test_install_a_wheel(release_root: Path, tmp_path: Path) -> None:

@@ -321,3 +321,22 @@ def approve(version: str, root: Path, by: str, reason: str) -> None:
     except (store.StoreError, ValueError) as exc:
         raise _fail(str(exc), 2) from None
     click.echo(f"approved {version} (by {by})")
+
+
+@app.command()
+@click.argument("name")
+@click.argument("version", required=False)
+@root_option
+def instance(name: str, version: str | None, root: Path) -> None:
+    """Point instance NAME (unit vpp-worker@NAME runs ROOT/instances/NAME) at VERSION, or
+    print the release it names. The rollout's systemd launcher does this itself; an operator
+    does it once for the first install."""
+    try:
+        if version is None:
+            click.echo(releases.instance_version(root, name) or "-")
+            return
+        was = releases.switch_instance(root, name, version)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    store.record(root, version, store.actor(), "instance", f"{name} (was {was or 'none'})")
+    click.echo(f"instance {name}: {was or 'none'} -> {version}")
