@@ -3,11 +3,15 @@ or rejected and why (the regression watch's rules and margins, vpp.e2e.alerts)."
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from vpp.release.soak import Conditions, baseline, judge
+from vpp.release.build import BuildError, Release, copy_release, wheel_version
+from vpp.release.soak import SOAK_HISTORY, Conditions, baseline, judge, read_history, soak
+from vpp.release.store import StoreError
 
 BASE = {"tracking_error_rms_pct": 10.0, "availability": 0.99, "telemetry_completeness": 1.0}
 
@@ -137,3 +141,40 @@ def test_baseline(
     expected: list[int],
 ) -> None:
     assert [r["kpis"]["n"] for r in baseline(runs, version, conditions, window)] == expected
+
+
+def test_a_garbage_history_line_is_skipped_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = json.dumps(_entry("0.2.0", SHORT, 1))
+    (tmp_path / SOAK_HISTORY).write_text(f"{good}\nnot json\n[1, 2]\n{good}\n")
+    assert [r["kpis"]["n"] for r in read_history(tmp_path)] == [1, 1]
+    skipped = [r.getMessage() for r in caplog.records]
+    assert len(skipped) == 2
+    assert f"{tmp_path / SOAK_HISTORY} line 2 skipped" in skipped[0]
+    assert "line 3 skipped: not a soak run" in skipped[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("vpp-0.2.0-py3-none-any.whl", None),
+        ("vpp-0.2.1rc1-py3-none-any.whl", None),
+        ("other-0.2.0-py3-none-any.whl", "not a vpp wheel"),
+        ("vpp-0.2.0.tar.gz", "not a vpp wheel"),
+        ("vpp-latest-py3-none-any.whl", "'latest' is not a version"),
+    ],
+)
+def test_wheel_version(name: str, message: str | None) -> None:
+    if message is None:
+        assert wheel_version(Path(name)) == name.split("-")[1]
+    else:
+        with pytest.raises(BuildError, match=message):
+            wheel_version(Path(name))
+
+
+def test_soak_needs_a_current_release(release_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "fresh"
+    copy_release(Release.load(release_root / "0.2.0"), root)
+    with pytest.raises(StoreError, match="no current release to compare with: promote one"):
+        soak(root, "0.2.0", run_one=None)

@@ -52,8 +52,8 @@ def broken_tree(into: Path) -> Path:
 def test_soak_rejects_a_candidate_that_tracks_worse(release_root: Path, tmp_path: Path) -> None:
     store.promote(release_root, "0.2.0", who="test", force_reason="the baseline release")
     build_release(broken_tree(tmp_path), release_root, version="0.2.1", share_deps=True)
-    args = ["--runs", "1", "--baseline-runs", "2", "--hours", "0.25", "--sites", "4"]
-    args += ["--speed", "20", "--history-days", "1", "--out", str(tmp_path / "soak")]
+    args = ["--runs", "1", "--baseline-runs", "2", "--hours", "0.5", "--sites", "4"]
+    args += ["--speed", "15", "--history-days", "1", "--out", str(tmp_path / "soak")]
     result = CliRunner().invoke(
         app, ["release", "soak", "0.2.1", "--root", str(release_root), *args]
     )
