@@ -1,11 +1,11 @@
 """Done-when: `vpp release soak` rejects a candidate that makes a KPI worse.
 
-The candidate is this tree with a real defect: the dispatcher's feed-forward halved and its
-gains cut twenty-five-fold (cloud/dispatch/controller.py), so the pool tracks its target
+The candidate is this tree with a real defect: the dispatcher's feed-forward cut to a quarter
+and its gains twenty-five-fold (cloud/dispatch/controller.py), so the pool tracks its target
 badly. It is soaked, with the cloud's roles from its own venv, against the current release
 (this tree, 0.2.0) in the demo's system (real Mosquitto, Redis, the simulated fleet, the
-virtual trader) on short runs; the current release has no soak history, so the soak makes
-its baseline first."""
+virtual trader) on short runs (half an hour: one whole quarter hour is traded and scored);
+the current release has no soak history, so the soak makes its baseline first."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from vpp.release.soak import read_history
 REPO = Path(__file__).resolve().parents[2]
 DEFECTS = {
     "    feed_forward = target_w - uncontrolled_w\n": (
-        "    feed_forward = 0.5 * (target_w - uncontrolled_w)\n"
+        "    feed_forward = 0.25 * (target_w - uncontrolled_w)\n"
     ),
     "    kp: float = 0.5\n    ki_per_s: float = 0.1\n": (
         "    kp: float = 0.02\n    ki_per_s: float = 0.004\n"
