@@ -886,7 +886,11 @@ class RoleProcess(ManagedProcess):
 
     def _command(self, binary: str) -> list[str]:
         role = ["cloud", "run", "--role", self.role, *self.args]
-        return [binary, "-m", "vpp", *role, "--operator-port", str(self.port)]
+        # a release's interpreter with -P: `-m` would otherwise put the working directory
+        # first on sys.path, and a source tree there (a developer's, a test's) would run
+        # instead of the release's own code
+        safe = ["-P"] if self.python is not None else []
+        return [binary, *safe, "-m", "vpp", *role, "--operator-port", str(self.port)]
 
     def _cwd(self) -> Path | None:
         return None  # the caller's: relative paths in args mean what they meant there
