@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 
 #: A hand-over record stays readable this long (clock seconds) for the rollout's report.
 HANDOVER_KEEP_S = 3600.0
-_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
+_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,63}")
 
 # KEYS[1]: key; ARGV[1]: the value expected ("" = absent), ARGV[2]: new value, ARGV[3]: px.
 _CAS_SCRIPT = """
@@ -97,7 +97,7 @@ class Assignment:
 
 def parse_assignment(raw: Mapping[str, str], partition_count: int) -> Assignment:
     """Read ``vpp:rollout:partitions``: a field is a partition number in range (decimal), a
-    value a version string (letters, digits, ``.+_-``, at most 64). Anything else is refused
+    value a version string (letters, digits, ``.+!_-``, at most 64). Anything else is refused
     with its reason, never raised."""
     versions: dict[int, str] = {}
     rejected: dict[str, str] = {}
@@ -486,10 +486,11 @@ class LeaseManager:
                     self.handover_timeout_s,
                 )
 
-    def queue_flush(self, pipe: Any, partition: int, now: float) -> None:
+    def queue_flush(self, pipe: Any, partition: int) -> None:
         """Add the end of a hand-over to the cycle's MULTI, after the partition's last
-        aggregate: release the lease (only if still ours) and record ``flushed_ts``."""
-        record = replace(self.flushing[partition], flushed_ts=now)
+        aggregate: release the lease (only if still ours) and record ``flushed_ts`` (read
+        now, before the MULTI runs: no successor can take the lease earlier)."""
+        record = replace(self.flushing[partition], flushed_ts=self.clock.time())
         pipe.eval(_RELEASE, 1, lease_key(partition), self.worker_id)
         pipe.set(handover_key(partition), record.to_json(), px=self._keep_ms())
 
@@ -587,7 +588,9 @@ class LeaseManager:
         _text, record = (await self._records([p]))[p]
         if record is None or record.to not in (self.worker_id, ""):
             record = warm.record
-        record = replace(record, to=self.worker_id, to_version=self.version, taken_ts=now)
+        # read after the take succeeded: taken_ts - flushed_ts bounds the gap from above
+        taken = max(now, self.clock.time())
+        record = replace(record, to=self.worker_id, to_version=self.version, taken_ts=taken)
         await self.redis.set(handover_key(p), record.to_json(), px=self._keep_ms())
         gap = record.gap_s
         if gap is not None:

@@ -96,6 +96,7 @@ _ENVELOPE_FUTURE_SLOTS = 1
 ENVELOPE_SETTLE_S = 10.0
 _BAD_LOG_FIRST = 10  # log each rejection reason this many times, then 1 in 1000
 _GAUGES = ("sites", "unregistered")  # counters_key fields that are set, not incremented
+_PENDING_TICKS_PER_CYCLE = 4  # lease ticks per cycle while a hand-over is pending
 _HALT_WALL_TIMEOUT_S = 10.0  # wall seconds stop() waits for the start and for the loops
 _RECANCEL_WALL_S = 0.5  # a loop not done this long after a cancel is cancelled again
 #: ingest lag buckets (clock seconds): live telemetry arrives within a second or two, a
@@ -526,10 +527,10 @@ class PartitionWorker:
     # --- leases ---------------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
-        """Tick every ``ttl / 3``, and every cycle while a hand-over is pending (the
+        """Tick every ``ttl / 3``, and four times a cycle while a hand-over is pending (the
         successor takes a flushed partition at once, the owner sees its successor ready)."""
         every = self._leases.renew_every_s
-        step = min(every, self.cycle_s)
+        step = min(every, self.cycle_s) / _PENDING_TICKS_PER_CYCLE
         due = self.clock.time() + every
         async for now in Ticker(self.clock, step, self._halt, first_at=self.clock.time() + step):
             if now + 1e-9 < due and not self._leases.pending:
@@ -767,7 +768,7 @@ class PartitionWorker:
                 pipe.hincrby(rejected_key(p), reason, n)
             health[str(p)] = self._health(p, state, counts[p], rejected[p], fresh, now)
             if p in flushing:  # the last write of a partition handed over: release it too
-                self._leases.queue_flush(pipe, p, now)
+                self._leases.queue_flush(pipe, p)
                 flushed.add(p)
         if health:
             pipe.hset(PARTITION_HEALTH_KEY, mapping=health)
