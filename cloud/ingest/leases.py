@@ -239,6 +239,7 @@ class LeaseManager:
         self.owned: set[int] = set()
         self.live_workers = 1
         self.assignment: dict[int, str] = {}
+        self.eligible = partition_count  # partitions this version may hold, at the last tick
         self.assignment_rejected = 0  # garbage fields seen, summed over ticks
         #: owned partitions assigned elsewhere: since when (clock), waiting for a successor
         self.handing_over: dict[int, float] = {}
@@ -329,6 +330,7 @@ class LeaseManager:
             assignment=self.assignment,
             live=live,
         )
+        self.eligible = len(plan.eligible)
         if self.assignment:
             self.live_workers = max(1, sum(1 for v in live.values() if v == self.version))
         else:

@@ -37,8 +37,10 @@ from cloud.hotstate import (
     worker_key,
 )
 from cloud.ingest.worker import PartitionWorker
+from cloud.ops import watch_worker
 from protocols.clock import Clock, SimClock
 from protocols.messages import encode
+from protocols.operator import OperatorServer
 from protocols.partitions import partition_of
 from protocols.topics import site_topic
 from protocols.version import VERSION
@@ -204,6 +206,14 @@ async def last_seqs_reach_redis(r: redis.Redis, feed: Feed) -> None:
         seqs = last_seqs(r)
         behind = {s: (seqs.get(s), n) for s, n in feed.last.items() if seqs.get(s) != n}
         raise AssertionError(f"sites behind (in Redis, published): {behind}") from None
+
+
+async def partitions_check(worker: PartitionWorker) -> tuple[bool, str]:
+    """The worker's ``worker.partitions`` readiness check (cloud.ops), as /readyz runs it."""
+    op = OperatorServer(port=0)
+    watch_worker(op, worker)
+    _, results = await op.ready.run()
+    return results["worker.partitions"].ok, results["worker.partitions"].detail
 
 
 def health(r: redis.Redis) -> dict[int, PartitionHealth]:
@@ -441,6 +451,10 @@ async def test_two_successors_of_one_version_split_the_canary_one_claim_per_part
         async with running(b), running(c):
             await until(lambda: b.stats["cycles"] > 2 and c.stats["cycles"] > 2, what="cycles")
             assert b.owned == c.owned == set()  # pinned: nothing for the new version yet
+            assert await partitions_check(b) == (
+                True,
+                "standby: the rollout assigns no partition to version 0.2.1",
+            )
             async with feeding(feed):
                 await asyncio.sleep(3 * INTERVAL_S / SPEED)
                 seen = await move(redis_client, wave, NEW, split)
@@ -449,6 +463,7 @@ async def test_two_successors_of_one_version_split_the_canary_one_claim_per_part
             recs = records(redis_client, wave)
             gaps = [sum(w.seq_gap_totals().values()) for w in (a, b, c)]
             b_owned = b.owned
+            assert await partitions_check(c) == (True, "owns 2 of 8 partitions")
     assert [s for s in both_warm if s] == []  # never two successors warming for one partition
     for p, rec in recs.items():
         assert rec.to == ("wb" if p in b_owned else "wc")
