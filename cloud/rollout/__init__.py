@@ -1,0 +1,1 @@
+"""Rolling a release out partition by partition: analysis, config, observation, control."""
