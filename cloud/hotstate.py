@@ -22,6 +22,10 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
     vpp:flags:{pool}             string  the pool's evaluated flags, JSON {"hash", "values"}
     vpp:flags:{pool}:{p}         string  partition p's evaluated flags (same shape)
     vpp:flags:reported:p:{p}     hash    site id -> the flag set it reports, JSON {"hash", ...}
+    vpp:dispatch:{pool}:partitions string DispatchPartitionsRecord JSON: each partition's share
+                                         of the pool target, its delivery, signal and ack
+    vpp:partition-health         hash    partition -> its worker's health JSON (each cycle)
+    vpp:rollout:partitions       hash    partition -> the release version that may hold it
 
 Aggregates carry their own timestamps; a reader treats an aggregate older than a few worker
 cycles as missing (its worker died and nobody has picked the partition up yet).
@@ -39,11 +43,15 @@ from typing import Any
 
 __all__ = [
     "DURATIONS_S",
+    "PARTITION_HEALTH_KEY",
+    "ROLLOUT_PARTITIONS_KEY",
     "SITE_POOLS_KEY",
     "SITE_POOLS_REV_KEY",
     "DeliveryRecord",
+    "DispatchPartitionsRecord",
     "HoldRecord",
     "PartitionAggregate",
+    "PartitionDispatch",
     "PlanRecord",
     "PoolAggregate",
     "PoolEnvelopeRecord",
@@ -53,6 +61,7 @@ __all__ = [
     "agg_parts_key",
     "counters_key",
     "delivery_key",
+    "dispatch_partitions_key",
     "env_key",
     "env_parts_key",
     "env_rev_key",
@@ -71,6 +80,10 @@ __all__ = [
 PREFIX = "vpp"
 SITE_POOLS_KEY = f"{PREFIX}:site-pools"
 SITE_POOLS_REV_KEY = f"{PREFIX}:site-pools:rev"
+#: partition (decimal string) -> the release version allowed to hold it (none: any)
+ROLLOUT_PARTITIONS_KEY = f"{PREFIX}:rollout:partitions"
+#: partition (decimal string) -> its worker's health JSON, rewritten every worker cycle
+PARTITION_HEALTH_KEY = f"{PREFIX}:partition-health"
 
 #: The durations (seconds) for which aggregates state how much power can be sustained.
 DURATIONS_S: tuple[int, ...] = (900, 3600, 14400)
@@ -100,6 +113,11 @@ def state_key(pool_id: str) -> str:
 def delivery_key(pool_id: str) -> str:
     """The pool dispatcher's latest cycle (target, measured, shortfall), read by the API."""
     return f"{PREFIX}:dispatch:{pool_id}:delivery"
+
+
+def dispatch_partitions_key(pool_id: str) -> str:
+    """The leading dispatcher's per-partition record (:class:`DispatchPartitionsRecord`)."""
+    return f"{PREFIX}:dispatch:{pool_id}:partitions"
 
 
 def env_key(pool_id: str, partition: int) -> str:
@@ -488,3 +506,59 @@ class PlanRecord:
         k = self.slot(t)
         series = self.partitions.get(str(partition))
         return 0.0 if k is None or series is None else float(series[k])
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionDispatch:
+    """One partition in the dispatcher's cycle (:class:`DispatchPartitionsRecord`).
+
+    Powers cover every fresh site of the partition: ``target_w`` is its share of the pool's
+    command (its flexible sites at their allocation, the rest as measured), None when the
+    pool has nothing to follow; ``baseline_w`` what the sites would draw on their own.
+    ``signal_ts``: the first signal of the activation in force, ``acked_ts``: when its sites
+    first reported following it (None: not yet). ``range_w``: ``p_max_w - p_min_w``.
+    The last three are cumulative over the leader's cycles since the record's ``since``:
+    seconds with a target, ``|target - measured|`` energy, and ``|target|`` energy (at least
+    5 % of the range, the e2e KPIs' error floor), Wh."""
+
+    target_w: float | None
+    measured_w: float
+    baseline_w: float
+    signal_ts: float | None = None
+    acked_ts: float | None = None
+    range_w: float = 0.0
+    dispatched_s: float = 0.0
+    error_wh: float = 0.0
+    target_wh: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchPartitionsRecord:
+    """The leading dispatcher's latest cycle per partition of one pool
+    (``dispatch_partitions_key``), written in the cycle's pipeline; the rollout's analysis
+    reads it. Counters restart with each leader (``dispatcher``, ``since``)."""
+
+    ts: float
+    dispatcher: str
+    since: float
+    partitions: dict[str, PartitionDispatch] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DispatchPartitionsRecord:
+        """Parsed; unknown fields ignored (a newer dispatcher's), raises ValueError (or
+        TypeError, KeyError) on a record that is not one."""
+        data = json.loads(text)
+        known = {f.name for f in fields(PartitionDispatch)}
+        parts = {
+            str(int(p)): PartitionDispatch(**{k: v for k, v in d.items() if k in known})
+            for p, d in data["partitions"].items()
+        }
+        return cls(
+            ts=float(data["ts"]),
+            dispatcher=str(data["dispatcher"]),
+            since=float(data["since"]),
+            partitions=parts,
+        )
