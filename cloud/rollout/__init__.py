@@ -1,1 +1,1 @@
-"""Rolling a release out partition by partition: analysis, config, observation, control."""
+"""Rolling a release out partition group by group: the plan, the controller, the launcher seam."""
