@@ -131,7 +131,22 @@ def base(**changes: Any) -> GroupStats:
             "too few canary samples (2 < 5)",
         ),
         (HEALTHY, base(samples=3), Outcome.INCONCLUSIVE, (), "too few baseline samples (3 < 5)"),
-        (HEALTHY, base(partitions=()), Outcome.INCONCLUSIVE, (), "no baseline partitions"),
+        # the last step, every partition on the new release: judged on the limits alone
+        (HEALTHY, base(partitions=()), Outcome.PASS, (), "no baseline: on the limits alone"),
+        (
+            canary(tracking_error_pct=6.0),
+            base(partitions=()),
+            Outcome.FAIL,
+            ("tracking_error",),
+            "canary 6 above limit 5",
+        ),
+        (
+            canary(dispatched_s=0.0),
+            base(partitions=()),
+            Outcome.INCONCLUSIVE,
+            (),
+            "too little dispatch",
+        ),
         (
             canary(dispatched_s=120.0),
             BASE,
