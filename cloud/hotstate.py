@@ -19,10 +19,13 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
     vpp:env:{pool}:rev           string  integer, bumped whenever a pool's envelopes change
     vpp:envelope:{pool}          string  the pool envelope and its certificate (dispatcher)
     vpp:plan:{pool}              string  the pool's plan in force (dispatcher)
-    vpp:dispatch:{pool}:partitions  string  DispatchPartitionsRecord JSON (dispatcher, cycle)
     vpp:flags:{pool}             string  the pool's evaluated flags, JSON {"hash", "values"}
     vpp:flags:{pool}:{p}         string  partition p's evaluated flags (same shape)
     vpp:flags:reported:p:{p}     hash    site id -> the flag set it reports, JSON {"hash", ...}
+    vpp:dispatch:{pool}:partitions string DispatchPartitionsRecord JSON: each partition's share
+                                         of the pool target, its delivery, signal and ack
+    vpp:partition-health         hash    partition -> its worker's health JSON (each cycle)
+    vpp:rollout:partitions       hash    partition -> the release version that may hold it
 
 Aggregates carry their own timestamps; a reader treats an aggregate older than a few worker
 cycles as missing (its worker died and nobody has picked the partition up yet).
@@ -77,10 +80,9 @@ __all__ = [
 PREFIX = "vpp"
 SITE_POOLS_KEY = f"{PREFIX}:site-pools"
 SITE_POOLS_REV_KEY = f"{PREFIX}:site-pools:rev"
-#: Hash partition (decimal) -> the release version whose workers may hold it, written by the
-#: rollout; a partition without a field may be held by any worker (cloud.ingest.leases).
+#: partition (decimal string) -> the release version allowed to hold it (none: any)
 ROLLOUT_PARTITIONS_KEY = f"{PREFIX}:rollout:partitions"
-#: Hash partition (decimal) -> :class:`PartitionHealth` JSON, written by its owner each cycle.
+#: partition (decimal string) -> its worker's health JSON, rewritten every worker cycle
 PARTITION_HEALTH_KEY = f"{PREFIX}:partition-health"
 
 #: The durations (seconds) for which aggregates state how much power can be sustained.
