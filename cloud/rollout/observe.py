@@ -7,9 +7,9 @@ One :meth:`Observer.sample` is one pipelined round trip: the ``vpp:partition-hea
 ``vpp:dispatch:{pool}:partitions`` record. Counters in both are cumulative since their
 writer started (a worker's ``owner_since``, a leader's ``since``), so a window takes the
 deltas within one writer; a new writer is a new baseline, never a negative delta. A health
-record older than ``health_max_age_s`` is a worker that stopped writing: the sample counts
-every site of the partition stale. A field that is not a record is counted in
-:attr:`Observer.rejected` and skipped.
+record older than ``health_max_age_s`` and not rewritten since the partition's last sample is
+a worker that stopped writing: the sample counts every site of the partition stale. A field
+that is not a record is counted in :attr:`Observer.rejected` and skipped.
 
 Log errors and restarts come from the launcher's instances (contract 5) serving the group's
 partitions: the workers the health records name, matched by instance name.
@@ -22,7 +22,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -213,7 +213,12 @@ class Observer:
             except ValueError as exc:
                 self._reject("health", f"partition {partition}: {exc}")
                 continue
-            self.health.setdefault(partition, []).append(sample)
+            series = self.health.setdefault(partition, [])
+            if sample.stale and series and series[-1].ts != sample.ts:
+                # old, but rewritten since the last sample: a worker behind (a loaded machine,
+                # an accelerated clock), not one that stopped writing
+                sample = replace(sample, stale=False)
+            series.append(sample)
         for pool_id, raw in zip(self.pool_ids, records, strict=True):
             if raw is None:
                 continue
