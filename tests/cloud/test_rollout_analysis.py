@@ -134,11 +134,11 @@ def base(**changes: Any) -> GroupStats:
         # the last step, every partition on the new release: judged on the limits alone
         (HEALTHY, base(partitions=()), Outcome.PASS, (), "no baseline: on the limits alone"),
         (
-            canary(tracking_error_pct=6.0),
+            canary(tracking_error_pct=11.0),
             base(partitions=()),
             Outcome.FAIL,
             ("tracking_error",),
-            "canary 6 above limit 5",
+            "canary 11 above limit 10",
         ),
         (
             canary(dispatched_s=0.0),
