@@ -163,7 +163,7 @@ def analyse(canary: GroupStats, baseline: GroupStats, config: AnalysisConfig) ->
     # every partition on the new release (the last step): nothing to compare with, so the
     # canary is judged on the absolute limits alone
     alone = not baseline.partitions
-    few_baseline = alone or baseline.samples < config.min_samples
+    few_baseline = baseline.samples < config.min_samples
     no_dispatch = canary.dispatched_s < config.min_dispatched_s
     results: list[GateResult] = []
     for gate in GATE_NAMES:
@@ -171,7 +171,9 @@ def analyse(canary: GroupStats, baseline: GroupStats, config: AnalysisConfig) ->
         if not spec.enabled:
             continue
         c = _METRICS[gate](canary, scale)
-        b = None if few_baseline else _METRICS[gate](baseline, scale)
+        # a baseline too thin to compare with: sampled gates judged on the limits alone
+        thin = alone or (gate in _SAMPLED and few_baseline)
+        b = None if thin else _METRICS[gate](baseline, scale)
         if gate in _SAMPLED and few_canary:
             why = f"too few samples ({canary.samples} < {config.min_samples})"
             results.append(GateResult(gate, c, b, spec.limit, None, why))
@@ -188,7 +190,7 @@ def analyse(canary: GroupStats, baseline: GroupStats, config: AnalysisConfig) ->
     why: list[str] = []
     if few_canary:
         why.append(f"too few canary samples ({canary.samples} < {config.min_samples})")
-    if not alone and baseline.samples < config.min_samples:
+    if not alone and few_baseline:
         why.append(f"too few baseline samples ({baseline.samples} < {config.min_samples})")
     if no_dispatch and any(config.gates[g].enabled for g in DISPATCH_GATES):
         why.append(
