@@ -122,7 +122,7 @@ async def test_the_canary_against_the_rest_on_real_workers(
     assert (verdict.outcome, verdict.failed) == (outcome, failed), verdict.reason
     # every sample saw every partition, written by its owner of the right version
     assert (c.samples, base.samples) == (SAMPLES * len(canary), SAMPLES * len(baseline))
-    assert {s.worker for p in canary for s in observer.health[p] if s.at > since} == {"wb"}
+    assert {s.record.worker for p in canary for s in observer.health[p] if s.at > since} == {"wb"}
     assert min(c.freshness or 0.0, base.freshness or 0.0) >= 0.5  # the sites heard throughout
     assert base.seq_gaps == 0
     # a third of the canary's messages lost: a gap for each, several per site in the window
