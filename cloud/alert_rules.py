@@ -12,7 +12,8 @@ Every rule, and the fault that should fire it:
 * ``pool_shortfall`` - a pool's target is out of its reach (sites lost, a schedule too big);
 * ``tracking_error`` - the pool's measured power off its target for N cycles, beyond what
   its shortfall explains (a shortfall alone pages as ``pool_shortfall``, not twice);
-* ``pool_sites_offline`` - a share of a pool's sites is offline;
+* ``pool_sites_offline`` - a share of a pool's sites is offline (once the pool has been seen
+  with a fresh site: not at start-up, before any site reported);
 * ``partitions_stale`` - partitions with no fresh aggregate or no fresh site (their worker
   died, or their sites fell silent);
 * ``ingest_lag`` - telemetry reaches the workers late;
@@ -80,6 +81,12 @@ def _share_above(
 def _offline(q: Query, p: P) -> dict[Labels, float]:
     offline = by(q.vector("vpp_dispatch_pool_sites", state="offline"), "pool")
     return _share_above(offline, by(q.vector("vpp_dispatch_pool_sites"), "pool"), p["ratio"])
+
+
+def _pools_seen(q: Query, p: P) -> list[Labels]:
+    """Pools with a fresh site now: what arms ``pool_sites_offline``."""
+    fresh = by(q.vector("vpp_dispatch_pool_sites", state="fresh"), "pool")
+    return [pool for pool, values in fresh.items() if sum(values) > 0]
 
 
 def _stale(q: Query, p: P) -> dict[Labels, float]:
@@ -170,6 +177,12 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         "time: a region, an ISP or a firmware is down.",
         for_s=60.0,
         params={"ratio": 0.1},
+        # a start-up grace: sites not yet heard from (the cloud up before the fleet, a new
+        # pool) are not an outage; once the pool has had a fresh site within a day, they are
+        armed_by=_pools_seen,
+        armed_on=("pool",),
+        armed_promql='max_over_time(vpp_dispatch_pool_sites{{state="fresh"}}[{window}]) > 0',
+        armed_for_s=86_400.0,
     ),
     Rule(
         "partitions_stale",
