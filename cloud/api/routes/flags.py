@@ -14,21 +14,20 @@ import contextlib
 import json
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.auth import ADMIN_WRITE, AdminDep
 from cloud.api.context import CtxDep
 from cloud.api.errors import ApiError
 from cloud.api.routes.common import (
-    AUTH,
     BAD_JSON,
     HOT_STATE,
     INVALID,
     NOT_FOUND,
     RATE_LIMITED,
     TOO_LARGE,
-    TRADER_KEY,
+    admin_router,
     refusals,
 )
 from cloud.api.schemas import DateTimeText, StrictNumber
@@ -38,7 +37,7 @@ from cloud.registry.flags import check_scope
 from protocols.flags import CATALOGUE, SCOPE_ORDER, Flag, Scope
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
 
-router = APIRouter(prefix="/v1/admin/flags", tags=["admin"])
+router = admin_router("/v1/admin/flags")
 
 FlagValue = bool | str | float
 
@@ -154,10 +153,9 @@ def _change_out(change: Any) -> FlagChangeOut:
 @router.get(
     "",
     response_model=FlagsOut,
-    responses=refusals(AUTH, TRADER_KEY),
     summary="Every flag with its definition and overrides",
 )
-async def list_flags(_: AdminDep, ctx: CtxDep) -> FlagsOut:
+async def list_flags(ctx: CtxDep) -> FlagsOut:
     snapshot = await ctx.db(ctx.registry.flag_snapshot)
     return FlagsOut(
         environment=snapshot.environment,
@@ -168,11 +166,10 @@ async def list_flags(_: AdminDep, ctx: CtxDep) -> FlagsOut:
 @router.get(
     "/history",
     response_model=FlagHistoryOut,
-    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND),
+    responses=refusals(NOT_FOUND),
     summary="The audit log of flag changes, newest first",
 )
 async def flag_history(
-    _: AdminDep,
     ctx: CtxDep,
     flag: str | None = Query(None, description="Only this flag's changes."),
     limit: int = Query(100, ge=1, le=10_000),
@@ -186,13 +183,12 @@ async def flag_history(
 @router.get(
     "/sites",
     response_model=SiteFlagsPageOut,
-    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND, INVALID, HOT_STATE),
+    responses=refusals(NOT_FOUND, INVALID, HOT_STATE),
     summary="Which flag set each site of a pool runs, against what it should run, paged",
     description="Each site reports the hash of the flag set it runs with in its status; a "
     "site out of sync has not received its config yet, runs an older one, or is stale.",
 )
 async def site_flags(
-    _: AdminDep,
     ctx: CtxDep,
     pool: str = Query(description="A pool id."),
     offset: int = Query(0, ge=0),
@@ -241,12 +237,11 @@ async def _reported(ctx: Any, page: list[Any]) -> dict[str, dict[str, Any]]:
 @router.get(
     "/{name}",
     response_model=FlagOut,
-    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND),
+    responses=refusals(NOT_FOUND),
     summary="One flag: definition, overrides, and with `?site=` the value a site gets",
 )
 async def show_flag(
     name: str,
-    _: AdminDep,
     ctx: CtxDep,
     site: str | None = Query(None, description="A site id: also evaluate the flag for it."),
 ) -> FlagOut:
@@ -269,7 +264,7 @@ async def show_flag(
     "/{name}/overrides/{scope}/{target}",
     response_model=FlagChangeOut,
     dependencies=[ADMIN_WRITE],
-    responses=refusals(BAD_JSON, AUTH, TRADER_KEY, NOT_FOUND, TOO_LARGE, INVALID, RATE_LIMITED),
+    responses=refusals(BAD_JSON, NOT_FOUND, TOO_LARGE, INVALID, RATE_LIMITED),
     summary="Set a flag's value for one scope target (audited)",
     description="`scope` is `environment`, `pool`, `partition` or `site`. Refused with 422 "
     "`flag_refused` for a value outside the flag's type or bounds, an unknown scope, pool or "
@@ -299,7 +294,7 @@ async def set_override(
     "/{name}/overrides/{scope}/{target}",
     response_model=FlagChangeOut,
     dependencies=[ADMIN_WRITE],
-    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND, INVALID, RATE_LIMITED),
+    responses=refusals(NOT_FOUND, INVALID, RATE_LIMITED),
     summary="Remove a flag's override for one scope target (audited)",
     description="The next less specific scope applies again. 404 when there is no such "
     "override; 422 `flag_refused` for an unknown scope or a malformed target.",
