@@ -40,7 +40,7 @@ from cloud.api.schemas import (
     KeysOut,
     SitesOut,
 )
-from cloud.api.views import iso, pool_site_counts, sites_page
+from cloud.api.views import iso, known_pool, pool_site_counts, sites_page
 from protocols.units import to_iso8601
 
 router = admin_router("/v1/admin")
@@ -143,8 +143,7 @@ async def list_sites(
     offset: int = Query(0, ge=0),
     limit: int = Query(100, ge=1, le=1000),
 ) -> SitesOut:
-    if await ctx.db(ctx.registry.get_pool, pool_id) is None:
-        raise ApiError(404, "not_found", f"pool {pool_id!r} not found")
+    await known_pool(ctx, pool_id)
     return await sites_page(ctx, pool_id, offset, limit)
 
 

@@ -30,8 +30,8 @@ from cloud.api.routes.common import (
     admin_router,
     refusals,
 )
-from cloud.api.schemas import DateTimeText, StrictNumber
-from cloud.api.views import iso, site_records
+from cloud.api.schemas import DateTimeText, SitesPage, StrictNumber
+from cloud.api.views import iso, known_pool, pool_sites_page, site_records
 from cloud.hotstate import reported_flags_key
 from cloud.registry.flags import check_scope
 from protocols.flags import CATALOGUE, SCOPE_ORDER, Flag, Scope
@@ -114,10 +114,7 @@ class SiteFlagsOut(BaseModel):
     in_sync: bool = Field(description="Reported equals expected, and not stale.")
 
 
-class SiteFlagsPageOut(BaseModel):
-    pool_id: str
-    total: int = Field(description="Sites of the pool.")
-    offset: int
+class SiteFlagsPageOut(SitesPage):
     in_sync: int = Field(description="Sites of this page in sync.")
     sites: list[SiteFlagsOut]
 
@@ -194,10 +191,8 @@ async def site_flags(
     offset: int = Query(0, ge=0),
     limit: int = Query(100, ge=1, le=1000),
 ) -> SiteFlagsPageOut:
-    if await ctx.db(ctx.registry.get_pool, pool) is None:
-        raise ApiError(404, "not_found", f"pool {pool!r} not found")
-    sites = sorted(await ctx.db(ctx.registry.sites_of_pool, pool), key=lambda s: s.site_id)
-    page = sites[offset : offset + limit]
+    await known_pool(ctx, pool)
+    page, fields = await pool_sites_page(ctx, pool, offset, limit)
     snapshot = await ctx.db(ctx.registry.flag_snapshot)
     reports = await _reported(ctx, page)
     out = []
@@ -215,13 +210,7 @@ async def site_flags(
                 in_sync=report.get("hash") == expected["hash"] and not report.get("stale"),
             )
         )
-    return SiteFlagsPageOut(
-        pool_id=pool,
-        total=len(sites),
-        offset=offset,
-        in_sync=sum(s.in_sync for s in out),
-        sites=out,
-    )
+    return SiteFlagsPageOut(**fields, in_sync=sum(s.in_sync for s in out), sites=out)
 
 
 async def _reported(ctx: Any, page: list[Any]) -> dict[str, dict[str, Any]]:
