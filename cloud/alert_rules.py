@@ -114,11 +114,15 @@ def _bad(q: Query, p: P) -> dict[Labels, float]:
     return _share_above(rejected, every, p["ratio"])
 
 
-def _check_failing(check: str) -> Any:
+def _check_rule(name: str, check: str, summary: str, description: str) -> Rule:
+    """A readiness check of the API's failing (``vpp_readiness_check == 0``) for 10 s: the
+    store behind it is away (critical: nothing the API does works without it)."""
+
     def expr(q: Query, p: P) -> dict[Labels, float]:
         return {k: v for k, v in q.vector("vpp_readiness_check", check=check).items() if v == 0}
 
-    return expr
+    promql = f'vpp_readiness_check{{{{check="{check}"}}}} == 0'
+    return Rule(name, "critical", expr, promql, summary, description, for_s=10.0)
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (
@@ -132,7 +136,6 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         "over within the lock ttl (6 s) and a cycle; longer means none is alive or Redis is away.",
         # longer than a take-over (ttl + a renewal + a cycle): a normal failover stays pending
         for_s=20.0,
-        params={"for_s": 20.0},
     ),
     Rule(
         "pool_shortfall",
@@ -219,23 +222,17 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         for_s=60.0,
         params={"ratio": 0.01, "window_s": 60.0},
     ),
-    Rule(
+    _check_rule(
         "redis_unreachable",
-        "critical",
-        _check_failing("api.redis"),
-        'vpp_readiness_check{{check="api.redis"}} == 0',
+        "api.redis",
         "Redis is unreachable from {instance}",
         "The API cannot reach Redis: no fresh state, no dispatch, no leases.",
-        for_s=10.0,
     ),
-    Rule(
+    _check_rule(
         "registry_unreachable",
-        "critical",
-        _check_failing("api.registry"),
-        'vpp_readiness_check{{check="api.registry"}} == 0',
+        "api.registry",
         "the registry is unreachable from {instance}",
         "The API cannot read the registry (its SQLite file): no schedule can be accepted.",
-        for_s=10.0,
     ),
 )
 
@@ -265,6 +262,7 @@ def rules_file(rules: Sequence[Rule] = DEFAULT_RULES) -> dict[str, Any]:
 
 def _prometheus_template(template: str, rule: Rule) -> str:
     values: dict[str, Any] = {k: _Param(v) for k, v in rule.params.items()}
+    values["for_s"] = _Param(rule.for_s)
     values["value"] = _Promval("$value")
     for label in ("pool", "instance"):
         values[label] = _Promval(f"$labels.{label}")

@@ -145,8 +145,8 @@ def by(series: Mapping[Labels, float], *keep: str) -> dict[Labels, list[float]]:
 class Rule:
     """One alerting rule. ``expr`` returns the alerting series (labels -> value) as the
     PromQL in ``promql`` would, both written with the thresholds in ``params``; ``summary``
-    and ``description`` are ``str.format`` templates over the series' labels, ``value`` and
-    the params."""
+    and ``description`` are ``str.format`` templates over the series' labels, ``value``,
+    ``for_s`` and the params."""
 
     name: str
     severity: Severity
@@ -191,7 +191,7 @@ class Rule:
         return tuple((k, v) for k, v in labels if k in self.armed_on)
 
     def annotate(self, labels: Mapping[str, str], value: float) -> dict[str, str]:
-        values = {**self.params, **labels, "value": _number(value)}
+        values = {"for_s": self.for_s, **self.params, **labels, "value": _number(value)}
         return {
             "summary": _format(self.summary, values),
             "description": _format(self.description, values),
