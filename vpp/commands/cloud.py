@@ -8,7 +8,7 @@ stderr and exit 1.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -378,6 +378,28 @@ def _input_registry(db: Path) -> Iterator[Registry]:
         raise SystemExit(2 if exc.code == 1 else exc.code) from None
 
 
+def _echo_rows(
+    key: str,
+    rows: list[dict[str, Any]],
+    as_json: bool,
+    line: Callable[[dict[str, Any]], str],
+    **document: Any,
+) -> None:
+    """A listing of the claims and flags commands: with --json one document, ``document``'s
+    fields and ``key``: the rows; else one tab-separated ``line`` per row."""
+    if as_json:
+        click.echo(json.dumps({**document, key: rows}, indent=1))
+        return
+    for row in rows:
+        click.echo(line(row))
+
+
+def _audit_options(command: Any) -> Any:
+    """--reason / --actor: what an audited change records besides the change."""
+    command = click.option("--actor", envvar="USER", help="Who (default: $USER).")(command)
+    return click.option("--reason", default="", help="Why (kept in the audit log).")(command)
+
+
 def _claim_json(claim: Any, now: float, token: str | None = None) -> dict[str, Any]:
     from protocols.units import to_iso8601
 
@@ -447,20 +469,19 @@ def claims_create(
 @click.option("--json", "as_json", is_flag=True)
 def claims_list(db: Path, pool: str | None, as_json: bool) -> None:
     """List claims with their state (open, redeemed, expired, revoked); never a token."""
-    import json
 
     with _input_registry(db) as reg:
         claims = reg.list_claims(pool)
         now = reg.clock.time()
-    rows = [_claim_json(c, now) for c in claims]
-    if as_json:
-        click.echo(json.dumps({"claims": rows}, indent=1))
-        return
-    for row in rows:
-        click.echo(
+    _echo_rows(
+        "claims",
+        [_claim_json(c, now) for c in claims],
+        as_json,
+        lambda row: (
             f"{row['claim_id']}\t{row['pool_id']}\t{row['state']}\t"
             f"site {row['site_id'] or '-'}\texpires {row['expires']}\tby {row['created_by']}"
-        )
+        ),
+    )
 
 
 @claims_app.command("revoke")
@@ -540,15 +561,16 @@ def flags_list(db: Path, as_json: bool) -> None:
         overrides = reg.flag_overrides()
         environment = reg.environment()
     counts = {name: sum(o.flag == name for o in overrides) for name in CATALOGUE}
-    if as_json:
-        rows = [{**f.as_dict(), "overrides": counts[n]} for n, f in sorted(CATALOGUE.items())]
-        click.echo(json.dumps({"environment": environment, "flags": rows}, indent=1))
-        return
-    for name, f in sorted(CATALOGUE.items()):
-        click.echo(
-            f"{name}\t{f.type.value}\tdefault {json.dumps(f.default)}\t"
-            f"{counts[name]} overrides\t{f.owner}"
-        )
+    _echo_rows(
+        "flags",
+        [{**f.as_dict(), "overrides": counts[n]} for n, f in sorted(CATALOGUE.items())],
+        as_json,
+        lambda row: (
+            f"{row['name']}\t{row['type']}\tdefault {json.dumps(row['default'])}\t"
+            f"{row['overrides']} overrides\t{row['owner']}"
+        ),
+        environment=environment,
+    )
 
 
 @flags_app.command("show")
@@ -609,8 +631,7 @@ def flags_show(name: str, db: Path, site_id: str | None, as_json: bool) -> None:
 @db_option
 @_scope_options
 @click.option("--percent", type=float, help="Only this share (0..100) of the scope's sites.")
-@click.option("--reason", default="", help="Why (kept in the audit log).")
-@click.option("--actor", envvar="USER", help="Who (default: $USER).")
+@_audit_options
 @click.option("--json", "as_json", is_flag=True)
 def flags_set(
     name: str,
@@ -651,8 +672,7 @@ def flags_set(
 @click.argument("name")
 @db_option
 @_scope_options
-@click.option("--reason", default="", help="Why (kept in the audit log).")
-@click.option("--actor", envvar="USER", help="Who (default: $USER).")
+@_audit_options
 def flags_unset(
     name: str,
     db: Path,
@@ -682,23 +702,22 @@ def flags_history(name: str | None, db: Path, limit: int, as_json: bool) -> None
         _known_flag(name)
     with _input_registry(db) as reg:
         changes = reg.flag_history(name, limit=limit)
-    rows = [c.as_dict() for c in changes]
-    if as_json:
-        click.echo(json.dumps({"changes": rows}, indent=1))
-        return
-    for row in rows:
-        click.echo(
+    _echo_rows(
+        "changes",
+        [c.as_dict() for c in changes],
+        as_json,
+        lambda row: (
             f"{row['ts']}\t{row['actor']}\t{row['action']}\t{row['flag'] or '-'}\t"
             f"{row['scope']} {row['target']}\t{json.dumps(row['old'])} -> "
             f"{json.dumps(row['new'])}\t{row['reason']}"
-        )
+        ),
+    )
 
 
 @flags_app.command("environment")
 @click.argument("name", required=False)
 @db_option
-@click.option("--reason", default="", help="Why (kept in the audit log).")
-@click.option("--actor", envvar="USER", help="Who (default: $USER).")
+@_audit_options
 def flags_environment(name: str | None, db: Path, reason: str, actor: str | None) -> None:
     """Show, or set to NAME, this deployment's environment (what `--env` overrides match)."""
     with _input_registry(db) as reg:
