@@ -24,6 +24,7 @@ from typing import Any
 from edge.agent import SiteAgent
 from edge.config import EdgeConfig, operator_address
 from edge.ops import watch_agents
+from protocols.backoff import backoff_s
 from protocols.clock import Clock, wait_until
 from protocols.http_server import AsgiServer
 from protocols.operator import OperatorServer
@@ -62,15 +63,16 @@ def status_pages(agents: list[SiteAgent]) -> list[AsgiServer]:
 
 
 async def _start_and_run(agent: SiteAgent, clock: Clock, stop: asyncio.Event) -> None:
-    delay = 1.0
+    failures = 0
     while not stop.is_set():
         try:
             await agent.start()
             break
         except Exception as exc:  # unreachable device, bad broker URL...: retry, do not die
+            failures += 1
+            delay = backoff_s(failures, 1.0, START_RETRY_MAX_S)
             agent.log.warning("start failed (%s); retrying in %.0f s", exc, delay)
             await wait_until(clock, clock.time() + delay, stop)
-            delay = min(START_RETRY_MAX_S, delay * 2)
     if not stop.is_set():
         await agent.run()
 

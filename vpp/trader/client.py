@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import httpx
 import numpy as np
 
+from protocols.backoff import backoff_s
 from protocols.units import SETTLEMENT_INTERVAL_S
 from vpp.trader.optimise import (
     FlexForecast,
@@ -806,7 +807,7 @@ class VirtualTrader:
 
     async def _read_stream(self) -> None:
         url = f"/v1/pools/{self.pool_id}/stream"
-        backoff = 1.0
+        failures = 0  # in a row; an answered stream starts the count again
         while True:
             self.requests["stream"] += 1
             try:
@@ -815,14 +816,15 @@ class VirtualTrader:
                     if response.status_code != 200:
                         self._fail("stream", str(response.status_code), f"GET {url}")
                     else:
-                        backoff = 1.0
+                        failures = 0
                         async for event in sse_events(response.aiter_lines()):
                             if event.event == "envelope":
                                 self._on_envelope(event)
             except httpx.HTTPError as exc:
                 self._fail("stream", "transport", f"GET {url}: {type(exc).__name__}: {exc}")
-            await asyncio.sleep(backoff)  # wall time: the link, not the simulation
-            backoff = min(backoff * 2.0, 30.0)
+            failures += 1
+            # wall time: the link, not the simulation
+            await asyncio.sleep(backoff_s(failures, 1.0, 30.0))
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Listen to the pool's event stream (``GET .../stream``) until ``stop`` is set: each
