@@ -58,11 +58,11 @@ from edge.drivers import (
     InverterDriver,
     ModbusLink,
     Reading,
-    detect_kind,
     make_driver,
 )
 from edge.flags import applied, is_stale, limit_map
 from edge.forecast import Forecaster, ForecastSettings, HeatPumpNow, SiteNow
+from edge.provision.identify import detect_kind
 from edge.slot_account import SlotAccount
 from edge.status_page.history import PowerMinutes, Sample
 from edge.store import EdgeStore, OutboxRecord
@@ -362,7 +362,7 @@ class SiteAgent:
                 self.links[key] = link
             kind = dev.kind
             if kind is None:
-                kind = await detect_kind(dev.host, dev.port, dev.unit_id)
+                kind = await detect_kind(link, dev.unit_id)
                 self.log.info("device=%s detected as %s", dev.id, kind.value)
             self.drivers.append(
                 make_driver(
