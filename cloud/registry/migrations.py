@@ -478,8 +478,15 @@ def migration_status(db: sqlite_utils.Database) -> list[MigrationState]:
     expands = _applied(db, MIGRATIONS.name)
     contracts = _applied(db, CONTRACT_SET)
     known = [m.name for m in MIGRATIONS.pending(sqlite_utils.Database(memory=True))]
+    newest = list(expands)[-1] if expands else None
     out = [
-        MigrationState(name, "expand", name in expands, expands.get(name), "rollback available")
+        MigrationState(
+            name,
+            "expand",
+            name in expands,
+            expands.get(name),
+            "newest: --rollback undoes it" if name == newest else "",
+        )
         for name in known
     ]
     out += [
