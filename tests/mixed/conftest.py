@@ -42,20 +42,22 @@ def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Release:
 @pytest.fixture(scope="session")
 def previous(previous_release: Release) -> tuple[Client, list[str]]:
     """The previous release as a client, and the migrations it knows."""
-    names = subprocess.run(
+    probe = subprocess.run(
         [
             str(previous_release.python),
             "-c",
-            "import json, sqlite_utils; from cloud.registry import MIGRATIONS;"
-            " print(json.dumps([m.name for m in"
-            " MIGRATIONS.pending(sqlite_utils.Database(memory=True))]))",
+            "import json, sqlite_utils, cloud.registry as r; print(json.dumps([r.__file__,"
+            " [m.name for m in r.MIGRATIONS.pending(sqlite_utils.Database(memory=True))]]))",
         ],
         env=release_env(),
         capture_output=True,
         text=True,
         check=True,
+        cwd=REPO,  # inside this tree: its code must still not be the one imported
     ).stdout
+    module, names = json.loads(probe)
+    assert Path(module).is_relative_to(previous_release.path), module
     client = Client(
         f"release {previous_release.version}", (str(previous_release.python),), release_env()
     )
-    return client, json.loads(names)
+    return client, names
