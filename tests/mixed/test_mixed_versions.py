@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 import pytest
 
 from cloud.hotstate import worker_key
+from cloud.processes import live_processes
 from protocols.partitions import partition_of
 from protocols.version import VERSION
 from vpp.release.build import Release
@@ -153,6 +154,9 @@ async def test_this_cloud_on_the_previous_release_s_data_with_old_edges(
     async with System(spec, tmp_path, broker, redis_url) as system:
         await system.wait_ready(timeout_s=120.0)
         assert all(p.python is None for p in system.processes)  # this tree's cloud
+        live = await live_processes(system.hot)  # each says its release in Redis
+        assert sorted(name.split()[0] for name in live) == ["api", "dispatcher", "worker"]
+        assert set(live.values()) == {VERSION}
         await _serve_and_follow_a_setpoint(system, "this cloud on old data + old edges")
         code, out = await _contract(system)  # only this release's processes are live now
         assert (code, out) == (0, "contracted: c001_schedule_ends_not_null")
