@@ -1,7 +1,8 @@
-"""The previous release (the last release tag) built into its own environment, once a session.
-
-Part of the N-1/N tests: its processes and its registry code run from ``release.python``
-(no PYTHONPATH: :func:`vpp.release.build.release_env`), never this tree's code pretending."""
+"""The previous release as a registry client: ``previous`` is the session's ``previous_release``
+(tests/conftest.py: N-1 built from its tag into its own venv) wrapped to run
+``registry_client.py``, and the migrations that release knows. Its code runs from
+``release.python`` with :func:`vpp.release.build.release_env` (no PYTHONPATH, no working
+directory first on the path), never this tree's code pretending."""
 
 from __future__ import annotations
 
@@ -11,32 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from vpp.release.build import Release, build_release, release_env
+from vpp.release.build import Release, release_env
 
 from .clients import REPO, Client
-
-PREVIOUS_TAG = "v0.1.0"
-PREVIOUS_COMMIT = (
-    "af320e0c88956d28be368a5d2a32bbbd6147bc99"  # the tag's commit (a clone without tags)
-)
-
-
-def previous_ref(repo: Path = REPO) -> str:
-    """The last release's git ref: its tag when the clone has it, else its commit."""
-    found = subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{PREVIOUS_TAG}^{{commit}}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return PREVIOUS_TAG if found.returncode == 0 else PREVIOUS_COMMIT
-
-
-@pytest.fixture(scope="session")
-def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Release:
-    """The previous release, built from git with this venv's dependencies (a few seconds)."""
-    root = tmp_path_factory.mktemp("releases")
-    return build_release(previous_ref(), root, repo=REPO, share_deps=True)
 
 
 @pytest.fixture(scope="session")
