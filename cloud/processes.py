@@ -4,7 +4,9 @@ Workers already say so in their heartbeat (``vpp:worker:{id}``, JSON with ``"ver
 the API and the dispatcher write a small one of their own, ``vpp:process:{role}:{id}``
 (JSON ``{"role", "id", "version", "ts"}``, expiring after :data:`PROCESS_TTL_S` of wall
 time), so ``vpp cloud migrate --contract`` sees every release still running. A heartbeat
-without a version is from a release before versions were reported (0.1.0).
+without a version is from a release before versions were reported (0.1.0). So is a leading
+dispatcher (``vpp:leader:dispatcher``) with no heartbeat of its own: it counts too, with no
+version.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 
 import redis.asyncio as aioredis
 
+from cloud.dispatch.dispatcher import LEADER_KEY
 from cloud.hotstate import process_key, worker_key
 from protocols.clock import Clock, Ticker
 from protocols.version import VERSION
@@ -46,6 +49,9 @@ async def live_processes(redis: aioredis.Redis) -> dict[str, str | None]:
             out[" ".join([role, *ident] if role else ident)] = (
                 str(version) if version is not None else None
             )
+    leader = await redis.get(LEADER_KEY)
+    if leader is not None:  # a dispatcher of a release that writes no heartbeat still leads
+        out.setdefault(f"dispatcher {leader.decode() if isinstance(leader, bytes) else leader}")
     return out
 
 

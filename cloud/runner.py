@@ -410,10 +410,14 @@ async def run_cloud(
             roles_running["dispatcher"] = tasks[-1]
             cycles["dispatcher"] = lambda: dispatcher.stats["cycles"]
             closers.append(dispatcher.stop)
-        process_id = settings.instance_id or uuid.uuid4().hex[:8]
-        for role in ("api", "dispatcher"):
-            if role in roles:  # workers say their version in their own heartbeat
-                beat = process_heartbeat(redis_url, role, process_id, clock, stop)
+        # the API's and dispatcher's release in Redis (workers say it in their own heartbeat);
+        # the dispatcher's by its lock holder id, so its leadership and release match up
+        beats = {"api": settings.instance_id or uuid.uuid4().hex[:8]}
+        if "dispatcher" in roles:
+            beats["dispatcher"] = dispatcher.id
+        for role, ident in beats.items():
+            if role in roles:
+                beat = process_heartbeat(redis_url, role, ident, clock, stop)
                 tasks.append(asyncio.create_task(beat, name=f"{role} heartbeat"))
                 roles_running[f"{role} heartbeat"] = tasks[-1]
         interval_s = watchdog_interval_s()

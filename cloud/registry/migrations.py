@@ -92,6 +92,7 @@ __all__ = [
     "migration_status",
     "older_than",
     "rollback_migration",
+    "rollback_of",
 ]
 
 MIGRATIONS = sqlite_utils.Migrations("vpp-registry")
@@ -314,7 +315,13 @@ ROLLBACKS: dict[str, Callable[[sqlite_utils.Database], None]] = {}
 every migration in :data:`MIGRATIONS`)."""
 
 
-def _rollback_of(name: str) -> Callable[[Callable[[sqlite_utils.Database], None]], Callable]:
+def rollback_of(name: str) -> Callable[[Callable[[sqlite_utils.Database], None]], Callable]:
+    """Register the decorated function as migration ``name``'s rollback (next to it)::
+
+    @rollback_of("m006_rollouts")
+    def _undo_m006(db): db.execute("DROP TABLE rollouts")
+    """
+
     def register(fn: Callable[[sqlite_utils.Database], None]) -> Callable:
         ROLLBACKS[name] = fn
         return fn
@@ -322,7 +329,7 @@ def _rollback_of(name: str) -> Callable[[Callable[[sqlite_utils.Database], None]
     return register
 
 
-@_rollback_of("m001_initial")
+@rollback_of("m001_initial")
 def _undo_m001(db: sqlite_utils.Database) -> None:
     for table in (
         "interval_performance",
@@ -341,7 +348,7 @@ def _undo_m001(db: sqlite_utils.Database) -> None:
         db.execute("DELETE FROM sqlite_sequence WHERE name IN ('schedules', 'activations')")
 
 
-@_rollback_of("m002_key_use_and_schedule_ends")
+@rollback_of("m002_key_use_and_schedule_ends")
 def _undo_m002(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX schedules_pool_effective_end")  # an indexed column cannot be dropped
     db.execute("ALTER TABLE schedules DROP COLUMN effective_end_ts")
@@ -349,18 +356,18 @@ def _undo_m002(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE api_keys DROP COLUMN last_used_ts")
 
 
-@_rollback_of("m003_key_roles")
+@rollback_of("m003_key_roles")
 def _undo_m003(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE api_keys DROP COLUMN role")
 
 
-@_rollback_of("m004_claims")
+@rollback_of("m004_claims")
 def _undo_m004(db: sqlite_utils.Database) -> None:
     db.execute("DROP TABLE claims")
     db.execute("DELETE FROM settings WHERE key = 'claim_site_seq'")
 
 
-@_rollback_of("m005_flags")
+@rollback_of("m005_flags")
 def _undo_m005(db: sqlite_utils.Database) -> None:
     db.execute("DROP TABLE flag_audit")
     db.execute("DROP TABLE flag_overrides")

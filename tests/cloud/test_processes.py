@@ -9,6 +9,7 @@ import json
 import pytest
 import redis.asyncio as aioredis
 
+from cloud.dispatch.dispatcher import LEADER_KEY
 from cloud.hotstate import process_key, worker_key
 from cloud.processes import live_processes, process_heartbeat
 from protocols.clock import SimClock
@@ -28,6 +29,11 @@ pytestmark = pytest.mark.integration
         ({process_key("api", "a1"): "not json"}, {"api a1": None}),
         ({process_key("api", "a2"): [1, 2]}, {"api a2": None}),
         ({"vpp:other:x": {"version": "9"}}, {}),
+        ({LEADER_KEY: "d9"}, {"dispatcher d9": None}),  # leads, says no release: an old one
+        (
+            {LEADER_KEY: "d9", process_key("dispatcher", "d9"): {"version": "0.2.0"}},
+            {"dispatcher d9": "0.2.0"},
+        ),
     ],
 )
 async def test_live_processes_name_each_heartbeat_with_its_version(redis_url, stored, expected):

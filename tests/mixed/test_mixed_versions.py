@@ -147,7 +147,8 @@ async def test_previous_cloud_on_the_expanded_registry_beside_a_new_worker(
         assert (code, out) == (
             2,
             "error: contract c001_schedule_ends_not_null needs every cloud process at 0.2.0 or"
-            " later; still live: worker worker-1 (no version)",
+            " later; still live: dispatcher dispatcher-1 (no version),"
+            " worker worker-1 (no version)",
         )
         for proc in [*system.processes, *system.edge_processes]:
             assert proc.running, f"{proc.name}:\n{proc.log_tail(20)}"
