@@ -98,15 +98,20 @@ def schema(path: Path) -> dict[str, object]:
         conn.close()
 
 
+MOVING = {"settings": {"value"}, "api_keys": {"last_used_ts"}}
+"""Columns that clients rewrite by design (counters, a key's last use on authentication):
+left out when rows are compared before and after."""
+
+
 def rows(path: Path, shape: dict[str, object]) -> set[tuple]:
-    """Every row of ``shape``'s tables, in ``shape``'s columns (what an old reader sees); of
-    ``settings`` only the keys (counters such as the site-pool revision move by design)."""
+    """Every row of ``shape``'s tables, in ``shape``'s columns (what an old reader sees), but
+    the :data:`MOVING` ones."""
     conn = sqlite3.connect(path)
     try:
         out = set()
         for table, cols in shape["columns"].items():  # type: ignore[union-attr]
-            names = "key" if table == "settings" else ", ".join(c[1] for c in cols)
-            out |= {(table, *r) for r in conn.execute(f"SELECT {names} FROM {table}")}
+            kept = [c[1] for c in cols if c[1] not in MOVING.get(table, set())]
+            out |= {(table, *r) for r in conn.execute(f"SELECT {', '.join(kept)} FROM {table}")}
         return out
     finally:
         conn.close()
