@@ -14,6 +14,19 @@ from pathlib import Path
 import sqlite_utils
 
 from cloud.registry import MIGRATIONS
+from tests.cloud.test_registry_migrations import _db_at as apply_up_to
+
+__all__ = [
+    "CLIENT",
+    "CURRENT",
+    "MOVING",
+    "NAMES",
+    "REPO",
+    "Client",
+    "apply_up_to",
+    "rows",
+    "schema",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,8 +42,8 @@ class Client:
     argv: tuple[str, ...]
     env: dict[str, str]
 
-    def run(self, path: Path, *args: str) -> dict:
-        done = subprocess.run(
+    def _exec(self, path: Path, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [*self.argv, str(CLIENT), str(path), *args],
             env=self.env,
             capture_output=True,
@@ -38,18 +51,16 @@ class Client:
             timeout=60,
             check=False,
         )
+
+    def run(self, path: Path, *args: str) -> dict:
+        """Its JSON answer; the test fails with its stderr when it fails."""
+        done = self._exec(path, args)
         assert done.returncode == 0, f"{self.label} {args[0]}: {done.stderr.strip()[-600:]}"
         return json.loads(done.stdout)
 
     def fails(self, path: Path, *args: str) -> str:
-        done = subprocess.run(
-            [*self.argv, str(CLIENT), str(path), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        """The last line of its error; the test fails when it works."""
+        done = self._exec(path, args)
         assert done.returncode != 0, f"{self.label} {args[0]} worked: {done.stdout}"
         return done.stderr.strip().splitlines()[-1]
 
@@ -59,17 +70,6 @@ CURRENT = Client(
     (sys.executable,),
     {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'firmware-sim'}"},
 )
-
-
-def apply_up_to(path: Path, count: int) -> None:
-    """The file with exactly the first ``count`` migrations (this tree's definitions)."""
-    db = sqlite_utils.Database(path)
-    if count < len(NAMES):
-        MIGRATIONS.apply(db, stop_before=NAMES[count])
-    else:
-        MIGRATIONS.apply(db)
-    assert [m.name for m in MIGRATIONS.applied(db)] == NAMES[:count]
-    db.close()
 
 
 def schema(path: Path) -> dict[str, object]:
