@@ -92,13 +92,103 @@ def _registry(db: Path, *, migrate: bool = True) -> Iterator[Registry]:
 
 @app.command()
 @db_option
-def migrate(db: Path) -> None:
-    """Create or upgrade the registry schema (every cloud process also does this at start)."""
+@click.option(
+    "--status", is_flag=True, help="List every migration and contract step, applied or not."
+)
+@click.option(
+    "--rollback",
+    "rollback_name",
+    metavar="NAME",
+    help="Undo expand migration NAME (the newest applied only); it can be applied again.",
+)
+@click.option(
+    "--contract",
+    is_flag=True,
+    help="Apply the pending contract steps (refused while an older release's process is live).",
+)
+@click.option(
+    "--redis-url",
+    envvar="VPP_REDIS_URL",
+    show_envvar=True,
+    help="Redis, where --contract sees the live cloud processes and their releases.",
+)
+def migrate(
+    db: Path, status: bool, rollback_name: str | None, contract: bool, redis_url: str | None
+) -> None:
+    """Create or upgrade the registry schema (every cloud process also does this at start).
+
+    --status, --rollback and --contract change nothing else; a refused one prints one line
+    and exits 2."""
+    if sum((status, rollback_name is not None, contract)) > 1:
+        raise _refuse("give one of --status, --rollback, --contract")
+    if status or rollback_name is not None or contract:
+        _migrate_step(db, status, rollback_name, contract, redis_url)
+        return
     with _registry(db) as reg:
         applied = reg.applied_migrations()
         done = reg.migrated
     click.echo(f"applied: {', '.join(done)}" if done else "up to date")
     click.echo(f"registry {db}: {len(applied)} migrations, latest {applied[-1]}")
+
+
+def _refuse(message: str) -> SystemExit:
+    click.echo(f"error: {message}", err=True)
+    return SystemExit(2)
+
+
+def _migrate_step(
+    db: Path, status: bool, rollback_name: str | None, contract: bool, redis_url: str | None
+) -> None:
+    """``migrate --status | --rollback NAME | --contract`` on the file as it is (no upgrade)."""
+    import asyncio
+
+    import sqlite_utils
+
+    from cloud.registry.migrations import (
+        MigrationRefusedError,
+        apply_contracts,
+        migration_status,
+        rollback_migration,
+    )
+
+    if not db.is_file():
+        raise _refuse(f"registry {db} does not exist")
+    if contract and not redis_url:
+        raise _refuse("--contract needs --redis-url (or VPP_REDIS_URL) to see the live processes")
+    processes: dict[str, str | None] = {}
+    if contract:
+        processes = asyncio.run(_live_processes(redis_url or ""))
+    database = sqlite_utils.Database(db)
+    try:
+        database.execute(f"PRAGMA busy_timeout = {10_000}")
+        if status:
+            for row in migration_status(database):
+                state = f"applied {row.applied_at}" if row.applied else "pending"
+                click.echo(f"{row.name}\t{row.kind}\t{state}\t{row.note}")
+        elif rollback_name is not None:
+            rollback_migration(database, rollback_name)
+            click.echo(f"rolled back {rollback_name}; `vpp cloud migrate` applies it again")
+        else:
+            done = apply_contracts(database, processes)
+            click.echo(f"contracted: {', '.join(done)}" if done else "no contract step pending")
+    except MigrationRefusedError as exc:
+        raise _refuse(str(exc)) from None
+    finally:
+        database.close()
+
+
+async def _live_processes(redis_url: str) -> dict[str, str | None]:
+    import redis.asyncio as aioredis
+
+    from cloud.processes import live_processes
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        return await live_processes(client)
+    except Exception as exc:  # redis down, bad url: no contract without knowing who runs
+        raise _refuse(f"cannot read the live processes from Redis: {exc}") from None
+    finally:
+        await client.aclose()
 
 
 @pools_app.command("create")

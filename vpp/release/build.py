@@ -127,8 +127,11 @@ class Release:
 
 def release_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment to run a release's interpreter in: this process's, without anything
-    that would put another tree's code first (``PYTHONPATH``, a virtualenv's activation)."""
+    that would put another tree's code first (``PYTHONPATH``, a virtualenv's activation), and
+    with ``PYTHONSAFEPATH``: ``python -m vpp`` or ``-c`` would otherwise put the working
+    directory first on the path, and run a source tree's code when started inside one."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PYTHONSAFEPATH"] = "1"
     env.update(extra or {})
     return env
 
