@@ -60,8 +60,8 @@ def is_version(text: str) -> bool:
 
 def version_key(version: str) -> tuple[tuple[int, ...], int, str]:
     """A sort key for versions: the dotted numbers first, then a pre-release (``0.3.0rc1``,
-    ``0.3.0-dev``) before its release, then the rest as text. Enough for a floor check
-    without a dependency on ``packaging``."""
+    ``0.3.0.dev1``) before its release and a local ``+tag`` after it, then the rest as text.
+    Enough for a floor check without a dependency on ``packaging``."""
     match = re.match(r"^([0-9]+(?:\.[0-9]+)*)(.*)$", version)
     if match is None:
         return ((), 0, version)
@@ -69,7 +69,7 @@ def version_key(version: str) -> tuple[tuple[int, ...], int, str]:
     while len(numbers) > 1 and numbers[-1] == 0:  # 0.2 == 0.2.0
         numbers = numbers[:-1]
     rest = match.group(2)
-    return (numbers, 0 if rest and rest[0] not in "+." else 1, rest)
+    return (numbers, 0 if rest and not rest.startswith("+") else 1, rest)
 
 
 def _check_role(role: str) -> None:
