@@ -218,7 +218,9 @@ async def test_a_ring_updates_its_sites_and_a_broken_release_goes_back(tmp_path,
 
             try:
                 # 1. a healthy release: the canary switches, the other site does not
+                t = system.clock.time()
                 healthy = await rollout("0.2.2", "0.2.1").run()
+                print(f"edge rings: canary of 0.2.2 passed in {system.clock.time() - t:.0f} s")
                 assert (healthy.outcome, healthy.rings_passed) == ("done", ["canary"])
                 assert await versions() == {canary: "0.2.2", other: "0.2.1"}
                 gw = roots[canary]
@@ -232,7 +234,9 @@ async def test_a_ring_updates_its_sites_and_a_broken_release_goes_back(tmp_path,
                 assert current_version(roots[other], "edge") == "0.2.1"
 
                 # 2. a broken release: the canary goes back, the ring fails, the alert names it
+                t = system.clock.time()
                 broken = await rollout("0.2.3", "0.2.2").run()
+                print(f"edge rings: canary of 0.2.3 failed in {system.clock.time() - t:.0f} s")
                 assert (broken.outcome, broken.ring) == ("failed", "canary")
                 assert "failed to start here" in broken.reasons[0]
                 assert current_version(gw, "edge") == "0.2.2"
@@ -258,9 +262,10 @@ async def test_a_ring_updates_its_sites_and_a_broken_release_goes_back(tmp_path,
 
                 # no telemetry lost by the canary over its three restarts
                 async def no_gaps() -> bool:
-                    return len(system.tap.seqs[canary].ranges()) == 1
+                    return len(system.tap.seqs[canary].ranges) == 1
 
                 await until(no_gaps, 60, f"{canary}'s telemetry without gaps")
+                print(f"edge rings: {canary} delivered seqs {system.tap.seqs[canary].ranges}")
                 assert [v for v, _ in units[1].starts] == ["0.2.1"]
             finally:
                 stop.set()
