@@ -176,3 +176,23 @@ def test_the_alert_names_the_release_the_pool_and_the_ring():
         "severity": "page",
     }
     assert alert["annotations"]["description"] == "a runs 0.2.2: refused: x"
+
+
+def test_an_older_cloud_evaluates_a_registry_holding_the_rings_overrides():
+    """N-1: a release whose catalogue predates edge.release reads the same registry (its
+    dispatcher evaluates the same overrides); the ring's overrides change nothing it knows."""
+    from cloud.registry.flags import FlagSnapshot
+    from protocols.flags import CATALOGUE, Context, Override, Scope, evaluate_all
+
+    older = {name: f for name, f in CATALOGUE.items() if name != "edge.release"}
+    overrides = (
+        Override("edge.release", Scope.SITE, "site-a", "0.2.2"),
+        Override("edge.release", Scope.POOL, "north", "0.2.2", 10.0),
+        Override("edge.fallback_mode", Scope.POOL, "north", "peak_shaving"),
+    )
+    snapshot = FlagSnapshot(3, "production", overrides)
+    context = Context("production", "north", 17, "site-a")
+    got = evaluate_all(snapshot.index, context, older)
+    assert "edge.release" not in got
+    assert got["edge.fallback_mode"] == "peak_shaving"
+    assert evaluate_all(snapshot.index, context)["edge.release"] == "0.2.2"
