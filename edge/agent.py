@@ -332,9 +332,11 @@ class SiteAgent:
         """Ask the updater about the release the flags name; on a switch, tell the runner
         (it stops the agent cleanly, flips ``current/edge`` and exits for the restart)."""
         decision = self.updater.consider(self._behaviour.release)
-        level = (
-            logging.INFO if decision.outcome in (Outcome.STAY, Outcome.SWITCH) else logging.WARNING
-        )
+        # no target is every site's normal state (the demo runs hundreds): not worth a line
+        quiet = decision.outcome is Outcome.STAY and not self._behaviour.release
+        level = logging.DEBUG if quiet else logging.INFO
+        if decision.outcome in (Outcome.REFUSED, Outcome.UNAVAILABLE):
+            level = logging.WARNING
         self.log.log(level, "release %s: %s", self._behaviour.release or '""', decision.text())
         if decision.outcome is Outcome.SWITCH and self.update_to is None:
             self.update_to = decision.version
