@@ -1,2 +1,2 @@
-"""Rollouts: releases replacing the running ones step by step, judged by their health
-(:mod:`cloud.rollout.edge_rings`: edge agents in rings chosen by the flag mechanism)."""
+"""Rolling a release out partition group by group: the plan, the controller, the launcher seam;
+and edge agents in rings chosen by the flag mechanism (:mod:`cloud.rollout.edge_rings`)."""
