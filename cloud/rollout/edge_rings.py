@@ -25,10 +25,12 @@ and the versions their statuses report). A ring site is *bad* when
   the pool does not (a pool without dispatch falls back everywhere: no signal), or goes
   stale or offline while the rest stays fresh.
 
-As Flagger's failed-check threshold, a site must be bad ``threshold`` checks in a row to
-fail the ring (an agent's restart is a short, expected blip), except a refusal and a
-missed deadline, which fail at once. A ring passes once all its sites have run V with no
-bad check for ``soak_s`` (a bad check starts the soak again).
+Each check is a verdict of the partition rollout's analysis (:mod:`cloud.rollout.analysis`:
+fail, pass, or inconclusive while the ring still switches) counted by its
+:class:`~cloud.rollout.analysis.Checks`: as Flagger's failed-check threshold, ``threshold``
+failed checks in a row fail the ring (an agent's restart is a short, expected blip), except a
+refusal and a missed deadline, which fail at once. A ring passes once all its sites have run V
+with no bad check for ``soak_s`` (a bad check starts the soak again).
 
 A failed ring stops the rollout: its overrides are set to the previous release (the one the
 pool's sites ran before; "" would only *keep* what each site now runs, so the rolled-back
@@ -43,14 +45,16 @@ import asyncio
 import json
 import logging
 import re
+import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from cloud.alert_notify import WebhookNotifier, webhook_payload
 from cloud.alerts import AlertState
 from cloud.hotstate import SiteStatus, SiteSummary, reported_flags_key, sites_key
+from cloud.rollout.analysis import Checks, Outcome, Verdict
 from protocols.clock import Clock
 from protocols.flags import bucket, flag, in_rollout
 from protocols.partitions import partition_of
@@ -75,6 +79,7 @@ __all__ = [
     "ring_alert",
     "ring_sites",
     "step_ring",
+    "verdict_of",
 ]
 
 log = logging.getLogger("cloud.rollout.edge_rings")
@@ -218,13 +223,31 @@ def check_ring(
     return Check(bad, fatal, on_target)
 
 
-@dataclass(frozen=True, slots=True)
+def verdict_of(check: Check) -> Verdict:
+    """One ring check as the analysis' verdict: a bad or fatal site fails it, a ring all on
+    the target passes it, a ring still switching is inconclusive (the deadline bounds that)."""
+    reasons = [*check.fatal.values(), *check.bad.values()]
+    if reasons:
+        return Verdict(Outcome.FAIL, (), "; ".join(reasons))
+    if check.on_target:
+        return Verdict(Outcome.PASS, (), "every ring site runs the target")
+    return Verdict(Outcome.INCONCLUSIVE, (), "ring sites still switching")
+
+
+@dataclass
 class RingProgress:
-    """A ring's running state between checks."""
+    """A ring's running state between checks: the analysis' failed-check run
+    (:class:`cloud.rollout.analysis.Checks`, the same threshold as the partition rollout's;
+    a ring still switching is bounded by the deadline, not by an inconclusive run) and since
+    when the ring is clean on the target."""
 
     started: float
-    strikes: Mapping[str, int] = field(default_factory=dict)
+    checks: Checks
     on_target_since: float | None = None
+
+    @classmethod
+    def start(cls, now: float, settings: RingSettings = RingSettings()) -> RingProgress:
+        return cls(now, Checks(settings.threshold, inconclusive_limit=sys.maxsize))
 
 
 def step_ring(
@@ -232,22 +255,23 @@ def step_ring(
     check: Check,
     now: float,
     settings: RingSettings = RingSettings(),
-) -> tuple[RingProgress, str, list[str]]:
-    """One check applied: ``(progress, verdict, reasons)``, verdict ``pass`` (soaked),
-    ``fail`` (a fatal problem, or a site bad ``threshold`` checks in a row) or ``wait``."""
-    strikes = {s: progress.strikes.get(s, 0) + 1 for s in check.bad}
-    failed = [why for s, why in check.bad.items() if strikes[s] >= settings.threshold]
-    reasons = [*check.fatal.values(), *failed]
+) -> tuple[str, list[str]]:
+    """One check applied to ``progress``: ``(verdict, reasons)``, verdict ``pass`` (soaked),
+    ``fail`` (a fatal problem at once, or ``threshold`` failed checks in a row) or ``wait``."""
+    outcome = progress.checks.add(verdict_of(check))
     clean = check.on_target and not check.bad  # a bad check starts the soak again
-    since = progress.on_target_since if clean else None
-    if clean and since is None:
-        since = now
-    nxt = replace(progress, strikes=strikes, on_target_since=since)
-    if reasons:
-        return nxt, "fail", reasons
+    if not clean:
+        progress.on_target_since = None
+    elif progress.on_target_since is None:
+        progress.on_target_since = now
+    if check.fatal:
+        return "fail", list(check.fatal.values())
+    if outcome is Outcome.FAIL:
+        return "fail", list(check.bad.values())
+    since = progress.on_target_since
     if since is not None and now - since >= settings.soak_s:
-        return nxt, "pass", []
-    return nxt, "wait", []
+        return "pass", []
+    return "wait", []
 
 
 def ring_alert(release: str, pool: str, ring: str, reasons: Sequence[str], now: float) -> dict:
@@ -389,7 +413,7 @@ class EdgeRollout:
 
     async def _watch(self, ring: Ring, members: list[str]) -> tuple[str, list[str]]:
         started = self.clock.time()
-        progress = RingProgress(started)
+        progress = RingProgress.start(started, self.settings)
         rest = [s for s in self.sites if s not in set(members)]
         while True:
             await self.clock.sleep(self.settings.interval_s)
@@ -402,7 +426,7 @@ class EdgeRollout:
                 now - started,
                 self.settings,
             )
-            progress, verdict, reasons = step_ring(progress, check, now, self.settings)
+            verdict, reasons = step_ring(progress, check, now, self.settings)
             if self.on_check is not None:
                 result = self.on_check(ring.name, check, verdict)
                 if result is not None:

@@ -136,6 +136,7 @@ def test_check_ring(ring, rest, elapsed, expected):
 
 
 BAD = Check(bad={"a": "a on 0.2.2 fell back (mode fallback)"}, on_target=True)
+BAD_B = Check(bad={"b": "b on 0.2.2 is stale"}, on_target=True)
 GOOD = Check(on_target=True)
 WAITING = Check()
 FATAL = Check(fatal={"a": "a runs 0.2.1: refused: release 0.2.2 failed to start here"})
@@ -146,6 +147,7 @@ STEPS = [
     ([WAITING, GOOD, GOOD, GOOD], ["wait", "wait", "wait", "pass"]),
     ([GOOD, BAD, GOOD, GOOD, GOOD], ["wait", "wait", "wait", "wait", "pass"]),  # one blip
     ([GOOD, BAD, BAD], ["wait", "wait", "fail"]),  # two in a row
+    ([BAD, BAD_B], ["wait", "fail"]),  # two failed checks in a row, whichever sites
     ([FATAL], ["fail"]),
     ([GOOD, WAITING, GOOD, GOOD, GOOD], ["wait", "wait", "wait", "wait", "pass"]),
 ]
@@ -154,10 +156,10 @@ STEPS = [
 @pytest.mark.parametrize(("checks", "verdicts"), STEPS)
 def test_step_ring(checks, verdicts):
     settings = RingSettings(soak_s=60, threshold=2)
-    progress = RingProgress(started=0.0)
+    progress = RingProgress.start(0.0, settings)
     got = []
     for i, check in enumerate(checks, start=1):
-        progress, verdict, reasons = step_ring(progress, check, 30.0 * i, settings)
+        verdict, reasons = step_ring(progress, check, 30.0 * i, settings)
         got.append(verdict)
         assert bool(reasons) == (verdict == "fail")
     assert got == verdicts
