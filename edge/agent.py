@@ -244,6 +244,7 @@ class SiteAgent:
             config.update.releases_dir, VERSION, floor=config.update.min_version
         )
         self.update_to: str | None = None
+        self.update_error: str | None = None  # the switch failed (the runner says why)
         self.on_update: Callable[[str], None] | None = None
         self._last_sent: Snapshot | None = None  # what the cloud last heard (telemetry gate)
         self.telemetry_reasons: Counter[str] = Counter()  # why each telemetry message went

@@ -32,6 +32,7 @@ from edge.ops import watch_agents
 from protocols.clock import Clock, wait_until
 from protocols.http_server import AsgiServer
 from protocols.operator import OperatorServer
+from protocols.releases import mark_failed
 from protocols.sd_notify import Notifier, feed_watchdog, watchdog_interval_s
 from protocols.supervise import supervise
 
@@ -169,7 +170,16 @@ def switch_release(agents: list[SiteAgent]) -> str | None:
     asked = next((a for a in agents if a.update_to), None)
     if asked is None or asked.update_to is None:
         return None
-    left = asked.updater.switch(asked.update_to)
+    version = asked.update_to
+    try:
+        left = asked.updater.switch(version)
+    except (OSError, ValueError) as exc:  # uninstalled meanwhile, a folder it may not write
+        asked.update_to = None
+        asked.update_error = f"switch to {version} failed: {exc}"
+        asked.log.error("release %s: %s; not switching to it again", version, asked.update_error)
+        with contextlib.suppress(OSError, ValueError):
+            mark_failed(asked.updater.root, "edge", version)
+        return None
     asked.log.warning(
         "switched %s/current/edge to release %s (from %s); restarting into it",
         asked.updater.root,

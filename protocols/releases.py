@@ -37,6 +37,7 @@ __all__ = [
     "failed_versions",
     "installed_versions",
     "is_version",
+    "mark_failed",
     "previous_version",
     "python_of",
     "release_dir",
@@ -217,6 +218,12 @@ def failed_versions(root: Path, role: str) -> list[str]:
     return [v for v in data if isinstance(v, str)] if isinstance(data, list) else []
 
 
+def mark_failed(root: Path, role: str, version: str) -> None:
+    """List ``version`` among ``role``'s failed releases (nothing switches to it again)."""
+    bad = failed_versions(root, role)
+    _write_json(Path(root) / "failed" / f"{role}.json", sorted({*bad, version}))
+
+
 def begin_trial(root: Path, role: str, version: str) -> str | None:
     """Switch ``role`` to ``version`` on trial (see the module docstring); the version it
     left, as :func:`switch_current`."""
@@ -236,8 +243,7 @@ def count_start(root: Path, role: str, max_starts: int = DEFAULT_MAX_STARTS) -> 
         assert step.version is not None
         failed = current_version(root, role)
         switch_current(root, role, step.version)
-        bad = failed_versions(root, role)
-        _write_json(Path(root) / "failed" / f"{role}.json", sorted({*bad, str(failed)}))
+        mark_failed(root, role, str(failed))
         _trial_path(root, role).unlink(missing_ok=True)
     return step
 

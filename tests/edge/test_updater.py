@@ -216,3 +216,27 @@ def test_a_new_cloud_reads_an_old_status():
         None,
         None,
     )
+
+
+def test_a_switch_that_fails_is_not_tried_again(tmp_path):
+    """The release vanished between the decision and the switch: the runner says why, lists
+    it as failed, and the next start refuses it instead of stopping for it again."""
+    from edge.runner import switch_release
+
+    root = tmp_path / "releases"
+    install(root, VERSION)
+    switch_current(root, "edge", VERSION)
+    agent = make_agent(tmp_path, root)
+    agent.update_to = "0.9.9"  # decided while it was installed; gone now
+    assert switch_release([agent]) is None
+    assert (agent.update_to, agent.update_error) == (
+        None,
+        f"switch to 0.9.9 failed: release 0.9.9 is not installed in {root}",
+    )
+    assert current_version(root, "edge") == VERSION
+    install(root, "0.9.9")  # back again: still refused here
+    again = agent.updater.consider("0.9.9")
+    assert (again.outcome, again.why) == (
+        Outcome.REFUSED,
+        f"release 0.9.9 failed to start here; staying on {VERSION}",
+    )

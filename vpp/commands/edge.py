@@ -125,6 +125,10 @@ def run(
     if switched is not None:  # current/edge points at it now: systemd restarts into it
         click.echo(f"edge: switched to release {switched}; exit {UPDATE_EXIT_CODE} to restart")
         raise SystemExit(UPDATE_EXIT_CODE)
+    failed = next((a.update_error for a in agents if a.update_error), None)
+    if failed is not None:  # stopped for a switch that failed: systemd starts this one again
+        click.echo(f"edge: {failed}", err=True)
+        raise SystemExit(1)
 
 
 @app.command("check-config")
