@@ -240,3 +240,24 @@ def test_a_switch_that_fails_is_not_tried_again(tmp_path):
         Outcome.REFUSED,
         f"release 0.9.9 failed to start here; staying on {VERSION}",
     )
+
+
+@pytest.mark.parametrize(
+    ("target", "outcome", "text"),
+    [
+        (None, None, "Software 0.2.2, up to date."),
+        ("", "stay: no target release; keeping 0.2.2", "Software 0.2.2, up to date."),
+        ("0.2.2", "stay: running the target 0.2.2", "Software 0.2.2, up to date."),
+        ("0.2.3", "switch: 0.2.2 -> 0.2.3", "Software 0.2.2, updating to 0.2.3."),
+        (
+            "0.2.3",
+            "refused: release 0.2.3 failed to start here; staying on 0.2.2",
+            "Software 0.2.2; 0.2.3 is asked for but not taken (refused: release 0.2.3 failed "
+            "to start here; staying on 0.2.2).",
+        ),
+    ],
+)
+def test_the_status_page_says_the_release_in_plain_words(target, outcome, text):
+    from edge.status_page.model import update_words
+
+    assert update_words("0.2.2", target, outcome) == text
