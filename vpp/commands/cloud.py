@@ -969,9 +969,29 @@ def run(
     show_default=True,
     help="canary (the lowest sticky buckets of edge.release), then growing percentages.",
 )
-@click.option("--canary-sites", type=click.IntRange(1, 1000), default=1, show_default=True)
-@click.option("--interval", "interval_s", type=click.FloatRange(min=1), default=30.0)
-@click.option("--soak", "soak_s", type=click.FloatRange(min=0), default=600.0, show_default=True)
+@click.option(
+    "--canary-sites",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Sites in the canary ring.",
+)
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between checks of a ring.",
+)
+@click.option(
+    "--soak",
+    "soak_s",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Seconds a ring runs the release cleanly before the next.",
+)
 @click.option(
     "--deadline",
     "deadline_s",
@@ -980,7 +1000,13 @@ def run(
     show_default=True,
     help="Seconds for a ring's sites to report VERSION.",
 )
-@click.option("--threshold", type=click.IntRange(1, 100), default=2, show_default=True)
+@click.option(
+    "--threshold",
+    type=click.IntRange(1, 100),
+    default=2,
+    show_default=True,
+    help="Failed checks in a row that fail a ring.",
+)
 @click.option(
     "--from",
     "previous",
