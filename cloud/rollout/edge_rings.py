@@ -403,6 +403,18 @@ class EdgeRollout:
             why = f"edge rollout {self.release}: ring {ring.name} ({len(new)} new site(s))"
             log.info("pool %s: %s", self.pool, why)
             await self._set(ring, self.release, why)
+            evaluated = await self._members()
+            if evaluated != members:  # a more specific override (a partition's) shadows it
+                log.warning(
+                    "pool %s ring %s: the flag sends %d site(s) to %s, the ring planned %d;"
+                    " judging those the flag sends",
+                    self.pool,
+                    ring.name,
+                    len(evaluated),
+                    self.release,
+                    len(members),
+                )
+                members = evaluated
             verdict, reasons = await self._watch(ring, sorted(members))
             if verdict == "fail":
                 await self._roll_back(ring, reasons)
@@ -410,6 +422,19 @@ class EdgeRollout:
             passed.append(ring.name)
             done |= members
         return RolloutResult("done", None, [], self.previous, passed)
+
+    async def _members(self) -> set[str]:
+        """The sites the registry's flags now send to the release, by the one evaluation
+        rule (:meth:`cloud.registry.flags.FlagSnapshot.values`)."""
+        snapshot = await asyncio.to_thread(self.registry.flag_snapshot)
+        return {
+            s
+            for s in self.sites
+            if snapshot.values(
+                pool_id=self.pool, partition=partition_of(s, self.partitions), site_id=s
+            )[FLAG]
+            == self.release
+        }
 
     async def _watch(self, ring: Ring, members: list[str]) -> tuple[str, list[str]]:
         started = self.clock.time()
