@@ -179,8 +179,10 @@ def flags_key(pool_id: str, partition: int | None = None) -> str:
 
 
 def reported_flags_key(partition: int) -> str:
-    """Hash site id -> JSON ``{"hash", "stale", "ts"}``: the flag set each site of the
-    partition says it runs with (its status), written by the partition's worker."""
+    """Hash site id -> JSON ``{"hash", "stale", "ts", "version", "release_target",
+    "update"}``: the flag set each site of the partition says it runs with, the release it
+    runs and its updater's target and outcome (its status), written by the partition's
+    worker."""
     return f"{PREFIX}:flags:reported:p:{partition}"
 
 

@@ -7,6 +7,7 @@ stderr and exit 1.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -1062,3 +1063,208 @@ def run(
     except ServerStartError as exc:  # a port in use: one line, like a setting that cannot work
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
+
+
+# --- edge rings ------------------------------------------------------------------------------
+
+
+@app.command("rollout-edge")
+@click.argument("version")
+@db_option
+@click.option("--pool", required=True, help="The pool whose edge agents update.")
+@click.option(
+    "--rings",
+    default="canary,10%,100%",
+    show_default=True,
+    help="canary (the lowest sticky buckets of edge.release), then growing percentages.",
+)
+@click.option(
+    "--canary-sites",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Sites in the canary ring.",
+)
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between checks of a ring.",
+)
+@click.option(
+    "--soak",
+    "soak_s",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Seconds a ring runs the release cleanly before the next.",
+)
+@click.option(
+    "--deadline",
+    "deadline_s",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Seconds for a ring's sites to report VERSION.",
+)
+@click.option(
+    "--threshold",
+    type=click.IntRange(1, 100),
+    default=2,
+    show_default=True,
+    help="Failed checks in a row that fail a ring.",
+)
+@click.option(
+    "--from",
+    "previous",
+    help="The release a failed ring goes back to (default: what most of the pool reports).",
+)
+@click.option("--redis-url", envvar="VPP_REDIS_URL", show_envvar=True, required=True)
+@click.option("--redis-username", envvar="VPP_REDIS_USERNAME", show_envvar=True)
+@click.option("--redis-password-file", type=PathType, envvar="VPP_REDIS_PASSWORD_FILE")
+@click.option(
+    "--alert-webhook-url",
+    envvar="VPP_ALERT_WEBHOOK_URL",
+    show_envvar=True,
+    help="Where EdgeRingFailed goes (Alertmanager's webhook payload).",
+)
+@click.option("--clock", envvar="VPP_CLOCK", show_envvar=True, help="Clock spec (default wall).")
+def rollout_edge(
+    version: str,
+    db: Path,
+    pool: str,
+    rings: str,
+    canary_sites: int,
+    interval_s: float,
+    soak_s: float,
+    deadline_s: float,
+    threshold: int,
+    previous: str | None,
+    redis_url: str,
+    redis_username: str | None,
+    redis_password_file: Path | None,
+    alert_webhook_url: str | None,
+    clock: str | None,
+) -> None:
+    """Update POOL's edge agents to release VERSION ring by ring (flag edge.release); a ring
+    whose sites refuse it, fall back or go stale stops it: back to the previous release, and
+    the alert EdgeRingFailed. Exit 0 done, 1 failed, 2 a bad argument."""
+    from cloud.rollout.edge_rings import RingSettings, parse_rings
+    from cloud.runner import CloudSettings
+    from protocols.clock import clock_from_spec
+    from protocols.releases import is_version
+
+    if not is_version(version):
+        raise click.BadParameter(f"{version!r} is not a release version", param_hint="VERSION")
+    if previous is not None and not is_version(previous):
+        raise click.BadParameter(f"{previous!r} is not a release version", param_hint="--from")
+    try:
+        plan = parse_rings(rings)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--rings") from None
+    try:
+        clk = clock_from_spec(clock)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--clock") from None
+    settings = RingSettings(
+        interval_s=interval_s, soak_s=soak_s, deadline_s=deadline_s, threshold=threshold
+    )
+    cloud = CloudSettings(
+        redis_url=redis_url,
+        redis_username=redis_username,
+        redis_password_file=redis_password_file,
+        alert_webhook_url=alert_webhook_url,
+    )
+    try:
+        cloud.alert_notifier(clk)  # a bad webhook URL: one line, before anything changes
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--alert-webhook-url") from None
+    with _input_registry(db) as reg:
+        if reg.get_pool(pool) is None:
+            click.echo(f"error: pool {pool!r} is not registered", err=True)
+            raise SystemExit(2)
+        sites = [s.site_id for s in reg.sites_of_pool(pool)]
+        partitions = reg.partition_count()
+        if not sites:
+            click.echo(f"error: pool {pool!r} has no sites", err=True)
+            raise SystemExit(2)
+        result = asyncio.run(
+            _rollout_edge(
+                reg,
+                cloud,
+                clk,
+                version,
+                pool,
+                sites,
+                partitions,
+                plan,
+                canary_sites,
+                settings,
+                previous,
+            )
+        )
+    if result.outcome == "done":
+        click.echo(f"edge release {version}: rings {', '.join(result.rings_passed)} passed")
+        return
+    click.echo(
+        f"edge release {version} failed in ring {result.ring}: back to "
+        f"{result.previous or 'what each site runs'}: {'; '.join(result.reasons)}",
+        err=True,
+    )
+    raise SystemExit(1)
+
+
+async def _rollout_edge(
+    reg: Any,
+    cloud: Any,
+    clk: Any,
+    version: str,
+    pool: str,
+    sites: list[str],
+    partitions: int | None,
+    plan: Any,
+    canary_sites: int,
+    settings: Any,
+    previous: str | None,
+) -> Any:
+    """The rollout's loop with its Redis and webhook (delivered before it returns)."""
+    import redis.asyncio as aioredis
+
+    from cloud.rollout.edge_rings import EdgeRollout
+    from protocols.partitions import DEFAULT_PARTITION_COUNT
+
+    def progress(ring: str, check: Any, verdict: str) -> None:
+        bad = "; ".join([*check.fatal.values(), *check.bad.values()]) or "ok"
+        click.echo(f"ring {ring}: {verdict} ({bad})")
+
+    hot = aioredis.Redis.from_url(cloud.redis_connect_url(), decode_responses=True)
+    notifier = cloud.alert_notifier(clk)
+    stop = asyncio.Event()
+    sender = None if notifier is None else asyncio.create_task(notifier.run(stop))
+    try:
+        rollout = EdgeRollout(
+            registry=reg,
+            hot=hot,
+            clock=clk,
+            release=version,
+            pool=pool,
+            sites=sites,
+            partitions=partitions or DEFAULT_PARTITION_COUNT,
+            rings=plan,
+            canary_count=canary_sites,
+            settings=settings,
+            previous=previous,
+            notifier=notifier,
+            on_check=progress,
+        )
+        result = await rollout.run()
+        if notifier is not None:
+            await notifier.drain(30.0)
+        return result
+    finally:
+        stop.set()
+        if sender is not None:
+            await asyncio.gather(sender, return_exceptions=True)
+        await hot.aclose()

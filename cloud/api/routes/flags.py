@@ -55,7 +55,9 @@ class FlagOut(BaseModel):
     name: str
     description: str
     owner: str
-    type: str = Field(description="`bool`, `enum` or `number`.")
+    type: str = Field(
+        description='`bool`, `enum`, `number` or `version` (a release version, or "").'
+    )
     default: FlagValue
     values: list[str] | None = Field(None, description="An enum's values.")
     minimum: float | None = None
