@@ -7,6 +7,7 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
 
     vpp:lease:p:{p}              string  worker id holding partition p (SET NX PX, renewed)
     vpp:worker:{id}              string  worker heartbeat (JSON, expires)
+    vpp:process:{role}:{id}      string  API/dispatcher heartbeat, JSON {role, id, version, ts}
     vpp:site-pools               hash    site id -> pool id (from the registry)
     vpp:site-pools:rev           string  integer, bumped whenever vpp:site-pools changes
     vpp:agg:{pool}:p:{p}         string  PartitionAggregate JSON, rewritten every worker cycle
@@ -22,6 +23,11 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
     vpp:flags:{pool}             string  the pool's evaluated flags, JSON {"hash", "values"}
     vpp:flags:{pool}:{p}         string  partition p's evaluated flags (same shape)
     vpp:flags:reported:p:{p}     hash    site id -> the flag set it reports, JSON {"hash", ...}
+    vpp:rollout:partitions       hash    partition -> release version that may hold it (rollout)
+    vpp:handover:{p}             string  HandoverRecord JSON of p's latest hand-over (expires)
+    vpp:partition-health         hash    partition -> PartitionHealth JSON (owner, each cycle)
+    vpp:dispatch:{pool}:partitions string DispatchPartitionsRecord JSON: each partition's share
+                                         of the pool target, its delivery, signal and ack
 
 Aggregates carry their own timestamps; a reader treats an aggregate older than a few worker
 cycles as missing (its worker died and nobody has picked the partition up yet).
@@ -39,11 +45,17 @@ from typing import Any
 
 __all__ = [
     "DURATIONS_S",
+    "PARTITION_HEALTH_KEY",
+    "ROLLOUT_PARTITIONS_KEY",
     "SITE_POOLS_KEY",
     "SITE_POOLS_REV_KEY",
     "DeliveryRecord",
+    "DispatchPartitionsRecord",
+    "HandoverRecord",
     "HoldRecord",
     "PartitionAggregate",
+    "PartitionDispatch",
+    "PartitionHealth",
     "PlanRecord",
     "PoolAggregate",
     "PoolEnvelopeRecord",
@@ -53,14 +65,17 @@ __all__ = [
     "agg_parts_key",
     "counters_key",
     "delivery_key",
+    "dispatch_partitions_key",
     "env_key",
     "env_parts_key",
     "env_rev_key",
     "envelope_key",
     "flags_key",
+    "handover_key",
     "hold_key",
     "lease_key",
     "plan_key",
+    "process_key",
     "rejected_key",
     "reported_flags_key",
     "sites_key",
@@ -71,6 +86,11 @@ __all__ = [
 PREFIX = "vpp"
 SITE_POOLS_KEY = f"{PREFIX}:site-pools"
 SITE_POOLS_REV_KEY = f"{PREFIX}:site-pools:rev"
+#: Hash partition (decimal) -> the release version whose workers may hold it, written by the
+#: rollout; a partition without a field may be held by any worker (cloud.ingest.leases).
+ROLLOUT_PARTITIONS_KEY = f"{PREFIX}:rollout:partitions"
+#: Hash partition (decimal) -> :class:`PartitionHealth` JSON, written by its owner each cycle.
+PARTITION_HEALTH_KEY = f"{PREFIX}:partition-health"
 
 #: The durations (seconds) for which aggregates state how much power can be sustained.
 DURATIONS_S: tuple[int, ...] = (900, 3600, 14400)
@@ -82,6 +102,16 @@ def lease_key(partition: int) -> str:
 
 def worker_key(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
+
+
+def handover_key(partition: int) -> str:
+    """The partition's latest hand-over between two workers (:class:`HandoverRecord`)."""
+    return f"{PREFIX}:handover:{partition}"
+
+
+def process_key(role: str, instance_id: str) -> str:
+    """A non-worker cloud process's heartbeat (:mod:`cloud.processes`)."""
+    return f"{PREFIX}:process:{role}:{instance_id}"
 
 
 def agg_key(pool_id: str, partition: int) -> str:
@@ -100,6 +130,11 @@ def state_key(pool_id: str) -> str:
 def delivery_key(pool_id: str) -> str:
     """The pool dispatcher's latest cycle (target, measured, shortfall), read by the API."""
     return f"{PREFIX}:dispatch:{pool_id}:delivery"
+
+
+def dispatch_partitions_key(pool_id: str) -> str:
+    """The leading dispatcher's per-partition record (:class:`DispatchPartitionsRecord`)."""
+    return f"{PREFIX}:dispatch:{pool_id}:partitions"
 
 
 def env_key(pool_id: str, partition: int) -> str:
@@ -144,8 +179,10 @@ def flags_key(pool_id: str, partition: int | None = None) -> str:
 
 
 def reported_flags_key(partition: int) -> str:
-    """Hash site id -> JSON ``{"hash", "stale", "ts"}``: the flag set each site of the
-    partition says it runs with (its status), written by the partition's worker."""
+    """Hash site id -> JSON ``{"hash", "stale", "ts", "version", "release_target",
+    "update"}``: the flag set each site of the partition says it runs with, the release it
+    runs and its updater's target and outcome (its status), written by the partition's
+    worker."""
     return f"{PREFIX}:flags:reported:p:{partition}"
 
 
@@ -155,6 +192,74 @@ def rejected_key(partition: int) -> str:
 
 def counters_key(partition: int) -> str:
     return f"{PREFIX}:ingest:p:{partition}:counters"
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverRecord:
+    """One partition's hand-over from its owner (``from``) to a successor (``to``) of the
+    version the rollout assigned it to (``vpp:handover:{p}``). Times are clock seconds:
+    ``ready_ts`` the successor hears the partition (warm), ``flushed_ts`` the owner wrote its
+    last aggregate and released the lease, ``taken_ts`` the successor holds the lease.
+    ``to`` is "" when the owner let the partition go with no successor ready (timeout)."""
+
+    from_: str
+    from_version: str
+    to: str
+    to_version: str
+    ready_ts: float | None = None
+    flushed_ts: float | None = None
+    taken_ts: float | None = None
+
+    @property
+    def gap_s(self) -> float | None:
+        """Seconds nobody held the partition: taken - flushed."""
+        if self.taken_ts is None or self.flushed_ts is None:
+            return None
+        return self.taken_ts - self.flushed_ts
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["from"] = data.pop("from_")
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> HandoverRecord:
+        """Raises ValueError (or KeyError/TypeError) on anything but a record."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("a hand-over record is a JSON object")
+        data["from_"] = data.pop("from")
+        for name in ("from_", "from_version", "to", "to_version"):
+            if not isinstance(data[name], str):
+                raise ValueError(f"{name} is not a string")
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionHealth:
+    """One partition as its owner saw it at its last cycle (``vpp:partition-health``): what
+    the rollout's analysis compares between partitions. Counters are cumulative since
+    ``owner_since`` (clock time the owner took the partition), so a reader takes deltas
+    within one owner; ``cycle_s`` is the owner's last cycle (wall seconds)."""
+
+    ts: float
+    version: str
+    worker: str
+    owner_since: float
+    sites: int
+    sites_fresh: int
+    telemetry_total: int
+    rejected_total: int
+    seq_gaps_total: int
+    acks_total: int
+    cycle_s: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PartitionHealth:
+        return cls(**json.loads(text))
 
 
 class SiteStatus(StrEnum):
@@ -488,3 +593,63 @@ class PlanRecord:
         k = self.slot(t)
         series = self.partitions.get(str(partition))
         return 0.0 if k is None or series is None else float(series[k])
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionDispatch:
+    """One partition in the dispatcher's cycle (:class:`DispatchPartitionsRecord`).
+
+    Powers cover every fresh site of the partition: ``target_w`` is its share of the pool's
+    command (its flexible sites at their allocation, the rest as measured), None when the
+    pool has nothing to follow; ``baseline_w`` what the sites would draw on their own.
+    ``signal_ts``: the first signal of the activation in force, ``acked_ts``: when its sites
+    first reported following it (None: not yet). ``range_w``: ``p_max_w - p_min_w``.
+    The last three are cumulative over the leader's cycles since the record's ``since``:
+    seconds with a target, ``|target - measured|`` energy, and ``|target|`` energy (at least
+    5 % of the range, the e2e KPIs' error floor), Wh."""
+
+    target_w: float | None
+    measured_w: float
+    baseline_w: float
+    signal_ts: float | None = None
+    acked_ts: float | None = None
+    range_w: float = 0.0
+    dispatched_s: float = 0.0
+    error_wh: float = 0.0
+    target_wh: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchPartitionsRecord:
+    """The leading dispatcher's latest cycle per partition of one pool
+    (``dispatch_partitions_key``), written in the cycle's pipeline; the rollout's analysis
+    reads it. Counters restart with each leader (``dispatcher``, ``since``)."""
+
+    ts: float
+    dispatcher: str
+    since: float
+    partitions: dict[str, PartitionDispatch] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        # by hand, not asdict: written every cycle for every partition of every pool
+        names = PartitionDispatch.__slots__
+        parts = {p: {n: getattr(d, n) for n in names} for p, d in self.partitions.items()}
+        doc = {"ts": self.ts, "dispatcher": self.dispatcher, "since": self.since}
+        return json.dumps({**doc, "partitions": parts}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DispatchPartitionsRecord:
+        """Parsed; unknown fields ignored (a newer dispatcher's), raises ValueError (or
+        TypeError, KeyError) on a record that is not one."""
+        data = json.loads(text)
+        known = {f.name for f in fields(PartitionDispatch)}
+        parts = {
+            str(int(p)): PartitionDispatch(**{k: v for k, v in d.items() if k in known})
+            for p, d in data["partitions"].items()
+        }
+        return cls(
+            ts=float(data["ts"]),
+            dispatcher=str(data["dispatcher"]),
+            since=float(data["since"]),
+            partitions=parts,
+        )

@@ -5,7 +5,8 @@ Ready means doing its job (each a named check, so ``/readyz`` says which failed)
 
 * ``api.redis``, ``api.registry``: the API reaches Redis and the registry;
 * ``sync.site_pools``: the registry's site -> pool map reached Redis recently;
-* ``worker.partitions``: the worker owns at least one partition;
+* ``worker.partitions``: the worker owns at least one partition, or the rollout assigns none
+  to its version (a standby, e.g. a new version's worker before its canary);
 * ``worker.ingest``: it received telemetry within N of its sites' intervals (or has no sites);
 * ``dispatcher.leadership``: the leader has completed a cycle within N cycles, or a standby
   has read the leader lock within its ttl.
@@ -83,6 +84,7 @@ def watch_api(
         pools = await ctx.db(ctx.registry.list_pools)
         return CheckResult(True, f"{len(pools)} pools")
 
+    op.add_build_role("api")
     op.ready.add("api.redis", redis_check)
     op.ready.add("api.registry", registry_check)
     alerts: dict[tuple[str, str], int] | None = None
@@ -161,6 +163,12 @@ def watch_worker(
     def partitions_check() -> CheckResult:
         owned = len(worker.owned)
         of = f"of {worker.partition_count} partitions"
+        stats = worker.stats
+        if owned == 0 and stats["warm"]:
+            return CheckResult(True, f"warming up for partitions {stats['warm']} (hand-over)")
+        if owned == 0 and stats["eligible"] == 0:
+            why = f"standby: the rollout assigns no partition to version {worker.version}"
+            return CheckResult(True, why)
         if owned == 0:
             return CheckResult(False, f"owns none {of} (no lease: Redis away, or too many workers)")
         return CheckResult(True, f"owns {owned} {of}")
@@ -180,6 +188,7 @@ def watch_worker(
             return CheckResult(False, f"last telemetry {_ago(age)} (limit {limit:g} s)")
         return CheckResult(True, f"last telemetry {_ago(age)}")
 
+    op.add_build_role("worker")
     op.ready.add("worker.partitions", partitions_check)
     op.ready.add("worker.ingest", ingest_check)
 
@@ -227,6 +236,24 @@ def watch_worker(
         yield gauge(
             "vpp_ingest_live_workers", "Workers sharing the partitions.", stats["live_workers"]
         )
+        yield worker.handover_gap.family()
+        yield counter(
+            "vpp_ingest_seq_gaps_total",
+            "Telemetry seq numbers skipped by sites this worker tracked (a site's seq above "
+            "its last + 1, and across a hand-over), by partition.",
+            {(str(p),): n for p, n in worker.seq_gap_totals().items()},
+            ["partition"],
+        )
+        yield gauge(
+            "vpp_ingest_partitions_warm",
+            "Partitions heard ahead of a hand-over to this worker (not yet owned).",
+            len(stats["warm"]),
+        )
+        yield counter(
+            "vpp_ingest_assignment_rejected_total",
+            "Fields of the rollout's partition assignment refused (read as absent), per read.",
+            stats["assignment_rejected"],
+        )
 
     op.registry.register(FnCollector(collect))
 
@@ -261,6 +288,7 @@ def watch_dispatcher(
             )
         return CheckResult(True, f"standby; lock read {_ago(age)}")
 
+    op.add_build_role("dispatcher")
     op.ready.add("dispatcher.leadership", leadership_check)
 
     def collect() -> Iterator[Metric]:

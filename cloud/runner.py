@@ -46,6 +46,7 @@ from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.dispatch.retention import Retention
 from cloud.ingest.worker import PartitionWorker
 from cloud.ops import SyncStatus, watch_alerts, watch_api, watch_dispatcher, watch_worker
+from cloud.processes import process_heartbeat
 from cloud.registry import Registry
 from cloud.sync import sync_site_pools
 from protocols.clock import Clock, Ticker, WallClock
@@ -89,6 +90,9 @@ class CloudSettings:
     stale_intervals: float = 3.0
     offline_after_s: float = 120.0
     lease_ttl_s: float = 6.0
+    # a worker holding a partition the rollout assigned to another version waits this long
+    # for a ready successor, then lets it go anyway (default: one lease ttl)
+    handover_timeout_s: float | None = None
     dispatch_cycle_s: float = 2.0
     dispatch_lock_ttl_s: float = 6.0  # the leader lock: a standby takes over after this
     dispatch_max_age_s: float | None = None  # partition aggregates older count as gone (3 cycles)
@@ -372,6 +376,7 @@ async def run_cloud(
                 partition_count=settings.partitions,
                 cycle_s=settings.cycle_s,
                 lease_ttl_s=settings.lease_ttl_s,
+                handover_timeout_s=settings.handover_timeout_s,
                 stale_intervals=settings.stale_intervals,
                 offline_after_s=settings.offline_after_s,
                 worker_id=settings.instance_id,
@@ -405,6 +410,16 @@ async def run_cloud(
             roles_running["dispatcher"] = tasks[-1]
             cycles["dispatcher"] = lambda: dispatcher.stats["cycles"]
             closers.append(dispatcher.stop)
+        # the API's and dispatcher's release in Redis (workers say it in their own heartbeat);
+        # the dispatcher's by its lock holder id, so its leadership and release match up
+        beats = {"api": settings.instance_id or uuid.uuid4().hex[:8]}
+        if "dispatcher" in roles:
+            beats["dispatcher"] = dispatcher.id
+        for role, ident in beats.items():
+            if role in roles:
+                beat = process_heartbeat(redis_url, role, ident, clock, stop)
+                tasks.append(asyncio.create_task(beat, name=f"{role} heartbeat"))
+                roles_running[f"{role} heartbeat"] = tasks[-1]
         interval_s = watchdog_interval_s()
         if notifier.enabled and interval_s is not None:
             counts = functools.partial(_cycle_counts, cycles)

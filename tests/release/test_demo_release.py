@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from protocols import releases
 from vpp.cli import app
 from vpp.demo import DemoOptions
-from vpp.system import SystemSpec
 
 
 def test_demo_options_name_the_release_interpreter(release_root: Path, tmp_path: Path) -> None:
@@ -35,8 +34,3 @@ def test_demo_refuses_a_release_not_installed(
     )
     assert result.exit_code == 2
     assert message in result.output
-
-
-def test_cloud_python_needs_processes(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="cloud_python runs the cloud's processes"):
-        SystemSpec(cloud="in-process", cloud_python=tmp_path / "python")

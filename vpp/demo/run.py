@@ -354,7 +354,12 @@ class Demo:
             secure=o.secure,
             flags=o.overrides(),
             flags_actor="demo",
-            cloud_python=o.cloud_python(),
+            # the soak's candidate: every cloud process from the release's interpreter
+            role_python=(
+                {role: str(py) for role in ("api", "worker", "dispatcher")}
+                if (py := o.cloud_python()) is not None
+                else {}
+            ),
         )
 
     def _timing(self) -> dict[str, float]:

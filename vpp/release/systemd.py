@@ -24,9 +24,9 @@ import asyncio
 import logging
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from cloud.rollout.launcher import Instance
 from protocols import releases
 
 __all__ = ["TEMPLATE_ROLES", "Instance", "LauncherError", "SystemdLauncher", "parse_show"]
@@ -36,19 +36,6 @@ log = logging.getLogger("vpp.release.systemd")
 #: roles whose unit is a template (``vpp-ROLE@.service``) in packaging/systemd
 TEMPLATE_ROLES = ("worker",)
 _SHOW = ("Id", "LoadState", "ActiveState", "SubState", "NRestarts", "ExecMainStartTimestamp")
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One role instance (the fields of ``cloud.rollout.launcher.Instance``, the rollout's
-    Protocol: the two are joined once both are in main)."""
-
-    role: str
-    version: str
-    name: str
-    running: bool
-    restarts: int
-    log_errors: int
 
 
 class LauncherError(RuntimeError):
