@@ -19,7 +19,10 @@ def test_the_version_is_the_one_in_pyproject():
 
 def test_no_tier_writes_its_own_version():
     # a version literal anywhere but pyproject.toml drifts at the next release
+    # (the registry's contract steps name the release they wait for: history, not this one)
+    history = {ROOT / "cloud" / "registry" / "migrations.py"}
     literal = f'"{VERSION}"'
     for tier in ("edge", "cloud", "protocols", "vpp", "firmware-sim"):
         for path in (ROOT / tier).rglob("*.py"):
-            assert literal not in path.read_text(), path
+            if path not in history:
+                assert literal not in path.read_text(), path
