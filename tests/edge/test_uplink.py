@@ -466,12 +466,14 @@ async def test_outage_backlog_no_gaps_live_first_rate_bounded(broker, sites, obs
 
     seen = obs.of(SiteKind.TELEMETRY)
     assert {m.json()["seq"] for m in seen} == set(range(final + 1))  # no gap
-    assert last_offline_seq >= 150
+    # a real backlog: 150 records at one every 2 s, fewer when a loaded loop falls behind 100x
+    offline = last_offline_seq - first_offline_seq + 1
+    assert offline >= 100
     # (seqs from before the outage may reach the observer again from its own session queue)
     after = [m for m in seen if m.wall >= reconnected_at - 0.5]
     backlog = [m for m in after if first_offline_seq <= m.json()["seq"] <= last_offline_seq]
     live = [m for m in after if m.json()["seq"] > last_offline_seq]
-    assert len(backlog) >= 140
+    assert len(backlog) >= 0.9 * offline  # (a few may have gone out before the cut was seen)
     # live first: new data arrived before the backlog started (random delay)...
     assert live[0].wall < backlog[0].wall
     # ...and kept arriving while it drained
