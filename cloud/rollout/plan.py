@@ -1,8 +1,8 @@
 """The steps of a rollout, from the config's worker steps and the partition count (pure).
 
-Worker steps assign partitions to the new version, group by group: step ``"1"`` is one
-group of ``group_size`` partitions (the canary), ``"25%"`` a share of all partitions rounded
-up to whole groups. Assignment is sticky: a later step only adds partitions (the lowest
+Worker steps assign partitions to the new version, group by group (the config turns
+``["1", "25%", ...]`` into partition counts: ``RolloutConfig.sizes``): the first is the
+canary. Assignment is sticky: a later step only adds partitions (the lowest
 numbers first, as a StatefulSet's ``partition`` pointer walks its ordinals), so no
 partition moves twice. Then one step per dispatcher instance (start the new as a standby,
 stop one old gracefully: the standby takes the lock as today) and one for the API (start
@@ -15,15 +15,13 @@ interval is split between two versions.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Step", "StepKind", "next_boundary", "parse_worker_step", "plan_steps"]
+__all__ = ["Step", "StepKind", "next_boundary", "plan_steps"]
 
 StepKind = Literal["workers", "dispatcher", "api"]
-_STEP = re.compile(r"^\s*(?:(\d+)|(\d+(?:\.\d+)?)\s*%)\s*$")
 
 
 @dataclass(frozen=True)
@@ -48,58 +46,32 @@ class Step:
         }
 
 
-def parse_worker_step(text: str, partitions: int, group_size: int) -> int:
-    """How many partitions step ``text`` puts on the new version: ``"N"`` = N groups,
-    ``"P%"`` = P % of all partitions rounded up to whole groups; capped at all of them.
-    ValueError (one line) for anything else."""
-    m = _STEP.match(str(text))
-    if m is None:
-        raise ValueError(f'rollout step {text!r}: give a number of groups ("1") or a share ("25%")')
-    if m.group(1) is not None:
-        groups = int(m.group(1))
-        if groups < 1:
-            raise ValueError(f"rollout step {text!r}: at least one group")
-        count = groups * group_size
-    else:
-        share = float(m.group(2))
-        if not 0 < share <= 100:
-            raise ValueError(f"rollout step {text!r}: a share must be in (0, 100] %")
-        count = math.ceil(math.ceil(partitions * share / 100 - 1e-9) / group_size) * group_size
-    return min(count, partitions)
-
-
 def plan_steps(
-    steps: Sequence[str],
+    sizes: Sequence[int],
     partitions: int,
-    group_size: int = 1,
     *,
     dispatchers: int = 1,
     apis: int = 1,
 ) -> list[Step]:
-    """Every step of a rollout, in order. The worker steps must widen (each adds at least
-    one partition) and end at all partitions; ValueError (one line) otherwise."""
+    """Every step of a rollout, in order. ``sizes``: how many partitions are on the new
+    version after each worker step (the config's ``RolloutConfig.sizes``); they must widen
+    (each adds at least one partition) and end at all partitions: ValueError (one line)
+    otherwise."""
     if partitions < 1:
         raise ValueError(f"a rollout needs at least one partition, got {partitions}")
-    if group_size < 1:
-        raise ValueError(f"group_size must be at least 1, got {group_size}")
-    if not steps:
+    if not sizes:
         raise ValueError("a rollout needs at least one worker step")
     plan: list[Step] = []
     done = 0
-    for text in steps:
-        count = parse_worker_step(text, partitions, group_size)
-        if count <= done:
+    for count in sizes:
+        if not done < count <= partitions:
             raise ValueError(
-                f"rollout step {text!r} adds no partition ({count} after {done}): steps must widen"
+                f"rollout step to {count} partitions after {done}: steps must widen, "
+                f"up to {partitions}"
             )
+        name = f"{count}/{partitions}"
         plan.append(
-            Step(
-                len(plan),
-                "workers",
-                str(text).strip(),
-                tuple(range(count)),
-                tuple(range(done, count)),
-            )
+            Step(len(plan), "workers", name, tuple(range(count)), tuple(range(done, count)))
         )
         done = count
     if done != partitions:

@@ -1,107 +1,84 @@
-"""The rollout's steps and boundaries: tables of config -> steps."""
+"""The rollout's steps and boundaries: tables of partition counts -> steps."""
 
 from __future__ import annotations
 
 import pytest
 
-from cloud.rollout.plan import next_boundary, parse_worker_step, plan_steps
+from cloud.rollout.plan import next_boundary, plan_steps
+
+ALL8 = tuple(range(8))
 
 
 @pytest.mark.parametrize(
-    ("text", "partitions", "group", "count"),
-    [
-        ("1", 64, 1, 1),
-        ("1", 64, 4, 4),
-        ("2", 8, 2, 4),
-        ("25%", 64, 1, 16),
-        ("25%", 10, 1, 3),  # 2.5 rounded up
-        ("25%", 10, 2, 4),  # whole groups
-        ("50%", 8, 1, 4),
-        ("100%", 8, 1, 8),
-        ("100%", 10, 4, 10),  # capped at all partitions
-        ("12.5%", 8, 1, 1),
-        (" 3 ", 8, 1, 3),
-        ("9", 8, 1, 8),
-    ],
-)
-def test_worker_step_counts(text: str, partitions: int, group: int, count: int) -> None:
-    assert parse_worker_step(text, partitions, group) == count
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("0", "at least one group"),
-        ("0%", "must be in (0, 100]"),
-        ("150%", "must be in (0, 100]"),
-        ("one", "give a number of groups"),
-        ("-1", "give a number of groups"),
-        ("", "give a number of groups"),
-    ],
-)
-def test_bad_worker_step(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
-        parse_worker_step(text, 8, 1)
-
-
-@pytest.mark.parametrize(
-    ("steps", "partitions", "group", "expected"),
+    ("sizes", "partitions", "expected"),
     [
         (
-            ["1", "25%", "50%", "100%"],
+            [1, 2, 4, 8],  # ["1", "25%", "50%", "100%"] of 8
             8,
-            1,
             [
-                ("workers", "1", (0,), (0,)),
-                ("workers", "25%", (0, 1), (1,)),
-                ("workers", "50%", (0, 1, 2, 3), (2, 3)),
-                ("workers", "100%", tuple(range(8)), (4, 5, 6, 7)),
-                ("dispatcher", "dispatcher-1", tuple(range(8)), ()),
-                ("api", "api", tuple(range(8)), ()),
+                ("workers", "1/8", (0,), (0,)),
+                ("workers", "2/8", (0, 1), (1,)),
+                ("workers", "4/8", (0, 1, 2, 3), (2, 3)),
+                ("workers", "8/8", ALL8, (4, 5, 6, 7)),
+                ("dispatcher", "dispatcher-1", ALL8, ()),
+                ("api", "api", ALL8, ()),
             ],
         ),
         (
-            ["1", "100%"],
+            [2, 4],  # ["1", "100%"] in groups of 2
             4,
-            2,
             [
-                ("workers", "1", (0, 1), (0, 1)),
-                ("workers", "100%", (0, 1, 2, 3), (2, 3)),
+                ("workers", "2/4", (0, 1), (0, 1)),
+                ("workers", "4/4", (0, 1, 2, 3), (2, 3)),
                 ("dispatcher", "dispatcher-1", (0, 1, 2, 3), ()),
                 ("api", "api", (0, 1, 2, 3), ()),
             ],
         ),
+        (
+            [1],  # one partition: the canary is everything
+            1,
+            [
+                ("workers", "1/1", (0,), (0,)),
+                ("dispatcher", "dispatcher-1", (0,), ()),
+                ("api", "api", (0,), ()),
+            ],
+        ),
     ],
 )
-def test_plan(steps: list[str], partitions: int, group: int, expected: list[tuple]) -> None:
-    plan = plan_steps(steps, partitions, group)
+def test_plan(sizes: list[int], partitions: int, expected: list[tuple]) -> None:
+    plan = plan_steps(sizes, partitions)
     assert [(s.kind, s.name, s.partitions, s.added) for s in plan] == expected
     assert [s.index for s in plan] == list(range(len(expected)))
 
 
-def test_plan_steps_one_per_dispatcher() -> None:
-    plan = plan_steps(["100%"], 2, dispatchers=2, apis=0)
-    assert [(s.kind, s.name) for s in plan] == [
-        ("workers", "100%"),
-        ("dispatcher", "dispatcher-1"),
-        ("dispatcher", "dispatcher-2"),
-    ]
+@pytest.mark.parametrize(
+    ("dispatchers", "apis", "roles"),
+    [
+        (2, 0, ["workers", "dispatcher-1", "dispatcher-2"]),
+        (0, 2, ["workers", "api-1", "api-2"]),
+        (0, 0, ["workers"]),
+    ],
+)
+def test_one_step_per_role_instance(dispatchers: int, apis: int, roles: list[str]) -> None:
+    plan = plan_steps([2], 2, dispatchers=dispatchers, apis=apis)
+    assert [s.name if s.kind != "workers" else s.kind for s in plan] == roles
 
 
 @pytest.mark.parametrize(
-    ("steps", "partitions", "group", "message"),
+    ("sizes", "partitions", "message"),
     [
-        (["1", "1"], 8, 1, "adds no partition"),
-        (["50%", "25%"], 8, 1, "adds no partition"),
-        (["1", "50%"], 8, 1, "covers 4 of 8 partitions"),
-        ([], 8, 1, "at least one worker step"),
-        (["100%"], 0, 1, "at least one partition"),
-        (["100%"], 8, 0, "group_size must be at least 1"),
+        ([1, 1, 8], 8, "step to 1 partitions after 1: steps must widen"),
+        ([4, 2, 8], 8, "step to 2 partitions after 4"),
+        ([1, 9], 8, "step to 9 partitions after 1: steps must widen, up to 8"),
+        ([0, 8], 8, "step to 0 partitions after 0"),
+        ([1, 4], 8, "covers 4 of 8 partitions"),
+        ([], 8, "at least one worker step"),
+        ([1], 0, "at least one partition"),
     ],
 )
-def test_bad_plan(steps: list[str], partitions: int, group: int, message: str) -> None:
+def test_bad_plan(sizes: list[int], partitions: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        plan_steps(steps, partitions, group)
+        plan_steps(sizes, partitions)
 
 
 @pytest.mark.parametrize(
