@@ -75,6 +75,15 @@ SITE_POOLS_REV_KEY = f"{PREFIX}:site-pools:rev"
 #: The durations (seconds) for which aggregates state how much power can be sustained.
 DURATIONS_S: tuple[int, ...] = (900, 3600, 14400)
 
+#: The rollout controller's live state (JSON: phase, step, partitions on the new version,
+#: hand-over gaps), for operators and ``GET /v1/admin/rollout``.
+ROLLOUT_STATE_KEY = f"{PREFIX}:rollout:state"
+#: An operator's command to the running controller (JSON ``{"command", "reason"}``), taken
+#: with GETDEL: rollback, resume or abort.
+ROLLOUT_COMMAND_KEY = f"{PREFIX}:rollout:command"
+#: The rollout controller's lock (:class:`cloud.locks.LeaderLock`): one rollout at a time.
+ROLLOUT_LOCK_KEY = f"{PREFIX}:rollout:lock"
+
 
 def lease_key(partition: int) -> str:
     return f"{PREFIX}:lease:p:{partition}"

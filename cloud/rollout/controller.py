@@ -316,7 +316,8 @@ class RolloutController:
             want = max(1, math.ceil(len(step.partitions) * old / self.partitions))
             have = self._names("worker", self.version)
             for i in range(len(have), want):
-                await self.launcher.start("worker", self.version, f"worker-{self.version}-{i + 1}")
+                name = f"worker-{self.version}-{self.rollout_id}-{i + 1}"
+                await self.launcher.start("worker", self.version, name)
             return
         if step.index == next(s.index for s in self.plan if s.kind != "workers"):
             await self._retire_old_workers()
