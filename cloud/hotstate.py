@@ -22,6 +22,9 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
     vpp:flags:{pool}             string  the pool's evaluated flags, JSON {"hash", "values"}
     vpp:flags:{pool}:{p}         string  partition p's evaluated flags (same shape)
     vpp:flags:reported:p:{p}     hash    site id -> the flag set it reports, JSON {"hash", ...}
+    vpp:rollout:partitions       hash    partition -> release version that may hold it (rollout)
+    vpp:handover:{p}             string  HandoverRecord JSON of p's latest hand-over (expires)
+    vpp:partition-health         hash    partition -> PartitionHealth JSON (owner, each cycle)
 
 Aggregates carry their own timestamps; a reader treats an aggregate older than a few worker
 cycles as missing (its worker died and nobody has picked the partition up yet).
@@ -39,11 +42,15 @@ from typing import Any
 
 __all__ = [
     "DURATIONS_S",
+    "PARTITION_HEALTH_KEY",
+    "ROLLOUT_PARTITIONS_KEY",
     "SITE_POOLS_KEY",
     "SITE_POOLS_REV_KEY",
     "DeliveryRecord",
+    "HandoverRecord",
     "HoldRecord",
     "PartitionAggregate",
+    "PartitionHealth",
     "PlanRecord",
     "PoolAggregate",
     "PoolEnvelopeRecord",
@@ -58,6 +65,7 @@ __all__ = [
     "env_rev_key",
     "envelope_key",
     "flags_key",
+    "handover_key",
     "hold_key",
     "lease_key",
     "plan_key",
@@ -71,6 +79,11 @@ __all__ = [
 PREFIX = "vpp"
 SITE_POOLS_KEY = f"{PREFIX}:site-pools"
 SITE_POOLS_REV_KEY = f"{PREFIX}:site-pools:rev"
+#: Hash partition (decimal) -> the release version whose workers may hold it, written by the
+#: rollout; a partition without a field may be held by any worker (cloud.ingest.leases).
+ROLLOUT_PARTITIONS_KEY = f"{PREFIX}:rollout:partitions"
+#: Hash partition (decimal) -> :class:`PartitionHealth` JSON, written by its owner each cycle.
+PARTITION_HEALTH_KEY = f"{PREFIX}:partition-health"
 
 #: The durations (seconds) for which aggregates state how much power can be sustained.
 DURATIONS_S: tuple[int, ...] = (900, 3600, 14400)
@@ -91,6 +104,11 @@ def lease_key(partition: int) -> str:
 
 def worker_key(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
+
+
+def handover_key(partition: int) -> str:
+    """The partition's latest hand-over between two workers (:class:`HandoverRecord`)."""
+    return f"{PREFIX}:handover:{partition}"
 
 
 def agg_key(pool_id: str, partition: int) -> str:
@@ -164,6 +182,74 @@ def rejected_key(partition: int) -> str:
 
 def counters_key(partition: int) -> str:
     return f"{PREFIX}:ingest:p:{partition}:counters"
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverRecord:
+    """One partition's hand-over from its owner (``from``) to a successor (``to``) of the
+    version the rollout assigned it to (``vpp:handover:{p}``). Times are clock seconds:
+    ``ready_ts`` the successor hears the partition (warm), ``flushed_ts`` the owner wrote its
+    last aggregate and released the lease, ``taken_ts`` the successor holds the lease.
+    ``to`` is "" when the owner let the partition go with no successor ready (timeout)."""
+
+    from_: str
+    from_version: str
+    to: str
+    to_version: str
+    ready_ts: float | None = None
+    flushed_ts: float | None = None
+    taken_ts: float | None = None
+
+    @property
+    def gap_s(self) -> float | None:
+        """Seconds nobody held the partition: taken - flushed."""
+        if self.taken_ts is None or self.flushed_ts is None:
+            return None
+        return self.taken_ts - self.flushed_ts
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["from"] = data.pop("from_")
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> HandoverRecord:
+        """Raises ValueError (or KeyError/TypeError) on anything but a record."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("a hand-over record is a JSON object")
+        data["from_"] = data.pop("from")
+        for name in ("from_", "from_version", "to", "to_version"):
+            if not isinstance(data[name], str):
+                raise ValueError(f"{name} is not a string")
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionHealth:
+    """One partition as its owner saw it at its last cycle (``vpp:partition-health``): what
+    the rollout's analysis compares between partitions. Counters are cumulative since
+    ``owner_since`` (clock time the owner took the partition), so a reader takes deltas
+    within one owner; ``cycle_s`` is the owner's last cycle (wall seconds)."""
+
+    ts: float
+    version: str
+    worker: str
+    owner_since: float
+    sites: int
+    sites_fresh: int
+    telemetry_total: int
+    rejected_total: int
+    seq_gaps_total: int
+    acks_total: int
+    cycle_s: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PartitionHealth:
+        return cls(**json.loads(text))
 
 
 class SiteStatus(StrEnum):

@@ -83,6 +83,7 @@ def watch_api(
         pools = await ctx.db(ctx.registry.list_pools)
         return CheckResult(True, f"{len(pools)} pools")
 
+    op.add_build_role("api")
     op.ready.add("api.redis", redis_check)
     op.ready.add("api.registry", registry_check)
     alerts: dict[tuple[str, str], int] | None = None
@@ -180,6 +181,7 @@ def watch_worker(
             return CheckResult(False, f"last telemetry {_ago(age)} (limit {limit:g} s)")
         return CheckResult(True, f"last telemetry {_ago(age)}")
 
+    op.add_build_role("worker")
     op.ready.add("worker.partitions", partitions_check)
     op.ready.add("worker.ingest", ingest_check)
 
@@ -227,6 +229,24 @@ def watch_worker(
         yield gauge(
             "vpp_ingest_live_workers", "Workers sharing the partitions.", stats["live_workers"]
         )
+        yield worker.handover_gap.family()
+        yield counter(
+            "vpp_ingest_seq_gaps_total",
+            "Telemetry seq numbers skipped by sites this worker tracked (a site's seq above "
+            "its last + 1, and across a hand-over), by partition.",
+            {(str(p),): n for p, n in worker.seq_gap_totals().items()},
+            ["partition"],
+        )
+        yield gauge(
+            "vpp_ingest_partitions_warm",
+            "Partitions heard ahead of a hand-over to this worker (not yet owned).",
+            len(stats["warm"]),
+        )
+        yield counter(
+            "vpp_ingest_assignment_rejected_total",
+            "Fields of the rollout's partition assignment refused (read as absent), per read.",
+            stats["assignment_rejected"],
+        )
 
     op.registry.register(FnCollector(collect))
 
@@ -261,6 +281,7 @@ def watch_dispatcher(
             )
         return CheckResult(True, f"standby; lock read {_ago(age)}")
 
+    op.add_build_role("dispatcher")
     op.ready.add("dispatcher.leadership", leadership_check)
 
     def collect() -> Iterator[Metric]:

@@ -89,6 +89,9 @@ class CloudSettings:
     stale_intervals: float = 3.0
     offline_after_s: float = 120.0
     lease_ttl_s: float = 6.0
+    # a worker holding a partition the rollout assigned to another version waits this long
+    # for a ready successor, then lets it go anyway (default: one lease ttl)
+    handover_timeout_s: float | None = None
     dispatch_cycle_s: float = 2.0
     dispatch_lock_ttl_s: float = 6.0  # the leader lock: a standby takes over after this
     dispatch_max_age_s: float | None = None  # partition aggregates older count as gone (3 cycles)
@@ -372,6 +375,7 @@ async def run_cloud(
                 partition_count=settings.partitions,
                 cycle_s=settings.cycle_s,
                 lease_ttl_s=settings.lease_ttl_s,
+                handover_timeout_s=settings.handover_timeout_s,
                 stale_intervals=settings.stale_intervals,
                 offline_after_s=settings.offline_after_s,
                 worker_id=settings.instance_id,

@@ -231,6 +231,7 @@ class OperatorServer(AsgiServer):
         )
         self._roles: Mapping[str, asyncio.Future[Any]] | None = None
         self._role_labels: Mapping[str, str] = {}
+        self._build_roles: list[str] = []
         self._scrape_hooks: list[ScrapeHook] = []
         self._beat_at: float | None = None
         self._last_lag_s = 0.0
@@ -253,6 +254,12 @@ class OperatorServer(AsgiServer):
         agent's name holds its site id; its label is ``agent``)."""
         self._roles = roles
         self._role_labels = labels or {}
+
+    def add_build_role(self, role: str) -> None:
+        """Name a role this process runs in ``vpp_build_info`` (one sample per role, so a
+        rollout sees which version each role runs); without any, the sample has no role."""
+        if role not in self._build_roles:
+            self._build_roles.append(role)
 
     def before_scrape(self, hook: ScrapeHook) -> None:
         """An async refresh to await before each scrape (bounded by the check timeout), for
@@ -314,9 +321,12 @@ class OperatorServer(AsgiServer):
         return CheckResult(False, "; ".join(_ended(name, roles[name]) for name in ended))
 
     def _collect(self) -> Iterable[Metric]:
-        yield InfoMetricFamily(
-            "vpp_build", "The vpp version this process runs.", {"version": VERSION}
+        build = InfoMetricFamily(
+            "vpp_build", "The vpp version this process runs (by role, where roles say).", labels=[]
         )
+        for role in self._build_roles or [None]:
+            build.add_metric([], {"version": VERSION} | ({} if role is None else {"role": role}))
+        yield build
         up: dict[tuple[str, ...], float] = {}
         for name, task in (self._roles or {}).items():
             key = (self._role_labels.get(name, name),)

@@ -19,6 +19,18 @@ their holder dies.
 One round trip per tick for the renewals (one script call for all owned keys), one for the
 heartbeat plus the view of every lease (``MGET``), and one more only when acquiring or
 releasing.
+
+Version-aware (a rollout, :mod:`cloud.hotstate` ``vpp:rollout:partitions``): a partition whose
+field names a release version may be held only by workers of that version; one without a
+field by any worker. The heartbeat carries the worker's version, the fair share counts
+the live workers of its own version (all live workers while no partition is assigned, so
+without a rollout nothing changes), and :func:`plan_leases` (pure) decides what to take,
+release, hand over and succeed to. A worker holding a partition assigned to another version
+hands it over warm (:class:`HandoverRecord`): the successor subscribes while the owner still
+holds the lease and marks itself ready; the owner writes its last aggregate, releases and
+sets ``flushed_ts`` in one MULTI (its cycle, :meth:`LeaseManager.queue_flush`); the
+successor, ticking every cycle while a hand-over is pending, takes the lease at once. With no
+successor ready within ``handover_timeout_s`` the owner releases anyway, and says so.
 """
 
 from __future__ import annotations
@@ -27,30 +39,172 @@ import json
 import logging
 import math
 import random
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from cloud.hotstate import lease_key, worker_key
+from cloud.hotstate import (
+    ROLLOUT_PARTITIONS_KEY,
+    HandoverRecord,
+    handover_key,
+    lease_key,
+    worker_key,
+)
 from cloud.locks import MARGIN as _MARGIN
 from cloud.locks import RELEASE_SCRIPT as _RELEASE
 from cloud.locks import RENEW_SCRIPT as _RENEW
 from protocols.clock import Clock, wall_ms
+from protocols.version import VERSION
 
-__all__ = ["LeaseChanges", "LeaseManager"]
+__all__ = [
+    "HANDOVER_KEEP_S",
+    "Assignment",
+    "LeaseChanges",
+    "LeaseManager",
+    "LeasePlan",
+    "parse_assignment",
+    "plan_leases",
+]
 
 log = logging.getLogger(__name__)
+
+#: A hand-over record stays readable this long (clock seconds) for the rollout's report.
+HANDOVER_KEEP_S = 3600.0
+_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,63}")
+
+# KEYS[1]: key; ARGV[1]: the value expected ("" = absent), ARGV[2]: new value, ARGV[3]: px.
+_CAS_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+if (v == false and ARGV[1] == '') or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The rollout's assignment, parsed: partition -> version, and the fields refused
+    (field -> why), which are counted and ignored (as if absent)."""
+
+    versions: dict[int, str]
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+def parse_assignment(raw: Mapping[str, str], partition_count: int) -> Assignment:
+    """Read ``vpp:rollout:partitions``: a field is a partition number in range (decimal), a
+    value a version string (letters, digits, ``.+!_-``, at most 64). Anything else is refused
+    with its reason, never raised."""
+    versions: dict[int, str] = {}
+    rejected: dict[str, str] = {}
+    for key, value in raw.items():
+        if not (key.isascii() and key.isdigit()) or int(key) >= partition_count:
+            rejected[key] = f"field {key!r} is not a partition 0..{partition_count - 1}"
+        elif not isinstance(value, str) or not _VERSION_RE.fullmatch(value):
+            rejected[key] = f"partition {key}: {value!r} is not a version"
+        else:
+            versions[int(key)] = value
+    return Assignment(versions, rejected)
+
+
+@dataclass(frozen=True)
+class LeasePlan:
+    """What a worker does with the leases at one tick (:func:`plan_leases`).
+
+    ``free``: free partitions it may take (in order; the caller shuffles), ``room`` of them;
+    ``release``: owned partitions above the fair share; ``hand_over``: owned partitions
+    assigned to another version; ``succeed``: partitions assigned to its version but held by
+    a worker of another one, to warm up for (at most the room left after ``free``)."""
+
+    eligible: frozenset[int]
+    share: int
+    free: tuple[int, ...]
+    room: int
+    release: tuple[int, ...]
+    hand_over: tuple[int, ...]
+    succeed: tuple[int, ...]
+
+
+def plan_leases(
+    *,
+    version: str,
+    worker_id: str,
+    owned: set[int] | frozenset[int],
+    warming: set[int] | frozenset[int],
+    holders: Sequence[str | None],
+    assignment: Mapping[int, str],
+    live: Mapping[str, str],
+) -> LeasePlan:
+    """Pure: decide from the leases' holders (index = partition), the assignment, the live
+    workers (id -> version, this one included) and this worker's owned and warming sets.
+
+    Eligible = partitions without an assigned version or assigned to ``version``. Fair share
+    = ceil(eligible / live workers of ``version``), or of all live workers while nothing is
+    assigned (today's rule). Partitions being handed over or warmed count as held."""
+    n = len(holders)
+    eligible = frozenset(p for p in range(n) if assignment.get(p, version) == version)
+    peers = sum(1 for v in live.values() if v == version) if assignment else len(live)
+    share = math.ceil(len(eligible) / max(1, peers))
+    hand_over = tuple(sorted(p for p in owned if p not in eligible))
+    kept = sorted(p for p in owned if p in eligible)
+    release = tuple(kept[share:])
+    room = max(0, share - len(kept) - len(warming))
+    succeed = []
+    for p in sorted(eligible):
+        holder = holders[p]
+        if (
+            p in assignment  # an unassigned partition is nobody's to claim from its holder
+            and holder is not None
+            and holder != worker_id
+            and p not in warming
+            and live.get(holder) != version
+        ):
+            succeed.append(p)
+    succeed = succeed[:room]
+    room -= len(succeed)
+    free = tuple(
+        p for p in sorted(eligible) if holders[p] is None and p not in owned and p not in warming
+    )
+    return LeasePlan(
+        eligible=eligible,
+        share=share,
+        free=free if room else (),
+        room=min(room, len(free)),
+        release=release,
+        hand_over=hand_over,
+        succeed=tuple(succeed),
+    )
 
 
 @dataclass
 class LeaseChanges:
-    """What one tick changed: partitions gained and lost (lost = renewal failed or released)."""
+    """What one tick changed: partitions gained and lost (lost = renewal failed, released or
+    handed over); ``warm``: start hearing these (a successor), ``cold``: stop warming these."""
 
     gained: set[int] = field(default_factory=set)
     lost: set[int] = field(default_factory=set)
+    warm: set[int] = field(default_factory=set)
+    cold: set[int] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.gained or self.lost)
+        return bool(self.gained or self.lost or self.warm or self.cold)
+
+
+@dataclass
+class _Warm:
+    """A successor's claim on a partition still held by another worker."""
+
+    since: float
+    record: HandoverRecord
+    text: str  # the record as this worker last wrote it (compare-and-set)
+
+    @property
+    def ready(self) -> bool:
+        return self.record.ready_ts is not None
 
 
 class LeaseManager:
@@ -65,28 +219,56 @@ class LeaseManager:
         clock: Clock,
         ttl_s: float = 6.0,
         rng: random.Random | None = None,
+        version: str = VERSION,
+        handover_timeout_s: float | None = None,
     ) -> None:
+        """``handover_timeout_s``: how long an owner waits for a ready successor before it
+        lets a partition assigned elsewhere go anyway (default 3 ticks: one ttl)."""
         if ttl_s <= 0:
             raise ValueError("lease ttl must be > 0")
+        if handover_timeout_s is not None and not handover_timeout_s > 0:
+            raise ValueError(f"handover_timeout_s must be > 0, got {handover_timeout_s}")
         self.redis = redis
         self.worker_id = worker_id
         self.partition_count = partition_count
         self.clock = clock
         self.ttl_s = float(ttl_s)
+        self.version = version
+        self.handover_timeout_s = (
+            3 * self.renew_every_s if handover_timeout_s is None else float(handover_timeout_s)
+        )
         self.owned: set[int] = set()
         self.live_workers = 1
+        self.assignment: dict[int, str] = {}
+        self.assignment_rejected = 0  # garbage fields seen, summed over ticks
+        #: owned partitions assigned elsewhere: since when (clock), waiting for a successor
+        self.handing_over: dict[int, float] = {}
+        #: owned partitions to flush and release at the next cycle, with their record
+        self.flushing: dict[int, HandoverRecord] = {}
+        self.warming: dict[int, _Warm] = {}
+        self.gaps: list[float] = []  # hand-over gaps measured (taken - flushed), unread
         self._valid_until: dict[int, float] = {}
         self._rng = rng or random.Random()
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._cas = redis.register_script(_CAS_SCRIPT)
+        self._bad_logged: set[str] = set()
 
     @property
     def renew_every_s(self) -> float:
         """Clock seconds between ticks: three renewals per ttl."""
         return self.ttl_s / 3.0
 
+    @property
+    def pending(self) -> bool:
+        """A hand-over is under way on this side: tick every cycle, not every ttl / 3."""
+        return bool(self.handing_over or self.flushing or self.warming)
+
     def _ttl_ms(self) -> int:
         return wall_ms(self.clock, self.ttl_s)
+
+    def _keep_ms(self) -> int:
+        return wall_ms(self.clock, max(HANDOVER_KEEP_S, 10 * self.ttl_s))
 
     def valid(self, partition: int) -> bool:
         """True while this worker surely still holds ``partition`` (see module docstring)."""
@@ -95,10 +277,12 @@ class LeaseManager:
     def fair_share(self) -> int:
         return math.ceil(self.partition_count / max(1, self.live_workers))
 
-    async def tick(self) -> LeaseChanges:
+    async def tick(self, ready: set[int] | frozenset[int] = frozenset()) -> LeaseChanges:
         """Heartbeat, renew, then acquire free partitions up to the fair share or release
-        the excess. Raises on Redis errors (the caller logs and retries next tick; leases
-        it cannot renew expire on their own, and :meth:`valid` turns false in time)."""
+        the excess, and move the hand-overs on. ``ready``: warming partitions whose
+        subscription the broker has granted (the successor hears them now). Raises on
+        Redis errors (the caller logs and retries next tick; leases it cannot renew expire
+        on their own, and :meth:`valid` turns false in time)."""
         changes = LeaseChanges()
         started = self.clock.time()
         ttl_ms = self._ttl_ms()
@@ -122,37 +306,51 @@ class LeaseManager:
             self._drop(changes.lost)
 
         pipe = self.redis.pipeline(transaction=False)
-        beat = {"worker_id": self.worker_id, "ts": started, "owned": sorted(self.owned)}
+        beat = {
+            "worker_id": self.worker_id,
+            "ts": started,
+            "owned": sorted(self.owned),
+            "version": self.version,
+        }
         pipe.set(worker_key(self.worker_id), json.dumps(beat), px=ttl_ms)
         pipe.mget([lease_key(p) for p in range(self.partition_count)])
-        _, holders = await pipe.execute()
-        self.live_workers = max(1, await self._count_workers())
-        share = self.fair_share()
+        pipe.hgetall(ROLLOUT_PARTITIONS_KEY)
+        _, holders, raw_assignment = await pipe.execute()
+        self.assignment = self._read_assignment(raw_assignment)
+        live = await self._live_workers()
+        live[self.worker_id] = self.version
+        plan = plan_leases(
+            version=self.version,
+            worker_id=self.worker_id,
+            owned=self.owned,
+            warming=set(self.warming),
+            holders=holders,
+            assignment=self.assignment,
+            live=live,
+        )
+        if self.assignment:
+            self.live_workers = max(1, sum(1 for v in live.values() if v == self.version))
+        else:
+            self.live_workers = max(1, len(live))
+        share = plan.share
 
-        if len(self.owned) < share:
-            free = [p for p, h in enumerate(holders) if h is None and p not in self.owned]
+        if plan.room:
+            free = list(plan.free)
             self._rng.shuffle(free)  # workers starting together do not all race for p0..
-            want = free[: share - len(self.owned)]
-            if want:
-                pipe = self.redis.pipeline(transaction=False)
-                for p in want:
-                    pipe.set(lease_key(p), self.worker_id, nx=True, px=ttl_ms)
-                for p, ok in zip(want, await pipe.execute(), strict=True):
-                    if ok:
-                        self.owned.add(p)
-                        self._valid_until[p] = started + self.ttl_s * (1.0 - _MARGIN)
-                        changes.gained.add(p)
-            if changes.gained:
+            gained = await self._take(free[: plan.room], started, ttl_ms)
+            changes.gained.update(gained)
+            if gained:
                 log.info(
-                    "worker %s: acquired partitions %s (share %d of %d, %d workers)",
+                    "worker %s: acquired partitions %s (share %d of %d, %d workers of %s)",
                     self.worker_id,
-                    sorted(changes.gained),
+                    sorted(gained),
                     share,
-                    self.partition_count,
+                    len(plan.eligible),
                     self.live_workers,
+                    self.version,
                 )
-        elif len(self.owned) > share:
-            excess = sorted(self.owned)[share:]
+        if plan.release:
+            excess = list(plan.release)
             await self.release(excess)
             changes.lost.update(excess)
             log.info(
@@ -162,13 +360,250 @@ class LeaseManager:
                 share,
                 self.live_workers,
             )
+        await self._owner_side(plan, started)
+        await self._successor_side(plan, holders, live, ready, started, ttl_ms, changes)
         return changes
 
-    async def _count_workers(self) -> int:
-        n = 0
-        async for _ in self.redis.scan_iter(match=worker_key("*"), count=1000):
-            n += 1
-        return n
+    # --- reads ------------------------------------------------------------------------------
+
+    def _read_assignment(self, raw: Mapping[str, str]) -> dict[int, str]:
+        parsed = parse_assignment(raw, self.partition_count)
+        if parsed.rejected:
+            self.assignment_rejected += len(parsed.rejected)
+            for key, why in parsed.rejected.items():
+                if key not in self._bad_logged:
+                    self._bad_logged.add(key)
+                    log.warning(
+                        "worker %s: %s: ignoring %s", self.worker_id, ROLLOUT_PARTITIONS_KEY, why
+                    )
+        return parsed.versions
+
+    async def _live_workers(self) -> dict[str, str]:
+        """Live worker id -> version (heartbeats; one without a version, a worker from
+        before versions, reads as "")."""
+        keys = [k async for k in self.redis.scan_iter(match=worker_key("*"), count=1000)]
+        if not keys:
+            return {}
+        out: dict[str, str] = {}
+        for key, text in zip(keys, await self.redis.mget(keys), strict=True):
+            if text is None:
+                continue
+            worker_id = key.split(":", 2)[2]
+            try:
+                beat = json.loads(text)
+                version = beat.get("version", "") if isinstance(beat, dict) else ""
+            except ValueError:
+                version = ""
+            out[worker_id] = version if isinstance(version, str) else ""
+        return out
+
+    async def _take(self, want: list[int], started: float, ttl_ms: int) -> set[int]:
+        if not want:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        for p in want:
+            pipe.set(lease_key(p), self.worker_id, nx=True, px=ttl_ms)
+        gained = set()
+        for p, ok in zip(want, await pipe.execute(), strict=True):
+            if ok:
+                self.owned.add(p)
+                self._valid_until[p] = started + self.ttl_s * (1.0 - _MARGIN)
+                gained.add(p)
+        return gained
+
+    async def _records(self, partitions: list[int]) -> dict[int, tuple[str | None, Any]]:
+        """Each partition's hand-over record: (its text, the record or None if absent or
+        unreadable)."""
+        if not partitions:
+            return {}
+        texts = await self.redis.mget([handover_key(p) for p in partitions])
+        out: dict[int, tuple[str | None, Any]] = {}
+        for p, text in zip(partitions, texts, strict=True):
+            record = None
+            if text is not None:
+                try:
+                    record = HandoverRecord.from_json(text)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("partition=%d: unreadable hand-over record (%s)", p, exc)
+            out[p] = (text, record)
+        return out
+
+    # --- the owner's side -------------------------------------------------------------------
+
+    async def _owner_side(self, plan: LeasePlan, now: float) -> None:
+        """Note partitions assigned elsewhere; once their successor is ready (or none came
+        in time) queue them for the flush of the next cycle."""
+        for p in list(self.handing_over):
+            if p not in plan.hand_over:  # assigned back to us, or no longer ours
+                del self.handing_over[p]
+                self.flushing.pop(p, None)
+                if p in self.owned:
+                    log.info("worker %s partition=%d: hand-over cancelled", self.worker_id, p)
+        for p in plan.hand_over:
+            if p not in self.handing_over:
+                self.handing_over[p] = now
+                log.info(
+                    "worker %s partition=%d: assigned to version %s; handing over (waiting "
+                    "up to %g s for a ready successor)",
+                    self.worker_id,
+                    p,
+                    self.assignment[p],
+                    self.handover_timeout_s,
+                )
+        waiting = [p for p in self.handing_over if p not in self.flushing]
+        for p, (_, record) in (await self._records(waiting)).items():
+            to_version = self.assignment[p]
+            if (
+                record is not None
+                and record.from_ == self.worker_id
+                and record.to_version == to_version
+                and record.ready_ts is not None
+                and record.flushed_ts is None
+            ):
+                self.flushing[p] = record
+                log.info(
+                    "worker %s partition=%d: successor %s (%s) ready; flushing",
+                    self.worker_id,
+                    p,
+                    record.to,
+                    record.to_version,
+                )
+            elif now - self.handing_over[p] >= self.handover_timeout_s:
+                mine = record is not None and record.from_ == self.worker_id
+                self.flushing[p] = HandoverRecord(
+                    from_=self.worker_id,
+                    from_version=self.version,
+                    to=record.to if mine and record is not None else "",
+                    to_version=to_version,
+                    ready_ts=None,
+                )
+                log.warning(
+                    "worker %s partition=%d: no successor of version %s ready within %g s; "
+                    "releasing anyway (availability first; the next worker starts cold)",
+                    self.worker_id,
+                    p,
+                    to_version,
+                    self.handover_timeout_s,
+                )
+
+    def queue_flush(self, pipe: Any, partition: int) -> None:
+        """Add the end of a hand-over to the cycle's MULTI, after the partition's last
+        aggregate: release the lease (only if still ours) and record ``flushed_ts`` (read
+        now, before the MULTI runs: no successor can take the lease earlier)."""
+        record = replace(self.flushing[partition], flushed_ts=self.clock.time())
+        pipe.eval(_RELEASE, 1, lease_key(partition), self.worker_id)
+        pipe.set(handover_key(partition), record.to_json(), px=self._keep_ms())
+
+    def flushed(self, partitions: set[int]) -> None:
+        """The flush MULTI went through: these partitions are no longer held."""
+        for p in partitions:
+            self.flushing.pop(p, None)
+            self.handing_over.pop(p, None)
+        self._drop(partitions)
+
+    # --- the successor's side ---------------------------------------------------------------
+
+    async def _successor_side(
+        self,
+        plan: LeasePlan,
+        holders: list[str | None],
+        live: Mapping[str, str],
+        ready: set[int] | frozenset[int],
+        now: float,
+        ttl_ms: int,
+        changes: LeaseChanges,
+    ) -> None:
+        # give up claims the assignment or another worker overtook
+        for p, warm in list(self.warming.items()):
+            holder = holders[p]
+            if self.assignment.get(p) != self.version or holder not in (None, warm.record.from_):
+                del self.warming[p]
+                changes.cold.add(p)
+                log.info(
+                    "worker %s partition=%d: hand-over from %s abandoned (assigned to %s, "
+                    "held by %s)",
+                    self.worker_id,
+                    p,
+                    warm.record.from_,
+                    self.assignment.get(p),
+                    holder,
+                )
+        # take what the owner has let go
+        free = [p for p in self.warming if holders[p] is None]
+        for p in sorted(await self._take(free, now, ttl_ms)):
+            warm = self.warming.pop(p)
+            changes.gained.add(p)
+            await self._taken(p, warm, now)
+        # warm claims whose subscription is granted: say ready
+        for p in sorted(ready):
+            warm = self.warming.get(p)
+            if warm is None or warm.ready:
+                continue
+            record = replace(warm.record, ready_ts=now)
+            text = record.to_json()
+            if await self._cas(keys=[handover_key(p)], args=[warm.text, text, self._keep_ms()]):
+                warm.record, warm.text = record, text
+                log.info("worker %s partition=%d: warm; ready to take over", self.worker_id, p)
+            else:
+                del self.warming[p]
+                changes.cold.add(p)
+                log.info("worker %s partition=%d: hand-over claim lost", self.worker_id, p)
+        # claim new ones
+        records = await self._records(list(plan.succeed))
+        for p in plan.succeed:
+            holder = holders[p]
+            assert holder is not None
+            text, record = records[p]
+            if (
+                record is not None
+                and record.taken_ts is None
+                and record.flushed_ts is None
+                and record.from_ == holder
+                and record.to in live
+                and record.to != self.worker_id
+            ):
+                continue  # another successor is warming up
+            claim = HandoverRecord(
+                from_=holder,
+                from_version=live.get(holder, ""),
+                to=self.worker_id,
+                to_version=self.version,
+            )
+            claim_text = claim.to_json()
+            if await self._cas(
+                keys=[handover_key(p)], args=[text or "", claim_text, self._keep_ms()]
+            ):
+                self.warming[p] = _Warm(since=now, record=claim, text=claim_text)
+                changes.warm.add(p)
+                log.info(
+                    "worker %s partition=%d: successor to %s (%s); warming up",
+                    self.worker_id,
+                    p,
+                    holder,
+                    claim.from_version or "unknown version",
+                )
+
+    async def _taken(self, p: int, warm: _Warm, now: float) -> None:
+        """Record ``taken_ts`` and the gap on the owner's record (if it flushed for us)."""
+        _text, record = (await self._records([p]))[p]
+        if record is None or record.to not in (self.worker_id, ""):
+            record = warm.record
+        # read after the take succeeded: taken_ts - flushed_ts bounds the gap from above
+        taken = max(now, self.clock.time())
+        record = replace(record, to=self.worker_id, to_version=self.version, taken_ts=taken)
+        await self.redis.set(handover_key(p), record.to_json(), px=self._keep_ms())
+        gap = record.gap_s
+        if gap is not None:
+            self.gaps.append(max(0.0, gap))
+        log.info(
+            "worker %s partition=%d: taken over from %s (gap %s s)",
+            self.worker_id,
+            p,
+            record.from_,
+            "unknown" if gap is None else f"{gap:.3f}",
+        )
+
+    # --- release ----------------------------------------------------------------------------
 
     async def release(self, partitions: list[int] | set[int] | None = None) -> int:
         """Give up leases now (clean stop, rebalancing): only keys this worker still holds
@@ -181,6 +616,7 @@ class LeaseManager:
 
     async def leave(self) -> None:
         """Clean stop: release every lease and delete the heartbeat key."""
+        self.warming.clear()
         await self.release()
         await self.redis.delete(worker_key(self.worker_id))
 
@@ -188,3 +624,5 @@ class LeaseManager:
         for p in partitions:
             self.owned.discard(p)
             self._valid_until.pop(p, None)
+            self.handing_over.pop(p, None)
+            self.flushing.pop(p, None)

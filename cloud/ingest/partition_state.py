@@ -21,6 +21,11 @@ Rules (see :meth:`PartitionState.apply`):
   (a gateway clock run ahead: a flat RTC battery, an NTP glitch) is refused as ``future_ts``
   and counted; it never becomes the state, so the site follows its measurements again as
   soon as its clock is back.
+* **Sequence continuity.** A seq above the site's last + 1 skipped the numbers between:
+  they are counted in :attr:`PartitionState.seq_gaps` (telemetry lost on its way, or sent
+  while nobody here listened). A site's first message sets its start, not a gap; a worker
+  taking a partition over checks the starts against the last owner's with
+  :meth:`PartitionState.gaps_after`.
 * **Live vs backlog.** A message whose source ``ts`` is older than its receive time by more
   than ``backlog_intervals`` of its own interval is backlog; it still updates the state when
   it is the newest we have, but it cannot make the site fresh (freshness is by source ts).
@@ -136,6 +141,8 @@ class PartitionState:
         cap = max(1, capacity)
         self._num = np.full((cap, _NCOLS), np.nan)
         self._seq = np.full(cap, -1, dtype=np.int64)
+        self._first_seq = np.full(cap, -1, dtype=np.int64)  # the first seq applied here
+        self.seq_gaps = 0  # seq numbers skipped by sites tracked here (see module docstring)
         self._mode = np.full(cap, _NO_MODE, dtype=np.int8)
         self._pool = np.full(cap, _NO_POOL, dtype=np.int32)
         self._has = np.zeros(cap, dtype=bool)
@@ -169,6 +176,7 @@ class PartitionState:
 
         self._num = grown(self._num, np.nan)
         self._seq = grown(self._seq, -1)
+        self._first_seq = grown(self._first_seq, -1)
         self._mode = grown(self._mode, _NO_MODE)
         self._pool = grown(self._pool, _NO_POOL)
         self._has = grown(self._has, False)
@@ -268,6 +276,10 @@ class PartitionState:
             if slot is None
             else (slot.start_ts, slot.deviation_wh, slot.covered_s)
         )
+        if last < 0:
+            self._first_seq[i] = seq
+        elif seq > last + 1:
+            self.seq_gaps += seq - last - 1
         self._seq[i] = seq
         self._mode[i] = _MODE_CODE[t.effective_mode]
         self._planned[i] = t.plan_id is not None
@@ -288,6 +300,25 @@ class PartitionState:
         self._status_off[i] = s.state == SiteState.OFFLINE
         self._changed[i] = True
         return True
+
+    def last_seqs(self) -> dict[str, int]:
+        """Site id -> the newest seq applied (sites heard from)."""
+        return {self._site_ids[i]: int(self._seq[i]) for i in np.flatnonzero(self._has[: self._n])}
+
+    def gaps_after(self, last_seqs: Mapping[str, int]) -> int:
+        """Seq numbers between another owner's last seq of each site (``last_seqs``) and the
+        first this state applied: what nobody ingested across a hand-over. Added to
+        :attr:`seq_gaps` and returned."""
+        gaps = 0
+        for site_id, last in last_seqs.items():
+            i = self._index.get(site_id)
+            if i is None:
+                continue
+            first = int(self._first_seq[i])
+            if first > last + 1:
+                gaps += first - last - 1
+        self.seq_gaps += gaps
+        return gaps
 
     # --- vectorised views -----------------------------------------------------------------
 

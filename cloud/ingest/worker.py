@@ -28,6 +28,15 @@ One worker process (one asyncio loop, no threads):
 Clean session: after a lease moves, the new owner starts with an empty state; retained
 statuses arrive with the subscription and each site is back with its next telemetry (one
 interval; sites not heard from by then count as stale, as they should).
+
+Warm hand-over (a rollout moving a partition between versions, :mod:`cloud.ingest.leases`):
+the successor subscribes while the owner still holds the lease and applies the messages to a
+state it does not write (a *warm* partition); the owner's cycle writes the partition's last
+aggregate and releases the lease in one MULTI; the successor takes the lease and its warm
+state becomes the owned one, so the sites stay fresh through the hand-over. It then checks
+every site's first seq against the last one the owner wrote (``vpp:sites:p:{p}``) and counts
+the numbers in between as seq gaps. Each cycle writes the partition's health record
+(``vpp:partition-health``) for the rollout's analysis.
 """
 
 from __future__ import annotations
@@ -45,8 +54,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from cloud.hotstate import (
+    PARTITION_HEALTH_KEY,
     SITE_POOLS_KEY,
     SITE_POOLS_REV_KEY,
+    PartitionHealth,
     agg_key,
     agg_parts_key,
     counters_key,
@@ -59,7 +70,7 @@ from cloud.hotstate import (
 )
 from cloud.ingest.leases import LeaseChanges, LeaseManager
 from cloud.ingest.mqtt_link import MqttSubscriber
-from cloud.ingest.partition_state import PartitionState
+from cloud.ingest.partition_state import Outcome, PartitionState
 from protocols.clock import Clock, Ticker
 from protocols.errors import ProtocolError
 from protocols.messages import Ack, FlexEnvelope, Status, Telemetry, encode, parse_message
@@ -67,6 +78,7 @@ from protocols.mqtt_endpoint import MqttEndpoint
 from protocols.operator import LoopHistogram
 from protocols.partitions import partition_of
 from protocols.topics import SiteKind, partition_filter
+from protocols.version import VERSION
 
 __all__ = ["ENVELOPE_SETTLE_S", "PartitionWorker"]
 
@@ -84,11 +96,15 @@ _ENVELOPE_FUTURE_SLOTS = 1
 ENVELOPE_SETTLE_S = 10.0
 _BAD_LOG_FIRST = 10  # log each rejection reason this many times, then 1 in 1000
 _GAUGES = ("sites", "unregistered")  # counters_key fields that are set, not incremented
+_PENDING_TICKS_PER_CYCLE = 4  # lease ticks per cycle while a hand-over is pending
 _HALT_WALL_TIMEOUT_S = 10.0  # wall seconds stop() waits for the start and for the loops
 _RECANCEL_WALL_S = 0.5  # a loop not done this long after a cancel is cancelled again
 #: ingest lag buckets (clock seconds): live telemetry arrives within a second or two, a
 #: gateway's replay after an outage minutes to hours late
 LAG_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+#: hand-over gap buckets (clock seconds): a warm hand-over takes about a lease tick, a
+#: timed-out one a ttl or more
+GAP_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 
 
 class PartitionWorker:
@@ -106,6 +122,8 @@ class PartitionWorker:
         lease_ttl_s: float = 6.0,
         stale_intervals: float = 3,
         offline_after_s: float = 120.0,
+        version: str = VERSION,
+        handover_timeout_s: float | None = None,
     ) -> None:
         """Prepare; nothing touches the network before :meth:`start`.
 
@@ -114,6 +132,10 @@ class PartitionWorker:
         stale_intervals: a site without telemetry for this many of its intervals (or past
             its heartbeat) is stale and out of the flexibility.
         offline_after_s: silence after which a site counts as offline.
+        version: the release this worker runs (its heartbeat says it; the rollout assigns
+            partitions to versions). A test may label in-process workers.
+        handover_timeout_s: how long it waits for a ready successor before letting a
+            partition assigned to another version go anyway (default: one lease ttl).
         """
         if cycle_s <= 0:
             raise ValueError("cycle_s must be > 0")
@@ -123,7 +145,8 @@ class PartitionWorker:
         self.cycle_s = float(cycle_s)
         self.stale_intervals = float(stale_intervals)
         self.offline_after_s = float(offline_after_s)
-        self._ctx = f"worker={self.worker_id}"
+        self.version = version
+        self._ctx = f"worker={self.worker_id} version={version}"
         self._redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
         self._leases = LeaseManager(
             self._redis,
@@ -131,6 +154,8 @@ class PartitionWorker:
             partition_count=partition_count,
             clock=clock,
             ttl_s=lease_ttl_s,
+            version=version,
+            handover_timeout_s=handover_timeout_s,
         )
         self._link = MqttSubscriber(
             broker=broker,
@@ -140,7 +165,12 @@ class PartitionWorker:
             ctx=self._ctx,
             clock=clock,
         )
-        self._states: dict[int, PartitionState] = {}
+        self._states: dict[int, PartitionState] = {}  # owned and warm partitions
+        self._seq_gaps_dropped: Counter[int] = Counter()  # gaps of states no longer held
+        self._warm: set[int] = set()  # heard, not held: a successor's hand-over under way
+        self._heard_since: dict[int, float] = {}  # clock time each partition was subscribed
+        # per owned partition since it was gained: telemetry, rejected, acks (health record)
+        self._totals: dict[int, Counter[str]] = {}
         self._counts: dict[int, Counter[str]] = {}
         self._rejected: dict[int, Counter[str]] = {}
         self._acks: dict[int, dict[str, Ack]] = {}
@@ -191,6 +221,11 @@ class PartitionWorker:
         self.cycle_seconds = LoopHistogram(
             "vpp_ingest_cycle_seconds", "Duration of the worker's aggregate cycle (wall seconds)."
         )
+        self.handover_gap = LoopHistogram(
+            "vpp_worker_handover_gap_seconds",
+            "Partitions taken over: seconds between the owner's flush and the take (clock).",
+            GAP_BUCKETS_S,
+        )
         self.last_telemetry_at: float | None = None  # clock time, owned partitions only
         self.last_telemetry_window_s = 0.0  # that site's interval (or heartbeat if longer)
         self.site_states: dict[int, tuple[int, int, int]] = {}  # fresh, stale, offline
@@ -200,28 +235,43 @@ class PartitionWorker:
     @property
     def owned(self) -> set[int]:
         """Partitions this worker holds a lease on (and ingests)."""
-        return set(self._states)
+        return set(self._states) - self._warm
+
+    @property
+    def warm(self) -> set[int]:
+        """Partitions heard ahead of a hand-over to this worker (not written)."""
+        return set(self._warm)
 
     @property
     def site_count(self) -> int:
         """Sites known in the owned partitions (registered or heard from)."""
-        return sum(len(s) for s in self._states.values())
+        return sum(len(s) for p, s in self._states.items() if p not in self._warm)
+
+    def _granted(self) -> set[int]:
+        granted = self._link.subscribed
+        return {p for p in self._states if partition_filter(p, SiteKind.TELEMETRY) in granted}
 
     @property
     def subscribed(self) -> set[int]:
         """Owned partitions whose telemetry subscription the broker has granted."""
-        granted = self._link.subscribed
-        return {p for p in self._states if partition_filter(p, SiteKind.TELEMETRY) in granted}
+        return self._granted() - self._warm
+
+    def partition_state(self, partition: int) -> PartitionState | None:
+        """The state of an owned or warm partition (tests, tools)."""
+        return self._states.get(partition)
 
     @property
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and tests (a copy)."""
         out = dict(self._stats)
-        out["owned"] = sorted(self._states)
-        out["sites"] = sum(len(s) for s in self._states.values())
+        out["owned"] = sorted(self.owned)
+        out["warm"] = sorted(self._warm)
+        out["sites"] = self.site_count
         out["rejected_by_reason"] = dict(self._reject_totals)
         out["mqtt"] = dict(self._link.stats, connected=self._link.connected)
         out["live_workers"] = self._leases.live_workers
+        out["assignment_rejected"] = self._leases.assignment_rejected
+        out["handing_over"] = sorted(self._leases.handing_over)
         return out
 
     def latest_ack(self, site_id: str) -> Ack | None:
@@ -247,7 +297,7 @@ class PartitionWorker:
                 await self._lease_tick()
         finally:
             self._start_done.set()
-        log.info("%s: started with partitions %s", self._ctx, sorted(self._states))
+        log.info("%s: started with partitions %s", self._ctx, sorted(self.owned))
 
     async def run(self) -> None:
         """Run the cycle and lease loops until :meth:`stop` (returns at once if stop()
@@ -367,8 +417,9 @@ class PartitionWorker:
             self._counts[p][outcome] += 1
             self.results[outcome] += 1
             self.lag.observe(max(now - t.ts, 0.0))  # a gateway clock ahead reads as no lag
-            self.last_telemetry_at = now
-            self.last_telemetry_window_s = max(t.interval_s, t.heartbeat_s or 0.0)
+            if p not in self._warm:
+                self.last_telemetry_at = now
+                self.last_telemetry_window_s = max(t.interval_s, t.heartbeat_s or 0.0)
         elif kind is Status:
             self._stats["statuses"] += 1
             st: Status = msg  # type: ignore[assignment]
@@ -476,19 +527,32 @@ class PartitionWorker:
     # --- leases ---------------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
+        """Tick every ``ttl / 3``, and four times a cycle while a hand-over is pending (the
+        successor takes a flushed partition at once, the owner sees its successor ready)."""
         every = self._leases.renew_every_s
-        async for _ in Ticker(self.clock, every, self._halt, first_at=self.clock.time() + every):
+        step = min(every, self.cycle_s) / _PENDING_TICKS_PER_CYCLE
+        due = self.clock.time() + every
+        async for now in Ticker(self.clock, step, self._halt, first_at=self.clock.time() + step):
+            if now + 1e-9 < due and not self._leases.pending:
+                continue
+            due = now + every
             await self._lease_tick()  # the halt ends it, not only cancel(): see _halt_loops
 
     async def _lease_tick(self) -> None:
+        ready = self._granted() & self._warm
         try:
-            changes = await self._leases.tick()
+            changes = await self._leases.tick(ready)
         except Exception as exc:
             self._stats["lease_errors"] += 1
             log.warning("%s: lease tick failed (%s); retrying", self._ctx, exc)
             changes = LeaseChanges()
+        for gap in self._leases.gaps:
+            self.handover_gap.observe(gap)
+        self._leases.gaps.clear()
         # Leases not renewed in time are gone whatever Redis says later.
-        changes.lost.update(p for p in self._states if not self._leases.valid(p))
+        changes.lost.update(
+            p for p in self._states if p not in self._warm and not self._leases.valid(p)
+        )
         expired = changes.lost & self._leases.owned
         if expired:
             try:
@@ -497,13 +561,26 @@ class PartitionWorker:
                 log.warning(
                     "%s: cannot release expired leases %s (%s)", self._ctx, sorted(expired), exc
                 )
+        taken = changes.gained & self._warm
+        if taken:  # before the first cycle of this owner rewrites the site summaries
+            await self._check_continuity(taken)
         self._apply_lease_changes(changes)
 
     def _apply_lease_changes(self, changes: LeaseChanges) -> None:
         now = self.clock.time()
-        for p in sorted(changes.lost):
-            if self._states.pop(p, None) is None:
+        for p in sorted(changes.lost | changes.cold):
+            if p in changes.cold and p not in self._warm:
+                continue  # cold only ends warming
+            if p in changes.lost and p in self._warm:
+                continue  # lost only ends ownership
+            state = self._states.pop(p, None)
+            if state is None:
                 continue
+            if p not in self._warm:
+                self._seq_gaps_dropped[p] += state.seq_gaps
+            self._warm.discard(p)
+            self._totals.pop(p, None)
+            self._heard_since.pop(p, None)
             self._counts.pop(p, None)
             self._rejected.pop(p, None)
             self._acks.pop(p, None)
@@ -516,23 +593,32 @@ class PartitionWorker:
             self._written_pools.pop(p, None)
             self._resend_summaries.discard(p)
             self._link.unsubscribe(partition_filter(p, k) for k in _KINDS)
-            log.info("%s partition=%d: no longer owned; ingest stopped", self._ctx, p)
+            log.info("%s partition=%d: no longer owned or warm; ingest stopped", self._ctx, p)
         for p in sorted(changes.gained):
+            if p in self._warm:  # a hand-over: the warm state becomes the owned one
+                self._warm.discard(p)
+                self._counts[p] = Counter()  # the warm time's counts were the owner's
+                self._rejected[p] = Counter()
+                self._totals[p] = Counter()
+                self._env_reset.add(p)
+                self._owned_since[p] = now
+                self._written_pools[p] = set()
+                self._resend_summaries.add(p)
+                log.info(
+                    "%s partition=%d: owned; warm since %.1f s (%d sites)",
+                    self._ctx,
+                    p,
+                    now - self._heard_since.get(p, now),
+                    len(self._states[p]),
+                )
+                continue
             if p in self._states:
                 continue
-            state = PartitionState(
-                p, stale_intervals=self.stale_intervals, offline_after_s=self.offline_after_s
-            )
-            state.set_pools(self._site_pools.get(p, {}), now)
-            self._states[p] = state
-            self._counts[p] = Counter()
-            self._rejected[p] = Counter()
-            self._acks[p] = {}
-            self._reported_flags[p] = {}
-            self._envelopes[p] = {}
-            self._env_written[p] = {}
+            state = self._new_state(p, now)
             self._env_reset.add(p)
             self._owned_since[p] = now
+            self._heard_since[p] = now
+            self._totals[p] = Counter()
             self._written_pools[p] = set()
             self._link.subscribe(partition_filter(p, k) for k in _KINDS)
             log.info(
@@ -540,6 +626,60 @@ class PartitionWorker:
                 self._ctx,
                 p,
                 len(state),
+            )
+        for p in sorted(changes.warm):
+            if p in self._states:
+                continue
+            self._new_state(p, now)
+            self._warm.add(p)
+            self._heard_since[p] = now
+            self._link.subscribe(partition_filter(p, k) for k in _KINDS)
+            log.info("%s partition=%d: warming up for a hand-over; subscribing", self._ctx, p)
+
+    def _new_state(self, p: int, now: float) -> PartitionState:
+        state = PartitionState(
+            p, stale_intervals=self.stale_intervals, offline_after_s=self.offline_after_s
+        )
+        state.set_pools(self._site_pools.get(p, {}), now)
+        self._states[p] = state
+        self._counts[p] = Counter()
+        self._rejected[p] = Counter()
+        self._acks[p] = {}
+        self._reported_flags[p] = {}
+        self._envelopes[p] = {}
+        self._env_written[p] = {}
+        return state
+
+    async def _check_continuity(self, partitions: set[int]) -> None:
+        """After a warm take-over: each site's first seq here against the last one the
+        previous owner wrote; the numbers between are seq gaps (telemetry nobody ingested)."""
+        for p in sorted(partitions):
+            state = self._states.get(p)
+            if state is None:
+                continue
+            try:
+                summaries = await self._redis.hgetall(sites_key(p))
+            except Exception as exc:
+                log.warning("%s partition=%d: cannot check seq continuity (%s)", self._ctx, p, exc)
+                continue
+            last: dict[str, int] = {}
+            for site_id, text in summaries.items():
+                try:
+                    seq = json.loads(text).get("seq")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(seq, int):
+                    last[site_id] = seq
+            gaps = state.gaps_after(last)
+            level = logging.WARNING if gaps else logging.INFO
+            log.log(
+                level,
+                "%s partition=%d: seq continuity over the hand-over: %d sites checked, %d seq "
+                "numbers skipped",
+                self._ctx,
+                p,
+                len(last),
+                gaps,
             )
 
     # --- registry mapping -----------------------------------------------------------------
@@ -589,9 +729,12 @@ class PartitionWorker:
         written: dict[int, set[str]] = {}
         env_written: dict[int, dict[str, dict[str, int]]] = {}
         reported: dict[int, dict[str, str]] = {}
+        flushing = self._leases.flushing
+        flushed: set[int] = set()
+        health: dict[str, str] = {}
         for p, state in self._states.items():
-            if not self._leases.valid(p):
-                continue  # lease may be someone else's by now: write nothing
+            if p in self._warm or not self._leases.valid(p):
+                continue  # warm, or the lease may be someone else's by now: write nothing
             pools_now: set[str] = set()
             fresh = stale = offline = 0
             for agg in state.aggregate(now, self.worker_id):
@@ -605,7 +748,7 @@ class PartitionWorker:
                 pipe.delete(agg_key(gone, p))
                 pipe.srem(agg_parts_key(gone), p)
             written[p] = pools_now
-            if now - self._owned_since.get(p, -math.inf) >= ENVELOPE_SETTLE_S:
+            if now - self._heard_since.get(p, -math.inf) >= ENVELOPE_SETTLE_S:
                 env_written[p] = self._envelope_writes(pipe, p, state, now)
             resend = p in self._resend_summaries
             summaries = state.site_summaries_json(now, changed_only=not resend)
@@ -623,6 +766,12 @@ class PartitionWorker:
             )
             for reason, n in rejected[p].items():
                 pipe.hincrby(rejected_key(p), reason, n)
+            health[str(p)] = self._health(p, state, counts[p], rejected[p], fresh, now)
+            if p in flushing:  # the last write of a partition handed over: release it too
+                self._leases.queue_flush(pipe, p)
+                flushed.add(p)
+        if health:
+            pipe.hset(PARTITION_HEALTH_KEY, mapping=health)
         pipe.get(SITE_POOLS_REV_KEY)
         self._stats["last_compute_ms"] = (time.perf_counter() - t0) * 1000.0
         self._link.pause_reading()
@@ -643,6 +792,13 @@ class PartitionWorker:
             return
         finally:
             self._link.resume_reading()
+        for p, c in counts.items():
+            if p in self._totals:
+                self._totals[p].update(self._deltas(c, rejected[p]))
+        if flushed:
+            self._leases.flushed(flushed)
+            self._apply_lease_changes(LeaseChanges(lost=flushed))
+            log.info("%s: flushed and released partitions %s", self._ctx, sorted(flushed))
         for p, pools_now in written.items():
             if p in self._written_pools:
                 self._written_pools[p] = pools_now
@@ -663,6 +819,49 @@ class PartitionWorker:
         self._stats["cycles"] += 1
         self._stats["last_cycle_ms"] = ms
         self._stats["max_cycle_ms"] = max(self._stats["max_cycle_ms"], ms)
+
+    @staticmethod
+    def _deltas(counts: Counter[str], rejected: Counter[str]) -> Counter[str]:
+        return Counter(
+            telemetry=sum(counts[o] for o in Outcome),
+            acks=counts["acks"],
+            rejected=sum(rejected.values()),
+        )
+
+    def _health(
+        self,
+        p: int,
+        state: PartitionState,
+        counts: Counter[str],
+        rejected: Counter[str],
+        fresh: int,
+        now: float,
+    ) -> str:
+        """The partition's health record (cloud.hotstate.PartitionHealth) with this cycle's
+        deltas counted in."""
+        totals = self._totals.get(p, Counter()) + self._deltas(counts, rejected)
+        return PartitionHealth(
+            ts=now,
+            version=self.version,
+            worker=self.worker_id,
+            owner_since=self._owned_since.get(p, now),
+            sites=len(state),
+            sites_fresh=fresh,
+            telemetry_total=totals["telemetry"],
+            rejected_total=totals["rejected"],
+            seq_gaps_total=state.seq_gaps,
+            acks_total=totals["acks"],
+            cycle_s=self._stats["last_cycle_ms"] / 1000.0,
+        ).to_json()
+
+    def seq_gap_totals(self) -> dict[int, int]:
+        """Partition -> seq numbers skipped in this worker's life (owned partitions,
+        those it held before included): the ``vpp_ingest_seq_gaps_total`` counter."""
+        out = Counter(self._seq_gaps_dropped)
+        for p, state in self._states.items():
+            if p not in self._warm:
+                out[p] += state.seq_gaps
+        return dict(out)
 
     # --- shutdown -------------------------------------------------------------------------
 
