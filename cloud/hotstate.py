@@ -25,6 +25,11 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
     vpp:rollout:partitions       hash    partition -> release version that may hold it (rollout)
     vpp:handover:{p}             string  HandoverRecord JSON of p's latest hand-over (expires)
     vpp:partition-health         hash    partition -> PartitionHealth JSON (owner, each cycle)
+    vpp:dispatch:{pool}:partitions string DispatchPartitionsRecord JSON: each partition's share
+                                         of the pool target, its delivery, signal and ack
+    vpp:rollout:state            string  the rollout controller's live state (JSON)
+    vpp:rollout:command          string  an operator's command to the running controller (JSON)
+    vpp:rollout:lock             string  the rollout controller's lock holder
 
 Aggregates carry their own timestamps; a reader treats an aggregate older than a few worker
 cycles as missing (its worker died and nobody has picked the partition up yet).
@@ -43,13 +48,18 @@ from typing import Any
 __all__ = [
     "DURATIONS_S",
     "PARTITION_HEALTH_KEY",
+    "ROLLOUT_COMMAND_KEY",
+    "ROLLOUT_LOCK_KEY",
     "ROLLOUT_PARTITIONS_KEY",
+    "ROLLOUT_STATE_KEY",
     "SITE_POOLS_KEY",
     "SITE_POOLS_REV_KEY",
     "DeliveryRecord",
+    "DispatchPartitionsRecord",
     "HandoverRecord",
     "HoldRecord",
     "PartitionAggregate",
+    "PartitionDispatch",
     "PartitionHealth",
     "PlanRecord",
     "PoolAggregate",
@@ -60,6 +70,7 @@ __all__ = [
     "agg_parts_key",
     "counters_key",
     "delivery_key",
+    "dispatch_partitions_key",
     "env_key",
     "env_parts_key",
     "env_rev_key",
@@ -127,6 +138,11 @@ def state_key(pool_id: str) -> str:
 def delivery_key(pool_id: str) -> str:
     """The pool dispatcher's latest cycle (target, measured, shortfall), read by the API."""
     return f"{PREFIX}:dispatch:{pool_id}:delivery"
+
+
+def dispatch_partitions_key(pool_id: str) -> str:
+    """The leading dispatcher's per-partition record (:class:`DispatchPartitionsRecord`)."""
+    return f"{PREFIX}:dispatch:{pool_id}:partitions"
 
 
 def env_key(pool_id: str, partition: int) -> str:
@@ -583,3 +599,59 @@ class PlanRecord:
         k = self.slot(t)
         series = self.partitions.get(str(partition))
         return 0.0 if k is None or series is None else float(series[k])
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionDispatch:
+    """One partition in the dispatcher's cycle (:class:`DispatchPartitionsRecord`).
+
+    Powers cover every fresh site of the partition: ``target_w`` is its share of the pool's
+    command (its flexible sites at their allocation, the rest as measured), None when the
+    pool has nothing to follow; ``baseline_w`` what the sites would draw on their own.
+    ``signal_ts``: the first signal of the activation in force, ``acked_ts``: when its sites
+    first reported following it (None: not yet). ``range_w``: ``p_max_w - p_min_w``.
+    The last three are cumulative over the leader's cycles since the record's ``since``:
+    seconds with a target, ``|target - measured|`` energy, and ``|target|`` energy (at least
+    5 % of the range, the e2e KPIs' error floor), Wh."""
+
+    target_w: float | None
+    measured_w: float
+    baseline_w: float
+    signal_ts: float | None = None
+    acked_ts: float | None = None
+    range_w: float = 0.0
+    dispatched_s: float = 0.0
+    error_wh: float = 0.0
+    target_wh: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchPartitionsRecord:
+    """The leading dispatcher's latest cycle per partition of one pool
+    (``dispatch_partitions_key``), written in the cycle's pipeline; the rollout's analysis
+    reads it. Counters restart with each leader (``dispatcher``, ``since``)."""
+
+    ts: float
+    dispatcher: str
+    since: float
+    partitions: dict[str, PartitionDispatch] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DispatchPartitionsRecord:
+        """Parsed; unknown fields ignored (a newer dispatcher's), raises ValueError (or
+        TypeError, KeyError) on a record that is not one."""
+        data = json.loads(text)
+        known = {f.name for f in fields(PartitionDispatch)}
+        parts = {
+            str(int(p)): PartitionDispatch(**{k: v for k, v in d.items() if k in known})
+            for p, d in data["partitions"].items()
+        }
+        return cls(
+            ts=float(data["ts"]),
+            dispatcher=str(data["dispatcher"]),
+            since=float(data["since"]),
+            partitions=parts,
+        )

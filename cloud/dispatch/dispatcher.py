@@ -63,12 +63,15 @@ from cloud.dispatch.planning import PoolPlanner
 from cloud.dispatch.retention import Pruned, Retention, prune
 from cloud.hotstate import (
     DeliveryRecord,
+    DispatchPartitionsRecord,
     HoldRecord,
     PartitionAggregate,
+    PartitionDispatch,
     PlanRecord,
     agg_key,
     agg_parts_key,
     delivery_key,
+    dispatch_partitions_key,
     flags_key,
     hold_key,
     state_key,
@@ -94,6 +97,9 @@ LEADER_KEY = "vpp:leader:dispatcher"
 SIGNAL_SEQ_KEY = "vpp:dispatch:signal-seq"
 CONFIG_REV_KEY = "vpp:dispatch:site-config-rev"
 FLAGS_REFRESH_S = 60.0  # how often the pools' flag keys are restored if Redis lost them
+#: the floor of a partition's |target| in its tracking account, as a share of its range (the
+#: e2e KPIs' error floor: a near-zero target makes a relative error meaningless)
+TRACKING_FLOOR = 0.05
 
 
 @dataclass
@@ -298,6 +304,12 @@ class PoolDispatcher:
         self.last_led_cycle_at: float | None = None  # clock time a leading cycle completed
         self._ack_wait: dict[tuple[str, int], float] = {}  # signalled, not yet followed
         self._acked: set[tuple[str, int]] = set()
+        self._acked_at: dict[tuple[str, int], float] = {}  # when first followed
+        # per partition since this leader's first cycle (the rollout's analysis reads them):
+        # [seconds dispatched, |target - measured| Wh, |target| Wh]; the pool's last cycle
+        self._tracking: dict[tuple[str, int], list[float]] = {}
+        self._tracked_at: dict[str, float] = {}
+        self._leading_since: float | None = None
         self.flags = FlagReader()
         #: pool -> partition -> the allocation strategy of its last split (status, tests)
         self.allocations: dict[str, dict[int, str]] = {}
@@ -390,7 +402,13 @@ class PoolDispatcher:
             self._seen_fresh.clear()
             self._ack_wait.clear()
             self._acked.clear()
+            self._acked_at.clear()
+            self._tracking.clear()
+            self._tracked_at.clear()
+            self._leading_since = None
             return
+        if self._leading_since is None:
+            self._leading_since = self.clock.time()
         self.stats["led_cycles"] += 1
         t0 = time.perf_counter()
         try:
@@ -513,6 +531,8 @@ class PoolDispatcher:
             if flexible == 0:
                 self._signalled_since.pop(key, None)
                 self._ack_wait.pop(key, None)
+                self._acked.discard(key)  # its next signal is a new activation to ack
+                self._acked_at.pop(key, None)
                 continue
             since = self._signalled_since.get(key)
             if since is not None and now - since > self.ack_timeout_s and a.sites_following == 0:
@@ -529,6 +549,7 @@ class PoolDispatcher:
                 continue
             del self._ack_wait[key]
             self._acked.add(key)
+            self._acked_at[key] = now
             self.acks_by_pool[pool_id] += 1
             self.latency.observe(now - since, pool_id)
 
@@ -629,6 +650,8 @@ class PoolDispatcher:
                 self._signalled_since.pop((pool_id, a.partition), None)
                 self._ack_wait.pop((pool_id, a.partition), None)
                 self._acked.discard((pool_id, a.partition))
+                self._acked_at.pop((pool_id, a.partition), None)
+            self._tracked_at.pop(pool_id, None)
             self.pools[pool_id] = PoolView(None, measured_w, 0.0, 0)
             return
         state = self._states.get(pool_id) or await self._restore(pool_id)
@@ -707,9 +730,11 @@ class PoolDispatcher:
             partitions_planned=sum(b is PlanBasis.PLAN for b in bases),
             dispatcher=self.id,
         )
+        by_partition = self._partition_record(pool_id, now, parts, allocation.targets_w)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(state_key(pool_id), json.dumps(result.state.to_dict()))
             pipe.set(delivery_key(pool_id), delivery.to_json())
+            pipe.set(dispatch_partitions_key(pool_id), by_partition.to_json())
             await pipe.execute()
         await asyncio.to_thread(
             self.registry.record_cycle,
@@ -721,6 +746,44 @@ class PoolDispatcher:
             target.schedule_id if target else None,
         )
         self.pools[pool_id] = PoolView(target_w, measured_w, result.shortfall_w, unresponsive)
+
+    def _partition_record(
+        self,
+        pool_id: str,
+        now: float,
+        parts: list[PartitionAggregate],
+        targets_w: np.ndarray,
+    ) -> DispatchPartitionsRecord:
+        """Each partition's share of the pool's command this cycle, its delivery, its
+        signal and ack times, and its tracking account since this leader's first cycle
+        (the rollout's analysis compares partitions on it). A cycle counts for the time
+        since the pool's last one, up to two cycles: a longer gap was not measured."""
+        last = self._tracked_at.get(pool_id)
+        self._tracked_at[pool_id] = now
+        dt = 0.0 if last is None or now - last > 2 * self.cycle_s else max(0.0, now - last)
+        out: dict[str, PartitionDispatch] = {}
+        for a, share_w in zip(parts, targets_w, strict=True):
+            key = (pool_id, a.partition)
+            # every fresh site: flexible ones at their share, the uncontrolled as measured
+            target_w = float(share_w) + a.uncontrolled_w
+            range_w = max(0.0, a.p_max_w - a.p_min_w)
+            account = self._tracking.setdefault(key, [0.0, 0.0, 0.0])
+            account[0] += dt
+            account[1] += abs(target_w - a.measured_w) * dt / 3600.0
+            account[2] += max(abs(target_w), TRACKING_FLOOR * range_w) * dt / 3600.0
+            out[str(a.partition)] = PartitionDispatch(
+                target_w=target_w,
+                measured_w=a.measured_w,
+                baseline_w=a.baseline_w + a.uncontrolled_w,
+                signal_ts=self._signalled_since.get(key),
+                acked_ts=self._acked_at.get(key),
+                range_w=range_w,
+                dispatched_s=account[0],
+                error_wh=account[1],
+                target_wh=account[2],
+            )
+        since = self._leading_since if self._leading_since is not None else now
+        return DispatchPartitionsRecord(ts=now, dispatcher=self.id, since=since, partitions=out)
 
     async def _restore(self, pool_id: str) -> ControllerState:
         """Continue from the last leader's state (bumpless take-over), or start fresh."""
