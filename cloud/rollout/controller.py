@@ -9,10 +9,11 @@ writes the step's partitions into ``vpp:rollout:partitions`` (the workers hand t
 :mod:`cloud.ingest.leases`), waits until a new worker holds each of them (the hand-over
 record gives the gap), then every check interval compares the canary's partitions with
 the untouched ones over the same window (:func:`cloud.rollout.analysis.analyse`, counted by
-:class:`~cloud.rollout.analysis.Checks`) until the soak is over. A dispatcher step starts
-a new dispatcher (a standby) and stops an old one gracefully, so the standby takes the lock
-as today; the API step starts the new API, waits for it, and stops the old. Every step
-begins on a quarter-hour boundary.
+:class:`~cloud.rollout.analysis.Checks`) until the soak is over. The last worker step leaves
+no partition untouched: its baseline is the whole pool over the window before it began.
+A dispatcher step starts a new dispatcher (a standby) and stops an old one gracefully, so
+the standby takes the lock as today; the API step starts the new API, waits for it, and
+stops the old. Every step begins on a quarter-hour boundary.
 
 On fail it rolls back by itself (every partition back to the old version, the new workers
 stopped once the old hold them again) and raises ``RolloutFailed``; on inconclusive it
@@ -51,7 +52,7 @@ from cloud.locks import LeaderLock
 from cloud.registry import Registry
 from cloud.rollout.analysis import Checks, Outcome, Verdict, analyse
 from cloud.rollout.config import RolloutConfig
-from cloud.rollout.launcher import Instance, Launcher
+from cloud.rollout.launcher import Launcher
 from cloud.rollout.machine import TERMINAL, Event, RolloutState, TransitionError, transition
 from cloud.rollout.observe import Observer
 from cloud.rollout.plan import Step, next_boundary, plan_steps
@@ -138,6 +139,7 @@ class RolloutController:
         self.state = RolloutState(steps=len(self.plan), kind=self.plan[0].kind)
         self.gaps_s: dict[int, float | None] = {}  # partition -> its last hand-over's gap
         self.last_verdict: Verdict | None = None
+        self.step_began_at: float | None = None
         self.events: list[tuple[str, dict[str, Any]]] = []
 
     # --- entry points --------------------------------------------------------------------
@@ -306,11 +308,9 @@ class RolloutController:
             if i.role == role and i.version == version and (i.running or not running)
         ]
 
-    def _instances(self, version: str) -> list[Instance]:
-        return [i for i in self.launcher.instances() if i.version == version]
-
     async def _start_step(self) -> None:
         step = self.step
+        self.step_began_at = self.clock.time()
         if step.kind == "workers":
             old = max(1, len(self._names("worker", self.from_version)))
             want = max(1, math.ceil(len(step.partitions) * old / self.partitions))
@@ -389,15 +389,23 @@ class RolloutController:
         checks = Checks.of(cfg)
         canary = self.step.partitions
         baseline = tuple(p for p in range(self.partitions) if p not in set(canary))
-        await self.observer.sample()
+        await self.observer.sample(self.launcher.instances())
+        before = None
+        if not baseline:
+            # no untouched partition left: the baseline is the whole pool in the window
+            # before this step began (sampled while waiting for its boundary)
+            began = self.step_began_at if self.step_began_at is not None else start
+            before = self.observer.window(
+                canary, began - cfg.window_s, began, self.launcher.instances()
+            )
         while self.clock.time() < start + self.config.soak_s:
             await self._sleep(cfg.check_interval_s)
-            await self.observer.sample()
-            now = self.clock.time()
+            instances = self.launcher.instances()
+            now = await self.observer.sample(instances)
             since = max(start, now - cfg.window_s)
             verdict = analyse(
-                self.observer.window(canary, since, now, self._instances(self.version)),
-                self.observer.window(baseline, since, now, self._instances(self.from_version)),
+                self.observer.window(canary, since, now, instances),
+                before or self.observer.window(baseline, since, now, instances),
                 cfg,
             )
             self.last_verdict = verdict
@@ -459,8 +467,12 @@ class RolloutController:
     # --- waiting -------------------------------------------------------------------------
 
     async def _wait_until(self, t: float) -> None:
+        """Until clock time ``t``, sampling the partitions every check interval meanwhile
+        (the last step's baseline is the pool before it)."""
+        every = self.config.analysis.check_interval_s
         while (left := t - self.clock.time()) > 0:
-            await self._sleep(min(self.poll_s, left))
+            await self.observer.sample(self.launcher.instances())
+            await self._sleep(min(every, left))
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep on the clock, a poll at a time; an operator's command interrupts."""

@@ -78,7 +78,7 @@ def build_controller(
         redis,
         registry,
         launcher,
-        Observer(redis, clock, config.analysis),
+        Observer(redis, clock, [p.pool_id for p in registry.list_pools()], config=config.analysis),
         config,
         clock,
         version=version,
