@@ -180,22 +180,17 @@ class RolloutController:
         try:
             await self.redis.delete(ROLLOUT_COMMAND_KEY)
             pending: tuple[Event, str] | None = (command, "") if command else None
-            if pending is None and self.state.phase != "pending":
-                actions = _resume_actions(self.state)
-            else:
-                actions = ()
+            actions: tuple[str, ...] = ()
             while True:
                 try:
                     if pending is not None:
                         actions = await self._apply(*pending)
-                        pending = None
-                    if self.state.phase in TERMINAL or self.state.phase == "paused":
-                        break
-                    if not actions:
-                        # pending: wait for the first boundary
-                        actions = ("wait_boundary",)
-                    pending = await self._act(actions)
+                    pending = await self._act(actions) if actions else None
                     actions = ()
+                    if pending is None:
+                        if self.state.phase in TERMINAL or self.state.phase == "paused":
+                            break
+                        actions = _resume_actions(self.state)
                 except _Interrupted as irq:
                     pending = (irq.event, irq.reason)
         finally:
