@@ -4,8 +4,8 @@ accelerated time. One system for the three scenarios, one after the other:
 
 * an inconclusive window (no dispatch: nothing held) pauses the rollout with
   ``RolloutPaused``; an operator's rollback hands the canary back;
-* a broken release (a worker that does not subscribe to its partitions' telemetry) fails
-  its analysis in the canary and is rolled back by itself: only the canary's partition saw
+* a broken release (a worker that refuses every third telemetry message) fails its
+  analysis in the canary and is rolled back by itself: only the canary's partition saw
   any effect, the webhook gets ``RolloutFailed`` naming the release and the gate;
 * a healthy release goes to every partition, then the dispatcher, then the API: it
   completes with no telemetry sequence number lost and the pool tracking its setpoint.
@@ -32,7 +32,6 @@ from cloud.hotstate import (
     PARTITION_HEALTH_KEY,
     ROLLOUT_PARTITIONS_KEY,
     delivery_key,
-    dispatch_partitions_key,
     lease_key,
 )
 from cloud.registry import Registry
@@ -83,13 +82,21 @@ min_dispatched_s = 60
 # a health record is stale after 3 s of wall time, as the system's other time-outs
 health_max_age_s = 60
 ack_timeout_s = 40
+
+# the test's canary is one site: one stale sample of the four in a window (a busy moment of
+# this loaded machine) is already 25 %
+[analysis.gates.freshness]
+margin = 0.3
 """
 )
-# The defect: the worker subscribes to its partitions' status, acks and envelopes, and
-# forgets their telemetry (a wrong list of topics)
+# The defect: the worker's ingest refuses every third telemetry message as invalid (a
+# validator bug): those messages are lost to the cloud, counted as rejected
 DEFECT = (
-    "_KINDS = (SiteKind.TELEMETRY, SiteKind.STATUS, SiteKind.ACK, SiteKind.ENVELOPE)\n",
-    "_KINDS = (SiteKind.STATUS, SiteKind.ACK, SiteKind.ENVELOPE)  # DEFECT: no telemetry\n",
+    '            self._stats["telemetry"] += 1\n',
+    '            self._stats["telemetry"] += 1\n'
+    '            if self._stats["telemetry"] % 3 == 0:  # DEFECT\n'
+    '                self._reject(topic, "internal_error", "refused a valid message")\n'
+    "                return\n",
 )
 
 
@@ -227,22 +234,21 @@ async def test_rollouts_pause_roll_back_and_complete(
 
                 # --- (b) a broken release fails in the canary and is rolled back by itself
                 now = (await system.flexibility())["now"]
-                delta = -0.4 * (now["baseline_w"] - now["p_min_w"])
+                delta = -0.3 * (now["baseline_w"] - now["p_min_w"])
                 trader = Trader(system, delta)
                 broken = controller("0.2.2")
                 broken.begin()
                 state = await broken.run()
-                print(f"trader refused: {trader.refused[:3]}, delta {delta:.0f} W")
-                print(await system.hot.get(dispatch_partitions_key(system.spec.pool)))
                 assert (state.phase, state.outcome) == ("rolled_back", "failed"), state
                 failed = _alert(sink, "RolloutFailed")
                 assert failed["labels"]["release"] == "0.2.2"
-                assert "freshness" in failed["labels"]["gate"].split(",")
+                assert "bad_message_rate" in failed["labels"]["gate"].split(",")
                 assert failed["labels"]["step"] == f"1/{PARTITIONS}"
                 checks = _checks(broken.events)
-                assert _gate(checks[-1], "freshness")["canary"] == 0
+                assert _gate(checks[-1], "bad_message_rate")["canary"] > 0.2
                 for check in checks:  # the untouched partitions saw nothing
                     assert _gate(check, "seq_gaps")["baseline"] == 0
+                    assert _gate(check, "bad_message_rate")["baseline"] == 0
                     assert _gate(check, "freshness")["baseline"] >= 0.9
                 took = next(d["took_s"] for e, d in broken.events if e == "hand_back_done")
                 print(f"broken 0.2.2: rolled back in {took:.0f} s after the verdict")

@@ -894,9 +894,11 @@ class RoleProcess(ManagedProcess):
     def _env(self) -> dict[str, str] | None:
         if self.python is None:
             return {**os.environ, **self.env}
-        # a release runs its own code: nothing may put another tree first on its path
+        # a release runs its own code: nothing may put another tree first on its path, not
+        # PYTHONPATH, nor the working directory (`python -m` puts it first unless
+        # PYTHONSAFEPATH is set: run from a source tree, the release ran the tree's code)
         base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        return {**base, **self.env}
+        return {**base, **self.env, "PYTHONSAFEPATH": "1"}
 
     def _probe(self, timeout: float) -> None:
         """The operator port's ``/livez`` answers 200."""

@@ -84,8 +84,10 @@ class Release:
 
 def release_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment to run a release's interpreter in: this process's, without anything
-    that would put another tree's code first (``PYTHONPATH``, a virtualenv's activation)."""
+    that would put another tree's code first (``PYTHONPATH``, a virtualenv's activation, the
+    working directory that ``python -m`` puts first without ``PYTHONSAFEPATH``)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PYTHONSAFEPATH"] = "1"
     env.update(extra or {})
     return env
 
