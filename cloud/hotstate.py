@@ -637,7 +637,11 @@ class DispatchPartitionsRecord:
     partitions: dict[str, PartitionDispatch] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # by hand, not asdict: written every cycle for every partition of every pool
+        names = PartitionDispatch.__slots__
+        parts = {p: {n: getattr(d, n) for n in names} for p, d in self.partitions.items()}
+        doc = {"ts": self.ts, "dispatcher": self.dispatcher, "since": self.since}
+        return json.dumps({**doc, "partitions": parts}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> DispatchPartitionsRecord:

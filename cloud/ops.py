@@ -5,7 +5,8 @@ Ready means doing its job (each a named check, so ``/readyz`` says which failed)
 
 * ``api.redis``, ``api.registry``: the API reaches Redis and the registry;
 * ``sync.site_pools``: the registry's site -> pool map reached Redis recently;
-* ``worker.partitions``: the worker owns at least one partition;
+* ``worker.partitions``: the worker owns at least one partition, or the rollout assigns none
+  to its version (a standby, e.g. a new version's worker before its canary);
 * ``worker.ingest``: it received telemetry within N of its sites' intervals (or has no sites);
 * ``dispatcher.leadership``: the leader has completed a cycle within N cycles, or a standby
   has read the leader lock within its ttl.
@@ -162,6 +163,12 @@ def watch_worker(
     def partitions_check() -> CheckResult:
         owned = len(worker.owned)
         of = f"of {worker.partition_count} partitions"
+        stats = worker.stats
+        if owned == 0 and stats["warm"]:
+            return CheckResult(True, f"warming up for partitions {stats['warm']} (hand-over)")
+        if owned == 0 and stats["eligible"] == 0:
+            why = f"standby: the rollout assigns no partition to version {worker.version}"
+            return CheckResult(True, why)
         if owned == 0:
             return CheckResult(False, f"owns none {of} (no lease: Redis away, or too many workers)")
         return CheckResult(True, f"owns {owned} {of}")

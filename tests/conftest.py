@@ -10,6 +10,8 @@ hide exactly the failures it exists to find.
   kill(), pause()/resume() (outage tests). Its port (and URL) survive restarts.
 - ``redis_server``: one Redis for the whole session.
 - ``redis_url`` / ``redis_client``: a fresh, empty logical database per test.
+- ``previous_release``: N-1 (the last release before this tree's version) built once.
+- ``release_root``: a test's own releases folder with N-1 (current) and this tree as 0.2.0.
 """
 
 from __future__ import annotations
@@ -19,13 +21,20 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
 import pytest
 import redis
 
+from protocols import releases
 from vpp.pki import make_broker_tls
+from vpp.release import history
+from vpp.release.build import Release, build_release, copy_release
 from vpp.services import MosquittoServer, RedisServer
+
+#: the repository this test suite belongs to (the releases are built from it)
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # A process a test starts (`vpp cloud run`, `vpp edge run`, the demo's children) serves its
 # operator port on a free port unless the test says otherwise: the default ports (9180,
@@ -150,3 +159,33 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Release:
+    """The release before this tree's version (packaging/releases.toml: N-1), built once per
+    session from its tag (or commit) with shared dependencies (a few seconds, offline).
+    Treat it as read-only: ``release_root`` gives a test its own folder to change."""
+    _version, ref = history.previous_release(REPO_ROOT)
+    root = tmp_path_factory.mktemp("releases-n-1")
+    return build_release(ref, root, repo=REPO_ROOT, share_deps=True)
+
+
+@pytest.fixture(scope="session")
+def _working_tree_release(tmp_path_factory: pytest.TempPathFactory) -> Release:
+    """This working tree (uncommitted changes included) built as release 0.2.0, once."""
+    root = tmp_path_factory.mktemp("releases-n")
+    return build_release(REPO_ROOT, root, version="0.2.0", share_deps=True)
+
+
+@pytest.fixture
+def release_root(tmp_path: Path, previous_release: Release, _working_tree_release: Release) -> Path:
+    """A releases folder of the test's own: N-1 (``previous_release``) and this working tree
+    as 0.2.0 installed side by side (copies of the session's builds), and every role's
+    ``current`` pointing at N-1, as in production before N is rolled out."""
+    root = tmp_path / "releases"
+    copy_release(previous_release, root)
+    copy_release(_working_tree_release, root)
+    for role in releases.ROLES:
+        releases.switch_current(root, role, previous_release.version)
+    return root

@@ -290,7 +290,10 @@ async def test_the_cloud_process_metrics_parse_and_carry_every_role(
     assert not [key for key in m if any(s in v for _, v in key[1] for s in SITES)]  # no site
     # table: (sample, labels) -> check
     checks: list[tuple[str, dict[str, str], Callable[[float], bool]]] = [
-        ("vpp_build_info", {"version": VERSION}, lambda v: v == 1),
+        # one per role the process runs (a rollout sees which version each role runs)
+        ("vpp_build_info", {"version": VERSION, "role": "worker"}, lambda v: v == 1),
+        ("vpp_build_info", {"version": VERSION, "role": "dispatcher"}, lambda v: v == 1),
+        ("vpp_build_info", {"version": VERSION, "role": "api"}, lambda v: v == 1),
         ("vpp_role_up", {"role": "dispatcher"}, lambda v: v == 1),
         ("vpp_ingest_partitions_owned", {}, lambda v: v == PARTITIONS),
         ("vpp_ingest_messages_total", {"result": "accepted_live"}, lambda v: v >= len(SITES)),

@@ -22,6 +22,8 @@ GROUPS: dict[str, tuple[str, str, str | None]] = {
     "cloud": ("vpp.commands.cloud", "app", "cloud"),
     "trader": ("vpp.commands.trader", "app", "trader"),
     "protocol": ("vpp.commands.protocol", "app", None),
+    # build, install, list, promote: the cloud's install is enough; `soak` runs the demo
+    "release": ("vpp.commands.release", "app", "cloud"),
 }
 
 _REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?")

@@ -115,10 +115,11 @@ def parse_assignment(raw: Mapping[str, str], partition_count: int) -> Assignment
 class LeasePlan:
     """What a worker does with the leases at one tick (:func:`plan_leases`).
 
-    ``free``: free partitions it may take (in order; the caller shuffles), ``room`` of them;
-    ``release``: owned partitions above the fair share; ``hand_over``: owned partitions
-    assigned to another version; ``succeed``: partitions assigned to its version but held by
-    a worker of another one, to warm up for (at most the room left after ``free``)."""
+    ``room``: how many more partitions it may hold, successions first, then free ones;
+    ``succeed``: partitions assigned to its version but held by a worker of another one, to
+    warm up for (in order; another successor may have claimed some); ``free``: free
+    partitions it may take (the caller shuffles); ``release``: owned partitions above the
+    fair share; ``hand_over``: owned partitions assigned to another version."""
 
     eligible: frozenset[int]
     share: int
@@ -164,8 +165,6 @@ def plan_leases(
             and live.get(holder) != version
         ):
             succeed.append(p)
-    succeed = succeed[:room]
-    room -= len(succeed)
     free = tuple(
         p for p in sorted(eligible) if holders[p] is None and p not in owned and p not in warming
     )
@@ -173,7 +172,7 @@ def plan_leases(
         eligible=eligible,
         share=share,
         free=free if room else (),
-        room=min(room, len(free)),
+        room=room,
         release=release,
         hand_over=hand_over,
         succeed=tuple(succeed),
@@ -240,6 +239,7 @@ class LeaseManager:
         self.owned: set[int] = set()
         self.live_workers = 1
         self.assignment: dict[int, str] = {}
+        self.eligible = partition_count  # partitions this version may hold, at the last tick
         self.assignment_rejected = 0  # garbage fields seen, summed over ticks
         #: owned partitions assigned elsewhere: since when (clock), waiting for a successor
         self.handing_over: dict[int, float] = {}
@@ -297,11 +297,13 @@ class LeaseManager:
                     self._valid_until[p] = started + self.ttl_s * (1.0 - _MARGIN)
                 else:
                     changes.lost.add(p)
-            if changes.lost:
+            # a flush (the cycle's MULTI) may have released some meanwhile: not lost
+            lost = {p for p in changes.lost if p in self.owned and p not in self.flushing}
+            if lost:
                 log.warning(
                     "worker %s: lost leases on partitions %s (renewal failed)",
                     self.worker_id,
-                    sorted(changes.lost),
+                    sorted(lost),
                 )
             self._drop(changes.lost)
 
@@ -328,16 +330,19 @@ class LeaseManager:
             assignment=self.assignment,
             live=live,
         )
+        self.eligible = len(plan.eligible)
         if self.assignment:
             self.live_workers = max(1, sum(1 for v in live.values() if v == self.version))
         else:
             self.live_workers = max(1, len(live))
         share = plan.share
 
-        if plan.room:
-            free = list(plan.free)
+        await self._owner_side(plan, started)
+        claimed = await self._successor_side(plan, holders, live, ready, started, ttl_ms, changes)
+        if plan.room > claimed and plan.free:
+            free = await self._unclaimed(plan.free, live, started)
             self._rng.shuffle(free)  # workers starting together do not all race for p0..
-            gained = await self._take(free[: plan.room], started, ttl_ms)
+            gained = await self._take(free[: plan.room - claimed], started, ttl_ms)
             changes.gained.update(gained)
             if gained:
                 log.info(
@@ -360,8 +365,6 @@ class LeaseManager:
                 share,
                 self.live_workers,
             )
-        await self._owner_side(plan, started)
-        await self._successor_side(plan, holders, live, ready, started, ttl_ms, changes)
         return changes
 
     # --- reads ------------------------------------------------------------------------------
@@ -426,6 +429,25 @@ class LeaseManager:
                 except (ValueError, KeyError, TypeError) as exc:
                     log.warning("partition=%d: unreadable hand-over record (%s)", p, exc)
             out[p] = (text, record)
+        return out
+
+    async def _unclaimed(
+        self, free: Sequence[int], live: Mapping[str, str], now: float
+    ) -> list[int]:
+        """Free partitions less those another live worker is about to take warm (its claim
+        is pending, its owner flushed less than a ttl ago): taking one cold would throw its
+        warm state away."""
+        out = []
+        for p, (_, rec) in (await self._records(list(free))).items():
+            if (
+                rec is not None
+                and rec.taken_ts is None
+                and rec.to not in ("", self.worker_id)
+                and rec.to in live
+                and (rec.flushed_ts is None or now - rec.flushed_ts < self.ttl_s)
+            ):
+                continue
+            out.append(p)
         return out
 
     # --- the owner's side -------------------------------------------------------------------
@@ -512,7 +534,9 @@ class LeaseManager:
         now: float,
         ttl_ms: int,
         changes: LeaseChanges,
-    ) -> None:
+    ) -> int:
+        """Abandon, take, mark ready and claim warm partitions; return how many it claimed
+        now (they use the room: free partitions come after)."""
         # give up claims the assignment or another worker overtook
         for p, warm in list(self.warming.items()):
             holder = holders[p]
@@ -548,9 +572,12 @@ class LeaseManager:
                 del self.warming[p]
                 changes.cold.add(p)
                 log.info("worker %s partition=%d: hand-over claim lost", self.worker_id, p)
-        # claim new ones
+        # claim new ones, as many as the room allows
+        claimed = 0
         records = await self._records(list(plan.succeed))
         for p in plan.succeed:
+            if claimed >= plan.room:
+                break
             holder = holders[p]
             assert holder is not None
             text, record = records[p]
@@ -575,6 +602,7 @@ class LeaseManager:
             ):
                 self.warming[p] = _Warm(since=now, record=claim, text=claim_text)
                 changes.warm.add(p)
+                claimed += 1
                 log.info(
                     "worker %s partition=%d: successor to %s (%s); warming up",
                     self.worker_id,
@@ -582,6 +610,7 @@ class LeaseManager:
                     holder,
                     claim.from_version or "unknown version",
                 )
+        return claimed
 
     async def _taken(self, p: int, warm: _Warm, now: float) -> None:
         """Record ``taken_ts`` and the gap on the owner's record (if it flushed for us)."""

@@ -272,6 +272,7 @@ class PartitionWorker:
         out["live_workers"] = self._leases.live_workers
         out["assignment_rejected"] = self._leases.assignment_rejected
         out["handing_over"] = sorted(self._leases.handing_over)
+        out["eligible"] = self._leases.eligible
         return out
 
     def latest_ack(self, site_id: str) -> Ack | None:

@@ -16,9 +16,10 @@ baseline's scaled to the canary's partition count), the imbalance also per dispa
 
 A :class:`Verdict` is ``fail`` when any gate fails; else ``inconclusive`` when the window had
 too few samples, too little dispatch for the gates that need it, or the baseline group is
-empty or unhealthy itself; else ``pass``. :class:`Checks` turns the verdicts of successive
-check intervals into the step's outcome (Flagger's failed-check threshold, Argo's
-Successful / Failed / Inconclusive).
+unhealthy itself or without samples; else ``pass``. With no baseline partitions at all (the
+last step: every partition on the new release) the canary is judged on the limits alone.
+:class:`Checks` turns the verdicts of successive check intervals into the step's outcome
+(Flagger's failed-check threshold, Argo's Successful / Failed / Inconclusive).
 """
 
 from __future__ import annotations
@@ -159,7 +160,10 @@ def analyse(canary: GroupStats, baseline: GroupStats, config: AnalysisConfig) ->
     """One check: every enabled gate judged on the canary against the baseline."""
     scale = max(1, len(canary.partitions))
     few_canary = canary.samples < config.min_samples
-    few_baseline = not baseline.partitions or baseline.samples < config.min_samples
+    # every partition on the new release (the last step): nothing to compare with, so the
+    # canary is judged on the absolute limits alone
+    alone = not baseline.partitions
+    few_baseline = baseline.samples < config.min_samples
     no_dispatch = canary.dispatched_s < config.min_dispatched_s
     results: list[GateResult] = []
     for gate in GATE_NAMES:
@@ -167,7 +171,9 @@ def analyse(canary: GroupStats, baseline: GroupStats, config: AnalysisConfig) ->
         if not spec.enabled:
             continue
         c = _METRICS[gate](canary, scale)
-        b = None if few_baseline else _METRICS[gate](baseline, scale)
+        # a baseline too thin to compare with: sampled gates judged on the limits alone
+        thin = alone or (gate in _SAMPLED and few_baseline)
+        b = None if thin else _METRICS[gate](baseline, scale)
         if gate in _SAMPLED and few_canary:
             why = f"too few samples ({canary.samples} < {config.min_samples})"
             results.append(GateResult(gate, c, b, spec.limit, None, why))
@@ -184,9 +190,7 @@ def analyse(canary: GroupStats, baseline: GroupStats, config: AnalysisConfig) ->
     why: list[str] = []
     if few_canary:
         why.append(f"too few canary samples ({canary.samples} < {config.min_samples})")
-    if not baseline.partitions:
-        why.append("no baseline partitions to compare with")
-    elif baseline.samples < config.min_samples:
+    if not alone and few_baseline:
         why.append(f"too few baseline samples ({baseline.samples} < {config.min_samples})")
     if no_dispatch and any(config.gates[g].enabled for g in DISPATCH_GATES):
         why.append(
@@ -203,6 +207,8 @@ def analyse(canary: GroupStats, baseline: GroupStats, config: AnalysisConfig) ->
         why.append(f"baseline unhealthy too: {', '.join(unhealthy)}")
     if why:
         return Verdict(Outcome.INCONCLUSIVE, gates, "; ".join(why))
+    if alone:
+        return Verdict(Outcome.PASS, gates, "every gate passed (no baseline: on the limits alone)")
     return Verdict(Outcome.PASS, gates, "every gate passed")
 
 

@@ -82,7 +82,7 @@ DEFAULT_GATES: dict[str, GateConfig] = {
     "seq_gaps": GateConfig(limit=0.0, vs_baseline=False),
     "acks": GateConfig(limit=0.9, margin=0.1),
     "dispatch_latency": GateConfig(limit=10.0, margin=3.0),
-    "tracking_error": GateConfig(limit=5.0, margin=2.0),
+    "tracking_error": GateConfig(limit=10.0, margin=3.0, ratio=1.5),
     "imbalance": GateConfig(limit=1000.0, margin=50.0, ratio=2.0),
     "log_errors": GateConfig(limit=3.0, margin=3.0, ratio=2.0),
     "restarts": GateConfig(limit=0.0),

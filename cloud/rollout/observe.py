@@ -7,9 +7,9 @@ One :meth:`Observer.sample` is one pipelined round trip: the ``vpp:partition-hea
 ``vpp:dispatch:{pool}:partitions`` record. Counters in both are cumulative since their
 writer started (a worker's ``owner_since``, a leader's ``since``), so a window takes the
 deltas within one writer; a new writer is a new baseline, never a negative delta. A health
-record older than ``health_max_age_s`` is a worker that stopped writing: the sample counts
-every site of the partition stale. A field that is not a record is counted in
-:attr:`Observer.rejected` and skipped.
+record older than ``health_max_age_s`` and not rewritten since the partition's last sample is
+a worker that stopped writing: the sample counts every site of the partition stale. A field
+that is not a record is counted in :attr:`Observer.rejected` and skipped.
 
 Log errors and restarts come from the launcher's instances (contract 5) serving the group's
 partitions: the workers the health records name, matched by instance name.
@@ -22,12 +22,18 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import redis.asyncio as aioredis
 
-from cloud.hotstate import PARTITION_HEALTH_KEY, DispatchPartitionsRecord, dispatch_partitions_key
+from cloud.hotstate import (
+    PARTITION_HEALTH_KEY,
+    DispatchPartitionsRecord,
+    PartitionDispatch,
+    PartitionHealth,
+    dispatch_partitions_key,
+)
 from cloud.rollout.analysis import GroupStats
 from cloud.rollout.config import AnalysisConfig
 from cloud.rollout.launcher import Instance
@@ -47,25 +53,16 @@ class HealthSample:
 
     at: float
     partition: int
-    ts: float
-    version: str
-    worker: str
-    owner_since: float
-    sites: int
-    sites_fresh: int
-    telemetry_total: float
-    rejected_total: float
-    seq_gaps_total: float
-    cycle_s: float | None
-    stale: bool  # older than health_max_age_s at ``at``: its worker stopped writing
+    record: PartitionHealth
+    stale: bool  # older than health_max_age_s at ``at``, not rewritten: its worker stopped
 
     @property
     def owner(self) -> tuple[str, float]:
-        return (self.worker, self.owner_since)
+        return (self.record.worker, self.record.owner_since)
 
     @property
     def started(self) -> float:
-        return self.owner_since
+        return self.record.owner_since
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +75,7 @@ class DispatchSample:
     ts: float
     dispatcher: str
     since: float
-    signal_ts: float | None
-    acked_ts: float | None
-    dispatched_s: float
-    error_wh: float
-    target_wh: float
+    record: PartitionDispatch
 
     @property
     def owner(self) -> tuple[str, float]:
@@ -101,7 +94,9 @@ def _number(data: dict, name: str, default: float | None = None) -> float:
 
 
 def parse_health(at: float, partition: int, raw: str | bytes, max_age_s: float) -> HealthSample:
-    """A partition-health field (contract 4) as a sample; ValueError when it is not one."""
+    """A partition-health field (contract 4) as a sample; ValueError when it is not one.
+    Checked field by field (a missing counter reads 0, a missing cycle time NaN, unknown
+    fields are ignored), so a record of an older or newer worker still reads."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -113,22 +108,20 @@ def parse_health(at: float, partition: int, raw: str | bytes, max_age_s: float) 
     fresh = int(_number(data, "sites_fresh", 0))
     if not 0 <= fresh <= sites:
         raise ValueError(f"sites_fresh = {fresh} outside 0..sites ({sites})")
-    cycle = data.get("cycle_s")
-    return HealthSample(
-        at=at,
-        partition=partition,
+    record = PartitionHealth(
         ts=ts,
         version=str(data.get("version", "")),
         worker=str(data.get("worker", "")),
         owner_since=_number(data, "owner_since", 0.0),
         sites=sites,
         sites_fresh=fresh,
-        telemetry_total=_number(data, "telemetry_total", 0),
-        rejected_total=_number(data, "rejected_total", 0),
-        seq_gaps_total=_number(data, "seq_gaps_total", 0),
-        cycle_s=None if cycle is None else _number(data, "cycle_s"),
-        stale=at - ts > max_age_s,
+        telemetry_total=int(_number(data, "telemetry_total", 0)),
+        rejected_total=int(_number(data, "rejected_total", 0)),
+        seq_gaps_total=int(_number(data, "seq_gaps_total", 0)),
+        acks_total=int(_number(data, "acks_total", 0)),
+        cycle_s=math.nan if data.get("cycle_s") is None else _number(data, "cycle_s"),
     )
+    return HealthSample(at=at, partition=partition, record=record, stale=at - ts > max_age_s)
 
 
 def _deltas(
@@ -152,11 +145,11 @@ def _deltas(
             continue
         if prev is not None and prev.owner == cur.owner:
             for name in names:
-                a, b = getattr(prev, name), getattr(cur, name)
+                a, b = getattr(prev.record, name), getattr(cur.record, name)
                 out[name] += b - a if b >= a else b
         elif cur.started >= (prev.at if prev is not None else since):
             for name in names:
-                out[name] += getattr(cur, name)
+                out[name] += getattr(cur.record, name)
         prev = cur
     return out
 
@@ -213,7 +206,12 @@ class Observer:
             except ValueError as exc:
                 self._reject("health", f"partition {partition}: {exc}")
                 continue
-            self.health.setdefault(partition, []).append(sample)
+            series = self.health.setdefault(partition, [])
+            if sample.stale and series and series[-1].record.ts != sample.record.ts:
+                # old, but rewritten since the last sample: a worker behind (a loaded machine,
+                # an accelerated clock), not one that stopped writing
+                sample = replace(sample, stale=False)
+            series.append(sample)
         for pool_id, raw in zip(self.pool_ids, records, strict=True):
             if raw is None:
                 continue
@@ -234,11 +232,7 @@ class Observer:
                         ts=record.ts,
                         dispatcher=record.dispatcher,
                         since=record.since,
-                        signal_ts=part.signal_ts,
-                        acked_ts=part.acked_ts,
-                        dispatched_s=part.dispatched_s,
-                        error_wh=part.error_wh,
-                        target_wh=part.target_wh,
+                        record=part,
                     )
                 )
         self._note_instances(at, instances)
@@ -286,12 +280,13 @@ class Observer:
             series = self.health.get(p, [])
             for s in series:
                 if since < s.at <= until:
+                    h = s.record
                     samples += 1
-                    sites += s.sites
-                    fresh += 0 if s.stale else s.sites_fresh
-                    workers.add(s.worker)
-                    if not s.stale and s.cycle_s is not None:
-                        cycles.append(s.cycle_s)
+                    sites += h.sites
+                    fresh += 0 if s.stale else h.sites_fresh
+                    workers.add(h.worker)
+                    if not s.stale and math.isfinite(h.cycle_s):
+                        cycles.append(h.cycle_s)
             d = _deltas(series, _HEALTH_COUNTERS, since, until)
             telemetry += d["telemetry_total"]
             rejected += d["rejected_total"]
@@ -332,18 +327,18 @@ class Observer:
     ) -> tuple[int, int, list[float]]:
         """Activations of one partition that began in the window: (sent, acknowledged, their
         latencies). One not acknowledged yet counts only once ``ack_timeout_s`` old."""
-        first: dict[float, DispatchSample] = {}
         last: dict[float, DispatchSample] = {}
         for s in series:
-            if since < s.at <= until and s.signal_ts is not None and s.signal_ts > since:
-                first.setdefault(s.signal_ts, s)
-                last[s.signal_ts] = s
+            signal_ts = s.record.signal_ts
+            if since < s.at <= until and signal_ts is not None and signal_ts > since:
+                last[signal_ts] = s
         sent = acked = 0
         latencies: list[float] = []
         for signal_ts, s in last.items():
-            if s.acked_ts is not None and s.acked_ts >= signal_ts:
+            acked_ts = s.record.acked_ts
+            if acked_ts is not None and acked_ts >= signal_ts:
                 sent, acked = sent + 1, acked + 1
-                latencies.append(s.acked_ts - signal_ts)
+                latencies.append(acked_ts - signal_ts)
             elif s.ts - signal_ts >= self.config.ack_timeout_s:
                 sent += 1
         return sent, acked, latencies

@@ -2,7 +2,8 @@
 rollout's analysis compares partitions on.
 
 On real Redis and Mosquitto the dispatcher runs its cycles over aggregates written as a worker
-writes them, the pool meeting its setpoint as it is. Partition 0 always follows its signals;
+writes them (the kill-switch test's: 5 sites of 500 W a partition, each site's power its
+baseline), the pool meeting its setpoint as it is. Partition 0 always follows its signals;
 partition 1 goes through the table's steps. After each step: partition 1's signal and ack times,
 its seconds dispatched, and its share of the target (the record, as the analysis reads it).
 """
@@ -14,9 +15,7 @@ import redis.asyncio as aioredis
 
 from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.hotstate import (
-    DURATIONS_S,
     DispatchPartitionsRecord,
-    PartitionAggregate,
     agg_key,
     agg_parts_key,
     dispatch_partitions_key,
@@ -24,19 +23,20 @@ from cloud.hotstate import (
 from cloud.registry import Registry
 from protocols.clock import ManualClock
 from protocols.mqtt_endpoint import MqttEndpoint
+from tests.cloud.test_dispatch_autonomy import (
+    AUTONOMOUS,
+    FOLLOWING,
+    PICKING_UP,
+    POOL,
+    SITE_W,
+    SITES,
+    aggregate,
+)
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_717_200_000.0
 CYCLE_S = 2.0
-POOL = "north"
-SITES = 5
-SITE_W = 500.0  # each site's measured power (and baseline): the target is what they draw
-
-# partition 1's sites each step: (fresh, in local autonomy, following the cloud)
-FOLLOWING = (SITES, 0, SITES)
-AUTONOMOUS = (SITES, SITES, 0)
-PICKING_UP = (SITES, 0, 0)
 
 # step, partition 1's sites, cycles -> (signal_ts, acked_ts, seconds dispatched) at its end
 STEPS = [
@@ -52,39 +52,6 @@ STEPS = [
     ("steady", FOLLOWING, 2, (T0 + 10.0, T0 + 14.0, 20.0)),
 ]
 GAP_BEFORE = "after a gap"
-
-
-def aggregate(partition: int, now: float, sites: tuple[int, int, int]) -> PartitionAggregate:
-    """What a worker writes for ``sites`` (fresh, autonomous, following): an autonomous site's
-    power is uncontrolled and offers no range, the others offer +-3 kW each."""
-    fresh, autonomous, following = sites
-    flexible = fresh - autonomous
-    return PartitionAggregate(
-        pool_id=POOL,
-        partition=partition,
-        ts=now,
-        worker_id="w1",
-        sites_total=fresh,
-        sites_fresh=fresh,
-        sites_stale=0,
-        sites_offline=0,
-        sites_degraded=0,
-        measured_w=fresh * SITE_W,
-        baseline_w=flexible * SITE_W,
-        p_min_w=flexible * (SITE_W - 3000.0),
-        p_max_w=flexible * (SITE_W + 3000.0),
-        e_absorb_wh=flexible * 5000.0,
-        e_deliver_wh=flexible * 5000.0,
-        pv_w=0.0,
-        load_w=fresh * SITE_W,
-        battery_w=0.0,
-        newest_source_ts=now,
-        sustain_absorb_w=[flexible * 1000.0] * len(DURATIONS_S),
-        sustain_deliver_w=[flexible * 1000.0] * len(DURATIONS_S),
-        uncontrolled_w=autonomous * SITE_W,
-        sites_following=following,
-        sites_autonomous=autonomous,
-    )
 
 
 async def test_the_record_per_partition(tmp_path, mosquitto, redis_url) -> None:

@@ -37,8 +37,10 @@ from cloud.hotstate import (
     worker_key,
 )
 from cloud.ingest.worker import PartitionWorker
+from cloud.ops import watch_worker
 from protocols.clock import Clock, SimClock
 from protocols.messages import encode
+from protocols.operator import OperatorServer
 from protocols.partitions import partition_of
 from protocols.topics import site_topic
 from protocols.version import VERSION
@@ -195,6 +197,25 @@ def last_seqs(r: redis.Redis) -> dict[str, int | None]:
     return out
 
 
+async def last_seqs_reach_redis(r: redis.Redis, feed: Feed) -> None:
+    """Wait until every site's summary in Redis has the last seq published (its owner's
+    state at its last cycle); on a timeout, say which sites are behind."""
+    try:
+        await until(lambda: last_seqs(r) == feed.last, what="the last seqs")
+    except AssertionError:
+        seqs = last_seqs(r)
+        behind = {s: (seqs.get(s), n) for s, n in feed.last.items() if seqs.get(s) != n}
+        raise AssertionError(f"sites behind (in Redis, published): {behind}") from None
+
+
+async def partitions_check(worker: PartitionWorker) -> tuple[bool, str]:
+    """The worker's ``worker.partitions`` readiness check (cloud.ops), as /readyz runs it."""
+    op = OperatorServer(port=0)
+    watch_worker(op, worker)
+    _, results = await op.ready.run()
+    return results["worker.partitions"].ok, results["worker.partitions"].detail
+
+
 def health(r: redis.Redis) -> dict[int, PartitionHealth]:
     return {
         int(p): PartitionHealth.from_json(v) for p, v in r.hgetall(PARTITION_HEALTH_KEY).items()
@@ -243,7 +264,7 @@ async def test_two_versions_hand_partitions_over_and_back_warm_with_no_seq_lost(
             back_s = time.monotonic() - t0
             backward = records(redis_client, canary)
         # the feed has stopped: the last seq of every site reaches its owner's state
-        await until(lambda: last_seqs(redis_client) == feed.last, what="the last seqs")
+        await last_seqs_reach_redis(redis_client, feed)
 
     # every hand-over completed warm: ready, flushed, taken, by the workers it names
     for recs, frm, to in (
@@ -381,7 +402,7 @@ async def test_a_worker_of_a_built_release_takes_over_across_processes_and_hands
                     redis_client, canary, VERSION, lambda: a.owned == set(range(P)), clock.speed
                 )
                 backward = records(redis_client, canary)
-            await until(lambda: last_seqs(redis_client) == feed.last, what="the last seqs")
+            await last_seqs_reach_redis(redis_client, feed)
     finally:
         await asyncio.to_thread(new.stop)
         new.close()
@@ -402,3 +423,51 @@ async def test_a_worker_of_a_built_release_takes_over_across_processes_and_hands
     assert [s for s in seen + seen_back if s[2] != s[3]] == []  # fresh through both
     assert {w for _, w, _, _ in seen} == {"w-old", "w-new"}
     assert sum(a.seq_gap_totals().values()) == 0
+
+
+async def test_two_successors_of_one_version_split_the_canary_one_claim_per_partition(
+    mosquitto, redis_url: str, redis_client: redis.Redis, pubs: Publishers
+) -> None:
+    """The rollout pins every partition to the old version before the new workers start (so
+    they take nothing cold), then widens to 4 partitions: each goes warm to exactly one of
+    the two new workers, who split them by the fair share of their version."""
+    sites = site_ids(2)
+    register(redis_client, dict.fromkeys(sites, POOL))
+    clock = SimClock(speed=SPEED)
+    a = make(mosquitto, redis_url, clock, "wa", OLD)
+    b = make(mosquitto, redis_url, clock, "wb", NEW)
+    c = make(mosquitto, redis_url, clock, "wc", NEW)
+    feed = Feed(pubs, clock, sites)
+    wave = {1, 3, 4, 6}
+    both_warm: list[set[int]] = []
+
+    def split() -> bool:
+        both_warm.append(b.warm & c.warm)
+        return b.owned | c.owned == wave and len(b.owned) == len(c.owned) == 2
+
+    async with running(a):
+        await until(lambda: a.owned == set(range(P)), wall_s=20, what="a owning all")
+        redis_client.hset(ROLLOUT_PARTITIONS_KEY, mapping={str(p): OLD for p in range(P)})
+        async with running(b), running(c):
+            await until(lambda: b.stats["cycles"] > 2 and c.stats["cycles"] > 2, what="cycles")
+            assert b.owned == c.owned == set()  # pinned: nothing for the new version yet
+            assert await partitions_check(b) == (
+                True,
+                "standby: the rollout assigns no partition to version 0.2.1",
+            )
+            async with feeding(feed):
+                await asyncio.sleep(3 * INTERVAL_S / SPEED)
+                seen = await move(redis_client, wave, NEW, split)
+                assert a.owned == set(range(P)) - wave
+            await last_seqs_reach_redis(redis_client, feed)
+            recs = records(redis_client, wave)
+            gaps = [sum(w.seq_gap_totals().values()) for w in (a, b, c)]
+            b_owned = b.owned
+            assert await partitions_check(c) == (True, "owns 2 of 8 partitions")
+    assert [s for s in both_warm if s] == []  # never two successors warming for one partition
+    for p, rec in recs.items():
+        assert rec.to == ("wb" if p in b_owned else "wc")
+        assert rec.ready_ts is not None
+        assert rec.gap_s is not None
+    assert [s for s in seen if s[2] != s[3]] == []
+    assert gaps == [0, 0, 0]

@@ -472,3 +472,49 @@ def test_aggregate_equals_brute_force_sum(sites: list[dict], stale_n: float, off
 def test_invalid_parameters_are_refused() -> None:
     with pytest.raises(ValueError, match="must be > 0"):
         PartitionState(0, stale_intervals=0)
+
+
+# A site's seqs in arrival order (each 2 s after the last, source ts = receive time unless a
+# restart) -> seq numbers counted as skipped: only a jump above last + 1 of a site tracked here
+@pytest.mark.parametrize(
+    ("seqs", "gaps"),
+    [
+        ([1, 2, 3, 4], 0),
+        ([7, 8, 9], 0),  # the first message sets the start, whatever its seq
+        ([1, 2, 5], 2),
+        ([1, 2, 2, 3], 0),  # a duplicate
+        ([1, 3, 2, 4], 1),  # 2 came late: skipped when 3 came, out of order after
+        ([1, 10, 11, 20], 8 + 8),
+        ([50, 51, 0, 1, 2], 0),  # the agent's counter restarted (a newer ts): no gap
+    ],
+)
+def test_seq_gaps_count_the_numbers_a_site_skipped(seqs: list[int], gaps: int) -> None:
+    s = state()
+    for i, seq in enumerate(seqs):
+        ts = T0 + 2.0 * i + (100.0 if seq < max(seqs[:i], default=-1) - 5 else 0.0)
+        s.apply(tel(seq=seq, ts=ts), ts)
+    assert s.seq_gaps == gaps
+
+
+# the previous owner's last seq per site, the seqs this state applied first -> gaps across the
+# hand-over (sites the previous owner never wrote, or this state never heard, are no gap)
+@pytest.mark.parametrize(
+    ("owner_last", "first_here", "gaps"),
+    [
+        ({"s1": 10, "s2": 4}, {"s1": 11, "s2": 5}, 0),
+        ({"s1": 10, "s2": 4}, {"s1": 9, "s2": 3}, 0),  # the warm overlap: heard twice
+        ({"s1": 10, "s2": 4}, {"s1": 13, "s2": 5}, 2),
+        ({"s1": 10}, {"s1": 11, "s2": 40}, 0),
+        ({"s1": 10, "s9": 3}, {"s1": 12}, 1),
+    ],
+)
+def test_gaps_after_a_hand_over(
+    owner_last: dict[str, int], first_here: dict[str, int], gaps: int
+) -> None:
+    s = state()
+    for site, seq in first_here.items():
+        s.apply(tel(site=site, seq=seq), T0)
+        s.apply(tel(site=site, seq=seq + 1, ts=T0 + 2), T0 + 2)
+    assert s.gaps_after(owner_last) == gaps
+    assert s.seq_gaps == gaps
+    assert s.last_seqs() == {site: seq + 1 for site, seq in first_here.items()}

@@ -107,6 +107,10 @@ def test_who_may_log_in(
         ("vpp-dispatcher", ("SET", "vpp:flags:north:3", "{}"), True),  # evaluated flags
         ("vpp-worker", ("HSET", "vpp:flags:reported:p:3", "s1", "{}"), True),  # sites' reports
         ("vpp-worker", ("SET", "vpp:flags:north:3", "{}"), False),  # the dispatcher's
+        ("vpp-worker", ("HGETALL", "vpp:rollout:partitions"), True),  # the rollout's
+        ("vpp-worker", ("HSET", "vpp:rollout:partitions", "1", "0.2.1"), False),
+        ("vpp-worker", ("SET", "vpp:handover:3", "{}", "PX", "1000"), True),
+        ("vpp-worker", ("HSET", "vpp:partition-health", "3", "{}"), True),
         ("vpp-api", ("SET", "vpp:flags:north", "{}"), False),  # the dispatcher's
         ("vpp-api", ("HSET", "vpp:site-pools", "s1", "pool"), True),
         ("vpp-api", ("GET", "vpp:dispatch:pool:delivery"), True),

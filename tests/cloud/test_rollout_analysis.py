@@ -7,6 +7,8 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloud.rollout.analysis import Checks, GroupStats, Outcome, Verdict, analyse
 from cloud.rollout.config import AnalysisConfig, GateConfig
@@ -131,7 +133,24 @@ def base(**changes: Any) -> GroupStats:
             "too few canary samples (2 < 5)",
         ),
         (HEALTHY, base(samples=3), Outcome.INCONCLUSIVE, (), "too few baseline samples (3 < 5)"),
-        (HEALTHY, base(partitions=()), Outcome.INCONCLUSIVE, (), "no baseline partitions"),
+        # a baseline short of health samples still counts its restarts: not blamed on the canary
+        (canary(restarts=1), base(samples=3, restarts=7), Outcome.INCONCLUSIVE, (), "restarts"),
+        # the last step, every partition on the new release: judged on the limits alone
+        (HEALTHY, base(partitions=()), Outcome.PASS, (), "no baseline: on the limits alone"),
+        (
+            canary(tracking_error_pct=11.0),
+            base(partitions=()),
+            Outcome.FAIL,
+            ("tracking_error",),
+            "canary 11 above limit 10",
+        ),
+        (
+            canary(dispatched_s=0.0),
+            base(partitions=()),
+            Outcome.INCONCLUSIVE,
+            (),
+            "too little dispatch",
+        ),
         (
             canary(dispatched_s=120.0),
             BASE,
@@ -244,3 +263,32 @@ def test_checks(verdicts: list[Verdict], returned: list[Outcome | None], final: 
     assert [checks.add(v) for v in verdicts] == returned
     assert checks.final() is final
     assert checks.last == (verdicts[-1] if verdicts else None)
+
+
+fraction = st.floats(0.0, 1.0)
+maybe = st.none() | st.floats(0.0, 1e4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.builds(
+        GroupStats,
+        partitions=st.just((5,)),
+        samples=st.integers(0, 50),
+        freshness=st.none() | fraction,
+        bad_message_rate=st.none() | fraction,
+        cycle_s_p95=maybe,
+        seq_gaps=st.just(0),
+        ack_ratio=st.none() | fraction,
+        dispatch_latency_s=maybe,
+        tracking_error_pct=maybe,
+        imbalance_wh=maybe,
+        dispatched_s=st.floats(0.0, 3600.0),
+        log_errors=st.integers(0, 100),
+        restarts=st.integers(0, 10),
+    )
+)
+def test_a_canary_like_the_baseline_never_fails(stats: GroupStats) -> None:
+    """Whatever the pool lives through, a canary that measures as the baseline measures
+    (per partition) is never failed: it passes, or the window is inconclusive."""
+    assert analyse(stats, replace(stats, partitions=(6,)), CFG).outcome is not Outcome.FAIL

@@ -46,7 +46,7 @@ def test_default_file_is_the_defaults() -> None:
         (
             "[analysis.gates.tracking_error]\nlimit = 3",
             "analysis.gates.tracking_error",
-            GateConfig(limit=3.0, margin=2.0),
+            GateConfig(limit=3.0, margin=3.0, ratio=1.5),
         ),
         (
             "[analysis.gates.restarts]\nenabled = false",

@@ -3,9 +3,11 @@ per-partition record written as their writers write them, sampled once a check i
 then (group, window) -> the group's stats, one row per case.
 
 The story (check interval 60 s, samples k = 0..5 at T0 + 60 k): partitions 1-3 stay on the
-old worker ``w-old``. Partition 0 is handed over to ``w-new`` between k = 1 and k = 2 (its
-counters start again), misses a write at k = 3 (stale), rejects 5 messages by k = 4 and skips
-2 seqs by k = 5. The leading dispatcher changes at k = 4 (its counters start again too).
+old worker ``w-old`` (partition 2's record is 20 s old at k = 4: behind, yet written since
+k = 3, not stale). Partition 0 is handed over to ``w-new`` between k = 1 and k = 2 (its
+counters start again), is not written from k = 2 to k = 3 (stale), rejects 5 messages by
+k = 4 and skips 2 seqs by k = 5. The leading dispatcher changes at k = 4 (its counters start
+again too).
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ CANARY, BASELINE = (0,), (1, 2, 3)
 
 def health(k: int, p: int) -> dict[str, Any]:
     at = T0 + 60.0 * k
+    if p == 0 and k == 3:
+        return health(2, 0)  # not rewritten since k = 2
     if p != 0 or k < 2:
         return {
-            "ts": at - 0.5,
+            "ts": at - (20.0 if (p, k) == (2, 4) else 0.5),
             "version": "0.2.0",
             "worker": "w-old",
             "owner_since": T0 - 1000.0,
@@ -54,7 +58,7 @@ def health(k: int, p: int) -> dict[str, Any]:
             "cycle_s": 0.02,
         }
     return {
-        "ts": at - (30.0 if k == 3 else 0.5),  # k = 3: not written for 30 s
+        "ts": at - 0.5,
         "version": "0.2.1",
         "worker": "w-new",
         "owner_since": HANDOVER_AT,

@@ -29,10 +29,21 @@ import sysconfig
 import tarfile
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
-__all__ = ["BuildError", "Release", "build_release", "release_env", "source_tree"]
+__all__ = [
+    "STATUSES",
+    "BuildError",
+    "Release",
+    "build_release",
+    "copy_release",
+    "install_wheel",
+    "release_env",
+    "source_tree",
+    "write_atomic",
+]
 
 MANIFEST = "release.json"
 SHARED_DEPS_PTH = "_vpp_shared_deps.pth"
@@ -44,16 +55,35 @@ class BuildError(RuntimeError):
     """A release could not be built: the message says which step failed and why."""
 
 
+#: a release's life: built -> soaking -> soaked | rejected; soaked -> approved -> promoted;
+#: promoted -> retired (its folder removed once two newer ones ran). See docs/releases.md.
+STATUSES = ("built", "soaking", "soaked", "rejected", "approved", "promoted", "retired")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader sees the
+    old content or the new, never half of it (the releases folder's manifests)."""
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 @dataclass(frozen=True)
 class Release:
-    """One installed release: its version and folder, and where it came from."""
+    """One installed release: its version and folder, where it came from, its status and
+    its history (append-only: who did what to it, when, and why)."""
 
     version: str
     path: Path
-    source: str  # the git ref, or the tree's path
-    commit: str | None  # the commit the source resolved to (None: a tree)
+    source: str  # the git ref, the tree's path or the wheel's
+    commit: str | None  # the commit the source resolved to (None: a tree, a wheel)
     built_at: float
     shared_deps: bool
+    status: str = "built"
+    # {ts, actor, event, detail}, oldest first
+    history: tuple[dict[str, Any], ...] = ()
+    # the staging gate's runs of this release: {ts, seed, start, kpis, green, why, ...}
+    soak_runs: tuple[dict[str, Any], ...] = ()
 
     @property
     def venv(self) -> Path:
@@ -64,8 +94,9 @@ class Release:
         return self.venv / "bin" / "python"
 
     @classmethod
-    def load(cls, path: Path) -> Release:
-        data = json.loads((path / MANIFEST).read_text())
+    def load(cls, path: Path, manifest: Path | None = None) -> Release:
+        """The release in folder ``path`` (its manifest, or ``manifest`` for a retired one)."""
+        data = json.loads((manifest or path / MANIFEST).read_text())
         return cls(
             version=data["version"],
             path=path,
@@ -73,13 +104,27 @@ class Release:
             commit=data.get("commit"),
             built_at=float(data["built_at"]),
             shared_deps=bool(data.get("shared_deps", False)),
+            status=str(data.get("status", "built")),
+            history=tuple(data.get("history", ())),
+            soak_runs=tuple(data.get("soak_runs", ())),
         )
 
-    def write(self) -> None:
+    def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "path"}
-        tmp = self.path / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(self.path / MANIFEST)
+        data["history"], data["soak_runs"] = list(self.history), list(self.soak_runs)
+        return data
+
+    def write(self, manifest: Path | None = None) -> None:
+        write_atomic(manifest or self.path / MANIFEST, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def with_event(
+        self, actor: str, event: str, detail: str = "", *, status: str | None = None, **more: Any
+    ) -> Release:
+        """This release with one more history entry (and a new status, when given)."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"{status!r} is not a release status ({', '.join(STATUSES)})")
+        entry = {"ts": time.time(), "actor": actor, "event": event, "detail": detail}
+        return replace(self, status=status or self.status, history=(*self.history, entry), **more)
 
 
 def release_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -173,34 +218,77 @@ def build_release(
         if version is not None:
             _set_version(tree, version)
         version = _tree_version(tree)
-        dest = root / version
-        if dest.exists():
-            if not replace:
-                raise BuildError(f"release {version} exists in {root}: remove it first")
-            shutil.rmtree(dest)
-        staging = Path(tmp) / version
-        staging.mkdir()
+        if (root / version).exists() and not replace:  # before the minute a wheel takes
+            raise BuildError(f"release {version} exists in {root}: remove it first")
+        wheels = Path(tmp) / "wheel"
         wheel_cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet"]
         if importlib.util.find_spec("hatchling") is not None:
             wheel_cmd.append("--no-build-isolation")  # offline; else pip fetches hatchling
-        _run([*wheel_cmd, "-w", str(staging), str(tree)], "building the wheel")
-        (wheel,) = staging.glob("vpp-*.whl")
+        _run([*wheel_cmd, "-w", str(wheels), str(tree)], "building the wheel")
+        (wheel,) = wheels.glob("vpp-*.whl")
+        return install_wheel(
+            wheel,
+            root,
+            source=label,
+            commit=commit,
+            share_deps=share_deps,
+            extras=extras,
+            replace=replace,
+        )
+
+
+def wheel_version(wheel: Path) -> str:
+    """The version in a vpp wheel's file name (``vpp-0.2.0-py3-none-any.whl``)."""
+    parts = Path(wheel).name.split("-")
+    if len(parts) < 5 or parts[0] != "vpp" or not Path(wheel).name.endswith(".whl"):
+        raise BuildError(f"{Path(wheel).name}: not a vpp wheel (vpp-VERSION-...-any.whl)")
+    if not _VERSION.match(parts[1]):
+        raise BuildError(f"{Path(wheel).name}: {parts[1]!r} is not a version")
+    return parts[1]
+
+
+def install_wheel(
+    wheel: Path,
+    root: Path,
+    *,
+    source: str | None = None,
+    commit: str | None = None,
+    share_deps: bool = False,
+    extras: str = "demo",
+    replace: bool = False,
+) -> Release:
+    """Install a built vpp wheel (a CI artefact, or :func:`build_release`'s) as release
+    ``root/VERSION``: the wheel kept in the folder, a venv of its own, the manifest."""
+    wheel, root = Path(wheel).resolve(), Path(root).resolve()
+    if not wheel.is_file():
+        raise BuildError(f"{wheel}: no such wheel")
+    version = wheel_version(wheel)
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / version
+    if dest.exists():
+        if not replace:
+            raise BuildError(f"release {version} exists in {root}: remove it first")
+        shutil.rmtree(dest)
+    with tempfile.TemporaryDirectory(prefix="vpp-release-", dir=root) as tmp:
+        staging = Path(tmp) / version
+        staging.mkdir()
+        kept = Path(shutil.copy2(wheel, staging / wheel.name))
         _run([sys.executable, "-m", "venv", "--without-pip", str(staging / "venv")], "venv")
         python = staging / "venv" / "bin" / "python"
         pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet"]
         if share_deps:
-            _run([*pip, "--no-deps", str(wheel)], "installing the wheel")
+            _run([*pip, "--no-deps", str(kept)], "installing the wheel")
             site = _run(
                 [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                 "finding the release's site-packages",
             ).strip()
             (Path(site) / SHARED_DEPS_PTH).write_text(sysconfig.get_paths()["purelib"] + "\n")
         else:
-            _run([*pip, f"{wheel}[{extras}]"], "installing the wheel and its dependencies")
+            _run([*pip, f"{kept}[{extras}]"], "installing the wheel and its dependencies")
         release = Release(
             version=version,
             path=dest,
-            source=label,
+            source=source or str(wheel),
             commit=commit,
             built_at=time.time(),
             shared_deps=share_deps,
@@ -209,6 +297,22 @@ def build_release(
         _relocate(dest / "venv", staging / "venv")
         release.write()
     return release
+
+
+def copy_release(release: Release, root: Path) -> Release:
+    """Copy an installed release into another releases folder (a test's own folder from a
+    session's build, a staging host's copy), its venv's scripts pointed at the new place."""
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / release.version
+    if dest.exists():
+        raise BuildError(f"release {release.version} exists in {root}: remove it first")
+    with tempfile.TemporaryDirectory(prefix="vpp-release-", dir=root) as tmp:
+        staging = Path(tmp) / release.version
+        shutil.copytree(release.path, staging, symlinks=True)
+        staging.rename(dest)
+    _relocate(dest / "venv", release.venv)
+    return Release.load(dest)
 
 
 def _relocate(venv: Path, old: Path) -> None:
