@@ -1093,9 +1093,10 @@ async def _rollout_main(
             elif st is None:
                 click.echo("no rollout yet")
             else:
+                why = " ".join(x for x in (st["outcome"], st["reason"]) if x)
                 click.echo(
                     f"rollout {st['id']}: {st['from_version']} -> {st['version']}: {st['state']}"
-                    f" at step {st['step']} {st['outcome']} {st['reason']}".rstrip()
+                    f" at step {st['step']}" + (f" ({why})" if why else "")
                 )
                 for e in st["events"][-10:]:
                     click.echo(f"  {e['ts']:.0f} step {e['step']} {e['event']}")
