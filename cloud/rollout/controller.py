@@ -270,7 +270,7 @@ class RolloutController:
                 await self._start_step()
                 result = ("started", "")
             elif action == "assign":
-                await self._assign(self.step.partitions, self.version)
+                await self._assign_step()
             elif action == "wait_taken":
                 await self._wait_held(self.step.added, self._names("worker", self.version))
                 await self._gaps(self.step.added)
@@ -337,6 +337,16 @@ class RolloutController:
         for name in self._names("worker", self.from_version):
             await self.launcher.stop(name)
         await self.redis.delete(ROLLOUT_PARTITIONS_KEY)  # all on the new: today's behaviour
+
+    async def _assign_step(self) -> None:
+        """The step's partitions to the new version and every other one pinned to the old:
+        a partition without a field may be held by any worker, so an untouched partition
+        left open would drift to the new workers as their fair share."""
+        new = set(self.step.partitions)
+        mapping = {
+            str(p): self.version if p in new else self.from_version for p in range(self.partitions)
+        }
+        await self.redis.hset(ROLLOUT_PARTITIONS_KEY, mapping=mapping)
 
     async def _assign(self, partitions: tuple[int, ...], version: str) -> None:
         if partitions:
