@@ -390,6 +390,9 @@ class RolloutController:
 
     async def _analyse(self) -> tuple[Outcome, Verdict | None]:
         cfg = self.config.analysis
+        # one check interval to settle first (Argo's initialDelay): the new owner's first
+        # health record after a hand-over can still count a site it had not heard live yet
+        await self._sleep(cfg.check_interval_s)
         start = self.clock.time()
         checks = Checks.of(cfg)
         canary = self.step.partitions
