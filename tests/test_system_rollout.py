@@ -32,7 +32,6 @@ from cloud.hotstate import (
     PARTITION_HEALTH_KEY,
     ROLLOUT_PARTITIONS_KEY,
     delivery_key,
-    dispatch_partitions_key,
     lease_key,
 )
 from cloud.registry import Registry
@@ -284,7 +283,6 @@ async def test_rollouts_pause_roll_back_and_complete(
                 state = await healthy.run()
                 follower.cancel()
                 await trader.stop()
-                print(await system.hot.get(dispatch_partitions_key(system.spec.pool)))
                 assert (state.phase, state.outcome) == ("complete", "complete"), state
                 running = {(i.role, i.version) for i in launcher.instances() if i.running}
                 assert running == {("worker", "0.2.1"), ("dispatcher", "0.2.1"), ("api", "0.2.1")}
