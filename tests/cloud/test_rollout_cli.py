@@ -100,3 +100,15 @@ def test_a_second_live_rollout_is_refused_and_commands_need_one(deployment):
     )
     status = json.loads(_run(deployment, "--status", "--json").stdout)
     assert (status["state"], status["controller"], len(status["events"])) == ("paused", None, 1)
+
+
+@pytest.mark.parametrize("command", ["rollback", "resume", "abort"])
+def test_a_command_goes_to_the_running_controller(deployment, redis_client, command):
+    redis_client.set("vpp:rollout:lock", "rollout-host-1")  # a controller runs elsewhere
+    result = _run(deployment, f"--{command}", "--reason", "bad canary")
+    assert (result.exit_code, result.stdout) == (
+        0,
+        f"{command}: given to the running rollout controller\n",
+    )
+    sent = json.loads(redis_client.get("vpp:rollout:command"))
+    assert (sent["command"], sent["reason"]) == (command, "bad canary")

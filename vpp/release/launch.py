@@ -34,10 +34,14 @@ log = logging.getLogger("vpp.release.launch")
 
 
 def count_errors(path: Path) -> int:
-    """ERROR lines in a role's log (0 when there is none yet)."""
+    """ERROR records in a role's log (0 when there is none yet): the level field of
+    ``protocols.logs.LOG_FORMAT`` (``date time LEVEL name: message``), or a bare
+    ``ERROR`` line; the word inside a message does not count."""
     try:
         with path.open(errors="replace") as f:
-            return sum(1 for line in f if " ERROR " in line or line.startswith("ERROR"))
+            return sum(
+                1 for line in f if line.startswith("ERROR") or line.split(" ", 3)[2:3] == ["ERROR"]
+            )
     except OSError:
         return 0
 
