@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 
 from cloud.alerts import AlertState
+from protocols.backoff import backoff_s
 from protocols.clock import Clock
 from protocols.logs import redact_url
 
@@ -157,7 +158,6 @@ class WebhookNotifier:
     async def _deliver(
         self, client: httpx.AsyncClient, payload: dict[str, Any], stop: asyncio.Event
     ) -> None:
-        delay = self.backoff_s
         what = f"{payload.get('status')} {payload.get('groupKey')}"
         for attempt in range(1, self.attempts + 1):
             try:
@@ -183,6 +183,5 @@ class WebhookNotifier:
             )
             if not retry or attempt == self.attempts or stop.is_set():
                 break
-            await self.clock.sleep(delay)
-            delay = min(2 * delay, self.backoff_max_s)
+            await self.clock.sleep(backoff_s(attempt, self.backoff_s, self.backoff_max_s))
         self.stats["gave_up"] += 1

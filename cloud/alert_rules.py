@@ -12,7 +12,8 @@ Every rule, and the fault that should fire it:
 * ``pool_shortfall`` - a pool's target is out of its reach (sites lost, a schedule too big);
 * ``tracking_error`` - the pool's measured power off its target for N cycles, beyond what
   its shortfall explains (a shortfall alone pages as ``pool_shortfall``, not twice);
-* ``pool_sites_offline`` - a share of a pool's sites is offline;
+* ``pool_sites_offline`` - a share of a pool's sites is offline (once the pool has been seen
+  with a fresh site: not at start-up, before any site reported);
 * ``partitions_stale`` - partitions with no fresh aggregate or no fresh site (their worker
   died, or their sites fell silent);
 * ``ingest_lag`` - telemetry reaches the workers late;
@@ -82,6 +83,12 @@ def _offline(q: Query, p: P) -> dict[Labels, float]:
     return _share_above(offline, by(q.vector("vpp_dispatch_pool_sites"), "pool"), p["ratio"])
 
 
+def _pools_seen(q: Query, p: P) -> list[Labels]:
+    """Pools with a fresh site now: what arms ``pool_sites_offline``."""
+    fresh = by(q.vector("vpp_dispatch_pool_sites", state="fresh"), "pool")
+    return [pool for pool, values in fresh.items() if sum(values) > 0]
+
+
 def _stale(q: Query, p: P) -> dict[Labels, float]:
     stale = by(q.vector("vpp_dispatch_partitions_stale"), "pool")
     return {pool: sum(v) for pool, v in stale.items() if sum(v) > 0}
@@ -107,11 +114,15 @@ def _bad(q: Query, p: P) -> dict[Labels, float]:
     return _share_above(rejected, every, p["ratio"])
 
 
-def _check_failing(check: str) -> Any:
+def _check_rule(name: str, check: str, summary: str, description: str) -> Rule:
+    """A readiness check of the API's failing (``vpp_readiness_check == 0``) for 10 s: the
+    store behind it is away (critical: nothing the API does works without it)."""
+
     def expr(q: Query, p: P) -> dict[Labels, float]:
         return {k: v for k, v in q.vector("vpp_readiness_check", check=check).items() if v == 0}
 
-    return expr
+    promql = f'vpp_readiness_check{{{{check="{check}"}}}} == 0'
+    return Rule(name, "critical", expr, promql, summary, description, for_s=10.0)
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (
@@ -125,7 +136,6 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         "over within the lock ttl (6 s) and a cycle; longer means none is alive or Redis is away.",
         # longer than a take-over (ttl + a renewal + a cycle): a normal failover stays pending
         for_s=20.0,
-        params={"for_s": 20.0},
     ),
     Rule(
         "pool_shortfall",
@@ -170,6 +180,12 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         "time: a region, an ISP or a firmware is down.",
         for_s=60.0,
         params={"ratio": 0.1},
+        # a start-up grace: sites not yet heard from (the cloud up before the fleet, a new
+        # pool) are not an outage; once the pool has had a fresh site within a day, they are
+        armed_by=_pools_seen,
+        armed_on=("pool",),
+        armed_promql='max_over_time(vpp_dispatch_pool_sites{{state="fresh"}}[{window}]) > 0',
+        armed_for_s=86_400.0,
     ),
     Rule(
         "partitions_stale",
@@ -206,23 +222,17 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         for_s=60.0,
         params={"ratio": 0.01, "window_s": 60.0},
     ),
-    Rule(
+    _check_rule(
         "redis_unreachable",
-        "critical",
-        _check_failing("api.redis"),
-        'vpp_readiness_check{{check="api.redis"}} == 0',
+        "api.redis",
         "Redis is unreachable from {instance}",
         "The API cannot reach Redis: no fresh state, no dispatch, no leases.",
-        for_s=10.0,
     ),
-    Rule(
+    _check_rule(
         "registry_unreachable",
-        "critical",
-        _check_failing("api.registry"),
-        'vpp_readiness_check{{check="api.registry"}} == 0',
+        "api.registry",
         "the registry is unreachable from {instance}",
         "The API cannot read the registry (its SQLite file): no schedule can be accepted.",
-        for_s=10.0,
     ),
 )
 
@@ -252,6 +262,7 @@ def rules_file(rules: Sequence[Rule] = DEFAULT_RULES) -> dict[str, Any]:
 
 def _prometheus_template(template: str, rule: Rule) -> str:
     values: dict[str, Any] = {k: _Param(v) for k, v in rule.params.items()}
+    values["for_s"] = _Param(rule.for_s)
     values["value"] = _Promval("$value")
     for label in ("pool", "instance"):
         values[label] = _Promval(f"$labels.{label}")

@@ -15,6 +15,12 @@ scraped samples and returns the transitions. An alert of a rule and a label set 
 * a resolved alert is listed ``RESOLVED_RETENTION_S`` more, as Prometheus keeps it for
   Alertmanager, then forgotten; a new occurrence starts again at pending.
 
+A rule may be *armed* (:attr:`Rule.armed_by`): its series count only where the arming
+condition held, for the same ``armed_on`` labels, within the last ``armed_for_s`` - PromQL's
+``and on (pool) (max_over_time(...[1d]) > 0)``. That is a start-up grace: sites not yet heard
+from are not an outage until their pool has been seen working. The engine remembers only
+since it started (or adopted a firing alert); Prometheus reads its stored past.
+
 Redis keys (the thin adapters at the end):
 
 * ``vpp:alerts:active`` - hash, alert key -> JSON of the firing pool-scoped :class:`Alert`
@@ -139,8 +145,8 @@ def by(series: Mapping[Labels, float], *keep: str) -> dict[Labels, list[float]]:
 class Rule:
     """One alerting rule. ``expr`` returns the alerting series (labels -> value) as the
     PromQL in ``promql`` would, both written with the thresholds in ``params``; ``summary``
-    and ``description`` are ``str.format`` templates over the series' labels, ``value`` and
-    the params."""
+    and ``description`` are ``str.format`` templates over the series' labels, ``value``,
+    ``for_s`` and the params."""
 
     name: str
     severity: Severity
@@ -151,20 +157,41 @@ class Rule:
     for_s: float = 0.0
     keep_firing_for_s: float = 0.0
     params: Mapping[str, float] = field(default_factory=dict)
+    # the arming condition (see the module docstring): label sets of ``armed_on`` only, and
+    # its PromQL with ``{window}`` for ``armed_for_s``
+    armed_by: Callable[[Query, Mapping[str, float]], Iterable[Labels]] | None = None
+    armed_on: tuple[str, ...] = ()
+    armed_promql: str = ""
+    armed_for_s: float = 86_400.0
 
     def __post_init__(self) -> None:
         if self.severity not in ("warning", "critical"):
             raise ValueError(f"rule {self.name}: unknown severity {self.severity!r}")
         if self.for_s < 0 or self.keep_firing_for_s < 0:
             raise ValueError(f"rule {self.name}: for_s and keep_firing_for_s must be >= 0")
+        if self.armed_by is not None and not (
+            self.armed_on and self.armed_promql and self.armed_for_s > 0
+        ):
+            raise ValueError(
+                f"rule {self.name}: armed_by needs armed_on, armed_promql and armed_for_s > 0"
+            )
 
     @property
     def expression(self) -> str:
         """The PromQL with the thresholds put in (what the rules file holds)."""
-        return self.promql.format(**{k: f"{v:g}" for k, v in self.params.items()})
+        values = {k: f"{v:g}" for k, v in self.params.items()}
+        expr = self.promql.format(**values)
+        if self.armed_by is None:
+            return expr
+        armed = self.armed_promql.format(window=f"{self.armed_for_s:g}s", **values)
+        return f"({expr}) and on ({', '.join(self.armed_on)}) ({armed})"
+
+    def armed_key(self, labels: Labels) -> Labels:
+        """The part of a series' labels its arming is matched on."""
+        return tuple((k, v) for k, v in labels if k in self.armed_on)
 
     def annotate(self, labels: Mapping[str, str], value: float) -> dict[str, str]:
-        values = {**self.params, **labels, "value": _number(value)}
+        values = {"for_s": self.for_s, **self.params, **labels, "value": _number(value)}
         return {
             "summary": _format(self.summary, values),
             "description": _format(self.description, values),
@@ -238,6 +265,7 @@ class RuleEngine:
 
     rules: Sequence[Rule]
     _alerts: dict[tuple[str, Labels], AlertState] = field(default_factory=dict)
+    _armed: dict[tuple[str, Labels], float] = field(default_factory=dict)  # -> last armed at
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.rules]
@@ -247,11 +275,30 @@ class RuleEngine:
     def evaluate(self, now: float, query: Query) -> list[Transition]:
         out: list[Transition] = []
         for rule in self.rules:
-            out += self._evaluate(rule, now, dict(rule.expr(query, rule.params)))
+            series = dict(rule.expr(query, rule.params))
+            if rule.armed_by is not None:
+                series = self._armed_only(rule, now, query, series)
+            out += self._evaluate(rule, now, series)
         for key, alert in list(self._alerts.items()):
             if alert.resolved_at is not None and now - alert.resolved_at >= RESOLVED_RETENTION_S:
                 del self._alerts[key]
         return out
+
+    def _armed_only(
+        self, rule: Rule, now: float, query: Query, series: dict[Labels, float]
+    ) -> dict[Labels, float]:
+        """``series`` where ``rule`` is armed now (its arming seen within ``armed_for_s``)."""
+        assert rule.armed_by is not None
+        for labels in rule.armed_by(query, rule.params):
+            self._armed[(rule.name, rule.armed_key(labels))] = now
+        for key, at in list(self._armed.items()):
+            if key[0] == rule.name and now - at > rule.armed_for_s:
+                del self._armed[key]
+        return {
+            labels: value
+            for labels, value in series.items()
+            if (rule.name, rule.armed_key(labels)) in self._armed
+        }
 
     def _evaluate(self, rule: Rule, now: float, series: dict[Labels, float]) -> list[Transition]:
         out = []
@@ -286,9 +333,16 @@ class RuleEngine:
     def adopt(self, alerts: Iterable[AlertState]) -> None:
         """Continue another evaluator's alerts (a take-over), so a firing alert is neither
         raised twice nor left firing for ever."""
+        rules = {r.name: r for r in self.rules}
         for alert in alerts:
-            labels = {k: v for k, v in alert.labels.items() if k not in ("alertname", "severity")}
-            self._alerts.setdefault((alert.rule, labels_of(labels)), alert)
+            labels = labels_of(
+                {k: v for k, v in alert.labels.items() if k not in ("alertname", "severity")}
+            )
+            self._alerts.setdefault((alert.rule, labels), alert)
+            rule = rules.get(alert.rule)
+            if rule is not None and rule.armed_by is not None:  # it alerted: it was armed
+                key = (rule.name, rule.armed_key(labels))
+                self._armed[key] = max(self._armed.get(key, -math.inf), alert.last_true_at)
 
 
 # --- Redis ----------------------------------------------------------------------------------

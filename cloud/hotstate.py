@@ -7,6 +7,7 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
 
     vpp:lease:p:{p}              string  worker id holding partition p (SET NX PX, renewed)
     vpp:worker:{id}              string  worker heartbeat (JSON, expires)
+    vpp:process:{role}:{id}      string  API/dispatcher heartbeat, JSON {role, id, version, ts}
     vpp:site-pools               hash    site id -> pool id (from the registry)
     vpp:site-pools:rev           string  integer, bumped whenever vpp:site-pools changes
     vpp:agg:{pool}:p:{p}         string  PartitionAggregate JSON, rewritten every worker cycle
@@ -80,6 +81,7 @@ __all__ = [
     "hold_key",
     "lease_key",
     "plan_key",
+    "process_key",
     "rejected_key",
     "reported_flags_key",
     "sites_key",
@@ -120,6 +122,11 @@ def worker_key(worker_id: str) -> str:
 def handover_key(partition: int) -> str:
     """The partition's latest hand-over between two workers (:class:`HandoverRecord`)."""
     return f"{PREFIX}:handover:{partition}"
+
+
+def process_key(role: str, instance_id: str) -> str:
+    """A non-worker cloud process's heartbeat (:mod:`cloud.processes`)."""
+    return f"{PREFIX}:process:{role}:{instance_id}"
 
 
 def agg_key(pool_id: str, partition: int) -> str:
@@ -187,8 +194,10 @@ def flags_key(pool_id: str, partition: int | None = None) -> str:
 
 
 def reported_flags_key(partition: int) -> str:
-    """Hash site id -> JSON ``{"hash", "stale", "ts"}``: the flag set each site of the
-    partition says it runs with (its status), written by the partition's worker."""
+    """Hash site id -> JSON ``{"hash", "stale", "ts", "version", "release_target",
+    "update"}``: the flag set each site of the partition says it runs with, the release it
+    runs and its updater's target and outcome (its status), written by the partition's
+    worker."""
     return f"{PREFIX}:flags:reported:p:{partition}"
 
 

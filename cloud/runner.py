@@ -46,6 +46,7 @@ from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.dispatch.retention import Retention
 from cloud.ingest.worker import PartitionWorker
 from cloud.ops import SyncStatus, watch_alerts, watch_api, watch_dispatcher, watch_worker
+from cloud.processes import process_heartbeat
 from cloud.registry import Registry
 from cloud.sync import sync_site_pools
 from protocols.clock import Clock, Ticker, WallClock
@@ -409,6 +410,16 @@ async def run_cloud(
             roles_running["dispatcher"] = tasks[-1]
             cycles["dispatcher"] = lambda: dispatcher.stats["cycles"]
             closers.append(dispatcher.stop)
+        # the API's and dispatcher's release in Redis (workers say it in their own heartbeat);
+        # the dispatcher's by its lock holder id, so its leadership and release match up
+        beats = {"api": settings.instance_id or uuid.uuid4().hex[:8]}
+        if "dispatcher" in roles:
+            beats["dispatcher"] = dispatcher.id
+        for role, ident in beats.items():
+            if role in roles:
+                beat = process_heartbeat(redis_url, role, ident, clock, stop)
+                tasks.append(asyncio.create_task(beat, name=f"{role} heartbeat"))
+                roles_running[f"{role} heartbeat"] = tasks[-1]
         interval_s = watchdog_interval_s()
         if notifier.enabled and interval_s is not None:
             counts = functools.partial(_cycle_counts, cycles)

@@ -35,6 +35,7 @@ import logging
 import math
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,15 +59,16 @@ from edge.drivers import (
     InverterDriver,
     ModbusLink,
     Reading,
-    detect_kind,
     make_driver,
 )
 from edge.flags import applied, is_stale, limit_map
 from edge.forecast import Forecaster, ForecastSettings, HeatPumpNow, SiteNow
+from edge.provision.identify import detect_kind
 from edge.slot_account import SlotAccount
 from edge.status_page.history import PowerMinutes, Sample
 from edge.store import EdgeStore, OutboxRecord
 from edge.telemetry_gate import Snapshot, command_key, why_send
+from edge.updater import Decision, EdgeUpdater, Outcome
 from edge.uplink import Uplink
 from protocols.clock import Clock, Ticker
 from protocols.flags import FlagValue, defaults, values_hash
@@ -236,6 +238,14 @@ class SiteAgent:
         self._last_config_rev = -1
         self._flags_reported: tuple[Any, ...] | None = None
         self._behaviour = Behaviour()  # what the flags ask of the site (see the property)
+        # the edge updater (edge.updater): the release edge.release names; a switch is done
+        # by the runner once the agent has stopped (``update_to``, ``on_update``)
+        self.updater = EdgeUpdater(
+            config.update.releases_dir, VERSION, floor=config.update.min_version
+        )
+        self.update_to: str | None = None
+        self.update_error: str | None = None  # the switch failed (the runner says why)
+        self.on_update: Callable[[str], None] | None = None
         self._last_sent: Snapshot | None = None  # what the cloud last heard (telemetry gate)
         self.telemetry_reasons: Counter[str] = Counter()  # why each telemetry message went
         self.pool_id: str | None = None  # from the cloud's config; scopes partition signals
@@ -316,6 +326,39 @@ class SiteAgent:
             self.log.warning("local autonomy on: cloud dispatch, signals and plans ignored")
         elif old.local_autonomy and not new.local_autonomy:
             self.log.warning("local autonomy off: back under cloud control")
+        if new.release != old.release and self.uplink is not None:  # live (start: _open)
+            self._consider_update()
+
+    def _consider_update(self) -> Decision:
+        """Ask the updater about the release the flags name; on a switch, tell the runner
+        (it stops the agent cleanly, flips ``current/edge`` and exits for the restart)."""
+        decision = self.updater.consider(self._behaviour.release)
+        # no target is every site's normal state (the demo runs hundreds): not worth a line
+        quiet = decision.outcome is Outcome.STAY and not self._behaviour.release
+        level = logging.DEBUG if quiet else logging.INFO
+        if decision.outcome in (Outcome.REFUSED, Outcome.UNAVAILABLE):
+            level = logging.WARNING
+        self.log.log(level, "release %s: %s", self._behaviour.release or '""', decision.text())
+        if decision.outcome is Outcome.SWITCH and self.update_to is None:
+            self.update_to = decision.version
+            if self.on_update is not None and decision.version is not None:
+                self.on_update(decision.version)
+        if self.uplink is not None:
+            self.uplink.publish_status()
+        return decision
+
+    async def flush_uplink(self, wall_timeout_s: float = 5.0) -> int:
+        """Before a stop for an update: wait (wall seconds, bounded) while the broker is
+        connected and telemetry is still unsent; what is left stays in the store for the
+        next release. Returns the records left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wall_timeout_s
+        while self.store is not None and self.uplink is not None:
+            left = self.store.stats().pending
+            if left == 0 or not self.uplink.connected or loop.time() >= deadline:
+                return left
+            await asyncio.sleep(0.05)
+        return 0
 
     def _local(self, inputs: SiteInputs) -> Plan:
         """The site's own control this cycle, in its fallback mode (its baseline)."""
@@ -362,7 +405,7 @@ class SiteAgent:
                 self.links[key] = link
             kind = dev.kind
             if kind is None:
-                kind = await detect_kind(dev.host, dev.port, dev.unit_id)
+                kind = await detect_kind(link, dev.unit_id)
                 self.log.info("device=%s detected as %s", dev.id, kind.value)
             self.drivers.append(
                 make_driver(
@@ -392,6 +435,8 @@ class SiteAgent:
         )
         self._apply_params(saved.get("params", {}))
         self.uplink.flags_report = self.flags_report
+        self.uplink.update_report = self.updater.report
+        self._consider_update()  # the release the restored flags name (a switch: at once)
         await self.uplink.start()
         self.log.info("started with %d devices", len(self.drivers))
 
@@ -414,6 +459,9 @@ class SiteAgent:
             except Exception:  # a bug in one cycle must not end the site's control
                 self.counters["errors"] += 1
                 self.log.exception("control cycle failed")
+            if not self.updater.confirmed:  # a release on trial: up and connected?
+                up = self.uplink is not None and self.uplink.connected
+                self.updater.confirm(self.counters["cycles"], up)
             self.counters["cycle_slips"] = ticks.slips  # more than a whole cycle late
 
     async def stop(self) -> None:
@@ -1202,6 +1250,13 @@ class SiteAgent:
                 "telemetry_deadband_w": self._behaviour.telemetry_deadband_w,
                 "heartbeat_s": self._behaviour.heartbeat_s,
                 "local_autonomy": self._behaviour.local_autonomy,
+                "release": self._behaviour.release,
+            },
+            "update": {
+                "running": VERSION,
+                "target": self.updater.target,
+                "outcome": None if self.updater.last is None else self.updater.last.text(),
+                "releases_dir": str(self.updater.root),
             },
             "telemetry_reasons": dict(self.telemetry_reasons),
             "outbox": None if self.store is None else self.store.stats().__dict__,

@@ -37,6 +37,7 @@ TELEMETRY_BY_EXCEPTION = flag("edge.telemetry_by_exception").name
 TELEMETRY_DEADBAND_W = flag("edge.telemetry_deadband_w").name
 HEARTBEAT_S = flag("edge.heartbeat_s").name
 LOCAL_AUTONOMY = flag("edge.local_autonomy").name
+RELEASE = flag("edge.release").name
 
 #: Behaviour field -> the flag that sets it
 FIELDS: dict[str, str] = {
@@ -46,6 +47,7 @@ FIELDS: dict[str, str] = {
     "telemetry_deadband_w": TELEMETRY_DEADBAND_W,
     "heartbeat_s": HEARTBEAT_S,
     "local_autonomy": LOCAL_AUTONOMY,
+    "release": RELEASE,
 }
 
 
@@ -79,6 +81,8 @@ class Behaviour:
     telemetry_deadband_w: float = float(_default(TELEMETRY_DEADBAND_W))
     heartbeat_s: float = float(_default(HEARTBEAT_S))
     local_autonomy: bool = bool(_default(LOCAL_AUTONOMY))
+    # the release the site should run ("": the installed one); edge.updater acts on it
+    release: str = str(_default(RELEASE))
     ignored: tuple[str, ...] = field(default=(), compare=False)
 
     def local_control(self) -> LocalControl:
@@ -108,6 +112,7 @@ class Behaviour:
             telemetry_deadband_w=float(run[TELEMETRY_DEADBAND_W]),
             heartbeat_s=float(run[HEARTBEAT_S]),
             local_autonomy=bool(run[LOCAL_AUTONOMY]),
+            release=str(run[RELEASE]),
             ignored=tuple(result.refused.values()),
         )
 

@@ -18,6 +18,7 @@ from protocols.logs import redact, redact_url
 from protocols.messages import DeviceKind
 from protocols.mqtt_endpoint import MqttEndpoint, MqttSettingsError
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
+from protocols.releases import DEFAULT_ROOT, is_version
 from protocols.topics import SITE_ID_PATTERN
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "OperatorSection",
     "StatusPageSection",
     "TariffSection",
+    "UpdateSection",
     "load_config",
     "operator_address",
     "status_page_addresses",
@@ -212,6 +214,20 @@ class StatusPageSection(_Section):
     tariff: TariffSection | None = None
 
 
+class UpdateSection(_Section):
+    """The edge updater (:mod:`edge.updater`): where the gateway's releases are installed
+    side by side, and the oldest release it may switch to (none: any installed one)."""
+
+    releases_dir: Path = DEFAULT_ROOT
+    min_version: Annotated[str, Field(max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _version(self) -> Self:
+        if self.min_version is not None and not is_version(self.min_version):
+            raise ValueError(f"min_version {self.min_version!r} is not a release version")
+        return self
+
+
 class DeviceConfig(_Section):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")]
     host: Annotated[str, Field(min_length=1, max_length=253)]
@@ -229,6 +245,7 @@ class EdgeConfig(_Section):
     forecast: ForecastSection = ForecastSection()
     operator: OperatorSection = OperatorSection()
     status_page: StatusPageSection = StatusPageSection()
+    update: UpdateSection = UpdateSection()
     devices: Annotated[list[DeviceConfig], Field(min_length=1, max_length=32)]
 
     @model_validator(mode="after")

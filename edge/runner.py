@@ -10,6 +10,11 @@ each agent whose ``[status_page]`` is enabled serves its homeowner's page on its
 Under systemd (``Type=notify``) it says ``READY=1`` once its operator port and agents run,
 ``STOPPING=1`` on the way out, and feeds ``WatchdogSec`` while every started agent's control
 loop keeps cycling (:mod:`protocols.sd_notify`): a hung loop gets the process restarted.
+
+An agent whose updater asks for another release (:mod:`edge.updater`) stops the run: the
+agents flush their uplink backlog and stop cleanly, then ``current/edge`` is switched (on
+trial) and :func:`run_agents` returns; ``vpp edge run`` exits with
+:data:`edge.updater.UPDATE_EXIT_CODE` for systemd to start the new release.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from typing import Any
 from edge.agent import SiteAgent
 from edge.config import EdgeConfig, operator_address
 from edge.ops import watch_agents
+from protocols.backoff import backoff_s
 from protocols.clock import Clock, wait_until
 from protocols.http_server import AsgiServer
 from protocols.operator import OperatorServer
+from protocols.releases import mark_failed
 from protocols.sd_notify import Notifier, feed_watchdog, watchdog_interval_s
 from protocols.supervise import supervise
 
@@ -62,15 +69,16 @@ def status_pages(agents: list[SiteAgent]) -> list[AsgiServer]:
 
 
 async def _start_and_run(agent: SiteAgent, clock: Clock, stop: asyncio.Event) -> None:
-    delay = 1.0
+    failures = 0
     while not stop.is_set():
         try:
             await agent.start()
             break
         except Exception as exc:  # unreachable device, bad broker URL...: retry, do not die
+            failures += 1
+            delay = backoff_s(failures, 1.0, START_RETRY_MAX_S)
             agent.log.warning("start failed (%s); retrying in %.0f s", exc, delay)
             await wait_until(clock, clock.time() + delay, stop)
-            delay = min(START_RETRY_MAX_S, delay * 2)
     if not stop.is_set():
         await agent.run()
 
@@ -101,6 +109,13 @@ async def run_agents(
     if operator is None:
         operator = OperatorServer(*operator_address(configs))
     agents = [SiteAgent(config, clock) for config in configs]
+
+    def update(version: str) -> None:  # an agent's updater asks for a switch: stop the run
+        log.info("stopping for the switch to release %s", version)
+        stop.set()
+
+    for agent in agents:
+        agent.on_update = update
     watch_agents(operator, agents)
     pages = status_pages(agents)
     await operator.start()
@@ -139,10 +154,38 @@ async def run_agents(
     finally:
         notifier.stopping()
         stop.set()  # ends the watchdog feed too
+        if any(a.update_to for a in agents):
+            await asyncio.gather(*(a.flush_uplink() for a in agents), return_exceptions=True)
         await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(p.stop() for p in pages), return_exceptions=True)
         await operator.stop()
+    switch_release(agents)
     return agents
+
+
+def switch_release(agents: list[SiteAgent]) -> str | None:
+    """After a clean stop: point ``current/edge`` at the release an agent's updater asked
+    for (on trial: :func:`protocols.releases.begin_trial`); that version, or None."""
+    asked = next((a for a in agents if a.update_to), None)
+    if asked is None or asked.update_to is None:
+        return None
+    version = asked.update_to
+    try:
+        left = asked.updater.switch(version)
+    except (OSError, ValueError) as exc:  # uninstalled meanwhile, a folder it may not write
+        asked.update_to = None
+        asked.update_error = f"switch to {version} failed: {exc}"
+        asked.log.error("release %s: %s; not switching to it again", version, asked.update_error)
+        with contextlib.suppress(OSError, ValueError):
+            mark_failed(asked.updater.root, "edge", version)
+        return None
+    asked.log.warning(
+        "switched %s/current/edge to release %s (from %s); restarting into it",
+        asked.updater.root,
+        asked.update_to,
+        left,
+    )
+    return asked.update_to

@@ -173,6 +173,8 @@ class Uplink:
         # feature flags: what the status says of them (set by the agent), and whether the
         # cloud's retained config arrived on this connection (the flags are confirmed)
         self.flags_report: Callable[[], tuple[str | None, dict[str, Any], bool]] | None = None
+        # (release target, the updater's last outcome) for the status (edge.updater)
+        self.update_report: Callable[[], tuple[str | None, str | None]] | None = None
         self._config_conn = -1
         self.config_confirmed_ts: float | None = None
         self._ctx = f"site={site_id} partition={partition}"
@@ -351,6 +353,9 @@ class Uplink:
         if self.flags_report is not None:
             flags_hash, values, stale = self.flags_report()
             flags = {"flags_hash": flags_hash, "flag_values": values, "flags_stale": stale}
+        if self.update_report is not None:
+            target, outcome = self.update_report()
+            flags.update(release_target=target, update_outcome=outcome)
         return encode(
             Status(
                 site_id=self.site_id,

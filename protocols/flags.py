@@ -6,8 +6,9 @@ receives. The shared JSON test vectors (``tests/data/flag_vectors.json``) hold b
 answer.
 
 A flag (:class:`Flag`) has a name, a description, an owner, a type (``bool``, ``enum`` with its
-values, ``number`` with physical bounds), a default, and optionally the site hard limit that
-clamps it on the edge (``hard_limit``: a numeric flag never moves a site past a limit).
+values, ``number`` with physical bounds, ``version``: a release version or ""), a default, and
+optionally the site hard limit that clamps it on the edge (``hard_limit``: a numeric flag never
+moves a site past a limit).
 
 Overrides (:class:`Override`) set a value for a scope: ``environment`` (the deployment's name,
 e.g. ``test``), ``pool``, ``partition`` (a partition number, across pools) or ``site``. The
@@ -35,6 +36,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from protocols.releases import MAX_VERSION, is_version
 
 __all__ = [
     "BUCKETS",
@@ -69,6 +72,7 @@ class FlagType(StrEnum):
     BOOL = "bool"
     ENUM = "enum"
     NUMBER = "number"
+    VERSION = "version"  # a release version (protocols.releases), or "" for none
 
 
 class Scope(StrEnum):
@@ -109,6 +113,8 @@ class Flag:
             return "true or false"
         if self.type is FlagType.ENUM:
             return "one of " + ", ".join(self.values)
+        if self.type is FlagType.VERSION:
+            return f'a release version such as 0.2.1 (at most {MAX_VERSION} characters), or ""'
         unit = f" {self.unit}" if self.unit else ""
         return f"a number {self.minimum:.15g}..{self.maximum:.15g}{unit}"
 
@@ -190,6 +196,15 @@ CATALOGUE: dict[str, Flag] = {
             unit="s",
         ),
         Flag(
+            "edge.release",
+            "The release the site's agent runs (its edge updater switches to it when it is "
+            'installed on the gateway); "" keeps the installed one. A ring is a percentage, '
+            "canary sites are site overrides.",
+            "edge-release",
+            FlagType.VERSION,
+            "",
+        ),
+        Flag(
             "edge.local_autonomy",
             "Kill switch: the site ignores cloud dispatch and plans and keeps its own safe "
             "local control.",
@@ -221,6 +236,9 @@ def check_value(definition: Flag, value: Any) -> FlagValue:
             return value
     elif definition.type is FlagType.ENUM:
         if isinstance(value, str) and value in definition.values:
+            return value
+    elif definition.type is FlagType.VERSION:
+        if isinstance(value, str) and (value == "" or is_version(value)):
             return value
     elif isinstance(value, int | float) and not isinstance(value, bool):
         number = float(value)

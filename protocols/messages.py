@@ -306,6 +306,9 @@ class Status(Message):
     ``flags_hash`` / ``flag_values`` / ``flags_stale`` (optional, expand step): the flag set
     the agent runs with (after its own checks and hard-limit clamps), the hash of the set the
     cloud sent, and whether the values are stale (no config confirmed from the cloud lately).
+    ``release_target`` / ``update_outcome`` (optional, expand step): the release the flag
+    ``edge.release`` asks for ("" none) and the edge updater's last outcome (``stay``,
+    ``switch``, ``unavailable`` or ``refused``, with why); ``agent_version`` is what runs.
     """
 
     SCHEMA: ClassVar[str] = "vpp.status"
@@ -323,6 +326,9 @@ class Status(Message):
     flags_hash: FlagsHash | None = None
     flag_values: FlagValues | None = None
     flags_stale: bool | None = None
+    # optional (expand step, release 0.2): the edge updater's target and last outcome
+    release_target: Annotated[str, Field(max_length=64)] | None = None
+    update_outcome: ShortText | None = None
 
 
 # --- dispatch (cloud -> site) -----------------------------------------------------------

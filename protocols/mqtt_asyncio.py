@@ -68,6 +68,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from protocols.backoff import backoff_s
 from protocols.clock import Clock, WallClock
 from protocols.mqtt_endpoint import MqttEndpoint, endpoint_of
 
@@ -492,7 +493,7 @@ class AsyncMqttClient:
                 await self._backoff_sleep(self._backoff(1))
 
     def _backoff(self, failures: int) -> float:
-        base = min(self.reconnect_max_s, self.reconnect_min_s * 2 ** min(failures - 1, 20))
+        base = backoff_s(failures, self.reconnect_min_s, self.reconnect_max_s)
         return base * self._rng.uniform(0.5, 1.0)
 
     async def _backoff_sleep(self, clock_seconds: float) -> None:

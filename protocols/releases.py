@@ -15,24 +15,62 @@ updater and the cloud's rollout only read and switch pointers, through these fun
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "DEFAULT_MAX_STARTS",
     "DEFAULT_ROOT",
+    "MAX_VERSION",
     "ROLES",
+    "BootStep",
+    "begin_trial",
+    "boot_step",
+    "confirm_start",
+    "count_start",
     "current_version",
+    "failed_versions",
     "installed_versions",
+    "is_version",
+    "mark_failed",
     "previous_version",
     "python_of",
     "release_dir",
     "switch_current",
+    "trial_of",
+    "version_key",
 ]
 
 DEFAULT_ROOT = Path("/var/lib/vpp/releases")
 ROLES = ("worker", "dispatcher", "api", "edge")
+MAX_VERSION = 64
+DEFAULT_MAX_STARTS = 3
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+!-]*$")
+
+
+def is_version(text: str) -> bool:
+    """Whether ``text`` is a release version (a folder name of the releases root: no path
+    tricks through a name read from the network), at most :data:`MAX_VERSION` characters."""
+    return isinstance(text, str) and len(text) <= MAX_VERSION and bool(_VERSION.match(text))
+
+
+def version_key(version: str) -> tuple[tuple[int, ...], int, str]:
+    """A sort key for versions: the dotted numbers first, then a pre-release (``0.3.0rc1``,
+    ``0.3.0.dev1``) before its release and a local ``+tag`` after it, then the rest as text.
+    Enough for a floor check without a dependency on ``packaging``."""
+    match = re.match(r"^([0-9]+(?:\.[0-9]+)*)(.*)$", version)
+    if match is None:
+        return ((), 0, version)
+    numbers = tuple(int(n) for n in match.group(1).split("."))
+    while len(numbers) > 1 and numbers[-1] == 0:  # 0.2 == 0.2.0
+        numbers = numbers[:-1]
+    rest = match.group(2)
+    return (numbers, 0 if rest and not rest.startswith("+") else 1, rest)
 
 
 def _check_role(role: str) -> None:
@@ -43,7 +81,7 @@ def _check_role(role: str) -> None:
 def release_dir(root: Path, version: str) -> Path:
     """The folder of release ``version`` (refuses anything that is not a version: no path
     tricks through a name read from the network)."""
-    if not _VERSION.match(version):
+    if not is_version(version):
         raise ValueError(f"{version!r} is not a release version")
     return Path(root) / version
 
@@ -107,3 +145,136 @@ def switch_current(root: Path, role: str, version: str) -> str | None:
         _point(root, "previous", role, was)
     _point(root, "current", role, version)
     return was
+
+
+# --- trials: a switch that goes back by itself when the new release never comes up --------
+
+
+@dataclass(frozen=True, slots=True)
+class BootStep:
+    """What one start of the unit does with a trial: ``action`` is ``"none"`` (no trial, or
+    the pointer moved away from it), ``"count"`` (``trial`` is the record to write) or
+    ``"roll_back"`` (to ``version``; the trial's version failed)."""
+
+    action: str
+    trial: dict[str, object] | None = None
+    version: str | None = None
+    why: str = ""
+
+
+def boot_step(trial: dict[str, object] | None, current: str | None, max_starts: int) -> BootStep:
+    """The pure rule of :func:`count_start`: a trial of the current version that already
+    started ``max_starts`` times without a confirmation is rolled back; else one more start
+    is counted."""
+    if not trial or trial.get("version") != current:
+        return BootStep("none", why="no trial of the current release")
+    starts = trial.get("starts")
+    starts = starts if isinstance(starts, int) and not isinstance(starts, bool) else max_starts
+    old = trial.get("from")
+    if starts >= max_starts:
+        if not isinstance(old, str) or not is_version(old):
+            return BootStep(
+                "none", why=f"release {current} failed {starts} starts; no release to go back to"
+            )
+        why = f"release {current} did not come up in {starts} start(s): back to {old}"
+        return BootStep("roll_back", version=old, why=why)
+    counted = {**trial, "starts": starts + 1}
+    return BootStep(
+        "count", trial=counted, why=f"start {starts + 1} of {max_starts} of release {current}"
+    )
+
+
+def _trial_path(root: Path, role: str) -> Path:
+    _check_role(role)
+    return Path(root) / "trial" / f"{role}.json"
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> object:
+    """The file's JSON, or None when it is missing or unreadable (a torn or garbage file
+    counts as no record: the guard must never stop a start)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def trial_of(root: Path, role: str) -> dict[str, object] | None:
+    """The pending trial of ``role`` (``{"version", "from", "starts"}``), or None."""
+    data = _read_json(_trial_path(root, role))
+    return data if isinstance(data, dict) else None
+
+
+def failed_versions(root: Path, role: str) -> list[str]:
+    """Versions of ``role`` that were rolled back because they never came up here."""
+    _check_role(role)
+    data = _read_json(Path(root) / "failed" / f"{role}.json")
+    return [v for v in data if isinstance(v, str)] if isinstance(data, list) else []
+
+
+def mark_failed(root: Path, role: str, version: str) -> None:
+    """List ``version`` among ``role``'s failed releases (nothing switches to it again)."""
+    bad = failed_versions(root, role)
+    _write_json(Path(root) / "failed" / f"{role}.json", sorted({*bad, version}))
+
+
+def begin_trial(root: Path, role: str, version: str) -> str | None:
+    """Switch ``role`` to ``version`` on trial (see the module docstring); the version it
+    left, as :func:`switch_current`."""
+    was = current_version(root, role)
+    previous = switch_current(root, role, version)
+    if was is not None and was != version:
+        _write_json(_trial_path(root, role), {"version": version, "from": was, "starts": 0})
+    return previous
+
+
+def count_start(root: Path, role: str, max_starts: int = DEFAULT_MAX_STARTS) -> BootStep:
+    """Count one start of ``role``'s trial, or roll it back (:func:`boot_step`); done."""
+    step = boot_step(trial_of(root, role), current_version(root, role), max_starts)
+    if step.action == "count":
+        _write_json(_trial_path(root, role), step.trial)
+    elif step.action == "roll_back":
+        assert step.version is not None
+        failed = current_version(root, role)
+        switch_current(root, role, step.version)
+        mark_failed(root, role, str(failed))
+        _trial_path(root, role).unlink(missing_ok=True)
+    return step
+
+
+def confirm_start(root: Path, role: str, version: str) -> bool:
+    """``version`` of ``role`` is up: end its trial (True if there was one to end)."""
+    trial = trial_of(root, role)
+    if trial is None or trial.get("version") != version:
+        return False
+    _trial_path(root, role).unlink(missing_ok=True)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``boot-guard``: the unit's ``ExecStartPre``. Always exits 0 (a guard that fails must
+    not keep the agent down); says what it did on stdout (the journal)."""
+    parser = argparse.ArgumentParser(prog="releases.py")
+    sub = parser.add_subparsers(dest="command", required=True)
+    guard = sub.add_parser("boot-guard", help="count a start of a trial; roll back a failed one")
+    guard.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    guard.add_argument("--role", choices=ROLES, default="edge")
+    guard.add_argument("--max-starts", type=int, default=DEFAULT_MAX_STARTS)
+    args = parser.parse_args(argv)
+    try:
+        step = count_start(args.root, args.role, max(1, args.max_starts))
+    except (OSError, ValueError) as exc:
+        print(f"boot-guard {args.role}: {exc}; starting what current points to")
+        return 0
+    print(f"boot-guard {args.role}: {step.action}: {step.why}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,8 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+from protocols.atomic_file import write_file_atomic
+
 __all__ = ["SecretFileError", "new_secret_file", "read_secret_file", "write_secret_file"]
 
 
@@ -30,12 +32,7 @@ def write_secret_file(path: Path, secret: str) -> None:
     replacing the file whole (a reader never sees half of it). The folder is made if
     missing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.touch(mode=0o600)
-    tmp.chmod(0o600)
-    tmp.write_text(secret)
-    tmp.replace(path)
+    write_file_atomic(path, secret, mode=0o600)
 
 
 def new_secret_file(path: Path, nbytes: int = 32) -> str:

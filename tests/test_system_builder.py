@@ -11,6 +11,7 @@ import json
 import pytest
 
 from cloud.dispatch.dispatcher import delivery_key
+from protocols.flags import Override, Scope
 from vpp.system import System, SystemSpec
 
 from .secret_search import process_views, secrets_found
@@ -22,6 +23,16 @@ from .secret_search import process_views, secrets_found
         ({"cloud": "threads"}, "cloud must be in-process or processes"),
         ({"workers": 0}, "at least one worker"),
         ({"sites": 3, "gated": (3,)}, r"gated sites \(3,\) outside 0..2"),
+        ({"role_python": {"api": "/opt/py"}}, "role_python needs the cloud as processes"),
+        ({"sites": 4, "edge_python": {1: "/opt/py"}}, r"edge_python sites must be the last ones"),
+        (
+            {"sites": 4, "edge_python": {3: "/opt/py"}, "gated": (3,)},
+            "cannot also be gated",
+        ),
+        (
+            {"registry_python": "/opt/py", "flags": (Override("f", Scope.POOL, "p", True),)},
+            "not with registry_python",
+        ),
     ],
 )
 def test_a_spec_that_cannot_be_built_is_refused(kwargs, message):

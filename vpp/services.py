@@ -47,10 +47,12 @@ from types import TracebackType
 from typing import IO, Self
 
 from protocols.mqtt_endpoint import MqttEndpoint
+from vpp.release.build import release_env
 
 __all__ = [
     "BinaryNotFoundError",
     "BrokerTls",
+    "EdgeProcess",
     "ManagedProcess",
     "MosquittoServer",
     "ProcessSupervisor",
@@ -894,11 +896,9 @@ class RoleProcess(ManagedProcess):
     def _env(self) -> dict[str, str] | None:
         if self.python is None:
             return {**os.environ, **self.env}
-        # a release runs its own code: nothing may put another tree first on its path, not
-        # PYTHONPATH, nor the working directory (`python -m` puts it first unless
-        # PYTHONSAFEPATH is set: run from a source tree, the release ran the tree's code)
-        base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        return {**base, **self.env, "PYTHONSAFEPATH": "1"}
+        # a release runs its own code: nothing may put another tree first on its path (not
+        # PYTHONPATH, nor the working directory that `python -m` would put first)
+        return release_env(self.env)
 
     def _probe(self, timeout: float) -> None:
         """The operator port's ``/livez`` answers 200."""
@@ -915,6 +915,30 @@ class RoleProcess(ManagedProcess):
         except OSError:
             return "(no log output)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+class EdgeProcess(RoleProcess):
+    """One ``vpp edge run --config-dir DIR`` child: the agents of every ``*.toml`` in ``DIR``
+    in one process, from ``python`` (a release's interpreter: an older release's agents next
+    to this tree's cloud), on the caller's clock (``VPP_CLOCK`` in ``env``). :meth:`start`
+    returns once its operator port answers ``/livez``."""
+
+    wait_ready_on_start = True
+
+    def __init__(
+        self,
+        name: str,
+        config_dir: Path,
+        env: Mapping[str, str],
+        logs: Path,
+        python: Path | str | None = None,
+    ) -> None:
+        super().__init__(name, "edge", ["--config-dir", str(config_dir)], env, logs, python=python)
+        self.startup_timeout = 60.0  # a release's interpreter imports everything afresh
+
+    def _command(self, binary: str) -> list[str]:
+        run = ["edge", "run", *self.args, "--operator-port", str(self.port)]
+        return [binary, "-m", "vpp", *run]
 
 
 @dataclass(frozen=True)

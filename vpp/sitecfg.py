@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edge.provision.text import toml_value
+from edge.provision.text import toml_document
 from protocols.partitions import DEFAULT_PARTITION_COUNT
 
 # firmware-sim device kinds -> the protocol's device kinds
@@ -22,19 +22,8 @@ KIND_OF = {
 
 
 def render_toml(config: dict[str, Any]) -> str:
-    """TOML for the edge config's shape: tables of scalars plus an array of device tables."""
-    lines: list[str] = []
-    for section, body in config.items():
-        if isinstance(body, list):
-            for item in body:
-                lines.append(f"[[{section}]]")
-                lines += [f"{k} = {toml_value(v)}" for k, v in item.items() if v is not None]
-                lines.append("")
-        else:
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in body.items() if v is not None]
-            lines.append("")
-    return "\n".join(lines)
+    """The config as TOML (:func:`edge.provision.text.toml_document`, uncommented)."""
+    return toml_document(config)
 
 
 def site_configs(

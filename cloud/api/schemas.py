@@ -59,6 +59,7 @@ __all__ = [
     "SiteCounts",
     "SiteOut",
     "SitesOut",
+    "SitesPage",
     "StreamDelivery",
     "StreamEnvelopeEvent",
     "StreamEventData",
@@ -325,14 +326,19 @@ class SiteOut(BaseModel):
     soc_pct: float | None = None
 
 
-class SitesOut(BaseModel):
+class SitesPage(BaseModel):
+    """A page of a pool's sites in ``site_id`` order (every paged list of sites has these)."""
+
     pool_id: str
-    total: int
+    total: int = Field(description="Sites of the pool.")
     offset: int
     limit: int
     next_offset: int | None = Field(
         description="Pass as `offset` for the next page; null at the end."
     )
+
+
+class SitesOut(SitesPage):
     sites: list[SiteOut]
 
 

@@ -54,9 +54,11 @@ __all__ = [
     "current_flexibility",
     "envelope_out",
     "flexibility_out",
+    "known_pool",
     "now_out",
     "now_range",
     "pool_site_counts",
+    "pool_sites_page",
     "refuse_while_held",
     "schedule_out",
     "sites_page",
@@ -322,12 +324,36 @@ async def site_records(
     }
 
 
-async def sites_page(ctx: ApiContext, pool_id: str, offset: int, limit: int) -> SitesOut:
-    """A page of the pool's sites in ``site_id`` order, each with its status from the hot
-    state (one pipelined HMGET per partition of the page); ``unknown`` for a site the cloud
-    has not heard from, or whose record this reader cannot read (never a 500)."""
+async def known_pool(ctx: ApiContext, pool_id: str) -> None:
+    """404 ``not_found`` unless the pool exists (the operator's routes, which see any pool)."""
+    if await ctx.db(ctx.registry.get_pool, pool_id) is None:
+        raise ApiError(404, "not_found", f"pool {pool_id!r} not found")
+
+
+async def pool_sites_page(
+    ctx: ApiContext, pool_id: str, offset: int, limit: int
+) -> tuple[list[Any], dict[str, Any]]:
+    """A page of the pool's registry sites in ``site_id`` order, and the page's fields for a
+    :class:`~cloud.api.schemas.SitesPage` (``pool_id``, ``total``, ``offset``, ``limit``,
+    ``next_offset``)."""
     sites = sorted(await ctx.db(ctx.registry.sites_of_pool, pool_id), key=lambda s: s.site_id)
     page = sites[offset : offset + limit]
+    end = offset + len(page)
+    fields = {
+        "pool_id": pool_id,
+        "total": len(sites),
+        "offset": offset,
+        "limit": limit,
+        "next_offset": end if end < len(sites) else None,
+    }
+    return page, fields
+
+
+async def sites_page(ctx: ApiContext, pool_id: str, offset: int, limit: int) -> SitesOut:
+    """A page of the pool's sites, each with its status from the hot state (one pipelined
+    HMGET per partition of the page); ``unknown`` for a site the cloud has not heard from,
+    or whose record this reader cannot read (never a 500)."""
+    page, fields = await pool_sites_page(ctx, pool_id, offset, limit)
     summaries: dict[str, SiteSummary] = {}
     for site_id, raw in (await site_records(ctx, sites_key, page)).items():
         # A record this reader cannot read is shown as unknown, never a 500.
@@ -352,15 +378,7 @@ async def sites_page(ctx: ApiContext, pool_id: str, offset: int, limit: int) -> 
                 soc_pct=s.soc_pct,
             )
         )
-    end = offset + len(page)
-    return SitesOut(
-        pool_id=pool_id,
-        total=len(sites),
-        offset=offset,
-        limit=limit,
-        next_offset=end if end < len(sites) else None,
-        sites=out,
-    )
+    return SitesOut(**fields, sites=out)
 
 
 async def pool_site_counts(ctx: ApiContext, pool_id: str, now: float) -> SiteCounts | None:

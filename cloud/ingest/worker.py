@@ -427,6 +427,13 @@ class PartitionWorker:
             applied = state.apply_status(st, now)
             if applied and st.flags_hash is not None:
                 report = {"hash": st.flags_hash, "stale": st.flags_stale, "ts": st.ts}
+                # what the edge rings judge (cloud.rollout.edge_rings): the version it runs,
+                # the release the flag names and its updater's outcome
+                report.update(
+                    version=st.agent_version,
+                    release_target=st.release_target,
+                    update=st.update_outcome,
+                )
                 self._reported_flags[p][st.site_id] = json.dumps(report, separators=(",", ":"))
             result = "status" if applied else "status_older"
             self._counts[p][result] += 1

@@ -52,13 +52,7 @@ from cloud.registry.flags import (
     check_reason,
     check_scope,
 )
-from cloud.registry.migrations import (
-    BACKFILL_SCHEDULE_ENDS_SQL,
-    EFFECTIVE_END_SQL,
-    KEY_ROLES,
-    MIGRATIONS,
-    SCHEDULE_CUT_SQL,
-)
+from cloud.registry.migrations import KEY_ROLES, MIGRATIONS
 from cloud.registry.models import (
     Activation,
     ApiKey,
@@ -98,11 +92,10 @@ _DUMMY_HASH = "0" * 64
 
 _SCHEDULE_COLS = (
     "s.schedule_id, s.pool_id, s.start_ts, s.resolution_s, s.end_ts, s.values_json, s.kind,"
-    " s.created_ts, s.cancelled_from_ts,"
-    # Rows written by a release-1 process during a rolling update have NULLs here.
-    f" CASE WHEN s.effective_end_ts IS NULL THEN {SCHEDULE_CUT_SQL} ELSE s.superseded_from_ts END,"
-    f" coalesce(s.effective_end_ts, {EFFECTIVE_END_SQL})"
+    " s.created_ts, s.cancelled_from_ts, s.superseded_from_ts, s.effective_end_ts"
 )
+"""Stored ends, read as they are: no release since 0.1.0 writes a NULL end, and contract
+c001 (:data:`cloud.registry.migrations.CONTRACTS`) backfills any older row and forbids NULL."""
 
 
 class SchemaBehindError(RuntimeError):
@@ -937,11 +930,6 @@ class Registry:
         schedule_id = uuid.uuid4().hex
         with self._write() as conn:
             self._require_pool(conn, pool_id)
-            # Fill the stored ends of rows an older release wrote, so the cut below is right.
-            conn.execute(
-                f"{BACKFILL_SCHEDULE_ENDS_SQL} WHERE s.pool_id = ? AND s.effective_end_ts IS NULL",
-                (pool_id,),
-            )
             conn.execute(
                 "UPDATE schedules SET superseded_from_ts = max(start_ts, ?),"
                 " effective_end_ts = max(start_ts, ?)"
@@ -1010,10 +998,6 @@ class Registry:
             ).fetchone()
             if row is None:
                 return None
-            conn.execute(
-                f"{BACKFILL_SCHEDULE_ENDS_SQL} WHERE s.pool_id = ? AND s.effective_end_ts IS NULL",
-                (row[0],),
-            )
             conn.execute(
                 "UPDATE schedules SET cancelled_from_ts = max(start_ts, ?),"
                 " effective_end_ts = max(start_ts, ?)"

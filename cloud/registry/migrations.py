@@ -27,10 +27,12 @@ A release-1 process still running during the update inserts schedules without th
 (NULL): release-2 code reads ``COALESCE(effective_end_ts, <the release-1 computation>)`` and
 fills NULLs when it next writes the pool's schedules.
 
-Contract step that follows m002 (a later release, once no release-1 process runs): backfill any
-remaining NULLs with :data:`BACKFILL_SCHEDULE_ENDS_SQL`, then make ``effective_end_ts``
-NOT NULL (``db["schedules"].transform(not_null={"effective_end_ts"})``, a table rebuild in
-SQLite) and drop the COALESCE fallback from the code.
+Contract step that follows m002, ``c001_schedule_ends_not_null`` (:data:`CONTRACTS`, run by
+``vpp cloud migrate --contract`` once every live cloud process is of release 0.2.0 or later):
+backfill any remaining NULLs with :data:`BACKFILL_SCHEDULE_ENDS_SQL`, then make
+``effective_end_ts`` NOT NULL (a table rebuild to :data:`SCHEDULES_CONTRACTED_SQL`); release
+0.2.0's code reads the column without the COALESCE fallback (no release since 0.1.0 writes a
+NULL there).
 
 ``m003_key_roles`` (release 3, expand): ``api_keys.role``, ``trader`` (the default, so every
 existing key and every key a release-2 process creates stays a trader key) or ``admin`` (an
@@ -62,18 +64,43 @@ and its config as JSON), updated at every transition so a restarted controller c
 the last one stood; ``rollout_events``: every transition, append-only (step, event, and the
 figures of the moment as JSON: hand-over gaps, the analysis's verdict). The live state is also
 in Redis (``vpp:rollout:state``) for the API and operators; these tables are what survives.
+
+Every expand migration has a **rollback** (:data:`ROLLBACKS`, ``vpp cloud migrate --rollback
+NAME``, the newest applied only) that removes exactly what it added - tables, columns, indexes,
+the settings rows its release's code writes - and its record, so it can be applied again
+(pgroll/Reshape: each migration is tested at start, after complete and after rollback).
 """
 
 from __future__ import annotations
+
+import contextlib
+import datetime
+import re
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 import sqlite_utils
 
 __all__ = [
     "BACKFILL_SCHEDULE_ENDS_SQL",
+    "CONTRACTS",
+    "CONTRACT_SET",
     "EFFECTIVE_END_SQL",
     "KEY_ROLES",
     "MIGRATIONS",
+    "ROLLBACKS",
+    "SCHEDULES_CONTRACTED_SQL",
     "SCHEDULE_CUT_SQL",
+    "Contract",
+    "MigrationRefusedError",
+    "MigrationState",
+    "apply_contracts",
+    "contract_blockers",
+    "migration_status",
+    "older_than",
+    "rollback_migration",
+    "rollback_of",
 ]
 
 MIGRATIONS = sqlite_utils.Migrations("vpp-registry")
@@ -315,3 +342,308 @@ def m006_rollouts(db: sqlite_utils.Database) -> None:
         " detail TEXT NOT NULL DEFAULT '{}')"
     )
     db.execute("CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, seq)")
+
+
+# --- rollbacks: each expand migration's exact inverse ----------------------------------------
+
+ROLLBACKS: dict[str, Callable[[sqlite_utils.Database], None]] = {}
+"""Migration name -> the function that removes exactly what it added (a test demands one for
+every migration in :data:`MIGRATIONS`)."""
+
+
+def rollback_of(name: str) -> Callable[[Callable[[sqlite_utils.Database], None]], Callable]:
+    """Register the decorated function as migration ``name``'s rollback (next to it)::
+
+    @rollback_of("m006_rollouts")
+    def _undo_m006(db): db.execute("DROP TABLE rollouts")
+    """
+
+    def register(fn: Callable[[sqlite_utils.Database], None]) -> Callable:
+        ROLLBACKS[name] = fn
+        return fn
+
+    return register
+
+
+@rollback_of("m001_initial")
+def _undo_m001(db: sqlite_utils.Database) -> None:
+    for table in (
+        "interval_performance",
+        "cycle_performance",
+        "activations",
+        "schedules",
+        "api_key_pools",
+        "api_keys",
+        "devices",
+        "sites",
+        "pools",
+        "settings",
+    ):
+        db.execute(f"DROP TABLE {table}")  # its indexes go with it
+    with contextlib.suppress(sqlite3.OperationalError):  # no AUTOINCREMENT row ever written
+        db.execute("DELETE FROM sqlite_sequence WHERE name IN ('schedules', 'activations')")
+
+
+@rollback_of("m002_key_use_and_schedule_ends")
+def _undo_m002(db: sqlite_utils.Database) -> None:
+    db.execute("DROP INDEX schedules_pool_effective_end")  # an indexed column cannot be dropped
+    db.execute("ALTER TABLE schedules DROP COLUMN effective_end_ts")
+    db.execute("ALTER TABLE schedules DROP COLUMN superseded_from_ts")
+    db.execute("ALTER TABLE api_keys DROP COLUMN last_used_ts")
+
+
+@rollback_of("m003_key_roles")
+def _undo_m003(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE api_keys DROP COLUMN role")
+
+
+@rollback_of("m004_claims")
+def _undo_m004(db: sqlite_utils.Database) -> None:
+    db.execute("DROP TABLE claims")
+    db.execute("DELETE FROM settings WHERE key = 'claim_site_seq'")
+
+
+@rollback_of("m005_flags")
+def _undo_m005(db: sqlite_utils.Database) -> None:
+    db.execute("DROP TABLE flag_audit")
+    db.execute("DROP TABLE flag_overrides")
+    db.execute("DELETE FROM settings WHERE key IN ('flags_rev', 'environment')")
+    db.execute("DELETE FROM sqlite_sequence WHERE name = 'flag_audit'")
+
+
+@rollback_of("m006_rollouts")
+def _undo_m006(db: sqlite_utils.Database) -> None:
+    db.execute("DROP TABLE rollout_events")
+    db.execute("DROP TABLE rollouts")
+    db.execute("DELETE FROM sqlite_sequence WHERE name IN ('rollouts', 'rollout_events')")
+
+
+# --- contract steps ------------------------------------------------------------------------
+
+CONTRACT_SET = "vpp-registry-contracts"
+"""The ``migration_set`` that records applied contract steps in ``_sqlite_migrations`` (apart
+from :data:`MIGRATIONS`, so a release that does not know them still opens the file)."""
+
+
+@dataclass(frozen=True)
+class Contract:
+    """A contract step: it removes the old shape an expand migration kept for older releases.
+
+    ``completes``: the expand migration it finishes (that one cannot be rolled back after it).
+    ``after_release``: it may run only while every live cloud process is of this release or
+    later (an older one may still need the old shape)."""
+
+    name: str
+    completes: str
+    after_release: str
+    apply: Callable[[sqlite_utils.Database], None]
+    doc: str
+
+
+SCHEDULES_CONTRACTED_SQL = (
+    "CREATE TABLE schedules ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " schedule_id TEXT NOT NULL UNIQUE,"
+    " pool_id TEXT NOT NULL REFERENCES pools(pool_id),"
+    " start_ts REAL NOT NULL,"
+    " resolution_s REAL NOT NULL,"
+    " end_ts REAL NOT NULL,"
+    " values_json TEXT NOT NULL,"
+    " kind TEXT NOT NULL,"
+    " created_ts REAL NOT NULL,"
+    " cancelled_from_ts REAL,"
+    " superseded_from_ts REAL,"
+    " effective_end_ts REAL NOT NULL)"
+)
+"""The declared target of ``schedules`` after c001: m001's and m002's columns in their order,
+``effective_end_ts`` NOT NULL."""
+
+
+def _c001_schedule_ends_not_null(db: sqlite_utils.Database) -> None:
+    """Backfill, then rebuild ``schedules`` with ``effective_end_ts NOT NULL`` (SQLite cannot
+    add a constraint in place): new table, copy, drop, rename, indexes, AUTOINCREMENT high
+    mark. All in the caller's transaction: a failure leaves the expanded table as it was."""
+    db.execute(f"{BACKFILL_SCHEDULE_ENDS_SQL} WHERE s.effective_end_ts IS NULL")
+    indexes = [
+        sql
+        for (sql,) in db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'schedules'"
+            " AND sql IS NOT NULL ORDER BY name"
+        )
+    ]
+    high = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'schedules'").fetchone()
+    cols = [c.name for c in db["schedules"].columns]
+    db.execute(SCHEDULES_CONTRACTED_SQL.replace("TABLE schedules", "TABLE _schedules_contract"))
+    db.execute(
+        f"INSERT INTO _schedules_contract ({', '.join(cols)})"
+        f" SELECT {', '.join(cols)} FROM schedules"
+    )
+    db.execute("DROP TABLE schedules")
+    db.execute("ALTER TABLE _schedules_contract RENAME TO schedules")
+    for sql in indexes:
+        db.execute(sql)
+    if high is not None:
+        db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'schedules'", (high[0],))
+
+
+CONTRACTS: list[Contract] = [
+    Contract(
+        name="c001_schedule_ends_not_null",
+        completes="m002_key_use_and_schedule_ends",
+        after_release="0.2.0",
+        apply=_c001_schedule_ends_not_null,
+        doc="schedules.effective_end_ts backfilled and NOT NULL (0.2.0 reads it as is)",
+    ),
+]
+"""Contract steps in order; each applied only by ``vpp cloud migrate --contract``."""
+
+
+class MigrationRefusedError(ValueError):
+    """A rollback or contract that may not run now; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    """One migration or contract step of the file: ``kind`` is ``expand`` or ``contract``."""
+
+    name: str
+    kind: str
+    applied: bool
+    applied_at: str | None
+    note: str
+
+
+def _applied(db: sqlite_utils.Database, migration_set: str) -> dict[str, str]:
+    if not db["_sqlite_migrations"].exists():
+        return {}
+    rows = db.execute(
+        "SELECT name, applied_at FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid",
+        (migration_set,),
+    )
+    return dict(rows.fetchall())
+
+
+def migration_status(db: sqlite_utils.Database) -> list[MigrationState]:
+    """Every expand migration this code knows, then every contract step, applied or not."""
+    expands = _applied(db, MIGRATIONS.name)
+    contracts = _applied(db, CONTRACT_SET)
+    known = [m.name for m in MIGRATIONS.pending(sqlite_utils.Database(memory=True))]
+    newest = list(expands)[-1] if expands else None
+    out = [
+        MigrationState(
+            name,
+            "expand",
+            name in expands,
+            expands.get(name),
+            "newest: --rollback undoes it" if name == newest else "",
+        )
+        for name in known
+    ]
+    out += [
+        MigrationState(name, "expand", True, at, "applied by a newer release")
+        for name, at in expands.items()
+        if name not in known
+    ]
+    out += [
+        MigrationState(
+            c.name,
+            "contract",
+            c.name in contracts,
+            contracts.get(c.name),
+            f"{c.doc}; runs once every process is {c.after_release} or later",
+        )
+        for c in CONTRACTS
+    ]
+    return out
+
+
+@contextlib.contextmanager
+def _write_lock(db: sqlite_utils.Database) -> Iterator[None]:
+    """One transaction holding SQLite's write lock (as :meth:`Registry.migrate` does)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.conn.rollback()
+        raise
+    db.execute("COMMIT")
+
+
+def rollback_migration(db: sqlite_utils.Database, name: str) -> None:
+    """Undo expand migration ``name`` and forget it was applied (it may be applied again).
+
+    Only the newest applied migration, and not one a contract step has completed."""
+    with _write_lock(db):
+        applied = list(_applied(db, MIGRATIONS.name))
+        if name not in ROLLBACKS:
+            raise MigrationRefusedError(f"no migration named {name!r} has a rollback here")
+        if name not in applied:
+            raise MigrationRefusedError(f"{name} is not applied to this registry")
+        if applied[-1] != name:
+            raise MigrationRefusedError(
+                f"only the newest applied migration ({applied[-1]}) can be rolled back, not {name}"
+            )
+        done = _applied(db, CONTRACT_SET)
+        for c in CONTRACTS:
+            if c.completes == name and c.name in done:
+                raise MigrationRefusedError(
+                    f"{name} was completed by contract {c.name}; it cannot be rolled back"
+                )
+        ROLLBACKS[name](db)
+        db.execute(
+            "DELETE FROM _sqlite_migrations WHERE migration_set = ? AND name = ?",
+            (MIGRATIONS.name, name),
+        )
+
+
+def older_than(version: str | None, release: str) -> bool:
+    """Whether ``version`` is before ``release`` (numeric parts compared; a process that reports
+    no version, or ``0+unknown``, counts as older than every release)."""
+
+    def key(v: str) -> tuple[int, ...]:
+        match = re.match(r"\d+(\.\d+)*", v)
+        return tuple(int(x) for x in match.group(0).split(".")) if match else ()
+
+    if not version:
+        return True
+    return key(version) < key(release)
+
+
+def contract_blockers(contract: Contract, processes: Mapping[str, str | None]) -> list[str]:
+    """The live processes (name -> version, None: none reported) older than the contract
+    allows, each as ``name (version)``; empty = the contract may run."""
+    return [
+        f"{name} ({version or 'no version'})"
+        for name, version in sorted(processes.items())
+        if older_than(version, contract.after_release)
+    ]
+
+
+def apply_contracts(db: sqlite_utils.Database, processes: Mapping[str, str | None]) -> list[str]:
+    """Apply the pending contract steps, in order; return their names.
+
+    Refused (nothing applied) while an expand migration is pending (the file must be at this
+    release first) or a live process is older than a pending step allows."""
+    with _write_lock(db):
+        pending_expands = [m.name for m in MIGRATIONS.pending(db)]
+        if pending_expands:
+            raise MigrationRefusedError(
+                f"migrations {', '.join(pending_expands)} are pending: run `vpp cloud migrate`"
+                " first"
+            )
+        done = _applied(db, CONTRACT_SET)
+        todo = [c for c in CONTRACTS if c.name not in done]
+        for c in todo:
+            blockers = contract_blockers(c, processes)
+            if blockers:
+                raise MigrationRefusedError(
+                    f"contract {c.name} needs every cloud process at {c.after_release} or later;"
+                    f" still live: {', '.join(blockers)}"
+                )
+        for c in todo:
+            c.apply(db)
+            db.execute(
+                "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES (?, ?, ?)",
+                (CONTRACT_SET, c.name, str(datetime.datetime.now(datetime.UTC))),
+            )
+    return [c.name for c in todo]

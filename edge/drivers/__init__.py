@@ -2,7 +2,8 @@
 
 * :class:`ModbusLink` - the agent's one connection per Modbus TCP endpoint (timeouts,
   retries with backoff, reconnect, one request at a time), shared by the unit ids behind it.
-* :func:`detect_kind` - what answers at a unit id (SunSpec models, else the heat pump map).
+* :func:`kind_from_models` - the device kind a SunSpec model list names (what answers at a
+  unit id: :func:`edge.provision.identify.detect_kind`).
 * :func:`make_driver` - the driver of a kind; ``poll()`` reads, ``set_*`` write under the
   write policy (:class:`WriteGuard`), ``release()`` hands control back to the device.
 """
@@ -10,7 +11,7 @@
 from __future__ import annotations
 
 from edge.drivers.base import BadValues, Driver, DriverStats, Reading, VerifyError
-from edge.drivers.factory import DRIVERS, DetectError, detect_kind, kind_from_models, make_driver
+from edge.drivers.factory import DRIVERS, DetectError, kind_from_models, make_driver
 from edge.drivers.heat_pump import HeatPumpDriver
 from edge.drivers.link import DeviceException, LinkDown, LinkError, LinkTimeout, ModbusLink
 from edge.drivers.sunspec import BatteryDriver, InverterDriver, MeterDriver
@@ -37,7 +38,6 @@ __all__ = [
     "WriteGuard",
     "WriteResult",
     "WriteStatus",
-    "detect_kind",
     "kind_from_models",
     "make_driver",
 ]

@@ -31,6 +31,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
+from protocols.backoff import backoff_s
+
 __all__ = [
     "MAX_READ_REGISTERS",
     "DeviceException",
@@ -180,7 +182,7 @@ class ModbusLink:
         if not ok:
             self._connect_fails += 1
             self.stats.connect_failures += 1
-            delay = min(self.backoff_max_s, self.backoff_s * 2 ** (self._connect_fails - 1))
+            delay = backoff_s(self._connect_fails, self.backoff_s, self.backoff_max_s)
             self._next_connect = time.monotonic() + delay
             self._client.close()
             self._client = None

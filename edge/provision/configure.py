@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 from edge.config import ConfigError, EdgeConfig, load_config
+from protocols.atomic_file import stage_file
 
 __all__ = ["ConfigureError", "write_config"]
 
@@ -36,13 +36,11 @@ def write_config(path: Path, text: str, *, force: bool = False) -> tuple[str, Ed
     parent = path.parent
     if not parent.is_dir():
         raise ConfigureError(f"{path}: folder {parent} does not exist")
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = stage_file(path, text, mode=0o644)
+    except OSError as exc:
+        raise ConfigureError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    try:
         config = load_config(tmp)  # the check-config check, before anything is replaced
         config.mqtt.endpoint()
         if existing == text:
@@ -52,7 +50,6 @@ def write_config(path: Path, text: str, *, force: bool = False) -> tuple[str, Ed
                 f"{path} exists with a different config; give --force to replace it "
                 "(or --out another file)"
             )
-        tmp.chmod(0o644)
         os.replace(tmp, path)
         return ("replaced" if existing is not None else "written"), config
     except ConfigError as exc:

@@ -7,7 +7,8 @@ heat pump map: ``map_version`` at 0 and the identity text at 200 (absent on olde
 
 The pure parts (:func:`classify`, :func:`identity_from_common`) are table-tested; :func:`probe`
 takes any async ``read(address, count)`` (a :class:`~edge.drivers.ModbusLink` read), so the
-scan and commissioning share it.
+scan, commissioning and the agent's start-up (:func:`detect_kind`, a device configured
+without its kind) share it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edge.drivers import DRIVERS, BadValues, DeviceException, kind_from_models
+from edge.drivers import (
+    DRIVERS,
+    BadValues,
+    DetectError,
+    DeviceException,
+    LinkError,
+    ModbusLink,
+    kind_from_models,
+)
 from edge.drivers.link import MAX_READ_REGISTERS
 from edge.drivers.sunspec import walk_models
 from protocols.messages import DeviceKind
@@ -29,6 +38,7 @@ __all__ = [
     "Identified",
     "NoDevice",
     "classify",
+    "detect_kind",
     "identity_from_common",
     "probe",
 ]
@@ -168,6 +178,24 @@ async def probe(read: Read, host: str, port: int, unit_id: int) -> Identified:
     return Identified(
         host, port, unit_id, DeviceKind.HEAT_PUMP.value, HP_PROTOCOL, **await _hp_identity(read)
     )
+
+
+async def detect_kind(link: ModbusLink, unit_id: int) -> DeviceKind:
+    """The kind of device at ``unit_id`` behind ``link`` (the agent's own connection to that
+    endpoint), identified as the installer's scan does. Raises :class:`DetectError` naming
+    what was seen: nothing we know, a silent or dropped link, SunSpec models of no kind."""
+    where = f"{link.host}:{link.port} unit {unit_id}"
+
+    async def read(address: int, count: int) -> list[int]:
+        return await link.read(address, count, unit_id)
+
+    try:
+        device = await probe(read, link.host, link.port, unit_id)
+    except (NoDevice, LinkError) as exc:
+        raise DetectError(f"{where}: not a device we know ({exc})") from None
+    if device.kind == "unknown":
+        raise DetectError(f"{where}: {device.note}")
+    return DeviceKind(device.kind)
 
 
 async def _hp_identity(read: Read) -> dict[str, str | None]:

@@ -31,7 +31,6 @@ import json
 import os
 import secrets
 import ssl
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import MutableMapping
@@ -41,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge.config import ConfigError, EdgeConfig, load_config
+from protocols.atomic_file import stage_file, write_file_atomic
 from protocols.logs import redact_url
 from protocols.version import VERSION
 
@@ -262,22 +262,6 @@ def _read_gateway_id(path: Path) -> str | None:
     return text or None
 
 
-def _write_private(
-    path: Path, text: str, mode: int = 0o600, owner: tuple[int, int] | None = None
-) -> None:
-    """Write ``text`` to a new ``path`` with ``mode`` (whatever the umask) and ``owner``
-    (uid, gid; None: whoever runs this), fsynced."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fchmod(fd, mode)
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def agent_owner(config: EdgeConfig) -> tuple[int, int] | None:
     """Who must read the secrets when this runs as root: the owner of the agent's state
     directory (``agent.db_path``'s folder; ``/var/lib/vpp``, user ``vpp``, in the package),
@@ -289,13 +273,6 @@ def agent_owner(config: EdgeConfig) -> tuple[int, int] | None:
     except OSError:
         return None
     return None if found.st_uid == 0 else (found.st_uid, found.st_gid)
-
-
-def _temp_path(final: Path) -> Path:
-    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    os.unlink(name)  # _write_private creates it again with O_EXCL and its own mode
-    return Path(name)
 
 
 def register(
@@ -333,7 +310,9 @@ def register(
     if gateway_id is None:
         gateway_id = secrets.token_urlsafe(24)
         try:
-            _write_private(files.gateway_id, gateway_id + "\n", owner=owner)
+            write_file_atomic(
+                files.gateway_id, gateway_id + "\n", mode=0o600, owner=owner, exclusive=True
+            )
         except OSError as exc:
             raise RegisterError(
                 f"gateway id file {files.gateway_id}: {exc.strerror or exc}"
@@ -391,9 +370,7 @@ def _install(
             (config_path, new_text, mode, keep),
             (files.record, json.dumps(record, indent=1) + "\n", 0o644, keep),
         ):
-            temp = _temp_path(final)
-            plan.append((temp, final))
-            _write_private(temp, text, file_mode, file_owner)
+            plan.append((stage_file(final, text, mode=file_mode, owner=file_owner), final))
         checked = load_config(plan[-2][0])  # the new config, as the agent will read it
         if checked.site.id != reg.site_id:
             raise ConfigError(f"{config_path}: the written config lost the site id")

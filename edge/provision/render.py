@@ -12,11 +12,12 @@ the config passes ``check-config`` and the agent can run (offline) before regist
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from edge.provision.identify import Identified
-from edge.provision.text import toml_value
+from edge.provision.text import toml_document
 from protocols.messages import DeviceKind
 from protocols.partitions import DEFAULT_PARTITION_COUNT
 
@@ -166,31 +167,28 @@ _COMMENTS = {
 def render_config(config: dict[str, Any], devices: list[Identified], source: str) -> str:
     """Commented TOML in the style of ``edge/config.example.toml``; ``source`` names the scan."""
     by_addr = {(d.host, d.port, d.unit_id): d for d in devices}
-    lines = [
-        "# vpp edge agent configuration, written by `vpp edge provision configure`",
-        f"# from {source}.",
-        "# Check: vpp edge check-config --config THIS_FILE    Run: vpp edge run --config THIS_FILE",
-        "# Every field and its default: edge/config.example.toml. Units: W, s, %, degC.",
-        "",
-    ]
-    for section, body in config.items():
-        if section == "devices":
-            continue
-        lines.append(f"[{section}]")
-        for key, value in body.items():
-            if value is None:
-                continue
-            line = f"{key} = {toml_value(value)}"
-            note = _COMMENTS.get((section, key))
-            lines.append(f"{line:<38}  # {note}" if note else line)
-        lines.append("")
-    lines.append("# Devices found by the scan (kind: their SunSpec models or the heat pump map).")
-    for entry in config["devices"]:
+
+    def device_note(_: str, entry: Mapping[str, Any]) -> list[str]:
         d = by_addr.get((entry["host"], entry["port"], entry["unit_id"]))
-        if d is not None:
-            who = " ".join(x for x in (d.maker, d.model) if x) or "unknown maker"
-            lines.append(f"# {who}, serial {d.serial or '?'}, firmware {d.version or '?'}")
-        lines.append("[[devices]]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in entry.items()]
-        lines.append("")
-    return "\n".join(lines)
+        if d is None:
+            return []
+        who = " ".join(x for x in (d.maker, d.model) if x) or "unknown maker"
+        return [f"{who}, serial {d.serial or '?'}, firmware {d.version or '?'}"]
+
+    return toml_document(
+        config,
+        header=(
+            "vpp edge agent configuration, written by `vpp edge provision configure`",
+            f"from {source}.",
+            "Check: vpp edge check-config --config THIS_FILE    "
+            "Run: vpp edge run --config THIS_FILE",
+            "Every field and its default: edge/config.example.toml. Units: W, s, %, degC.",
+            "",
+        ),
+        notes=_COMMENTS,
+        array_notes={
+            "devices": "Devices found by the scan "
+            "(kind: their SunSpec models or the heat pump map)."
+        },
+        item_notes=device_note,
+    )

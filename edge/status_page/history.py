@@ -11,9 +11,11 @@ minute that did both still adds up.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from typing import Any
 
 from edge.store import POWER_MINUTE_FIELDS
 from protocols.units import finite_or_none
@@ -21,6 +23,7 @@ from protocols.units import finite_or_none
 __all__ = [
     "MINUTE_S",
     "EnergyTotals",
+    "MinuteCache",
     "PowerMinutes",
     "Sample",
     "day_start",
@@ -172,3 +175,40 @@ def day_start(ts: float, tz: tzinfo | None) -> float:
     local = datetime.fromtimestamp(ts, tz) if tz is not None else datetime.fromtimestamp(ts)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
     return midnight.timestamp()
+
+
+Row = dict[str, Any]
+
+
+class MinuteCache:
+    """The stored minutes as the page reads them (``read(since, until)``, the store's
+    ``power_minutes``), kept between polls: a closed minute is written once, so each call
+    asks the store only for the minutes after the newest held, instead of a day of rows
+    every few seconds. Holds from the earliest start asked for, at most ``keep_s`` before the
+    newest minute; an earlier start reads afresh."""
+
+    def __init__(
+        self, read: Callable[[float, float | None], list[Row]], keep_s: float = 2 * 86_400.0
+    ) -> None:
+        self._read, self.keep_s = read, keep_s
+        self._rows: list[Row] = []
+        self._keys: list[int] = []  # the rows' minute_ts, for bisect
+        self._floor: float | None = None  # rows held from here on
+
+    def __call__(self, since: float, until: float | None = None) -> list[Row]:
+        since = int(since)  # as the store compares
+        if self._floor is None or since < self._floor:
+            self._rows, self._floor = list(self._read(since, None)), since
+            self._keys = [int(r["minute_ts"]) for r in self._rows]
+        else:
+            after = self._keys[-1] + 1 if self._keys else self._floor
+            new = [r for r in self._read(after, None) if r["minute_ts"] >= after]
+            self._rows += new
+            self._keys += [int(r["minute_ts"]) for r in new]
+        if self._keys and self._keys[0] < self._keys[-1] - self.keep_s:
+            cut = bisect_left(self._keys, self._keys[-1] - self.keep_s)
+            del self._rows[:cut], self._keys[:cut]
+            self._floor = self._keys[0]
+        lo = bisect_left(self._keys, since)
+        hi = len(self._keys) if until is None else bisect_left(self._keys, int(until))
+        return self._rows[lo:hi]

@@ -27,10 +27,12 @@ __all__ = [
     "AgentView",
     "DispatchRecord",
     "Status",
+    "Update",
     "build_status",
     "clock_text",
     "iso",
     "power_text",
+    "update_words",
     "view_of",
 ]
 
@@ -111,6 +113,26 @@ class Flags(BaseModel):
     )
 
 
+class Update(BaseModel):
+    """The gateway's software release and what the cloud asks it to run (edge.updater)."""
+
+    running: str = Field(description="the release the agent runs")
+    target: str | None = Field(
+        description='the release the cloud asks for ("": the installed one; null: not known)'
+    )
+    outcome: str | None = Field(description="the updater's last decision and why")
+    text: str = Field(description="the same in one plain sentence")
+
+
+def update_words(running: str, target: str | None, outcome: str | None) -> str:
+    """The release line of the page, in plain words."""
+    if not target or target == running:
+        return f"Software {running}, up to date."
+    if outcome and outcome.startswith("switch"):
+        return f"Software {running}, updating to {target}."
+    return f"Software {running}; {target} is asked for but not taken ({outcome})."
+
+
 class Status(BaseModel):
     """What ``/api/status`` returns and the page shows."""
 
@@ -125,6 +147,7 @@ class Status(BaseModel):
     today: Totals
     devices: list[Device]
     flags: Flags
+    update: Update | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +180,7 @@ class AgentView:
     command_id: str | None = None
     last_dispatch: DispatchRecord | None = None
     flags: FlagFacts = field(default_factory=FlagFacts)
+    update: tuple[str | None, str | None] = (None, None)  # (target, the updater's outcome)
 
 
 def iso(ts: float, *, ms: bool = False) -> str:
@@ -323,6 +347,12 @@ def build_status(
             text=flags_text,
             notes=list(flags_notes),
         ),
+        update=Update(
+            running=view.version,
+            target=view.update[0],
+            outcome=view.update[1],
+            text=update_words(view.version, *view.update),
+        ),
     )
 
 
@@ -361,7 +391,15 @@ def view_of(agent: SiteAgent) -> AgentView:
         facts = ControlFacts(
             mode=None, cloud_connected=connected, cloud_seen_ts=agent.cloud_seen_ts
         )
-        return AgentView(agent.site_id, VERSION, now, devices=devices, facts=facts, flags=flags)
+        return AgentView(
+            agent.site_id,
+            VERSION,
+            now,
+            devices=devices,
+            facts=facts,
+            flags=flags,
+            update=agent.updater.report(),
+        )
     kinds = {d.device_id: d.kind.value for d in agent.drivers}
     command = state.command
     share = agent.share
@@ -398,4 +436,5 @@ def view_of(agent: SiteAgent) -> AgentView:
         command_id=None if command is None else command.command_id,
         last_dispatch=_last_dispatch(agent),
         flags=flags,
+        update=agent.updater.report(),
     )

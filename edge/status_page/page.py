@@ -147,7 +147,8 @@ def render_page(status: Status, svg: str, refresh_s: float, tariff_set: bool) ->
 <pre id="installer-output" aria-live="polite"></pre>
 </section>
 </main>
-<footer><p>vpp {escape(status.version)} · this page works on the home network without
+<footer><p data-field="update">{escape(status.update.text if status.update else "")}</p>
+<p>vpp {escape(status.version)} · this page works on the home network without
 the internet.</p></footer>
 </body>
 </html>

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.status_page.app import PageSource, Tariff, create_app
 from edge.status_page.auth import read_password_hash
+from edge.status_page.history import MinuteCache
 from edge.status_page.logbuffer import ring_log
 from edge.status_page.model import view_of
 from protocols.http_server import AsgiServer
@@ -60,7 +61,7 @@ class StatusPageServer(AsgiServer):
 
         source = PageSource(
             view=lambda: view_of(agent),
-            minutes=minutes,
+            minutes=MinuteCache(minutes),  # a poll reads the new minutes only
             clock=agent.clock,
             tz=page_timezone(config),
             tariff=tariff,

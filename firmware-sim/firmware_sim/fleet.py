@@ -20,6 +20,7 @@ from typing import Any
 from firmware_sim.faults import FAULT_KINDS, FaultError
 from firmware_sim.physics.site_model import FleetPhysics
 from firmware_sim.site import DEFAULT_LATENCY_S, Site
+from protocols.atomic_file import write_file_atomic
 from protocols.clock import Clock
 from protocols.registers import DEVICE_KINDS
 from protocols.registers.sunspec import DEVICE_MODELS
@@ -250,7 +251,4 @@ class Fleet:
 
     def write_manifest(self, path: str | Path) -> None:
         """Write the manifest atomically (readers never see half a file)."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.manifest(), indent=2))
-        tmp.replace(path)
+        write_file_atomic(Path(path), json.dumps(self.manifest(), indent=2))

@@ -64,6 +64,8 @@ say "vpp $VERSION, $(ls "$WHEELS" | wc -l) wheels"
 install -D -m 0644 "$ROOT/edge/config.example.toml" "$PKG/etc/vpp/edge.toml"
 install -D -m 0644 "$ROOT/packaging/systemd/vpp-edge.service" \
     "$PKG/lib/systemd/system/vpp-edge.service"
+# the unit's boot guard (ExecStartPre): standard library only, outside every release
+install -D -m 0644 "$ROOT/protocols/releases.py" "$PKG/usr/lib/vpp-edge/releases.py"
 DOC="$PKG/usr/share/doc/vpp-edge"
 install -D -m 0644 "$HERE/copyright" "$DOC/copyright"
 install -D -m 0644 "$ROOT/packaging/README.md" "$DOC/README.md"

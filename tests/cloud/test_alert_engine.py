@@ -248,12 +248,80 @@ def test_rule_names_are_unique_and_every_rule_has_a_case() -> None:
     [
         ("severity", "page", "unknown severity 'page'"),
         ("for_s", -1.0, "for_s and keep_firing_for_s must be >= 0"),
+        ("armed_by", _above, "armed_by needs armed_on, armed_promql and armed_for_s > 0"),
     ],
 )
 def test_a_bad_rule_is_refused(field, value, message) -> None:
     kwargs = {"severity": "warning", "for_s": 0.0, field: value}
     with pytest.raises(ValueError, match=message):
-        Rule("r", kwargs["severity"], _above, "x", "s", "d", for_s=kwargs["for_s"])
+        Rule(
+            "r",
+            kwargs["severity"],
+            _above,
+            "x",
+            "s",
+            "d",
+            for_s=kwargs["for_s"],
+            armed_by=kwargs.get("armed_by"),
+        )
+
+
+# --- the start-up grace of pool_sites_offline (an armed rule) ------------------------------
+
+(OFFLINE,) = [r for r in DEFAULT_RULES if r.name == "pool_sites_offline"]
+DAY = 86_400.0
+
+
+def offline_states(steps: list[tuple[float, int, int]], engine: RuleEngine) -> str:
+    """Evaluate at each (time, fresh sites, offline sites); the alert's state per evaluation,
+    ``-`` none, ``p`` pending, ``F`` firing, ``r`` resolved."""
+    out = ""
+    for t, fresh, offline in steps:
+        engine.evaluate(t, Query([(t, sites(fresh, 0, offline))]))
+        alerts = [a for a in engine.alerts() if a.rule == OFFLINE.name]
+        out += {"pending": "p", "firing": "F", "resolved": "r"}[alerts[0].state] if alerts else "-"
+    return out
+
+
+def every(seconds: float, t0: float, *counts: tuple[int, int]) -> list[tuple[float, int, int]]:
+    return [(t0 + seconds * i, fresh, offline) for i, (fresh, offline) in enumerate(counts)]
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "expected"),
+    [
+        (
+            "start-up: no site has reported for 10 min, none ever fresh: no page",
+            every(60.0, 0.0, *[(0, 10)] * 10),
+            "-" * 10,
+        ),
+        (
+            "the fleet reports, then a real outage: pending, firing after for (60 s)",
+            every(30.0, 0.0, *[(0, 10)] * 4, *[(10, 0)] * 2, *[(5, 5)] * 4),
+            "------ppFF",
+        ),
+        (
+            "the whole pool goes offline after it was seen: pages",
+            every(30.0, 0.0, (10, 0), *[(0, 10)] * 3),
+            "-ppF",
+        ),
+        (
+            "seen once, a day and more ago: the grace is back",
+            [(0.0, 10, 0), (DAY + 30.0, 0, 10), (DAY + 90.0, 0, 10), (DAY + 150.0, 0, 10)],
+            "----",
+        ),
+    ],
+)
+def test_pool_sites_offline_waits_until_the_pool_was_seen(name, steps, expected) -> None:
+    assert offline_states(steps, RuleEngine([OFFLINE])) == expected
+
+
+def test_a_take_over_keeps_paging_a_pool_offline_since_before_it() -> None:
+    old = RuleEngine([OFFLINE])
+    assert offline_states(every(30.0, 0.0, (10, 0), *[(0, 10)] * 3), old) == "-ppF"
+    new = RuleEngine([OFFLINE])
+    new.adopt(old.alerts())
+    assert offline_states(every(30.0, 120.0, *[(0, 10)] * 3), new) == "FFF"
 
 
 def test_duplicate_rule_names_are_refused() -> None:

@@ -154,6 +154,21 @@ async def test_which_sites_run_the_set_they_should(api: Api) -> None:
         (site_id, stale, in_sync) for site_id, _, stale, in_sync in REPORTS
     ]
     assert page["sites"][1]["expected_hash"] != page["sites"][0]["expected_hash"]  # n-2's own
+    # paged as GET /v1/pools/{pool}/sites is: the same fields, the same pages
+    for offset, next_offset in ((0, 2), (2, None)):
+        paging = {"offset": offset, "limit": 2}
+        flags_page = await api.client.get(
+            "/v1/admin/flags/sites", params={"pool": "north", **paging}, headers=admin
+        )
+        sites_page = await api.client.get(
+            "/v1/pools/north/sites", params=paging, headers=api.auth()
+        )
+        fields = ("pool_id", "total", "offset", "limit", "next_offset")
+        assert [flags_page.json()[f] for f in fields] == [sites_page.json()[f] for f in fields]
+        assert flags_page.json()["next_offset"] == next_offset
+        assert [s["site_id"] for s in flags_page.json()["sites"]] == [
+            s["site_id"] for s in sites_page.json()["sites"]
+        ]
     south = await api.client.get("/v1/admin/flags/sites", params={"pool": "south"}, headers=admin)
     assert [(s["reported_hash"], s["in_sync"]) for s in south.json()["sites"]] == [(None, False)]
     gone = await api.client.get("/v1/admin/flags/sites", params={"pool": "east"}, headers=admin)

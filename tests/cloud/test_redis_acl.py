@@ -118,6 +118,10 @@ def test_who_may_log_in(
         ("vpp-api", ("XADD", "vpp:alerts:log", "*", "a", "1"), True),  # the alert evaluator
         ("vpp-api", ("SET", "vpp:leader:alerts", "api-1"), True),
         ("vpp-api", ("SET", "vpp:leader:dispatcher", "api-1"), False),
+        ("vpp-api", ("SET", "vpp:process:api:a1", "{}"), True),  # its release heartbeat
+        ("vpp-api", ("SET", "vpp:process:dispatcher:a1", "{}"), False),
+        ("vpp-dispatcher", ("SET", "vpp:process:dispatcher:d1", "{}"), True),
+        ("vpp-worker", ("SET", "vpp:process:api:w1", "{}"), False),  # its own is vpp:worker:*
         ("vpp-api", ("FLUSHALL",), False),
         ("vpp-api", ("CONFIG", "SET", "appendonly", "no"), False),
         ("vpp-api", ("PUBLISH", "vpp", "x"), False),

@@ -19,6 +19,7 @@ import sqlite_utils
 
 from cloud.registry import MIGRATIONS, Registry, SchemaBehindError
 from cloud.registry.keys import hash_token, new_token
+from cloud.registry.migrations import MigrationRefusedError, apply_contracts
 from protocols.clock import ManualClock
 from protocols.partitions import partition_of
 
@@ -547,26 +548,31 @@ def test_previous_release_queries_run_against_the_expanded_schema(tmp_path):
     assert not any("SELECT *" in sql.upper() for _, sql, _ in PREVIOUS_RELEASE_QUERIES)
 
 
-def test_rows_the_previous_release_writes_during_an_update_read_right(tmp_path):
-    """Release-1 processes still write after the file was expanded: NULL effective ends."""
+def test_rows_a_release_1_process_wrote_are_filled_by_the_contract(tmp_path):
+    """Release-1 code wrote NULL effective ends into the expanded file; the contract step fills
+    them (and waits while a process of no known release is live), then today's code, which
+    reads the stored ends as they are, reads them right."""
     path = tmp_path / "r.db"
     _db_at(path, len(NAMES))
     conn = sqlite3.connect(path)
     run_queries(conn, RELEASE_1_QUERIES)
-    assert conn.execute("SELECT count(*) FROM schedules WHERE effective_end_ts IS NULL").fetchone()
+    nulls = "SELECT count(*) FROM schedules WHERE effective_end_ts IS NULL"
+    assert conn.execute(nulls).fetchone() == (3,)
     conn.close()
+    db = sqlite_utils.Database(path)
+    with pytest.raises(MigrationRefusedError, match=r"still live: worker w1 \(no version\)$"):
+        apply_contracts(db, {"worker w1": None, "api a1": "0.2.0"})
+    assert db.execute(nulls).fetchone() == (3,)  # refused: nothing changed
+    assert apply_contracts(db, {"api a1": "0.2.0"}) == ["c001_schedule_ends_not_null"]
+    assert db.execute(nulls).fetchone() == (0,)
+    db.close()
     clock = ManualClock(T0)
     with Registry(path, clock) as reg:
         _check_release_1_data(reg)
-        new = reg.add_schedule("P1", T0 + 3.25 * H, 900.0, [1.0], "delta")  # fills the NULLs
+        new = reg.add_schedule("P1", T0 + 3.25 * H, 900.0, [1.0], "delta")
         c = reg.get_schedule("sC")
         assert (c.status, c.effective_end_ts) == ("superseded", T0 + 3.25 * H)
         assert reg.target_at("P1", T0 + 3.3 * H).schedule_id == new.schedule_id
-    conn = sqlite3.connect(path)
-    assert conn.execute(
-        "SELECT count(*) FROM schedules WHERE effective_end_ts IS NULL"
-    ).fetchone() == (0,)
-    conn.close()
 
 
 def test_a_file_ahead_of_this_code_opens(tmp_path):

@@ -519,3 +519,24 @@ async def test_kill_switch_and_telemetry_by_exception_over_the_broker(tmp_path, 
         )
         seqs = [m.seq for m in site.telemetry()]
         assert seqs == list(range(len(seqs)))  # sparse, but no gap in the sequence
+
+
+async def test_devices_configured_without_a_kind_are_identified_over_the_agents_link(
+    tmp_path, mosquitto
+):
+    """A config that leaves out the devices' kinds: the agent identifies each device at start
+    as the installer's scan does (edge.provision.identify), on its own link."""
+    clock = SimClock(speed=SPEED, start=T0)
+    fleet = Fleet(1, seed=11, clock=clock, latency_s=0.0, tick_s=0.025)
+    truth = record_truth(fleet)
+    await fleet.start()
+    config = make_config(fleet, mosquitto.url, tmp_path)
+    unknown = [d.model_copy(update={"kind": None}) for d in config.devices]
+    blind = config.model_copy(update={"devices": unknown})
+    async with agent_running(
+        clock, fleet, blind, record_writes(fleet), truth, mosquitto.url
+    ) as site:
+        found = {d.device_id: d.kind for d in site.agent.drivers}
+        await site.wait_for(lambda: len(site.telemetry()) >= 2, 60, "telemetry")
+    assert found == {d.id: d.kind for d in config.devices}
+    assert len(found) == 4

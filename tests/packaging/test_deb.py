@@ -100,6 +100,7 @@ def test_control_fields_name_the_projects_version_and_the_targets_python(
         ("usr/share/doc/vpp-edge/changelog.gz", "-rw-r--r--"),
         ("usr/share/doc/vpp-edge/README.md", "-rw-r--r--"),
         ("usr/share/lintian/overrides/vpp-edge", "-rw-r--r--"),
+        ("usr/lib/vpp-edge/releases.py", "-rw-r--r--"),
         ("opt/vpp/wheels/", "drwxr-xr-x"),
     ],
 )
@@ -112,7 +113,7 @@ def test_every_file_is_roots_and_only_in_the_packages_own_places(deb_package: Pa
     entries = contents(deb_package)
     assert {owner for _, owner in entries.values()} == {"root/root"}
     places = ("etc/vpp/", "lib/systemd/system/", "opt/vpp/", "usr/share/doc/vpp-edge/")
-    places += ("usr/share/lintian/overrides/",)
+    places += ("usr/share/lintian/overrides/", "usr/lib/vpp-edge/")
     files = [p for p, (mode, _) in entries.items() if not mode.startswith("d")]
     assert [p for p in files if not p.startswith(places)] == []
     wheels = [Path(p).name.lower() for p in files if p.startswith("opt/vpp/wheels/")]
@@ -128,6 +129,8 @@ def test_the_packaged_files_are_the_repositorys(deb_package: Path, tmp_path: Pat
     assert load_config(config).agent.db_path.parent == Path("/var/lib/vpp")
     unit = (tmp_path / "lib/systemd/system/vpp-edge.service").read_bytes()
     assert unit == (ROOT / "packaging/systemd/vpp-edge.service").read_bytes()
+    guard = (tmp_path / "usr/lib/vpp-edge/releases.py").read_bytes()
+    assert guard == (ROOT / "protocols/releases.py").read_bytes()
 
 
 def test_conffiles_and_maintainer_scripts(control_dir: Path) -> None:

@@ -48,10 +48,17 @@ def unit_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("root")
     shutil.copytree(SYSTEM_UNITS, root / "lib/systemd/system", symlinks=True)
     shutil.copytree(UNITS, root / "etc/systemd/system", ignore=shutil.ignore_patterns("*.env"))
-    vpp = root / "opt/vpp/venv/bin/vpp"
-    vpp.parent.mkdir(parents=True)
-    vpp.write_text("#!/bin/sh\n")
-    vpp.chmod(0o755)
+    # the cloud's units run /opt/vpp's venv; the edge's, the release current/edge points at,
+    # after the boot guard run by Debian's python3
+    for path in ("opt/vpp/venv/bin/vpp", "var/lib/vpp/releases/current/edge/venv/bin/vpp"):
+        vpp = root / path
+        vpp.parent.mkdir(parents=True)
+        vpp.write_text("#!/bin/sh\n")
+        vpp.chmod(0o755)
+    python = root / "usr/bin/python3"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
     return root
 
 
@@ -94,7 +101,10 @@ def test_each_unit_is_hardened_and_watched(unit: str, key: str, value: str) -> N
 @pytest.mark.parametrize(
     ("unit", "command"),
     [
-        ("vpp-edge.service", "/opt/vpp/venv/bin/vpp edge run --config /etc/vpp/edge.toml"),
+        (
+            "vpp-edge.service",
+            "/var/lib/vpp/releases/current/edge/venv/bin/vpp edge run --config /etc/vpp/edge.toml",
+        ),
         ("vpp-worker@.service", "/opt/vpp/venv/bin/vpp cloud run --role worker"),
         ("vpp-dispatcher.service", "/opt/vpp/venv/bin/vpp cloud run --role dispatcher"),
         ("vpp-api.service", "/opt/vpp/venv/bin/vpp cloud run --role api"),
@@ -170,3 +180,17 @@ def test_the_env_file_holds_no_secret_and_no_per_role_setting() -> None:
     per_role |= {"VPP_INSTANCE_ID", "VPP_OPERATOR_PORT"}
     assert per_role & set(env) == set()  # the units set these; the file would override them
     assert "@" not in env.get("VPP_MQTT_URL", "")  # no user:password@ in a URL
+
+
+def test_the_edge_unit_guards_its_boots_and_restarts_into_a_switched_release() -> None:
+    """The boot guard runs before the agent, from the package's copy of
+    protocols/releases.py (no release's code), and the updater's exit code restarts."""
+    from edge.updater import UPDATE_EXIT_CODE
+
+    unit = settings(UNITS / "vpp-edge.service")
+    guard = "/usr/bin/python3 -I /usr/lib/vpp-edge/releases.py boot-guard"
+    assert unit["ExecStartPre"] == [
+        f"{guard} --root /var/lib/vpp/releases --role edge --max-starts 3"
+    ]
+    assert unit["Restart"] == ["on-failure"]  # restarts on exit 75, the updater's switch
+    assert str(UPDATE_EXIT_CODE) not in unit["RestartPreventExitStatus"][0].split()

@@ -7,8 +7,9 @@ stderr and exit 1.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,13 +93,103 @@ def _registry(db: Path, *, migrate: bool = True) -> Iterator[Registry]:
 
 @app.command()
 @db_option
-def migrate(db: Path) -> None:
-    """Create or upgrade the registry schema (every cloud process also does this at start)."""
+@click.option(
+    "--status", is_flag=True, help="List every migration and contract step, applied or not."
+)
+@click.option(
+    "--rollback",
+    "rollback_name",
+    metavar="NAME",
+    help="Undo expand migration NAME (the newest applied only); it can be applied again.",
+)
+@click.option(
+    "--contract",
+    is_flag=True,
+    help="Apply the pending contract steps (refused while an older release's process is live).",
+)
+@click.option(
+    "--redis-url",
+    envvar="VPP_REDIS_URL",
+    show_envvar=True,
+    help="Redis, where --contract sees the live cloud processes and their releases.",
+)
+def migrate(
+    db: Path, status: bool, rollback_name: str | None, contract: bool, redis_url: str | None
+) -> None:
+    """Create or upgrade the registry schema (every cloud process also does this at start).
+
+    --status, --rollback and --contract change nothing else; a refused one prints one line
+    and exits 2."""
+    if sum((status, rollback_name is not None, contract)) > 1:
+        raise _refuse("give one of --status, --rollback, --contract")
+    if status or rollback_name is not None or contract:
+        _migrate_step(db, status, rollback_name, contract, redis_url)
+        return
     with _registry(db) as reg:
         applied = reg.applied_migrations()
         done = reg.migrated
     click.echo(f"applied: {', '.join(done)}" if done else "up to date")
     click.echo(f"registry {db}: {len(applied)} migrations, latest {applied[-1]}")
+
+
+def _refuse(message: str) -> SystemExit:
+    click.echo(f"error: {message}", err=True)
+    return SystemExit(2)
+
+
+def _migrate_step(
+    db: Path, status: bool, rollback_name: str | None, contract: bool, redis_url: str | None
+) -> None:
+    """``migrate --status | --rollback NAME | --contract`` on the file as it is (no upgrade)."""
+    import asyncio
+
+    import sqlite_utils
+
+    from cloud.registry.migrations import (
+        MigrationRefusedError,
+        apply_contracts,
+        migration_status,
+        rollback_migration,
+    )
+
+    if not db.is_file():
+        raise _refuse(f"registry {db} does not exist")
+    if contract and not redis_url:
+        raise _refuse("--contract needs --redis-url (or VPP_REDIS_URL) to see the live processes")
+    processes: dict[str, str | None] = {}
+    if contract:
+        processes = asyncio.run(_live_processes(redis_url or ""))
+    database = sqlite_utils.Database(db)
+    try:
+        database.execute(f"PRAGMA busy_timeout = {10_000}")
+        if status:
+            for row in migration_status(database):
+                state = f"applied {row.applied_at}" if row.applied else "pending"
+                click.echo(f"{row.name}\t{row.kind}\t{state}\t{row.note}")
+        elif rollback_name is not None:
+            rollback_migration(database, rollback_name)
+            click.echo(f"rolled back {rollback_name}; `vpp cloud migrate` applies it again")
+        else:
+            done = apply_contracts(database, processes)
+            click.echo(f"contracted: {', '.join(done)}" if done else "no contract step pending")
+    except MigrationRefusedError as exc:
+        raise _refuse(str(exc)) from None
+    finally:
+        database.close()
+
+
+async def _live_processes(redis_url: str) -> dict[str, str | None]:
+    import redis.asyncio as aioredis
+
+    from cloud.processes import live_processes
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        return await live_processes(client)
+    except Exception as exc:  # redis down, bad url: no contract without knowing who runs
+        raise _refuse(f"cannot read the live processes from Redis: {exc}") from None
+    finally:
+        await client.aclose()
 
 
 @pools_app.command("create")
@@ -378,6 +469,28 @@ def _input_registry(db: Path) -> Iterator[Registry]:
         raise SystemExit(2 if exc.code == 1 else exc.code) from None
 
 
+def _echo_rows(
+    key: str,
+    rows: list[dict[str, Any]],
+    as_json: bool,
+    line: Callable[[dict[str, Any]], str],
+    **document: Any,
+) -> None:
+    """A listing of the claims and flags commands: with --json one document, ``document``'s
+    fields and ``key``: the rows; else one tab-separated ``line`` per row."""
+    if as_json:
+        click.echo(json.dumps({**document, key: rows}, indent=1))
+        return
+    for row in rows:
+        click.echo(line(row))
+
+
+def _audit_options(command: Any) -> Any:
+    """--reason / --actor: what an audited change records besides the change."""
+    command = click.option("--actor", envvar="USER", help="Who (default: $USER).")(command)
+    return click.option("--reason", default="", help="Why (kept in the audit log).")(command)
+
+
 def _claim_json(claim: Any, now: float, token: str | None = None) -> dict[str, Any]:
     from protocols.units import to_iso8601
 
@@ -447,20 +560,19 @@ def claims_create(
 @click.option("--json", "as_json", is_flag=True)
 def claims_list(db: Path, pool: str | None, as_json: bool) -> None:
     """List claims with their state (open, redeemed, expired, revoked); never a token."""
-    import json
 
     with _input_registry(db) as reg:
         claims = reg.list_claims(pool)
         now = reg.clock.time()
-    rows = [_claim_json(c, now) for c in claims]
-    if as_json:
-        click.echo(json.dumps({"claims": rows}, indent=1))
-        return
-    for row in rows:
-        click.echo(
+    _echo_rows(
+        "claims",
+        [_claim_json(c, now) for c in claims],
+        as_json,
+        lambda row: (
             f"{row['claim_id']}\t{row['pool_id']}\t{row['state']}\t"
             f"site {row['site_id'] or '-'}\texpires {row['expires']}\tby {row['created_by']}"
-        )
+        ),
+    )
 
 
 @claims_app.command("revoke")
@@ -540,15 +652,16 @@ def flags_list(db: Path, as_json: bool) -> None:
         overrides = reg.flag_overrides()
         environment = reg.environment()
     counts = {name: sum(o.flag == name for o in overrides) for name in CATALOGUE}
-    if as_json:
-        rows = [{**f.as_dict(), "overrides": counts[n]} for n, f in sorted(CATALOGUE.items())]
-        click.echo(json.dumps({"environment": environment, "flags": rows}, indent=1))
-        return
-    for name, f in sorted(CATALOGUE.items()):
-        click.echo(
-            f"{name}\t{f.type.value}\tdefault {json.dumps(f.default)}\t"
-            f"{counts[name]} overrides\t{f.owner}"
-        )
+    _echo_rows(
+        "flags",
+        [{**f.as_dict(), "overrides": counts[n]} for n, f in sorted(CATALOGUE.items())],
+        as_json,
+        lambda row: (
+            f"{row['name']}\t{row['type']}\tdefault {json.dumps(row['default'])}\t"
+            f"{row['overrides']} overrides\t{row['owner']}"
+        ),
+        environment=environment,
+    )
 
 
 @flags_app.command("show")
@@ -609,8 +722,7 @@ def flags_show(name: str, db: Path, site_id: str | None, as_json: bool) -> None:
 @db_option
 @_scope_options
 @click.option("--percent", type=float, help="Only this share (0..100) of the scope's sites.")
-@click.option("--reason", default="", help="Why (kept in the audit log).")
-@click.option("--actor", envvar="USER", help="Who (default: $USER).")
+@_audit_options
 @click.option("--json", "as_json", is_flag=True)
 def flags_set(
     name: str,
@@ -651,8 +763,7 @@ def flags_set(
 @click.argument("name")
 @db_option
 @_scope_options
-@click.option("--reason", default="", help="Why (kept in the audit log).")
-@click.option("--actor", envvar="USER", help="Who (default: $USER).")
+@_audit_options
 def flags_unset(
     name: str,
     db: Path,
@@ -682,23 +793,22 @@ def flags_history(name: str | None, db: Path, limit: int, as_json: bool) -> None
         _known_flag(name)
     with _input_registry(db) as reg:
         changes = reg.flag_history(name, limit=limit)
-    rows = [c.as_dict() for c in changes]
-    if as_json:
-        click.echo(json.dumps({"changes": rows}, indent=1))
-        return
-    for row in rows:
-        click.echo(
+    _echo_rows(
+        "changes",
+        [c.as_dict() for c in changes],
+        as_json,
+        lambda row: (
             f"{row['ts']}\t{row['actor']}\t{row['action']}\t{row['flag'] or '-'}\t"
             f"{row['scope']} {row['target']}\t{json.dumps(row['old'])} -> "
             f"{json.dumps(row['new'])}\t{row['reason']}"
-        )
+        ),
+    )
 
 
 @flags_app.command("environment")
 @click.argument("name", required=False)
 @db_option
-@click.option("--reason", default="", help="Why (kept in the audit log).")
-@click.option("--actor", envvar="USER", help="Who (default: $USER).")
+@_audit_options
 def flags_environment(name: str | None, db: Path, reason: str, actor: str | None) -> None:
     """Show, or set to NAME, this deployment's environment (what `--env` overrides match)."""
     with _input_registry(db) as reg:
@@ -1180,3 +1290,208 @@ def _event_line(event: str, detail: dict[str, Any]) -> str:
     if "took_s" in detail:
         line += f"  took {detail['took_s']:.0f} s"
     return line
+
+
+# --- edge rings ------------------------------------------------------------------------------
+
+
+@app.command("rollout-edge")
+@click.argument("version")
+@db_option
+@click.option("--pool", required=True, help="The pool whose edge agents update.")
+@click.option(
+    "--rings",
+    default="canary,10%,100%",
+    show_default=True,
+    help="canary (the lowest sticky buckets of edge.release), then growing percentages.",
+)
+@click.option(
+    "--canary-sites",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Sites in the canary ring.",
+)
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between checks of a ring.",
+)
+@click.option(
+    "--soak",
+    "soak_s",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Seconds a ring runs the release cleanly before the next.",
+)
+@click.option(
+    "--deadline",
+    "deadline_s",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Seconds for a ring's sites to report VERSION.",
+)
+@click.option(
+    "--threshold",
+    type=click.IntRange(1, 100),
+    default=2,
+    show_default=True,
+    help="Failed checks in a row that fail a ring.",
+)
+@click.option(
+    "--from",
+    "previous",
+    help="The release a failed ring goes back to (default: what most of the pool reports).",
+)
+@click.option("--redis-url", envvar="VPP_REDIS_URL", show_envvar=True, required=True)
+@click.option("--redis-username", envvar="VPP_REDIS_USERNAME", show_envvar=True)
+@click.option("--redis-password-file", type=PathType, envvar="VPP_REDIS_PASSWORD_FILE")
+@click.option(
+    "--alert-webhook-url",
+    envvar="VPP_ALERT_WEBHOOK_URL",
+    show_envvar=True,
+    help="Where EdgeRingFailed goes (Alertmanager's webhook payload).",
+)
+@click.option("--clock", envvar="VPP_CLOCK", show_envvar=True, help="Clock spec (default wall).")
+def rollout_edge(
+    version: str,
+    db: Path,
+    pool: str,
+    rings: str,
+    canary_sites: int,
+    interval_s: float,
+    soak_s: float,
+    deadline_s: float,
+    threshold: int,
+    previous: str | None,
+    redis_url: str,
+    redis_username: str | None,
+    redis_password_file: Path | None,
+    alert_webhook_url: str | None,
+    clock: str | None,
+) -> None:
+    """Update POOL's edge agents to release VERSION ring by ring (flag edge.release); a ring
+    whose sites refuse it, fall back or go stale stops it: back to the previous release, and
+    the alert EdgeRingFailed. Exit 0 done, 1 failed, 2 a bad argument."""
+    from cloud.rollout.edge_rings import RingSettings, parse_rings
+    from cloud.runner import CloudSettings
+    from protocols.clock import clock_from_spec
+    from protocols.releases import is_version
+
+    if not is_version(version):
+        raise click.BadParameter(f"{version!r} is not a release version", param_hint="VERSION")
+    if previous is not None and not is_version(previous):
+        raise click.BadParameter(f"{previous!r} is not a release version", param_hint="--from")
+    try:
+        plan = parse_rings(rings)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--rings") from None
+    try:
+        clk = clock_from_spec(clock)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--clock") from None
+    settings = RingSettings(
+        interval_s=interval_s, soak_s=soak_s, deadline_s=deadline_s, threshold=threshold
+    )
+    cloud = CloudSettings(
+        redis_url=redis_url,
+        redis_username=redis_username,
+        redis_password_file=redis_password_file,
+        alert_webhook_url=alert_webhook_url,
+    )
+    try:
+        cloud.alert_notifier(clk)  # a bad webhook URL: one line, before anything changes
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--alert-webhook-url") from None
+    with _input_registry(db) as reg:
+        if reg.get_pool(pool) is None:
+            click.echo(f"error: pool {pool!r} is not registered", err=True)
+            raise SystemExit(2)
+        sites = [s.site_id for s in reg.sites_of_pool(pool)]
+        partitions = reg.partition_count()
+        if not sites:
+            click.echo(f"error: pool {pool!r} has no sites", err=True)
+            raise SystemExit(2)
+        result = asyncio.run(
+            _rollout_edge(
+                reg,
+                cloud,
+                clk,
+                version,
+                pool,
+                sites,
+                partitions,
+                plan,
+                canary_sites,
+                settings,
+                previous,
+            )
+        )
+    if result.outcome == "done":
+        click.echo(f"edge release {version}: rings {', '.join(result.rings_passed)} passed")
+        return
+    click.echo(
+        f"edge release {version} failed in ring {result.ring}: back to "
+        f"{result.previous or 'what each site runs'}: {'; '.join(result.reasons)}",
+        err=True,
+    )
+    raise SystemExit(1)
+
+
+async def _rollout_edge(
+    reg: Any,
+    cloud: Any,
+    clk: Any,
+    version: str,
+    pool: str,
+    sites: list[str],
+    partitions: int | None,
+    plan: Any,
+    canary_sites: int,
+    settings: Any,
+    previous: str | None,
+) -> Any:
+    """The rollout's loop with its Redis and webhook (delivered before it returns)."""
+    import redis.asyncio as aioredis
+
+    from cloud.rollout.edge_rings import EdgeRollout
+    from protocols.partitions import DEFAULT_PARTITION_COUNT
+
+    def progress(ring: str, check: Any, verdict: str) -> None:
+        bad = "; ".join([*check.fatal.values(), *check.bad.values()]) or "ok"
+        click.echo(f"ring {ring}: {verdict} ({bad})")
+
+    hot = aioredis.Redis.from_url(cloud.redis_connect_url(), decode_responses=True)
+    notifier = cloud.alert_notifier(clk)
+    stop = asyncio.Event()
+    sender = None if notifier is None else asyncio.create_task(notifier.run(stop))
+    try:
+        rollout = EdgeRollout(
+            registry=reg,
+            hot=hot,
+            clock=clk,
+            release=version,
+            pool=pool,
+            sites=sites,
+            partitions=partitions or DEFAULT_PARTITION_COUNT,
+            rings=plan,
+            canary_count=canary_sites,
+            settings=settings,
+            previous=previous,
+            notifier=notifier,
+            on_check=progress,
+        )
+        result = await rollout.run()
+        if notifier is not None:
+            await notifier.drain(30.0)
+        return result
+    finally:
+        stop.set()
+        if sender is not None:
+            await asyncio.gather(sender, return_exceptions=True)
+        await hot.aclose()

@@ -112,13 +112,23 @@ def run(
     operator = OperatorServer(
         operator_host or host, port if operator_port is None else operator_port
     )
+    from edge.updater import UPDATE_EXIT_CODE
+
     try:
-        asyncio.run(run_agents(configs, clk, operator=operator))
+        agents = asyncio.run(run_agents(configs, clk, operator=operator))
     except RoleDiedError:  # logged in one line already; systemd restarts the process
         raise SystemExit(1) from None
     except ServerStartError as exc:  # a port in use: one line, like a config that cannot work
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
+    switched = next((a.update_to for a in agents if a.update_to), None)
+    if switched is not None:  # current/edge points at it now: systemd restarts into it
+        click.echo(f"edge: switched to release {switched}; exit {UPDATE_EXIT_CODE} to restart")
+        raise SystemExit(UPDATE_EXIT_CODE)
+    failed = next((a.update_error for a in agents if a.update_error), None)
+    if failed is not None:  # stopped for a switch that failed: systemd starts this one again
+        click.echo(f"edge: {failed}", err=True)
+        raise SystemExit(1)
 
 
 @app.command("check-config")

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from protocols.atomic_file import write_file_atomic
+
 __all__ = [
     "STATUSES",
     "BuildError",
@@ -60,12 +62,8 @@ class BuildError(RuntimeError):
 STATUSES = ("built", "soaking", "soaked", "rejected", "approved", "promoted", "retired")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a reader sees the
-    old content or the new, never half of it (the releases folder's manifests)."""
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(text)
-    tmp.replace(path)
+#: the releases folder's manifests are written whole (kept under this name for its callers)
+write_atomic = write_file_atomic
 
 
 @dataclass(frozen=True)
@@ -129,8 +127,9 @@ class Release:
 
 def release_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment to run a release's interpreter in: this process's, without anything
-    that would put another tree's code first (``PYTHONPATH``, a virtualenv's activation, the
-    working directory that ``python -m`` puts first without ``PYTHONSAFEPATH``)."""
+    that would put another tree's code first (``PYTHONPATH``, a virtualenv's activation), and
+    with ``PYTHONSAFEPATH``: ``python -m vpp`` or ``-c`` would otherwise put the working
+    directory first on the path, and run a source tree's code when started inside one."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PYTHONSAFEPATH"] = "1"
     env.update(extra or {})

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -49,8 +50,16 @@ from protocols.clock import SimClock
 from protocols.flags import Override
 from protocols.mqtt_endpoint import MqttEndpoint, endpoint_of
 from protocols.operator import OperatorServer
-from vpp.services import MosquittoServer, ProcessSupervisor, Restart, RoleProcess, free_port
-from vpp.sitecfg import site_configs
+from vpp.release.build import release_env
+from vpp.services import (
+    EdgeProcess,
+    MosquittoServer,
+    ProcessSupervisor,
+    Restart,
+    RoleProcess,
+    free_port,
+)
+from vpp.sitecfg import site_configs, write_site_configs
 from vpp.system.gate import NetworkGate
 from vpp.system.secure import SecureServices
 from vpp.system.tap import TelemetryTap
@@ -95,6 +104,17 @@ class SystemSpec:
     # cloud.registry.flags.check_override), audited as made by ``flags_actor``
     flags: tuple[Override, ...] = ()
     flags_actor: str = "vpp.system"
+    # N-1 and N side by side: the interpreter (a release's venv python) a cloud process runs
+    # from, by process name (``worker-2``) or by role (``worker``: every worker); the name
+    # wins. Unnamed ones run this tree's code. Processes mode only.
+    role_python: Mapping[str, str] = field(default_factory=dict)
+    # site index -> interpreter: those sites' agents run as `vpp edge run` children of that
+    # interpreter (one per interpreter) instead of in this process; the highest indices only
+    # (``agents[i]`` stays site ``i``)
+    edge_python: Mapping[int, str] = field(default_factory=dict)
+    # the registry (pool, sites, keys) created by this interpreter's `vpp cloud` commands
+    # (an older release's data for this tree's processes), not by this tree's Registry
+    registry_python: str | None = None
 
     def __post_init__(self) -> None:
         if self.cloud not in ("in-process", "processes"):
@@ -105,6 +125,14 @@ class SystemSpec:
             raise ValueError("at least one worker, and no negative number of dispatchers")
         if any(not 0 <= i < self.sites for i in self.gated):
             raise ValueError(f"gated sites {self.gated} outside 0..{self.sites - 1}")
+        if self.role_python and self.cloud != "processes":
+            raise ValueError("role_python needs the cloud as processes")
+        if set(self.edge_python) != set(range(self.sites - len(self.edge_python), self.sites)):
+            raise ValueError(f"edge_python sites must be the last ones of 0..{self.sites - 1}")
+        if set(self.edge_python) & set(self.gated):
+            raise ValueError("a site run by edge_python cannot also be gated")
+        if self.registry_python is not None and self.flags:
+            raise ValueError("flags are written by this tree's registry: not with registry_python")
 
 
 class System:
@@ -173,6 +201,7 @@ class System:
         self._registry_handle: Registry | None = None
         self.dispatch_runs: list[asyncio.Task[None]] = []
         self.processes: list[RoleProcess] = []  # processes: api, workers, dispatchers
+        self.edge_processes: list[EdgeProcess] = []  # the edge_python sites' agents
         self.supervisor = ProcessSupervisor(on_restart=on_restart)
         self._stack: contextlib.AsyncExitStack | None = None
 
@@ -203,8 +232,11 @@ class System:
             self.redis_url = self.secure.redis.url  # no password in it
         cloud_account, site_account, url = self._accounts()
         db = state / "registry.sqlite"
-        self.token = await asyncio.to_thread(self._registry, db)
-        self.admin_token = await asyncio.to_thread(self._admin_key, db)
+        if spec.registry_python is not None:
+            self.token, self.admin_token = await asyncio.to_thread(self._registry_by_cli, db)
+        else:
+            self.token = await asyncio.to_thread(self._registry, db)
+            self.admin_token = await asyncio.to_thread(self._admin_key, db)
         self.settings = replace(
             CloudSettings(
                 mqtt_url=url,
@@ -262,7 +294,8 @@ class System:
                     f"{scheme}://127.0.0.1:{self.gate.port}"
                 )
         stack.push_async_callback(self._stop_agents)
-        for site_id in self.site_ids:
+        await self._start_edge_processes(stack)
+        for site_id in self.site_ids[: spec.sites - len(spec.edge_python)]:
             agent = SiteAgent(EdgeConfig.from_dict(self.configs[site_id]), self.clock)
             if self._on_agent is not None:
                 self._on_agent(agent)
@@ -272,11 +305,61 @@ class System:
             asyncio.create_task(a.run(), name=f"agent {a.site_id}") for a in self.agents
         )
 
+    async def _start_edge_processes(self, stack: contextlib.AsyncExitStack) -> None:
+        """The ``edge_python`` sites' agents: a `vpp edge run --config-dir` child per
+        interpreter, alive (its operator port answers) before the in-process agents start."""
+        by_python: dict[str, list[str]] = {}
+        for i, python in sorted(self.spec.edge_python.items()):
+            by_python.setdefault(python, []).append(self.site_ids[i])
+        logs = self.workdir / "logs"
+
+        async def stop_edges() -> None:
+            for proc in self.edge_processes:
+                await asyncio.to_thread(proc.stop)
+
+        stack.push_async_callback(stop_edges)
+        for n, (python, sites) in enumerate(by_python.items()):
+            folder = self.workdir / "edge" / f"process-{n + 1}"
+            write_site_configs({s: self.configs[s] for s in sites}, folder)
+            proc = EdgeProcess(
+                f"edge-{n + 1}", folder, {"VPP_CLOCK": self.clock.spec()}, logs, python=python
+            )
+            self.edge_processes.append(proc)
+            await asyncio.to_thread(proc.start)
+
     def _admin_key(self, db: Path) -> str:
         """An operator's admin key (the flags' admin API, audited as ``operator``): its token."""
         with Registry(db, self.clock) as registry:
             _, token = registry.create_api_key([], label="operator", role="admin")
         return token
+
+    def _registry_by_cli(self, db: Path) -> tuple[str, str]:
+        """:meth:`_registry` and :meth:`_admin_key` as an operator of ``registry_python``'s
+        release does them (its `vpp cloud` commands, its own code): the two tokens."""
+        spec = self.spec
+        assert spec.registry_python is not None
+        python = spec.registry_python
+
+        def vpp(*args: str) -> str:
+            cmd = [python, "-m", "vpp", "cloud", *args, "--db", str(db)]
+            done = subprocess.run(cmd, env=release_env(), capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd[2:5])}: {done.stderr.strip()}")
+            return done.stdout.strip().splitlines()[-1]
+
+        vpp("pools", "create", spec.pool, "--name", spec.pool_name)
+        vpp(
+            "sites",
+            "add",
+            *self.site_ids,
+            "--pool",
+            spec.pool,
+            "--partitions",
+            str(spec.partitions),
+        )
+        token = vpp("keys", "create", "--pool", spec.pool, "--label", spec.key_label)
+        admin = vpp("keys", "create", "--role", "admin", "--label", "operator")
+        return token, admin
 
     def _accounts(self) -> tuple[dict[str, Any], dict[str, Any], str]:
         """The cloud's account (as CloudSettings' ``mqtt_*`` fields, unprefixed), the sites'
@@ -476,7 +559,8 @@ class System:
             port = None if role == "api" else next(operator_ports)
             accounts = _account_args(self.role_settings(role))
             args = [*common, *accounts, *extra, *ident]
-            proc = RoleProcess(name, role, args, env, logs, port=port)
+            python = self.spec.role_python.get(name, self.spec.role_python.get(role))
+            proc = RoleProcess(name, role, args, env, logs, port=port, python=python)
             proc.start()  # each with its operator port, free and logged
             self.processes.append(proc)
             self.supervisor.watch(proc)

@@ -118,6 +118,7 @@ class TelemetryTap:
         self._grid: dict[str, OrderedDict[int, float]] = {}
         self._counts: dict[tuple[str, str], int] = {}  # (site, kind) -> messages
         self._heartbeat_s: dict[str, float] = {}  # site -> its newest telemetry's heartbeat
+        self._mode: dict[str, tuple[float, str]] = {}  # site -> (ts, mode) of its newest
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         client = threaded_client(endpoint, f"vpp-tap-{uuid.uuid4().hex[:6]}")
@@ -162,6 +163,7 @@ class TelemetryTap:
                 grid.popitem(last=False)
             if message.ts > self.latest_ts.get(site, -1.0):
                 self.latest_ts[site] = message.ts
+                self._mode[site] = (message.ts, str(message.mode))
                 if message.heartbeat_s is None:
                     self._heartbeat_s.pop(site, None)
                 else:
@@ -174,6 +176,11 @@ class TelemetryTap:
             for (site, kind), n in self._counts.items():
                 out.setdefault(site, {})[kind] = n
         return out
+
+    def modes(self) -> dict[str, tuple[float, str]]:
+        """Each site's newest telemetry: ``(ts, mode)`` (``cloud``: it follows a dispatch)."""
+        with self._lock:
+            return dict(self._mode)
 
     def heartbeats(self) -> dict[str, float]:
         """Each site sending by exception: the ``heartbeat_s`` of its newest telemetry (the

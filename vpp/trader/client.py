@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import httpx
 import numpy as np
 
+from protocols.backoff import backoff_s
 from protocols.units import SETTLEMENT_INTERVAL_S
 from vpp.trader.optimise import (
     FlexForecast,
@@ -51,7 +52,15 @@ from vpp.trader.optimise import (
 from vpp.trader.prices import PriceSeries
 from vpp.trader.sse import SseEvent, sse_events
 
-__all__ = ["Decision", "TraderClock", "TraderOptions", "VirtualTrader"]
+__all__ = [
+    "Decision",
+    "FlexibilityUnreadableError",
+    "Plan",
+    "TraderClock",
+    "TraderOptions",
+    "VirtualTrader",
+    "plan_schedule",
+]
 
 log = logging.getLogger("vpp.trader")
 
@@ -152,6 +161,46 @@ def _range_use(
 
     n = min(values.size, up.size, energy.size)
     return use(values[:n], up[:n], down[:n]), use(energy[:n], e_up[:n], e_down[:n])
+
+
+class FlexibilityUnreadableError(ValueError):
+    """The flexibility body cannot be read as an envelope (the message names the field)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """One re-plan's outcome: the envelope read, the optimiser's schedule, the schedule fitted
+    inside what was shown (``values_w``, ``storage_w`` per group), how many slots that
+    clipped and how much of the pool's range it uses (:func:`_range_use`)."""
+
+    flex: FlexForecast
+    result: ScheduleResult
+    values_w: np.ndarray
+    storage_w: np.ndarray
+    clipped_slots: int
+    power_use: float | None
+    energy_use: float | None
+
+
+def plan_schedule(
+    body: dict[str, Any],
+    start_ts: float,
+    n: int,
+    prices_eur_mwh: np.ndarray,
+    options: OptimiseOptions,
+) -> Plan:
+    """The whole computation of a re-plan, pure (no I/O, no loop): read the envelope for
+    ``n`` slots from ``start_ts`` out of the flexibility ``body``, optimise against the prices,
+    keep the result inside what was shown. :class:`FlexibilityUnreadableError` on a bad body."""
+    try:
+        flex = VirtualTrader.flex_for(body, start_ts, n)
+    except ValueError as exc:
+        raise FlexibilityUnreadableError(str(exc)) from exc
+    result = optimise_schedule(flex, prices_eur_mwh, options)
+    values, storage = fit_to_flex(result.values_w, flex, storage_w=result.storage_w)
+    clipped = int(np.sum(np.abs(values - result.values_w) > 1e-3))
+    power_use, energy_use = _range_use(values, storage, body, start_ts, slot_s=SLOT_S)
+    return Plan(flex, result, values, storage, clipped, power_use, energy_use)
 
 
 def _iso(ts: float) -> str:
@@ -572,6 +621,18 @@ class VirtualTrader:
         self.decisions.append(decision)
         return decision
 
+    async def plan(
+        self, body: dict[str, Any], start_ts: float, n: int, prices_eur_mwh: np.ndarray
+    ) -> Plan:
+        """:func:`plan_schedule` in a worker thread: the LP and the numpy around it never
+        hold the event loop (in ``vpp demo`` the edge agents' Modbus polls share it). A thread,
+        not a process: HiGHS releases the GIL while it solves, so the loop stays as responsive
+        as with a process pool, without pickling the envelope or a worker process to keep.
+        Raises :class:`FlexibilityUnreadableError` on a malformed body."""
+        return await asyncio.to_thread(
+            plan_schedule, body, start_ts, n, prices_eur_mwh, self.options.optimiser()
+        )
+
     async def step(self) -> Decision | None:
         """One rolling-horizon step, if due: read the flexibility, optimise the rest of the
         horizon from the next quarter hour, clip to what was shown, post it. Returns the
@@ -592,30 +653,29 @@ class VirtualTrader:
         if not body.get("envelope"):  # no site has published an envelope yet: nothing promised
             self._fail("flexibility", "no_envelope", "the pool shows no envelope yet")
             return self._record(now, start, "no envelope")
+        prices = self.prices.slice(start, start + n * SLOT_S).values
         try:
-            flex = self.flex_for(body, start, n)
-        except ValueError as exc:  # a malformed body: the parser names the field
+            plan = await self.plan(body, start, n, prices)
+        except FlexibilityUnreadableError as exc:  # a malformed body: the parser names the field
             self._fail("flexibility", "bad_response", f"cannot read the body: {exc}")
             return self._record(now, start, "flexibility unreadable")
-        prices = self.prices.slice(start, start + n * SLOT_S).values
-        result = await asyncio.to_thread(optimise_schedule, flex, prices, self.options.optimiser())
-        values, storage = fit_to_flex(result.values_w, flex, storage_w=result.storage_w)
-        clipped = int(np.sum(np.abs(values - result.values_w) > 1e-3))
-        if clipped:
-            log.warning("trader %s: %d slot(s) clipped to the shown range", self.pool_id, clipped)
-        power_use, energy_use = _range_use(values, storage, body, start, slot_s=SLOT_S)
+        result, values, storage = plan.result, plan.values_w, plan.storage_w
+        if plan.clipped_slots:
+            log.warning(
+                "trader %s: %d slot(s) clipped to the shown range", self.pool_id, plan.clipped_slots
+            )
         shown = dict(
-            flex=flex,
+            flex=plan.flex,
             as_of=body.get("as_of"),
             prices=prices,
             result=result,
             values_w=values,
             storage_w=storage,
-            clipped_slots=clipped,
+            clipped_slots=plan.clipped_slots,
             envelope_sites=_optional_number(body["envelope"], "sites", int),
             baseline_now_w=_optional_number(body.get("now"), "baseline_w", float),
-            power_use=power_use,
-            energy_use=energy_use,
+            power_use=plan.power_use,
+            energy_use=plan.energy_use,
         )
         payload = {
             "start": _iso(start),
@@ -747,7 +807,7 @@ class VirtualTrader:
 
     async def _read_stream(self) -> None:
         url = f"/v1/pools/{self.pool_id}/stream"
-        backoff = 1.0
+        failures = 0  # in a row; an answered stream starts the count again
         while True:
             self.requests["stream"] += 1
             try:
@@ -756,14 +816,15 @@ class VirtualTrader:
                     if response.status_code != 200:
                         self._fail("stream", str(response.status_code), f"GET {url}")
                     else:
-                        backoff = 1.0
+                        failures = 0
                         async for event in sse_events(response.aiter_lines()):
                             if event.event == "envelope":
                                 self._on_envelope(event)
             except httpx.HTTPError as exc:
                 self._fail("stream", "transport", f"GET {url}: {type(exc).__name__}: {exc}")
-            await asyncio.sleep(backoff)  # wall time: the link, not the simulation
-            backoff = min(backoff * 2.0, 30.0)
+            failures += 1
+            # wall time: the link, not the simulation
+            await asyncio.sleep(backoff_s(failures, 1.0, 30.0))
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Listen to the pool's event stream (``GET .../stream``) until ``stop`` is set: each

@@ -12,23 +12,22 @@ import contextlib
 import json
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from redis.exceptions import RedisError
 
 from cloud.alert_rules import DEFAULT_RULES
 from cloud.alerting import stored_view
-from cloud.api.auth import ADMIN_WRITE, AdminDep
+from cloud.api.auth import ADMIN_WRITE
 from cloud.api.context import CtxDep
 from cloud.api.errors import ApiError
 from cloud.api.routes.common import (
-    AUTH,
     BAD_JSON,
     HOT_STATE,
     INVALID,
     NOT_FOUND,
     RATE_LIMITED,
     TOO_LARGE,
-    TRADER_KEY,
+    admin_router,
     refusals,
 )
 from cloud.api.schemas import (
@@ -46,11 +45,11 @@ from cloud.api.schemas import (
     RolloutEventOut,
     SitesOut,
 )
-from cloud.api.views import iso, pool_site_counts, sites_page
+from cloud.api.views import iso, known_pool, pool_site_counts, sites_page
 from cloud.hotstate import ROLLOUT_STATE_KEY
 from protocols.units import to_iso8601
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = admin_router("/v1/admin")
 
 
 def key_out(key: Any) -> KeyOut:
@@ -68,10 +67,9 @@ def key_out(key: Any) -> KeyOut:
 @router.get(
     "/keys",
     response_model=KeysOut,
-    responses=refusals(AUTH, TRADER_KEY),
     summary="Every API key (ids, role, pools, use; never a token)",
 )
-async def list_keys(_: AdminDep, ctx: CtxDep) -> KeysOut:
+async def list_keys(ctx: CtxDep) -> KeysOut:
     return KeysOut(keys=[key_out(k) for k in await ctx.db(ctx.registry.list_api_keys)])
 
 
@@ -80,13 +78,13 @@ async def list_keys(_: AdminDep, ctx: CtxDep) -> KeysOut:
     response_model=KeyCreatedOut,
     status_code=201,
     dependencies=[ADMIN_WRITE],
-    responses=refusals(BAD_JSON, AUTH, TRADER_KEY, TOO_LARGE, INVALID, RATE_LIMITED),
+    responses=refusals(BAD_JSON, TOO_LARGE, INVALID, RATE_LIMITED),
     summary="Create an API key; its token is in this answer only",
     description="A trader key needs at least one existing pool; an admin key takes none. "
     "Refused with 422 `schema` (body not of the model) or `registry` (an unknown pool, a "
     "trader key without pools, an admin key with some), `field` `pools`.",
 )
-async def create_key(body: KeyIn, _: AdminDep, ctx: CtxDep) -> KeyCreatedOut:
+async def create_key(body: KeyIn, ctx: CtxDep) -> KeyCreatedOut:
     try:
         key, token = await ctx.db(
             ctx.registry.create_api_key, body.pools, body.label, role=body.role.value
@@ -100,12 +98,12 @@ async def create_key(body: KeyIn, _: AdminDep, ctx: CtxDep) -> KeyCreatedOut:
     "/keys/{key_id}/revoke",
     response_model=KeyOut,
     dependencies=[ADMIN_WRITE],
-    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND, RATE_LIMITED),
+    responses=refusals(NOT_FOUND, RATE_LIMITED),
     summary="Revoke an API key from now on (it stays listed, revoked)",
     description="Requests with the key are refused (401) from this answer on. Revoking a "
     "revoked key answers it unchanged. Why not `DELETE`: the key's record stays for audit.",
 )
-async def revoke_key(key_id: str, _: AdminDep, ctx: CtxDep) -> KeyOut:
+async def revoke_key(key_id: str, ctx: CtxDep) -> KeyOut:
     if await ctx.db(ctx.registry.get_api_key, key_id) is None:
         raise ApiError(404, "not_found", f"key {key_id!r} not found")
     await ctx.db(ctx.registry.revoke_api_key, key_id)
@@ -116,10 +114,10 @@ async def revoke_key(key_id: str, _: AdminDep, ctx: CtxDep) -> KeyOut:
 @router.get(
     "/pools",
     response_model=AdminPoolsOut,
-    responses=refusals(AUTH, TRADER_KEY, HOT_STATE),
+    responses=refusals(HOT_STATE),
     summary="Every pool with its site count and state",
 )
-async def list_pools(_: AdminDep, ctx: CtxDep) -> AdminPoolsOut:
+async def list_pools(ctx: CtxDep) -> AdminPoolsOut:
     now = ctx.clock.time()
     out = []
     for pool in await ctx.db(ctx.registry.list_pools):
@@ -141,34 +139,30 @@ async def list_pools(_: AdminDep, ctx: CtxDep) -> AdminPoolsOut:
 @router.get(
     "/pools/{pool_id}/sites",
     response_model=SitesOut,
-    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND, INVALID, HOT_STATE),
+    responses=refusals(NOT_FOUND, INVALID, HOT_STATE),
     summary="Any pool's sites with their status, paged",
     description="As the trader's `GET /v1/pools/{pool_id}/sites`, for every pool.",
 )
 async def list_sites(
     pool_id: str,
-    _: AdminDep,
     ctx: CtxDep,
     offset: int = Query(0, ge=0),
     limit: int = Query(100, ge=1, le=1000),
 ) -> SitesOut:
-    if await ctx.db(ctx.registry.get_pool, pool_id) is None:
-        raise ApiError(404, "not_found", f"pool {pool_id!r} not found")
+    await known_pool(ctx, pool_id)
     return await sites_page(ctx, pool_id, offset, limit)
 
 
 @router.get(
     "/alerts",
     response_model=AdminAlertsOut,
-    responses=refusals(AUTH, TRADER_KEY, INVALID, HOT_STATE),
+    responses=refusals(INVALID, HOT_STATE),
     summary="The alerts: pending, firing and lately resolved, and the rules",
     description="As the evaluating API process has them (this one, or another one's through "
     "Redis). `state` keeps the alerts in that state only. While Redis is away, only the "
     "evaluating process can answer (503 `hot_state_unavailable` elsewhere).",
 )
-async def list_alerts(
-    _: AdminDep, ctx: CtxDep, state: AlertStateName | None = None
-) -> AdminAlertsOut:
+async def list_alerts(ctx: CtxDep, state: AlertStateName | None = None) -> AdminAlertsOut:
     local = ctx.alerting
     if local is not None and local.leading:
         view = local.view()
@@ -211,12 +205,12 @@ async def list_alerts(
 @router.get(
     "/rollout",
     response_model=AdminRolloutOut,
-    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND),
+    responses=refusals(NOT_FOUND),
     summary="The latest rollout: its state, its steps' events, the controller's live state",
     description="Read-only: `vpp cloud rollout` starts, rolls back, resumes and aborts. "
     "404 `not_found` before the first rollout. `live` is null while Redis is away.",
 )
-async def latest_rollout(_: AdminDep, ctx: CtxDep) -> AdminRolloutOut:
+async def latest_rollout(ctx: CtxDep) -> AdminRolloutOut:
     record = await ctx.db(ctx.registry.get_rollout)
     if record is None:
         raise ApiError(404, "not_found", "no rollout yet")

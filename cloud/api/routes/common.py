@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import APIRouter, Depends
+
+from cloud.api.auth import require_admin
 from cloud.api.schemas import ErrorOut
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "TRADER_KEY",
     "UNREACHABLE",
     "Refusal",
+    "admin_router",
     "refusals",
 ]
 
@@ -109,3 +113,16 @@ def refusals(*items: Refusal) -> dict[int | str, dict[str, Any]]:
             entry["headers"] = _HEADERS[status]
         out[status] = entry
     return out
+
+
+def admin_router(prefix: str) -> APIRouter:
+    """A router of operator endpoints (tag ``admin``): every route on it takes admin keys only
+    (401 without a key, 403 for a trader key), checked and documented here once, so a new
+    route cannot forget either. A route that needs the key itself still takes ``AdminDep``
+    (FastAPI resolves it once per request)."""
+    return APIRouter(
+        prefix=prefix,
+        tags=["admin"],
+        dependencies=[Depends(require_admin)],
+        responses=refusals(AUTH, TRADER_KEY),
+    )

@@ -14,31 +14,30 @@ import contextlib
 import json
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.auth import ADMIN_WRITE, AdminDep
 from cloud.api.context import CtxDep
 from cloud.api.errors import ApiError
 from cloud.api.routes.common import (
-    AUTH,
     BAD_JSON,
     HOT_STATE,
     INVALID,
     NOT_FOUND,
     RATE_LIMITED,
     TOO_LARGE,
-    TRADER_KEY,
+    admin_router,
     refusals,
 )
-from cloud.api.schemas import DateTimeText, StrictNumber
-from cloud.api.views import iso, site_records
+from cloud.api.schemas import DateTimeText, SitesPage, StrictNumber
+from cloud.api.views import iso, known_pool, pool_sites_page, site_records
 from cloud.hotstate import reported_flags_key
 from cloud.registry.flags import check_scope
 from protocols.flags import CATALOGUE, SCOPE_ORDER, Flag, Scope
 from protocols.partitions import DEFAULT_PARTITION_COUNT, partition_of
 
-router = APIRouter(prefix="/v1/admin/flags", tags=["admin"])
+router = admin_router("/v1/admin/flags")
 
 FlagValue = bool | str | float
 
@@ -56,7 +55,9 @@ class FlagOut(BaseModel):
     name: str
     description: str
     owner: str
-    type: str = Field(description="`bool`, `enum` or `number`.")
+    type: str = Field(
+        description='`bool`, `enum`, `number` or `version` (a release version, or "").'
+    )
     default: FlagValue
     values: list[str] | None = Field(None, description="An enum's values.")
     minimum: float | None = None
@@ -115,10 +116,7 @@ class SiteFlagsOut(BaseModel):
     in_sync: bool = Field(description="Reported equals expected, and not stale.")
 
 
-class SiteFlagsPageOut(BaseModel):
-    pool_id: str
-    total: int = Field(description="Sites of the pool.")
-    offset: int
+class SiteFlagsPageOut(SitesPage):
     in_sync: int = Field(description="Sites of this page in sync.")
     sites: list[SiteFlagsOut]
 
@@ -154,10 +152,9 @@ def _change_out(change: Any) -> FlagChangeOut:
 @router.get(
     "",
     response_model=FlagsOut,
-    responses=refusals(AUTH, TRADER_KEY),
     summary="Every flag with its definition and overrides",
 )
-async def list_flags(_: AdminDep, ctx: CtxDep) -> FlagsOut:
+async def list_flags(ctx: CtxDep) -> FlagsOut:
     snapshot = await ctx.db(ctx.registry.flag_snapshot)
     return FlagsOut(
         environment=snapshot.environment,
@@ -168,11 +165,10 @@ async def list_flags(_: AdminDep, ctx: CtxDep) -> FlagsOut:
 @router.get(
     "/history",
     response_model=FlagHistoryOut,
-    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND),
+    responses=refusals(NOT_FOUND),
     summary="The audit log of flag changes, newest first",
 )
 async def flag_history(
-    _: AdminDep,
     ctx: CtxDep,
     flag: str | None = Query(None, description="Only this flag's changes."),
     limit: int = Query(100, ge=1, le=10_000),
@@ -186,22 +182,19 @@ async def flag_history(
 @router.get(
     "/sites",
     response_model=SiteFlagsPageOut,
-    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND, INVALID, HOT_STATE),
+    responses=refusals(NOT_FOUND, INVALID, HOT_STATE),
     summary="Which flag set each site of a pool runs, against what it should run, paged",
     description="Each site reports the hash of the flag set it runs with in its status; a "
     "site out of sync has not received its config yet, runs an older one, or is stale.",
 )
 async def site_flags(
-    _: AdminDep,
     ctx: CtxDep,
     pool: str = Query(description="A pool id."),
     offset: int = Query(0, ge=0),
     limit: int = Query(100, ge=1, le=1000),
 ) -> SiteFlagsPageOut:
-    if await ctx.db(ctx.registry.get_pool, pool) is None:
-        raise ApiError(404, "not_found", f"pool {pool!r} not found")
-    sites = sorted(await ctx.db(ctx.registry.sites_of_pool, pool), key=lambda s: s.site_id)
-    page = sites[offset : offset + limit]
+    await known_pool(ctx, pool)
+    page, fields = await pool_sites_page(ctx, pool, offset, limit)
     snapshot = await ctx.db(ctx.registry.flag_snapshot)
     reports = await _reported(ctx, page)
     out = []
@@ -219,13 +212,7 @@ async def site_flags(
                 in_sync=report.get("hash") == expected["hash"] and not report.get("stale"),
             )
         )
-    return SiteFlagsPageOut(
-        pool_id=pool,
-        total=len(sites),
-        offset=offset,
-        in_sync=sum(s.in_sync for s in out),
-        sites=out,
-    )
+    return SiteFlagsPageOut(**fields, in_sync=sum(s.in_sync for s in out), sites=out)
 
 
 async def _reported(ctx: Any, page: list[Any]) -> dict[str, dict[str, Any]]:
@@ -241,12 +228,11 @@ async def _reported(ctx: Any, page: list[Any]) -> dict[str, dict[str, Any]]:
 @router.get(
     "/{name}",
     response_model=FlagOut,
-    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND),
+    responses=refusals(NOT_FOUND),
     summary="One flag: definition, overrides, and with `?site=` the value a site gets",
 )
 async def show_flag(
     name: str,
-    _: AdminDep,
     ctx: CtxDep,
     site: str | None = Query(None, description="A site id: also evaluate the flag for it."),
 ) -> FlagOut:
@@ -269,7 +255,7 @@ async def show_flag(
     "/{name}/overrides/{scope}/{target}",
     response_model=FlagChangeOut,
     dependencies=[ADMIN_WRITE],
-    responses=refusals(BAD_JSON, AUTH, TRADER_KEY, NOT_FOUND, TOO_LARGE, INVALID, RATE_LIMITED),
+    responses=refusals(BAD_JSON, NOT_FOUND, TOO_LARGE, INVALID, RATE_LIMITED),
     summary="Set a flag's value for one scope target (audited)",
     description="`scope` is `environment`, `pool`, `partition` or `site`. Refused with 422 "
     "`flag_refused` for a value outside the flag's type or bounds, an unknown scope, pool or "
@@ -299,7 +285,7 @@ async def set_override(
     "/{name}/overrides/{scope}/{target}",
     response_model=FlagChangeOut,
     dependencies=[ADMIN_WRITE],
-    responses=refusals(AUTH, TRADER_KEY, NOT_FOUND, INVALID, RATE_LIMITED),
+    responses=refusals(NOT_FOUND, INVALID, RATE_LIMITED),
     summary="Remove a flag's override for one scope target (audited)",
     description="The next less specific scope applies again. 404 when there is no such "
     "override; 422 `flag_refused` for an unknown scope or a malformed target.",

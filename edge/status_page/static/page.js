@@ -129,6 +129,7 @@
       renderFlows(status);
       renderControl(status);
       renderFlags(status);
+      if (status.update) setText(field(document, "update"), status.update.text);
       renderDispatch(status);
       renderToday(status);
       const measured = field(document, "measured");

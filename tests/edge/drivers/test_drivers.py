@@ -13,8 +13,8 @@ from edge.drivers import (
     LinkDown,
     ModbusLink,
     WriteStatus,
-    detect_kind,
 )
+from edge.provision.identify import detect_kind
 from protocols.messages import DeviceHealth, DeviceKind
 
 from .conftest import T0, until
@@ -35,22 +35,32 @@ def controls(fleet, kind: str):
 # --- detection -------------------------------------------------------------------------------
 
 
-async def test_detection_finds_each_kind(fleet):
-    expected = {
-        "inverter": DeviceKind.PV_INVERTER,
-        "battery": DeviceKind.BATTERY,
-        "meter": DeviceKind.METER,
-        "heat_pump": DeviceKind.HEAT_PUMP,
-    }
-    for dev in fleet.manifest()["devices"]:
-        kind = await detect_kind(dev["host"], dev["port"], dev["unit_id"], timeout_s=1.0)
-        assert kind is expected[dev["kind"]]
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("inverter", DeviceKind.PV_INVERTER),
+        ("battery", DeviceKind.BATTERY),
+        ("meter", DeviceKind.METER),
+        ("heat_pump", DeviceKind.HEAT_PUMP),
+    ],
+)
+async def test_detection_finds_each_kind_over_the_agents_link(fleet, kind, expected):
+    (dev,) = [d for d in fleet.manifest()["devices"] if d["kind"] == kind][:1]
+    link = ModbusLink(dev["host"], dev["port"], timeout_s=1.0)
+    try:
+        assert await detect_kind(link, dev["unit_id"]) is expected
+    finally:
+        await link.close()
 
 
 async def test_detection_of_nothing_is_a_clear_error(fleet):
     site = fleet.sites[0]
-    with pytest.raises(DetectError, match=r"unit 9: not a device we know"):
-        await detect_kind(site.host, site.port, 9, timeout_s=1.0)
+    link = ModbusLink(site.host, site.port, timeout_s=1.0, retries=0)
+    try:
+        with pytest.raises(DetectError, match=r"unit 9: not a device we know"):
+            await detect_kind(link, 9)
+    finally:
+        await link.close()
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -135,3 +135,24 @@ def test_rendered_config_loads_as_the_same_config_and_names_each_device():
     assert text == render_config(
         config_dict(list(reversed(SITE)), ANSWERS), SITE, "scan file scan.json"
     )
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"site": {"id": "s-1", "latitude": None}}, '[site]\nid = "s-1"\n'),  # None left out
+        (
+            {
+                "devices": [{"host": "h", "port": 502, "unit_id": 1}],
+                "site": {"on": True},
+            },  # arrays last
+            '[site]\non = true\n\n[[devices]]\nhost = "h"\nport = 502\nunit_id = 1\n',
+        ),
+    ],
+)
+def test_one_toml_writer_for_the_plain_and_the_commented_config(config, expected) -> None:
+    from vpp.sitecfg import render_toml
+
+    assert render_toml(config) == expected
+    commented = render_config(config, [], "nothing")
+    assert tomllib.loads(commented) == tomllib.loads(expected)

@@ -470,3 +470,35 @@ async def test_the_api_is_read_only():
     client, _, _ = client_for_empty()
     for path in ("/api/status", "/api/history", "/"):
         assert (await client.post(path)).status_code == 405
+
+
+async def test_api_status_update(store, tmp_path):
+    """The release the cloud asks for, as the page says it: an agent outside a releases
+    folder (this test's) cannot take it, and says so."""
+    from protocols.version import VERSION
+
+    agent = SiteAgent(
+        EdgeConfig.from_dict(
+            {
+                "site": {"id": "site-7"},
+                "agent": {"db_path": str(tmp_path / "agent.sqlite")},
+                "limits": {"grid_import_w": 17_250, "grid_export_w": 10_000},
+                "devices": [{"id": "meter", "host": "127.0.0.1", "port": 502, "unit_id": 3}],
+                "update": {"releases_dir": str(tmp_path / "releases")},
+            }
+        ),
+        ManualClock(NOW),
+    )  # never started: no devices, no broker
+    values = {**defaults(), "edge.release": "0.9.9"}
+    agent.on_config(Config(site_id="site-7", rev=1, ts=NOW, flag_values=values))
+    agent._consider_update()  # as at the start, with the flags it keeps
+    client, _, _ = client_for(store, view_of(agent))
+    update = (await client.get("/api/status")).json()["update"]
+    why = f"this agent ({VERSION}) does not run from {tmp_path / 'releases'}/current/edge"
+    assert update == {
+        "running": VERSION,
+        "target": "0.9.9",
+        "outcome": f"unavailable: {why}",
+        "text": f"Software {VERSION}; 0.9.9 is asked for but not taken (unavailable: {why}).",
+    }
+    assert escape(update["text"]) in (await client.get("/")).text

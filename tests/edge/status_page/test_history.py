@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from edge.status_page.history import PowerMinutes, Sample, day_start, energy_totals
+from edge.status_page.history import (
+    MinuteCache,
+    PowerMinutes,
+    Sample,
+    day_start,
+    energy_totals,
+)
+from edge.store import EdgeStore
+from protocols.clock import ManualClock
 
 T = 1_717_236_000.0  # 2024-06-01 10:00:00 UTC, a minute boundary
 
@@ -112,3 +120,52 @@ def test_energy_totals_and_money(tariff, energies, cost):
 )
 def test_day_start_is_local_midnight(ts, tz, midnight):
     assert day_start(ts, tz) == datetime.fromisoformat(midnight).timestamp()
+
+
+# --- the page's minutes between polls (MinuteCache over a real store) ----------------------
+
+HOUR = 3600.0
+
+
+def _minute(store: EdgeStore, i: int) -> None:
+    store.append_power_minute(int(T) + 60 * i, 60.0, {"pv_w": float(i)})
+
+
+@pytest.mark.parametrize(
+    ("steps", "rows_read"),
+    [
+        # (minutes stored before the call, since, until) per poll -> rows the store returned
+        ([(10, T, None), (10, T, None), (12, T, None)], [10, 0, 2]),  # only the new minutes
+        ([(10, T + 300, None), (10, T, None)], [5, 10]),  # an earlier start reads afresh
+        ([(10, T, T + 180), (10, T + 120, None)], [10, 0]),  # narrower windows: held rows
+        ([(0, T, None), (3, T, None)], [0, 3]),  # nothing stored yet, then some
+    ],
+)
+def test_the_page_reads_only_new_minutes_and_answers_as_the_store(
+    tmp_path, steps, rows_read
+) -> None:
+    with EdgeStore(tmp_path / "edge.db", ManualClock(T)) as store:
+        returned: list[int] = []
+
+        def read(since: float, until: float | None) -> list[dict]:
+            rows = store.power_minutes(since, until)
+            returned.append(len(rows))
+            return rows
+
+        cache = MinuteCache(read)
+        stored = 0
+        for count, since, until in steps:
+            while stored < count:
+                _minute(store, stored)
+                stored += 1
+            assert cache(since, until) == store.power_minutes(since, until)
+        assert returned == rows_read
+
+
+def test_the_cache_keeps_at_most_keep_s_before_the_newest_minute(tmp_path) -> None:
+    with EdgeStore(tmp_path / "edge.db", ManualClock(T)) as store:
+        cache = MinuteCache(store.power_minutes, keep_s=HOUR)
+        for i in range(120):
+            _minute(store, i)
+        assert len(cache(T, None)) == 61  # the newest minute and the hour before it
+        assert cache(T + 1.5 * HOUR, None) == store.power_minutes(T + 1.5 * HOUR)
