@@ -10,7 +10,7 @@ writes the step's partitions into ``vpp:rollout:partitions`` (the workers hand t
 record gives the gap), then every check interval compares the canary's partitions with
 the untouched ones over the same window (:func:`cloud.rollout.analysis.analyse`, counted by
 :class:`~cloud.rollout.analysis.Checks`) until the soak is over. The last worker step leaves
-no partition untouched: its baseline is the whole pool over the window before it began.
+no partition untouched: its baseline is the same partitions one quarter hour earlier.
 A dispatcher step starts a new dispatcher (a standby) and stops an old one gracefully, so
 the standby takes the lock as today; the API step starts the new API, waits for it, and
 stops the old. Every step begins on a quarter-hour boundary.
@@ -133,13 +133,17 @@ class RolloutController:
             config.sizes(partitions), partitions, dispatchers=dispatchers, apis=apis
         )
         self.notifier, self.on_event, self.on_promote = notifier, on_event, on_promote
+        # the last worker step compares with the samples of one quarter hour before: keep them
+        cfg = config.analysis
+        observer.keep_s = max(
+            observer.keep_s, config.align_s + 2 * cfg.window_s + 2 * cfg.check_interval_s
+        )
         self.poll_s = poll_s
         self.lock = LeaderLock(redis, ROLLOUT_LOCK_KEY, holder, clock, ttl_s=max(30.0, poll_s * 6))
         self.rollout_id: int | None = None
         self.state = RolloutState(steps=len(self.plan), kind=self.plan[0].kind)
         self.gaps_s: dict[int, float | None] = {}  # partition -> its last hand-over's gap
         self.last_verdict: Verdict | None = None
-        self.step_began_at: float | None = None
         self.events: list[tuple[str, dict[str, Any]]] = []
 
     # --- entry points --------------------------------------------------------------------
@@ -305,7 +309,6 @@ class RolloutController:
 
     async def _start_step(self) -> None:
         step = self.step
-        self.step_began_at = self.clock.time()
         if step.kind == "workers":
             old = max(1, len(self._names("worker", self.from_version)))
             want = max(1, math.ceil(len(step.partitions) * old / self.partitions))
@@ -398,24 +401,20 @@ class RolloutController:
         canary = self.step.partitions
         baseline = tuple(p for p in range(self.partitions) if p not in set(canary))
         await self.observer.sample(self.launcher.instances())
-        before = None
-        if not baseline:
-            # no untouched partition left: the baseline is the whole pool in the window
-            # before this step began (sampled while waiting for its boundary)
-            began = self.step_began_at if self.step_began_at is not None else start
-            before = self.observer.window(
-                canary, began - cfg.window_s, began, self.launcher.instances()
-            )
+        # no untouched partition left (the last worker step): the baseline is the same
+        # partitions one quarter hour earlier, at the same point of their interval (a target
+        # re-based at each interval start moves every partition's tracking alike)
+        shift = self.config.align_s or cfg.window_s
         while self.clock.time() < start + self.config.soak_s:
             await self._sleep(cfg.check_interval_s)
             instances = self.launcher.instances()
             now = await self.observer.sample(instances)
             since = max(start, now - cfg.window_s)
-            verdict = analyse(
-                self.observer.window(canary, since, now, instances),
-                before or self.observer.window(baseline, since, now, instances),
-                cfg,
-            )
+            if baseline:
+                rest = self.observer.window(baseline, since, now, instances)
+            else:
+                rest = self.observer.window(canary, since - shift, now - shift, instances)
+            verdict = analyse(self.observer.window(canary, since, now, instances), rest, cfg)
             self.last_verdict = verdict
             outcome = checks.add(verdict)
             await self._record("check", {"verdict": _verdict_dict(verdict)})
