@@ -475,7 +475,7 @@ class RolloutController:
 
     async def _wait_until(self, t: float) -> None:
         """Until clock time ``t``, sampling the partitions every check interval meanwhile
-        (the last step's baseline is the pool before it)."""
+        (the last worker step compares with the samples of a quarter hour before)."""
         every = self.config.analysis.check_interval_s
         while (left := t - self.clock.time()) > 0:
             await self.observer.sample(self.launcher.instances())
