@@ -178,6 +178,7 @@ class RolloutController:
             raise RolloutBusyError(f"another rollout controller ({await self.lock.holder()}) runs")
         stop = asyncio.Event()
         keeper = asyncio.create_task(self._keep_lock(stop), name="rollout-lock")
+        sampler = asyncio.create_task(self._keep_sampling(stop), name="rollout-samples")
         sender = None
         if self.notifier is not None:
             sender = asyncio.create_task(self.notifier.run(stop), name="rollout-alerts")
@@ -201,7 +202,9 @@ class RolloutController:
             if self.notifier is not None:
                 await self.notifier.drain(10.0)
             stop.set()
-            await asyncio.gather(keeper, *([sender] if sender else []), return_exceptions=True)
+            await asyncio.gather(
+                keeper, sampler, *([sender] if sender else []), return_exceptions=True
+            )
             await self.lock.release()
         return self.state
 
@@ -474,12 +477,9 @@ class RolloutController:
     # --- waiting -------------------------------------------------------------------------
 
     async def _wait_until(self, t: float) -> None:
-        """Until clock time ``t``, sampling the partitions every check interval meanwhile
-        (the last worker step compares with the samples of a quarter hour before)."""
-        every = self.config.analysis.check_interval_s
+        """Until clock time ``t`` (an operator's command interrupts)."""
         while (left := t - self.clock.time()) > 0:
-            await self.observer.sample(self.launcher.instances())
-            await self._sleep(min(every, left))
+            await self._sleep(min(self.poll_s, left))
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep on the clock, a poll at a time; an operator's command interrupts."""
@@ -505,6 +505,18 @@ class RolloutController:
             log.warning("rollout: ignored unknown command %r", event)
             return
         raise _Interrupted(event, reason)
+
+    async def _keep_sampling(self, stop: asyncio.Event) -> None:
+        """Sample every check interval whatever the rollout does (starting a process takes
+        minutes of clock time under load): the last worker step's baseline reaches back a
+        quarter hour, to a moment the controller may have been busy."""
+        every = self.config.analysis.check_interval_s
+        while not stop.is_set():
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                await self.observer.sample(self.launcher.instances())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every / self.clock.speed):
+                    await stop.wait()
 
     async def _keep_lock(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
