@@ -6,6 +6,8 @@
       current/worker -> ../0.2.0     the release each role runs (a symlink per role)
       current/edge   -> ../0.1.0
       previous/worker -> ../0.1.0    what `current` pointed to before the last switch
+      instances/03 -> ../0.2.0       one instance's release (a unit ``vpp-worker@03``: the
+                                     rollout runs two versions of a role side by side)
 
 A unit file runs ``ROOT/current/ROLE/venv/bin/vpp ...``; switching a role is one atomic
 ``rename`` of a new symlink over the old, so a restart after the switch starts exactly one
@@ -31,17 +33,21 @@ __all__ = [
     "BootStep",
     "begin_trial",
     "boot_step",
+    "clear_instance",
     "confirm_start",
     "count_start",
     "current_version",
     "failed_versions",
     "installed_versions",
+    "instance_version",
+    "instances",
     "is_version",
     "mark_failed",
     "previous_version",
     "python_of",
     "release_dir",
     "switch_current",
+    "switch_instance",
     "trial_of",
     "version_key",
 ]
@@ -51,6 +57,8 @@ ROLES = ("worker", "dispatcher", "api", "edge")
 MAX_VERSION = 64
 DEFAULT_MAX_STARTS = 3
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+!-]*$")
+_INSTANCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a systemd unit's instance
+INSTANCES = "instances"
 
 
 def is_version(text: str) -> bool:
@@ -145,6 +153,47 @@ def switch_current(root: Path, role: str, version: str) -> str | None:
         _point(root, "previous", role, was)
     _point(root, "current", role, version)
     return was
+
+
+def _check_instance(name: str) -> None:
+    if not _INSTANCE.match(name):
+        raise ValueError(f"{name!r} is not an instance name (letters, digits, . _ -)")
+
+
+def switch_instance(root: Path, name: str, version: str) -> str | None:
+    """Point instance ``name`` (``ROOT/instances/NAME``, what unit ``vpp-ROLE@NAME`` runs)
+    at installed release ``version``, atomically; returns the version it named before."""
+    _check_instance(name)
+    if version not in installed_versions(root):
+        raise FileNotFoundError(f"release {version} is not installed in {root}")
+    was = instance_version(root, name)
+    _point(root, INSTANCES, name, version)
+    return was
+
+
+def instance_version(root: Path, name: str) -> str | None:
+    """The release instance ``name`` runs, or None."""
+    _check_instance(name)
+    link = Path(root) / INSTANCES / name
+    return Path(os.readlink(link)).name if link.is_symlink() else None
+
+
+def clear_instance(root: Path, name: str) -> None:
+    """Remove instance ``name``'s pointer (a stopped instance keeps no release in use)."""
+    _check_instance(name)
+    (Path(root) / INSTANCES / name).unlink(missing_ok=True)
+
+
+def instances(root: Path) -> dict[str, str]:
+    """Every instance pointer: name -> version."""
+    folder = Path(root) / INSTANCES
+    if not folder.is_dir():
+        return {}
+    return {
+        p.name: Path(os.readlink(p)).name
+        for p in sorted(folder.iterdir())
+        if p.is_symlink() and _INSTANCE.match(p.name)
+    }
 
 
 # --- trials: a switch that goes back by itself when the new release never comes up --------

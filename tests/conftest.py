@@ -29,7 +29,7 @@ import redis
 
 from protocols import releases
 from vpp.pki import make_broker_tls
-from vpp.release import history
+from vpp.release import history, store
 from vpp.release.build import Release, build_release, copy_release
 from vpp.services import MosquittoServer, RedisServer
 
@@ -182,10 +182,11 @@ def _working_tree_release(tmp_path_factory: pytest.TempPathFactory) -> Release:
 def release_root(tmp_path: Path, previous_release: Release, _working_tree_release: Release) -> Path:
     """A releases folder of the test's own: N-1 (``previous_release``) and this working tree
     as 0.2.0 installed side by side (copies of the session's builds), and every role's
-    ``current`` pointing at N-1, as in production before N is rolled out."""
+    ``current`` pointing at N-1 (promoted), as in production before N is rolled out."""
     root = tmp_path / "releases"
     copy_release(previous_release, root)
     copy_release(_working_tree_release, root)
-    for role in releases.ROLES:
-        releases.switch_current(root, role, previous_release.version)
+    store.promote(
+        root, previous_release.version, releases.ROLES, who="tests", force_reason="N-1 in a test"
+    )
     return root

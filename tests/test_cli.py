@@ -16,7 +16,7 @@ from .tls_files import EXAMPLE_CONFIG, example_edge_config
 
 runner = CliRunner()
 FIXTURES = Path(__file__).parent / "fixtures" / "protocols" / "v1"
-GROUPS = ["demo", "sim", "edge", "cloud", "trader", "protocol"]
+GROUPS = ["demo", "sim", "edge", "cloud", "trader", "protocol", "release"]
 
 
 def test_vpp_help_lists_the_groups():

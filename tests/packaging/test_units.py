@@ -44,17 +44,23 @@ def test_every_unit_in_the_folder_is_verified() -> None:
 def unit_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A root for `systemd-analyze verify --root`: the machine's own system units (the
     targets ours need), ours in /etc/systemd/system, and an executable where ExecStart looks
-    (verify checks it exists; the package or the cloud install puts the real one there)."""
+    (verify checks it exists): the gateway's venv, and a cloud release behind the pointers
+    the cloud's units run (`vpp release promote`, the launcher's instances/NN)."""
     root = tmp_path_factory.mktemp("root")
     shutil.copytree(SYSTEM_UNITS, root / "lib/systemd/system", symlinks=True)
     shutil.copytree(UNITS, root / "etc/systemd/system", ignore=shutil.ignore_patterns("*.env"))
-    # the cloud's units run /opt/vpp's venv; the edge's, the release current/edge points at,
-    # after the boot guard run by Debian's python3
-    for path in ("opt/vpp/venv/bin/vpp", "var/lib/vpp/releases/current/edge/venv/bin/vpp"):
-        vpp = root / path
+    # the cloud's units run the releases' pointers (current/ROLE, instances/NN for worker
+    # NN); the edge's, the release current/edge points at, after the boot guard run by
+    # Debian's python3
+    releases = "var/lib/vpp/releases"
+    for where in ("opt/vpp", f"{releases}/0.2.0"):  # the gateway package's venv, a release
+        vpp = root / where / "venv/bin/vpp"
         vpp.parent.mkdir(parents=True)
         vpp.write_text("#!/bin/sh\n")
         vpp.chmod(0o755)
+    for pointer in ("current/dispatcher", "current/api", "current/edge", "instances/01"):
+        (root / releases / pointer).parent.mkdir(parents=True, exist_ok=True)
+        (root / releases / pointer).symlink_to("../0.2.0")
     python = root / "usr/bin/python3"
     python.parent.mkdir(parents=True, exist_ok=True)
     python.write_text("#!/bin/sh\n")
@@ -105,9 +111,18 @@ def test_each_unit_is_hardened_and_watched(unit: str, key: str, value: str) -> N
             "vpp-edge.service",
             "/var/lib/vpp/releases/current/edge/venv/bin/vpp edge run --config /etc/vpp/edge.toml",
         ),
-        ("vpp-worker@.service", "/opt/vpp/venv/bin/vpp cloud run --role worker"),
-        ("vpp-dispatcher.service", "/opt/vpp/venv/bin/vpp cloud run --role dispatcher"),
-        ("vpp-api.service", "/opt/vpp/venv/bin/vpp cloud run --role api"),
+        (
+            "vpp-worker@.service",
+            "/var/lib/vpp/releases/instances/%i/venv/bin/vpp cloud run --role worker",
+        ),
+        (
+            "vpp-dispatcher.service",
+            "/var/lib/vpp/releases/current/dispatcher/venv/bin/vpp cloud run --role dispatcher",
+        ),
+        (
+            "vpp-api.service",
+            "/var/lib/vpp/releases/current/api/venv/bin/vpp cloud run --role api",
+        ),
     ],
 )
 def test_the_command_line_holds_no_secret(unit: str, command: str) -> None:

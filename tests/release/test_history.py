@@ -94,20 +94,47 @@ def test_no_releases_file(tmp_path: Path) -> None:
         previous_release(repo)
 
 
-def _reported_version(python: Path) -> str:
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _runs(python: Path) -> tuple[str, str]:
+    """The version a release's interpreter reports and where its code comes from, started
+    in the source tree's folder (which ``-c``/``-m`` would put first on the path)."""
     out = subprocess.run(
-        [str(python), "-c", "from protocols.version import VERSION; print(VERSION)"],
+        [
+            str(python),
+            "-c",
+            "import cloud, protocols.version as v; print(v.VERSION, cloud.__file__)",
+        ],
         capture_output=True,
         text=True,
         check=True,
         env=release_env(),
+        cwd=REPO,
     )
-    return out.stdout.strip()
+    version, where = out.stdout.split()
+    return version, where
 
 
 def test_release_root_holds_n_minus_1_and_n(release_root: Path) -> None:
-    """Each release runs its own code (not the tree on PYTHONPATH); N-1 is current."""
+    """Each release runs its own code (not the tree on PYTHONPATH nor in the working
+    directory); N-1 is current."""
     assert releases.installed_versions(release_root) == ["0.1.0", "0.2.0"]
     assert {releases.current_version(release_root, r) for r in releases.ROLES} == {"0.1.0"}
     for version in ("0.1.0", "0.2.0"):
-        assert _reported_version(releases.python_of(release_root, version)) == version
+        python = releases.python_of(release_root, version)
+        reported, where = _runs(python)
+        assert reported == version
+        assert Path(where).is_relative_to(release_root / version / "venv")
+
+
+def test_a_release_role_process_runs_the_release_code(tmp_path: Path) -> None:
+    """`python -m vpp` from a release must not import the caller's working tree."""
+    from vpp.services import RoleProcess
+
+    python = tmp_path / "venv" / "bin" / "python"
+    proc = RoleProcess("worker-1", "worker", [], {}, tmp_path, port=1, python=python)
+    env = proc._env()
+    assert env is not None
+    assert env["PYTHONSAFEPATH"] == "1"
+    assert "PYTHONPATH" not in env

@@ -70,6 +70,19 @@ PathType = click.Path(path_type=Path)
     "partition (0..7); written into the registry as `vpp cloud flags set` does, actor "
     "'demo'. E.g. --flag edge.telemetry_by_exception=true.",
 )
+@click.option(
+    "--release",
+    help="Run the cloud's roles from this installed release (`vpp release list`) instead of "
+    "this code; the fleet, edge agents and trader stay in this process.",
+)
+@click.option(
+    "--releases-dir",
+    type=PathType,
+    envvar="VPP_RELEASES_DIR",
+    show_envvar=True,
+    default="/var/lib/vpp/releases",
+    help="The releases folder of --release.",
+)
 @click.option("--no-live", is_flag=True, help="No progress line.")
 @click.option(
     "--history-days",
@@ -96,6 +109,8 @@ def demo(
     secure: bool,
     alert_webhook_url: str | None,
     flags: tuple[str, ...],
+    release: str | None,
+    releases_dir: Path,
     no_live: bool,
     history_days: float,
     verbose: bool,
@@ -130,6 +145,8 @@ def demo(
             secure=secure,
             alert_webhook_url=alert_webhook_url,
             flags=flags,
+            release=release,
+            releases_dir=releases_dir,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

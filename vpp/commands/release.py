@@ -218,3 +218,125 @@ def remove(version: str, root: Path, reason: str) -> None:
     except (store.StoreError, ValueError) as exc:
         raise _fail(str(exc)) from None
     click.echo(f"removed {version}")
+
+
+@app.command()
+@click.argument("version")
+@root_option
+@click.option("--runs", type=click.IntRange(1, 100), default=3, help="Green runs in a row needed.")
+@click.option(
+    "--baseline-runs",
+    type=click.IntRange(1, 30),
+    default=3,
+    help="Runs of the current release to compare with (made first when missing).",
+)
+@click.option("--hours", type=click.FloatRange(0.25, 24 * 31), default=1.0, help="Each run's span.")
+@click.option("--sites", type=click.IntRange(1, 2000), default=10, help="Simulated sites.")
+@click.option("--speed", type=click.FloatRange(1, 1000), default=12.0, help="Sim s per wall s.")
+@click.option("--start", help="Simulated start, ISO 8601 (default: the price day, 09:00 UTC).")
+@click.option("--seed", type=int, default=1, help="The first run's seed (run i: seed + i).")
+@click.option("--history-days", type=click.FloatRange(0, 30), default=10.0, help="The sites' past.")
+@click.option("--out", type=PathType, help="Runs' folders (default: ROOT/soaks/VERSION-TIME).")
+@click.option("--verbose", "-v", is_flag=True)
+def soak(
+    version: str,
+    root: Path,
+    runs: int,
+    baseline_runs: int,
+    hours: float,
+    sites: int,
+    speed: float,
+    start: str | None,
+    seed: int,
+    history_days: float,
+    out: Path | None,
+    verbose: bool,
+) -> None:
+    """Soak VERSION in the continuous end-to-end environment (the demo, the cloud's roles
+    from the release) against the current release's recent runs: --runs green in a row make
+    it `soaked`, a regression makes it `rejected` (exit 1) with the alert that says why."""
+    import logging
+
+    from protocols.logs import configure_logging
+    from protocols.units import from_iso8601
+    from vpp.cli import missing_for
+    from vpp.release.soak import Conditions
+    from vpp.release.soak import soak as run_soak
+
+    missing = missing_for("demo")
+    if missing:
+        raise _fail(f"soak runs the demo: pip install 'vpp[demo]' ({', '.join(missing)})", 2)
+    configure_logging(verbose)
+    if not verbose:
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    try:
+        t0 = from_iso8601(start) if start else None
+    except ValueError as exc:
+        raise _fail(f"--start {start!r}: {exc}") from None
+    conditions = Conditions(
+        sites=sites, hours=hours, speed=speed, start=t0, history_days=history_days
+    )
+    try:
+        outcome = run_soak(
+            root,
+            version,
+            runs=runs,
+            baseline_runs=baseline_runs,
+            seed=seed,
+            conditions=conditions,
+            out=out,
+            echo=click.echo,
+            who=store.actor(),
+        )
+    except (store.StoreError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if outcome.interrupted:
+        raise _fail(f"soak of {version} interrupted: status left {outcome.status}", 130)
+    if outcome.status == "rejected":
+        red = outcome.verdicts[-1]
+        click.echo(f"REJECTED {version}: {red.why}")
+        if red.alert is not None:
+            click.echo(json.dumps(red.alert, indent=2))
+        raise SystemExit(1)
+    click.echo(f"{version} soaked: {runs} green run(s) in a row against {outcome.against}")
+
+
+@app.command()
+@click.argument("version")
+@root_option
+@click.option("--by", "by", required=True, help="Who approves (kept in the history).")
+@click.option("--reason", default="", help="Why (kept in the history).")
+def approve(version: str, root: Path, by: str, reason: str) -> None:
+    """Approve a soaked release for promotion (the manual gate)."""
+    try:
+        with store.locked(root):
+            release = store.load(root, version)
+            if release.status != "soaked":
+                raise _fail(
+                    f"release {version} is {release.status}: only a soaked release (green soak "
+                    "runs in a row, vpp release soak) can be approved",
+                    2,
+                )
+            store.record(root, version, by, "approve", reason, status="approved")
+    except (store.StoreError, ValueError) as exc:
+        raise _fail(str(exc), 2) from None
+    click.echo(f"approved {version} (by {by})")
+
+
+@app.command()
+@click.argument("name")
+@click.argument("version", required=False)
+@root_option
+def instance(name: str, version: str | None, root: Path) -> None:
+    """Point instance NAME (unit vpp-worker@NAME runs ROOT/instances/NAME) at VERSION, or
+    print the release it names. The rollout's systemd launcher does this itself; an operator
+    does it once for the first install."""
+    try:
+        if version is None:
+            click.echo(releases.instance_version(root, name) or "-")
+            return
+        was = releases.switch_instance(root, name, version)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    store.record(root, version, store.actor(), "instance", f"{name} (was {was or 'none'})")
+    click.echo(f"instance {name}: {was or 'none'} -> {version}")

@@ -69,6 +69,7 @@ from firmware_sim.fleet import site_id_for
 from protocols.clock import SimClock, WallClock
 from protocols.flags import Override
 from protocols.messages import PartitionSignal
+from protocols.releases import DEFAULT_ROOT, installed_versions, python_of
 from protocols.units import SETTLEMENT_INTERVAL_S, to_iso8601
 from vpp.demo.faults import FaultDriver, check_fault, check_steps
 from vpp.demo.flags import parse_flags
@@ -134,6 +135,10 @@ class DemoOptions:
     # feature flags for the run, as `--flag` gives them (vpp.demo.flags): set in the
     # registry before the cloud starts, audited with the actor "demo"
     flags: tuple[str, ...] = ()
+    # the cloud's roles from this installed release (`vpp release`) instead of this code: the
+    # staging gate's soak; the fleet, the edge agents and the trader stay in this process
+    release: str | None = None
+    releases_dir: Path = DEFAULT_ROOT
 
     def __post_init__(self) -> None:
         # absolute: the services (Mosquitto, Redis) run with their own work dirs as cwd
@@ -168,6 +173,22 @@ class DemoOptions:
                 raise ValueError(f"--secure: {exc}") from None
         self.flags = tuple(self.flags)
         self.overrides()  # refuses an unknown flag or a bad value before anything starts
+        self.releases_dir = Path(self.releases_dir).resolve()
+        if self.release is not None and self.cloud_python() is None:
+            raise ValueError(
+                f"--release {self.release}: not installed in {self.releases_dir} (vpp release list)"
+            )
+
+    def cloud_python(self) -> Path | None:
+        """The interpreter the cloud's roles run from: the release's (None: this one's, and
+        also None for a release that is not installed)."""
+        if self.release is None:
+            return None
+        try:
+            installed = self.release in installed_versions(self.releases_dir)
+        except OSError:
+            return None
+        return python_of(self.releases_dir, self.release) if installed else None
 
     def overrides(self) -> tuple[Override, ...]:
         """The run's flag overrides, checked (ValueError, one line, for a bad one)."""
@@ -333,6 +354,12 @@ class Demo:
             secure=o.secure,
             flags=o.overrides(),
             flags_actor="demo",
+            # the soak's candidate: every cloud process from the release's interpreter
+            role_python=(
+                {role: str(py) for role in ("api", "worker", "dispatcher")}
+                if (py := o.cloud_python()) is not None
+                else {}
+            ),
         )
 
     def _timing(self) -> dict[str, float]:
@@ -440,6 +467,7 @@ class Demo:
                             scenario_description=self.scenario.description,
                             secure=o.secure,
                             flags=list(o.flags),
+                            release=o.release,
                         )
                         self.trader = VirtualTrader(
                             system.api_url,

@@ -44,6 +44,7 @@ __all__ = [
     "install_wheel",
     "release_env",
     "source_tree",
+    "wheel_version",
     "write_atomic",
 ]
 

@@ -112,22 +112,26 @@ def all_releases(root: Path) -> list[Release]:
 
 @dataclass(frozen=True)
 class Pointers:
-    """Which roles' ``current`` and ``previous`` name a release."""
+    """Which roles' ``current`` and ``previous``, and which instances, name a release."""
 
     current: tuple[str, ...] = ()
     previous: tuple[str, ...] = ()
+    instances: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         parts = [f"current:{','.join(self.current)}"] if self.current else []
         parts += [f"previous:{','.join(self.previous)}"] if self.previous else []
+        parts += [f"instances:{','.join(self.instances)}"] if self.instances else []
         return " ".join(parts) or "-"
 
 
 def pointers(root: Path, version: str) -> Pointers:
-    """The roles whose current or previous pointer is ``version``."""
+    """The roles whose current or previous pointer, and the instances, naming ``version``:
+    a release any of them names is in use (never retired nor removed)."""
     return Pointers(
         current=tuple(r for r in releases.ROLES if releases.current_version(root, r) == version),
         previous=tuple(r for r in releases.ROLES if releases.previous_version(root, r) == version),
+        instances=tuple(n for n, v in releases.instances(root).items() if v == version),
     )
 
 
