@@ -1265,12 +1265,8 @@ async def _rollout_main(
 
 def _launcher(kind: str, root: Path, cloud_config: Path, clk: Any) -> Any:
     if kind == "systemd":
-        try:
-            from vpp.release.systemd import SystemdLauncher  # type: ignore[import-not-found]
-        except ImportError:
-            raise _bad(
-                "the systemd launcher is not in this release: use --launcher process"
-            ) from None
+        from vpp.release.systemd import SystemdLauncher
+
         return SystemdLauncher(root)
     from vpp.release.launch import ProcessLauncher
 
