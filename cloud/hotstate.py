@@ -28,6 +28,9 @@ Keys (``{p}`` partition, ``{pool}`` pool id, ``{site}`` site id)::
     vpp:partition-health         hash    partition -> PartitionHealth JSON (owner, each cycle)
     vpp:dispatch:{pool}:partitions string DispatchPartitionsRecord JSON: each partition's share
                                          of the pool target, its delivery, signal and ack
+    vpp:rollout:state            string  the rollout controller's live state (JSON)
+    vpp:rollout:command          string  an operator's command to the running controller (JSON)
+    vpp:rollout:lock             string  the rollout controller's lock holder
 
 Aggregates carry their own timestamps; a reader treats an aggregate older than a few worker
 cycles as missing (its worker died and nobody has picked the partition up yet).
@@ -46,7 +49,10 @@ from typing import Any
 __all__ = [
     "DURATIONS_S",
     "PARTITION_HEALTH_KEY",
+    "ROLLOUT_COMMAND_KEY",
+    "ROLLOUT_LOCK_KEY",
     "ROLLOUT_PARTITIONS_KEY",
+    "ROLLOUT_STATE_KEY",
     "SITE_POOLS_KEY",
     "SITE_POOLS_REV_KEY",
     "DeliveryRecord",
@@ -94,6 +100,15 @@ PARTITION_HEALTH_KEY = f"{PREFIX}:partition-health"
 
 #: The durations (seconds) for which aggregates state how much power can be sustained.
 DURATIONS_S: tuple[int, ...] = (900, 3600, 14400)
+
+#: The rollout controller's live state (JSON: phase, step, partitions on the new version,
+#: hand-over gaps), for operators and ``GET /v1/admin/rollout``.
+ROLLOUT_STATE_KEY = f"{PREFIX}:rollout:state"
+#: An operator's command to the running controller (JSON ``{"command", "reason"}``), taken
+#: with GETDEL: rollback, resume or abort.
+ROLLOUT_COMMAND_KEY = f"{PREFIX}:rollout:command"
+#: The rollout controller's lock (:class:`cloud.locks.LeaderLock`): one rollout at a time.
+ROLLOUT_LOCK_KEY = f"{PREFIX}:rollout:lock"
 
 
 def lease_key(partition: int) -> str:

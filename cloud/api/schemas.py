@@ -814,3 +814,29 @@ class AdminAlertsOut(BaseModel):
         "oldest first."
     )
     rules: list[AlertRuleOut]
+
+
+class RolloutEventOut(BaseModel):
+    at: DateTimeText
+    step: int = Field(description="Index of the step in the rollout's plan.")
+    event: str = Field(description="begin, started, handed_over, check, pass, fail, ...")
+    detail: dict[str, Any] = Field(description="The event's figures (gaps, a verdict).")
+
+
+class AdminRolloutOut(BaseModel):
+    id: int
+    version: str = Field(description="The release rolled out.")
+    from_version: str = Field(description="The release it replaces.")
+    state: str = Field(
+        description="pending, starting, handing_over, analysing, passed, "
+        "paused, rolling_back, complete, rolled_back or aborted."
+    )
+    step: int
+    outcome: str = Field(description="complete, failed, rolled_back, aborted; empty while live.")
+    reason: str = Field(description="Why it failed, paused or was stopped.")
+    started_at: DateTimeText
+    updated_at: DateTimeText
+    live: dict[str, Any] | None = Field(
+        description="The controller's live state in Redis (null: none written or Redis away)."
+    )
+    events: list[RolloutEventOut] = Field(description="Every event, oldest first.")

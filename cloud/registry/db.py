@@ -815,6 +815,87 @@ class Registry:
         assert cur.lastrowid is not None
         return FlagChange(cur.lastrowid, now, actor, action, name, scope, target, old, new, reason)
 
+    # --- rollouts (cloud.rollout.controller) ---------------------------------------------
+
+    _ROLLOUT_COLUMNS = (
+        "id, version, from_version, state, step, started_ts, updated_ts, outcome, reason, config"
+    )
+
+    def create_rollout(self, version: str, from_version: str, config: dict[str, Any]) -> int:
+        """Record a new rollout (phase ``pending``); its id. ValueError when another one is
+        still live (one rollout at a time, also across controller restarts)."""
+        with self._write() as conn:
+            live = conn.execute(
+                "SELECT id, version, state FROM rollouts WHERE state NOT IN"
+                " ('complete', 'rolled_back', 'aborted') ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            if live is not None:
+                raise ValueError(
+                    f"rollout {live[0]} of {live[1]} is still {live[2]}: "
+                    "resume, roll back or abort it first"
+                )
+            now = self.clock.time()
+            cur = conn.execute(
+                "INSERT INTO rollouts (version, from_version, state, step, started_ts,"
+                " updated_ts, config) VALUES (?, ?, 'pending', 0, ?, ?, ?)",
+                (version, from_version, now, now, json.dumps(config, sort_keys=True)),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def update_rollout(
+        self,
+        rollout_id: int,
+        *,
+        state: str,
+        step: int,
+        outcome: str,
+        reason: str,
+        event: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """A transition: the rollout's row and one event, in one transaction."""
+        now = self.clock.time()
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE rollouts SET state = ?, step = ?, outcome = ?, reason = ?,"
+                " updated_ts = ? WHERE id = ?",
+                (state, step, outcome, reason, now, rollout_id),
+            )
+            conn.execute(
+                "INSERT INTO rollout_events (rollout_id, ts, step, event, detail)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (rollout_id, now, step, event, json.dumps(detail or {}, sort_keys=True)),
+            )
+
+    def get_rollout(self, rollout_id: int | None = None) -> dict[str, Any] | None:
+        """Rollout ``rollout_id`` (default: the latest) as a dict, or None."""
+        sql = f"SELECT {self._ROLLOUT_COLUMNS} FROM rollouts"
+        args: tuple[Any, ...] = ()
+        if rollout_id is None:
+            sql += " ORDER BY id DESC LIMIT 1"
+        else:
+            sql += " WHERE id = ?"
+            args = (rollout_id,)
+        row = self._reader().execute(sql, args).fetchone()
+        if row is None:
+            return None
+        names = [c.strip() for c in self._ROLLOUT_COLUMNS.split(",")]
+        out = dict(zip(names, row, strict=True))
+        out["config"] = json.loads(out["config"])
+        return out
+
+    def rollout_events(self, rollout_id: int) -> list[dict[str, Any]]:
+        """A rollout's events, oldest first."""
+        rows = self._reader().execute(
+            "SELECT ts, step, event, detail FROM rollout_events WHERE rollout_id = ? ORDER BY seq",
+            (rollout_id,),
+        )
+        return [
+            {"ts": ts, "step": step, "event": event, "detail": json.loads(detail)}
+            for ts, step, event, detail in rows
+        ]
+
     # --- schedules -----------------------------------------------------------------------
 
     def add_schedule(

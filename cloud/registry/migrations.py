@@ -57,6 +57,14 @@ for none, and the reason). The settings ``flags_rev`` (bumped with every change:
 dispatcher republishes configs when it moves) and ``environment`` (this deployment's name for
 ``environment`` overrides; ``production`` when unset) live in ``settings``.
 
+``m006_rollouts`` (release 6, expand): the rollout controller's record (``vpp cloud rollout``).
+New tables only, so a release-5 process never reads them. ``rollouts``: one row per rollout
+(the version it rolls out and the one it replaces, its phase and step, its outcome and why,
+and its config as JSON), updated at every transition so a restarted controller continues where
+the last one stood; ``rollout_events``: every transition, append-only (step, event, and the
+figures of the moment as JSON: hand-over gaps, the analysis's verdict). The live state is also
+in Redis (``vpp:rollout:state``) for the API and operators; these tables are what survives.
+
 Every expand migration has a **rollback** (:data:`ROLLBACKS`, ``vpp cloud migrate --rollback
 NAME``, the newest applied only) that removes exactly what it added - tables, columns, indexes,
 the settings rows its release's code writes - and its record, so it can be applied again
@@ -308,6 +316,34 @@ def m005_flags(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX flag_audit_flag ON flag_audit(flag, seq)")
 
 
+@MIGRATIONS()
+def m006_rollouts(db: sqlite_utils.Database) -> None:
+    """Release 6, expand: the rollouts and their events (new tables)."""
+    db.execute(
+        "CREATE TABLE rollouts ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " version TEXT NOT NULL,"
+        " from_version TEXT NOT NULL,"
+        " state TEXT NOT NULL,"
+        " step INTEGER NOT NULL DEFAULT 0,"
+        " started_ts REAL NOT NULL,"
+        " updated_ts REAL NOT NULL,"
+        " outcome TEXT NOT NULL DEFAULT '',"
+        " reason TEXT NOT NULL DEFAULT '',"
+        " config TEXT NOT NULL DEFAULT '{}')"
+    )
+    db.execute(
+        "CREATE TABLE rollout_events ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " rollout_id INTEGER NOT NULL REFERENCES rollouts(id),"
+        " ts REAL NOT NULL,"
+        " step INTEGER NOT NULL,"
+        " event TEXT NOT NULL,"
+        " detail TEXT NOT NULL DEFAULT '{}')"
+    )
+    db.execute("CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, seq)")
+
+
 # --- rollbacks: each expand migration's exact inverse ----------------------------------------
 
 ROLLBACKS: dict[str, Callable[[sqlite_utils.Database], None]] = {}
@@ -373,6 +409,13 @@ def _undo_m005(db: sqlite_utils.Database) -> None:
     db.execute("DROP TABLE flag_overrides")
     db.execute("DELETE FROM settings WHERE key IN ('flags_rev', 'environment')")
     db.execute("DELETE FROM sqlite_sequence WHERE name = 'flag_audit'")
+
+
+@rollback_of("m006_rollouts")
+def _undo_m006(db: sqlite_utils.Database) -> None:
+    db.execute("DROP TABLE rollout_events")
+    db.execute("DROP TABLE rollouts")
+    db.execute("DELETE FROM sqlite_sequence WHERE name IN ('rollouts', 'rollout_events')")
 
 
 # --- contract steps ------------------------------------------------------------------------

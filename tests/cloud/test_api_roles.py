@@ -28,6 +28,7 @@ ADMIN = [
     ("POST", "/v1/admin/keys/0123456789ab/revoke", None),
     ("GET", "/v1/admin/pools", None),
     ("GET", "/v1/admin/alerts", None),
+    ("GET", "/v1/admin/rollout", None),
     ("GET", "/v1/admin/pools/north/sites", None),
     ("GET", "/v1/admin/flags", None),
     ("GET", "/v1/admin/flags/history", None),
@@ -146,6 +147,32 @@ async def test_the_operator_sees_every_pool_and_its_state(api: Api) -> None:
     assert [(s["site_id"], s["status"]) for s in r.json()["sites"]] == [("s-1", "unknown")]
     r = await api.client.get("/v1/admin/pools/nowhere/sites", headers=admin)
     assert (r.status_code, r.json()["reason"]) == (404, "not_found")
+
+
+async def test_the_operator_reads_the_latest_rollout(api: Api) -> None:
+    admin = api.auth("admin")
+    r = await api.client.get("/v1/admin/rollout", headers=admin)
+    assert (r.status_code, r.json()["reason"], r.json()["detail"]) == (
+        404,
+        "not_found",
+        "no rollout yet",
+    )
+    rid = api.registry.create_rollout("0.2.1", "0.2.0", {"steps": ["1", "100%"]})
+    api.registry.update_rollout(
+        rid, state="paused", step=0, outcome="", reason="no dispatch", event="inconclusive"
+    )
+    api.redis.set("vpp:rollout:state", json.dumps({"id": rid, "phase": "paused"}))
+    r = await api.client.get("/v1/admin/rollout", headers=admin)
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["version"], body["from_version"], body["state"], body["reason"]) == (
+        "0.2.1",
+        "0.2.0",
+        "paused",
+        "no dispatch",
+    )
+    assert body["live"] == {"id": rid, "phase": "paused"}
+    assert [(e["step"], e["event"]) for e in body["events"]] == [(0, "inconclusive")]
 
 
 # --- the write limit ----------------------------------------------------------------------------

@@ -43,6 +43,8 @@ TABLES = {
     "claims",
     "flag_overrides",
     "flag_audit",
+    "rollouts",
+    "rollout_events",
 }
 
 # --- release 1's queries, as its code ran them (frozen here: never edit, only add releases) ---
@@ -376,7 +378,40 @@ RELEASE_4_QUERIES: list[Query] = [
     ),
 ]
 
-PREVIOUS_RELEASE_QUERIES = RELEASE_4_QUERIES
+RELEASE_5_QUERIES: list[Query] = [
+    *RELEASE_4_QUERIES,
+    (
+        "set_flag",
+        "INSERT INTO flag_overrides (flag, scope, target, value_json, percent, updated_ts,"
+        " updated_by) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(flag, scope, target) DO UPDATE"
+        " SET value_json = excluded.value_json, percent = excluded.percent,"
+        " updated_ts = excluded.updated_ts, updated_by = excluded.updated_by",
+        ("edge.telemetry_by_exception", "pool", "P1", "true", 50.0, T0 + 130, "ops"),
+    ),
+    (
+        "audit_flag",
+        "INSERT INTO flag_audit (ts, actor, action, flag, scope, target, old_json, new_json,"
+        " reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            T0 + 130,
+            "ops",
+            "set",
+            "edge.telemetry_by_exception",
+            "pool",
+            "P1",
+            None,
+            '{"percent": 50.0, "value": true}',
+            "canary",
+        ),
+    ),
+    (
+        "flag_overrides",
+        "SELECT flag, scope, target, value_json, percent FROM flag_overrides ORDER BY flag",
+        (),
+    ),
+]
+
+PREVIOUS_RELEASE_QUERIES = RELEASE_5_QUERIES
 """The release before the newest: its processes still run during a rolling update."""
 
 
@@ -394,6 +429,7 @@ SHAPE_WRITERS: dict[str, Callable[[sqlite3.Connection], object]] = {
     "m002_key_use_and_schedule_ends": lambda conn: run_queries(conn, RELEASE_2_QUERIES),
     "m003_key_roles": lambda conn: run_queries(conn, RELEASE_3_QUERIES),
     "m004_claims": lambda conn: run_queries(conn, RELEASE_4_QUERIES),
+    "m005_flags": lambda conn: run_queries(conn, RELEASE_5_QUERIES),
 }
 """For each migration but the newest: writes data as the release ending with it did."""
 

@@ -1065,6 +1065,229 @@ def run(
         raise SystemExit(2) from None
 
 
+# --- rollout --------------------------------------------------------------------------------
+
+
+def _bad(message: str) -> SystemExit:
+    """Bad input to a rollout: one line, exit 2, nothing changed."""
+    click.echo(f"error: {message}", err=True)
+    return SystemExit(2)
+
+
+@app.command("rollout")
+@click.argument("version", required=False)
+@click.option(
+    "--config",
+    "rollout_config",
+    type=PathType,
+    help="Rollout config (TOML; default: the built-in defaults, as packaging/rollout.toml).",
+)
+@click.option(
+    "--cloud-config",
+    type=PathType,
+    envvar="VPP_CLOUD_CONFIG",
+    show_envvar=True,
+    required=True,
+    help='The cloud\'s TOML file (its "cloud" table): broker, Redis, registry, partitions.',
+)
+@click.option(
+    "--releases-dir",
+    type=PathType,
+    envvar="VPP_RELEASES_DIR",
+    show_envvar=True,
+    default="/var/lib/vpp/releases",
+    show_default=True,
+)
+@click.option(
+    "--launcher",
+    "launcher_kind",
+    type=click.Choice(["process", "systemd"]),
+    default="systemd",
+    show_default=True,
+    help="How role instances run: systemd units, or child processes of this command.",
+)
+@click.option("--from-version", help="The release being replaced (default: current worker).")
+@click.option("--status", "show_status", is_flag=True, help="Show the latest rollout.")
+@click.option("--rollback", is_flag=True, help="Hand every partition back to the old release.")
+@click.option("--resume", is_flag=True, help="Resume a paused rollout (a fresh analysis).")
+@click.option("--abort", is_flag=True, help="Stop the rollout where it stands.")
+@click.option("--reason", default="", help="Why (recorded with --rollback/--abort).")
+@click.option("--json", "as_json", is_flag=True, help="--status as JSON.")
+@click.option("--clock", envvar="VPP_CLOCK", show_envvar=True, help="Clock spec (default wall).")
+def rollout(
+    version: str | None,
+    rollout_config: Path | None,
+    cloud_config: Path,
+    releases_dir: Path,
+    launcher_kind: str,
+    from_version: str | None,
+    show_status: bool,
+    rollback: bool,
+    resume: bool,
+    abort: bool,
+    reason: str,
+    as_json: bool,
+    clock: str | None,
+) -> None:
+    """Roll release VERSION out partition group by group (in the foreground: each step and
+    its figures are printed), or act on the latest rollout (--status, --rollback, --resume,
+    --abort: given to the running controller, or run here when none runs)."""
+    import asyncio
+
+    from cloud.rollout.config import RolloutConfigError, load_config
+    from cloud.runner import load_settings
+    from protocols.clock import clock_from_spec
+    from vpp.release.rollout import RolloutRequestError, check_request
+
+    commands = [n for n, on in (("rollback", rollback), ("resume", resume), ("abort", abort)) if on]
+    if len(commands) + show_status > 1:
+        raise _bad("give at most one of --status, --rollback, --resume, --abort")
+    if (version is None) == (not commands and not show_status):
+        raise _bad("give a VERSION to roll out, or one of --status, --rollback, --resume, --abort")
+    try:
+        settings = load_settings(cloud_config, {})
+        config = load_config(rollout_config)
+        clk = clock_from_spec(clock)
+        from_v = check_request(releases_dir, version, from_version) if version else None
+    except (RolloutConfigError, RolloutRequestError, ValueError, OSError) as exc:
+        raise _bad(str(exc)) from None
+    command = commands[0] if commands else None
+    code = asyncio.run(
+        _rollout_main(
+            settings,
+            config,
+            clk,
+            releases_dir,
+            launcher_kind,
+            cloud_config,
+            version=version,
+            from_version=from_v,
+            command=command,
+            reason=reason,
+            show_status=show_status,
+            as_json=as_json,
+        )
+    )
+    raise SystemExit(code)
+
+
+async def _rollout_main(
+    settings: Any,
+    config: Any,
+    clk: Any,
+    root: Path,
+    launcher_kind: str,
+    cloud_config: Path,
+    *,
+    version: str | None,
+    from_version: str | None,
+    command: str | None,
+    reason: str,
+    show_status: bool,
+    as_json: bool,
+) -> int:
+    import redis.asyncio as aioredis
+
+    from cloud.registry import Registry
+    from cloud.rollout.controller import RolloutBusyError
+    from vpp.release.rollout import build_controller, send_command, status
+
+    redis = aioredis.from_url(settings.redis_connect_url())
+    registry = Registry(settings.db, clk)
+    launcher: Any = None
+    try:
+        if show_status:
+            st = await status(redis, registry)
+            if as_json:
+                click.echo(json.dumps(st, indent=2))
+            elif st is None:
+                click.echo("no rollout yet")
+            else:
+                why = " ".join(x for x in (st["outcome"], st["reason"]) if x)
+                click.echo(
+                    f"rollout {st['id']}: {st['from_version']} -> {st['version']}: {st['state']}"
+                    f" at step {st['step']}" + (f" ({why})" if why else "")
+                )
+                for e in st["events"][-10:]:
+                    click.echo(f"  {e['ts']:.0f} step {e['step']} {e['event']}")
+            return 0
+        if command is not None and await send_command(redis, command, reason):
+            click.echo(f"{command}: given to the running rollout controller")
+            return 0
+        if command is not None:
+            record = registry.get_rollout()
+            if record is None or record["state"] in ("complete", "rolled_back", "aborted"):
+                click.echo(f"error: no live rollout to {command}", err=True)
+                return 2
+            version, from_version = record["version"], record["from_version"]
+        assert version is not None
+        assert from_version is not None
+        launcher = _launcher(launcher_kind, root, cloud_config, clk)
+        controller = build_controller(
+            settings,
+            config,
+            clk,
+            launcher,
+            redis,
+            registry,
+            version=version,
+            from_version=from_version,
+            root=root,
+            on_event=lambda event, detail: click.echo(_event_line(event, detail)),
+        )
+        if command is None:
+            try:
+                controller.begin()
+            except ValueError as exc:
+                click.echo(f"error: {exc}", err=True)
+                return 2
+        else:
+            controller.adopt(registry.get_rollout())  # type: ignore[arg-type]
+        try:
+            end = await controller.run(command)  # type: ignore[arg-type]
+        except RolloutBusyError as exc:
+            click.echo(f"error: {exc}", err=True)
+            return 2
+        click.echo(
+            f"rollout {controller.rollout_id} of {version}: {end.phase} {end.reason}".rstrip()
+        )
+        return (
+            0
+            if end.phase in ("complete", "rolled_back", "aborted") and end.outcome != "failed"
+            else 1
+        )
+    finally:
+        if launcher is not None and hasattr(launcher, "aclose"):
+            await launcher.aclose()
+        registry.close()
+        await redis.aclose()
+
+
+def _launcher(kind: str, root: Path, cloud_config: Path, clk: Any) -> Any:
+    if kind == "systemd":
+        from vpp.release.systemd import SystemdLauncher
+
+        return SystemdLauncher(root)
+    from vpp.release.launch import ProcessLauncher
+
+    env = {"VPP_CLOCK": clk.spec()}
+    return ProcessLauncher(root, ["--config", str(cloud_config)], env, root / "logs")
+
+
+def _event_line(event: str, detail: dict[str, Any]) -> str:
+    """One printed line per event, with its figures."""
+    line = f"{event:>14}  {detail.get('phase', ''):<13} step {detail.get('step_name', '')}"
+    if "gaps_s" in detail:
+        gaps = [g for g in detail["gaps_s"].values() if g is not None]
+        line += f"  hand-over gaps {', '.join(f'{g:.2f}' for g in gaps) or '-'} s"
+    if "verdict" in detail:
+        v = detail["verdict"]
+        line += f"  {v['outcome']}: {v['reason']}"
+    if "took_s" in detail:
+        line += f"  took {detail['took_s']:.0f} s"
+    return line
+
+
 # --- edge rings ------------------------------------------------------------------------------
 
 

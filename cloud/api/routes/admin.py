@@ -1,5 +1,5 @@
-"""The operator's endpoints (tag ``admin``): API keys, pools and sites with their state, and
-the alerts (:mod:`cloud.alerting`).
+"""The operator's endpoints (tag ``admin``): API keys, pools and sites with their state, the
+alerts (:mod:`cloud.alerting`) and the latest rollout (:mod:`cloud.rollout.controller`).
 
 They take an admin key only; a trader key gets 403 (:mod:`cloud.api.auth`). What they do
 is what ``vpp cloud keys ...`` does on the registry file, for an operator who reaches the
@@ -8,9 +8,12 @@ API and not the server. Writes are rate limited like the trader's.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
 
 from fastapi import Query
+from redis.exceptions import RedisError
 
 from cloud.alert_rules import DEFAULT_RULES
 from cloud.alerting import stored_view
@@ -32,15 +35,18 @@ from cloud.api.schemas import (
     AdminAlertsOut,
     AdminPoolOut,
     AdminPoolsOut,
+    AdminRolloutOut,
     AlertRuleOut,
     AlertStateName,
     KeyCreatedOut,
     KeyIn,
     KeyOut,
     KeysOut,
+    RolloutEventOut,
     SitesOut,
 )
 from cloud.api.views import iso, known_pool, pool_site_counts, sites_page
+from cloud.hotstate import ROLLOUT_STATE_KEY
 from protocols.units import to_iso8601
 
 router = admin_router("/v1/admin")
@@ -192,5 +198,44 @@ async def list_alerts(ctx: CtxDep, state: AlertStateName | None = None) -> Admin
                 keep_firing_for_s=r.keep_firing_for_s,
             )
             for r in rules
+        ],
+    )
+
+
+@router.get(
+    "/rollout",
+    response_model=AdminRolloutOut,
+    responses=refusals(NOT_FOUND),
+    summary="The latest rollout: its state, its steps' events, the controller's live state",
+    description="Read-only: `vpp cloud rollout` starts, rolls back, resumes and aborts. "
+    "404 `not_found` before the first rollout. `live` is null while Redis is away.",
+)
+async def latest_rollout(ctx: CtxDep) -> AdminRolloutOut:
+    record = await ctx.db(ctx.registry.get_rollout)
+    if record is None:
+        raise ApiError(404, "not_found", "no rollout yet")
+    events = await ctx.db(ctx.registry.rollout_events, int(record["id"]))
+    live = None
+    with contextlib.suppress(
+        RedisError, OSError, ValueError
+    ):  # Redis away: the registry's record still answers
+        raw = await ctx.get_redis().get(ROLLOUT_STATE_KEY)
+        live = json.loads(raw) if raw else None
+    return AdminRolloutOut(
+        id=record["id"],
+        version=record["version"],
+        from_version=record["from_version"],
+        state=record["state"],
+        step=record["step"],
+        outcome=record["outcome"],
+        reason=record["reason"],
+        started_at=to_iso8601(record["started_ts"]),
+        updated_at=to_iso8601(record["updated_ts"]),
+        live=live,
+        events=[
+            RolloutEventOut(
+                at=to_iso8601(e["ts"]), step=e["step"], event=e["event"], detail=e["detail"]
+            )
+            for e in events
         ],
     )
