@@ -1,7 +1,7 @@
 """The rollout controller: runs :mod:`cloud.rollout.machine` on the clock.
 
     controller = RolloutController(redis, registry, launcher, observer, config, clock,
-                                   version="0.2.1", from_version="0.2.0", partitions=64)
+                                   version="1.5.0", from_version="1.4.2", partitions=64)
     await controller.run()        # to complete, rolled back, paused or aborted
 
 Per worker step it starts the new version's worker(s) through the :class:`Launcher`,
