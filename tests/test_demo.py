@@ -76,7 +76,9 @@ def test_a_trading_morning_through_a_network_outage(tmp_path, capfd):
     assert kpis["trader_lp_solve_ms_max"] < 2_000.0
     # the demo starts trading once the pool shows its envelope: the first look finds one
     trader = json.loads((tmp_path / "trader-report.json").read_text())
-    assert trader["errors"].get("flexibility:no_envelope", 0) == 0
+    # (a later look may find none: while the cut sites are away and the others' meters lag,
+    # the API answers 503 no_envelope, as it should; it is counted, never a crash)
+    assert trader["decisions"][0]["error"] is None, trader["decisions"][0]
     # the fault happened and was survived: the link was cut and came back, the sites
     # went stale and returned
     events = [e["name"] for e in json.loads((tmp_path / "events.json").read_text())]

@@ -121,7 +121,7 @@ async def test_flags_change_one_partition_and_nowhere_else(tmp_path, broker, red
         assert error <= 0.05
         assert within >= 0.9
         assert (await system.flexibility())["now"]["sites"]["fresh"] == len(system.agents)
-        expected, received = system.tap.received(system.telemetry_produced())
+        expected, received = await system.tap.settled(system.telemetry_produced())
         assert received == expected  # complete: every sequence number arrived
 
         # --- peak shaving on one partition: its sites' own control (their baseline) only ---

@@ -4,6 +4,7 @@ subscriber sees it, in memory that grows with the gaps, not with the run."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
@@ -183,6 +184,11 @@ def test_the_tap_sees_every_sites_telemetry_as_published(mosquitto):
         wait_until(lambda: tap.rejected == 1 and tap.received({"a": 4, "b": 3})[1] == 7)
         assert tap.received({"a": 4, "b": 3}) == (9, 7)
         assert tap.received({"a": 2}) == (3, 3)
+        # settled: waits for what is missing, then answers as it stands (b's 1 and 2 never come)
+        t0 = time.monotonic()
+        assert asyncio.run(tap.settled({"a": 4, "b": 3}, wall_s=0.3)) == (9, 7)
+        assert time.monotonic() - t0 >= 0.3
+        assert asyncio.run(tap.settled({"a": 4}, wall_s=5.0)) == (5, 5)
         assert tap.latest() == {"a": T + 108.0, "b": T + 106.0}
         ts, baseline = tap.baseline_series()["a"]
         assert (ts - T).tolist() == [100.0, 102.0, 104.0, 106.0, 108.0]

@@ -302,7 +302,7 @@ async def test_rollouts_pause_roll_back_and_complete(
                 measured = [g for g in gaps.values() if g is not None]
                 assert gaps[0] is not None
                 assert all(g < TIMING["lease_ttl_s"] for g in measured), gaps
-                expected, received = system.tap.received(system.telemetry_produced())
+                expected, received = await system.tap.settled(system.telemetry_produced())
                 assert received == expected, "telemetry lost at the broker"
                 assert produced_before  # telemetry flowed throughout
                 tracked = [

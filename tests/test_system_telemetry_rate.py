@@ -72,7 +72,7 @@ async def test_telemetry_by_exception_for_the_pool_cuts_the_rate_and_loses_nothi
         assert flex["sites"]["fresh"] == SITES
         deadline = time.monotonic() + 10.0
         while True:
-            expected, received = system.tap.received(system.telemetry_produced())
+            expected, received = await system.tap.settled(system.telemetry_produced())
             if received == expected or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)

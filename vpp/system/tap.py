@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 import threading
+import time
 import uuid
 from array import array
 from collections import OrderedDict
@@ -202,6 +204,17 @@ class TelemetryTap:
                 for site, last in produced.items()
                 if site in self.seqs
             )
+        return expected, received
+
+    async def settled(self, produced: dict[str, int], wall_s: float = 5.0) -> tuple[int, int]:
+        """:meth:`received`, once the records produced up to now have had time to arrive
+        (an agent's last record can still be on its way to the broker when counted): polls
+        for at most ``wall_s`` of wall time, then answers as it stands."""
+        deadline = time.monotonic() + wall_s
+        expected, received = self.received(produced)
+        while received < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            expected, received = self.received(produced)
         return expected, received
 
     def latest(self) -> dict[str, float]:
