@@ -84,22 +84,32 @@ def aggregate(partition: int, now: float, sites: tuple[int, int, int]) -> Partit
     )
 
 
-async def test_a_kill_switched_partition_is_no_fault_and_pages_nobody(
-    tmp_path, mosquitto, redis_url
-):
-    clock = ManualClock(T0)
+def pool_dispatcher(
+    tmp_path, broker_url: str, redis_url: str, clock: ManualClock, dispatcher_id: str
+) -> tuple[Registry, PoolDispatcher]:
+    """The pool's registry with a setpoint the pool meets as it is (any alert or record
+    comes from the partitions' state), and a dispatcher on 4 partitions, not yet started."""
     registry = Registry(tmp_path / "registry.sqlite", clock)
     registry.create_pool(POOL)
-    # a setpoint the pool meets as it is: any alert would come from the partitions' state
     registry.add_activation(POOL, 2 * SITES * SITE_W, "absolute", T0 + 3600.0, created_ts=T0)
     dispatcher = PoolDispatcher(
-        broker=MqttEndpoint.from_url(mosquitto.url),
+        broker=MqttEndpoint.from_url(broker_url),
         redis_url=redis_url,
         registry=registry,
         clock=clock,
         partition_count=4,
         cycle_s=CYCLE_S,
-        dispatcher_id="autonomy-test",
+        dispatcher_id=dispatcher_id,
+    )
+    return registry, dispatcher
+
+
+async def test_a_kill_switched_partition_is_no_fault_and_pages_nobody(
+    tmp_path, mosquitto, redis_url
+):
+    clock = ManualClock(T0)
+    registry, dispatcher = pool_dispatcher(
+        tmp_path, mosquitto.url, redis_url, clock, "autonomy-test"
     )
     op = OperatorServer()  # never started: its metrics are read as a scrape reads them
     watch_dispatcher(op, dispatcher)

@@ -13,16 +13,13 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from cloud.dispatch.dispatcher import PoolDispatcher
 from cloud.hotstate import (
     DispatchPartitionsRecord,
     agg_key,
     agg_parts_key,
     dispatch_partitions_key,
 )
-from cloud.registry import Registry
 from protocols.clock import ManualClock
-from protocols.mqtt_endpoint import MqttEndpoint
 from tests.cloud.test_dispatch_autonomy import (
     AUTONOMOUS,
     FOLLOWING,
@@ -31,6 +28,7 @@ from tests.cloud.test_dispatch_autonomy import (
     SITE_W,
     SITES,
     aggregate,
+    pool_dispatcher,
 )
 
 pytestmark = pytest.mark.integration
@@ -56,18 +54,7 @@ GAP_BEFORE = "after a gap"
 
 async def test_the_record_per_partition(tmp_path, mosquitto, redis_url) -> None:
     clock = ManualClock(T0)
-    registry = Registry(tmp_path / "registry.sqlite", clock)
-    registry.create_pool(POOL)
-    registry.add_activation(POOL, 2 * SITES * SITE_W, "absolute", T0 + 3600.0, created_ts=T0)
-    dispatcher = PoolDispatcher(
-        broker=MqttEndpoint.from_url(mosquitto.url),
-        redis_url=redis_url,
-        registry=registry,
-        clock=clock,
-        partition_count=4,
-        cycle_s=CYCLE_S,
-        dispatcher_id="record-test",
-    )
+    registry, dispatcher = pool_dispatcher(tmp_path, mosquitto.url, redis_url, clock, "record-test")
     redis = aioredis.Redis.from_url(redis_url)
     seen: list[tuple[str, tuple[float | None, float | None, float]]] = []
     try:

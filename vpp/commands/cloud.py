@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from vpp.commands.options import releases_dir_option
+
 if TYPE_CHECKING:
     from cloud.registry import Registry
 
@@ -1090,14 +1092,7 @@ def _bad(message: str) -> SystemExit:
     required=True,
     help='The cloud\'s TOML file (its "cloud" table): broker, Redis, registry, partitions.',
 )
-@click.option(
-    "--releases-dir",
-    type=PathType,
-    envvar="VPP_RELEASES_DIR",
-    show_envvar=True,
-    default="/var/lib/vpp/releases",
-    show_default=True,
-)
+@releases_dir_option("--releases-dir", help="The releases folder the roles run from.")
 @click.option(
     "--launcher",
     "launcher_kind",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from vpp.commands.options import releases_dir_option
+
 PathType = click.Path(path_type=Path)
 
 
@@ -75,14 +77,7 @@ PathType = click.Path(path_type=Path)
     help="Run the cloud's roles from this installed release (`vpp release list`) instead of "
     "this code; the fleet, edge agents and trader stay in this process.",
 )
-@click.option(
-    "--releases-dir",
-    type=PathType,
-    envvar="VPP_RELEASES_DIR",
-    show_envvar=True,
-    default="/var/lib/vpp/releases",
-    help="The releases folder of --release.",
-)
+@releases_dir_option("--releases-dir", help="The releases folder of --release.")
 @click.option("--no-live", is_flag=True, help="No progress line.")
 @click.option(
     "--history-days",

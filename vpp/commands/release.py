@@ -16,19 +16,13 @@ from typing import Any
 import click
 
 from protocols import releases
+from vpp.commands.options import releases_dir_option
 from vpp.release import store
 from vpp.release.build import BuildError, Release, build_release, install_wheel
 
 PathType = click.Path(path_type=Path)
 
-root_option = click.option(
-    "--root",
-    type=PathType,
-    envvar="VPP_RELEASES_DIR",
-    show_envvar=True,
-    default=str(releases.DEFAULT_ROOT),
-    help="The releases folder.",
-)
+root_option = releases_dir_option("--root", help="The releases folder.")
 
 
 def _fail(message: str, code: int = 1) -> SystemExit:
