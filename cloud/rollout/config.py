@@ -9,7 +9,8 @@ has three kinds of tables::
 
 Every key is optional (a missing one keeps its default). A broken file (bad TOML, an unknown
 key, a wrong type, a value out of range) raises :class:`RolloutConfigError` with one line
-naming the key and the value; nothing is half-loaded.
+naming the key and the value; nothing is half-loaded. :class:`RingSettings` are the edge
+rings' timing (:mod:`cloud.rollout.edge_rings`), given on the command line.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "HIGHER_IS_WORSE",
     "AnalysisConfig",
     "GateConfig",
+    "RingSettings",
     "RolloutConfig",
     "RolloutConfigError",
     "load_config",
@@ -289,3 +291,20 @@ def load_config(path: Path | None) -> RolloutConfig:
         return parse_config(text)
     except RolloutConfigError as exc:
         raise RolloutConfigError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class RingSettings:
+    """Check interval, soak, deadline and failed-check threshold (simulated seconds).
+
+    Defaults: a check every 30 s (a few telemetry intervals: a stale site shows in one);
+    10 min of soak (a settlement quarter hour's worth of control cycles at least, less the
+    restart); 10 min to report the new version (a restart takes seconds; the dispatcher
+    republishes configs within a cycle; a gateway on a slow link gets minutes); 2 bad checks
+    in a row (a restart's blip is one); "most of the rest" means more than half."""
+
+    interval_s: float = 30.0
+    soak_s: float = 600.0
+    deadline_s: float = 600.0
+    threshold: int = 2
+    rest_share: float = 0.5

@@ -55,6 +55,7 @@ from cloud.alert_notify import WebhookNotifier, webhook_payload
 from cloud.alerts import AlertState
 from cloud.hotstate import SiteStatus, SiteSummary, reported_flags_key, sites_key
 from cloud.rollout.analysis import Checks, Outcome, Verdict
+from cloud.rollout.config import RingSettings
 from protocols.clock import Clock
 from protocols.flags import bucket, flag, in_rollout
 from protocols.partitions import partition_of
@@ -88,6 +89,7 @@ FLAG = flag("edge.release").name
 ACTOR = "rollout"
 ALERT = "EdgeRingFailed"
 FALLEN_BACK = ("fallback", "degraded")
+_DEFAULTS = RingSettings()
 _PERCENT = re.compile(r"^([0-9]+(?:\.[0-9]+)?)%$")
 
 
@@ -158,23 +160,6 @@ class Observation:
 
 
 @dataclass(frozen=True, slots=True)
-class RingSettings:
-    """Check interval, soak, deadline and failed-check threshold (simulated seconds).
-
-    Defaults: a check every 30 s (a few telemetry intervals: a stale site shows in one);
-    10 min of soak (a settlement quarter hour's worth of control cycles at least, less the
-    restart); 10 min to report the new version (a restart takes seconds; the dispatcher
-    republishes configs within a cycle; a gateway on a slow link gets minutes); 2 bad checks
-    in a row (a restart's blip is one); "most of the rest" means more than half."""
-
-    interval_s: float = 30.0
-    soak_s: float = 600.0
-    deadline_s: float = 600.0
-    threshold: int = 2
-    rest_share: float = 0.5
-
-
-@dataclass(frozen=True, slots=True)
 class Check:
     """One check of a ring: bad sites with why; fatal ones fail at once; ``on_target``:
     every ring site runs the target."""
@@ -193,7 +178,7 @@ def check_ring(
     rest: Sequence[Observation],
     target: str,
     elapsed_s: float,
-    settings: RingSettings = RingSettings(),
+    settings: RingSettings = _DEFAULTS,
 ) -> Check:
     """Judge the ring's sites against the rest (see the module docstring); pure."""
     fresh_rest = [o for o in rest if o.status == SiteStatus.FRESH.value]
@@ -246,7 +231,7 @@ class RingProgress:
     on_target_since: float | None = None
 
     @classmethod
-    def start(cls, now: float, settings: RingSettings = RingSettings()) -> RingProgress:
+    def start(cls, now: float, settings: RingSettings = _DEFAULTS) -> RingProgress:
         return cls(now, Checks(settings.threshold, inconclusive_limit=sys.maxsize))
 
 
@@ -254,7 +239,7 @@ def step_ring(
     progress: RingProgress,
     check: Check,
     now: float,
-    settings: RingSettings = RingSettings(),
+    settings: RingSettings = _DEFAULTS,
 ) -> tuple[str, list[str]]:
     """One check applied to ``progress``: ``(verdict, reasons)``, verdict ``pass`` (soaked),
     ``fail`` (a fatal problem at once, or ``threshold`` failed checks in a row) or ``wait``."""
@@ -362,7 +347,7 @@ class EdgeRollout:
         partitions: int,
         rings: Sequence[Ring],
         canary_count: int = 1,
-        settings: RingSettings = RingSettings(),
+        settings: RingSettings = _DEFAULTS,
         previous: str | None = None,
         notifier: WebhookNotifier | None = None,
         on_check: Callable[[str, Check, str], Awaitable[None] | None] | None = None,

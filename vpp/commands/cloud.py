@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cloud.rollout.config import RingSettings
 from vpp.commands.options import releases_dir_option
 
 if TYPE_CHECKING:
@@ -1285,6 +1286,8 @@ def _event_line(event: str, detail: dict[str, Any]) -> str:
 
 # --- edge rings ------------------------------------------------------------------------------
 
+_RING = RingSettings()  # the option defaults (from the light cloud.rollout.config)
+
 
 @app.command("rollout-edge")
 @click.argument("version")
@@ -1307,7 +1310,7 @@ def _event_line(event: str, detail: dict[str, Any]) -> str:
     "--interval",
     "interval_s",
     type=click.FloatRange(min=1),
-    default=30.0,
+    default=_RING.interval_s,
     show_default=True,
     help="Seconds between checks of a ring.",
 )
@@ -1315,7 +1318,7 @@ def _event_line(event: str, detail: dict[str, Any]) -> str:
     "--soak",
     "soak_s",
     type=click.FloatRange(min=0),
-    default=600.0,
+    default=_RING.soak_s,
     show_default=True,
     help="Seconds a ring runs the release cleanly before the next.",
 )
@@ -1323,14 +1326,14 @@ def _event_line(event: str, detail: dict[str, Any]) -> str:
     "--deadline",
     "deadline_s",
     type=click.FloatRange(min=1),
-    default=600.0,
+    default=_RING.deadline_s,
     show_default=True,
     help="Seconds for a ring's sites to report VERSION.",
 )
 @click.option(
     "--threshold",
     type=click.IntRange(1, 100),
-    default=2,
+    default=_RING.threshold,
     show_default=True,
     help="Failed checks in a row that fail a ring.",
 )
@@ -1369,7 +1372,7 @@ def rollout_edge(
     """Update POOL's edge agents to release VERSION ring by ring (flag edge.release); a ring
     whose sites refuse it, fall back or go stale stops it: back to the previous release, and
     the alert EdgeRingFailed. Exit 0 done, 1 failed, 2 a bad argument."""
-    from cloud.rollout.edge_rings import RingSettings, parse_rings
+    from cloud.rollout.edge_rings import parse_rings
     from cloud.runner import CloudSettings
     from protocols.clock import clock_from_spec
     from protocols.releases import is_version
