@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vpp.release.launch import ProcessLauncher, count_errors
+from vpp.release.launch import ErrorCount, ProcessLauncher, count_errors
 
 
 @pytest.mark.parametrize(
@@ -34,6 +34,32 @@ def test_error_lines_are_counted(tmp_path: Path, lines: list[str], errors: int) 
 
 def test_no_log_yet_is_no_error(tmp_path: Path) -> None:
     assert count_errors(tmp_path / "missing.log") == 0
+
+
+def test_a_growing_log_is_counted_on_as_a_fresh_count_would(tmp_path: Path) -> None:
+    """The launcher's counter reads on from where it stopped: the same figure as a count
+    from the start after each append, a half-written last line, a shrunken or lost file."""
+    log = tmp_path / "worker.log"
+    counter = ErrorCount(log)
+    assert counter() == 0
+    steps = [
+        "2026-11-30 03:00:00,000 ERROR cloud.ingest.worker: one\n",
+        "2026-11-30 03:00:01,000 INFO cloud.ingest.worker: fine\nERROR: bare",
+        " line, now whole\n2026-11-30 03:00:02,000 ERR",
+        "OR cloud.rollout: split mid-word\n",
+        "2026-11-30 03:00:03,000 WARNING cloud.x: an ERROR word\n",
+    ]
+    seen = []
+    for text in steps:
+        with log.open("a") as f:
+            f.write(text)
+        seen.append(counter())
+        assert seen[-1] == count_errors(log)
+    assert seen == [1, 2, 2, 3, 3]
+    log.write_text("ERROR: after a truncation\n")
+    assert counter() == count_errors(log) == 1
+    log.unlink()
+    assert counter() == 0
 
 
 async def test_a_release_that_is_not_installed_is_refused(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,22 +29,49 @@ from cloud.rollout.launcher import Instance
 from protocols.releases import python_of
 from vpp.services import ProcessSupervisor, RoleProcess, free_port
 
-__all__ = ["ProcessLauncher", "count_errors"]
+__all__ = ["ErrorCount", "ProcessLauncher", "count_errors"]
 
 log = logging.getLogger("vpp.release.launch")
+
+
+def _is_error(line: str) -> bool:
+    return line.startswith("ERROR") or line.split(" ", 3)[2:3] == ["ERROR"]
 
 
 def count_errors(path: Path) -> int:
     """ERROR records in a role's log (0 when there is none yet): the level field of
     ``protocols.logs.LOG_FORMAT`` (``date time LEVEL name: message``), or a bare
     ``ERROR`` line; the word inside a message does not count."""
-    try:
-        with path.open(errors="replace") as f:
-            return sum(
-                1 for line in f if line.startswith("ERROR") or line.split(" ", 3)[2:3] == ["ERROR"]
-            )
-    except OSError:
-        return 0
+    return ErrorCount(path)()
+
+
+class ErrorCount:
+    """:func:`count_errors` of one append-only log (a role's, across its restarts), read on
+    from the last complete line counted instead of from the start at every call: the
+    analysis asks every check interval, and a long rollout's logs grow. A file that shrank
+    (replaced, truncated) is counted again from its start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pos = 0  # the text stream's position after the last complete line counted
+        self._size = 0  # the file's size at that call
+        self._count = 0  # ERROR lines before ``_pos``
+
+    def __call__(self) -> int:
+        try:
+            with self.path.open(errors="replace") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < self._size:
+                    self._pos = self._count = 0
+                self._size = size
+                f.seek(self._pos)
+                while (line := f.readline()).endswith("\n"):
+                    self._count += _is_error(line)
+                    self._pos = f.tell()
+        except OSError:
+            self._pos = self._size = self._count = 0
+            return 0
+        return self._count + _is_error(line)  # a last line still being written counts too
 
 
 class ProcessLauncher:
@@ -68,6 +96,7 @@ class ProcessLauncher:
         self.ready_timeout_s = ready_timeout_s
         self.supervisor = ProcessSupervisor()
         self._procs: dict[str, tuple[RoleProcess, str]] = {}  # name -> (process, version)
+        self._errors: dict[Path, ErrorCount] = {}  # a log -> its ERROR lines so far
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -123,10 +152,16 @@ class ProcessLauncher:
                 name=name,
                 running=proc.running,
                 restarts=restarts.get(name, 0),
-                log_errors=count_errors(proc.log_path),
+                log_errors=self._error_count(proc.log_path),
             )
             for name, (proc, version) in self._procs.items()
         ]
+
+    def _error_count(self, path: Path) -> int:
+        counter = self._errors.get(path)
+        if counter is None:
+            counter = self._errors[path] = ErrorCount(path)
+        return counter()
 
     async def aclose(self) -> None:
         """Stop supervising, then stop every instance this launcher started."""
