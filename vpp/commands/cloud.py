@@ -1186,6 +1186,7 @@ async def _rollout_main(
 
     from cloud.registry import Registry
     from cloud.rollout.controller import RolloutBusyError
+    from cloud.rollout.machine import TERMINAL
     from vpp.release.rollout import build_controller, send_command, status
 
     redis = aioredis.from_url(settings.redis_connect_url())
@@ -1212,7 +1213,7 @@ async def _rollout_main(
             return 0
         if command is not None:
             record = registry.get_rollout()
-            if record is None or record["state"] in ("complete", "rolled_back", "aborted"):
+            if record is None or record["state"] in TERMINAL:
                 click.echo(f"error: no live rollout to {command}", err=True)
                 return 2
             version, from_version = record["version"], record["from_version"]
@@ -1247,11 +1248,7 @@ async def _rollout_main(
         click.echo(
             f"rollout {controller.rollout_id} of {version}: {end.phase} {end.reason}".rstrip()
         )
-        return (
-            0
-            if end.phase in ("complete", "rolled_back", "aborted") and end.outcome != "failed"
-            else 1
-        )
+        return 0 if end.phase in TERMINAL and end.outcome != "failed" else 1
     finally:
         if launcher is not None and hasattr(launcher, "aclose"):
             await launcher.aclose()
