@@ -16,7 +16,7 @@ row of a table test.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 __all__ = [
@@ -89,14 +89,7 @@ class RolloutState:
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "phase": self.phase,
-            "step": self.step,
-            "steps": self.steps,
-            "kind": self.kind,
-            "outcome": self.outcome,
-            "reason": self.reason,
-        }
+        return asdict(self)
 
 
 def transition(

@@ -36,15 +36,6 @@ class Step:
     partitions: tuple[int, ...] = ()
     added: tuple[int, ...] = ()
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "index": self.index,
-            "kind": self.kind,
-            "name": self.name,
-            "partitions": list(self.partitions),
-            "added": list(self.added),
-        }
-
 
 def plan_steps(
     sizes: Sequence[int],
