@@ -402,7 +402,8 @@ class RolloutController:
         start = self.clock.time()
         checks = Checks.of(cfg)
         canary = self.step.partitions
-        baseline = tuple(p for p in range(self.partitions) if p not in set(canary))
+        on_new = set(canary)
+        baseline = tuple(p for p in range(self.partitions) if p not in on_new)
         await self.observer.sample(self.launcher.instances())
         # no untouched partition left (the last worker step): the baseline is the same
         # partitions one quarter hour earlier, at the same point of their interval (a target

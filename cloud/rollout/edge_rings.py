@@ -424,7 +424,8 @@ class EdgeRollout:
     async def _watch(self, ring: Ring, members: list[str]) -> tuple[str, list[str]]:
         started = self.clock.time()
         progress = RingProgress.start(started, self.settings)
-        rest = [s for s in self.sites if s not in set(members)]
+        in_ring = set(members)
+        rest = [s for s in self.sites if s not in in_ring]
         while True:
             await self.clock.sleep(self.settings.interval_s)
             seen = await read_observations(self.hot, self.sites, self.partitions)
