@@ -90,3 +90,37 @@ def test_a_ring_that_refuses_the_release_is_pinned_back(runner, db, redis_url, r
         ("rollout", "site", canary, "0.2.1"),
         ("rollout", "site", canary, "0.2.2"),
     ]
+
+
+async def test_observations_are_read_per_partition_as_each_site_reports(redis_url, redis_client):
+    """read_observations groups the sites by partition (HMGET): each site still gets its
+    own record, in the order asked; a garbage or missing record is a site not heard."""
+    import redis.asyncio as aioredis
+
+    from cloud.rollout.edge_rings import Observation, read_observations
+
+    partitions = 2
+    sites = [f"site-{i}" for i in range(8)]
+    assert len({partition_of(s, partitions) for s in sites}) == 2
+    heard, garbage = sites[:5], sites[5]
+    for i, site in enumerate(heard):
+        p = partition_of(site, partitions)
+        mode = "fallback" if i % 2 else "following"
+        summary = SiteSummary(site, "north", SiteStatus.FRESH, mode, *(None,) * 7)
+        redis_client.hset(sites_key(p), site, summary.to_json())
+        reported = {"version": f"0.2.{i}", "release_target": "0.2.2", "update": f"u{i}"}
+        redis_client.hset(reported_flags_key(p), site, json.dumps(reported))
+    redis_client.hset(sites_key(partition_of(garbage, partitions)), garbage, "{not json")
+    redis_client.hset(reported_flags_key(partition_of(garbage, partitions)), garbage, "[1]")
+    hot = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        seen = await read_observations(hot, list(reversed(sites)), partitions)
+        assert await read_observations(hot, [], partitions) == {}
+    finally:
+        await hot.aclose()
+    assert list(seen) == list(reversed(sites))
+    for i, site in enumerate(heard):
+        mode = "fallback" if i % 2 else "following"
+        assert seen[site] == Observation(site, "fresh", mode, f"0.2.{i}", "0.2.2", f"u{i}")
+    for site in sites[5:]:
+        assert seen[site] == Observation(site)
