@@ -134,10 +134,7 @@ class RolloutController:
         )
         self.notifier, self.on_event, self.on_promote = notifier, on_event, on_promote
         # the last worker step compares with the samples of one quarter hour before: keep them
-        cfg = config.analysis
-        observer.keep_s = max(
-            observer.keep_s, config.align_s + 2 * cfg.window_s + 2 * cfg.check_interval_s
-        )
+        observer.reach_back(config.align_s)
         self.poll_s = poll_s
         self.lock = LeaderLock(redis, ROLLOUT_LOCK_KEY, holder, clock, ttl_s=max(30.0, poll_s * 6))
         self.rollout_id: int | None = None

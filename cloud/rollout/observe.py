@@ -171,8 +171,8 @@ class Observer:
         self.pool_ids = tuple(pool_ids)
         self.partitions = None if partitions is None else frozenset(partitions)
         self.config = config or AnalysisConfig()
-        # samples older than this are dropped (windows reach back one window_s and a bit)
-        self.keep_s = 2 * self.config.window_s + 2 * self.config.check_interval_s
+        self.keep_s = 0.0  # samples older than this are dropped
+        self.reach_back(0.0)
         self.health: dict[int, list[HealthSample]] = {}
         self.dispatch: dict[tuple[str, int], list[DispatchSample]] = {}
         #: instance name -> [(at, restarts, log_errors)] seen at samples
@@ -180,6 +180,12 @@ class Observer:
         self.rejected: Counter[str] = Counter()
         self.samples = 0
         self.first_at: float | None = None  # the first observation
+
+    def reach_back(self, seconds: float) -> None:
+        """Keep the samples of windows that end up to ``seconds`` before now (a window
+        reaches back one ``window_s`` and a bit: its check intervals)."""
+        cfg = self.config
+        self.keep_s = max(self.keep_s, seconds + 2 * cfg.window_s + 2 * cfg.check_interval_s)
 
     async def sample(self, instances: Sequence[Instance] = ()) -> float:
         """One observation now (one round trip); ``instances``' counts are kept too, as the
