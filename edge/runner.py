@@ -33,7 +33,6 @@ from protocols.backoff import backoff_s
 from protocols.clock import Clock, wait_until
 from protocols.http_server import AsgiServer
 from protocols.operator import OperatorServer
-from protocols.releases import mark_failed
 from protocols.sd_notify import Notifier, feed_watchdog, watchdog_interval_s
 from protocols.supervise import supervise
 
@@ -179,13 +178,11 @@ def switch_release(agents: list[SiteAgent]) -> str | None:
         asked.update_to = None
         asked.update_error = f"switch to {version} failed: {exc}"
         asked.log.error("release %s: %s; not switching to it again", version, asked.update_error)
-        with contextlib.suppress(OSError, ValueError):
-            mark_failed(asked.updater.root, "edge", version)
         return None
     asked.log.warning(
         "switched %s/current/edge to release %s (from %s); restarting into it",
         asked.updater.root,
-        asked.update_to,
+        version,
         left,
     )
-    return asked.update_to
+    return version

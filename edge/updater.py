@@ -27,6 +27,7 @@ previous release and lists the bad one as failed, so :func:`decide` refuses it f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from protocols.releases import (
     failed_versions,
     installed_versions,
     is_version,
+    mark_failed,
     version_key,
 )
 
@@ -182,8 +184,15 @@ class EdgeUpdater:
         return self.target, None if self.last is None else self.last.text()
 
     def switch(self, version: str) -> str | None:
-        """Point ``current/edge`` at ``version`` on trial; the version it left."""
-        return begin_trial(self.root, ROLE, version)
+        """Point ``current/edge`` at ``version`` on trial; the version it left. When that
+        fails (uninstalled meanwhile, a folder it may not write), ``version`` is listed as
+        failed (never tried again here) and the error raised."""
+        try:
+            return begin_trial(self.root, ROLE, version)
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError):
+                mark_failed(self.root, ROLE, version)
+            raise
 
     def confirm(self, cycles: int, connected: bool) -> bool:
         """Once: end this release's trial when it has cycled with the broker connected."""

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,10 +240,21 @@ def _trial_path(root: Path, role: str) -> Path:
 
 
 def _write_json(path: Path, data: object) -> None:
+    """``path`` replaced whole and fsynced, as :func:`protocols.atomic_file.write_file_atomic`
+    does (not imported: the boot guard runs this file alone, standard library only): a trial
+    record torn by a power cut would read as no trial, and a broken release would stay."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp's is 0600
+            f.write(json.dumps(data, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _read_json(path: Path) -> object:

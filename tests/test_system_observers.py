@@ -190,6 +190,8 @@ def test_the_tap_sees_every_sites_telemetry_as_published(mosquitto):
         assert time.monotonic() - t0 >= 0.3
         assert asyncio.run(tap.settled({"a": 4}, wall_s=5.0)) == (5, 5)
         assert tap.latest() == {"a": T + 108.0, "b": T + 106.0}
+        # each site's newest telemetry's mode, at its newest ts (the late copy changes neither)
+        assert tap.modes() == {"a": (T + 108.0, "fallback"), "b": (T + 106.0, "fallback")}
         ts, baseline = tap.baseline_series()["a"]
         assert (ts - T).tolist() == [100.0, 102.0, 104.0, 106.0, 108.0]
         assert baseline.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]

@@ -75,12 +75,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import re
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import sqlite_utils
+
+from protocols.releases import version_key
 
 __all__ = [
     "BACKFILL_SCHEDULE_ENDS_SQL",
@@ -597,16 +598,13 @@ def rollback_migration(db: sqlite_utils.Database, name: str) -> None:
 
 
 def older_than(version: str | None, release: str) -> bool:
-    """Whether ``version`` is before ``release`` (numeric parts compared; a process that reports
-    no version, or ``0+unknown``, counts as older than every release)."""
-
-    def key(v: str) -> tuple[int, ...]:
-        match = re.match(r"\d+(\.\d+)*", v)
-        return tuple(int(x) for x in match.group(0).split(".")) if match else ()
-
+    """Whether ``version`` is before ``release`` (their dotted numbers compared, as
+    :func:`protocols.releases.version_key` reads them: ``0.2`` is ``0.2.0``, a pre-release
+    counts as its release; a process that reports no version, or ``0+unknown``, counts as
+    older than every release)."""
     if not version:
         return True
-    return key(version) < key(release)
+    return version_key(version)[0] < version_key(release)[0]
 
 
 def contract_blockers(contract: Contract, processes: Mapping[str, str | None]) -> list[str]:

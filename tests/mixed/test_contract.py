@@ -19,6 +19,7 @@ from cloud.registry.migrations import (
     SCHEDULES_CONTRACTED_SQL,
     MigrationRefusedError,
     apply_contracts,
+    older_than,
     rollback_migration,
 )
 from vpp.cli import app
@@ -103,6 +104,25 @@ def test_after_the_contract_nothing_of_the_expand_is_left(tmp_path, previous):
     with pytest.raises(MigrationRefusedError, match="completed by contract c001"):
         rollback_migration(db, NAMES[1])
     db.close()
+
+
+@pytest.mark.parametrize(
+    ("version", "older"),
+    [
+        (None, True),
+        ("", True),
+        ("0+unknown", True),
+        ("0.1.9", True),
+        ("0.2", False),  # 0.2 is 0.2.0
+        ("0.2.0", False),
+        ("0.2.0rc1", False),  # a pre-release counts as its release
+        ("0.2.0+local", False),
+        ("0.10.0", False),
+        ("1.0", False),
+    ],
+)
+def test_older_than_compares_the_dotted_numbers(version, older):
+    assert older_than(version, "0.2.0") is older
 
 
 @pytest.mark.parametrize(

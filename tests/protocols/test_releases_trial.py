@@ -111,6 +111,9 @@ def test_a_release_that_never_comes_up_goes_back(tmp_path):
         ["0.2.2"],
     )
     assert trial_of(tmp_path, "edge") is None
+    # every record written whole: no temporary file left beside them
+    assert sorted(p.name for p in (tmp_path / "trial").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "failed").iterdir()) == ["edge.json"]
 
 
 def test_a_release_that_comes_up_ends_its_trial(tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from vpp.release import store
 from vpp.release.build import BuildError, Release, copy_release, wheel_version
 from vpp.release.soak import SOAK_HISTORY, Conditions, baseline, judge, read_history, soak
 from vpp.release.store import StoreError
@@ -92,6 +93,7 @@ def test_judge(
         min_history=min(3, len(history)),
     )
     assert verdict.green is green
+    assert (verdict.why == "") is green  # a red verdict always says why
     assert sorted(verdict.regressions) == sorted(regressed)
     assert why in verdict.why
     if regressed:  # the watch's alert, as the webhook sends it, names each KPI
@@ -178,3 +180,85 @@ def test_soak_needs_a_current_release(release_root: Path, tmp_path: Path) -> Non
     copy_release(Release.load(release_root / "0.2.0"), root)
     with pytest.raises(StoreError, match="no current release to compare with: promote one"):
         soak(root, "0.2.0", run_one=None)
+
+
+def _fake_runs(script: dict[tuple[str, int], dict[str, Any]], calls: list[tuple[str, int]]) -> Any:
+    """A stand-in for the demo: each (release, seed) -> its result (BASE's KPIs unless
+    scripted), every call recorded."""
+
+    def run(release: str, seed: int, out: Path) -> dict[str, Any]:
+        calls.append((release, seed))
+        return script.get((release, seed), {"kpis": dict(BASE), "failing": []})
+
+    return run
+
+
+BASE_RESULT: dict[str, Any] = {"kpis": BASE, "failing": []}
+RED = {"kpis": {**BASE, "tracking_error_rms_pct": 30.0}, "failing": []}
+
+
+@pytest.mark.parametrize(
+    ("script", "history_runs", "status", "calls", "events"),
+    [
+        # no baseline yet: the current release runs twice first, then three green runs
+        (
+            {},
+            0,
+            "soaked",
+            [("0.1.0", 1), ("0.1.0", 2), ("0.2.0", 1), ("0.2.0", 2), ("0.2.0", 3)],
+            ["soak-start", "soaked"],
+        ),
+        # a baseline on file: reused; the second candidate run is red and ends the soak
+        (
+            {("0.2.0", 2): RED},
+            2,
+            "rejected",
+            [("0.2.0", 1), ("0.2.0", 2)],
+            ["soak-start", "rejected"],
+        ),
+        # the demo interrupted during the candidate's first run: the status it had before
+        (
+            {("0.2.0", 1): {"interrupted": True}},
+            2,
+            "built",
+            [("0.2.0", 1)],
+            ["soak-start", "soak-interrupted"],
+        ),
+    ],
+)
+def test_soak_runs_the_baseline_then_the_candidate(
+    release_root: Path,
+    tmp_path: Path,
+    script: dict[tuple[str, int], dict[str, Any]],
+    history_runs: int,
+    status: str,
+    calls: list[tuple[str, int]],
+    events: list[str],
+) -> None:
+    for n in range(history_runs):
+        entry = {**_entry("0.1.0", SHORT, n), "kpis": dict(BASE), "failing": []}
+        with (release_root / SOAK_HISTORY).open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+    made: list[tuple[str, int]] = []
+    outcome = soak(
+        release_root,
+        "0.2.0",
+        runs=3,
+        baseline_runs=2,
+        conditions=SHORT,
+        out=tmp_path / "soak",
+        run_one=_fake_runs(script, made),
+        echo=lambda _line: None,
+    )
+    assert made == calls
+    assert (outcome.status, outcome.against) == (status, "0.1.0")
+    assert outcome.interrupted is (status == "built")
+    assert outcome.baseline_made == (2 if history_runs == 0 else 0)
+    candidate = store.load(release_root, "0.2.0")
+    assert candidate.status == status
+    assert [h["event"] for h in candidate.history][-2:] == events
+    greens = [run["green"] for run in candidate.soak_runs]
+    assert greens == [v.green for v in outcome.verdicts]
+    assert greens == {"soaked": [True] * 3, "rejected": [True, False], "built": []}[status]
+    written = [(h["version"], h["seed"]) for h in read_history(release_root) if "seed" in h]
+    assert written == [c for c in calls if "kpis" in script.get(c, BASE_RESULT)]

@@ -142,13 +142,8 @@ def test_install_a_wheel(release_root: Path, tmp_path: Path) -> None:
     """A CI artefact (the wheel a release was built from) installs as a release elsewhere."""
     (wheel,) = (release_root / "0.2.0").glob("vpp-*.whl")
     other = tmp_path / "other"
-    code, out = (
-        runner.invoke(
-            app, ["release", "install", str(wheel), "--root", str(other), "--share-deps"]
-        ).exit_code,
-        "",
-    )
-    assert code == 0
+    code, out = vpp_release(other, "install", str(wheel), "--share-deps")
+    assert (code, out.strip()) == (0, f"release 0.2.0 ({wheel.resolve()}) in {other / '0.2.0'}")
     assert releases.installed_versions(other) == ["0.2.0"]
     code, out = vpp_release(other, "list")
     assert "0.2.0    built" in out

@@ -29,11 +29,13 @@ import sysconfig
 import tarfile
 import tempfile
 import time
+import tomllib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from protocols.atomic_file import write_file_atomic
+from protocols.releases import is_version
 
 __all__ = [
     "STATUSES",
@@ -44,14 +46,13 @@ __all__ = [
     "install_wheel",
     "release_env",
     "source_tree",
+    "tree_version",
     "wheel_version",
-    "write_atomic",
 ]
 
 MANIFEST = "release.json"
 SHARED_DEPS_PTH = "_vpp_shared_deps.pth"
 _VERSION_LINE = re.compile(r'^version\s*=\s*"[^"]*"\s*$', re.MULTILINE)
-_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+!-]*$")
 
 
 class BuildError(RuntimeError):
@@ -61,10 +62,6 @@ class BuildError(RuntimeError):
 #: a release's life: built -> soaking -> soaked | rejected; soaked -> approved -> promoted;
 #: promoted -> retired (its folder removed once two newer ones ran). See docs/releases.md.
 STATUSES = ("built", "soaking", "soaked", "rejected", "approved", "promoted", "retired")
-
-
-#: the releases folder's manifests are written whole (kept under this name for its callers)
-write_atomic = write_file_atomic
 
 
 @dataclass(frozen=True)
@@ -114,7 +111,8 @@ class Release:
         return data
 
     def write(self, manifest: Path | None = None) -> None:
-        write_atomic(manifest or self.path / MANIFEST, json.dumps(self.to_dict(), indent=2) + "\n")
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        write_file_atomic(manifest or self.path / MANIFEST, text)
 
     def with_event(
         self, actor: str, event: str, detail: str = "", *, status: str | None = None, **more: Any
@@ -173,9 +171,8 @@ def _set_version(tree: Path, version: str) -> None:
     pyproject.write_text(new)
 
 
-def _tree_version(tree: Path) -> str:
-    import tomllib
-
+def tree_version(tree: Path) -> str:
+    """The version in source tree ``tree``'s ``pyproject.toml``."""
     return str(tomllib.loads((tree / "pyproject.toml").read_text())["project"]["version"])
 
 
@@ -196,7 +193,7 @@ def build_release(
     release of the same version is refused unless ``replace``."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    if version is not None and not _VERSION.match(version):
+    if version is not None and not is_version(version):
         raise BuildError(f"{version!r} is not a version (PEP 440, e.g. 0.2.0 or 0.2.0rc1)")
     with tempfile.TemporaryDirectory(prefix="vpp-release-", dir=root) as tmp:
         tree = Path(tmp) / "src"
@@ -217,7 +214,7 @@ def build_release(
             commit, label = source_tree(source, Path(repo), tree), source
         if version is not None:
             _set_version(tree, version)
-        version = _tree_version(tree)
+        version = tree_version(tree)
         if (root / version).exists() and not replace:  # before the minute a wheel takes
             raise BuildError(f"release {version} exists in {root}: remove it first")
         wheels = Path(tmp) / "wheel"
@@ -242,7 +239,7 @@ def wheel_version(wheel: Path) -> str:
     parts = Path(wheel).name.split("-")
     if len(parts) < 5 or parts[0] != "vpp" or not Path(wheel).name.endswith(".whl"):
         raise BuildError(f"{Path(wheel).name}: not a vpp wheel (vpp-VERSION-...-any.whl)")
-    if not _VERSION.match(parts[1]):
+    if not is_version(parts[1]):
         raise BuildError(f"{Path(wheel).name}: {parts[1]!r} is not a version")
     return parts[1]
 

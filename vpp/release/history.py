@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpp.release.build import BuildError, release_env
+from vpp.release.build import BuildError, release_env, tree_version
 
 __all__ = ["RELEASES_FILE", "PastRelease", "load_releases", "previous_release"]
 
@@ -73,7 +73,7 @@ def previous_release(repo: Path) -> tuple[str, str]:
     file is in order: the entries before the tree's version, or all of them). ``ref`` is the
     tag when the clone has it, else the commit; neither in the clone is an error."""
     repo = Path(repo)
-    own = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["version"]
+    own = tree_version(repo)
     releases = load_releases(repo)
     versions = [r.version for r in releases]
     earlier = releases[: versions.index(own)] if own in versions else releases

@@ -120,7 +120,7 @@ class TelemetryTap:
         self._grid: dict[str, OrderedDict[int, float]] = {}
         self._counts: dict[tuple[str, str], int] = {}  # (site, kind) -> messages
         self._heartbeat_s: dict[str, float] = {}  # site -> its newest telemetry's heartbeat
-        self._mode: dict[str, tuple[float, str]] = {}  # site -> (ts, mode) of its newest
+        self._mode: dict[str, str] = {}  # site -> the mode of its newest telemetry (latest_ts)
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         client = threaded_client(endpoint, f"vpp-tap-{uuid.uuid4().hex[:6]}")
@@ -165,7 +165,7 @@ class TelemetryTap:
                 grid.popitem(last=False)
             if message.ts > self.latest_ts.get(site, -1.0):
                 self.latest_ts[site] = message.ts
-                self._mode[site] = (message.ts, str(message.mode))
+                self._mode[site] = str(message.mode)
                 if message.heartbeat_s is None:
                     self._heartbeat_s.pop(site, None)
                 else:
@@ -182,7 +182,7 @@ class TelemetryTap:
     def modes(self) -> dict[str, tuple[float, str]]:
         """Each site's newest telemetry: ``(ts, mode)`` (``cloud``: it follows a dispatch)."""
         with self._lock:
-            return dict(self._mode)
+            return {site: (self.latest_ts[site], mode) for site, mode in self._mode.items()}
 
     def heartbeats(self) -> dict[str, float]:
         """Each site sending by exception: the ``heartbeat_s`` of its newest telemetry (the
