@@ -119,9 +119,11 @@ class LeasePlan:
     ``succeed``: partitions assigned to its version but held by a worker of another one, to
     warm up for (in order; another successor may have claimed some); ``free``: free
     partitions it may take (the caller shuffles); ``release``: owned partitions above the
-    fair share; ``hand_over``: owned partitions assigned to another version."""
+    fair share; ``hand_over``: owned partitions assigned to another version; ``peers``: the
+    live workers the share is divided among."""
 
     eligible: frozenset[int]
+    peers: int
     share: int
     free: tuple[int, ...]
     room: int
@@ -148,8 +150,8 @@ def plan_leases(
     assigned (today's rule). Partitions being handed over or warmed count as held."""
     n = len(holders)
     eligible = frozenset(p for p in range(n) if assignment.get(p, version) == version)
-    peers = sum(1 for v in live.values() if v == version) if assignment else len(live)
-    share = math.ceil(len(eligible) / max(1, peers))
+    peers = max(1, sum(1 for v in live.values() if v == version) if assignment else len(live))
+    share = math.ceil(len(eligible) / peers)
     hand_over = tuple(sorted(p for p in owned if p not in eligible))
     kept = sorted(p for p in owned if p in eligible)
     release = tuple(kept[share:])
@@ -170,6 +172,7 @@ def plan_leases(
     )
     return LeasePlan(
         eligible=eligible,
+        peers=peers,
         share=share,
         free=free if room else (),
         room=room,
@@ -191,19 +194,6 @@ class LeaseChanges:
 
     def __bool__(self) -> bool:
         return bool(self.gained or self.lost or self.warm or self.cold)
-
-
-@dataclass
-class _Warm:
-    """A successor's claim on a partition still held by another worker."""
-
-    since: float
-    record: HandoverRecord
-    text: str  # the record as this worker last wrote it (compare-and-set)
-
-    @property
-    def ready(self) -> bool:
-        return self.record.ready_ts is not None
 
 
 class LeaseManager:
@@ -237,7 +227,7 @@ class LeaseManager:
             3 * self.renew_every_s if handover_timeout_s is None else float(handover_timeout_s)
         )
         self.owned: set[int] = set()
-        self.live_workers = 1
+        self.live_workers = 1  # the live workers the fair share counted at the last tick
         self.assignment: dict[int, str] = {}
         self.eligible = partition_count  # partitions this version may hold, at the last tick
         self.assignment_rejected = 0  # garbage fields seen, summed over ticks
@@ -245,7 +235,9 @@ class LeaseManager:
         self.handing_over: dict[int, float] = {}
         #: owned partitions to flush and release at the next cycle, with their record
         self.flushing: dict[int, HandoverRecord] = {}
-        self.warming: dict[int, _Warm] = {}
+        #: a successor's claims on partitions another worker still holds: the record as this
+        #: worker last wrote it (its JSON is the compare-and-set's expected value)
+        self.warming: dict[int, HandoverRecord] = {}
         self.gaps: list[float] = []  # hand-over gaps measured (taken - flushed), unread
         self._valid_until: dict[int, float] = {}
         self._rng = rng or random.Random()
@@ -273,9 +265,6 @@ class LeaseManager:
     def valid(self, partition: int) -> bool:
         """True while this worker surely still holds ``partition`` (see module docstring)."""
         return self.clock.time() < self._valid_until.get(partition, -math.inf)
-
-    def fair_share(self) -> int:
-        return math.ceil(self.partition_count / max(1, self.live_workers))
 
     async def tick(self, ready: set[int] | frozenset[int] = frozenset()) -> LeaseChanges:
         """Heartbeat, renew, then acquire free partitions up to the fair share or release
@@ -331,10 +320,7 @@ class LeaseManager:
             live=live,
         )
         self.eligible = len(plan.eligible)
-        if self.assignment:
-            self.live_workers = max(1, sum(1 for v in live.values() if v == self.version))
-        else:
-            self.live_workers = max(1, len(live))
+        self.live_workers = plan.peers
         share = plan.share
 
         await self._owner_side(plan, started)
@@ -540,7 +526,7 @@ class LeaseManager:
         # give up claims the assignment or another worker overtook
         for p, warm in list(self.warming.items()):
             holder = holders[p]
-            if self.assignment.get(p) != self.version or holder not in (None, warm.record.from_):
+            if self.assignment.get(p) != self.version or holder not in (None, warm.from_):
                 del self.warming[p]
                 changes.cold.add(p)
                 log.info(
@@ -548,7 +534,7 @@ class LeaseManager:
                     "held by %s)",
                     self.worker_id,
                     p,
-                    warm.record.from_,
+                    warm.from_,
                     self.assignment.get(p),
                     holder,
                 )
@@ -561,12 +547,12 @@ class LeaseManager:
         # warm claims whose subscription is granted: say ready
         for p in sorted(ready):
             warm = self.warming.get(p)
-            if warm is None or warm.ready:
+            if warm is None or warm.ready_ts is not None:
                 continue
-            record = replace(warm.record, ready_ts=now)
-            text = record.to_json()
-            if await self._cas(keys=[handover_key(p)], args=[warm.text, text, self._keep_ms()]):
-                warm.record, warm.text = record, text
+            record = replace(warm, ready_ts=now)
+            args = [warm.to_json(), record.to_json(), self._keep_ms()]
+            if await self._cas(keys=[handover_key(p)], args=args):
+                self.warming[p] = record
                 log.info("worker %s partition=%d: warm; ready to take over", self.worker_id, p)
             else:
                 del self.warming[p]
@@ -596,11 +582,9 @@ class LeaseManager:
                 to=self.worker_id,
                 to_version=self.version,
             )
-            claim_text = claim.to_json()
-            if await self._cas(
-                keys=[handover_key(p)], args=[text or "", claim_text, self._keep_ms()]
-            ):
-                self.warming[p] = _Warm(since=now, record=claim, text=claim_text)
+            args = [text or "", claim.to_json(), self._keep_ms()]
+            if await self._cas(keys=[handover_key(p)], args=args):
+                self.warming[p] = claim
                 changes.warm.add(p)
                 claimed += 1
                 log.info(
@@ -612,11 +596,11 @@ class LeaseManager:
                 )
         return claimed
 
-    async def _taken(self, p: int, warm: _Warm, now: float) -> None:
+    async def _taken(self, p: int, warm: HandoverRecord, now: float) -> None:
         """Record ``taken_ts`` and the gap on the owner's record (if it flushed for us)."""
         _text, record = (await self._records([p]))[p]
         if record is None or record.to not in (self.worker_id, ""):
-            record = warm.record
+            record = warm
         # read after the take succeeded: taken_ts - flushed_ts bounds the gap from above
         taken = max(now, self.clock.time())
         record = replace(record, to=self.worker_id, to_version=self.version, taken_ts=taken)
