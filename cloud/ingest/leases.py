@@ -65,6 +65,7 @@ __all__ = [
     "LeaseChanges",
     "LeaseManager",
     "LeasePlan",
+    "heartbeat_versions",
     "parse_assignment",
     "plan_leases",
 ]
@@ -84,6 +85,26 @@ if (v == false and ARGV[1] == '') or v == ARGV[1] then
 end
 return 0
 """
+
+
+async def heartbeat_versions(redis: aioredis.Redis, pattern: str) -> dict[str, Any]:
+    """Key -> the ``"version"`` of each live heartbeat matching ``pattern`` (a SCAN and one
+    MGET): None where it names none or is not a JSON object; a key expired between the two
+    is left out."""
+    keys = [k async for k in redis.scan_iter(match=pattern, count=1000)]
+    if not keys:
+        return {}
+    out: dict[str, Any] = {}
+    for key, raw in zip(keys, await redis.mget(keys), strict=True):
+        if raw is None:
+            continue
+        try:
+            beat = json.loads(raw)
+        except ValueError:
+            beat = None
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        out[name] = beat.get("version") if isinstance(beat, dict) else None
+    return out
 
 
 @dataclass(frozen=True)
@@ -370,21 +391,11 @@ class LeaseManager:
     async def _live_workers(self) -> dict[str, str]:
         """Live worker id -> version (heartbeats; one without a version, a worker from
         before versions, reads as "")."""
-        keys = [k async for k in self.redis.scan_iter(match=worker_key("*"), count=1000)]
-        if not keys:
-            return {}
-        out: dict[str, str] = {}
-        for key, text in zip(keys, await self.redis.mget(keys), strict=True):
-            if text is None:
-                continue
-            worker_id = key.split(":", 2)[2]
-            try:
-                beat = json.loads(text)
-                version = beat.get("version", "") if isinstance(beat, dict) else ""
-            except ValueError:
-                version = ""
-            out[worker_id] = version if isinstance(version, str) else ""
-        return out
+        beats = await heartbeat_versions(self.redis, worker_key("*"))
+        return {
+            key.split(":", 2)[2]: version if isinstance(version, str) else ""
+            for key, version in beats.items()
+        }
 
     async def _take(self, want: list[int], started: float, ttl_ms: int) -> set[int]:
         if not want:
