@@ -553,7 +553,7 @@ class PartitionWorker:
         except Exception as exc:
             self._stats["lease_errors"] += 1
             log.warning("%s: lease tick failed (%s); retrying", self._ctx, exc)
-            changes = LeaseChanges()
+            changes = self._unapplied()  # what the tick did before it failed
         for gap in self._leases.gaps:
             self.handover_gap.observe(gap)
         self._leases.gaps.clear()
@@ -573,6 +573,19 @@ class PartitionWorker:
         if taken:  # before the first cycle of this owner rewrites the site summaries
             await self._check_continuity(taken)
         self._apply_lease_changes(changes)
+
+    def _unapplied(self) -> LeaseChanges:
+        """The lease manager's leases and claims against this worker's states: what a tick
+        that raised half-way (a Redis error after a take or a claim) changed and did not
+        report. Without it a lease taken warm stays "warm" here, renewed but never written."""
+        held = set(self._states) - self._warm
+        warming = set(self._leases.warming)
+        return LeaseChanges(
+            gained=self._leases.owned - held,
+            lost=held - self._leases.owned,
+            warm=warming - set(self._states),
+            cold=self._warm - warming - self._leases.owned,
+        )
 
     def _apply_lease_changes(self, changes: LeaseChanges) -> None:
         now = self.clock.time()
