@@ -16,9 +16,11 @@ their holder dies.
   every aggregate write, so a worker whose loop stalled past its lease never writes a
   partition another worker may already own.
 
-One round trip per tick for the renewals (one script call for all owned keys), one for the
-heartbeat plus the view of every lease (``MGET``), and one more only when acquiring or
-releasing.
+Round trips per tick: the renewals (one script call for all owned keys); the heartbeat, the
+view of every lease (``MGET``) and the assignment (``HGETALL``) in one pipeline; the live
+workers' heartbeats (``SCAN`` and one ``MGET``); more only when acquiring, releasing or
+moving a hand-over on (the partitions' hand-over records, one ``MGET``, and a
+compare-and-set per claim).
 
 Version-aware (a rollout, :mod:`cloud.hotstate` ``vpp:rollout:partitions``): a partition whose
 field names a release version may be held only by workers of that version; one without a
