@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from cloud.dispatch.dispatcher import LEADER_KEY
 from cloud.hotstate import process_key, worker_key
+from cloud.ingest.leases import heartbeat_versions
 from protocols.clock import Clock, Ticker
 from protocols.version import VERSION
 
@@ -34,17 +35,8 @@ async def live_processes(redis: aioredis.Redis) -> dict[str, str | None]:
     """``"role id"`` -> version (None: none reported) of every live heartbeat in Redis."""
     out: dict[str, str | None] = {}
     for pattern, role in ((worker_key("*"), "worker"), (process_key("*", "*"), None)):
-        keys = [k async for k in redis.scan_iter(match=pattern, count=1000)]
-        values = await redis.mget(keys) if keys else []
-        for key, raw in zip(keys, values, strict=True):
-            if raw is None:  # expired between the scan and the read
-                continue
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            try:
-                beat = json.loads(raw)
-                version = beat.get("version") if isinstance(beat, dict) else None
-            except ValueError:
-                version = None  # a garbage heartbeat: of no known release
+        # a garbage heartbeat reads as None: of no known release
+        for name, version in (await heartbeat_versions(redis, pattern)).items():
             ident = name.rsplit(":", 2 if role is None else 1)[1:]
             out[" ".join([role, *ident] if role else ident)] = (
                 str(version) if version is not None else None

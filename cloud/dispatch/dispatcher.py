@@ -303,8 +303,7 @@ class PoolDispatcher:
         )
         self.last_led_cycle_at: float | None = None  # clock time a leading cycle completed
         self._ack_wait: dict[tuple[str, int], float] = {}  # signalled, not yet followed
-        self._acked: set[tuple[str, int]] = set()
-        self._acked_at: dict[tuple[str, int], float] = {}  # when first followed
+        self._acked_at: dict[tuple[str, int], float] = {}  # followed: since when (first)
         # per partition since this leader's first cycle (the rollout's analysis reads them):
         # [seconds dispatched, |target - measured| Wh, |target| Wh]; the pool's last cycle
         self._tracking: dict[tuple[str, int], list[float]] = {}
@@ -401,7 +400,6 @@ class PoolDispatcher:
             self.pool_health.clear()
             self._seen_fresh.clear()
             self._ack_wait.clear()
-            self._acked.clear()
             self._acked_at.clear()
             self._tracking.clear()
             self._tracked_at.clear()
@@ -531,8 +529,7 @@ class PoolDispatcher:
             if flexible == 0:
                 self._signalled_since.pop(key, None)
                 self._ack_wait.pop(key, None)
-                self._acked.discard(key)  # its next signal is a new activation to ack
-                self._acked_at.pop(key, None)
+                self._acked_at.pop(key, None)  # its next signal is a new activation to ack
                 continue
             since = self._signalled_since.get(key)
             if since is not None and now - since > self.ack_timeout_s and a.sites_following == 0:
@@ -548,7 +545,6 @@ class PoolDispatcher:
             if since is None or a.sites_following == 0:
                 continue
             del self._ack_wait[key]
-            self._acked.add(key)
             self._acked_at[key] = now
             self.acks_by_pool[pool_id] += 1
             self.latency.observe(now - since, pool_id)
@@ -649,7 +645,6 @@ class PoolDispatcher:
             for a in parts:
                 self._signalled_since.pop((pool_id, a.partition), None)
                 self._ack_wait.pop((pool_id, a.partition), None)
-                self._acked.discard((pool_id, a.partition))
                 self._acked_at.pop((pool_id, a.partition), None)
             self._tracked_at.pop(pool_id, None)
             self.pools[pool_id] = PoolView(None, measured_w, 0.0, 0)
@@ -831,7 +826,7 @@ class PoolDispatcher:
         if not release:
             for partition in partitions:
                 self._signalled_since.setdefault((pool_id, partition), now)
-                if (pool_id, partition) not in self._acked:
+                if (pool_id, partition) not in self._acked_at:
                     self._ack_wait.setdefault((pool_id, partition), now)
         validity = 0.001 if release else self.validity_s
         for i, (partition, level) in enumerate(zip(partitions, levels, strict=True)):

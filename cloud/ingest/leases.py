@@ -16,9 +16,11 @@ their holder dies.
   every aggregate write, so a worker whose loop stalled past its lease never writes a
   partition another worker may already own.
 
-One round trip per tick for the renewals (one script call for all owned keys), one for the
-heartbeat plus the view of every lease (``MGET``), and one more only when acquiring or
-releasing.
+Round trips per tick: the renewals (one script call for all owned keys); the heartbeat, the
+view of every lease (``MGET``) and the assignment (``HGETALL``) in one pipeline; the live
+workers' heartbeats (``SCAN`` and one ``MGET``); more only when acquiring, releasing or
+moving a hand-over on (the partitions' hand-over records, one ``MGET``, and a
+compare-and-set per claim).
 
 Version-aware (a rollout, :mod:`cloud.hotstate` ``vpp:rollout:partitions``): a partition whose
 field names a release version may be held only by workers of that version; one without a
@@ -65,6 +67,7 @@ __all__ = [
     "LeaseChanges",
     "LeaseManager",
     "LeasePlan",
+    "heartbeat_versions",
     "parse_assignment",
     "plan_leases",
 ]
@@ -84,6 +87,26 @@ if (v == false and ARGV[1] == '') or v == ARGV[1] then
 end
 return 0
 """
+
+
+async def heartbeat_versions(redis: aioredis.Redis, pattern: str) -> dict[str, Any]:
+    """Key -> the ``"version"`` of each live heartbeat matching ``pattern`` (a SCAN and one
+    MGET): None where it names none or is not a JSON object; a key expired between the two
+    is left out."""
+    keys = [k async for k in redis.scan_iter(match=pattern, count=1000)]
+    if not keys:
+        return {}
+    out: dict[str, Any] = {}
+    for key, raw in zip(keys, await redis.mget(keys), strict=True):
+        if raw is None:
+            continue
+        try:
+            beat = json.loads(raw)
+        except ValueError:
+            beat = None
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        out[name] = beat.get("version") if isinstance(beat, dict) else None
+    return out
 
 
 @dataclass(frozen=True)
@@ -119,9 +142,11 @@ class LeasePlan:
     ``succeed``: partitions assigned to its version but held by a worker of another one, to
     warm up for (in order; another successor may have claimed some); ``free``: free
     partitions it may take (the caller shuffles); ``release``: owned partitions above the
-    fair share; ``hand_over``: owned partitions assigned to another version."""
+    fair share; ``hand_over``: owned partitions assigned to another version; ``peers``: the
+    live workers the share is divided among."""
 
     eligible: frozenset[int]
+    peers: int
     share: int
     free: tuple[int, ...]
     room: int
@@ -148,8 +173,8 @@ def plan_leases(
     assigned (today's rule). Partitions being handed over or warmed count as held."""
     n = len(holders)
     eligible = frozenset(p for p in range(n) if assignment.get(p, version) == version)
-    peers = sum(1 for v in live.values() if v == version) if assignment else len(live)
-    share = math.ceil(len(eligible) / max(1, peers))
+    peers = max(1, sum(1 for v in live.values() if v == version) if assignment else len(live))
+    share = math.ceil(len(eligible) / peers)
     hand_over = tuple(sorted(p for p in owned if p not in eligible))
     kept = sorted(p for p in owned if p in eligible)
     release = tuple(kept[share:])
@@ -170,6 +195,7 @@ def plan_leases(
     )
     return LeasePlan(
         eligible=eligible,
+        peers=peers,
         share=share,
         free=free if room else (),
         room=room,
@@ -191,19 +217,6 @@ class LeaseChanges:
 
     def __bool__(self) -> bool:
         return bool(self.gained or self.lost or self.warm or self.cold)
-
-
-@dataclass
-class _Warm:
-    """A successor's claim on a partition still held by another worker."""
-
-    since: float
-    record: HandoverRecord
-    text: str  # the record as this worker last wrote it (compare-and-set)
-
-    @property
-    def ready(self) -> bool:
-        return self.record.ready_ts is not None
 
 
 class LeaseManager:
@@ -237,7 +250,7 @@ class LeaseManager:
             3 * self.renew_every_s if handover_timeout_s is None else float(handover_timeout_s)
         )
         self.owned: set[int] = set()
-        self.live_workers = 1
+        self.live_workers = 1  # the live workers the fair share counted at the last tick
         self.assignment: dict[int, str] = {}
         self.eligible = partition_count  # partitions this version may hold, at the last tick
         self.assignment_rejected = 0  # garbage fields seen, summed over ticks
@@ -245,7 +258,9 @@ class LeaseManager:
         self.handing_over: dict[int, float] = {}
         #: owned partitions to flush and release at the next cycle, with their record
         self.flushing: dict[int, HandoverRecord] = {}
-        self.warming: dict[int, _Warm] = {}
+        #: a successor's claims on partitions another worker still holds: the record as this
+        #: worker last wrote it (its JSON is the compare-and-set's expected value)
+        self.warming: dict[int, HandoverRecord] = {}
         self.gaps: list[float] = []  # hand-over gaps measured (taken - flushed), unread
         self._valid_until: dict[int, float] = {}
         self._rng = rng or random.Random()
@@ -273,9 +288,6 @@ class LeaseManager:
     def valid(self, partition: int) -> bool:
         """True while this worker surely still holds ``partition`` (see module docstring)."""
         return self.clock.time() < self._valid_until.get(partition, -math.inf)
-
-    def fair_share(self) -> int:
-        return math.ceil(self.partition_count / max(1, self.live_workers))
 
     async def tick(self, ready: set[int] | frozenset[int] = frozenset()) -> LeaseChanges:
         """Heartbeat, renew, then acquire free partitions up to the fair share or release
@@ -331,10 +343,7 @@ class LeaseManager:
             live=live,
         )
         self.eligible = len(plan.eligible)
-        if self.assignment:
-            self.live_workers = max(1, sum(1 for v in live.values() if v == self.version))
-        else:
-            self.live_workers = max(1, len(live))
+        self.live_workers = plan.peers
         share = plan.share
 
         await self._owner_side(plan, started)
@@ -384,21 +393,11 @@ class LeaseManager:
     async def _live_workers(self) -> dict[str, str]:
         """Live worker id -> version (heartbeats; one without a version, a worker from
         before versions, reads as "")."""
-        keys = [k async for k in self.redis.scan_iter(match=worker_key("*"), count=1000)]
-        if not keys:
-            return {}
-        out: dict[str, str] = {}
-        for key, text in zip(keys, await self.redis.mget(keys), strict=True):
-            if text is None:
-                continue
-            worker_id = key.split(":", 2)[2]
-            try:
-                beat = json.loads(text)
-                version = beat.get("version", "") if isinstance(beat, dict) else ""
-            except ValueError:
-                version = ""
-            out[worker_id] = version if isinstance(version, str) else ""
-        return out
+        beats = await heartbeat_versions(self.redis, worker_key("*"))
+        return {
+            key.split(":", 2)[2]: version if isinstance(version, str) else ""
+            for key, version in beats.items()
+        }
 
     async def _take(self, want: list[int], started: float, ttl_ms: int) -> set[int]:
         if not want:
@@ -540,7 +539,7 @@ class LeaseManager:
         # give up claims the assignment or another worker overtook
         for p, warm in list(self.warming.items()):
             holder = holders[p]
-            if self.assignment.get(p) != self.version or holder not in (None, warm.record.from_):
+            if self.assignment.get(p) != self.version or holder not in (None, warm.from_):
                 del self.warming[p]
                 changes.cold.add(p)
                 log.info(
@@ -548,7 +547,7 @@ class LeaseManager:
                     "held by %s)",
                     self.worker_id,
                     p,
-                    warm.record.from_,
+                    warm.from_,
                     self.assignment.get(p),
                     holder,
                 )
@@ -561,12 +560,12 @@ class LeaseManager:
         # warm claims whose subscription is granted: say ready
         for p in sorted(ready):
             warm = self.warming.get(p)
-            if warm is None or warm.ready:
+            if warm is None or warm.ready_ts is not None:
                 continue
-            record = replace(warm.record, ready_ts=now)
-            text = record.to_json()
-            if await self._cas(keys=[handover_key(p)], args=[warm.text, text, self._keep_ms()]):
-                warm.record, warm.text = record, text
+            record = replace(warm, ready_ts=now)
+            args = [warm.to_json(), record.to_json(), self._keep_ms()]
+            if await self._cas(keys=[handover_key(p)], args=args):
+                self.warming[p] = record
                 log.info("worker %s partition=%d: warm; ready to take over", self.worker_id, p)
             else:
                 del self.warming[p]
@@ -596,11 +595,9 @@ class LeaseManager:
                 to=self.worker_id,
                 to_version=self.version,
             )
-            claim_text = claim.to_json()
-            if await self._cas(
-                keys=[handover_key(p)], args=[text or "", claim_text, self._keep_ms()]
-            ):
-                self.warming[p] = _Warm(since=now, record=claim, text=claim_text)
+            args = [text or "", claim.to_json(), self._keep_ms()]
+            if await self._cas(keys=[handover_key(p)], args=args):
+                self.warming[p] = claim
                 changes.warm.add(p)
                 claimed += 1
                 log.info(
@@ -612,11 +609,11 @@ class LeaseManager:
                 )
         return claimed
 
-    async def _taken(self, p: int, warm: _Warm, now: float) -> None:
+    async def _taken(self, p: int, warm: HandoverRecord, now: float) -> None:
         """Record ``taken_ts`` and the gap on the owner's record (if it flushed for us)."""
         _text, record = (await self._records([p]))[p]
         if record is None or record.to not in (self.worker_id, ""):
-            record = warm.record
+            record = warm
         # read after the take succeeded: taken_ts - flushed_ts bounds the gap from above
         taken = max(now, self.clock.time())
         record = replace(record, to=self.worker_id, to_version=self.version, taken_ts=taken)

@@ -553,7 +553,7 @@ class PartitionWorker:
         except Exception as exc:
             self._stats["lease_errors"] += 1
             log.warning("%s: lease tick failed (%s); retrying", self._ctx, exc)
-            changes = LeaseChanges()
+            changes = self._unapplied()  # what the tick did before it failed
         for gap in self._leases.gaps:
             self.handover_gap.observe(gap)
         self._leases.gaps.clear()
@@ -573,6 +573,19 @@ class PartitionWorker:
         if taken:  # before the first cycle of this owner rewrites the site summaries
             await self._check_continuity(taken)
         self._apply_lease_changes(changes)
+
+    def _unapplied(self) -> LeaseChanges:
+        """The lease manager's leases and claims against this worker's states: what a tick
+        that raised half-way (a Redis error after a take or a claim) changed and did not
+        report. Without it a lease taken warm stays "warm" here, renewed but never written."""
+        held = set(self._states) - self._warm
+        warming = set(self._leases.warming)
+        return LeaseChanges(
+            gained=self._leases.owned - held,
+            lost=held - self._leases.owned,
+            warm=warming - set(self._states),
+            cold=self._warm - warming - self._leases.owned,
+        )
 
     def _apply_lease_changes(self, changes: LeaseChanges) -> None:
         now = self.clock.time()
@@ -740,6 +753,7 @@ class PartitionWorker:
         flushing = self._leases.flushing
         flushed: set[int] = set()
         health: dict[str, str] = {}
+        deltas: dict[int, Counter[str]] = {}  # this cycle's part of each partition's totals
         for p, state in self._states.items():
             if p in self._warm or not self._leases.valid(p):
                 continue  # warm, or the lease may be someone else's by now: write nothing
@@ -774,7 +788,8 @@ class PartitionWorker:
             )
             for reason, n in rejected[p].items():
                 pipe.hincrby(rejected_key(p), reason, n)
-            health[str(p)] = self._health(p, state, counts[p], rejected[p], fresh, now)
+            deltas[p] = self._deltas(counts[p], rejected[p])
+            health[str(p)] = self._health(p, state, deltas[p], fresh, now)
             if p in flushing:  # the last write of a partition handed over: release it too
                 self._leases.queue_flush(pipe, p)
                 flushed.add(p)
@@ -800,9 +815,9 @@ class PartitionWorker:
             return
         finally:
             self._link.resume_reading()
-        for p, c in counts.items():
+        for p, d in deltas.items():
             if p in self._totals:
-                self._totals[p].update(self._deltas(c, rejected[p]))
+                self._totals[p].update(d)
         if flushed:
             self._leases.flushed(flushed)
             self._apply_lease_changes(LeaseChanges(lost=flushed))
@@ -840,14 +855,13 @@ class PartitionWorker:
         self,
         p: int,
         state: PartitionState,
-        counts: Counter[str],
-        rejected: Counter[str],
+        deltas: Counter[str],
         fresh: int,
         now: float,
     ) -> str:
         """The partition's health record (cloud.hotstate.PartitionHealth) with this cycle's
-        deltas counted in."""
-        totals = self._totals.get(p, Counter()) + self._deltas(counts, rejected)
+        ``deltas`` (:meth:`_deltas`) counted in."""
+        totals = self._totals.get(p, Counter()) + deltas
         return PartitionHealth(
             ts=now,
             version=self.version,

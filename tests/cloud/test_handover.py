@@ -471,3 +471,43 @@ async def test_two_successors_of_one_version_split_the_canary_one_claim_per_part
         assert rec.gap_s is not None
     assert [s for s in seen if s[2] != s[3]] == []
     assert gaps == [0, 0, 0]
+
+
+async def test_a_redis_error_after_a_warm_take_leaves_the_successor_writing_the_partition(
+    mosquitto, redis_url: str, redis_client: redis.Redis, pubs: Publishers
+) -> None:
+    """The tick that takes a flushed partition fails right after the take (Redis away while
+    it records ``taken_ts``): the successor holds the lease all the same, so it must own and
+    write the partition, not keep it "warm" (renewed, never written) until it restarts."""
+    sites = site_ids(2)
+    register(redis_client, dict.fromkeys(sites, POOL))
+    clock = SimClock(speed=SPEED)
+    a = make(mosquitto, redis_url, clock, "wa", OLD)
+    b = make(mosquitto, redis_url, clock, "wb", NEW)
+    feed = Feed(pubs, clock, sites)
+    real_taken = b._leases._taken
+    failed: list[int] = []
+
+    async def taken_fails_once(p: int, warm: HandoverRecord, now: float) -> None:
+        if not failed:
+            failed.append(p)
+            raise ConnectionError("injected: Redis away after the take")
+        await real_taken(p, warm, now)
+
+    b._leases._taken = taken_fails_once  # type: ignore[method-assign]
+
+    def written_by_b() -> bool:
+        agg = aggregate(redis_client, 2)
+        return b.owned == {2} and agg is not None and agg.worker_id == "wb"
+
+    async with running(a):
+        await until(lambda: a.owned == set(range(P)), wall_s=20, what="a owning all")
+        redis_client.hset(ROLLOUT_PARTITIONS_KEY, mapping={str(p): OLD for p in range(P)})
+        async with running(b), feeding(feed):
+            await until(lambda: b.stats["cycles"] > 2, what="b cycling")
+            await move(redis_client, {2}, NEW, written_by_b)
+            assert b.warm == set()
+            assert a.owned == set(range(P)) - {2}
+            assert redis_client.get(lease_key(2)) == "wb"
+    assert failed == [2]
+    assert b.stats["lease_errors"] >= 1
